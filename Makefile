@@ -1,0 +1,42 @@
+# Threadline: `make run` serves the app, `make test` runs the whole suite (both from a clean clone).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export FLASK_APP := app
+
+.PHONY: run test bench lint venv dev-venv system-test-deps
+
+$(VENV)/.runtime: requirements.txt
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c "import ensurepip" 2>/dev/null \
+	  || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3-venv)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements-dev.txt requirements.txt $(VENV)/.runtime
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.runtime
+dev-venv: $(VENV)/.dev
+
+# Debian packages the tests drive for real: Dovecot (IMAP) and Chromium (browser tests).
+system-test-deps:
+	@command -v dovecot >/dev/null && command -v doveadm >/dev/null && command -v chromium >/dev/null \
+	  || ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dovecot-imapd chromium)
+
+run: venv
+	$(PY) -m flask init-db
+	$(PY) -m flask serve
+
+test: dev-venv system-test-deps
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: dev-venv system-test-deps
+	$(PY) bench/sync_bench.py
+
+lint: dev-venv
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -1,0 +1,223 @@
+"""Threadline application factory: config, extensions, blueprints, CLI, scheduler."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from flask import Flask, jsonify, make_response, redirect, render_template, request, url_for
+from flask_login import current_user
+from flask_wtf.csrf import CSRFError
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from werkzeug.exceptions import HTTPException
+
+import config
+from extensions import csrf, db, htmx, login_manager
+
+# Endpoints anyone may reach without signing in; every other endpoint requires a user.
+PUBLIC_ENDPOINTS = {
+    "static",
+    "auth.login",
+    "auth.login_submit",
+    "auth.setup",
+    "auth.setup_submit",
+    "health.healthz",
+}
+PUBLIC_BLUEPRINTS = {"tracking"}
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self'; connect-src 'self'; media-src 'none'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Create and configure a Threadline app."""
+    instance_path = (test_config or {}).get("INSTANCE_PATH") or os.environ.get(
+        "THREADLINE_INSTANCE_PATH"
+    )
+    app = Flask(
+        __name__,
+        instance_path=str(Path(instance_path).resolve()) if instance_path else None,
+        instance_relative_config=True,
+    )
+    app.config.from_object(config.DefaultConfig)
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.update(config.environment_overrides())
+    if test_config:
+        app.config.update(test_config)
+
+    instance = Path(app.instance_path)
+    instance.mkdir(parents=True, exist_ok=True)
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = config.read_or_create_secret(instance / "secret.key")
+    if not app.config.get("SQLALCHEMY_DATABASE_URI"):
+        app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{instance / 'threadline.db'}"
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"connect_args": {"timeout": 30}})
+    if app.config.get("HTTPS"):
+        app.config.update(
+            SESSION_COOKIE_SECURE=True,
+            REMEMBER_COOKIE_SECURE=True,
+            SESSION_COOKIE_NAME="__Host-session",
+        )
+
+    db.init_app(app)
+    csrf.init_app(app)
+    htmx.init_app(app)
+    login_manager.init_app(app)
+    login_manager.session_protection = "strong"
+    login_manager.login_view = "auth.login"
+
+    import models  # noqa: F401  (register tables)
+
+    with app.app_context():
+        db.create_all()
+
+    _register_blueprints(app)
+    _register_hooks(app)
+    _register_error_handlers(app)
+
+    import cli
+
+    cli.register(app)
+    logging.getLogger("threadline").setLevel(app.config.get("LOG_LEVEL", "INFO"))
+
+    if app.config.get("SCHEDULER_ENABLED") and not app.config.get("TESTING"):
+        import jobs
+
+        jobs.start_scheduler(app)
+    return app
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
+    # WAL lets the scheduler write while pages read; busy_timeout absorbs short lock waits.
+    if dbapi_connection.__class__.__module__.startswith("sqlite3"):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+def _register_blueprints(app: Flask) -> None:
+    from views import BLUEPRINTS
+
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint)
+
+    @app.get("/")
+    def index():
+        return redirect(url_for("deals.index"))
+
+
+@login_manager.user_loader
+def _load_user(session_id: str):
+    from models import User
+
+    user_id, _, epoch = session_id.partition(":")
+    if not user_id.isdigit():
+        return None
+    user = db.session.get(User, int(user_id))
+    if user is None or str(user.session_epoch) != epoch or user.is_deactivated:
+        return None
+    return user
+
+
+@login_manager.unauthorized_handler
+def _unauthorized():
+    login_url = url_for("auth.login", next=request.full_path if request.method == "GET" else None)
+    if request.headers.get("HX-Request") == "true":
+        # A 302 would be swapped into the target element; tell htmx to navigate instead.
+        response = make_response("", 401)
+        response.headers["HX-Redirect"] = login_url
+        return response
+    return redirect(login_url)
+
+
+def _register_hooks(app: Flask) -> None:
+    from services.users import needs_setup
+
+    @app.before_request
+    def require_setup_and_login():
+        endpoint = request.endpoint or ""
+        if endpoint in PUBLIC_ENDPOINTS or endpoint.split(".")[0] in PUBLIC_BLUEPRINTS:
+            return None
+        if not app.extensions.get("threadline_setup_done"):
+            if needs_setup():
+                return redirect(url_for("auth.setup"))
+            app.extensions["threadline_setup_done"] = True
+        if not current_user.is_authenticated:
+            return login_manager.unauthorized()
+        return None
+
+    @app.context_processor
+    def navigation():
+        return {"nav_endpoints": set(app.blueprints)}
+
+    @app.after_request
+    def security_headers(response):
+        headers = response.headers
+        headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("X-Frame-Options", "DENY")
+        headers.setdefault("Referrer-Policy", "same-origin")
+        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        headers.setdefault("X-DNS-Prefetch-Control", "off")
+        if request.endpoint != "static":
+            headers.setdefault("Cache-Control", "no-store")
+            response.vary.add("HX-Request")
+            response.vary.add("HX-Target")
+        if app.config.get("HTTPS"):
+            headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        return response
+
+
+def _register_error_handlers(app: Flask) -> None:
+    def wants_json() -> bool:
+        return request.path.startswith("/api/") or request.path == "/healthz"
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(error: CSRFError):
+        message = "Your form expired or came from another site. Reload the page and try again."
+        if request.headers.get("HX-Request") == "true":
+            return render_template("errors/flash.html", message=message), 400
+        return render_template("errors/error.html", code=400, message=message), 400
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        if wants_json():
+            return jsonify(error=error.name), error.code
+        messages = {
+            404: "This page does not exist, or you do not have access to it.",
+            405: "That action is not allowed here.",
+            413: "That upload is too large.",
+            429: "Too many attempts. Wait a moment and try again.",
+        }
+        message = messages.get(error.code or 500, error.description)
+        if request.headers.get("HX-Request") == "true":
+            response = app.make_response(
+                (render_template("errors/flash.html", message=message), error.code)
+            )
+        else:
+            response = app.make_response(
+                (render_template("errors/error.html", code=error.code, message=message), error.code)
+            )
+        for key, value in error.get_headers():
+            if key.lower() != "content-type":
+                response.headers[key] = value
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected_error(error: Exception):
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        db.session.rollback()
+        message = "Something went wrong on our side. Nothing you entered was lost; try again."
+        if request.headers.get("HX-Request") == "true":
+            return render_template("errors/flash.html", message=message), 500
+        return render_template("errors/error.html", code=500, message=message), 500

@@ -1,0 +1,58 @@
+"""Configuration: defaults, then instance/config.py, then THREADLINE_* environment variables."""
+
+import os
+import secrets
+from pathlib import Path
+
+ENV_PREFIX = "THREADLINE_"
+
+
+class DefaultConfig:
+    # Cookies: HttpOnly + SameSite=Lax always; Secure when served over HTTPS (THREADLINE_HTTPS=1).
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    REMEMBER_COOKIE_HTTPONLY = True
+    REMEMBER_COOKIE_SAMESITE = "Lax"
+    PERMANENT_SESSION_LIFETIME = 60 * 60 * 12  # absolute session lifetime, seconds
+    WTF_CSRF_TIME_LIMIT = None  # the token lives as long as the session
+    SQLALCHEMY_TRACK_MODIFICATIONS = False
+    MAX_CONTENT_LENGTH = 40 * 1024 * 1024
+    LOGIN_MAX_FAILURES = 5
+    LOGIN_WINDOW_SECONDS = 15 * 60
+    SYNC_INTERVAL_SECONDS = 120
+    SCHEDULER_ENABLED = True
+    HTTPS = False
+    HOST = "0.0.0.0"
+    PORT = 5000
+
+
+def _coerce(value: str):
+    lowered = value.lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    if value.isdigit():
+        return int(value)
+    return value
+
+
+def environment_overrides() -> dict:
+    """Return THREADLINE_* environment variables as config keys (prefix stripped)."""
+    return {
+        key[len(ENV_PREFIX) :]: _coerce(value)
+        for key, value in os.environ.items()
+        if key.startswith(ENV_PREFIX) and key not in ("THREADLINE_PASSWORD", "THREADLINE_MAIL_PASSWORD")
+    }
+
+
+def read_or_create_secret(path: Path, nbytes: int = 32) -> str:
+    """Return the secret stored in path, creating it (mode 0600) on first use."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(nbytes)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
+    return value

@@ -1,0 +1,17 @@
+"""Flask extensions, created once and bound to the app in create_app()."""
+
+from flask_login import LoginManager
+from flask_sqlalchemy import SQLAlchemy
+from flask_wtf.csrf import CSRFProtect
+from htmx_flask import Htmx
+from sqlalchemy.orm import DeclarativeBase
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+db = SQLAlchemy(model_class=Base)
+login_manager = LoginManager()
+csrf = CSRFProtect()
+htmx = Htmx()

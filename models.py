@@ -1,0 +1,571 @@
+"""SQLAlchemy 2.0 typed models: users, CRM records, mail accounts and synced mail.
+
+Timestamps are timezone-aware UTC. Every sync key has a unique constraint and every
+filter column an index (SYNC.md §2, §7).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from flask_login import UserMixin
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from extensions import db
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Store UTC datetimes; always hand back timezone-aware values (SQLite drops tzinfo)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc)
+
+
+VISIBILITY_EVERYONE = "everyone"
+VISIBILITY_OWNER = "owner"
+VISIBILITIES = (VISIBILITY_EVERYONE, VISIBILITY_OWNER)
+
+
+# --------------------------------------------------------------------------- users
+
+
+class User(UserMixin, db.Model):
+    __tablename__ = "user"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)  # stored lowercased
+    name: Mapped[str] = mapped_column(String(200))
+    password_hash: Mapped[str] = mapped_column(String(300))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_deactivated: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Bumped on logout and password change; sessions carrying an older value are dead.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    @property
+    def is_active(self) -> bool:  # Flask-Login refuses inactive users
+        return not self.is_deactivated
+
+    def get_id(self) -> str:
+        # The epoch travels in the session so logout elsewhere invalidates this cookie.
+        return f"{self.id}:{self.session_epoch}"
+
+    def __repr__(self) -> str:
+        return f"<User {self.id} {self.email}>"
+
+
+class Preference(db.Model):
+    """One per-user setting; keys and defaults live in services/preferences.py."""
+
+    __tablename__ = "preference"
+    __table_args__ = (UniqueConstraint("user_id", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(100))
+    value: Mapped[Any] = mapped_column(JSON)
+
+    def __repr__(self) -> str:
+        return f"<Preference {self.user_id} {self.key}={self.value!r}>"
+
+
+class LoginFailure(db.Model):
+    """A failed sign-in, kept for throttling (per address and per client IP)."""
+
+    __tablename__ = "login_failure"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), index=True)
+    ip: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+    def __repr__(self) -> str:
+        return f"<LoginFailure {self.email} {self.ip}>"
+
+
+# --------------------------------------------------------------------------- CRM records
+
+
+class OwnedRecord:
+    """Columns every CRM record has: owner, visibility, timestamps."""
+
+    owner_id: Mapped[int] = mapped_column(ForeignKey("user.id"), index=True)
+    visibility: Mapped[str] = mapped_column(String(20), default=VISIBILITY_EVERYONE, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=utcnow, onupdate=utcnow, index=True
+    )
+
+
+class Organization(OwnedRecord, db.Model):
+    __tablename__ = "organization"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    domain: Mapped[str | None] = mapped_column(String(255), index=True)
+    address: Mapped[str | None] = mapped_column(Text)
+
+    owner: Mapped[User] = relationship()
+    persons: Mapped[list[Person]] = relationship(back_populates="organization")
+
+    def __repr__(self) -> str:
+        return f"<Organization {self.id} {self.name}>"
+
+
+class Person(OwnedRecord, db.Model):
+    __tablename__ = "person"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    phone: Mapped[str | None] = mapped_column(String(50))
+    organization_id: Mapped[int | None] = mapped_column(
+        ForeignKey("organization.id", ondelete="SET NULL"), index=True
+    )
+
+    owner: Mapped[User] = relationship()
+    organization: Mapped[Organization | None] = relationship(back_populates="persons")
+    emails: Mapped[list[PersonEmail]] = relationship(
+        back_populates="person",
+        cascade="all, delete-orphan",
+        order_by="(PersonEmail.is_primary.desc(), PersonEmail.id)",
+    )
+
+    @property
+    def primary_email(self) -> str | None:
+        return self.emails[0].email if self.emails else None
+
+    def __repr__(self) -> str:
+        return f"<Person {self.id} {self.name}>"
+
+
+class PersonEmail(db.Model):
+    """An address of a person; an address belongs to at most one person (lowercased)."""
+
+    __tablename__ = "person_email"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    is_primary: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    person: Mapped[Person] = relationship(back_populates="emails")
+
+    def __repr__(self) -> str:
+        return f"<PersonEmail {self.email}>"
+
+
+DEAL_STAGES = ("lead_in", "qualified", "proposal", "negotiation", "contract_sent")
+DEAL_STAGE_LABELS = {
+    "lead_in": "Lead in",
+    "qualified": "Qualified",
+    "proposal": "Proposal made",
+    "negotiation": "Negotiation",
+    "contract_sent": "Contract sent",
+}
+DEAL_STATUSES = ("open", "won", "lost")
+LEAD_STATUSES = ("open", "converted", "archived")
+PROJECT_STATUSES = ("open", "closed")
+CURRENCIES = ("USD", "EUR", "GBP", "CNY", "JPY", "CAD", "AUD", "CHF")
+
+
+class Deal(OwnedRecord, db.Model):
+    __tablename__ = "deal"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(200), index=True)
+    value: Mapped[Decimal] = mapped_column(Numeric(14, 2), default=Decimal("0"))
+    currency: Mapped[str] = mapped_column(String(3), default="USD")
+    stage: Mapped[str] = mapped_column(String(30), default=DEAL_STAGES[0], index=True)
+    status: Mapped[str] = mapped_column(String(10), default="open", index=True)
+    expected_close_date: Mapped[date | None] = mapped_column(Date)
+    person_id: Mapped[int | None] = mapped_column(
+        ForeignKey("person.id", ondelete="SET NULL"), index=True
+    )
+    organization_id: Mapped[int | None] = mapped_column(
+        ForeignKey("organization.id", ondelete="SET NULL"), index=True
+    )
+
+    owner: Mapped[User] = relationship()
+    person: Mapped[Person | None] = relationship()
+    organization: Mapped[Organization | None] = relationship()
+
+    def __repr__(self) -> str:
+        return f"<Deal {self.id} {self.title}>"
+
+
+class Lead(OwnedRecord, db.Model):
+    __tablename__ = "lead"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(200), index=True)
+    value: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
+    currency: Mapped[str] = mapped_column(String(3), default="USD")
+    status: Mapped[str] = mapped_column(String(10), default="open", index=True)
+    person_id: Mapped[int | None] = mapped_column(
+        ForeignKey("person.id", ondelete="SET NULL"), index=True
+    )
+    organization_id: Mapped[int | None] = mapped_column(
+        ForeignKey("organization.id", ondelete="SET NULL"), index=True
+    )
+    deal_id: Mapped[int | None] = mapped_column(ForeignKey("deal.id", ondelete="SET NULL"))
+
+    owner: Mapped[User] = relationship()
+    person: Mapped[Person | None] = relationship()
+    organization: Mapped[Organization | None] = relationship()
+    deal: Mapped[Deal | None] = relationship()
+
+    def __repr__(self) -> str:
+        return f"<Lead {self.id} {self.title}>"
+
+
+class Project(OwnedRecord, db.Model):
+    __tablename__ = "project"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(200), index=True)
+    status: Mapped[str] = mapped_column(String(10), default="open", index=True)
+    person_id: Mapped[int | None] = mapped_column(
+        ForeignKey("person.id", ondelete="SET NULL"), index=True
+    )
+    organization_id: Mapped[int | None] = mapped_column(
+        ForeignKey("organization.id", ondelete="SET NULL"), index=True
+    )
+
+    owner: Mapped[User] = relationship()
+    person: Mapped[Person | None] = relationship()
+    organization: Mapped[Organization | None] = relationship()
+
+    def __repr__(self) -> str:
+        return f"<Project {self.id} {self.title}>"
+
+
+RECORD_MODELS: dict[str, type] = {
+    "person": Person,
+    "organization": Organization,
+    "deal": Deal,
+    "lead": Lead,
+    "project": Project,
+}
+
+
+# --------------------------------------------------------------------------- mail accounts
+
+# Account sync states (SYNC.md §2.1). Only "running" accounts are scheduled.
+SYNC_RUNNING = "running"
+SYNC_PAUSED = "paused"
+SYNC_NEEDS_REAUTH = "needs_reauth"
+SYNC_NEEDS_APP_PASSWORD = "needs_app_password"
+SYNC_IMAP_DISABLED = "imap_disabled"
+SYNC_ERROR = "error"
+AUTH_BLOCKED_STATES = (SYNC_NEEDS_REAUTH, SYNC_NEEDS_APP_PASSWORD, SYNC_IMAP_DISABLED)
+
+
+class MailAccount(db.Model):
+    __tablename__ = "mail_account"
+    __table_args__ = (UniqueConstraint("user_id", "email_address"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    email_address: Mapped[str] = mapped_column(String(320))
+    provider: Mapped[str] = mapped_column(String(40), default="other")
+    username: Mapped[str] = mapped_column(String(320))
+    # Fernet token; the key lives in instance/mail.key, never in the database.
+    password_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    imap_host: Mapped[str] = mapped_column(String(255))
+    imap_port: Mapped[int] = mapped_column(Integer, default=993)
+    imap_security: Mapped[str] = mapped_column(String(10), default="ssl")  # ssl | starttls
+    smtp_host: Mapped[str | None] = mapped_column(String(255))
+    smtp_port: Mapped[int | None] = mapped_column(Integer)
+    smtp_security: Mapped[str | None] = mapped_column(String(10))
+    ca_cert_pem: Mapped[str | None] = mapped_column(Text)
+    folder_mode: Mapped[str] = mapped_column(String(10), default="all")  # all | chosen
+    chosen_folders: Mapped[list[str]] = mapped_column(JSON, default=list)
+    since: Mapped[str] = mapped_column(String(5), default="3m")
+    sync_state: Mapped[str] = mapped_column(String(30), default=SYNC_RUNNING, index=True)
+    capabilities: Mapped[list[str]] = mapped_column(JSON, default=list)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    backoff_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    user: Mapped[User] = relationship()
+    folders: Mapped[list[MailFolder]] = relationship(
+        back_populates="account", cascade="all, delete-orphan"
+    )
+
+    def __repr__(self) -> str:
+        return f"<MailAccount {self.id} {self.email_address} {self.sync_state}>"
+
+
+class MailFolder(db.Model):
+    """One server mailbox and its sync cursors (SYNC.md §2.2)."""
+
+    __tablename__ = "mail_folder"
+    __table_args__ = (UniqueConstraint("account_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("mail_account.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(500))
+    delimiter: Mapped[str | None] = mapped_column(String(5))
+    attributes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    role: Mapped[str | None] = mapped_column(String(20), index=True)
+    sync_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    state: Mapped[str] = mapped_column(String(20), default="initial")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
+    uidnext: Mapped[int | None] = mapped_column(BigInteger)
+    highestmodseq: Mapped[int | None] = mapped_column(BigInteger)
+    last_seen_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    initial_sync_complete: Mapped[bool] = mapped_column(Boolean, default=False)
+    server_message_count: Mapped[int | None] = mapped_column(Integer)
+    backfill_total: Mapped[int] = mapped_column(Integer, default=0)
+    backfill_done: Mapped[int] = mapped_column(Integer, default=0)
+    uidinvalid_streak: Mapped[int] = mapped_column(Integer, default=0)
+    last_full_flag_scan_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    account: Mapped[MailAccount] = relationship(back_populates="folders")
+
+    def __repr__(self) -> str:
+        return f"<MailFolder {self.id} {self.name}>"
+
+
+class Thread(db.Model):
+    """A conversation. Visibility and the one deal/lead/project link live here."""
+
+    __tablename__ = "thread"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("mail_account.id", ondelete="CASCADE"), index=True
+    )
+    gm_thrid: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    subject: Mapped[str] = mapped_column(String(255), default="")
+    normalized_subject: Mapped[str] = mapped_column(String(255), default="", index=True)
+    first_date: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_date: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    message_count: Mapped[int] = mapped_column(Integer, default=0)
+    shared: Mapped[bool] = mapped_column(Boolean, default=False)
+    archived: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    deal_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deal.id", ondelete="SET NULL"), index=True
+    )
+    lead_id: Mapped[int | None] = mapped_column(
+        ForeignKey("lead.id", ondelete="SET NULL"), index=True
+    )
+    project_id: Mapped[int | None] = mapped_column(
+        ForeignKey("project.id", ondelete="SET NULL"), index=True
+    )
+
+    account: Mapped[MailAccount] = relationship()
+
+    def __repr__(self) -> str:
+        return f"<Thread {self.id} {self.subject!r}>"
+
+
+class Message(db.Model):
+    """A message as users see and link it; its folder/UID places are MessageLocation rows."""
+
+    __tablename__ = "message"
+    __table_args__ = (
+        UniqueConstraint("account_id", "dedup_key"),
+        Index("ix_message_account_date", "account_id", "date"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("mail_account.id", ondelete="CASCADE"), index=True
+    )
+    thread_id: Mapped[int | None] = mapped_column(
+        ForeignKey("thread.id", ondelete="SET NULL"), index=True
+    )
+    dedup_key: Mapped[str] = mapped_column(String(64))
+    gm_msgid: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    message_id_header: Mapped[str | None] = mapped_column(String(998), index=True)
+    in_reply_to: Mapped[str | None] = mapped_column(String(998))
+    references: Mapped[list[str]] = mapped_column(JSON, default=list)
+    subject: Mapped[str] = mapped_column(String(255), default="")
+    from_name: Mapped[str] = mapped_column(String(255), default="")
+    from_address: Mapped[str] = mapped_column(String(320), default="", index=True)
+    to: Mapped[list[list[str]]] = mapped_column(JSON, default=list)  # [[name, address], ...]
+    cc: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
+    bcc: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
+    reply_to: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
+    date: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    internaldate: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    raw_sha256: Mapped[str | None] = mapped_column(String(64))
+    is_placeholder: Mapped[bool] = mapped_column(Boolean, default=False)  # oversized: headers only
+    snippet: Mapped[str] = mapped_column(String(300), default="")
+    has_attachments: Mapped[bool] = mapped_column(Boolean, default=False)
+    parse_error: Mapped[str | None] = mapped_column(Text)
+    is_read: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_flagged: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_draft: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_sent: Mapped[bool] = mapped_column(Boolean, default=False)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    thread: Mapped[Thread | None] = relationship()
+    locations: Mapped[list[MessageLocation]] = relationship(
+        back_populates="message", cascade="all, delete-orphan"
+    )
+
+    def __repr__(self) -> str:
+        return f"<Message {self.id} {self.subject!r}>"
+
+
+class MessageLocation(db.Model):
+    """One (folder, UID) place of a message, with its server flags (SYNC.md §2.3)."""
+
+    __tablename__ = "message_location"
+    __table_args__ = (UniqueConstraint("folder_id", "uid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    folder_id: Mapped[int] = mapped_column(
+        ForeignKey("mail_folder.id", ondelete="CASCADE"), index=True
+    )
+    uid: Mapped[int] = mapped_column(BigInteger)
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("message.id", ondelete="CASCADE"), index=True
+    )
+    seen: Mapped[bool] = mapped_column(Boolean, default=False)
+    flagged: Mapped[bool] = mapped_column(Boolean, default=False)
+    answered: Mapped[bool] = mapped_column(Boolean, default=False)
+    draft: Mapped[bool] = mapped_column(Boolean, default=False)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    keywords: Mapped[list[str]] = mapped_column(JSON, default=list)
+    gm_labels: Mapped[list[str]] = mapped_column(JSON, default=list)
+    stale: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    message: Mapped[Message] = relationship(back_populates="locations")
+    folder: Mapped[MailFolder] = relationship()
+
+    def __repr__(self) -> str:
+        return f"<MessageLocation folder={self.folder_id} uid={self.uid}>"
+
+
+class MessageIdIndex(db.Model):
+    """JWZ id table: Message-ID -> thread, with phantoms for referenced-but-unseen ids."""
+
+    __tablename__ = "message_id_index"
+    __table_args__ = (UniqueConstraint("account_id", "msgid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("mail_account.id", ondelete="CASCADE"), index=True
+    )
+    msgid: Mapped[str] = mapped_column(String(998))
+    thread_id: Mapped[int] = mapped_column(ForeignKey("thread.id", ondelete="CASCADE"), index=True)
+    is_phantom: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    def __repr__(self) -> str:
+        return f"<MessageIdIndex {self.msgid} -> {self.thread_id}>"
+
+
+class MessagePerson(db.Model):
+    """A message matched by address to a person (From, To, Cc, Reply-To)."""
+
+    __tablename__ = "message_person"
+    __table_args__ = (UniqueConstraint("message_id", "person_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("message.id", ondelete="CASCADE"), index=True
+    )
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"), index=True)
+
+    def __repr__(self) -> str:
+        return f"<MessagePerson m={self.message_id} p={self.person_id}>"
+
+
+class FailedUid(db.Model):
+    """A UID whose fetch or store failed; retried with backoff, never blocks the watermark."""
+
+    __tablename__ = "failed_uid"
+    __table_args__ = (UniqueConstraint("folder_id", "uid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    folder_id: Mapped[int] = mapped_column(
+        ForeignKey("mail_folder.id", ondelete="CASCADE"), index=True
+    )
+    uid: Mapped[int] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def __repr__(self) -> str:
+        return f"<FailedUid folder={self.folder_id} uid={self.uid}>"
+
+
+class SyncRun(db.Model):
+    """One sync pass of an account, for the troubleshooting page."""
+
+    __tablename__ = "sync_run"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("mail_account.id", ondelete="CASCADE"), index=True
+    )
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    new_count: Mapped[int] = mapped_column(Integer, default=0)
+    changed_count: Mapped[int] = mapped_column(Integer, default=0)
+    deleted_count: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    def __repr__(self) -> str:
+        return f"<SyncRun {self.id} account={self.account_id}>"
+
+
+class SyncLease(db.Model):
+    """A per-account lease so only one worker syncs an account at a time (SYNC.md §1)."""
+
+    __tablename__ = "sync_lease"
+
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("mail_account.id", ondelete="CASCADE"), primary_key=True
+    )
+    owner: Mapped[str] = mapped_column(String(100))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    def __repr__(self) -> str:
+        return f"<SyncLease {self.account_id} {self.owner}>"

@@ -1,0 +1,92 @@
+"""Per-user preferences: one registry of keys with defaults and allowed values.
+
+Later features add keys here; the Preference table is key/value, so no schema churn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from extensions import db
+from models import Preference, User
+from services.errors import ValidationError
+
+
+@dataclass(frozen=True)
+class PreferenceSpec:
+    key: str
+    label: str
+    default: Any
+    choices: tuple[tuple[Any, str], ...]
+    help: str = ""
+
+
+PREFERENCES: dict[str, PreferenceSpec] = {
+    spec.key: spec
+    for spec in (
+        PreferenceSpec(
+            "records_page_size",
+            "Rows per page in record lists",
+            25,
+            ((25, "25"), (50, "50"), (100, "100")),
+        ),
+        PreferenceSpec(
+            "date_format",
+            "Date format",
+            "iso",
+            (("iso", "2026-11-28"), ("us", "11/28/2026"), ("eu", "28.11.2026")),
+        ),
+    )
+}
+
+
+def register(spec: PreferenceSpec) -> None:
+    """Add a preference key (called by feature modules at import time)."""
+    PREFERENCES[spec.key] = spec
+
+
+def get_preference(user: User, key: str) -> Any:
+    """Return the user's value for `key`, or its default."""
+    spec = PREFERENCES[key]
+    row = db.session.scalar(
+        select(Preference).where(Preference.user_id == user.id, Preference.key == key)
+    )
+    return spec.default if row is None else row.value
+
+
+def all_preferences(user: User) -> dict[str, Any]:
+    """Return every preference of `user`, defaults filled in."""
+    stored = {
+        row.key: row.value
+        for row in db.session.scalars(select(Preference).where(Preference.user_id == user.id))
+    }
+    return {key: stored.get(key, spec.default) for key, spec in PREFERENCES.items()}
+
+
+def update_preferences(user: User, values: dict[str, str]) -> None:
+    """Validate and store submitted preference values (strings from a form); commits."""
+    errors: dict[str, str] = {}
+    cleaned: dict[str, Any] = {}
+    for key, raw in values.items():
+        spec = PREFERENCES.get(key)
+        if spec is None:
+            continue
+        allowed = {str(value): value for value, _label in spec.choices}
+        if raw not in allowed:
+            errors[key] = "Choose one of the listed options."
+        else:
+            cleaned[key] = allowed[raw]
+    if errors:
+        raise ValidationError(errors)
+    for key, value in cleaned.items():
+        row = db.session.scalar(
+            select(Preference).where(Preference.user_id == user.id, Preference.key == key)
+        )
+        if row is None:
+            db.session.add(Preference(user_id=user.id, key=key, value=value))
+        else:
+            row.value = value
+    db.session.commit()

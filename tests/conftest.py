@@ -1,0 +1,168 @@
+"""Shared fixtures: app with a temp instance folder, CSRF-aware clients, factories.
+
+Real-server fixtures (Dovecot, SMTP, browser) live in tests/servers/ and are loaded as
+plugins below, so every test module can ask for them by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+from decimal import Decimal
+
+import pytest
+from flask.testing import FlaskClient
+from itsdangerous import URLSafeTimedSerializer
+
+from app import create_app
+from extensions import db
+from models import Deal, Lead, Organization, Person, PersonEmail, Project, User
+from services import users as user_service
+
+pytest_plugins = ["tests.servers.fixtures"]
+
+PASSWORD = "correct horse battery"
+_counter = itertools.count(1)
+
+
+class CSRFClient(FlaskClient):
+    """A test client that sends a valid CSRF token on unsafe methods unless csrf=False."""
+
+    def csrf_token(self) -> str:
+        with self.session_transaction() as session:
+            raw = session.get("csrf_token")
+            if raw is None:
+                raw = hashlib.sha1(os.urandom(64)).hexdigest()
+                session["csrf_token"] = raw
+        serializer = URLSafeTimedSerializer(self.application.secret_key, salt="wtf-csrf-token")
+        return serializer.dumps(raw)
+
+    def open(self, *args, **kwargs):
+        send_token = kwargs.pop("csrf", True)
+        method = (kwargs.get("method") or "GET").upper()
+        if send_token and method in ("POST", "PUT", "PATCH", "DELETE"):
+            headers = dict(kwargs.pop("headers", None) or {})
+            headers.setdefault("X-CSRFToken", self.csrf_token())
+            kwargs["headers"] = headers
+        # A fresh app context per request, as in production: the fixture's outer context
+        # would otherwise share `g` (Flask-Login's cached user) and the db session.
+        with self.application.app_context():
+            return super().open(*args, **kwargs)
+
+
+@pytest.fixture
+def app(tmp_path):
+    app = create_app(
+        {
+            "TESTING": True,
+            "INSTANCE_PATH": str(tmp_path / "instance"),
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'threadline.db'}",
+            "SECRET_KEY": "test-secret",
+            "SCHEDULER_ENABLED": False,
+        }
+    )
+    app.test_client_class = CSRFClient
+    with app.app_context():
+        yield app
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app) -> CSRFClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def make_user(app):
+    def factory(*, email: str | None = None, name: str | None = None, is_admin: bool = False,
+                password: str = PASSWORD) -> User:
+        n = next(_counter)
+        return user_service.create_user(
+            email=email or f"user{n}@team.test", name=name or f"User {n}",
+            password=password, is_admin=is_admin,
+        )
+    return factory
+
+
+@pytest.fixture
+def login(app):
+    """Return a fresh client signed in as the given user (through the real login form)."""
+    def do_login(user: User, password: str = PASSWORD) -> CSRFClient:
+        client = app.test_client()
+        response = client.post("/login", data={"email": user.email, "password": password})
+        assert response.status_code == 302, response.data
+        return client
+    return do_login
+
+
+@pytest.fixture
+def admin(make_user):
+    return make_user(email="admin@team.test", name="Ada Admin", is_admin=True)
+
+
+@pytest.fixture
+def admin_client(admin, login):
+    return login(admin)
+
+
+def _owned(model, owner: User, visibility: str, **fields):
+    record = model(owner_id=owner.id, visibility=visibility, **fields)
+    db.session.add(record)
+    db.session.commit()
+    return record
+
+
+@pytest.fixture
+def make_organization(app):
+    def factory(owner: User, *, name: str | None = None, visibility: str = "everyone",
+                **fields) -> Organization:
+        return _owned(Organization, owner, visibility,
+                      name=name or f"Org {next(_counter)}", **fields)
+    return factory
+
+
+@pytest.fixture
+def make_person(app):
+    def factory(owner: User, *, name: str | None = None, emails: tuple[str, ...] = (),
+                visibility: str = "everyone", **fields) -> Person:
+        person = Person(owner_id=owner.id, visibility=visibility,
+                        name=name or f"Person {next(_counter)}", **fields)
+        for index, address in enumerate(emails):
+            person.emails.append(PersonEmail(email=address.lower(), is_primary=index == 0))
+        db.session.add(person)
+        db.session.commit()
+        return person
+    return factory
+
+
+@pytest.fixture
+def make_deal(app):
+    def factory(owner: User, *, title: str | None = None, visibility: str = "everyone",
+                value: Decimal = Decimal("1000"), **fields) -> Deal:
+        return _owned(Deal, owner, visibility, title=title or f"Deal {next(_counter)}",
+                      value=value, **fields)
+    return factory
+
+
+@pytest.fixture
+def make_lead(app):
+    def factory(owner: User, *, title: str | None = None, visibility: str = "everyone",
+                **fields) -> Lead:
+        return _owned(Lead, owner, visibility, title=title or f"Lead {next(_counter)}", **fields)
+    return factory
+
+
+@pytest.fixture
+def make_project(app):
+    def factory(owner: User, *, title: str | None = None, visibility: str = "everyone",
+                **fields) -> Project:
+        return _owned(Project, owner, visibility,
+                      title=title or f"Project {next(_counter)}", **fields)
+    return factory

@@ -1,0 +1,1 @@
+"""Real-server fixtures (Dovecot IMAP, aiosmtpd SMTP, Chromium via Playwright)."""

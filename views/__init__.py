@@ -1,0 +1,12 @@
+"""One blueprint per area. BLUEPRINTS is the list app.py registers, in URL-table order."""
+
+from views import admin, auth, health, settings
+from views import records_placeholder
+
+BLUEPRINTS = [
+    auth.bp,
+    admin.bp,
+    settings.bp,
+    health.bp,
+    records_placeholder.bp,
+]

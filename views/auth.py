@@ -1,0 +1,119 @@
+"""Setup of a fresh install, sign in, sign out, change own password."""
+
+from urllib.parse import urlparse
+
+from flask import Blueprint, abort, current_app, redirect, render_template, request, session, url_for
+from flask_login import current_user, login_user, logout_user
+
+from services import users
+from services.errors import ValidationError
+from views.helpers import form_value, render_invalid
+
+bp = Blueprint("auth", __name__)
+
+
+def _safe_next(target: str | None) -> str:
+    # Only same-site paths: never redirect to another host after sign-in.
+    if target and target.startswith("/") and not target.startswith("//"):
+        parsed = urlparse(target)
+        if not parsed.netloc and not parsed.scheme:
+            return target
+    return url_for("index")
+
+
+def _sign_in(user) -> None:
+    session.clear()  # a fresh session on sign-in (no fixation)
+    login_user(user)
+    session.permanent = True
+
+
+@bp.get("/setup")
+def setup():
+    if not users.needs_setup():
+        return redirect(url_for("auth.login"))
+    return render_template("auth/setup.html", errors={}, form={})
+
+
+@bp.post("/setup")
+def setup_submit():
+    if not users.needs_setup():
+        abort(404)
+    try:
+        user = users.create_first_admin(
+            email=form_value("email"), name=form_value("name"), password=request.form.get("password", "")
+        )
+    except ValidationError as exc:
+        return render_invalid("auth/setup.html", errors=exc.errors, form=request.form)
+    _sign_in(user)
+    return redirect(url_for("index"))
+
+
+@bp.get("/login")
+def login():
+    if current_user.is_authenticated:
+        return redirect(_safe_next(request.args.get("next")))
+    return render_template("auth/login.html", errors={}, form={}, next=request.args.get("next", ""))
+
+
+@bp.post("/login")
+def login_submit():
+    email = form_value("email")
+    next_url = request.form.get("next", "")
+    try:
+        user = users.authenticate(
+            email=email,
+            password=request.form.get("password", ""),
+            ip=request.remote_addr or "unknown",
+            max_failures=current_app.config["LOGIN_MAX_FAILURES"],
+            window_seconds=current_app.config["LOGIN_WINDOW_SECONDS"],
+        )
+    except users.LoginThrottled as exc:
+        response = render_invalid(
+            "auth/login.html",
+            status=429,
+            errors={"__all__": "Too many failed attempts. Wait a few minutes and try again."},
+            form={"email": email},
+            next=next_url,
+        )
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    if user is None:
+        return render_invalid(
+            "auth/login.html",
+            status=401,
+            errors={"__all__": "Wrong email or password."},
+            form={"email": email},
+            next=next_url,
+        )
+    _sign_in(user)
+    return redirect(_safe_next(next_url))
+
+
+@bp.post("/logout")
+def logout():
+    if current_user.is_authenticated:
+        users.end_all_sessions(current_user._get_current_object())
+    logout_user()
+    session.clear()
+    return redirect(url_for("auth.login"))
+
+
+@bp.get("/account/password")
+def password():
+    return render_template("auth/password.html", errors={}, done=False)
+
+
+@bp.post("/account/password")
+def password_submit():
+    user = current_user._get_current_object()
+    try:
+        users.change_password(
+            user,
+            current=request.form.get("current", ""),
+            new=request.form.get("new", ""),
+            confirm=request.form.get("confirm", ""),
+        )
+    except ValidationError as exc:
+        return render_invalid("auth/password.html", errors=exc.errors, done=False)
+    login_user(user)  # keep this session alive under the new epoch; others are ended
+    return render_template("auth/password.html", errors={}, done=True)

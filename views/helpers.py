@@ -1,0 +1,45 @@
+"""Helpers every view uses: page-or-fragment rendering and form error responses."""
+
+from __future__ import annotations
+
+from flask import make_response, render_template, request
+
+
+def is_fragment_request(*targets: str) -> bool:
+    """Tell whether htmx asked to swap one of `targets` (not a boosted full navigation).
+
+    A bare HX-Request is not enough: boosted links send it too but want the whole page.
+    """
+    if request.headers.get("HX-Request") != "true":
+        return False
+    if request.headers.get("HX-Boosted") == "true":
+        return False
+    target = request.headers.get("HX-Target")
+    return target in targets if targets else target is not None
+
+
+def render_page_or_fragment(page: str, fragment: str, *, targets: tuple[str, ...], **context):
+    """Render `fragment` when htmx targets one of `targets`, else the full `page`."""
+    template = fragment if is_fragment_request(*targets) else page
+    response = make_response(render_template(template, **context))
+    response.vary.add("HX-Request")
+    response.vary.add("HX-Target")
+    return response
+
+
+def render_invalid(template: str, status: int = 422, **context):
+    """Re-render a form with its errors; 422 so htmx swaps it (configured in app.js)."""
+    return make_response(render_template(template, **context), status)
+
+
+def form_value(name: str, default: str = "") -> str:
+    """Return a stripped form field."""
+    return (request.form.get(name) or default).strip()
+
+
+def parse_int(value: str | None) -> int | None:
+    """Return an int from a query/form string, or None for anything else."""
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None

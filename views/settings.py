@@ -1,0 +1,42 @@
+"""Settings: personal preferences (mail features add their sections here)."""
+
+from flask import Blueprint, render_template, request
+from flask_login import current_user
+
+from services import preferences
+from services.errors import ValidationError
+from views.helpers import render_invalid
+
+bp = Blueprint("settings", __name__, url_prefix="/settings")
+
+
+@bp.get("/")
+def index():
+    return render_template(
+        "settings/page.html",
+        specs=preferences.PREFERENCES,
+        values=preferences.all_preferences(current_user),
+        errors={},
+        saved=False,
+    )
+
+
+@bp.post("/preferences")
+def update():
+    try:
+        preferences.update_preferences(current_user, request.form.to_dict())
+    except ValidationError as exc:
+        return render_invalid(
+            "settings/page.html",
+            specs=preferences.PREFERENCES,
+            values={**preferences.all_preferences(current_user), **request.form.to_dict()},
+            errors=exc.errors,
+            saved=False,
+        )
+    return render_template(
+        "settings/page.html",
+        specs=preferences.PREFERENCES,
+        values=preferences.all_preferences(current_user),
+        errors={},
+        saved=True,
+    )
