@@ -1,1 +1,69 @@
-"""Real-server fixtures (Dovecot IMAP, aiosmtpd SMTP, Chromium via Playwright)."""
+"""Pytest fixtures for the real servers: `dovecot`, `mail_user`, `smtp_server`,
+`live_server`, `browser` and `page`."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+
+import pytest
+
+from tests.servers.browser import CHROMIUM_ARGS, LiveServer, ServerThread, chromium_path
+from tests.servers.dovecot import DovecotServer, MailUser
+from tests.servers.smtp import SMTPServer
+
+_mail_users = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def dovecot():
+    """A Dovecot IMAP server for the whole session (users are per test)."""
+    if not (shutil.which("dovecot") and shutil.which("doveadm")):
+        pytest.fail("Dovecot is not installed: run `make test`, which installs dovecot-imapd")
+    server = DovecotServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mail_user(dovecot) -> MailUser:
+    """A fresh mailbox on the session's Dovecot."""
+    return dovecot.add_user(f"box{next(_mail_users)}@mail.test", "mail-password-1")
+
+
+@pytest.fixture
+def smtp_server():
+    server = SMTPServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def live_server(app):
+    """The test app served over HTTP on loopback (same database as the `app` fixture)."""
+    thread = ServerThread(app)
+    thread.start()
+    yield LiveServer(app=app, url=f"http://127.0.0.1:{thread.port}")
+    thread.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    path = chromium_path()
+    if path is None:
+        pytest.fail("Chromium is not installed: run `make test`, which installs chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    yield page
+    context.close()

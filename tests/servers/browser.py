@@ -1,0 +1,46 @@
+"""Real Chromium (Debian's package) driven by Playwright, and the app served in a thread."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from dataclasses import dataclass
+
+from flask import Flask
+from werkzeug.serving import make_server
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@dataclass
+class LiveServer:
+    app: Flask
+    url: str
+
+
+class ServerThread(threading.Thread):
+    """Serve a Flask app on a free loopback port until stop() is called."""
+
+    def __init__(self, app: Flask) -> None:
+        super().__init__(daemon=True)
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.port = self.server.server_port
+
+    def run(self) -> None:
+        self.server.serve_forever()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.join(timeout=5)
