@@ -42,7 +42,8 @@ def environment_overrides() -> dict:
     return {
         key[len(ENV_PREFIX) :]: _coerce(value)
         for key, value in os.environ.items()
-        if key.startswith(ENV_PREFIX) and key not in ("THREADLINE_PASSWORD", "THREADLINE_MAIL_PASSWORD")
+        if key.startswith(ENV_PREFIX)
+        and key not in ("THREADLINE_PASSWORD", "THREADLINE_MAIL_PASSWORD")
     }
 
 

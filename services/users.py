@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, func, or_, select
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -89,7 +89,7 @@ def create_first_admin(*, email: str, name: str, password: str) -> User:
 
 
 def _recent_failures(email: str, ip: str, window: timedelta) -> tuple[int, int, datetime | None]:
-    since = datetime.now(timezone.utc) - window
+    since = datetime.now(UTC) - window
     by_email = db.session.scalar(
         select(func.count(LoginFailure.id)).where(
             LoginFailure.email == email, LoginFailure.created_at >= since
@@ -121,13 +121,15 @@ def authenticate(
     window = timedelta(seconds=window_seconds)
     by_email, by_ip, oldest = _recent_failures(email, ip, window)
     if by_email >= max_failures or by_ip >= max_failures * 4:
-        elapsed = datetime.now(timezone.utc) - (oldest or datetime.now(timezone.utc))
+        elapsed = datetime.now(UTC) - (oldest or datetime.now(UTC))
         retry_after = max(1, int((window - elapsed).total_seconds()))
         log.warning("login throttled email=%r ip=%s", email, ip)
         raise LoginThrottled(retry_after)
     user = get_user_by_email(email)
-    if user is not None and not user.is_deactivated and check_password_hash(
-        user.password_hash, password or ""
+    if (
+        user is not None
+        and not user.is_deactivated
+        and check_password_hash(user.password_hash, password or "")
     ):
         db.session.execute(delete(LoginFailure).where(LoginFailure.email == email))
         db.session.commit()

@@ -81,24 +81,34 @@ def runner(app):
 
 @pytest.fixture
 def make_user(app):
-    def factory(*, email: str | None = None, name: str | None = None, is_admin: bool = False,
-                password: str = PASSWORD) -> User:
+    def factory(
+        *,
+        email: str | None = None,
+        name: str | None = None,
+        is_admin: bool = False,
+        password: str = PASSWORD,
+    ) -> User:
         n = next(_counter)
         return user_service.create_user(
-            email=email or f"user{n}@team.test", name=name or f"User {n}",
-            password=password, is_admin=is_admin,
+            email=email or f"user{n}@team.test",
+            name=name or f"User {n}",
+            password=password,
+            is_admin=is_admin,
         )
+
     return factory
 
 
 @pytest.fixture
 def login(app):
     """Return a fresh client signed in as the given user (through the real login form)."""
+
     def do_login(user: User, password: str = PASSWORD) -> CSRFClient:
         client = app.test_client()
         response = client.post("/login", data={"email": user.email, "password": password})
         assert response.status_code == 302, response.data
         return client
+
     return do_login
 
 
@@ -121,48 +131,75 @@ def _owned(model, owner: User, visibility: str, **fields):
 
 @pytest.fixture
 def make_organization(app):
-    def factory(owner: User, *, name: str | None = None, visibility: str = "everyone",
-                **fields) -> Organization:
-        return _owned(Organization, owner, visibility,
-                      name=name or f"Org {next(_counter)}", **fields)
+    def factory(
+        owner: User, *, name: str | None = None, visibility: str = "everyone", **fields
+    ) -> Organization:
+        return _owned(
+            Organization, owner, visibility, name=name or f"Org {next(_counter)}", **fields
+        )
+
     return factory
 
 
 @pytest.fixture
 def make_person(app):
-    def factory(owner: User, *, name: str | None = None, emails: tuple[str, ...] = (),
-                visibility: str = "everyone", **fields) -> Person:
-        person = Person(owner_id=owner.id, visibility=visibility,
-                        name=name or f"Person {next(_counter)}", **fields)
+    def factory(
+        owner: User,
+        *,
+        name: str | None = None,
+        emails: tuple[str, ...] = (),
+        visibility: str = "everyone",
+        **fields,
+    ) -> Person:
+        person = Person(
+            owner_id=owner.id,
+            visibility=visibility,
+            name=name or f"Person {next(_counter)}",
+            **fields,
+        )
         for index, address in enumerate(emails):
             person.emails.append(PersonEmail(email=address.lower(), is_primary=index == 0))
         db.session.add(person)
         db.session.commit()
         return person
+
     return factory
 
 
 @pytest.fixture
 def make_deal(app):
-    def factory(owner: User, *, title: str | None = None, visibility: str = "everyone",
-                value: Decimal = Decimal("1000"), **fields) -> Deal:
-        return _owned(Deal, owner, visibility, title=title or f"Deal {next(_counter)}",
-                      value=value, **fields)
+    def factory(
+        owner: User,
+        *,
+        title: str | None = None,
+        visibility: str = "everyone",
+        value: Decimal = Decimal("1000"),
+        **fields,
+    ) -> Deal:
+        return _owned(
+            Deal, owner, visibility, title=title or f"Deal {next(_counter)}", value=value, **fields
+        )
+
     return factory
 
 
 @pytest.fixture
 def make_lead(app):
-    def factory(owner: User, *, title: str | None = None, visibility: str = "everyone",
-                **fields) -> Lead:
+    def factory(
+        owner: User, *, title: str | None = None, visibility: str = "everyone", **fields
+    ) -> Lead:
         return _owned(Lead, owner, visibility, title=title or f"Lead {next(_counter)}", **fields)
+
     return factory
 
 
 @pytest.fixture
 def make_project(app):
-    def factory(owner: User, *, title: str | None = None, visibility: str = "everyone",
-                **fields) -> Project:
-        return _owned(Project, owner, visibility,
-                      title=title or f"Project {next(_counter)}", **fields)
+    def factory(
+        owner: User, *, title: str | None = None, visibility: str = "everyone", **fields
+    ) -> Project:
+        return _owned(
+            Project, owner, visibility, title=title or f"Project {next(_counter)}", **fields
+        )
+
     return factory

@@ -25,12 +25,17 @@ def test_setup_creates_first_admin_once(client, app):
     assert response.status_code == 302
     user = db.session.scalar(select(User))
     assert user.email == "ana@example.com" and user.is_admin
-    assert user.password_hash.startswith(("scrypt:", "pbkdf2:")) and PASSWORD not in user.password_hash
+    assert (
+        user.password_hash.startswith(("scrypt:", "pbkdf2:")) and PASSWORD not in user.password_hash
+    )
     # the form is gone afterwards
     assert client.get("/setup").status_code == 302
-    assert app.test_client().post(
-        "/setup", data={"name": "Eve", "email": "eve@example.com", "password": PASSWORD}
-    ).status_code == 404
+    assert (
+        app.test_client()
+        .post("/setup", data={"name": "Eve", "email": "eve@example.com", "password": PASSWORD})
+        .status_code
+        == 404
+    )
 
 
 def test_setup_invalid_input_returns_422_with_field_errors(client):
@@ -67,7 +72,10 @@ def test_other_account_not_throttled_by_one_accounts_failures(client, make_user)
     make_user(email="d2@team.test")
     for _ in range(5):
         client.post("/login", data={"email": "d1@team.test", "password": "bad-guess-123"})
-    assert client.post("/login", data={"email": "d2@team.test", "password": PASSWORD}).status_code == 302
+    assert (
+        client.post("/login", data={"email": "d2@team.test", "password": PASSWORD}).status_code
+        == 302
+    )
 
 
 def test_deactivated_user_cannot_sign_in(client, make_user, admin_client):
@@ -133,7 +141,9 @@ def test_security_headers_on_pages(client, make_user, login):
     user = make_user()
     response = login(user).get("/settings/")
     csp = response.headers["Content-Security-Policy"]
-    assert "script-src 'self'" in csp and "unsafe-eval" not in csp and "frame-ancestors 'none'" in csp
+    assert (
+        "script-src 'self'" in csp and "unsafe-eval" not in csp and "frame-ancestors 'none'" in csp
+    )
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["X-Frame-Options"] == "DENY"
     assert response.headers["Cache-Control"] == "no-store"

@@ -1,7 +1,6 @@
 """One blueprint per area. BLUEPRINTS is the list app.py registers, in URL-table order."""
 
-from views import admin, auth, health, settings
-from views import records_placeholder
+from views import admin, auth, health, records_placeholder, settings
 
 BLUEPRINTS = [
     auth.bp,

@@ -2,7 +2,16 @@
 
 from urllib.parse import urlparse
 
-from flask import Blueprint, abort, current_app, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_login import current_user, login_user, logout_user
 
 from services import users
@@ -40,7 +49,9 @@ def setup_submit():
         abort(404)
     try:
         user = users.create_first_admin(
-            email=form_value("email"), name=form_value("name"), password=request.form.get("password", "")
+            email=form_value("email"),
+            name=form_value("name"),
+            password=request.form.get("password", ""),
         )
     except ValidationError as exc:
         return render_invalid("auth/setup.html", errors=exc.errors, form=request.form)

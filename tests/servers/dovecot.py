@@ -40,8 +40,14 @@ def ensure_mail_system_user() -> tuple[int, int]:
         entry = pwd.getpwnam(MAIL_SYSTEM_USER)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-             MAIL_SYSTEM_USER],
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                MAIL_SYSTEM_USER,
+            ],
             check=True,
         )
         entry = pwd.getpwnam(MAIL_SYSTEM_USER)
@@ -58,7 +64,7 @@ class Certificates:
 
 def make_certificates(directory: Path, *, common_name: str = "localhost") -> Certificates:
     """Write a private CA and a server certificate for localhost/127.0.0.1 signed by it."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Threadline Test CA")])
     ca_cert = (
@@ -72,9 +78,15 @@ def make_certificates(directory: Path, *, common_name: str = "localhost") -> Cer
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -223,8 +235,13 @@ class DovecotServer:
         self.users: dict[str, MailUser] = {}
         self.config.write_text(
             CONFIG_TEMPLATE.format(
-                root=self.root, cert=self.certs.cert_file, key=self.certs.key_file,
-                uid=self.uid, gid=self.gid, plain_port=self.plain_port, ssl_port=self.ssl_port,
+                root=self.root,
+                cert=self.certs.cert_file,
+                key=self.certs.key_file,
+                uid=self.uid,
+                gid=self.gid,
+                plain_port=self.plain_port,
+                ssl_port=self.ssl_port,
             )
         )
 
@@ -244,8 +261,9 @@ class DovecotServer:
         raise RuntimeError(f"Dovecot did not start; log:\n{self.log()}")
 
     def stop(self) -> None:
-        subprocess.run(["doveadm", "-c", str(self.config), "stop"], check=False,
-                       capture_output=True)
+        subprocess.run(
+            ["doveadm", "-c", str(self.config), "stop"], check=False, capture_output=True
+        )
         pid_file = self.root / "run" / "master.pid"
         deadline = time.monotonic() + 10
         while pid_file.exists() and time.monotonic() < deadline:
@@ -278,7 +296,9 @@ class DovecotServer:
 
     def _write_user(self, user: MailUser) -> None:
         path = self.users_dir / user.email
-        path.write_text(f"{user.email}:{{PLAIN}}{user.password}:{self.uid}:{self.gid}::{user.home}::\n")
+        path.write_text(
+            f"{user.email}:{{PLAIN}}{user.password}:{self.uid}:{self.gid}::{user.home}::\n"
+        )
         # Dovecot notices a changed passwd-file by its mtime in whole seconds; move it forward.
         stamp = int(max(time.time(), path.stat().st_mtime)) + 1
         os.utime(path, (stamp, stamp))
@@ -307,18 +327,21 @@ class DovecotServer:
         return [int(line.split("=", 1)[1]) for line in out.splitlines() if line.startswith("uid=")]
 
     def flags(self, email: str, folder: str, uid: int) -> set[str]:
-        out = self.doveadm("-f", "flow", "fetch", "-u", email, "flags", "mailbox", folder,
-                           "uid", str(uid))
+        out = self.doveadm(
+            "-f", "flow", "fetch", "-u", email, "flags", "mailbox", folder, "uid", str(uid)
+        )
         value = out.strip().partition("=")[2]
         return set(value.split())
 
     def add_flags(self, email: str, folder: str, uid: int, *flags: str) -> None:
-        self.doveadm("flags", "add", "-u", email, " ".join(flags), "mailbox", folder,
-                     "uid", str(uid))
+        self.doveadm(
+            "flags", "add", "-u", email, " ".join(flags), "mailbox", folder, "uid", str(uid)
+        )
 
     def remove_flags(self, email: str, folder: str, uid: int, *flags: str) -> None:
-        self.doveadm("flags", "remove", "-u", email, " ".join(flags), "mailbox", folder,
-                     "uid", str(uid))
+        self.doveadm(
+            "flags", "remove", "-u", email, " ".join(flags), "mailbox", folder, "uid", str(uid)
+        )
 
     def move(self, email: str, folder: str, uid: int, destination: str) -> None:
         self.doveadm("move", "-u", email, destination, "mailbox", folder, "uid", str(uid))
@@ -330,7 +353,8 @@ class DovecotServer:
         self.doveadm("mailbox", "update", "-u", email, "--uid-validity", str(uidvalidity), folder)
 
     def status(self, email: str, folder: str = "INBOX") -> dict[str, int]:
-        out = self.doveadm("-f", "flow", "mailbox", "status", "-u", email,
-                           "messages uidnext uidvalidity", folder)
+        out = self.doveadm(
+            "-f", "flow", "mailbox", "status", "-u", email, "messages uidnext uidvalidity", folder
+        )
         fields = dict(part.split("=", 1) for part in out.split() if "=" in part)
         return {key: int(value) for key, value in fields.items() if value.isdigit()}

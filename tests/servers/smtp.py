@@ -25,8 +25,11 @@ class RecordingHandler:
 
     async def handle_DATA(self, server, session, envelope):
         self.messages.append(
-            ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content
-                         or envelope.content)
+            ReceivedMail(
+                envelope.mail_from,
+                list(envelope.rcpt_tos),
+                envelope.original_content or envelope.content,
+            )
         )
         return "250 Message accepted for delivery"
 
@@ -34,8 +37,14 @@ class RecordingHandler:
 class SMTPServer:
     """aiosmtpd on a free loopback port; STARTTLS and AUTH when credentials are given."""
 
-    def __init__(self, *, cert_file: Path | None = None, key_file: Path | None = None,
-                 username: str | None = None, password: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.handler = RecordingHandler()
         self.host = "127.0.0.1"
         self.port = free_port()
@@ -46,17 +55,24 @@ class SMTPServer:
             tls_context.load_cert_chain(cert_file, key_file)
         kwargs = {}
         if username is not None:
-            kwargs.update(authenticator=self._authenticate, auth_require_tls=tls_context is not None)
+            kwargs.update(
+                authenticator=self._authenticate, auth_require_tls=tls_context is not None
+            )
         else:
             kwargs.update(auth_require_tls=False)
         self.controller = Controller(
-            self.handler, hostname=self.host, port=self.port, tls_context=tls_context,
-            require_starttls=tls_context is not None, **kwargs,
+            self.handler,
+            hostname=self.host,
+            port=self.port,
+            tls_context=tls_context,
+            require_starttls=tls_context is not None,
+            **kwargs,
         )
 
     def _authenticate(self, server, session, envelope, mechanism, auth_data):
         ok = isinstance(auth_data, LoginPassword) and (
-            auth_data.login.decode() == self.username and auth_data.password.decode() == self.password
+            auth_data.login.decode() == self.username
+            and auth_data.password.decode() == self.password
         )
         return AuthResult(success=ok)
 

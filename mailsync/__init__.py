@@ -1,0 +1,1 @@
+"""The only code that talks IMAP/SMTP. No Flask request imports here."""

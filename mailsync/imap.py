@@ -1,0 +1,281 @@
+"""Connect to IMAP servers: verified TLS, login, ID, capabilities, plain-words errors.
+
+Every failure becomes a MailConnectionError whose `kind` drives account state (SYNC.md §6)
+and whose `message` a user can act on. Server responses are never echoed verbatim into
+messages shown for network-level failures, so the form cannot be used to read banners of
+arbitrary services (SECURITY.md R20).
+"""
+
+from __future__ import annotations
+
+import imaplib
+import socket
+import ssl
+from dataclasses import dataclass
+
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError, LoginError
+
+# imaplib's line limit is a module global; a big UID SEARCH line exceeds the 1 MB default
+# (SYNC.md §3 step 5). Setting it on an instance has no effect.
+imaplib._MAXLINE = 50_000_000
+
+DEFAULT_ALLOWED_PORTS = frozenset({993, 143})
+
+# NetEase requires the ID command before SELECT, even when ID is not advertised.
+ID_REQUIRED_DOMAINS = ("163.com", "126.com", "yeah.net", "188.com")
+CLIENT_ID = {"name": "Threadline", "version": "1.0", "vendor": "Threadline"}
+
+# Error kinds. AUTH_* kinds stop scheduled sync until the user fixes the credentials.
+AUTH_FAILED = "auth_failed"
+APP_PASSWORD_REQUIRED = "app_password_required"
+IMAP_DISABLED = "imap_disabled"
+OAUTH_REQUIRED = "oauth_required"
+HOST_NOT_FOUND = "host_not_found"
+CONNECTION_REFUSED = "connection_refused"
+TIMEOUT = "timeout"
+CERT_UNTRUSTED = "cert_untrusted"
+TLS_NOT_OFFERED = "tls_not_offered"
+TLS_ERROR = "tls_error"
+PORT_NOT_ALLOWED = "port_not_allowed"
+THROTTLED = "throttled"
+PROTOCOL_ERROR = "protocol_error"
+
+CREDENTIAL_KINDS = frozenset({AUTH_FAILED, APP_PASSWORD_REQUIRED, IMAP_DISABLED, OAUTH_REQUIRED})
+
+
+class MailConnectionError(Exception):
+    """A connection or login failure, with a kind and a message in plain words."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+    @property
+    def needs_user_action(self) -> bool:
+        """Tell whether retrying cannot help until the user changes something."""
+        return self.kind in CREDENTIAL_KINDS or self.kind in (
+            CERT_UNTRUSTED,
+            TLS_NOT_OFFERED,
+            PORT_NOT_ALLOWED,
+        )
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    host: str
+    port: int
+    security: str  # "ssl" (implicit TLS) or "starttls"
+    username: str
+    password: str
+    ca_cert_pem: str | None = None
+    timeout: float = 30.0
+
+
+# Lowercase substrings of real server answers (SYNC.md §6; Close matches substrings).
+APP_PASSWORD_PATTERNS = (
+    "application-specific password",
+    "app password",
+    "authorized code",
+    "authorization code",
+    "weixin token",
+    "授权码",
+)
+IMAP_DISABLED_PATTERNS = (
+    "enable imap",
+    "imap is disabled",
+    "imap access is disabled",
+    "imap not enabled",
+    "log in via your web browser",
+    "web login required",
+    "webalert",
+    "temporarily restricted",
+    "unsafe login",
+)
+OAUTH_PATTERNS = ("basic authentication is disabled",)
+THROTTLE_PATTERNS = (
+    "[limit]",
+    "[unavailable]",
+    "too many simultaneous connections",
+    "exceeded command or bandwidth limits",
+    "maximum number of connections",
+)
+
+
+def classify_login_error(text: str) -> str:
+    """Return the error kind for a server's answer to LOGIN."""
+    lowered = text.lower()
+    for patterns, kind in (
+        (OAUTH_PATTERNS, OAUTH_REQUIRED),
+        (APP_PASSWORD_PATTERNS, APP_PASSWORD_REQUIRED),
+        (IMAP_DISABLED_PATTERNS, IMAP_DISABLED),
+        (THROTTLE_PATTERNS, THROTTLED),
+    ):
+        if any(pattern in lowered for pattern in patterns):
+            return kind
+    return AUTH_FAILED
+
+
+LOGIN_MESSAGES = {
+    AUTH_FAILED: "The server rejected the username or password. Check them and try again.",
+    APP_PASSWORD_REQUIRED: (
+        "This provider needs an app password (or authorization code) instead of your normal "
+        "password. Create one in your provider's security settings and enter it here."
+    ),
+    IMAP_DISABLED: (
+        "IMAP access is turned off for this mailbox. Enable IMAP in your provider's web "
+        "settings (or sign in there once to clear a security check), then try again."
+    ),
+    OAUTH_REQUIRED: (
+        "This provider only accepts OAuth2 sign-in for IMAP, which Threadline does not support yet."
+    ),
+    THROTTLED: "The provider is limiting connections right now. Threadline will retry later.",
+}
+
+
+def _ssl_context(ca_cert_pem: str | None) -> ssl.SSLContext:
+    # Certificates are always verified; a private CA is trusted only when given (R19).
+    context = ssl.create_default_context()
+    if ca_cert_pem:
+        context.load_verify_locations(cadata=ca_cert_pem)
+    return context
+
+
+def _certificate_subject(host: str, port: int, timeout: float) -> str | None:
+    """Return the subject and issuer of the server's certificate, read without trusting it."""
+    try:
+        from cryptography import x509
+
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            with context.wrap_socket(raw, server_hostname=host) as tls:
+                der = tls.getpeercert(binary_form=True)
+        cert = x509.load_der_x509_certificate(der)
+        return f"{cert.subject.rfc4514_string()} (issued by {cert.issuer.rfc4514_string()})"
+    except Exception:
+        return None
+
+
+def _network_error(exc: BaseException, settings: ConnectionSettings) -> MailConnectionError:
+    host = f"{settings.host}:{settings.port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        subject = (
+            _certificate_subject(settings.host, settings.port, settings.timeout)
+            if settings.security == "ssl"
+            else None
+        )
+        detail = f" The server presented {subject}." if subject else ""
+        return MailConnectionError(
+            CERT_UNTRUSTED,
+            f"The certificate of {host} is not trusted ({exc.verify_message}).{detail} "
+            "If this is your own server with a private CA, upload that CA certificate.",
+        )
+    if isinstance(exc, ssl.SSLError):
+        return MailConnectionError(
+            TLS_ERROR,
+            f"A secure (TLS) connection to {host} failed. Check the port and security setting "
+            "(993 uses SSL, 143 uses STARTTLS).",
+        )
+    if isinstance(exc, socket.gaierror):
+        return MailConnectionError(
+            HOST_NOT_FOUND,
+            f"The server name {settings.host} could not be found. Check the spelling.",
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return MailConnectionError(
+            CONNECTION_REFUSED,
+            f"{host} refused the connection. Check the port, or whether the server is running.",
+        )
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return MailConnectionError(
+            TIMEOUT, f"{host} did not answer in time. Check the address, port and network."
+        )
+    return MailConnectionError(
+        PROTOCOL_ERROR,
+        f"Could not talk to {host} as an IMAP server. Check the host, port and security setting.",
+    )
+
+
+def send_id(client: IMAPClient, host: str) -> None:
+    """Send the ID command (RFC 2971) when advertised, and always for NetEase hosts."""
+    advertised = b"ID" in client.capabilities()
+    required = any(host.lower().endswith(domain) for domain in ID_REQUIRED_DOMAINS)
+    if not (advertised or required):
+        return
+    try:
+        if advertised:
+            client.id_(CLIENT_ID)
+        else:
+            # imapclient's id_() refuses when ID is not advertised; NetEase needs it anyway.
+            args = " ".join(f'"{k}" "{v}"' for k, v in CLIENT_ID.items())
+            client._imap._simple_command("ID", f"({args})")
+    except (IMAPClientError, imaplib.IMAP4.error):
+        pass  # ID is advisory; a server that rejects it still serves mail
+
+
+def connect(
+    settings: ConnectionSettings, *, allowed_ports: frozenset[int] | None = DEFAULT_ALLOWED_PORTS
+) -> IMAPClient:
+    """Open, secure and log in an IMAP connection; raise MailConnectionError on failure.
+
+    After login: ID is sent, capabilities re-read, and CONDSTORE enabled when offered.
+    """
+    if allowed_ports is not None and settings.port not in allowed_ports:
+        raise MailConnectionError(
+            PORT_NOT_ALLOWED,
+            f"Port {settings.port} is not an IMAP port. Use 993 (SSL) or 143 (STARTTLS).",
+        )
+    context = _ssl_context(settings.ca_cert_pem)
+    timeout = settings.timeout
+    try:
+        client = IMAPClient(
+            settings.host,
+            port=settings.port,
+            ssl=settings.security == "ssl",
+            ssl_context=context,
+            timeout=timeout,
+        )
+    except (OSError, imaplib.IMAP4.error, IMAPClientError) as exc:
+        raise _network_error(exc, settings) from exc
+    try:
+        if settings.security != "ssl":
+            if b"STARTTLS" not in client.capabilities():
+                raise MailConnectionError(
+                    TLS_NOT_OFFERED,
+                    f"{settings.host}:{settings.port} does not offer STARTTLS, so the password "
+                    "would travel unencrypted. Use port 993 with SSL instead.",
+                )
+            client.starttls(context)
+        try:
+            client.login(settings.username, settings.password)
+        except LoginError as exc:
+            kind = classify_login_error(str(exc))
+            raise MailConnectionError(kind, LOGIN_MESSAGES[kind]) from exc
+        send_id(client, settings.host)
+        client._cached_capabilities = None  # capabilities often change after login
+        capabilities = client.capabilities()
+        if b"ENABLE" in capabilities and b"CONDSTORE" in capabilities:
+            client.enable("CONDSTORE")
+        return client
+    except MailConnectionError:
+        safe_logout(client)
+        raise
+    except (OSError, imaplib.IMAP4.error, IMAPClientError) as exc:
+        safe_logout(client)
+        raise _network_error(exc, settings) from exc
+
+
+def safe_logout(client: IMAPClient | None) -> None:
+    """Close a connection, ignoring errors (the connection may already be broken)."""
+    if client is None:
+        return
+    try:
+        client.logout()
+    except Exception:
+        try:
+            client.shutdown()
+        except Exception:
+            pass

@@ -1,0 +1,61 @@
+"""Mail credentials encrypted at rest with Fernet; the key lives outside the database.
+
+The key comes from THREADLINE_MAIL_KEYS (comma-separated, newest first) or from
+instance/mail.key (mode 0600, created on first use). Several keys allow rotation:
+MultiFernet decrypts with any and `rotate` re-encrypts with the newest.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+
+class CredentialError(Exception):
+    """A stored secret cannot be decrypted (wrong or missing key, corrupted value)."""
+
+
+def load_keys(instance_path: str | Path, configured: str | None = None) -> list[bytes]:
+    """Return the Fernet keys, newest first, creating instance/mail.key when none exist."""
+    configured = configured or os.environ.get("THREADLINE_MAIL_KEYS")
+    if configured:
+        return [key.strip().encode() for key in configured.split(",") if key.strip()]
+    path = Path(instance_path) / "mail.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(Fernet.generate_key())
+    return [line.strip() for line in path.read_bytes().splitlines() if line.strip()]
+
+
+class SecretBox:
+    """Encrypt and decrypt short secrets (mail passwords)."""
+
+    def __init__(self, keys: list[bytes]):
+        self._fernet = MultiFernet([Fernet(key) for key in keys])
+
+    def encrypt(self, plaintext: str) -> bytes:
+        return self._fernet.encrypt(plaintext.encode())
+
+    def decrypt(self, token: bytes) -> str:
+        try:
+            return self._fernet.decrypt(bytes(token)).decode()
+        except (InvalidToken, TypeError, ValueError) as exc:
+            raise CredentialError(
+                "The stored mail password cannot be read. Enter the password again."
+            ) from exc
+
+    def rotate(self, token: bytes) -> bytes:
+        return self._fernet.rotate(bytes(token))
+
+
+def secret_box(app) -> SecretBox:
+    """Return the app's SecretBox (cached on the app)."""
+    box = app.extensions.get("threadline_secret_box")
+    if box is None:
+        box = SecretBox(load_keys(app.instance_path, app.config.get("MAIL_KEYS")))
+        app.extensions["threadline_secret_box"] = box
+    return box
