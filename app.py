@@ -76,6 +76,11 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     with app.app_context():
         db.create_all()
+        if db.engine.dialect.name == "sqlite":
+            from services.search import ensure_search_index
+
+            with db.engine.begin() as connection:
+                ensure_search_index(connection)
 
     _register_blueprints(app)
     _register_hooks(app)
