@@ -394,6 +394,10 @@ class Thread(db.Model):
     project_id: Mapped[int | None] = mapped_column(
         ForeignKey("project.id", ondelete="SET NULL"), index=True
     )
+    # Auto-linking found several open deals/leads/projects: ask the owner to choose.
+    needs_link_choice: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Every message of the thread is hidden by the owner's blocked addresses.
+    blocked: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
 
     account: Mapped[MailAccount] = relationship()
 
@@ -441,6 +445,8 @@ class Message(db.Model):
     is_flagged: Mapped[bool] = mapped_column(Boolean, default=False)
     is_draft: Mapped[bool] = mapped_column(Boolean, default=False)
     is_sent: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Every participant other than the owner is blocked (kept, so unblocking restores it).
+    blocked: Mapped[bool] = mapped_column(Boolean, default=False)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -569,3 +575,32 @@ class SyncLease(db.Model):
 
     def __repr__(self) -> str:
         return f"<SyncLease {self.account_id} {self.owner}>"
+
+
+class BlockedAddress(db.Model):
+    """An address (`someone@example.com`) or domain (`@example.com`) a user blocked."""
+
+    __tablename__ = "blocked_address"
+    __table_args__ = (UniqueConstraint("user_id", "entry"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    entry: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<BlockedAddress {self.user_id} {self.entry}>"
+
+
+class ImageAllowance(db.Model):
+    """A sender whose remote images a user chose to always show."""
+
+    __tablename__ = "image_allowance"
+    __table_args__ = (UniqueConstraint("user_id", "sender"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    sender: Mapped[str] = mapped_column(String(320))
+
+    def __repr__(self) -> str:
+        return f"<ImageAllowance {self.user_id} {self.sender}>"

@@ -12,7 +12,18 @@ from flask import abort
 from sqlalchemy import Select, or_, select
 
 from extensions import db
-from models import VISIBILITY_EVERYONE, User
+from models import (
+    VISIBILITY_EVERYONE,
+    Deal,
+    Lead,
+    MailAccount,
+    Message,
+    MessagePerson,
+    Person,
+    Project,
+    Thread,
+    User,
+)
 
 T = TypeVar("T")
 
@@ -43,3 +54,152 @@ def record_for(user: User, model: type[T], record_id: int) -> T:
 def can_edit_record(user: User, record: object) -> bool:
     """Tell whether `user` may change `record`: anyone who can access it (team CRM)."""
     return can_access_record(user, record)
+
+
+# --------------------------------------------------------------------------- mail
+#
+# PRODUCT.md "Sharing and visibility":
+# - A user's Mail tab shows only threads of their own mail accounts. Nobody else, admins
+#   included, ever sees another user's Mail tab or private conversations.
+# - A teammate sees a thread only when it is shared, linked to a record (person, deal, lead,
+#   project; organizations through their persons and deals) and the teammate can access that
+#   record; only on that record's page, read-only.
+# - Deleted threads are gone everywhere; threads hidden by the owner's blocked addresses are
+#   hidden everywhere too.
+
+
+def owned_threads(user: User) -> Select[tuple[Thread]]:
+    """Return a select of the user's own live threads (their Mail tab)."""
+    return (
+        select(Thread)
+        .join(MailAccount, MailAccount.id == Thread.account_id)
+        .where(MailAccount.user_id == user.id, Thread.deleted_at.is_(None))
+    )
+
+
+def owned_messages(user: User) -> Select[tuple[Message]]:
+    """Return a select of the user's own live messages."""
+    return (
+        select(Message)
+        .join(MailAccount, MailAccount.id == Message.account_id)
+        .where(MailAccount.user_id == user.id, Message.deleted_at.is_(None))
+    )
+
+
+def thread_for_owner(user: User, thread_id: int) -> Thread:
+    """Return one of the user's own threads or abort 404."""
+    thread = db.session.scalar(owned_threads(user).where(Thread.id == thread_id))
+    if thread is None:
+        abort(404)
+    return thread
+
+
+def message_for_owner(user: User, message_id: int) -> Message:
+    """Return one of the user's own messages or abort 404."""
+    message = db.session.scalar(owned_messages(user).where(Message.id == message_id))
+    if message is None:
+        abort(404)
+    return message
+
+
+def _person_thread_ids(person_ids) -> Select:
+    return (
+        select(Message.thread_id)
+        .join(MessagePerson, MessagePerson.message_id == Message.id)
+        .where(MessagePerson.person_id.in_(person_ids), Message.deleted_at.is_(None))
+    )
+
+
+def record_thread_condition(kind: str, record_id: int):
+    """Return the SQL condition selecting threads linked to one record."""
+    if kind == "deal":
+        return Thread.deal_id == record_id
+    if kind == "lead":
+        return Thread.lead_id == record_id
+    if kind == "project":
+        return Thread.project_id == record_id
+    if kind == "person":
+        return Thread.id.in_(_person_thread_ids([record_id]))
+    if kind == "organization":
+        org_persons = select(Person.id).where(Person.organization_id == record_id)
+        org_deals = select(Deal.id).where(Deal.organization_id == record_id)
+        return or_(Thread.id.in_(_person_thread_ids(org_persons)), Thread.deal_id.in_(org_deals))
+    raise ValueError(f"unknown record kind {kind!r}")
+
+
+def record_threads(user: User, kind: str, record_id: int) -> Select[tuple[Thread]]:
+    """Return the threads `user` may see on the page of a record they can access.
+
+    The caller must have loaded the record through `record_for` (which 404s otherwise).
+    """
+    return (
+        select(Thread)
+        .join(MailAccount, MailAccount.id == Thread.account_id)
+        .where(
+            record_thread_condition(kind, record_id),
+            Thread.deleted_at.is_(None),
+            Thread.blocked.is_(False),
+            or_(MailAccount.user_id == user.id, Thread.shared.is_(True)),
+        )
+    )
+
+
+def _linked_records_accessible(user: User, thread: Thread) -> bool:
+    """Tell whether the thread is linked to at least one record `user` can access."""
+    for model, record_id in (
+        (Deal, thread.deal_id),
+        (Lead, thread.lead_id),
+        (Project, thread.project_id),
+    ):
+        if record_id is not None:
+            record = db.session.get(model, record_id)
+            if record is not None and can_access_record(user, record):
+                return True
+    person_ids = db.session.scalars(
+        select(MessagePerson.person_id)
+        .join(Message, Message.id == MessagePerson.message_id)
+        .where(Message.thread_id == thread.id, Message.deleted_at.is_(None))
+        .distinct()
+    ).all()
+    if person_ids:
+        visible = db.session.scalar(
+            visible_records(user, Person).where(Person.id.in_(person_ids)).limit(1)
+        )
+        if visible is not None:
+            return True
+    return False
+
+
+def can_view_thread(user: User, thread: Thread) -> bool:
+    """Tell whether `user` may read `thread` (owner, or teammate through a shared link)."""
+    if thread.deleted_at is not None:
+        return False
+    if thread.account.user_id == user.id:
+        return True
+    return thread.shared and not thread.blocked and _linked_records_accessible(user, thread)
+
+
+def thread_for_viewer(user: User, thread_id: int) -> tuple[Thread, bool]:
+    """Return (thread, is_owner) for anyone allowed to read it, or abort 404."""
+    thread = db.session.get(Thread, thread_id)
+    if thread is None or not can_view_thread(user, thread):
+        abort(404)
+    return thread, thread.account.user_id == user.id
+
+
+def message_for_viewer(user: User, message_id: int) -> tuple[Message, bool]:
+    """Return (message, is_owner) for anyone allowed to read its thread, or abort 404."""
+    message = db.session.get(Message, message_id)
+    if message is None or message.deleted_at is not None or message.thread is None:
+        abort(404)
+    if not can_view_thread(user, message.thread):
+        abort(404)
+    return message, message.thread.account.user_id == user.id
+
+
+def account_for(user: User, account_id: int) -> MailAccount:
+    """Return one of the user's own mail accounts or abort 404."""
+    account = db.session.get(MailAccount, account_id)
+    if account is None or account.user_id != user.id:
+        abort(404)
+    return account

@@ -34,6 +34,54 @@ PREFERENCES: dict[str, PreferenceSpec] = {
             ((25, "25"), (50, "50"), (100, "100")),
         ),
         PreferenceSpec(
+            "default_email_sharing",
+            "Default email sharing",
+            "private",
+            (
+                ("private", "Private: only I see my conversations"),
+                ("shared", "Shared: teammates see conversations on records they can access"),
+            ),
+            "Applies to mail synced after you change it. You can change one conversation "
+            "at any time from the conversation.",
+        ),
+        PreferenceSpec(
+            "auto_linking",
+            "Link conversations to deals",
+            "automatic",
+            (
+                ("automatic", "Automatic: link to the person's only open deal, lead or project"),
+                ("manual", "Manual: I link deals myself"),
+            ),
+            "With several open items nothing is linked and the conversation asks you to choose.",
+        ),
+        PreferenceSpec(
+            "archive_in_mailbox",
+            "When I archive in Threadline",
+            False,
+            (
+                (False, "Keep the mail where it is in my mailbox"),
+                (True, "Also archive it in my mailbox"),
+            ),
+        ),
+        PreferenceSpec(
+            "delete_in_mailbox",
+            "When I delete in Threadline",
+            False,
+            (
+                (False, "Remove it from Threadline only"),
+                (True, "Also move it to Trash in my mailbox"),
+            ),
+        ),
+        PreferenceSpec(
+            "email_links",
+            "Clicking an email address",
+            "threadline",
+            (
+                ("threadline", "Opens Threadline's compose"),
+                ("mailto", "Opens my computer's mail app (mailto:)"),
+            ),
+        ),
+        PreferenceSpec(
             "date_format",
             "Date format",
             "iso",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -17,7 +18,19 @@ from itsdangerous import URLSafeTimedSerializer
 
 from app import create_app
 from extensions import db
-from models import Deal, Lead, Organization, Person, PersonEmail, Project, User
+from models import (
+    Deal,
+    Lead,
+    MailAccount,
+    Message,
+    MessagePerson,
+    Organization,
+    Person,
+    PersonEmail,
+    Project,
+    Thread,
+    User,
+)
 from services import users as user_service
 
 pytest_plugins = ["tests.servers.fixtures"]
@@ -201,5 +214,75 @@ def make_project(app):
         return _owned(
             Project, owner, visibility, title=title or f"Project {next(_counter)}", **fields
         )
+
+    return factory
+
+
+@pytest.fixture
+def make_stored_account(app):
+    """A mail account row with no server behind it, for tests of stored mail."""
+
+    def factory(user: User, *, email_address: str | None = None) -> MailAccount:
+        account = MailAccount(
+            user_id=user.id,
+            email_address=email_address or user.email,
+            username=email_address or user.email,
+            password_encrypted=b"unused",
+            imap_host="imap.invalid",
+        )
+        db.session.add(account)
+        db.session.commit()
+        return account
+
+    return factory
+
+
+@pytest.fixture
+def make_stored_message(app):
+    """A thread with one message stored directly (no sync), linked to persons by address."""
+
+    def factory(
+        account: MailAccount,
+        *,
+        subject: str = "Hello",
+        sender: tuple[str, str] = ("Carla Diaz", "carla@customer.test"),
+        to: tuple[tuple[str, str], ...] = (("Me", "me@team.test"),),
+        cc: tuple[tuple[str, str], ...] = (),
+        thread: Thread | None = None,
+        shared: bool = False,
+    ) -> Message:
+        from services.linking import persons_for_addresses
+
+        n = next(_counter)
+        if thread is None:
+            thread = Thread(
+                account_id=account.id,
+                subject=subject,
+                shared=shared,
+                last_date=datetime.now(UTC),
+                message_count=0,
+            )
+            db.session.add(thread)
+            db.session.flush()
+        message = Message(
+            account_id=account.id,
+            thread_id=thread.id,
+            dedup_key=f"key-{n}",
+            subject=subject,
+            from_name=sender[0],
+            from_address=sender[1],
+            to=[list(p) for p in to],
+            cc=[list(p) for p in cc],
+            date=datetime.now(UTC),
+            snippet=subject,
+        )
+        db.session.add(message)
+        thread.message_count += 1
+        db.session.flush()
+        addresses = [sender[1], *(p[1] for p in to), *(p[1] for p in cc)]
+        for person_id in set(persons_for_addresses(addresses).values()):
+            db.session.add(MessagePerson(message_id=message.id, person_id=person_id))
+        db.session.commit()
+        return message
 
     return factory

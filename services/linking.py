@@ -1,0 +1,241 @@
+"""Linking and blocking: persons by address, deals/leads/projects by rule, blocked addresses.
+
+The rules themselves are pure functions in services/linking_rules.py; this module applies
+them to rows. PRODUCT.md "Linking" and "Blocked addresses".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import Select, func, select, update
+
+from extensions import db
+from models import (
+    BlockedAddress,
+    Deal,
+    Lead,
+    MailAccount,
+    Message,
+    MessagePerson,
+    Person,
+    PersonEmail,
+    Project,
+    Thread,
+    User,
+)
+from services.errors import ValidationError
+from services.linking_rules import (
+    LinkTarget,
+    decide_auto_link,
+    message_is_hidden,
+    normalize_block_entry,
+)
+from services.preferences import get_preference
+
+LINK_MODELS = {"deal": Deal, "lead": Lead, "project": Project}
+LINK_COLUMNS = {"deal": "deal_id", "lead": "lead_id", "project": "project_id"}
+
+
+def message_participants(message: Message) -> list[str]:
+    """Return the lowercased addresses of From, To, Cc and Reply-To."""
+    addresses = [message.from_address]
+    for field in (message.to, message.cc, message.reply_to):
+        addresses.extend(pair[1] for pair in field or [] if len(pair) > 1)
+    return [address.lower() for address in addresses if address]
+
+
+def own_addresses(user: User) -> set[str]:
+    """Return the user's own addresses: sign-in address and every mail account address."""
+    accounts = db.session.scalars(
+        select(MailAccount.email_address).where(MailAccount.user_id == user.id)
+    )
+    return {user.email.lower(), *(address.lower() for address in accounts)}
+
+
+# --------------------------------------------------------------------------- persons
+
+
+def persons_for_addresses(addresses: Iterable[str]) -> dict[str, int]:
+    """Map each known address (lowercased) to the id of the person who has it."""
+    wanted = {address.lower() for address in addresses if address}
+    if not wanted:
+        return {}
+    rows = db.session.execute(
+        select(PersonEmail.email, PersonEmail.person_id).where(PersonEmail.email.in_(wanted))
+    )
+    return {email: person_id for email, person_id in rows}
+
+
+def past_messages_for_address(address: str) -> Select:
+    """Return a select of live messages that mention `address` and are not linked yet."""
+    pattern = f'%"{address.lower()}"%'
+    return select(Message.id).where(
+        Message.deleted_at.is_(None),
+        (func.lower(Message.from_address) == address.lower())
+        | Message.to.like(pattern)
+        | Message.cc.like(pattern)
+        | Message.reply_to.like(pattern),
+    )
+
+
+def count_past_conversations(person: Person, address: str) -> int:
+    """Count conversations that mention `address` and are not yet linked to `person`."""
+    linked = select(MessagePerson.message_id).where(MessagePerson.person_id == person.id)
+    query = past_messages_for_address(address).where(Message.id.not_in(linked))
+    message_ids = select(Message.thread_id).where(Message.id.in_(query)).distinct()
+    return db.session.scalar(select(func.count()).select_from(message_ids.subquery())) or 0
+
+
+def link_past_conversations(person: Person, address: str) -> int:
+    """Link every past message mentioning `address` to `person`; commits; returns the count."""
+    linked = select(MessagePerson.message_id).where(MessagePerson.person_id == person.id)
+    ids = db.session.scalars(past_messages_for_address(address).where(Message.id.not_in(linked)))
+    rows = [MessagePerson(message_id=message_id, person_id=person.id) for message_id in ids]
+    db.session.add_all(rows)
+    db.session.commit()
+    return len(rows)
+
+
+# --------------------------------------------------------------------------- deals, leads, projects
+
+
+def open_link_targets(person_ids: Iterable[int]) -> list[LinkTarget]:
+    """Return the open deals, leads and projects of the given persons."""
+    person_ids = list(set(person_ids))
+    if not person_ids:
+        return []
+    targets: list[LinkTarget] = []
+    for kind, model, status in (
+        ("deal", Deal, "open"),
+        ("lead", Lead, "open"),
+        ("project", Project, "open"),
+    ):
+        ids = db.session.scalars(
+            select(model.id).where(model.person_id.in_(person_ids), model.status == status)
+        )
+        targets.extend(LinkTarget(kind, record_id) for record_id in ids)
+    return targets
+
+
+def thread_person_ids(thread: Thread) -> list[int]:
+    return list(
+        db.session.scalars(
+            select(MessagePerson.person_id)
+            .join(Message, Message.id == MessagePerson.message_id)
+            .where(Message.thread_id == thread.id)
+            .distinct()
+        )
+    )
+
+
+def auto_link_thread(thread: Thread, owner: User) -> None:
+    """Apply the auto-linking rule to a thread that has no deal/lead/project yet (no commit).
+
+    Manual mode links nothing; with several open items the thread asks its owner to choose.
+    """
+    if thread.deal_id or thread.lead_id or thread.project_id:
+        return
+    if get_preference(owner, "auto_linking") != "automatic":
+        return
+    decision = decide_auto_link(open_link_targets(thread_person_ids(thread)))
+    thread.needs_link_choice = decision.needs_choice
+    if decision.target is not None:
+        setattr(thread, LINK_COLUMNS[decision.target.kind], decision.target.id)
+
+
+def link_thread(thread: Thread, kind: str, record_id: int | None) -> None:
+    """Link the thread to one deal, lead or project (replacing any other), or unlink; commits."""
+    if kind not in LINK_COLUMNS:
+        raise ValidationError({"kind": "Choose a deal, lead or project."})
+    for column in LINK_COLUMNS.values():
+        setattr(thread, column, None)
+    if record_id is not None:
+        setattr(thread, LINK_COLUMNS[kind], record_id)
+    thread.needs_link_choice = False
+    db.session.commit()
+
+
+def set_thread_shared(thread: Thread, shared: bool) -> None:
+    """Share or unshare one conversation; commits."""
+    thread.shared = shared
+    db.session.commit()
+
+
+# --------------------------------------------------------------------------- blocking
+
+
+def blocked_entries(user: User) -> list[BlockedAddress]:
+    return list(
+        db.session.scalars(
+            select(BlockedAddress)
+            .where(BlockedAddress.user_id == user.id)
+            .order_by(BlockedAddress.entry)
+        )
+    )
+
+
+def is_message_hidden(message: Message, own: set[str], entries: list[str]) -> bool:
+    """Apply the blocking rule to one message."""
+    return message_is_hidden(message_participants(message), own, entries)
+
+
+def refresh_blocked_flags(user: User) -> None:
+    """Recompute which of the user's messages and threads are hidden by blocks (no commit)."""
+    entries = [row.entry for row in blocked_entries(user)]
+    own = own_addresses(user)
+    account_ids = select(MailAccount.id).where(MailAccount.user_id == user.id)
+    messages = db.session.execute(
+        select(Message).where(Message.account_id.in_(account_ids)).execution_options(yield_per=1000)
+    ).scalars()
+    for message in messages:
+        hidden = is_message_hidden(message, own, entries)
+        if message.blocked != hidden:
+            message.blocked = hidden
+    db.session.flush()
+    refresh_thread_blocked(account_ids)
+
+
+def refresh_thread_blocked(account_ids) -> None:
+    """Mark threads blocked exactly when all their live messages are blocked (no commit)."""
+    visible = (
+        select(Message.thread_id)
+        .where(Message.blocked.is_(False), Message.deleted_at.is_(None))
+        .where(Message.thread_id == Thread.id)
+        .exists()
+    )
+    db.session.execute(
+        update(Thread)
+        .where(Thread.account_id.in_(account_ids))
+        .values(blocked=~visible)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def block(user: User, entry: str) -> BlockedAddress:
+    """Block an address or domain; hides matching mail (kept, not deleted); commits."""
+    value = normalize_block_entry(entry)
+    existing = db.session.scalar(
+        select(BlockedAddress).where(
+            BlockedAddress.user_id == user.id, BlockedAddress.entry == value
+        )
+    )
+    if existing is not None:
+        raise ValidationError({"entry": f"{value} is already blocked."})
+    row = BlockedAddress(user_id=user.id, entry=value)
+    db.session.add(row)
+    db.session.flush()
+    refresh_blocked_flags(user)
+    db.session.commit()
+    return row
+
+
+def unblock(user: User, entry_id: int) -> None:
+    """Remove a block; hidden mail comes back; commits."""
+    row = db.session.get(BlockedAddress, entry_id)
+    if row is None or row.user_id != user.id:
+        return
+    db.session.delete(row)
+    db.session.flush()
+    refresh_blocked_flags(user)
+    db.session.commit()
