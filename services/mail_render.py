@@ -107,6 +107,7 @@ _CSS_VALUE_DENY = (
     "url(", "image(", "image-set", "cross-fade", "element(", "var(", "expression",
     "behavior", "binding", "\\", "@import", "/*",
 )  # fmt: skip
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
 _CSS_COLOR = re.compile(r"^(#[0-9a-f]{3,8}|[a-z]+|rgba?\([0-9.,%\s]+\)|hsla?\([0-9.,%\sdeg]+\))$")
 
 _RASTER_DATA_URI = re.compile(r"^data:image/(png|gif|jpeg|webp);base64,[a-z0-9+/=\s]*$", re.I)
@@ -145,20 +146,20 @@ def sanitize_email_html(
         return _filter_attribute(tag, attr, value)
 
     first = _clean(html, attribute_filter, final=False)
-    # Second pass over our own serialization: there <a> never carries a title yet and its href
-    # always precedes the title nh3 appends, so the title can show the href just seen (R13).
+    # Second pass over our own, already filtered serialization, only to title links (R13).
+    # There <a> never carries a title, nothing is dropped, and nh3 appends the title after the
+    # existing href and the rel last, so the title can describe the href just seen.
     last_href: list[str] = []
 
     def title_filter(tag: str, attr: str, value: str) -> str | None:
-        if tag == "a" and attr == "title":
-            title = link_title(last_href[0]) if last_href else None
-            last_href.clear()
-            return title
-        if tag == "img" and attr == "src":
-            return value  # already resolved in the first pass
-        value = _filter_attribute(tag, attr, value)
-        if tag == "a" and attr == "href" and value is not None:
+        if tag != "a":
+            return value
+        if attr == "href":
             last_href[:] = [value]
+        elif attr == "title":
+            return link_title(last_href[0]) if last_href else None
+        elif attr == "rel":
+            last_href.clear()
         return value
 
     final = _clean(first, title_filter, final=True)
@@ -189,7 +190,8 @@ def _clean(html: str, attribute_filter: AttributeFilter, *, final: bool) -> str:
         link_rel=_LINK_REL if final else None,
         set_tag_attribute_values={"a": {"target": "_blank", "title": ""}} if final else None,
         url_schemes=_URL_SCHEMES,
-        filter_style_properties=_STYLE_PROPERTIES,
+        # The first pass already filtered and normalized styles; normalizing twice is not stable.
+        filter_style_properties=None if final else _STYLE_PROPERTIES,
     )
 
 
@@ -294,6 +296,8 @@ def filter_style(value: str) -> str | None:
         lowered = val.lower()
         if not sep or not val or any(token in lowered for token in _CSS_VALUE_DENY):
             continue
+        if _CONTROL_CHARS.search(val):
+            continue  # nh3 would re-serialize these as CSS backslash escapes
         if name == "background" and _CSS_COLOR.match(lowered):
             # The shorthand can carry url(); a colour-only value is kept as background-color.
             name = "background-color"
