@@ -38,7 +38,7 @@ _CELL_ATTRS = {
     "headers", "scope", "abbr",
 }  # fmt: skip
 _TAG_ATTRS: dict[str, set[str]] = {
-    "a": {"href", "name", "hreflang"},
+    "a": {"href", "name", "hreflang", "target"},
     "img": {"src", "alt", "width", "height", "align", "border", "hspace", "vspace"},
     "table": {
         "width",
@@ -171,7 +171,7 @@ def sanitize_email_html(
 
 
 def _clean(html: str, attribute_filter: AttributeFilter, *, final: bool) -> str:
-    """Run nh3 with the mail policy; only the final pass adds link rel/target/title."""
+    """Run nh3 with the mail policy; the first pass adds link targets, the final rel/title."""
 
     def safe_filter(tag: str, attr: str, value: str) -> str | None:
         # nh3 keeps the original value when the callback raises, so fail closed here.
@@ -188,7 +188,8 @@ def _clean(html: str, attribute_filter: AttributeFilter, *, final: bool) -> str:
         attribute_filter=safe_filter,
         strip_comments=True,
         link_rel=_LINK_REL if final else None,
-        set_tag_attribute_values={"a": {"target": "_blank", "title": ""}} if final else None,
+        # One attribute per pass keeps the serialization deterministic (nh3 iterates a hash map).
+        set_tag_attribute_values={"a": {"title": ""} if final else {"target": "_blank"}},
         url_schemes=_URL_SCHEMES,
         # The first pass already filtered and normalized styles; normalizing twice is not stable.
         filter_style_properties=None if final else _STYLE_PROPERTIES,
@@ -201,6 +202,8 @@ def _filter_attribute(tag: str, attr: str, value: str) -> str | None:
         return filter_style(value)
     if tag == "a" and attr == "href":
         return safe_link_href(value)
+    if tag == "a" and attr == "target":
+        return "_blank"
     return value
 
 
