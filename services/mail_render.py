@@ -13,7 +13,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import nh3
 
@@ -133,7 +133,7 @@ def sanitize_email_html(
 ) -> SanitizedHtml:
     """Sanitize untrusted mail HTML with the R1–R4 allowlist and rewrite cid: images.
 
-    ``cid_url`` maps a Content-ID (without ``cid:``) to a same-origin path (``/...``) or a raster
+    ``cid_url`` maps a Content-ID (without ``cid:``, %-decoded, not otherwise normalized) to a same-origin path (``/...``) or a raster
     ``data:image/...;base64`` URI, or None when the message has no such part (the src is
     dropped). Remote http(s) images are dropped and counted unless ``allow_remote_images``;
     ``has_remote_content`` is true when any remote image src was seen, blocked or not.
@@ -217,7 +217,7 @@ def _filter_img_src(
     url = _normalize_url(value)
     lowered = url.lower()
     if lowered.startswith("cid:"):
-        target = cid_url(url[4:])
+        target = cid_url(unquote(url[4:]))  # cid: URLs are %-encoded Content-IDs (RFC 2392)
         return target if target is not None and _is_local_image_url(target) else None
     if _RASTER_DATA_URI.match(url):
         return url

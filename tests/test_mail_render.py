@@ -61,6 +61,15 @@ def test_document_csp_allows_remote_images_only_when_asked() -> None:
     assert metas["Content-Security-Policy"] == email_csp(allow_remote_images=True)
 
 
+def test_document_embeds_the_sanitized_html_byte_for_byte() -> None:
+    sanitized = sanitize_email_html(
+        '<p style="color:red">a &amp; b <a href="https://x.example/?a=1&amp;b=2">x</a></p>',
+        cid_url=lambda _c: None,
+    ).html
+    doc = email_document(sanitized, rtl=False)
+    assert doc.split('<body dir="ltr">', 1)[1] == sanitized + "</body></html>"
+
+
 @pytest.mark.parametrize(("rtl", "direction"), [(None, "auto"), (True, "rtl"), (False, "ltr")])
 def test_document_direction(rtl: bool | None, direction: str) -> None:
     assert f'<body dir="{direction}">' in email_document("x", rtl=rtl)
