@@ -221,6 +221,8 @@ def _filter_img_src(
         return target if target is not None and _is_local_image_url(target) else None
     if _RASTER_DATA_URI.match(url):
         return url
+    if lowered.startswith("//"):
+        url, lowered = "https:" + url, "https:" + lowered  # srcdoc resolves it against our page
     if lowered.startswith(("http://", "https://")):
         stats["remote"] += 1
         if allow_remote:

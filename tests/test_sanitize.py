@@ -234,20 +234,24 @@ def test_remote_images_are_blocked_and_counted() -> None:
         '<img src="https://t.example/open.gif" width="1" height="1">'
         '<img src="http://cdn.example/logo.png" alt="Logo">'
         '<img src=" HTTPS://x.example/a.png">'
+        '<img src="//cdn.example/p.png">'
     )
     result = sanitize_email_html(markup, cid_url=no_cid)
     assert elements(result.html) == [
         ("img", {"width": "1", "height": "1"}),
         ("img", {"alt": "Logo"}),
         ("img", {}),
+        ("img", {}),
     ]
-    assert (result.blocked_remote_images, result.has_remote_content) == (3, True)
+    assert (result.blocked_remote_images, result.has_remote_content) == (4, True)
 
 
 def test_remote_images_kept_when_allowed() -> None:
-    markup = '<img src="https://cdn.example/logo.png" alt="Logo">'
+    markup = '<img src="https://cdn.example/logo.png" alt="Logo"><img src="//cdn.example/p.png">'
     result = sanitize_email_html(markup, cid_url=no_cid, allow_remote_images=True)
-    assert result.html == markup
+    assert result.html == (
+        '<img src="https://cdn.example/logo.png" alt="Logo"><img src="https://cdn.example/p.png">'
+    )
     assert result.blocked_remote_images == 0
     assert result.has_remote_content
 
