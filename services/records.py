@@ -33,7 +33,7 @@ from models import (
     Project,
     User,
 )
-from services.access import can_access_record, record_or_none, visible_records
+from services.access import MAX_ID, can_access_record, record_or_none, visible_records
 from services.errors import ValidationError
 from services.users import EMAIL_RE, normalize_email
 
@@ -147,6 +147,12 @@ def board_columns(user: User) -> list[tuple[str, list[Deal]]]:
 # --------------------------------------------------------------------------- field cleaning
 
 
+def _parse_id(value: Any) -> int | None:
+    """Return a positive database id from form input, or None."""
+    text = str(value if value is not None else "").strip()
+    return int(text) if text.isdigit() and 0 < int(text) <= MAX_ID else None
+
+
 class _Fields:
     """Collects cleaned values and field errors for one submitted form."""
 
@@ -203,7 +209,7 @@ class _Fields:
         text = str(value if value is not None else "").strip()
         if not text:
             return None
-        record = record_or_none(self.actor, model, int(text)) if text.isdigit() else None
+        record = record_or_none(self.actor, model, _parse_id(text))
         if record is None:
             self.errors[name] = f"Choose a {label} from the list."
         return record
@@ -212,7 +218,8 @@ class _Fields:
         text = str(value if value is not None else "").strip()
         if not text:
             return self.actor.id
-        user = db.session.get(User, int(text)) if text.isdigit() else None
+        user_id = _parse_id(text)
+        user = db.session.get(User, user_id) if user_id else None
         if user is None or user.is_deactivated:
             self.errors["owner_id"] = "Choose an active teammate as owner."
             return self.actor.id
