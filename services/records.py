@@ -211,7 +211,7 @@ class _Fields:
             return None
         record = record_or_none(self.actor, model, _parse_id(text))
         if record is None:
-            self.errors[name] = f"Choose a {label} from the list."
+            self.errors[name] = f"Choose {label} from the list."
         return record
 
     def owner(self, value: Any) -> int:
@@ -300,7 +300,7 @@ def _person_fields(actor: User, values: dict[str, Any], person: Person | None) -
         "name": fields.text("name", values.get("name"), label="Name", required=True),
         "phone": fields.text("phone", values.get("phone"), label="Phone", max_length=50),
         "organization": fields.linked(
-            "organization_id", Organization, values.get("organization_id"), label="organization"
+            "organization_id", Organization, values.get("organization_id"), label="an organization"
         ),
         "owner_id": fields.owner(values.get("owner_id")),
         "visibility": fields.visibility(values.get("visibility")),
@@ -404,9 +404,9 @@ def _deal_fields(actor: User, values: dict[str, Any]) -> dict[str, Any]:
         "expected_close_date": fields.date(
             "expected_close_date", values.get("expected_close_date")
         ),
-        "person": fields.linked("person_id", Person, values.get("person_id"), label="person"),
+        "person": fields.linked("person_id", Person, values.get("person_id"), label="a person"),
         "organization": fields.linked(
-            "organization_id", Organization, values.get("organization_id"), label="organization"
+            "organization_id", Organization, values.get("organization_id"), label="an organization"
         ),
         "owner_id": fields.owner(values.get("owner_id")),
         "visibility": fields.visibility(values.get("visibility")),
@@ -450,9 +450,9 @@ def _lead_fields(actor: User, values: dict[str, Any], lead: Lead | None) -> dict
         "value": fields.money("value", values.get("value"), required=False),
         "currency": fields.choice("currency", values.get("currency"), CURRENCIES, "USD"),
         "status": fields.choice("status", values.get("status"), LEAD_STATUSES, "open"),
-        "person": fields.linked("person_id", Person, values.get("person_id"), label="person"),
+        "person": fields.linked("person_id", Person, values.get("person_id"), label="a person"),
         "organization": fields.linked(
-            "organization_id", Organization, values.get("organization_id"), label="organization"
+            "organization_id", Organization, values.get("organization_id"), label="an organization"
         ),
         "owner_id": fields.owner(values.get("owner_id")),
         "visibility": fields.visibility(values.get("visibility")),
@@ -516,9 +516,9 @@ def _project_fields(actor: User, values: dict[str, Any]) -> dict[str, Any]:
     cleaned = {
         "title": fields.text("title", values.get("title"), label="Title", required=True),
         "status": fields.choice("status", values.get("status"), PROJECT_STATUSES, "open"),
-        "person": fields.linked("person_id", Person, values.get("person_id"), label="person"),
+        "person": fields.linked("person_id", Person, values.get("person_id"), label="a person"),
         "organization": fields.linked(
-            "organization_id", Organization, values.get("organization_id"), label="organization"
+            "organization_id", Organization, values.get("organization_id"), label="an organization"
         ),
         "owner_id": fields.owner(values.get("owner_id")),
         "visibility": fields.visibility(values.get("visibility")),
