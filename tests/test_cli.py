@@ -34,7 +34,10 @@ def test_create_user_with_env_password_and_admin_flag(runner, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "Created admin boss@team.test" in result.output
     user = db.session.scalar(select(User))
-    assert user.is_admin and authenticate(email=user.email, password=PASSWORD, ip="127.0.0.1") is not None
+    assert (
+        user.is_admin
+        and authenticate(email=user.email, password=PASSWORD, ip="127.0.0.1") is not None
+    )
     plain = runner.invoke(args=["create-user", "member@team.test", "--name", "Member"])
     assert plain.exit_code == 0 and "Created user member@team.test" in plain.output
 
@@ -85,6 +88,15 @@ def test_demo_pages_render(runner, login):
     runner.invoke(args=["seed-demo"])
     user = db.session.scalar(select(User).where(User.email == "lucas@northwind-sales.test"))
     client = login(user, password="threadline-demo")
-    for path in ("/deals/", "/deals/board", "/persons/", "/organizations/", "/leads/",
-                 "/projects/", "/persons/1", "/organizations/1", "/deals/?page=2"):
+    for path in (
+        "/deals/",
+        "/deals/board",
+        "/persons/",
+        "/organizations/",
+        "/leads/",
+        "/projects/",
+        "/persons/1",
+        "/organizations/1",
+        "/deals/?page=2",
+    ):
         assert client.get(path).status_code in (200, 404), path

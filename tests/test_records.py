@@ -58,9 +58,7 @@ def test_duplicate_email_names_the_person_case_insensitively(admin_client, admin
     assert "ana@acme.com already belongs to Ana Lopez." in body(response)
 
 
-def test_duplicate_email_of_invisible_person_is_not_named(
-    admin_client, make_user, make_person
-):
+def test_duplicate_email_of_invisible_person_is_not_named(admin_client, make_user, make_person):
     other = make_user()
     make_person(other, name="Secret Sam", emails=("sam@x.com",), visibility="owner")
     response = admin_client.post("/persons/", data={"name": "Sam", "emails": ["sam@x.com"]})
@@ -81,7 +79,11 @@ def test_inline_edit_person_returns_summary_fragment(admin_client, admin, make_p
     assert 'value="old@acme.com"' in body(form)
     response = admin_client.post(
         f"/persons/{person.id}",
-        data={"name": "Ana María", "emails": ["ana@acme.com", "new@acme.com"], "primary_email": "1"},
+        data={
+            "name": "Ana María",
+            "emails": ["ana@acme.com", "new@acme.com"],
+            "primary_email": "1",
+        },
         headers=HTMX_SUMMARY,
     )
     assert response.status_code == 200 and "<html" not in body(response)
@@ -183,8 +185,12 @@ def test_create_deal_and_validation(admin_client, admin, make_person):
     response = admin_client.post(
         "/deals/",
         data={
-            "title": "Fleet rollout", "value": "12,500.50", "currency": "EUR",
-            "stage": "proposal", "status": "open", "expected_close_date": "2026-12-31",
+            "title": "Fleet rollout",
+            "value": "12,500.50",
+            "currency": "EUR",
+            "stage": "proposal",
+            "status": "open",
+            "expected_close_date": "2026-12-31",
             "person_id": str(person.id),
         },
     )
@@ -237,7 +243,8 @@ def test_board_shows_open_deals_by_stage_and_moves(admin_client, admin, make_dea
     assert "Movable" in board and "Already won" not in board
     assert 'data-stage-drop="contract_sent"' in board
     fragment = admin_client.post(
-        f"/deals/{deal.id}/stage", data={"stage": "proposal"},
+        f"/deals/{deal.id}/stage",
+        data={"stage": "proposal"},
         headers={"HX-Request": "true", "HX-Target": "board"},
     )
     assert fragment.status_code == 200 and 'id="board"' in body(fragment)
@@ -254,8 +261,7 @@ def test_board_shows_open_deals_by_stage_and_moves(admin_client, admin, make_dea
 
 def test_stage_move_requires_csrf(admin_client, admin, make_deal):
     deal = make_deal(admin, stage="lead_in")
-    response = admin_client.post(f"/deals/{deal.id}/stage", data={"stage": "qualified"},
-                                 csrf=False)
+    response = admin_client.post(f"/deals/{deal.id}/stage", data={"stage": "qualified"}, csrf=False)
     assert response.status_code == 400
     db.session.expire_all()
     assert deal.stage == "lead_in"
@@ -290,7 +296,8 @@ def test_project_crud(admin_client, admin):
     assert admin_client.post("/projects/", data={"title": "Rollout"}).status_code == 303
     project = db.session.scalar(select(Project))
     response = admin_client.post(
-        f"/projects/{project.id}", data={"title": "Rollout 2", "status": "closed"},
+        f"/projects/{project.id}",
+        data={"title": "Rollout 2", "status": "closed"},
         headers=HTMX_SUMMARY,
     )
     assert response.status_code == 200

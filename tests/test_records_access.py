@@ -62,8 +62,17 @@ def test_url_map_has_record_routes():
     endpoints = {endpoint for endpoint, *_ in RULES}
     assert {"deals.index", "deals.board", "deals.move", "leads.convert"} <= endpoints
     for area in RECORD_BLUEPRINTS:
-        for action in ("index", "show", "new", "create", "edit", "update", "confirm_delete",
-                       "delete", "summary"):
+        for action in (
+            "index",
+            "show",
+            "new",
+            "create",
+            "edit",
+            "update",
+            "confirm_delete",
+            "delete",
+            "summary",
+        ):
             assert f"{area}.{action}" in endpoints
 
 
@@ -77,8 +86,13 @@ def private_records(owner_a, make_organization, make_person, make_deal, make_lea
     """Owner-only records of A, plus one public organization linking them."""
     public_org = make_organization(owner_a, name="Public Org")
     org = make_organization(owner_a, name=PRIVATE_NAMES[Organization], visibility="owner")
-    person = make_person(owner_a, name=PRIVATE_NAMES[Person], visibility="owner",
-                         emails=("zed.private@hidden.test",), organization_id=public_org.id)
+    person = make_person(
+        owner_a,
+        name=PRIVATE_NAMES[Person],
+        visibility="owner",
+        emails=("zed.private@hidden.test",),
+        organization_id=public_org.id,
+    )
     common = {"visibility": "owner", "person_id": person.id, "organization_id": public_org.id}
     return {
         Organization: org,
@@ -114,8 +128,12 @@ def test_owner_only_record_is_404_for_others_on_every_route(
     response = other.open(url, method=method, data=VALID_FORM)
     assert response.status_code == 404, (url, method)
     assert PRIVATE_NAMES[model] not in response.get_data(as_text=True)
-    htmx = other.open(url, method=method, data=VALID_FORM,
-                      headers={"HX-Request": "true", "HX-Target": "record-summary"})
+    htmx = other.open(
+        url,
+        method=method,
+        data=VALID_FORM,
+        headers={"HX-Request": "true", "HX-Target": "record-summary"},
+    )
     assert htmx.status_code == 404
     assert _count(model) == before
     db.session.expire_all()
@@ -133,16 +151,23 @@ def test_lists_and_pickers_never_show_owner_only_records_to_others(
     endpoint, rule, method, arguments, private_records, owner_a, make_user, login
 ):
     other = login(make_user(name="Other B"))
-    queries = ["", "?q=Zed", "?q=zed.private@hidden", "?person_id={}".format(
-        private_records[Person].id)]
+    queries = [
+        "",
+        "?q=Zed",
+        "?q=zed.private@hidden",
+        f"?person_id={private_records[Person].id}",
+    ]
     for query in queries:
         text = other.get(rule + query).get_data(as_text=True)
         for name in PRIVATE_NAMES.values():
             assert name not in text, (rule + query, name)
     mine = login(owner_a).get(rule).get_data(as_text=True)
     if endpoint.endswith(".index"):
-        area_names = [name for model, name in PRIVATE_NAMES.items()
-                      if endpoint.split(".")[0] == model.__tablename__ + "s"]
+        area_names = [
+            name
+            for model, name in PRIVATE_NAMES.items()
+            if endpoint.split(".")[0] == model.__tablename__ + "s"
+        ]
         assert all(name in mine for name in area_names)
 
 
@@ -159,8 +184,9 @@ def test_linking_an_inaccessible_record_is_a_field_error(private_records, make_u
     person_id = str(private_records[Person].id)
     org_id = str(private_records[Organization].id)
     for path in ("/deals/", "/leads/", "/projects/"):
-        response = other.post(path, data={"title": "Sneaky", "person_id": person_id,
-                                          "organization_id": org_id})
+        response = other.post(
+            path, data={"title": "Sneaky", "person_id": person_id, "organization_id": org_id}
+        )
         assert response.status_code == 422
         text = response.get_data(as_text=True)
         assert "Choose a person from the list." in text
