@@ -136,3 +136,21 @@ def test_owner_only_deal_is_invisible_to_a_teammate(page, live_server):
     assert response is not None and response.status == 404
     with live_server.app.app_context():
         assert db.session.scalar(select(Deal.title).where(Deal.id == secret)) == "Secret merger"
+
+
+def test_active_search_filters_as_you_type(page, live_server):
+    owner = make_user(live_server, "ana@team.test", "Ana")
+    with live_server.app.app_context():
+        db.session.add_all(
+            [
+                Person(name="Grace Hughes", owner_id=owner),
+                Person(name="Felix Rossi", owner_id=owner),
+            ]
+        )
+        db.session.commit()
+    sign_in(page, live_server, "ana@team.test")
+    page.goto(f"{live_server.url}/persons/")
+    page.fill("input[name=q]", "grace")
+    expect(page.locator("#results")).not_to_contain_text("Felix Rossi")
+    expect(page.locator("#results")).to_contain_text("Grace Hughes")
+    expect(page).to_have_url(re.compile(r"q=grace"))
