@@ -6,6 +6,7 @@ pickers. A new record route is picked up automatically; one whose id argument is
 here fails until it is added to ID_ARGS.
 """
 
+import shutil
 import tempfile
 
 import pytest
@@ -35,10 +36,11 @@ VALID_FORM = {"name": "Renamed", "title": "Renamed", "stage": "qualified", "valu
 
 def _record_rules():
     """Return (endpoint, rule, method) for every record-blueprint route, from the URL map."""
+    instance = tempfile.mkdtemp(prefix="threadline-urlmap-")
     app = create_app(
         {
             "TESTING": True,
-            "INSTANCE_PATH": tempfile.mkdtemp(prefix="threadline-urlmap-"),
+            "INSTANCE_PATH": instance,
             "SQLALCHEMY_DATABASE_URI": "sqlite://",
             "SECRET_KEY": "url-map",
             "SCHEDULER_ENABLED": False,
@@ -50,6 +52,7 @@ def _record_rules():
             continue
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             found.append((rule.endpoint, rule.rule, method, tuple(sorted(rule.arguments))))
+    shutil.rmtree(instance, ignore_errors=True)
     return found
 
 
