@@ -277,6 +277,8 @@ def decode_rfc2047(value: str) -> str:
 
 def _clean_display(text: str) -> str:
     """Remove NULs/control characters and collapse whitespace in a decoded header."""
+    if text.isprintable() and "  " not in text:
+        return text.strip()
     return _WS.sub(" ", _CTRL.sub(" ", text)).strip()
 
 
@@ -285,6 +287,23 @@ _SIMPLE_ADDR = re.compile(
 )
 _ADDR_TOKEN = re.compile(r"[^\s<>,;:\"\\()]+@[^\s<>,;:\"\\()]+")
 _BARE_ADDR = re.compile(r"^\s*<?([^<>\s,;:\"\\()]+@[^<>\s,;:\"\\()]+?)>?\s*$")
+
+
+def _simple_address_list(value: str) -> list[Address] | None:
+    """Parse a comma-separated list of plain addresses, or None if any item is not plain."""
+    result: list[Address] = []
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        match = _SIMPLE_ADDR.match(item) or _BARE_ADDR.match(item)
+        if match is None:
+            return None
+        if match.re is _BARE_ADDR:
+            result.append(("", match.group(1).lower()))
+        else:
+            name = _clean_display(decode_rfc2047(match.group(1) or ""))
+            result.append((name, match.group(2).lower()))
+    return result
 
 
 def _parse_addresses(value: str | None, label: str, errors: list[str]) -> list[Address]:
@@ -298,6 +317,10 @@ def _parse_addresses(value: str | None, label: str, errors: list[str]) -> list[A
     match = _BARE_ADDR.match(value)
     if match:
         return [("", match.group(1).lower())]
+    if len(value) < 4096 and not any(c in value for c in '"();:\\'):
+        fast = _simple_address_list(value)  # no quoting: commas can only separate addresses
+        if fast is not None:
+            return fast
     truncated = False
     if value.count(",") >= MAX_ADDRESSES:
         cut = -1
@@ -342,6 +365,7 @@ def _parse_date(value: str | None) -> datetime | None:
 # Content-Type / Content-Disposition parameters (RFC 2045, RFC 2231)
 
 _PARAM = re.compile(r';\s*([^\s=;"]+)\s*=\s*("(?:[^"\\]|\\.)*"?|[^;]*)')
+_QUOTED_PAIR = re.compile(r"\\(.)")
 _RFC2231_NAME = re.compile(r"^(.+?)\*(\d+)?(\*)?$")
 
 
@@ -349,6 +373,8 @@ def _parse_params(value: str) -> tuple[str, dict[str, str]]:
     """Return (lowercased main token, params) with RFC 2231 continuations and charsets decoded."""
     main, _, rest = value.partition(";")
     main = main.strip()
+    if not rest and " " not in main and "\t" not in main:
+        return main.lower(), {}
     if " " in main or "\t" in main:  # "multipart/mixed boundary=x": a missing ";"
         main, extra = main.split(None, 1)
         rest = f"{extra};{rest}"
@@ -359,7 +385,8 @@ def _parse_params(value: str) -> tuple[str, dict[str, str]]:
         raw = match.group(2).strip()
         if raw.startswith('"'):
             raw = raw[1:-1] if raw.endswith('"') and len(raw) > 1 else raw[1:]
-            raw = re.sub(r"\\(.)", r"\1", raw)
+            if "\\" in raw:
+                raw = _QUOTED_PAIR.sub(r"\1", raw)
         star = _RFC2231_NAME.match(key)
         if star:
             index = int(star.group(2) or 0)
@@ -421,27 +448,36 @@ def _content_type(headers: Headers, default: str) -> tuple[str, dict[str, str]]:
     return ctype, params
 
 
+_DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*\r?(?:\n|\Z)")
+
+
+def _find_delimiters(body: bytes, needle: bytes) -> Iterator[tuple[int, int, bool]]:
+    """Yield (line start, line end, is_closing) for each boundary delimiter line."""
+    pos = 0 if body.startswith(needle[1:]) else body.find(needle)
+    while pos >= 0:
+        start = pos if pos == 0 and body[0:1] != b"\n" else pos + 1
+        tail = _DELIMITER_TAIL.match(body, start + len(needle) - 1)
+        if tail is not None:
+            yield start, tail.end(), tail.group(1) is not None
+        pos = body.find(needle, start + 1)
+
+
 def _split_multipart(body: bytes, boundary: str) -> list[bytes]:
     """Cut a multipart body at its boundary lines; preamble and epilogue are dropped."""
-    delimiter = re.compile(
-        rb"\n--" + re.escape(boundary.encode("utf-8", "replace")) + rb"(--)?[ \t]*\r?(?=\n|\Z)"
-    )
-    data = b"\n" + body
+    needle = b"\n--" + boundary.encode("utf-8", "replace")
     parts: list[bytes] = []
     start: int | None = None
-    for match in delimiter.finditer(data):
+    for line_start, line_end, closing in _find_delimiters(body, needle):
         if start is not None:
-            end = match.start()
-            if data[end - 1 : end] == b"\r":
+            end = line_start - 1 if line_start else 0  # the CRLF before a delimiter is its own
+            if end > start and body[end - 1 : end] == b"\r":
                 end -= 1
-            parts.append(data[start:end])
-        if match.group(1):
+            parts.append(body[start : max(start, end)])
+        if closing or len(parts) > MAX_PARTS:
             return parts
-        start = match.end() + 1
-        if len(parts) > MAX_PARTS:
-            return parts
+        start = line_end
     if start is not None:
-        parts.append(data[start:])  # no closing delimiter: the last part runs to the end
+        parts.append(body[start:])  # no closing delimiter: the last part runs to the end
     return parts
 
 
@@ -551,8 +587,11 @@ def _estimate_size(leaf: _Leaf) -> int:
     cte = (_first(leaf.headers, "content-transfer-encoding") or "").lower()
     size = len(leaf.body)
     if "base64" in cte:
-        payload = size - leaf.body.count(b"\n") - leaf.body.count(b"\r") - leaf.body.count(b" ")
-        return max(0, payload * 3 // 4 - leaf.body[-4:].count(b"="))
+        newline = leaf.body.find(b"\n")
+        if 0 < newline < size - 1:  # scale by the first line's payload/line ratio
+            payload = newline - (leaf.body[newline - 1] == 13)
+            size = size * payload // (newline + 1)
+        return max(0, size * 3 // 4 - leaf.body.rstrip()[-2:].count(b"="))
     return size
 
 
@@ -628,7 +667,7 @@ _RTL = re.compile("[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufeff]")
 
 def _snippet(text: str) -> str:
     """Return about SNIPPET_CHARS characters of whitespace-collapsed text."""
-    collapsed = _WS.sub(" ", text[: SNIPPET_CHARS * 8]).strip()
+    collapsed = " ".join(text[: SNIPPET_CHARS * 8].split())
     if len(collapsed) <= SNIPPET_CHARS:
         return collapsed
     return collapsed[: SNIPPET_CHARS - 1].rstrip() + "…"
