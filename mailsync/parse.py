@@ -734,7 +734,7 @@ def _parse(raw: bytes) -> ParsedMessage:
             elif leaf.alt_group is None or leaf.alt_group not in text_groups:
                 text_groups.add(leaf.alt_group)  # one plain rendering per alternative
                 if text_chars < MAX_TEXT_CHARS:
-                    text = _leaf_text(leaf)
+                    text = _leaf_text(leaf).replace("\r\n", "\n")
                     texts.append(text)
                     text_chars += len(text)
             continue
@@ -760,7 +760,7 @@ def _parse(raw: bytes) -> ParsedMessage:
     if not text_body.strip() and html_body:
         text_body = html_to_text(html_body)[:MAX_TEXT_CHARS]
     elif not text_body.strip() and inline_text is not None:  # only an inline .txt "attachment"
-        text_body = _leaf_text(inline_text)[:MAX_TEXT_CHARS]
+        text_body = _leaf_text(inline_text).replace("\r\n", "\n")[:MAX_TEXT_CHARS]
     snippet = _snippet(text_body)
     return ParsedMessage(
         **envelope,  # type: ignore[arg-type]
