@@ -15,7 +15,7 @@ import html
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import getaddresses, parsedate_to_datetime
 from functools import lru_cache
@@ -26,6 +26,8 @@ MAX_PARTS = 500
 MAX_DEPTH = 30
 MAX_HEADER_BYTES = 1_000_000
 MAX_ADDRESSES = 500  # per address field; longer lists are truncated and noted (SYNC.md §9)
+MAX_ADDRESS_HEADER_CHARS = 64_000
+MAX_RAW_SUBJECT = 16_384  # decoded subjects are cut to 255 anyway
 MAX_SUBJECT = 255
 MAX_TEXT_CHARS = 1_000_000
 MAX_HTML_FOR_TEXT = 2_000_000
@@ -285,6 +287,7 @@ def _clean_display(text: str) -> str:
 _SIMPLE_ADDR = re.compile(
     r'^\s*(?:"?([^"<>,;:\\]*?)"?\s*)?<\s*([^<>\s,;:"\\]+@[^<>\s,;:"\\]+)\s*>\s*$'
 )
+_FAST_ITEM_CHARS = 512
 _ADDR_TOKEN = re.compile(r"[^\s<>,;:\"\\()]+@[^\s<>,;:\"\\()]+")
 _BARE_ADDR = re.compile(r"^\s*<?([^<>\s,;:\"\\()]+@[^<>\s,;:\"\\()]+?)>?\s*$")
 
@@ -295,6 +298,8 @@ def _simple_address_list(value: str) -> list[Address] | None:
     for item in value.split(","):
         if not item.strip():
             continue
+        if len(item) > _FAST_ITEM_CHARS:  # bound the regexes' backtracking
+            return None
         match = _SIMPLE_ADDR.match(item) or _BARE_ADDR.match(item)
         if match is None:
             return None
@@ -310,18 +315,22 @@ def _parse_addresses(value: str | None, label: str, errors: list[str]) -> list[A
     """Parse an address header into (name, lowercased address) pairs, capped at MAX_ADDRESSES."""
     if not value:
         return []
-    match = _SIMPLE_ADDR.match(value)
-    if match:
-        name = _clean_display(decode_rfc2047(match.group(1) or ""))
-        return [(name, match.group(2).lower())]
-    match = _BARE_ADDR.match(value)
-    if match:
-        return [("", match.group(1).lower())]
-    if len(value) < 4096 and not any(c in value for c in '"();:\\'):
+    if len(value) <= _FAST_ITEM_CHARS:
+        match = _SIMPLE_ADDR.match(value)
+        if match:
+            name = _clean_display(decode_rfc2047(match.group(1) or ""))
+            return [(name, match.group(2).lower())]
+        match = _BARE_ADDR.match(value)
+        if match:
+            return [("", match.group(1).lower())]
+    if len(value) < 8192 and not any(c in value for c in '"();:\\'):
         fast = _simple_address_list(value)  # no quoting: commas can only separate addresses
         if fast is not None:
             return fast
     truncated = False
+    if len(value) > MAX_ADDRESS_HEADER_CHARS:
+        value = value[:MAX_ADDRESS_HEADER_CHARS]
+        truncated = True
     if value.count(",") >= MAX_ADDRESSES:
         cut = -1
         for _ in range(MAX_ADDRESSES + 1):
@@ -560,6 +569,14 @@ def _strip_mbox_line(raw: bytes) -> bytes:
     return raw
 
 
+def _forwarded_filename(leaf: _Leaf) -> str:
+    """Name an attached message after its subject, reading only the start of its body."""
+    head = _Leaf(leaf.part_id, leaf.headers, leaf.body[:65536], "", {}, None)
+    inner = _parse_header_block(_split_entity(_transfer_decode(head), [])[0])
+    subject = _clean_display(decode_rfc2047((_first(inner, "subject") or "")[:1000]))
+    return (subject[:200] or "message") + ".eml"
+
+
 def _transfer_decode(leaf: _Leaf) -> bytes:
     """Return the leaf body with its Content-Transfer-Encoding removed."""
     cte = (_first(leaf.headers, "content-transfer-encoding") or "").lower()
@@ -630,9 +647,9 @@ def _leaf_text(leaf: _Leaf) -> str:
 _HTML_BLOCK_OPEN = re.compile(r"<(script|style|title)\b", re.IGNORECASE)
 _HTML_COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.DOTALL)
 _HTML_BREAK = re.compile(
-    r"<(?:br|/?p|/?div|/?tr|/?li|/?h[1-6]|hr|/?table|/?blockquote)\b[^>]*>", re.I
+    r"<(?:br|/?p|/?div|/?tr|/?li|/?h[1-6]|hr|/?table|/?blockquote)\b[^<>]*>", re.I
 )
-_HTML_TAG = re.compile(r"<[^>]*>")
+_HTML_TAG = re.compile(r"<[^<>]*>")  # [^<>] keeps a run of unclosed "<" linear
 _SPACES = re.compile(r"[ \t\r\f\v\xa0]+")
 _BLANK_LINES = re.compile(r"\n\s*\n\s*\n+")
 
@@ -688,7 +705,8 @@ def _envelope(headers: Headers, errors: list[str]) -> dict[str, object]:
                 aliases.append(alias)
     in_reply_to_ids = parse_id_list(_first(headers, "in-reply-to"))
     references = parse_id_list(_first(headers, "references"))[-MAX_CHAIN:]
-    subject = _clean_display(decode_rfc2047(_first(headers, "subject") or ""))[:MAX_SUBJECT]
+    raw_subject = (_first(headers, "subject") or "")[:MAX_RAW_SUBJECT]
+    subject = _clean_display(decode_rfc2047(raw_subject))[:MAX_SUBJECT]
     senders = _parse_addresses(_first(headers, "from"), "from", errors)
     from_name, from_address = senders[0] if senders else ("", "")
     return {
@@ -743,9 +761,7 @@ def _parse(raw: bytes) -> ParsedMessage:
         if ctype == "text/plain" and disposition != "attachment" and inline_text is None:
             inline_text = leaf
         if ctype == "message/rfc822" and not filename:
-            inner = _parse_header_block(_split_entity(_transfer_decode(leaf), [])[0])
-            filename = (decode_rfc2047(_first(inner, "subject") or "") or "message")[:200]
-            filename = _clean_display(filename) + ".eml"
+            filename = _forwarded_filename(leaf)
         attachments.append(
             AttachmentInfo(
                 part_id=leaf.part_id,
@@ -753,9 +769,16 @@ def _parse(raw: bytes) -> ParsedMessage:
                 content_type=ctype,
                 size=_estimate_size(leaf),
                 content_id=content_id,
-                is_inline=disposition == "inline" or (disposition == "" and content_id is not None),
+                is_inline=False,
             )
         )
+    if html_body and any(a.content_id for a in attachments):
+        # "inline" means: shown inside the HTML through a cid: reference (RFC 2392)
+        html_lower = html_body.lower()
+        attachments = [
+            replace(a, is_inline=f"cid:{a.content_id}" in html_lower) if a.content_id else a
+            for a in attachments
+        ]
     text_body = "\n".join(texts)[:MAX_TEXT_CHARS]
     if not text_body.strip() and html_body:
         text_body = html_to_text(html_body)[:MAX_TEXT_CHARS]
@@ -788,8 +811,6 @@ def parse_message(raw: bytes) -> ParsedMessage:
 
 
 def _replace_error(parsed: ParsedMessage, message: str, headers_only: bool) -> ParsedMessage:
-    from dataclasses import replace
-
     error = f"{parsed.parse_error}; {message}" if parsed.parse_error else message
     return replace(parsed, parse_error=error, headers_only=headers_only)
 

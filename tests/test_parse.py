@@ -346,6 +346,43 @@ def test_inline_cid_image_in_related():
     assert extract_part(raw, part_id)[:2] == (png, "image/png")
 
 
+def test_inline_means_referenced_from_html():
+    msg = make_email()
+    msg.set_content("text")
+    msg.add_alternative("<p>no images here</p>", subtype="html")
+    msg.add_attachment(
+        b"%PDF",
+        maintype="application",
+        subtype="pdf",
+        filename="a.pdf",
+        disposition="inline",
+        cid="<pdf@x>",
+    )
+    (pdf,) = parse_message(msg.as_bytes()).attachments
+    assert not pdf.is_inline and pdf.content_id == "pdf@x"
+
+
+@pytest.mark.parametrize(
+    "html",
+    ["<" * 300_000, "<p" * 100_000, "<!--" * 50_000, "<script>" * 50_000, "<a href='" * 50_000],
+)
+def test_pathological_html_is_linear(html):
+    raw = raw_message(html.encode(), extra=b"Content-Type: text/html\r\n")
+    started = time.perf_counter()
+    parse_message(raw)
+    assert time.perf_counter() - started < 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"a" + b" " * 100_000 + b"b <x@y>", b'"' + b"n " * 50_000 + b'" <x@y>', b"x@y" * 100_000],
+)
+def test_pathological_address_headers_are_fast(value):
+    started = time.perf_counter()
+    parse_message(raw_message(b"x", extra=b"Cc: " + value + b"\r\n"))
+    assert time.perf_counter() - started < 1
+
+
 def test_attachments_are_not_decoded_during_parse(monkeypatch):
     msg = make_email()
     msg.set_content("x")
