@@ -199,12 +199,36 @@ def _split_entity(data: bytes, errors: list[str]) -> tuple[bytes, bytes]:
     return (data[:end], data[match.end() :]) if match else (data, b"")
 
 
+_USED_HEADERS = {
+    name.encode(): name
+    for name in (
+        "message-id",
+        "x-microsoft-original-message-id",
+        "x-ms-exchange-parent-message-id",
+        "in-reply-to",
+        "references",
+        "subject",
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "reply-to",
+        "date",
+        "content-type",
+        "content-transfer-encoding",
+        "content-disposition",
+        "content-id",
+    )
+}
+
+
 def _parse_header_block(block: bytes) -> Headers:
-    """Return lowercased header name -> raw (still folded) values, in order."""
+    """Return lowercased header name -> raw (still folded) values, in order, for headers we use."""
     headers: Headers = {}
     for match in _HEADER_LINE.finditer(block):
-        name = match.group(1).lower().decode("ascii")
-        headers.setdefault(name, []).append(match.group(2))
+        name = _USED_HEADERS.get(match.group(1).lower())
+        if name is not None:  # Received, DKIM-Signature, ...: skipped without decoding
+            headers.setdefault(name, []).append(match.group(2))
     return headers
 
 
