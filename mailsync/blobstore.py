@@ -83,6 +83,7 @@ class BlobStore:
         return True
 
     def _compressor(self) -> zstandard.ZstdCompressor:
+        """Return this thread's reusable compressor."""
         compressor = getattr(self._local, "compressor", None)
         if compressor is None:
             # write_content_size lets decompress() size its output without streaming
@@ -91,6 +92,7 @@ class BlobStore:
         return compressor
 
     def _decompressor(self) -> zstandard.ZstdDecompressor:
+        """Return this thread's reusable decompressor."""
         decompressor = getattr(self._local, "decompressor", None)
         if decompressor is None:
             decompressor = zstandard.ZstdDecompressor()

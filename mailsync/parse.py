@@ -563,6 +563,7 @@ class _Walker:
             )
 
     def _stop(self, message: str) -> None:
+        """Record why the walk stopped early (once) and stop it."""
         if not self.stopped:
             self.stopped = True
             self.errors.append(message)
@@ -718,8 +719,8 @@ def _snippet(text: str) -> str:
 # Public API
 
 
-def _envelope(headers: Headers, errors: list[str]) -> dict[str, object]:
-    """Extract the header-derived ParsedMessage fields shared by every entry point."""
+def _envelope(headers: Headers, errors: list[str]) -> ParsedMessage:
+    """Return a ParsedMessage with only the header-derived fields filled in."""
     message_id = normalize_msgid(_first(headers, "message-id"))
     aliases: list[str] = []
     for name in ("x-microsoft-original-message-id", "x-ms-exchange-parent-message-id"):
@@ -733,27 +734,30 @@ def _envelope(headers: Headers, errors: list[str]) -> dict[str, object]:
     subject = _clean_display(decode_rfc2047(raw_subject))[:MAX_SUBJECT]
     senders = _parse_addresses(_first(headers, "from"), "from", errors)
     from_name, from_address = senders[0] if senders else ("", "")
-    return {
-        "message_id": message_id,
-        "alias_message_ids": aliases,
-        "in_reply_to": in_reply_to_ids[0] if in_reply_to_ids else None,
-        "references": references,
-        "subject": subject,
-        "from_name": from_name,
-        "from_address": from_address,
-        "to": _parse_addresses(_first(headers, "to"), "to", errors),
-        "cc": _parse_addresses(_first(headers, "cc"), "cc", errors),
-        "bcc": _parse_addresses(_first(headers, "bcc"), "bcc", errors),
-        "reply_to": _parse_addresses(_first(headers, "reply-to"), "reply-to", errors),
-        "date": _parse_date(_first(headers, "date")),
-    }
+    return ParsedMessage(
+        message_id=message_id,
+        alias_message_ids=aliases,
+        in_reply_to=in_reply_to_ids[0] if in_reply_to_ids else None,
+        references=references,
+        subject=subject,
+        from_name=from_name,
+        from_address=from_address,
+        to=_parse_addresses(_first(headers, "to"), "to", errors),
+        cc=_parse_addresses(_first(headers, "cc"), "cc", errors),
+        bcc=_parse_addresses(_first(headers, "bcc"), "bcc", errors),
+        reply_to=_parse_addresses(_first(headers, "reply-to"), "reply-to", errors),
+        date=_parse_date(_first(headers, "date")),
+        is_rtl_hint=bool(_RTL.search(subject)),
+    )
 
 
 def _error_text(errors: list[str]) -> str | None:
+    """Join distinct error notes, or None when there are none."""
     return "; ".join(dict.fromkeys(errors)) if errors else None
 
 
 def _parse(raw: bytes) -> ParsedMessage:
+    """Parse a whole message; may raise on bugs, which parse_message() turns into a result."""
     errors: list[str] = []
     header_block, body = _split_entity(_strip_mbox_line(raw), errors)
     headers = _parse_header_block(header_block)
@@ -809,14 +813,14 @@ def _parse(raw: bytes) -> ParsedMessage:
     elif not text_body.strip() and inline_text is not None:  # only an inline .txt "attachment"
         text_body = _leaf_text(inline_text).replace("\r\n", "\n")[:MAX_TEXT_CHARS]
     snippet = _snippet(text_body)
-    return ParsedMessage(
-        **envelope,  # type: ignore[arg-type]
+    return replace(
+        envelope,
         text_body=text_body,
         html_body=html_body,
         snippet=snippet,
         attachments=attachments,
         has_attachments=any(not a.is_inline for a in attachments),
-        is_rtl_hint=bool(_RTL.search(str(envelope["subject"])) or _RTL.search(snippet)),
+        is_rtl_hint=envelope.is_rtl_hint or bool(_RTL.search(snippet)),
         size=len(raw),
         parse_error=_error_text(errors),
     )
@@ -829,12 +833,14 @@ def parse_message(raw: bytes) -> ParsedMessage:
     except Exception as exc:  # R16: parsing never crashes and never loses mail
         try:
             fallback = parse_headers_only(raw)
-            return _replace_error(fallback, f"parse failed: {type(exc).__name__}: {exc}", False)
+            note = f"parse failed: {type(exc).__name__}: {str(exc)[:200]}"
+            return _replace_error(fallback, note, headers_only=False)
         except Exception:
             return ParsedMessage(size=len(raw), parse_error=f"parse failed: {type(exc).__name__}")
 
 
-def _replace_error(parsed: ParsedMessage, message: str, headers_only: bool) -> ParsedMessage:
+def _replace_error(parsed: ParsedMessage, message: str, *, headers_only: bool) -> ParsedMessage:
+    """Return parsed with message appended to parse_error and headers_only set."""
     error = f"{parsed.parse_error}; {message}" if parsed.parse_error else message
     return replace(parsed, parse_error=error, headers_only=headers_only)
 
@@ -845,10 +851,8 @@ def parse_headers_only(raw_header_bytes: bytes) -> ParsedMessage:
         errors: list[str] = []
         header_block, _ = _split_entity(_strip_mbox_line(raw_header_bytes), errors)
         envelope = _envelope(_parse_header_block(header_block), errors)
-        subject = str(envelope["subject"])
-        return ParsedMessage(
-            **envelope,  # type: ignore[arg-type]
-            is_rtl_hint=bool(_RTL.search(subject)),
+        return replace(
+            envelope,
             size=len(raw_header_bytes),
             parse_error=_error_text(errors),
             headers_only=True,
