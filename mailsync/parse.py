@@ -128,6 +128,7 @@ def _codec_for(charset: str | None) -> str | None:
     if not charset:
         return None
     label = charset.strip().strip("\"'").lower()
+    label = label.rpartition("=")[2].strip("\"' ")  # "charset=us-ascii" repeated by mistake
     label = _CHARSET_JUNK.split(label, 1)[0].strip("_-.")  # "_iso-2022-jp$esc" -> iso-2022-jp
     label = _CHARSET_ALIASES.get(label, label)
     if label in _UNKNOWN_CHARSETS:

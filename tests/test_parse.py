@@ -222,6 +222,7 @@ def test_mbox_from_line_is_skipped():
         ("Grüße", "utf-16-be", "unicodeFFFE".replace("FFFE", "big")),
         ("Grüße", "cp1252", "iso-8859-1"),
         ("まみむめも", "iso-2022-jp", '"_iso-2022-jp$ESC"'),
+        ("Grüße", "cp1252", '"charset=windows-1252"'),
     ],
 )
 def test_charset_aliases_decode(text, encoding, label):
