@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import imaplib
+import os
 import re
+import shutil
+import tempfile
 import time
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +29,7 @@ from mailsync.parse import (
     parse_headers_only,
     parse_message,
 )
-from tests.corpus import corpus_files, read_message, skip_reason
+from tests.corpus import corpus_dir, corpus_files, read_message, skip_reason
 
 HEAD = (
     b"From: Alice Example <Alice@Example.COM>\r\n"
@@ -565,6 +570,7 @@ def test_header_dedup_key_matches_full_key():
 # --- corpus ------------------------------------------------------------------------------
 
 CORPUS = corpus_files()
+CORE_SUBSET = (corpus_dir() or Path("/nonexistent")) / "CORE_SUBSET.txt"
 
 
 @pytest.mark.skipif(not CORPUS, reason=skip_reason())
@@ -594,3 +600,57 @@ def test_corpus_known_decodings():
     assert parsed.subject == "まみむめも" and "すみません" in parsed.text_body
     endless = [p for p in CORPUS if p.name.endswith("enclosed-endless.eml")]
     assert endless and parse_message(read_message(endless[0])).subject == "Wow"
+
+
+# --- real server: the header-only key must match what Dovecot returns ---------------------
+
+DOVECOT_IMAP = Path("/usr/lib/dovecot/imap")
+
+
+@pytest.fixture
+def dovecot_preauth():
+    """Yield an imaplib connection to a preauthenticated Dovecot imap process over a pipe."""
+    if not DOVECOT_IMAP.exists():
+        pytest.skip("dovecot-imapd is not installed")
+    # Not pytest's tmp_path: as root it lives in a 0700 directory that "nobody" cannot enter.
+    with tempfile.TemporaryDirectory(prefix="threadline-parse-imap-") as tmp:
+        home = Path(tmp)
+        (home / "Maildir").mkdir()
+        conf = home / "dovecot.conf"
+        conf.write_text(
+            f"base_dir = {home}/run\nstate_dir = {home}/state\nlog_path = {home}/log\n"
+            f"mail_location = maildir:{home}/Maildir\nssl = no\nprotocols = imap\n"
+        )
+        command = f"env USER=mailtest HOME={home} {DOVECOT_IMAP} -c {conf}"
+        if os.geteuid() == 0:  # Dovecot refuses mail access as root: run as nobody
+            for path in (home, home / "Maildir", conf):
+                shutil.chown(path, "nobody", "nogroup")
+            command = f"setpriv --reuid=nobody --regid=nogroup --clear-groups {command}"
+        imaplib._MAXLINE = 50_000_000  # big literals arrive as one line (SYNC.md §5)
+        conn = imaplib.IMAP4_stream(command)
+        conn.select("INBOX")
+        yield conn
+        conn.logout()
+
+
+@pytest.mark.imap
+@pytest.mark.skipif(not CORPUS, reason=skip_reason())
+def test_header_dedup_key_matches_dovecot_header_fields(dovecot_preauth):
+    subset = set(CORE_SUBSET.read_text().split()) if CORE_SUBSET.exists() else set()
+    checked = 0
+    for path in [p for p in CORPUS if p.name in subset]:
+        raw = read_message(path)
+        typ, data = dovecot_preauth.append("INBOX", None, None, raw)
+        assert typ == "OK", path.name
+        uid = re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1).decode()
+        _, response = dovecot_preauth.uid(
+            "FETCH", uid, "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE FROM TO SUBJECT)] BODY.PEEK[])"
+        )
+        literals = {meta: body for meta, body in (r for r in response if isinstance(r, tuple))}
+        header = next(body for meta, body in literals.items() if b"HEADER.FIELDS" in meta)
+        full = next(body for meta, body in literals.items() if b"BODY[]" in meta)
+        parsed = parse_message(full)
+        if parsed.message_id:
+            assert header_dedup_key(header) == dedup_key(parsed, full), path.name
+            checked += 1
+    assert checked > 50
