@@ -348,6 +348,7 @@ def test_inline_cid_image_in_related():
     part_id = find_content_id(raw, "cid:logo@example.com")
     assert part_id == image.part_id == "2.2"
     assert find_content_id(raw, "<LOGO@example.com>") == part_id
+    assert find_content_id(raw, "cid:logo%40example.com") == part_id  # URL-escaped (RFC 2392)
     assert find_content_id(raw, "missing@x") is None
     assert extract_part(raw, part_id)[:2] == (png, "image/png")
 
