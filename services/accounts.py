@@ -41,6 +41,7 @@ from models import (
     User,
     utcnow,
 )
+from services.access import visible_accounts
 from services.credentials import CredentialError, secret_box
 from services.errors import ValidationError
 
@@ -116,12 +117,15 @@ class RateLimited(Exception):
 
 @dataclass(frozen=True)
 class Progress:
+    """Initial-sync progress; `pending` means a first sync has not reported totals yet."""
+
     done: int
     total: int
+    pending: bool = False
 
     @property
     def active(self) -> bool:
-        return self.total > 0 and self.done < self.total
+        return self.pending or (self.total > 0 and self.done < self.total)
 
     @property
     def percent(self) -> int:
@@ -542,6 +546,11 @@ def request_sync(app: Flask, account_id: int) -> bool:
 # --------------------------------------------------------------------------- reading
 
 
+def list_accounts(user: User) -> list[MailAccount]:
+    """Return the user's own mail accounts, removed ones included."""
+    return list(db.session.scalars(visible_accounts(user)))
+
+
 def accounts_needing_attention(user: User) -> list[MailAccount]:
     """Return the user's accounts whose sync stopped until the user fixes the credentials."""
     return list(
@@ -555,18 +564,19 @@ def accounts_needing_attention(user: User) -> list[MailAccount]:
     )
 
 
-def backfill_progress(account_ids: Iterable[int]) -> Progress:
+def backfill_progress(accounts: Iterable[MailAccount]) -> Progress:
     """Return messages done/total of the initial backfill over the accounts' synced folders."""
-    ids = list(account_ids)
-    if not ids:
+    live = [a for a in accounts if a.removed_at is None]
+    if not live:
         return Progress(0, 0)
     done, total = db.session.execute(
         select(
             func.coalesce(func.sum(MailFolder.backfill_done), 0),
             func.coalesce(func.sum(MailFolder.backfill_total), 0),
-        ).where(MailFolder.account_id.in_(ids), MailFolder.sync_enabled.is_(True))
+        ).where(MailFolder.account_id.in_([a.id for a in live]), MailFolder.sync_enabled.is_(True))
     ).one()
-    return Progress(int(done), int(total))
+    pending = any(a.sync_state == SYNC_RUNNING and a.last_success_at is None for a in live)
+    return Progress(int(done), int(total), pending and not total)
 
 
 def _state_key(account: MailAccount, progress: Progress) -> str:
@@ -581,7 +591,7 @@ def _state_key(account: MailAccount, progress: Progress) -> str:
 
 def account_status(account: MailAccount, *, interval_seconds: int = 120) -> dict:
     """Return what the status page shows: state, errors and fixes, timing, folders, runs."""
-    progress = backfill_progress([account.id])
+    progress = backfill_progress([account])
     state = _state_key(account, progress)
     stored = dict(
         db.session.execute(
