@@ -151,7 +151,10 @@ def test():
 @bp.post("/")
 def create():
     form = _server_form()
-    choice = {"folder_mode": form_value("folder_mode", "all"), "since": form_value("since")}
+    choice = {
+        "folder_mode": form_value("folder_mode", "all"),
+        "since": form_value("since", accounts.DEFAULT_SINCE),
+    }
     try:
         password = accounts.open_sealed_password(
             current_app, current_user, request.form.get("password_token", "")
