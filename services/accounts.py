@@ -565,8 +565,11 @@ def accounts_needing_attention(user: User) -> list[MailAccount]:
 
 
 def backfill_progress(accounts: Iterable[MailAccount]) -> Progress:
-    """Return messages done/total of the initial backfill over the accounts' synced folders."""
-    live = [a for a in accounts if a.removed_at is None]
+    """Return done/total of the initial backfill over the running accounts' synced folders.
+
+    Paused, removed and credential-blocked accounts make no progress, so they are left out.
+    """
+    live = [a for a in accounts if a.removed_at is None and a.sync_state == SYNC_RUNNING]
     if not live:
         return Progress(0, 0)
     done, total = db.session.execute(
@@ -575,7 +578,7 @@ def backfill_progress(accounts: Iterable[MailAccount]) -> Progress:
             func.coalesce(func.sum(MailFolder.backfill_total), 0),
         ).where(MailFolder.account_id.in_([a.id for a in live]), MailFolder.sync_enabled.is_(True))
     ).one()
-    pending = any(a.sync_state == SYNC_RUNNING and a.last_success_at is None for a in live)
+    pending = any(a.last_success_at is None for a in live)
     return Progress(int(done), int(total), pending and not total)
 
 
