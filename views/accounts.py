@@ -111,7 +111,10 @@ def index():
 @bp.get("/new")
 def new():
     provider = get_provider(request.args.get("provider"))
-    form = {"provider": provider.key, **provider.settings_for(request.args.get("email_address", ""))}
+    form = {
+        "provider": provider.key,
+        **provider.settings_for(request.args.get("email_address", "")),
+    }
     return render_template("accounts/new.html", form=form, errors={}, **_choices())
 
 
