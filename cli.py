@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
 from flask import Flask, current_app
 
 from extensions import db
-from services import demo, users
+from models import User
+from services import accounts, demo, users
 from services.errors import ValidationError
 
 
 def register(app: Flask) -> None:
     """Attach every Threadline command to `app.cli`."""
-    for command in (init_db, create_user, seed_demo, serve):
+    for command in (init_db, create_user, seed_demo, serve, add_account):
         app.cli.add_command(command)
 
 
@@ -70,3 +72,52 @@ def serve(host: str | None, port: int | None, threads: int) -> None:
     port = port or int(current_app.config["PORT"])
     click.echo(f"Threadline on http://{host}:{port}/")
     waitress_serve(current_app._get_current_object(), host=host, port=port, threads=threads)
+
+
+@click.command("add-account")
+@click.argument("user_email")
+@click.option("--imap-host", required=True, help="IMAP server name.")
+@click.option("--imap-port", type=int, default=993, show_default=True)
+@click.option(
+    "--security", type=click.Choice(["ssl", "starttls"]), default="ssl", show_default=True
+)
+@click.option("--username", required=True, help="IMAP login name.")
+@click.option("--email", "email_address", help="Mailbox address (default: the username).")
+@click.option("--provider", default="other", show_default=True, help="Preset key.")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), help="Private CA (PEM).")
+@click.option("--smtp-host")
+@click.option("--smtp-port", type=int)
+@click.option("--smtp-security", type=click.Choice(["ssl", "starttls"]))
+@click.option("--folders", default="all", show_default=True, help="all, or INBOX,Sent,...")
+@click.option("--since", type=click.Choice([v for v, _ in accounts.SINCE_CHOICES]), default="3m")
+def add_account(user_email: str, **options) -> None:
+    """Connect a mailbox for a user; the password comes from THREADLINE_MAIL_PASSWORD or a prompt.
+
+    The connection is tested first; on failure the reason is printed and the exit code is 1.
+    """
+    user = db.session.scalar(db.select(User).where(User.email == user_email.strip().lower()))
+    if user is None:
+        raise click.ClickException(f"No user {user_email}.")
+    password = os.environ.get("THREADLINE_MAIL_PASSWORD") or click.prompt(
+        "Mailbox password", hide_input=True
+    )
+    ca_file = options.pop("ca_file")
+    folders = options.pop("folders").strip()
+    options["email_address"] = options["email_address"] or options["username"]
+    options["imap_security"] = options.pop("security")
+    try:
+        account = accounts.create_account(
+            user,
+            app=current_app._get_current_object(),
+            password=password,
+            ca_cert_pem=Path(ca_file).read_text() if ca_file else None,
+            folder_mode="all" if folders == "all" else "chosen",
+            chosen_folders=[] if folders == "all" else [f.strip() for f in folders.split(",")],
+            **options,
+        )
+    except (ValidationError, accounts.RateLimited) as exc:
+        reasons = exc.errors.values() if isinstance(exc, ValidationError) else [str(exc)]
+        raise click.ClickException(" ".join(reasons)) from exc
+    queued = accounts.request_sync(current_app._get_current_object(), account.id)
+    note = "first sync queued" if queued else "it syncs on the next scheduled run"
+    click.echo(f"Connected {account.email_address} (account {account.id}); {note}.")

@@ -20,6 +20,9 @@ class DefaultConfig:
     LOGIN_MAX_FAILURES = 5
     LOGIN_WINDOW_SECONDS = 15 * 60
     SYNC_INTERVAL_SECONDS = 120
+    MAIL_ALLOWED_PORTS = (993, 143)  # IMAP ports a mailbox may use; None allows any (R20)
+    MAIL_CONNECTION_TESTS = 10  # connection tests per user per window (R20, R27)
+    MAIL_CONNECTION_TEST_WINDOW_SECONDS = 10 * 60
     SCHEDULER_ENABLED = True
     HTTPS = False
     HOST = "0.0.0.0"

@@ -323,6 +323,8 @@ class MailAccount(db.Model):
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
     backoff_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set when the user removed the account but kept its synced mail; never synced again.
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
     user: Mapped[User] = relationship()
     folders: Mapped[list[MailFolder]] = relationship(

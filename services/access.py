@@ -16,6 +16,7 @@ from models import (
     VISIBILITY_EVERYONE,
     Deal,
     Lead,
+    MailFolder,
     MailAccount,
     Message,
     MessagePerson,
@@ -214,3 +215,25 @@ def account_for(user: User, account_id: int) -> MailAccount:
     if account is None or account.user_id != user.id:
         abort(404)
     return account
+
+
+def visible_accounts(user: User) -> Select[tuple[MailAccount]]:
+    """Return a select of the mail accounts `user` owns, removed ones included."""
+    return select(MailAccount).where(MailAccount.user_id == user.id).order_by(MailAccount.id)
+
+
+def folders_for_owner(user: User) -> Select[tuple[MailFolder]]:
+    """Return a select of the folders of the user's own accounts."""
+    return (
+        select(MailFolder)
+        .join(MailAccount, MailFolder.account_id == MailAccount.id)
+        .where(MailAccount.user_id == user.id)
+    )
+
+
+def folder_for_owner(user: User, folder_id: int) -> MailFolder:
+    """Return a folder of the user's own accounts or abort 404."""
+    folder = db.session.get(MailFolder, folder_id)
+    if folder is None or folder.account.user_id != user.id:
+        abort(404)
+    return folder

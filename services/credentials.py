@@ -40,9 +40,9 @@ class SecretBox:
     def encrypt(self, plaintext: str) -> bytes:
         return self._fernet.encrypt(plaintext.encode())
 
-    def decrypt(self, token: bytes) -> str:
+    def decrypt(self, token: bytes, *, ttl: int | None = None) -> str:
         try:
-            return self._fernet.decrypt(bytes(token)).decode()
+            return self._fernet.decrypt(bytes(token), ttl=ttl).decode()
         except (InvalidToken, TypeError, ValueError) as exc:
             raise CredentialError(
                 "The stored mail password cannot be read. Enter the password again."

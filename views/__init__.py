@@ -1,11 +1,25 @@
 """One blueprint per area. BLUEPRINTS is the list app.py registers, in URL-table order."""
 
-from views import admin, auth, deals, health, leads, organizations, persons, projects, settings
+from views import (
+    accounts,
+    admin,
+    auth,
+    deals,
+    health,
+    leads,
+    mail,
+    organizations,
+    persons,
+    projects,
+    settings,
+)
 
 BLUEPRINTS = [
     auth.bp,
     admin.bp,
     settings.bp,
+    accounts.bp,
+    mail.bp,
     health.bp,
     deals.bp,
     persons.bp,

@@ -3,6 +3,9 @@
 (function () {
   "use strict";
 
+  // Lets CSS hide the no-JS fallbacks (.nojs-only) once scripts run.
+  document.documentElement.classList.add("js");
+
   document.addEventListener("DOMContentLoaded", function () {
     if (!window.htmx) return;
     // SECURITY.md R7: mail content must never drive htmx.

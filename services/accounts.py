@@ -1,0 +1,666 @@
+"""Mail accounts: connect (tested before saving), re-authenticate, sync settings, pause,
+remove, and the status shown on the troubleshooting page.
+
+Passwords are encrypted (services.credentials) before they reach the database, and are
+never logged or sent back to a browser. Functions that change state commit once at their
+end; bad input raises ValidationError with field errors, keyed by the form's field names.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from flask import Flask
+from sqlalchemy import func, select
+
+from extensions import db
+from mailsync import imap
+from mailsync.folders import ServerFolder, list_server_folders, sort_folders
+from mailsync.imap import ConnectionSettings, MailConnectionError
+from mailsync.providers import PROVIDERS_BY_KEY
+from models import (
+    AUTH_BLOCKED_STATES,
+    SYNC_ERROR,
+    SYNC_IMAP_DISABLED,
+    SYNC_NEEDS_APP_PASSWORD,
+    SYNC_NEEDS_REAUTH,
+    SYNC_PAUSED,
+    SYNC_RUNNING,
+    MailAccount,
+    MailFolder,
+    Message,
+    MessageLocation,
+    SyncRun,
+    User,
+    utcnow,
+)
+from services.access import visible_accounts
+from services.credentials import CredentialError, secret_box
+from services.errors import ValidationError
+
+log = logging.getLogger("threadline.accounts")
+
+SINCE_CHOICES = (
+    ("1m", "1 month"),
+    ("3m", "3 months"),
+    ("6m", "6 months"),
+    ("1y", "1 year"),
+    ("2y", "2 years"),
+    ("all", "Everything"),
+)
+DEFAULT_SINCE = "3m"
+FOLDER_MODES = ("all", "chosen")
+SECURITY_CHOICES = (("ssl", "SSL/TLS"), ("starttls", "STARTTLS"))
+CA_CERT_MAX_BYTES = 64 * 1024
+PENDING_PASSWORD_TTL_SECONDS = 30 * 60
+RECENT_RUNS = 50
+
+# Which form field a connection failure belongs to, so the message shows next to it.
+ERROR_FIELDS = {
+    imap.AUTH_FAILED: "password",
+    imap.APP_PASSWORD_REQUIRED: "password",
+    imap.OAUTH_REQUIRED: "provider",
+    imap.HOST_NOT_FOUND: "imap_host",
+    imap.CONNECTION_REFUSED: "imap_host",
+    imap.TIMEOUT: "imap_host",
+    imap.PROTOCOL_ERROR: "imap_host",
+    imap.CERT_UNTRUSTED: "ca_cert",
+    imap.TLS_NOT_OFFERED: "imap_security",
+    imap.TLS_ERROR: "imap_security",
+    imap.PORT_NOT_ALLOWED: "imap_port",
+}
+
+STATE_LABELS = {
+    "syncing": "Syncing",
+    "up_to_date": "Up to date",
+    SYNC_PAUSED: "Paused",
+    SYNC_NEEDS_REAUTH: "Needs re-authentication",
+    SYNC_NEEDS_APP_PASSWORD: "Needs app password",
+    SYNC_IMAP_DISABLED: "IMAP disabled at the provider",
+    SYNC_ERROR: "Error",
+    "removed": "Removed (mail kept)",
+}
+STATE_FIXES = {
+    SYNC_NEEDS_REAUTH: "The password stopped working (changed or revoked). Re-enter it to resume.",
+    SYNC_NEEDS_APP_PASSWORD: (
+        "Create an app password (or authorization code) in your provider's security "
+        "settings, then enter it with Re-enter password."
+    ),
+    SYNC_IMAP_DISABLED: (
+        "Enable IMAP in your provider's web settings (or sign in there once to clear a "
+        "security check), then re-enter the password."
+    ),
+    SYNC_ERROR: "Check the server settings, then press Sync now.",
+    SYNC_PAUSED: "Press Resume to sync again.",
+}
+
+
+class RateLimited(Exception):
+    """Too many connection tests; retry after `retry_after` seconds."""
+
+    def __init__(self, retry_after: int):
+        minutes = max(1, (retry_after + 59) // 60)
+        self.retry_after = retry_after
+        self.message = (
+            "Too many connection tests in a short time. "
+            f"Wait {minutes} minute{'s' if minutes != 1 else ''} and try again."
+        )
+        super().__init__(self.message)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Initial-sync progress; `pending` means a first sync has not reported totals yet."""
+
+    done: int
+    total: int
+    pending: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.pending or (self.total > 0 and self.done < self.total)
+
+    @property
+    def percent(self) -> int:
+        return 0 if not self.total else min(100, self.done * 100 // self.total)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def allowed_ports(app: Flask) -> frozenset[int] | None:
+    """Return the IMAP ports mailboxes may use (config MAIL_ALLOWED_PORTS; None = any)."""
+    ports = app.config.get("MAIL_ALLOWED_PORTS")
+    return None if ports is None else frozenset(int(port) for port in ports)
+
+
+def parse_ca_certificate(data: bytes | str) -> str:
+    """Return the PEM text of an uploaded CA certificate; raise ValidationError if invalid."""
+    raw = data.encode() if isinstance(data, str) else data
+    if len(raw) > CA_CERT_MAX_BYTES:
+        raise ValidationError({"ca_cert": "That file is too large for a CA certificate."})
+    try:
+        certificates = x509.load_pem_x509_certificates(raw)
+        text = raw.decode("ascii")
+    except ValueError:
+        raise ValidationError(
+            {
+                "ca_cert": "That is not a PEM certificate (it should start with -----BEGIN "
+                "CERTIFICATE-----)."
+            }
+        ) from None
+    if not certificates:
+        raise ValidationError({"ca_cert": "That file holds no certificate."})
+    return text
+
+
+def _clean_server(
+    *,
+    provider: str,
+    email_address: str,
+    username: str,
+    imap_host: str,
+    imap_port: int | None,
+    imap_security: str,
+    ca_cert_pem: str | None,
+) -> dict:
+    errors: dict[str, str] = {}
+    preset = PROVIDERS_BY_KEY.get(provider)
+    if preset is None:
+        errors["provider"] = "Choose a provider from the list."
+    elif preset.oauth_only:
+        errors["provider"] = preset.auth_note
+    email_address = email_address.strip().lower()
+    if "@" not in email_address or len(email_address) > 320 or " " in email_address:
+        errors["email_address"] = "Enter the mailbox's email address."
+    imap_host = imap_host.strip().lower()
+    if not imap_host or len(imap_host) > 255 or any(c.isspace() or c in "/@" for c in imap_host):
+        errors["imap_host"] = "Enter the IMAP server name, for example imap.example.com."
+    if imap_port is None or not 0 < imap_port < 65536:
+        errors["imap_port"] = "Enter the IMAP port (993 for SSL, 143 for STARTTLS)."
+    if imap_security not in dict(SECURITY_CHOICES):
+        errors["imap_security"] = "Choose SSL/TLS or STARTTLS."
+    if ca_cert_pem:
+        try:
+            ca_cert_pem = parse_ca_certificate(ca_cert_pem)
+        except ValidationError as exc:
+            errors.update(exc.errors)
+    if errors:
+        raise ValidationError(errors)
+    return dict(
+        provider=provider,
+        email_address=email_address,
+        username=username.strip() or email_address,
+        imap_host=imap_host,
+        imap_port=imap_port,
+        imap_security=imap_security,
+        ca_cert_pem=ca_cert_pem or None,
+    )
+
+
+def _clean_smtp(smtp_host: str | None, smtp_port: int | None, smtp_security: str | None) -> dict:
+    smtp_host = (smtp_host or "").strip().lower() or None
+    if smtp_host is None:
+        return dict(smtp_host=None, smtp_port=None, smtp_security=None)
+    errors = {}
+    if smtp_port is None or not 0 < smtp_port < 65536:
+        errors["smtp_port"] = "Enter the SMTP port (465 for SSL, 587 for STARTTLS)."
+    if smtp_security not in dict(SECURITY_CHOICES):
+        errors["smtp_security"] = "Choose SSL/TLS or STARTTLS."
+    if errors:
+        raise ValidationError(errors)
+    return dict(smtp_host=smtp_host, smtp_port=smtp_port, smtp_security=smtp_security)
+
+
+def _clean_sync_choice(
+    folder_mode: str, chosen_folders: Iterable[str], since: str, server: list[ServerFolder]
+) -> tuple[str, list[str], str]:
+    errors = {}
+    if folder_mode not in FOLDER_MODES:
+        errors["folder_mode"] = "Choose all folders or the folders to sync."
+    if since not in dict(SINCE_CHOICES):
+        errors["since"] = "Choose how far back to sync."
+    names = {folder.name for folder in server}
+    chosen = [name for name in dict.fromkeys(chosen_folders) if name in names]
+    if folder_mode == "chosen" and not chosen:
+        errors["chosen_folders"] = "Choose at least one folder (Sent is always synced)."
+    if errors:
+        raise ValidationError(errors)
+    if folder_mode == "all":
+        return folder_mode, [], since
+    # The Sent folder is always synced, so outgoing conversations are complete (PRODUCT.md).
+    sent = [folder.name for folder in server if folder.is_sent and folder.name not in chosen]
+    return folder_mode, chosen + sent, since
+
+
+# --------------------------------------------------------------------------- connection tests
+
+
+def _consume_connection_test(app: Flask, user: User) -> None:
+    """Count one connection test for `user`; raise RateLimited past the configured limit."""
+    limit = int(app.config.get("MAIL_CONNECTION_TESTS", 10))
+    window = float(app.config.get("MAIL_CONNECTION_TEST_WINDOW_SECONDS", 600))
+    state = app.extensions.setdefault(
+        "threadline_connection_tests", {"lock": threading.Lock(), "users": {}}
+    )
+    now = time.monotonic()
+    with state["lock"]:
+        stamps: deque[float] = state["users"].setdefault(user.id, deque())
+        while stamps and stamps[0] <= now - window:
+            stamps.popleft()
+        if len(stamps) >= limit:
+            raise RateLimited(int(stamps[0] + window - now) + 1)
+        stamps.append(now)
+
+
+def test_connection(
+    settings: ConnectionSettings, *, allowed_ports: frozenset[int] | None
+) -> list[ServerFolder]:
+    """Log in and return the server's selectable folders; raise MailConnectionError."""
+    client = imap.connect(settings, allowed_ports=allowed_ports)
+    try:
+        return list_server_folders(client)
+    except Exception as exc:
+        raise MailConnectionError(
+            imap.PROTOCOL_ERROR, "Signed in, but the server's folder list could not be read."
+        ) from exc
+    finally:
+        imap.safe_logout(client)
+
+
+def _tested_folders(app: Flask, user: User, server: dict, password: str) -> list[ServerFolder]:
+    if not password:
+        raise ValidationError({"password": "Enter the password."})
+    _consume_connection_test(app, user)
+    settings = ConnectionSettings(
+        host=server["imap_host"],
+        port=server["imap_port"],
+        security=server["imap_security"],
+        username=server["username"],
+        password=password,
+        ca_cert_pem=server["ca_cert_pem"],
+        timeout=float(app.config.get("MAIL_CONNECT_TIMEOUT", 20)),
+    )
+    try:
+        folders = test_connection(settings, allowed_ports=allowed_ports(app))
+    except MailConnectionError as exc:
+        log.info("mail connection test failed for user %s: %s", user.id, exc.kind)
+        raise ValidationError({ERROR_FIELDS.get(exc.kind, "__all__"): exc.message}) from None
+    return folders
+
+
+def check_connection(
+    user: User,
+    *,
+    app: Flask,
+    provider: str,
+    email_address: str,
+    username: str,
+    password: str,
+    imap_host: str,
+    imap_port: int | None,
+    imap_security: str,
+    ca_cert_pem: str | None = None,
+    smtp_host: str | None = None,
+    smtp_port: int | None = None,
+    smtp_security: str | None = None,
+) -> list[ServerFolder]:
+    """Validate the settings and test them against the server (step 1 of adding a mailbox).
+
+    Raises ValidationError (field errors in plain words) or RateLimited; changes nothing.
+    """
+    server = _clean_server(
+        provider=provider,
+        email_address=email_address,
+        username=username,
+        imap_host=imap_host,
+        imap_port=imap_port,
+        imap_security=imap_security,
+        ca_cert_pem=ca_cert_pem,
+    )
+    _clean_smtp(smtp_host, smtp_port, smtp_security)
+    return _tested_folders(app, user, server, password)
+
+
+def seal_password(app: Flask, user: User, password: str) -> str:
+    """Encrypt a just-tested password for the folder step's hidden field (bound to `user`)."""
+    return secret_box(app).encrypt(f"{user.id}\n{password}").decode()
+
+
+def open_sealed_password(app: Flask, user: User, token: str) -> str:
+    """Return the password sealed by seal_password; raise ValidationError when stale."""
+    try:
+        owner, _, password = (
+            secret_box(app)
+            .decrypt(token.encode(), ttl=PENDING_PASSWORD_TTL_SECONDS)
+            .partition("\n")
+        )
+    except CredentialError:
+        owner, password = "", ""
+    if owner != str(user.id) or not password:
+        raise ValidationError(
+            {"password": "The connection test expired. Enter the password again."}
+        )
+    return password
+
+
+# --------------------------------------------------------------------------- operations
+
+
+def _require_owner(user: User, account: MailAccount) -> None:
+    # Views load accounts through access.account_for; this guards other callers (CLI, jobs).
+    if account.user_id != user.id:
+        raise PermissionError("not the owner of this mail account")
+
+
+def create_account(
+    user: User,
+    *,
+    app: Flask,
+    email_address: str,
+    provider: str,
+    username: str,
+    password: str,
+    imap_host: str,
+    imap_port: int | None,
+    imap_security: str,
+    smtp_host: str | None = None,
+    smtp_port: int | None = None,
+    smtp_security: str | None = None,
+    ca_cert_pem: str | None = None,
+    folder_mode: str = "all",
+    chosen_folders: Iterable[str] = (),
+    since: str = DEFAULT_SINCE,
+) -> MailAccount:
+    """Test the connection, then save the account with its password encrypted; commits.
+
+    Raises ValidationError (nothing saved) or RateLimited. Re-adding an address whose
+    account was removed with its mail kept revives that account, so its mail stays linked.
+    """
+    server = _clean_server(
+        provider=provider,
+        email_address=email_address,
+        username=username,
+        imap_host=imap_host,
+        imap_port=imap_port,
+        imap_security=imap_security,
+        ca_cert_pem=ca_cert_pem,
+    )
+    smtp = _clean_smtp(smtp_host, smtp_port, smtp_security)
+    existing = db.session.scalar(
+        select(MailAccount).where(
+            MailAccount.user_id == user.id,
+            MailAccount.email_address == server["email_address"],
+        )
+    )
+    if existing is not None and existing.removed_at is None:
+        raise ValidationError({"email_address": "This mailbox is already connected."})
+    folders = _tested_folders(app, user, server, password)
+    mode, chosen, since = _clean_sync_choice(folder_mode, chosen_folders, since, folders)
+    account = existing or MailAccount(user_id=user.id)
+    for key, value in {**server, **smtp}.items():
+        setattr(account, key, value)
+    account.password_encrypted = secret_box(app).encrypt(password)
+    account.folder_mode, account.chosen_folders, account.since = mode, chosen, since
+    _mark_running(account)
+    account.removed_at = None
+    db.session.add(account)
+    db.session.commit()
+    log.info("mail account %s added for user %s", account.id, user.id)
+    return account
+
+
+def _mark_running(account: MailAccount) -> None:
+    account.sync_state = SYNC_RUNNING
+    account.consecutive_failures = 0
+    account.backoff_until = None
+    account.last_error = None
+
+
+def update_credentials(
+    user: User, account: MailAccount, password: str, *, app: Flask, username: str | None = None
+) -> MailAccount:
+    """Test and store new credentials, then resume sync with every setting kept; commits.
+
+    Raises ValidationError (nothing changed) or RateLimited.
+    """
+    _require_owner(user, account)
+    server = _clean_server(
+        provider=account.provider,
+        email_address=account.email_address,
+        username=username if username is not None and username.strip() else account.username,
+        imap_host=account.imap_host,
+        imap_port=account.imap_port,
+        imap_security=account.imap_security,
+        ca_cert_pem=account.ca_cert_pem,
+    )
+    _tested_folders(app, user, server, password)
+    account.username = server["username"]
+    account.password_encrypted = secret_box(app).encrypt(password)
+    _mark_running(account)
+    db.session.commit()
+    log.info("mail account %s re-authenticated by user %s", account.id, user.id)
+    return account
+
+
+def server_folders(user: User, account: MailAccount, *, app: Flask) -> list[ServerFolder]:
+    """Return the account's folders as the server lists them now (for choosing folders).
+
+    Raises ValidationError with a plain-words message when the stored password cannot be
+    read or the server refuses it, and RateLimited.
+    """
+    _require_owner(user, account)
+    try:
+        password = secret_box(app).decrypt(account.password_encrypted)
+    except CredentialError as exc:
+        raise ValidationError({"password": str(exc)}) from None
+    server = {
+        "imap_host": account.imap_host,
+        "imap_port": account.imap_port,
+        "imap_security": account.imap_security,
+        "username": account.username,
+        "ca_cert_pem": account.ca_cert_pem,
+    }
+    return _tested_folders(app, user, server, password)
+
+
+def update_sync_settings(
+    user: User,
+    account: MailAccount,
+    *,
+    folder_mode: str,
+    chosen_folders: Iterable[str],
+    since: str,
+    available: list[ServerFolder],
+) -> MailAccount:
+    """Change which folders are synced and how far back; commits.
+
+    `available` is the server's folder list (server_folders). Sent is always kept.
+    """
+    _require_owner(user, account)
+    mode, chosen, since = _clean_sync_choice(folder_mode, chosen_folders, since, available)
+    account.folder_mode, account.chosen_folders, account.since = mode, chosen, since
+    for folder in account.folders:
+        folder.sync_enabled = mode == "all" or folder.name in chosen or folder.role == "sent"
+    db.session.commit()
+    return account
+
+
+def pause_account(user: User, account: MailAccount) -> None:
+    """Stop scheduled sync of the account until resumed; commits."""
+    _require_owner(user, account)
+    if account.removed_at is None:
+        account.sync_state = SYNC_PAUSED
+        db.session.commit()
+
+
+def resume_account(user: User, account: MailAccount) -> None:
+    """Resume a paused account; commits. Accounts needing credentials stay as they are."""
+    _require_owner(user, account)
+    if account.sync_state == SYNC_PAUSED and account.removed_at is None:
+        _mark_running(account)
+        db.session.commit()
+
+
+def remove_account(user: User, account: MailAccount, *, keep_mail: bool) -> None:
+    """Disconnect the account; commits.
+
+    keep_mail=True: forget the password, stop syncing, keep the synced mail visible.
+    keep_mail=False: delete the account and its synced mail (blobs are left for GC).
+    """
+    _require_owner(user, account)
+    if keep_mail:
+        account.removed_at = utcnow()
+        account.sync_state = SYNC_PAUSED
+        account.password_encrypted = b""
+    else:
+        db.session.delete(account)
+    db.session.commit()
+    log.info("mail account %s removed by user %s (keep_mail=%s)", account.id, user.id, keep_mail)
+
+
+def request_sync(app: Flask, account_id: int) -> bool:
+    """Ask the sync engine to sync the account soon; return False when no engine is present.
+
+    The engine registers `app.extensions["threadline_sync_now"]` (a callable taking the
+    account id), or provides `jobs.sync_now(account_id)`; this is the one indirection.
+    """
+    sync_now = app.extensions.get("threadline_sync_now")
+    if sync_now is None:
+        import jobs  # late import: jobs sits above services in the layering
+
+        sync_now = getattr(jobs, "sync_now", None)
+    if sync_now is None:
+        return False
+    sync_now(account_id)
+    return True
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def list_accounts(user: User) -> list[MailAccount]:
+    """Return the user's own mail accounts, removed ones included."""
+    return list(db.session.scalars(visible_accounts(user)))
+
+
+def accounts_needing_attention(user: User) -> list[MailAccount]:
+    """Return the user's accounts whose sync stopped until the user fixes the credentials."""
+    return list(
+        db.session.scalars(
+            select(MailAccount).where(
+                MailAccount.user_id == user.id,
+                MailAccount.sync_state.in_(AUTH_BLOCKED_STATES),
+                MailAccount.removed_at.is_(None),
+            )
+        )
+    )
+
+
+def backfill_progress(accounts: Iterable[MailAccount]) -> Progress:
+    """Return done/total of the initial backfill over the running accounts' synced folders.
+
+    Paused, removed and credential-blocked accounts make no progress, so they are left out.
+    """
+    live = [a for a in accounts if a.removed_at is None and a.sync_state == SYNC_RUNNING]
+    if not live:
+        return Progress(0, 0)
+    done, total = db.session.execute(
+        select(
+            func.coalesce(func.sum(MailFolder.backfill_done), 0),
+            func.coalesce(func.sum(MailFolder.backfill_total), 0),
+        ).where(MailFolder.account_id.in_([a.id for a in live]), MailFolder.sync_enabled.is_(True))
+    ).one()
+    pending = any(a.last_success_at is None for a in live)
+    return Progress(int(done), int(total), pending and not total)
+
+
+def _state_key(account: MailAccount, progress: Progress) -> str:
+    if account.removed_at is not None:
+        return "removed"
+    if account.sync_state != SYNC_RUNNING:
+        return account.sync_state if account.sync_state in STATE_LABELS else SYNC_ERROR
+    if progress.active or account.last_success_at is None:
+        return "syncing"
+    return "up_to_date"
+
+
+def account_status(account: MailAccount, *, interval_seconds: int = 120) -> dict:
+    """Return what the status page shows: state, errors and fixes, timing, folders, runs."""
+    progress = backfill_progress([account])
+    state = _state_key(account, progress)
+    stored = dict(
+        db.session.execute(
+            select(MessageLocation.folder_id, func.count())
+            .join(Message, MessageLocation.message_id == Message.id)
+            .join(MailFolder, MessageLocation.folder_id == MailFolder.id)
+            .where(
+                MailFolder.account_id == account.id,
+                MessageLocation.deleted.is_(False),
+                Message.deleted_at.is_(None),
+            )
+            .group_by(MessageLocation.folder_id)
+        ).all()
+    )
+    folders = [
+        {
+            "name": folder.name,
+            "role": folder.role,
+            "sync_enabled": folder.sync_enabled,
+            "state": folder.state,
+            "last_error": folder.last_error,
+            "server_count": folder.server_message_count,
+            "stored_count": stored.get(folder.id, 0),
+        }
+        for folder in sort_folders(list(account.folders))
+    ]
+    runs = list(
+        db.session.scalars(
+            select(SyncRun)
+            .where(SyncRun.account_id == account.id)
+            .order_by(SyncRun.started_at.desc(), SyncRun.id.desc())
+            .limit(RECENT_RUNS)
+        )
+    )
+    return {
+        "state": state,
+        "label": STATE_LABELS[state],
+        "needs_credentials": account.sync_state in AUTH_BLOCKED_STATES and state != "removed",
+        "last_error": account.last_error,
+        "last_error_at": account.last_error_at,
+        "fix": _fix_for(account, state),
+        "last_success_at": account.last_success_at,
+        "next_run_at": _next_run(account, state, runs, interval_seconds),
+        "progress": progress,
+        "folders": folders,
+        "runs": runs,
+    }
+
+
+def _fix_for(account: MailAccount, state: str) -> str | None:
+    if state in STATE_FIXES:
+        return STATE_FIXES[state]
+    if account.consecutive_failures and account.last_error:
+        return "Threadline retries automatically, waiting longer after each failure."
+    return None
+
+
+def _next_run(
+    account: MailAccount, state: str, runs: list[SyncRun], interval_seconds: int
+) -> datetime | None:
+    if state not in ("syncing", "up_to_date"):
+        return None
+    now = utcnow()
+    if account.backoff_until and account.backoff_until > now:
+        return account.backoff_until
+    last = runs[0].started_at if runs else account.last_success_at
+    if last is None:
+        return now
+    return max(now, last + timedelta(seconds=interval_seconds))

@@ -1,0 +1,286 @@
+"""Email accounts: add (test, then choose folders), status page, re-auth, pause, remove.
+
+URL table (prefix /settings/accounts):
+  GET  /                       index            the user's mailboxes
+  GET  /new                    new              step 1: provider, credentials, server
+  POST /new/preset             preset           apply a provider preset without JS
+  GET  /new/server-fields      server_fields    fragment: preset server fields (htmx)
+  POST /new/test               test             test the connection -> step 2: folders
+  POST /                       create           save the tested account
+  GET  /<id>                   show             status page (troubleshooting)
+  GET  /<id>/progress          progress         fragment: progress bar, polled
+  POST /<id>/sync              sync             Sync now
+  POST /<id>/pause|resume      pause, resume
+  GET  /<id>/reauth            reauth_form      re-enter password
+  POST /<id>/reauth            reauth
+  GET  /<id>/folders           folders_form     choose folders and horizon again
+  POST /<id>/folders           folders_update
+  GET  /<id>/remove            remove_form      keep or delete synced mail?
+  POST /<id>/remove            remove
+"""
+
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, current_app, redirect, render_template, request, url_for
+from flask_login import current_user
+
+from mailsync.folders import ServerFolder
+from mailsync.providers import PROVIDERS, get_provider
+from services import access, accounts
+from services.accounts import RateLimited
+from services.errors import ValidationError
+from views.helpers import form_value, parse_int, render_invalid
+
+bp = Blueprint("accounts", __name__, url_prefix="/settings/accounts")
+
+STEP_TWO_FIELDS = ("folder_mode", "chosen_folders", "since")
+
+
+@bp.app_context_processor
+def attention_banner() -> dict:
+    """Give base.html the accounts that need new credentials (the re-auth banner)."""
+    if not current_user.is_authenticated:
+        return {}
+    return {"reauth_accounts": accounts.accounts_needing_attention(current_user)}
+
+
+def _choices() -> dict:
+    return {
+        "providers": PROVIDERS,
+        "since_choices": accounts.SINCE_CHOICES,
+        "security_choices": accounts.SECURITY_CHOICES,
+    }
+
+
+def _server_form() -> dict:
+    """Read step 1's fields (never the password) as create_account keyword arguments."""
+    upload = request.files.get("ca_cert")
+    ca = upload.read(accounts.CA_CERT_MAX_BYTES + 1) if upload and upload.filename else b""
+    return {
+        "provider": form_value("provider", "other"),
+        "email_address": form_value("email_address"),
+        "username": form_value("username"),
+        "imap_host": form_value("imap_host"),
+        "imap_port": parse_int(form_value("imap_port")),
+        "imap_security": form_value("imap_security"),
+        "smtp_host": form_value("smtp_host"),
+        "smtp_port": parse_int(form_value("smtp_port")),
+        "smtp_security": form_value("smtp_security"),
+        "ca_cert_pem": ca.decode("latin-1") if ca else form_value("ca_cert_pem") or None,
+    }
+
+
+def _step_one(form: dict, errors: dict, status: int = 422, headers: dict | None = None):
+    response = render_invalid("accounts/new.html", status, form=form, errors=errors, **_choices())
+    response.headers.update(headers or {})
+    return response
+
+
+def _folder_context(folders: list[ServerFolder], mode: str, chosen: list[str], since: str):
+    return {
+        "folders": folders,
+        "folders_json": json.dumps([[f.name, f.role] for f in folders]),
+        "selected": {"folder_mode": mode, "chosen_folders": chosen, "since": since},
+        **_choices(),
+    }
+
+
+def _step_two(form: dict, folders: list[ServerFolder], token: str, errors: dict, status=200):
+    chosen = request.form.getlist("chosen_folders")
+    context = _folder_context(folders, form.get("folder_mode", "all"), chosen, form.get("since"))
+    return render_invalid(
+        "accounts/choose.html", status, form=form, password_token=token, errors=errors, **context
+    )
+
+
+def _posted_folders() -> list[ServerFolder]:
+    try:
+        pairs = json.loads(request.form.get("folders_json") or "[]")
+        return [ServerFolder(str(name), None, (), role) for name, role in pairs]
+    except (TypeError, ValueError):
+        return []
+
+
+@bp.get("/")
+def index():
+    return render_template("accounts/index.html", accounts=accounts.list_accounts(current_user))
+
+
+@bp.get("/new")
+def new():
+    provider = get_provider(request.args.get("provider"))
+    form = {
+        "provider": provider.key,
+        **provider.settings_for(request.args.get("email_address", "")),
+    }
+    return render_template("accounts/new.html", form=form, errors={}, **_choices())
+
+
+@bp.post("/new/preset")
+def preset():
+    form = _server_form()
+    form.update(get_provider(form["provider"]).settings_for(form["email_address"]))
+    return render_template("accounts/new.html", form=form, errors={}, **_choices())
+
+
+@bp.get("/new/server-fields")
+def server_fields():
+    provider = get_provider(request.args.get("provider"))
+    form = {
+        "provider": provider.key,
+        **provider.settings_for(request.args.get("email_address", "")),
+    }
+    return render_template("accounts/partials/server_fields.html", form=form, **_choices())
+
+
+@bp.post("/new/test")
+def test():
+    form = _server_form()
+    password = request.form.get("password", "")
+    try:
+        folders = accounts.check_connection(
+            current_user, app=current_app, password=password, **form
+        )
+    except ValidationError as exc:
+        return _step_one(form, exc.errors)
+    except RateLimited as exc:
+        return _step_one(form, {"__all__": exc.message}, 429, {"Retry-After": str(exc.retry_after)})
+    token = accounts.seal_password(current_app, current_user, password)
+    return _step_two(form, folders, token, {})
+
+
+@bp.post("/")
+def create():
+    form = _server_form()
+    choice = {
+        "folder_mode": form_value("folder_mode", "all"),
+        "since": form_value("since", accounts.DEFAULT_SINCE),
+    }
+    try:
+        password = accounts.open_sealed_password(
+            current_app, current_user, request.form.get("password_token", "")
+        )
+        account = accounts.create_account(
+            current_user, app=current_app, password=password,
+            chosen_folders=request.form.getlist("chosen_folders"), **form, **choice,
+        )  # fmt: skip
+    except ValidationError as exc:
+        if set(exc.errors) <= set(STEP_TWO_FIELDS):
+            token = request.form.get("password_token", "")
+            return _step_two({**form, **choice}, _posted_folders(), token, exc.errors, 422)
+        return _step_one(form, exc.errors)
+    except RateLimited as exc:
+        return _step_one(form, {"__all__": exc.message}, 429, {"Retry-After": str(exc.retry_after)})
+    accounts.request_sync(current_app, account.id)
+    return redirect(url_for("accounts.show", account_id=account.id), code=303)
+
+
+@bp.get("/<int:account_id>")
+def show(account_id: int):
+    account = access.account_for(current_user, account_id)
+    status = accounts.account_status(
+        account, interval_seconds=current_app.config["SYNC_INTERVAL_SECONDS"]
+    )
+    return render_template("accounts/show.html", account=account, status=status)
+
+
+@bp.get("/<int:account_id>/progress")
+def progress(account_id: int):
+    account = access.account_for(current_user, account_id)
+    return render_template(
+        "accounts/partials/progress.html",
+        progress=accounts.backfill_progress([account]),
+        poll_url=url_for("accounts.progress", account_id=account.id),
+    )
+
+
+@bp.post("/<int:account_id>/sync")
+def sync(account_id: int):
+    account = access.account_for(current_user, account_id)
+    accounts.request_sync(current_app, account.id)
+    return redirect(url_for("accounts.show", account_id=account.id), code=303)
+
+
+@bp.post("/<int:account_id>/pause")
+def pause(account_id: int):
+    account = access.account_for(current_user, account_id)
+    accounts.pause_account(current_user, account)
+    return redirect(url_for("accounts.show", account_id=account.id), code=303)
+
+
+@bp.post("/<int:account_id>/resume")
+def resume(account_id: int):
+    account = access.account_for(current_user, account_id)
+    accounts.resume_account(current_user, account)
+    accounts.request_sync(current_app, account.id)
+    return redirect(url_for("accounts.show", account_id=account.id), code=303)
+
+
+@bp.get("/<int:account_id>/reauth")
+def reauth_form(account_id: int):
+    account = access.account_for(current_user, account_id)
+    return render_template("accounts/reauth.html", account=account, form={}, errors={})
+
+
+@bp.post("/<int:account_id>/reauth")
+def reauth(account_id: int):
+    account = access.account_for(current_user, account_id)
+    form = {"username": form_value("username")}
+    try:
+        accounts.update_credentials(
+            current_user, account, request.form.get("password", ""), app=current_app, **form
+        )
+    except (ValidationError, RateLimited) as exc:
+        errors = getattr(exc, "errors", {"__all__": str(exc)})
+        status = 429 if isinstance(exc, RateLimited) else 422
+        return render_invalid(
+            "accounts/reauth.html", status, account=account, form=form, errors=errors
+        )
+    accounts.request_sync(current_app, account.id)
+    return redirect(url_for("accounts.show", account_id=account.id), code=303)
+
+
+@bp.get("/<int:account_id>/folders")
+def folders_form(account_id: int):
+    account = access.account_for(current_user, account_id)
+    try:
+        folders, errors = accounts.server_folders(current_user, account, app=current_app), {}
+    except (ValidationError, RateLimited) as exc:
+        folders, errors = [], getattr(exc, "errors", {"__all__": str(exc)})
+    context = _folder_context(folders, account.folder_mode, account.chosen_folders, account.since)
+    return render_template("accounts/folders.html", account=account, errors=errors, **context)
+
+
+@bp.post("/<int:account_id>/folders")
+def folders_update(account_id: int):
+    account = access.account_for(current_user, account_id)
+    folders = _posted_folders()
+    mode, chosen, since = (
+        form_value("folder_mode"), request.form.getlist("chosen_folders"), form_value("since")
+    )  # fmt: skip
+    try:
+        accounts.update_sync_settings(
+            current_user, account, folder_mode=mode, chosen_folders=chosen, since=since,
+            available=folders,
+        )  # fmt: skip
+    except ValidationError as exc:
+        context = _folder_context(folders, mode, chosen, since)
+        return render_invalid(
+            "accounts/folders.html", account=account, errors=exc.errors, **context
+        )
+    return redirect(url_for("accounts.show", account_id=account.id), code=303)
+
+
+@bp.get("/<int:account_id>/remove")
+def remove_form(account_id: int):
+    account = access.account_for(current_user, account_id)
+    return render_template("accounts/remove.html", account=account)
+
+
+@bp.post("/<int:account_id>/remove")
+def remove(account_id: int):
+    account = access.account_for(current_user, account_id)
+    accounts.remove_account(current_user, account, keep_mail=request.form.get("keep_mail") != "0")
+    return redirect(url_for("accounts.index"), code=303)
