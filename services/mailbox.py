@@ -16,7 +16,7 @@ from sqlalchemy import exists, func, select
 from extensions import db
 from mailsync.folders import sort_folders
 from models import MailAccount, MailFolder, Message, MessageLocation, User
-from services.access import folders_for_owner, visible_accounts, owned_messages
+from services.access import folders_for_owner, owned_messages, visible_accounts
 
 log = logging.getLogger("threadline.mailbox")
 
