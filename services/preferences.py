@@ -81,12 +81,6 @@ PREFERENCES: dict[str, PreferenceSpec] = {
                 ("mailto", "Opens my computer's mail app (mailto:)"),
             ),
         ),
-        PreferenceSpec(
-            "date_format",
-            "Date format",
-            "iso",
-            (("iso", "2026-11-28"), ("us", "11/28/2026"), ("eu", "28.11.2026")),
-        ),
     )
 }
 

@@ -125,7 +125,7 @@ def test_session_cookie_flags_and_contents(client, make_user):
 def test_post_without_csrf_token_is_rejected(make_user, login):
     user = make_user()
     client = login(user)
-    response = client.post("/settings/preferences", data={"date_format": "us"}, csrf=False)
+    response = client.post("/settings/preferences", data={"records_page_size": "50"}, csrf=False)
     assert response.status_code == 400
     assert "form expired" in response.get_data(as_text=True)
 
