@@ -38,6 +38,10 @@ HEAD = (
     b"Message-ID: <Abc.123@Example.COM>\r\n"
 )
 
+# A guard against pathological (quadratic or endless) inputs, not a speed measurement:
+# parse speed is measured in bench/parse_bench.py. Generous, so a loaded CI machine passes.
+HANG_GUARD_SECONDS = 10
+
 
 def raw_message(body: bytes, *, headers: bytes = HEAD, extra: bytes = b"") -> bytes:
     """Return a CRLF message with the default headers plus extra ones."""
@@ -179,7 +183,7 @@ def test_5000_recipients_truncated_with_parse_error():
     to = b", ".join(b"User %d <user%d@example.org>" % (i, i) for i in range(5000))
     started = time.perf_counter()
     parsed = parse_message(raw_message(b"x", extra=b"Cc: " + to + b"\r\n"))
-    assert time.perf_counter() - started < 1
+    assert time.perf_counter() - started < HANG_GUARD_SECONDS
     assert len(parsed.cc) == MAX_ADDRESSES
     assert parsed.cc[0] == ("User 0", "user0@example.org")
     assert "cc" in parsed.parse_error
@@ -377,7 +381,7 @@ def test_pathological_html_is_linear(html):
     raw = raw_message(html.encode(), extra=b"Content-Type: text/html\r\n")
     started = time.perf_counter()
     parse_message(raw)
-    assert time.perf_counter() - started < 1
+    assert time.perf_counter() - started < HANG_GUARD_SECONDS
 
 
 @pytest.mark.parametrize(
@@ -387,7 +391,7 @@ def test_pathological_html_is_linear(html):
 def test_pathological_address_headers_are_fast(value):
     started = time.perf_counter()
     parse_message(raw_message(b"x", extra=b"Cc: " + value + b"\r\n"))
-    assert time.perf_counter() - started < 1
+    assert time.perf_counter() - started < HANG_GUARD_SECONDS
 
 
 def test_attachments_are_not_decoded_during_parse(monkeypatch):
@@ -584,7 +588,7 @@ def test_corpus_message(path):
     assert isinstance(parsed, ParsedMessage)
     assert isinstance(parsed.subject, str) and isinstance(parsed.text_body, str)
     assert "\x00" not in parsed.subject + parsed.text_body
-    assert elapsed < 2, f"{path.name} took {elapsed:.2f}s"
+    assert elapsed < HANG_GUARD_SECONDS, f"{path.name} took {elapsed:.2f}s"
     assert parsed.date is None or parsed.date.tzinfo is UTC
     if parsed.message_id:
         assert header_dedup_key(header_fields(raw)) == dedup_key(parsed, raw)
