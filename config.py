@@ -20,6 +20,9 @@ class DefaultConfig:
     LOGIN_MAX_FAILURES = 5
     LOGIN_WINDOW_SECONDS = 15 * 60
     SYNC_INTERVAL_SECONDS = 120
+    SYNC_BUDGET_SECONDS = 90  # one account's sync pass; backfill resumes on the next tick
+    MAIL_ALLOWED_PORTS = (993, 143)  # None allows any port (tests use random Dovecot ports)
+    MAX_FULL_SIZE = 25 * 1024 * 1024  # larger messages are stored as header-only placeholders
     SCHEDULER_ENABLED = True
     HTTPS = False
     HOST = "0.0.0.0"

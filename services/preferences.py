@@ -90,3 +90,14 @@ def update_preferences(user: User, values: dict[str, str]) -> None:
         else:
             row.value = value
     db.session.commit()
+
+
+register(
+    PreferenceSpec(
+        "default_email_sharing",
+        "Default sharing of synced email",
+        "private",
+        (("private", "Private (only me)"), ("shared", "Shared with teammates")),
+        help="Applies to conversations synced from now on; each one can be changed later.",
+    )
+)
