@@ -30,7 +30,7 @@ from extensions import db
 from mailsync import imap, store
 from mailsync.blobstore import BlobStore
 from mailsync.parse import dedup_key, header_dedup_key, parse_headers_only, parse_message
-from models import FailedUid, MailAccount, MailFolder, MessageLocation, User
+from models import FailedUid, MailAccount, MailFolder, Message, MessageLocation, User
 from services.preferences import get_preference
 
 log = logging.getLogger("threadline.sync")
@@ -590,6 +590,14 @@ class AccountSync:
         db.session.commit()
         self.report(name, len(remote) - len(work), len(remote))
         done = len(remote) - len(work)
+        # With no message stored in the account yet nothing can match a dedup key, so the
+        # first folder of a new account skips the header pre-fetch (most of a first sync).
+        dedup_possible = bool(
+            db.session.scalar(
+                select(Message.id).where(Message.account_id == self.account_id).limit(1)
+            )
+        )
+        db.session.commit()
         first = True
         position = 0
         while position < len(work):
@@ -598,7 +606,7 @@ class AccountSync:
             position += size
             first = False
             self.check_budget()
-            meta = self.fetch_meta(uid_ranges(chunk), set(chunk))
+            meta = self.fetch_meta(uid_ranges(chunk), set(chunk), headers=dedup_possible)
             self.ingest(folder_id, meta, newest_first=True)
             done += len(chunk)
             folder = db.session.get(MailFolder, folder_id)
@@ -620,9 +628,11 @@ class AccountSync:
 
     # ------------------------------------------------------------------ fetching
 
-    def fetch_meta(self, uid_set: str, wanted: set[int] | None) -> dict[int, Meta]:
+    def fetch_meta(
+        self, uid_set: str, wanted: set[int] | None, *, headers: bool = True
+    ) -> dict[int, Meta]:
         """FETCH flags, size, dates and dedup headers; drop UIDs we did not ask for."""
-        items = META_ITEMS + (GMAIL_ITEMS if self.gmail else [])
+        items = (META_ITEMS if headers else META_ITEMS[:-1]) + (GMAIL_ITEMS if self.gmail else [])
         response = self.connect().fetch(uid_set, items)
         metas: dict[int, Meta] = {}
         for uid, data in response.items():
