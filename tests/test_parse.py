@@ -1,0 +1,657 @@
+"""mailsync.parse: hand-made fixtures for every rule, then the whole shared corpus."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import imaplib
+import os
+import re
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from mailsync.parse import (
+    MAX_ADDRESSES,
+    MAX_DEPTH,
+    MAX_PARTS,
+    AttachmentInfo,
+    ParsedMessage,
+    dedup_key,
+    extract_part,
+    find_content_id,
+    header_dedup_key,
+    parse_headers_only,
+    parse_message,
+)
+from tests.corpus import corpus_dir, corpus_files, read_message, skip_reason
+
+HEAD = (
+    b"From: Alice Example <Alice@Example.COM>\r\n"
+    b"To: Bob <bob@example.org>\r\n"
+    b"Date: Tue, 07 Apr 2026 10:00:01 +0200\r\n"
+    b"Message-ID: <Abc.123@Example.COM>\r\n"
+)
+
+
+def raw_message(body: bytes, *, headers: bytes = HEAD, extra: bytes = b"") -> bytes:
+    """Return a CRLF message with the default headers plus extra ones."""
+    return headers + extra + b"\r\n" + body
+
+
+def single_part(text: bytes, charset: str, *, subject: bytes = b"Test") -> bytes:
+    """Return a text/plain message whose body is text declared in charset."""
+    return raw_message(
+        text,
+        extra=b"Subject: "
+        + subject
+        + b"\r\nContent-Type: text/plain; charset="
+        + charset.encode()
+        + b"\r\nContent-Transfer-Encoding: 8bit\r\n",
+    )
+
+
+# --- headers -------------------------------------------------------------------------------
+
+
+def test_plain_message_fields():
+    parsed = parse_message(
+        raw_message(
+            b"Hello Bob,\r\n\r\nsee you   tomorrow.\r\n",
+            extra=b"Subject: Re: Lunch\r\nCc: Carol <carol@example.org>, dave@example.org\r\n"
+            b"In-Reply-To: <Prev.1@example.org>\r\nReferences: <root@example.org>\r\n"
+            b' <Prev.1@example.org>\r\nReply-To: "Alice (work)" <a@work.example>\r\n',
+        )
+    )
+    assert isinstance(parsed, ParsedMessage)
+    assert parsed.message_id == "abc.123@example.com"
+    assert parsed.subject == "Re: Lunch"
+    assert (parsed.from_name, parsed.from_address) == ("Alice Example", "alice@example.com")
+    assert parsed.to == [("Bob", "bob@example.org")]
+    assert parsed.cc == [("Carol", "carol@example.org"), ("", "dave@example.org")]
+    assert parsed.reply_to == [("Alice (work)", "a@work.example")]
+    assert parsed.in_reply_to == "prev.1@example.org"
+    assert parsed.references == ["root@example.org", "prev.1@example.org"]
+    assert parsed.date == datetime(2026, 4, 7, 8, 0, 1, tzinfo=UTC)
+    assert parsed.text_body == "Hello Bob,\n\nsee you   tomorrow.\n"
+    assert parsed.snippet == "Hello Bob, see you tomorrow."
+    assert parsed.html_body is None
+    assert parsed.attachments == [] and not parsed.has_attachments
+    assert parsed.parse_error is None and not parsed.headers_only
+
+
+def test_parsed_message_is_frozen():
+    parsed = parse_message(raw_message(b"x"))
+    with pytest.raises(AttributeError):
+        parsed.subject = "changed"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("encoded", "expected"),
+    [
+        (b"=?utf-8?B?0J/RgNC40LLQtdGC?=", "Привет"),
+        (b"=?iso-8859-1?Q?Gr=FC=DFe_aus_K=F6ln?=", "Grüße aus Köln"),
+        (b"=?ISO-2022-JP?B?GyRCJF4kXyRgJGEkYhsoQg==?=", "まみむめも"),
+        (b"=?windows-1255?B?+ezl7Q==?=", "שלום"),
+        (b"=?gb2312?B?xOO6ww==?=", "你好"),
+        (b"=?utf-8?Q?caf=C3?= =?utf-8?Q?=A9?= ok", "café ok"),  # split multibyte char
+        (b"=?utf-8*en?Q?hi?=", "hi"),  # RFC 2231 language tag
+        (b"=?x-unknown?Q?plain?=", "plain"),
+        (b"=?_iso-2022-jp$ESC?B?GyRCJF4kXyRgJGEkYhsoQg==?=", "まみむめも"),
+        (b"=?bogus-charset?Q?na=EFve?=", "naïve"),
+    ],
+)
+def test_rfc2047_subjects(encoded, expected):
+    parsed = parse_message(raw_message(b"x", extra=b"Subject: " + encoded + b"\r\n"))
+    assert parsed.subject == expected
+
+
+def test_subject_nul_removed_whitespace_collapsed_and_truncated():
+    parsed = parse_message(raw_message(b"x", extra=b"Subject: a\x00b\r\n  " + b"y" * 400 + b"\r\n"))
+    assert "\x00" not in parsed.subject
+    assert parsed.subject.startswith("ab y")
+    assert len(parsed.subject) == 255
+
+
+def test_raw_8bit_headers_utf8_and_latin1():
+    utf8 = parse_message(
+        raw_message(
+            b"x",
+            extra="Subject: Grüße\r\n".encode(),
+            headers=HEAD.replace(b"Alice Example", "Jörg Müller".encode()),
+        )
+    )
+    assert utf8.subject == "Grüße" and utf8.from_name == "Jörg Müller"
+    latin = parse_message(raw_message(b"x", extra="Subject: Grüße\r\n".encode("latin-1")))
+    assert latin.subject == "Grüße"
+
+
+def test_missing_message_id_and_date():
+    parsed = parse_message(b"From: a@example.com\r\nSubject: hi\r\n\r\nbody")
+    assert parsed.message_id is None and parsed.date is None
+    assert parsed.text_body == "body"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"yesterday", b"Mon, 32 Foo 99999 25:61:00 +9999", b"", b"Tue, 07 Apr 1700 10:00 +0000"],
+)
+def test_garbage_date_is_none(value):
+    headers = HEAD.replace(b"Tue, 07 Apr 2026 10:00:01 +0200", value)
+    assert parse_message(raw_message(b"x", headers=headers)).date is None
+
+
+def test_naive_date_is_utc():
+    headers = HEAD.replace(b"+0200", b"-0000")
+    assert parse_message(raw_message(b"x", headers=headers)).date.tzinfo is UTC
+
+
+@pytest.mark.parametrize("value", [b"no-at-sign", b"<>", b"   ", b"<" + b"a" * 1000 + b"@x>"])
+def test_garbage_message_id_is_none(value):
+    headers = HEAD.replace(b"<Abc.123@Example.COM>", value)
+    assert parse_message(raw_message(b"x", headers=headers)).message_id is None
+
+
+def test_alias_message_ids():
+    parsed = parse_message(
+        raw_message(
+            b"x",
+            extra=b"X-Microsoft-Original-Message-ID: <Orig@Outlook.example>\r\n"
+            b"X-MS-Exchange-Parent-Message-Id: <parent@exchange.example>\r\n",
+        )
+    )
+    assert parsed.alias_message_ids == ["orig@outlook.example", "parent@exchange.example"]
+
+
+def test_references_capped_to_last_50():
+    refs = b" ".join(b"<r%d@example.org>" % i for i in range(80))
+    parsed = parse_message(raw_message(b"x", extra=b"References: " + refs + b"\r\n"))
+    assert len(parsed.references) == 50
+    assert parsed.references[-1] == "r79@example.org" and parsed.references[0] == "r30@example.org"
+
+
+def test_5000_recipients_truncated_with_parse_error():
+    to = b", ".join(b"User %d <user%d@example.org>" % (i, i) for i in range(5000))
+    started = time.perf_counter()
+    parsed = parse_message(raw_message(b"x", extra=b"Cc: " + to + b"\r\n"))
+    assert time.perf_counter() - started < 1
+    assert len(parsed.cc) == MAX_ADDRESSES
+    assert parsed.cc[0] == ("User 0", "user0@example.org")
+    assert "cc" in parsed.parse_error
+    assert parsed.to == [("Bob", "bob@example.org")]
+
+
+def test_encoded_display_name_and_group_syntax():
+    parsed = parse_message(
+        raw_message(
+            b"x",
+            headers=b"From: =?utf-8?Q?J=C3=B6rg?= <JOERG@example.com>\r\n"
+            b"To: undisclosed-recipients:;\r\n",
+        )
+    )
+    assert (parsed.from_name, parsed.from_address) == ("Jörg", "joerg@example.com")
+    assert parsed.to == []
+
+
+def test_nul_bytes_anywhere():
+    parsed = parse_message(raw_message(b"he\x00llo\x00", extra=b"Subject: N\x00UL\r\n"))
+    assert parsed.subject == "NUL"
+    assert parsed.text_body == "hello"
+
+
+def test_mbox_from_line_is_skipped():
+    parsed = parse_message(b"From alice@example.com Sat Jan  3 01:05:34 1996\n" + HEAD + b"\r\nhi")
+    assert parsed.from_address == "alice@example.com" and parsed.text_body == "hi"
+
+
+# --- charsets (SECURITY.md R17) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding", "label"),
+    [
+        ("שלום עולם", "cp1255", "windows-1255"),
+        ("שלום עולם", "iso-8859-8", "ISO-8859-8-I"),
+        ("مرحبا بالعالم", "cp1256", "windows-1256"),
+        ("你好，世界 朱镕基", "gbk", "GB2312"),  # 镕 is a GBK-only character
+        ("你好", "gb18030", "gb18030"),
+        ("สวัสดีครับ", "tis-620", "TIS-620"),
+        ("สวัสดีครับ", "cp874", "windows-874"),
+        ("안녕하세요", "cp949", "ks_c_5601-1987"),
+        ("Grüße", "utf-8", "utf8"),
+        ("Grüße", "utf-16-be", "unicodeFFFE".replace("FFFE", "big")),
+        ("Grüße", "cp1252", "iso-8859-1"),
+        ("まみむめも", "iso-2022-jp", '"_iso-2022-jp$ESC"'),
+        ("Grüße", "cp1252", '"charset=windows-1252"'),
+    ],
+)
+def test_charset_aliases_decode(text, encoding, label):
+    parsed = parse_message(single_part(text.encode(encoding), label))
+    assert parsed.text_body == text
+    assert parsed.parse_error is None
+
+
+@pytest.mark.parametrize("label", ["unknown-8bit", "x-unknown", "", "no-such-charset", "base64"])
+def test_unknown_charset_tries_utf8_then_cp1252(label):
+    assert parse_message(single_part("Grüße".encode(), label)).text_body == "Grüße"
+    assert parse_message(single_part("Grüße".encode("cp1252"), label)).text_body == "Grüße"
+
+
+def test_invalid_bytes_in_declared_charset_are_replaced():
+    parsed = parse_message(single_part(b"ok \xff\xfe end", "utf-8"))
+    assert parsed.text_body.startswith("ok ") and parsed.text_body.endswith(" end")
+
+
+def test_rtl_hint():
+    assert parse_message(single_part("שלום".encode("cp1255"), "windows-1255")).is_rtl_hint
+    assert not parse_message(single_part(b"hello", "us-ascii")).is_rtl_hint
+
+
+# --- bodies and attachments ---------------------------------------------------------------
+
+
+def make_email(subject: str = "Report") -> EmailMessage:
+    """Return an EmailMessage with the usual headers set."""
+    msg = EmailMessage()
+    msg["From"] = "Alice <alice@example.com>"
+    msg["To"] = "bob@example.org"
+    msg["Subject"] = subject
+    msg["Message-ID"] = "<m1@example.com>"
+    msg["Date"] = "Tue, 07 Apr 2026 10:00:01 +0000"
+    return msg
+
+
+def test_html_only_derives_text():
+    msg = make_email()
+    msg.set_content(
+        "<html><head><style>p{color:red}</style><title>T</title></head><body>"
+        "<p>Hello&nbsp;<b>Bob</b></p><script>alert(1)</script><p>Line&amp;two</p></body></html>",
+        subtype="html",
+    )
+    parsed = parse_message(msg.as_bytes())
+    assert "<script>alert(1)</script>" in parsed.html_body  # raw, unsanitized
+    assert "Hello Bob" in parsed.text_body and "Line&two" in parsed.text_body
+    assert "alert" not in parsed.text_body and "color" not in parsed.text_body
+    assert parsed.snippet == "Hello Bob Line&two"
+
+
+def test_multipart_alternative_picks_both_renderings():
+    msg = make_email()
+    msg.set_content("plain version")
+    msg.add_alternative("<p>html version</p>", subtype="html")
+    parsed = parse_message(msg.as_bytes())
+    assert parsed.text_body.strip() == "plain version"
+    assert parsed.html_body.strip() == "<p>html version</p>"
+    assert parsed.attachments == []
+
+
+def test_attachments_metadata_and_extract():
+    msg = make_email()
+    msg.set_content("see attached")
+    pdf = b"%PDF-1.4 " + bytes(range(256)) * 200
+    msg.add_attachment(pdf, maintype="application", subtype="pdf", filename="מסמך חשוב.pdf")
+    msg.add_attachment(b"a,b\n1,2\n", maintype="text", subtype="csv", filename="data.csv")
+    raw = msg.as_bytes()
+    assert b"filename*=utf-8''" in raw  # really RFC 2231 encoded
+    parsed = parse_message(raw)
+    assert parsed.text_body.strip() == "see attached"
+    assert parsed.has_attachments
+    first, second = parsed.attachments
+    assert isinstance(first, AttachmentInfo)
+    assert (first.part_id, first.filename, first.content_type) == (
+        "2",
+        "מסמך חשוב.pdf",
+        "application/pdf",
+    )
+    assert not first.is_inline and first.content_id is None
+    assert abs(first.size - len(pdf)) <= len(pdf) // 50
+    assert (second.part_id, second.filename, second.content_type) == ("3", "data.csv", "text/csv")
+    assert extract_part(raw, "2") == (pdf, "application/pdf", "מסמך חשוב.pdf")
+    assert extract_part(raw, "3")[0] == b"a,b\n1,2\n"
+    with pytest.raises(KeyError):
+        extract_part(raw, "9")
+
+
+def test_rfc2231_continuations_and_quoted_printable_part():
+    raw = raw_message(
+        b"--b\r\nContent-Type: text/plain\r\n\r\nbody\r\n--b\r\n"
+        b"Content-Type: application/octet-stream\r\n"
+        b"Content-Disposition: attachment; filename*0*=utf-8''%D7%9E%D7%A1;\r\n"
+        b' filename*1*=%D7%9E%D7%9A; filename*2=".txt"\r\n'
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\nsoft=\r\nbreak=3D\r\n--b--\r\n",
+        extra=b"Content-Type: multipart/mixed; boundary=b\r\n",
+    )
+    parsed = parse_message(raw)
+    assert parsed.attachments[0].filename == "מסמך.txt"
+    assert extract_part(raw, "2")[0] == b"softbreak="
+
+
+def test_inline_cid_image_in_related():
+    msg = make_email()
+    msg.set_content("text")
+    msg.add_alternative('<p><img src="cid:logo@Example.COM"></p>', subtype="html")
+    html_part = msg.get_payload()[1]
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 300
+    html_part.add_related(png, maintype="image", subtype="png", cid="<logo@Example.COM>")
+    raw = msg.as_bytes()
+    parsed = parse_message(raw)
+    assert parsed.html_body is not None and "cid:logo" in parsed.html_body
+    (image,) = parsed.attachments
+    assert image.content_id == "logo@example.com" and image.is_inline
+    assert image.content_type == "image/png"
+    assert not parsed.has_attachments  # inline images are not "attachments" for the paperclip
+    part_id = find_content_id(raw, "cid:logo@example.com")
+    assert part_id == image.part_id == "2.2"
+    assert find_content_id(raw, "<LOGO@example.com>") == part_id
+    assert find_content_id(raw, "cid:logo%40example.com") == part_id  # URL-escaped (RFC 2392)
+    assert find_content_id(raw, "missing@x") is None
+    assert extract_part(raw, part_id)[:2] == (png, "image/png")
+
+
+def test_inline_means_referenced_from_html():
+    msg = make_email()
+    msg.set_content("text")
+    msg.add_alternative("<p>no images here</p>", subtype="html")
+    msg.add_attachment(
+        b"%PDF",
+        maintype="application",
+        subtype="pdf",
+        filename="a.pdf",
+        disposition="inline",
+        cid="<pdf@x>",
+    )
+    (pdf,) = parse_message(msg.as_bytes()).attachments
+    assert not pdf.is_inline and pdf.content_id == "pdf@x"
+
+
+@pytest.mark.parametrize(
+    "html",
+    ["<" * 300_000, "<p" * 100_000, "<!--" * 50_000, "<script>" * 50_000, "<a href='" * 50_000],
+)
+def test_pathological_html_is_linear(html):
+    raw = raw_message(html.encode(), extra=b"Content-Type: text/html\r\n")
+    started = time.perf_counter()
+    parse_message(raw)
+    assert time.perf_counter() - started < 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"a" + b" " * 100_000 + b"b <x@y>", b'"' + b"n " * 50_000 + b'" <x@y>', b"x@y" * 100_000],
+)
+def test_pathological_address_headers_are_fast(value):
+    started = time.perf_counter()
+    parse_message(raw_message(b"x", extra=b"Cc: " + value + b"\r\n"))
+    assert time.perf_counter() - started < 1
+
+
+def test_attachments_are_not_decoded_during_parse(monkeypatch):
+    msg = make_email()
+    msg.set_content("x")
+    msg.add_attachment(b"\x00" * 60_000, maintype="application", subtype="zip", filename="a.zip")
+    raw = msg.as_bytes()
+    import binascii
+
+    calls = []
+    real = binascii.a2b_base64
+    monkeypatch.setattr(binascii, "a2b_base64", lambda data, **kw: calls.append(1) or real(data))
+    parsed = parse_message(raw)
+    assert not calls
+    assert abs(parsed.attachments[0].size - 60_000) < 600
+
+
+def test_forwarded_message_is_an_attachment():
+    inner = make_email("Original topic")
+    inner.set_content("inner body")
+    outer = make_email("Fwd: Original topic")
+    outer.set_content("see below")
+    outer.add_attachment(inner)
+    parsed = parse_message(outer.as_bytes())
+    assert parsed.text_body.strip() == "see below"
+    assert [(a.content_type, a.filename) for a in parsed.attachments] == [
+        ("message/rfc822", "Original topic.eml")
+    ]
+
+
+def test_single_part_base64_and_meta_charset_html():
+    body = base64.encodebytes(
+        b'<meta charset="windows-1256"><p>' + "مرحبا".encode("cp1256") + b"</p>"
+    )
+    raw = raw_message(
+        body, extra=b"Content-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n"
+    )
+    parsed = parse_message(raw)
+    assert "مرحبا" in parsed.html_body and parsed.text_body == "مرحبا"
+
+
+def test_missing_closing_boundary_and_no_boundary_found():
+    open_ended = raw_message(
+        b"--b\r\nContent-Type: text/plain\r\n\r\nstill here",
+        extra=b"Content-Type: multipart/mixed; boundary=b\r\n",
+    )
+    assert parse_message(open_ended).text_body == "still here"
+    never = raw_message(b"just text", extra=b"Content-Type: multipart/mixed; boundary=zz\r\n")
+    assert parse_message(never).text_body == "just text"
+
+
+# --- limits and robustness (SECURITY.md R16) ----------------------------------------------
+
+
+def nested(depth: int) -> bytes:
+    """Return a message with multiparts nested depth levels deep."""
+    body = b"Content-Type: text/plain\r\n\r\ndeepest\r\n"
+    for level in range(depth, 0, -1):
+        boundary = b"b%d" % level
+        body = (
+            b"Content-Type: multipart/mixed; boundary="
+            + boundary
+            + b"\r\n\r\n--"
+            + boundary
+            + b"\r\n"
+            + body
+            + b"\r\n--"
+            + boundary
+            + b"--\r\n"
+        )
+    return HEAD + body
+
+
+def test_nesting_depth_limit():
+    assert parse_message(nested(10)).text_body.strip() == "deepest"
+    parsed = parse_message(nested(MAX_DEPTH + 20))
+    assert "nesting" in parsed.parse_error
+    assert parsed.message_id == "abc.123@example.com"
+
+
+def test_part_count_limit():
+    parts = b"".join(
+        b"--b\r\nContent-Type: application/octet-stream\r\n\r\nx\r\n"
+        for _ in range(MAX_PARTS + 100)
+    )
+    raw = raw_message(parts + b"--b--\r\n", extra=b"Content-Type: multipart/mixed; boundary=b\r\n")
+    parsed = parse_message(raw)
+    assert "parts" in parsed.parse_error
+    assert len(parsed.attachments) < MAX_PARTS
+
+
+def test_huge_header_block_is_truncated():
+    raw = HEAD + b"X-Junk: " + b"a" * 2_000_000
+    parsed = parse_message(raw)
+    assert parsed.message_id == "abc.123@example.com"
+    assert "header" in parsed.parse_error
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\r\n",
+        b"no headers at all, just text",
+        b"\x00\xff\xfe" * 100,
+        bytes(range(256)) * 50,
+        b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\r\n",
+        b'Content-Type: multipart/mixed; boundary="a"\r\n\r\n--a\r\n--a\r\n--a--',
+        b"Content-Type: text/plain; charset=undefined\r\n\r\n\xff",
+        b"Content-Type: text/plain; charset=rot13\r\n\r\nuryyb",
+        b"Content-Transfer-Encoding: base64\r\n\r\n====!!!",
+        b"Subject: =?utf-8?B?####?= =?utf-8?Q?=ZZ?=\r\n\r\n",
+        b"Content-Disposition: attachment; filename*=\"''%\"\r\n\r\n",
+    ],
+)
+def test_never_raises_on_garbage(raw):
+    parsed = parse_message(raw)
+    assert isinstance(parsed, ParsedMessage)
+    assert isinstance(parsed.subject, str)
+
+
+def test_unexpected_exception_gives_best_effort_result(monkeypatch):
+    import mailsync.parse as parse_module
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(parse_module, "_leaf_meta", boom)
+    parsed = parse_message(raw_message(b"x", extra=b"Subject: still here\r\n"))
+    assert parsed.subject == "still here"
+    assert "RuntimeError" in parsed.parse_error
+
+
+def test_parse_headers_only():
+    parsed = parse_headers_only(HEAD + b"Subject: big one\r\n\r\n")
+    assert parsed.headers_only and parsed.subject == "big one"
+    assert parsed.message_id == "abc.123@example.com" and parsed.text_body == ""
+
+
+# --- dedup keys (SYNC.md §7) --------------------------------------------------------------
+
+
+def header_fields(raw: bytes) -> bytes:
+    """Mimic an IMAP server's BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE FROM TO SUBJECT)]."""
+    lines = re.split(rb"\r?\n", raw)
+    wanted = {b"message-id", b"date", b"from", b"to", b"subject"}
+    out: list[bytes] = []
+    keep = False
+    for line in lines:
+        if line == b"":
+            break
+        if line[:1] in (b" ", b"\t"):
+            if keep:
+                out.append(line)
+            continue
+        keep = line.split(b":", 1)[0].strip().lower() in wanted
+        if keep:
+            out.append(line)
+    return b"\r\n".join(out) + b"\r\n\r\n"
+
+
+def test_dedup_key_is_header_based_and_ignores_received():
+    one = raw_message(b"body", extra=b"Subject: S\r\nReceived: from a\r\n")
+    two = b"Received: from b\r\n" + raw_message(b"body  ", extra=b"Subject: S\r\n")
+    assert dedup_key(parse_message(one), one) == dedup_key(parse_message(two), two)
+    other = raw_message(b"body", extra=b"Subject: Different\r\n")
+    assert dedup_key(parse_message(one), one) != dedup_key(parse_message(other), other)
+
+
+def test_dedup_key_without_message_id_is_raw_sha256():
+    raw = b"From: a@example.com\r\nSubject: hi\r\n\r\nbody"
+    assert dedup_key(parse_message(raw), raw) == hashlib.sha256(raw).hexdigest()
+    assert header_dedup_key(header_fields(raw)) is None
+
+
+def test_header_dedup_key_matches_full_key():
+    raw = raw_message(b"x", extra=b"Subject: =?utf-8?Q?Gr=C3=BC=C3=9Fe?=\r\n\tcontinued\r\n")
+    assert header_dedup_key(header_fields(raw)) == dedup_key(parse_message(raw), raw)
+
+
+# --- corpus ------------------------------------------------------------------------------
+
+CORPUS = corpus_files()
+CORE_SUBSET = (corpus_dir() or Path("/nonexistent")) / "CORE_SUBSET.txt"
+
+
+@pytest.mark.skipif(not CORPUS, reason=skip_reason())
+@pytest.mark.parametrize("path", CORPUS, ids=[p.name for p in CORPUS])
+def test_corpus_message(path):
+    raw = read_message(path)
+    started = time.perf_counter()
+    parsed = parse_message(raw)
+    elapsed = time.perf_counter() - started
+    assert isinstance(parsed, ParsedMessage)
+    assert isinstance(parsed.subject, str) and isinstance(parsed.text_body, str)
+    assert "\x00" not in parsed.subject + parsed.text_body
+    assert elapsed < 2, f"{path.name} took {elapsed:.2f}s"
+    assert parsed.date is None or parsed.date.tzinfo is UTC
+    if parsed.message_id:
+        assert header_dedup_key(header_fields(raw)) == dedup_key(parsed, raw)
+    for attachment in parsed.attachments[:5]:
+        data, content_type, _ = extract_part(raw, attachment.part_id)
+        assert isinstance(data, bytes) and content_type == attachment.content_type
+
+
+@pytest.mark.skipif(not CORPUS, reason=skip_reason())
+def test_corpus_known_decodings():
+    by_name = {p.name: p for p in CORPUS}
+    name = "mikelmail__spec__fixtures__emails__multi_charset__japanese_iso_2022.eml"
+    parsed = parse_message(read_message(by_name[name]))
+    assert parsed.subject == "まみむめも" and "すみません" in parsed.text_body
+    endless = [p for p in CORPUS if p.name.endswith("enclosed-endless.eml")]
+    assert endless and parse_message(read_message(endless[0])).subject == "Wow"
+
+
+# --- real server: the header-only key must match what Dovecot returns ---------------------
+
+DOVECOT_IMAP = Path("/usr/lib/dovecot/imap")
+
+
+@pytest.fixture
+def dovecot_preauth():
+    """Yield an imaplib connection to a preauthenticated Dovecot imap process over a pipe."""
+    if not DOVECOT_IMAP.exists():
+        pytest.skip("dovecot-imapd is not installed")
+    # Not pytest's tmp_path: as root it lives in a 0700 directory that "nobody" cannot enter.
+    with tempfile.TemporaryDirectory(prefix="threadline-parse-imap-") as tmp:
+        home = Path(tmp)
+        (home / "Maildir").mkdir()
+        conf = home / "dovecot.conf"
+        conf.write_text(
+            f"base_dir = {home}/run\nstate_dir = {home}/state\nlog_path = {home}/log\n"
+            f"mail_location = maildir:{home}/Maildir\nssl = no\nprotocols = imap\n"
+        )
+        command = f"env USER=mailtest HOME={home} {DOVECOT_IMAP} -c {conf}"
+        if os.geteuid() == 0:  # Dovecot refuses mail access as root: run as nobody
+            for path in (home, home / "Maildir", conf):
+                shutil.chown(path, "nobody", "nogroup")
+            command = f"setpriv --reuid=nobody --regid=nogroup --clear-groups {command}"
+        imaplib._MAXLINE = 50_000_000  # big literals arrive as one line (SYNC.md §5)
+        conn = imaplib.IMAP4_stream(command)
+        conn.select("INBOX")
+        yield conn
+        conn.logout()
+
+
+@pytest.mark.imap
+@pytest.mark.skipif(not CORPUS, reason=skip_reason())
+def test_header_dedup_key_matches_dovecot_header_fields(dovecot_preauth):
+    subset = set(CORE_SUBSET.read_text().split()) if CORE_SUBSET.exists() else set()
+    checked = 0
+    for path in [p for p in CORPUS if p.name in subset]:
+        raw = read_message(path)
+        typ, data = dovecot_preauth.append("INBOX", None, None, raw)
+        assert typ == "OK", path.name
+        uid = re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1).decode()
+        _, response = dovecot_preauth.uid(
+            "FETCH", uid, "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE FROM TO SUBJECT)] BODY.PEEK[])"
+        )
+        literals = {meta: body for meta, body in (r for r in response if isinstance(r, tuple))}
+        header = next(body for meta, body in literals.items() if b"HEADER.FIELDS" in meta)
+        full = next(body for meta, body in literals.items() if b"BODY[]" in meta)
+        parsed = parse_message(full)
+        if parsed.message_id:
+            assert header_dedup_key(header) == dedup_key(parsed, full), path.name
+            checked += 1
+    assert checked > 50
