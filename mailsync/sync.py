@@ -16,8 +16,10 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,8 @@ from sqlalchemy import func, select
 
 from extensions import db
 from mailsync import imap, store
-from mailsync.blobstore import BlobStore
-from mailsync.parse import dedup_key, header_dedup_key, parse_headers_only, parse_message
+from mailsync.parse import dedup_key, header_dedup_key, parse_headers_only
+from mailsync.prepare import Prepared, prepare_batch
 from models import FailedUid, MailAccount, MailFolder, Message, MessageLocation, User
 from services.preferences import get_preference
 
@@ -47,6 +49,8 @@ MAX_UIDINVALID_RESYNCS = 5
 MAX_FETCH_ATTEMPTS = 5
 FAILED_RETRY_SECONDS = 300
 CONNECTION_RETRIES = 2
+PARSE_WORKERS = 2  # processes that parse and write blobs while the next batch downloads
+POOL_THRESHOLD = 100  # fewer messages than this are parsed inline (no pool start-up cost)
 
 HEADER_FIELDS = "MESSAGE-ID DATE FROM TO SUBJECT X-MICROSOFT-ORIGINAL-MESSAGE-ID"
 HEADER_ITEM = f"BODY.PEEK[HEADER.FIELDS ({HEADER_FIELDS})]"
@@ -239,7 +243,8 @@ class AccountSync:
         self.progress = progress
         self.result = SyncResult(account_id=account_id)
         self.conn: IMAPClient | None = None
-        self.blobs = BlobStore(Path(app.instance_path) / "blobs")
+        self.blob_root = str(Path(app.instance_path) / "blobs")
+        self.pool: ProcessPoolExecutor | None = None
         self.max_full_size = int(app.config.get("MAX_FULL_SIZE", MAX_FULL_SIZE))
         self.batch_messages = int(app.config.get("SYNC_BATCH_MESSAGES", BODY_BATCH_MESSAGES))
         self.batch_bytes = int(app.config.get("SYNC_BATCH_BYTES", BODY_BATCH_BYTES))
@@ -362,6 +367,9 @@ class AccountSync:
             if self.conn is not None:
                 imap.safe_logout(self.conn)
                 self.conn = None
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+                self.pool = None
         return self.result
 
     # ------------------------------------------------------------------ folders
@@ -707,52 +715,105 @@ class AccountSync:
             on_committed({li.uid for li in links})
         normal = [m for m in download if m.size <= self.max_full_size]
         oversized = [m for m in download if m.size > self.max_full_size]
-        for batch in self.body_batches(normal):
-            self.check_budget()
-            stored = self._download_batch(folder_id, batch)
-            if on_committed:
-                on_committed(stored)
+        self._download(folder_id, normal, on_committed)
         for meta in oversized:
             self.check_budget()
             self._store_placeholder(folder_id, meta)
             if on_committed:
                 on_committed({meta.uid})
 
-    def _download_batch(self, folder_id: int, batch: list[Meta]) -> set[int]:
-        """Fetch BODY.PEEK[] for a batch (never RFC822), write blobs, persist rows."""
+    def _executor(self, count: int) -> Executor | None:
+        """Return the parse worker pool when `count` messages make one worth starting."""
+        workers = int(self.app.config.get("SYNC_PARSE_WORKERS", PARSE_WORKERS))
+        if workers < 1 or count < POOL_THRESHOLD:
+            return None
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        return self.pool
+
+    def _download(
+        self,
+        folder_id: int,
+        metas: list[Meta],
+        on_committed: Callable[[set[int]], None] | None,
+    ) -> None:
+        """Fetch bodies batch by batch; parse batch k in workers while fetching batch k+1.
+
+        Batch k is persisted (one transaction) after batch k+1's FETCH returned, so the
+        network, the parse workers and the database overlap; order of commits is unchanged.
+        """
+        executor = self._executor(len(metas))
+        pending: tuple[list[Meta], list[int], Future | list[Prepared]] | None = None
+
+        def flush() -> None:
+            nonlocal pending
+            if pending is None:
+                return
+            batch, failed, work = pending
+            pending = None
+            prepared = work.result() if isinstance(work, Future) else work
+            stored = self._persist(folder_id, batch, prepared, failed)
+            if on_committed:
+                on_committed(stored)
+
+        try:
+            for batch in self.body_batches(metas):
+                if time.monotonic() > self.deadline:
+                    flush()
+                    raise BudgetExceeded()
+                raws, failed = self._fetch_bodies(batch)
+                if executor is not None:
+                    work: Future | list[Prepared] = executor.submit(
+                        prepare_batch, self.blob_root, raws
+                    )
+                else:
+                    work = prepare_batch(self.blob_root, raws)
+                flush()
+                pending = (batch, failed, work)
+        except NETWORK_ERRORS:
+            flush()  # keep what was already downloaded; the retry starts after it
+            raise
+        flush()
+
+    def _fetch_bodies(self, batch: list[Meta]) -> tuple[list[tuple[int, bytes]], list[int]]:
+        """FETCH BODY.PEEK[] for a batch (never RFC822); return (uid, raw) pairs and failures."""
         conn = self.connect()
         wanted = {m.uid for m in batch}
         response = conn.fetch(uid_ranges(wanted), ["BODY.PEEK[]"])
-        missing = [uid for uid in wanted if not response.get(uid, {}).get(b"BODY[]")]
-        for uid in missing:
-            # Exchange sometimes answers with no body; ask once more for that UID alone.
-            retry = conn.fetch(str(uid), ["BODY.PEEK[]"]).get(uid, {})
-            if retry.get(b"BODY[]"):
-                response[uid] = retry
-        items: list[store.Fetched] = []
+        raws: list[tuple[int, bytes]] = []
         failed: list[int] = []
         for meta in batch:
             raw = response.get(meta.uid, {}).get(b"BODY[]")
             if not raw:
+                # Exchange sometimes answers with no body; ask once more for that UID alone.
+                raw = conn.fetch(str(meta.uid), ["BODY.PEEK[]"]).get(meta.uid, {}).get(b"BODY[]")
+            if raw:
+                raws.append((meta.uid, raw))
+            else:
                 failed.append(meta.uid)
-                continue
-            sha = self.blobs.put(raw)  # blob before row: a crash leaves at most an orphan blob
-            parsed = parse_message(raw)
-            items.append(
-                store.Fetched(
-                    folder_id=folder_id,
-                    uid=meta.uid,
-                    flags=meta.flags,
-                    dedup_key=dedup_key(parsed, raw),
-                    parsed=parsed,
-                    raw_sha256=sha,
-                    size=len(raw),
-                    internaldate=meta.internaldate,
-                    gm_msgid=meta.gm_msgid,
-                    gm_thrid=meta.gm_thrid,
-                    gm_labels=meta.gm_labels,
-                )
+        return raws, failed
+
+    def _persist(
+        self, folder_id: int, batch: list[Meta], prepared: list[Prepared], failed: list[int]
+    ) -> set[int]:
+        """Store one prepared batch in one transaction; return the UIDs now handled."""
+        metas = {meta.uid: meta for meta in batch}
+        items = [
+            store.Fetched(
+                folder_id=folder_id,
+                uid=p.uid,
+                flags=metas[p.uid].flags,
+                dedup_key=p.dedup_key,
+                parsed=p.parsed,
+                raw_sha256=p.raw_sha256,
+                size=p.size,
+                internaldate=metas[p.uid].internaldate,
+                gm_msgid=metas[p.uid].gm_msgid,
+                gm_thrid=metas[p.uid].gm_thrid,
+                gm_labels=metas[p.uid].gm_labels,
             )
+            for p in prepared
+        ]
         self.result.new += store.store_batch(self.ctx, items)
         store.clear_failed_uids(folder_id, [item.uid for item in items])
         for uid in failed:
@@ -763,7 +824,7 @@ class AccountSync:
                 retry_after_seconds=FAILED_RETRY_SECONDS,
             )
         db.session.commit()
-        return wanted
+        return set(metas)
 
     def _store_placeholder(self, folder_id: int, meta: Meta) -> None:
         """Store an oversized message as headers only (is_placeholder), fetched on demand later."""

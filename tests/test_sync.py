@@ -108,16 +108,16 @@ def test_new_mail_is_fetched_incrementally_without_refetching(
 def test_interrupted_backfill_resumes_to_exactly_n(app, dovecot, mail_user, account, monkeypatch):
     deliver(dovecot, mail_user, range(1, 81))
     app.config["SYNC_BATCH_MESSAGES"] = 10
-    original = sync_module.AccountSync._download_batch
+    original = sync_module.AccountSync._persist
     calls = {"n": 0}
 
-    def crash_after_three(self, folder_id, batch):
+    def crash_after_three(self, folder_id, batch, prepared, failed):
         calls["n"] += 1
         if calls["n"] == 4:
             raise RuntimeError("killed")
-        return original(self, folder_id, batch)
+        return original(self, folder_id, batch, prepared, failed)
 
-    monkeypatch.setattr(sync_module.AccountSync, "_download_batch", crash_after_three)
+    monkeypatch.setattr(sync_module.AccountSync, "_persist", crash_after_three)
     result = run_sync(app, account)
     assert result.error
     stored = message_count(account.id)
@@ -125,7 +125,7 @@ def test_interrupted_backfill_resumes_to_exactly_n(app, dovecot, mail_user, acco
     # Newest first: what is stored is the top of the mailbox.
     assert min(row.uid for row in locations(account.id)) > 80 - stored
     deliver(dovecot, mail_user, range(81, 84))  # new mail during backfill
-    monkeypatch.setattr(sync_module.AccountSync, "_download_batch", original)
+    monkeypatch.setattr(sync_module.AccountSync, "_persist", original)
     result = run_sync(app, account)
     assert result.ok, result.error
     assert message_count(account.id) == 83
