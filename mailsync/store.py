@@ -443,6 +443,20 @@ def _message_ids(parsed: ParsedLike) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(own)), list(dict.fromkeys(chain))
 
 
+_INSERT_THREAD = insert(thread_t)
+_THREAD_PARTICIPANTS = (
+    select(message_t.c.from_address, message_t.c.to, message_t.c.cc)
+    .where(message_t.c.thread_id == bindparam("t"))
+    .limit(50)
+)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
 class _Threader:
     """Assign threads for one batch: JWZ id table with phantoms, merges, subject fallback."""
 
@@ -471,6 +485,38 @@ class _Threader:
             )
             self.gm_threads.update(dict(rows.all()))
         self.merged: dict[int, int] = {}
+        self.by_subject: dict[str, tuple[int, datetime | None, str]] = {}
+        subjects = sorted(
+            {
+                jwz.normalize_subject(item.parsed.subject)[:255]
+                for item in items
+                if self._fallback_possible(item)
+            }
+        )
+        for chunk in _chunks(subjects):
+            rows = db.session.execute(
+                select(
+                    thread_t.c.normalized_subject,
+                    thread_t.c.id,
+                    thread_t.c.last_date,
+                    thread_t.c.subject,
+                )
+                .where(
+                    thread_t.c.account_id == ctx.account_id,
+                    thread_t.c.normalized_subject.in_(chunk),
+                )
+                .order_by(thread_t.c.last_date)
+            )
+            for normalized, thread_id, last_date, subject in rows:
+                self.by_subject[normalized] = (thread_id, _aware(last_date), subject)  # latest wins
+
+    @staticmethod
+    def _fallback_possible(item: Fetched) -> bool:
+        """Cheap precheck of SYNC.md §8 step 5 before any query (generic subject, dates)."""
+        parsed = item.parsed
+        when = parsed.date or item.internaldate
+        normalized = jwz.normalize_subject(parsed.subject)[:255]
+        return jwz.subject_fallback_allowed(normalized, True, when, when, 2)
 
     def _resolve(self, thread_id: int) -> int:
         while thread_id in self.merged:
@@ -480,20 +526,25 @@ class _Threader:
     def _create(self, item: Fetched) -> int:
         parsed = item.parsed
         when = parsed.date or item.internaldate
+        normalized = jwz.normalize_subject(parsed.subject)[:255]
         result = db.session.execute(
-            insert(thread_t).values(
-                account_id=self.ctx.account_id,
-                gm_thrid=item.gm_thrid,
-                subject=(parsed.subject or "")[:255],
-                normalized_subject=jwz.normalize_subject(parsed.subject)[:255],
-                first_date=when,
-                last_date=when,
-                message_count=0,
-                shared=self.ctx.share_by_default,
-                archived=False,
-            )
+            _INSERT_THREAD,
+            {
+                "account_id": self.ctx.account_id,
+                "gm_thrid": item.gm_thrid,
+                "subject": (parsed.subject or "")[:255],
+                "normalized_subject": normalized,
+                "first_date": when,
+                "last_date": when,
+                "message_count": 0,
+                "shared": self.ctx.share_by_default,
+                "archived": False,
+            },
         )
-        return int(result.inserted_primary_key[0])
+        thread_id = int(result.inserted_primary_key[0])
+        if normalized:
+            self.by_subject[normalized] = (thread_id, _aware(when), parsed.subject or "")
+        return thread_id
 
     def _merge(self, keep: int, others: set[int]) -> None:
         # SYNC.md §8 step 3: several threads matched, so they are one conversation.
@@ -535,35 +586,24 @@ class _Threader:
 
     def _subject_match(self, item: Fetched) -> int | None:
         parsed = item.parsed
-        normalized = jwz.normalize_subject(parsed.subject)[:255]
-        when = parsed.date or item.internaldate
-        prefix = jwz.has_reply_prefix(parsed.subject)
-        if not jwz.subject_fallback_allowed(normalized, prefix, when, when, 2):
-            return None  # cheap precheck before any query
-        row = db.session.execute(
-            select(thread_t.c.id, thread_t.c.last_date)
-            .where(
-                thread_t.c.account_id == self.ctx.account_id,
-                thread_t.c.normalized_subject == normalized,
-            )
-            .order_by(thread_t.c.last_date.desc())
-            .limit(1)
-        ).first()
-        if row is None:
+        if not self._fallback_possible(item):
             return None
-        thread_id, last_date = row
-        if last_date is not None and last_date.tzinfo is None:
-            last_date = last_date.replace(tzinfo=UTC)
+        normalized = jwz.normalize_subject(parsed.subject)[:255]
+        candidate = self.by_subject.get(normalized)
+        if candidate is None:
+            return None
+        thread_id, last_date, thread_subject = candidate
+        thread_id = self._resolve(thread_id)
         people = set(self.batch_participants.get(thread_id, set()))
-        for from_address, to, cc in db.session.execute(
-            select(message_t.c.from_address, message_t.c.to, message_t.c.cc)
-            .where(message_t.c.thread_id == thread_id)
-            .limit(50)
-        ):
+        for from_address, to, cc in db.session.execute(_THREAD_PARTICIPANTS, {"t": thread_id}):
             people.add((from_address or "").lower())
             people.update((address or "").lower() for _n, address in (*(to or []), *(cc or [])))
         overlap = len((people - {""}) & _participants(parsed))
-        if jwz.subject_fallback_allowed(normalized, prefix, last_date, when, overlap):
+        when = parsed.date or item.internaldate
+        # JWZ wants a "Re:" for subject-only joins; either side may carry it, so a reply
+        # synced before its (unreferenced) original still converges (newest-first backfill).
+        prefix = jwz.has_reply_prefix(parsed.subject) or jwz.has_reply_prefix(thread_subject)
+        if jwz.subject_fallback_allowed(normalized, prefix, last_date, _aware(when), overlap):
             return thread_id
         return None
 

@@ -296,3 +296,28 @@ def test_shared_default_comes_from_preference(app, dovecot, mail_user, account):
     deliver(dovecot, mail_user, [1])
     assert run_sync(app, account).ok
     assert db.session.scalar(select(Thread)).shared
+
+
+def test_subject_fallback_joins_reply_without_references(app, dovecot, mail_user, account):
+    deliver(dovecot, mail_user, [1], subject="Quarterly plan", sender="bob@example.com")
+    deliver(
+        dovecot,
+        mail_user,
+        [2],
+        subject="Re: Quarterly plan",
+        sender="bob@example.com",
+        msgid="no-refs@example.com",
+    )
+    deliver(
+        dovecot,
+        mail_user,
+        [3],
+        subject="Re: Quarterly plan",
+        sender="eve@other.example",
+        to="mallory@other.example",
+        msgid="stranger@example.com",
+    )
+    assert run_sync(app, account).ok
+    first = message_by_msgid(account.id, "m1@example.com")
+    assert message_by_msgid(account.id, "no-refs@example.com").thread_id == first.thread_id
+    assert message_by_msgid(account.id, "stranger@example.com").thread_id != first.thread_id
