@@ -191,10 +191,11 @@ def _location_rows(folder_id: int, uid: int, message_id: int, flags, labels) -> 
     }
 
 
-def _upsert_locations(rows: list[dict[str, Any]]) -> set[int]:
+def _upsert_locations(rows: list[dict[str, Any]], *, takeover: bool) -> set[int]:
     """Insert locations; a stale row at the same (folder, uid) is taken over (UIDVALIDITY rebuild).
 
-    Returns the message ids that lost a location to the takeover, so they get refreshed.
+    With `takeover`, returns the message ids that lost a location to the takeover, so they
+    get refreshed; without it (no stale rows in the folder) that lookup is skipped.
     """
     if not rows:
         return set()
@@ -202,7 +203,7 @@ def _upsert_locations(rows: list[dict[str, Any]]) -> set[int]:
     by_folder: dict[int, list[int]] = {}
     for row in rows:
         by_folder.setdefault(row["folder_id"], []).append(row["uid"])
-    for folder_id, uids in by_folder.items():
+    for folder_id, uids in by_folder.items() if takeover else ():
         for chunk in _chunks(uids):
             displaced.update(
                 db.session.scalars(
@@ -233,12 +234,12 @@ def _upsert_locations(rows: list[dict[str, Any]]) -> set[int]:
     return displaced
 
 
-def link_locations(links: Sequence[Link]) -> set[int]:
+def link_locations(links: Sequence[Link], *, takeover: bool = True) -> set[int]:
     """Attach new locations to stored messages; return the message ids touched."""
     rows = [
         _location_rows(li.folder_id, li.uid, li.message_id, li.flags, li.gm_labels) for li in links
     ]
-    displaced = _upsert_locations(rows)
+    displaced = _upsert_locations(rows, takeover=takeover)
     touched = {li.message_id for li in links} | displaced
     refresh_messages(touched)
     return touched
@@ -264,6 +265,26 @@ def remove_locations(folder_id: int, uids: Iterable[int]) -> int:
         ).rowcount
     refresh_messages(touched)
     return removed
+
+
+def has_stale_locations(folder_id: int) -> bool:
+    """Tell whether a folder still has locations from before a UIDVALIDITY change."""
+    return (
+        db.session.scalar(
+            select(location_t.c.id)
+            .where(location_t.c.folder_id == folder_id, location_t.c.stale.is_(True))
+            .limit(1)
+        )
+        is not None
+    )
+
+
+def has_failed_uids(folder_id: int) -> bool:
+    """Tell whether a folder has any UID recorded as failed."""
+    return (
+        db.session.scalar(select(FailedUid.id).where(FailedUid.folder_id == folder_id).limit(1))
+        is not None
+    )
 
 
 def remove_stale_locations(folder_id: int) -> int:
@@ -707,11 +728,12 @@ def _person_addresses(parsed: ParsedLike) -> set[str]:
     return addresses
 
 
-def store_batch(ctx: StoreContext, items: Sequence[Fetched]) -> int:
+def store_batch(ctx: StoreContext, items: Sequence[Fetched], *, takeover: bool = True) -> int:
     """Persist downloaded messages and their locations; return how many messages are new.
 
     Blobs must already be written. Idempotent: a message whose dedup key is stored is only
-    linked to the new location. Does not commit.
+    linked to the new location. Pass takeover=False when the folder has no stale locations.
+    Does not commit.
     """
     if not items:
         return 0
@@ -740,7 +762,7 @@ def store_batch(ctx: StoreContext, items: Sequence[Fetched]) -> int:
         )
         for item in items
     ]
-    displaced = _upsert_locations(location_rows)
+    displaced = _upsert_locations(location_rows, takeover=takeover)
     refresh_messages({existing[item.dedup_key] for item in items} | displaced)
     return len(fresh)
 

@@ -245,6 +245,8 @@ class AccountSync:
         self.conn: IMAPClient | None = None
         self.blob_root = str(Path(app.instance_path) / "blobs")
         self.pool: ProcessPoolExecutor | None = None
+        # folder id -> (has stale locations, has failed UIDs), read once per ingest call
+        self.folder_flags: dict[int, tuple[bool, bool]] = {}
         self.max_full_size = int(app.config.get("MAX_FULL_SIZE", MAX_FULL_SIZE))
         self.batch_messages = int(app.config.get("SYNC_BATCH_MESSAGES", BODY_BATCH_MESSAGES))
         self.batch_bytes = int(app.config.get("SYNC_BATCH_BYTES", BODY_BATCH_BYTES))
@@ -707,9 +709,13 @@ class AccountSync:
                 links.append(
                     store.Link(folder_id, meta.uid, message_id, meta.flags, meta.gm_labels)
                 )
+        takeover = store.has_stale_locations(folder_id)
+        clear_failures = store.has_failed_uids(folder_id)
+        self.folder_flags[folder_id] = (takeover, clear_failures)
         if links:
-            store.link_locations(links)
-            store.clear_failed_uids(folder_id, [li.uid for li in links])
+            store.link_locations(links, takeover=takeover)
+            if clear_failures:
+                store.clear_failed_uids(folder_id, [li.uid for li in links])
         db.session.commit()
         if on_committed and links:
             on_committed({li.uid for li in links})
@@ -814,8 +820,10 @@ class AccountSync:
             )
             for p in prepared
         ]
-        self.result.new += store.store_batch(self.ctx, items)
-        store.clear_failed_uids(folder_id, [item.uid for item in items])
+        takeover, clear_failures = self.folder_flags.get(folder_id, (True, True))
+        self.result.new += store.store_batch(self.ctx, items, takeover=takeover)
+        if clear_failures:
+            store.clear_failed_uids(folder_id, [item.uid for item in items])
         for uid in failed:
             store.record_failed_uid(
                 folder_id,
