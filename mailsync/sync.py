@@ -497,10 +497,16 @@ class AccountSync:
         if folder.state not in ("initial", "poll"):
             folder.state = "initial" if not folder.initial_sync_complete else "poll"
         db.session.commit()
-        if not folder.initial_sync_complete:
-            self.backfill(folder_id, snapshot)
-        else:
-            self.poll(folder_id, snapshot)
+        try:
+            if not folder.initial_sync_complete:
+                self.backfill(folder_id, snapshot)
+            else:
+                self.poll(folder_id, snapshot)
+        except imaplib.IMAP4.error as exc:
+            if isinstance(exc, imaplib.IMAP4.abort):
+                raise
+            # A NO/BAD on one folder (e.g. deleted meanwhile) must not stop the others.
+            self._folder_failed(folder_id, f"The server refused a command in this folder: {exc}")
 
     def _unchanged(self, folder: MailFolder, status: dict[bytes, int]) -> bool:
         # SYNC.md §4.2 step 2: one STATUS round trip decides that nothing changed.

@@ -321,3 +321,41 @@ def test_subject_fallback_joins_reply_without_references(app, dovecot, mail_user
     first = message_by_msgid(account.id, "m1@example.com")
     assert message_by_msgid(account.id, "no-refs@example.com").thread_id == first.thread_id
     assert message_by_msgid(account.id, "stranger@example.com").thread_id != first.thread_id
+
+
+def test_chosen_folders_always_include_sent(app, dovecot, mail_user, make_user, make_account):
+    account = make_account(make_user(), mail_user, folder_mode="chosen", chosen_folders=["INBOX"])
+    deliver(dovecot, mail_user, [1])
+    deliver(dovecot, mail_user, [2], folder="Sent")
+    deliver(dovecot, mail_user, [3], folder="Archive")
+    assert run_sync(app, account).ok
+    enabled = {f.name for f in folder_named(account.id, "INBOX").account.folders if f.sync_enabled}
+    assert enabled == {"INBOX", "Sent"}
+    assert message_count(account.id) == 2
+
+
+def test_horizon_limits_backfill(app, dovecot, mail_user, make_user, make_account):
+    import datetime as dt
+
+    from mailsync import imap
+
+    account = make_account(make_user(), mail_user, since="1m")
+    deliver(dovecot, mail_user, [1, 2])
+    client = imap.connect(
+        imap.ConnectionSettings(
+            host=dovecot.host,
+            port=dovecot.ssl_port,
+            security="ssl",
+            username=mail_user.email,
+            password=mail_user.password,
+            ca_cert_pem=dovecot.ca_file.read_text(),
+        ),
+        allowed_ports=None,
+    )
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=90)
+    client.append("INBOX", raw_message(3, to=mail_user.email, date=old), msg_time=old)
+    imap.safe_logout(client)
+    assert run_sync(app, account).ok
+    inbox = folder_named(account.id, "INBOX")
+    assert inbox.backfill_total == 2 and message_count(account.id) == 2
+    assert inbox.last_seen_uid == 3  # older mail below the horizon never blocks the watermark
