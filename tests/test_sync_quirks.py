@@ -53,3 +53,63 @@ def test_missing_uidnext_and_empty_status_are_handled(app, fake, user, make_acco
     result = run_sync(app, account)
     assert result.ok and result.new == 1
     assert folder_named(account.id, "INBOX").last_seen_uid == 9
+
+
+def test_gmail_all_mail_labels_thrid_and_move_to_trash(
+    app, dovecot, user, make_account, mail_user, monkeypatch
+):
+    from sqlalchemy import select
+
+    from extensions import db
+    from models import Message
+    from tests.sync_helpers import command_log, locations
+
+    first = FakeMessage(
+        1,
+        raw_message(1, subject="Pricing"),
+        ("\\Seen",),
+        1001,
+        500,
+        ("\\Inbox", "Work", "\\Important"),
+    )
+    second = FakeMessage(
+        2, raw_message(2, subject="Totally different"), (), 1002, 500, ("\\Inbox",)
+    )
+    state = FakeState(
+        messages=[FakeMessage(7, raw_message(1, subject="Pricing"), (), 1001, 500)],
+        quirks=Quirks(capabilities="IMAP4rev1 ID X-GM-EXT-1"),
+        folders={
+            "[Gmail]/All Mail": ("\\All \\HasNoChildren", [first, second]),
+            "[Gmail]/Trash": ("\\Trash \\HasNoChildren", []),
+            "[Gmail]/Spam": ("\\Junk \\HasNoChildren", []),
+            "[Gmail]/Sent Mail": ("\\Sent \\HasNoChildren", []),
+        },
+    )
+    server = FakeIMAPServer(state, dovecot.certs.cert_file, dovecot.certs.key_file)
+    try:
+        account = make_account(user, mail_user, imap_port=server.port)
+        assert run_sync(app, account).ok
+        enabled = {f.name for f in account.folders if f.sync_enabled}
+        assert enabled == {"[Gmail]/All Mail", "[Gmail]/Trash", "[Gmail]/Spam"}
+        messages = list(db.session.scalars(select(Message).order_by(Message.gm_msgid)))
+        assert [m.gm_msgid for m in messages] == [1001, 1002]
+        assert messages[0].thread_id == messages[1].thread_id  # X-GM-THRID, not subjects
+        (location,) = messages[0].locations
+        assert set(location.gm_labels) == {"\\Inbox", "Work", "\\Important"}
+        assert messages[0].is_read
+
+        # Move to Trash: a new Trash UID with the same X-GM-MSGID, gone from All Mail.
+        state.folders["[Gmail]/Trash"][1].append(
+            FakeMessage(3, first.raw, ("\\Seen",), 1001, 500, ("\\Trash",))
+        )
+        state.folders["[Gmail]/All Mail"][1].remove(first)
+        with command_log(monkeypatch) as log:
+            assert run_sync(app, account).ok
+        assert log.body_fetches() == 0
+        db.session.expire_all()
+        moved = db.session.get(Message, messages[0].id)
+        assert moved.deleted_at is None
+        assert [loc.folder.name for loc in moved.locations] == ["[Gmail]/Trash"]
+        assert len(locations(account.id, "[Gmail]/All Mail")) == 1
+    finally:
+        server.stop()

@@ -20,6 +20,9 @@ class FakeMessage:
     uid: int
     raw: bytes
     flags: tuple[str, ...] = ()
+    gm_msgid: int | None = None
+    gm_thrid: int | None = None
+    gm_labels: tuple[str, ...] = ()
 
 
 @dataclass
@@ -32,10 +35,17 @@ class Quirks:
 
 @dataclass
 class FakeState:
-    messages: list[FakeMessage] = field(default_factory=list)
+    messages: list[FakeMessage] = field(default_factory=list)  # INBOX
     uidvalidity: int = 77
     quirks: Quirks = field(default_factory=Quirks)
     commands: list[str] = field(default_factory=list)
+    # Other mailboxes: name -> (LIST attributes, messages)
+    folders: dict[str, tuple[str, list[FakeMessage]]] = field(default_factory=dict)
+
+    def mailbox(self, name: str) -> list[FakeMessage]:
+        if name.upper() == "INBOX":
+            return self.messages
+        return self.folders[name][1]
 
 
 def _uid_set(spec: str, uids: list[int]) -> set[int]:
@@ -58,6 +68,7 @@ class _Handler(socketserver.StreamRequestHandler):
         state: FakeState = self.server.state  # type: ignore[attr-defined]
         quirks = state.quirks
         sent_id = False
+        selected = "INBOX"
         self._write(f"* OK [CAPABILITY {quirks.capabilities}] fake ready\r\n")
         while True:
             line = self.rfile.readline()
@@ -71,7 +82,9 @@ class _Handler(socketserver.StreamRequestHandler):
             if command == "UID":
                 command, _, args = args.partition(" ")
                 command = "UID " + command.upper()
-            uids = [m.uid for m in state.messages]
+            quoted = re.match(r'"([^"]*)"|(\S+)', args)
+            named = (quoted.group(1) or quoted.group(2)) if quoted else "INBOX"
+            uids = [m.uid for m in state.mailbox(selected)]
             if command == "CAPABILITY":
                 self._write(f"* CAPABILITY {quirks.capabilities}\r\n{tag} OK done\r\n")
             elif command == "LOGIN":
@@ -80,14 +93,18 @@ class _Handler(socketserver.StreamRequestHandler):
                 sent_id = True
                 self._write(f'* ID ("name" "fake")\r\n{tag} OK ID completed\r\n')
             elif command == "LIST":
-                self._write(f'* LIST (\\HasNoChildren) "/" "INBOX"\r\n{tag} OK done\r\n')
+                out = ['* LIST (\\HasNoChildren) "/" "INBOX"\r\n']
+                for name, (attributes, _messages) in state.folders.items():
+                    out.append(f'* LIST ({attributes}) "/" "{name}"\r\n')
+                self._write("".join(out) + f"{tag} OK done\r\n")
             elif command == "STATUS":
+                uids = [m.uid for m in state.mailbox(named)]
                 if quirks.empty_status:
                     body = '* STATUS "INBOX" ()\r\n'
                 else:
                     nxt = (max(uids) if uids else 0) + 1
                     body = (
-                        f'* STATUS "INBOX" (MESSAGES {len(uids)} UIDNEXT {nxt} '
+                        f'* STATUS "{named}" (MESSAGES {len(uids)} UIDNEXT {nxt} '
                         f"UIDVALIDITY {state.uidvalidity})\r\n"
                     )
                 self._write(f"{body}{tag} OK done\r\n")
@@ -95,6 +112,8 @@ class _Handler(socketserver.StreamRequestHandler):
                 if quirks.require_id and not sent_id:
                     self._write(f"{tag} NO SELECT Unsafe Login. Please contact kefu@188.com\r\n")
                     continue
+                selected = named
+                uids = [m.uid for m in state.mailbox(selected)]
                 out = [f"* {len(uids)} EXISTS\r\n", "* FLAGS (\\Seen \\Flagged)\r\n"]
                 out.append(f"* OK [UIDVALIDITY {state.uidvalidity}] ok\r\n")
                 if not quirks.omit_uidnext:
@@ -107,7 +126,7 @@ class _Handler(socketserver.StreamRequestHandler):
                 self._write(f"* SEARCH {' '.join(map(str, sorted(found)))}\r\n{tag} OK done\r\n")
             elif command == "UID FETCH":
                 spec, _, items = args.partition(" ")
-                self._fetch(state, _uid_set(spec, uids), items.upper())
+                self._fetch(state.mailbox(selected), _uid_set(spec, uids), items.upper())
                 self._write(f"{tag} OK done\r\n")
             elif command == "LOGOUT":
                 self._write(f"* BYE bye\r\n{tag} OK done\r\n")
@@ -115,8 +134,8 @@ class _Handler(socketserver.StreamRequestHandler):
             else:
                 self._write(f"{tag} OK done\r\n")
 
-    def _fetch(self, state: FakeState, wanted: set[int], items: str) -> None:
-        for seq, message in enumerate(state.messages, start=1):
+    def _fetch(self, messages: list[FakeMessage], wanted: set[int], items: str) -> None:
+        for seq, message in enumerate(messages, start=1):
             if message.uid not in wanted:
                 continue
             parts = [f"UID {message.uid}".encode()]
@@ -126,6 +145,15 @@ class _Handler(socketserver.StreamRequestHandler):
                 parts.append(b'INTERNALDATE "01-Nov-2026 10:00:00 +0000"')
             if "RFC822.SIZE" in items:
                 parts.append(f"RFC822.SIZE {len(message.raw)}".encode())
+            if "X-GM-MSGID" in items and message.gm_msgid:
+                parts.append(f"X-GM-MSGID {message.gm_msgid}".encode())
+            if "X-GM-THRID" in items and message.gm_thrid:
+                parts.append(f"X-GM-THRID {message.gm_thrid}".encode())
+            if "X-GM-LABELS" in items:
+                labels = " ".join(
+                    f'"{label}"' if " " in label else label for label in message.gm_labels
+                )
+                parts.append(f"X-GM-LABELS ({labels})".encode())
             header_end = message.raw.find(b"\r\n\r\n")
             header = message.raw[: header_end + 4] if header_end >= 0 else message.raw
             match = re.search(r"BODY\.PEEK\[(HEADER\.FIELDS \([^)]*\)|HEADER|)\]", items)
