@@ -171,6 +171,7 @@ def main() -> None:
             f"generated and indexed in {time.perf_counter() - t0:.1f} s"
         )
 
+        print(f"load average before timing: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         bare_seconds, bare_count = bare_download(server, email, user.password, args.bare_batch)
         bare_rate = bare_count / bare_seconds
         print(
@@ -269,7 +270,12 @@ def main() -> None:
             f" ms, worst {worst:.1f} ms (target < 50 ms)"
         )
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"(5) peak RSS of the whole benchmark process: {peak:.0f} MB (target < 250 MB)")
+        workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(
+            f"(5) peak RSS of the whole benchmark process: {peak:.0f} MB (target < 250 MB); "
+            f"largest parse worker {workers:.0f} MB"
+        )
+        print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     finally:
         server.stop()
 

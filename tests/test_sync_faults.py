@@ -243,3 +243,30 @@ def test_corpus_ingest(app, dovecot, mail_user, account):
         ):
             # Dovecot stores LF and serves CRLF, so compare line-ending-normalized bytes.
             assert _crlf(stored) == _crlf(raw)
+
+
+def test_schedule_sync_jobs_adds_one_interval_job(app):
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    app.config["SYNC_INTERVAL_SECONDS"] = 45
+    scheduler = BackgroundScheduler(timezone="UTC")
+    jobs.schedule_sync_jobs(scheduler, app)
+    (job,) = scheduler.get_jobs()
+    assert job.id == jobs.SYNC_JOB_ID and job.trigger.interval.total_seconds() == 45
+    assert job.func is jobs.sync_due_accounts
+
+
+def test_sync_now_queues_on_the_running_scheduler(app, account):
+    calls = []
+
+    class FakeScheduler:
+        def add_job(self, func, **kwargs):
+            calls.append((func, kwargs))
+
+    app.extensions["threadline_scheduler"] = FakeScheduler()
+    try:
+        jobs.sync_now(account.id, app=app)
+    finally:
+        del app.extensions["threadline_scheduler"]
+    ((func, kwargs),) = calls
+    assert func is jobs.run_account_sync and kwargs["args"] == [app, account.id]
