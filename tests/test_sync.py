@@ -359,3 +359,33 @@ def test_horizon_limits_backfill(app, dovecot, mail_user, make_user, make_accoun
     inbox = folder_named(account.id, "INBOX")
     assert inbox.backfill_total == 2 and message_count(account.id) == 2
     assert inbox.last_seen_uid == 3  # older mail below the horizon never blocks the watermark
+
+
+def test_roles_from_attributes_then_unique_names():
+    from mailsync.sync import assign_roles, horizon_date
+
+    roles = assign_roles(
+        [
+            ((b"\\HasNoChildren",), "INBOX"),
+            ((b"\\HasNoChildren",), "Sent Items"),
+            ((b"\\Trash",), "Bin"),
+            ((), "Deleted Items"),  # \Trash is taken by an attribute: no name guess
+            ((), "Junk"),
+            ((), "Spam"),  # two junk candidates: Nylas guesses only a unique match
+            ((b"\\All",), "[Google Mail]/All Mail"),
+        ]
+    )
+    assert roles == {
+        "INBOX": "inbox",
+        "Sent Items": "sent",
+        "Bin": "trash",
+        "Deleted Items": None,
+        "Junk": None,
+        "Spam": None,
+        "[Google Mail]/All Mail": "all",
+    }
+    import datetime as dt
+
+    today = dt.date(2026, 11, 28)
+    assert horizon_date("all", today) is None
+    assert horizon_date("1m", today) == dt.date(2026, 10, 27)
