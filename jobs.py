@@ -214,6 +214,9 @@ def _record(account_id: int, run_id: int, result: SyncResult) -> None:
     run.deleted_count = result.deleted
     run.error = result.error
     account = db.session.get(MailAccount, account_id)
+    if account is None:  # deleted while syncing
+        db.session.commit()
+        return
     if result.error is None:
         account.consecutive_failures = 0
         account.backoff_until = None
