@@ -208,15 +208,15 @@ def run_account_sync(
 def _record(account_id: int, run_id: int, result: SyncResult) -> None:
     now = datetime.now(UTC)
     run = db.session.get(SyncRun, run_id)
+    account = db.session.get(MailAccount, account_id)
+    if run is None or account is None:  # the account was deleted while syncing
+        db.session.commit()
+        return
     run.finished_at = now
     run.new_count = result.new
     run.changed_count = result.changed
     run.deleted_count = result.deleted
     run.error = result.error
-    account = db.session.get(MailAccount, account_id)
-    if account is None:  # deleted while syncing
-        db.session.commit()
-        return
     if result.error is None:
         account.consecutive_failures = 0
         account.backoff_until = None
