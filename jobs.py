@@ -221,8 +221,8 @@ def _record(account_id: int, run_id: int, result: SyncResult) -> None:
         account.consecutive_failures = 0
         account.backoff_until = None
         account.last_success_at = now
-        if account.sync_state != SYNC_RUNNING and account.sync_state not in STATE_FOR_KIND.values():
-            account.sync_state = SYNC_RUNNING
+        if account.sync_state == SYNC_ERROR:
+            account.sync_state = SYNC_RUNNING  # paused and credential states stay as they are
     else:
         account.last_error = result.error
         account.last_error_at = now
