@@ -389,3 +389,30 @@ def test_roles_from_attributes_then_unique_names():
     today = dt.date(2026, 11, 28)
     assert horizon_date("all", today) is None
     assert horizon_date("1m", today) == dt.date(2026, 10, 27)
+
+
+def test_message_referencing_two_threads_merges_them(app, dovecot, mail_user, account, make_deal):
+    deliver(dovecot, mail_user, [1], subject="Alpha", msgid="a@example.com")
+    deliver(dovecot, mail_user, [2], subject="Beta", msgid="b@example.com")
+    assert run_sync(app, account).ok
+    alpha = message_by_msgid(account.id, "a@example.com")
+    beta = message_by_msgid(account.id, "b@example.com")
+    assert alpha.thread_id != beta.thread_id
+    deal = make_deal(account.user)
+    db.session.get(Thread, max(alpha.thread_id, beta.thread_id)).deal_id = deal.id
+    db.session.commit()
+    deliver(
+        dovecot,
+        mail_user,
+        [3],
+        subject="Re: both",
+        msgid="c@example.com",
+        references="<a@example.com> <b@example.com>",
+    )
+    assert run_sync(app, account).ok
+    db.session.expire_all()
+    thread_ids = {m.thread_id for m in db.session.scalars(select(Message))}
+    assert len(thread_ids) == 1
+    thread = db.session.get(Thread, thread_ids.pop())
+    assert thread.message_count == 3 and thread.deal_id == deal.id  # the link survives
+    assert db.session.scalar(select(func.count()).select_from(Thread)) == 1
