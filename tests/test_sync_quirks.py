@@ -113,3 +113,30 @@ def test_gmail_all_mail_labels_thrid_and_move_to_trash(
         assert len(locations(account.id, "[Gmail]/All Mail")) == 1
     finally:
         server.stop()
+
+
+def test_uid_without_body_goes_to_failed_uid_and_never_blocks(
+    app, fake, user, make_account, mail_user
+):
+    from sqlalchemy import select
+
+    from extensions import db
+    from models import FailedUid
+
+    server = fake(Quirks(no_body_uids=frozenset({2})), count=4)
+    account = make_account(user, mail_user, imap_port=server.port)
+    result = run_sync(app, account)
+    assert result.ok, result.error
+    assert message_count(account.id) == 3
+    failed = db.session.scalar(select(FailedUid))
+    assert failed.uid == 2 and failed.attempts == 1 and "no message body" in failed.last_error
+    assert folder_named(account.id, "INBOX").last_seen_uid == 4  # the watermark moved on
+    server.state.messages.append(FakeMessage(uid=5, raw=raw_message(5)))
+    assert run_sync(app, account).new == 1
+    # Once the server delivers the body, the retry stores it and forgets the failure.
+    server.state.quirks.no_body_uids = frozenset()
+    failed.next_retry_at = failed.next_retry_at.replace(year=2000)
+    db.session.commit()
+    assert run_sync(app, account).new == 1
+    assert message_count(account.id) == 5
+    assert db.session.scalar(select(FailedUid)) is None

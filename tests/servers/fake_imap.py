@@ -31,6 +31,7 @@ class Quirks:
     omit_uidnext: bool = False  # 163/Winmail: no UIDNEXT on SELECT
     empty_status: bool = False  # 163: `* STATUS "INBOX" ()`
     capabilities: str = "IMAP4rev1 ID UIDPLUS"
+    no_body_uids: frozenset[int] = frozenset()  # Exchange: FETCH answers without BODY[]
 
 
 @dataclass
@@ -126,7 +127,7 @@ class _Handler(socketserver.StreamRequestHandler):
                 self._write(f"* SEARCH {' '.join(map(str, sorted(found)))}\r\n{tag} OK done\r\n")
             elif command == "UID FETCH":
                 spec, _, items = args.partition(" ")
-                self._fetch(state.mailbox(selected), _uid_set(spec, uids), items.upper())
+                self._fetch(state.mailbox(selected), _uid_set(spec, uids), items.upper(), quirks)
                 self._write(f"{tag} OK done\r\n")
             elif command == "LOGOUT":
                 self._write(f"* BYE bye\r\n{tag} OK done\r\n")
@@ -134,7 +135,9 @@ class _Handler(socketserver.StreamRequestHandler):
             else:
                 self._write(f"{tag} OK done\r\n")
 
-    def _fetch(self, messages: list[FakeMessage], wanted: set[int], items: str) -> None:
+    def _fetch(
+        self, messages: list[FakeMessage], wanted: set[int], items: str, quirks: Quirks
+    ) -> None:
         for seq, message in enumerate(messages, start=1):
             if message.uid not in wanted:
                 continue
@@ -157,7 +160,7 @@ class _Handler(socketserver.StreamRequestHandler):
             header_end = message.raw.find(b"\r\n\r\n")
             header = message.raw[: header_end + 4] if header_end >= 0 else message.raw
             match = re.search(r"BODY\.PEEK\[(HEADER\.FIELDS \([^)]*\)|HEADER|)\]", items)
-            if match:
+            if match and not (match.group(1) == "" and message.uid in quirks.no_body_uids):
                 section = match.group(1)
                 data = message.raw if section == "" else header
                 parts.append(f"BODY[{section}] {{{len(data)}}}\r\n".encode() + data)
