@@ -416,3 +416,18 @@ def test_message_referencing_two_threads_merges_them(app, dovecot, mail_user, ac
     thread = db.session.get(Thread, thread_ids.pop())
     assert thread.message_count == 3 and thread.deal_id == deal.id  # the link survives
     assert db.session.scalar(select(func.count()).select_from(Thread)) == 1
+
+
+def test_oversized_message_is_a_header_only_placeholder(
+    app, dovecot, mail_user, account, monkeypatch
+):
+    app.config["MAX_FULL_SIZE"] = 2000
+    deliver(dovecot, mail_user, [1], subject="Big one", body="z" * 5000 + "\r\n")
+    deliver(dovecot, mail_user, [2])
+    with command_log(monkeypatch) as log:
+        assert run_sync(app, account).ok
+    big = message_by_msgid(account.id, "m1@example.com")
+    assert big.is_placeholder and big.raw_sha256 is None and big.subject == "Big one"
+    assert big.size > 5000
+    assert not message_by_msgid(account.id, "m2@example.com").is_placeholder
+    assert not any(b"BODY.PEEK[]" in line and b" 1 " in line for line in log.lines)
