@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from services.errors import ValidationError
 
 def register(app: Flask) -> None:
     """Attach every Threadline command to `app.cli`."""
-    for command in (init_db, create_user, seed_demo, serve, add_account):
+    for command in (init_db, create_user, seed_demo, serve, add_account, sync, mail_status):
         app.cli.add_command(command)
 
 
@@ -121,3 +122,109 @@ def add_account(user_email: str, **options) -> None:
     queued = accounts.request_sync(current_app._get_current_object(), account.id)
     note = "first sync queued" if queued else "it syncs on the next scheduled run"
     click.echo(f"Connected {account.email_address} (account {account.id}); {note}.")
+
+
+@click.command("sync")
+@click.option("--account", "account_id", type=int, help="Sync only this account id.")
+@click.option("--all", "all_accounts", is_flag=True, help="Sync every account in state running.")
+@click.option("--budget", default=3600, show_default=True, help="Time budget in seconds.")
+def sync(account_id: int | None, all_accounts: bool, budget: int) -> None:
+    """Run one mail sync pass in the foreground; exit non-zero if any account fails."""
+    import jobs
+    from models import MailAccount
+
+    if account_id is None and not all_accounts:
+        raise click.UsageError("Give --account ID or --all.")
+    if account_id is not None:
+        if db.session.get(MailAccount, account_id) is None:
+            raise click.ClickException(f"No mail account with id {account_id}.")
+        ids = [account_id]
+    else:
+        ids = jobs.due_account_ids()
+    db.session.commit()
+    app = current_app._get_current_object()
+    failed = False
+    for one_id in ids:
+        with click.progressbar(length=1, label=f"account {one_id}") as bar:
+            seen: dict[str, int] = {}
+
+            def progress(
+                folder: str, done: int, total: int, bar=bar, seen=seen, one_id=one_id
+            ) -> None:
+                bar.label = f"account {one_id} {folder}"
+                bar.length = max(total, 1)
+                bar.update(done - seen.get(folder, 0))
+                seen[folder] = done
+
+            result = jobs.run_account_sync(app, one_id, budget_seconds=budget, progress=progress)
+        if result is None:
+            click.echo(f"account {one_id}: already syncing elsewhere, skipped")
+            failed = True
+        elif result.error:
+            click.echo(f"account {one_id}: FAILED: {result.error}", err=True)
+            failed = True
+        else:
+            partial = "" if result.complete else " (time budget reached; run again to continue)"
+            click.echo(
+                f"account {one_id}: {result.new} new, {result.changed} changed, "
+                f"{result.deleted} deleted{partial}"
+            )
+    if failed:
+        raise SystemExit(1)
+
+
+def _when(value) -> str | None:
+    return value.isoformat() if value else None
+
+
+@click.command("mail-status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def mail_status(as_json: bool) -> None:
+    """Show each mail account's sync state and per-folder server/stored counts."""
+    from sqlalchemy import select
+
+    from mailsync.store import folder_stored_counts
+    from models import MailAccount
+
+    accounts = []
+    for account in db.session.scalars(select(MailAccount).order_by(MailAccount.id)):
+        stored = folder_stored_counts(account.id)
+        accounts.append(
+            {
+                "id": account.id,
+                "email": account.email_address,
+                "state": account.sync_state,
+                "last_success_at": _when(account.last_success_at),
+                "last_error": account.last_error,
+                "backoff_until": _when(account.backoff_until),
+                "folders": [
+                    {
+                        "name": folder.name,
+                        "role": folder.role,
+                        "sync_enabled": folder.sync_enabled,
+                        "server_count": folder.server_message_count,
+                        "stored_count": stored.get(folder.id, 0),
+                        "backfill_done": folder.backfill_done,
+                        "backfill_total": folder.backfill_total,
+                        "last_error": folder.last_error,
+                    }
+                    for folder in sorted(account.folders, key=lambda f: f.name)
+                ],
+            }
+        )
+    if as_json:
+        click.echo(json.dumps({"accounts": accounts}, indent=2))
+        return
+    for account in accounts:
+        click.echo(
+            f"{account['id']} {account['email']}: {account['state']}, "
+            f"last success {account['last_success_at'] or 'never'}"
+        )
+        if account["last_error"]:
+            click.echo(f"  last error: {account['last_error']}")
+        for folder in account["folders"]:
+            if folder["sync_enabled"]:
+                click.echo(
+                    f"  {folder['name']}: server {folder['server_count']}, "
+                    f"stored {folder['stored_count']}"
+                )

@@ -20,9 +20,11 @@ class DefaultConfig:
     LOGIN_MAX_FAILURES = 5
     LOGIN_WINDOW_SECONDS = 15 * 60
     SYNC_INTERVAL_SECONDS = 120
+    SYNC_BUDGET_SECONDS = 90  # one account's sync pass; backfill resumes on the next tick
     MAIL_ALLOWED_PORTS = (993, 143)  # IMAP ports a mailbox may use; None allows any (R20)
     MAIL_CONNECTION_TESTS = 10  # connection tests per user per window (R20, R27)
     MAIL_CONNECTION_TEST_WINDOW_SECONDS = 10 * 60
+    MAX_FULL_SIZE = 25 * 1024 * 1024  # larger messages are stored as header-only placeholders
     SCHEDULER_ENABLED = True
     HTTPS = False
     HOST = "0.0.0.0"

@@ -35,6 +35,7 @@ from services.preferences import get_preference
 
 LINK_MODELS = {"deal": Deal, "lead": Lead, "project": Project}
 LINK_COLUMNS = {"deal": "deal_id", "lead": "lead_id", "project": "project_id"}
+_CHUNK = 500  # addresses per IN (...) query
 
 
 def message_participants(message: Message) -> list[str]:
@@ -57,14 +58,22 @@ def own_addresses(user: User) -> set[str]:
 
 
 def persons_for_addresses(addresses: Iterable[str]) -> dict[str, int]:
-    """Map each known address (lowercased) to the id of the person who has it."""
-    wanted = {address.lower() for address in addresses if address}
-    if not wanted:
-        return {}
-    rows = db.session.execute(
-        select(PersonEmail.email, PersonEmail.person_id).where(PersonEmail.email.in_(wanted))
+    """Return {lowercased address: person id} for the addresses that belong to a person.
+
+    An address belongs to at most one person (PersonEmail.email is unique and lowercased),
+    so the match is exact on the lowercased address; unknown addresses are left out.
+    """
+    wanted = sorted(
+        {address.strip().lower() for address in addresses if address and "@" in address}
     )
-    return {email: person_id for email, person_id in rows}
+    found: dict[str, int] = {}
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start : start + _CHUNK]
+        rows = db.session.execute(
+            select(PersonEmail.email, PersonEmail.person_id).where(PersonEmail.email.in_(chunk))
+        )
+        found.update({email: person_id for email, person_id in rows})
+    return found
 
 
 def past_messages_for_address(address: str) -> Select:

@@ -132,3 +132,4 @@ def update_preferences(user: User, values: dict[str, str]) -> None:
         else:
             row.value = value
     db.session.commit()
+

@@ -286,3 +286,31 @@ def make_stored_message(app):
         return message
 
     return factory
+
+
+@pytest.fixture
+def make_account(app, dovecot):
+    """Create a MailAccount pointing at the session Dovecot (implicit TLS, private CA)."""
+    from services.credentials import secret_box
+
+    app.config["MAIL_ALLOWED_PORTS"] = None  # Dovecot listens on random ports
+
+    def factory(user: User, mail_user, **overrides) -> MailAccount:
+        values = dict(
+            user_id=user.id,
+            email_address=mail_user.email,
+            username=mail_user.email,
+            password_encrypted=secret_box(app).encrypt(mail_user.password),
+            imap_host=dovecot.host,
+            imap_port=dovecot.ssl_port,
+            imap_security="ssl",
+            ca_cert_pem=dovecot.ca_file.read_text(),
+            since="all",
+        )
+        values.update(overrides)
+        account = MailAccount(**values)
+        db.session.add(account)
+        db.session.commit()
+        return account
+
+    return factory

@@ -1,0 +1,39 @@
+"""The CPU-bound half of the body pass: blob write, parse, dedup key (runs in worker processes).
+
+Importing this module pulls in only the pure parse/blobstore code, so spawned workers start
+fast. The same function runs inline when the batch set is too small to be worth a pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from mailsync.blobstore import BlobStore
+from mailsync.parse import ParsedMessage, dedup_key, parse_message
+
+_stores: dict[str, BlobStore] = {}
+
+
+@dataclass
+class Prepared:
+    uid: int
+    raw_sha256: str
+    parsed: ParsedMessage  # bodies dropped: rows keep the snippet, the blob keeps the rest
+    dedup_key: str
+    size: int
+
+
+def prepare_batch(blob_root: str, items: list[tuple[int, bytes]]) -> list[Prepared]:
+    """Write each raw message to the blob store, then parse it; never raises on bad mail."""
+    store = _stores.get(blob_root)
+    if store is None:
+        store = _stores[blob_root] = BlobStore(Path(blob_root))
+    prepared = []
+    for uid, raw in items:
+        sha = store.put(raw)  # blob before row: a crash leaves at most an orphan blob
+        parsed = parse_message(raw)
+        key = dedup_key(parsed, raw)
+        slim = replace(parsed, text_body="", html_body=None, attachments=[])
+        prepared.append(Prepared(uid, sha, slim, key, len(raw)))
+    return prepared

@@ -1,0 +1,807 @@
+"""Persist fetched mail batches: messages, locations, JWZ threads, person links (SYNC.md §4.1.7).
+
+Every function here runs inside the caller's session and does NOT touch the network; the
+sync engine calls one of them per fetched batch and commits right after. All writes are
+idempotent: messages are keyed by (account_id, dedup_key), locations by (folder_id, uid),
+the thread id table by (account_id, msgid), person links by (message_id, person_id), so a
+retried batch inserts nothing twice. SQLAlchemy Core is used on this hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlalchemy import bindparam, delete, insert, select, text, update
+
+from extensions import db
+from mailsync import threading as jwz
+from models import (
+    FailedUid,
+    MailFolder,
+    Message,
+    MessageIdIndex,
+    MessageLocation,
+    MessagePerson,
+    Thread,
+    UTCDateTime,
+)
+from services import linking
+
+CHUNK = 500  # bound IN (...) lists well under SQLite's variable limit
+SYSTEM_FLAGS = {b"\\seen", b"\\flagged", b"\\answered", b"\\draft", b"\\deleted", b"\\recent"}
+
+message_t = Message.__table__
+location_t = MessageLocation.__table__
+index_t = MessageIdIndex.__table__
+thread_t = Thread.__table__
+person_link_t = MessagePerson.__table__
+
+
+class ParsedLike(Protocol):
+    """The fields of mailsync.parse.ParsedMessage this module reads."""
+
+    message_id: str | None
+    alias_message_ids: list[str]
+    in_reply_to: str | None
+    references: list[str]
+    subject: str
+    from_name: str
+    from_address: str
+    to: list[tuple[str, str]]
+    cc: list[tuple[str, str]]
+    bcc: list[tuple[str, str]]
+    reply_to: list[tuple[str, str]]
+    date: datetime | None
+    snippet: str
+    has_attachments: bool
+    parse_error: str | None
+
+
+@dataclass(frozen=True)
+class StoreContext:
+    """What persisting needs to know about the account, read once per sync run."""
+
+    account_id: int
+    own_addresses: frozenset[str]
+    share_by_default: bool
+
+
+@dataclass
+class Fetched:
+    """One downloaded (or placeholder) message at one location."""
+
+    folder_id: int
+    uid: int
+    flags: Sequence[bytes]
+    dedup_key: str
+    parsed: ParsedLike
+    raw_sha256: str | None
+    size: int
+    internaldate: datetime | None
+    is_placeholder: bool = False
+    gm_msgid: int | None = None
+    gm_thrid: int | None = None
+    gm_labels: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Link:
+    """A new location of a message Threadline already stores (no body download)."""
+
+    folder_id: int
+    uid: int
+    message_id: int
+    flags: Sequence[bytes]
+    gm_labels: list[str] = field(default_factory=list)
+
+
+def _insert(table):
+    """Return a dialect INSERT that supports ON CONFLICT (SQLite or PostgreSQL)."""
+    if db.engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
+
+
+def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def flag_columns(flags: Iterable[bytes | str]) -> dict[str, Any]:
+    """Map IMAP flags to MessageLocation columns (keywords keep the non-system flags)."""
+    lowered = {(f.encode() if isinstance(f, str) else f).lower(): f for f in flags}
+    keywords = sorted(
+        (f.decode(errors="replace") if isinstance(f, bytes) else f)
+        for low, f in lowered.items()
+        if low not in SYSTEM_FLAGS
+    )
+    return {
+        "seen": b"\\seen" in lowered,
+        "flagged": b"\\flagged" in lowered,
+        "answered": b"\\answered" in lowered,
+        "draft": b"\\draft" in lowered,
+        "deleted": b"\\deleted" in lowered,
+        "keywords": keywords,
+    }
+
+
+# --------------------------------------------------------------------------- lookups
+
+
+def existing_by_dedup_key(account_id: int, keys: Iterable[str]) -> dict[str, int]:
+    """Return {dedup_key: message id} for keys already stored in the account."""
+    wanted = sorted(set(keys))
+    found: dict[str, int] = {}
+    for chunk in _chunks(wanted):
+        rows = db.session.execute(
+            select(message_t.c.dedup_key, message_t.c.id).where(
+                message_t.c.account_id == account_id, message_t.c.dedup_key.in_(chunk)
+            )
+        )
+        found.update(dict(rows.all()))
+    return found
+
+
+def existing_by_gm_msgid(account_id: int, msgids: Iterable[int]) -> dict[int, int]:
+    """Return {X-GM-MSGID: message id} for Gmail messages already stored."""
+    wanted = sorted(set(msgids))
+    found: dict[int, int] = {}
+    for chunk in _chunks(wanted):
+        rows = db.session.execute(
+            select(message_t.c.gm_msgid, message_t.c.id).where(
+                message_t.c.account_id == account_id, message_t.c.gm_msgid.in_(chunk)
+            )
+        )
+        found.update(dict(rows.all()))
+    return found
+
+
+def local_uids(folder_id: int, *, low: int = 1, high: int | None = None) -> set[int]:
+    """Return the non-stale UIDs stored for a folder, optionally within [low, high]."""
+    query = select(location_t.c.uid).where(
+        location_t.c.folder_id == folder_id, location_t.c.stale.is_(False), location_t.c.uid >= low
+    )
+    if high is not None:
+        query = query.where(location_t.c.uid <= high)
+    return set(db.session.scalars(query))
+
+
+# --------------------------------------------------------------------------- locations
+
+
+def _location_rows(folder_id: int, uid: int, message_id: int, flags, labels) -> dict[str, Any]:
+    return {
+        "folder_id": folder_id,
+        "uid": uid,
+        "message_id": message_id,
+        "gm_labels": labels,
+        "stale": False,
+        **flag_columns(flags),
+    }
+
+
+def _upsert_locations(rows: list[dict[str, Any]], *, takeover: bool) -> set[int]:
+    """Insert locations; a stale row at the same (folder, uid) is taken over (UIDVALIDITY rebuild).
+
+    With `takeover`, returns the message ids that lost a location to the takeover, so they
+    get refreshed; without it (no stale rows in the folder) that lookup is skipped.
+    """
+    if not rows:
+        return set()
+    displaced: set[int] = set()
+    by_folder: dict[int, list[int]] = {}
+    for row in rows:
+        by_folder.setdefault(row["folder_id"], []).append(row["uid"])
+    for folder_id, uids in by_folder.items() if takeover else ():
+        for chunk in _chunks(uids):
+            displaced.update(
+                db.session.scalars(
+                    select(location_t.c.message_id).where(
+                        location_t.c.folder_id == folder_id, location_t.c.uid.in_(chunk)
+                    )
+                )
+            )
+    statement = _insert(location_t)
+    statement = statement.on_conflict_do_update(
+        index_elements=["folder_id", "uid"],
+        set_={
+            name: statement.excluded[name]
+            for name in (
+                "message_id",
+                "seen",
+                "flagged",
+                "answered",
+                "draft",
+                "deleted",
+                "keywords",
+                "gm_labels",
+                "stale",
+            )
+        },
+    )
+    db.session.execute(statement, rows)
+    return displaced
+
+
+def link_locations(links: Sequence[Link], *, takeover: bool = True) -> set[int]:
+    """Attach new locations to stored messages; return the message ids touched."""
+    rows = [
+        _location_rows(li.folder_id, li.uid, li.message_id, li.flags, li.gm_labels) for li in links
+    ]
+    displaced = _upsert_locations(rows, takeover=takeover)
+    touched = {li.message_id for li in links} | displaced
+    refresh_messages(touched)
+    return touched
+
+
+def remove_locations(folder_id: int, uids: Iterable[int]) -> int:
+    """Delete a folder's locations for `uids` (expunged on the server); return how many."""
+    uid_list = sorted(set(uids))
+    touched: set[int] = set()
+    removed = 0
+    for chunk in _chunks(uid_list):
+        touched.update(
+            db.session.scalars(
+                select(location_t.c.message_id).where(
+                    location_t.c.folder_id == folder_id, location_t.c.uid.in_(chunk)
+                )
+            )
+        )
+        removed += db.session.execute(
+            delete(location_t).where(
+                location_t.c.folder_id == folder_id, location_t.c.uid.in_(chunk)
+            )
+        ).rowcount
+    refresh_messages(touched)
+    return removed
+
+
+def has_stale_locations(folder_id: int) -> bool:
+    """Tell whether a folder still has locations from before a UIDVALIDITY change."""
+    return (
+        db.session.scalar(
+            select(location_t.c.id)
+            .where(location_t.c.folder_id == folder_id, location_t.c.stale.is_(True))
+            .limit(1)
+        )
+        is not None
+    )
+
+
+def has_failed_uids(folder_id: int) -> bool:
+    """Tell whether a folder has any UID recorded as failed."""
+    return (
+        db.session.scalar(select(FailedUid.id).where(FailedUid.folder_id == folder_id).limit(1))
+        is not None
+    )
+
+
+def remove_stale_locations(folder_id: int) -> int:
+    """Delete the stale locations left after a UIDVALIDITY rebuild; return how many."""
+    touched = set(
+        db.session.scalars(
+            select(location_t.c.message_id).where(
+                location_t.c.folder_id == folder_id, location_t.c.stale.is_(True)
+            )
+        )
+    )
+    removed = db.session.execute(
+        delete(location_t).where(location_t.c.folder_id == folder_id, location_t.c.stale.is_(True))
+    ).rowcount
+    refresh_messages(touched)
+    return removed
+
+
+def remove_folder_locations(folder_id: int) -> int:
+    """Delete every location of a folder that vanished from the server; return how many."""
+    touched = set(
+        db.session.scalars(
+            select(location_t.c.message_id).where(location_t.c.folder_id == folder_id)
+        )
+    )
+    removed = db.session.execute(
+        delete(location_t).where(location_t.c.folder_id == folder_id)
+    ).rowcount
+    refresh_messages(touched)
+    return removed
+
+
+def apply_flag_changes(
+    folder_id: int, changes: dict[int, tuple[Sequence[bytes], list[str]]]
+) -> int:
+    """Update locations whose server flags differ from the stored ones; return how many changed.
+
+    `changes` maps UID -> (flags, gm_labels). Unknown UIDs are ignored.
+    """
+    uids = sorted(changes)
+    changed_rows: list[dict[str, Any]] = []
+    touched: set[int] = set()
+    columns = ("seen", "flagged", "answered", "draft", "deleted", "keywords")
+    for chunk in _chunks(uids):
+        rows = db.session.execute(
+            select(
+                location_t.c.id,
+                location_t.c.uid,
+                location_t.c.message_id,
+                location_t.c.gm_labels,
+                *[location_t.c[name] for name in columns],
+            ).where(location_t.c.folder_id == folder_id, location_t.c.uid.in_(chunk))
+        ).mappings()
+        for row in rows:
+            flags, labels = changes[row["uid"]]
+            wanted = flag_columns(flags)
+            wanted["gm_labels"] = labels if labels else row["gm_labels"]
+            if any(row[name] != wanted[name] for name in (*columns, "gm_labels")):
+                changed_rows.append({"b_id": row["id"], **wanted})
+                touched.add(row["message_id"])
+    if changed_rows:
+        db.session.execute(
+            update(location_t)
+            .where(location_t.c.id == bindparam("b_id"))
+            .values({name: bindparam(name) for name in (*columns, "gm_labels")}),
+            changed_rows,
+        )
+        refresh_messages(touched)
+    return len(changed_rows)
+
+
+def record_failed_uid(folder_id: int, uid: int, error: str, *, retry_after_seconds: int) -> None:
+    """Remember a UID whose fetch failed; it is retried later and never blocks the watermark."""
+    from datetime import timedelta
+
+    existing = db.session.scalar(
+        select(FailedUid).where(FailedUid.folder_id == folder_id, FailedUid.uid == uid)
+    )
+    if existing is None:
+        existing = FailedUid(folder_id=folder_id, uid=uid, attempts=0)
+        db.session.add(existing)
+    existing.attempts += 1
+    existing.last_error = error[:1000]
+    existing.next_retry_at = _now() + timedelta(seconds=retry_after_seconds * existing.attempts)
+
+
+def clear_failed_uids(folder_id: int, uids: Iterable[int]) -> None:
+    """Forget failures of UIDs that have now been stored."""
+    for chunk in _chunks(sorted(set(uids))):
+        db.session.execute(
+            delete(FailedUid).where(FailedUid.folder_id == folder_id, FailedUid.uid.in_(chunk))
+        )
+
+
+# --------------------------------------------------------------------------- derived state
+
+
+_REFRESH_MESSAGES = text(
+    """
+    UPDATE message SET
+      is_read = EXISTS (SELECT 1 FROM message_location l
+                        WHERE l.message_id = message.id AND l.seen AND NOT l.stale),
+      is_flagged = EXISTS (SELECT 1 FROM message_location l
+                           WHERE l.message_id = message.id AND l.flagged AND NOT l.stale),
+      is_draft = EXISTS (SELECT 1 FROM message_location l
+                         WHERE l.message_id = message.id AND l.draft AND NOT l.stale),
+      is_sent = EXISTS (SELECT 1 FROM message_location l JOIN mail_folder f ON f.id = l.folder_id
+                        WHERE l.message_id = message.id AND f.role = 'sent'),
+      deleted_at = CASE
+        WHEN EXISTS (SELECT 1 FROM message_location l WHERE l.message_id = message.id) THEN NULL
+        ELSE COALESCE(deleted_at, :now) END
+    WHERE id IN :ids
+    """
+).bindparams(bindparam("ids", expanding=True), bindparam("now", type_=UTCDateTime()))
+
+_REFRESH_THREADS = text(
+    """
+    UPDATE thread SET
+      message_count = (SELECT count(*) FROM message m
+                       WHERE m.thread_id = thread.id AND m.deleted_at IS NULL),
+      first_date = (SELECT min(coalesce(m.date, m.internaldate)) FROM message m
+                    WHERE m.thread_id = thread.id AND m.deleted_at IS NULL),
+      last_date = (SELECT max(coalesce(m.date, m.internaldate)) FROM message m
+                   WHERE m.thread_id = thread.id AND m.deleted_at IS NULL)
+    WHERE id IN :ids
+    """
+).bindparams(bindparam("ids", expanding=True))
+
+
+def refresh_messages(message_ids: Iterable[int]) -> None:
+    """Recompute read/flagged/draft/sent as ANY over locations, soft-(un)delete, fix threads.
+
+    A message that lost its last location gets `deleted_at`; one that regained a location
+    (a move seen as vanish-then-appear) is undeleted (SYNC.md §2.4).
+    """
+    ids = sorted(set(message_ids))
+    thread_ids: set[int] = set()
+    for chunk in _chunks(ids):
+        db.session.execute(_REFRESH_MESSAGES, {"ids": list(chunk), "now": _now()})
+        thread_ids.update(
+            tid
+            for tid in db.session.scalars(
+                select(message_t.c.thread_id).where(message_t.c.id.in_(chunk))
+            )
+            if tid is not None
+        )
+    refresh_threads(thread_ids)
+
+
+def refresh_threads(thread_ids: Iterable[int]) -> None:
+    """Recompute message_count and first/last date of threads."""
+    for chunk in _chunks(sorted(set(thread_ids))):
+        db.session.execute(_REFRESH_THREADS, {"ids": list(chunk)})
+
+
+# --------------------------------------------------------------------------- threading
+
+
+def _participants(parsed: ParsedLike) -> set[str]:
+    addresses = {parsed.from_address.lower()} if parsed.from_address else set()
+    for _name, address in (*parsed.to, *parsed.cc):
+        if address:
+            addresses.add(address.lower())
+    return addresses
+
+
+def _message_ids(parsed: ParsedLike) -> tuple[list[str], list[str]]:
+    """Return (own ids incl. aliases, parent chain), normalized."""
+    own = [
+        i
+        for i in (jwz.normalize_msgid(x) for x in [parsed.message_id, *parsed.alias_message_ids])
+        if i
+    ]
+    refs = [jwz.normalize_msgid(x) for x in parsed.references]
+    in_reply_to = jwz.normalize_msgid(parsed.in_reply_to)
+    chain = [r for r in jwz.parent_chain([r for r in refs if r], in_reply_to) if r not in own]
+    return list(dict.fromkeys(own)), list(dict.fromkeys(chain))
+
+
+_INSERT_THREAD = insert(thread_t)
+_THREAD_PARTICIPANTS = (
+    select(message_t.c.from_address, message_t.c.to, message_t.c.cc)
+    .where(message_t.c.thread_id == bindparam("t"))
+    .limit(50)
+)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+class _Threader:
+    """Assign threads for one batch: JWZ id table with phantoms, merges, subject fallback."""
+
+    def __init__(self, ctx: StoreContext, items: Sequence[Fetched]):
+        self.ctx = ctx
+        self.ids = {id(item): _message_ids(item.parsed) for item in items}
+        wanted = sorted({i for own, refs in self.ids.values() for i in (*own, *refs)})
+        self.index: dict[str, int] = {}
+        for chunk in _chunks(wanted):
+            rows = db.session.execute(
+                select(index_t.c.msgid, index_t.c.thread_id).where(
+                    index_t.c.account_id == ctx.account_id, index_t.c.msgid.in_(chunk)
+                )
+            )
+            self.index.update(dict(rows.all()))
+        self.real: dict[str, int] = {}  # own ids seen in this batch -> thread
+        self.phantom: dict[str, int] = {}  # referenced ids first seen in this batch
+        self.batch_participants: dict[int, set[str]] = {}
+        self.gm_threads: dict[int, int] = {}
+        gm = sorted({item.gm_thrid for item in items if item.gm_thrid})
+        for chunk in _chunks(gm):
+            rows = db.session.execute(
+                select(thread_t.c.gm_thrid, thread_t.c.id).where(
+                    thread_t.c.account_id == ctx.account_id, thread_t.c.gm_thrid.in_(chunk)
+                )
+            )
+            self.gm_threads.update(dict(rows.all()))
+        self.merged: dict[int, int] = {}
+        self.by_subject: dict[str, tuple[int, datetime | None, str]] = {}
+        subjects = sorted(
+            {
+                jwz.normalize_subject(item.parsed.subject)[:255]
+                for item in items
+                if self._fallback_possible(item)
+            }
+        )
+        for chunk in _chunks(subjects):
+            rows = db.session.execute(
+                select(
+                    thread_t.c.normalized_subject,
+                    thread_t.c.id,
+                    thread_t.c.last_date,
+                    thread_t.c.subject,
+                )
+                .where(
+                    thread_t.c.account_id == ctx.account_id,
+                    thread_t.c.normalized_subject.in_(chunk),
+                )
+                .order_by(thread_t.c.last_date)
+            )
+            for normalized, thread_id, last_date, subject in rows:
+                self.by_subject[normalized] = (thread_id, _aware(last_date), subject)  # latest wins
+
+    @staticmethod
+    def _fallback_possible(item: Fetched) -> bool:
+        """Cheap precheck of SYNC.md §8 step 5 before any query (generic subject, dates)."""
+        parsed = item.parsed
+        when = parsed.date or item.internaldate
+        normalized = jwz.normalize_subject(parsed.subject)[:255]
+        return jwz.subject_fallback_allowed(normalized, True, when, when, 2)
+
+    def _resolve(self, thread_id: int) -> int:
+        while thread_id in self.merged:
+            thread_id = self.merged[thread_id]
+        return thread_id
+
+    def _create(self, item: Fetched) -> int:
+        parsed = item.parsed
+        when = parsed.date or item.internaldate
+        normalized = jwz.normalize_subject(parsed.subject)[:255]
+        result = db.session.execute(
+            _INSERT_THREAD,
+            {
+                "account_id": self.ctx.account_id,
+                "gm_thrid": item.gm_thrid,
+                "subject": (parsed.subject or "")[:255],
+                "normalized_subject": normalized,
+                "first_date": when,
+                "last_date": when,
+                "message_count": 0,
+                "shared": self.ctx.share_by_default,
+                "archived": False,
+            },
+        )
+        thread_id = int(result.inserted_primary_key[0])
+        if normalized:
+            self.by_subject[normalized] = (thread_id, _aware(when), parsed.subject or "")
+        return thread_id
+
+    def _merge(self, keep: int, others: set[int]) -> None:
+        # SYNC.md §8 step 3: several threads matched, so they are one conversation.
+        keep_row = (
+            db.session.execute(select(thread_t).where(thread_t.c.id == keep)).mappings().one()
+        )
+        other_rows = (
+            db.session.execute(select(thread_t).where(thread_t.c.id.in_(sorted(others))))
+            .mappings()
+            .all()
+        )
+        carry = {}
+        for name in ("deal_id", "lead_id", "project_id"):
+            if keep_row[name] is None:
+                value = next((row[name] for row in other_rows if row[name] is not None), None)
+                if value is not None:
+                    carry[name] = value
+        if any(row["shared"] for row in other_rows) and not keep_row["shared"]:
+            carry["shared"] = True
+        if carry:
+            db.session.execute(update(thread_t).where(thread_t.c.id == keep).values(**carry))
+        ids = sorted(others)
+        db.session.execute(
+            update(message_t).where(message_t.c.thread_id.in_(ids)).values(thread_id=keep)
+        )
+        db.session.execute(
+            update(index_t).where(index_t.c.thread_id.in_(ids)).values(thread_id=keep)
+        )
+        db.session.execute(delete(thread_t).where(thread_t.c.id.in_(ids)))
+        for other in others:
+            self.merged[other] = keep
+            self.batch_participants.setdefault(keep, set()).update(
+                self.batch_participants.pop(other, set())
+            )
+        for table in (self.index, self.real, self.phantom):
+            for key, value in table.items():
+                if value in others:
+                    table[key] = keep
+
+    def _subject_match(self, item: Fetched) -> int | None:
+        parsed = item.parsed
+        if not self._fallback_possible(item):
+            return None
+        normalized = jwz.normalize_subject(parsed.subject)[:255]
+        candidate = self.by_subject.get(normalized)
+        if candidate is None:
+            return None
+        thread_id, last_date, thread_subject = candidate
+        thread_id = self._resolve(thread_id)
+        people = set(self.batch_participants.get(thread_id, set()))
+        for from_address, to, cc in db.session.execute(_THREAD_PARTICIPANTS, {"t": thread_id}):
+            people.add((from_address or "").lower())
+            people.update((address or "").lower() for _n, address in (*(to or []), *(cc or [])))
+        overlap = len((people - {""}) & _participants(parsed))
+        when = parsed.date or item.internaldate
+        # JWZ wants a "Re:" for subject-only joins; either side may carry it, so a reply
+        # synced before its (unreferenced) original still converges (newest-first backfill).
+        prefix = jwz.has_reply_prefix(parsed.subject) or jwz.has_reply_prefix(thread_subject)
+        if jwz.subject_fallback_allowed(normalized, prefix, last_date, _aware(when), overlap):
+            return thread_id
+        return None
+
+    def assign(self, item: Fetched) -> int:
+        """Return the thread id for `item`, creating, joining or merging threads."""
+        own, refs = self.ids[id(item)]
+        if item.gm_thrid:
+            thread_id = self.gm_threads.get(item.gm_thrid)
+            if thread_id is None:
+                thread_id = self._create(item)
+                self.gm_threads[item.gm_thrid] = thread_id
+            thread_id = self._resolve(thread_id)
+        else:
+            found = {self._resolve(self.index[i]) for i in (*own, *refs) if i in self.index}
+            if len(found) > 1:
+                keep = min(found)
+                self._merge(keep, found - {keep})
+                thread_id = keep
+            elif found:
+                thread_id = found.pop()
+            else:
+                thread_id = self._subject_match(item) or self._create(item)
+        for msgid in own:
+            self.index[msgid] = thread_id
+            self.real[msgid] = thread_id
+            self.phantom.pop(msgid, None)
+        for msgid in refs:
+            if msgid not in self.index:
+                self.index[msgid] = thread_id
+                self.phantom[msgid] = thread_id
+        self.batch_participants.setdefault(thread_id, set()).update(_participants(item.parsed))
+        return thread_id
+
+    def flush(self) -> None:
+        """Write the id table: own ids become real entries, new references phantoms."""
+        account_id = self.ctx.account_id
+        if self.real:
+            statement = _insert(index_t)
+            statement = statement.on_conflict_do_update(
+                index_elements=["account_id", "msgid"],
+                set_={"thread_id": statement.excluded.thread_id, "is_phantom": False},
+            )
+            db.session.execute(
+                statement,
+                [
+                    {"account_id": account_id, "msgid": m, "thread_id": t, "is_phantom": False}
+                    for m, t in self.real.items()
+                ],
+            )
+        if self.phantom:
+            db.session.execute(
+                _insert(index_t).on_conflict_do_nothing(index_elements=["account_id", "msgid"]),
+                [
+                    {"account_id": account_id, "msgid": m, "thread_id": t, "is_phantom": True}
+                    for m, t in self.phantom.items()
+                ],
+            )
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def _message_row(ctx: StoreContext, item: Fetched, thread_id: int) -> dict[str, Any]:
+    parsed = item.parsed
+    return {
+        "account_id": ctx.account_id,
+        "thread_id": thread_id,
+        "dedup_key": item.dedup_key,
+        "gm_msgid": item.gm_msgid,
+        "message_id_header": jwz.normalize_msgid(parsed.message_id),
+        "in_reply_to": jwz.normalize_msgid(parsed.in_reply_to),
+        "references": [r for r in (jwz.normalize_msgid(x) for x in parsed.references) if r][-50:],
+        "subject": (parsed.subject or "")[:255],
+        "from_name": (parsed.from_name or "")[:255],
+        "from_address": (parsed.from_address or "").lower()[:320],
+        "to": [list(pair) for pair in parsed.to],
+        "cc": [list(pair) for pair in parsed.cc],
+        "bcc": [list(pair) for pair in parsed.bcc],
+        "reply_to": [list(pair) for pair in parsed.reply_to],
+        "date": parsed.date,
+        "internaldate": item.internaldate,
+        "size": item.size,
+        "raw_sha256": item.raw_sha256,
+        "is_placeholder": item.is_placeholder,
+        "snippet": (parsed.snippet or "")[:300],
+        "has_attachments": bool(parsed.has_attachments),
+        "parse_error": parsed.parse_error,
+        "is_read": False,
+        "is_flagged": False,
+        "is_draft": False,
+        "is_sent": False,
+        "created_at": _now(),
+    }
+
+
+def _person_addresses(parsed: ParsedLike) -> set[str]:
+    addresses = {parsed.from_address.lower()} if parsed.from_address else set()
+    for _name, address in (*parsed.to, *parsed.cc, *parsed.reply_to):
+        if address:
+            addresses.add(address.lower())
+    return addresses
+
+
+def store_batch(ctx: StoreContext, items: Sequence[Fetched], *, takeover: bool = True) -> int:
+    """Persist downloaded messages and their locations; return how many messages are new.
+
+    Blobs must already be written. Idempotent: a message whose dedup key is stored is only
+    linked to the new location. Pass takeover=False when the folder has no stale locations.
+    Does not commit.
+    """
+    if not items:
+        return 0
+    existing = existing_by_dedup_key(ctx.account_id, (item.dedup_key for item in items))
+    fresh: dict[str, Fetched] = {}
+    for item in items:
+        if item.dedup_key not in existing and item.dedup_key not in fresh:
+            fresh[item.dedup_key] = item
+    if fresh:
+        threader = _Threader(ctx, list(fresh.values()))
+        thread_of = {key: threader.assign(item) for key, item in fresh.items()}
+        threader.flush()
+        rows = [
+            _message_row(ctx, item, threader._resolve(thread_of[key]))
+            for key, item in fresh.items()
+        ]
+        db.session.execute(
+            _insert(message_t).on_conflict_do_nothing(index_elements=["account_id", "dedup_key"]),
+            rows,
+        )
+        existing = existing_by_dedup_key(ctx.account_id, (item.dedup_key for item in items))
+        _link_persons(ctx, {existing[key]: item.parsed for key, item in fresh.items()})
+    location_rows = [
+        _location_rows(
+            item.folder_id, item.uid, existing[item.dedup_key], item.flags, item.gm_labels
+        )
+        for item in items
+    ]
+    displaced = _upsert_locations(location_rows, takeover=takeover)
+    refresh_messages({existing[item.dedup_key] for item in items} | displaced)
+    return len(fresh)
+
+
+def _link_persons(ctx: StoreContext, parsed_by_message: dict[int, ParsedLike]) -> None:
+    addresses_of = {
+        message_id: _person_addresses(parsed) - ctx.own_addresses
+        for message_id, parsed in parsed_by_message.items()
+    }
+    persons = linking.persons_for_addresses(
+        {address for addresses in addresses_of.values() for address in addresses}
+    )
+    rows = [
+        {"message_id": message_id, "person_id": persons[address]}
+        for message_id, addresses in addresses_of.items()
+        for address in addresses
+        if address in persons
+    ]
+    unique = list({(r["message_id"], r["person_id"]): r for r in rows}.values())
+    if unique:
+        db.session.execute(
+            _insert(person_link_t).on_conflict_do_nothing(
+                index_elements=["message_id", "person_id"]
+            ),
+            unique,
+        )
+
+
+def folder_stored_counts(account_id: int) -> dict[int, int]:
+    """Return {folder id: non-stale locations of non-deleted messages} for an account."""
+    rows = db.session.execute(
+        select(location_t.c.folder_id, db.func.count())
+        .join(MailFolder.__table__, MailFolder.__table__.c.id == location_t.c.folder_id)
+        .join(message_t, message_t.c.id == location_t.c.message_id)
+        .where(
+            MailFolder.__table__.c.account_id == account_id,
+            location_t.c.stale.is_(False),
+            message_t.c.deleted_at.is_(None),
+        )
+        .group_by(location_t.c.folder_id)
+    )
+    return dict(rows.all())

@@ -1,0 +1,1076 @@
+"""The IMAP sync engine: folder discovery, backfill, incremental poll, flags, expunges.
+
+Follows design/SYNC.md §3-§7. A location is (folder, UID); a message is its dedup key.
+Backfill is a resumable set difference (remote UIDs - local UIDs, newest first); once it
+completes, `last_seen_uid` is the watermark for `UID FETCH last+1:*`. Network I/O happens
+with no database transaction open: fetch a batch, then one short transaction persists it
+(blobs first, then rows). Every step is idempotent, so a kill or a dropped connection at
+any point loses and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from imapclient import SEEN, IMAPClient
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
+from sqlalchemy import func, select
+
+from extensions import db
+from mailsync import imap, store
+from mailsync.parse import dedup_key, header_dedup_key, parse_headers_only
+from mailsync.prepare import Prepared, prepare_batch
+from models import FailedUid, MailAccount, MailFolder, Message, MessageLocation, User
+from services.preferences import get_preference
+
+log = logging.getLogger("threadline.sync")
+
+MAX_FULL_SIZE = 25 * 1024 * 1024  # above this, store headers only (mbsync MaxSize idea)
+BODY_BATCH_MESSAGES = 30
+BODY_BATCH_BYTES = 8 * 1024 * 1024
+META_BATCH = 500  # UIDs per metadata FETCH (SYNC.md §5)
+FIRST_META_BATCH = 50  # the newest 50 land first so the inbox is usable within seconds
+SEARCH_RANGE = 50_000  # UIDs per chunked UID SEARCH (bounded response lines)
+FLAG_WINDOW = 300  # non-CONDSTORE fast scan: the newest local UIDs every tick
+FULL_FLAG_SCAN_EVERY = timedelta(hours=1)
+MAX_UIDINVALID_RESYNCS = 5
+MAX_FETCH_ATTEMPTS = 5
+FAILED_RETRY_SECONDS = 300
+CONNECTION_RETRIES = 2
+PARSE_WORKERS = 2  # processes that parse and write blobs while the next batch downloads
+POOL_THRESHOLD = 100  # fewer messages than this are parsed inline (no pool start-up cost)
+
+HEADER_FIELDS = "MESSAGE-ID DATE FROM TO SUBJECT X-MICROSOFT-ORIGINAL-MESSAGE-ID"
+HEADER_ITEM = f"BODY.PEEK[HEADER.FIELDS ({HEADER_FIELDS})]"
+META_ITEMS = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", HEADER_ITEM]
+GMAIL_ITEMS = ["X-GM-MSGID", "X-GM-THRID", "X-GM-LABELS"]
+
+HORIZON_DAYS = {"1m": 31, "3m": 92, "6m": 183, "1y": 366, "2y": 731, "all": None}
+
+# Roles from RFC 6154 attributes, then common and localized names (SYNC.md §3.1).
+ATTRIBUTE_ROLES = {
+    b"\\sent": "sent",
+    b"\\drafts": "drafts",
+    b"\\trash": "trash",
+    b"\\junk": "junk",
+    b"\\archive": "archive",
+    b"\\all": "all",
+    b"\\flagged": "flagged",
+    b"\\important": "important",
+}
+NAME_ROLES = {
+    "sent": (
+        "sent",
+        "sent items",
+        "sent messages",
+        "sent mail",
+        "gesendet",
+        "gesendete elemente",
+        "envoyés",
+        "enviados",
+        "inviata",
+        "已发送",
+        "отправленные",
+    ),
+    "drafts": ("drafts", "draft", "entwürfe", "brouillons", "borradores", "草稿箱", "черновики"),
+    "trash": (
+        "trash",
+        "deleted items",
+        "deleted messages",
+        "bin",
+        "papierkorb",
+        "corbeille",
+        "papelera",
+        "已删除",
+        "корзина",
+    ),
+    "junk": ("junk", "spam", "junk e-mail", "junk email", "bulk mail", "垃圾邮件", "спам"),
+    "archive": ("archive", "archives", "archiv"),
+}
+GMAIL_ROLES = ("all", "trash", "junk")
+
+NETWORK_ERRORS = (
+    OSError,
+    socket.timeout,
+    ssl.SSLError,
+    imaplib.IMAP4.abort,
+    IMAPClientAbortError,
+)
+
+Progress = Callable[[str, int, int], None]
+
+
+class BudgetExceeded(Exception):
+    """The run's time budget is spent; the next tick resumes where this one stopped."""
+
+
+class FolderError(Exception):
+    """A folder cannot be synced (gone, or UIDVALIDITY keeps changing); others go on."""
+
+
+@dataclass
+class SyncResult:
+    account_id: int
+    new: int = 0
+    changed: int = 0
+    deleted: int = 0
+    error: str | None = None
+    error_kind: str | None = None
+    needs_user_action: bool = False
+    complete: bool = True  # False when the budget ran out before every folder was done
+    folder_errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class Snapshot:
+    """A folder's state as EXAMINE reported it at the start of this cycle."""
+
+    uidvalidity: int
+    uidnext: int | None
+    exists: int
+    highestmodseq: int | None
+
+
+@dataclass
+class Meta:
+    """Per-UID metadata from the cheap FETCH: flags, size, dates, header dedup key."""
+
+    uid: int
+    flags: tuple[bytes, ...]
+    size: int
+    internaldate: datetime | None
+    header: bytes
+    key: str | None
+    gm_msgid: int | None = None
+    gm_thrid: int | None = None
+    gm_labels: list[str] = field(default_factory=list)
+
+
+def uid_ranges(uids: Iterable[int]) -> str:
+    """Return a compact, ascending UID set such as '1:5,9,12:14' (never descending ranges)."""
+    ordered = sorted(set(uids))
+    parts: list[str] = []
+    start = prev = None
+    for uid in ordered:
+        if start is None:
+            start = prev = uid
+        elif uid == prev + 1:
+            prev = uid
+        else:
+            parts.append(f"{start}:{prev}" if start != prev else str(start))
+            start = prev = uid
+    if start is not None:
+        parts.append(f"{start}:{prev}" if start != prev else str(start))
+    return ",".join(parts)
+
+
+def horizon_date(since: str, today: date | None = None) -> date | None:
+    """Return the SEARCH SINCE date for an account horizon (one day early; SEARCH ignores time)."""
+    days = HORIZON_DAYS.get(since, HORIZON_DAYS["3m"])
+    if days is None:
+        return None
+    return (today or datetime.now(UTC).date()) - timedelta(days=days + 1)
+
+
+def _chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _decode(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _header_bytes(data: dict) -> bytes:
+    for key, value in data.items():
+        if isinstance(key, bytes) and key.startswith(b"BODY[HEADER"):
+            return value or b""
+    return b""
+
+
+def assign_roles(listing: list[tuple[tuple[bytes, ...], str]]) -> dict[str, str | None]:
+    """Return {folder name: role} from SPECIAL-USE attributes, falling back to unique names."""
+    roles: dict[str, str | None] = {}
+    for flags, name in listing:
+        lowered = {flag.lower() for flag in flags}
+        role = next((ATTRIBUTE_ROLES[f] for f in lowered if f in ATTRIBUTE_ROLES), None)
+        roles[name] = "inbox" if name.upper() == "INBOX" else role
+    taken = set(roles.values())
+    for role, names in NAME_ROLES.items():
+        if role in taken:
+            continue
+        matches = [
+            name
+            for name in roles
+            if roles[name] is None and name.lower().split("/")[-1].split(".")[-1] in names
+        ]
+        if len(matches) == 1:  # Nylas: guess a role only when exactly one folder matches
+            roles[matches[0]] = role
+    return roles
+
+
+class AccountSync:
+    """One sync run of one account over one IMAP connection (reconnecting after faults)."""
+
+    def __init__(
+        self, app: Flask, account_id: int, budget_seconds: float, progress: Progress | None
+    ):
+        self.app = app
+        self.account_id = account_id
+        self.deadline = time.monotonic() + budget_seconds
+        self.progress = progress
+        self.result = SyncResult(account_id=account_id)
+        self.conn: IMAPClient | None = None
+        self.blob_root = str(Path(app.instance_path) / "blobs")
+        self.pool: ProcessPoolExecutor | None = None
+        # folder id -> (has stale locations, has failed UIDs), read once per ingest call
+        self.folder_flags: dict[int, tuple[bool, bool]] = {}
+        self.max_full_size = int(app.config.get("MAX_FULL_SIZE", MAX_FULL_SIZE))
+        self.batch_messages = int(app.config.get("SYNC_BATCH_MESSAGES", BODY_BATCH_MESSAGES))
+        self.batch_bytes = int(app.config.get("SYNC_BATCH_BYTES", BODY_BATCH_BYTES))
+        account = db.session.get(MailAccount, account_id)
+        if account is None:
+            raise LookupError(f"mail account {account_id} does not exist")
+        user = db.session.get(User, account.user_id)
+        self.ctx = store.StoreContext(
+            account_id=account_id,
+            own_addresses=frozenset({account.email_address.lower(), user.email.lower()}),
+            share_by_default=get_preference(user, "default_email_sharing") == "shared",
+        )
+        self.since = horizon_date(account.since)
+        db.session.commit()
+
+    # ------------------------------------------------------------------ connection
+
+    def _settings(self) -> imap.ConnectionSettings:
+        from services.credentials import secret_box
+
+        account = db.session.get(MailAccount, self.account_id)
+        settings = imap.ConnectionSettings(
+            host=account.imap_host,
+            port=account.imap_port,
+            security=account.imap_security,
+            username=account.username,
+            password=secret_box(self.app).decrypt(account.password_encrypted),
+            ca_cert_pem=account.ca_cert_pem,
+            timeout=float(self.app.config.get("MAIL_TIMEOUT", 60)),
+        )
+        db.session.commit()
+        return settings
+
+    def connect(self) -> IMAPClient:
+        """Return the live connection, opening a fresh one if needed."""
+        if self.conn is None:
+            allowed = self.app.config.get("MAIL_ALLOWED_PORTS")
+            self.conn = imap.connect(
+                self._settings(), allowed_ports=None if allowed is None else frozenset(allowed)
+            )
+            capabilities = sorted(_decode(c) for c in self.conn.capabilities())
+            account = db.session.get(MailAccount, self.account_id)
+            if account.capabilities != capabilities:
+                account.capabilities = capabilities
+            db.session.commit()
+        return self.conn
+
+    def discard(self) -> None:
+        """Throw the connection away; after a network error its protocol state is unknown."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.shutdown()
+            except Exception:
+                pass
+
+    @property
+    def gmail(self) -> bool:
+        return b"X-GM-EXT-1" in self.connect().capabilities()
+
+    @property
+    def condstore(self) -> bool:
+        return b"CONDSTORE" in self.connect().capabilities()
+
+    def check_budget(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise BudgetExceeded()
+
+    def report(self, folder: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(folder, done, total)
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> SyncResult:
+        """Sync every enabled folder; never raises for mail-server trouble (see result.error)."""
+        attempts = 0
+        pending: list[int] | None = None
+        try:
+            while True:
+                try:
+                    self.connect()
+                    if pending is None:
+                        pending = self.discover_folders()
+                    while pending:
+                        try:
+                            self.sync_folder(pending[0])
+                        except FolderError:
+                            db.session.rollback()  # recorded on the folder; others go on
+                        pending.pop(0)
+                    break
+                except NETWORK_ERRORS as exc:
+                    # SYNC.md §6: discard the connection, retry the (idempotent) folder fresh.
+                    db.session.rollback()
+                    self.discard()
+                    attempts += 1
+                    log.warning(
+                        "account %s: connection lost (%s), retry %s", self.account_id, exc, attempts
+                    )
+                    if attempts > CONNECTION_RETRIES:
+                        raise imap.MailConnectionError(
+                            imap.TIMEOUT,
+                            "The connection to the mail server kept dropping during sync. "
+                            "Threadline will retry later.",
+                        ) from exc
+        except BudgetExceeded:
+            db.session.rollback()
+            self.result.complete = False
+        except imap.MailConnectionError as exc:
+            db.session.rollback()
+            self.result.error = exc.message
+            self.result.error_kind = exc.kind
+            self.result.needs_user_action = exc.needs_user_action
+        except Exception as exc:
+            db.session.rollback()
+            log.exception("account %s: sync failed", self.account_id)
+            self.result.error = f"Sync failed unexpectedly ({type(exc).__name__}). It will retry."
+            self.result.error_kind = "internal"
+        finally:
+            if self.conn is not None:
+                imap.safe_logout(self.conn)
+                self.conn = None
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+                self.pool = None
+        return self.result
+
+    # ------------------------------------------------------------------ folders
+
+    def discover_folders(self) -> list[int]:
+        """List folders, assign roles, decide which to sync; return folder ids in sync order."""
+        conn = self.connect()
+        gmail = self.gmail
+        listing = []
+        for flags, delimiter, name in conn.list_folders():
+            lowered = {f.lower() for f in flags}
+            if b"\\noselect" in lowered or b"\\nonexistent" in lowered:
+                continue
+            listing.append((tuple(flags), _decode(name), _decode(delimiter or b"") or None))
+        roles = assign_roles([(flags, name) for flags, name, _d in listing])
+        account = db.session.get(MailAccount, self.account_id)
+        chosen = set(account.chosen_folders or [])
+        existing = {folder.name: folder for folder in account.folders}
+        seen: set[str] = set()
+        for flags, name, delimiter in listing:
+            seen.add(name)
+            role = roles[name]
+            if gmail:
+                enabled = role in GMAIL_ROLES  # All Mail holds everything but Trash and Spam
+            elif account.folder_mode == "chosen":
+                enabled = name in chosen or role == "sent"  # Sent is always synced
+            else:
+                enabled = True
+            folder = existing.get(name)
+            if folder is None:
+                folder = MailFolder(account_id=self.account_id, name=name)
+                db.session.add(folder)
+            folder.delimiter = delimiter
+            folder.attributes = sorted(_decode(f) for f in flags)
+            folder.role = role
+            folder.sync_enabled = enabled
+        for name, folder in existing.items():
+            if name not in seen and folder.sync_enabled:
+                # Renamed or deleted on the server: its messages survive only elsewhere.
+                folder.sync_enabled = False
+                folder.state = "gone"
+                self.result.deleted += store.remove_folder_locations(folder.id)
+        db.session.commit()
+        order = {"inbox": 0, "sent": 1, "all": 0}
+        folders = [f for f in account.folders if f.sync_enabled and f.state != "error"]
+        folders.sort(key=lambda f: (order.get(f.role or "", 2), f.name))
+        ids = [f.id for f in folders]
+        db.session.commit()
+        return ids
+
+    def status(self, name: str) -> dict[bytes, int]:
+        """Return STATUS values, or {} when the server's answer cannot be parsed (163 sends ())."""
+        items = [b"MESSAGES", b"UIDNEXT", b"UIDVALIDITY"]
+        if self.condstore:
+            items.append(b"HIGHESTMODSEQ")
+        try:
+            return dict(self.connect().folder_status(name, items))
+        except (ValueError, IndexError, KeyError):
+            return {}
+
+    def examine(self, name: str) -> Snapshot:
+        """EXAMINE a folder (read-only) and return its snapshot, filling a missing UIDNEXT."""
+        conn = self.connect()
+        info = conn.select_folder(name, readonly=True)
+        uidnext = info.get(b"UIDNEXT")
+        if uidnext is None:
+            # 163/Winmail omit UIDNEXT on SELECT: ask STATUS, then the highest UID.
+            try:
+                uidnext = conn.folder_status(name, [b"UIDNEXT"]).get(b"UIDNEXT")
+            except (ValueError, IndexError, KeyError, IMAPClientError):
+                uidnext = None
+            if uidnext is None and info.get(b"EXISTS"):
+                last = conn.fetch("*", ["UID"])
+                uidnext = (max(last) + 1) if last else None
+        return Snapshot(
+            uidvalidity=int(info[b"UIDVALIDITY"]),
+            uidnext=int(uidnext) if uidnext is not None else None,
+            exists=int(info.get(b"EXISTS", 0)),
+            highestmodseq=int(info[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in info else None,
+        )
+
+    def _failed_due(self, folder_id: int) -> bool:
+        now = datetime.now(UTC)
+        return bool(
+            db.session.scalar(
+                select(func.count())
+                .select_from(FailedUid)
+                .where(
+                    FailedUid.folder_id == folder_id,
+                    FailedUid.attempts < MAX_FETCH_ATTEMPTS,
+                    FailedUid.next_retry_at <= now,
+                )
+            )
+        )
+
+    def sync_folder(self, folder_id: int) -> None:
+        """Sync one folder: STATUS check, EXAMINE, backfill or poll, flags, expunges."""
+        self.check_budget()
+        folder = db.session.get(MailFolder, folder_id)
+        name = folder.name
+        try:
+            status = self.status(name)
+            if self._unchanged(folder, status):
+                db.session.commit()
+                return
+            db.session.commit()
+            snapshot = self.examine(name)
+        except imaplib.IMAP4.error as exc:
+            if isinstance(exc, imaplib.IMAP4.abort):
+                raise
+            self._folder_failed(folder_id, f"The server refused to open this folder: {exc}")
+            return
+        folder = db.session.get(MailFolder, folder_id)
+        reset = folder.uidvalidity is not None and folder.uidvalidity != snapshot.uidvalidity
+        if reset:
+            self._reset_uidvalidity(folder, snapshot)
+            folder = db.session.get(MailFolder, folder_id)
+        elif folder.uidvalidity is None:
+            folder.uidvalidity = snapshot.uidvalidity
+        if not reset:
+            folder.uidinvalid_streak = 0
+        folder.last_error = None
+        if folder.state not in ("initial", "poll"):
+            folder.state = "initial" if not folder.initial_sync_complete else "poll"
+        db.session.commit()
+        try:
+            if not folder.initial_sync_complete:
+                self.backfill(folder_id, snapshot)
+            else:
+                self.poll(folder_id, snapshot)
+        except imaplib.IMAP4.error as exc:
+            if isinstance(exc, imaplib.IMAP4.abort):
+                raise
+            # A NO/BAD on one folder (e.g. deleted meanwhile) must not stop the others.
+            self._folder_failed(folder_id, f"The server refused a command in this folder: {exc}")
+
+    def _unchanged(self, folder: MailFolder, status: dict[bytes, int]) -> bool:
+        # SYNC.md §4.2 step 2: one STATUS round trip decides that nothing changed.
+        if not status or not folder.initial_sync_complete:
+            return False
+        if status.get(b"UIDVALIDITY") != folder.uidvalidity:
+            return False
+        if status.get(b"UIDNEXT") != folder.uidnext:
+            return False
+        if status.get(b"MESSAGES") != folder.server_message_count:
+            return False
+        if self.condstore:
+            if status.get(b"HIGHESTMODSEQ") != folder.highestmodseq:
+                return False
+        elif self._full_flag_scan_due(folder):
+            return False
+        return not self._failed_due(folder.id)
+
+    def _full_flag_scan_due(self, folder: MailFolder) -> bool:
+        last = _aware(folder.last_full_flag_scan_at)
+        return last is None or datetime.now(UTC) - last > FULL_FLAG_SCAN_EVERY
+
+    def _folder_failed(self, folder_id: int, message: str) -> None:
+        db.session.rollback()
+        folder = db.session.get(MailFolder, folder_id)
+        folder.last_error = message
+        self.result.folder_errors[folder.name] = message
+        db.session.commit()
+
+    def _reset_uidvalidity(self, folder: MailFolder, snapshot: Snapshot) -> None:
+        # SYNC.md §4.6: rebuild locations, keep messages; re-link by dedup key without bodies.
+        folder.uidinvalid_streak += 1
+        if folder.uidinvalid_streak > MAX_UIDINVALID_RESYNCS:
+            folder.state = "error"
+            folder.last_error = (
+                "This folder's UIDVALIDITY changed on every check, so it was stopped. "
+                "Other folders keep syncing."
+            )
+            self.result.folder_errors[folder.name] = folder.last_error
+            db.session.commit()
+            raise FolderError(folder.last_error)
+        db.session.execute(
+            MessageLocation.__table__.update()
+            .where(MessageLocation.__table__.c.folder_id == folder.id)
+            .values(stale=True)
+        )
+        folder.uidvalidity = snapshot.uidvalidity
+        folder.uidnext = None
+        folder.highestmodseq = None
+        folder.last_seen_uid = 0
+        folder.initial_sync_complete = False
+        folder.server_message_count = None
+        folder.state = "initial"
+        db.session.commit()
+
+    # ------------------------------------------------------------------ UID search
+
+    def search_uids(self, low: int, high: int | None, since: date | None) -> list[int]:
+        """Return server UIDs in [low, high] (chunked UID SEARCH), optionally SINCE a date."""
+        conn = self.connect()
+        extra: list[Any] = ["SINCE", since] if since else []
+        if high is None or (high - low) // SEARCH_RANGE > 40:
+            found = conn.search(["UID", f"{low}:*", *extra])
+            return sorted(uid for uid in found if uid >= low and (high is None or uid <= high))
+        result: list[int] = []
+        for start in range(low, high + 1, SEARCH_RANGE):
+            end = min(start + SEARCH_RANGE - 1, high)
+            result.extend(conn.search(["UID", f"{start}:{end}", *extra]))
+        return sorted(uid for uid in set(result) if low <= uid <= high)
+
+    # ------------------------------------------------------------------ backfill
+
+    def backfill(self, folder_id: int, snapshot: Snapshot) -> None:
+        """Download remote-minus-local UIDs newest first; finish the folder when none remain."""
+        folder = db.session.get(MailFolder, folder_id)
+        name = folder.name
+        high = (snapshot.uidnext - 1) if snapshot.uidnext else None
+        db.session.commit()
+        remote = self.search_uids(1, high, self.since) if high else []
+        if high is None or snapshot.uidnext:
+            # Mail that arrived after EXAMINE (UID >= snapshot UIDNEXT) joins this backfill.
+            since = None if high else self.since
+            remote = sorted(set(remote) | set(self.search_uids((high or 0) + 1, None, since)))
+        local = store.local_uids(folder_id)
+        now = datetime.now(UTC)
+        skip = set(
+            db.session.scalars(
+                select(FailedUid.uid).where(
+                    FailedUid.folder_id == folder_id,
+                    (FailedUid.attempts >= MAX_FETCH_ATTEMPTS) | (FailedUid.next_retry_at > now),
+                )
+            )
+        )
+        work = sorted(set(remote) - local - skip, reverse=True)
+        folder.backfill_total = len(remote)
+        folder.backfill_done = len(remote) - len(work)
+        db.session.commit()
+        self.report(name, len(remote) - len(work), len(remote))
+        done = len(remote) - len(work)
+        # With no message stored in the account yet nothing can match a dedup key, so the
+        # first folder of a new account skips the header pre-fetch (most of a first sync).
+        dedup_possible = bool(
+            db.session.scalar(
+                select(Message.id).where(Message.account_id == self.account_id).limit(1)
+            )
+        )
+        db.session.commit()
+        first = True
+        position = 0
+        while position < len(work):
+            size = FIRST_META_BATCH if first else META_BATCH
+            chunk = work[position : position + size]
+            position += size
+            first = False
+            self.check_budget()
+            meta = self.fetch_meta(uid_ranges(chunk), set(chunk), headers=dedup_possible)
+            self.ingest(folder_id, meta, newest_first=True)
+            done += len(chunk)
+            folder = db.session.get(MailFolder, folder_id)
+            folder.backfill_done = done
+            db.session.commit()
+            self.report(name, done, len(remote))
+        # Finished: the watermark starts at the snapshot; its modseq makes the next poll
+        # re-read flags changed during backfill (SYNC.md §4.1 step 10).
+        self.result.deleted += store.remove_stale_locations(folder_id)
+        folder = db.session.get(MailFolder, folder_id)
+        folder.last_seen_uid = max([*remote, (snapshot.uidnext or 1) - 1, folder.last_seen_uid])
+        folder.uidnext = snapshot.uidnext
+        folder.highestmodseq = snapshot.highestmodseq
+        folder.server_message_count = snapshot.exists
+        folder.initial_sync_complete = True
+        folder.state = "poll"
+        folder.last_full_flag_scan_at = datetime.now(UTC)
+        db.session.commit()
+
+    # ------------------------------------------------------------------ fetching
+
+    def fetch_meta(
+        self, uid_set: str, wanted: set[int] | None, *, headers: bool = True
+    ) -> dict[int, Meta]:
+        """FETCH flags, size, dates and dedup headers; drop UIDs we did not ask for."""
+        items = (META_ITEMS if headers else META_ITEMS[:-1]) + (GMAIL_ITEMS if self.gmail else [])
+        response = self.connect().fetch(uid_set, items)
+        metas: dict[int, Meta] = {}
+        for uid, data in response.items():
+            if wanted is not None and uid not in wanted:
+                continue  # unsolicited FETCH responses (Nylas)
+            if b"RFC822.SIZE" not in data:
+                continue
+            header = _header_bytes(data)
+            labels = [_decode(label) for label in data.get(b"X-GM-LABELS", ())]
+            metas[uid] = Meta(
+                uid=uid,
+                flags=tuple(data.get(b"FLAGS", ())),
+                size=int(data[b"RFC822.SIZE"]),
+                internaldate=_aware(data.get(b"INTERNALDATE")),
+                header=header,
+                key=header_dedup_key(header) if header else None,
+                gm_msgid=data.get(b"X-GM-MSGID"),
+                gm_thrid=data.get(b"X-GM-THRID"),
+                gm_labels=labels,
+            )
+        return metas
+
+    def body_batches(self, metas: list[Meta]) -> Iterator[list[Meta]]:
+        """Group messages into body FETCHes of at most N messages and about 8 MB."""
+        batch: list[Meta] = []
+        size = 0
+        for meta in metas:
+            if batch and (len(batch) >= self.batch_messages or size + meta.size > self.batch_bytes):
+                yield batch
+                batch, size = [], 0
+            batch.append(meta)
+            size += meta.size
+        if batch:
+            yield batch
+
+    def ingest(
+        self,
+        folder_id: int,
+        metas: dict[int, Meta],
+        *,
+        newest_first: bool,
+        on_committed: Callable[[set[int]], None] | None = None,
+    ) -> None:
+        """Link known messages, download the rest in batches; one transaction per batch."""
+        if not metas:
+            return
+        ordered = sorted(metas.values(), key=lambda m: m.uid, reverse=newest_first)
+        if self.gmail:
+            known_gm = store.existing_by_gm_msgid(
+                self.account_id, [m.gm_msgid for m in ordered if m.gm_msgid]
+            )
+        else:
+            known_gm = {}
+        known = store.existing_by_dedup_key(self.account_id, [m.key for m in ordered if m.key])
+        links: list[store.Link] = []
+        download: list[Meta] = []
+        for meta in ordered:
+            message_id = known_gm.get(meta.gm_msgid) if meta.gm_msgid else None
+            if message_id is None and meta.key:
+                message_id = known.get(meta.key)
+            if message_id is None:
+                download.append(meta)
+            else:
+                links.append(
+                    store.Link(folder_id, meta.uid, message_id, meta.flags, meta.gm_labels)
+                )
+        takeover = store.has_stale_locations(folder_id)
+        clear_failures = store.has_failed_uids(folder_id)
+        self.folder_flags[folder_id] = (takeover, clear_failures)
+        if links:
+            store.link_locations(links, takeover=takeover)
+            if clear_failures:
+                store.clear_failed_uids(folder_id, [li.uid for li in links])
+        db.session.commit()
+        if on_committed and links:
+            on_committed({li.uid for li in links})
+        normal = [m for m in download if m.size <= self.max_full_size]
+        oversized = [m for m in download if m.size > self.max_full_size]
+        self._download(folder_id, normal, on_committed)
+        for meta in oversized:
+            self.check_budget()
+            self._store_placeholder(folder_id, meta)
+            if on_committed:
+                on_committed({meta.uid})
+
+    def _executor(self, count: int) -> Executor | None:
+        """Return the parse worker pool when `count` messages make one worth starting."""
+        workers = int(self.app.config.get("SYNC_PARSE_WORKERS", PARSE_WORKERS))
+        if workers < 1 or count < POOL_THRESHOLD:
+            return None
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        return self.pool
+
+    def _download(
+        self,
+        folder_id: int,
+        metas: list[Meta],
+        on_committed: Callable[[set[int]], None] | None,
+    ) -> None:
+        """Fetch bodies batch by batch; parse batch k in workers while fetching batch k+1.
+
+        Batch k is persisted (one transaction) after batch k+1's FETCH returned, so the
+        network, the parse workers and the database overlap; order of commits is unchanged.
+        """
+        executor = self._executor(len(metas))
+        pending: tuple[list[Meta], list[int], Future | list[Prepared]] | None = None
+
+        def flush() -> None:
+            nonlocal pending
+            if pending is None:
+                return
+            batch, failed, work = pending
+            pending = None
+            prepared = work.result() if isinstance(work, Future) else work
+            stored = self._persist(folder_id, batch, prepared, failed)
+            if on_committed:
+                on_committed(stored)
+
+        try:
+            for batch in self.body_batches(metas):
+                if time.monotonic() > self.deadline:
+                    flush()
+                    raise BudgetExceeded()
+                raws, failed = self._fetch_bodies(batch)
+                if executor is not None:
+                    work: Future | list[Prepared] = executor.submit(
+                        prepare_batch, self.blob_root, raws
+                    )
+                else:
+                    work = prepare_batch(self.blob_root, raws)
+                flush()
+                pending = (batch, failed, work)
+        except NETWORK_ERRORS:
+            flush()  # keep what was already downloaded; the retry starts after it
+            raise
+        flush()
+
+    def _fetch_bodies(self, batch: list[Meta]) -> tuple[list[tuple[int, bytes]], list[int]]:
+        """FETCH BODY.PEEK[] for a batch (never RFC822); return (uid, raw) pairs and failures."""
+        conn = self.connect()
+        wanted = {m.uid for m in batch}
+        response = conn.fetch(uid_ranges(wanted), ["BODY.PEEK[]"])
+        raws: list[tuple[int, bytes]] = []
+        failed: list[int] = []
+        for meta in batch:
+            raw = response.get(meta.uid, {}).get(b"BODY[]")
+            if not raw:
+                # Exchange sometimes answers with no body; ask once more for that UID alone.
+                raw = conn.fetch(str(meta.uid), ["BODY.PEEK[]"]).get(meta.uid, {}).get(b"BODY[]")
+            if raw:
+                raws.append((meta.uid, raw))
+            else:
+                failed.append(meta.uid)
+        return raws, failed
+
+    def _persist(
+        self, folder_id: int, batch: list[Meta], prepared: list[Prepared], failed: list[int]
+    ) -> set[int]:
+        """Store one prepared batch in one transaction; return the UIDs now handled."""
+        metas = {meta.uid: meta for meta in batch}
+        items = [
+            store.Fetched(
+                folder_id=folder_id,
+                uid=p.uid,
+                flags=metas[p.uid].flags,
+                dedup_key=p.dedup_key,
+                parsed=p.parsed,
+                raw_sha256=p.raw_sha256,
+                size=p.size,
+                internaldate=metas[p.uid].internaldate,
+                gm_msgid=metas[p.uid].gm_msgid,
+                gm_thrid=metas[p.uid].gm_thrid,
+                gm_labels=metas[p.uid].gm_labels,
+            )
+            for p in prepared
+        ]
+        takeover, clear_failures = self.folder_flags.get(folder_id, (True, True))
+        self.result.new += store.store_batch(self.ctx, items, takeover=takeover)
+        if clear_failures:
+            store.clear_failed_uids(folder_id, [item.uid for item in items])
+        for uid in failed:
+            store.record_failed_uid(
+                folder_id,
+                uid,
+                "The server returned no message body.",
+                retry_after_seconds=FAILED_RETRY_SECONDS,
+            )
+        db.session.commit()
+        return set(metas)
+
+    def _store_placeholder(self, folder_id: int, meta: Meta) -> None:
+        """Store an oversized message as headers only (is_placeholder), fetched on demand later."""
+        response = self.connect().fetch(str(meta.uid), ["BODY.PEEK[HEADER]"])
+        header = response.get(meta.uid, {}).get(b"BODY[HEADER]") or meta.header
+        parsed = parse_headers_only(header)
+        key = meta.key or header_dedup_key(header) or dedup_key(parsed, header)
+        item = store.Fetched(
+            folder_id=folder_id,
+            uid=meta.uid,
+            flags=meta.flags,
+            dedup_key=key,
+            parsed=parsed,
+            raw_sha256=None,
+            size=meta.size,
+            internaldate=meta.internaldate,
+            is_placeholder=True,
+            gm_msgid=meta.gm_msgid,
+            gm_thrid=meta.gm_thrid,
+            gm_labels=meta.gm_labels,
+        )
+        self.result.new += store.store_batch(self.ctx, [item])
+        db.session.commit()
+
+    # ------------------------------------------------------------------ poll
+
+    def poll(self, folder_id: int, snapshot: Snapshot) -> None:
+        """Fetch new UIDs above the watermark, then flags, then expunges; commit the cycle."""
+        folder = db.session.get(MailFolder, folder_id)
+        last_seen = folder.last_seen_uid
+        previous_count = folder.server_message_count
+        stored_modseq = folder.highestmodseq
+        db.session.commit()
+        if snapshot.uidnext is not None and snapshot.uidnext <= last_seen:
+            # The server rewound UIDNEXT (GMX): rewind the watermark, reconcile fully.
+            last_seen = snapshot.uidnext - 1
+            previous_count = None
+        new_uids = self.fetch_new(folder_id, last_seen)
+        self.retry_failed(folder_id)
+        self.sync_flags(folder_id, snapshot, stored_modseq)
+        folder = db.session.get(MailFolder, folder_id)
+        guard = folder.last_seen_uid
+        db.session.commit()
+        expected = None if previous_count is None else previous_count + new_uids
+        if expected != snapshot.exists:
+            self.reconcile_expunges(folder_id, guard)
+        folder = db.session.get(MailFolder, folder_id)
+        folder.uidnext = snapshot.uidnext
+        if snapshot.highestmodseq is not None:
+            folder.highestmodseq = snapshot.highestmodseq
+        folder.server_message_count = snapshot.exists
+        db.session.commit()
+
+    def fetch_new(self, folder_id: int, last_seen: int) -> int:
+        """`UID FETCH last+1:*`, keeping only UIDs > last (the N:* quirk); return how many."""
+        meta = self.fetch_meta(f"{last_seen + 1}:*", None)
+        meta = {uid: m for uid, m in meta.items() if uid > last_seen}
+        if not meta:
+            return 0
+        pending = set(meta)
+        state = {"watermark": last_seen}
+
+        def committed(uids: set[int]) -> None:
+            # The watermark never passes a UID that is not committed yet.
+            pending.difference_update(uids)
+            top = (min(pending) - 1) if pending else max(meta)
+            if top > state["watermark"]:
+                state["watermark"] = top
+                folder = db.session.get(MailFolder, folder_id)
+                folder.last_seen_uid = top
+                db.session.commit()
+
+        self.ingest(folder_id, meta, newest_first=False, on_committed=committed)
+        return len(meta)
+
+    def retry_failed(self, folder_id: int) -> None:
+        """Fetch again the UIDs whose earlier fetch failed and whose retry time has come."""
+        now = datetime.now(UTC)
+        uids = list(
+            db.session.scalars(
+                select(FailedUid.uid).where(
+                    FailedUid.folder_id == folder_id,
+                    FailedUid.attempts < MAX_FETCH_ATTEMPTS,
+                    FailedUid.next_retry_at <= now,
+                )
+            )
+        )
+        db.session.commit()
+        if uids:
+            self.ingest(folder_id, self.fetch_meta(uid_ranges(uids), set(uids)), newest_first=False)
+
+    # ------------------------------------------------------------------ flags
+
+    def sync_flags(self, folder_id: int, snapshot: Snapshot, stored_modseq: int | None) -> None:
+        """Apply server flag changes: CONDSTORE CHANGEDSINCE, else windowed scans (§4.3)."""
+        folder = db.session.get(MailFolder, folder_id)
+        last_seen = folder.last_seen_uid
+        full_due = self._full_flag_scan_due(folder)
+        db.session.commit()
+        if last_seen < 1:
+            return
+        conn = self.connect()
+        items = ["FLAGS"] + (["X-GM-LABELS"] if self.gmail else [])
+        if self.condstore and snapshot.highestmodseq is not None and stored_modseq is not None:
+            if snapshot.highestmodseq == stored_modseq:
+                return
+            if snapshot.highestmodseq > stored_modseq:
+                response = conn.fetch(
+                    f"1:{last_seen}", items, modifiers=[f"CHANGEDSINCE {stored_modseq}"]
+                )
+                self._apply_flags(folder_id, response, last_seen)
+                return
+            full_due = True  # Dovecot HIGHESTMODSEQ went backwards: one full scan (Close)
+        if full_due:
+            local = sorted(store.local_uids(folder_id, high=last_seen))
+            for chunk in _chunks(local, 5000):
+                self.check_budget()
+                response = conn.fetch(uid_ranges(chunk), items)
+                self._apply_flags(folder_id, response, last_seen)
+            folder = db.session.get(MailFolder, folder_id)
+            folder.last_full_flag_scan_at = datetime.now(UTC)
+            db.session.commit()
+        else:
+            window = sorted(store.local_uids(folder_id, high=last_seen))[-FLAG_WINDOW:]
+            db.session.commit()
+            if window:
+                self._apply_flags(folder_id, conn.fetch(uid_ranges(window), items), last_seen)
+
+    def _apply_flags(self, folder_id: int, response: dict, last_seen: int) -> None:
+        changes = {
+            uid: (
+                tuple(data.get(b"FLAGS", ())),
+                [_decode(label) for label in data.get(b"X-GM-LABELS", ())],
+            )
+            for uid, data in response.items()
+            if uid <= last_seen and b"FLAGS" in data
+        }
+        if changes:
+            self.result.changed += store.apply_flag_changes(folder_id, changes)
+        db.session.commit()
+
+    # ------------------------------------------------------------------ expunges
+
+    def reconcile_expunges(self, folder_id: int, guard: int) -> None:
+        """Drop locations whose UIDs vanished (chunked UID SEARCH diff, SYNC.md §4.4).
+
+        Only local UIDs <= `guard` (the watermark taken before searching) are candidates, so
+        a message stored after the search is never retracted by mistake.
+        """
+        if guard < 1:
+            return
+        for start in range(1, guard + 1, SEARCH_RANGE):
+            end = min(start + SEARCH_RANGE - 1, guard)
+            local = store.local_uids(folder_id, low=start, high=end)
+            db.session.commit()
+            if not local:
+                continue
+            self.check_budget()
+            remote = set(self.connect().search(["UID", f"{start}:{end}"]))
+            gone = local - remote
+            if gone:
+                self.result.deleted += store.remove_locations(folder_id, gone)
+                db.session.commit()
+
+
+def sync_account(
+    account_id: int, *, app: Flask, budget_seconds: float = 90, progress: Progress | None = None
+) -> SyncResult:
+    """Run one sync pass of an account within a time budget; errors land in the result.
+
+    Does not touch account state or leases (see jobs.run_account_sync for that).
+    """
+    with app.app_context():
+        try:
+            engine = AccountSync(app, account_id, budget_seconds, progress)
+        except Exception as exc:  # e.g. undecryptable password
+            db.session.rollback()
+            return SyncResult(account_id=account_id, error=str(exc), error_kind="internal")
+        result = engine.run()
+        db.session.remove()
+        return result
+
+
+def set_read(account_id: int, message_id: int, read: bool, *, app: Flask) -> int:
+    """Set or clear \\Seen on every location of a message, on the server and in the database.
+
+    Uses +FLAGS.SILENT / -FLAGS.SILENT (RFC 4549 §4.2.3). Returns the number of locations
+    changed on the server; raises MailConnectionError when the server cannot be reached.
+    """
+    with app.app_context():
+        from services.credentials import secret_box
+
+        account = db.session.get(MailAccount, account_id)
+        rows = db.session.execute(
+            select(MailFolder.name, MessageLocation.uid, MessageLocation.id)
+            .join(MailFolder, MailFolder.id == MessageLocation.folder_id)
+            .where(
+                MessageLocation.message_id == message_id,
+                MessageLocation.stale.is_(False),
+                MailFolder.account_id == account_id,
+            )
+        ).all()
+        settings = imap.ConnectionSettings(
+            host=account.imap_host,
+            port=account.imap_port,
+            security=account.imap_security,
+            username=account.username,
+            password=secret_box(app).decrypt(account.password_encrypted),
+            ca_cert_pem=account.ca_cert_pem,
+        )
+        allowed = app.config.get("MAIL_ALLOWED_PORTS")
+        db.session.commit()  # no transaction across network I/O
+        by_folder: dict[str, list[int]] = {}
+        for name, uid, _location_id in rows:
+            by_folder.setdefault(name, []).append(uid)
+        conn = imap.connect(settings, allowed_ports=None if allowed is None else frozenset(allowed))
+        try:
+            for name, uids in by_folder.items():
+                conn.select_folder(name)
+                if read:
+                    conn.add_flags(uids, [SEEN], silent=True)
+                else:
+                    conn.remove_flags(uids, [SEEN], silent=True)
+        finally:
+            imap.safe_logout(conn)
+        location_ids = [location_id for _n, _u, location_id in rows]
+        if location_ids:
+            db.session.execute(
+                MessageLocation.__table__.update()
+                .where(MessageLocation.__table__.c.id.in_(location_ids))
+                .values(seen=read)
+            )
+        store.refresh_messages([message_id])
+        db.session.commit()
+        return len(location_ids)

@@ -1,0 +1,433 @@
+"""The sync engine against the real Dovecot: backfill, poll, flags, moves, expunges, threads."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from extensions import db
+from mailsync import sync as sync_module
+from mailsync.blobstore import BlobStore
+from mailsync.sync import set_read, uid_ranges
+from models import Message, MessagePerson, Thread
+from tests.sync_helpers import (
+    command_log,
+    folder_named,
+    locations,
+    message_by_msgid,
+    message_count,
+    raw_message,
+    run_sync,
+)
+
+pytestmark = pytest.mark.imap
+
+
+@pytest.fixture
+def account(app, make_user, make_account, mail_user):
+    user = make_user()
+    return make_account(user, mail_user)
+
+
+def deliver(dovecot, mail_user, numbers, folder="INBOX", **kwargs):
+    kwargs.setdefault("to", mail_user.email)
+    for n in numbers:
+        dovecot.deliver(mail_user.email, raw_message(n, **kwargs), folder)
+
+
+def test_uid_ranges_are_compact_and_ascending():
+    assert uid_ranges([9, 1, 2, 3, 5, 12, 13, 14, 3]) == "1:3,5,9,12:14"
+    assert uid_ranges([]) == ""
+
+
+def test_fresh_sync_stores_every_message_once_and_never_sets_seen(app, dovecot, mail_user, account):
+    deliver(dovecot, mail_user, range(1, 41))
+    dovecot.add_flags(mail_user.email, "INBOX", 3, "\\Seen")
+    result = run_sync(app, account)
+    assert result.ok, result.error
+    assert result.new == 40
+    assert message_count(account.id) == 40
+    rows = locations(account.id)
+    assert [row.uid for row in rows] == dovecot.uids(mail_user.email)
+    # BODY.PEEK never sets \Seen: the server flags are what they were.
+    assert dovecot.flags(mail_user.email, "INBOX", 1) - {"\\Recent"} == set()
+    assert dovecot.flags(mail_user.email, "INBOX", 3) - {"\\Recent"} == {"\\Seen"}
+    assert [row.uid for row in rows if row.seen] == [3]
+    message = rows[2].message
+    assert message.is_read and not rows[0].message.is_read
+    blob = BlobStore(f"{app.instance_path}/blobs").get(message.raw_sha256)
+    assert b"Body of message 3." in blob
+    inbox = folder_named(account.id, "INBOX")
+    assert inbox.initial_sync_complete and inbox.backfill_done == inbox.backfill_total == 40
+
+    again = run_sync(app, account)
+    assert again.ok and again.new == 0 and again.deleted == 0
+    assert message_count(account.id) == 40
+
+
+def test_sent_folder_role_and_is_sent(app, dovecot, mail_user, account):
+    deliver(dovecot, mail_user, [1], folder="Sent", sender=mail_user.email, to="bob@example.com")
+    assert run_sync(app, account).ok
+    assert folder_named(account.id, "Sent").role == "sent"
+    assert folder_named(account.id, "INBOX").role == "inbox"
+    assert db.session.scalar(select(Message)).is_sent
+
+
+def test_no_change_tick_is_one_status_per_folder(app, dovecot, mail_user, account, monkeypatch):
+    deliver(dovecot, mail_user, range(1, 4))
+    assert run_sync(app, account).ok
+    enabled = [f for f in folder_named(account.id, "INBOX").account.folders if f.sync_enabled]
+    with command_log(monkeypatch) as log:
+        assert run_sync(app, account).ok
+    names = log.names()
+    assert log.count("STATUS") == len(enabled)
+    assert not {"SELECT", "EXAMINE", "UID FETCH", "UID SEARCH"} & set(names), names
+
+
+def test_new_mail_is_fetched_incrementally_without_refetching(
+    app, dovecot, mail_user, account, monkeypatch
+):
+    deliver(dovecot, mail_user, range(1, 6))
+    assert run_sync(app, account).ok
+    deliver(dovecot, mail_user, range(6, 9))
+    with command_log(monkeypatch) as log:
+        result = run_sync(app, account)
+    assert result.new == 3
+    assert message_count(account.id) == 8
+    assert folder_named(account.id, "INBOX").last_seen_uid == 8
+    assert any(b"UID FETCH 6:*" in line for line in log.lines)
+    # The N:* quirk: with nothing new, `9:*` returns UID 8, which is not re-inserted.
+    account_id = account.id
+    dovecot.add_flags(mail_user.email, "INBOX", 1, "\\Flagged")  # force a non-trivial tick
+    with command_log(monkeypatch) as log:
+        result = run_sync(app, account_id)
+    assert result.new == 0 and log.body_fetches() == 0
+    assert message_count(account_id) == 8
+
+
+def test_interrupted_backfill_resumes_to_exactly_n(app, dovecot, mail_user, account, monkeypatch):
+    deliver(dovecot, mail_user, range(1, 81))
+    app.config["SYNC_BATCH_MESSAGES"] = 10
+    original = sync_module.AccountSync._persist
+    calls = {"n": 0}
+
+    def crash_after_three(self, folder_id, batch, prepared, failed):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("killed")
+        return original(self, folder_id, batch, prepared, failed)
+
+    monkeypatch.setattr(sync_module.AccountSync, "_persist", crash_after_three)
+    result = run_sync(app, account)
+    assert result.error
+    stored = message_count(account.id)
+    assert 0 < stored < 80
+    # Newest first: what is stored is the top of the mailbox.
+    assert min(row.uid for row in locations(account.id)) > 80 - stored
+    deliver(dovecot, mail_user, range(81, 84))  # new mail during backfill
+    monkeypatch.setattr(sync_module.AccountSync, "_persist", original)
+    result = run_sync(app, account)
+    assert result.ok, result.error
+    assert message_count(account.id) == 83
+    assert len(locations(account.id)) == 83
+    assert db.session.scalar(select(func.count(func.distinct(Message.dedup_key)))) == 83
+
+
+def test_budget_exhaustion_is_partial_and_resumable(app, dovecot, mail_user, account):
+    deliver(dovecot, mail_user, range(1, 31))
+    result = run_sync(app, account, budget_seconds=0)
+    assert result.ok and not result.complete
+    result = run_sync(app, account)
+    assert result.ok and result.complete and message_count(account.id) == 30
+
+
+def test_expunge_soft_deletes(app, dovecot, mail_user, account):
+    deliver(dovecot, mail_user, range(1, 6))
+    assert run_sync(app, account).ok
+    dovecot.expunge(mail_user.email, "INBOX", 2)
+    result = run_sync(app, account)
+    assert result.deleted == 1
+    assert message_count(account.id) == 4
+    assert message_count(account.id, deleted=True) == 1
+    assert [row.uid for row in locations(account.id)] == [1, 3, 4, 5]
+
+
+def test_move_keeps_one_message_and_its_links(
+    app, dovecot, mail_user, account, make_person, monkeypatch
+):
+    person = make_person(account.user, emails=("alice@example.com",))
+    deliver(dovecot, mail_user, range(1, 4))
+    assert run_sync(app, account).ok
+    moved = message_by_msgid(account.id, "m2@example.com")
+    moved_id = moved.id
+    assert db.session.scalar(select(MessagePerson).where(MessagePerson.message_id == moved_id))
+    dovecot.move(mail_user.email, "INBOX", 2, "Archive")
+    with command_log(monkeypatch) as log:
+        result = run_sync(app, account)
+    assert result.ok
+    assert log.body_fetches() == 0  # re-linked by the header dedup key
+    assert message_count(account.id) == 3
+    message = db.session.get(Message, moved_id)
+    assert message.deleted_at is None
+    assert [loc.folder.name for loc in message.locations] == ["Archive"]
+    link = db.session.scalar(select(MessagePerson).where(MessagePerson.message_id == moved_id))
+    assert link.person_id == person.id
+
+
+def test_flags_both_ways(app, dovecot, mail_user, account):
+    deliver(dovecot, mail_user, range(1, 4))
+    assert run_sync(app, account).ok
+    dovecot.add_flags(mail_user.email, "INBOX", 1, "\\Seen", "\\Flagged")
+    result = run_sync(app, account)
+    assert result.changed == 1
+    first = message_by_msgid(account.id, "m1@example.com")
+    assert first.is_read and first.is_flagged
+    dovecot.remove_flags(mail_user.email, "INBOX", 1, "\\Seen")
+    assert run_sync(app, account).changed == 1
+    assert not message_by_msgid(account.id, "m1@example.com").is_read
+
+    second_id = message_by_msgid(account.id, "m2@example.com").id
+    assert set_read(account.id, second_id, True, app=app) == 1
+    assert "\\Seen" in dovecot.flags(mail_user.email, "INBOX", 2)
+    db.session.expire_all()
+    assert db.session.get(Message, second_id).is_read
+    assert run_sync(app, account).changed == 0  # already known
+    set_read(account.id, second_id, False, app=app)
+    assert "\\Seen" not in dovecot.flags(mail_user.email, "INBOX", 2)
+
+
+def test_uidvalidity_reset_keeps_messages_without_body_downloads(
+    app, dovecot, mail_user, account, make_person, monkeypatch
+):
+    make_person(account.user, emails=("alice@example.com",))
+    deliver(dovecot, mail_user, range(1, 6))
+    assert run_sync(app, account).ok
+    before = {m.dedup_key: m.id for m in db.session.scalars(select(Message))}
+    links = db.session.scalar(select(func.count()).select_from(MessagePerson))
+    old = folder_named(account.id, "INBOX").uidvalidity
+    dovecot.set_uidvalidity(mail_user.email, "INBOX", old + 1000)
+    with command_log(monkeypatch) as log:
+        result = run_sync(app, account)
+    assert result.ok, result.error
+    assert log.body_fetches() == 0
+    assert folder_named(account.id, "INBOX").uidvalidity == old + 1000
+    after = {m.dedup_key: m.id for m in db.session.scalars(select(Message))}
+    assert after == before
+    assert message_count(account.id) == 5
+    assert len(locations(account.id)) == 5
+    assert db.session.scalar(select(func.count()).select_from(MessagePerson)) == links
+
+
+def test_persons_matched_by_address_but_never_the_account_itself(
+    app, dovecot, mail_user, account, make_person
+):
+    alice = make_person(account.user, emails=("alice@example.com",))
+    make_person(account.user, emails=(mail_user.email,))  # the user's own address
+    carol = make_person(account.user, emails=("carol@example.com",))
+    raw = raw_message(1, to=mail_user.email, extra_headers="Cc: Carol <CAROL@example.com>\r\n")
+    dovecot.deliver(mail_user.email, raw)
+    assert run_sync(app, account).ok
+    persons = set(db.session.scalars(select(MessagePerson.person_id)))
+    assert persons == {alice.id, carol.id}
+
+
+def test_reply_before_parent_converges(app, dovecot, mail_user, account):
+    deliver(
+        dovecot,
+        mail_user,
+        [2],
+        subject="Re: Offer",
+        msgid="reply@example.com",
+        references="<parent@example.com>",
+        in_reply_to="<parent@example.com>",
+    )
+    assert run_sync(app, account).ok
+    deliver(dovecot, mail_user, [1], subject="Offer", msgid="parent@example.com")
+    deliver(
+        dovecot,
+        mail_user,
+        [3],
+        subject="Re: Offer",
+        msgid="reply2@example.com",
+        references="<parent@example.com> <reply@example.com>",
+    )
+    assert run_sync(app, account).ok
+    threads = {m.thread_id for m in db.session.scalars(select(Message))}
+    assert len(threads) == 1
+    thread = db.session.get(Thread, threads.pop())
+    assert thread.message_count == 3
+
+
+def test_unrelated_invoices_stay_separate(app, dovecot, mail_user, account):
+    deliver(dovecot, mail_user, [1], subject="Invoice", sender="a@one.example")
+    deliver(dovecot, mail_user, [2], subject="Invoice", sender="b@two.example")
+    deliver(dovecot, mail_user, [3], subject="Re: Invoice", sender="c@three.example")
+    assert run_sync(app, account).ok
+    assert len({m.thread_id for m in db.session.scalars(select(Message))}) == 3
+
+
+def test_outlook_original_message_id_threads(app, dovecot, mail_user, account):
+    sent = raw_message(
+        1,
+        subject="Proposal",
+        sender=mail_user.email,
+        to="bob@example.com",
+        msgid="rewritten@outlook.example",
+        extra_headers="X-Microsoft-Original-Message-ID: <original@client.example>\r\n",
+    )
+    dovecot.deliver(mail_user.email, sent, "Sent")
+    reply = raw_message(
+        2,
+        subject="RE: Proposal",
+        sender="bob@example.com",
+        to=mail_user.email,
+        msgid="bobs-reply@example.com",
+        in_reply_to="<original@client.example>",
+    )
+    dovecot.deliver(mail_user.email, reply)
+    assert run_sync(app, account).ok
+    assert len({m.thread_id for m in db.session.scalars(select(Message))}) == 1
+
+
+def test_shared_default_comes_from_preference(app, dovecot, mail_user, account):
+    from services.preferences import update_preferences
+
+    update_preferences(account.user, {"default_email_sharing": "shared"})
+    deliver(dovecot, mail_user, [1])
+    assert run_sync(app, account).ok
+    assert db.session.scalar(select(Thread)).shared
+
+
+def test_subject_fallback_joins_reply_without_references(app, dovecot, mail_user, account):
+    deliver(dovecot, mail_user, [1], subject="Quarterly plan", sender="bob@example.com")
+    deliver(
+        dovecot,
+        mail_user,
+        [2],
+        subject="Re: Quarterly plan",
+        sender="bob@example.com",
+        msgid="no-refs@example.com",
+    )
+    deliver(
+        dovecot,
+        mail_user,
+        [3],
+        subject="Re: Quarterly plan",
+        sender="eve@other.example",
+        to="mallory@other.example",
+        msgid="stranger@example.com",
+    )
+    assert run_sync(app, account).ok
+    first = message_by_msgid(account.id, "m1@example.com")
+    assert message_by_msgid(account.id, "no-refs@example.com").thread_id == first.thread_id
+    assert message_by_msgid(account.id, "stranger@example.com").thread_id != first.thread_id
+
+
+def test_chosen_folders_always_include_sent(app, dovecot, mail_user, make_user, make_account):
+    account = make_account(make_user(), mail_user, folder_mode="chosen", chosen_folders=["INBOX"])
+    deliver(dovecot, mail_user, [1])
+    deliver(dovecot, mail_user, [2], folder="Sent")
+    deliver(dovecot, mail_user, [3], folder="Archive")
+    assert run_sync(app, account).ok
+    enabled = {f.name for f in folder_named(account.id, "INBOX").account.folders if f.sync_enabled}
+    assert enabled == {"INBOX", "Sent"}
+    assert message_count(account.id) == 2
+
+
+def test_horizon_limits_backfill(app, dovecot, mail_user, make_user, make_account):
+    import datetime as dt
+
+    from mailsync import imap
+
+    account = make_account(make_user(), mail_user, since="1m")
+    deliver(dovecot, mail_user, [1, 2])
+    client = imap.connect(
+        imap.ConnectionSettings(
+            host=dovecot.host,
+            port=dovecot.ssl_port,
+            security="ssl",
+            username=mail_user.email,
+            password=mail_user.password,
+            ca_cert_pem=dovecot.ca_file.read_text(),
+        ),
+        allowed_ports=None,
+    )
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=90)
+    client.append("INBOX", raw_message(3, to=mail_user.email, date=old), msg_time=old)
+    imap.safe_logout(client)
+    assert run_sync(app, account).ok
+    inbox = folder_named(account.id, "INBOX")
+    assert inbox.backfill_total == 2 and message_count(account.id) == 2
+    assert inbox.last_seen_uid == 3  # older mail below the horizon never blocks the watermark
+
+
+def test_roles_from_attributes_then_unique_names():
+    from mailsync.sync import assign_roles, horizon_date
+
+    roles = assign_roles(
+        [
+            ((b"\\HasNoChildren",), "INBOX"),
+            ((b"\\HasNoChildren",), "Sent Items"),
+            ((b"\\Trash",), "Bin"),
+            ((), "Deleted Items"),  # \Trash is taken by an attribute: no name guess
+            ((), "Junk"),
+            ((), "Spam"),  # two junk candidates: Nylas guesses only a unique match
+            ((b"\\All",), "[Google Mail]/All Mail"),
+        ]
+    )
+    assert roles == {
+        "INBOX": "inbox",
+        "Sent Items": "sent",
+        "Bin": "trash",
+        "Deleted Items": None,
+        "Junk": None,
+        "Spam": None,
+        "[Google Mail]/All Mail": "all",
+    }
+    import datetime as dt
+
+    today = dt.date(2026, 11, 28)
+    assert horizon_date("all", today) is None
+    assert horizon_date("1m", today) == dt.date(2026, 10, 27)
+
+
+def test_message_referencing_two_threads_merges_them(app, dovecot, mail_user, account, make_deal):
+    deliver(dovecot, mail_user, [1], subject="Alpha", msgid="a@example.com")
+    deliver(dovecot, mail_user, [2], subject="Beta", msgid="b@example.com")
+    assert run_sync(app, account).ok
+    alpha = message_by_msgid(account.id, "a@example.com")
+    beta = message_by_msgid(account.id, "b@example.com")
+    assert alpha.thread_id != beta.thread_id
+    deal = make_deal(account.user)
+    db.session.get(Thread, max(alpha.thread_id, beta.thread_id)).deal_id = deal.id
+    db.session.commit()
+    deliver(
+        dovecot,
+        mail_user,
+        [3],
+        subject="Re: both",
+        msgid="c@example.com",
+        references="<a@example.com> <b@example.com>",
+    )
+    assert run_sync(app, account).ok
+    db.session.expire_all()
+    thread_ids = {m.thread_id for m in db.session.scalars(select(Message))}
+    assert len(thread_ids) == 1
+    thread = db.session.get(Thread, thread_ids.pop())
+    assert thread.message_count == 3 and thread.deal_id == deal.id  # the link survives
+    assert db.session.scalar(select(func.count()).select_from(Thread)) == 1
+
+
+def test_oversized_message_is_a_header_only_placeholder(
+    app, dovecot, mail_user, account, monkeypatch
+):
+    app.config["MAX_FULL_SIZE"] = 2000
+    deliver(dovecot, mail_user, [1], subject="Big one", body="z" * 5000 + "\r\n")
+    deliver(dovecot, mail_user, [2])
+    with command_log(monkeypatch) as log:
+        assert run_sync(app, account).ok
+    big = message_by_msgid(account.id, "m1@example.com")
+    assert big.is_placeholder and big.raw_sha256 is None and big.subject == "Big one"
+    assert big.size > 5000
+    assert not message_by_msgid(account.id, "m2@example.com").is_placeholder
+    assert not any(b"BODY.PEEK[]" in line and b" 1 " in line for line in log.lines)

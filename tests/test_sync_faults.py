@@ -1,0 +1,272 @@
+"""Sync under faults: auth failure, dropped connections, concurrent runs; CLI and corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+import jobs
+from extensions import db
+from mailsync.blobstore import BlobStore
+from mailsync.parse import parse_message
+from models import (
+    SYNC_NEEDS_REAUTH,
+    SYNC_RUNNING,
+    MailAccount,
+    Message,
+    MessageLocation,
+    SyncRun,
+)
+from services.credentials import secret_box
+from tests.servers.proxy import CuttingProxy
+from tests.sync_helpers import (
+    command_log,
+    folder_named,
+    locations,
+    message_count,
+    raw_message,
+    run_sync,
+)
+
+pytestmark = pytest.mark.imap
+
+
+@pytest.fixture
+def account(app, make_user, make_account, mail_user):
+    return make_account(make_user(), mail_user)
+
+
+def deliver(dovecot, mail_user, numbers, **kwargs):
+    kwargs.setdefault("to", mail_user.email)
+    for n in numbers:
+        dovecot.deliver(mail_user.email, raw_message(n, **kwargs))
+
+
+def test_auth_failure_stops_sync_until_new_password(app, dovecot, mail_user, account):
+    deliver(dovecot, mail_user, range(1, 4))
+    assert jobs.run_account_sync(app, account.id).ok
+    dovecot.set_password(mail_user.email, "changed-password-2")
+    deliver(dovecot, mail_user, range(4, 6))
+    result = jobs.run_account_sync(app, account.id)
+    assert result.error and result.error_kind == "auth_failed"
+    db.session.expire_all()
+    account = db.session.get(MailAccount, account.id)
+    assert account.sync_state == SYNC_NEEDS_REAUTH
+    assert "password" in account.last_error
+    assert account.id not in jobs.due_account_ids()
+    runs = db.session.scalar(select(func.count()).select_from(SyncRun))
+    jobs.sync_due_accounts(app)  # the scheduled tick skips it: no login attempt, no run
+    assert db.session.scalar(select(func.count()).select_from(SyncRun)) == runs
+
+    account.password_encrypted = secret_box(app).encrypt("changed-password-2")
+    account.sync_state = SYNC_RUNNING
+    db.session.commit()
+    jobs.sync_due_accounts(app)
+    db.session.expire_all()
+    account = db.session.get(MailAccount, account.id)
+    assert account.sync_state == SYNC_RUNNING and account.last_success_at is not None
+    assert message_count(account.id) == 5
+
+
+def test_transient_failure_backs_off(app, account):
+    account.imap_port = 1  # nothing listens there
+    db.session.commit()
+    result = jobs.run_account_sync(app, account.id)
+    assert result.error
+    db.session.expire_all()
+    account = db.session.get(MailAccount, account.id)
+    assert account.sync_state == SYNC_RUNNING
+    assert account.consecutive_failures == 1 and account.backoff_until is not None
+    assert account.id not in jobs.due_account_ids()
+    run = db.session.scalar(select(SyncRun))
+    assert run.finished_at and run.error
+    assert 30 <= jobs.backoff_seconds(1) <= 41 and jobs.backoff_seconds(20) <= 30 * 60 + 10
+
+
+def test_connection_cut_mid_fetch_is_retried_without_loss(
+    app, dovecot, mail_user, account, monkeypatch
+):
+    padding = "x" * 60 + "\r\n"
+    for n in range(1, 41):
+        dovecot.deliver(
+            mail_user.email, raw_message(n, to=mail_user.email, body=padding * 800)
+        )  # ~50 KB each, so the cut lands inside a body FETCH
+    proxy = CuttingProxy(dovecot.host, dovecot.ssl_port, cut_after=600_000)
+    try:
+        account.imap_port = proxy.port
+        db.session.commit()
+        with command_log(monkeypatch) as log:
+            result = run_sync(app, account)
+        assert proxy.cut_count == 1
+        assert result.ok, result.error
+        assert log.count("LOGIN") == 2  # the broken connection was discarded, not reused
+    finally:
+        proxy.close()
+    assert message_count(account.id) == 40
+    assert len(locations(account.id)) == 40
+    assert db.session.scalar(select(func.count()).select_from(MessageLocation)) == 40
+
+
+def test_cut_during_poll_never_moves_watermark_past_committed_data(
+    app, dovecot, mail_user, account
+):
+    deliver(dovecot, mail_user, range(1, 3))
+    assert run_sync(app, account).ok
+    padding = "y" * 60 + "\r\n"
+    for n in range(3, 33):
+        dovecot.deliver(mail_user.email, raw_message(n, to=mail_user.email, body=padding * 800))
+    proxy = CuttingProxy(dovecot.host, dovecot.ssl_port, cut_after=400_000, cuts=3)
+    try:
+        account.imap_port = proxy.port
+        db.session.commit()
+        result = run_sync(app, account)  # every connection dies: the run gives up
+        assert result.error
+        inbox = folder_named(account.id, "INBOX")
+        stored = {row.uid for row in locations(account.id)}
+        assert all(uid in stored for uid in range(1, inbox.last_seen_uid + 1))
+    finally:
+        proxy.close()
+    account.imap_port = dovecot.ssl_port
+    db.session.commit()
+    assert run_sync(app, account).ok
+    assert message_count(account.id) == 32
+
+
+def test_lease_lets_only_one_sync_run(app, dovecot, mail_user, account):
+    deliver(dovecot, mail_user, range(1, 4))
+    account_id = account.id
+    results: list = []
+
+    def slow(folder, done, total):
+        time.sleep(0.3)
+
+    def worker():
+        results.append(jobs.run_account_sync(app, account_id, progress=slow))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r is None for r in results) == [False, True]
+    assert message_count(account_id) == 3
+    # A live lease held elsewhere blocks; an expired one is taken over.
+    assert jobs.acquire_lease(account_id, "other-worker", seconds=60)
+    assert jobs.run_account_sync(app, account_id) is None
+    assert jobs.acquire_lease(account_id, "other-worker", seconds=-1)
+    assert jobs.run_account_sync(app, account_id) is not None
+
+
+def test_cli_sync_and_mail_status(app, runner, dovecot, mail_user, account):
+    deliver(dovecot, mail_user, range(1, 6))
+    dovecot.deliver(mail_user.email, raw_message(9, to="x@example.com"), "Sent")
+    result = runner.invoke(args=["sync", "--account", str(account.id)])
+    assert result.exit_code == 0, result.output
+    assert "account" in result.output and "6 new" in result.output
+    status = runner.invoke(args=["mail-status", "--json"])
+    assert status.exit_code == 0, status.output
+    data = json.loads(status.output)
+    (entry,) = data["accounts"]
+    assert entry["state"] == "running" and entry["last_success_at"]
+    folders = {f["name"]: f for f in entry["folders"] if f["sync_enabled"]}
+    assert folders["INBOX"]["server_count"] == folders["INBOX"]["stored_count"] == 5
+    assert folders["Sent"]["server_count"] == folders["Sent"]["stored_count"] == 1
+    assert all(f["server_count"] == f["stored_count"] for f in folders.values())
+    text = runner.invoke(args=["mail-status"])
+    assert "INBOX: server 5, stored 5" in text.output
+
+
+def test_cli_sync_fails_with_nonzero_exit(app, runner, account):
+    account.imap_port = 1
+    db.session.commit()
+    result = runner.invoke(args=["sync", "--account", str(account.id)])
+    assert result.exit_code != 0
+
+
+def _corpus_dir() -> Path:
+    shared = os.environ.get("THREADLINE_SHARED")
+    base = Path(shared) if shared else Path(__file__).resolve().parents[1].parent / "shared"
+    return base / "corpus" / "emails"
+
+
+def _strip_mbox_from(raw: bytes) -> bytes:
+    if raw.startswith(b"From "):
+        return raw.split(b"\n", 1)[1] if b"\n" in raw else b""
+    return raw
+
+
+def _crlf(raw: bytes) -> bytes:
+    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+@pytest.mark.slow
+def test_corpus_ingest(app, dovecot, mail_user, account):
+    corpus = _corpus_dir()
+    listing = corpus / "CORE_SUBSET.txt"
+    if not listing.exists():
+        pytest.skip(f"mail corpus not found at {corpus} (set THREADLINE_SHARED)")
+    delivered: list[bytes] = []
+    for name in listing.read_text().split():
+        raw = _strip_mbox_from((corpus / name).read_bytes())
+        if b"\x00" in raw:
+            assert parse_message(raw) is not None  # refused by APPEND, still parses
+            continue
+        try:
+            dovecot.deliver(mail_user.email, raw)
+        except RuntimeError:
+            assert parse_message(raw) is not None
+            continue
+        delivered.append(raw)
+    assert len(delivered) > 100
+    result = run_sync(app, account)
+    assert result.ok, result.error
+    rows = locations(account.id)
+    assert len(rows) == len(delivered)
+    # Identical copies share one message row; nothing else is merged.
+    assert db.session.scalar(select(func.count()).select_from(Message)) <= len(delivered)
+    blobs = BlobStore(Path(app.instance_path) / "blobs")
+    for row, raw in zip(rows, delivered, strict=True):
+        stored = blobs.get(row.message.raw_sha256)
+        if (
+            db.session.scalar(
+                select(func.count())
+                .select_from(MessageLocation)
+                .where(MessageLocation.message_id == row.message_id)
+            )
+            == 1
+        ):
+            # Dovecot stores LF and serves CRLF, so compare line-ending-normalized bytes.
+            assert _crlf(stored) == _crlf(raw)
+
+
+def test_schedule_sync_jobs_adds_one_interval_job(app):
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    app.config["SYNC_INTERVAL_SECONDS"] = 45
+    scheduler = BackgroundScheduler(timezone="UTC")
+    jobs.schedule_sync_jobs(scheduler, app)
+    (job,) = scheduler.get_jobs()
+    assert job.id == jobs.SYNC_JOB_ID and job.trigger.interval.total_seconds() == 45
+    assert job.func is jobs.sync_due_accounts
+
+
+def test_sync_now_queues_on_the_running_scheduler(app, account):
+    calls = []
+
+    class FakeScheduler:
+        def add_job(self, func, **kwargs):
+            calls.append((func, kwargs))
+
+    app.extensions["threadline_scheduler"] = FakeScheduler()
+    try:
+        jobs.sync_now(account.id, app=app)
+    finally:
+        del app.extensions["threadline_scheduler"]
+    ((func, kwargs),) = calls
+    assert func is jobs.run_account_sync and kwargs["args"] == [app, account.id]
