@@ -13,13 +13,14 @@ from mailsync.blobstore import BlobStore
 from mailsync.parse import ParsedMessage, dedup_key, parse_message
 
 _stores: dict[str, BlobStore] = {}
+SEARCH_BODY_CHARS = 20_000  # the text kept for the search index (services/search.py)
 
 
 @dataclass
 class Prepared:
     uid: int
     raw_sha256: str
-    parsed: ParsedMessage  # bodies dropped: rows keep the snippet, the blob keeps the rest
+    parsed: ParsedMessage  # html dropped, text cut for search; the blob keeps the rest
     dedup_key: str
     size: int
 
@@ -34,6 +35,8 @@ def prepare_batch(blob_root: str, items: list[tuple[int, bytes]]) -> list[Prepar
         sha = store.put(raw)  # blob before row: a crash leaves at most an orphan blob
         parsed = parse_message(raw)
         key = dedup_key(parsed, raw)
-        slim = replace(parsed, text_body="", html_body=None, attachments=[])
+        slim = replace(
+            parsed, text_body=parsed.text_body[:SEARCH_BODY_CHARS], html_body=None, attachments=[]
+        )
         prepared.append(Prepared(uid, sha, slim, key, len(raw)))
     return prepared

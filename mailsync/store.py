@@ -28,7 +28,8 @@ from models import (
     Thread,
     UTCDateTime,
 )
-from services import linking
+from services import linking, search
+from services.linking_rules import message_is_hidden
 
 CHUNK = 500  # bound IN (...) lists well under SQLite's variable limit
 SYSTEM_FLAGS = {b"\\seen", b"\\flagged", b"\\answered", b"\\draft", b"\\deleted", b"\\recent"}
@@ -48,6 +49,7 @@ class ParsedLike(Protocol):
     in_reply_to: str | None
     references: list[str]
     subject: str
+    text_body: str
     from_name: str
     from_address: str
     to: list[tuple[str, str]]
@@ -67,6 +69,8 @@ class StoreContext:
     account_id: int
     own_addresses: frozenset[str]
     share_by_default: bool
+    blocked_entries: tuple[str, ...] = ()  # the owner's blocked addresses and domains
+    auto_link: bool = False  # the owner's auto-linking preference is Automatic
 
 
 @dataclass
@@ -712,6 +716,9 @@ def _message_row(ctx: StoreContext, item: Fetched, thread_id: int) -> dict[str, 
         "snippet": (parsed.snippet or "")[:300],
         "has_attachments": bool(parsed.has_attachments),
         "parse_error": parsed.parse_error,
+        "blocked": message_is_hidden(
+            _person_addresses(parsed), ctx.own_addresses, ctx.blocked_entries
+        ),
         "is_read": False,
         "is_flagged": False,
         "is_draft": False,
@@ -756,6 +763,7 @@ def store_batch(ctx: StoreContext, items: Sequence[Fetched], *, takeover: bool =
         )
         existing = existing_by_dedup_key(ctx.account_id, (item.dedup_key for item in items))
         _link_persons(ctx, {existing[key]: item.parsed for key, item in fresh.items()})
+        _index_for_search({existing[key]: item.parsed for key, item in fresh.items()})
     location_rows = [
         _location_rows(
             item.folder_id, item.uid, existing[item.dedup_key], item.flags, item.gm_labels
@@ -764,7 +772,35 @@ def store_batch(ctx: StoreContext, items: Sequence[Fetched], *, takeover: bool =
     ]
     displaced = _upsert_locations(location_rows, takeover=takeover)
     refresh_messages({existing[item.dedup_key] for item in items} | displaced)
+    if fresh:
+        new_threads = set(
+            db.session.scalars(
+                select(message_t.c.thread_id).where(
+                    message_t.c.id.in_([existing[key] for key in fresh])
+                )
+            )
+        )
+        if ctx.blocked_entries:
+            linking.refresh_thread_blocked(Thread.id.in_(new_threads))
+        if ctx.auto_link:
+            linking.auto_link_threads(new_threads)
     return len(fresh)
+
+
+def _index_for_search(parsed_by_message: dict[int, ParsedLike]) -> None:
+    def participants(parsed: ParsedLike) -> str:
+        pairs = [(parsed.from_name, parsed.from_address), *parsed.to, *parsed.cc]
+        return " ".join(f"{name} {address}" for name, address in pairs)
+
+    search.index_messages(
+        db.session.connection(),
+        (
+            search.SearchDocument(
+                message_id, parsed.subject, participants(parsed), parsed.text_body
+            )
+            for message_id, parsed in parsed_by_message.items()
+        ),
+    )
 
 
 def _link_persons(ctx: StoreContext, parsed_by_message: dict[int, ParsedLike]) -> None:

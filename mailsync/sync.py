@@ -33,6 +33,7 @@ from mailsync import imap, store
 from mailsync.parse import dedup_key, header_dedup_key, parse_headers_only
 from mailsync.prepare import Prepared, prepare_batch
 from models import FailedUid, MailAccount, MailFolder, Message, MessageLocation, User
+from services import linking
 from services.preferences import get_preference
 
 log = logging.getLogger("threadline.sync")
@@ -256,8 +257,10 @@ class AccountSync:
         user = db.session.get(User, account.user_id)
         self.ctx = store.StoreContext(
             account_id=account_id,
-            own_addresses=frozenset({account.email_address.lower(), user.email.lower()}),
+            own_addresses=frozenset(linking.own_addresses(user)),
             share_by_default=get_preference(user, "default_email_sharing") == "shared",
+            blocked_entries=tuple(entry.entry for entry in linking.blocked_entries(user)),
+            auto_link=get_preference(user, "auto_linking") == "automatic",
         )
         self.since = horizon_date(account.since)
         db.session.commit()

@@ -128,29 +128,55 @@ def open_link_targets(person_ids: Iterable[int]) -> list[LinkTarget]:
 
 
 def thread_person_ids(thread: Thread) -> list[int]:
-    return list(
-        db.session.scalars(
-            select(MessagePerson.person_id)
-            .join(Message, Message.id == MessagePerson.message_id)
-            .where(Message.thread_id == thread.id)
+    return auto_link_candidates([thread.id]).get(thread.id, [])
+
+
+def auto_link_candidates(thread_ids: Iterable[int]) -> dict[int, list[int]]:
+    """Return {thread id: person ids matched in its live messages}."""
+    result: dict[int, list[int]] = {}
+    ids = sorted(set(thread_ids))
+    for start in range(0, len(ids), _CHUNK):
+        rows = db.session.execute(
+            select(Message.thread_id, MessagePerson.person_id)
+            .join(MessagePerson, MessagePerson.message_id == Message.id)
+            .where(Message.thread_id.in_(ids[start : start + _CHUNK]))
             .distinct()
         )
-    )
+        for thread_id, person_id in rows:
+            result.setdefault(thread_id, []).append(person_id)
+    return result
 
 
 def auto_link_thread(thread: Thread, owner: User) -> None:
-    """Apply the auto-linking rule to a thread that has no deal/lead/project yet (no commit).
+    """Apply the auto-linking rule to one thread (no commit)."""
+    if get_preference(owner, "auto_linking") == "automatic":
+        auto_link_threads([thread.id])
 
-    Manual mode links nothing; with several open items the thread asks its owner to choose.
+
+def auto_link_threads(thread_ids: Iterable[int]) -> None:
+    """Link unlinked threads to their persons' only open deal, lead or project (no commit).
+
+    The caller has checked the owner's auto-linking preference is Automatic. With several
+    open items nothing is linked and the thread asks its owner to choose; already linked
+    threads are left alone (a conversation links to at most one item).
     """
-    if thread.deal_id or thread.lead_id or thread.project_id:
+    persons_by_thread = auto_link_candidates(thread_ids)
+    if not persons_by_thread:
         return
-    if get_preference(owner, "auto_linking") != "automatic":
-        return
-    decision = decide_auto_link(open_link_targets(thread_person_ids(thread)))
-    thread.needs_link_choice = decision.needs_choice
-    if decision.target is not None:
-        setattr(thread, LINK_COLUMNS[decision.target.kind], decision.target.id)
+    threads = db.session.scalars(
+        select(Thread).where(
+            Thread.id.in_(list(persons_by_thread)),
+            Thread.deal_id.is_(None),
+            Thread.lead_id.is_(None),
+            Thread.project_id.is_(None),
+        )
+    )
+    for thread in threads:
+        decision = decide_auto_link(open_link_targets(persons_by_thread[thread.id]))
+        thread.needs_link_choice = decision.needs_choice
+        if decision.target is not None:
+            setattr(thread, LINK_COLUMNS[decision.target.kind], decision.target.id)
+    db.session.flush()
 
 
 def link_thread(thread: Thread, kind: str, record_id: int | None) -> None:
@@ -202,11 +228,12 @@ def refresh_blocked_flags(user: User) -> None:
         if message.blocked != hidden:
             message.blocked = hidden
     db.session.flush()
-    refresh_thread_blocked(account_ids)
+    refresh_thread_blocked(Thread.account_id.in_(account_ids))
 
 
-def refresh_thread_blocked(account_ids) -> None:
-    """Mark threads blocked exactly when all their live messages are blocked (no commit)."""
+def refresh_thread_blocked(which) -> None:
+    """Mark the threads selected by the SQL condition `which` blocked exactly when all their
+    live messages are blocked (no commit)."""
     visible = (
         select(Message.thread_id)
         .where(Message.blocked.is_(False), Message.deleted_at.is_(None))
@@ -215,7 +242,7 @@ def refresh_thread_blocked(account_ids) -> None:
     )
     db.session.execute(
         update(Thread)
-        .where(Thread.account_id.in_(account_ids))
+        .where(which)
         .values(blocked=~visible)
         .execution_options(synchronize_session=False)
     )

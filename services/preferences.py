@@ -132,4 +132,3 @@ def update_preferences(user: User, values: dict[str, str]) -> None:
         else:
             row.value = value
     db.session.commit()
-

@@ -1,0 +1,108 @@
+"""What sync does for the CRM: search index, blocked addresses, auto-linking, sharing default."""
+
+import pytest
+from sqlalchemy import select, text
+
+from extensions import db
+from models import Message, Thread
+from services import linking
+from services.preferences import update_preferences
+from services.search import match_expression, matching_message_ids_sql
+from tests.mail_fixtures import build_message
+from tests.sync_helpers import run_sync
+
+pytestmark = pytest.mark.imap
+
+
+@pytest.fixture
+def owner(make_user):
+    return make_user(email="owner@team.test")
+
+
+@pytest.fixture
+def account(owner, make_account, mail_user):
+    return make_account(owner, mail_user)
+
+
+def search_ids(query):
+    rows = db.session.execute(text(matching_message_ids_sql()), {"match": match_expression(query)})
+    return {row[0] for row in rows}
+
+
+def test_synced_mail_is_searchable_by_subject_body_and_participant(
+    app, dovecot, mail_user, account
+):
+    dovecot.deliver(
+        mail_user.email,
+        build_message(
+            subject="Quarterly pricing",
+            sender="Zoë Quinn <zoe@customer.test>",
+            to=mail_user.email,
+            text="The tangerine contract is attached.",
+        ),
+    )
+    assert run_sync(app, account).ok
+    message = db.session.scalar(select(Message))
+    assert search_ids("quarterly") == {message.id}
+    assert search_ids("tangerine") == {message.id}
+    assert search_ids("zoe@customer") == {message.id}
+
+
+def test_blocked_sender_is_hidden_at_sync_but_cc_keeps_it(app, dovecot, mail_user, owner, account):
+    linking.block(owner, "@spam.test")
+    dovecot.deliver(
+        mail_user.email, build_message(subject="Buy now", sender="x@spam.test", to=mail_user.email)
+    )
+    dovecot.deliver(
+        mail_user.email,
+        build_message(
+            subject="Fwd offer", sender="x@spam.test", to=mail_user.email, cc="carla@customer.test"
+        ),
+    )
+    assert run_sync(app, account).ok
+    hidden = db.session.scalar(select(Thread).where(Thread.subject == "Buy now"))
+    kept = db.session.scalar(select(Thread).where(Thread.subject == "Fwd offer"))
+    assert hidden.blocked and not kept.blocked
+    entry = linking.blocked_entries(owner)[0]
+    linking.unblock(owner, entry.id)
+    db.session.refresh(hidden)
+    assert not hidden.blocked  # kept all along, back after unblocking
+
+
+def test_auto_link_to_the_persons_only_open_deal(
+    app, dovecot, mail_user, owner, account, make_person, make_deal
+):
+    carla = make_person(owner, emails=("carla@customer.test",))
+    deal = make_deal(owner, person_id=carla.id)
+    dan = make_person(owner, emails=("dan@customer.test",))
+    make_deal(owner, person_id=dan.id)
+    make_deal(owner, person_id=dan.id)
+    dovecot.deliver(
+        mail_user.email,
+        build_message(subject="Proposal", sender="carla@customer.test", to=mail_user.email),
+    )
+    dovecot.deliver(
+        mail_user.email,
+        build_message(subject="Two deals", sender="dan@customer.test", to=mail_user.email),
+    )
+    assert run_sync(app, account).ok
+    linked = db.session.scalar(select(Thread).where(Thread.subject == "Proposal"))
+    choose = db.session.scalar(select(Thread).where(Thread.subject == "Two deals"))
+    assert linked.deal_id == deal.id
+    assert choose.deal_id is None and choose.needs_link_choice
+
+
+def test_manual_linking_and_shared_default(
+    app, dovecot, mail_user, owner, account, make_person, make_deal
+):
+    update_preferences(owner, {"auto_linking": "manual", "default_email_sharing": "shared"})
+    carla = make_person(owner, emails=("carla@customer.test",))
+    make_deal(owner, person_id=carla.id)
+    dovecot.deliver(
+        mail_user.email,
+        build_message(subject="Hello", sender="carla@customer.test", to=mail_user.email),
+    )
+    assert run_sync(app, account).ok
+    thread = db.session.scalar(select(Thread))
+    assert thread.deal_id is None and not thread.needs_link_choice
+    assert thread.shared
