@@ -17,6 +17,7 @@ from models import (
     Deal,
     Lead,
     MailAccount,
+    MailFolder,
     Message,
     MessagePerson,
     Person,
@@ -203,3 +204,20 @@ def account_for(user: User, account_id: int) -> MailAccount:
     if account is None or account.user_id != user.id:
         abort(404)
     return account
+
+
+def owned_folders(user: User) -> Select[tuple[MailFolder]]:
+    """Return a select of the folders of the user's own mail accounts."""
+    return (
+        select(MailFolder)
+        .join(MailAccount, MailAccount.id == MailFolder.account_id)
+        .where(MailAccount.user_id == user.id)
+    )
+
+
+def folder_for_owner(user: User, folder_id: int) -> MailFolder:
+    """Return one of the user's own mail folders or abort 404."""
+    folder = db.session.scalar(owned_folders(user).where(MailFolder.id == folder_id))
+    if folder is None:
+        abort(404)
+    return folder
