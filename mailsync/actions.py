@@ -100,13 +100,14 @@ def _move_uids(client: IMAPClient, uids: list[int], destination: str) -> dict[in
         # RFC 6851: MOVE reports COPYUID in an untagged OK, which imaplib files by code.
         untagged = client._imap.untagged_responses.pop("COPYUID", [])
         return _parse_copyuid([*(b"COPYUID " + item for item in untagged), _as_bytes(response)])
-    response = client.copy(uids, destination)
+    client.copy(uids, destination)
     client.add_flags(uids, [DELETED], silent=True)
     if client.has_capability("UIDPLUS"):
         client.uid_expunge(uids)
     # Without UIDPLUS a plain EXPUNGE would also remove mail the user flagged \Deleted
-    # elsewhere, so the copies stay flagged for the user's own client to expunge.
-    return _parse_copyuid([_as_bytes(response)])
+    # elsewhere, so the originals stay flagged for the user's own client to expunge.
+    # imaplib drops the COPYUID of COPY's tagged answer: the next sync finds the new UIDs.
+    return {}
 
 
 def _parse_copyuid(responses: Iterable[bytes]) -> dict[int, int]:
