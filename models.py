@@ -416,6 +416,7 @@ class Message(db.Model):
         Index("ix_message_account_date", "account_id", "date"),
         # Unread counts and the unread filter of the Mail tab.
         Index("ix_message_thread_read", "thread_id", "is_read"),
+        Index("ix_message_account_read", "account_id", "is_read"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

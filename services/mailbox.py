@@ -195,11 +195,14 @@ def move_destinations(user: User) -> list[FolderEntry]:
 
 def _unread_counts(user: User) -> tuple[dict[int, int], int]:
     """Count threads with an unread live message, per folder and for Threadline's Archive."""
-    visible = access.owned_threads(user).where(Thread.blocked.is_(False))
+    visible = access.owned_threads(user).where(_not(Thread.blocked))
+    account_ids = access.owned_folders(user).with_only_columns(MailFolder.account_id).distinct()
     per_folder_rows = db.session.execute(
         visible.join(Message, Message.thread_id == Thread.id)
         .join(MessageLocation, MessageLocation.message_id == Message.id)
         .where(
+            # Drive from the few unread messages (ix_message_account_read), not every thread.
+            Message.account_id.in_(account_ids),
             _live_message(),
             Message.is_read.is_(False),
             MessageLocation.deleted.is_(False),
@@ -273,7 +276,7 @@ def list_threads(user: User, query: MailboxQuery, *, now: datetime | None = None
 
 def threads_select(user: User, query: MailboxQuery) -> Select[tuple[Thread]]:
     """Return the select of the user's threads in the query's folder matching its filters."""
-    stmt = access.owned_threads(user).where(Thread.blocked.is_(False))
+    stmt = access.owned_threads(user).where(_not(Thread.blocked))
     stmt = stmt.where(_folder_condition(user, query.folder))
     if query.unread:
         stmt = stmt.where(_has_unread())
@@ -313,7 +316,7 @@ def _folder_condition(user: User, key: str) -> ColumnElement[bool]:
         MessageLocation.folder_id.in_(folder_ids),
     )
     if key == "inbox":
-        return and_(located, Thread.archived.is_(False))
+        return and_(located, _not(Thread.archived))
     return located
 
 
@@ -322,15 +325,23 @@ def _matches_search(raw_query: str) -> ColumnElement[bool]:
     if expression is None:
         return Thread.id.is_(None)  # nothing searchable: no results, not everything
     matching = text(matching_message_ids_sql()).bindparams(match=expression).columns(rowid=Integer)
-    return exists().where(
-        Message.thread_id == Thread.id,
-        _live_message(),
-        Message.id.in_(matching),
-    )
+    # Not correlated: SQLite builds the set of matching thread ids once, then walks threads
+    # newest first (a correlated EXISTS re-probed the match list for every thread).
+    return Thread.id.in_(select(Message.thread_id).where(Message.id.in_(matching), _live_message()))
 
 
 def _live_message() -> ColumnElement[bool]:
-    return and_(Message.deleted_at.is_(None), Message.blocked.is_(False))
+    # likely(): almost every message is live, so these columns' indexes are never worth it.
+    return and_(func.likely(Message.deleted_at.is_(None)), func.likely(Message.blocked.is_(False)))
+
+
+def _not(flag) -> ColumnElement[bool]:
+    """Return `flag` is false, wrapped in SQLite's likely() so the planner skips its index.
+
+    Without ANALYZE statistics SQLite prefers an index on a boolean (ix_thread_blocked)
+    over the (last_date) index that serves ORDER BY ... LIMIT, and sorts every thread.
+    """
+    return func.likely(flag.is_(False))
 
 
 def _has_unread() -> ColumnElement[bool]:
