@@ -197,14 +197,18 @@ def _unread_counts(user: User) -> tuple[dict[int, int], int]:
     """Count threads with an unread live message, per folder and for Threadline's Archive."""
     visible = access.owned_threads(user).where(_not(Thread.blocked))
     account_ids = access.owned_folders(user).with_only_columns(MailFolder.account_id).distinct()
+    # Materialized first: the few unread messages of the user's accounts (by
+    # ix_message_account_read); otherwise SQLite walks every location to serve GROUP BY.
+    unread = (
+        select(Message.id, Message.thread_id)
+        .where(Message.account_id.in_(account_ids), Message.is_read.is_(False), _live_message())
+        .cte("unread_message")
+        .prefix_with("MATERIALIZED")
+    )
     per_folder_rows = db.session.execute(
-        visible.join(Message, Message.thread_id == Thread.id)
-        .join(MessageLocation, MessageLocation.message_id == Message.id)
+        visible.join(unread, unread.c.thread_id == Thread.id)
+        .join(MessageLocation, MessageLocation.message_id == unread.c.id)
         .where(
-            # Drive from the few unread messages (ix_message_account_read), not every thread.
-            Message.account_id.in_(account_ids),
-            _live_message(),
-            Message.is_read.is_(False),
             MessageLocation.deleted.is_(False),
             # The inbox never counts conversations archived in Threadline.
             or_(

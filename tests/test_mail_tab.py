@@ -339,3 +339,12 @@ def test_rows_link_to_the_conversation_and_show_chips(
     assert f'href="/mail/threads/{message.thread_id}"' in html
     assert "Carla Diaz" in html and "Big deal" in html and "Has attachments" in html
     assert client_me.get(f"/mail/threads/{message.thread_id}").status_code == 200
+
+
+def test_mail_templates_never_mark_text_safe():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "templates"
+    for template in [*root.glob("mail/**/*.html"), *root.glob("conversations/*.html")]:
+        source = template.read_text()
+        assert "|safe" not in source.replace(" ", "") and "Markup(" not in source, template
