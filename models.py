@@ -373,6 +373,8 @@ class Thread(db.Model):
     """A conversation. Visibility and the one deal/lead/project link live here."""
 
     __tablename__ = "thread"
+    # The Mail tab lists an account's threads newest first, keyset-paginated on (last_date, id).
+    __table_args__ = (Index("ix_thread_account_last_date", "account_id", "last_date", "id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     account_id: Mapped[int] = mapped_column(
@@ -414,6 +416,9 @@ class Message(db.Model):
     __table_args__ = (
         UniqueConstraint("account_id", "dedup_key"),
         Index("ix_message_account_date", "account_id", "date"),
+        # Unread counts and the unread filter of the Mail tab.
+        Index("ix_message_thread_read", "thread_id", "is_read"),
+        Index("ix_message_account_read", "account_id", "is_read"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

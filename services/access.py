@@ -222,18 +222,18 @@ def visible_accounts(user: User) -> Select[tuple[MailAccount]]:
     return select(MailAccount).where(MailAccount.user_id == user.id).order_by(MailAccount.id)
 
 
-def folders_for_owner(user: User) -> Select[tuple[MailFolder]]:
-    """Return a select of the folders of the user's own accounts."""
+def owned_folders(user: User) -> Select[tuple[MailFolder]]:
+    """Return a select of the folders of the user's own mail accounts."""
     return (
         select(MailFolder)
-        .join(MailAccount, MailFolder.account_id == MailAccount.id)
+        .join(MailAccount, MailAccount.id == MailFolder.account_id)
         .where(MailAccount.user_id == user.id)
     )
 
 
 def folder_for_owner(user: User, folder_id: int) -> MailFolder:
-    """Return a folder of the user's own accounts or abort 404."""
-    folder = db.session.get(MailFolder, folder_id)
-    if folder is None or folder.account.user_id != user.id:
+    """Return one of the user's own mail folders or abort 404."""
+    folder = db.session.scalar(owned_folders(user).where(MailFolder.id == folder_id))
+    if folder is None:
         abort(404)
     return folder

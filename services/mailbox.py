@@ -1,118 +1,714 @@
-"""The owner's Mail tab: folders, newest-first message pages, a message's plain text.
+"""The Mail tab: folders with unread counts, the conversation list, and its actions.
 
-Every query starts from services.access (owner-only visibility).
+Every query starts from services.access (`owned_threads`, `owned_folders`); thread ids the
+user does not own are ignored, never acted on. Blocked and deleted threads never show.
 """
 
 from __future__ import annotations
 
-import email
-import logging
-from email import policy
-from pathlib import Path
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
-from flask import Flask
-from sqlalchemy import exists, func, select
+from flask import current_app
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    and_,
+    distinct,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    union_all,
+)
 
 from extensions import db
-from mailsync.folders import sort_folders
-from models import MailAccount, MailFolder, Message, MessageLocation, User
-from services.access import folders_for_owner, owned_messages, visible_accounts
-
-log = logging.getLogger("threadline.mailbox")
+from models import (
+    Deal,
+    Lead,
+    MailFolder,
+    Message,
+    MessageLocation,
+    MessagePerson,
+    Person,
+    Project,
+    Thread,
+    User,
+)
+from services import access
+from services.errors import ValidationError
+from services.linking import own_addresses
+from services.preferences import get_preference
+from services.search import match_expression, matching_message_ids_sql, remove_from_index
 
 PAGE_SIZE = 50
+MAX_QUERY_LENGTH = 200
+# Role folders shown first, in this order; "archive" is Threadline's archive (Thread.archived).
+ROLE_FOLDERS = (
+    ("inbox", "Inbox"),
+    ("sent", "Sent"),
+    ("archive", "Archive"),
+    ("trash", "Trash"),
+    ("junk", "Spam"),
+)
+ROLE_KEYS = {key for key, _label in ROLE_FOLDERS}
+LINKED_CHOICES = ("", "linked", "unlinked")
+SHARING_CHOICES = ("", "shared", "private")
+ACTIONS = ("read", "unread", "archive", "delete", "move")
+# Moving a conversation never drags along the user's own sent copies or drafts.
+UNMOVED_ROLES = ("sent", "drafts")
+DATE_FORMATS = {"iso": "%Y-%m-%d", "us": "%m/%d/%Y", "eu": "%d.%m.%Y"}
 
 
-def folder_tree(user: User) -> list[tuple[MailAccount, list[MailFolder]]]:
-    """Return each of the user's accounts with its synced folders, Inbox first."""
-    folders = db.session.scalars(folders_for_owner(user).where(MailFolder.sync_enabled.is_(True)))
-    by_account: dict[int, list[MailFolder]] = {}
+# --------------------------------------------------------------------------- query
+
+
+@dataclass(frozen=True)
+class MailboxQuery:
+    """What the list shows: folder, search text, filters and the keyset cursor."""
+
+    folder: str = "inbox"
+    q: str = ""
+    unread: bool = False
+    attachments: bool = False
+    linked: str = ""
+    sharing: str = ""
+    after: str = ""
+
+    def params(self, **overrides) -> dict[str, str]:
+        """Return the non-default values as URL parameters (cursor excluded unless given)."""
+        values = replace(self, **{"after": "", **overrides})
+        params = {
+            "folder": values.folder if values.folder != "inbox" else "",
+            "q": values.q,
+            "unread": "1" if values.unread else "",
+            "attachments": "1" if values.attachments else "",
+            "linked": values.linked,
+            "sharing": values.sharing,
+            "after": values.after,
+        }
+        return {key: value for key, value in params.items() if value}
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.q or self.unread or self.attachments or self.linked or self.sharing)
+
+
+def parse_query(values: Mapping[str, str]) -> MailboxQuery:
+    """Build a MailboxQuery from GET or form values; unknown values fall back to defaults."""
+    folder = (values.get("folder") or "inbox").strip()
+    if folder not in ROLE_KEYS and not _folder_id(folder):
+        folder = "inbox"
+    linked = values.get("linked") or ""
+    sharing = values.get("sharing") or ""
+    return MailboxQuery(
+        folder=folder,
+        q=(values.get("q") or "").replace("\x00", "").strip()[:MAX_QUERY_LENGTH],
+        unread=values.get("unread") in ("1", "on", "true"),
+        attachments=values.get("attachments") in ("1", "on", "true"),
+        linked=linked if linked in LINKED_CHOICES else "",
+        sharing=sharing if sharing in SHARING_CHOICES else "",
+        after=(values.get("after") or "")[:40],
+    )
+
+
+def _folder_id(key: str) -> int | None:
+    if key.startswith("f") and key[1:].isdigit() and len(key) < 12:
+        return int(key[1:])
+    return None
+
+
+# --------------------------------------------------------------------------- folders
+
+
+@dataclass(frozen=True)
+class FolderEntry:
+    key: str
+    label: str
+    unread: int
+    role: str | None = None
+    folder_id: int | None = None
+
+
+def list_folders(user: User) -> list[FolderEntry]:
+    """Return the sidebar: role folders, then the user's other synced folders, with unread counts."""
+    folders = db.session.scalars(
+        access.owned_folders(user)
+        .where(MailFolder.sync_enabled.is_(True))
+        .order_by(MailFolder.account_id, MailFolder.name)
+    ).all()
+    per_folder, archived_unread = _unread_counts(user)
+    role_unread: dict[str, int] = defaultdict(int)
     for folder in folders:
-        by_account.setdefault(folder.account_id, []).append(folder)
+        if folder.role in ROLE_KEYS:
+            role_unread[folder.role] += per_folder.get(folder.id, 0)
+    entries = [
+        FolderEntry(key, label, archived_unread if key == "archive" else role_unread[key], key)
+        for key, label in ROLE_FOLDERS
+    ]
+    several_accounts = len({folder.account_id for folder in folders}) > 1
+    for folder in folders:
+        if folder.role in ROLE_KEYS and folder.role != "archive":
+            continue
+        label = folder.name
+        if several_accounts:
+            label = f"{folder.account.email_address}: {folder.name}"
+        entries.append(
+            FolderEntry(
+                f"f{folder.id}", label, per_folder.get(folder.id, 0), folder.role, folder.id
+            )
+        )
+    return entries
+
+
+def folder_title(user: User, key: str) -> str:
+    """Return the heading of a folder key ("Inbox", or a synced folder's name)."""
+    folder_id = _folder_id(key)
+    if folder_id is None:
+        return dict(ROLE_FOLDERS).get(key, "Inbox")
+    return access.folder_for_owner(user, folder_id).name
+
+
+def move_destinations(user: User) -> list[FolderEntry]:
+    """Return the folders a conversation can be moved to (not Sent or Drafts)."""
+    folders = db.session.scalars(
+        access.owned_folders(user)
+        .where(MailFolder.sync_enabled.is_(True), MailFolder.role.not_in(UNMOVED_ROLES))
+        .order_by(MailFolder.account_id, MailFolder.name)
+    )
+    # A NULL role would fail NOT IN, so folders without a role are added separately.
+    others = db.session.scalars(
+        access.owned_folders(user)
+        .where(MailFolder.sync_enabled.is_(True), MailFolder.role.is_(None))
+        .order_by(MailFolder.account_id, MailFolder.name)
+    )
     return [
-        (account, sort_folders(by_account.get(account.id, [])))
-        for account in db.session.scalars(visible_accounts(user))
+        FolderEntry(f"f{folder.id}", folder.name, 0, folder.role, folder.id)
+        for folder in [*folders, *others]
     ]
 
 
-def unread_counts(user: User) -> dict[int, int]:
-    """Return unread message counts per folder id of the user's folders."""
-    rows = db.session.execute(
-        select(MessageLocation.folder_id, func.count())
-        .join(Message, MessageLocation.message_id == Message.id)
-        .where(
-            MessageLocation.folder_id.in_(folders_for_owner(user).with_only_columns(MailFolder.id)),
-            MessageLocation.seen.is_(False),
-            MessageLocation.deleted.is_(False),
-            Message.deleted_at.is_(None),
-        )
-        .group_by(MessageLocation.folder_id)
+def _unread_counts(user: User) -> tuple[dict[int, int], int]:
+    """Count threads with an unread live message, per folder and for Threadline's Archive."""
+    visible = access.owned_threads(user).where(_not(Thread.blocked))
+    account_ids = access.owned_folders(user).with_only_columns(MailFolder.account_id).distinct()
+    # Materialized first: the few unread messages of the user's accounts (by
+    # ix_message_account_read); otherwise SQLite walks every location to serve GROUP BY.
+    unread = (
+        select(Message.id, Message.thread_id)
+        .where(Message.account_id.in_(account_ids), Message.is_read.is_(False), _live_message())
+        .cte("unread_message")
+        .prefix_with("MATERIALIZED")
     )
-    return dict(rows.all())
+    per_folder_rows = db.session.execute(
+        visible.join(unread, unread.c.thread_id == Thread.id)
+        .join(MessageLocation, MessageLocation.message_id == unread.c.id)
+        .where(
+            MessageLocation.deleted.is_(False),
+            # The inbox never counts conversations archived in Threadline.
+            or_(
+                Thread.archived.is_(False),
+                MessageLocation.folder_id.not_in(_role_folder_ids(user, "inbox")),
+            ),
+        )
+        .with_only_columns(MessageLocation.folder_id, func.count(distinct(Thread.id)))
+        .group_by(MessageLocation.folder_id)
+    ).all()
+    archived = db.session.scalar(
+        visible.where(Thread.archived.is_(True), _has_unread()).with_only_columns(
+            func.count(Thread.id)
+        )
+    )
+    return {folder_id: count for folder_id, count in per_folder_rows}, archived or 0
 
 
-def message_page(
-    user: User, *, folder: MailFolder | None = None, page: int = 1, per_page: int = PAGE_SIZE
-) -> tuple[list[Message], bool]:
-    """Return one page of the user's messages (newest first) and whether more follow."""
-    query = owned_messages(user)
-    if folder is not None:
-        query = query.where(
+def _role_folder_ids(user: User, role: str) -> Select:
+    return (
+        access.owned_folders(user).where(MailFolder.role == role).with_only_columns(MailFolder.id)
+    )
+
+
+# --------------------------------------------------------------------------- list
+
+
+@dataclass(frozen=True)
+class Chip:
+    kind: str  # person | deal | lead | project
+    record_id: int
+    label: str
+
+
+@dataclass
+class ThreadRow:
+    id: int
+    subject: str
+    participants: str
+    snippet: str
+    date_label: str
+    date_title: str
+    message_count: int
+    shared: bool
+    unread: bool = False
+    has_attachments: bool = False
+    needs_link_choice: bool = False
+    chips: list[Chip] = field(default_factory=list)
+
+
+@dataclass
+class ThreadPage:
+    rows: list[ThreadRow]
+    next_cursor: str | None
+
+
+def list_threads(user: User, query: MailboxQuery, *, now: datetime | None = None) -> ThreadPage:
+    """Return one page of conversations, newest first, after `query.after` (keyset)."""
+    stmt = threads_select(user, query)
+    cursor = _decode_cursor(query.after)
+    if cursor is not None:
+        stmt = stmt.where(_after(cursor))
+    stmt = stmt.order_by(Thread.last_date.desc(), Thread.id.desc()).limit(PAGE_SIZE + 1)
+    threads = list(db.session.scalars(stmt))
+    page, more = threads[:PAGE_SIZE], len(threads) > PAGE_SIZE
+    rows = _rows(user, page, now or datetime.now(UTC))
+    return ThreadPage(rows=rows, next_cursor=_encode_cursor(page[-1]) if more else None)
+
+
+def threads_select(user: User, query: MailboxQuery) -> Select[tuple[Thread]]:
+    """Return the select of the user's threads in the query's folder matching its filters."""
+    stmt = access.owned_threads(user).where(_not(Thread.blocked))
+    stmt = stmt.where(_folder_condition(user, query.folder))
+    if query.unread:
+        stmt = stmt.where(_has_unread())
+    if query.attachments:
+        stmt = stmt.where(
             exists().where(
-                MessageLocation.message_id == Message.id,
-                MessageLocation.folder_id == folder.id,
-                MessageLocation.deleted.is_(False),
+                Message.thread_id == Thread.id, _live_message(), Message.has_attachments.is_(True)
             )
         )
-    page = max(page, 1)
-    rows = list(
+    is_linked = or_(
+        Thread.deal_id.is_not(None), Thread.lead_id.is_not(None), Thread.project_id.is_not(None)
+    )
+    if query.linked == "linked":
+        stmt = stmt.where(is_linked)
+    elif query.linked == "unlinked":
+        stmt = stmt.where(~is_linked)
+    if query.sharing:
+        stmt = stmt.where(Thread.shared.is_(query.sharing == "shared"))
+    if query.q:
+        stmt = stmt.where(_matches_search(query.q))
+    return stmt
+
+
+def _folder_condition(user: User, key: str) -> ColumnElement[bool]:
+    if key == "archive":
+        return Thread.archived.is_(True)
+    folder_id = _folder_id(key)
+    if folder_id is not None:
+        folder_ids: Select | list[int] = [access.folder_for_owner(user, folder_id).id]
+    else:
+        folder_ids = _role_folder_ids(user, key)
+    located = exists().where(
+        Message.thread_id == Thread.id,
+        _live_message(),
+        MessageLocation.message_id == Message.id,
+        MessageLocation.deleted.is_(False),
+        MessageLocation.folder_id.in_(folder_ids),
+    )
+    if key == "inbox":
+        return and_(located, _not(Thread.archived))
+    return located
+
+
+def _matches_search(raw_query: str) -> ColumnElement[bool]:
+    expression = match_expression(raw_query)
+    if expression is None:
+        return Thread.id.is_(None)  # nothing searchable: no results, not everything
+    matching = text(matching_message_ids_sql()).bindparams(match=expression).columns(rowid=Integer)
+    # Not correlated: SQLite builds the set of matching thread ids once, then walks threads
+    # newest first (a correlated EXISTS re-probed the match list for every thread).
+    return Thread.id.in_(select(Message.thread_id).where(Message.id.in_(matching), _live_message()))
+
+
+def _live_message() -> ColumnElement[bool]:
+    # likely(): almost every message is live, so these columns' indexes are never worth it.
+    return and_(func.likely(Message.deleted_at.is_(None)), func.likely(Message.blocked.is_(False)))
+
+
+def _not(flag) -> ColumnElement[bool]:
+    """Return `flag` is false, wrapped in SQLite's likely() so the planner skips its index.
+
+    Without ANALYZE statistics SQLite prefers an index on a boolean (ix_thread_blocked)
+    over the (last_date) index that serves ORDER BY ... LIMIT, and sorts every thread.
+    """
+    return func.likely(flag.is_(False))
+
+
+def _has_unread() -> ColumnElement[bool]:
+    return exists().where(
+        Message.thread_id == Thread.id, _live_message(), Message.is_read.is_(False)
+    )
+
+
+def _encode_cursor(thread: Thread) -> str:
+    if thread.last_date is None:
+        return f"n.{thread.id}"
+    micros = int(thread.last_date.timestamp() * 1_000_000)
+    return f"{micros}.{thread.id}"
+
+
+def _decode_cursor(value: str) -> tuple[datetime | None, int] | None:
+    stamp, _, thread_id = (value or "").partition(".")
+    if not thread_id.isdigit():
+        return None
+    if stamp == "n":
+        return None, int(thread_id)
+    if not stamp.isdigit():
+        return None
+    try:
+        return datetime.fromtimestamp(int(stamp) / 1_000_000, UTC), int(thread_id)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _after(cursor: tuple[datetime | None, int]) -> ColumnElement[bool]:
+    # Order is (last_date DESC, id DESC); SQLite sorts NULL dates last in DESC order.
+    last_date, thread_id = cursor
+    if last_date is None:
+        return and_(Thread.last_date.is_(None), Thread.id < thread_id)
+    return or_(
+        Thread.last_date < last_date,
+        and_(Thread.last_date == last_date, Thread.id < thread_id),
+        Thread.last_date.is_(None),
+    )
+
+
+def _rows(user: User, threads: Sequence[Thread], now: datetime) -> list[ThreadRow]:
+    """Build list rows for one page: two queries for messages and chips, none per row."""
+    if not threads:
+        return []
+    ids = [thread.id for thread in threads]
+    date_format = DATE_FORMATS.get(get_preference(user, "date_format"), "%Y-%m-%d")
+    rows = {
+        thread.id: ThreadRow(
+            id=thread.id,
+            subject=thread.subject or "(no subject)",
+            participants="",
+            snippet="",
+            date_label=_date_label(thread.last_date, now, date_format),
+            date_title=thread.last_date.strftime("%Y-%m-%d %H:%M UTC") if thread.last_date else "",
+            message_count=thread.message_count,
+            shared=thread.shared,
+            needs_link_choice=thread.needs_link_choice,
+        )
+        for thread in threads
+    }
+    _fill_from_messages(user, rows)
+    for thread_id, chip in _chips(user, threads):
+        rows[thread_id].chips.append(chip)
+    return [rows[thread_id] for thread_id in ids]
+
+
+def _fill_from_messages(user: User, rows: dict[int, ThreadRow]) -> None:
+    own = own_addresses(user)
+    messages = db.session.execute(
+        select(
+            Message.thread_id,
+            Message.from_name,
+            Message.from_address,
+            Message.to,
+            Message.is_read,
+            Message.has_attachments,
+            Message.snippet,
+        )
+        .where(Message.thread_id.in_(rows), _live_message())
+        .order_by(Message.thread_id, Message.date, Message.id)
+    ).all()
+    senders: dict[int, list[str]] = defaultdict(list)
+    recipients: dict[int, list[str]] = defaultdict(list)
+    for thread_id, from_name, from_address, to, is_read, has_attachments, snippet in messages:
+        row = rows[thread_id]
+        row.unread = row.unread or not is_read
+        row.has_attachments = row.has_attachments or has_attachments
+        row.snippet = snippet or row.snippet
+        name = "me" if from_address.lower() in own else (from_name or from_address)
+        if name not in senders[thread_id]:
+            senders[thread_id].append(name)
+        if name == "me":
+            recipients[thread_id] = [pair[0] or pair[1] for pair in to or [] if len(pair) > 1]
+    for thread_id, row in rows.items():
+        names = senders[thread_id]
+        if names == ["me"] and recipients[thread_id]:
+            names = ["To: " + ", ".join(recipients[thread_id][:3])]
+        elif len(names) > 1:
+            names = [name.split()[0] if name != "me" else name for name in names]
+        label = ", ".join(names[:3]) + ("…" if len(names) > 3 else "")
+        row.participants = label or "(unknown sender)"
+
+
+def _chips(user: User, threads: Sequence[Thread]) -> list[tuple[int, Chip]]:
+    """Return (thread id, chip) for linked persons and the deal/lead/project the user may see."""
+    ids = [thread.id for thread in threads]
+    visible_persons = access.visible_records(user, Person).with_only_columns(Person.id)
+    person_rows = db.session.execute(
+        select(Message.thread_id, Person.id, Person.name)
+        .join(MessagePerson, MessagePerson.message_id == Message.id)
+        .join(Person, Person.id == MessagePerson.person_id)
+        .where(Message.thread_id.in_(ids), _live_message(), Person.id.in_(visible_persons))
+        .distinct()
+        .order_by(Message.thread_id, Person.name)
+    ).all()
+    chips = [(thread_id, Chip("person", pid, name)) for thread_id, pid, name in person_rows]
+    wanted = {
+        "deal": {t.deal_id: t.id for t in threads if t.deal_id},
+        "lead": {t.lead_id: t.id for t in threads if t.lead_id},
+        "project": {t.project_id: t.id for t in threads if t.project_id},
+    }
+    parts = [
+        access.visible_records(user, model)
+        .where(model.id.in_(list(wanted[kind])))
+        .with_only_columns(literal(kind).label("kind"), model.id, model.title)
+        for kind, model in (("deal", Deal), ("lead", Lead), ("project", Project))
+        if wanted[kind]
+    ]
+    if parts:
+        for kind, record_id, title in db.session.execute(union_all(*parts)).all():
+            record_threads = [t.id for t in threads if getattr(t, f"{kind}_id") == record_id]
+            chips.extend((thread_id, Chip(kind, record_id, title)) for thread_id in record_threads)
+    return chips
+
+
+def _date_label(value: datetime | None, now: datetime, date_format: str) -> str:
+    if value is None:
+        return ""
+    if value.date() == now.date():
+        return value.strftime("%H:%M")
+    if value.year == now.year:
+        return value.strftime("%b %-d")
+    return value.strftime(date_format)
+
+
+# --------------------------------------------------------------------------- actions
+
+
+@dataclass
+class ActionOutcome:
+    notice: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def apply_action(
+    user: User, action: str, thread_ids: Sequence[int], *, destination_folder_id: int | None = None
+) -> ActionOutcome:
+    """Run a list action on the user's threads among `thread_ids`; others are ignored.
+
+    Raises ValidationError for an unknown action or a move without a destination.
+    """
+    if action not in ACTIONS:
+        raise ValidationError({"action": "Choose an action."})
+    threads = list(
+        db.session.scalars(access.owned_threads(user).where(Thread.id.in_(list(thread_ids)[:500])))
+    )
+    if not threads:
+        return ActionOutcome("Select at least one conversation.")
+    if action in ("read", "unread"):
+        return mark_read(user, threads, read=action == "read")
+    if action == "archive":
+        return archive_threads(user, threads)
+    if action == "delete":
+        return delete_threads(user, threads)
+    if destination_folder_id is None:
+        raise ValidationError({"destination": "Choose a folder."})
+    return move_threads(user, threads, access.folder_for_owner(user, destination_folder_id))
+
+
+def mark_read(user: User, threads: Sequence[Thread], *, read: bool) -> ActionOutcome:
+    """Mark every live message of `threads` read or unread, then write \\Seen back; commits."""
+    from mailsync import actions
+
+    messages = _live_messages(threads)
+    for message in messages:
+        message.is_read = read
+    groups = _server_locations(messages, lambda location: True)
+    for _account_id, locations in groups.items():
+        for location in locations:
+            location.seen = read
+    plan = _plain(groups)
+    db.session.commit()
+    word = "read" if read else "unread"
+    outcome = ActionOutcome(f"Marked {_count(threads)} {word}.")
+    for account_id, refs in plan.items():
+        try:
+            actions.set_seen(current_app._get_current_object(), account_id, refs, read)
+        except actions.MailActionError as exc:
+            outcome.warnings.append(
+                f"Marked {word} in Threadline; the mail server could not be updated: {exc.message}."
+            )
+    return outcome
+
+
+def archive_threads(user: User, threads: Sequence[Thread]) -> ActionOutcome:
+    """Archive in Threadline (links stay); with archive_in_mailbox also move inbox copies."""
+    for thread in threads:
+        thread.archived = True
+    groups: dict[int, list[MessageLocation]] = {}
+    if get_preference(user, "archive_in_mailbox"):
+        groups = _server_locations(
+            _live_messages(threads), lambda location: location.folder.role == "inbox"
+        )
+    plan = _plain(groups)
+    db.session.commit()
+    outcome = ActionOutcome(f"Archived {_count(threads)}.")
+    _move_on_server(outcome, plan, "archive", verb="Archived")
+    return outcome
+
+
+def delete_threads(user: User, threads: Sequence[Thread]) -> ActionOutcome:
+    """Delete from Threadline everywhere (and the search index); with delete_in_mailbox also
+    move the mail to Trash. Commits."""
+    now = datetime.now(UTC)
+    messages = _live_messages(threads)
+    groups: dict[int, list[MessageLocation]] = {}
+    if get_preference(user, "delete_in_mailbox"):
+        groups = _server_locations(messages, lambda location: location.folder.role != "trash")
+    plan = _plain(groups)
+    for thread in threads:
+        thread.deleted_at = now
+    for message in messages:
+        message.deleted_at = now
+    remove_from_index(db.session.connection(), [message.id for message in messages])
+    db.session.commit()
+    outcome = ActionOutcome(f"Deleted {_count(threads)}.")
+    _move_on_server(outcome, plan, "trash", verb="Deleted")
+    return outcome
+
+
+def move_threads(user: User, threads: Sequence[Thread], destination: MailFolder) -> ActionOutcome:
+    """Move the threads' mail (not sent copies or drafts) to `destination` on the server."""
+    from mailsync import actions
+
+    threads = [thread for thread in threads if thread.account_id == destination.account_id]
+    groups = _server_locations(
+        _live_messages(threads),
+        lambda location: location.folder_id != destination.id
+        and location.folder.role not in UNMOVED_ROLES,
+    )
+    plan = _plain(groups)
+    destination_id, destination_name = destination.id, destination.name
+    db.session.commit()
+    for account_id, refs in plan.items():
+        try:
+            moved = actions.move_locations(
+                current_app._get_current_object(),
+                account_id,
+                refs,
+                destination_name=destination_name,
+            )
+        except actions.MailActionError as exc:
+            return ActionOutcome("", [f"Nothing was moved: {exc.message}."])
+        _record_moves(account_id, moved, destination_id)
+    if destination.role == "inbox":
+        for thread in threads:
+            thread.archived = False
+    db.session.commit()
+    return ActionOutcome(f"Moved {_count(threads)} to {destination_name}.")
+
+
+def _move_on_server(
+    outcome: ActionOutcome, plan: dict[int, list[tuple[str, int]]], role: str, *, verb: str
+) -> None:
+    from mailsync import actions
+
+    for account_id, refs in plan.items():
+        try:
+            moved = actions.move_locations(
+                current_app._get_current_object(), account_id, refs, role
+            )
+        except actions.MailActionError as exc:
+            outcome.warnings.append(
+                f"{verb} in Threadline; the mail server could not be updated: {exc.message}."
+            )
+            continue
+        destination = db.session.scalar(
+            select(MailFolder.id)
+            .where(MailFolder.account_id == account_id, MailFolder.role == role)
+            .order_by(MailFolder.id.desc())
+        )
+        _record_moves(account_id, moved, destination)
+    db.session.commit()
+
+
+def _record_moves(
+    account_id: int, moved: dict[tuple[str, int], int | None], destination_id: int | None
+) -> None:
+    """Point moved locations at their new folder and UID; without a UID, drop the old row.
+
+    The message keeps its identity either way; the next sync adds any missing location.
+    """
+    folders = {
+        name: folder_id
+        for folder_id, name in db.session.execute(
+            select(MailFolder.id, MailFolder.name).where(MailFolder.account_id == account_id)
+        )
+    }
+    for (folder_name, uid), new_uid in moved.items():
+        location = db.session.scalar(
+            select(MessageLocation).where(
+                MessageLocation.folder_id == folders.get(folder_name), MessageLocation.uid == uid
+            )
+        )
+        if location is None:
+            continue
+        taken = (
+            destination_id is None
+            or new_uid is None
+            or db.session.scalar(
+                select(MessageLocation.id).where(
+                    MessageLocation.folder_id == destination_id, MessageLocation.uid == new_uid
+                )
+            )
+        )
+        if taken:
+            db.session.delete(location)
+        else:
+            location.folder_id, location.uid = destination_id, new_uid
+
+
+def _live_messages(threads: Sequence[Thread]) -> list[Message]:
+    if not threads:
+        return []
+    return list(
         db.session.scalars(
-            query.order_by(Message.date.desc(), Message.id.desc())
-            .offset((page - 1) * per_page)
-            .limit(per_page + 1)
+            select(Message).where(
+                Message.thread_id.in_([thread.id for thread in threads]),
+                Message.deleted_at.is_(None),
+            )
         )
     )
-    return rows[:per_page], len(rows) > per_page
 
 
-def message_text(app: Flask, message: Message) -> str | None:
-    """Return the message's plain-text body from its raw blob, or None when unavailable."""
-    raw = _raw_bytes(app, message)
-    if raw is None:
-        return None
-    try:
-        from mailsync.parse import parse_message  # branch "parse"; stdlib fallback until merged
-    except ImportError:
-        return _stdlib_text(raw)
-    parsed = parse_message(raw)
-    for name in ("text", "text_body", "body_text", "plain"):
-        value = getattr(parsed, name, None)
-        if isinstance(value, str):
-            return value
-    return _stdlib_text(raw)
+def _server_locations(messages: Sequence[Message], keep) -> dict[int, list[MessageLocation]]:
+    """Group the messages' live locations that pass `keep` by account."""
+    groups: dict[int, list[MessageLocation]] = defaultdict(list)
+    for message in messages:
+        for location in message.locations:
+            if not location.deleted and keep(location):
+                groups[message.account_id].append(location)
+    return groups
 
 
-def _raw_bytes(app: Flask, message: Message) -> bytes | None:
-    if not message.raw_sha256:
-        return None
-    try:
-        from mailsync.blobstore import BlobStore  # branch "parse"
-    except ImportError:
-        return None
-    try:
-        return BlobStore(Path(app.instance_path) / "blobs").get(message.raw_sha256)
-    except (OSError, KeyError, ValueError):
-        log.warning("raw message %s missing from the blob store", message.id)
-        return None
+def _plain(groups: dict[int, list[MessageLocation]]) -> dict[int, list[tuple[str, int]]]:
+    """Copy locations to plain (folder name, uid) pairs before the commit ends the session."""
+    return {
+        account_id: [(location.folder.name, location.uid) for location in locations]
+        for account_id, locations in groups.items()
+        if locations
+    }
 
 
-def _stdlib_text(raw: bytes) -> str:
-    parsed = email.message_from_bytes(raw, policy=policy.default)
-    body = parsed.get_body(preferencelist=("plain",))
-    if body is None:
-        return ""
-    try:
-        return body.get_content()
-    except (LookupError, ValueError):
-        payload = body.get_payload(decode=True) or b""
-        return payload.decode("utf-8", errors="replace")
+def _count(threads: Sequence[Thread]) -> str:
+    return "1 conversation" if len(threads) == 1 else f"{len(threads)} conversations"

@@ -34,6 +34,12 @@ PREFERENCES: dict[str, PreferenceSpec] = {
             ((25, "25"), (50, "50"), (100, "100")),
         ),
         PreferenceSpec(
+            "date_format",
+            "Date format in the Mail tab",
+            "iso",
+            (("iso", "2026-11-28"), ("us", "11/28/2026"), ("eu", "28.11.2026")),
+        ),
+        PreferenceSpec(
             "default_email_sharing",
             "Default email sharing",
             "private",

@@ -314,3 +314,66 @@ def make_account(app, dovecot):
         return account
 
     return factory
+
+
+@pytest.fixture
+def make_stored_folder(app):
+    """A MailFolder row of a stored account (no server behind it)."""
+
+    def factory(account: MailAccount, name: str = "INBOX", *, role: str | None = "inbox"):
+        from models import MailFolder
+
+        folder = MailFolder(account_id=account.id, name=name, role=role)
+        db.session.add(folder)
+        db.session.commit()
+        return folder
+
+    return factory
+
+
+@pytest.fixture
+def make_mailbox_message(app, make_stored_message):
+    """A stored message placed in a folder (a MessageLocation) and in the search index.
+
+    Extra keyword arguments of make_stored_message pass through; `date` sets both the
+    message and thread dates.
+    """
+    uids = itertools.count(1)
+
+    def factory(
+        folder,
+        *,
+        date: datetime | None = None,
+        is_read: bool = False,
+        has_attachments: bool = False,
+        body: str = "",
+        uid: int | None = None,
+        **fields,
+    ) -> Message:
+        from models import MessageLocation
+        from services.search import SearchDocument, index_messages
+
+        message = make_stored_message(folder.account, **fields)
+        message.date = date or message.date
+        message.is_read = is_read
+        message.has_attachments = has_attachments
+        thread = message.thread
+        if thread.last_date is None or thread.message_count == 1 or message.date > thread.last_date:
+            thread.last_date = message.date
+        db.session.add(
+            MessageLocation(
+                folder_id=folder.id, uid=uid or next(uids), message_id=message.id, seen=is_read
+            )
+        )
+        participants = " ".join(
+            [message.from_name, message.from_address]
+            + [" ".join(pair) for pair in message.to + message.cc]
+        )
+        index_messages(
+            db.session.connection(),
+            [SearchDocument(message.id, message.subject, participants, body)],
+        )
+        db.session.commit()
+        return message
+
+    return factory

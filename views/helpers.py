@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import make_response, render_template, request
+from flask import current_app, make_response, render_template, request, url_for
 
 
 def is_fragment_request(*targets: str) -> bool:
@@ -43,3 +43,21 @@ def parse_int(value: str | None) -> int | None:
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
+
+
+# Record pages a chip links to; the records area defines these endpoints.
+RECORD_ENDPOINTS = {
+    "person": ("persons.show", "person_id"),
+    "organization": ("organizations.show", "organization_id"),
+    "deal": ("deals.show", "deal_id"),
+    "lead": ("leads.show", "lead_id"),
+    "project": ("projects.show", "project_id"),
+}
+
+
+def record_url(kind: str, record_id: int) -> str | None:
+    """Return the URL of a record's page, or None while its endpoint does not exist."""
+    endpoint, argument = RECORD_ENDPOINTS[kind]
+    if endpoint not in current_app.view_functions:
+        return None
+    return url_for(endpoint, **{argument: record_id})

@@ -1,50 +1,81 @@
-"""Minimal Mail tab: the owner's folders, newest-first messages, a plain-text message view.
+"""Mail tab: folders, the conversation list with search and filters, and list actions.
 
-URL table (prefix /mail):
-  GET /                       index      folder list + message list (?folder=ID&page=N)
-  GET /progress               progress   fragment: initial-sync progress bar, polled
-  GET /messages/<id>          message    headers and plain text, escaped
+GET  /mail/                  index    page, or the list partial when htmx targets the list
+GET  /mail/rows              rows     next page of rows (Load more / infinite scroll)
+GET  /mail/folders           folders  sidebar with unread counts (refreshed on mail-changed)
+POST /mail/threads/actions   act      read, unread, archive, delete, move (single and bulk)
 """
 
-from flask import Blueprint, current_app, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from services import access, accounts, mailbox
-from views.helpers import parse_int
+from services import mailbox
+from services.errors import ValidationError
+from views.helpers import is_fragment_request, parse_int, record_url, render_page_or_fragment
 
 bp = Blueprint("mail", __name__, url_prefix="/mail")
+LIST_TARGETS = ("mail-list", "mail-results")
+
+
+@bp.context_processor
+def mail_helpers():
+    return {"record_url": record_url}
 
 
 @bp.get("/")
 def index():
-    folder_id = parse_int(request.args.get("folder"))
-    folder = access.folder_for_owner(current_user, folder_id) if folder_id else None
-    page = parse_int(request.args.get("page")) or 1
-    messages, has_next = mailbox.message_page(current_user, folder=folder, page=page)
-    return render_template(
+    query = mailbox.parse_query(request.args)
+    return _render_list(query)
+
+
+@bp.get("/rows")
+def rows():
+    query = mailbox.parse_query(request.args)
+    listing = mailbox.list_threads(current_user, query)
+    return render_template("mail/partials/rows.html", query=query, listing=listing)
+
+
+@bp.get("/folders")
+def folders():
+    query = mailbox.parse_query(request.args)
+    folders = mailbox.list_folders(current_user)
+    return render_template("mail/partials/folders.html", query=query, folders=folders)
+
+
+@bp.post("/threads/actions")
+def act():
+    query = mailbox.parse_query(request.form)
+    thread_ids = [i for i in map(parse_int, request.form.getlist("thread_id")) if i is not None]
+    try:
+        outcome = mailbox.apply_action(
+            current_user,
+            request.form.get("action", ""),
+            thread_ids,
+            destination_folder_id=parse_int(request.form.get("destination")),
+        )
+    except ValidationError as exc:
+        outcome = mailbox.ActionOutcome("", list(exc.errors.values()))
+    if outcome.notice:
+        flash(outcome.notice, "ok")
+    for warning in outcome.warnings:
+        flash(warning, "warn")
+    if not is_fragment_request(*LIST_TARGETS):
+        return redirect(url_for("mail.index", **query.params()), 303)
+    response = _render_list(query)
+    response.headers["HX-Trigger"] = "mail-changed"
+    return response
+
+
+def _render_list(query: mailbox.MailboxQuery):
+    # The sidebar's unread counts are only computed for full pages, not for each keystroke.
+    full_page = not is_fragment_request(*LIST_TARGETS)
+    return render_page_or_fragment(
         "mail/page.html",
-        tree=mailbox.folder_tree(current_user),
-        unread=mailbox.unread_counts(current_user),
-        folder=folder,
-        messages=messages,
-        page=page,
-        has_next=has_next,
-        progress=accounts.backfill_progress(accounts.list_accounts(current_user)),
-        poll_url=url_for("mail.progress"),
+        "mail/partials/list.html",
+        targets=LIST_TARGETS,
+        query=query,
+        title=mailbox.folder_title(current_user, query.folder),
+        listing=mailbox.list_threads(current_user, query),
+        destinations=mailbox.move_destinations(current_user),
+        folders=mailbox.list_folders(current_user) if full_page else [],
     )
-
-
-@bp.get("/progress")
-def progress():
-    return render_template(
-        "accounts/partials/progress.html",
-        progress=accounts.backfill_progress(accounts.list_accounts(current_user)),
-        poll_url=url_for("mail.progress"),
-    )
-
-
-@bp.get("/messages/<int:message_id>")
-def message(message_id: int):
-    found = access.message_for_owner(current_user, message_id)
-    text = mailbox.message_text(current_app, found)
-    return render_template("mail/message.html", message=found, text=text)

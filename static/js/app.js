@@ -41,10 +41,17 @@
   });
 
   // Confirmation for destructive buttons: data-confirm="Delete this deal?" on a form.
+  // A submit button may carry its own data-confirm (e.g. Delete in the mail toolbar).
   document.addEventListener("submit", function (event) {
     var form = event.target;
-    var message = form.getAttribute && form.getAttribute("data-confirm");
-    if (message && !window.confirm(message)) event.preventDefault();
+    var submitter = event.submitter;
+    var message = (submitter && submitter.getAttribute("data-confirm")) ||
+      (form.getAttribute && form.getAttribute("data-confirm"));
+    if (message && !window.confirm(message)) {
+      // Stopping propagation here (capture phase) also keeps htmx from sending the form.
+      event.preventDefault();
+      event.stopPropagation();
+    }
   }, true);
 
   // Deal board: native HTML5 drag and drop. A drop sets the card's stage menu and fires its
@@ -89,5 +96,113 @@
     select.value = column.dataset.stageDrop;
     column.querySelector(".board-cards").prepend(card);  // show the move before the response
     select.dispatchEvent(new Event("change", { bubbles: true }));
+  });
+
+  // ------------------------------------------------------------------ Mail tab
+  // Keyboard: j/k move, Enter/o open, x select, e archive, # delete, u unread, / search,
+  // ? help. Single-key shortcuts are ignored while typing in a field.
+  var currentThreadId = null;
+  var currentIndex = 0;
+
+  function mailRows() {
+    return Array.prototype.slice.call(document.querySelectorAll("#mail-list .mail-row"));
+  }
+
+  function setCurrent(row) {
+    mailRows().forEach(function (other) { other.classList.remove("is-current"); });
+    if (!row) return;
+    row.classList.add("is-current");
+    currentThreadId = row.getAttribute("data-thread-id");
+    currentIndex = mailRows().indexOf(row);
+    row.scrollIntoView({ block: "nearest" });
+  }
+
+  function currentRow() {
+    return document.querySelector("#mail-list .mail-row.is-current");
+  }
+
+  function move(step) {
+    var rows = mailRows();
+    if (!rows.length) return;
+    var index = rows.indexOf(currentRow());
+    index = index === -1 ? 0 : Math.min(rows.length - 1, Math.max(0, index + step));
+    setCurrent(rows[index]);
+  }
+
+  function runAction(action) {
+    var form = document.getElementById("mail-bulk");
+    if (!form) return;
+    var button = form.querySelector('button[name="action"][value="' + action + '"]');
+    if (!button) return;
+    var checked = document.querySelectorAll("#mail-list .mail-check:checked");
+    if (!checked.length) {
+      var row = currentRow();
+      if (!row) return;
+      row.querySelector(".mail-check").checked = true;
+    }
+    // A real click, so htmx sends the button's action value (it tracks the clicked submitter).
+    button.click();
+  }
+
+  function toggleHelp(force) {
+    var help = document.getElementById("mail-help");
+    if (!help) return;
+    help.hidden = force === undefined ? !help.hidden : !force;
+  }
+
+  function isTyping(target) {
+    var tag = target && target.tagName;
+    return tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT" || (target && target.isContentEditable);
+  }
+
+  document.addEventListener("keydown", function (event) {
+    if (!document.getElementById("mail-list")) return;
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    if (event.key === "Escape") {
+      toggleHelp(false);
+      if (isTyping(event.target)) event.target.blur();
+      return;
+    }
+    if (isTyping(event.target)) return;
+    var row = currentRow();
+    switch (event.key) {
+      case "j": move(1); break;
+      case "k": move(-1); break;
+      case "o":
+      case "Enter":
+        if (!row) return;
+        row.querySelector(".mail-row-link").click();
+        break;
+      case "x":
+        if (!row) return;
+        var box = row.querySelector(".mail-check");
+        box.checked = !box.checked;
+        break;
+      case "e": runAction("archive"); break;
+      case "#": runAction("delete"); break;
+      case "u": runAction("unread"); break;
+      case "/": document.getElementById("mail-q").focus(); break;
+      case "?": toggleHelp(); break;
+      default: return;
+    }
+    event.preventDefault();
+  });
+
+  document.addEventListener("click", function (event) {
+    var target = event.target;
+    if (target.closest && target.closest("[data-mail-help]")) toggleHelp();
+    if (target.id === "mail-check-all") {
+      document.querySelectorAll("#mail-list .mail-check").forEach(function (box) {
+        box.checked = target.checked;
+      });
+    }
+  });
+
+  // After the list is swapped (action, search, filter), keep the cursor near where it was.
+  document.addEventListener("htmx:afterSettle", function () {
+    var rows = mailRows();
+    if (!rows.length || currentThreadId === null || currentRow()) return;
+    var same = document.querySelector('#mail-list .mail-row[data-thread-id="' + currentThreadId + '"]');
+    setCurrent(same || rows[Math.min(currentIndex, rows.length - 1)]);
   });
 })();

@@ -1,0 +1,188 @@
+"""Write Mail tab actions back to the IMAP server: \\Seen flags and moves between folders.
+
+Each call opens its own app context to read the account (so no database transaction is held
+across network I/O), connects through mailsync.imap, works folder by folder with UID
+commands, and logs out. Every failure becomes a MailActionError with a message in plain words.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError
+from sqlalchemy import select
+
+from extensions import db
+from mailsync import imap
+from models import MailAccount, MailFolder
+from services.credentials import CredentialError, secret_box
+
+SEEN = b"\\Seen"
+DELETED = b"\\Deleted"
+ACTION_TIMEOUT = 20.0
+_COPYUID_RE = re.compile(rb"COPYUID\s+\d+\s+([\d:,]+)\s+([\d:,]+)", re.IGNORECASE)
+
+# A location on the server: (folder name, UID).
+Location = tuple[str, int]
+
+
+class MailActionError(Exception):
+    """The server could not be updated; `message` says why in plain words."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def set_seen(app, account_id: int, locations: Sequence[Location], seen: bool) -> None:
+    """Add or remove \\Seen on each location (+FLAGS.SILENT / -FLAGS.SILENT, never FLAGS)."""
+    if not locations:
+        return
+    settings, allowed_ports, _folders = _account_settings(app, account_id)
+    client = _connect(settings, allowed_ports)
+    try:
+        for folder, uids in _by_folder(locations).items():
+            client.select_folder(folder)
+            if seen:
+                client.add_flags(uids, [SEEN], silent=True)
+            else:
+                client.remove_flags(uids, [SEEN], silent=True)
+    except (OSError, imaplib.IMAP4.error, IMAPClientError) as exc:
+        raise MailActionError(_describe(exc)) from exc
+    finally:
+        imap.safe_logout(client)
+
+
+def move_locations(
+    app,
+    account_id: int,
+    locations: Sequence[Location],
+    destination_role: str | None = None,
+    *,
+    destination_name: str | None = None,
+) -> dict[Location, int | None]:
+    """Move locations to the folder with `destination_role` (or named `destination_name`).
+
+    Uses MOVE when the server advertises it, else COPY + \\Deleted + UID EXPUNGE. Returns each
+    moved location's new UID when the server reported it (COPYUID, RFC 4315), else None.
+    """
+    if not locations:
+        return {}
+    settings, allowed_ports, folders = _account_settings(app, account_id)
+    destination = destination_name or folders.get(destination_role or "")
+    if destination is None:
+        raise MailActionError(f"the account has no {destination_role or 'destination'} folder")
+    client = _connect(settings, allowed_ports)
+    moved: dict[Location, int | None] = {}
+    try:
+        for folder, uids in _by_folder(locations).items():
+            if folder == destination:
+                continue
+            client.select_folder(folder)
+            new_uids = _move_uids(client, uids, destination)
+            for uid in uids:
+                moved[(folder, uid)] = new_uids.get(uid)
+    except (OSError, imaplib.IMAP4.error, IMAPClientError) as exc:
+        raise MailActionError(_describe(exc)) from exc
+    finally:
+        imap.safe_logout(client)
+    return moved
+
+
+def _move_uids(client: IMAPClient, uids: list[int], destination: str) -> dict[int, int]:
+    if client.has_capability("MOVE"):
+        client._imap.untagged_responses.pop("COPYUID", None)
+        response = client.move(uids, destination)
+        # RFC 6851: MOVE reports COPYUID in an untagged OK, which imaplib files by code.
+        untagged = client._imap.untagged_responses.pop("COPYUID", [])
+        return _parse_copyuid([*(b"COPYUID " + item for item in untagged), _as_bytes(response)])
+    client.copy(uids, destination)
+    client.add_flags(uids, [DELETED], silent=True)
+    if client.has_capability("UIDPLUS"):
+        client.uid_expunge(uids)
+    # Without UIDPLUS a plain EXPUNGE would also remove mail the user flagged \Deleted
+    # elsewhere, so the originals stay flagged for the user's own client to expunge.
+    # imaplib drops the COPYUID of COPY's tagged answer: the next sync finds the new UIDs.
+    return {}
+
+
+def _parse_copyuid(responses: Iterable[bytes]) -> dict[int, int]:
+    mapping: dict[int, int] = {}
+    for response in responses:
+        for match in _COPYUID_RE.finditer(response or b""):
+            sources, targets = _uid_set(match.group(1)), _uid_set(match.group(2))
+            if len(sources) == len(targets):
+                mapping.update(zip(sources, targets, strict=True))
+    return mapping
+
+
+def _uid_set(text: bytes) -> list[int]:
+    uids: list[int] = []
+    for part in text.decode().split(","):
+        start, _, end = part.partition(":")
+        low, high = int(start), int(end or start)
+        step = 1 if high >= low else -1
+        uids.extend(range(low, high + step, step))
+    return uids
+
+
+def _as_bytes(value) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return str(value or "").encode()
+
+
+def _by_folder(locations: Sequence[Location]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = defaultdict(list)
+    for folder, uid in locations:
+        groups[folder].append(int(uid))
+    return groups
+
+
+def _account_settings(app, account_id: int):
+    with app.app_context():
+        account = db.session.get(MailAccount, account_id)
+        if account is None:
+            raise MailActionError("the mail account no longer exists")
+        try:
+            password = secret_box(app).decrypt(account.password_encrypted)
+        except CredentialError as exc:
+            raise MailActionError(exc.args[0]) from exc
+        settings = imap.ConnectionSettings(
+            host=account.imap_host,
+            port=account.imap_port,
+            security=account.imap_security,
+            username=account.username,
+            password=password,
+            ca_cert_pem=account.ca_cert_pem,
+            timeout=app.config.get("MAIL_ACTION_TIMEOUT", ACTION_TIMEOUT),
+        )
+        folders = {
+            role: name
+            for role, name in db.session.execute(
+                select(MailFolder.role, MailFolder.name)
+                .where(MailFolder.account_id == account_id, MailFolder.role.is_not(None))
+                .order_by(MailFolder.id.desc())
+            )
+        }
+    # The accounts branch defines MAIL_ALLOWED_PORTS (default 993, 143); None allows any port.
+    configured = app.config.get("MAIL_ALLOWED_PORTS")
+    allowed_ports = None if configured is None else frozenset(configured)
+    return settings, allowed_ports, folders
+
+
+def _connect(settings: imap.ConnectionSettings, allowed_ports) -> IMAPClient:
+    try:
+        return imap.connect(settings, allowed_ports=allowed_ports)
+    except imap.MailConnectionError as exc:
+        raise MailActionError(exc.message) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return "the connection to the mail server was lost"
+    return f"the mail server refused the change ({str(exc)[:200]})"

@@ -1,0 +1,183 @@
+"""Mail tab write-backs against the real Dovecot: \\Seen flags, archive and delete moves."""
+
+import socket
+
+import pytest
+from imapclient import IMAPClient
+from sqlalchemy import select
+
+from extensions import db
+from mailsync import actions
+from models import MailAccount, MailFolder, Message, MessageLocation, Thread
+from services.credentials import secret_box
+from services.preferences import update_preferences
+from tests.mail_fixtures import build_message
+
+pytestmark = pytest.mark.imap
+ACTIONS_URL = "/mail/threads/actions"
+
+
+@pytest.fixture
+def me(make_user):
+    return make_user(email="me@team.test", name="Me")
+
+
+@pytest.fixture
+def server_account(app, me, dovecot, mail_user):
+    """A MailAccount pointing at the real Dovecot, with folder rows for its standard folders."""
+    account = MailAccount(
+        user_id=me.id,
+        email_address=mail_user.email,
+        username=mail_user.email,
+        password_encrypted=secret_box(app).encrypt(mail_user.password),
+        imap_host=dovecot.host,
+        imap_port=dovecot.ssl_port,
+        imap_security="ssl",
+        ca_cert_pem=dovecot.ca_file.read_text(),
+    )
+    db.session.add(account)
+    db.session.flush()
+    for name, role in (("INBOX", "inbox"), ("Archive", "archive"), ("Trash", "trash")):
+        db.session.add(MailFolder(account_id=account.id, name=name, role=role))
+    db.session.commit()
+    return account
+
+
+@pytest.fixture
+def deliver(dovecot, mail_user, server_account, make_mailbox_message):
+    """Deliver `count` messages to INBOX and store rows pointing at their real UIDs."""
+
+    def do_deliver(count: int = 1, **fields) -> list[Message]:
+        inbox = db.session.scalar(
+            select(MailFolder).where(
+                MailFolder.account_id == server_account.id, MailFolder.name == "INBOX"
+            )
+        )
+        before = set(dovecot.uids(mail_user.email))
+        for index in range(count):
+            dovecot.deliver(mail_user.email, build_message(subject=f"Message {index}"))
+        new_uids = sorted(set(dovecot.uids(mail_user.email)) - before)
+        return [
+            make_mailbox_message(inbox, uid=uid, subject=f"Message {index}", **fields)
+            for index, uid in enumerate(new_uids)
+        ]
+
+    return do_deliver
+
+
+@pytest.fixture
+def client_me(me, login):
+    return login(me)
+
+
+def locations(message_id):
+    db.session.expire_all()
+    return db.session.scalars(
+        select(MessageLocation).where(MessageLocation.message_id == message_id)
+    ).all()
+
+
+def test_mark_read_and_unread_write_seen_back(client_me, dovecot, mail_user, deliver):
+    first, second = deliver(2)
+    uids = dovecot.uids(mail_user.email)
+    client_me.post(ACTIONS_URL, data={"action": "read", "thread_id": [first.thread_id]})
+    assert "\\Seen" in dovecot.flags(mail_user.email, "INBOX", uids[0])
+    assert "\\Seen" not in dovecot.flags(mail_user.email, "INBOX", uids[1])
+    dovecot.add_flags(mail_user.email, "INBOX", uids[0], "\\Flagged")
+    client_me.post(ACTIONS_URL, data={"action": "unread", "thread_id": [first.thread_id]})
+    flags = dovecot.flags(mail_user.email, "INBOX", uids[0])
+    # -FLAGS removes only \Seen: the user's other flags survive (never a FLAGS replace).
+    assert "\\Seen" not in flags and "\\Flagged" in flags
+    assert not any(location.seen for location in locations(first.id))
+
+
+def test_archive_with_setting_moves_to_archive_on_server(
+    client_me, me, dovecot, mail_user, deliver
+):
+    update_preferences(me, {"archive_in_mailbox": "True"})
+    message, kept = deliver(2)
+    client_me.post(ACTIONS_URL, data={"action": "archive", "thread_id": [message.thread_id]})
+    assert len(dovecot.uids(mail_user.email, "INBOX")) == 1
+    archive_uids = dovecot.uids(mail_user.email, "Archive")
+    assert len(archive_uids) == 1
+    (location,) = locations(message.id)
+    assert location.folder.name == "Archive" and location.uid == archive_uids[0]
+    assert db.session.get(Thread, message.thread_id).archived
+    assert [loc.folder.name for loc in locations(kept.id)] == ["INBOX"]
+
+
+def test_delete_with_setting_moves_to_trash_on_server(client_me, me, dovecot, mail_user, deliver):
+    update_preferences(me, {"delete_in_mailbox": "True"})
+    (message,) = deliver(1)
+    client_me.post(ACTIONS_URL, data={"action": "delete", "thread_id": [message.thread_id]})
+    assert dovecot.uids(mail_user.email, "INBOX") == []
+    assert len(dovecot.uids(mail_user.email, "Trash")) == 1
+    db.session.expire_all()
+    assert db.session.get(Thread, message.thread_id).deleted_at is not None
+
+
+def test_settings_off_leave_the_server_untouched(client_me, dovecot, mail_user, deliver):
+    archived, deleted = deliver(2)
+    before = dovecot.uids(mail_user.email, "INBOX")
+    client_me.post(ACTIONS_URL, data={"action": "archive", "thread_id": [archived.thread_id]})
+    client_me.post(ACTIONS_URL, data={"action": "delete", "thread_id": [deleted.thread_id]})
+    assert dovecot.uids(mail_user.email, "INBOX") == before
+    assert dovecot.uids(mail_user.email, "Trash") == []
+    assert [loc.folder.name for loc in locations(archived.id)] == ["INBOX"]
+
+
+def test_move_without_move_capability_copies_and_expunges(
+    app, monkeypatch, dovecot, mail_user, server_account, deliver
+):
+    original = IMAPClient.has_capability
+    monkeypatch.setattr(
+        IMAPClient,
+        "has_capability",
+        lambda self, name: False if name == "MOVE" else original(self, name),
+    )
+    (message,) = deliver(1)
+    uid = dovecot.uids(mail_user.email)[0]
+    moved = actions.move_locations(app, server_account.id, [("INBOX", uid)], "trash")
+    assert dovecot.uids(mail_user.email, "INBOX") == []
+    assert len(dovecot.uids(mail_user.email, "Trash")) == 1
+    # COPY reports no new UID through imaplib; the next sync records it.
+    assert moved == {("INBOX", uid): None}
+
+
+def test_unreachable_server_keeps_threadline_state_and_says_so(
+    client_me, me, dovecot, mail_user, server_account, deliver
+):
+    update_preferences(me, {"archive_in_mailbox": "True"})
+    message, other = deliver(2)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    account = db.session.get(MailAccount, server_account.id)
+    account.imap_port = closed_port
+    db.session.commit()
+    response = client_me.post(
+        ACTIONS_URL,
+        data={"action": "read", "thread_id": [message.thread_id]},
+        follow_redirects=True,
+    )
+    text = response.get_data(as_text=True)
+    assert "Marked read in Threadline; the mail server could not be updated:" in text
+    db.session.expire_all()
+    assert db.session.get(Message, message.id).is_read
+    response = client_me.post(
+        ACTIONS_URL,
+        data={"action": "archive", "thread_id": [other.thread_id]},
+        follow_redirects=True,
+    )
+    assert "Archived in Threadline; the mail server could not be updated:" in response.get_data(
+        as_text=True
+    )
+    # Nothing lost: the thread is archived in Threadline, its location still points at INBOX.
+    assert db.session.get(Thread, other.thread_id).archived
+    assert [loc.folder.name for loc in locations(other.id)] == ["INBOX"]
+    assert len(dovecot.uids(mail_user.email, "INBOX")) == 2
+
+
+def test_copyuid_ranges_map_old_to_new_uids():
+    parsed = actions._parse_copyuid([b"[COPYUID 38505 304,319:320 3956:3958] Done"])
+    assert parsed == {304: 3956, 319: 3957, 320: 3958}

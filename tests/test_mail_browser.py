@@ -1,0 +1,178 @@
+"""The Mail tab in real Chromium: inbox, search as you type, keyboard, bulk archive."""
+
+import os
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.conftest import PASSWORD
+
+pytestmark = pytest.mark.browser
+SHOTS = os.environ.get("THREADLINE_SHOTS", "/tmp/shots")
+
+
+@pytest.fixture
+def me(make_user):
+    return make_user(email="me@team.test", name="Mia Meyer")
+
+
+@pytest.fixture
+def inbox(me, make_stored_account, make_stored_folder):
+    account = make_stored_account(me)
+    for name, role in (("Sent", "sent"), ("Trash", "trash"), ("Junk", "junk"), ("Clients", None)):
+        make_stored_folder(account, name, role=role)
+    return make_stored_folder(account, "INBOX", role="inbox")
+
+
+@pytest.fixture
+def mailbox_seed(me, inbox, make_mailbox_message, make_person, make_deal):
+    """A realistic small inbox: people, a linked deal, unread and read, attachments."""
+    carla = make_person(me, name="Carla Diaz", emails=("carla@customer.test",))
+    deal = make_deal(me, title="Acme renewal 2027", person_id=carla.id)
+    now = datetime.now(UTC)
+    rows = [
+        (
+            "Carla Diaz",
+            "carla@customer.test",
+            "Renewal quote for 2027",
+            "Thanks for the call — attached is the signed quote, can you confirm the start date?",
+            True,
+            False,
+        ),
+        (
+            "Bo Berg",
+            "bo@vendor.test",
+            "Invoice 4471 overdue",
+            "Friendly reminder that invoice 4471 is now 14 days overdue.",
+            False,
+            True,
+        ),
+        (
+            "Priya Nair",
+            "priya@bigco.test",
+            "Kick-off agenda",
+            "Here is the agenda for Monday's kick-off. Let me know if anything is missing.",
+            True,
+            False,
+        ),
+        (
+            "<img src=x onerror=alert(1)>",
+            "evil@spam.test",
+            "<b>Hostile</b> subject",
+            "<script>alert(2)</script>",
+            False,
+            False,
+        ),
+        (
+            "Léa Martin",
+            "lea@agency.test",
+            "Design review notes",
+            "Great session today; notes and next steps inside.",
+            False,
+            False,
+        ),
+        (
+            "Tom Okafor",
+            "tom@partner.test",
+            "Partnership proposal",
+            "We'd love to explore a co-marketing partnership next quarter.",
+            True,
+            False,
+        ),
+    ]
+    messages = []
+    for index, (name, address, subject, snippet, read, attach) in enumerate(rows):
+        message = make_mailbox_message(
+            inbox,
+            subject=subject,
+            sender=(name, address),
+            date=now - timedelta(hours=index * 9),
+            is_read=read,
+            has_attachments=attach,
+            body=snippet,
+        )
+        message.snippet = snippet
+        messages.append(message)
+    from extensions import db
+    from services.linking import link_thread
+
+    link_thread(messages[0].thread, "deal", deal.id)
+    messages[2].thread.shared = True
+    db.session.commit()
+    return messages
+
+
+def sign_in(page, live_server, user):
+    page.goto(live_server.url + "/login")
+    page.fill("input[name=email]", user.email)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.goto(live_server.url + "/mail/")
+
+
+def test_inbox_search_keyboard_and_bulk_archive(live_server, page, me, mailbox_seed):
+    dialogs = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.set_viewport_size({"width": 1366, "height": 768})
+    sign_in(page, live_server, me)
+    rows = page.locator(".mail-row")
+    assert rows.count() == 6
+    assert page.locator(".mail-row.is-unread").count() == 3
+    assert page.get_by_text("<b>Hostile</b> subject").is_visible()
+    os.makedirs(SHOTS, exist_ok=True)
+    page.screenshot(path=f"{SHOTS}/inbox.png")
+
+    # Search as you type: the list narrows and the URL is pushed; focus stays in the box.
+    page.fill("#mail-q", "invoice")
+    expect(rows).to_have_count(1)
+    assert "q=invoice" in page.url
+    expect(page.locator("#mail-q")).to_be_focused()
+    page.screenshot(path=f"{SHOTS}/search.png")
+    page.fill("#mail-q", "")
+    expect(rows).to_have_count(6)
+
+    # Keyboard: j/j/k moves the cursor, e archives the current conversation.
+    page.locator("#mail-q").blur()
+    page.keyboard.press("j")
+    page.keyboard.press("j")
+    page.keyboard.press("k")
+    current = page.locator(".mail-row.is-current")
+    first_id = rows.nth(0).get_attribute("data-thread-id")
+    assert current.get_attribute("data-thread-id") == first_id
+    page.keyboard.press("e")
+    expect(rows).to_have_count(5)
+    assert page.locator(f'.mail-row[data-thread-id="{first_id}"]').count() == 0
+    assert page.get_by_text("Archived 1 conversation.").is_visible()
+
+    # Help overlay.
+    page.keyboard.press("?")
+    assert page.locator("#mail-help").is_visible()
+    page.keyboard.press("Escape")
+    assert not page.locator("#mail-help").is_visible()
+
+    # Bulk: select two and archive with the toolbar button.
+    page.locator(".mail-row .mail-check").nth(0).check()
+    page.locator(".mail-row .mail-check").nth(1).check()
+    page.screenshot(path=f"{SHOTS}/selected.png")
+    page.click("button[value=archive]")
+    expect(rows).to_have_count(3)
+    page.click(".mail-folder:has-text('Archive')")
+    expect(rows).to_have_count(3)
+    assert dialogs == []
+    # R34: no message text in browser storage.
+    storage = page.evaluate("() => JSON.stringify(localStorage) + JSON.stringify(sessionStorage)")
+    assert "Invoice" not in storage and "Renewal" not in storage
+
+
+def test_delete_asks_for_confirmation(live_server, page, me, mailbox_seed):
+    answers = [False, True]
+    page.on("dialog", lambda dialog: dialog.accept() if answers.pop(0) else dialog.dismiss())
+    sign_in(page, live_server, me)
+    page.keyboard.press("j")
+    page.keyboard.press("#")
+    page.wait_for_timeout(300)
+    assert page.locator(".mail-row").count() == 6
+    page.keyboard.press("#")
+    expect(page.locator(".mail-row")).to_have_count(5)
+    assert answers == []

@@ -1,0 +1,350 @@
+"""The Mail tab over HTTP: folders, counts, list order, paging, filters, search, actions, access."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from extensions import db
+from models import Message, Thread
+from services import access, linking, mailbox
+
+HTMX_LIST = {"HX-Request": "true", "HX-Target": "mail-results"}
+
+
+@pytest.fixture
+def me(make_user):
+    return make_user(email="me@team.test", name="Me")
+
+
+@pytest.fixture
+def account(me, make_stored_account):
+    return make_stored_account(me)
+
+
+@pytest.fixture
+def folders(account, make_stored_folder):
+    return {
+        "inbox": make_stored_folder(account, "INBOX", role="inbox"),
+        "sent": make_stored_folder(account, "Sent", role="sent"),
+        "trash": make_stored_folder(account, "Trash", role="trash"),
+        "junk": make_stored_folder(account, "Junk", role="junk"),
+        "archive": make_stored_folder(account, "Archive", role="archive"),
+        "clients": make_stored_folder(account, "Clients", role=None),
+    }
+
+
+@pytest.fixture
+def client_me(me, login):
+    return login(me)
+
+
+def ago(**delta):
+    return datetime.now(UTC) - timedelta(**delta)
+
+
+def row_ids(response):
+    html = response.get_data(as_text=True)
+    ids, marker = [], 'data-thread-id="'
+    start = html.find(marker)
+    while start != -1:
+        end = html.index('"', start + len(marker))
+        ids.append(int(html[start + len(marker) : end]))
+        start = html.find(marker, end)
+    return ids
+
+
+def test_folders_show_with_unread_counts(client_me, folders, make_mailbox_message):
+    make_mailbox_message(folders["inbox"], subject="Unread one")
+    make_mailbox_message(folders["inbox"], subject="Read one", is_read=True)
+    make_mailbox_message(folders["clients"], subject="Client unread")
+    archived = make_mailbox_message(folders["inbox"], subject="Archived unread")
+    archived.thread.archived = True
+    db.session.commit()
+    response = client_me.get("/mail/")
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    for label in ("Inbox", "Sent", "Archive", "Trash", "Spam", "Clients"):
+        assert label in html
+    folders_list = mailbox.list_folders(db.session.merge(folders["inbox"].account.user))
+    counts = {entry.key: entry.unread for entry in folders_list}
+    assert counts["inbox"] == 1
+    assert counts["archive"] == 1
+    assert counts[f"f{folders['clients'].id}"] == 1
+    assert counts["sent"] == 0
+
+
+def test_list_is_newest_first_and_hides_blocked_and_deleted(
+    client_me, folders, make_mailbox_message
+):
+    old = make_mailbox_message(folders["inbox"], subject="Old", date=ago(days=3))
+    new = make_mailbox_message(folders["inbox"], subject="New", date=ago(minutes=5))
+    mid = make_mailbox_message(folders["inbox"], subject="Mid", date=ago(days=1))
+    blocked = make_mailbox_message(folders["inbox"], subject="Blocked")
+    blocked.thread.blocked = True
+    deleted = make_mailbox_message(folders["inbox"], subject="Deleted")
+    deleted.thread.deleted_at = datetime.now(UTC)
+    db.session.commit()
+    response = client_me.get("/mail/")
+    assert row_ids(response) == [new.thread_id, mid.thread_id, old.thread_id]
+
+
+def test_keyset_pagination_walks_every_thread_once(client_me, folders, make_mailbox_message):
+    same = ago(hours=2)
+    created = [
+        make_mailbox_message(folders["inbox"], subject=f"M{i}", date=same if i % 3 else ago(days=i))
+        for i in range(mailbox.PAGE_SIZE + 7)
+    ]
+    first = client_me.get("/mail/")
+    first_ids = row_ids(first)
+    assert len(first_ids) == mailbox.PAGE_SIZE
+    html = first.get_data(as_text=True)
+    assert 'hx-trigger="revealed, click"' in html
+    cursor = html.split("/mail/rows?after=")[1].split('"')[0].split("&")[0]
+    more = client_me.get(f"/mail/rows?after={cursor}", headers={"HX-Request": "true"})
+    more_ids = row_ids(more)
+    assert len(more_ids) == 7 and "Load more" not in more.get_data(as_text=True)
+    assert sorted(first_ids + more_ids) == sorted(m.thread_id for m in created)
+    # Without JS the "Load more" link is a full page of older conversations.
+    page = client_me.get(f"/mail/?after={cursor}")
+    assert row_ids(page) == more_ids and "<html" in page.get_data(as_text=True)
+
+
+def test_folder_views(client_me, folders, make_mailbox_message):
+    inbox = make_mailbox_message(folders["inbox"], subject="In inbox")
+    sent = make_mailbox_message(folders["sent"], subject="Sent one")
+    spam = make_mailbox_message(folders["junk"], subject="Spam one")
+    other = make_mailbox_message(folders["clients"], subject="Client one")
+    archived = make_mailbox_message(folders["inbox"], subject="Archived")
+    archived.thread.archived = True
+    db.session.commit()
+    assert row_ids(client_me.get("/mail/")) == [inbox.thread_id]
+    assert row_ids(client_me.get("/mail/?folder=sent")) == [sent.thread_id]
+    assert row_ids(client_me.get("/mail/?folder=junk")) == [spam.thread_id]
+    assert row_ids(client_me.get("/mail/?folder=archive")) == [archived.thread_id]
+    assert row_ids(client_me.get(f"/mail/?folder=f{folders['clients'].id}")) == [other.thread_id]
+
+
+def test_filters(client_me, me, folders, make_mailbox_message, make_deal):
+    unread = make_mailbox_message(folders["inbox"], subject="Unread")
+    read = make_mailbox_message(folders["inbox"], subject="Read", is_read=True)
+    attached = make_mailbox_message(
+        folders["inbox"], subject="Attached", is_read=True, has_attachments=True
+    )
+    shared = make_mailbox_message(folders["inbox"], subject="Shared", is_read=True, shared=True)
+    linking.link_thread(read.thread, "deal", make_deal(me).id)
+    db.session.commit()
+
+    def ids(params):
+        return set(row_ids(client_me.get("/mail/?" + params)))
+
+    assert ids("unread=1") == {unread.thread_id}
+    assert ids("attachments=1") == {attached.thread_id}
+    assert ids("linked=linked") == {read.thread_id}
+    assert ids("linked=unlinked") == {unread.thread_id, attached.thread_id, shared.thread_id}
+    assert ids("sharing=shared") == {shared.thread_id}
+    assert shared.thread_id not in ids("sharing=private")
+    assert ids("unread=1&linked=linked") == set()
+
+
+def test_search_subject_body_participant_as_fragment(client_me, folders, make_mailbox_message):
+    by_subject = make_mailbox_message(folders["inbox"], subject="Quarterly proposal")
+    by_body = make_mailbox_message(folders["inbox"], subject="Hi", body="the pricing sheet")
+    by_person = make_mailbox_message(
+        folders["inbox"], subject="Lunch", sender=("Bo Berg", "bo@vendor.test")
+    )
+    elsewhere = make_mailbox_message(folders["sent"], subject="Quarterly numbers")
+    assert row_ids(client_me.get("/mail/?q=quarter")) == [by_subject.thread_id]
+    assert row_ids(client_me.get("/mail/?q=pricing")) == [by_body.thread_id]
+    assert row_ids(client_me.get("/mail/?q=bo@vendor.test")) == [by_person.thread_id]
+    assert row_ids(client_me.get("/mail/?q=quarter&folder=sent")) == [elsewhere.thread_id]
+    fragment = client_me.get("/mail/?q=quarter", headers=HTMX_LIST)
+    text = fragment.get_data(as_text=True)
+    assert fragment.status_code == 200 and "<html" not in text and 'id="mail-results"' in text
+    assert "HX-Target" in fragment.headers["Vary"]
+    # The pushed URL (no HX-Target) returns the full page.
+    assert "<html" in client_me.get("/mail/?q=quarter").get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        '"',
+        "'",
+        "*",
+        "NEAR(a b)",
+        "a OR",
+        "-",
+        "\x00",
+        "(((",
+        "subject:x",
+        "%",
+        "\r\nA1 DELETE INBOX",
+    ]
+    + ["x" * 5000],
+)
+def test_hostile_search_strings_never_fail(client_me, folders, make_mailbox_message, query):
+    make_mailbox_message(folders["inbox"], subject="Safe")
+    response = client_me.get("/mail/", query_string={"q": query})
+    assert response.status_code == 200
+
+
+def test_archive_leaves_inbox_stays_linked(client_me, me, folders, make_mailbox_message, make_deal):
+    message = make_mailbox_message(folders["inbox"], subject="To archive")
+    deal = make_deal(me)
+    linking.link_thread(message.thread, "deal", deal.id)
+    response = client_me.post(
+        "/mail/threads/actions", data={"action": "archive", "thread_id": message.thread_id}
+    )
+    assert response.status_code == 303
+    assert message.thread_id not in row_ids(client_me.get("/mail/"))
+    assert row_ids(client_me.get("/mail/?folder=archive")) == [message.thread_id]
+    on_deal = db.session.scalars(access.record_threads(me, "deal", deal.id)).all()
+    assert [thread.id for thread in on_deal] == [message.thread_id]
+
+
+def test_delete_is_gone_everywhere(client_me, me, folders, make_mailbox_message, make_deal):
+    message = make_mailbox_message(folders["inbox"], subject="Doomed unique", body="zebra")
+    deal = make_deal(me)
+    linking.link_thread(message.thread, "deal", deal.id)
+    response = client_me.post(
+        "/mail/threads/actions", data={"action": "delete", "thread_id": message.thread_id}
+    )
+    assert response.status_code == 303
+    assert row_ids(client_me.get("/mail/")) == []
+    assert row_ids(client_me.get("/mail/?folder=archive")) == []
+    assert row_ids(client_me.get("/mail/?q=zebra")) == []
+    assert db.session.scalars(access.record_threads(me, "deal", deal.id)).all() == []
+    db.session.expire_all()
+    stored = db.session.get(Message, message.id)
+    assert stored.deleted_at is not None and stored.thread.deleted_at is not None
+
+
+def test_bulk_read_unread_with_htmx_refresh(client_me, folders, make_mailbox_message):
+    first = make_mailbox_message(folders["inbox"], subject="One")
+    second = make_mailbox_message(folders["inbox"], subject="Two")
+    ids = [first.thread_id, second.thread_id]
+    response = client_me.post(
+        "/mail/threads/actions",
+        data={"action": "read", "thread_id": ids},
+        headers={"HX-Request": "true", "HX-Target": "mail-list"},
+    )
+    assert response.status_code == 200
+    assert response.headers["HX-Trigger"] == "mail-changed"
+    assert "Marked 2 conversations read." in response.get_data(as_text=True)
+    db.session.expire_all()
+    assert all(m.is_read for m in db.session.scalars(select(Message)))
+    assert all(loc.seen for m in db.session.scalars(select(Message)) for loc in m.locations)
+    client_me.post("/mail/threads/actions", data={"action": "unread", "thread_id": ids[:1]})
+    db.session.expire_all()
+    assert not db.session.get(Message, first.id).is_read
+    assert db.session.get(Message, second.id).is_read
+    assert set(row_ids(client_me.get("/mail/?unread=1"))) == {first.thread_id}
+
+
+def test_bulk_archive_and_move(client_me, folders, make_mailbox_message):
+    messages = [make_mailbox_message(folders["inbox"], subject=f"B{i}") for i in range(3)]
+    client_me.post(
+        "/mail/threads/actions",
+        data={"action": "archive", "thread_id": [m.thread_id for m in messages[:2]]},
+    )
+    assert row_ids(client_me.get("/mail/")) == [messages[2].thread_id]
+    assert len(row_ids(client_me.get("/mail/?folder=archive"))) == 2
+
+
+def test_other_users_ids_in_bulk_post_are_ignored(
+    client_me, folders, make_user, make_stored_account, make_stored_folder, make_mailbox_message
+):
+    other = make_user()
+    other_inbox = make_stored_folder(make_stored_account(other), "INBOX", role="inbox")
+    theirs = make_mailbox_message(other_inbox, subject="Not yours")
+    mine = make_mailbox_message(folders["inbox"], subject="Mine")
+    for action in ("read", "archive", "delete"):
+        client_me.post(
+            "/mail/threads/actions",
+            data={"action": action, "thread_id": [theirs.thread_id, mine.thread_id]},
+        )
+    db.session.expire_all()
+    untouched = db.session.get(Thread, theirs.thread_id)
+    assert not untouched.archived and untouched.deleted_at is None
+    assert not db.session.get(Message, theirs.id).is_read
+    # Moving into another user's folder is a 404, and moves nothing.
+    kept = make_mailbox_message(folders["inbox"], subject="Kept")
+    response = client_me.post(
+        "/mail/threads/actions",
+        data={"action": "move", "thread_id": kept.thread_id, "destination": other_inbox.id},
+    )
+    assert response.status_code == 404
+
+
+def test_teammate_and_admin_never_see_my_mail_tab(
+    me, folders, make_user, admin, login, make_mailbox_message
+):
+    make_mailbox_message(folders["inbox"], subject="Secretword plans", shared=True)
+    make_mailbox_message(folders["inbox"], subject="Private secretword")
+    for viewer in (make_user(), admin):
+        viewer_client = login(viewer)
+        page = viewer_client.get("/mail/?q=secretword").get_data(as_text=True)
+        assert "secretword" not in page.lower().replace('value="secretword"', "")
+        assert row_ids(viewer_client.get("/mail/")) == []
+        assert row_ids(viewer_client.get("/mail/?folder=archive")) == []
+        assert viewer_client.get(f"/mail/?folder=f{folders['inbox'].id}").status_code == 404
+        counts = {e.key: e.unread for e in mailbox.list_folders(viewer)}
+        assert counts["inbox"] == 0
+        assert "mail-folder-count" not in viewer_client.get("/mail/folders").get_data(as_text=True)
+
+
+def test_header_text_is_escaped(client_me, folders, make_mailbox_message):
+    make_mailbox_message(
+        folders["inbox"],
+        subject="<img src=x onerror=alert(1)>",
+        sender=('<svg onload=alert(1)> hx-get="/admin"', "a@b.c"),
+    )
+    html = client_me.get("/mail/").get_data(as_text=True)
+    assert "<img src=x" not in html and "<svg onload" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "&lt;svg onload=alert(1)&gt;" in html
+    assert "<span hx-disable>&lt;svg onload" in html
+
+
+def test_action_posts_require_csrf(client_me, folders, make_mailbox_message):
+    message = make_mailbox_message(folders["inbox"], subject="Keep")
+    response = client_me.post(
+        "/mail/threads/actions",
+        data={"action": "delete", "thread_id": message.thread_id},
+        csrf=False,
+    )
+    assert response.status_code == 400
+    db.session.expire_all()
+    assert db.session.get(Thread, message.thread_id).deleted_at is None
+    assert client_me.get("/mail/threads/actions").status_code == 405
+
+
+def test_unknown_action_changes_nothing(client_me, folders, make_mailbox_message):
+    message = make_mailbox_message(folders["inbox"], subject="Keep")
+    response = client_me.post(
+        "/mail/threads/actions", data={"action": "explode", "thread_id": message.thread_id}
+    )
+    assert response.status_code == 303
+    assert "Choose an action." in client_me.get("/mail/").get_data(as_text=True)
+
+
+def test_rows_link_to_the_conversation_and_show_chips(
+    client_me, me, folders, make_mailbox_message, make_person, make_deal
+):
+    make_person(me, name="Carla Diaz", emails=("carla@customer.test",))
+    message = make_mailbox_message(folders["inbox"], subject="Chips", has_attachments=True)
+    linking.link_thread(message.thread, "deal", make_deal(me, title="Big deal").id)
+    html = client_me.get("/mail/").get_data(as_text=True)
+    assert f'href="/mail/threads/{message.thread_id}"' in html
+    assert "Carla Diaz" in html and "Big deal" in html and "Has attachments" in html
+    assert client_me.get(f"/mail/threads/{message.thread_id}").status_code == 200
+
+
+def test_mail_templates_never_mark_text_safe():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "templates"
+    for template in [*root.glob("mail/**/*.html"), *root.glob("conversations/*.html")]:
+        source = template.read_text()
+        assert "|safe" not in source.replace(" ", "") and "Markup(" not in source, template
