@@ -25,6 +25,7 @@ def me(make_user):
 @pytest.fixture
 def server_account(app, me, dovecot, mail_user):
     """A MailAccount pointing at the real Dovecot, with folder rows for its standard folders."""
+    app.config["MAIL_ALLOWED_PORTS"] = None  # Dovecot listens on random ports
     account = MailAccount(
         user_id=me.id,
         email_address=mail_user.email,
