@@ -1,1 +1,1 @@
-"""The only code that talks IMAP/SMTP. No Flask request imports here."""
+"""IMAP sync engine: the only code that talks IMAP/SMTP; parsing and threading helpers are pure."""

@@ -1,0 +1,861 @@
+"""Parse raw RFC 822 / MIME bytes into a plain dataclass (pure; never raises on bad input).
+
+A small byte-level MIME walker is used instead of ``email.parser`` for speed (see
+bench/parse_bench.py): headers are split with one regex, multipart bodies are cut at boundary
+lines with ``re`` searches, and attachment payloads are never decoded during parse. Limits
+(SECURITY.md R16) and total charset decoding (R17, SYNC.md §9) are enforced here.
+"""
+
+from __future__ import annotations
+
+import binascii
+import codecs
+import hashlib
+import html
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import getaddresses, parsedate_to_datetime
+from functools import lru_cache
+
+from mailsync.threading import MAX_CHAIN, normalize_msgid, parse_id_list
+
+MAX_PARTS = 500
+MAX_DEPTH = 30
+MAX_HEADER_BYTES = 1_000_000
+MAX_ADDRESSES = 500  # per address field; longer lists are truncated and noted (SYNC.md §9)
+MAX_SUBJECT = 255
+MAX_TEXT_CHARS = 1_000_000
+MAX_HTML_FOR_TEXT = 2_000_000
+SNIPPET_CHARS = 200
+PARSE_TIME_BUDGET = 1.5  # seconds; stop walking parts beyond this (R16 "time per message")
+
+Address = tuple[str, str]
+
+# ---------------------------------------------------------------------------------------------
+# Result types
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentInfo:
+    """Metadata of one non-body MIME leaf; fetch its bytes later with extract_part()."""
+
+    part_id: str  # IMAP-style section path: "1", "2.1", ...
+    filename: str | None
+    content_type: str
+    size: int  # decoded size, estimated from the encoded length for base64
+    content_id: str | None  # normalized: no <>, no "cid:", lowercased
+    is_inline: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    """Fields of one message that the sync engine stores; no email objects are kept."""
+
+    message_id: str | None = None
+    alias_message_ids: list[str] = field(default_factory=list)
+    in_reply_to: str | None = None
+    references: list[str] = field(default_factory=list)
+    subject: str = ""
+    from_name: str = ""
+    from_address: str = ""
+    to: list[Address] = field(default_factory=list)
+    cc: list[Address] = field(default_factory=list)
+    bcc: list[Address] = field(default_factory=list)
+    reply_to: list[Address] = field(default_factory=list)
+    date: datetime | None = None
+    text_body: str = ""
+    html_body: str | None = None
+    snippet: str = ""
+    attachments: list[AttachmentInfo] = field(default_factory=list)
+    has_attachments: bool = False
+    is_rtl_hint: bool = False
+    size: int = 0
+    parse_error: str | None = None
+    headers_only: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Charsets (SYNC.md §9, SECURITY.md R17)
+
+_CHARSET_ALIASES = {
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "x-gbk": "gb18030",
+    "cn-gb": "gb18030",
+    "euc-cn": "gb18030",
+    "ks_c_5601-1987": "cp949",
+    "ks_c_5601": "cp949",
+    "ksc5601": "cp949",
+    "euc-kr": "cp949",
+    "iso-8859-8-i": "iso-8859-8",
+    "iso-8859-8-e": "iso-8859-8",
+    "iso-8859-6-i": "iso-8859-6",
+    "iso-8859-6-e": "iso-8859-6",
+    "windows-874": "cp874",
+    "tis-620": "cp874",
+    "iso-8859-11": "cp874",
+    "unicodebig": "utf-16-be",
+    "unicodelittle": "utf-16-le",
+    "cp-850": "cp850",
+    "utf8": "utf-8",
+    "x-sjis": "shift_jis",
+    "shift-jis": "shift_jis",
+    "x-mac-roman": "mac-roman",
+    "macintosh": "mac-roman",
+    "big5": "big5hkscs",
+    "x-euc-tw": "big5",
+    # WHATWG: latin-1 and ascii labels mean windows-1252 in real mail
+    "iso-8859-1": "cp1252",
+    "latin1": "cp1252",
+    "latin-1": "cp1252",
+    "us-ascii": "",
+    "ascii": "",
+    "ansi_x3.4-1968": "",
+}
+_UNKNOWN_CHARSETS = {"", "unknown-8bit", "x-unknown", "unknown", "x-user-defined", "default"}
+_UNSAFE_CODECS = {"undefined", "unicode_escape", "raw_unicode_escape", "idna", "punycode"}
+_CHARSET_JUNK = re.compile(r"[^a-z0-9._:\-]")
+
+
+@lru_cache(maxsize=256)
+def _codec_for(charset: str | None) -> str | None:
+    """Return a Python text codec name for a MIME charset label, or None if unknown/unsafe."""
+    if not charset:
+        return None
+    label = charset.strip().strip("\"'").lower()
+    label = _CHARSET_JUNK.split(label, 1)[0].strip("_-.")  # "_iso-2022-jp$esc" -> iso-2022-jp
+    label = _CHARSET_ALIASES.get(label, label)
+    if label in _UNKNOWN_CHARSETS:
+        return None
+    try:
+        info = codecs.lookup(label)
+    except LookupError:
+        return None
+    if not getattr(info, "_is_text_encoding", True) or info.name in _UNSAFE_CODECS:
+        return None
+    return info.name
+
+
+def _decode_unknown(data: bytes) -> str:
+    """Decode bytes of unknown charset: ascii fast path, then utf-8, cp1252, latin-1."""
+    if data.isascii():
+        return data.decode("ascii")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def decode_text(data: bytes, charset: str | None) -> str:
+    """Decode bytes in a declared MIME charset; never raises (errors become U+FFFD)."""
+    codec = _codec_for(charset)
+    if codec is None or data.isascii() and codec in ("utf-8", "cp1252"):
+        return _decode_unknown(data)
+    try:
+        return data.decode(codec, "replace")
+    except Exception:  # broken codec implementations must not escape (R17)
+        return _decode_unknown(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Headers
+
+_HEADER_LINE = re.compile(rb"^([!-9;-~]+)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.MULTILINE)
+_HEADER_START = re.compile(rb"(?:[ \t][^\n]*\n)*[!-9;-~]+[ \t]*:")  # orphan folds first
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+_CTRL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_WS = re.compile(r"\s+")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_NON_HEADER_LINE = re.compile(rb"\n(?![ \t]|From |[!-9;-~]+[ \t]*:)")  # stray "From " is skipped
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([qQbB])\?([^?]*)\?=")
+
+Headers = dict[str, list[bytes]]
+
+
+def _split_entity(data: bytes, errors: list[str]) -> tuple[bytes, bytes]:
+    """Split an entity into (header block, body); text without a header line is all body."""
+    if data.startswith((b"\r\n", b"\n")):
+        return b"", data[2 if data.startswith(b"\r\n") else 1 :]
+    if not _HEADER_START.match(data):
+        return b"", data
+    match = _HEADER_END.search(data, 0, MAX_HEADER_BYTES + 4)
+    if match is None and len(data) > MAX_HEADER_BYTES:
+        errors.append("header block too large, truncated")
+        return data[:MAX_HEADER_BYTES], b""
+    end = match.start() if match else len(data)
+    # Like email.feedparser: a line that is neither a header nor a fold starts the body.
+    stray = _NON_HEADER_LINE.search(data, 0, end)
+    if stray is not None:
+        return data[: stray.start()], data[stray.start() + 1 :]
+    return (data[:end], data[match.end() :]) if match else (data, b"")
+
+
+def _parse_header_block(block: bytes) -> Headers:
+    """Return lowercased header name -> raw (still folded) values, in order."""
+    headers: Headers = {}
+    for match in _HEADER_LINE.finditer(block):
+        name = match.group(1).lower().decode("ascii")
+        headers.setdefault(name, []).append(match.group(2))
+    return headers
+
+
+def _header_str(value: bytes) -> str:
+    """Unfold a raw header value and decode 8-bit bytes (utf-8, else cp1252/latin-1)."""
+    text = _decode_unknown(value)
+    if "\n" in text:
+        text = _FOLD.sub("", text)
+    return text.strip().replace("\x00", "")
+
+
+def _first(headers: Headers, name: str) -> str | None:
+    """Return the first value of a header as unfolded text, or None."""
+    values = headers.get(name)
+    return _header_str(values[0]) if values else None
+
+
+def _b64decode(data: bytes) -> bytes:
+    """Decode lenient base64: junk characters ignored, bad padding repaired."""
+    try:
+        return binascii.a2b_base64(data)
+    except (binascii.Error, ValueError):
+        clean = re.sub(rb"[^A-Za-z0-9+/]", b"", data)
+        extra = len(clean) % 4
+        if extra == 1:
+            clean = clean[:-1]
+        elif extra:
+            clean += b"=" * (4 - extra)
+        try:
+            return binascii.a2b_base64(clean)
+        except (binascii.Error, ValueError):
+            return b""
+
+
+def decode_rfc2047(value: str) -> str:
+    """Decode RFC 2047 encoded-words in a header value; never raises."""
+    if "=?" not in value:
+        return value
+    out: list[str] = []
+    pending = bytearray()
+    pending_charset: str | None = None
+    pos = 0
+    for match in _ENCODED_WORD.finditer(value):
+        gap = value[pos : match.start()]
+        if gap and (gap.strip() or pending_charset is None):
+            if pending_charset is not None:
+                out.append(decode_text(bytes(pending), pending_charset))
+                pending.clear()
+                pending_charset = None
+            out.append(gap)
+        charset = match.group(1).split("*", 1)[0]
+        text = match.group(3)
+        if text.isascii():
+            payload = text.encode("ascii")
+        else:  # raw 8-bit inside an encoded-word: assume it is in the word's charset
+            payload = text.encode(_codec_for(charset) or "utf-8", "replace")
+        if match.group(2) in "bB":
+            chunk = _b64decode(payload)
+        else:
+            chunk = binascii.a2b_qp(payload, header=True)
+        if pending_charset is not None and charset.lower() != pending_charset.lower():
+            out.append(decode_text(bytes(pending), pending_charset))
+            pending.clear()
+        pending_charset = charset
+        pending += chunk  # join words first: multibyte characters may be split across words
+        pos = match.end()
+    if pending_charset is not None:
+        out.append(decode_text(bytes(pending), pending_charset))
+    out.append(value[pos:])
+    return "".join(out)
+
+
+def _clean_display(text: str) -> str:
+    """Remove NULs/control characters and collapse whitespace in a decoded header."""
+    if text.isprintable() and "  " not in text:
+        return text.strip()
+    return _WS.sub(" ", _CTRL.sub(" ", text)).strip()
+
+
+_SIMPLE_ADDR = re.compile(
+    r'^\s*(?:"?([^"<>,;:\\]*?)"?\s*)?<\s*([^<>\s,;:"\\]+@[^<>\s,;:"\\]+)\s*>\s*$'
+)
+_ADDR_TOKEN = re.compile(r"[^\s<>,;:\"\\()]+@[^\s<>,;:\"\\()]+")
+_BARE_ADDR = re.compile(r"^\s*<?([^<>\s,;:\"\\()]+@[^<>\s,;:\"\\()]+?)>?\s*$")
+
+
+def _simple_address_list(value: str) -> list[Address] | None:
+    """Parse a comma-separated list of plain addresses, or None if any item is not plain."""
+    result: list[Address] = []
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        match = _SIMPLE_ADDR.match(item) or _BARE_ADDR.match(item)
+        if match is None:
+            return None
+        if match.re is _BARE_ADDR:
+            result.append(("", match.group(1).lower()))
+        else:
+            name = _clean_display(decode_rfc2047(match.group(1) or ""))
+            result.append((name, match.group(2).lower()))
+    return result
+
+
+def _parse_addresses(value: str | None, label: str, errors: list[str]) -> list[Address]:
+    """Parse an address header into (name, lowercased address) pairs, capped at MAX_ADDRESSES."""
+    if not value:
+        return []
+    match = _SIMPLE_ADDR.match(value)
+    if match:
+        name = _clean_display(decode_rfc2047(match.group(1) or ""))
+        return [(name, match.group(2).lower())]
+    match = _BARE_ADDR.match(value)
+    if match:
+        return [("", match.group(1).lower())]
+    if len(value) < 4096 and not any(c in value for c in '"();:\\'):
+        fast = _simple_address_list(value)  # no quoting: commas can only separate addresses
+        if fast is not None:
+            return fast
+    truncated = False
+    if value.count(",") >= MAX_ADDRESSES:
+        cut = -1
+        for _ in range(MAX_ADDRESSES + 1):
+            cut = value.find(",", cut + 1)
+        value = value[:cut]
+        truncated = True
+    try:
+        pairs = getaddresses([value])
+    except Exception:  # e.g. RecursionError on pathological input: salvage bare addresses
+        errors.append(f"{label}: unparseable address list, kept bare addresses")
+        pairs = [("", addr) for addr in _ADDR_TOKEN.findall(value)]
+    result: list[Address] = []
+    for name, addr in pairs:
+        name = _clean_display(decode_rfc2047(name)) if name else ""
+        addr = _CTRL.sub("", addr).strip().lower()
+        if name or addr:
+            result.append((name, addr))
+    if truncated or len(result) > MAX_ADDRESSES:
+        result = result[:MAX_ADDRESSES]
+        errors.append(f"{label}: too many recipients, kept the first {MAX_ADDRESSES}")
+    return result
+
+
+def _parse_date(value: str | None) -> datetime | None:
+    """Parse a Date header to an aware UTC datetime, or None if missing or garbage."""
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        parsed = parsed.astimezone(UTC)
+    except Exception:
+        return None
+    if not 1900 <= parsed.year <= 2200:
+        return None
+    return parsed
+
+
+# ---------------------------------------------------------------------------------------------
+# Content-Type / Content-Disposition parameters (RFC 2045, RFC 2231)
+
+_PARAM = re.compile(r';\s*([^\s=;"]+)\s*=\s*("(?:[^"\\]|\\.)*"?|[^;]*)')
+_QUOTED_PAIR = re.compile(r"\\(.)")
+_RFC2231_NAME = re.compile(r"^(.+?)\*(\d+)?(\*)?$")
+
+
+def _parse_params(value: str) -> tuple[str, dict[str, str]]:
+    """Return (lowercased main token, params) with RFC 2231 continuations and charsets decoded."""
+    main, _, rest = value.partition(";")
+    main = main.strip()
+    if not rest and " " not in main and "\t" not in main:
+        return main.lower(), {}
+    if " " in main or "\t" in main:  # "multipart/mixed boundary=x": a missing ";"
+        main, extra = main.split(None, 1)
+        rest = f"{extra};{rest}"
+    params: dict[str, str] = {}
+    extended: dict[str, list[tuple[int, str, bool]]] = {}
+    for match in _PARAM.finditer(";" + rest):
+        key = match.group(1).lower()
+        raw = match.group(2).strip()
+        if raw.startswith('"'):
+            raw = raw[1:-1] if raw.endswith('"') and len(raw) > 1 else raw[1:]
+            if "\\" in raw:
+                raw = _QUOTED_PAIR.sub(r"\1", raw)
+        star = _RFC2231_NAME.match(key)
+        if star:
+            index = int(star.group(2) or 0)
+            encoded = bool(star.group(3)) or star.group(2) is None  # "name*" and "name*0*"
+            extended.setdefault(star.group(1), []).append((index, raw, encoded))
+        elif key not in params:  # first occurrence wins on duplicates
+            params[key] = raw
+    for name, pieces in extended.items():
+        pieces.sort(key=lambda piece: piece[0])
+        charset = None
+        chunks = bytearray()
+        for position, (_, raw, encoded) in enumerate(pieces):
+            if encoded:
+                if position == 0 and raw.count("'") >= 2:
+                    charset, _lang, raw = raw.split("'", 2)
+                chunks += re.sub(
+                    r"%([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), raw
+                ).encode("latin-1", "replace")
+            else:
+                chunks += raw.encode("utf-8", "replace")
+        params[name] = decode_text(bytes(chunks), charset or "utf-8")
+    return main.strip().lower(), params
+
+
+def normalize_content_id(value: str | None) -> str | None:
+    """Return a Content-ID or cid: URL without <>, "cid:", %-escapes and case, or None."""
+    if not value:
+        return None
+    text = value.strip()
+    if text[:4].lower() == "cid:":
+        text = re.sub(r"%([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), text[4:])
+    text = text.strip().strip("<>").strip().lower()
+    return text or None
+
+
+# ---------------------------------------------------------------------------------------------
+# MIME walking
+
+
+@dataclass(slots=True)
+class _Leaf:
+    part_id: str
+    headers: Headers
+    body: bytes
+    content_type: str
+    params: dict[str, str]
+    alt_group: str | None  # part id of the nearest multipart/alternative ancestor
+    is_root: bool = False  # the message itself is this single leaf
+
+
+def _content_type(headers: Headers, default: str) -> tuple[str, dict[str, str]]:
+    """Return the (type/subtype, params) of an entity, falling back to default if invalid."""
+    value = _first(headers, "content-type")
+    if not value:
+        return default, {}
+    ctype, params = _parse_params(value)
+    if "/" not in ctype:
+        return default, params
+    return ctype, params
+
+
+_DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*\r?(?:\n|\Z)")
+
+
+def _find_delimiters(body: bytes, needle: bytes) -> Iterator[tuple[int, int, bool]]:
+    """Yield (line start, line end, is_closing) for each boundary delimiter line."""
+    pos = 0 if body.startswith(needle[1:]) else body.find(needle)
+    while pos >= 0:
+        start = pos if pos == 0 and body[0:1] != b"\n" else pos + 1
+        tail = _DELIMITER_TAIL.match(body, start + len(needle) - 1)
+        if tail is not None:
+            yield start, tail.end(), tail.group(1) is not None
+        pos = body.find(needle, start + 1)
+
+
+def _split_multipart(body: bytes, boundary: str) -> list[bytes]:
+    """Cut a multipart body at its boundary lines; preamble and epilogue are dropped."""
+    needle = b"\n--" + boundary.encode("utf-8", "replace")
+    parts: list[bytes] = []
+    start: int | None = None
+    for line_start, line_end, closing in _find_delimiters(body, needle):
+        if start is not None:
+            end = line_start - 1 if line_start else 0  # the CRLF before a delimiter is its own
+            if end > start and body[end - 1 : end] == b"\r":
+                end -= 1
+            parts.append(body[start : max(start, end)])
+        if closing or len(parts) > MAX_PARTS:
+            return parts
+        start = line_end
+    if start is not None:
+        parts.append(body[start:])  # no closing delimiter: the last part runs to the end
+    return parts
+
+
+class _Walker:
+    """Depth-first walk over MIME leaves with part, depth and time limits."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        self.count = 0
+        self.deadline = time.monotonic() + PARSE_TIME_BUDGET
+        self.stopped = False
+
+    def walk(
+        self, headers: Headers, body: bytes, part_id: str, depth: int, default: str, alt: str | None
+    ) -> Iterator[_Leaf]:
+        """Yield the leaves of one entity."""
+        self.count += 1
+        if self.count > MAX_PARTS:
+            self._stop(f"more than {MAX_PARTS} MIME parts, rest not shown")
+            return
+        ctype, params = _content_type(headers, default)
+        boundary = (params.get("boundary") or "").rstrip()  # RFC 2046: no trailing space
+        if not ctype.startswith("multipart/") or not boundary:
+            yield _Leaf(part_id, headers, body, ctype, params, alt)
+            return
+        if depth >= MAX_DEPTH:
+            self._stop(f"MIME nesting deeper than {MAX_DEPTH}, rest not shown")
+            return
+        chunks = _split_multipart(body, boundary)
+        if not chunks:  # boundary never appears: show the body as text (like email.feedparser)
+            yield _Leaf(part_id, headers, body, "text/plain", {}, alt)
+            return
+        child_default = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
+        child_alt = part_id if ctype == "multipart/alternative" else alt
+        prefix = "" if part_id == "" else part_id + "."
+        for index, chunk in enumerate(chunks, 1):
+            if self.stopped:
+                return
+            if time.monotonic() > self.deadline:
+                self._stop("parse time budget exceeded, rest not shown")
+                return
+            child_headers, child_body = _split_entity(chunk, self.errors)
+            yield from self.walk(
+                _parse_header_block(child_headers),
+                child_body,
+                f"{prefix}{index}",
+                depth + 1,
+                child_default,
+                child_alt,
+            )
+
+    def _stop(self, message: str) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.errors.append(message)
+
+
+def _iter_leaves(raw: bytes, errors: list[str]) -> Iterator[_Leaf]:
+    """Yield every MIME leaf of a raw message, with IMAP-style part ids."""
+    header_block, body = _split_entity(_strip_mbox_line(raw), errors)
+    return _leaves_of(_parse_header_block(header_block), body, errors)
+
+
+def _leaves_of(headers: Headers, body: bytes, errors: list[str]) -> Iterator[_Leaf]:
+    """Yield the leaves of a message given its parsed top-level headers and body."""
+    ctype, params = _content_type(headers, "text/plain")
+    if ctype.startswith("multipart/") and params.get("boundary"):
+        yield from _Walker(errors).walk(headers, body, "", 0, "text/plain", None)
+    else:  # a single-part message is section "1" in IMAP
+        yield _Leaf("1", headers, body, ctype, params, None, is_root=True)
+
+
+def _strip_mbox_line(raw: bytes) -> bytes:
+    """Drop a leading mbox "From " separator line and normalize bare-CR line endings."""
+    if raw.startswith(b"From "):
+        newline = raw.find(b"\n")
+        raw = raw[newline + 1 :] if newline >= 0 else b""
+    if b"\n" not in raw[:65536] and b"\r" in raw:
+        raw = raw.replace(b"\r", b"\n")
+    return raw
+
+
+def _transfer_decode(leaf: _Leaf) -> bytes:
+    """Return the leaf body with its Content-Transfer-Encoding removed."""
+    cte = (_first(leaf.headers, "content-transfer-encoding") or "").lower()
+    if "base64" in cte:
+        if leaf.content_type.startswith("text/") and _looks_unencoded(leaf.body):
+            return leaf.body  # mislabelled plain text (enmime bad-content-transfer-encoding)
+        return _b64decode(leaf.body)
+    if "quoted-printable" in cte:
+        return binascii.a2b_qp(leaf.body)
+    return leaf.body
+
+
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=\s]")
+
+
+def _looks_unencoded(body: bytes) -> bool:
+    """Return True if a "base64" body is mostly not base64 (spaces inside lines, punctuation)."""
+    sample = body[:4096]
+    junk = len(_NOT_BASE64.findall(sample)) + sample.count(b" ")
+    return junk > max(8, len(sample) // 50)
+
+
+def _estimate_size(leaf: _Leaf) -> int:
+    """Estimate the decoded size of a leaf without decoding it."""
+    cte = (_first(leaf.headers, "content-transfer-encoding") or "").lower()
+    size = len(leaf.body)
+    if "base64" in cte:
+        newline = leaf.body.find(b"\n")
+        if 0 < newline < size - 1:  # scale by the first line's payload/line ratio
+            payload = newline - (leaf.body[newline - 1] == 13)
+            size = size * payload // (newline + 1)
+        return max(0, size * 3 // 4 - leaf.body.rstrip()[-2:].count(b"="))
+    return size
+
+
+def _leaf_meta(leaf: _Leaf) -> tuple[str, str | None, str | None]:
+    """Return (disposition, filename, content_id) for a leaf."""
+    disposition = ""
+    filename = None
+    value = _first(leaf.headers, "content-disposition")
+    if value:
+        disposition, dparams = _parse_params(value)
+        filename = dparams.get("filename")
+    if not filename:
+        filename = leaf.params.get("name")
+    if filename:
+        filename = _clean_display(decode_rfc2047(filename)) or None
+    content_id = normalize_content_id(_first(leaf.headers, "content-id"))
+    return disposition, filename, content_id
+
+
+_META_CHARSET = re.compile(rb"""charset\s*=\s*["']?\s*([A-Za-z0-9._:\-]+)""", re.IGNORECASE)
+
+
+def _leaf_text(leaf: _Leaf) -> str:
+    """Decode a text leaf to str with its declared (or sniffed HTML meta) charset."""
+    data = _transfer_decode(leaf)
+    charset = leaf.params.get("charset")
+    if not charset and leaf.content_type == "text/html":
+        match = _META_CHARSET.search(data, 0, 4096)
+        charset = match.group(1).decode("ascii") if match else None
+    return decode_text(data, charset).replace("\x00", "")
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML to text (for search/snippets only; display uses the sanitized HTML)
+
+_HTML_BLOCK_OPEN = re.compile(r"<(script|style|title)\b", re.IGNORECASE)
+_HTML_COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.DOTALL)
+_HTML_BREAK = re.compile(
+    r"<(?:br|/?p|/?div|/?tr|/?li|/?h[1-6]|hr|/?table|/?blockquote)\b[^>]*>", re.I
+)
+_HTML_TAG = re.compile(r"<[^>]*>")
+_SPACES = re.compile(r"[ \t\r\f\v\xa0]+")
+_BLANK_LINES = re.compile(r"\n\s*\n\s*\n+")
+
+
+def html_to_text(markup: str) -> str:
+    """Return readable plain text from HTML (scripts/styles dropped, tags stripped)."""
+    markup = markup[:MAX_HTML_FOR_TEXT]
+    lowered = markup.lower()
+    pieces: list[str] = []
+    pos = 0
+    for match in _HTML_BLOCK_OPEN.finditer(markup):
+        if match.start() < pos:
+            continue
+        pieces.append(markup[pos : match.start()])
+        close = lowered.find(f"</{match.group(1).lower()}", match.end())
+        if close < 0:
+            pos = len(markup)
+            break
+        end = lowered.find(">", close)
+        pos = len(markup) if end < 0 else end + 1
+    pieces.append(markup[pos:])
+    text = _HTML_COMMENT.sub("", "".join(pieces))
+    text = _HTML_BREAK.sub("\n", text)
+    text = html.unescape(_HTML_TAG.sub("", text))
+    text = _SPACES.sub(" ", text)
+    text = "\n".join(line.strip() for line in text.split("\n"))
+    return _BLANK_LINES.sub("\n\n", text).strip()
+
+
+_RTL = re.compile("[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufeff]")
+
+
+def _snippet(text: str) -> str:
+    """Return about SNIPPET_CHARS characters of whitespace-collapsed text."""
+    collapsed = " ".join(text[: SNIPPET_CHARS * 8].split())
+    if len(collapsed) <= SNIPPET_CHARS:
+        return collapsed
+    return collapsed[: SNIPPET_CHARS - 1].rstrip() + "…"
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def _envelope(headers: Headers, errors: list[str]) -> dict[str, object]:
+    """Extract the header-derived ParsedMessage fields shared by every entry point."""
+    message_id = normalize_msgid(_first(headers, "message-id"))
+    aliases: list[str] = []
+    for name in ("x-microsoft-original-message-id", "x-ms-exchange-parent-message-id"):
+        for raw_value in headers.get(name, []):
+            alias = normalize_msgid(_header_str(raw_value))
+            if alias and alias != message_id and alias not in aliases:
+                aliases.append(alias)
+    in_reply_to_ids = parse_id_list(_first(headers, "in-reply-to"))
+    references = parse_id_list(_first(headers, "references"))[-MAX_CHAIN:]
+    subject = _clean_display(decode_rfc2047(_first(headers, "subject") or ""))[:MAX_SUBJECT]
+    senders = _parse_addresses(_first(headers, "from"), "from", errors)
+    from_name, from_address = senders[0] if senders else ("", "")
+    return {
+        "message_id": message_id,
+        "alias_message_ids": aliases,
+        "in_reply_to": in_reply_to_ids[0] if in_reply_to_ids else None,
+        "references": references,
+        "subject": subject,
+        "from_name": from_name,
+        "from_address": from_address,
+        "to": _parse_addresses(_first(headers, "to"), "to", errors),
+        "cc": _parse_addresses(_first(headers, "cc"), "cc", errors),
+        "bcc": _parse_addresses(_first(headers, "bcc"), "bcc", errors),
+        "reply_to": _parse_addresses(_first(headers, "reply-to"), "reply-to", errors),
+        "date": _parse_date(_first(headers, "date")),
+    }
+
+
+def _error_text(errors: list[str]) -> str | None:
+    return "; ".join(dict.fromkeys(errors)) if errors else None
+
+
+def _parse(raw: bytes) -> ParsedMessage:
+    errors: list[str] = []
+    header_block, body = _split_entity(_strip_mbox_line(raw), errors)
+    headers = _parse_header_block(header_block)
+    envelope = _envelope(headers, errors)
+    texts: list[str] = []
+    html_body: str | None = None
+    attachments: list[AttachmentInfo] = []
+    inline_text: _Leaf | None = None
+    text_groups: set[str | None] = set()
+    text_chars = 0
+    for leaf in _leaves_of(headers, body, errors):
+        ctype = leaf.content_type
+        disposition, filename, content_id = _leaf_meta(leaf)
+        is_body_type = ctype in ("text/plain", "text/html")
+        # Inline text parts without a filename are body (SYNC.md §9); so is a lone root part.
+        if is_body_type and disposition != "attachment" and (not filename or leaf.is_root):
+            if ctype == "text/html":
+                if html_body is None:
+                    html_body = _leaf_text(leaf)
+            elif leaf.alt_group is None or leaf.alt_group not in text_groups:
+                text_groups.add(leaf.alt_group)  # one plain rendering per alternative
+                if text_chars < MAX_TEXT_CHARS:
+                    text = _leaf_text(leaf)
+                    texts.append(text)
+                    text_chars += len(text)
+            continue
+        if leaf.alt_group is not None and ctype.startswith("text/") and ctype != "text/calendar":
+            continue  # text/enriched, text/watch-html, ...: other renderings of the body
+        if ctype == "text/plain" and disposition != "attachment" and inline_text is None:
+            inline_text = leaf
+        if ctype == "message/rfc822" and not filename:
+            inner = _parse_header_block(_split_entity(_transfer_decode(leaf), [])[0])
+            filename = (decode_rfc2047(_first(inner, "subject") or "") or "message")[:200]
+            filename = _clean_display(filename) + ".eml"
+        attachments.append(
+            AttachmentInfo(
+                part_id=leaf.part_id,
+                filename=filename,
+                content_type=ctype,
+                size=_estimate_size(leaf),
+                content_id=content_id,
+                is_inline=disposition == "inline" or (disposition == "" and content_id is not None),
+            )
+        )
+    text_body = "\n".join(texts)[:MAX_TEXT_CHARS]
+    if not text_body.strip() and html_body:
+        text_body = html_to_text(html_body)[:MAX_TEXT_CHARS]
+    elif not text_body.strip() and inline_text is not None:  # only an inline .txt "attachment"
+        text_body = _leaf_text(inline_text)[:MAX_TEXT_CHARS]
+    snippet = _snippet(text_body)
+    return ParsedMessage(
+        **envelope,  # type: ignore[arg-type]
+        text_body=text_body,
+        html_body=html_body,
+        snippet=snippet,
+        attachments=attachments,
+        has_attachments=any(not a.is_inline for a in attachments),
+        is_rtl_hint=bool(_RTL.search(str(envelope["subject"])) or _RTL.search(snippet)),
+        size=len(raw),
+        parse_error=_error_text(errors),
+    )
+
+
+def parse_message(raw: bytes) -> ParsedMessage:
+    """Parse raw message bytes; never raises, failures give a best-effort result + parse_error."""
+    try:
+        return _parse(raw)
+    except Exception as exc:  # R16: parsing never crashes and never loses mail
+        try:
+            fallback = parse_headers_only(raw)
+            return _replace_error(fallback, f"parse failed: {type(exc).__name__}: {exc}", False)
+        except Exception:
+            return ParsedMessage(size=len(raw), parse_error=f"parse failed: {type(exc).__name__}")
+
+
+def _replace_error(parsed: ParsedMessage, message: str, headers_only: bool) -> ParsedMessage:
+    from dataclasses import replace
+
+    error = f"{parsed.parse_error}; {message}" if parsed.parse_error else message
+    return replace(parsed, parse_error=error, headers_only=headers_only)
+
+
+def parse_headers_only(raw_header_bytes: bytes) -> ParsedMessage:
+    """Parse just a header block (e.g. for an oversized-message placeholder); never raises."""
+    try:
+        errors: list[str] = []
+        header_block, _ = _split_entity(_strip_mbox_line(raw_header_bytes), errors)
+        envelope = _envelope(_parse_header_block(header_block), errors)
+        subject = str(envelope["subject"])
+        return ParsedMessage(
+            **envelope,  # type: ignore[arg-type]
+            is_rtl_hint=bool(_RTL.search(subject)),
+            size=len(raw_header_bytes),
+            parse_error=_error_text(errors),
+            headers_only=True,
+        )
+    except Exception as exc:
+        return ParsedMessage(
+            size=len(raw_header_bytes),
+            parse_error=f"header parse failed: {type(exc).__name__}",
+            headers_only=True,
+        )
+
+
+def _dedup_from_fields(parsed: ParsedMessage) -> str:
+    """Hash normalized Message-ID, Date, From, Subject and first To (SYNC.md §7)."""
+    date = parsed.date.isoformat() if parsed.date else ""
+    first_to = parsed.to[0][1] if parsed.to else ""
+    parts = [parsed.message_id or "", date, parsed.from_address, parsed.subject, first_to]
+    return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def dedup_key(parsed: ParsedMessage, raw: bytes) -> str:
+    """Return the per-account dedup key: header hash, or sha256(raw) without a Message-ID."""
+    if parsed.message_id:
+        return _dedup_from_fields(parsed)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def header_dedup_key(header_bytes: bytes) -> str | None:
+    """Return dedup_key() from BODY.PEEK[HEADER.FIELDS (...)] bytes; None without a Message-ID.
+
+    Equal to dedup_key(parse_message(raw), raw) whenever the message has a Message-ID, so a
+    sync can skip downloading bodies it already stores.
+    """
+    parsed = parse_headers_only(header_bytes)
+    return _dedup_from_fields(parsed) if parsed.message_id else None
+
+
+def extract_part(raw: bytes, part_id: str) -> tuple[bytes, str, str | None]:
+    """Return (decoded bytes, content type, filename) of one MIME leaf; KeyError if absent."""
+    for leaf in _iter_leaves(raw, []):
+        if leaf.part_id == part_id:
+            _, filename, _ = _leaf_meta(leaf)
+            return _transfer_decode(leaf), leaf.content_type, filename
+    raise KeyError(part_id)
+
+
+def find_content_id(raw: bytes, cid: str) -> str | None:
+    """Return the part id whose Content-ID matches cid (with or without <>/"cid:"), or None."""
+    wanted = normalize_content_id(cid)
+    if wanted is None:
+        return None
+    for leaf in _iter_leaves(raw, []):
+        if normalize_content_id(_first(leaf.headers, "content-id")) == wanted:
+            return leaf.part_id
+    return None
