@@ -8,13 +8,13 @@ import click
 from flask import Flask, current_app
 
 from extensions import db
-from services import users
+from services import demo, users
 from services.errors import ValidationError
 
 
 def register(app: Flask) -> None:
     """Attach every Threadline command to `app.cli`."""
-    for command in (init_db, create_user, serve):
+    for command in (init_db, create_user, seed_demo, serve):
         app.cli.add_command(command)
 
 
@@ -39,6 +39,23 @@ def create_user(email: str, name: str, admin: bool) -> None:
     except ValidationError as exc:
         raise click.ClickException("; ".join(exc.errors.values())) from exc
     click.echo(f"Created {'admin' if user.is_admin else 'user'} {user.email} (id {user.id}).")
+
+
+@click.command("seed-demo")
+def seed_demo() -> None:
+    """Fill a fresh database with a demo sales team, people, organizations and deals."""
+    try:
+        summary = demo.seed_demo()
+    except ValidationError as exc:
+        raise click.ClickException("; ".join(exc.errors.values())) from exc
+    click.echo(
+        f"Demo data ready: {summary.organizations} organizations, {summary.persons} people, "
+        f"{summary.deals} deals, {summary.leads} leads, {summary.projects} projects."
+    )
+    click.echo("Sign in as any of:")
+    for name, email, is_admin in summary.users:
+        click.echo(f"  {email}  ({name}{', admin' if is_admin else ''})")
+    click.echo(f"Password for all of them: {summary.password}")
 
 
 @click.command("serve")

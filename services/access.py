@@ -26,6 +26,7 @@ from models import (
 )
 
 T = TypeVar("T")
+MAX_ID = 2**63 - 1  # larger ids cannot exist, and SQLite would raise on them
 
 
 def visible_records(user: User, model: type[T]) -> Select[tuple[T]]:
@@ -45,7 +46,7 @@ def record_for(user: User, model: type[T], record_id: int) -> T:
 
     404 rather than 403, so existence of a private record is not leaked.
     """
-    record = db.session.get(model, record_id)
+    record = db.session.get(model, record_id) if 0 < record_id <= MAX_ID else None
     if record is None or not can_access_record(user, record):
         abort(404)
     return record
@@ -54,6 +55,16 @@ def record_for(user: User, model: type[T], record_id: int) -> T:
 def can_edit_record(user: User, record: object) -> bool:
     """Tell whether `user` may change `record`: anyone who can access it (team CRM)."""
     return can_access_record(user, record)
+
+
+def record_or_none(user: User, model: type[T], record_id: int | None) -> T | None:
+    """Return the record when it exists and `user` can access it, else None (for pickers)."""
+    if record_id is None or not 0 < record_id <= MAX_ID:
+        return None
+    record = db.session.get(model, record_id)
+    if record is None or not can_access_record(user, record):
+        return None
+    return record
 
 
 # --------------------------------------------------------------------------- mail

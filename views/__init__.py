@@ -1,11 +1,18 @@
 """One blueprint per area. BLUEPRINTS is the list app.py registers, in URL-table order."""
 
-from views import admin, auth, health, records_placeholder, settings
+from views import admin, auth, deals, health, leads, organizations, persons, projects, settings
 
 BLUEPRINTS = [
     auth.bp,
     admin.bp,
     settings.bp,
     health.bp,
-    records_placeholder.bp,
+    deals.bp,
+    persons.bp,
+    organizations.bp,
+    leads.bp,
+    projects.bp,
 ]
+
+# The areas holding CRM records; the visibility test walks every id-taking route of these.
+RECORD_BLUEPRINTS = ("deals", "persons", "organizations", "leads", "projects")

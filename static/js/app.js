@@ -43,4 +43,48 @@
     var message = form.getAttribute && form.getAttribute("data-confirm");
     if (message && !window.confirm(message)) event.preventDefault();
   }, true);
+
+  // Deal board: native HTML5 drag and drop. A drop sets the card's stage menu and fires its
+  // change event, so the move goes through the same htmx form (with the CSRF header from
+  // <body hx-headers>) as picking a stage by hand; the server re-renders the whole board.
+  var dragged = null;
+  function dropColumn(event) {
+    return event.target.closest ? event.target.closest("[data-stage-drop]") : null;
+  }
+  document.addEventListener("dragstart", function (event) {
+    var card = event.target.closest && event.target.closest("[data-deal-card]");
+    if (!card) return;
+    dragged = card;
+    card.classList.add("dragging");
+    event.dataTransfer.effectAllowed = "move";
+    event.dataTransfer.setData("text/plain", card.id);
+  });
+  document.addEventListener("dragend", function () {
+    if (dragged) dragged.classList.remove("dragging");
+    dragged = null;
+    document.querySelectorAll(".drop-target").forEach(function (el) { el.classList.remove("drop-target"); });
+  });
+  document.addEventListener("dragover", function (event) {
+    var column = dragged && dropColumn(event);
+    if (!column) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "move";
+    column.classList.add("drop-target");
+  });
+  document.addEventListener("dragleave", function (event) {
+    var column = dropColumn(event);
+    if (column && !column.contains(event.relatedTarget)) column.classList.remove("drop-target");
+  });
+  document.addEventListener("drop", function (event) {
+    var column = dropColumn(event);
+    var card = dragged || document.getElementById(event.dataTransfer.getData("text/plain"));
+    if (!column || !card) return;
+    event.preventDefault();
+    column.classList.remove("drop-target");
+    var select = card.querySelector("select[name=stage]");
+    if (!select || select.value === column.dataset.stageDrop) return;
+    select.value = column.dataset.stageDrop;
+    column.querySelector(".board-cards").prepend(card);  // show the move before the response
+    select.dispatchEvent(new Event("change", { bubbles: true }));
+  });
 })();

@@ -1,0 +1,189 @@
+"""Demo data for a fresh install: a small sales team with believable records.
+
+Deterministic: the same seed always produces the same team, people, deals and dates.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import Decimal
+
+from sqlalchemy import func, select
+
+from extensions import db
+from models import (
+    DEAL_STAGES,
+    VISIBILITY_EVERYONE,
+    VISIBILITY_OWNER,
+    Deal,
+    Lead,
+    Organization,
+    Person,
+    PersonEmail,
+    Project,
+    User,
+)
+from services import users
+from services.errors import ValidationError
+
+DEMO_PASSWORD = "threadline-demo"
+TEAM = (
+    ("Maya Okafor", "maya@northwind-sales.test", True),
+    ("Lucas Brandt", "lucas@northwind-sales.test", False),
+    ("Priya Raman", "priya@northwind-sales.test", False),
+)
+ORGANIZATIONS = (
+    ("Acme Logistics", "acmelogistics.com", "400 Harbor Way\nOakland, CA 94607"),
+    ("Bluefin Analytics", "bluefin.io", "22 Pearl Street\nBoston, MA 02110"),
+    ("Cedar & Pine Interiors", "cedarpine.co", "9 Mill Lane\nPortland, OR 97209"),
+    ("Delta Freight GmbH", "deltafreight.de", "Hafenstraße 12\n20457 Hamburg"),
+    ("Evergreen Clinics", "evergreenclinics.org", "1800 Elm Avenue\nDenver, CO 80203"),
+    ("Foxglove Studios", "foxglove.studio", "77 Rue Oberkampf\n75011 Paris"),
+    ("Granite Peak Outfitters", "granitepeak.com", "315 Canyon Road\nBoulder, CO 80302"),
+    ("Helios Solar", "heliossolar.energy", "5 Sunrise Blvd\nPhoenix, AZ 85004"),
+    ("Iris Biotech", "irisbio.com", "48 Science Park\nCambridge CB4 0WS"),
+    ("Juniper Hotels", "juniperhotels.com", "1200 Ocean Drive\nMiami, FL 33139"),
+    ("Kestrel Robotics", "kestrel-robotics.com", "60 Innovation Way\nPittsburgh, PA 15213"),
+    ("Lumen Education", "lumen.education", "300 College Street\nToronto, ON M5T 1R4"),
+)
+FIRST_NAMES = (
+    "Olivia", "Noah", "Emma", "Liam", "Sofia", "Mateo", "Amara", "Kenji", "Hannah", "Omar",
+    "Chloe", "Diego", "Ingrid", "Tomás", "Aisha", "Felix", "Nina", "Ravi", "Grace", "Jonas",
+)
+LAST_NAMES = (
+    "Andersen", "Becker", "Castillo", "Dubois", "Eriksen", "Fischer", "García", "Hughes",
+    "Ito", "Jensen", "Kowalski", "Lindqvist", "Moreau", "Nakamura", "O'Brien", "Petrov",
+    "Quinn", "Rossi", "Schmidt", "Tanaka",
+)
+DEAL_TOPICS = (
+    "Fleet tracking rollout", "Annual license renewal", "Data warehouse migration",
+    "Showroom redesign", "Route optimisation pilot", "Patient portal", "Brand refresh",
+    "Retail expansion", "Rooftop installation", "Lab automation", "Conference package",
+    "Warehouse robots", "Online courses platform", "Support plan upgrade", "Security audit",
+)
+LEAD_TOPICS = (
+    "Inbound: pricing question", "Webinar sign-up", "Referral from partner",
+    "Trade show contact", "Trial user asking about SSO", "Cold reply: interested later",
+)
+PROJECT_TOPICS = ("Onboarding", "Implementation", "Quarterly review", "Data import", "Training")
+
+
+@dataclass(frozen=True)
+class DemoSummary:
+    users: list[tuple[str, str, bool]]  # (name, email, is_admin)
+    password: str
+    persons: int
+    organizations: int
+    deals: int
+    leads: int
+    projects: int
+
+
+def _ascii(text: str) -> str:
+    table = str.maketrans({"á": "a", "é": "e", "í": "i", "ó": "o", "ú": "u", "'": ""})
+    return text.translate(table).lower()
+
+
+def seed_demo(*, seed: int = 7) -> DemoSummary:
+    """Fill an empty database with a demo team and records; commits.
+
+    Raises ValidationError when the database already has users (it never mixes demo data
+    into a real install).
+    """
+    if db.session.scalar(select(func.count(User.id))):
+        raise ValidationError(
+            {"__all__": "This database already has users; seed-demo only fills a fresh one."}
+        )
+    rng = random.Random(seed)
+    team = [
+        users.create_user(email=email, name=name, password=DEMO_PASSWORD, is_admin=is_admin)
+        for name, email, is_admin in TEAM
+    ]
+
+    def visibility() -> str:
+        return VISIBILITY_OWNER if rng.random() < 0.1 else VISIBILITY_EVERYONE
+
+    organizations = [
+        Organization(name=name, domain=domain, address=address, owner_id=rng.choice(team).id,
+                     visibility=VISIBILITY_EVERYONE)
+        for name, domain, address in ORGANIZATIONS
+    ]
+    organizations[-1].visibility = VISIBILITY_OWNER
+    db.session.add_all(organizations)
+
+    names = [(first, last) for first in FIRST_NAMES for last in LAST_NAMES]
+    rng.shuffle(names)
+    persons = []
+    for index, (first, last) in enumerate(names[:40]):
+        organization = organizations[index % len(organizations)]
+        person = Person(
+            name=f"{first} {last}",
+            phone=f"+1 555 {rng.randint(100, 999)} {rng.randint(1000, 9999)}",
+            organization=organization,
+            owner_id=rng.choice(team).id,
+            visibility=visibility(),
+        )
+        local = f"{_ascii(first)}.{_ascii(last)}"
+        person.emails.append(PersonEmail(email=f"{local}@{organization.domain}", is_primary=True))
+        if index % 4 == 0:
+            person.emails.append(PersonEmail(email=f"{_ascii(first)}{index}@gmail.com"))
+        persons.append(person)
+    db.session.add_all(persons)
+
+    today = date(2026, 11, 1)
+    statuses = ["open"] * 17 + ["won"] * 5 + ["lost"] * 3
+    deals = []
+    for index, status in enumerate(statuses):
+        person = persons[(index * 3) % len(persons)]
+        deals.append(
+            Deal(
+                title=f"{person.organization.name}: {DEAL_TOPICS[index % len(DEAL_TOPICS)]}",
+                value=Decimal(rng.randrange(20, 900) * 250),
+                currency=rng.choice(("USD", "USD", "USD", "EUR", "GBP")),
+                stage=DEAL_STAGES[index % len(DEAL_STAGES)],
+                status=status,
+                expected_close_date=today + timedelta(days=rng.randint(-30, 120)),
+                person=person,
+                organization=person.organization,
+                owner_id=person.owner_id,
+                visibility=person.visibility if index % 6 else VISIBILITY_OWNER,
+            )
+        )
+    db.session.add_all(deals)
+
+    leads = [
+        Lead(
+            title=topic,
+            value=Decimal(rng.randrange(4, 80) * 500),
+            status=("open", "open", "archived")[index % 3],
+            person=persons[-(index + 1)],
+            organization=persons[-(index + 1)].organization,
+            owner_id=team[index % len(team)].id,
+            visibility=VISIBILITY_OWNER if index == 1 else VISIBILITY_EVERYONE,
+        )
+        for index, topic in enumerate(LEAD_TOPICS)
+    ]
+    projects = [
+        Project(
+            title=f"{deal.organization.name}: {PROJECT_TOPICS[index % len(PROJECT_TOPICS)]}",
+            status="closed" if index == 0 else "open",
+            person=deal.person,
+            organization=deal.organization,
+            owner_id=deal.owner_id,
+            visibility=VISIBILITY_EVERYONE,
+        )
+        for index, deal in enumerate(d for d in deals if d.status == "won")
+    ]
+    db.session.add_all(leads + projects)
+    db.session.commit()
+    return DemoSummary(
+        users=[(user.name, user.email, user.is_admin) for user in team],
+        password=DEMO_PASSWORD,
+        persons=len(persons),
+        organizations=len(organizations),
+        deals=len(deals),
+        leads=len(leads),
+        projects=len(projects),
+    )

@@ -1,0 +1,90 @@
+"""CLI commands: init-db, create-user, seed-demo, and --help for each."""
+
+import pytest
+from sqlalchemy import func, select
+
+from extensions import db
+from models import Deal, Lead, Organization, Person, Project, User
+from services.users import authenticate
+from tests.conftest import PASSWORD
+
+
+def count(model) -> int:
+    return db.session.scalar(select(func.count(model.id)))
+
+
+@pytest.mark.parametrize("command", ["init-db", "create-user", "seed-demo", "serve"])
+def test_help_works_for_each_command(runner, command):
+    result = runner.invoke(args=[command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_init_db_is_idempotent(runner, make_user):
+    make_user(email="keep@team.test")
+    for _ in range(2):
+        result = runner.invoke(args=["init-db"])
+        assert result.exit_code == 0 and "Database ready" in result.output
+    assert count(User) == 1
+
+
+def test_create_user_with_env_password_and_admin_flag(runner, monkeypatch):
+    monkeypatch.setenv("THREADLINE_PASSWORD", PASSWORD)
+    result = runner.invoke(args=["create-user", "Boss@Team.test", "--name", "Boss", "--admin"])
+    assert result.exit_code == 0, result.output
+    assert "Created admin boss@team.test" in result.output
+    user = db.session.scalar(select(User))
+    assert user.is_admin and authenticate(email=user.email, password=PASSWORD, ip="127.0.0.1") is not None
+    plain = runner.invoke(args=["create-user", "member@team.test", "--name", "Member"])
+    assert plain.exit_code == 0 and "Created user member@team.test" in plain.output
+
+
+def test_create_user_duplicate_email_is_a_clear_error(runner, monkeypatch, make_user):
+    make_user(email="taken@team.test")
+    monkeypatch.setenv("THREADLINE_PASSWORD", PASSWORD)
+    result = runner.invoke(args=["create-user", "TAKEN@team.test", "--name", "Again"])
+    assert result.exit_code != 0
+    assert "Error:" in result.output and "Traceback" not in result.output
+    assert count(User) == 1
+
+
+def test_seed_demo_fills_a_fresh_database(runner):
+    result = runner.invoke(args=["seed-demo"])
+    assert result.exit_code == 0, result.output
+    assert "maya@northwind-sales.test" in result.output and "Password" in result.output
+    users = db.session.scalars(select(User)).all()
+    assert len(users) == 3 and sum(user.is_admin for user in users) == 1
+    assert count(Person) == 40 and count(Organization) == 12 and count(Deal) == 25
+    assert count(Lead) > 0 and count(Project) > 0
+    stages = set(db.session.scalars(select(Deal.stage)))
+    statuses = set(db.session.scalars(select(Deal.status)))
+    assert len(stages) == 5 and statuses == {"open", "won", "lost"}
+    private = db.session.scalar(select(func.count(Deal.id)).where(Deal.visibility == "owner"))
+    assert private > 0
+
+
+def test_seed_demo_is_deterministic(runner, app):
+    assert runner.invoke(args=["seed-demo"]).exit_code == 0
+    first = db.session.scalars(select(Person.name).order_by(Person.id)).all()
+    db.session.remove()
+    db.drop_all()
+    db.create_all()
+    assert runner.invoke(args=["seed-demo"]).exit_code == 0
+    assert db.session.scalars(select(Person.name).order_by(Person.id)).all() == first
+
+
+def test_seed_demo_refuses_a_database_with_users(runner, make_user):
+    make_user()
+    result = runner.invoke(args=["seed-demo"])
+    assert result.exit_code != 0
+    assert "already has users" in result.output
+    assert count(Person) == 0
+
+
+def test_demo_pages_render(runner, login):
+    runner.invoke(args=["seed-demo"])
+    user = db.session.scalar(select(User).where(User.email == "lucas@northwind-sales.test"))
+    client = login(user, password="threadline-demo")
+    for path in ("/deals/", "/deals/board", "/persons/", "/organizations/", "/leads/",
+                 "/projects/", "/persons/1", "/organizations/1", "/deals/?page=2"):
+        assert client.get(path).status_code in (200, 404), path
