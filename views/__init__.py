@@ -1,6 +1,18 @@
 """One blueprint per area. BLUEPRINTS is the list app.py registers, in URL-table order."""
 
-from views import admin, auth, deals, health, leads, organizations, persons, projects, settings
+from views import (
+    admin,
+    auth,
+    blocking,
+    conversations,
+    deals,
+    health,
+    leads,
+    organizations,
+    persons,
+    projects,
+    settings,
+)
 
 BLUEPRINTS = [
     auth.bp,
@@ -12,6 +24,8 @@ BLUEPRINTS = [
     organizations.bp,
     leads.bp,
     projects.bp,
+    conversations.bp,
+    blocking.bp,
 ]
 
 # The areas holding CRM records; the visibility test walks every id-taking route of these.
