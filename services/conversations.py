@@ -22,6 +22,7 @@ from mailsync.parse import (
     AttachmentInfo,
     ParsedMessage,
     extract_part,
+    html_to_text,
     normalize_content_id,
     parse_message,
 )
@@ -90,11 +91,15 @@ class RenderedMessage:
 
 
 def frame_height(parsed: ParsedMessage) -> int:
-    """Estimate the iframe height from the text: lines of about 90 characters, 22 px each."""
-    if parsed.html_body is not None and len(parsed.text_body) < 200:
-        return 640
-    lines = sum(len(line) // 90 + 1 for line in parsed.text_body.splitlines()[:400])
-    return max(120, min(1400, 40 + lines * 22))
+    """Estimate the iframe height: text lines of about 90 characters, plus images and rows."""
+    if parsed.html_body is not None:
+        html = parsed.html_body[:200_000].lower()
+        text = html_to_text(parsed.html_body[:200_000])
+        extra = 110 * min(html.count("<img"), 8) + 30 * min(html.count("<tr"), 40)
+    else:
+        text, extra = parsed.text_body, 0
+    lines = sum(len(line) // 90 + 1 for line in text.splitlines()[:400])
+    return max(100, min(1400, 48 + lines * 24 + extra))
 
 
 def cid_token(content_id: str) -> str:

@@ -250,7 +250,9 @@ def test_unsharing_revokes_on_next_request(app, world, login):
     response = owner.post(
         f"/mail/threads/{message.thread_id}/sharing", data={"shared": "0"}, headers=HTMX_SIDEBAR
     )
-    assert response.status_code == 200 and "Share with team" in response.get_data(as_text=True)
+    fragment = response.get_data(as_text=True)
+    assert response.status_code == 200 and "Share with team" in fragment
+    assert '<span id="thread-visibility" hx-swap-oob="true">' in fragment
     assert all(teammate.get(url).status_code == 404 for url in urls)
     assert "Renewal terms" not in teammate.get(panel).get_data(as_text=True)
 

@@ -252,7 +252,8 @@ def test_cid_image_attachment_and_rtl(
     width = frame.locator("img").first.evaluate("img => img.complete ? img.naturalWidth : 0")
     assert width > 0
     SHOTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(SHOTS / "conversation.png"), full_page=True)
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(SHOTS / "conversation.png"))
     with page.expect_download() as download_info:
         page.locator(f"#message-{message.id} a.attachment").click()
     download = download_info.value
@@ -291,6 +292,7 @@ def test_sidebar_actions_swap_in_place(live_server, page, mailbox, make_raw_mess
     page.goto(f"{live_server.url}/mail/threads/{message.thread_id}", wait_until="load")
     page.get_by_role("button", name="Share with team").click()
     page.get_by_role("button", name="Make private").wait_for()
+    assert page.locator("#thread-visibility").inner_text() == "Shared"
     page.fill("#link-q", "gold")
     page.locator("#link-results").get_by_role("button", name="Deal Gold renewal").click()
     page.locator(".linked-record").get_by_text("Gold renewal").wait_for()

@@ -88,7 +88,8 @@ def _sidebar(thread, *, status: int = 200, **extra):
     if not is_fragment_request(SIDEBAR_TARGET):
         return _page(thread, True, status=status, **extra)
     sidebar = conversations.load_sidebar(current_user, thread, is_owner=True, **extra)
-    return make_response(render_template(SIDEBAR, sidebar=sidebar), status)
+    # The header's shared/private badge is outside the sidebar: update it out of band.
+    return make_response(render_template(SIDEBAR, sidebar=sidebar, oob=True), status)
 
 
 @bp.get("/threads/<int:thread_id>")
