@@ -160,9 +160,8 @@ class _Fields:
         self.actor = actor
         self.errors: dict[str, str] = {}
 
-    def text(
-        self, name: str, value: Any, *, label: str, required: bool = False, max_length: int = 200
-    ) -> str | None:
+    def text(self, name: str, value: Any, *, label: str, required: bool = False,
+             max_length: int = 200) -> str | None:
         text = str(value or "").strip()
         if required and not text:
             self.errors[name] = f"{label} is required."

@@ -18,16 +18,8 @@ from views.record_helpers import SUMMARY_TARGET, picker_context, render_list, su
 bp = Blueprint("deals", __name__, url_prefix="/deals")
 
 FIELDS = (
-    "title",
-    "value",
-    "currency",
-    "stage",
-    "status",
-    "expected_close_date",
-    "person_id",
-    "organization_id",
-    "owner_id",
-    "visibility",
+    "title", "value", "currency", "stage", "status", "expected_close_date",
+    "person_id", "organization_id", "owner_id", "visibility",
 )
 FORM = "deals/partials/form.html"
 BOARD_TARGET = "board"
@@ -58,12 +50,8 @@ def _form(deal=None, form=None, errors=None):
 
 def _board(**context):
     return render_page_or_fragment(
-        "deals/board.html",
-        "deals/partials/board.html",
-        targets=(BOARD_TARGET,),
-        columns=records.board_columns(current_user),
-        stage_labels=DEAL_STAGE_LABELS,
-        **context,
+        "deals/board.html", "deals/partials/board.html", targets=(BOARD_TARGET,),
+        columns=records.board_columns(current_user), stage_labels=DEAL_STAGE_LABELS, **context
     )
 
 
@@ -79,9 +67,8 @@ def board():
 
 @bp.get("/new")
 def new():
-    return render_template(
-        "records/form_page.html", form_template=FORM, heading="New deal", **_form()
-    )
+    return render_template("records/form_page.html", form_template=FORM, heading="New deal",
+                           **_form())
 
 
 @bp.post("/")
@@ -89,12 +76,8 @@ def create():
     try:
         deal = records.create_deal(current_user, **submitted(FIELDS))
     except ValidationError as exc:
-        return render_invalid(
-            "records/form_page.html",
-            form_template=FORM,
-            heading="New deal",
-            **_form(form=request.form, errors=exc.errors),
-        )
+        return render_invalid("records/form_page.html", form_template=FORM,
+                              heading="New deal", **_form(form=request.form, errors=exc.errors))
     return redirect(url_for("deals.show", deal_id=deal.id), code=303)
 
 
@@ -113,14 +96,8 @@ def summary(deal_id: int):
 @bp.get("/<int:deal_id>/edit")
 def edit(deal_id: int):
     deal = record_for(current_user, Deal, deal_id)
-    return render_page_or_fragment(
-        "records/form_page.html",
-        FORM,
-        targets=(SUMMARY_TARGET,),
-        form_template=FORM,
-        heading="Edit deal",
-        **_form(deal),
-    )
+    return render_page_or_fragment("records/form_page.html", FORM, targets=(SUMMARY_TARGET,),
+                                   form_template=FORM, heading="Edit deal", **_form(deal))
 
 
 @bp.post("/<int:deal_id>")
@@ -130,12 +107,8 @@ def update(deal_id: int):
         records.update_deal(current_user, deal, **submitted(FIELDS))
     except ValidationError as exc:
         template = FORM if is_fragment_request(SUMMARY_TARGET) else "records/form_page.html"
-        return render_invalid(
-            template,
-            form_template=FORM,
-            heading="Edit deal",
-            **_form(deal, request.form, exc.errors),
-        )
+        return render_invalid(template, form_template=FORM, heading="Edit deal",
+                              **_form(deal, request.form, exc.errors))
     if is_fragment_request(SUMMARY_TARGET):
         return render_template("deals/partials/summary.html", deal=deal)
     return redirect(url_for("deals.show", deal_id=deal.id), code=303)
@@ -157,10 +130,8 @@ def move(deal_id: int):
 def confirm_delete(deal_id: int):
     deal = record_for(current_user, Deal, deal_id)
     return render_page_or_fragment(
-        "records/confirm_delete.html",
-        "records/partials/confirm_delete.html",
-        targets=(SUMMARY_TARGET,),
-        label=deal.title,
+        "records/confirm_delete.html", "records/partials/confirm_delete.html",
+        targets=(SUMMARY_TARGET,), label=deal.title,
         delete_url=url_for("deals.delete", deal_id=deal.id),
         cancel_url=url_for("deals.show", deal_id=deal.id),
         summary_url=url_for("deals.summary", deal_id=deal.id),

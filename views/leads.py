@@ -12,16 +12,7 @@ from views.record_helpers import SUMMARY_TARGET, picker_context, render_list, su
 
 bp = Blueprint("leads", __name__, url_prefix="/leads")
 
-FIELDS = (
-    "title",
-    "value",
-    "currency",
-    "status",
-    "person_id",
-    "organization_id",
-    "owner_id",
-    "visibility",
-)
+FIELDS = ("title", "value", "currency", "status", "person_id", "organization_id", "owner_id", "visibility")
 FORM = "leads/partials/form.html"
 
 
@@ -38,9 +29,8 @@ def index():
 
 @bp.get("/new")
 def new():
-    return render_template(
-        "records/form_page.html", form_template=FORM, heading="New lead", **_form()
-    )
+    return render_template("records/form_page.html", form_template=FORM, heading="New lead",
+                           **_form())
 
 
 @bp.post("/")
@@ -48,12 +38,8 @@ def create():
     try:
         lead = records.create_lead(current_user, **submitted(FIELDS))
     except ValidationError as exc:
-        return render_invalid(
-            "records/form_page.html",
-            form_template=FORM,
-            heading="New lead",
-            **_form(form=request.form, errors=exc.errors),
-        )
+        return render_invalid("records/form_page.html", form_template=FORM,
+                              heading="New lead", **_form(form=request.form, errors=exc.errors))
     return redirect(url_for("leads.show", lead_id=lead.id), code=303)
 
 
@@ -72,14 +58,8 @@ def summary(lead_id: int):
 @bp.get("/<int:lead_id>/edit")
 def edit(lead_id: int):
     lead = record_for(current_user, Lead, lead_id)
-    return render_page_or_fragment(
-        "records/form_page.html",
-        FORM,
-        targets=(SUMMARY_TARGET,),
-        form_template=FORM,
-        heading="Edit lead",
-        **_form(lead),
-    )
+    return render_page_or_fragment("records/form_page.html", FORM, targets=(SUMMARY_TARGET,),
+                                   form_template=FORM, heading="Edit lead", **_form(lead))
 
 
 @bp.post("/<int:lead_id>")
@@ -89,12 +69,8 @@ def update(lead_id: int):
         records.update_lead(current_user, lead, **submitted(FIELDS))
     except ValidationError as exc:
         template = FORM if is_fragment_request(SUMMARY_TARGET) else "records/form_page.html"
-        return render_invalid(
-            template,
-            form_template=FORM,
-            heading="Edit lead",
-            **_form(lead, request.form, exc.errors),
-        )
+        return render_invalid(template, form_template=FORM, heading="Edit lead",
+                              **_form(lead, request.form, exc.errors))
     if is_fragment_request(SUMMARY_TARGET):
         return render_template("leads/partials/summary.html", lead=lead)
     return redirect(url_for("leads.show", lead_id=lead.id), code=303)
@@ -104,10 +80,8 @@ def update(lead_id: int):
 def confirm_delete(lead_id: int):
     lead = record_for(current_user, Lead, lead_id)
     return render_page_or_fragment(
-        "records/confirm_delete.html",
-        "records/partials/confirm_delete.html",
-        targets=(SUMMARY_TARGET,),
-        label=lead.title,
+        "records/confirm_delete.html", "records/partials/confirm_delete.html",
+        targets=(SUMMARY_TARGET,), label=lead.title,
         delete_url=url_for("leads.delete", lead_id=lead.id),
         cancel_url=url_for("leads.show", lead_id=lead.id),
         summary_url=url_for("leads.summary", lead_id=lead.id),

@@ -19,12 +19,8 @@ FORM = "organizations/partials/form.html"
 def _form(organization=None, form=None, errors=None):
     if form is None and organization is not None:
         form = values_of(organization, FIELDS)
-    return {
-        "organization": organization,
-        "form": form or {},
-        "errors": errors or {},
-        **picker_context(),
-    }
+    return {"organization": organization, "form": form or {}, "errors": errors or {},
+            **picker_context()}
 
 
 @bp.get("/")
@@ -34,9 +30,8 @@ def index():
 
 @bp.get("/new")
 def new():
-    return render_template(
-        "records/form_page.html", form_template=FORM, heading="New organization", **_form()
-    )
+    return render_template("records/form_page.html", form_template=FORM,
+                           heading="New organization", **_form())
 
 
 @bp.post("/")
@@ -44,12 +39,9 @@ def create():
     try:
         organization = records.create_organization(current_user, **submitted(FIELDS))
     except ValidationError as exc:
-        return render_invalid(
-            "records/form_page.html",
-            form_template=FORM,
-            heading="New organization",
-            **_form(form=request.form, errors=exc.errors),
-        )
+        return render_invalid("records/form_page.html", form_template=FORM,
+                              heading="New organization",
+                              **_form(form=request.form, errors=exc.errors))
     return redirect(url_for("organizations.show", organization_id=organization.id), code=303)
 
 
@@ -76,14 +68,9 @@ def summary(organization_id: int):
 @bp.get("/<int:organization_id>/edit")
 def edit(organization_id: int):
     organization = record_for(current_user, Organization, organization_id)
-    return render_page_or_fragment(
-        "records/form_page.html",
-        FORM,
-        targets=(SUMMARY_TARGET,),
-        form_template=FORM,
-        heading="Edit organization",
-        **_form(organization),
-    )
+    return render_page_or_fragment("records/form_page.html", FORM, targets=(SUMMARY_TARGET,),
+                                   form_template=FORM, heading="Edit organization",
+                                   **_form(organization))
 
 
 @bp.post("/<int:organization_id>")
@@ -93,12 +80,8 @@ def update(organization_id: int):
         records.update_organization(current_user, organization, **submitted(FIELDS))
     except ValidationError as exc:
         template = FORM if is_fragment_request(SUMMARY_TARGET) else "records/form_page.html"
-        return render_invalid(
-            template,
-            form_template=FORM,
-            heading="Edit organization",
-            **_form(organization, request.form, exc.errors),
-        )
+        return render_invalid(template, form_template=FORM, heading="Edit organization",
+                              **_form(organization, request.form, exc.errors))
     if is_fragment_request(SUMMARY_TARGET):
         return render_template("organizations/partials/summary.html", organization=organization)
     return redirect(url_for("organizations.show", organization_id=organization.id), code=303)
@@ -108,10 +91,8 @@ def update(organization_id: int):
 def confirm_delete(organization_id: int):
     organization = record_for(current_user, Organization, organization_id)
     return render_page_or_fragment(
-        "records/confirm_delete.html",
-        "records/partials/confirm_delete.html",
-        targets=(SUMMARY_TARGET,),
-        label=organization.name,
+        "records/confirm_delete.html", "records/partials/confirm_delete.html",
+        targets=(SUMMARY_TARGET,), label=organization.name,
         delete_url=url_for("organizations.delete", organization_id=organization.id),
         cancel_url=url_for("organizations.show", organization_id=organization.id),
         summary_url=url_for("organizations.summary", organization_id=organization.id),

@@ -32,9 +32,8 @@ def index():
 
 @bp.get("/new")
 def new():
-    return render_template(
-        "records/form_page.html", form_template=FORM, heading="New person", **_form()
-    )
+    return render_template("records/form_page.html", form_template=FORM, heading="New person",
+                           **_form())
 
 
 @bp.post("/")
@@ -42,12 +41,8 @@ def create():
     try:
         person = records.create_person(current_user, **submitted(FIELDS, lists=("emails",)))
     except ValidationError as exc:
-        return render_invalid(
-            "records/form_page.html",
-            form_template=FORM,
-            heading="New person",
-            **_form(form=request.form, errors=exc.errors),
-        )
+        return render_invalid("records/form_page.html", form_template=FORM,
+                              heading="New person", **_form(form=request.form, errors=exc.errors))
     return redirect(url_for("persons.show", person_id=person.id), code=303)
 
 
@@ -72,14 +67,8 @@ def summary(person_id: int):
 @bp.get("/<int:person_id>/edit")
 def edit(person_id: int):
     person = record_for(current_user, Person, person_id)
-    return render_page_or_fragment(
-        "records/form_page.html",
-        FORM,
-        targets=(SUMMARY_TARGET,),
-        form_template=FORM,
-        heading="Edit person",
-        **_form(person),
-    )
+    return render_page_or_fragment("records/form_page.html", FORM, targets=(SUMMARY_TARGET,),
+                                   form_template=FORM, heading="Edit person", **_form(person))
 
 
 @bp.post("/<int:person_id>")
@@ -89,12 +78,8 @@ def update(person_id: int):
         records.update_person(current_user, person, **submitted(FIELDS, lists=("emails",)))
     except ValidationError as exc:
         template = FORM if is_fragment_request(SUMMARY_TARGET) else "records/form_page.html"
-        return render_invalid(
-            template,
-            form_template=FORM,
-            heading="Edit person",
-            **_form(person, request.form, exc.errors),
-        )
+        return render_invalid(template, form_template=FORM, heading="Edit person",
+                              **_form(person, request.form, exc.errors))
     if is_fragment_request(SUMMARY_TARGET):
         return render_template("persons/partials/summary.html", person=person)
     return redirect(url_for("persons.show", person_id=person.id), code=303)
@@ -104,10 +89,8 @@ def update(person_id: int):
 def confirm_delete(person_id: int):
     person = record_for(current_user, Person, person_id)
     return render_page_or_fragment(
-        "records/confirm_delete.html",
-        "records/partials/confirm_delete.html",
-        targets=(SUMMARY_TARGET,),
-        label=person.name,
+        "records/confirm_delete.html", "records/partials/confirm_delete.html",
+        targets=(SUMMARY_TARGET,), label=person.name,
         delete_url=url_for("persons.delete", person_id=person.id),
         cancel_url=url_for("persons.show", person_id=person.id),
         summary_url=url_for("persons.summary", person_id=person.id),

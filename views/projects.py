@@ -29,9 +29,8 @@ def index():
 
 @bp.get("/new")
 def new():
-    return render_template(
-        "records/form_page.html", form_template=FORM, heading="New project", **_form()
-    )
+    return render_template("records/form_page.html", form_template=FORM, heading="New project",
+                           **_form())
 
 
 @bp.post("/")
@@ -39,12 +38,8 @@ def create():
     try:
         project = records.create_project(current_user, **submitted(FIELDS))
     except ValidationError as exc:
-        return render_invalid(
-            "records/form_page.html",
-            form_template=FORM,
-            heading="New project",
-            **_form(form=request.form, errors=exc.errors),
-        )
+        return render_invalid("records/form_page.html", form_template=FORM,
+                              heading="New project", **_form(form=request.form, errors=exc.errors))
     return redirect(url_for("projects.show", project_id=project.id), code=303)
 
 
@@ -63,14 +58,8 @@ def summary(project_id: int):
 @bp.get("/<int:project_id>/edit")
 def edit(project_id: int):
     project = record_for(current_user, Project, project_id)
-    return render_page_or_fragment(
-        "records/form_page.html",
-        FORM,
-        targets=(SUMMARY_TARGET,),
-        form_template=FORM,
-        heading="Edit project",
-        **_form(project),
-    )
+    return render_page_or_fragment("records/form_page.html", FORM, targets=(SUMMARY_TARGET,),
+                                   form_template=FORM, heading="Edit project", **_form(project))
 
 
 @bp.post("/<int:project_id>")
@@ -80,12 +69,8 @@ def update(project_id: int):
         records.update_project(current_user, project, **submitted(FIELDS))
     except ValidationError as exc:
         template = FORM if is_fragment_request(SUMMARY_TARGET) else "records/form_page.html"
-        return render_invalid(
-            template,
-            form_template=FORM,
-            heading="Edit project",
-            **_form(project, request.form, exc.errors),
-        )
+        return render_invalid(template, form_template=FORM, heading="Edit project",
+                              **_form(project, request.form, exc.errors))
     if is_fragment_request(SUMMARY_TARGET):
         return render_template("projects/partials/summary.html", project=project)
     return redirect(url_for("projects.show", project_id=project.id), code=303)
@@ -95,10 +80,8 @@ def update(project_id: int):
 def confirm_delete(project_id: int):
     project = record_for(current_user, Project, project_id)
     return render_page_or_fragment(
-        "records/confirm_delete.html",
-        "records/partials/confirm_delete.html",
-        targets=(SUMMARY_TARGET,),
-        label=project.title,
+        "records/confirm_delete.html", "records/partials/confirm_delete.html",
+        targets=(SUMMARY_TARGET,), label=project.title,
         delete_url=url_for("projects.delete", project_id=project.id),
         cancel_url=url_for("projects.show", project_id=project.id),
         summary_url=url_for("projects.summary", project_id=project.id),
