@@ -49,73 +49,23 @@ ORGANIZATIONS = (
     ("Lumen Education", "lumen.education", "300 College Street\nToronto, ON M5T 1R4"),
 )
 FIRST_NAMES = (
-    "Olivia",
-    "Noah",
-    "Emma",
-    "Liam",
-    "Sofia",
-    "Mateo",
-    "Amara",
-    "Kenji",
-    "Hannah",
-    "Omar",
-    "Chloe",
-    "Diego",
-    "Ingrid",
-    "Tomás",
-    "Aisha",
-    "Felix",
-    "Nina",
-    "Ravi",
-    "Grace",
-    "Jonas",
+    "Olivia", "Noah", "Emma", "Liam", "Sofia", "Mateo", "Amara", "Kenji", "Hannah", "Omar",
+    "Chloe", "Diego", "Ingrid", "Tomás", "Aisha", "Felix", "Nina", "Ravi", "Grace", "Jonas",
 )
 LAST_NAMES = (
-    "Andersen",
-    "Becker",
-    "Castillo",
-    "Dubois",
-    "Eriksen",
-    "Fischer",
-    "García",
-    "Hughes",
-    "Ito",
-    "Jensen",
-    "Kowalski",
-    "Lindqvist",
-    "Moreau",
-    "Nakamura",
-    "O'Brien",
-    "Petrov",
-    "Quinn",
-    "Rossi",
-    "Schmidt",
-    "Tanaka",
+    "Andersen", "Becker", "Castillo", "Dubois", "Eriksen", "Fischer", "García", "Hughes",
+    "Ito", "Jensen", "Kowalski", "Lindqvist", "Moreau", "Nakamura", "O'Brien", "Petrov",
+    "Quinn", "Rossi", "Schmidt", "Tanaka",
 )
 DEAL_TOPICS = (
-    "Fleet tracking rollout",
-    "Annual license renewal",
-    "Data warehouse migration",
-    "Showroom redesign",
-    "Route optimisation pilot",
-    "Patient portal",
-    "Brand refresh",
-    "Retail expansion",
-    "Rooftop installation",
-    "Lab automation",
-    "Conference package",
-    "Warehouse robots",
-    "Online courses platform",
-    "Support plan upgrade",
-    "Security audit",
+    "Fleet tracking rollout", "Annual license renewal", "Data warehouse migration",
+    "Showroom redesign", "Route optimisation pilot", "Patient portal", "Brand refresh",
+    "Retail expansion", "Rooftop installation", "Lab automation", "Conference package",
+    "Warehouse robots", "Online courses platform", "Support plan upgrade", "Security audit",
 )
 LEAD_TOPICS = (
-    "Inbound: pricing question",
-    "Webinar sign-up",
-    "Referral from partner",
-    "Trade show contact",
-    "Trial user asking about SSO",
-    "Cold reply: interested later",
+    "Inbound: pricing question", "Webinar sign-up", "Referral from partner",
+    "Trade show contact", "Trial user asking about SSO", "Cold reply: interested later",
 )
 PROJECT_TOPICS = ("Onboarding", "Implementation", "Quarterly review", "Data import", "Training")
 
@@ -156,13 +106,8 @@ def seed_demo(*, seed: int = 7) -> DemoSummary:
         return VISIBILITY_OWNER if rng.random() < 0.1 else VISIBILITY_EVERYONE
 
     organizations = [
-        Organization(
-            name=name,
-            domain=domain,
-            address=address,
-            owner_id=rng.choice(team).id,
-            visibility=VISIBILITY_EVERYONE,
-        )
+        Organization(name=name, domain=domain, address=address, owner_id=rng.choice(team).id,
+                     visibility=VISIBILITY_EVERYONE)
         for name, domain, address in ORGANIZATIONS
     ]
     organizations[-1].visibility = VISIBILITY_OWNER
