@@ -765,3 +765,63 @@ def test_core_subset_renders(world, login, make_raw_message):
             failures.append((name, response.status_code))
     assert not failures
     assert len(names) > 100
+
+
+class _DangerScan(HTMLParser):
+    """Collect tags and attributes in a srcdoc that the mail policy must never let through."""
+
+    BAD_TAGS = {"script", "style", "iframe", "object", "embed", "form", "input", "button",
+                "base", "meta", "link", "svg", "math", "template", "noscript", "textarea",
+                "select"}  # fmt: skip
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.problems: list[str] = []
+        self.in_head = True
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "body":
+            self.in_head = False
+        if self.in_head:
+            return  # email_document's own head: charset, CSP, referrer meta and base CSS
+        if tag in self.BAD_TAGS:
+            self.problems.append(tag)
+        for name, value in attrs:
+            lowered = (value or "").strip().lower()
+            if name.startswith(("on", "hx-", "data-")) or name in (
+                "srcdoc",
+                "formaction",
+                "srcset",
+            ):
+                self.problems.append(f"{tag}[{name}]")
+            url_attribute = name in ("href", "src", "action", "background", "poster", "cite")
+            if url_attribute and lowered.startswith(
+                ("javascript:", "vbscript:", "data:text", "data:image/svg")
+            ):
+                self.problems.append(f"{tag}[{name}]={lowered[:30]}")
+            if name == "src" and lowered.startswith(("http:", "https:", "//")):
+                self.problems.append(f"{tag}[src] remote")
+
+
+def test_whole_xss_corpus_renders_inert(world, login, make_raw_message):
+    from tests.corpus import shared_dir
+
+    folder = shared_dir() / "corpus" / "xss"
+    files = sorted(folder.glob("*.html")) if folder.is_dir() else []
+    if not files:
+        pytest.skip(f"xss corpus not found at {folder} (set THREADLINE_SHARED)")
+    client = login(world["owner"])
+    failures = {}
+    for path in files:
+        raw = build_message(to="olivia@team.test", text=None, html=path.read_text(errors="replace"))
+        message = make_raw_message(world["account"], raw)
+        page = parse_page(client.get(f"/mail/threads/{message.thread_id}").get_data(as_text=True))
+        if len(page.iframes) != 1 or page.iframes[0]["sandbox"] != SANDBOX:
+            failures[path.name] = "iframe"
+            continue
+        scan = _DangerScan()
+        scan.feed(page.iframes[0]["srcdoc"] or "")
+        if scan.problems:
+            failures[path.name] = scan.problems
+    assert not failures
+    assert len(files) >= 390
