@@ -12,7 +12,7 @@ import binascii
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flask import current_app, url_for
+from flask import current_app
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
@@ -125,30 +125,35 @@ def _inline_image(parsed: ParsedMessage, content_id: str | None) -> AttachmentIn
     return None
 
 
-def _cid_url(message: Message, raw: bytes, parsed: ParsedMessage, content_id: str) -> str | None:
-    """Map a cid: reference to a data: URI (small parts) or the authorized inline route."""
+def _cid_url(raw: bytes, parsed: ParsedMessage, content_id: str) -> str | None:
+    """Map a cid: reference to a data: URI of a raster part of this message, or None.
+
+    Checked in Chromium: the sandboxed srcdoc frame has an opaque origin, so a same-origin
+    image URL (the inline_image route) does not load there; larger parts are listed as
+    downloads instead (see _listed_attachments).
+    """
     part = _inline_image(parsed, content_id)
-    if part is None:
+    if part is None or part.size > DATA_URI_LIMIT:
         return None
-    if part.size <= DATA_URI_LIMIT:
-        data, _content_type, _name = extract_part(raw, part.part_id)
-        if len(data) <= DATA_URI_LIMIT:
-            encoded = base64.b64encode(data).decode("ascii")
-            return f"data:{part.content_type};base64,{encoded}"
-    return url_for(
-        "conversations.inline_image",
-        message_id=message.id,
-        token=cid_token(part.content_id or ""),
+    data, _content_type, _name = extract_part(raw, part.part_id)
+    if len(data) > DATA_URI_LIMIT:
+        return None
+    return f"data:{part.content_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _shown_inline(part: AttachmentInfo) -> bool:
+    """Tell whether a part is displayed inside the message body instead of listed."""
+    return bool(
+        part.is_inline
+        and part.content_id
+        and part.content_type in INLINE_SAFE_TYPES
+        and part.size <= DATA_URI_LIMIT
     )
 
 
 def _listed_attachments(parsed: ParsedMessage) -> list[AttachmentInfo]:
     """Return the parts to list as downloads: all but raster images shown inline."""
-    return [
-        part
-        for part in parsed.attachments
-        if not (part.is_inline and part.content_id and part.content_type in INLINE_SAFE_TYPES)
-    ]
+    return [part for part in parsed.attachments if not _shown_inline(part)]
 
 
 def sender_images_allowed(user: User, sender: str) -> bool:
@@ -201,7 +206,7 @@ def render_message(
     if parsed.html_body is not None:
         sanitized = sanitize_email_html(
             parsed.html_body,
-            cid_url=lambda content_id: _cid_url(message, raw, parsed, content_id),
+            cid_url=lambda content_id: _cid_url(raw, parsed, content_id),
             allow_remote_images=allowed,
         )
         body = sanitized.html

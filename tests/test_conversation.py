@@ -825,3 +825,12 @@ def test_whole_xss_corpus_renders_inert(world, login, make_raw_message):
             failures[path.name] = scan.problems
     assert not failures
     assert len(files) >= 390
+
+
+def test_inline_image_over_the_data_uri_limit_is_listed(world, login, monkeypatch):
+    from services import conversations
+
+    monkeypatch.setattr(conversations, "DATA_URI_LIMIT", 10)
+    html = login(world["owner"]).get(f"/mail/threads/{world['thread'].id}").get_data(as_text=True)
+    assert "data:image/png" not in parse_page(html).iframes[0]["srcdoc"]
+    assert "/attachments/" in html and "2 attachments" in html
