@@ -305,3 +305,29 @@ def test_sidebar_actions_swap_in_place(live_server, page, mailbox, make_raw_mess
     page.get_by_text("Linked 1 past message.").wait_for()
     db.session.expire_all()
     assert message.thread.shared is True
+
+
+def test_deal_page_lazy_panel_for_teammate(
+    live_server, page, mailbox, make_user, make_raw_message, make_deal
+):
+    owner, account = mailbox
+    teammate = make_user(name="Ben Teammate")
+    deal = make_deal(owner, title="Gold renewal")
+    message = make_raw_message(
+        account, build_message(subject="Gold renewal terms", to="olivia@team.test"), shared=True
+    )
+    message.thread.deal_id = deal.id
+    private = make_raw_message(account, build_message(subject="Private pricing"))
+    private.thread.deal_id = deal.id
+    db.session.commit()
+    sign_in(page, live_server, teammate)
+    page.goto(f"{live_server.url}/deals/{deal.id}", wait_until="load")
+    panel = page.locator("#email-conversations")
+    panel.get_by_role("link", name="Gold renewal terms").wait_for()
+    assert "Private pricing" not in panel.inner_text()
+    SHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SHOTS / "deal-panel.png"))
+    panel.get_by_role("link", name="Gold renewal terms").click()
+    page.wait_for_load_state("load")
+    assert page.get_by_text("read-only").is_visible()
+    assert page.get_by_role("button", name="Block sender").count() == 0
