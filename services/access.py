@@ -100,6 +100,8 @@ def owned_messages(user: User) -> Select[tuple[Message]]:
 
 def thread_for_owner(user: User, thread_id: int) -> Thread:
     """Return one of the user's own threads or abort 404."""
+    if not 0 < thread_id <= MAX_ID:
+        abort(404)
     thread = db.session.scalar(owned_threads(user).where(Thread.id == thread_id))
     if thread is None:
         abort(404)
@@ -193,7 +195,7 @@ def can_view_thread(user: User, thread: Thread) -> bool:
 
 def thread_for_viewer(user: User, thread_id: int) -> tuple[Thread, bool]:
     """Return (thread, is_owner) for anyone allowed to read it, or abort 404."""
-    thread = db.session.get(Thread, thread_id)
+    thread = db.session.get(Thread, thread_id) if 0 < thread_id <= MAX_ID else None
     if thread is None or not can_view_thread(user, thread):
         abort(404)
     return thread, thread.account.user_id == user.id
@@ -201,7 +203,7 @@ def thread_for_viewer(user: User, thread_id: int) -> tuple[Thread, bool]:
 
 def message_for_viewer(user: User, message_id: int) -> tuple[Message, bool]:
     """Return (message, is_owner) for anyone allowed to read its thread, or abort 404."""
-    message = db.session.get(Message, message_id)
+    message = db.session.get(Message, message_id) if 0 < message_id <= MAX_ID else None
     if message is None or message.deleted_at is not None or message.thread is None:
         abort(404)
     if not can_view_thread(user, message.thread):

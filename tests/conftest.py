@@ -377,3 +377,70 @@ def make_mailbox_message(app, make_stored_message):
         return message
 
     return factory
+
+
+@pytest.fixture
+def make_raw_message(app):
+    """Store raw MIME like the sync does (blob first, then parsed rows); returns the Message.
+
+    A new thread is created unless `thread` is given; persons are matched by address.
+    """
+
+    def factory(
+        account: MailAccount,
+        raw: bytes,
+        *,
+        shared: bool = False,
+        thread: Thread | None = None,
+        is_placeholder: bool = False,
+        store_raw: bool = True,
+    ) -> Message:
+        from pathlib import Path
+
+        from mailsync.blobstore import BlobStore
+        from mailsync.parse import parse_message
+        from services.linking import message_participants, persons_for_addresses
+
+        sha = BlobStore(Path(app.instance_path) / "blobs").put(raw) if store_raw else None
+        parsed = parse_message(raw)
+        date = parsed.date or datetime.now(UTC)
+        if thread is None:
+            thread = Thread(
+                account_id=account.id,
+                subject=parsed.subject[:255],
+                shared=shared,
+                first_date=date,
+                last_date=date,
+                message_count=0,
+            )
+            db.session.add(thread)
+            db.session.flush()
+        message = Message(
+            account_id=account.id,
+            thread_id=thread.id,
+            dedup_key=f"raw-{next(_counter)}",
+            message_id_header=(parsed.message_id or "")[:998] or None,
+            subject=parsed.subject[:255],
+            from_name=parsed.from_name[:255],
+            from_address=parsed.from_address[:320].lower(),
+            to=[list(pair) for pair in parsed.to],
+            cc=[list(pair) for pair in parsed.cc],
+            reply_to=[list(pair) for pair in parsed.reply_to],
+            date=date,
+            size=len(raw),
+            raw_sha256=sha if store_raw else "0" * 64,
+            is_placeholder=is_placeholder,
+            snippet=parsed.snippet[:300],
+            has_attachments=parsed.has_attachments,
+            parse_error=parsed.parse_error,
+        )
+        db.session.add(message)
+        thread.message_count += 1
+        thread.last_date = max(thread.last_date or date, date)
+        db.session.flush()
+        for person_id in set(persons_for_addresses(message_participants(message)).values()):
+            db.session.add(MessagePerson(message_id=message.id, person_id=person_id))
+        db.session.commit()
+        return message
+
+    return factory

@@ -4,6 +4,7 @@ from views import (
     accounts,
     admin,
     auth,
+    blocking,
     conversations,
     deals,
     health,
@@ -28,6 +29,7 @@ BLUEPRINTS = [
     organizations.bp,
     leads.bp,
     projects.bp,
+    blocking.bp,
 ]
 
 # The areas holding CRM records; the visibility test walks every id-taking route of these.

@@ -1,30 +1,245 @@
-"""PLACEHOLDER for the conversation view; the `conversation` branch replaces this file.
+"""Conversations: one thread with its messages, parts, raw source and the owner's actions.
 
-It exists so the Mail tab can link rows to `conversations.show`. It shows header fields
-and snippets only (escaped), never mail HTML.
+URL table (url_prefix /mail):
+  GET  /threads/<id>                      show (?images=<message id> shows remote images once)
+  GET  /threads/<id>/link-search          link_search (picker results fragment, owner)
+  POST /threads/<id>/sharing              update_sharing (owner)
+  POST /threads/<id>/link                 link (owner)
+  POST /threads/<id>/unlink               unlink (owner)
+  POST /threads/<id>/persons              create_person (owner)
+  POST /threads/<id>/person-emails        add_person_email (owner)
+  POST /threads/<id>/past-links           link_past (owner)
+  POST /threads/<id>/blocks               block (owner)
+  POST /messages/<id>/image-allowance     allow_images (always show images from the sender)
+  GET  /messages/<id>/attachments/<part>  attachment
+  GET  /messages/<id>/inline/<token>      inline_image
+  GET  /messages/<id>/raw                 raw
+  GET  /records/<kind>/<id>/conversations record_panel (lazy panel of record pages)
+  GET  /compose                           compose_placeholder
 """
 
-from flask import Blueprint, render_template
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+from flask import Blueprint, abort, g, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
-from sqlalchemy import select
 
-from extensions import db
-from models import Message
-from services import access
+from models import RECORD_MODELS
+from services import conversations
+from services.access import message_for_viewer, record_for, thread_for_owner, thread_for_viewer
+from services.errors import ValidationError
+from services.mail_render import attachment_headers, raw_source_headers
+from services.preferences import get_preference
+from views.helpers import form_value, is_fragment_request, parse_int
 
-bp = Blueprint("conversations", __name__, url_prefix="/mail/threads")
+bp = Blueprint("conversations", __name__, url_prefix="/mail")
+
+PAGE = "conversations/page.html"
+SIDEBAR = "conversations/partials/sidebar.html"
+SIDEBAR_TARGET = "conversation-sidebar"
+PART_ID = re.compile(r"^[0-9]{1,4}(\.[0-9]{1,4}){0,30}$")
+# The app CSP (app.CONTENT_SECURITY_POLICY) with img-src relaxed, sent only on a response where
+# the user chose to show remote images; the srcdoc frame inherits it (SECURITY.md R6).
+IMAGES_ALLOWED_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: https: http:; font-src 'self'; connect-src 'self'; media-src 'none'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 
 
-@bp.get("/<int:thread_id>")
+@bp.app_template_global()
+def email_link_href(address: str) -> str:
+    """Return the href for an email address per the user's "email links" preference."""
+    if "email_links" not in g:
+        g.email_links = get_preference(current_user, "email_links")
+    if g.email_links == "mailto":
+        return "mailto:" + quote(address or "", safe="@")
+    return url_for("conversations.compose_placeholder", to=address)
+
+
+@bp.app_template_filter("filesize")
+def filesize(size: int) -> str:
+    """Format a byte count for people: 812 B, 14 KB, 2.3 MB."""
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024 * 1024:
+        return f"{size // 1024} KB"
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+def _page(thread, is_owner: bool, *, status: int = 200, show_images_for=None, **extra):
+    """Render the full conversation page; relax img-src only when images are shown."""
+    conversation = conversations.load_conversation(
+        current_user, thread, is_owner=is_owner, show_images_for=show_images_for
+    )
+    sidebar = conversations.load_sidebar(current_user, thread, is_owner=is_owner, **extra)
+    response = make_response(
+        render_template(PAGE, conversation=conversation, sidebar=sidebar), status
+    )
+    if any(item.images_allowed for item in conversation.messages):
+        response.headers["Content-Security-Policy"] = IMAGES_ALLOWED_CSP
+    return response
+
+
+def _sidebar(thread, *, status: int = 200, **extra):
+    """Answer an owner action: the sidebar for htmx, the whole page otherwise."""
+    if not is_fragment_request(SIDEBAR_TARGET):
+        return _page(thread, True, status=status, **extra)
+    sidebar = conversations.load_sidebar(current_user, thread, is_owner=True, **extra)
+    # The header's shared/private badge is outside the sidebar: update it out of band.
+    return make_response(render_template(SIDEBAR, sidebar=sidebar, oob=True), status)
+
+
+@bp.get("/threads/<int:thread_id>")
 def show(thread_id: int):
-    thread, _is_owner = access.thread_for_viewer(current_user, thread_id)
-    messages = db.session.scalars(
-        select(Message)
-        .where(
-            Message.thread_id == thread.id,
-            Message.deleted_at.is_(None),
-            Message.blocked.is_(False),
+    thread, is_owner = thread_for_viewer(current_user, thread_id)
+    link_query = request.args.get("link_q", "")
+    results = conversations.search_link_targets(current_user, link_query) if is_owner else []
+    return _page(
+        thread,
+        is_owner,
+        show_images_for=parse_int(request.args.get("images")),
+        link_query=link_query if is_owner else "",
+        link_results=results if link_query else [],
+    )
+
+
+@bp.get("/threads/<int:thread_id>/link-search")
+def link_search(thread_id: int):
+    thread = thread_for_owner(current_user, thread_id)
+    query = request.args.get("link_q", "")
+    results = conversations.search_link_targets(current_user, query)
+    return render_template(
+        "conversations/partials/link_results.html", thread=thread, results=results, query=query
+    )
+
+
+@bp.post("/threads/<int:thread_id>/sharing")
+def update_sharing(thread_id: int):
+    thread = thread_for_owner(current_user, thread_id)
+    conversations.set_sharing(thread, form_value("shared") == "1")
+    return _sidebar(thread)
+
+
+@bp.post("/threads/<int:thread_id>/link")
+def link(thread_id: int):
+    thread = thread_for_owner(current_user, thread_id)
+    try:
+        conversations.link_record(
+            current_user, thread, form_value("kind"), parse_int(form_value("record_id"))
         )
-        .order_by(Message.date, Message.id)
-    ).all()
-    return render_template("conversations/page.html", thread=thread, messages=messages)
+    except ValidationError as exc:
+        return _sidebar(thread, status=422, errors=exc.errors)
+    return _sidebar(thread)
+
+
+@bp.post("/threads/<int:thread_id>/unlink")
+def unlink(thread_id: int):
+    thread = thread_for_owner(current_user, thread_id)
+    conversations.unlink_record(thread)
+    return _sidebar(thread)
+
+
+@bp.post("/threads/<int:thread_id>/persons")
+def create_person(thread_id: int):
+    thread = thread_for_owner(current_user, thread_id)
+    address = form_value("address")
+    try:
+        offer = conversations.create_person_from_participant(
+            current_user, thread, name=form_value("name"), address=address
+        )
+    except ValidationError as exc:
+        return _sidebar(thread, status=422, errors=exc.errors, form_address=address.lower())
+    return _sidebar(thread, offer=offer)
+
+
+@bp.post("/threads/<int:thread_id>/person-emails")
+def add_person_email(thread_id: int):
+    thread = thread_for_owner(current_user, thread_id)
+    address = form_value("address")
+    try:
+        offer = conversations.add_address_to_person(
+            current_user, thread, person_id=parse_int(form_value("person_id")), address=address
+        )
+    except ValidationError as exc:
+        return _sidebar(thread, status=422, errors=exc.errors, form_address=address.lower())
+    return _sidebar(thread, offer=offer)
+
+
+@bp.post("/threads/<int:thread_id>/past-links")
+def link_past(thread_id: int):
+    thread = thread_for_owner(current_user, thread_id)
+    try:
+        count = conversations.link_past(
+            current_user,
+            person_id=parse_int(form_value("person_id")),
+            address=form_value("address"),
+        )
+    except ValidationError as exc:
+        return _sidebar(thread, status=422, errors=exc.errors)
+    return _sidebar(thread, notice=f"Linked {count} past message{'s' if count != 1 else ''}.")
+
+
+@bp.post("/threads/<int:thread_id>/blocks")
+def block(thread_id: int):
+    thread = thread_for_owner(current_user, thread_id)
+    try:
+        entry = conversations.block_participant(current_user, thread, form_value("address"))
+    except ValidationError as exc:
+        return _sidebar(thread, status=422, errors=exc.errors)
+    return _sidebar(thread, notice=f"Blocked {entry}. Mail only from blocked senders is hidden.")
+
+
+@bp.post("/messages/<int:message_id>/image-allowance")
+def allow_images(message_id: int):
+    message, is_owner = message_for_viewer(current_user, message_id)
+    conversations.allow_images_from(current_user, message.from_address)
+    target = url_for(".show", thread_id=message.thread_id, _anchor=f"message-{message.id}")
+    return redirect(target, 303)
+
+
+@bp.get("/messages/<int:message_id>/attachments/<part_id>")
+def attachment(message_id: int, part_id: str):
+    message, _is_owner = message_for_viewer(current_user, message_id)
+    part = conversations.attachment_part(message, part_id) if PART_ID.match(part_id) else None
+    if part is None:
+        abort(404)
+    data, content_type, filename = part
+    return make_response(data, 200, attachment_headers(filename, content_type, inline_ok=False))
+
+
+@bp.get("/messages/<int:message_id>/inline/<token>")
+def inline_image(message_id: int, token: str):
+    message, _is_owner = message_for_viewer(current_user, message_id)
+    image = conversations.inline_image(message, token[:1000])
+    if image is None:
+        abort(404)
+    data, content_type = image
+    return make_response(data, 200, attachment_headers("image", content_type, inline_ok=True))
+
+
+@bp.get("/messages/<int:message_id>/raw")
+def raw(message_id: int):
+    message, _is_owner = message_for_viewer(current_user, message_id)
+    data = conversations.load_raw(message)
+    if data is None:
+        abort(404)
+    return make_response(data, 200, raw_source_headers())
+
+
+@bp.get("/records/<kind>/<int:record_id>/conversations")
+def record_panel(kind: str, record_id: int):
+    if kind not in RECORD_MODELS:
+        abort(404)
+    record = record_for(current_user, RECORD_MODELS[kind], record_id)
+    summaries = conversations.record_conversations(current_user, kind, record.id)
+    return render_template(
+        "conversations/partials/record_panel.html", summaries=summaries, kind=kind
+    )
+
+
+@bp.get("/compose")
+def compose_placeholder():
+    return render_template("conversations/compose.html", to=request.args.get("to", "")[:320])

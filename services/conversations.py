@@ -1,0 +1,538 @@
+"""Load and render one conversation for a viewer, and the owner's actions on it.
+
+Visibility is decided by services/access.py before anything here runs; linking and blocking
+rules live in services/linking.py. Mail bodies are rendered only through
+services/mail_render.py (SECURITY.md R1-R15).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flask import current_app
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from extensions import db
+from mailsync.blobstore import BlobStore
+from mailsync.parse import (
+    AttachmentInfo,
+    ParsedMessage,
+    extract_part,
+    html_to_text,
+    normalize_content_id,
+    parse_message,
+)
+from models import (
+    Deal,
+    ImageAllowance,
+    Lead,
+    MailAccount,
+    Message,
+    Person,
+    PersonEmail,
+    Project,
+    Thread,
+    User,
+)
+from services import linking, records
+from services.access import record_or_none, record_threads, visible_records
+from services.errors import ValidationError
+from services.linking_rules import address_is_blocked, normalize_block_entry
+from services.mail_render import (
+    INLINE_SAFE_TYPES,
+    email_document,
+    is_rtl_text,
+    plain_text_to_html,
+    sanitize_email_html,
+)
+
+# Inline cid: images up to this size are embedded as data: URIs: the sandboxed srcdoc frame
+# has an opaque origin, so cookie-authenticated image URLs do not load there (R10 design note).
+DATA_URI_LIMIT = 2 * 1024 * 1024
+# SYNC.md §4: messages above this size are stored as headers plus a placeholder.
+LINK_KINDS: dict[str, type] = {"deal": Deal, "lead": Lead, "project": Project}
+LINK_LABELS = {"deal": "Deal", "lead": "Lead", "project": "Project"}
+SEARCH_LIMIT = 8
+
+
+def blob_store() -> BlobStore:
+    """Return the raw-mail store of the running app."""
+    return BlobStore(Path(current_app.instance_path) / "blobs")
+
+
+def load_raw(message: Message) -> bytes | None:
+    """Return the stored raw bytes of a message, or None when they are missing."""
+    if not message.raw_sha256:
+        return None
+    try:
+        return blob_store().get(message.raw_sha256)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+@dataclass
+class RenderedMessage:
+    """One message as the conversation view shows it."""
+
+    message: Message
+    document: str | None = None  # srcdoc for the sandboxed iframe
+    notice: str | None = None
+    attachments: list[AttachmentInfo] = field(default_factory=list)
+    blocked_remote_images: int = 0
+    images_allowed: bool = False
+    rtl: bool = False
+    has_raw: bool = False
+    height: int = 160  # px for the iframe: a sandboxed frame without scripts cannot auto-size
+
+
+def frame_height(parsed: ParsedMessage) -> int:
+    """Estimate the iframe height: text lines of about 90 characters, plus images and rows."""
+    if parsed.html_body is not None:
+        html = parsed.html_body[:200_000].lower()
+        text = html_to_text(parsed.html_body[:200_000])
+        extra = 110 * min(html.count("<img"), 8) + 30 * min(html.count("<tr"), 40)
+    else:
+        text, extra = parsed.text_body, 0
+    lines = sum(len(line) // 90 + 1 for line in text.splitlines()[:400])
+    return max(100, min(1400, 48 + lines * 24 + extra))
+
+
+def cid_token(content_id: str) -> str:
+    """Return the URL token of a normalized Content-ID."""
+    return base64.urlsafe_b64encode(content_id.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def content_id_from_token(token: str) -> str | None:
+    """Return the normalized Content-ID a URL token stands for, or None."""
+    try:
+        decoded = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    return normalize_content_id(decoded)
+
+
+def _inline_image(parsed: ParsedMessage, content_id: str | None) -> AttachmentInfo | None:
+    """Return the raster part with this Content-ID in this message only (R10)."""
+    wanted = normalize_content_id(content_id)
+    for part in parsed.attachments:
+        if wanted and part.content_id == wanted and part.content_type in INLINE_SAFE_TYPES:
+            return part
+    return None
+
+
+def _cid_url(raw: bytes, parsed: ParsedMessage, content_id: str) -> str | None:
+    """Map a cid: reference to a data: URI of a raster part of this message, or None.
+
+    Checked in Chromium: the sandboxed srcdoc frame has an opaque origin, so a same-origin
+    image URL (the inline_image route) does not load there; larger parts are listed as
+    downloads instead (see _listed_attachments).
+    """
+    part = _inline_image(parsed, content_id)
+    if part is None or part.size > DATA_URI_LIMIT:
+        return None
+    data, _content_type, _name = extract_part(raw, part.part_id)
+    if len(data) > DATA_URI_LIMIT:
+        return None
+    return f"data:{part.content_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _shown_inline(part: AttachmentInfo) -> bool:
+    """Tell whether a part is displayed inside the message body instead of listed."""
+    return bool(
+        part.is_inline
+        and part.content_id
+        and part.content_type in INLINE_SAFE_TYPES
+        and part.size <= DATA_URI_LIMIT
+    )
+
+
+def _listed_attachments(parsed: ParsedMessage) -> list[AttachmentInfo]:
+    """Return the parts to list as downloads: all but raster images shown inline."""
+    return [part for part in parsed.attachments if not _shown_inline(part)]
+
+
+def sender_images_allowed(user: User, sender: str) -> bool:
+    """Tell whether `user` chose to always show remote images from `sender`."""
+    if not sender:
+        return False
+    return (
+        db.session.scalar(
+            select(ImageAllowance.id).where(
+                ImageAllowance.user_id == user.id, ImageAllowance.sender == sender.lower()
+            )
+        )
+        is not None
+    )
+
+
+def allow_images_from(user: User, sender: str) -> None:
+    """Always show remote images from `sender` to `user` (idempotent); commits."""
+    if not sender or sender_images_allowed(user, sender):
+        return
+    db.session.add(ImageAllowance(user_id=user.id, sender=sender.lower()))
+    db.session.commit()
+
+
+def render_message(
+    user: User, message: Message, *, allow_remote_images: bool = False
+) -> RenderedMessage:
+    """Render one message body for the sandboxed iframe; never raises on bad mail (R16)."""
+    view = RenderedMessage(message=message)
+    raw = load_raw(message)
+    view.has_raw = raw is not None
+    if message.is_placeholder:
+        limit_mb = current_app.config["MAX_FULL_SIZE"] // (1024 * 1024)
+        view.notice = (
+            f"This message is larger than {limit_mb} MB, so only its headers were synced. "
+            "Open it in your mail program to read it."
+        )
+        return view
+    if raw is None:
+        view.notice = "The original of this message is not stored, so it cannot be shown."
+        return view
+    parsed = parse_message(raw)
+    view.attachments = _listed_attachments(parsed)
+    if parsed.html_body is None and not parsed.text_body:
+        if parsed.parse_error or parsed.headers_only:
+            view.notice = "This message could not be displayed. Download the original to read it."
+        else:
+            view.notice = "This message has no text."
+        return view
+    allowed = allow_remote_images or sender_images_allowed(user, message.from_address)
+    if parsed.html_body is not None:
+        sanitized = sanitize_email_html(
+            parsed.html_body,
+            cid_url=lambda content_id: _cid_url(raw, parsed, content_id),
+            allow_remote_images=allowed,
+        )
+        body = sanitized.html
+        view.blocked_remote_images = sanitized.blocked_remote_images
+        view.images_allowed = allowed and sanitized.has_remote_content
+    else:
+        body = plain_text_to_html(parsed.text_body)
+    view.height = frame_height(parsed)
+    view.rtl = is_rtl_text(parsed.text_body or parsed.snippet or message.subject)
+    view.document = email_document(
+        body, rtl=True if view.rtl else None, allow_remote_images=view.images_allowed
+    )
+    if parsed.parse_error:
+        view.notice = "Parts of this message could not be read. Download the original to check."
+    return view
+
+
+def thread_messages(thread: Thread, *, include_blocked: bool) -> list[Message]:
+    """Return the live messages of a thread, oldest first."""
+    query = select(Message).where(Message.thread_id == thread.id, Message.deleted_at.is_(None))
+    if not include_blocked:
+        query = query.where(Message.blocked.is_(False))
+    return list(
+        db.session.scalars(query.order_by(Message.date.is_(None).desc(), Message.date, Message.id))
+    )
+
+
+@dataclass
+class ConversationView:
+    """A whole conversation for one viewer."""
+
+    thread: Thread
+    is_owner: bool
+    owner: User
+    messages: list[RenderedMessage]
+    hidden_by_block: bool
+
+
+def load_conversation(
+    user: User, thread: Thread, *, is_owner: bool, show_images_for: int | None = None
+) -> ConversationView:
+    """Render every visible message; `show_images_for` allows remote images of one message."""
+    messages = thread_messages(thread, include_blocked=False)
+    hidden_by_block = not messages
+    if hidden_by_block and is_owner:
+        messages = thread_messages(thread, include_blocked=True)
+    rendered = [
+        render_message(user, message, allow_remote_images=message.id == show_images_for)
+        for message in messages
+    ]
+    return ConversationView(
+        thread=thread,
+        is_owner=is_owner,
+        owner=thread.account.user,
+        messages=rendered,
+        hidden_by_block=hidden_by_block,
+    )
+
+
+def attachment_part(message: Message, part_id: str) -> tuple[bytes, str, str | None] | None:
+    """Return (bytes, content type, filename) of a listed attachment, or None."""
+    raw = load_raw(message)
+    if raw is None or message.is_placeholder:
+        return None
+    parsed = parse_message(raw)
+    part = next((p for p in parsed.attachments if p.part_id == part_id), None)
+    if part is None:
+        return None
+    try:
+        data, content_type, _name = extract_part(raw, part.part_id)
+    except KeyError:
+        return None
+    return data, content_type, part.filename
+
+
+def inline_image(message: Message, token: str) -> tuple[bytes, str] | None:
+    """Return (bytes, content type) of a raster cid: part of this message only, or None."""
+    content_id = content_id_from_token(token)
+    raw = load_raw(message)
+    if content_id is None or raw is None or message.is_placeholder:
+        return None
+    part = _inline_image(parse_message(raw), content_id)
+    if part is None:
+        return None
+    data, _content_type, _name = extract_part(raw, part.part_id)
+    return data, part.content_type
+
+
+# --------------------------------------------------------------------------- sidebar
+
+
+@dataclass
+class Participant:
+    """A sender or recipient of the conversation, other than the owner."""
+
+    address: str
+    name: str
+    person: Person | None = None  # the person with this address, when the viewer can see it
+    private_person: bool = False  # someone has this address, but the viewer cannot see them
+    blocked: bool = False
+
+
+@dataclass
+class PastOffer:
+    """The "link past conversations" offer after an address was added to a person."""
+
+    person: Person
+    address: str
+    count: int
+
+
+@dataclass
+class Sidebar:
+    """The actions panel of a conversation (owner) or its read-only facts (teammate)."""
+
+    thread: Thread
+    is_owner: bool
+    linked_kind: str | None
+    linked_record: object | None
+    participants: list[Participant]
+    link_choices: list[tuple[str, object]]
+    person_choices: list[Person]
+    link_query: str = ""
+    link_results: list[tuple[str, object]] = field(default_factory=list)
+    offer: PastOffer | None = None
+    notice: str | None = None
+    errors: dict[str, str] = field(default_factory=dict)
+    form_address: str = ""
+
+
+def linked_record(user: User, thread: Thread) -> tuple[str | None, object | None]:
+    """Return (kind, record) of the thread's deal/lead/project when `user` can access it."""
+    for kind, model in LINK_KINDS.items():
+        record_id = getattr(thread, f"{kind}_id")
+        if record_id is not None:
+            return kind, record_or_none(user, model, record_id)
+    return None, None
+
+
+def participants(user: User, thread: Thread, *, is_owner: bool) -> list[Participant]:
+    """Return the thread's distinct participants, excluding the owner's own addresses."""
+    owner = thread.account.user
+    own = linking.own_addresses(owner)
+    names: dict[str, str] = {}
+    for message in thread_messages(thread, include_blocked=is_owner):
+        pairs = [[message.from_name, message.from_address]]
+        pairs += [*(message.to or []), *(message.cc or []), *(message.reply_to or [])]
+        for pair in pairs:
+            if len(pair) < 2 or not pair[1]:
+                continue
+            address = pair[1].strip().lower()
+            if address and address not in own and not names.get(address):
+                names[address] = (pair[0] or "").strip()
+    person_ids = linking.persons_for_addresses(names)
+    entries = [row.entry for row in linking.blocked_entries(owner)] if is_owner else []
+    result = []
+    for address, name in names.items():
+        person_id = person_ids.get(address)
+        person = record_or_none(user, Person, person_id) if person_id else None
+        result.append(
+            Participant(
+                address=address,
+                name=name,
+                person=person,
+                private_person=person_id is not None and person is None,
+                blocked=address_is_blocked(address, entries),
+            )
+        )
+    return result
+
+
+def link_choices(user: User, thread: Thread) -> list[tuple[str, object]]:
+    """Return the open deals/leads/projects of the thread's persons that `user` can access."""
+    choices = []
+    for target in linking.open_link_targets(linking.thread_person_ids(thread)):
+        record = record_or_none(user, LINK_KINDS[target.kind], target.id)
+        if record is not None:
+            choices.append((target.kind, record))
+    return choices
+
+
+def search_link_targets(user: User, query: str) -> list[tuple[str, object]]:
+    """Return deals, leads and projects `user` can access whose title contains `query`."""
+    text = query.strip().lower()[:100]
+    results: list[tuple[str, object]] = []
+    for kind, model in LINK_KINDS.items():
+        statement = visible_records(user, model).order_by(model.status != "open", model.title)
+        if text:
+            statement = statement.where(func.lower(model.title).contains(text, autoescape=True))
+        results.extend(
+            (kind, record) for record in db.session.scalars(statement.limit(SEARCH_LIMIT))
+        )
+    return results
+
+
+def person_choices(user: User) -> list[Person]:
+    """Return the persons `user` can add an address to, by name."""
+    return list(db.session.scalars(visible_records(user, Person).order_by(Person.name).limit(500)))
+
+
+def load_sidebar(user: User, thread: Thread, *, is_owner: bool, **extra) -> Sidebar:
+    """Return the sidebar of a conversation; owner-only choices stay empty for teammates."""
+    kind, record = linked_record(user, thread)
+    return Sidebar(
+        thread=thread,
+        is_owner=is_owner,
+        linked_kind=kind if record is not None else None,
+        linked_record=record,
+        participants=participants(user, thread, is_owner=is_owner),
+        link_choices=link_choices(user, thread) if is_owner and thread.needs_link_choice else [],
+        person_choices=person_choices(user) if is_owner else [],
+        **extra,
+    )
+
+
+# --------------------------------------------------------------------------- owner actions
+
+
+def _require_participant(user: User, thread: Thread, address: str) -> str:
+    """Return the lowercased address when it is a participant of the thread, else raise."""
+    value = (address or "").strip().lower()
+    if value not in {p.address for p in participants(user, thread, is_owner=True)}:
+        raise ValidationError({"address": "Choose one of the people in this conversation."})
+    return value
+
+
+def set_sharing(thread: Thread, shared: bool) -> None:
+    """Share or unshare the conversation; commits."""
+    linking.set_thread_shared(thread, shared)
+
+
+def link_record(user: User, thread: Thread, kind: str, record_id: int | None) -> None:
+    """Link the conversation to a deal, lead or project `user` can access; commits."""
+    model = LINK_KINDS.get(kind)
+    record = record_or_none(user, model, record_id) if model else None
+    if record is None:
+        raise ValidationError({"record": "Choose a deal, lead or project from the list."})
+    linking.link_thread(thread, kind, record.id)
+
+
+def unlink_record(thread: Thread) -> None:
+    """Remove the conversation's deal, lead or project link; commits."""
+    linking.link_thread(thread, "deal", None)
+
+
+def _offer(person: Person, address: str) -> PastOffer:
+    return PastOffer(
+        person=person, address=address, count=linking.count_past_conversations(person, address)
+    )
+
+
+def create_person_from_participant(
+    user: User, thread: Thread, *, name: str, address: str
+) -> PastOffer:
+    """Create a person with a participant's address; return the past-conversations offer."""
+    value = _require_participant(user, thread, address)
+    person = records.create_person(user, name=name, emails=[value])
+    return _offer(person, value)
+
+
+def add_address_to_person(
+    user: User, thread: Thread, *, person_id: int | None, address: str
+) -> PastOffer:
+    """Add a participant's address to an existing person; commits; return the offer."""
+    value = _require_participant(user, thread, address)
+    person = record_or_none(user, Person, person_id)
+    if person is None:
+        raise ValidationError({"person_id": "Choose a person from the list."})
+    if db.session.scalar(select(PersonEmail.id).where(PersonEmail.email == value)) is not None:
+        raise ValidationError({"address": f"{value} already belongs to a person."})
+    person.emails.append(PersonEmail(email=value, is_primary=not person.emails))
+    try:
+        db.session.commit()
+    except IntegrityError as exc:
+        db.session.rollback()
+        raise ValidationError({"address": f"{value} already belongs to a person."}) from exc
+    return _offer(person, value)
+
+
+def link_past(user: User, *, person_id: int | None, address: str) -> int:
+    """Link past conversations mentioning one of a person's addresses; commits; the count."""
+    person = record_or_none(user, Person, person_id)
+    value = (address or "").strip().lower()
+    if person is None or value not in {row.email for row in person.emails}:
+        raise ValidationError({"address": "Choose one of the person's addresses."})
+    return linking.link_past_conversations(person, value)
+
+
+def block_participant(user: User, thread: Thread, address: str) -> str:
+    """Block one participant's address; commits; return the stored entry."""
+    value = _require_participant(user, thread, address)
+    return linking.block(user, normalize_block_entry(value)).entry
+
+
+# --------------------------------------------------------------------------- record pages
+
+
+@dataclass
+class ThreadSummary:
+    """One row of a record page's "Email conversations" panel."""
+
+    thread: Thread
+    owner: User
+    names: list[str]
+
+
+def record_conversations(user: User, kind: str, record_id: int) -> list[ThreadSummary]:
+    """Return the conversations `user` may see on a record page, newest first.
+
+    The caller must have loaded the record through `record_for`.
+    """
+    threads = db.session.scalars(
+        record_threads(user, kind, record_id).order_by(
+            Thread.last_date.is_(None), Thread.last_date.desc(), Thread.id.desc()
+        )
+    ).all()
+    summaries = []
+    for thread in threads:
+        names: list[str] = []
+        for message in thread_messages(thread, include_blocked=False):
+            name = message.from_name or message.from_address
+            if name and name not in names:
+                names.append(name)
+        owner = db.session.get(MailAccount, thread.account_id).user
+        summaries.append(ThreadSummary(thread=thread, owner=owner, names=names[:4]))
+    return summaries
