@@ -3,13 +3,14 @@
 GET  /mail/                  index    page, or the list partial when htmx targets the list
 GET  /mail/rows              rows     next page of rows (Load more / infinite scroll)
 GET  /mail/folders           folders  sidebar with unread counts (refreshed on mail-changed)
+GET  /mail/progress          progress sync progress bar for the header, polled while a sync runs
 POST /mail/threads/actions   act      read, unread, archive, delete, move (single and bulk)
 """
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from services import mailbox
+from services import accounts, mailbox
 from services.errors import ValidationError
 from views.helpers import is_fragment_request, parse_int, record_url, render_page_or_fragment
 
@@ -40,6 +41,22 @@ def folders():
     query = mailbox.parse_query(request.args)
     folders = mailbox.list_folders(current_user)
     return render_template("mail/partials/folders.html", query=query, folders=folders)
+
+
+@bp.get("/progress")
+def progress():
+    progress = accounts.backfill_progress(accounts.list_accounts(current_user))
+    response = make_response(
+        render_template(
+            "accounts/partials/progress.html",
+            progress=progress,
+            poll_url=url_for("mail.progress"),
+            compact=True,
+        )
+    )
+    if request.args.get("done") != str(progress.done):
+        response.headers["HX-Trigger"] = "mail-changed"  # new mail: refresh unread counts
+    return response
 
 
 @bp.post("/threads/actions")
