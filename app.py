@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+import click
 from flask import Flask, jsonify, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
@@ -91,7 +92,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     cli.register(app)
     logging.getLogger("threadline").setLevel(app.config.get("LOG_LEVEL", "INFO"))
 
-    if app.config.get("SCHEDULER_ENABLED") and not app.config.get("TESTING"):
+    # The scheduler runs in the serving process. CLI commands (init-db, sync, ...) must not
+    # start one: `flask serve` starts it itself, other commands run their work in the foreground.
+    in_cli_command = click.get_current_context(silent=True) is not None
+    if app.config.get("SCHEDULER_ENABLED") and not app.config.get("TESTING") and not in_cli_command:
         import jobs
 
         jobs.start_scheduler(app)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -69,6 +70,14 @@ def serve(host: str | None, port: int | None, threads: int) -> None:
     """Serve Threadline with the production WSGI server (waitress)."""
     from waitress import serve as waitress_serve
 
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = current_app._get_current_object()
+    if app.config.get("SCHEDULER_ENABLED"):
+        import jobs
+
+        jobs.start_scheduler(app)  # background sync runs in this serving process
     host = host or current_app.config["HOST"]
     port = port or int(current_app.config["PORT"])
     click.echo(f"Threadline on http://{host}:{port}/")
