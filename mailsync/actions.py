@@ -1,4 +1,4 @@
-"""Write Mail tab actions back to the IMAP server: \\Seen flags and moves between folders.
+"""Mail tab actions on the IMAP server: \\Seen flags, moves, and fetching placeholder bodies.
 
 Each call opens its own app context to read the account (so no database transaction is held
 across network I/O), connects through mailsync.imap, works folder by folder with UID
@@ -11,14 +11,17 @@ import imaplib
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 from sqlalchemy import select
 
 from extensions import db
-from mailsync import imap
-from models import MailAccount, MailFolder
+from mailsync import imap, store
+from mailsync.blobstore import BlobStore
+from mailsync.parse import parse_message
+from models import MailAccount, MailFolder, Message
 from services.credentials import CredentialError, secret_box
 
 SEEN = b"\\Seen"
@@ -186,3 +189,36 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return "the connection to the mail server was lost"
     return f"the mail server refused the change ({str(exc)[:200]})"
+
+
+def fetch_full_message(app, message_id: int) -> None:
+    """Download the body of a header-only placeholder on demand and store it; commits.
+
+    Reads the locations first and writes after the download, so no transaction is held across
+    network I/O. Raises MailActionError when no server location still has the message.
+    """
+    with app.app_context():
+        message = db.session.get(Message, message_id)
+        if message is None:
+            raise MailActionError("the message no longer exists")
+        account_id = message.account_id
+        locations = [(loc.folder.name, loc.uid) for loc in message.locations if not loc.stale]
+    settings, allowed_ports, _folders = _account_settings(app, account_id)
+    client = _connect(settings, allowed_ports)
+    raw = None
+    try:
+        for folder, uid in locations:
+            client.select_folder(folder, readonly=True)
+            raw = client.fetch([uid], ["BODY.PEEK[]"]).get(uid, {}).get(b"BODY[]")
+            if raw:
+                break
+    except (OSError, imaplib.IMAP4.error, IMAPClientError) as exc:
+        raise MailActionError(_describe(exc)) from exc
+    finally:
+        imap.safe_logout(client)
+    if not raw:
+        raise MailActionError("the mail server no longer has this message")
+    with app.app_context():
+        sha = BlobStore(Path(app.instance_path) / "blobs").put(raw)
+        store.replace_placeholder(message_id, sha, parse_message(raw), len(raw))
+        db.session.commit()

@@ -841,3 +841,23 @@ def folder_stored_counts(account_id: int) -> dict[int, int]:
         .group_by(location_t.c.folder_id)
     )
     return dict(rows.all())
+
+
+def replace_placeholder(message_id: int, raw_sha256: str, parsed: ParsedLike, size: int) -> None:
+    """Turn a header-only placeholder into a full message once its body is stored (no commit).
+
+    The blob must already be written (blob before row).
+    """
+    db.session.execute(
+        update(message_t)
+        .where(message_t.c.id == message_id)
+        .values(
+            raw_sha256=raw_sha256,
+            is_placeholder=False,
+            size=size,
+            snippet=(parsed.snippet or "")[:300],
+            has_attachments=bool(parsed.has_attachments),
+            parse_error=parsed.parse_error,
+        )
+    )
+    _index_for_search({message_id: parsed})

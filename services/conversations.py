@@ -180,6 +180,18 @@ def allow_images_from(user: User, sender: str) -> None:
     db.session.commit()
 
 
+def fetch_full_message(message: Message) -> str | None:
+    """Download a header-only message's body from the server; return a problem or None."""
+    from mailsync.actions import MailActionError
+    from mailsync.actions import fetch_full_message as fetch_body
+
+    try:
+        fetch_body(current_app._get_current_object(), message.id)
+    except MailActionError as exc:
+        return f"The full message could not be downloaded: {exc.message}."
+    return None
+
+
 def render_message(
     user: User, message: Message, *, allow_remote_images: bool = False
 ) -> RenderedMessage:

@@ -165,6 +165,7 @@ ID_ROUTES = {
     "conversations.attachment": "viewer",
     "conversations.inline_image": "viewer",
     "conversations.raw": "viewer",
+    "conversations.fetch_full": "owner",
 }
 # (thread, user) -> may read. shared: shared + linked to a public deal; owner_only_deal:
 # shared but linked to a deal only its owner can access; private: not shared.

@@ -431,3 +431,24 @@ def test_oversized_message_is_a_header_only_placeholder(
     assert big.size > 5000
     assert not message_by_msgid(account.id, "m2@example.com").is_placeholder
     assert not any(b"BODY.PEEK[]" in line and b" 1 " in line for line in log.lines)
+
+
+def test_placeholder_body_is_fetched_on_demand_from_the_conversation(
+    app, dovecot, mail_user, account, login
+):
+    app.config["MAX_FULL_SIZE"] = 2000
+    deliver(dovecot, mail_user, [1], subject="Big one", body="tangerine " * 600 + "\r\n")
+    assert run_sync(app, account).ok
+    big = message_by_msgid(account.id, "m1@example.com")
+    client = login(account.user)
+    page = client.get(f"/mail/threads/{big.thread_id}").get_data(as_text=True)
+    assert "only its headers were synced" in page and "Download the full message now" in page
+    response = client.post(f"/mail/messages/{big.id}/full")
+    assert response.status_code == 303
+    db.session.expire_all()
+    big = db.session.get(Message, big.id)
+    assert not big.is_placeholder and big.raw_sha256
+    assert b"tangerine" in BlobStore(f"{app.instance_path}/blobs").get(big.raw_sha256)
+    assert "\\Seen" not in dovecot.flags(mail_user.email, "INBOX", 1)  # BODY.PEEK
+    page = client.get(f"/mail/threads/{big.thread_id}").get_data(as_text=True)
+    assert "only its headers were synced" not in page

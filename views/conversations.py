@@ -10,6 +10,7 @@ URL table (url_prefix /mail):
   POST /threads/<id>/person-emails        add_person_email (owner)
   POST /threads/<id>/past-links           link_past (owner)
   POST /threads/<id>/blocks               block (owner)
+  POST /messages/<id>/full                fetch_full (owner: download a header-only message)
   POST /messages/<id>/image-allowance     allow_images (always show images from the sender)
   GET  /messages/<id>/attachments/<part>  attachment
   GET  /messages/<id>/inline/<token>      inline_image
@@ -23,12 +24,28 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
-from flask import Blueprint, abort, g, make_response, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    abort,
+    flash,
+    g,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import current_user
 
 from models import RECORD_MODELS
 from services import conversations
-from services.access import message_for_viewer, record_for, thread_for_owner, thread_for_viewer
+from services.access import (
+    message_for_owner,
+    message_for_viewer,
+    record_for,
+    thread_for_owner,
+    thread_for_viewer,
+)
 from services.errors import ValidationError
 from services.mail_render import attachment_headers, raw_source_headers
 from services.preferences import get_preference
@@ -198,6 +215,17 @@ def allow_images(message_id: int):
     conversations.allow_images_from(current_user, message.from_address)
     target = url_for(".show", thread_id=message.thread_id, _anchor=f"message-{message.id}")
     return redirect(target, 303)
+
+
+@bp.post("/messages/<int:message_id>/full")
+def fetch_full(message_id: int):
+    message = message_for_owner(current_user, message_id)
+    problem = conversations.fetch_full_message(message)
+    if problem:
+        flash(problem, "error")
+    return redirect(
+        url_for(".show", thread_id=message.thread_id, _anchor=f"message-{message.id}"), 303
+    )
 
 
 @bp.get("/messages/<int:message_id>/attachments/<part_id>")
