@@ -6,12 +6,21 @@ import logging
 import os
 from pathlib import Path
 
-from flask import Flask, jsonify, make_response, redirect, render_template, request, url_for
+from flask import (
+    Flask,
+    Response,
+    jsonify,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, SecurityError
 
 import config
 from extensions import csrf, db, htmx, login_manager
@@ -147,6 +156,15 @@ def _unauthorized():
 
 def _register_hooks(app: Flask) -> None:
     from services.users import needs_setup
+
+    def reject_untrusted_host():
+        # A Host outside TRUSTED_HOSTS leaves no URL adapter, so no page (they all build URLs)
+        # can render; answer before CSRF, login or an error page tries to (R33).
+        if isinstance(request.routing_exception, SecurityError):
+            return Response("Unknown host.\n", 400, mimetype="text/plain")
+        return None
+
+    app.before_request_funcs.setdefault(None, []).insert(0, reject_untrusted_host)
 
     @app.before_request
     def require_setup_and_login():
