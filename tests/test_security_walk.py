@@ -62,6 +62,7 @@ def test_security_headers_on_every_get_route(app, world, login, endpoint):
         assert response.status_code < 400, (endpoint, url, response.status_code)
         # Every response carries nosniff and no-store, HTML or attachment alike.
         assert response.headers.get("X-Content-Type-Options") == "nosniff", endpoint
+        assert "no-store" in response.headers.get("Cache-Control", ""), endpoint
         if response.mimetype == "text/html":
             _assert_headers(response, (endpoint, url, headers))
 
