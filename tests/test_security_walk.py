@@ -91,6 +91,29 @@ def test_state_change_without_csrf_token_is_refused(app, world, login, endpoint,
     assert [t for t in before if before[t] != after[t]] == [], endpoint
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site", "Origin": "http://localhost"},
+    ],
+)
+def test_cross_site_writes_are_refused_even_with_a_token(world, login, headers):
+    """R25's second layer: a valid token does not help a request another site sent."""
+    client = login(world["a"])
+    before = _snapshot()
+    response = client.post("/deals/", data={"title": "Forged"}, headers=headers)
+    assert response.status_code == 400
+    assert _snapshot() == before
+    same_origin = {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}
+    assert client.post("/deals/", data={"title": "Mine"}, headers=same_origin).status_code in (
+        200,
+        303,
+    )
+
+
 @pytest.mark.parametrize("endpoint", POST_ONLY)
 def test_get_to_a_post_only_url_is_405(app, world, login, endpoint):
     url = _url(app, endpoint, world["ids"])
