@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,14 @@ def test_add_account_through_the_form(live_server, page, dovecot, mail_user, mak
 @pytest.mark.imap
 def test_reauth_banner_leads_to_working_form(live_server, page, dovecot, mail_user, make_user):
     from extensions import db
-    from models import SYNC_NEEDS_REAUTH, MailAccount, MailFolder, Message, MessageLocation
+    from models import (
+        SYNC_NEEDS_REAUTH,
+        MailAccount,
+        MailFolder,
+        Message,
+        MessageLocation,
+        Thread,
+    )
     from services import accounts
 
     app = live_server.app
@@ -77,7 +85,12 @@ def test_reauth_banner_leads_to_working_form(live_server, page, dovecot, mail_us
     inbox = MailFolder(account_id=account.id, name="INBOX", role="inbox", backfill_total=40)
     db.session.add(inbox)
     db.session.flush()
+    thread = Thread(account_id=account.id, subject="Welcome aboard", message_count=1)
+    thread.last_date = datetime.now(UTC)
+    db.session.add(thread)
+    db.session.flush()
     message = Message(account_id=account.id, dedup_key="k1", subject="Welcome aboard")
+    message.thread_id, message.date = thread.id, thread.last_date
     message.from_address = "ceo@example.com"
     message.locations.append(MessageLocation(folder_id=inbox.id, uid=1))
     db.session.add(message)
