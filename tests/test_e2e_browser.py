@@ -10,6 +10,7 @@ does not see requests from the sandboxed mail frame); nothing leaves the machine
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -179,6 +180,7 @@ def test_flow_c_teammate_sees_linked_thread_only_while_shared(
     page.locator(".linked-record").get_by_text("Orion expansion").wait_for()
     page.get_by_role("button", name="Share with team").click()
     page.get_by_role("button", name="Make private").wait_for()
+    thread_url = re.match(r".*/mail/threads/\d+", page.url).group(0)
 
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     try:
@@ -189,11 +191,18 @@ def test_flow_c_teammate_sees_linked_thread_only_while_shared(
         other.goto(deal_url, wait_until="load")
         panel = other.locator("#email-conversations")
         expect(panel.get_by_role("link", name="Lunch on Friday")).to_be_visible()
+        panel.get_by_role("link", name="Lunch on Friday").click()
+        other.wait_for_url(thread_url)
+        expect(other.get_by_text("read-only")).to_be_visible()
 
         page.get_by_role("button", name="Make private").click()
         page.get_by_role("button", name="Share with team").wait_for()
         other.goto(deal_url, wait_until="load")
         expect(panel.get_by_text("No email conversations yet.")).to_be_visible()
         expect(panel.get_by_role("link", name="Lunch on Friday")).to_have_count(0)
+        # R31: the thread itself is gone for the teammate on the next request, too.
+        response = other.goto(thread_url)
+        assert response is not None and response.status == 404
+        expect(other.get_by_text("Tacos?")).to_have_count(0)
     finally:
         context.close()
