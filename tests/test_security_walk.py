@@ -47,6 +47,8 @@ def _assert_headers(response, where) -> None:
     assert csp.get("object-src") == "'none'", where
     assert headers.get("X-Content-Type-Options") == "nosniff", where
     assert headers.get("X-Frame-Options") == "DENY", where
+    assert headers.get("Referrer-Policy") in ("same-origin", "no-referrer"), where
+    assert headers.get("Cross-Origin-Opener-Policy") == "same-origin", where
     assert "no-store" in headers.get("Cache-Control", ""), where
     assert "hx-request" in headers.get("Vary", "").lower(), where
 
