@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,7 +56,9 @@ def test_add_account_through_the_form(live_server, page, dovecot, mail_user, mak
     page.wait_for_url("**/settings/accounts/*")
     assert page.get_by_role("heading", name=mail_user.email).is_visible()
     assert page.get_by_role("button", name="Sync now").is_visible()
-    assert page.get_by_text("Starting the first sync").is_visible()
+    # The background sync may already be under way or done (this mailbox is empty) by the time
+    # the page renders: syncing or up to date are both fine, an error is not.
+    expect(page.locator("h2 .badge")).to_have_text(re.compile(r"^(Syncing|Up to date)$"))
     page.screenshot(path=str(SHOTS / "accounts-status.png"), full_page=True)
     assert mail_user.password not in page.content()
 
