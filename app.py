@@ -5,14 +5,24 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
-from flask import Flask, jsonify, make_response, redirect, render_template, request, url_for
+from flask import (
+    Flask,
+    Response,
+    jsonify,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, SecurityError
 
 import config
 from extensions import csrf, db, htmx, login_manager
@@ -151,6 +161,28 @@ def _unauthorized():
 
 def _register_hooks(app: Flask) -> None:
     from services.users import needs_setup
+
+    def reject_untrusted_host():
+        # A Host outside TRUSTED_HOSTS leaves no URL adapter, so no page (they all build URLs)
+        # can render; answer before CSRF, login or an error page tries to (R33).
+        if isinstance(request.routing_exception, SecurityError):
+            return Response("Unknown host.\n", 400, mimetype="text/plain")
+        return None
+
+    app.before_request_funcs.setdefault(None, []).insert(0, reject_untrusted_host)
+
+    @app.before_request
+    def reject_cross_site_writes():
+        # R25's second layer behind the CSRF token: browsers say where a write came from.
+        if request.method in ("GET", "HEAD", "OPTIONS", "TRACE"):
+            return None
+        if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
+            raise CSRFError("The request came from another site.")
+        origin = request.headers.get("Origin")
+        # Compare hosts only: behind a TLS proxy the scheme seen here may differ.
+        if origin is not None and urlsplit(origin).netloc != request.host:
+            raise CSRFError("The request came from another origin.")
+        return None
 
     @app.before_request
     def require_setup_and_login():

@@ -27,6 +27,9 @@ class DefaultConfig:
     MAX_FULL_SIZE = 25 * 1024 * 1024  # larger messages are stored as header-only placeholders
     SCHEDULER_ENABLED = True
     HTTPS = False
+    # Host names the app answers to (Flask 3.1 rejects others with 400, R33). None (the
+    # default) serves any Host: no URL is built from it, all links are relative.
+    TRUSTED_HOSTS = None
     HOST = "0.0.0.0"
     PORT = 5000
 
@@ -44,12 +47,17 @@ def _coerce(value: str):
 
 def environment_overrides() -> dict:
     """Return THREADLINE_* environment variables as config keys (prefix stripped)."""
-    return {
+    overrides = {
         key[len(ENV_PREFIX) :]: _coerce(value)
         for key, value in os.environ.items()
         if key.startswith(ENV_PREFIX)
         and key not in ("THREADLINE_PASSWORD", "THREADLINE_MAIL_PASSWORD")
     }
+    if isinstance(overrides.get("TRUSTED_HOSTS"), str):
+        # Flask wants a list; the environment gives "host1,host2" (".lan" matches subdomains).
+        hosts = overrides["TRUSTED_HOSTS"].split(",")
+        overrides["TRUSTED_HOSTS"] = [host.strip() for host in hosts if host.strip()]
+    return overrides
 
 
 def read_or_create_secret(path: Path, nbytes: int = 32) -> str:

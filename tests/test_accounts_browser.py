@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -54,7 +56,9 @@ def test_add_account_through_the_form(live_server, page, dovecot, mail_user, mak
     page.wait_for_url("**/settings/accounts/*")
     assert page.get_by_role("heading", name=mail_user.email).is_visible()
     assert page.get_by_role("button", name="Sync now").is_visible()
-    assert page.get_by_text("Starting the first sync").is_visible()
+    # The background sync may already be under way or done (this mailbox is empty) by the time
+    # the page renders: syncing or up to date are both fine, an error is not.
+    expect(page.locator("h2 .badge")).to_have_text(re.compile(r"^(Syncing|Up to date)$"))
     page.screenshot(path=str(SHOTS / "accounts-status.png"), full_page=True)
     assert mail_user.password not in page.content()
 
@@ -85,11 +89,11 @@ def test_reauth_banner_leads_to_working_form(live_server, page, dovecot, mail_us
     db.session.add(inbox)
     db.session.flush()
     thread = Thread(account_id=account.id, subject="Welcome aboard", message_count=1)
+    thread.last_date = datetime.now(UTC)
     db.session.add(thread)
     db.session.flush()
-    message = Message(
-        account_id=account.id, thread_id=thread.id, dedup_key="k1", subject="Welcome aboard"
-    )
+    message = Message(account_id=account.id, dedup_key="k1", subject="Welcome aboard")
+    message.thread_id, message.date = thread.id, thread.last_date
     message.from_address = "ceo@example.com"
     message.locations.append(MessageLocation(folder_id=inbox.id, uid=1))
     db.session.add(message)
