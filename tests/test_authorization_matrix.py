@@ -86,6 +86,7 @@ CLASSIFICATION = {
     "conversations.link_past": "owner_post",
     "conversations.block": "owner_post",
     "conversations.allow_images": "owner_post",
+    "conversations.fetch_full": "owner_post",
     "blocking.index": "page",
     "blocking.create": "post",
     "blocking.delete": "noop_post",
