@@ -47,7 +47,7 @@ from services.mail_render import (
     email_document,
     is_rtl_text,
     plain_text_to_html,
-    sanitize_email_html,
+    sanitize_reply_html,
 )
 
 # Inline cid: images up to this size are embedded as data: URIs: the sandboxed srcdoc frame
@@ -219,7 +219,7 @@ def render_message(
         return view
     allowed = allow_remote_images or sender_images_allowed(user, message.from_address)
     if parsed.html_body is not None:
-        sanitized = sanitize_email_html(
+        sanitized = sanitize_reply_html(
             parsed.html_body,
             cid_url=lambda content_id: _cid_url(raw, parsed, content_id),
             allow_remote_images=allowed,

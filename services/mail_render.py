@@ -170,6 +170,54 @@ def sanitize_email_html(
     )
 
 
+# Where mail programs start the quoted history of a reply: Gmail, Apple Mail and
+# Thunderbird (blockquote type=cite, moz-cite-prefix), Outlook (appendonsend, divRplyFwdMsg).
+_QUOTE_START = re.compile(
+    r"""<div\b[^>]*\bclass=["']?[^"'>]*\bgmail_quote"""
+    r"""|<blockquote\b[^>]*\btype=["']?cite"""
+    r"""|<div\b[^>]*\bclass=["']?[^"'>]*\bmoz-cite-prefix"""
+    r"""|<div\b[^>]*\bid=["']?(?:appendonsend|divRplyFwdMsg)""",
+    re.IGNORECASE,
+)
+_TAG = re.compile(r"<[^>]*>")
+
+
+def sanitize_reply_html(
+    html: str,
+    *,
+    cid_url: Callable[[str], str | None],
+    allow_remote_images: bool = False,
+) -> SanitizedHtml:
+    """Sanitize mail HTML like sanitize_email_html, collapsing its quoted history.
+
+    The raw HTML is split where the quoted history starts and each half is sanitized on its
+    own; the two balanced, sanitized fragments are then joined inside fixed <details> markup,
+    so nothing is edited after sanitizing (R2). Mail that is all quote stays expanded.
+    """
+    match = _QUOTE_START.search(html)
+    whole = sanitize_email_html(html, cid_url=cid_url, allow_remote_images=allow_remote_images)
+    if match is None:
+        return whole
+    reply = sanitize_email_html(
+        html[: match.start()], cid_url=cid_url, allow_remote_images=allow_remote_images
+    )
+    quoted = sanitize_email_html(
+        html[match.start() :], cid_url=cid_url, allow_remote_images=allow_remote_images
+    )
+    if not _TAG.sub("", reply.html).strip() or not _TAG.sub("", quoted.html).strip():
+        return whole
+    return SanitizedHtml(
+        html=(
+            reply.html
+            + '<details class="quoted"><summary>Show quoted text</summary>'
+            + quoted.html
+            + "</details>"
+        ),
+        blocked_remote_images=reply.blocked_remote_images + quoted.blocked_remote_images,
+        has_remote_content=reply.has_remote_content or quoted.has_remote_content,
+    )
+
+
 def _clean(html: str, attribute_filter: AttributeFilter, *, final: bool) -> str:
     """Run nh3 with the mail policy; the first pass adds link targets, the final rel/title."""
 

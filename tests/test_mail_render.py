@@ -321,3 +321,29 @@ def test_raw_source_headers() -> None:
         "Content-Security-Policy": "sandbox; default-src 'none'",
         "Cache-Control": "private, no-store",
     }
+
+
+def test_reply_quote_is_collapsed_behind_show_quoted_text():
+    from services.mail_render import sanitize_reply_html
+
+    html = (
+        '<div dir="ltr">Sounds good, see you Monday.</div>'
+        '<div class="gmail_quote"><div class="gmail_attr">On Mon, Ana wrote:</div>'
+        "<blockquote>Shall we meet? <script>alert(1)</script>"
+        '<img src="http://tracker.example/p.gif"></blockquote></div>'
+    )
+    result = sanitize_reply_html(html, cid_url=lambda cid: None)
+    reply, _, quoted = result.html.partition('<details class="quoted">')
+    assert "Sounds good" in reply and "Shall we meet" not in reply
+    assert "<summary>Show quoted text</summary>" in quoted and "Shall we meet?" in quoted
+    assert "script" not in result.html and "tracker.example" not in result.html
+    assert result.blocked_remote_images == 1
+
+
+def test_mail_that_is_all_quote_stays_expanded():
+    from services.mail_render import sanitize_email_html, sanitize_reply_html
+
+    html = '<blockquote type="cite">Forwarded text only</blockquote>'
+    assert sanitize_reply_html(html, cid_url=lambda cid: None) == sanitize_email_html(
+        html, cid_url=lambda cid: None
+    )

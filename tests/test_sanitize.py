@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.mail_render import SANITIZER_VERSION, sanitize_email_html
+from services.mail_render import SANITIZER_VERSION, sanitize_email_html, sanitize_reply_html
 from tests.corpus import shared_dir
 
 FORBIDDEN_TAGS = {
@@ -127,6 +127,9 @@ def test_xss_corpus_leaves_nothing_dangerous(path: Path) -> None:
     markup = path.read_text(encoding="utf-8", errors="replace")
     result = sanitize_email_html(markup, cid_url=no_cid)
     assert_safe(result.html)
+    # The same snippet quoted in a reply, where the quote is split off and collapsed.
+    for reply in (markup, '<p>Thanks!</p><div class="gmail_quote">' + markup + "</div>"):
+        assert_safe(sanitize_reply_html(reply, cid_url=no_cid).html)
 
 
 @needs_xss
