@@ -11,6 +11,7 @@ import base64
 import binascii
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from flask import current_app
 from sqlalchemy import func, select
@@ -331,7 +332,7 @@ class Sidebar:
     linked_record: object | None
     participants: list[Participant]
     link_choices: list[tuple[str, object]]
-    person_choices: list[Person]
+    person_choices: list[PersonChoice]
     link_query: str = ""
     link_results: list[tuple[str, object]] = field(default_factory=list)
     offer: PastOffer | None = None
@@ -405,22 +406,36 @@ def search_link_targets(user: User, query: str) -> list[tuple[str, object]]:
     return results
 
 
-def person_choices(user: User) -> list[Person]:
-    """Return the persons `user` can add an address to, by name."""
-    return list(db.session.scalars(visible_records(user, Person).order_by(Person.name).limit(500)))
+class PersonChoice(NamedTuple):
+    id: int
+    name: str
+
+
+def person_choices(user: User) -> list[PersonChoice]:
+    """Return the persons `user` can add an address to, by name (id and name only)."""
+    rows = db.session.execute(
+        visible_records(user, Person)
+        .with_only_columns(Person.id, Person.name)
+        .order_by(Person.name)
+        .limit(500)
+    )
+    return [PersonChoice(person_id, name) for person_id, name in rows]
 
 
 def load_sidebar(user: User, thread: Thread, *, is_owner: bool, **extra) -> Sidebar:
     """Return the sidebar of a conversation; owner-only choices stay empty for teammates."""
     kind, record = linked_record(user, thread)
+    people = participants(user, thread, is_owner=is_owner)
+    # The "add to an existing person" picker only shows next to an unknown address.
+    unknown = any(p.person is None and not p.private_person for p in people)
     return Sidebar(
         thread=thread,
         is_owner=is_owner,
         linked_kind=kind if record is not None else None,
         linked_record=record,
-        participants=participants(user, thread, is_owner=is_owner),
+        participants=people,
         link_choices=link_choices(user, thread) if is_owner and thread.needs_link_choice else [],
-        person_choices=person_choices(user) if is_owner else [],
+        person_choices=person_choices(user) if is_owner and unknown else [],
         **extra,
     )
 
