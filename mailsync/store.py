@@ -841,3 +841,23 @@ def folder_stored_counts(account_id: int) -> dict[int, int]:
         .group_by(location_t.c.folder_id)
     )
     return dict(rows.all())
+
+
+ANALYZE_AFTER_NEW = 2000  # a run that stored this many messages refreshes all statistics
+
+
+def refresh_statistics(new_messages: int) -> None:
+    """Refresh SQLite planner statistics after a sync run (PostgreSQL autovacuum does its own).
+
+    Without sqlite_stat1 the planner walks low-selectivity indexes (SYNC.md has none of this;
+    see bench/RESULTS.md "Web"). A large backfill runs a bounded ANALYZE; otherwise the cheap
+    PRAGMA optimize re-analyzes only tables whose size changed a lot.
+    """
+    if db.engine.dialect.name != "sqlite":
+        return
+    connection = db.session.connection()
+    if new_messages >= ANALYZE_AFTER_NEW:
+        connection.exec_driver_sql("PRAGMA analysis_limit=1000")
+        connection.exec_driver_sql("ANALYZE")
+    else:
+        connection.exec_driver_sql("PRAGMA optimize")
