@@ -49,6 +49,7 @@ from services.search import match_expression, matching_message_ids_sql, remove_f
 
 PAGE_SIZE = 50
 MAX_QUERY_LENGTH = 200
+FEW_MATCHES = 2000  # search matches up to which threads are found from the matches
 # Role folders shown first, in this order; "archive" is Threadline's archive (Thread.archived).
 ROLE_FOLDERS = (
     ("inbox", "Inbox"),
@@ -345,9 +346,26 @@ def _matches_search(raw_query: str) -> ColumnElement[bool]:
     if expression is None:
         return Thread.id.is_(None)  # nothing searchable: no results, not everything
     matching = text(matching_message_ids_sql()).bindparams(match=expression).columns(rowid=Integer)
-    # Not correlated: SQLite builds the set of matching thread ids once, then walks threads
-    # newest first (a correlated EXISTS re-probed the match list for every thread).
+    if _more_matches_than(expression, FEW_MATCHES):
+        # A common term: walk threads newest first (index order) and stop at the page,
+        # probing each thread's messages in the match set, which SQLite builds once.
+        # Mapping every match to its thread first cost ~150 ms for 38,000 matches.
+        # "+ 0" keeps SQLite from driving the probe by the match list (every match per thread).
+        return exists().where(
+            Message.thread_id == Thread.id, _live_message(), (Message.id + 0).in_(matching)
+        )
+    # A rare term: build the few matching thread ids once, then fetch just those threads.
     return Thread.id.in_(select(Message.thread_id).where(Message.id.in_(matching), _live_message()))
+
+
+def _more_matches_than(expression: str, limit: int) -> bool:
+    """Tell whether more than `limit` messages match (reads at most limit + 1 index rows)."""
+    count = db.session.scalar(
+        text(f"SELECT count(*) FROM ({matching_message_ids_sql()} LIMIT :limit)").bindparams(
+            match=expression, limit=limit + 1
+        )
+    )
+    return (count or 0) > limit
 
 
 def _live_message() -> ColumnElement[bool]:
