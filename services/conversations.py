@@ -541,13 +541,35 @@ def record_conversations(user: User, kind: str, record_id: int) -> list[ThreadSu
             Thread.last_date.is_(None), Thread.last_date.desc(), Thread.id.desc()
         )
     ).all()
-    summaries = []
-    for thread in threads:
-        names: list[str] = []
-        for message in thread_messages(thread, include_blocked=False):
-            name = message.from_name or message.from_address
-            if name and name not in names:
-                names.append(name)
-        owner = db.session.get(MailAccount, thread.account_id).user
-        summaries.append(ThreadSummary(thread=thread, owner=owner, names=names[:4]))
-    return summaries
+    names = _sender_names([thread.id for thread in threads])
+    owners = dict(
+        db.session.execute(
+            select(MailAccount.id, User)
+            .join(User, User.id == MailAccount.user_id)
+            .where(MailAccount.id.in_({thread.account_id for thread in threads}))
+        ).all()
+    )
+    return [
+        ThreadSummary(thread=thread, owner=owners[thread.account_id], names=names[thread.id][:4])
+        for thread in threads
+    ]
+
+
+def _sender_names(thread_ids: list[int]) -> dict[int, list[str]]:
+    """Return each thread's distinct sender names in message order (as thread_messages)."""
+    names: dict[int, list[str]] = {thread_id: [] for thread_id in thread_ids}
+    for start in range(0, len(thread_ids), 500):
+        rows = db.session.execute(
+            select(Message.thread_id, Message.from_name, Message.from_address)
+            .where(
+                Message.thread_id.in_(thread_ids[start : start + 500]),
+                Message.deleted_at.is_(None),
+                Message.blocked.is_(False),
+            )
+            .order_by(Message.thread_id, Message.date.is_(None).desc(), Message.date, Message.id)
+        )
+        for thread_id, from_name, from_address in rows:
+            name = from_name or from_address
+            if name and name not in names[thread_id]:
+                names[thread_id].append(name)
+    return names
