@@ -24,6 +24,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     union_all,
 )
 
@@ -40,6 +41,7 @@ from models import (
     Project,
     Thread,
     User,
+    UTCDateTime,
 )
 from services import access
 from services.errors import ValidationError
@@ -280,11 +282,15 @@ def list_threads(user: User, query: MailboxQuery, *, now: datetime | None = None
     # last_date, id) index yields threads in page order and stops at the page; with
     # account_id IN (...) SQLite has to sort every thread of the user first.
     for account_id in _account_ids(user):
-        stmt = threads_select(user, query).where(Thread.account_id == account_id)
-        if cursor is not None:
-            stmt = stmt.where(_after(cursor))
+        base = threads_select(user, query).where(Thread.account_id == account_id)
+        stmt = base if cursor is None else base.where(_after(cursor))
         stmt = stmt.order_by(Thread.last_date.desc(), Thread.id.desc()).limit(PAGE_SIZE + 1)
-        threads.extend(db.session.scalars(stmt))
+        found = list(db.session.scalars(stmt))
+        if cursor is not None and cursor[0] is not None and len(found) <= PAGE_SIZE:
+            # Undated threads sort last: once the dated ones run out, continue with them.
+            undated = base.where(Thread.last_date.is_(None)).order_by(Thread.id.desc())
+            found += db.session.scalars(undated.limit(PAGE_SIZE + 1 - len(found)))
+        threads.extend(found)
     threads.sort(key=_page_order, reverse=True)
     page, more = threads[:PAGE_SIZE], len(threads) > PAGE_SIZE
     rows = _rows(user, page, now or datetime.now(UTC))
@@ -415,14 +421,17 @@ def _decode_cursor(value: str) -> tuple[datetime | None, int] | None:
 
 
 def _after(cursor: tuple[datetime | None, int]) -> ColumnElement[bool]:
-    # Order is (last_date DESC, id DESC); SQLite sorts NULL dates last in DESC order.
+    """Return the threads after the cursor among the dated (or, for an undated one, undated).
+
+    Order is (last_date DESC, id DESC); SQLite sorts NULL dates last in DESC order, and
+    list_threads fetches those separately. A row value keeps the (account_id, last_date, id)
+    index range usable; an OR with the NULL case walked every newer thread (~25 ms deep).
+    """
     last_date, thread_id = cursor
     if last_date is None:
         return and_(Thread.last_date.is_(None), Thread.id < thread_id)
-    return or_(
-        Thread.last_date < last_date,
-        and_(Thread.last_date == last_date, Thread.id < thread_id),
-        Thread.last_date.is_(None),
+    return tuple_(Thread.last_date, Thread.id) < tuple_(
+        literal(last_date, UTCDateTime()), literal(thread_id)
     )
 
 
