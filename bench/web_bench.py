@@ -1,6 +1,7 @@
 """Web benchmark: server time of the Mail tab, conversation, search and deal pages at scale.
 
-Run from the repository root:  python bench/web_bench.py [--messages 100000]
+Run from the repository root:  python bench/web_bench.py [--messages 100000] [--keep DIR]
+(--keep DIR seeds once into DIR and later runs start from a copy of that seeded database.)
 Seeds a temp instance through the real ingest path (generated MIME -> BlobStore + parse in a
 process pool -> mailsync.store.store_batch), refreshes planner statistics as a sync does,
 then times each endpoint with the Flask test client, idle and while a real Dovecot sync of a
