@@ -15,7 +15,7 @@ from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from extensions import db
-from mailsync import imap
+from mailsync import imap, store
 from mailsync.sync import Progress, SyncResult, sync_account
 from models import (
     SYNC_ERROR,
@@ -199,10 +199,21 @@ def run_account_sync(
     with app.app_context():
         try:
             _record(account_id, run_id, result)
+            _refresh_statistics(result)
         finally:
             release_lease(account_id, owner)
             db.session.remove()
     return result
+
+
+def _refresh_statistics(result: SyncResult) -> None:
+    """Keep the query planner's statistics current after a run (a failure is only logged)."""
+    try:
+        store.refresh_statistics(result.new)
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        log.exception("account %s: refreshing planner statistics failed", result.account_id)
 
 
 def _record(account_id: int, run_id: int, result: SyncResult) -> None:

@@ -11,6 +11,7 @@ import base64
 import binascii
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from flask import current_app
 from sqlalchemy import func, select
@@ -343,7 +344,7 @@ class Sidebar:
     linked_record: object | None
     participants: list[Participant]
     link_choices: list[tuple[str, object]]
-    person_choices: list[Person]
+    person_choices: list[PersonChoice]
     link_query: str = ""
     link_results: list[tuple[str, object]] = field(default_factory=list)
     offer: PastOffer | None = None
@@ -417,22 +418,36 @@ def search_link_targets(user: User, query: str) -> list[tuple[str, object]]:
     return results
 
 
-def person_choices(user: User) -> list[Person]:
-    """Return the persons `user` can add an address to, by name."""
-    return list(db.session.scalars(visible_records(user, Person).order_by(Person.name).limit(500)))
+class PersonChoice(NamedTuple):
+    id: int
+    name: str
+
+
+def person_choices(user: User) -> list[PersonChoice]:
+    """Return the persons `user` can add an address to, by name (id and name only)."""
+    rows = db.session.execute(
+        visible_records(user, Person)
+        .with_only_columns(Person.id, Person.name)
+        .order_by(Person.name)
+        .limit(500)
+    )
+    return [PersonChoice(person_id, name) for person_id, name in rows]
 
 
 def load_sidebar(user: User, thread: Thread, *, is_owner: bool, **extra) -> Sidebar:
     """Return the sidebar of a conversation; owner-only choices stay empty for teammates."""
     kind, record = linked_record(user, thread)
+    people = participants(user, thread, is_owner=is_owner)
+    # The "add to an existing person" picker only shows next to an unknown address.
+    unknown = any(p.person is None and not p.private_person for p in people)
     return Sidebar(
         thread=thread,
         is_owner=is_owner,
         linked_kind=kind if record is not None else None,
         linked_record=record,
-        participants=participants(user, thread, is_owner=is_owner),
+        participants=people,
         link_choices=link_choices(user, thread) if is_owner and thread.needs_link_choice else [],
-        person_choices=person_choices(user) if is_owner else [],
+        person_choices=person_choices(user) if is_owner and unknown else [],
         **extra,
     )
 
@@ -538,13 +553,35 @@ def record_conversations(user: User, kind: str, record_id: int) -> list[ThreadSu
             Thread.last_date.is_(None), Thread.last_date.desc(), Thread.id.desc()
         )
     ).all()
-    summaries = []
-    for thread in threads:
-        names: list[str] = []
-        for message in thread_messages(thread, include_blocked=False):
-            name = message.from_name or message.from_address
-            if name and name not in names:
-                names.append(name)
-        owner = db.session.get(MailAccount, thread.account_id).user
-        summaries.append(ThreadSummary(thread=thread, owner=owner, names=names[:4]))
-    return summaries
+    names = _sender_names([thread.id for thread in threads])
+    owners = dict(
+        db.session.execute(
+            select(MailAccount.id, User)
+            .join(User, User.id == MailAccount.user_id)
+            .where(MailAccount.id.in_({thread.account_id for thread in threads}))
+        ).all()
+    )
+    return [
+        ThreadSummary(thread=thread, owner=owners[thread.account_id], names=names[thread.id][:4])
+        for thread in threads
+    ]
+
+
+def _sender_names(thread_ids: list[int]) -> dict[int, list[str]]:
+    """Return each thread's distinct sender names in message order (as thread_messages)."""
+    names: dict[int, list[str]] = {thread_id: [] for thread_id in thread_ids}
+    for start in range(0, len(thread_ids), 500):
+        rows = db.session.execute(
+            select(Message.thread_id, Message.from_name, Message.from_address)
+            .where(
+                Message.thread_id.in_(thread_ids[start : start + 500]),
+                Message.deleted_at.is_(None),
+                Message.blocked.is_(False),
+            )
+            .order_by(Message.thread_id, Message.date.is_(None).desc(), Message.date, Message.id)
+        )
+        for thread_id, from_name, from_address in rows:
+            name = from_name or from_address
+            if name and name not in names[thread_id]:
+                names[thread_id].append(name)
+    return names

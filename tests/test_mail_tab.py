@@ -110,6 +110,23 @@ def test_keyset_pagination_walks_every_thread_once(client_me, folders, make_mail
     assert row_ids(page) == more_ids and "<html" in page.get_data(as_text=True)
 
 
+def test_keyset_pagination_reaches_undated_threads_last(client_me, folders, make_mailbox_message):
+    created = [
+        make_mailbox_message(folders["inbox"], subject=f"D{i}", date=ago(days=i + 1))
+        for i in range(mailbox.PAGE_SIZE + 2)
+    ]
+    undated = [make_mailbox_message(folders["inbox"], subject=f"U{i}") for i in range(2)]
+    for message in undated:
+        db.session.get(Thread, message.thread_id).last_date = None
+    db.session.commit()
+    first = client_me.get("/mail/")
+    cursor = first.get_data(as_text=True).split("/mail/rows?after=")[1].split('"')[0]
+    more_ids = row_ids(client_me.get(f"/mail/rows?after={cursor.split('&')[0]}"))
+    assert len(row_ids(first)) == mailbox.PAGE_SIZE and len(more_ids) == 4
+    assert more_ids[2:] == sorted((m.thread_id for m in undated), reverse=True)
+    assert sorted(row_ids(first) + more_ids) == sorted(m.thread_id for m in created + undated)
+
+
 def test_folder_views(client_me, folders, make_mailbox_message):
     inbox = make_mailbox_message(folders["inbox"], subject="In inbox")
     sent = make_mailbox_message(folders["sent"], subject="Sent one")
@@ -147,7 +164,11 @@ def test_filters(client_me, me, folders, make_mailbox_message, make_deal):
     assert ids("unread=1&linked=linked") == set()
 
 
-def test_search_subject_body_participant_as_fragment(client_me, folders, make_mailbox_message):
+@pytest.mark.parametrize("few_matches", [2000, 0], ids=["rare-term plan", "common-term plan"])
+def test_search_subject_body_participant_as_fragment(
+    client_me, folders, make_mailbox_message, monkeypatch, few_matches
+):
+    monkeypatch.setattr(mailbox, "FEW_MATCHES", few_matches)
     by_subject = make_mailbox_message(folders["inbox"], subject="Quarterly proposal")
     by_body = make_mailbox_message(folders["inbox"], subject="Hi", body="the pricing sheet")
     by_person = make_mailbox_message(

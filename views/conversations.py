@@ -113,13 +113,15 @@ def _sidebar(thread, *, status: int = 200, **extra):
 def show(thread_id: int):
     thread, is_owner = thread_for_viewer(current_user, thread_id)
     link_query = request.args.get("link_q", "")
-    results = conversations.search_link_targets(current_user, link_query) if is_owner else []
+    searching = is_owner and bool(link_query)
     return _page(
         thread,
         is_owner,
         show_images_for=parse_int(request.args.get("images")),
         link_query=link_query if is_owner else "",
-        link_results=results if link_query else [],
+        link_results=conversations.search_link_targets(current_user, link_query)
+        if searching
+        else [],
     )
 
 
