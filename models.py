@@ -387,6 +387,10 @@ class Thread(db.Model):
     last_date: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     message_count: Mapped[int] = mapped_column(Integer, default=0)
     shared: Mapped[bool] = mapped_column(Boolean, default=False)
+    # In Threadline's Inbox: set when mail of the thread lands in an inbox folder, cleared
+    # only by moving it in Threadline. Archiving it in another mail program changes nothing
+    # here (PRODUCT.md, Archive and delete); archiving in Threadline sets `archived`.
+    in_inbox: Mapped[bool] = mapped_column(Boolean, default=False)
     archived: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     deal_id: Mapped[int | None] = mapped_column(

@@ -246,6 +246,7 @@ def link_locations(links: Sequence[Link], *, takeover: bool = True) -> set[int]:
     displaced = _upsert_locations(rows, takeover=takeover)
     touched = {li.message_id for li in links} | displaced
     refresh_messages(touched)
+    mark_inbox_threads({li.message_id for li in links})
     return touched
 
 
@@ -436,6 +437,24 @@ def refresh_messages(message_ids: Iterable[int]) -> None:
             if tid is not None
         )
     refresh_threads(thread_ids)
+
+
+_MARK_INBOX = text(
+    """
+    UPDATE thread SET in_inbox = 1
+    WHERE in_inbox = 0 AND id IN (
+      SELECT m.thread_id FROM message m
+      JOIN message_location l ON l.message_id = m.id
+      JOIN mail_folder f ON f.id = l.folder_id
+      WHERE f.role = 'inbox' AND m.id IN :ids)
+    """
+).bindparams(bindparam("ids", expanding=True))
+
+
+def mark_inbox_threads(message_ids: Iterable[int]) -> None:
+    """Put the threads of messages that have an inbox location into Threadline's Inbox."""
+    for chunk in _chunks(sorted(set(message_ids))):
+        db.session.execute(_MARK_INBOX, {"ids": list(chunk)})
 
 
 def refresh_threads(thread_ids: Iterable[int]) -> None:
@@ -772,6 +791,7 @@ def store_batch(ctx: StoreContext, items: Sequence[Fetched], *, takeover: bool =
     ]
     displaced = _upsert_locations(location_rows, takeover=takeover)
     refresh_messages({existing[item.dedup_key] for item in items} | displaced)
+    mark_inbox_threads({existing[item.dedup_key] for item in items})
     if fresh:
         new_threads = set(
             db.session.scalars(

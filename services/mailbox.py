@@ -146,11 +146,12 @@ def list_folders(user: User) -> list[FolderEntry]:
         .where(MailFolder.sync_enabled.is_(True))
         .order_by(MailFolder.account_id, MailFolder.name)
     ).all()
-    per_folder, archived_unread = _unread_counts(user)
+    per_folder, archived_unread, inbox_unread = _unread_counts(user)
     role_unread: dict[str, int] = defaultdict(int)
     for folder in folders:
-        if folder.role in ROLE_KEYS:
+        if folder.role in ROLE_KEYS and folder.role != "inbox":
             role_unread[folder.role] += per_folder.get(folder.id, 0)
+    role_unread["inbox"] = inbox_unread
     entries = [
         FolderEntry(key, label, archived_unread if key == "archive" else role_unread[key], key)
         for key, label in ROLE_FOLDERS
@@ -197,8 +198,8 @@ def move_destinations(user: User) -> list[FolderEntry]:
     ]
 
 
-def _unread_counts(user: User) -> tuple[dict[int, int], int]:
-    """Count threads with an unread live message, per folder and for Threadline's Archive."""
+def _unread_counts(user: User) -> tuple[dict[int, int], int, int]:
+    """Count threads with an unread live message: per folder, Threadline's Archive and Inbox."""
     visible = access.owned_threads(user).where(_not(Thread.blocked))
     # Materialized first: the few unread messages of the user's accounts (by
     # ix_message_account_read); otherwise SQLite walks every location to serve GROUP BY.
@@ -233,7 +234,13 @@ def _unread_counts(user: User) -> tuple[dict[int, int], int]:
         .where(Thread.archived.is_(True))
         .with_only_columns(func.count(distinct(Thread.id)))
     )
-    return {folder_id: count for folder_id, count in per_folder_rows}, archived or 0
+    inbox = db.session.scalar(
+        visible.join(unread, unread.c.thread_id == Thread.id)
+        .where(Thread.in_inbox.is_(True), Thread.archived.is_(False))
+        .with_only_columns(func.count(distinct(Thread.id)))
+    )
+    per_folder = {folder_id: count for folder_id, count in per_folder_rows}
+    return per_folder, archived or 0, inbox or 0
 
 
 def _role_folder_ids(user: User, role: str) -> Select:
@@ -335,6 +342,10 @@ def threads_select(user: User, query: MailboxQuery) -> Select[tuple[Thread]]:
 def _folder_condition(user: User, key: str) -> ColumnElement[bool]:
     if key == "archive":
         return Thread.archived.is_(True)
+    if key == "inbox":
+        # Threadline's Inbox, not the server's: see Thread.in_inbox.
+        live = exists().where(Message.thread_id == Thread.id, _live_message())
+        return and_(Thread.in_inbox.is_(True), _not(Thread.archived), live)
     folder_id = _folder_id(key)
     if folder_id is not None:
         folder_ids: Select | list[int] = [access.folder_for_owner(user, folder_id).id]
@@ -347,8 +358,6 @@ def _folder_condition(user: User, key: str) -> ColumnElement[bool]:
         MessageLocation.deleted.is_(False),
         MessageLocation.folder_id.in_(folder_ids),
     )
-    if key == "inbox":
-        return and_(located, _not(Thread.archived))
     return located
 
 
@@ -661,8 +670,9 @@ def move_threads(user: User, threads: Sequence[Thread], destination: MailFolder)
         except actions.MailActionError as exc:
             return ActionOutcome("", [f"Nothing was moved: {exc.message}."])
         _record_moves(account_id, moved, destination_id)
-    if destination.role == "inbox":
-        for thread in threads:
+    for thread in threads:  # moving decides Threadline's Inbox too
+        thread.in_inbox = destination.role == "inbox"
+        if thread.in_inbox:
             thread.archived = False
     db.session.commit()
     return ActionOutcome(f"Moved {_count(threads)} to {destination_name}.")

@@ -358,6 +358,8 @@ def make_mailbox_message(app, make_stored_message):
         message.is_read = is_read
         message.has_attachments = has_attachments
         thread = message.thread
+        if folder.role == "inbox":
+            thread.in_inbox = True  # as sync does for mail that lands in an inbox folder
         if thread.last_date is None or thread.message_count == 1 or message.date > thread.last_date:
             thread.last_date = message.date
         db.session.add(

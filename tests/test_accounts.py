@@ -303,7 +303,13 @@ def test_pause_resume_and_sync_now_hook(app, dovecot, mail_user, make_user, logi
 
 def add_message(account: MailAccount, folder: MailFolder, uid: int, subject: str) -> Message:
     date = datetime(2026, 11, uid % 28 + 1, tzinfo=UTC)
-    thread = Thread(account_id=account.id, subject=subject, last_date=date, message_count=1)
+    thread = Thread(
+        account_id=account.id,
+        subject=subject,
+        last_date=date,
+        message_count=1,
+        in_inbox=folder.role == "inbox",
+    )
     db.session.add(thread)
     db.session.flush()
     message = Message(

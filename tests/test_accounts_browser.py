@@ -88,7 +88,7 @@ def test_reauth_banner_leads_to_working_form(live_server, page, dovecot, mail_us
     inbox = MailFolder(account_id=account.id, name="INBOX", role="inbox", backfill_total=40)
     db.session.add(inbox)
     db.session.flush()
-    thread = Thread(account_id=account.id, subject="Welcome aboard", message_count=1)
+    thread = Thread(account_id=account.id, subject="Welcome aboard", message_count=1, in_inbox=True)
     thread.last_date = datetime.now(UTC)
     db.session.add(thread)
     db.session.flush()

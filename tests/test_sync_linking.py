@@ -106,3 +106,31 @@ def test_manual_linking_and_shared_default(
     thread = db.session.scalar(select(Thread))
     assert thread.deal_id is None and not thread.needs_link_choice
     assert thread.shared
+
+
+def test_archiving_in_another_mail_program_changes_nothing_in_threadline(
+    app, dovecot, mail_user, owner, account, login
+):
+    dovecot.deliver(
+        mail_user.email,
+        build_message(
+            subject="Keep me in the inbox", sender="carla@customer.test", to=mail_user.email
+        ),
+    )
+    dovecot.deliver(
+        mail_user.email,
+        build_message(
+            subject="Deleted elsewhere", sender="carla@customer.test", to=mail_user.email
+        ),
+    )
+    assert run_sync(app, account).ok
+    client = login(owner)
+    inbox = client.get("/mail/").get_data(as_text=True)
+    assert "Keep me in the inbox" in inbox and "Deleted elsewhere" in inbox
+    first, second = dovecot.uids(mail_user.email)
+    dovecot.move(mail_user.email, "INBOX", first, "Archive")  # archived in another program
+    dovecot.expunge(mail_user.email, "INBOX", second)  # deleted in another program
+    assert run_sync(app, account).ok
+    inbox = client.get("/mail/").get_data(as_text=True)
+    assert "Keep me in the inbox" in inbox  # PRODUCT.md: archiving elsewhere changes nothing
+    assert "Deleted elsewhere" not in inbox  # deleting in the mailbox deletes in Threadline
