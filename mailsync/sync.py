@@ -16,7 +16,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from multiprocessing import get_context
@@ -41,6 +41,7 @@ log = logging.getLogger("threadline.sync")
 MAX_FULL_SIZE = 25 * 1024 * 1024  # above this, store headers only (mbsync MaxSize idea)
 BODY_BATCH_MESSAGES = 30
 BODY_BATCH_BYTES = 8 * 1024 * 1024
+DB_BATCH_MESSAGES = 300  # fetched messages persisted per transaction (several body FETCHes)
 META_BATCH = 500  # UIDs per metadata FETCH (SYNC.md §5)
 FIRST_META_BATCH = 50  # the newest 50 land first so the inbox is usable within seconds
 SEARCH_RANGE = 50_000  # UIDs per chunked UID SEARCH (bounded response lines)
@@ -211,6 +212,26 @@ def _header_bytes(data: dict) -> bytes:
     return b""
 
 
+def _fetch_bodies(conn: IMAPClient, batch: list[Meta]) -> tuple[list[tuple[int, bytes]], list[int]]:
+    """FETCH BODY.PEEK[] for a batch (never RFC822); return (uid, raw) pairs and failures.
+
+    Runs on the fetch thread: network only, no database access.
+    """
+    response = conn.fetch(uid_ranges(m.uid for m in batch), ["BODY.PEEK[]"])
+    raws: list[tuple[int, bytes]] = []
+    failed: list[int] = []
+    for meta in batch:
+        raw = response.get(meta.uid, {}).get(b"BODY[]")
+        if not raw:
+            # Exchange sometimes answers with no body; ask once more for that UID alone.
+            raw = conn.fetch(str(meta.uid), ["BODY.PEEK[]"]).get(meta.uid, {}).get(b"BODY[]")
+        if raw:
+            raws.append((meta.uid, raw))
+        else:
+            failed.append(meta.uid)
+    return raws, failed
+
+
 def assign_roles(listing: list[tuple[tuple[bytes, ...], str]]) -> dict[str, str | None]:
     """Return {folder name: role} from SPECIAL-USE attributes, falling back to unique names."""
     roles: dict[str, str | None] = {}
@@ -246,11 +267,13 @@ class AccountSync:
         self.conn: IMAPClient | None = None
         self.blob_root = str(Path(app.instance_path) / "blobs")
         self.pool: ProcessPoolExecutor | None = None
+        self.fetch_thread: ThreadPoolExecutor | None = None
         # folder id -> (has stale locations, has failed UIDs), read once per ingest call
         self.folder_flags: dict[int, tuple[bool, bool]] = {}
         self.max_full_size = int(app.config.get("MAX_FULL_SIZE", MAX_FULL_SIZE))
         self.batch_messages = int(app.config.get("SYNC_BATCH_MESSAGES", BODY_BATCH_MESSAGES))
         self.batch_bytes = int(app.config.get("SYNC_BATCH_BYTES", BODY_BATCH_BYTES))
+        self.db_batch_messages = int(app.config.get("SYNC_DB_BATCH_MESSAGES", DB_BATCH_MESSAGES))
         account = db.session.get(MailAccount, account_id)
         if account is None:
             raise LookupError(f"mail account {account_id} does not exist")
@@ -375,6 +398,9 @@ class AccountSync:
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
                 self.pool = None
+            if self.fetch_thread is not None:
+                self.fetch_thread.shutdown(wait=True)
+                self.fetch_thread = None
         return self.result
 
     # ------------------------------------------------------------------ folders
@@ -737,6 +763,12 @@ class AccountSync:
             if on_committed:
                 on_committed({meta.uid})
 
+    def _fetcher(self) -> ThreadPoolExecutor:
+        """Return the single thread that runs body FETCHes while this thread persists."""
+        if self.fetch_thread is None:
+            self.fetch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imap-fetch")
+        return self.fetch_thread
+
     def _executor(self, count: int) -> Executor | None:
         """Return the parse worker pool when `count` messages make one worth starting."""
         workers = int(self.app.config.get("SYNC_PARSE_WORKERS", PARSE_WORKERS))
@@ -752,61 +784,77 @@ class AccountSync:
         metas: list[Meta],
         on_committed: Callable[[set[int]], None] | None,
     ) -> None:
-        """Fetch bodies batch by batch; parse batch k in workers while fetching batch k+1.
+        """Fetch bodies batch by batch and persist several fetched batches per transaction.
 
-        Batch k is persisted (one transaction) after batch k+1's FETCH returned, so the
-        network, the parse workers and the database overlap; order of commits is unchanged.
+        Three things overlap: the FETCH of batch k+1 (on the fetch thread, which only talks
+        IMAP), the parse of batch k (worker processes) and, on this thread, the transaction
+        that persists earlier batches. A transaction never waits for the network: it only
+        contains batches whose bodies are already downloaded and parsed, and it commits
+        before the next FETCH result is awaited. The order of commits is the fetch order,
+        and `on_committed` (the watermark) only hears of UIDs after their commit.
         """
         executor = self._executor(len(metas))
-        pending: tuple[list[Meta], list[int], Future | list[Prepared]] | None = None
+        batches = list(self.body_batches(metas))
+        # Fetched batches not yet persisted: (metas, failed UIDs, parse work).
+        ready: list[tuple[list[Meta], list[int], Future | list[Prepared]]] = []
 
-        def flush() -> None:
-            nonlocal pending
-            if pending is None:
+        def persist(count: int) -> None:
+            group, ready[:count] = ready[:count], []
+            if not group:
                 return
-            batch, failed, work = pending
-            pending = None
-            prepared = work.result() if isinstance(work, Future) else work
+            batch = [meta for metas_, _f, _w in group for meta in metas_]
+            failed = [uid for _m, failed_, _w in group for uid in failed_]
+            prepared = [
+                p
+                for _m, _f, work in group
+                for p in (work.result() if isinstance(work, Future) else work)
+            ]
             stored = self._persist(folder_id, batch, prepared, failed)
             if on_committed:
                 on_committed(stored)
 
+        def unpersisted(upto: int) -> int:
+            return sum(len(metas_) for metas_, _f, _w in ready[:upto])
+
+        conn = self.connect()
+        fetching: Future | None = None
+        out_of_time = False
         try:
-            for batch in self.body_batches(metas):
-                if time.monotonic() > self.deadline:
-                    flush()
-                    raise BudgetExceeded()
-                raws, failed = self._fetch_bodies(batch)
+            for index, batch in enumerate(batches):
+                if fetching is None:
+                    if time.monotonic() > self.deadline:
+                        out_of_time = True
+                        break
+                    fetching = self._fetcher().submit(_fetch_bodies, conn, batch)
+                raws, failed = fetching.result()
+                fetching = None
+                if index + 1 < len(batches):
+                    if time.monotonic() > self.deadline:
+                        out_of_time = True
+                    else:
+                        nxt = batches[index + 1]
+                        fetching = self._fetcher().submit(_fetch_bodies, conn, nxt)
                 if executor is not None:
                     work: Future | list[Prepared] = executor.submit(
                         prepare_batch, self.blob_root, raws
                     )
                 else:
                     work = prepare_batch(self.blob_root, raws)
-                flush()
-                pending = (batch, failed, work)
+                ready.append((batch, failed, work))
+                # Keep the newest batch in the workers; persist the older ones once enough.
+                if unpersisted(len(ready) - 1) >= self.db_batch_messages:
+                    persist(len(ready) - 1)
+                if out_of_time:
+                    break
         except NETWORK_ERRORS:
-            flush()  # keep what was already downloaded; the retry starts after it
+            persist(len(ready))  # keep what was already downloaded; the retry starts after it
             raise
-        flush()
-
-    def _fetch_bodies(self, batch: list[Meta]) -> tuple[list[tuple[int, bytes]], list[int]]:
-        """FETCH BODY.PEEK[] for a batch (never RFC822); return (uid, raw) pairs and failures."""
-        conn = self.connect()
-        wanted = {m.uid for m in batch}
-        response = conn.fetch(uid_ranges(wanted), ["BODY.PEEK[]"])
-        raws: list[tuple[int, bytes]] = []
-        failed: list[int] = []
-        for meta in batch:
-            raw = response.get(meta.uid, {}).get(b"BODY[]")
-            if not raw:
-                # Exchange sometimes answers with no body; ask once more for that UID alone.
-                raw = conn.fetch(str(meta.uid), ["BODY.PEEK[]"]).get(meta.uid, {}).get(b"BODY[]")
-            if raw:
-                raws.append((meta.uid, raw))
-            else:
-                failed.append(meta.uid)
-        return raws, failed
+        finally:
+            if fetching is not None:
+                fetching.exception()  # never leave the connection in use by the fetch thread
+        persist(len(ready))
+        if out_of_time:
+            raise BudgetExceeded()
 
     def _persist(
         self, folder_id: int, batch: list[Meta], prepared: list[Prepared], failed: list[int]
