@@ -15,6 +15,7 @@ import logging
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ log = logging.getLogger("threadline.sync")
 MAX_FULL_SIZE = 25 * 1024 * 1024  # above this, store headers only (mbsync MaxSize idea)
 BODY_BATCH_MESSAGES = 30
 BODY_BATCH_BYTES = 8 * 1024 * 1024
+FETCH_AHEAD = 2  # body FETCHes queued on the fetch thread (bounded memory: 2 x 8 MB)
 DB_BATCH_MESSAGES = 300  # fetched messages persisted per transaction (several body FETCHes)
 META_BATCH = 500  # UIDs per metadata FETCH (SYNC.md §5)
 FIRST_META_BATCH = 50  # the newest 50 land first so the inbox is usable within seconds
@@ -786,7 +788,7 @@ class AccountSync:
     ) -> None:
         """Fetch bodies batch by batch and persist several fetched batches per transaction.
 
-        Three things overlap: the FETCH of batch k+1 (on the fetch thread, which only talks
+        Three things overlap: the next FETCHes (queued on the fetch thread, which only talks
         IMAP), the parse of batch k (worker processes) and, on this thread, the transaction
         that persists earlier batches. A transaction never waits for the network: it only
         contains batches whose bodies are already downloaded and parsed, and it commits
@@ -817,23 +819,28 @@ class AccountSync:
             return sum(len(metas_) for metas_, _f, _w in ready[:upto])
 
         conn = self.connect()
-        fetching: Future | None = None
+        queued = iter(batches)
+        fetching: deque[tuple[list[Meta], Future]] = deque()  # FETCHes handed to the thread
         out_of_time = False
+
+        def fetch_ahead() -> None:
+            nonlocal out_of_time
+            while len(fetching) < FETCH_AHEAD and not out_of_time:
+                batch = next(queued, None)
+                if batch is None:
+                    return
+                if time.monotonic() > self.deadline:
+                    out_of_time = True
+                    return
+                fetching.append((batch, self._fetcher().submit(_fetch_bodies, conn, batch)))
+
         try:
-            for index, batch in enumerate(batches):
-                if fetching is None:
-                    if time.monotonic() > self.deadline:
-                        out_of_time = True
-                        break
-                    fetching = self._fetcher().submit(_fetch_bodies, conn, batch)
-                raws, failed = fetching.result()
-                fetching = None
-                if index + 1 < len(batches):
-                    if time.monotonic() > self.deadline:
-                        out_of_time = True
-                    else:
-                        nxt = batches[index + 1]
-                        fetching = self._fetcher().submit(_fetch_bodies, conn, nxt)
+            fetch_ahead()
+            while fetching:
+                batch, future = fetching[0]
+                raws, failed = future.result()
+                fetching.popleft()
+                fetch_ahead()
                 if executor is not None:
                     work: Future | list[Prepared] = executor.submit(
                         prepare_batch, self.blob_root, raws
@@ -844,14 +851,13 @@ class AccountSync:
                 # Keep the newest batch in the workers; persist the older ones once enough.
                 if unpersisted(len(ready) - 1) >= self.db_batch_messages:
                     persist(len(ready) - 1)
-                if out_of_time:
-                    break
         except NETWORK_ERRORS:
             persist(len(ready))  # keep what was already downloaded; the retry starts after it
             raise
         finally:
-            if fetching is not None:
-                fetching.exception()  # never leave the connection in use by the fetch thread
+            for _batch, future in fetching:
+                if not future.cancel():
+                    future.exception()  # wait until the connection is idle again
         persist(len(ready))
         if out_of_time:
             raise BudgetExceeded()
