@@ -204,6 +204,7 @@ def main() -> None:
                 "SECRET_KEY": "bench",
                 "SCHEDULER_ENABLED": False,
                 "MAIL_ALLOWED_PORTS": None,
+                "SYNC_FETCH_THREAD": os.environ.get("SYNC_FETCH_THREAD", "1") == "1",
             }
         )
         with app.app_context():

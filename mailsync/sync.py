@@ -275,6 +275,7 @@ class AccountSync:
         self.max_full_size = int(app.config.get("MAX_FULL_SIZE", MAX_FULL_SIZE))
         self.batch_messages = int(app.config.get("SYNC_BATCH_MESSAGES", BODY_BATCH_MESSAGES))
         self.batch_bytes = int(app.config.get("SYNC_BATCH_BYTES", BODY_BATCH_BYTES))
+        self.fetch_in_thread = bool(app.config.get("SYNC_FETCH_THREAD", True))
         self.db_batch_messages = int(app.config.get("SYNC_DB_BATCH_MESSAGES", DB_BATCH_MESSAGES))
         account = db.session.get(MailAccount, account_id)
         if account is None:
@@ -765,6 +766,16 @@ class AccountSync:
             if on_committed:
                 on_committed({meta.uid})
 
+    def _start_fetch(self, conn: IMAPClient, batch: list[Meta]) -> Future:
+        if self.fetch_in_thread:
+            return self._fetcher().submit(_fetch_bodies, conn, batch)
+        done: Future = Future()
+        try:
+            done.set_result(_fetch_bodies(conn, batch))
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
+
     def _fetcher(self) -> ThreadPoolExecutor:
         """Return the single thread that runs body FETCHes while this thread persists."""
         if self.fetch_thread is None:
@@ -832,7 +843,7 @@ class AccountSync:
                 if time.monotonic() > self.deadline:
                     out_of_time = True
                     return
-                fetching.append((batch, self._fetcher().submit(_fetch_bodies, conn, batch)))
+                fetching.append((batch, self._start_fetch(conn, batch)))
 
         try:
             fetch_ahead()
