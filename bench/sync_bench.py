@@ -151,6 +151,14 @@ def bare_download(
     return time.perf_counter() - started, got
 
 
+def _cpu_seconds(*, children: bool = False) -> float:
+    """User + system CPU of this process (and of its reaped children, e.g. parse workers)."""
+    usage = [resource.getrusage(resource.RUSAGE_SELF)]
+    if children:
+        usage.append(resource.getrusage(resource.RUSAGE_CHILDREN))
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=20000)
@@ -172,11 +180,14 @@ def main() -> None:
         )
 
         print(f"load average before timing: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        cpu = _cpu_seconds()
         bare_seconds, bare_count = bare_download(server, email, user.password, args.bare_batch)
+        bare_cpu = _cpu_seconds() - cpu
         bare_rate = bare_count / bare_seconds
         print(
             f"(1) bare IMAPClient download: {bare_count} msgs in {bare_seconds:.2f} s "
-            f"= {bare_rate:.0f} msg/s (batches of {args.bare_batch})"
+            f"= {bare_rate:.0f} msg/s (batches of {args.bare_batch}); "
+            f"client CPU {bare_cpu:.2f} s"
         )
 
         from app import create_app
@@ -193,6 +204,7 @@ def main() -> None:
                 "SECRET_KEY": "bench",
                 "SCHEDULER_ENABLED": False,
                 "MAIL_ALLOWED_PORTS": None,
+                "SYNC_FETCH_THREAD": os.environ.get("SYNC_FETCH_THREAD", "1") == "1",
             }
         )
         with app.app_context():
@@ -221,6 +233,7 @@ def main() -> None:
             if folder == "INBOX" and done >= min(50, total) and "t" not in first50 and done:
                 first50["t"] = time.perf_counter() - started
 
+        cpu = _cpu_seconds(children=True)
         profiler = None
         if args.profile:
             import cProfile
@@ -234,13 +247,15 @@ def main() -> None:
             profiler.disable()
             profiler.dump_stats(args.profile)
         sync_seconds = time.perf_counter() - started
+        sync_cpu = _cpu_seconds(children=True) - cpu
         assert result.ok, result.error
         with app.app_context():
             stored = db.session.scalar(db.select(db.func.count()).select_from(Message))
         sync_rate = stored / sync_seconds
         print(
             f"(2) Threadline first sync: {stored} msgs in {sync_seconds:.2f} s "
-            f"= {sync_rate:.0f} msg/s; ratio (2)/(1) = {sync_rate / bare_rate:.2f} (target >= 0.6)"
+            f"= {sync_rate:.0f} msg/s; ratio (2)/(1) = {sync_rate / bare_rate:.2f} (target >= 0.6); "
+            f"client CPU {sync_cpu:.2f} s incl. parse workers"
         )
         print(
             f"(4) newest 50 in the database after {first50.get('t', float('nan')):.2f} s "

@@ -9,12 +9,13 @@ retried batch inserts nothing twice. SQLAlchemy Core is used on this hot path.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, delete, insert, select, text, update
+from sqlalchemy import JSON, bindparam, delete, insert, select, text, update
 
 from extensions import db
 from mailsync import threading as jwz
@@ -111,6 +112,119 @@ def _insert(table):
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert(table)
+
+
+def _sqlite_cursor() -> Any | None:
+    """Return a DB-API cursor of the session's own connection when it is SQLite, else None.
+
+    Same connection, so the same transaction as every other statement of the batch.
+    """
+    connection = db.session.connection()
+    if connection.dialect.name != "sqlite":
+        return None
+    return connection.connection.driver_connection.cursor()
+
+
+def _sqlite_datetime(value: datetime | None) -> str | None:
+    """Encode like UTCDateTime on SQLite: naive UTC in SQLAlchemy's DATETIME text format."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d} "
+        f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}"
+    )
+
+
+def _sqlite_encoder(column) -> Any:
+    if isinstance(column.type, UTCDateTime):
+        return _sqlite_datetime
+    if isinstance(column.type, JSON):
+        return json.dumps  # SQLAlchemy's default JSON serializer
+    return None
+
+
+def _bulk_insert(
+    table, rows: Sequence[dict[str, Any]], keys: Sequence[str], update_columns: Sequence[str] = ()
+) -> None:
+    """INSERT rows; on a conflict over `keys` do nothing, or update `update_columns`.
+
+    Every row must carry the same keys, including the columns whose Python-side default
+    matters. On SQLite the rows go straight to the driver with values pre-encoded exactly
+    as SQLAlchemy stores them (JSON text, DATETIME text): the per-row bind processing of
+    Core executemany was about half of store_batch. Other databases use Core.
+    """
+    if not rows:
+        return
+    cursor = _sqlite_cursor()
+    if cursor is None:
+        statement = _insert(table)
+        if update_columns:
+            statement = statement.on_conflict_do_update(
+                index_elements=list(keys),
+                set_={name: statement.excluded[name] for name in update_columns},
+            )
+        else:
+            statement = statement.on_conflict_do_nothing(index_elements=list(keys))
+        db.session.execute(statement, list(rows))
+        return
+    rows = [_with_defaults(table, row) for row in rows]
+    names = list(rows[0])
+    encoders = [_sqlite_encoder(table.c[name]) for name in names]
+    if update_columns:
+        action = "DO UPDATE SET " + ", ".join(f'"{n}" = excluded."{n}"' for n in update_columns)
+    else:
+        action = "DO NOTHING"
+    conflict = ", ".join(f'"{key}"' for key in keys)
+    cursor.executemany(
+        f"{_sqlite_insert_sql(table, names)} ON CONFLICT ({conflict}) {action}",
+        [_sqlite_values(encoders, names, row) for row in rows],
+    )
+
+
+def _insert_one(table, row: dict[str, Any]) -> int:
+    """INSERT one row and return its new id (on SQLite straight to the driver, as above)."""
+    cursor = _sqlite_cursor()
+    if cursor is None:
+        return int(db.session.execute(insert(table), row).inserted_primary_key[0])
+    row = _with_defaults(table, row)
+    names = list(row)
+    encoders = [_sqlite_encoder(table.c[name]) for name in names]
+    cursor.execute(_sqlite_insert_sql(table, names), _sqlite_values(encoders, names, row))
+    return int(cursor.lastrowid)
+
+
+def _with_defaults(table, row: dict[str, Any]) -> dict[str, Any]:
+    """Return `row` plus the Python-side column defaults it leaves out.
+
+    The raw driver path skips SQLAlchemy, which would otherwise apply them; a column added
+    to a model later then still gets its default instead of NULL.
+    """
+    missing = [
+        column
+        for column in table.columns
+        if column.name not in row and column.default is not None and not column.primary_key
+    ]
+    if not missing:
+        return row
+    filled = dict(row)
+    for column in missing:
+        default = column.default
+        filled[column.name] = default.arg(None) if default.is_callable else default.arg
+    return filled
+
+
+def _sqlite_insert_sql(table, names: Sequence[str]) -> str:
+    columns = ", ".join(f'"{name}"' for name in names)
+    return f'INSERT INTO "{table.name}" ({columns}) VALUES ({", ".join("?" * len(names))})'
+
+
+def _sqlite_values(encoders: Sequence[Any], names: Sequence[str], row: dict[str, Any]) -> tuple:
+    return tuple(
+        value if encode is None or value is None else encode(value)
+        for encode, value in zip(encoders, (row[name] for name in names), strict=True)
+    )
 
 
 def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
@@ -216,25 +330,22 @@ def _upsert_locations(rows: list[dict[str, Any]], *, takeover: bool) -> set[int]
                     )
                 )
             )
-    statement = _insert(location_t)
-    statement = statement.on_conflict_do_update(
-        index_elements=["folder_id", "uid"],
-        set_={
-            name: statement.excluded[name]
-            for name in (
-                "message_id",
-                "seen",
-                "flagged",
-                "answered",
-                "draft",
-                "deleted",
-                "keywords",
-                "gm_labels",
-                "stale",
-            )
-        },
+    _bulk_insert(
+        location_t,
+        rows,
+        ("folder_id", "uid"),
+        (
+            "message_id",
+            "seen",
+            "flagged",
+            "answered",
+            "draft",
+            "deleted",
+            "keywords",
+            "gm_labels",
+            "stale",
+        ),
     )
-    db.session.execute(statement, rows)
     return displaced
 
 
@@ -487,7 +598,6 @@ def _message_ids(parsed: ParsedLike) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(own)), list(dict.fromkeys(chain))
 
 
-_INSERT_THREAD = insert(thread_t)
 _THREAD_PARTICIPANTS = (
     select(message_t.c.from_address, message_t.c.to, message_t.c.cc)
     .where(message_t.c.thread_id == bindparam("t"))
@@ -571,8 +681,8 @@ class _Threader:
         parsed = item.parsed
         when = parsed.date or item.internaldate
         normalized = jwz.normalize_subject(parsed.subject)[:255]
-        result = db.session.execute(
-            _INSERT_THREAD,
+        thread_id = _insert_one(
+            thread_t,
             {
                 "account_id": self.ctx.account_id,
                 "gm_thrid": item.gm_thrid,
@@ -583,9 +693,10 @@ class _Threader:
                 "message_count": 0,
                 "shared": self.ctx.share_by_default,
                 "archived": False,
+                "needs_link_choice": False,
+                "blocked": False,
             },
         )
-        thread_id = int(result.inserted_primary_key[0])
         if normalized:
             self.by_subject[normalized] = (thread_id, _aware(when), parsed.subject or "")
         return thread_id
@@ -684,27 +795,23 @@ class _Threader:
     def flush(self) -> None:
         """Write the id table: own ids become real entries, new references phantoms."""
         account_id = self.ctx.account_id
-        if self.real:
-            statement = _insert(index_t)
-            statement = statement.on_conflict_do_update(
-                index_elements=["account_id", "msgid"],
-                set_={"thread_id": statement.excluded.thread_id, "is_phantom": False},
-            )
-            db.session.execute(
-                statement,
-                [
-                    {"account_id": account_id, "msgid": m, "thread_id": t, "is_phantom": False}
-                    for m, t in self.real.items()
-                ],
-            )
-        if self.phantom:
-            db.session.execute(
-                _insert(index_t).on_conflict_do_nothing(index_elements=["account_id", "msgid"]),
-                [
-                    {"account_id": account_id, "msgid": m, "thread_id": t, "is_phantom": True}
-                    for m, t in self.phantom.items()
-                ],
-            )
+        _bulk_insert(
+            index_t,
+            [
+                {"account_id": account_id, "msgid": m, "thread_id": t, "is_phantom": False}
+                for m, t in self.real.items()
+            ],
+            ("account_id", "msgid"),
+            ("thread_id", "is_phantom"),
+        )
+        _bulk_insert(
+            index_t,
+            [
+                {"account_id": account_id, "msgid": m, "thread_id": t, "is_phantom": True}
+                for m, t in self.phantom.items()
+            ],
+            ("account_id", "msgid"),
+        )
 
 
 # --------------------------------------------------------------------------- batches
@@ -776,10 +883,7 @@ def store_batch(ctx: StoreContext, items: Sequence[Fetched], *, takeover: bool =
             _message_row(ctx, item, threader._resolve(thread_of[key]))
             for key, item in fresh.items()
         ]
-        db.session.execute(
-            _insert(message_t).on_conflict_do_nothing(index_elements=["account_id", "dedup_key"]),
-            rows,
-        )
+        _bulk_insert(message_t, rows, ("account_id", "dedup_key"))
         existing = existing_by_dedup_key(ctx.account_id, (item.dedup_key for item in items))
         _link_persons(ctx, {existing[key]: item.parsed for key, item in fresh.items()})
         _index_for_search({existing[key]: item.parsed for key, item in fresh.items()})
@@ -838,13 +942,7 @@ def _link_persons(ctx: StoreContext, parsed_by_message: dict[int, ParsedLike]) -
         if address in persons
     ]
     unique = list({(r["message_id"], r["person_id"]): r for r in rows}.values())
-    if unique:
-        db.session.execute(
-            _insert(person_link_t).on_conflict_do_nothing(
-                index_elements=["message_id", "person_id"]
-            ),
-            unique,
-        )
+    _bulk_insert(person_link_t, unique, ("message_id", "person_id"))
 
 
 def folder_stored_counts(account_id: int) -> dict[int, int]:

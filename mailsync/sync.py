@@ -15,8 +15,9 @@ import logging
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from multiprocessing import get_context
@@ -41,6 +42,8 @@ log = logging.getLogger("threadline.sync")
 MAX_FULL_SIZE = 25 * 1024 * 1024  # above this, store headers only (mbsync MaxSize idea)
 BODY_BATCH_MESSAGES = 30
 BODY_BATCH_BYTES = 8 * 1024 * 1024
+FETCH_AHEAD = 2  # body FETCHes queued on the fetch thread (bounded memory: 2 x 8 MB)
+DB_BATCH_MESSAGES = 300  # fetched messages persisted per transaction (several body FETCHes)
 META_BATCH = 500  # UIDs per metadata FETCH (SYNC.md §5)
 FIRST_META_BATCH = 50  # the newest 50 land first so the inbox is usable within seconds
 SEARCH_RANGE = 50_000  # UIDs per chunked UID SEARCH (bounded response lines)
@@ -211,6 +214,26 @@ def _header_bytes(data: dict) -> bytes:
     return b""
 
 
+def _fetch_bodies(conn: IMAPClient, batch: list[Meta]) -> tuple[list[tuple[int, bytes]], list[int]]:
+    """FETCH BODY.PEEK[] for a batch (never RFC822); return (uid, raw) pairs and failures.
+
+    Runs on the fetch thread: network only, no database access.
+    """
+    response = conn.fetch(uid_ranges(m.uid for m in batch), ["BODY.PEEK[]"])
+    raws: list[tuple[int, bytes]] = []
+    failed: list[int] = []
+    for meta in batch:
+        raw = response.get(meta.uid, {}).get(b"BODY[]")
+        if not raw:
+            # Exchange sometimes answers with no body; ask once more for that UID alone.
+            raw = conn.fetch(str(meta.uid), ["BODY.PEEK[]"]).get(meta.uid, {}).get(b"BODY[]")
+        if raw:
+            raws.append((meta.uid, raw))
+        else:
+            failed.append(meta.uid)
+    return raws, failed
+
+
 def assign_roles(listing: list[tuple[tuple[bytes, ...], str]]) -> dict[str, str | None]:
     """Return {folder name: role} from SPECIAL-USE attributes, falling back to unique names."""
     roles: dict[str, str | None] = {}
@@ -246,11 +269,14 @@ class AccountSync:
         self.conn: IMAPClient | None = None
         self.blob_root = str(Path(app.instance_path) / "blobs")
         self.pool: ProcessPoolExecutor | None = None
+        self.fetch_thread: ThreadPoolExecutor | None = None
         # folder id -> (has stale locations, has failed UIDs), read once per ingest call
         self.folder_flags: dict[int, tuple[bool, bool]] = {}
         self.max_full_size = int(app.config.get("MAX_FULL_SIZE", MAX_FULL_SIZE))
         self.batch_messages = int(app.config.get("SYNC_BATCH_MESSAGES", BODY_BATCH_MESSAGES))
         self.batch_bytes = int(app.config.get("SYNC_BATCH_BYTES", BODY_BATCH_BYTES))
+        self.fetch_in_thread = bool(app.config.get("SYNC_FETCH_THREAD", True))
+        self.db_batch_messages = int(app.config.get("SYNC_DB_BATCH_MESSAGES", DB_BATCH_MESSAGES))
         account = db.session.get(MailAccount, account_id)
         if account is None:
             raise LookupError(f"mail account {account_id} does not exist")
@@ -375,6 +401,9 @@ class AccountSync:
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
                 self.pool = None
+            if self.fetch_thread is not None:
+                self.fetch_thread.shutdown(wait=True)
+                self.fetch_thread = None
         return self.result
 
     # ------------------------------------------------------------------ folders
@@ -737,6 +766,22 @@ class AccountSync:
             if on_committed:
                 on_committed({meta.uid})
 
+    def _start_fetch(self, conn: IMAPClient, batch: list[Meta]) -> Future:
+        if self.fetch_in_thread:
+            return self._fetcher().submit(_fetch_bodies, conn, batch)
+        done: Future = Future()
+        try:
+            done.set_result(_fetch_bodies(conn, batch))
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
+
+    def _fetcher(self) -> ThreadPoolExecutor:
+        """Return the single thread that runs body FETCHes while this thread persists."""
+        if self.fetch_thread is None:
+            self.fetch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imap-fetch")
+        return self.fetch_thread
+
     def _executor(self, count: int) -> Executor | None:
         """Return the parse worker pool when `count` messages make one worth starting."""
         workers = int(self.app.config.get("SYNC_PARSE_WORKERS", PARSE_WORKERS))
@@ -752,61 +797,81 @@ class AccountSync:
         metas: list[Meta],
         on_committed: Callable[[set[int]], None] | None,
     ) -> None:
-        """Fetch bodies batch by batch; parse batch k in workers while fetching batch k+1.
+        """Fetch bodies batch by batch and persist several fetched batches per transaction.
 
-        Batch k is persisted (one transaction) after batch k+1's FETCH returned, so the
-        network, the parse workers and the database overlap; order of commits is unchanged.
+        Three things overlap: the next FETCHes (queued on the fetch thread, which only talks
+        IMAP), the parse of batch k (worker processes) and, on this thread, the transaction
+        that persists earlier batches. A transaction never waits for the network: it only
+        contains batches whose bodies are already downloaded and parsed, and it commits
+        before the next FETCH result is awaited. The order of commits is the fetch order,
+        and `on_committed` (the watermark) only hears of UIDs after their commit.
         """
         executor = self._executor(len(metas))
-        pending: tuple[list[Meta], list[int], Future | list[Prepared]] | None = None
+        batches = list(self.body_batches(metas))
+        # Fetched batches not yet persisted: (metas, failed UIDs, parse work).
+        ready: list[tuple[list[Meta], list[int], Future | list[Prepared]]] = []
 
-        def flush() -> None:
-            nonlocal pending
-            if pending is None:
+        def persist(count: int) -> None:
+            group, ready[:count] = ready[:count], []
+            if not group:
                 return
-            batch, failed, work = pending
-            pending = None
-            prepared = work.result() if isinstance(work, Future) else work
+            batch = [meta for metas_, _f, _w in group for meta in metas_]
+            failed = [uid for _m, failed_, _w in group for uid in failed_]
+            prepared = [
+                p
+                for _m, _f, work in group
+                for p in (work.result() if isinstance(work, Future) else work)
+            ]
             stored = self._persist(folder_id, batch, prepared, failed)
             if on_committed:
                 on_committed(stored)
 
-        try:
-            for batch in self.body_batches(metas):
+        def unpersisted(upto: int) -> int:
+            return sum(len(metas_) for metas_, _f, _w in ready[:upto])
+
+        conn = self.connect()
+        queued = iter(batches)
+        fetching: deque[tuple[list[Meta], Future]] = deque()  # FETCHes handed to the thread
+        out_of_time = False
+
+        def fetch_ahead() -> None:
+            nonlocal out_of_time
+            while len(fetching) < FETCH_AHEAD and not out_of_time:
+                batch = next(queued, None)
+                if batch is None:
+                    return
                 if time.monotonic() > self.deadline:
-                    flush()
-                    raise BudgetExceeded()
-                raws, failed = self._fetch_bodies(batch)
+                    out_of_time = True
+                    return
+                fetching.append((batch, self._start_fetch(conn, batch)))
+
+        try:
+            fetch_ahead()
+            while fetching:
+                batch, future = fetching[0]
+                raws, failed = future.result()
+                fetching.popleft()
+                fetch_ahead()
                 if executor is not None:
                     work: Future | list[Prepared] = executor.submit(
                         prepare_batch, self.blob_root, raws
                     )
                 else:
                     work = prepare_batch(self.blob_root, raws)
-                flush()
-                pending = (batch, failed, work)
+                ready.append((batch, failed, work))
+                # Keep the newest batch in the workers; persist the older ones once enough.
+                if unpersisted(len(ready) - 1) >= self.db_batch_messages:
+                    persist(len(ready) - 1)
         except NETWORK_ERRORS:
-            flush()  # keep what was already downloaded; the retry starts after it
+            persist(len(ready))  # keep what was already downloaded; the retry starts after it
             raise
-        flush()
-
-    def _fetch_bodies(self, batch: list[Meta]) -> tuple[list[tuple[int, bytes]], list[int]]:
-        """FETCH BODY.PEEK[] for a batch (never RFC822); return (uid, raw) pairs and failures."""
-        conn = self.connect()
-        wanted = {m.uid for m in batch}
-        response = conn.fetch(uid_ranges(wanted), ["BODY.PEEK[]"])
-        raws: list[tuple[int, bytes]] = []
-        failed: list[int] = []
-        for meta in batch:
-            raw = response.get(meta.uid, {}).get(b"BODY[]")
-            if not raw:
-                # Exchange sometimes answers with no body; ask once more for that UID alone.
-                raw = conn.fetch(str(meta.uid), ["BODY.PEEK[]"]).get(meta.uid, {}).get(b"BODY[]")
-            if raw:
-                raws.append((meta.uid, raw))
-            else:
-                failed.append(meta.uid)
-        return raws, failed
+        finally:
+            for _batch, future in fetching:
+                if not future.cancel():
+                    future.exception()  # wait until the connection is idle again
+        persist(len(ready))
+        if out_of_time:
+            raise BudgetExceeded()
 
     def _persist(
         self, folder_id: int, batch: list[Meta], prepared: list[Prepared], failed: list[int]

@@ -108,6 +108,7 @@ def test_new_mail_is_fetched_incrementally_without_refetching(
 def test_interrupted_backfill_resumes_to_exactly_n(app, dovecot, mail_user, account, monkeypatch):
     deliver(dovecot, mail_user, range(1, 81))
     app.config["SYNC_BATCH_MESSAGES"] = 10
+    app.config["SYNC_DB_BATCH_MESSAGES"] = 10  # one transaction per FETCH here
     original = sync_module.AccountSync._persist
     calls = {"n": 0}
 
