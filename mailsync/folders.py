@@ -18,11 +18,33 @@ SPECIAL_USE_ROLES = {
 }
 # Common and localized names, used when the server sends no special-use attribute.
 NAME_ROLES = {
-    "sent": ("sent", "sent items", "sent messages", "sent mail", "gesendet", "已发送", "envoyés"),
-    "drafts": ("drafts", "draft", "entwürfe", "草稿箱"),
-    "trash": ("trash", "deleted items", "deleted messages", "papierkorb", "корзина", "已删除"),
-    "junk": ("junk", "spam", "bulk mail", "junk e-mail", "垃圾邮件"),
-    "archive": ("archive", "archives"),
+    "sent": (
+        "sent",
+        "sent items",
+        "sent messages",
+        "sent mail",
+        "gesendet",
+        "gesendete elemente",
+        "envoyés",
+        "enviados",
+        "inviata",
+        "已发送",
+        "отправленные",
+    ),
+    "drafts": ("drafts", "draft", "entwürfe", "brouillons", "borradores", "草稿箱", "черновики"),
+    "trash": (
+        "trash",
+        "deleted items",
+        "deleted messages",
+        "bin",
+        "papierkorb",
+        "corbeille",
+        "papelera",
+        "已删除",
+        "корзина",
+    ),
+    "junk": ("junk", "spam", "junk e-mail", "junk email", "bulk mail", "垃圾邮件", "спам"),
+    "archive": ("archive", "archives", "archiv"),
 }
 SKIP_FLAGS = {b"\\noselect", b"\\nonexistent"}
 # Inbox first, then the usual client order; unknown roles sort between archive and junk.

@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
-from imapclient import SEEN, IMAPClient
+from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from sqlalchemy import func, select
 
 from extensions import db
 from mailsync import imap, store
+from mailsync.folders import NAME_ROLES
+from mailsync.folders import SPECIAL_USE_ROLES as ATTRIBUTE_ROLES
 from mailsync.parse import dedup_key, header_dedup_key, parse_headers_only
 from mailsync.prepare import Prepared, prepare_batch
 from models import FailedUid, MailAccount, MailFolder, Message, MessageLocation, User
@@ -63,46 +65,7 @@ GMAIL_ITEMS = ["X-GM-MSGID", "X-GM-THRID", "X-GM-LABELS"]
 
 HORIZON_DAYS = {"1m": 31, "3m": 92, "6m": 183, "1y": 366, "2y": 731, "all": None}
 
-# Roles from RFC 6154 attributes, then common and localized names (SYNC.md §3.1).
-ATTRIBUTE_ROLES = {
-    b"\\sent": "sent",
-    b"\\drafts": "drafts",
-    b"\\trash": "trash",
-    b"\\junk": "junk",
-    b"\\archive": "archive",
-    b"\\all": "all",
-    b"\\flagged": "flagged",
-    b"\\important": "important",
-}
-NAME_ROLES = {
-    "sent": (
-        "sent",
-        "sent items",
-        "sent messages",
-        "sent mail",
-        "gesendet",
-        "gesendete elemente",
-        "envoyés",
-        "enviados",
-        "inviata",
-        "已发送",
-        "отправленные",
-    ),
-    "drafts": ("drafts", "draft", "entwürfe", "brouillons", "borradores", "草稿箱", "черновики"),
-    "trash": (
-        "trash",
-        "deleted items",
-        "deleted messages",
-        "bin",
-        "papierkorb",
-        "corbeille",
-        "papelera",
-        "已删除",
-        "корзина",
-    ),
-    "junk": ("junk", "spam", "junk e-mail", "junk email", "bulk mail", "垃圾邮件", "спам"),
-    "archive": ("archive", "archives", "archiv"),
-}
+# Roles from RFC 6154 attributes, then common and localized names: mailsync/folders.py.
 GMAIL_ROLES = ("all", "trash", "junk")
 
 NETWORK_ERRORS = (
@@ -1088,57 +1051,3 @@ def sync_account(
         result = engine.run()
         db.session.remove()
         return result
-
-
-def set_read(account_id: int, message_id: int, read: bool, *, app: Flask) -> int:
-    """Set or clear \\Seen on every location of a message, on the server and in the database.
-
-    Uses +FLAGS.SILENT / -FLAGS.SILENT (RFC 4549 §4.2.3). Returns the number of locations
-    changed on the server; raises MailConnectionError when the server cannot be reached.
-    """
-    with app.app_context():
-        from services.credentials import secret_box
-
-        account = db.session.get(MailAccount, account_id)
-        rows = db.session.execute(
-            select(MailFolder.name, MessageLocation.uid, MessageLocation.id)
-            .join(MailFolder, MailFolder.id == MessageLocation.folder_id)
-            .where(
-                MessageLocation.message_id == message_id,
-                MessageLocation.stale.is_(False),
-                MailFolder.account_id == account_id,
-            )
-        ).all()
-        settings = imap.ConnectionSettings(
-            host=account.imap_host,
-            port=account.imap_port,
-            security=account.imap_security,
-            username=account.username,
-            password=secret_box(app).decrypt(account.password_encrypted),
-            ca_cert_pem=account.ca_cert_pem,
-        )
-        allowed = app.config.get("MAIL_ALLOWED_PORTS")
-        db.session.commit()  # no transaction across network I/O
-        by_folder: dict[str, list[int]] = {}
-        for name, uid, _location_id in rows:
-            by_folder.setdefault(name, []).append(uid)
-        conn = imap.connect(settings, allowed_ports=None if allowed is None else frozenset(allowed))
-        try:
-            for name, uids in by_folder.items():
-                conn.select_folder(name)
-                if read:
-                    conn.add_flags(uids, [SEEN], silent=True)
-                else:
-                    conn.remove_flags(uids, [SEEN], silent=True)
-        finally:
-            imap.safe_logout(conn)
-        location_ids = [location_id for _n, _u, location_id in rows]
-        if location_ids:
-            db.session.execute(
-                MessageLocation.__table__.update()
-                .where(MessageLocation.__table__.c.id.in_(location_ids))
-                .values(seen=read)
-            )
-        store.refresh_messages([message_id])
-        db.session.commit()
-        return len(location_ids)
