@@ -61,3 +61,25 @@ def test_browser_reaches_live_app(live_server, page):
     page.goto(live_server.url + "/")
     assert "/setup" in page.url
     assert page.get_by_role("button", name="Create admin account").is_visible()
+
+
+def test_smtp_server_with_starttls_and_auth(dovecot):
+    from tests.servers.smtp import SMTPServer
+
+    server = SMTPServer(
+        cert_file=dovecot.certs.cert_file,
+        key_file=dovecot.certs.key_file,
+        username="sender@team.test",
+        password="smtp-secret-1",
+    ).start()
+    try:
+        context = ssl.create_default_context(cafile=str(dovecot.ca_file))
+        with smtplib.SMTP(server.host, server.port) as smtp:
+            smtp.starttls(context=context)
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                smtp.login("sender@team.test", "wrong-password")
+            smtp.login("sender@team.test", "smtp-secret-1")
+            smtp.sendmail("sender@team.test", ["b@customer.test"], MESSAGE)
+        assert [m.rcpt_tos for m in server.messages] == [["b@customer.test"]]
+    finally:
+        server.stop()

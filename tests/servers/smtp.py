@@ -74,7 +74,8 @@ class SMTPServer:
             auth_data.login.decode() == self.username
             and auth_data.password.decode() == self.password
         )
-        return AuthResult(success=ok)
+        # handled=False: aiosmtpd then answers 535 itself on failure.
+        return AuthResult(success=ok, handled=False)
 
     @property
     def messages(self) -> list[ReceivedMail]:
