@@ -199,6 +199,7 @@ def world(
     message = make_raw_message(account, raw)
     message.thread.deal_id = public_deal.id  # private thread on a deal everyone can open
     db.session.add(MessageLocation(folder_id=inbox.id, uid=1, message_id=message.id))
+    message.thread.in_inbox = True  # as sync does for mail that lands in an inbox folder
     index_messages(
         db.session.connection(),
         [SearchDocument(message.id, message.subject, "carla@customer.test", f"{TOKEN} body")],
