@@ -139,14 +139,17 @@ class FolderEntry:
     folder_id: int | None = None
 
 
-def list_folders(user: User) -> list[FolderEntry]:
-    """Return the sidebar: role folders, then the user's other synced folders, with unread counts."""
+def list_folders(user: User, *, counts: bool = True) -> list[FolderEntry]:
+    """Return the sidebar: role folders, then the user's other synced folders.
+
+    Unread counts are filled in unless `counts` is False (the page then loads them lazily).
+    """
     folders = db.session.scalars(
         access.owned_folders(user)
         .where(MailFolder.sync_enabled.is_(True))
         .order_by(MailFolder.account_id, MailFolder.name)
     ).all()
-    per_folder, archived_unread, inbox_unread = _unread_counts(user)
+    per_folder, archived_unread, inbox_unread = _unread_counts(user) if counts else ({}, 0, 0)
     role_unread: dict[str, int] = defaultdict(int)
     for folder in folders:
         if folder.role in ROLE_KEYS and folder.role != "inbox":

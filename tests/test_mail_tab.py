@@ -66,6 +66,10 @@ def test_folders_show_with_unread_counts(client_me, folders, make_mailbox_messag
     html = response.get_data(as_text=True)
     for label in ("Inbox", "Sent", "Archive", "Trash", "Spam", "Clients"):
         assert label in html
+    # The page loads the counts lazily; the sidebar fragment carries them.
+    assert 'hx-trigger="load, mail-changed from:body"' in html
+    sidebar = client_me.get("/mail/folders", headers={"HX-Request": "true"}).get_data(as_text=True)
+    assert 'title="1 unread"' in sidebar
     folders_list = mailbox.list_folders(db.session.merge(folders["inbox"].account.user))
     counts = {entry.key: entry.unread for entry in folders_list}
     assert counts["inbox"] == 1

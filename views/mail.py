@@ -84,7 +84,8 @@ def act():
 
 
 def _render_list(query: mailbox.MailboxQuery):
-    # The sidebar's unread counts are only computed for full pages, not for each keystroke.
+    # A full page shows the folders at once; their unread counts arrive from mail.folders
+    # (a lazy htmx fragment), so counting never delays the list or a search keystroke.
     full_page = not is_fragment_request(*LIST_TARGETS)
     return render_page_or_fragment(
         "mail/page.html",
@@ -94,5 +95,6 @@ def _render_list(query: mailbox.MailboxQuery):
         title=mailbox.folder_title(current_user, query.folder),
         listing=mailbox.list_threads(current_user, query),
         destinations=mailbox.move_destinations(current_user),
-        folders=mailbox.list_folders(current_user) if full_page else [],
+        folders=mailbox.list_folders(current_user, counts=False) if full_page else [],
+        counts_pending=True,
     )
