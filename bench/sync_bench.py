@@ -91,6 +91,28 @@ def make_message(n: int, rng: random.Random, when: datetime, mailbox: str) -> by
     return ("\r\n".join(headers) + "\r\n\r\n" + body).encode()
 
 
+def add_dovecot_account(app, owner, server, email: str, password: str) -> int:
+    """Store a mail account of `owner` pointing at the benchmark Dovecot; return its id."""
+    from extensions import db
+    from models import MailAccount
+    from services.credentials import secret_box
+
+    account = MailAccount(
+        user_id=owner.id,
+        email_address=email,
+        username=email,
+        password_encrypted=secret_box(app).encrypt(password),
+        imap_host=server.host,
+        imap_port=server.ssl_port,
+        imap_security="ssl",
+        ca_cert_pem=server.ca_file.read_text(),
+        since="all",
+    )
+    db.session.add(account)
+    db.session.commit()
+    return account.id
+
+
 def fill_maildir(server: DovecotServer, email: str, count: int) -> int:
     """Write messages straight into ~/Maildir/cur (much faster than doveadm save)."""
     home = server.users[email].home
@@ -193,9 +215,8 @@ def main() -> None:
         from app import create_app
         from extensions import db
         from mailsync import sync as sync_module
-        from models import MailAccount, Message
+        from models import Message
         from services import users
-        from services.credentials import secret_box
 
         app = create_app(
             {
@@ -211,20 +232,7 @@ def main() -> None:
             owner = users.create_user(
                 email="owner@team.test", name="Owner", password="owner password 1", is_admin=True
             )
-            account = MailAccount(
-                user_id=owner.id,
-                email_address=email,
-                username=email,
-                password_encrypted=secret_box(app).encrypt(user.password),
-                imap_host=server.host,
-                imap_port=server.ssl_port,
-                imap_security="ssl",
-                ca_cert_pem=server.ca_file.read_text(),
-                since="all",
-            )
-            db.session.add(account)
-            db.session.commit()
-            account_id = account.id
+            account_id = add_dovecot_account(app, owner, server, email, user.password)
 
         first50: dict[str, float] = {}
         started = time.perf_counter()

@@ -428,8 +428,7 @@ def start_sync(app, messages: int) -> tuple[threading.Thread, Callable[[], None]
     import sync_bench
 
     from extensions import db
-    from models import MailAccount, User
-    from services.credentials import secret_box
+    from models import User
     from tests.servers.dovecot import DovecotServer
 
     server = DovecotServer().start()
@@ -439,20 +438,7 @@ def start_sync(app, messages: int) -> tuple[threading.Thread, Callable[[], None]
     server.doveadm("index", "-u", email, "INBOX")
     with app.app_context():
         owner = db.session.scalar(db.select(User).where(User.email == OWNER))
-        account = MailAccount(
-            user_id=owner.id,
-            email_address=email,
-            username=email,
-            password_encrypted=secret_box(app).encrypt(mail_user.password),
-            imap_host=server.host,
-            imap_port=server.ssl_port,
-            imap_security="ssl",
-            ca_cert_pem=server.ca_file.read_text(),
-            since="all",
-        )
-        db.session.add(account)
-        db.session.commit()
-        account_id = account.id
+        account_id = sync_bench.add_dovecot_account(app, owner, server, email, mail_user.password)
     outcome: dict = {}
 
     def run() -> None:

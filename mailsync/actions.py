@@ -22,7 +22,7 @@ from mailsync import imap, store
 from mailsync.blobstore import BlobStore
 from mailsync.parse import parse_message
 from models import MailAccount, MailFolder, Message
-from services.credentials import CredentialError, secret_box
+from services.credentials import CredentialError
 
 SEEN = b"\\Seen"
 DELETED = b"\\Deleted"
@@ -152,18 +152,11 @@ def _account_settings(app, account_id: int):
         if account is None:
             raise MailActionError("the mail account no longer exists")
         try:
-            password = secret_box(app).decrypt(account.password_encrypted)
+            settings = imap.account_settings(
+                app, account, timeout=app.config.get("MAIL_ACTION_TIMEOUT", ACTION_TIMEOUT)
+            )
         except CredentialError as exc:
             raise MailActionError(exc.args[0]) from exc
-        settings = imap.ConnectionSettings(
-            host=account.imap_host,
-            port=account.imap_port,
-            security=account.imap_security,
-            username=account.username,
-            password=password,
-            ca_cert_pem=account.ca_cert_pem,
-            timeout=app.config.get("MAIL_ACTION_TIMEOUT", ACTION_TIMEOUT),
-        )
         folders = {
             role: name
             for role, name in db.session.execute(
@@ -172,10 +165,7 @@ def _account_settings(app, account_id: int):
                 .order_by(MailFolder.id.desc())
             )
         }
-    # The accounts branch defines MAIL_ALLOWED_PORTS (default 993, 143); None allows any port.
-    configured = app.config.get("MAIL_ALLOWED_PORTS")
-    allowed_ports = None if configured is None else frozenset(configured)
-    return settings, allowed_ports, folders
+    return settings, imap.allowed_ports(app.config), folders
 
 
 def _connect(settings: imap.ConnectionSettings, allowed_ports) -> IMAPClient:

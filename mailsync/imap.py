@@ -279,3 +279,27 @@ def safe_logout(client: IMAPClient | None) -> None:
             client.shutdown()
         except Exception:
             pass
+
+
+def allowed_ports(config) -> frozenset[int] | None:
+    """Return the IMAP ports mailboxes may use (config MAIL_ALLOWED_PORTS; None allows any)."""
+    ports = config.get("MAIL_ALLOWED_PORTS")
+    return None if ports is None else frozenset(int(port) for port in ports)
+
+
+def account_settings(app, account, *, timeout: float) -> ConnectionSettings:
+    """Return how to reach a stored mail account, its password decrypted.
+
+    Raises services.credentials.CredentialError when the stored password cannot be read.
+    """
+    from services.credentials import secret_box
+
+    return ConnectionSettings(
+        host=account.imap_host,
+        port=account.imap_port,
+        security=account.imap_security,
+        username=account.username,
+        password=secret_box(app).decrypt(account.password_encrypted),
+        ca_cert_pem=account.ca_cert_pem,
+        timeout=timeout,
+    )

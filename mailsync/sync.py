@@ -257,17 +257,9 @@ class AccountSync:
     # ------------------------------------------------------------------ connection
 
     def _settings(self) -> imap.ConnectionSettings:
-        from services.credentials import secret_box
-
         account = db.session.get(MailAccount, self.account_id)
-        settings = imap.ConnectionSettings(
-            host=account.imap_host,
-            port=account.imap_port,
-            security=account.imap_security,
-            username=account.username,
-            password=secret_box(self.app).decrypt(account.password_encrypted),
-            ca_cert_pem=account.ca_cert_pem,
-            timeout=float(self.app.config.get("MAIL_TIMEOUT", 60)),
+        settings = imap.account_settings(
+            self.app, account, timeout=float(self.app.config.get("MAIL_TIMEOUT", 60))
         )
         db.session.commit()
         return settings
@@ -275,9 +267,8 @@ class AccountSync:
     def connect(self) -> IMAPClient:
         """Return the live connection, opening a fresh one if needed."""
         if self.conn is None:
-            allowed = self.app.config.get("MAIL_ALLOWED_PORTS")
             self.conn = imap.connect(
-                self._settings(), allowed_ports=None if allowed is None else frozenset(allowed)
+                self._settings(), allowed_ports=imap.allowed_ports(self.app.config)
             )
             capabilities = sorted(_decode(c) for c in self.conn.capabilities())
             account = db.session.get(MailAccount, self.account_id)

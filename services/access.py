@@ -53,11 +53,6 @@ def record_for(user: User, model: type[T], record_id: int) -> T:
     return record
 
 
-def can_edit_record(user: User, record: object) -> bool:
-    """Tell whether `user` may change `record`: anyone who can access it (team CRM)."""
-    return can_access_record(user, record)
-
-
 def record_or_none(user: User, model: type[T], record_id: int | None) -> T | None:
     """Return the record when it exists and `user` can access it, else None (for pickers)."""
     if record_id is None or not 0 < record_id <= MAX_ID:

@@ -136,9 +136,8 @@ class Progress:
 
 
 def allowed_ports(app: Flask) -> frozenset[int] | None:
-    """Return the IMAP ports mailboxes may use (config MAIL_ALLOWED_PORTS; None = any)."""
-    ports = app.config.get("MAIL_ALLOWED_PORTS")
-    return None if ports is None else frozenset(int(port) for port in ports)
+    """Return the IMAP ports mailboxes may use (the rule lives in mailsync.imap)."""
+    return imap.allowed_ports(app.config)
 
 
 def parse_ca_certificate(data: bytes | str) -> str:

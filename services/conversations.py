@@ -28,14 +28,11 @@ from mailsync.parse import (
     parse_message,
 )
 from models import (
-    Deal,
     ImageAllowance,
-    Lead,
     MailAccount,
     Message,
     Person,
     PersonEmail,
-    Project,
     Thread,
     User,
 )
@@ -55,7 +52,6 @@ from services.mail_render import (
 # has an opaque origin, so cookie-authenticated image URLs do not load there (R10 design note).
 DATA_URI_LIMIT = 2 * 1024 * 1024
 # SYNC.md §4: messages above this size are stored as headers plus a placeholder.
-LINK_KINDS: dict[str, type] = {"deal": Deal, "lead": Lead, "project": Project}
 LINK_LABELS = {"deal": "Deal", "lead": "Lead", "project": "Project"}
 SEARCH_LIMIT = 8
 
@@ -355,7 +351,7 @@ class Sidebar:
 
 def linked_record(user: User, thread: Thread) -> tuple[str | None, object | None]:
     """Return (kind, record) of the thread's deal/lead/project when `user` can access it."""
-    for kind, model in LINK_KINDS.items():
+    for kind, model in linking.LINK_MODELS.items():
         record_id = getattr(thread, f"{kind}_id")
         if record_id is not None:
             return kind, record_or_none(user, model, record_id)
@@ -398,7 +394,7 @@ def link_choices(user: User, thread: Thread) -> list[tuple[str, object]]:
     """Return the open deals/leads/projects of the thread's persons that `user` can access."""
     choices = []
     for target in linking.open_link_targets(linking.thread_person_ids(thread)):
-        record = record_or_none(user, LINK_KINDS[target.kind], target.id)
+        record = record_or_none(user, linking.LINK_MODELS[target.kind], target.id)
         if record is not None:
             choices.append((target.kind, record))
     return choices
@@ -408,7 +404,7 @@ def search_link_targets(user: User, query: str) -> list[tuple[str, object]]:
     """Return deals, leads and projects `user` can access whose title contains `query`."""
     text = query.strip().lower()[:100]
     results: list[tuple[str, object]] = []
-    for kind, model in LINK_KINDS.items():
+    for kind, model in linking.LINK_MODELS.items():
         statement = visible_records(user, model).order_by(model.status != "open", model.title)
         if text:
             statement = statement.where(func.lower(model.title).contains(text, autoescape=True))
@@ -470,7 +466,7 @@ def set_sharing(thread: Thread, shared: bool) -> None:
 
 def link_record(user: User, thread: Thread, kind: str, record_id: int | None) -> None:
     """Link the conversation to a deal, lead or project `user` can access; commits."""
-    model = LINK_KINDS.get(kind)
+    model = linking.LINK_MODELS.get(kind)
     record = record_or_none(user, model, record_id) if model else None
     if record is None:
         raise ValidationError({"record": "Choose a deal, lead or project from the list."})
