@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from flask import Flask, current_app
 
+import models
 from extensions import db
 from models import User
 from services import accounts, demo, users
@@ -26,6 +27,8 @@ def register(app: Flask) -> None:
 def init_db() -> None:
     """Create the database tables (idempotent)."""
     db.create_all()
+    with db.engine.begin() as connection:
+        models.upgrade_schema(connection)
     click.echo(f"Database ready: {current_app.config['SQLALCHEMY_DATABASE_URI']}")
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -420,9 +421,22 @@ class Message(db.Model):
     __table_args__ = (
         UniqueConstraint("account_id", "dedup_key"),
         Index("ix_message_account_date", "account_id", "date"),
-        # Unread counts and the unread filter of the Mail tab.
+        # The unread filter of the Mail tab.
         Index("ix_message_thread_read", "thread_id", "is_read"),
-        Index("ix_message_account_read", "account_id", "is_read"),
+        # Unread counts: a partial index holding only live unread messages, covering what
+        # the count needs, so counting reads a few index pages instead of message rows.
+        # Queries must repeat these terms exactly for the database to use it
+        # (services.mailbox._unread_live).
+        Index(
+            "ix_message_unread",
+            "account_id",
+            "thread_id",
+            "is_read",
+            "deleted_at",
+            "blocked",
+            sqlite_where=text("is_read IS 0 AND deleted_at IS NULL AND blocked IS 0"),
+            postgresql_where=text("is_read IS false AND deleted_at IS NULL AND blocked IS false"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -474,16 +488,18 @@ class MessageLocation(db.Model):
     """One (folder, UID) place of a message, with its server flags (SYNC.md §2.3)."""
 
     __tablename__ = "message_location"
-    __table_args__ = (UniqueConstraint("folder_id", "uid"),)
+    __table_args__ = (
+        UniqueConstraint("folder_id", "uid"),
+        # Covers "where is this message" (folder counts, moves) without reading the rows.
+        Index("ix_message_location_message", "message_id", "folder_id", "deleted"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     folder_id: Mapped[int] = mapped_column(
         ForeignKey("mail_folder.id", ondelete="CASCADE"), index=True
     )
     uid: Mapped[int] = mapped_column(BigInteger)
-    message_id: Mapped[int] = mapped_column(
-        ForeignKey("message.id", ondelete="CASCADE"), index=True
-    )
+    message_id: Mapped[int] = mapped_column(ForeignKey("message.id", ondelete="CASCADE"))
     seen: Mapped[bool] = mapped_column(Boolean, default=False)
     flagged: Mapped[bool] = mapped_column(Boolean, default=False)
     answered: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -615,3 +631,20 @@ class ImageAllowance(db.Model):
 
     def __repr__(self) -> str:
         return f"<ImageAllowance {self.user_id} {self.sender}>"
+
+
+# Indexes that better ones replaced; dropped from existing databases by upgrade_schema.
+OBSOLETE_INDEXES = ("ix_message_account_read", "ix_message_location_message_id")
+
+
+def upgrade_schema(connection) -> None:
+    """Bring an existing database's indexes up to date (idempotent, runs at start-up).
+
+    create_all() only creates missing tables; an index added to an existing table, or one
+    replaced by a better one, is handled here.
+    """
+    for table in db.metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(connection, checkfirst=True)
+    for name in OBSOLETE_INDEXES:
+        connection.execute(text(f"DROP INDEX IF EXISTS {name}"))

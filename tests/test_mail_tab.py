@@ -3,7 +3,7 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from extensions import db
 from models import Message, Thread
@@ -76,6 +76,91 @@ def test_folders_show_with_unread_counts(client_me, folders, make_mailbox_messag
     assert counts["archive"] == 1
     assert counts[f"f{folders['clients'].id}"] == 1
     assert counts["sent"] == 0
+
+
+def test_unread_counts_count_conversations_not_messages(me, folders, make_mailbox_message):
+    def counts():
+        return {entry.key: entry.unread for entry in mailbox.list_folders(me)}
+
+    first = make_mailbox_message(folders["inbox"], subject="Two unread")
+    make_mailbox_message(folders["inbox"], subject="Re: Two unread", thread=first.thread)
+    assert counts()["inbox"] == 1  # one conversation, however many unread messages
+
+    # Read, deleted and blocked messages do not count; nor does a location deleted on the server.
+    make_mailbox_message(folders["clients"], subject="Read", is_read=True)
+    gone = make_mailbox_message(folders["clients"], subject="Deleted")
+    gone.deleted_at = datetime.now(UTC)
+    hidden = make_mailbox_message(folders["clients"], subject="Blocked sender")
+    hidden.blocked = True
+    expunged = make_mailbox_message(folders["clients"], subject="Expunged")
+    expunged.locations[0].deleted = True
+    db.session.commit()
+    assert counts()[f"f{folders['clients'].id}"] == 0
+
+    # An archived conversation counts in Archive and in its other folders, not in the Inbox.
+    filed = make_mailbox_message(folders["inbox"], subject="Filed")
+    make_mailbox_message(folders["clients"], subject="Re: Filed", thread=filed.thread)
+    filed.thread.archived = True
+    db.session.commit()
+    after = counts()
+    assert (after["inbox"], after["archive"], after[f"f{folders['clients'].id}"]) == (1, 1, 1)
+
+    # Reading it clears every count it was in.
+    db.session.execute(
+        Message.__table__.update().where(Message.thread_id == filed.thread_id).values(is_read=True)
+    )
+    db.session.commit()
+    after = counts()
+    assert (after["inbox"], after["archive"], after[f"f{folders['clients'].id}"]) == (1, 0, 0)
+
+
+def test_rows_name_the_people_in_each_conversation(client_me, folders, make_mailbox_message):
+    own = folders["sent"].account.email_address
+    mine = make_mailbox_message(
+        folders["sent"],
+        subject="Quote",
+        sender=("Me", own),
+        to=(("Ann Lee", "ann@customer.test"), ("", "bob@customer.test")),
+    )
+    chat = make_mailbox_message(folders["inbox"], subject="Chat", sender=("Carla Diaz", "c@x.test"))
+    make_mailbox_message(
+        folders["inbox"], subject="Re: Chat", sender=("Dan Ong", "d@x.test"), thread=chat.thread
+    )
+    rows = {
+        row.id: row
+        for row in mailbox.list_threads(me_of(folders), mailbox.MailboxQuery(folder="sent")).rows
+    }
+    assert rows[mine.thread_id].participants == "To: Ann Lee, bob@customer.test"
+    inbox = {
+        row.id: row for row in mailbox.list_threads(me_of(folders), mailbox.MailboxQuery()).rows
+    }
+    assert inbox[chat.thread_id].participants == "Carla, Dan"
+
+
+def me_of(folders):
+    return db.session.merge(folders["inbox"].account.user)
+
+
+def test_unread_counts_read_only_unread_messages(me, folders, make_mailbox_message):
+    """The count walks the partial index of unread messages, not the whole mailbox."""
+    make_mailbox_message(folders["inbox"], subject="Unread")
+    statements = []
+
+    def remember(conn, cursor, statement, parameters, context, executemany):
+        statements.append((statement, parameters))
+
+    event.listen(db.engine, "before_cursor_execute", remember)
+    try:
+        mailbox.list_folders(me)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", remember)
+    connection = db.session.connection()
+    plans = [
+        " ".join(row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params))
+        for sql, params in statements
+        if "is_read" in sql
+    ]
+    assert plans and all("ix_message_unread" in plan for plan in plans), plans
 
 
 def test_list_is_newest_first_and_hides_blocked_and_deleted(

@@ -1,0 +1,38 @@
+"""Start-up brings an existing database's indexes up to date (models.upgrade_schema)."""
+
+from sqlalchemy import text
+
+from app import create_app
+from extensions import db
+
+
+def _indexes(app) -> set[str]:
+    with app.app_context():
+        rows = db.session.execute(text("SELECT name FROM sqlite_master WHERE type = 'index'"))
+        names = {row[0] for row in rows}
+        db.session.remove()
+        db.engine.dispose()
+    return names
+
+
+def test_start_up_adds_new_indexes_and_drops_replaced_ones(tmp_path):
+    config = {
+        "TESTING": True,
+        "INSTANCE_PATH": str(tmp_path / "instance"),
+        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'threadline.db'}",
+        "SECRET_KEY": "test",
+        "SCHEDULER_ENABLED": False,
+    }
+    first = create_app(config)
+    with first.app_context():
+        with db.engine.begin() as connection:  # the schema of an earlier release
+            connection.execute(text("DROP INDEX ix_message_unread"))
+            connection.execute(
+                text("CREATE INDEX ix_message_account_read ON message (account_id, is_read)")
+            )
+        db.engine.dispose()
+    assert "ix_message_unread" not in _indexes(first)
+
+    names = _indexes(create_app(config))
+    assert "ix_message_unread" in names and "ix_message_location_message" in names
+    assert "ix_message_account_read" not in names
