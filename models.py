@@ -375,7 +375,28 @@ class Thread(db.Model):
 
     __tablename__ = "thread"
     # The Mail tab lists an account's threads newest first, keyset-paginated on (last_date, id).
-    __table_args__ = (Index("ix_thread_account_last_date", "account_id", "last_date", "id"),)
+    # The partial indexes hold only the Inbox's and the Archive's threads, so a small Inbox
+    # (or Archive) in a big mailbox is listed without walking every thread; services.mailbox
+    # repeats their WHERE terms exactly.
+    __table_args__ = (
+        Index("ix_thread_account_last_date", "account_id", "last_date", "id"),
+        Index(
+            "ix_thread_inbox",
+            "account_id",
+            "last_date",
+            "id",
+            sqlite_where=text("in_inbox IS 1 AND archived IS 0 AND deleted_at IS NULL"),
+            postgresql_where=text("in_inbox IS true AND archived IS false AND deleted_at IS NULL"),
+        ),
+        Index(
+            "ix_thread_archive_list",
+            "account_id",
+            "last_date",
+            "id",
+            sqlite_where=text("archived IS 1 AND deleted_at IS NULL"),
+            postgresql_where=text("archived IS true AND deleted_at IS NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     account_id: Mapped[int] = mapped_column(
@@ -490,14 +511,14 @@ class MessageLocation(db.Model):
     __tablename__ = "message_location"
     __table_args__ = (
         UniqueConstraint("folder_id", "uid"),
-        # Covers "where is this message" (folder counts, moves) without reading the rows.
+        # Cover "where is this message" (counts, moves) and "what is in this folder" (small
+        # folders are listed from their locations) without reading the rows.
         Index("ix_message_location_message", "message_id", "folder_id", "deleted"),
+        Index("ix_message_location_folder", "folder_id", "deleted", "message_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    folder_id: Mapped[int] = mapped_column(
-        ForeignKey("mail_folder.id", ondelete="CASCADE"), index=True
-    )
+    folder_id: Mapped[int] = mapped_column(ForeignKey("mail_folder.id", ondelete="CASCADE"))
     uid: Mapped[int] = mapped_column(BigInteger)
     message_id: Mapped[int] = mapped_column(ForeignKey("message.id", ondelete="CASCADE"))
     seen: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -634,7 +655,11 @@ class ImageAllowance(db.Model):
 
 
 # Indexes that better ones replaced; dropped from existing databases by upgrade_schema.
-OBSOLETE_INDEXES = ("ix_message_account_read", "ix_message_location_message_id")
+OBSOLETE_INDEXES = (
+    "ix_message_account_read",
+    "ix_message_location_message_id",
+    "ix_message_location_folder_id",
+)
 
 
 def upgrade_schema(connection) -> None:

@@ -54,6 +54,7 @@ from services.search import match_expression, matching_message_ids_sql, remove_f
 PAGE_SIZE = 50
 MAX_QUERY_LENGTH = 200
 FEW_MATCHES = 2000  # search matches up to which threads are found from the matches
+SMALL_FOLDER = 2000  # folder messages up to which threads are found from the folder
 # Role folders shown first, in this order; "archive" is Threadline's archive (Thread.archived).
 ROLE_FOLDERS = (
     ("inbox", "Inbox"),
@@ -348,24 +349,40 @@ def threads_select(user: User, query: MailboxQuery) -> Select[tuple[Thread]]:
 
 def _folder_condition(user: User, key: str) -> ColumnElement[bool]:
     if key == "archive":
+        # Spelled as ix_thread_archive_list's WHERE (with owned_threads' deleted_at IS NULL).
         return Thread.archived.is_(True)
     if key == "inbox":
-        # Threadline's Inbox, not the server's: see Thread.in_inbox.
+        # Threadline's Inbox, not the server's: see Thread.in_inbox. Spelled as
+        # ix_thread_inbox's WHERE, so only Inbox threads are walked.
         live = exists().where(Message.thread_id == Thread.id, _live_message())
-        return and_(Thread.in_inbox.is_(True), _not(Thread.archived), live)
+        return and_(Thread.in_inbox.is_(True), Thread.archived.is_(False), live)
     folder_id = _folder_id(key)
     if folder_id is not None:
         folder_ids: Select | list[int] = [access.folder_for_owner(user, folder_id).id]
     else:
         folder_ids = _role_folder_ids(user, key)
-    located = exists().where(
+    in_folder = and_(MessageLocation.folder_id.in_(folder_ids), MessageLocation.deleted.is_(False))
+    if _few_locations(in_folder, SMALL_FOLDER):
+        # A small folder (often an empty Trash or Spam): take its few threads from its
+        # locations; walking the account's threads newest first would pass all of them.
+        return Thread.id.in_(
+            select(Message.thread_id)
+            .join(MessageLocation, MessageLocation.message_id == Message.id)
+            .where(in_folder, _live_message())
+        )
+    # A big folder: walk threads newest first (index order) and stop at the page.
+    return exists().where(
         Message.thread_id == Thread.id,
         _live_message(),
         MessageLocation.message_id == Message.id,
-        MessageLocation.deleted.is_(False),
-        MessageLocation.folder_id.in_(folder_ids),
+        in_folder,
     )
-    return located
+
+
+def _few_locations(in_folder: ColumnElement[bool], limit: int) -> bool:
+    """Tell whether the folder holds at most `limit` messages (reads at most limit + 1)."""
+    found = select(literal(1)).select_from(MessageLocation).where(in_folder).limit(limit + 1)
+    return (db.session.scalar(select(func.count()).select_from(found.subquery())) or 0) <= limit
 
 
 def _matches_search(raw_query: str) -> ColumnElement[bool]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, text
 
 MAX_INDEXED_BODY = 20_000
+MIN_PREFIX = 3  # shortest term that also matches longer words (as you type)
 _TERM_RE = re.compile(r"[\w@.+'-]+", re.UNICODE)
 
 
@@ -67,13 +68,16 @@ def remove_from_index(connection: Connection, message_ids: Iterable[int]) -> Non
 def match_expression(query: str) -> str | None:
     """Turn what a user typed into a safe FTS5 expression: every term quoted, prefix-matched.
 
+    Terms shorter than MIN_PREFIX match whole words only: "p"* expands to every word
+    starting with p, which costs ~100 ms at 100,000 messages and finds nothing useful.
+
     Returns None when the query has no searchable term.
     """
     terms = [term.replace('"', '""') for term in _TERM_RE.findall(query or "")][:12]
     terms = [term.strip("'.-") for term in terms if term.strip("'.-")]
     if not terms:
         return None
-    return " ".join(f'"{term}"*' for term in terms)
+    return " ".join(f'"{term}"*' if len(term) >= MIN_PREFIX else f'"{term}"' for term in terms)
 
 
 def matching_message_ids_sql() -> str:

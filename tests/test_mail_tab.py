@@ -216,7 +216,9 @@ def test_keyset_pagination_reaches_undated_threads_last(client_me, folders, make
     assert sorted(row_ids(first) + more_ids) == sorted(m.thread_id for m in created + undated)
 
 
-def test_folder_views(client_me, folders, make_mailbox_message):
+@pytest.mark.parametrize("small_folder", [2000, 0], ids=["from-locations plan", "walk plan"])
+def test_folder_views(client_me, folders, make_mailbox_message, monkeypatch, small_folder):
+    monkeypatch.setattr(mailbox, "SMALL_FOLDER", small_folder)
     inbox = make_mailbox_message(folders["inbox"], subject="In inbox")
     sent = make_mailbox_message(folders["sent"], subject="Sent one")
     spam = make_mailbox_message(folders["junk"], subject="Spam one")
@@ -229,6 +231,29 @@ def test_folder_views(client_me, folders, make_mailbox_message):
     assert row_ids(client_me.get("/mail/?folder=junk")) == [spam.thread_id]
     assert row_ids(client_me.get("/mail/?folder=archive")) == [archived.thread_id]
     assert row_ids(client_me.get(f"/mail/?folder=f{folders['clients'].id}")) == [other.thread_id]
+    assert row_ids(client_me.get("/mail/?folder=trash")) == []
+
+
+@pytest.mark.parametrize("small_folder", [2000, 0], ids=["from-locations plan", "walk plan"])
+def test_folder_pages_in_date_order(
+    client_me, folders, make_mailbox_message, monkeypatch, small_folder
+):
+    monkeypatch.setattr(mailbox, "SMALL_FOLDER", small_folder)
+    sent = [
+        make_mailbox_message(folders["sent"], subject=f"S{i}", date=ago(hours=i % 9, minutes=i))
+        for i in range(mailbox.PAGE_SIZE + 5)
+    ]
+    gone = make_mailbox_message(folders["sent"], subject="Expunged on the server")
+    gone.locations[0].deleted = True
+    db.session.commit()
+    expected = [
+        m.thread_id for m in sorted(sent, key=lambda m: (m.date, m.thread_id), reverse=True)
+    ]
+    first = client_me.get("/mail/?folder=sent")
+    html = first.get_data(as_text=True)
+    cursor = html.split("/mail/rows?")[1].split("after=")[1].split('"')[0].split("&")[0]
+    more = client_me.get(f"/mail/rows?folder=sent&after={cursor}", headers={"HX-Request": "true"})
+    assert row_ids(first) + row_ids(more) == expected
 
 
 def test_filters(client_me, me, folders, make_mailbox_message, make_deal):

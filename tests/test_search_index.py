@@ -46,6 +46,19 @@ def test_prefix_search_over_subject_participants_and_body(connection):
     assert search(connection, "nothing-like-this") == []
 
 
+def test_short_terms_match_whole_words_only(connection):
+    index_messages(
+        connection,
+        [
+            SearchDocument(1, "Proposal", "", "Meet at the pub"),
+            SearchDocument(2, "Pricing", "", "Plan B"),
+        ],
+    )
+    assert search(connection, "pro") == [1]  # three letters: a prefix
+    assert search(connection, "pr") == []  # two letters: only the word "pr"
+    assert search(connection, "b") == [2]  # a one-letter word still matches itself
+
+
 def test_hostile_query_syntax_never_errors(connection):
     index_messages(connection, [SearchDocument(1, "a b", "", "NEAR OR AND")])
     for query in ['"', "NEAR(", "a OR", "*", "subject:x", "-x", "(((", "'; DROP TABLE x", "\r\n"]:
