@@ -371,12 +371,20 @@ def endpoints(app) -> list[Endpoint]:
         Endpoint("inbox first page", ["/mail/"]),
         Endpoint("inbox deep keyset page", [f"/mail/rows?after={deep}"]),
         Endpoint("folders + unread counts", ["/mail/folders"]),
+        Endpoint("Sent folder (40,000 messages)", ["/mail/?folder=sent"]),
+        Endpoint("empty Trash folder", ["/mail/?folder=trash"]),
         Endpoint(
             "conversation view",
             [f"/mail/threads/{i}" for i in [*rng.sample(ids, min(20, len(ids))), *big[:5]]],
         ),
         Endpoint(f"search common '{COMMON_WORD}'", [f"/mail/?q={COMMON_WORD}"]),
         Endpoint(f"search rare '{RARE_WORD}'", [f"/mail/?q={RARE_WORD}"]),
+        Endpoint(
+            "search as you type 'p', 'pr', 'pro'", ["/mail/?q=p", "/mail/?q=pr", "/mail/?q=pro"]
+        ),
+        Endpoint(
+            f"search '{COMMON_WORD}' in empty Trash", [f"/mail/?q={COMMON_WORD}&folder=trash"]
+        ),
         Endpoint("search participant address", [f"/mail/?q={address}"]),
         Endpoint("deal page", [f"/deals/{d}" for d in deal_ids]),
         Endpoint(
@@ -550,13 +558,13 @@ def report(samples: Samples, idle: Samples | None = None) -> None:
     """Print wall p50/p95 (and CPU p50) per endpoint, with loaded/idle ratios given `idle`."""
     for label, pairs in samples.items():
         if not pairs:
-            print(f"  {label:<34} no samples")
+            print(f"  {label:<40} no samples")
             continue
         wall = [w for w, _cpu in pairs]
         p50, p95 = statistics.median(wall), pct(wall, 0.95)
         cpu = statistics.median(c for _w, c in pairs)
         line = (
-            f"  {label:<34} n={len(wall):<4} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms"
+            f"  {label:<40} n={len(wall):<4} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms"
             f"  (cpu p50 {cpu:6.1f} ms)"
         )
         if idle is not None and idle.get(label):
