@@ -26,9 +26,12 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
+    inspect,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.schema import CreateColumn
 
 from extensions import db
 
@@ -389,6 +392,14 @@ class Thread(db.Model):
             postgresql_where=text("in_inbox IS true AND archived IS false AND deleted_at IS NULL"),
         ),
         Index(
+            "ix_thread_reply_later",
+            "account_id",
+            "last_date",
+            "id",
+            sqlite_where=text("reply_later IS 1 AND deleted_at IS NULL"),
+            postgresql_where=text("reply_later IS true AND deleted_at IS NULL"),
+        ),
+        Index(
             "ix_thread_archive_list",
             "account_id",
             "last_date",
@@ -428,6 +439,8 @@ class Thread(db.Model):
     needs_link_choice: Mapped[bool] = mapped_column(Boolean, default=False)
     # Every message of the thread is hidden by the owner's blocked addresses.
     blocked: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    # The owner put it on the "Reply later" list (Threadline only; the server never sees it).
+    reply_later: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     account: Mapped[MailAccount] = relationship()
 
@@ -663,11 +676,25 @@ OBSOLETE_INDEXES = (
 
 
 def upgrade_schema(connection) -> None:
-    """Bring an existing database's indexes up to date (idempotent, runs at start-up).
+    """Bring an existing database up to date (idempotent, runs at start-up after create_all).
 
-    create_all() only creates missing tables; an index added to an existing table, or one
-    replaced by a better one, is handled here.
+    create_all() only creates missing tables. A column added to an existing table is added
+    here (it must be nullable or have a server_default, so existing rows get a value); so
+    are new indexes, and indexes replaced by better ones are dropped.
     """
+    existing = inspect(connection)
+    for table in db.metadata.sorted_tables:
+        present = {column["name"] for column in existing.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable and column.server_default is None:
+                raise RuntimeError(
+                    f"{table.name}.{column.name} needs a server_default to be added to "
+                    "an existing database"
+                )
+            ddl = CreateColumn(column).compile(dialect=connection.dialect)
+            connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN {ddl}'))
     for table in db.metadata.sorted_tables:
         for index in table.indexes:
             index.create(connection, checkfirst=True)

@@ -55,9 +55,11 @@ PAGE_SIZE = 50
 MAX_QUERY_LENGTH = 200
 FEW_MATCHES = 2000  # search matches up to which threads are found from the matches
 SMALL_FOLDER = 2000  # folder messages up to which threads are found from the folder
-# Role folders shown first, in this order; "archive" is Threadline's archive (Thread.archived).
+# Role folders shown first, in this order; "archive" is Threadline's archive (Thread.archived)
+# and "later" its Reply later list (Thread.reply_later), neither of them a server folder.
 ROLE_FOLDERS = (
     ("inbox", "Inbox"),
+    ("later", "Reply later"),
     ("sent", "Sent"),
     ("archive", "Archive"),
     ("trash", "Trash"),
@@ -66,7 +68,9 @@ ROLE_FOLDERS = (
 ROLE_KEYS = {key for key, _label in ROLE_FOLDERS}
 LINKED_CHOICES = ("", "linked", "unlinked")
 SHARING_CHOICES = ("", "shared", "private")
-ACTIONS = ("read", "unread", "archive", "delete", "move")
+ACTIONS = ("read", "unread", "archive", "delete", "move", "later", "not_later")
+# Keys of the lists that live in Threadline only, not in a server folder.
+THREADLINE_LISTS = ("inbox", "later", "archive")
 # Moving a conversation never drags along the user's own sent copies or drafts.
 UNMOVED_ROLES = ("sent", "drafts")
 DATE_FORMATS = {"iso": "%Y-%m-%d", "us": "%m/%d/%Y", "eu": "%d.%m.%Y"}
@@ -152,16 +156,12 @@ def list_folders(user: User, *, counts: bool = True) -> list[FolderEntry]:
         .where(MailFolder.sync_enabled.is_(True))
         .order_by(MailFolder.account_id, MailFolder.name)
     ).all()
-    per_folder, archived_unread, inbox_unread = _unread_counts(user) if counts else ({}, 0, 0)
-    role_unread: dict[str, int] = defaultdict(int)
+    per_folder, list_unread = _unread_counts(user) if counts else ({}, {})
+    role_unread: dict[str, int] = defaultdict(int, list_unread)
     for folder in folders:
-        if folder.role in ROLE_KEYS and folder.role != "inbox":
+        if folder.role in ROLE_KEYS and folder.role not in THREADLINE_LISTS:
             role_unread[folder.role] += per_folder.get(folder.id, 0)
-    role_unread["inbox"] = inbox_unread
-    entries = [
-        FolderEntry(key, label, archived_unread if key == "archive" else role_unread[key], key)
-        for key, label in ROLE_FOLDERS
-    ]
+    entries = [FolderEntry(key, label, role_unread[key], key) for key, label in ROLE_FOLDERS]
     several_accounts = len({folder.account_id for folder in folders}) > 1
     for folder in folders:
         if folder.role in ROLE_KEYS and folder.role != "archive":
@@ -204,8 +204,9 @@ def move_destinations(user: User) -> list[FolderEntry]:
     ]
 
 
-def _unread_counts(user: User) -> tuple[dict[int, int], int, int]:
-    """Count threads with an unread live message: per folder, Threadline's Archive and Inbox.
+def _unread_counts(user: User) -> tuple[dict[int, int], dict[str, int]]:
+    """Count threads with an unread live message: per folder, and per Threadline list
+    (Inbox, Reply later, Archive).
 
     One pass over the user's unread messages (the partial index ix_message_unread, so only
     unread ones are read), with each message's folders, counted here: three GROUP BY
@@ -222,18 +223,20 @@ def _unread_counts(user: User) -> tuple[dict[int, int], int, int]:
             Thread.id,
             Thread.archived,
             Thread.in_inbox,
+            Thread.reply_later,
             MessageLocation.folder_id,
             MessageLocation.deleted,
         )
     )
     per_folder: dict[int, set[int]] = defaultdict(set)
-    archived: set[int] = set()
-    inbox: set[int] = set()
-    for thread_id, is_archived, in_inbox, folder_id, location_deleted in rows:
+    lists: dict[str, set[int]] = {key: set() for key in THREADLINE_LISTS}
+    for thread_id, is_archived, in_inbox, reply_later, folder_id, location_deleted in rows:
         if is_archived:
-            archived.add(thread_id)
+            lists["archive"].add(thread_id)
         elif in_inbox:
-            inbox.add(thread_id)
+            lists["inbox"].add(thread_id)
+        if reply_later:
+            lists["later"].add(thread_id)
         if folder_id is None or location_deleted:
             continue
         # A server Inbox folder never counts conversations archived in Threadline.
@@ -241,7 +244,7 @@ def _unread_counts(user: User) -> tuple[dict[int, int], int, int]:
             continue
         per_folder[folder_id].add(thread_id)
     counts = {folder_id: len(threads) for folder_id, threads in per_folder.items()}
-    return counts, len(archived), len(inbox)
+    return counts, {key: len(threads) for key, threads in lists.items()}
 
 
 def _unread_live() -> ColumnElement[bool]:
@@ -280,6 +283,7 @@ class ThreadRow:
     unread: bool = False
     has_attachments: bool = False
     needs_link_choice: bool = False
+    reply_later: bool = False
     chips: list[Chip] = field(default_factory=list)
 
 
@@ -348,6 +352,8 @@ def threads_select(user: User, query: MailboxQuery) -> Select[tuple[Thread]]:
 
 
 def _folder_condition(user: User, key: str) -> ColumnElement[bool]:
+    if key == "later":
+        return Thread.reply_later.is_(True)  # spelled as ix_thread_reply_later's WHERE
     if key == "archive":
         # Spelled as ix_thread_archive_list's WHERE (with owned_threads' deleted_at IS NULL).
         return Thread.archived.is_(True)
@@ -485,6 +491,7 @@ def _rows(user: User, threads: Sequence[Thread], now: datetime) -> list[ThreadRo
             message_count=thread.message_count,
             shared=thread.shared,
             needs_link_choice=thread.needs_link_choice,
+            reply_later=thread.reply_later,
         )
         for thread in threads
     }
@@ -607,6 +614,8 @@ def apply_action(
         return archive_threads(user, threads)
     if action == "delete":
         return delete_threads(user, threads)
+    if action in ("later", "not_later"):
+        return set_reply_later(threads, later=action == "later")
     if destination_folder_id is None:
         raise ValidationError({"destination": "Choose a folder."})
     return move_threads(user, threads, access.folder_for_owner(user, destination_folder_id))
@@ -651,6 +660,19 @@ def archive_threads(user: User, threads: Sequence[Thread]) -> ActionOutcome:
     outcome = ActionOutcome(f"Archived {_count(threads)}.")
     _move_on_server(outcome, plan, "archive", verb="Archived")
     return outcome
+
+
+def set_reply_later(threads: Sequence[Thread], *, later: bool) -> ActionOutcome:
+    """Put the threads on the Reply later list, or take them off it; commits.
+
+    Threadline keeps this list itself: the mail server and other mail programs never see it.
+    """
+    for thread in threads:
+        thread.reply_later = later
+    db.session.commit()
+    if later:
+        return ActionOutcome(f"Added {_count(threads)} to Reply later.")
+    return ActionOutcome(f"Removed {_count(threads)} from Reply later.")
 
 
 def delete_threads(user: User, threads: Sequence[Thread]) -> ActionOutcome:

@@ -78,6 +78,7 @@ CLASSIFICATION = {
     "conversations.raw": "owner",
     "conversations.record_panel": "owner",
     "conversations.compose_placeholder": "page",
+    "conversations.mark_read": "owner_post",
     "conversations.update_sharing": "owner_post",
     "conversations.link": "owner_post",
     "conversations.unlink": "owner_post",

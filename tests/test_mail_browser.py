@@ -1,6 +1,7 @@
 """The Mail tab in real Chromium: inbox, search as you type, keyboard, bulk archive."""
 
 import os
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -176,3 +177,46 @@ def test_delete_asks_for_confirmation(live_server, page, me, mailbox_seed):
     page.keyboard.press("#")
     expect(page.locator(".mail-row")).to_have_count(5)
     assert answers == []
+
+
+def test_reply_later_from_the_list_and_the_conversation(live_server, page, me, mailbox_seed):
+    sign_in(page, live_server, me)
+    rows = page.locator(".mail-row")
+    # l puts the current conversation on Reply later; it stays in the Inbox, marked.
+    page.keyboard.press("j")
+    first_id = page.locator(".mail-row.is-current").get_attribute("data-thread-id")
+    page.keyboard.press("l")
+    expect(page.get_by_text("Added 1 conversation to Reply later.")).to_be_visible()
+    marked = page.locator(f'.mail-row[data-thread-id="{first_id}"] .chip-later')
+    expect(marked).to_be_visible()
+    expect(rows).to_have_count(6)
+
+    # Open another (unread) conversation: opening marks it read; l there adds it to Reply
+    # later too and returns to the list.
+    second = rows.nth(1)
+    second_id = second.get_attribute("data-thread-id")
+    assert "is-unread" in second.get_attribute("class")
+    with page.expect_response(lambda response: response.url.endswith("/read")) as marked_read:
+        second.locator(".mail-row-link").click()
+    assert marked_read.value.status == 204
+    expect(page.locator("#conversation-actions")).to_be_visible()
+    page.keyboard.press("l")
+    expect(page.get_by_text("Added 1 conversation to Reply later.")).to_be_visible()
+    second = page.locator(f'.mail-row[data-thread-id="{second_id}"]')
+    expect(second).not_to_have_class(re.compile("is-unread"))
+
+    # The Reply later list holds both, newest first; there l means done.
+    page.click(".mail-folder:has-text('Reply later')")
+    expect(rows).to_have_count(2)
+    assert [rows.nth(i).get_attribute("data-thread-id") for i in range(2)] == [first_id, second_id]
+    page.screenshot(path=f"{SHOTS}/reply-later.png")
+    page.keyboard.press("j")
+    page.keyboard.press("l")
+    expect(rows).to_have_count(1)
+    expect(page.get_by_text("Removed 1 conversation from Reply later.")).to_be_visible()
+
+    # Esc in a conversation goes back to the list it was opened from.
+    rows.nth(0).locator(".mail-row-link").click()
+    expect(page.locator("#conversation-actions")).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(page).to_have_url(live_server.url + "/mail/?folder=later")

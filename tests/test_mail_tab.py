@@ -483,3 +483,56 @@ def test_mail_templates_never_mark_text_safe():
     for template in [*root.glob("mail/**/*.html"), *root.glob("conversations/*.html")]:
         source = template.read_text()
         assert "|safe" not in source.replace(" ", "") and "Markup(" not in source, template
+
+
+def test_reply_later_list(client_me, me, folders, make_mailbox_message, make_user, login):
+    later = make_mailbox_message(folders["inbox"], subject="Answer this")
+    make_mailbox_message(folders["inbox"], subject="Just news", is_read=True)
+    response = client_me.post(
+        "/mail/threads/actions",
+        data={"action": "later", "thread_id": later.thread_id},
+        headers=HTMX_LIST | {"HX-Target": "mail-list"},
+    )
+    assert "Added 1 conversation to Reply later." in response.get_data(as_text=True)
+    # It stays in the Inbox, marked, and is the one conversation on the Reply later list.
+    inbox_html = client_me.get("/mail/").get_data(as_text=True)
+    assert len(row_ids(client_me.get("/mail/"))) == 2 and "chip-later" in inbox_html
+    assert row_ids(client_me.get("/mail/?folder=later")) == [later.thread_id]
+    counts = {entry.key: entry.unread for entry in mailbox.list_folders(me)}
+    assert counts["later"] == 1
+    # The list's toolbar offers "Done" there, which takes it off.
+    page = client_me.get("/mail/?folder=later").get_data(as_text=True)
+    assert 'name="action" value="not_later"' in page
+    assert 'name="action" value="later"' not in page
+    client_me.post(
+        "/mail/threads/actions", data={"action": "not_later", "thread_id": later.thread_id}
+    )
+    assert row_ids(client_me.get("/mail/?folder=later")) == []
+
+    # Someone else's ids are ignored.
+    other = login(make_user(email="other@team.test"))
+    other.post("/mail/threads/actions", data={"action": "later", "thread_id": later.thread_id})
+    assert row_ids(client_me.get("/mail/?folder=later")) == []
+
+
+def test_conversation_actions_return_to_the_list_it_came_from(
+    client_me, folders, make_mailbox_message
+):
+    message = make_mailbox_message(folders["clients"], subject="Filed")
+    folder = f"f{folders['clients'].id}"
+    html = client_me.get(f"/mail/?folder={folder}").get_data(as_text=True)
+    assert f"/mail/threads/{message.thread_id}?folder={folder}" in html
+    page = client_me.get(f"/mail/threads/{message.thread_id}?folder={folder}")
+    text = page.get_data(as_text=True)
+    assert 'id="conversation-actions"' in text and f'name="folder" value="{folder}"' in text
+    # Unread: the page asks to mark it read once loaded (a POST, not the GET itself).
+    assert f'hx-post="/mail/threads/{message.thread_id}/read"' in text
+    assert db.session.get(Message, message.id).is_read is False
+    assert client_me.post(f"/mail/threads/{message.thread_id}/read").status_code == 204
+    db.session.expire_all()
+    assert db.session.get(Message, message.id).is_read is True
+    response = client_me.post(
+        "/mail/threads/actions",
+        data={"action": "archive", "thread_id": message.thread_id, "folder": folder},
+    )
+    assert response.status_code == 303 and response.location.endswith(f"/mail/?folder={folder}")

@@ -36,3 +36,37 @@ def test_start_up_adds_new_indexes_and_drops_replaced_ones(tmp_path):
     names = _indexes(create_app(config))
     assert "ix_message_unread" in names and "ix_message_location_message" in names
     assert "ix_message_account_read" not in names
+
+
+def test_start_up_adds_a_new_column_with_its_default_to_existing_rows(tmp_path):
+    config = {
+        "TESTING": True,
+        "INSTANCE_PATH": str(tmp_path / "instance"),
+        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'old.db'}",
+        "SECRET_KEY": "test",
+        "SCHEDULER_ENABLED": False,
+    }
+    old = create_app(config)
+    with old.app_context():
+        with db.engine.begin() as connection:  # a database from before Thread.reply_later
+            connection.execute(text("DROP INDEX ix_thread_reply_later"))
+            connection.execute(text("ALTER TABLE thread DROP COLUMN reply_later"))
+            connection.execute(text("PRAGMA foreign_keys=OFF"))
+            connection.execute(
+                text(
+                    "INSERT INTO thread (id, account_id, subject, normalized_subject, "
+                    "message_count, shared, in_inbox, archived, needs_link_choice, blocked) "
+                    "VALUES (7, 1, 'Old', 'old', 1, 0, 1, 0, 0, 0)"
+                )
+            )
+        db.engine.dispose()
+
+    new = create_app(config)
+    with new.app_context():
+        value = db.session.scalar(text("SELECT reply_later FROM thread WHERE id = 7"))
+        assert value == 0  # the existing conversation is not on the Reply later list
+        assert "ix_thread_reply_later" in {
+            row[0] for row in db.session.execute(text("SELECT name FROM sqlite_master"))
+        }
+        db.session.remove()
+        db.engine.dispose()

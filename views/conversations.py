@@ -3,6 +3,7 @@
 URL table (url_prefix /mail):
   GET  /threads/<id>                      show (?images=<message id> shows remote images once)
   GET  /threads/<id>/link-search          link_search (picker results fragment, owner)
+  POST /threads/<id>/read                 mark_read (owner; the page posts it when opened)
   POST /threads/<id>/sharing              update_sharing (owner)
   POST /threads/<id>/link                 link (owner)
   POST /threads/<id>/unlink               unlink (owner)
@@ -21,6 +22,7 @@ URL table (url_prefix /mail):
 
 from __future__ import annotations
 
+import logging
 import re
 from urllib.parse import quote
 
@@ -38,7 +40,7 @@ from flask import (
 from flask_login import current_user
 
 from models import RECORD_MODELS
-from services import conversations
+from services import conversations, mailbox
 from services.access import (
     message_for_owner,
     message_for_viewer,
@@ -51,6 +53,7 @@ from services.mail_render import attachment_headers, raw_source_headers
 from services.preferences import get_preference
 from views.helpers import form_value, is_fragment_request, parse_int
 
+log = logging.getLogger("threadline.mail")
 bp = Blueprint("conversations", __name__, url_prefix="/mail")
 
 PAGE = "conversations/page.html"
@@ -92,8 +95,10 @@ def _page(thread, is_owner: bool, *, status: int = 200, show_images_for=None, **
         current_user, thread, is_owner=is_owner, show_images_for=show_images_for
     )
     sidebar = conversations.load_sidebar(current_user, thread, is_owner=is_owner, **extra)
+    # The Mail tab list the conversation was opened from (?folder=), where actions return.
+    back = mailbox.MailboxQuery(folder=mailbox.parse_query(request.args).folder)
     response = make_response(
-        render_template(PAGE, conversation=conversation, sidebar=sidebar), status
+        render_template(PAGE, conversation=conversation, sidebar=sidebar, back=back), status
     )
     if any(item.images_allowed for item in conversation.messages):
         response.headers["Content-Security-Policy"] = IMAGES_ALLOWED_CSP
@@ -133,6 +138,20 @@ def link_search(thread_id: int):
     return render_template(
         "conversations/partials/link_results.html", thread=thread, results=results, query=query
     )
+
+
+@bp.post("/threads/<int:thread_id>/read")
+def mark_read(thread_id: int):
+    """Mark the conversation read: its page posts this when the owner opens it.
+
+    A POST after the page has loaded, not a side effect of GET: the write-back to the mail
+    server never delays the page, and a link or prefetch cannot mark mail read.
+    """
+    thread = thread_for_owner(current_user, thread_id)
+    outcome = mailbox.mark_read(current_user, [thread], read=True)
+    for warning in outcome.warnings:
+        log.warning("thread %s: %s", thread_id, warning)
+    return "", 204
 
 
 @bp.post("/threads/<int:thread_id>/sharing")

@@ -97,4 +97,5 @@ def _render_list(query: mailbox.MailboxQuery):
         destinations=mailbox.move_destinations(current_user),
         folders=mailbox.list_folders(current_user, counts=False) if full_page else [],
         counts_pending=True,
+        notices_here=not full_page,  # a full page shows them once, in base.html's #flash
     )

@@ -99,8 +99,8 @@
   });
 
   // ------------------------------------------------------------------ Mail tab
-  // Keyboard: j/k move, Enter/o open, x select, e archive, # delete, u unread, / search,
-  // ? help. Single-key shortcuts are ignored while typing in a field.
+  // Keyboard: j/k move, Enter/o open, x select, e archive, # delete, u unread, l reply later,
+  // / search, ? help. Single-key shortcuts are ignored while typing in a field.
   var currentThreadId = null;
   var currentIndex = 0;
 
@@ -129,19 +129,21 @@
     setCurrent(rows[index]);
   }
 
+  // Returns false when the toolbar has no such action (e.g. "later" inside Reply later).
   function runAction(action) {
     var form = document.getElementById("mail-bulk");
-    if (!form) return;
+    if (!form) return false;
     var button = form.querySelector('button[name="action"][value="' + action + '"]');
-    if (!button) return;
+    if (!button) return false;
     var checked = document.querySelectorAll("#mail-list .mail-check:checked");
     if (!checked.length) {
       var row = currentRow();
-      if (!row) return;
+      if (!row) return true;
       row.querySelector(".mail-check").checked = true;
     }
     // A real click, so htmx sends the button's action value (it tracks the clicked submitter).
     button.click();
+    return true;
   }
 
   function toggleHelp(force) {
@@ -181,6 +183,7 @@
       case "e": runAction("archive"); break;
       case "#": runAction("delete"); break;
       case "u": runAction("unread"); break;
+      case "l": runAction("later") || runAction("not_later"); break;
       case "/": document.getElementById("mail-q").focus(); break;
       case "?": toggleHelp(); break;
       default: return;
@@ -196,6 +199,25 @@
         box.checked = target.checked;
       });
     }
+  });
+
+  // Conversation page: e archive, l reply later (or done), # delete, Esc back to the list.
+  document.addEventListener("keydown", function (event) {
+    var form = document.getElementById("conversation-actions");
+    if (!form || event.ctrlKey || event.metaKey || event.altKey || isTyping(event.target)) return;
+    function press(action) {
+      var button = form.querySelector('button[name="action"][value="' + action + '"]');
+      if (button) button.click();
+      return !!button;
+    }
+    switch (event.key) {
+      case "e": press("archive"); break;
+      case "l": press("later") || press("not_later"); break;
+      case "#": press("delete"); break;
+      case "Escape": form.querySelector("[data-conversation-back]").click(); break;
+      default: return;
+    }
+    event.preventDefault();
   });
 
   // After the list is swapped (action, search, filter), keep the cursor near where it was.
