@@ -200,6 +200,7 @@ def test_reply_later_from_the_list_and_the_conversation(live_server, page, me, m
         second.locator(".mail-row-link").click()
     assert marked_read.value.status == 204
     expect(page.locator("#conversation-actions")).to_be_visible()
+    page.screenshot(path=f"{SHOTS}/conversation-actions.png")
     page.keyboard.press("l")
     expect(page.get_by_text("Added 1 conversation to Reply later.")).to_be_visible()
     second = page.locator(f'.mail-row[data-thread-id="{second_id}"]')
