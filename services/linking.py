@@ -266,12 +266,14 @@ def block(user: User, entry: str) -> BlockedAddress:
     return row
 
 
-def unblock(user: User, entry_id: int) -> None:
-    """Remove a block; hidden mail comes back; commits."""
+def unblock(user: User, entry_id: int) -> bool:
+    """Remove one of the user's blocks (hidden mail comes back) and commit; return False
+    when the user has no such entry."""
     row = db.session.get(BlockedAddress, entry_id)
     if row is None or row.user_id != user.id:
-        return
+        return False
     db.session.delete(row)
     db.session.flush()
     refresh_blocked_flags(user)
     db.session.commit()
+    return True

@@ -90,7 +90,7 @@ CLASSIFICATION = {
     "conversations.fetch_full": "owner_post",
     "blocking.index": "page",
     "blocking.create": "post",
-    "blocking.delete": "noop_post",
+    "blocking.delete": "owner_post",
     "deals.board": "page",
 }
 for _area in ("deals", "persons", "organizations", "leads", "projects"):

@@ -6,7 +6,7 @@ URL table (url_prefix /settings/blocked):
   POST /<id>/delete         delete
 """
 
-from flask import Blueprint, redirect, render_template, url_for
+from flask import Blueprint, abort, redirect, render_template, url_for
 from flask_login import current_user
 
 from services import linking
@@ -51,7 +51,8 @@ def create():
 
 @bp.post("/<int:entry_id>/delete")
 def delete(entry_id: int):
-    linking.unblock(current_user, entry_id)
+    if not linking.unblock(current_user, entry_id):
+        abort(404)  # not one of this user's entries: nothing to say about it
     if is_fragment_request(PANEL_TARGET):
         return _render(notice="Unblocked. Hidden mail from that sender is back.")
     return redirect(url_for(".index"), 303)
