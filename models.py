@@ -542,6 +542,9 @@ class MessageLocation(db.Model):
     keywords: Mapped[list[str]] = mapped_column(JSON, default=list)
     gm_labels: Mapped[list[str]] = mapped_column(JSON, default=list)
     stale: Mapped[bool] = mapped_column(Boolean, default=False)
+    # When the user last changed \Seen here from Threadline: for a short while a sync keeps
+    # that value, since flags it fetched before the write-back reached the server are stale.
+    seen_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     message: Mapped[Message] = relationship(back_populates="locations")
     folder: Mapped[MailFolder] = relationship()

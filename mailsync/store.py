@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import JSON, bindparam, delete, insert, select, text, update
@@ -33,6 +33,7 @@ from services import linking, search
 from services.linking_rules import message_is_hidden
 
 CHUNK = 500  # bound IN (...) lists well under SQLite's variable limit
+LOCAL_CHANGE_GUARD_SECONDS = 90  # a sync keeps a \Seen the user changed this recently
 SYSTEM_FLAGS = {b"\\seen", b"\\flagged", b"\\answered", b"\\draft", b"\\deleted", b"\\recent"}
 
 message_t = Message.__table__
@@ -444,6 +445,7 @@ def apply_flag_changes(
     changed_rows: list[dict[str, Any]] = []
     touched: set[int] = set()
     columns = ("seen", "flagged", "answered", "draft", "deleted", "keywords")
+    guard_since = _now() - timedelta(seconds=LOCAL_CHANGE_GUARD_SECONDS)
     for chunk in _chunks(uids):
         rows = db.session.execute(
             select(
@@ -451,6 +453,7 @@ def apply_flag_changes(
                 location_t.c.uid,
                 location_t.c.message_id,
                 location_t.c.gm_labels,
+                location_t.c.seen_changed_at,
                 *[location_t.c[name] for name in columns],
             ).where(location_t.c.folder_id == folder_id, location_t.c.uid.in_(chunk))
         ).mappings()
@@ -458,6 +461,11 @@ def apply_flag_changes(
             flags, labels = changes[row["uid"]]
             wanted = flag_columns(flags)
             wanted["gm_labels"] = labels if labels else row["gm_labels"]
+            changed_at = row["seen_changed_at"]
+            if changed_at is not None and changed_at > guard_since:
+                # The user's recent change wins: these flags may predate its write-back
+                # (SYNC.md, "Local changes").
+                wanted["seen"] = row["seen"]
             if any(row[name] != wanted[name] for name in (*columns, "gm_labels")):
                 changed_rows.append({"b_id": row["id"], **wanted})
                 touched.add(row["message_id"])
@@ -474,7 +482,6 @@ def apply_flag_changes(
 
 def record_failed_uid(folder_id: int, uid: int, error: str, *, retry_after_seconds: int) -> None:
     """Remember a UID whose fetch failed; it is retried later and never blocks the watermark."""
-    from datetime import timedelta
 
     existing = db.session.scalar(
         select(FailedUid).where(FailedUid.folder_id == folder_id, FailedUid.uid == uid)

@@ -629,9 +629,11 @@ def mark_read(user: User, threads: Sequence[Thread], *, read: bool) -> ActionOut
     for message in messages:
         message.is_read = read
     groups = _server_locations(messages, lambda location: True)
+    now = datetime.now(UTC)
     for _account_id, locations in groups.items():
         for location in locations:
             location.seen = read
+            location.seen_changed_at = now  # a concurrent sync keeps this value for a while
     plan = _plain(groups)
     db.session.commit()
     word = "read" if read else "unread"

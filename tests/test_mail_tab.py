@@ -536,3 +536,31 @@ def test_conversation_actions_return_to_the_list_it_came_from(
         data={"action": "archive", "thread_id": message.thread_id, "folder": folder},
     )
     assert response.status_code == 303 and response.location.endswith(f"/mail/?folder={folder}")
+
+
+def test_a_sync_does_not_undo_a_fresh_read_with_stale_flags(
+    client_me, folders, make_mailbox_message
+):
+    """Flags a sync fetched before the write-back reached the server must not win (90 s)."""
+    from mailsync import store
+
+    message = make_mailbox_message(folders["inbox"], subject="Race", uid=42)
+    client_me.post("/mail/threads/actions", data={"action": "read", "thread_id": message.thread_id})
+    db.session.expire_all()
+    assert db.session.get(Message, message.id).is_read
+
+    stale = {42: ((b"\\Flagged",), [])}  # fetched just before: not \Seen yet, but flagged
+    store.apply_flag_changes(folders["inbox"].id, stale)
+    db.session.commit()
+    db.session.expire_all()
+    fresh = db.session.get(Message, message.id)
+    assert fresh.is_read and fresh.is_flagged  # the other flags still apply
+
+    # After the guard, the server is the truth again (e.g. the write-back had failed).
+    location = fresh.locations[0]
+    location.seen_changed_at -= timedelta(seconds=store.LOCAL_CHANGE_GUARD_SECONDS + 1)
+    db.session.commit()
+    store.apply_flag_changes(folders["inbox"].id, stale)
+    db.session.commit()
+    db.session.expire_all()
+    assert not db.session.get(Message, message.id).is_read
