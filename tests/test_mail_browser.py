@@ -221,3 +221,23 @@ def test_reply_later_from_the_list_and_the_conversation(live_server, page, me, m
     expect(page.locator("#conversation-actions")).to_be_visible()
     page.keyboard.press("Escape")
     expect(page).to_have_url(live_server.url + "/mail/?folder=later")
+
+
+def test_conversation_keyboard_walks_the_list(live_server, page, me, mailbox_seed):
+    sign_in(page, live_server, me)
+    rows = page.locator(".mail-row")
+    ids = [rows.nth(i).get_attribute("data-thread-id") for i in range(rows.count())]
+    rows.nth(0).locator(".mail-row-link").click()
+    expect(page.locator("#conversation-actions")).to_be_visible()
+    page.keyboard.press("j")  # older
+    expect(page).to_have_url(re.compile(rf"/mail/threads/{ids[1]}$"))
+    expect(page.locator("#conversation-actions")).to_be_visible()
+    page.keyboard.press("j")
+    expect(page).to_have_url(re.compile(rf"/mail/threads/{ids[2]}$"))
+    expect(page.locator("#conversation-actions")).to_be_visible()
+    page.keyboard.press("k")  # newer
+    expect(page).to_have_url(re.compile(rf"/mail/threads/{ids[1]}$"))
+    expect(page.locator("#conversation-actions")).to_be_visible()
+    page.keyboard.press("e")  # archive, back to the Inbox without it
+    expect(page.get_by_text("Archived 1 conversation.")).to_be_visible()
+    expect(rows).to_have_count(len(ids) - 1)

@@ -564,3 +564,35 @@ def test_a_sync_does_not_undo_a_fresh_read_with_stale_flags(
     db.session.commit()
     db.session.expire_all()
     assert not db.session.get(Message, message.id).is_read
+
+
+def test_newer_and_older_follow_the_list_across_accounts(
+    me, client_me, folders, make_stored_account, make_stored_folder, make_mailbox_message
+):
+    second_inbox = make_stored_folder(
+        make_stored_account(me, email_address="me@second.test"), "INBOX", role="inbox"
+    )
+    same = ago(hours=3)
+    made = [
+        make_mailbox_message(folders["inbox"], subject="A", date=ago(hours=1)),
+        make_mailbox_message(second_inbox, subject="B", date=ago(hours=2)),
+        make_mailbox_message(folders["inbox"], subject="C", date=same),
+        make_mailbox_message(second_inbox, subject="D", date=same),
+        make_mailbox_message(folders["inbox"], subject="E", date=ago(days=2)),
+        make_mailbox_message(second_inbox, subject="F"),
+        make_mailbox_message(folders["inbox"], subject="G"),
+    ]
+    for message in made[-2:]:
+        db.session.get(Thread, message.thread_id).last_date = None  # undated sort last
+    db.session.commit()
+    order = row_ids(client_me.get("/mail/"))
+    assert sorted(order) == sorted(m.thread_id for m in made)
+    query = mailbox.MailboxQuery()
+    for index, thread_id in enumerate(order):
+        steps = mailbox.neighbours(me, query, db.session.get(Thread, thread_id))
+        assert steps.newer == (order[index - 1] if index else None), index
+        assert steps.older == (order[index + 1] if index + 1 < len(order) else None), index
+
+    # The page links them, keeping the list it came from.
+    html = client_me.get(f"/mail/threads/{order[1]}").get_data(as_text=True)
+    assert f'href="/mail/threads/{order[0]}"' in html and f'href="/mail/threads/{order[2]}"' in html

@@ -97,8 +97,10 @@ def _page(thread, is_owner: bool, *, status: int = 200, show_images_for=None, **
     sidebar = conversations.load_sidebar(current_user, thread, is_owner=is_owner, **extra)
     # The Mail tab list the conversation was opened from (?folder=), where actions return.
     back = mailbox.MailboxQuery(folder=mailbox.parse_query(request.args).folder)
+    steps = mailbox.neighbours(current_user, back, thread) if is_owner else None
     response = make_response(
-        render_template(PAGE, conversation=conversation, sidebar=sidebar, back=back), status
+        render_template(PAGE, conversation=conversation, sidebar=sidebar, back=back, steps=steps),
+        status,
     )
     if any(item.images_allowed for item in conversation.messages):
         response.headers["Content-Security-Policy"] = IMAGES_ALLOWED_CSP

@@ -201,7 +201,8 @@
     }
   });
 
-  // Conversation page: e archive, l reply later (or done), # delete, Esc back to the list.
+  // Conversation page: e archive, l reply later (or done), # delete, j/k older/newer
+  // conversation, Esc back to the list.
   document.addEventListener("keydown", function (event) {
     var form = document.getElementById("conversation-actions");
     if (!form || event.ctrlKey || event.metaKey || event.altKey || isTyping(event.target)) return;
@@ -215,6 +216,11 @@
       case "l": press("later") || press("not_later"); break;
       case "#": press("delete"); break;
       case "Escape": form.querySelector("[data-conversation-back]").click(); break;
+      case "j":
+      case "k":
+        var step = form.querySelector('[data-step="' + (event.key === "j" ? "older" : "newer") + '"]');
+        if (step) step.click();
+        break;
       default: return;
     }
     event.preventDefault();
