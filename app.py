@@ -60,6 +60,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.update(config.environment_overrides())
     if test_config:
         app.config.update(test_config)
+    # The sync process builds its own app from these (jobs.SyncProcess); THREADLINE_*
+    # variables and instance/config.py reach it by themselves.
+    app.extensions["threadline_config_overrides"] = dict(test_config or {})
 
     instance = Path(app.instance_path)
     instance.mkdir(parents=True, exist_ok=True)

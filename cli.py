@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from flask import Flask, current_app
 
+import config
 import models
 from extensions import db
 from models import User
@@ -73,14 +74,12 @@ def serve(host: str | None, port: int | None, threads: int) -> None:
     """Serve Threadline with the production WSGI server (waitress)."""
     from waitress import serve as waitress_serve
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
     app = current_app._get_current_object()
     if app.config.get("SCHEDULER_ENABLED"):
         import jobs
 
-        jobs.start_scheduler(app)  # background sync runs in this serving process
+        jobs.start_scheduler(app)  # the scheduler runs here; sync passes in its sync process
     host = host or current_app.config["HOST"]
     port = port or int(current_app.config["PORT"])
     click.echo(f"Threadline on http://{host}:{port}/")

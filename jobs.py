@@ -1,19 +1,39 @@
-"""Scheduler wiring and thin job functions that take ids and call mailsync/services."""
+"""Scheduler wiring and thin job functions that take ids and call mailsync/services.
+
+How background sync runs: `flask serve` calls `start_scheduler`, so the one APScheduler
+BackgroundScheduler lives in the serving process (DESIGN: one Flask process runs it). Its
+interval job `sync_due_accounts` and the "Sync now" jobs queued by `sync_now` both call
+`run_scheduled_sync`. With SYNC_PROCESS on (the default) that hands the pass to a
+`SyncProcess`: one long-lived child started with `spawn`, niced by SYNC_PROCESS_NICE, that
+builds its own app from the overrides `create_app` was given and runs `run_account_sync`
+there, so the CPU-heavy pass never competes for the serving process's GIL. The child's own
+MIME parse workers (mailsync.sync) inherit its niceness. With SYNC_PROCESS off, the pass runs
+in the scheduler's thread. Per-account leases (SyncLease) keep any two processes from syncing
+one account at once; the CLI (`flask sync`) calls `run_account_sync` in the foreground.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
 import random
+import signal
 import socket
 import threading
 import uuid
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
 from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+import config
 from extensions import db
 from mailsync import imap, store
 from mailsync.sync import Progress, SyncResult, sync_account
@@ -27,6 +47,9 @@ from models import (
     SyncLease,
     SyncRun,
 )
+
+if TYPE_CHECKING:
+    from multiprocessing.sharedctypes import Synchronized
 
 log = logging.getLogger("threadline.jobs")
 
@@ -52,6 +75,7 @@ def start_scheduler(app: Flask):
         return None
     if app.extensions.get("threadline_scheduler"):
         return app.extensions["threadline_scheduler"]
+    from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
     from apscheduler.schedulers.background import BackgroundScheduler
 
     scheduler = BackgroundScheduler(
@@ -59,6 +83,7 @@ def start_scheduler(app: Flask):
         timezone="UTC",
     )
     app.extensions["threadline_scheduler"] = scheduler
+    scheduler.add_listener(lambda _event: stop_sync_process(app), EVENT_SCHEDULER_SHUTDOWN)
     schedule_sync_jobs(scheduler, app)
     scheduler.start()
     log.info("scheduler started")
@@ -100,7 +125,7 @@ def sync_due_accounts(app: Flask) -> None:
         db.session.remove()
     for account_id in ids:
         try:
-            run_account_sync(app, account_id)
+            run_scheduled_sync(app, account_id)
         except Exception:
             log.exception("sync of account %s failed", account_id)
 
@@ -111,13 +136,201 @@ def sync_now(account_id: int, *, app: Flask | None = None) -> None:
     scheduler = app.extensions.get("threadline_scheduler")
     if scheduler is not None:
         scheduler.add_job(
-            run_account_sync,
+            run_scheduled_sync,
             args=[app, account_id],
             id=f"sync-now-{account_id}",
             replace_existing=True,
         )
     else:
-        threading.Thread(target=run_account_sync, args=(app, account_id), daemon=True).start()
+        threading.Thread(target=run_scheduled_sync, args=(app, account_id), daemon=True).start()
+
+
+def run_scheduled_sync(
+    app: Flask, account_id: int, *, budget_seconds: float | None = None
+) -> SyncResult | None:
+    """Run one background sync pass of the account and wait for it to end.
+
+    With SYNC_PROCESS set the pass runs in the app's sync process, else in this thread.
+    Returns what run_account_sync returns (None when another worker holds the lease); if the
+    sync process dies mid-pass, an "internal" error result instead of raising.
+    """
+    if not app.config.get("SYNC_PROCESS"):
+        return run_account_sync(app, account_id, budget_seconds=budget_seconds)
+    return sync_process(app).run(account_id, budget_seconds=budget_seconds)
+
+
+# --------------------------------------------------------------------------- sync process
+
+SYNC_PROCESS_STOPPED = "the sync process stopped unexpectedly"
+_SYNC_PROCESS_KEY = "threadline_sync_process"
+_registry_lock = threading.Lock()
+_started: set[SyncProcess] = set()  # processes with a live pool, stopped at interpreter exit
+_exiting = False
+_child_app: Flask | None = None  # the app of this process when it is a sync process
+
+
+class SyncProcess:
+    """One long-lived child process, started on first use, that runs an app's sync passes.
+
+    The child lowers its CPU priority, builds the app once from the parent's create_app
+    overrides and then runs one pass per `run` call; concurrent calls queue (one worker).
+    A child that dies is replaced on the next call.
+    """
+
+    def __init__(self, overrides: dict, *, nice: int) -> None:
+        self.overrides = dict(overrides)
+        self.nice = nice
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+        self._pid: Synchronized[int] | None = None  # the child writes its pid here
+
+    @property
+    def pid(self) -> int | None:
+        """Return the running child's process id, or None before it has started."""
+        slot = self._pid
+        return (slot.value or None) if slot is not None else None
+
+    def run(self, account_id: int, *, budget_seconds: float | None = None) -> SyncResult | None:
+        """Run run_account_sync for the account in the child and return its result."""
+        pool = self._pool_or_start()
+        try:
+            return pool.submit(_sync_in_child, account_id, budget_seconds).result()
+        except BrokenProcessPool:
+            if self._discard(pool):  # else stop() ended it on purpose
+                log.error("account %s: the sync process stopped unexpectedly", account_id)
+            return SyncResult(
+                account_id=account_id, error=SYNC_PROCESS_STOPPED, error_kind="internal"
+            )
+
+    def stop(self, *, wait: bool = False) -> None:
+        """End the child now: a running pass stops mid-way, queued ones fail.
+
+        Safe at any point: every sync step is idempotent and the cut pass's lease expires.
+        With wait, return only once the child has exited. The next `run` starts a new child.
+        """
+        with self._lock:
+            pool, slot, self._pool, self._pid = self._pool, self._pid, None, None
+        with _registry_lock:
+            _started.discard(self)
+        if pool is None:
+            return
+        # Kill first: shutting down alone would wait for a running pass to finish.
+        if slot is not None and slot.value:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slot.value, signal.SIGTERM)
+        pool.shutdown(wait=wait, cancel_futures=True)
+
+    def _pool_or_start(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                with _registry_lock:
+                    if _exiting:
+                        raise RuntimeError("the interpreter is exiting")
+                    _register_exit_hook()
+                    _started.add(self)
+                context = multiprocessing.get_context("spawn")
+                self._pid = context.Value("i", 0)
+                root = logging.getLogger()
+                log_level = root.getEffectiveLevel() if root.handlers else None
+                self._pool = ProcessPoolExecutor(
+                    max_workers=1,
+                    mp_context=context,
+                    initializer=_start_child,
+                    initargs=(self.overrides, self.nice, self._pid, log_level),
+                )
+            return self._pool
+
+    def _discard(self, pool: ProcessPoolExecutor) -> bool:
+        """Drop a broken pool so the next run starts a fresh child; False if already dropped."""
+        with self._lock:
+            current = self._pool is pool
+            if current:
+                self._pool, self._pid = None, None
+        pool.shutdown(wait=False, cancel_futures=True)
+        return current
+
+
+def sync_process(app: Flask) -> SyncProcess:
+    """Return the app's sync process (created on first use; its child starts on first run)."""
+    with _registry_lock:
+        process = app.extensions.get(_SYNC_PROCESS_KEY)
+        if process is None:
+            process = SyncProcess(
+                app.extensions.get("threadline_config_overrides", {}),
+                nice=int(app.config.get("SYNC_PROCESS_NICE", 10)),
+            )
+            app.extensions[_SYNC_PROCESS_KEY] = process
+    return process
+
+
+def stop_sync_process(app: Flask, *, wait: bool = False) -> None:
+    """Stop the app's sync process if it runs (the scheduler's shutdown does this)."""
+    process = app.extensions.get(_SYNC_PROCESS_KEY)
+    if process is not None:
+        process.stop(wait=wait)
+
+
+_exit_hook_registered = False
+
+
+def _register_exit_hook() -> None:
+    # atexit would run too late: the interpreter first joins ProcessPoolExecutor's manager
+    # threads, and that join waits for a running pass (up to its budget). threading's exit
+    # hooks run before that join, newest first; concurrent.futures registers its own there.
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        threading._register_atexit(_stop_all)
+        _exit_hook_registered = True
+
+
+def _stop_all() -> None:
+    global _exiting
+    with _registry_lock:
+        _exiting = True
+        processes = list(_started)
+    for process in processes:
+        process.stop()
+
+
+def _start_child(
+    overrides: dict, nice: int, pid_slot: Synchronized[int], log_level: int | None
+) -> None:
+    """Set up the sync process: lower its priority, build its app once."""
+    global _child_app
+    pid_slot.value = os.getpid()
+    os.nice(nice)
+    # Ctrl-C in a terminal reaches the whole process group; the serving process handles it
+    # and stops this child with SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: _end_child())
+    # A serving process killed without clean-up (SIGKILL, or SIGTERM's default action) cannot
+    # stop this child, and an idle child would wait for work forever: follow the parent out.
+    threading.Thread(target=_end_child_with_parent, name="parent-watch", daemon=True).start()
+    if log_level is not None:
+        logging.basicConfig(level=log_level, format=config.LOG_FORMAT)
+    from app import create_app  # this is a process entry point, like `flask --app app`
+
+    _child_app = create_app({**overrides, "SCHEDULER_ENABLED": False, "SYNC_PROCESS": False})
+
+
+def _end_child_with_parent() -> None:
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        multiprocessing.connection.wait([parent.sentinel])
+        _end_child()
+
+
+def _end_child() -> None:
+    """End the sync process now, with its MIME parse workers (left alone they would linger)."""
+    for worker in multiprocessing.active_children():
+        worker.terminate()
+    os._exit(1)
+
+
+def _sync_in_child(account_id: int, budget_seconds: float | None) -> SyncResult | None:
+    """Run one sync pass in the sync process (submitted by SyncProcess.run)."""
+    assert _child_app is not None, "called outside the sync process"
+    return run_account_sync(_child_app, account_id, budget_seconds=budget_seconds)
 
 
 # --------------------------------------------------------------------------- lease

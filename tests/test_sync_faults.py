@@ -269,4 +269,4 @@ def test_sync_now_queues_on_the_running_scheduler(app, account):
     finally:
         del app.extensions["threadline_scheduler"]
     ((func, kwargs),) = calls
-    assert func is jobs.run_account_sync and kwargs["args"] == [app, account.id]
+    assert func is jobs.run_scheduled_sync and kwargs["args"] == [app, account.id]
