@@ -26,6 +26,7 @@ import threading
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -156,7 +157,47 @@ def run_scheduled_sync(
     """
     if not app.config.get("SYNC_PROCESS"):
         return run_account_sync(app, account_id, budget_seconds=budget_seconds)
-    return sync_process(app).run(account_id, budget_seconds=budget_seconds)
+    result = sync_process(app).run(account_id, budget_seconds=budget_seconds)
+    if isinstance(result, InterruptedPass):
+        _close_interrupted_pass(app, account_id, result)
+    return result
+
+
+@dataclass
+class InterruptedPass(SyncResult):
+    """The result of a pass whose sync process died; `died_pid` was that process."""
+
+    died_pid: int = 0
+
+
+def _close_interrupted_pass(app: Flask, account_id: int, result: InterruptedPass) -> None:
+    """Finish what a dead sync process left: its unfinished run (so the account page stops
+    saying "syncing" and backoff applies) and its lease (so the next tick may sync)."""
+    died_pid = result.died_pid
+    with app.app_context():
+        try:
+            run = db.session.scalar(
+                select(SyncRun)
+                .where(SyncRun.account_id == account_id, SyncRun.finished_at.is_(None))
+                .order_by(SyncRun.id.desc())
+                .limit(1)
+            )
+            if run is not None:
+                _record(account_id, run.id, result)
+            if died_pid:
+                table = SyncLease.__table__
+                db.session.execute(
+                    delete(table).where(
+                        table.c.account_id == account_id,
+                        table.c.owner.startswith(f"{socket.gethostname()}:{died_pid}:"),
+                    )
+                )
+                db.session.commit()
+        except Exception:
+            db.session.rollback()
+            log.exception("account %s: closing the interrupted sync pass failed", account_id)
+        finally:
+            db.session.remove()
 
 
 # --------------------------------------------------------------------------- sync process
@@ -191,15 +232,22 @@ class SyncProcess:
         return (slot.value or None) if slot is not None else None
 
     def run(self, account_id: int, *, budget_seconds: float | None = None) -> SyncResult | None:
-        """Run run_account_sync for the account in the child and return its result."""
+        """Run run_account_sync for the account in the child and return its result.
+
+        When the child dies mid-pass, the result says so and `died_pid` is its process id.
+        """
         pool = self._pool_or_start()
+        slot = self._pid
         try:
             return pool.submit(_sync_in_child, account_id, budget_seconds).result()
         except BrokenProcessPool:
             if self._discard(pool):  # else stop() ended it on purpose
                 log.error("account %s: the sync process stopped unexpectedly", account_id)
-            return SyncResult(
-                account_id=account_id, error=SYNC_PROCESS_STOPPED, error_kind="internal"
+            return InterruptedPass(
+                account_id=account_id,
+                error=SYNC_PROCESS_STOPPED,
+                error_kind="internal",
+                died_pid=slot.value if slot is not None else 0,
             )
 
     def stop(self, *, wait: bool = False) -> None:

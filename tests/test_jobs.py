@@ -9,16 +9,16 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 import jobs
 from app import create_app
 from extensions import db
-from models import Message, SyncLease, SyncRun
+from models import MailAccount, Message, SyncLease, SyncRun
 from tests.sync_helpers import raw_message
 
 pytestmark = pytest.mark.imap
@@ -149,12 +149,14 @@ def test_a_sync_process_that_dies_mid_pass_gives_an_error_and_is_replaced(
     assert result.error == "the sync process stopped unexpectedly"
     assert result.error_kind == "internal" and not result.ok
 
-    # The dead process's lease runs out by itself (budget * 2 + 120 s); end it now.
-    db.session.execute(
-        update(SyncLease)
-        .where(SyncLease.account_id == account.id)
-        .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
-    )
+    # The parent closes what the dead process left: its run (with the error, so the account
+    # page does not say "syncing" forever, and backoff applies) and its lease.
+    db.session.expire_all()
+    run = db.session.scalar(select(SyncRun).where(SyncRun.account_id == account_id))
+    assert run.finished_at is not None and run.error == result.error
+    assert db.session.get(MailAccount, account_id).backoff_until is not None
+    assert db.session.scalar(select(SyncLease).where(SyncLease.account_id == account_id)) is None
+    account = db.session.get(MailAccount, account_id)
     account.imap_port = dovecot.ssl_port
     db.session.commit()
     deliver(dovecot, mail_user, [1, 2])
