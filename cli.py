@@ -130,9 +130,13 @@ def add_account(user_email: str, **options) -> None:
     except (ValidationError, accounts.RateLimited) as exc:
         reasons = exc.errors.values() if isinstance(exc, ValidationError) else [str(exc)]
         raise click.ClickException(" ".join(reasons)) from exc
-    queued = accounts.request_sync(current_app._get_current_object(), account.id)
-    note = "first sync queued" if queued else "it syncs on the next scheduled run"
-    click.echo(f"Connected {account.email_address} (account {account.id}); {note}.")
+    # No sync from here: this command exits at once, which would cut a background sync off
+    # mid-pass (holding the account's lease). The running server picks the account up.
+    click.echo(
+        f"Connected {account.email_address} (account {account.id}); the running Threadline "
+        f"syncs it within {current_app.config['SYNC_INTERVAL_SECONDS']} s, or run "
+        f"`flask --app app sync --account {account.id}` to sync it now."
+    )
 
 
 @click.command("sync")

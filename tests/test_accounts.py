@@ -13,6 +13,7 @@ import sqlite3
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import func
 
 from extensions import db
 from mailsync.providers import get_provider, provider_for_email
@@ -477,4 +478,7 @@ def test_cli_add_account_success_and_failure(app, runner, dovecot, mail_user, ma
     ok = runner.invoke(args=args, env={"THREADLINE_MAIL_PASSWORD": mail_user.password})
     assert ok.exit_code == 0, ok.output
     account = db.session.scalar(db.select(MailAccount))
+    # The command starts no sync it would cut off on exit; it says how the mail arrives.
+    assert f"flask --app app sync --account {account.id}" in ok.output
+    assert db.session.scalar(db.select(func.count()).select_from(SyncRun)) == 0
     assert account.chosen_folders == ["INBOX", "Sent"] and account.since == "1y"
