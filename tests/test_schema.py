@@ -1,9 +1,19 @@
-"""Start-up brings an existing database's indexes up to date (models.upgrade_schema)."""
+"""Start-up brings an existing database up to date: columns and indexes (models.upgrade_schema)."""
 
 from sqlalchemy import text
 
 from app import create_app
 from extensions import db
+
+
+def _config(tmp_path) -> dict:
+    return {
+        "TESTING": True,
+        "INSTANCE_PATH": str(tmp_path / "instance"),
+        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'threadline.db'}",
+        "SECRET_KEY": "test",
+        "SCHEDULER_ENABLED": False,
+    }
 
 
 def _indexes(app) -> set[str]:
@@ -16,13 +26,7 @@ def _indexes(app) -> set[str]:
 
 
 def test_start_up_adds_new_indexes_and_drops_replaced_ones(tmp_path):
-    config = {
-        "TESTING": True,
-        "INSTANCE_PATH": str(tmp_path / "instance"),
-        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'threadline.db'}",
-        "SECRET_KEY": "test",
-        "SCHEDULER_ENABLED": False,
-    }
+    config = _config(tmp_path)
     first = create_app(config)
     with first.app_context():
         with db.engine.begin() as connection:  # the schema of an earlier release
@@ -39,13 +43,7 @@ def test_start_up_adds_new_indexes_and_drops_replaced_ones(tmp_path):
 
 
 def test_start_up_adds_a_new_column_with_its_default_to_existing_rows(tmp_path):
-    config = {
-        "TESTING": True,
-        "INSTANCE_PATH": str(tmp_path / "instance"),
-        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'old.db'}",
-        "SECRET_KEY": "test",
-        "SCHEDULER_ENABLED": False,
-    }
+    config = _config(tmp_path)
     old = create_app(config)
     with old.app_context():
         with db.engine.begin() as connection:  # a database from before Thread.reply_later
