@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 
 import click
@@ -20,7 +22,17 @@ from services.errors import ValidationError
 
 def register(app: Flask) -> None:
     """Attach every Threadline command to `app.cli`."""
-    for command in (init_db, create_user, seed_demo, serve, add_account, sync, mail_status):
+    commands = (
+        init_db,
+        create_user,
+        seed_demo,
+        serve,
+        sync_worker,
+        add_account,
+        sync,
+        mail_status,
+    )
+    for command in commands:
         app.cli.add_command(command)
 
 
@@ -84,6 +96,32 @@ def serve(host: str | None, port: int | None, threads: int) -> None:
     port = port or int(current_app.config["PORT"])
     click.echo(f"Threadline on http://{host}:{port}/")
     waitress_serve(current_app._get_current_object(), host=host, port=port, threads=threads)
+
+
+@click.command("sync-worker")
+def sync_worker() -> None:
+    """Run only the background jobs (mail sync), in the foreground, until stopped.
+
+    For a team that outgrows one process: web workers run with THREADLINE_SCHEDULER_ENABLED=0
+    and exactly one `flask sync-worker` runs the scheduler (DESIGN.md). Per-account leases
+    keep an accidental second one from syncing an account twice.
+    """
+    import jobs
+
+    logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
+    app = current_app._get_current_object()
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stopped.set())
+    scheduler = jobs.start_scheduler(app)
+    click.echo("Threadline sync worker running; Ctrl-C or SIGTERM stops it.")
+    try:
+        while not stopped.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        scheduler.shutdown(wait=False)  # also stops the sync process (jobs.py)
+    click.echo("Threadline sync worker stopped.")
 
 
 @click.command("add-account")

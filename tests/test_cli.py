@@ -13,7 +13,19 @@ def count(model) -> int:
     return db.session.scalar(select(func.count(model.id)))
 
 
-@pytest.mark.parametrize("command", ["init-db", "create-user", "seed-demo", "serve"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "init-db",
+        "create-user",
+        "seed-demo",
+        "serve",
+        "sync-worker",
+        "add-account",
+        "sync",
+        "mail-status",
+    ],
+)
 def test_help_works_for_each_command(runner, command):
     result = runner.invoke(args=[command, "--help"])
     assert result.exit_code == 0, result.output

@@ -252,3 +252,50 @@ def test_the_sync_process_ends_with_the_serving_process(app, account, silent_ser
         serving.wait()
         serving.stdout.close()
         serving.stdin.close()
+
+
+def test_sync_worker_command_runs_the_jobs_until_stopped(app, account, dovecot, mail_user):
+    """`flask sync-worker` (the scheduler process of a multi-process layout) syncs mail and
+    stops cleanly on SIGTERM, taking its sync process with it."""
+    instance = Path(app.instance_path)
+    (instance / "config.py").write_text("MAIL_ALLOWED_PORTS = None\n")
+    deliver(dovecot, mail_user, [1, 2])
+    env = {
+        **os.environ,
+        "THREADLINE_INSTANCE_PATH": str(instance),
+        "THREADLINE_SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
+        "THREADLINE_SECRET_KEY": "test-secret",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "app", "sync-worker"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(lambda: subjects(account.id) == ["Message 1", "Message 2"], seconds=90)
+        children = _children(worker.pid)
+        assert children  # the sync process (and multiprocessing's helper) run beside it
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=20)
+        assert worker.returncode == 0, output
+        assert "sync worker stopped" in output
+        wait_for(lambda: all(gone(pid) for pid in children), seconds=10)
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def _children(pid: int) -> list[int]:
+    """Return the ids of the processes whose parent is `pid` (from /proc, no procps needed)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
