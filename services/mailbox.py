@@ -316,49 +316,49 @@ def list_threads(user: User, query: MailboxQuery, *, now: datetime | None = None
     return ThreadPage(rows=rows, next_cursor=_encode_cursor(page[-1]) if more else None)
 
 
-@dataclass(frozen=True)
-class Neighbours:
-    newer: int | None  # thread id above this one in the list, if any
-    older: int | None  # thread id below it
+STEPS = ("newer", "older")
 
 
-def neighbours(user: User, query: MailboxQuery, thread: Thread) -> Neighbours:
-    """Return the conversations just above and below `thread` in the query's list.
+def neighbour(user: User, query: MailboxQuery, thread: Thread, step: str) -> int | None:
+    """Return the id of the conversation just above ("newer") or below ("older") `thread`
+    in the query's list, or None at that end of the list.
 
-    The conversation page's Newer / Older links (k / j) walk the list it was opened from.
-    List order is (last_date DESC, id DESC) with undated threads last; each step below is
-    an index range read per account, like the list itself.
+    The conversation page's Newer / Older links (k / j) walk the list it was opened from,
+    search and filters included. List order is (last_date DESC, id DESC) with undated
+    threads last; each step is an index range read per account, like the list itself.
     """
     key = _page_order(thread)
     dated = thread.last_date is not None
-    ascending = (Thread.last_date.asc(), Thread.id.asc())
-    descending = (Thread.last_date.desc(), Thread.id.desc())
-    older: list[Thread] = []
-    newer: list[Thread] = []
+    found: list[Thread] = []
     for account_id in _account_ids(user):
         base = threads_select(user, query).where(Thread.account_id == account_id)
         undated = base.where(Thread.last_date.is_(None))
-        below = _first(base.where(_after((thread.last_date, thread.id))), descending)
-        if below is None and dated:
-            below = _first(undated, (Thread.id.desc(),))
-        if dated:
-            position = tuple_(Thread.last_date, Thread.id)
-            above = _first(base.where(position > _row_value(thread)), ascending)
+        if step == "older":
+            candidate = _first(base.where(_after((thread.last_date, thread.id))), descending=True)
+            if candidate is None and dated:
+                candidate = _first(undated, descending=True)
+        elif dated:
+            position = tuple_(Thread.last_date, Thread.id) > _row_value(thread)
+            candidate = _first(base.where(position), descending=False)
         else:
-            above = _first(undated.where(Thread.id > thread.id), (Thread.id.asc(),))
-            if above is None:
-                above = _first(base.where(Thread.last_date.is_not(None)), ascending)
-        older += [below] if below is not None else []
-        newer += [above] if above is not None else []
-    newer = [t for t in newer if _page_order(t) > key]
-    older = [t for t in older if _page_order(t) < key]
-    return Neighbours(
-        newer=min(newer, key=_page_order).id if newer else None,
-        older=max(older, key=_page_order).id if older else None,
-    )
+            candidate = _first(undated.where(Thread.id > thread.id), descending=False)
+            if candidate is None:
+                candidate = _first(base.where(Thread.last_date.is_not(None)), descending=False)
+        if candidate is not None:
+            found.append(candidate)
+    if step == "older":
+        below = [t for t in found if _page_order(t) < key]
+        return max(below, key=_page_order).id if below else None
+    above = [t for t in found if _page_order(t) > key]
+    return min(above, key=_page_order).id if above else None
 
 
-def _first(stmt: Select[tuple[Thread]], order) -> Thread | None:
+def _first(stmt: Select[tuple[Thread]], *, descending: bool) -> Thread | None:
+    """Return the first thread of `stmt` in list order (descending) or against it."""
+    if descending:
+        order = (Thread.last_date.desc(), Thread.id.desc())
+    else:
+        order = (Thread.last_date.asc(), Thread.id.asc())
     return db.session.scalars(stmt.order_by(*order).limit(1)).first()
 
 

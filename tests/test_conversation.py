@@ -154,6 +154,7 @@ def test_private_thread_is_404_for_everyone_but_owner(world, login, who):
 ID_ROUTES = {
     "conversations.show": "viewer",
     "conversations.link_search": "owner",
+    "conversations.step": "owner",
     "conversations.mark_read": "owner",
     "conversations.update_sharing": "owner",
     "conversations.link": "owner",
@@ -204,6 +205,8 @@ def _url_for_route(app, endpoint: str, message) -> tuple[str, str]:
         values["part_id"] = part_id_of(message, "price list.pdf")
     if "token" in rule.arguments:
         values["token"] = cid_token("logo")
+    if "step" in rule.arguments:
+        values["step"] = "older"
     with app.test_request_context():
         return method, url_for(endpoint, **values)
 

@@ -589,10 +589,30 @@ def test_newer_and_older_follow_the_list_across_accounts(
     assert sorted(order) == sorted(m.thread_id for m in made)
     query = mailbox.MailboxQuery()
     for index, thread_id in enumerate(order):
-        steps = mailbox.neighbours(me, query, db.session.get(Thread, thread_id))
-        assert steps.newer == (order[index - 1] if index else None), index
-        assert steps.older == (order[index + 1] if index + 1 < len(order) else None), index
+        thread = db.session.get(Thread, thread_id)
+        newer = mailbox.neighbour(me, query, thread, "newer")
+        older = mailbox.neighbour(me, query, thread, "older")
+        assert newer == (order[index - 1] if index else None), index
+        assert older == (order[index + 1] if index + 1 < len(order) else None), index
 
-    # The page links them, keeping the list it came from.
+    # The page's links go there, keeping the list it came from; at an end they stay put.
     html = client_me.get(f"/mail/threads/{order[1]}").get_data(as_text=True)
-    assert f'href="/mail/threads/{order[0]}"' in html and f'href="/mail/threads/{order[2]}"' in html
+    assert f'href="/mail/threads/{order[1]}/older"' in html
+    assert client_me.get(f"/mail/threads/{order[1]}/older").location.endswith(
+        f"/mail/threads/{order[2]}"
+    )
+    last = client_me.get(f"/mail/threads/{order[-1]}/older")
+    assert last.location.endswith(f"/mail/threads/{order[-1]}")
+
+
+def test_newer_and_older_walk_search_results(client_me, folders, make_mailbox_message):
+    found = [
+        make_mailbox_message(folders["inbox"], subject=f"Proposal {i}", date=ago(hours=i))
+        for i in range(3)
+    ]
+    make_mailbox_message(folders["inbox"], subject="Lunch", date=ago(hours=1, minutes=30))
+    listing = client_me.get("/mail/?q=proposal").get_data(as_text=True)
+    assert f'href="/mail/threads/{found[0].thread_id}?q=proposal"' in listing
+    step = client_me.get(f"/mail/threads/{found[1].thread_id}/older?q=proposal")
+    assert step.status_code == 303
+    assert step.location.endswith(f"/mail/threads/{found[2].thread_id}?q=proposal")

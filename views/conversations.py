@@ -2,6 +2,7 @@
 
 URL table (url_prefix /mail):
   GET  /threads/<id>                      show (?images=<message id> shows remote images once)
+  GET  /threads/<id>/newer|older          step (owner: the next conversation of the list)
   GET  /threads/<id>/link-search          link_search (picker results fragment, owner)
   POST /threads/<id>/read                 mark_read (owner; the page posts it when opened)
   POST /threads/<id>/sharing              update_sharing (owner)
@@ -96,10 +97,8 @@ def _page(thread, is_owner: bool, *, status: int = 200, show_images_for=None, **
     )
     sidebar = conversations.load_sidebar(current_user, thread, is_owner=is_owner, **extra)
     # The Mail tab list the conversation was opened from (?folder=), where actions return.
-    back = mailbox.MailboxQuery(folder=mailbox.parse_query(request.args).folder)
-    steps = mailbox.neighbours(current_user, back, thread) if is_owner else None
     response = make_response(
-        render_template(PAGE, conversation=conversation, sidebar=sidebar, back=back, steps=steps),
+        render_template(PAGE, conversation=conversation, sidebar=sidebar, back=_back_query()),
         status,
     )
     if any(item.images_allowed for item in conversation.messages):
@@ -130,6 +129,27 @@ def show(thread_id: int):
         if searching
         else [],
     )
+
+
+@bp.get("/threads/<int:thread_id>/<any(newer, older):step>")
+def step(thread_id: int, step: str):
+    """Go to the next conversation up or down the list this one was opened from.
+
+    Found on click rather than when the page renders: with a common search word it costs a
+    few index walks that most page views would not need.
+    """
+    thread = thread_for_owner(current_user, thread_id)
+    back = _back_query()
+    target = mailbox.neighbour(current_user, back, thread, step)
+    if target is None:
+        flash(f"There is no {step} conversation in this list.", "ok")
+        target = thread_id
+    return redirect(url_for(".show", thread_id=target, **back.params()), 303)
+
+
+def _back_query() -> mailbox.MailboxQuery:
+    """The Mail tab list a conversation was opened from (folder, search, filters)."""
+    return mailbox.parse_query(request.args)
 
 
 @bp.get("/threads/<int:thread_id>/link-search")
