@@ -87,6 +87,9 @@ def start_scheduler(app: Flask):
     scheduler.add_listener(lambda _event: stop_sync_process(app), EVENT_SCHEDULER_SHUTDOWN)
     schedule_sync_jobs(scheduler, app)
     scheduler.start()
+    if app.config.get("SYNC_PROCESS"):
+        # Started now, so a new mailbox's first sync does not wait ~1 s for it to boot.
+        sync_process(app).warm()
     log.info("scheduler started")
     return scheduler
 
@@ -250,6 +253,10 @@ class SyncProcess:
                 died_pid=slot.value if slot is not None else 0,
             )
 
+    def warm(self) -> None:
+        """Start the child in the background (if it is not running) without waiting for it."""
+        self._pool_or_start().submit(_ready)
+
     def stop(self, *, wait: bool = False) -> None:
         """End the child now: a running pass stops mid-way, queued ones fail.
 
@@ -373,6 +380,10 @@ def _end_child() -> None:
     for worker in multiprocessing.active_children():
         worker.terminate()
     os._exit(1)
+
+
+def _ready() -> None:
+    """Nothing: submitted by SyncProcess.warm so the child starts and builds its app."""
 
 
 def _sync_in_child(account_id: int, budget_seconds: float | None) -> SyncResult | None:

@@ -205,6 +205,15 @@ def test_the_scheduler_syncs_through_the_sync_process(
     wait_for(lambda: gone(pid), seconds=10)  # the scheduler's shutdown stopped the process
 
 
+def test_warming_starts_the_sync_process_without_a_pass(app, account):
+    """start_scheduler warms the process, so a new mailbox's first sync does not wait for it."""
+    process = jobs.sync_process(app)
+    assert process.pid is None
+    process.warm()
+    wait_for(lambda: process.pid is not None, seconds=30)
+    assert runs_started(account.id) == 0
+
+
 SERVING = """
 import sys, threading, time
 sys.path.insert(0, {repo!r})
