@@ -640,10 +640,11 @@ class _Threader:
         gm = sorted({item.gm_thrid for item in items if item.gm_thrid})
         for chunk in _chunks(gm):
             rows = db.session.execute(
-                select(thread_t.c.gm_thrid, thread_t.c.id).where(
-                    thread_t.c.account_id == ctx.account_id, thread_t.c.gm_thrid.in_(chunk)
-                )
+                select(thread_t.c.gm_thrid, thread_t.c.id)
+                .where(thread_t.c.account_id == ctx.account_id, thread_t.c.gm_thrid.in_(chunk))
+                .order_by(thread_t.c.id)
             )
+            # A Gmail thread that outgrew the length cap continues in a newer thread row.
             self.gm_threads.update(dict(rows.all()))
         self.merged: dict[int, int] = {}
         self.by_subject: dict[str, tuple[int, datetime | None, str]] = {}
@@ -670,6 +671,18 @@ class _Threader:
             )
             for normalized, thread_id, last_date, subject in rows:
                 self.by_subject[normalized] = (thread_id, _aware(last_date), subject)  # latest wins
+        # Live message counts of every thread this batch may join (SYNC.md §8 step 6).
+        self.sizes: dict[int, int] = {}
+        candidates = {
+            *self.index.values(),
+            *self.gm_threads.values(),
+            *(thread_id for thread_id, _date, _subject in self.by_subject.values()),
+        }
+        for chunk in _chunks(sorted(candidates)):
+            rows = db.session.execute(
+                select(thread_t.c.id, thread_t.c.message_count).where(thread_t.c.id.in_(chunk))
+            )
+            self.sizes.update(dict(rows.all()))
 
     @staticmethod
     def _fallback_possible(item: Fetched) -> bool:
@@ -706,7 +719,40 @@ class _Threader:
         )
         if normalized:
             self.by_subject[normalized] = (thread_id, _aware(when), parsed.subject or "")
+        self.sizes[thread_id] = 0
         return thread_id
+
+    def _size(self, thread_id: int) -> int:
+        if thread_id not in self.sizes:
+            count = db.session.scalar(
+                select(thread_t.c.message_count).where(thread_t.c.id == thread_id)
+            )
+            self.sizes[thread_id] = count or 0
+        return self.sizes[thread_id]
+
+    def _join(self, candidates: set[int]) -> int | None:
+        """Return the thread to join among `candidates`, merging them; None if all are full.
+
+        The one place of the length cap (SYNC.md §8 step 6, Nylas MAX_THREAD_LENGTH): a full
+        thread takes no more messages, and threads merge only while the result stays under
+        the cap. The caller then starts a new thread, which later replies can join.
+        """
+        open_threads = sorted(
+            thread_id
+            for thread_id in {self._resolve(c) for c in candidates}
+            if self._size(thread_id) < jwz.MAX_THREAD_LENGTH
+        )
+        if not open_threads:
+            return None
+        keep, *others = open_threads  # the oldest thread survives a merge (§8 step 3)
+        fitting: set[int] = set()
+        for other in others:
+            if self._size(keep) + self._size(other) < jwz.MAX_THREAD_LENGTH:
+                self.sizes[keep] += self._size(other)
+                fitting.add(other)
+        if fitting:
+            self._merge(keep, fitting)
+        return keep
 
     def _merge(self, keep: int, others: set[int]) -> None:
         # SYNC.md §8 step 3: several threads matched, so they are one conversation.
@@ -773,21 +819,19 @@ class _Threader:
         """Return the thread id for `item`, creating, joining or merging threads."""
         own, refs = self.ids[id(item)]
         if item.gm_thrid:
-            thread_id = self.gm_threads.get(item.gm_thrid)
+            known = self.gm_threads.get(item.gm_thrid)
+            thread_id = self._join({known}) if known is not None else None
             if thread_id is None:
                 thread_id = self._create(item)
                 self.gm_threads[item.gm_thrid] = thread_id
-            thread_id = self._resolve(thread_id)
         else:
-            found = {self._resolve(self.index[i]) for i in (*own, *refs) if i in self.index}
-            if len(found) > 1:
-                keep = min(found)
-                self._merge(keep, found - {keep})
-                thread_id = keep
-            elif found:
-                thread_id = found.pop()
+            found = {self.index[i] for i in (*own, *refs) if i in self.index}
+            if found:
+                thread_id = self._join(found) or self._create(item)
             else:
-                thread_id = self._subject_match(item) or self._create(item)
+                match = self._subject_match(item)
+                thread_id = (self._join({match}) if match else None) or self._create(item)
+        self.sizes[thread_id] = self._size(thread_id) + 1
         for msgid in own:
             self.index[msgid] = thread_id
             self.real[msgid] = thread_id

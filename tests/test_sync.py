@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 
 from extensions import db
 from mailsync import sync as sync_module
+from mailsync import threading as jwz
 from mailsync.actions import set_seen
 from mailsync.blobstore import BlobStore
 from mailsync.sync import uid_ranges
@@ -420,6 +421,51 @@ def test_message_referencing_two_threads_merges_them(app, dovecot, mail_user, ac
     thread = db.session.get(Thread, thread_ids.pop())
     assert thread.message_count == 3 and thread.deal_id == deal.id  # the link survives
     assert db.session.scalar(select(func.count()).select_from(Thread)) == 1
+
+
+def _reply_chain(dovecot, mail_user, numbers):
+    """Deliver "Plan" and replies to it, each referencing every earlier message."""
+    for n in numbers:
+        refs = " ".join(f"<m{i}@example.com>" for i in range(1, n))
+        deliver(
+            dovecot,
+            mail_user,
+            [n],
+            subject="Plan" if n == 1 else "Re: Plan",
+            references=refs or None,
+            in_reply_to=f"<m{n - 1}@example.com>" if n > 1 else None,
+        )
+
+
+def _thread_of(account_id, n):
+    return message_by_msgid(account_id, f"m{n}@example.com").thread_id
+
+
+def test_a_full_thread_takes_no_more_messages(app, dovecot, mail_user, account, monkeypatch):
+    monkeypatch.setattr(jwz, "MAX_THREAD_LENGTH", 3)
+    _reply_chain(dovecot, mail_user, range(1, 4))
+    assert run_sync(app, account).ok
+    full = _thread_of(account.id, 1)
+    assert {_thread_of(account.id, n) for n in (1, 2, 3)} == {full}
+    _reply_chain(dovecot, mail_user, [4, 5])
+    assert run_sync(app, account).ok
+    # Reply 4 would join the full thread, so it starts a new one; reply 5 references both
+    # threads and joins the one with room instead of merging them.
+    overflow = _thread_of(account.id, 4)
+    assert overflow != full and _thread_of(account.id, 5) == overflow
+    assert db.session.get(Thread, full).message_count == 3
+    assert db.session.get(Thread, overflow).message_count == 2
+    assert message_count(account.id) == 5
+
+
+def test_the_cap_holds_within_one_backfill_batch(app, dovecot, mail_user, account, monkeypatch):
+    monkeypatch.setattr(jwz, "MAX_THREAD_LENGTH", 3)
+    _reply_chain(dovecot, mail_user, range(1, 8))
+    assert run_sync(app, account).ok
+    sizes = [t.message_count for t in db.session.scalars(select(Thread))]
+    assert sum(sizes) == 7 and max(sizes) == 3
+    # Newest first: the latest three replies fill the first thread.
+    assert len({_thread_of(account.id, n) for n in (5, 6, 7)}) == 1
 
 
 def test_oversized_message_is_a_header_only_placeholder(

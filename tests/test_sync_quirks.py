@@ -140,3 +140,41 @@ def test_uid_without_body_goes_to_failed_uid_and_never_blocks(
     assert run_sync(app, account).new == 1
     assert message_count(account.id) == 5
     assert db.session.scalar(select(FailedUid)) is None
+
+
+def test_gmail_thread_over_the_length_cap_continues_in_a_new_thread(
+    app, dovecot, user, make_account, mail_user, monkeypatch
+):
+    from sqlalchemy import select
+
+    from extensions import db
+    from mailsync import threading as jwz
+    from models import Message, Thread
+
+    monkeypatch.setattr(jwz, "MAX_THREAD_LENGTH", 3)
+
+    def gmail_message(n: int) -> FakeMessage:
+        # One X-GM-THRID; distinct subjects and no References, so only the thrid joins them.
+        return FakeMessage(n, raw_message(n, subject=f"Topic {n}"), (), 1000 + n, 500)
+
+    all_mail = [gmail_message(n) for n in range(1, 6)]
+    state = FakeState(
+        quirks=Quirks(capabilities="IMAP4rev1 ID X-GM-EXT-1"),
+        folders={"[Gmail]/All Mail": ("\\All \\HasNoChildren", all_mail)},
+    )
+    server = FakeIMAPServer(state, dovecot.certs.cert_file, dovecot.certs.key_file)
+    try:
+        account = make_account(user, mail_user, imap_port=server.port)
+        assert run_sync(app, account).ok
+        sizes = sorted(t.message_count for t in db.session.scalars(select(Thread)))
+        assert sizes == [2, 3]
+        all_mail.append(gmail_message(6))
+        assert run_sync(app, account).ok
+        db.session.expire_all()
+        threads = list(db.session.scalars(select(Thread).order_by(Thread.id)))
+        assert [t.message_count for t in threads] == [3, 3]  # the newer thread took it
+        newest = db.session.scalar(select(Message).where(Message.gm_msgid == 1006))
+        assert newest.thread_id == threads[1].id
+        assert {t.gm_thrid for t in threads} == {500}
+    finally:
+        server.stop()
