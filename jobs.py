@@ -28,6 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
@@ -36,7 +37,8 @@ from sqlalchemy.exc import IntegrityError
 
 import config
 from extensions import db
-from mailsync import imap, store
+from mailsync import gc, imap, store
+from mailsync.blobstore import BlobStore
 from mailsync.sync import Progress, SyncResult, sync_account
 from models import (
     SYNC_ERROR,
@@ -57,6 +59,7 @@ log = logging.getLogger("threadline.jobs")
 BACKOFF_BASE_SECONDS = 30
 BACKOFF_CAP_SECONDS = 30 * 60
 SYNC_JOB_ID = "mail-sync"
+GC_JOB_ID = "mail-gc"
 
 # Credential problems stop scheduled sync until the user enters new credentials (§6).
 STATE_FOR_KIND = {
@@ -92,7 +95,7 @@ def start_scheduler(app: Flask):
 
 
 def schedule_sync_jobs(scheduler, app: Flask) -> None:
-    """Add the periodic mail sync job (every SYNC_INTERVAL_SECONDS)."""
+    """Add the periodic jobs: mail sync (every SYNC_INTERVAL_SECONDS) and garbage collection."""
     scheduler.add_job(
         sync_due_accounts,
         "interval",
@@ -102,6 +105,48 @@ def schedule_sync_jobs(scheduler, app: Flask) -> None:
         replace_existing=True,
         next_run_time=datetime.now(UTC) + timedelta(seconds=5),
     )
+    # Short SQL work in small batches, so it runs in the scheduler's thread (SYNC.md §1).
+    scheduler.add_job(
+        collect_garbage,
+        "interval",
+        seconds=int(app.config.get("GC_INTERVAL_SECONDS", 300)),
+        args=[app],
+        id=GC_JOB_ID,
+        replace_existing=True,
+    )
+
+
+def collect_garbage(app: Flask) -> gc.Collected | None:
+    """Hard-delete long-orphaned messages, their blobs and old empty threads (the GC job).
+
+    Returns what was removed, or None when the collection failed (logged; the next run
+    retries, since every step is idempotent).
+    """
+    with app.app_context():
+        try:
+            collected = gc.collect_garbage(
+                BlobStore(Path(app.instance_path) / "blobs"),
+                message_ttl_seconds=float(
+                    app.config.get("MESSAGE_GC_TTL_SECONDS", gc.MESSAGE_TTL_SECONDS)
+                ),
+                thread_ttl_seconds=float(
+                    app.config.get("THREAD_GC_TTL_SECONDS", gc.THREAD_TTL_SECONDS)
+                ),
+            )
+        except Exception:
+            db.session.rollback()
+            log.exception("garbage collection failed")
+            return None
+        finally:
+            db.session.remove()
+    if collected.messages or collected.threads:
+        log.info(
+            "garbage collection removed %s messages, %s blobs, %s threads",
+            collected.messages,
+            collected.blobs,
+            collected.threads,
+        )
+    return collected
 
 
 def due_account_ids(now: datetime | None = None) -> list[int]:

@@ -518,7 +518,10 @@ _REFRESH_MESSAGES = text(
                         WHERE l.message_id = message.id AND f.role = 'sent'),
       deleted_at = CASE
         WHEN EXISTS (SELECT 1 FROM message_location l WHERE l.message_id = message.id) THEN NULL
-        ELSE COALESCE(deleted_at, :now) END
+        ELSE COALESCE(deleted_at, :now) END,
+      orphaned_at = CASE
+        WHEN EXISTS (SELECT 1 FROM message_location l WHERE l.message_id = message.id) THEN NULL
+        ELSE COALESCE(orphaned_at, :now) END
     WHERE id IN :ids
     """
 ).bindparams(bindparam("ids", expanding=True), bindparam("now", type_=UTCDateTime()))
@@ -540,8 +543,9 @@ _REFRESH_THREADS = text(
 def refresh_messages(message_ids: Iterable[int]) -> None:
     """Recompute read/flagged/draft/sent as ANY over locations, soft-(un)delete, fix threads.
 
-    A message that lost its last location gets `deleted_at`; one that regained a location
-    (a move seen as vanish-then-appear) is undeleted (SYNC.md §2.4).
+    A message that lost its last location gets `deleted_at` and `orphaned_at` (garbage
+    collection hard-deletes it after a TTL, mailsync.gc); one that regained a location (a move
+    seen as vanish-then-appear) is undeleted and no longer orphaned (SYNC.md §2.4).
     """
     ids = sorted(set(message_ids))
     thread_ids: set[int] = set()

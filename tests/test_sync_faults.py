@@ -245,15 +245,19 @@ def test_corpus_ingest(app, dovecot, mail_user, account):
             assert _crlf(stored) == _crlf(raw)
 
 
-def test_schedule_sync_jobs_adds_one_interval_job(app):
+def test_schedule_sync_jobs_adds_the_sync_and_garbage_collection_jobs(app):
     from apscheduler.schedulers.background import BackgroundScheduler
 
     app.config["SYNC_INTERVAL_SECONDS"] = 45
+    app.config["GC_INTERVAL_SECONDS"] = 240
     scheduler = BackgroundScheduler(timezone="UTC")
     jobs.schedule_sync_jobs(scheduler, app)
-    (job,) = scheduler.get_jobs()
-    assert job.id == jobs.SYNC_JOB_ID and job.trigger.interval.total_seconds() == 45
-    assert job.func is jobs.sync_due_accounts
+    by_id = {job.id: job for job in scheduler.get_jobs()}
+    assert set(by_id) == {jobs.SYNC_JOB_ID, jobs.GC_JOB_ID}
+    sync, gc = by_id[jobs.SYNC_JOB_ID], by_id[jobs.GC_JOB_ID]
+    assert sync.func is jobs.sync_due_accounts and sync.trigger.interval.total_seconds() == 45
+    assert gc.func is jobs.collect_garbage and gc.trigger.interval.total_seconds() == 240
+    assert gc.args == (app,)
 
 
 def test_sync_now_queues_on_the_running_scheduler(app, account):
