@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import JSON, bindparam, delete, insert, select, text, update
+from sqlalchemy import JSON, bindparam, delete, func, insert, select, text, update
 
 from extensions import db
 from mailsync import threading as jwz
@@ -382,6 +382,36 @@ def remove_locations(folder_id: int, uids: Iterable[int]) -> int:
         ).rowcount
     refresh_messages(touched)
     return removed
+
+
+def location_sample(folder_id: int, size: int) -> dict[int, tuple[str, int | None]]:
+    """Return {uid: (dedup key, X-GM-MSGID)} for up to `size` non-stale locations of a folder,
+    spread evenly over its UIDs (lowest first)."""
+    total = db.session.scalar(
+        select(func.count())
+        .select_from(location_t)
+        .where(location_t.c.folder_id == folder_id, location_t.c.stale.is_(False))
+    )
+    if not total:
+        return {}
+    step = -(-total // size)  # ceil: every step-th UID gives at most `size` of them
+    numbered = (
+        select(
+            location_t.c.uid,
+            location_t.c.message_id,
+            func.row_number().over(order_by=location_t.c.uid).label("n"),
+        )
+        .where(location_t.c.folder_id == folder_id, location_t.c.stale.is_(False))
+        .subquery()
+    )
+    rows = db.session.execute(
+        select(numbered.c.uid, message_t.c.dedup_key, message_t.c.gm_msgid)
+        .join(message_t, message_t.c.id == numbered.c.message_id)
+        .where((numbered.c.n - 1) % step == 0)
+        .order_by(numbered.c.uid)
+        .limit(size)
+    )
+    return {uid: (key, gm_msgid) for uid, key, gm_msgid in rows}
 
 
 def has_stale_locations(folder_id: int) -> bool:

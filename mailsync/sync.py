@@ -52,6 +52,11 @@ SEARCH_RANGE = 50_000  # UIDs per chunked UID SEARCH (bounded response lines)
 FLAG_WINDOW = 300  # non-CONDSTORE fast scan: the newest local UIDs every tick
 FULL_FLAG_SCAN_EVERY = timedelta(hours=1)
 MAX_UIDINVALID_RESYNCS = 5
+# SYNC.md §4.6 step 1 (mbsync's idea): a UIDVALIDITY change is spurious when a sample of the
+# stored UIDs still holds the same messages: none differ and 20, or 80% of them, match.
+UIDVALIDITY_SAMPLE = 50
+UIDVALIDITY_MIN_MATCHES = 20
+UIDVALIDITY_MIN_SHARE = 0.8
 MAX_FETCH_ATTEMPTS = 5
 FAILED_RETRY_SECONDS = 300
 CONNECTION_RETRIES = 2
@@ -473,8 +478,15 @@ class AccountSync:
         folder = db.session.get(MailFolder, folder_id)
         reset = folder.uidvalidity is not None and folder.uidvalidity != snapshot.uidvalidity
         if reset:
-            self._reset_uidvalidity(folder, snapshot)
+            db.session.commit()
+            spurious = self.uidvalidity_change_is_spurious(folder_id)
             folder = db.session.get(MailFolder, folder_id)
+            if spurious:
+                self._accept_uidvalidity(folder, snapshot)
+                reset = False
+            else:
+                self._reset_uidvalidity(folder, snapshot)
+                folder = db.session.get(MailFolder, folder_id)
         elif folder.uidvalidity is None:
             folder.uidvalidity = snapshot.uidvalidity
         if not reset:
@@ -520,6 +532,63 @@ class AccountSync:
         folder = db.session.get(MailFolder, folder_id)
         folder.last_error = message
         self.result.folder_errors[folder.name] = message
+        db.session.commit()
+
+    def uidvalidity_change_is_spurious(self, folder_id: int) -> bool:
+        """Tell whether the selected folder's stored UIDs still hold the same messages.
+
+        Fetches the dedup headers (X-GM-MSGID on Gmail) of a sample of stored UIDs. A UID
+        that no longer exists says nothing, as does a message without Message-ID; any other
+        difference means the UIDs were reassigned. A refused FETCH counts as "not spurious".
+        """
+        sample = store.location_sample(folder_id, UIDVALIDITY_SAMPLE)
+        db.session.commit()
+        if not sample:
+            return False
+        gmail = self.gmail
+        items = ["UID", HEADER_ITEM] + (["X-GM-MSGID"] if gmail else [])
+        try:
+            response = self.connect().fetch(uid_ranges(sample), items)
+        except imaplib.IMAP4.error as exc:
+            if isinstance(exc, imaplib.IMAP4.abort):
+                raise
+            return False
+        matches = differ = 0
+        for uid, (key, gm_msgid) in sample.items():
+            data = response.get(uid)
+            if data is None:
+                continue  # expunged since the last sync
+            if gmail and gm_msgid and data.get(b"X-GM-MSGID"):
+                same = int(data[b"X-GM-MSGID"]) == gm_msgid
+            else:
+                header = _header_bytes(data)
+                fetched = header_dedup_key(header) if header else None
+                if fetched is None:
+                    continue
+                same = fetched == key
+            matches += same
+            differ += not same
+        return (
+            differ == 0
+            and matches > 0
+            and (
+                matches >= UIDVALIDITY_MIN_MATCHES or matches >= UIDVALIDITY_MIN_SHARE * len(sample)
+            )
+        )
+
+    def _accept_uidvalidity(self, folder: MailFolder, snapshot: Snapshot) -> None:
+        # The UIDs still name the same messages: keep locations and the watermark. Flags are
+        # read again in full, since mod-sequences need not carry over to the new UIDVALIDITY.
+        log.info(
+            "account %s: folder %s changed UIDVALIDITY %s -> %s but kept its UIDs",
+            self.account_id,
+            folder.name,
+            folder.uidvalidity,
+            snapshot.uidvalidity,
+        )
+        folder.uidvalidity = snapshot.uidvalidity
+        folder.highestmodseq = None
+        folder.last_full_flag_scan_at = None
         db.session.commit()
 
     def _reset_uidvalidity(self, folder: MailFolder, snapshot: Snapshot) -> None:

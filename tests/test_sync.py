@@ -201,25 +201,76 @@ def test_flags_both_ways(app, dovecot, mail_user, account):
     assert "\\Seen" not in dovecot.flags(mail_user.email, "INBOX", 2)
 
 
-def test_uidvalidity_reset_keeps_messages_without_body_downloads(
+def _placement(account_id, folder="INBOX"):
+    """Return {uid: (location id, message id)} of a folder."""
+    return {loc.uid: (loc.id, loc.message_id) for loc in locations(account_id, folder)}
+
+
+def test_spurious_uidvalidity_change_is_accepted_without_a_rebuild(
     app, dovecot, mail_user, account, make_person, monkeypatch
 ):
     make_person(account.user, emails=("alice@example.com",))
     deliver(dovecot, mail_user, range(1, 6))
     assert run_sync(app, account).ok
-    before = {m.dedup_key: m.id for m in db.session.scalars(select(Message))}
+    placed = _placement(account.id)
     links = db.session.scalar(select(func.count()).select_from(MessagePerson))
     old = folder_named(account.id, "INBOX").uidvalidity
+    # Same mailbox, same UIDs, new UIDVALIDITY: the check finds every sampled UID unchanged.
     dovecot.set_uidvalidity(mail_user.email, "INBOX", old + 1000)
     with command_log(monkeypatch) as log:
         result = run_sync(app, account)
     assert result.ok, result.error
-    assert log.body_fetches() == 0
-    assert folder_named(account.id, "INBOX").uidvalidity == old + 1000
-    after = {m.dedup_key: m.id for m in db.session.scalars(select(Message))}
-    assert after == before
+    inbox = folder_named(account.id, "INBOX")
+    assert inbox.uidvalidity == old + 1000 and inbox.uidinvalid_streak == 0
+    assert inbox.last_seen_uid == 5 and inbox.initial_sync_complete
+    # No rebuild: no UID SEARCH, and the only metadata FETCH is the usual one for new mail
+    # (`UID FETCH 6:*`); besides it, only the sample's headers and FLAGS are read.
+    fetches = [line.split(b" ", 1)[1] for line in log.lines if b"UID FETCH" in line]
+    assert log.count("UID SEARCH") == 0 and log.body_fetches() == 0
+    assert [f.split(b" (")[0] for f in fetches] == [
+        b"UID FETCH 1:5",  # the sample: dedup headers only
+        b"UID FETCH 6:*",  # new mail above the kept watermark
+        b"UID FETCH 1:5",  # flags, read again in full
+    ]
+    assert b"HEADER.FIELDS" in fetches[0] and b"RFC822.SIZE" not in fetches[0]
+    assert fetches[2].endswith(b"(FLAGS)\r\n")
+    assert _placement(account.id) == placed  # the very same location rows
     assert message_count(account.id) == 5
-    assert len(locations(account.id)) == 5
+    assert db.session.scalar(select(func.count()).select_from(MessagePerson)) == links
+    # Polling goes on from the watermark.
+    deliver(dovecot, mail_user, [6])
+    with command_log(monkeypatch) as log:
+        result = run_sync(app, account.id)
+    assert result.new == 1 and any(b"UID FETCH 6:*" in line for line in log.lines)
+
+
+def test_uidvalidity_change_with_reassigned_uids_rebuilds_without_body_downloads(
+    app, dovecot, mail_user, account, make_person, monkeypatch
+):
+    make_person(account.user, emails=("alice@example.com",))
+    deliver(dovecot, mail_user, range(1, 6), folder="Archive")
+    assert run_sync(app, account).ok
+    before = {m.message_id_header: m.id for m in db.session.scalars(select(Message))}
+    links = db.session.scalar(select(func.count()).select_from(MessagePerson))
+    old = folder_named(account.id, "Archive").uidvalidity
+    # The mailbox is re-created with the same mail in reverse order: UID 1 is now m5.
+    dovecot.delete_folder(mail_user.email, "Archive")
+    deliver(dovecot, mail_user, range(5, 0, -1), folder="Archive")
+    dovecot.set_uidvalidity(mail_user.email, "Archive", old + 7)
+    with command_log(monkeypatch) as log:
+        result = run_sync(app, account)
+    assert result.ok, result.error
+    archive = folder_named(account.id, "Archive")
+    assert archive.uidvalidity == old + 7 and archive.uidinvalid_streak == 1
+    assert log.count("UID SEARCH") >= 1  # the folder was listed again
+    assert log.body_fetches() == 0  # re-linked by the header dedup key
+    after = {m.message_id_header: m.id for m in db.session.scalars(select(Message))}
+    assert after == before
+    placed = {
+        uid: message_id for uid, (_loc, message_id) in _placement(account.id, "Archive").items()
+    }
+    assert placed == {uid: before[f"m{6 - uid}@example.com"] for uid in range(1, 6)}
+    assert message_count(account.id) == 5 and message_count(account.id, deleted=True) == 0
     assert db.session.scalar(select(func.count()).select_from(MessagePerson)) == links
 
 

@@ -178,3 +178,50 @@ def test_gmail_thread_over_the_length_cap_continues_in_a_new_thread(
         assert {t.gm_thrid for t in threads} == {500}
     finally:
         server.stop()
+
+
+def test_uidvalidity_changing_on_every_check_stops_the_folder_after_five_rebuilds(
+    app, fake, user, make_account, mail_user
+):
+    from sqlalchemy import select
+
+    from extensions import db
+    from models import Message
+
+    server = fake(Quirks(), count=3)
+    state = server.state
+    account = make_account(user, mail_user, imap_port=server.port)
+    assert run_sync(app, account).ok
+    ids = set(db.session.scalars(select(Message.id)))
+    for rebuild in range(1, 7):
+        # A real change: new UIDVALIDITY and every UID now names another message.
+        state.uidvalidity += 1
+        raws = [message.raw for message in state.messages]
+        state.messages[:] = [
+            FakeMessage(uid=n, raw=raw) for n, raw in enumerate(raws[1:] + raws[:1], start=1)
+        ]
+        result = run_sync(app, account)
+        inbox = folder_named(account.id, "INBOX")
+        if rebuild <= 5:
+            assert result.ok and not result.folder_errors
+            assert inbox.state == "poll" and inbox.uidinvalid_streak == rebuild
+            assert set(db.session.scalars(select(Message.id))) == ids  # mail is kept
+    assert inbox.state == "error"
+    assert "UIDVALIDITY changed on every check" in result.folder_errors["INBOX"]
+    assert message_count(account.id) == 3
+
+
+def test_uidvalidity_changing_while_uids_stay_never_stops_the_folder(
+    app, fake, user, make_account, mail_user
+):
+    server = fake(Quirks(), count=3)
+    account = make_account(user, mail_user, imap_port=server.port)
+    assert run_sync(app, account).ok
+    for _ in range(7):
+        server.state.uidvalidity += 1
+        result = run_sync(app, account)
+        assert result.ok and not result.folder_errors
+    inbox = folder_named(account.id, "INBOX")
+    assert inbox.state == "poll" and inbox.uidinvalid_streak == 0
+    assert inbox.uidvalidity == server.state.uidvalidity
+    assert message_count(account.id) == 3
