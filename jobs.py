@@ -10,6 +10,10 @@ there, so the CPU-heavy pass never competes for the serving process's GIL. The c
 MIME parse workers (mailsync.sync) inherit its niceness. With SYNC_PROCESS off, the pass runs
 in the scheduler's thread. Per-account leases (SyncLease) keep any two processes from syncing
 one account at once; the CLI (`flask sync`) calls `run_account_sync` in the foreground.
+Interval passes sync folders other than INBOX and Sent only every
+OTHER_FOLDERS_INTERVAL_SECONDS; "Sync now" and the CLI sync every folder. A second interval
+job, `collect_garbage`, removes mail that left the server (mailsync.gc) in the scheduler's
+own thread.
 """
 
 from __future__ import annotations
@@ -165,19 +169,23 @@ def due_account_ids(now: datetime | None = None) -> list[int]:
 
 
 def sync_due_accounts(app: Flask) -> None:
-    """Sync every due account once, one after another (the interval job)."""
+    """Sync every due account once, one after another (the interval job).
+
+    These passes take INBOX and Sent every time, other folders every
+    OTHER_FOLDERS_INTERVAL_SECONDS (SYNC.md §1).
+    """
     with app.app_context():
         ids = due_account_ids()
         db.session.remove()
     for account_id in ids:
         try:
-            run_scheduled_sync(app, account_id)
+            run_scheduled_sync(app, account_id, all_folders=False)
         except Exception:
             log.exception("sync of account %s failed", account_id)
 
 
 def sync_now(account_id: int, *, app: Flask | None = None) -> None:
-    """Queue an immediate sync of one account (the "Sync now" button); returns at once."""
+    """Queue an immediate sync of all the account's folders ("Sync now"); returns at once."""
     app = app or current_app._get_current_object()
     scheduler = app.extensions.get("threadline_scheduler")
     if scheduler is not None:
@@ -192,7 +200,7 @@ def sync_now(account_id: int, *, app: Flask | None = None) -> None:
 
 
 def run_scheduled_sync(
-    app: Flask, account_id: int, *, budget_seconds: float | None = None
+    app: Flask, account_id: int, *, budget_seconds: float | None = None, all_folders: bool = True
 ) -> SyncResult | None:
     """Run one background sync pass of the account and wait for it to end.
 
@@ -201,8 +209,12 @@ def run_scheduled_sync(
     sync process dies mid-pass, an "internal" error result instead of raising.
     """
     if not app.config.get("SYNC_PROCESS"):
-        return run_account_sync(app, account_id, budget_seconds=budget_seconds)
-    result = sync_process(app).run(account_id, budget_seconds=budget_seconds)
+        return run_account_sync(
+            app, account_id, budget_seconds=budget_seconds, all_folders=all_folders
+        )
+    result = sync_process(app).run(
+        account_id, budget_seconds=budget_seconds, all_folders=all_folders
+    )
     if isinstance(result, InterruptedPass):
         _close_interrupted_pass(app, account_id, result)
     return result
@@ -276,7 +288,9 @@ class SyncProcess:
         slot = self._pid
         return (slot.value or None) if slot is not None else None
 
-    def run(self, account_id: int, *, budget_seconds: float | None = None) -> SyncResult | None:
+    def run(
+        self, account_id: int, *, budget_seconds: float | None = None, all_folders: bool = True
+    ) -> SyncResult | None:
         """Run run_account_sync for the account in the child and return its result.
 
         When the child dies mid-pass, the result says so and `died_pid` is its process id.
@@ -284,7 +298,7 @@ class SyncProcess:
         pool = self._pool_or_start()
         slot = self._pid
         try:
-            return pool.submit(_sync_in_child, account_id, budget_seconds).result()
+            return pool.submit(_sync_in_child, account_id, budget_seconds, all_folders).result()
         except BrokenProcessPool:
             if self._discard(pool):  # else stop() ended it on purpose
                 log.error("account %s: the sync process stopped unexpectedly", account_id)
@@ -420,10 +434,14 @@ def _end_child() -> None:
     os._exit(1)
 
 
-def _sync_in_child(account_id: int, budget_seconds: float | None) -> SyncResult | None:
+def _sync_in_child(
+    account_id: int, budget_seconds: float | None, all_folders: bool
+) -> SyncResult | None:
     """Run one sync pass in the sync process (submitted by SyncProcess.run)."""
     assert _child_app is not None, "called outside the sync process"
-    return run_account_sync(_child_app, account_id, budget_seconds=budget_seconds)
+    return run_account_sync(
+        _child_app, account_id, budget_seconds=budget_seconds, all_folders=all_folders
+    )
 
 
 # --------------------------------------------------------------------------- lease
@@ -480,10 +498,12 @@ def run_account_sync(
     *,
     budget_seconds: float | None = None,
     progress: Progress | None = None,
+    all_folders: bool = True,
 ) -> SyncResult | None:
     """Sync one account under its lease, record a SyncRun and update the account state.
 
-    Returns None when another worker holds the lease (nothing ran).
+    all_folders=False is the scheduled pass (see mailsync.sync.sync_account). Returns None
+    when another worker holds the lease (nothing ran).
     """
     budget = budget_seconds or float(app.config.get("SYNC_BUDGET_SECONDS", 90))
     owner = f"{_WORKER}:{uuid.uuid4().hex[:8]}"
@@ -498,7 +518,13 @@ def run_account_sync(
         run_id = run.id
         db.session.remove()
     try:
-        result = sync_account(account_id, app=app, budget_seconds=budget, progress=progress)
+        result = sync_account(
+            account_id,
+            app=app,
+            budget_seconds=budget,
+            progress=progress,
+            all_folders=all_folders,
+        )
     except Exception as exc:  # sync_account reports errors itself; this is a last resort
         log.exception("account %s: sync crashed", account_id)
         result = SyncResult(account_id=account_id, error=str(exc), error_kind="internal")

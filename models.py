@@ -366,6 +366,9 @@ class MailFolder(db.Model):
     backfill_done: Mapped[int] = mapped_column(Integer, default=0)
     uidinvalid_streak: Mapped[int] = mapped_column(Integer, default=0)
     last_full_flag_scan_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The end of the last pass that synced this folder; scheduled passes take folders other
+    # than INBOX and Sent only every OTHER_FOLDERS_INTERVAL_SECONDS (SYNC.md §1 cadence).
+    last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     account: Mapped[MailAccount] = relationship(back_populates="folders")
 

@@ -52,6 +52,8 @@ SEARCH_RANGE = 50_000  # UIDs per chunked UID SEARCH (bounded response lines)
 FLAG_WINDOW = 300  # non-CONDSTORE fast scan: the newest local UIDs every tick
 FULL_FLAG_SCAN_EVERY = timedelta(hours=1)
 MAX_UIDINVALID_RESYNCS = 5
+OTHER_FOLDERS_INTERVAL_SECONDS = 600  # SYNC.md §1: other folders every 5 to 15 min
+EVERY_PASS_ROLES = ("inbox", "sent", "all")  # Gmail's All Mail holds the inbox
 # SYNC.md §4.6 step 1 (mbsync's idea): a UIDVALIDITY change is spurious when a sample of the
 # stored UIDs still holds the same messages: none differ and 20, or 80% of them, match.
 UIDVALIDITY_SAMPLE = 50
@@ -227,10 +229,22 @@ class AccountSync:
     """One sync run of one account over one IMAP connection (reconnecting after faults)."""
 
     def __init__(
-        self, app: Flask, account_id: int, budget_seconds: float, progress: Progress | None
+        self,
+        app: Flask,
+        account_id: int,
+        budget_seconds: float,
+        progress: Progress | None,
+        *,
+        all_folders: bool = True,
     ):
         self.app = app
         self.account_id = account_id
+        self.all_folders = all_folders
+        self.other_folders_interval = timedelta(
+            seconds=float(
+                app.config.get("OTHER_FOLDERS_INTERVAL_SECONDS", OTHER_FOLDERS_INTERVAL_SECONDS)
+            )
+        )
         self.deadline = time.monotonic() + budget_seconds
         self.progress = progress
         self.result = SyncResult(account_id=account_id)
@@ -368,7 +382,7 @@ class AccountSync:
     # ------------------------------------------------------------------ folders
 
     def discover_folders(self) -> list[int]:
-        """List folders, assign roles, decide which to sync; return folder ids in sync order."""
+        """List folders, assign roles, decide which to sync; return due folder ids in order."""
         conn = self.connect()
         gmail = self.gmail
         listing = []
@@ -408,10 +422,30 @@ class AccountSync:
         db.session.commit()
         order = {"inbox": 0, "sent": 1, "all": 0}
         folders = [f for f in account.folders if f.sync_enabled and f.state != "error"]
+        folders = [f for f in folders if self._due(f)]
         folders.sort(key=lambda f: (order.get(f.role or "", 2), f.name))
         ids = [f.id for f in folders]
         db.session.commit()
         return ids
+
+    def _due(self, folder: MailFolder) -> bool:
+        """Tell whether this pass syncs the folder (SYNC.md §1 cadence).
+
+        INBOX and Sent every pass; other folders while their first backfill is incomplete,
+        then every OTHER_FOLDERS_INTERVAL_SECONDS, unless the pass takes all folders ("Sync
+        now", the CLI).
+        """
+        if self.all_folders or folder.role in EVERY_PASS_ROLES:
+            return True
+        if not folder.initial_sync_complete:
+            return True
+        last = _aware(folder.last_polled_at)
+        return last is None or datetime.now(UTC) - last >= self.other_folders_interval
+
+    def _polled(self, folder_id: int) -> None:
+        folder = db.session.get(MailFolder, folder_id)
+        folder.last_polled_at = datetime.now(UTC)
+        db.session.commit()
 
     def status(self, name: str) -> dict[bytes, int]:
         """Return STATUS values, or {} when the server's answer cannot be parsed (163 sends ())."""
@@ -467,6 +501,7 @@ class AccountSync:
             status = self.status(name)
             if self._unchanged(folder, status):
                 db.session.commit()
+                self._polled(folder_id)
                 return
             db.session.commit()
             snapshot = self.examine(name)
@@ -505,6 +540,8 @@ class AccountSync:
                 raise
             # A NO/BAD on one folder (e.g. deleted meanwhile) must not stop the others.
             self._folder_failed(folder_id, f"The server refused a command in this folder: {exc}")
+            return
+        self._polled(folder_id)
 
     def _unchanged(self, folder: MailFolder, status: dict[bytes, int]) -> bool:
         # SYNC.md §4.2 step 2: one STATUS round trip decides that nothing changed.
@@ -1096,15 +1133,22 @@ class AccountSync:
 
 
 def sync_account(
-    account_id: int, *, app: Flask, budget_seconds: float = 90, progress: Progress | None = None
+    account_id: int,
+    *,
+    app: Flask,
+    budget_seconds: float = 90,
+    progress: Progress | None = None,
+    all_folders: bool = True,
 ) -> SyncResult:
     """Run one sync pass of an account within a time budget; errors land in the result.
 
-    Does not touch account state or leases (see jobs.run_account_sync for that).
+    all_folders=False is a scheduled pass: folders other than INBOX and Sent are skipped when
+    synced less than OTHER_FOLDERS_INTERVAL_SECONDS ago. Does not touch account state or
+    leases (see jobs.run_account_sync for that).
     """
     with app.app_context():
         try:
-            engine = AccountSync(app, account_id, budget_seconds, progress)
+            engine = AccountSync(app, account_id, budget_seconds, progress, all_folders=all_folders)
         except Exception as exc:  # e.g. undecryptable password
             db.session.rollback()
             return SyncResult(account_id=account_id, error=str(exc), error_kind="internal")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import func, select
 
+import jobs
 from extensions import db
 from mailsync import sync as sync_module
 from mailsync import threading as jwz
@@ -105,6 +108,42 @@ def test_new_mail_is_fetched_incrementally_without_refetching(
         result = run_sync(app, account_id)
     assert result.new == 0 and log.body_fetches() == 0
     assert message_count(account_id) == 8
+
+
+def _stored(account_id, n) -> bool:
+    db.session.expire_all()
+    return message_by_msgid(account_id, f"m{n}@example.com") is not None
+
+
+def test_scheduled_passes_sync_other_folders_less_often(app, dovecot, mail_user, account):
+    deliver(dovecot, mail_user, [1])
+    deliver(dovecot, mail_user, [2], folder="Archive")
+    jobs.sync_due_accounts(app)  # the interval job; Archive's first backfill is due
+    assert _stored(account.id, 1) and _stored(account.id, 2)
+
+    deliver(dovecot, mail_user, [3])
+    deliver(dovecot, mail_user, [4], folder="Archive")
+    deliver(dovecot, mail_user, [5], folder="Sent", sender=mail_user.email, to="bob@example.com")
+    dovecot.create_folder(mail_user.email, "Projects")
+    deliver(dovecot, mail_user, [6], folder="Projects")
+    jobs.sync_due_accounts(app)
+    # INBOX and Sent every pass, a new folder until its first backfill is done; Archive was
+    # synced less than OTHER_FOLDERS_INTERVAL_SECONDS ago.
+    assert _stored(account.id, 3) and _stored(account.id, 5) and _stored(account.id, 6)
+    assert not _stored(account.id, 4)
+
+    archive = folder_named(account.id, "Archive")
+    archive.last_polled_at -= timedelta(seconds=app.config["OTHER_FOLDERS_INTERVAL_SECONDS"])
+    db.session.commit()  # as if the interval had passed
+    jobs.sync_due_accounts(app)
+    assert _stored(account.id, 4)
+
+    deliver(dovecot, mail_user, [7], folder="Archive")
+    deliver(dovecot, mail_user, [8], folder="Projects")
+    jobs.sync_due_accounts(app)
+    assert not _stored(account.id, 7) and not _stored(account.id, 8)
+    jobs.run_scheduled_sync(app, account.id)  # what "Sync now" runs: every folder
+    assert _stored(account.id, 7) and _stored(account.id, 8)
 
 
 def test_interrupted_backfill_resumes_to_exactly_n(app, dovecot, mail_user, account, monkeypatch):
