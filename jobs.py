@@ -27,6 +27,7 @@ import random
 import signal
 import socket
 import threading
+import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -62,6 +63,7 @@ log = logging.getLogger("threadline.jobs")
 
 BACKOFF_BASE_SECONDS = 30
 BACKOFF_CAP_SECONDS = 30 * 60
+LEASE_RENEW_SECONDS = 30  # a running pass extends its lease at most this often
 SYNC_JOB_ID = "mail-sync"
 GC_JOB_ID = "mail-gc"
 
@@ -474,6 +476,45 @@ def acquire_lease(account_id: int, owner: str, *, seconds: float) -> bool:
         return False
 
 
+def lease_seconds(budget_seconds: float) -> float:
+    """Return how long a pass's lease lasts from its last renewal."""
+    return budget_seconds * 2 + 120
+
+
+def renew_lease(account_id: int, owner: str, *, seconds: float) -> bool:
+    """Move the lease's expiry to now + seconds if we still hold it; False if another took it.
+
+    Commits, so call it only between the sync's transactions.
+    """
+    table = SyncLease.__table__
+    renewed = db.session.execute(
+        update(table)
+        .where(table.c.account_id == account_id, table.c.owner == owner)
+        .values(expires_at=datetime.now(UTC) + timedelta(seconds=seconds))
+    ).rowcount
+    db.session.commit()
+    return bool(renewed)
+
+
+class LeaseKeeper:
+    """The heartbeat of one pass: renews its lease every LEASE_RENEW_SECONDS at most (a third
+    of the lease when that is shorter), so the pass never outlives the lease."""
+
+    def __init__(self, account_id: int, owner: str, seconds: float) -> None:
+        self.account_id = account_id
+        self.owner = owner
+        self.seconds = seconds
+        self.every = min(LEASE_RENEW_SECONDS, seconds / 3)
+        self.renewed = time.monotonic()
+
+    def __call__(self) -> bool:
+        """Renew the lease if due; return False once another worker holds it."""
+        if time.monotonic() - self.renewed < self.every:
+            return True
+        self.renewed = time.monotonic()
+        return renew_lease(self.account_id, self.owner, seconds=self.seconds)
+
+
 def release_lease(account_id: int, owner: str) -> None:
     """Give the lease back (only if we still hold it)."""
     table = SyncLease.__table__
@@ -507,8 +548,9 @@ def run_account_sync(
     """
     budget = budget_seconds or float(app.config.get("SYNC_BUDGET_SECONDS", 90))
     owner = f"{_WORKER}:{uuid.uuid4().hex[:8]}"
+    lease = lease_seconds(budget)
     with app.app_context():
-        if not acquire_lease(account_id, owner, seconds=budget * 2 + 120):
+        if not acquire_lease(account_id, owner, seconds=lease):
             log.info("account %s is already being synced; skipped", account_id)
             db.session.remove()
             return None
@@ -524,6 +566,7 @@ def run_account_sync(
             budget_seconds=budget,
             progress=progress,
             all_folders=all_folders,
+            heartbeat=LeaseKeeper(account_id, owner, lease),
         )
     except Exception as exc:  # sync_account reports errors itself; this is a last resort
         log.exception("account %s: sync crashed", account_id)

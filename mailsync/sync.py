@@ -84,10 +84,17 @@ NETWORK_ERRORS = (
 )
 
 Progress = Callable[[str, int, int], None]
+# Renews the account's sync lease when due; False when another worker holds it now. It
+# commits, so the engine calls it only between transactions.
+Heartbeat = Callable[[], bool]
 
 
 class BudgetExceeded(Exception):
     """The run's time budget is spent; the next tick resumes where this one stopped."""
+
+
+class LeaseLost(Exception):
+    """Another worker took over the account's lease: this pass stops where it is."""
 
 
 class FolderError(Exception):
@@ -236,10 +243,12 @@ class AccountSync:
         progress: Progress | None,
         *,
         all_folders: bool = True,
+        heartbeat: Heartbeat | None = None,
     ):
         self.app = app
         self.account_id = account_id
         self.all_folders = all_folders
+        self.heartbeat = heartbeat
         self.other_folders_interval = timedelta(
             seconds=float(
                 app.config.get("OTHER_FOLDERS_INTERVAL_SECONDS", OTHER_FOLDERS_INTERVAL_SECONDS)
@@ -314,8 +323,15 @@ class AccountSync:
         return b"CONDSTORE" in self.connect().capabilities()
 
     def check_budget(self) -> None:
+        """Stop the pass when its time is up; renew the lease (called between transactions)."""
         if time.monotonic() > self.deadline:
             raise BudgetExceeded()
+        self.keep_lease()
+
+    def keep_lease(self) -> None:
+        """Renew the account's lease when due, so a pass never outlives it (SYNC.md §1)."""
+        if self.heartbeat is not None and not self.heartbeat():
+            raise LeaseLost()
 
     def report(self, folder: str, done: int, total: int) -> None:
         if self.progress is not None:
@@ -356,6 +372,10 @@ class AccountSync:
                         ) from exc
         except BudgetExceeded:
             db.session.rollback()
+            self.result.complete = False
+        except LeaseLost:
+            db.session.rollback()
+            log.warning("account %s: another worker took over the sync lease", self.account_id)
             self.result.complete = False
         except imap.MailConnectionError as exc:
             db.session.rollback()
@@ -966,6 +986,7 @@ class AccountSync:
                 retry_after_seconds=FAILED_RETRY_SECONDS,
             )
         db.session.commit()
+        self.keep_lease()  # a long download may not reach check_budget for a while
         return set(metas)
 
     def _store_placeholder(self, folder_id: int, meta: Meta) -> None:
@@ -1139,16 +1160,24 @@ def sync_account(
     budget_seconds: float = 90,
     progress: Progress | None = None,
     all_folders: bool = True,
+    heartbeat: Heartbeat | None = None,
 ) -> SyncResult:
     """Run one sync pass of an account within a time budget; errors land in the result.
 
     all_folders=False is a scheduled pass: folders other than INBOX and Sent are skipped when
-    synced less than OTHER_FOLDERS_INTERVAL_SECONDS ago. Does not touch account state or
-    leases (see jobs.run_account_sync for that).
+    synced less than OTHER_FOLDERS_INTERVAL_SECONDS ago. `heartbeat` renews the caller's
+    lease between batches. Does not touch account state (see jobs.run_account_sync).
     """
     with app.app_context():
         try:
-            engine = AccountSync(app, account_id, budget_seconds, progress, all_folders=all_folders)
+            engine = AccountSync(
+                app,
+                account_id,
+                budget_seconds,
+                progress,
+                all_folders=all_folders,
+                heartbeat=heartbeat,
+            )
         except Exception as exc:  # e.g. undecryptable password
             db.session.rollback()
             return SyncResult(account_id=account_id, error=str(exc), error_kind="internal")
