@@ -516,7 +516,7 @@ class Message(db.Model):
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     # When sync saw the last location disappear (None while it has one); garbage collection
     # hard-deletes it MESSAGE_GC_TTL_SECONDS later unless a location came back (a move).
-    orphaned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    orphaned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     thread: Mapped[Thread | None] = relationship()
