@@ -22,6 +22,15 @@ class DefaultConfig:
     LOGIN_WINDOW_SECONDS = 15 * 60
     SYNC_INTERVAL_SECONDS = 120
     SYNC_BUDGET_SECONDS = 90  # one account's sync pass; backfill resumes on the next tick
+    # Scheduled passes sync INBOX and Sent (Gmail: All Mail) every SYNC_INTERVAL_SECONDS, other
+    # folders at most this often once their first backfill is done; "Sync now" takes all.
+    OTHER_FOLDERS_INTERVAL_SECONDS = 600
+    # Garbage collection (mailsync.gc), a scheduler job of its own: messages whose last
+    # server location disappeared are hard-deleted after MESSAGE_GC_TTL_SECONDS (a move seen
+    # within that time keeps the message), emptied threads after THREAD_GC_TTL_SECONDS.
+    GC_INTERVAL_SECONDS = 5 * 60
+    MESSAGE_GC_TTL_SECONDS = 30 * 60
+    THREAD_GC_TTL_SECONDS = 7 * 24 * 3600
     MAIL_ALLOWED_PORTS = (993, 143)  # IMAP ports a mailbox may use; None allows any (R20)
     MAIL_CONNECTION_TESTS = 10  # connection tests per user per window (R20, R27)
     MAIL_CONNECTION_TEST_WINDOW_SECONDS = 10 * 60

@@ -10,6 +10,10 @@ there, so the CPU-heavy pass never competes for the serving process's GIL. The c
 MIME parse workers (mailsync.sync) inherit its niceness. With SYNC_PROCESS off, the pass runs
 in the scheduler's thread. Per-account leases (SyncLease) keep any two processes from syncing
 one account at once; the CLI (`flask sync`) calls `run_account_sync` in the foreground.
+Interval passes sync folders other than INBOX and Sent only every
+OTHER_FOLDERS_INTERVAL_SECONDS; "Sync now" and the CLI sync every folder. A second interval
+job, `collect_garbage`, removes mail that left the server (mailsync.gc) in the scheduler's
+own thread.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ import random
 import signal
 import socket
 import threading
+import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
@@ -36,7 +42,8 @@ from sqlalchemy.exc import IntegrityError
 
 import config
 from extensions import db
-from mailsync import imap, store
+from mailsync import gc, imap, store
+from mailsync.blobstore import BlobStore
 from mailsync.sync import Progress, SyncResult, sync_account
 from models import (
     SYNC_ERROR,
@@ -56,7 +63,9 @@ log = logging.getLogger("threadline.jobs")
 
 BACKOFF_BASE_SECONDS = 30
 BACKOFF_CAP_SECONDS = 30 * 60
+LEASE_RENEW_SECONDS = 30  # a running pass extends its lease at most this often
 SYNC_JOB_ID = "mail-sync"
+GC_JOB_ID = "mail-gc"
 
 # Credential problems stop scheduled sync until the user enters new credentials (§6).
 STATE_FOR_KIND = {
@@ -95,7 +104,7 @@ def start_scheduler(app: Flask):
 
 
 def schedule_sync_jobs(scheduler, app: Flask) -> None:
-    """Add the periodic mail sync job (every SYNC_INTERVAL_SECONDS)."""
+    """Add the periodic jobs: mail sync (every SYNC_INTERVAL_SECONDS) and garbage collection."""
     scheduler.add_job(
         sync_due_accounts,
         "interval",
@@ -105,6 +114,48 @@ def schedule_sync_jobs(scheduler, app: Flask) -> None:
         replace_existing=True,
         next_run_time=datetime.now(UTC) + timedelta(seconds=5),
     )
+    # Short SQL work in small batches, so it runs in the scheduler's thread (SYNC.md §1).
+    scheduler.add_job(
+        collect_garbage,
+        "interval",
+        seconds=int(app.config.get("GC_INTERVAL_SECONDS", 300)),
+        args=[app],
+        id=GC_JOB_ID,
+        replace_existing=True,
+    )
+
+
+def collect_garbage(app: Flask) -> gc.Collected | None:
+    """Hard-delete long-orphaned messages, their blobs and old empty threads (the GC job).
+
+    Returns what was removed, or None when the collection failed (logged; the next run
+    retries, since every step is idempotent).
+    """
+    with app.app_context():
+        try:
+            collected = gc.collect_garbage(
+                BlobStore(Path(app.instance_path) / "blobs"),
+                message_ttl_seconds=float(
+                    app.config.get("MESSAGE_GC_TTL_SECONDS", gc.MESSAGE_TTL_SECONDS)
+                ),
+                thread_ttl_seconds=float(
+                    app.config.get("THREAD_GC_TTL_SECONDS", gc.THREAD_TTL_SECONDS)
+                ),
+            )
+        except Exception:
+            db.session.rollback()
+            log.exception("garbage collection failed")
+            return None
+        finally:
+            db.session.remove()
+    if collected.messages or collected.threads:
+        log.info(
+            "garbage collection removed %s messages, %s blobs, %s threads",
+            collected.messages,
+            collected.blobs,
+            collected.threads,
+        )
+    return collected
 
 
 def due_account_ids(now: datetime | None = None) -> list[int]:
@@ -123,19 +174,23 @@ def due_account_ids(now: datetime | None = None) -> list[int]:
 
 
 def sync_due_accounts(app: Flask) -> None:
-    """Sync every due account once, one after another (the interval job)."""
+    """Sync every due account once, one after another (the interval job).
+
+    These passes take INBOX and Sent every time, other folders every
+    OTHER_FOLDERS_INTERVAL_SECONDS (SYNC.md §1).
+    """
     with app.app_context():
         ids = due_account_ids()
         db.session.remove()
     for account_id in ids:
         try:
-            run_scheduled_sync(app, account_id)
+            run_scheduled_sync(app, account_id, all_folders=False)
         except Exception:
             log.exception("sync of account %s failed", account_id)
 
 
 def sync_now(account_id: int, *, app: Flask | None = None) -> None:
-    """Queue an immediate sync of one account (the "Sync now" button); returns at once."""
+    """Queue an immediate sync of all the account's folders ("Sync now"); returns at once."""
     app = app or current_app._get_current_object()
     scheduler = app.extensions.get("threadline_scheduler")
     if scheduler is not None:
@@ -150,7 +205,7 @@ def sync_now(account_id: int, *, app: Flask | None = None) -> None:
 
 
 def run_scheduled_sync(
-    app: Flask, account_id: int, *, budget_seconds: float | None = None
+    app: Flask, account_id: int, *, budget_seconds: float | None = None, all_folders: bool = True
 ) -> SyncResult | None:
     """Run one background sync pass of the account and wait for it to end.
 
@@ -159,8 +214,12 @@ def run_scheduled_sync(
     sync process dies mid-pass, an "internal" error result instead of raising.
     """
     if not app.config.get("SYNC_PROCESS"):
-        return run_account_sync(app, account_id, budget_seconds=budget_seconds)
-    result = sync_process(app).run(account_id, budget_seconds=budget_seconds)
+        return run_account_sync(
+            app, account_id, budget_seconds=budget_seconds, all_folders=all_folders
+        )
+    result = sync_process(app).run(
+        account_id, budget_seconds=budget_seconds, all_folders=all_folders
+    )
     if isinstance(result, InterruptedPass):
         _close_interrupted_pass(app, account_id, result)
     return result
@@ -234,7 +293,9 @@ class SyncProcess:
         slot = self._pid
         return (slot.value or None) if slot is not None else None
 
-    def run(self, account_id: int, *, budget_seconds: float | None = None) -> SyncResult | None:
+    def run(
+        self, account_id: int, *, budget_seconds: float | None = None, all_folders: bool = True
+    ) -> SyncResult | None:
         """Run run_account_sync for the account in the child and return its result.
 
         When the child dies mid-pass, the result says so and `died_pid` is its process id.
@@ -242,7 +303,7 @@ class SyncProcess:
         pool = self._pool_or_start()
         slot = self._pid
         try:
-            return pool.submit(_sync_in_child, account_id, budget_seconds).result()
+            return pool.submit(_sync_in_child, account_id, budget_seconds, all_folders).result()
         except BrokenProcessPool:
             if self._discard(pool):  # else stop() ended it on purpose
                 log.error("account %s: the sync process stopped unexpectedly", account_id)
@@ -386,10 +447,14 @@ def _ready() -> None:
     """Nothing: submitted by SyncProcess.warm so the child starts and builds its app."""
 
 
-def _sync_in_child(account_id: int, budget_seconds: float | None) -> SyncResult | None:
+def _sync_in_child(
+    account_id: int, budget_seconds: float | None, all_folders: bool
+) -> SyncResult | None:
     """Run one sync pass in the sync process (submitted by SyncProcess.run)."""
     assert _child_app is not None, "called outside the sync process"
-    return run_account_sync(_child_app, account_id, budget_seconds=budget_seconds)
+    return run_account_sync(
+        _child_app, account_id, budget_seconds=budget_seconds, all_folders=all_folders
+    )
 
 
 # --------------------------------------------------------------------------- lease
@@ -422,6 +487,45 @@ def acquire_lease(account_id: int, owner: str, *, seconds: float) -> bool:
         return False
 
 
+def lease_seconds(budget_seconds: float) -> float:
+    """Return how long a pass's lease lasts from its last renewal."""
+    return budget_seconds * 2 + 120
+
+
+def renew_lease(account_id: int, owner: str, *, seconds: float) -> bool:
+    """Move the lease's expiry to now + seconds if we still hold it; False if another took it.
+
+    Commits, so call it only between the sync's transactions.
+    """
+    table = SyncLease.__table__
+    renewed = db.session.execute(
+        update(table)
+        .where(table.c.account_id == account_id, table.c.owner == owner)
+        .values(expires_at=datetime.now(UTC) + timedelta(seconds=seconds))
+    ).rowcount
+    db.session.commit()
+    return bool(renewed)
+
+
+class LeaseKeeper:
+    """The heartbeat of one pass: renews its lease every LEASE_RENEW_SECONDS at most (a third
+    of the lease when that is shorter), so the pass never outlives the lease."""
+
+    def __init__(self, account_id: int, owner: str, seconds: float) -> None:
+        self.account_id = account_id
+        self.owner = owner
+        self.seconds = seconds
+        self.every = min(LEASE_RENEW_SECONDS, seconds / 3)
+        self.renewed = time.monotonic()
+
+    def __call__(self) -> bool:
+        """Renew the lease if due; return False once another worker holds it."""
+        if time.monotonic() - self.renewed < self.every:
+            return True
+        self.renewed = time.monotonic()
+        return renew_lease(self.account_id, self.owner, seconds=self.seconds)
+
+
 def release_lease(account_id: int, owner: str) -> None:
     """Give the lease back (only if we still hold it)."""
     table = SyncLease.__table__
@@ -446,15 +550,18 @@ def run_account_sync(
     *,
     budget_seconds: float | None = None,
     progress: Progress | None = None,
+    all_folders: bool = True,
 ) -> SyncResult | None:
     """Sync one account under its lease, record a SyncRun and update the account state.
 
-    Returns None when another worker holds the lease (nothing ran).
+    all_folders=False is the scheduled pass (see mailsync.sync.sync_account). Returns None
+    when another worker holds the lease (nothing ran).
     """
     budget = budget_seconds or float(app.config.get("SYNC_BUDGET_SECONDS", 90))
     owner = f"{_WORKER}:{uuid.uuid4().hex[:8]}"
+    lease = lease_seconds(budget)
     with app.app_context():
-        if not acquire_lease(account_id, owner, seconds=budget * 2 + 120):
+        if not acquire_lease(account_id, owner, seconds=lease):
             log.info("account %s is already being synced; skipped", account_id)
             db.session.remove()
             return None
@@ -464,7 +571,14 @@ def run_account_sync(
         run_id = run.id
         db.session.remove()
     try:
-        result = sync_account(account_id, app=app, budget_seconds=budget, progress=progress)
+        result = sync_account(
+            account_id,
+            app=app,
+            budget_seconds=budget,
+            progress=progress,
+            all_folders=all_folders,
+            heartbeat=LeaseKeeper(account_id, owner, lease),
+        )
     except Exception as exc:  # sync_account reports errors itself; this is a last resort
         log.exception("account %s: sync crashed", account_id)
         result = SyncResult(account_id=account_id, error=str(exc), error_kind="internal")

@@ -366,6 +366,9 @@ class MailFolder(db.Model):
     backfill_done: Mapped[int] = mapped_column(Integer, default=0)
     uidinvalid_streak: Mapped[int] = mapped_column(Integer, default=0)
     last_full_flag_scan_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The end of the last pass that synced this folder; scheduled passes take folders other
+    # than INBOX and Sent only every OTHER_FOLDERS_INTERVAL_SECONDS (SYNC.md §1 cadence).
+    last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     account: Mapped[MailAccount] = relationship(back_populates="folders")
 
@@ -441,6 +444,9 @@ class Thread(db.Model):
     blocked: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     # The owner put it on the "Reply later" list (Threadline only; the server never sees it).
     reply_later: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # When garbage collection removed its last message; the empty thread (with its links and
+    # id table) is kept THREAD_GC_TTL_SECONDS, so mail that comes back rejoins it.
+    emptied_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
     account: Mapped[MailAccount] = relationship()
 
@@ -495,7 +501,8 @@ class Message(db.Model):
     date: Mapped[datetime | None] = mapped_column(UTCDateTime)
     internaldate: Mapped[datetime | None] = mapped_column(UTCDateTime)
     size: Mapped[int] = mapped_column(Integer, default=0)
-    raw_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Indexed so garbage collection can tell whether another row still uses a blob.
+    raw_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     is_placeholder: Mapped[bool] = mapped_column(Boolean, default=False)  # oversized: headers only
     snippet: Mapped[str] = mapped_column(String(300), default="")
     has_attachments: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -507,6 +514,9 @@ class Message(db.Model):
     # Every participant other than the owner is blocked (kept, so unblocking restores it).
     blocked: Mapped[bool] = mapped_column(Boolean, default=False)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # When sync saw the last location disappear (None while it has one); garbage collection
+    # hard-deletes it MESSAGE_GC_TTL_SECONDS later unless a location came back (a move).
+    orphaned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     thread: Mapped[Thread | None] = relationship()

@@ -15,6 +15,8 @@ import os
 import re
 import tempfile
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import zstandard
@@ -40,11 +42,19 @@ class BlobStore:
         return self.root / sha[0:2] / sha[2:4] / sha
 
     def put(self, raw: bytes) -> str:
-        """Store raw bytes (idempotent) and return their sha256 hex digest."""
+        """Store raw bytes (idempotent) and return their sha256 hex digest.
+
+        A blob already stored is not rewritten, but its mtime is moved to now: `discard` keeps
+        a blob put this recently, since the row that will reference it may not be committed yet.
+        """
         sha = hashlib.sha256(raw).hexdigest()
         path = self.path_for(sha)
         if path.exists():
-            return sha
+            try:
+                os.utime(path)
+                return sha
+            except FileNotFoundError:
+                pass  # discard() just took it away: write it anew
         path.parent.mkdir(parents=True, exist_ok=True)
         data = self._compressor().compress(raw)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
@@ -80,6 +90,32 @@ class BlobStore:
             self.path_for(sha).unlink()
         except FileNotFoundError:
             return False
+        return True
+
+    def discard(self, sha: str, *, in_use: Callable[[], bool], grace_seconds: float) -> bool:
+        """Delete a blob no row uses any more; return True if it was deleted.
+
+        Safe against a sync in another process storing the same bytes again: put() skips
+        writing a blob that exists, and its row commits a little later. So the blob is first
+        moved aside (a put() from then on writes a fresh file), then kept if it was put within
+        `grace_seconds` or `in_use()` (asked after the move) says a row references it.
+        """
+        path = self.path_for(sha)
+        aside = path.with_name(f".gc-{sha}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False
+        try:
+            recent = time.time() - aside.stat().st_mtime < grace_seconds
+            if recent or in_use():
+                os.replace(aside, path)  # identical bytes even if put() wrote it meanwhile
+                return False
+            aside.unlink()
+        except BaseException:
+            if aside.exists():
+                os.replace(aside, path)
+            raise
         return True
 
     def _compressor(self) -> zstandard.ZstdCompressor:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import JSON, bindparam, delete, insert, select, text, update
+from sqlalchemy import JSON, bindparam, delete, func, insert, select, text, update
 
 from extensions import db
 from mailsync import threading as jwz
@@ -384,6 +384,36 @@ def remove_locations(folder_id: int, uids: Iterable[int]) -> int:
     return removed
 
 
+def location_sample(folder_id: int, size: int) -> dict[int, tuple[str, int | None]]:
+    """Return {uid: (dedup key, X-GM-MSGID)} for up to `size` non-stale locations of a folder,
+    spread evenly over its UIDs (lowest first)."""
+    total = db.session.scalar(
+        select(func.count())
+        .select_from(location_t)
+        .where(location_t.c.folder_id == folder_id, location_t.c.stale.is_(False))
+    )
+    if not total:
+        return {}
+    step = -(-total // size)  # ceil: every step-th UID gives at most `size` of them
+    numbered = (
+        select(
+            location_t.c.uid,
+            location_t.c.message_id,
+            func.row_number().over(order_by=location_t.c.uid).label("n"),
+        )
+        .where(location_t.c.folder_id == folder_id, location_t.c.stale.is_(False))
+        .subquery()
+    )
+    rows = db.session.execute(
+        select(numbered.c.uid, message_t.c.dedup_key, message_t.c.gm_msgid)
+        .join(message_t, message_t.c.id == numbered.c.message_id)
+        .where((numbered.c.n - 1) % step == 0)
+        .order_by(numbered.c.uid)
+        .limit(size)
+    )
+    return {uid: (key, gm_msgid) for uid, key, gm_msgid in rows}
+
+
 def has_stale_locations(folder_id: int) -> bool:
     """Tell whether a folder still has locations from before a UIDVALIDITY change."""
     return (
@@ -518,7 +548,10 @@ _REFRESH_MESSAGES = text(
                         WHERE l.message_id = message.id AND f.role = 'sent'),
       deleted_at = CASE
         WHEN EXISTS (SELECT 1 FROM message_location l WHERE l.message_id = message.id) THEN NULL
-        ELSE COALESCE(deleted_at, :now) END
+        ELSE COALESCE(deleted_at, :now) END,
+      orphaned_at = CASE
+        WHEN EXISTS (SELECT 1 FROM message_location l WHERE l.message_id = message.id) THEN NULL
+        ELSE COALESCE(orphaned_at, :now) END
     WHERE id IN :ids
     """
 ).bindparams(bindparam("ids", expanding=True), bindparam("now", type_=UTCDateTime()))
@@ -540,8 +573,9 @@ _REFRESH_THREADS = text(
 def refresh_messages(message_ids: Iterable[int]) -> None:
     """Recompute read/flagged/draft/sent as ANY over locations, soft-(un)delete, fix threads.
 
-    A message that lost its last location gets `deleted_at`; one that regained a location
-    (a move seen as vanish-then-appear) is undeleted (SYNC.md §2.4).
+    A message that lost its last location gets `deleted_at` and `orphaned_at` (garbage
+    collection hard-deletes it after a TTL, mailsync.gc); one that regained a location (a move
+    seen as vanish-then-appear) is undeleted and no longer orphaned (SYNC.md §2.4).
     """
     ids = sorted(set(message_ids))
     thread_ids: set[int] = set()
@@ -640,10 +674,11 @@ class _Threader:
         gm = sorted({item.gm_thrid for item in items if item.gm_thrid})
         for chunk in _chunks(gm):
             rows = db.session.execute(
-                select(thread_t.c.gm_thrid, thread_t.c.id).where(
-                    thread_t.c.account_id == ctx.account_id, thread_t.c.gm_thrid.in_(chunk)
-                )
+                select(thread_t.c.gm_thrid, thread_t.c.id)
+                .where(thread_t.c.account_id == ctx.account_id, thread_t.c.gm_thrid.in_(chunk))
+                .order_by(thread_t.c.id)
             )
+            # A Gmail thread that outgrew the length cap continues in a newer thread row.
             self.gm_threads.update(dict(rows.all()))
         self.merged: dict[int, int] = {}
         self.by_subject: dict[str, tuple[int, datetime | None, str]] = {}
@@ -670,6 +705,18 @@ class _Threader:
             )
             for normalized, thread_id, last_date, subject in rows:
                 self.by_subject[normalized] = (thread_id, _aware(last_date), subject)  # latest wins
+        # Live message counts of every thread this batch may join (SYNC.md §8 step 6).
+        self.sizes: dict[int, int] = {}
+        candidates = {
+            *self.index.values(),
+            *self.gm_threads.values(),
+            *(thread_id for thread_id, _date, _subject in self.by_subject.values()),
+        }
+        for chunk in _chunks(sorted(candidates)):
+            rows = db.session.execute(
+                select(thread_t.c.id, thread_t.c.message_count).where(thread_t.c.id.in_(chunk))
+            )
+            self.sizes.update(dict(rows.all()))
 
     @staticmethod
     def _fallback_possible(item: Fetched) -> bool:
@@ -706,7 +753,40 @@ class _Threader:
         )
         if normalized:
             self.by_subject[normalized] = (thread_id, _aware(when), parsed.subject or "")
+        self.sizes[thread_id] = 0
         return thread_id
+
+    def _size(self, thread_id: int) -> int:
+        if thread_id not in self.sizes:
+            count = db.session.scalar(
+                select(thread_t.c.message_count).where(thread_t.c.id == thread_id)
+            )
+            self.sizes[thread_id] = count or 0
+        return self.sizes[thread_id]
+
+    def _join(self, candidates: set[int]) -> int | None:
+        """Return the thread to join among `candidates`, merging them; None if all are full.
+
+        The one place of the length cap (SYNC.md §8 step 6, Nylas MAX_THREAD_LENGTH): a full
+        thread takes no more messages, and threads merge only while the result stays under
+        the cap. The caller then starts a new thread, which later replies can join.
+        """
+        open_threads = sorted(
+            thread_id
+            for thread_id in {self._resolve(c) for c in candidates}
+            if self._size(thread_id) < jwz.MAX_THREAD_LENGTH
+        )
+        if not open_threads:
+            return None
+        keep, *others = open_threads  # the oldest thread survives a merge (§8 step 3)
+        fitting: set[int] = set()
+        for other in others:
+            if self._size(keep) + self._size(other) < jwz.MAX_THREAD_LENGTH:
+                self.sizes[keep] += self._size(other)
+                fitting.add(other)
+        if fitting:
+            self._merge(keep, fitting)
+        return keep
 
     def _merge(self, keep: int, others: set[int]) -> None:
         # SYNC.md §8 step 3: several threads matched, so they are one conversation.
@@ -773,21 +853,19 @@ class _Threader:
         """Return the thread id for `item`, creating, joining or merging threads."""
         own, refs = self.ids[id(item)]
         if item.gm_thrid:
-            thread_id = self.gm_threads.get(item.gm_thrid)
+            known = self.gm_threads.get(item.gm_thrid)
+            thread_id = self._join({known}) if known is not None else None
             if thread_id is None:
                 thread_id = self._create(item)
                 self.gm_threads[item.gm_thrid] = thread_id
-            thread_id = self._resolve(thread_id)
         else:
-            found = {self._resolve(self.index[i]) for i in (*own, *refs) if i in self.index}
-            if len(found) > 1:
-                keep = min(found)
-                self._merge(keep, found - {keep})
-                thread_id = keep
-            elif found:
-                thread_id = found.pop()
+            found = {self.index[i] for i in (*own, *refs) if i in self.index}
+            if found:
+                thread_id = self._join(found) or self._create(item)
             else:
-                thread_id = self._subject_match(item) or self._create(item)
+                match = self._subject_match(item)
+                thread_id = (self._join({match}) if match else None) or self._create(item)
+        self.sizes[thread_id] = self._size(thread_id) + 1
         for msgid in own:
             self.index[msgid] = thread_id
             self.real[msgid] = thread_id

@@ -52,6 +52,13 @@ SEARCH_RANGE = 50_000  # UIDs per chunked UID SEARCH (bounded response lines)
 FLAG_WINDOW = 300  # non-CONDSTORE fast scan: the newest local UIDs every tick
 FULL_FLAG_SCAN_EVERY = timedelta(hours=1)
 MAX_UIDINVALID_RESYNCS = 5
+OTHER_FOLDERS_INTERVAL_SECONDS = 600  # SYNC.md §1: other folders every 5 to 15 min
+EVERY_PASS_ROLES = ("inbox", "sent", "all")  # Gmail's All Mail holds the inbox
+# SYNC.md §4.6 step 1 (mbsync's idea): a UIDVALIDITY change is spurious when a sample of the
+# stored UIDs still holds the same messages: none differ and 20, or 80% of them, match.
+UIDVALIDITY_SAMPLE = 50
+UIDVALIDITY_MIN_MATCHES = 20
+UIDVALIDITY_MIN_SHARE = 0.8
 MAX_FETCH_ATTEMPTS = 5
 FAILED_RETRY_SECONDS = 300
 CONNECTION_RETRIES = 2
@@ -77,10 +84,17 @@ NETWORK_ERRORS = (
 )
 
 Progress = Callable[[str, int, int], None]
+# Renews the account's sync lease when due; False when another worker holds it now. It
+# commits, so the engine calls it only between transactions.
+Heartbeat = Callable[[], bool]
 
 
 class BudgetExceeded(Exception):
     """The run's time budget is spent; the next tick resumes where this one stopped."""
+
+
+class LeaseLost(Exception):
+    """Another worker took over the account's lease: this pass stops where it is."""
 
 
 class FolderError(Exception):
@@ -222,10 +236,24 @@ class AccountSync:
     """One sync run of one account over one IMAP connection (reconnecting after faults)."""
 
     def __init__(
-        self, app: Flask, account_id: int, budget_seconds: float, progress: Progress | None
+        self,
+        app: Flask,
+        account_id: int,
+        budget_seconds: float,
+        progress: Progress | None,
+        *,
+        all_folders: bool = True,
+        heartbeat: Heartbeat | None = None,
     ):
         self.app = app
         self.account_id = account_id
+        self.all_folders = all_folders
+        self.heartbeat = heartbeat
+        self.other_folders_interval = timedelta(
+            seconds=float(
+                app.config.get("OTHER_FOLDERS_INTERVAL_SECONDS", OTHER_FOLDERS_INTERVAL_SECONDS)
+            )
+        )
         self.deadline = time.monotonic() + budget_seconds
         self.progress = progress
         self.result = SyncResult(account_id=account_id)
@@ -295,8 +323,15 @@ class AccountSync:
         return b"CONDSTORE" in self.connect().capabilities()
 
     def check_budget(self) -> None:
+        """Stop the pass when its time is up; renew the lease (called between transactions)."""
         if time.monotonic() > self.deadline:
             raise BudgetExceeded()
+        self.keep_lease()
+
+    def keep_lease(self) -> None:
+        """Renew the account's lease when due, so a pass never outlives it (SYNC.md §1)."""
+        if self.heartbeat is not None and not self.heartbeat():
+            raise LeaseLost()
 
     def report(self, folder: str, done: int, total: int) -> None:
         if self.progress is not None:
@@ -338,6 +373,10 @@ class AccountSync:
         except BudgetExceeded:
             db.session.rollback()
             self.result.complete = False
+        except LeaseLost:
+            db.session.rollback()
+            log.warning("account %s: another worker took over the sync lease", self.account_id)
+            self.result.complete = False
         except imap.MailConnectionError as exc:
             db.session.rollback()
             self.result.error = exc.message
@@ -363,7 +402,7 @@ class AccountSync:
     # ------------------------------------------------------------------ folders
 
     def discover_folders(self) -> list[int]:
-        """List folders, assign roles, decide which to sync; return folder ids in sync order."""
+        """List folders, assign roles, decide which to sync; return due folder ids in order."""
         conn = self.connect()
         gmail = self.gmail
         listing = []
@@ -403,10 +442,30 @@ class AccountSync:
         db.session.commit()
         order = {"inbox": 0, "sent": 1, "all": 0}
         folders = [f for f in account.folders if f.sync_enabled and f.state != "error"]
+        folders = [f for f in folders if self._due(f)]
         folders.sort(key=lambda f: (order.get(f.role or "", 2), f.name))
         ids = [f.id for f in folders]
         db.session.commit()
         return ids
+
+    def _due(self, folder: MailFolder) -> bool:
+        """Tell whether this pass syncs the folder (SYNC.md §1 cadence).
+
+        INBOX and Sent every pass; other folders while their first backfill is incomplete,
+        then every OTHER_FOLDERS_INTERVAL_SECONDS, unless the pass takes all folders ("Sync
+        now", the CLI).
+        """
+        if self.all_folders or folder.role in EVERY_PASS_ROLES:
+            return True
+        if not folder.initial_sync_complete:
+            return True
+        last = _aware(folder.last_polled_at)
+        return last is None or datetime.now(UTC) - last >= self.other_folders_interval
+
+    def _polled(self, folder_id: int) -> None:
+        folder = db.session.get(MailFolder, folder_id)
+        folder.last_polled_at = datetime.now(UTC)
+        db.session.commit()
 
     def status(self, name: str) -> dict[bytes, int]:
         """Return STATUS values, or {} when the server's answer cannot be parsed (163 sends ())."""
@@ -462,6 +521,7 @@ class AccountSync:
             status = self.status(name)
             if self._unchanged(folder, status):
                 db.session.commit()
+                self._polled(folder_id)
                 return
             db.session.commit()
             snapshot = self.examine(name)
@@ -473,8 +533,15 @@ class AccountSync:
         folder = db.session.get(MailFolder, folder_id)
         reset = folder.uidvalidity is not None and folder.uidvalidity != snapshot.uidvalidity
         if reset:
-            self._reset_uidvalidity(folder, snapshot)
+            db.session.commit()
+            spurious = self.uidvalidity_change_is_spurious(folder_id)
             folder = db.session.get(MailFolder, folder_id)
+            if spurious:
+                self._accept_uidvalidity(folder, snapshot)
+                reset = False
+            else:
+                self._reset_uidvalidity(folder, snapshot)
+                folder = db.session.get(MailFolder, folder_id)
         elif folder.uidvalidity is None:
             folder.uidvalidity = snapshot.uidvalidity
         if not reset:
@@ -493,6 +560,8 @@ class AccountSync:
                 raise
             # A NO/BAD on one folder (e.g. deleted meanwhile) must not stop the others.
             self._folder_failed(folder_id, f"The server refused a command in this folder: {exc}")
+            return
+        self._polled(folder_id)
 
     def _unchanged(self, folder: MailFolder, status: dict[bytes, int]) -> bool:
         # SYNC.md §4.2 step 2: one STATUS round trip decides that nothing changed.
@@ -520,6 +589,63 @@ class AccountSync:
         folder = db.session.get(MailFolder, folder_id)
         folder.last_error = message
         self.result.folder_errors[folder.name] = message
+        db.session.commit()
+
+    def uidvalidity_change_is_spurious(self, folder_id: int) -> bool:
+        """Tell whether the selected folder's stored UIDs still hold the same messages.
+
+        Fetches the dedup headers (X-GM-MSGID on Gmail) of a sample of stored UIDs. A UID
+        that no longer exists says nothing, as does a message without Message-ID; any other
+        difference means the UIDs were reassigned. A refused FETCH counts as "not spurious".
+        """
+        sample = store.location_sample(folder_id, UIDVALIDITY_SAMPLE)
+        db.session.commit()
+        if not sample:
+            return False
+        gmail = self.gmail
+        items = ["UID", HEADER_ITEM] + (["X-GM-MSGID"] if gmail else [])
+        try:
+            response = self.connect().fetch(uid_ranges(sample), items)
+        except imaplib.IMAP4.error as exc:
+            if isinstance(exc, imaplib.IMAP4.abort):
+                raise
+            return False
+        matches = differ = 0
+        for uid, (key, gm_msgid) in sample.items():
+            data = response.get(uid)
+            if data is None:
+                continue  # expunged since the last sync
+            if gmail and gm_msgid and data.get(b"X-GM-MSGID"):
+                same = int(data[b"X-GM-MSGID"]) == gm_msgid
+            else:
+                header = _header_bytes(data)
+                fetched = header_dedup_key(header) if header else None
+                if fetched is None:
+                    continue
+                same = fetched == key
+            matches += same
+            differ += not same
+        return (
+            differ == 0
+            and matches > 0
+            and (
+                matches >= UIDVALIDITY_MIN_MATCHES or matches >= UIDVALIDITY_MIN_SHARE * len(sample)
+            )
+        )
+
+    def _accept_uidvalidity(self, folder: MailFolder, snapshot: Snapshot) -> None:
+        # The UIDs still name the same messages: keep locations and the watermark. Flags are
+        # read again in full, since mod-sequences need not carry over to the new UIDVALIDITY.
+        log.info(
+            "account %s: folder %s changed UIDVALIDITY %s -> %s but kept its UIDs",
+            self.account_id,
+            folder.name,
+            folder.uidvalidity,
+            snapshot.uidvalidity,
+        )
+        folder.uidvalidity = snapshot.uidvalidity
+        folder.highestmodseq = None
+        folder.last_full_flag_scan_at = None
         db.session.commit()
 
     def _reset_uidvalidity(self, folder: MailFolder, snapshot: Snapshot) -> None:
@@ -860,6 +986,7 @@ class AccountSync:
                 retry_after_seconds=FAILED_RETRY_SECONDS,
             )
         db.session.commit()
+        self.keep_lease()  # a long download may not reach check_budget for a while
         return set(metas)
 
     def _store_placeholder(self, folder_id: int, meta: Meta) -> None:
@@ -1027,15 +1154,30 @@ class AccountSync:
 
 
 def sync_account(
-    account_id: int, *, app: Flask, budget_seconds: float = 90, progress: Progress | None = None
+    account_id: int,
+    *,
+    app: Flask,
+    budget_seconds: float = 90,
+    progress: Progress | None = None,
+    all_folders: bool = True,
+    heartbeat: Heartbeat | None = None,
 ) -> SyncResult:
     """Run one sync pass of an account within a time budget; errors land in the result.
 
-    Does not touch account state or leases (see jobs.run_account_sync for that).
+    all_folders=False is a scheduled pass: folders other than INBOX and Sent are skipped when
+    synced less than OTHER_FOLDERS_INTERVAL_SECONDS ago. `heartbeat` renews the caller's
+    lease between batches. Does not touch account state (see jobs.run_account_sync).
     """
     with app.app_context():
         try:
-            engine = AccountSync(app, account_id, budget_seconds, progress)
+            engine = AccountSync(
+                app,
+                account_id,
+                budget_seconds,
+                progress,
+                all_folders=all_folders,
+                heartbeat=heartbeat,
+            )
         except Exception as exc:  # e.g. undecryptable password
             db.session.rollback()
             return SyncResult(account_id=account_id, error=str(exc), error_kind="internal")

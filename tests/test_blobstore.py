@@ -29,12 +29,14 @@ def test_round_trip_layout_and_compression(store, tmp_path):
     assert store.exists(sha)
 
 
-def test_put_is_idempotent(store):
+def test_put_is_idempotent_and_marks_the_blob_as_wanted_again(store):
     sha = store.put(RAW)
     path = store.path_for(sha)
-    mtime = path.stat().st_mtime_ns
+    os.utime(path, (1_000_000, 1_000_000))
+    inode = path.stat().st_ino
     assert store.put(RAW) == sha
-    assert path.stat().st_mtime_ns == mtime
+    assert path.stat().st_ino == inode  # not rewritten
+    assert path.stat().st_mtime > 1_000_000  # but recent again, which discard() respects
     assert len(list(path.parent.iterdir())) == 1
 
 
@@ -106,3 +108,39 @@ def test_concurrent_puts(store):
         shas = list(pool.map(store.put, blobs))
     with ThreadPoolExecutor(max_workers=8) as pool:
         assert list(pool.map(store.get, shas)) == blobs
+
+
+def _age(store, sha):
+    os.utime(store.path_for(sha), (1_000_000, 1_000_000))
+
+
+def test_discard_deletes_an_old_unused_blob(store):
+    sha = store.put(RAW)
+    _age(store, sha)
+    assert store.discard(sha, in_use=lambda: False, grace_seconds=600)
+    assert not store.exists(sha)
+    assert not store.discard(sha, in_use=lambda: False, grace_seconds=600)
+    assert list(store.path_for(sha).parent.iterdir()) == []  # nothing left aside
+
+
+def test_discard_keeps_a_blob_in_use_or_put_recently(store):
+    sha = store.put(RAW)
+    assert not store.discard(sha, in_use=lambda: False, grace_seconds=600)  # just written
+    _age(store, sha)
+    assert not store.discard(sha, in_use=lambda: True, grace_seconds=600)
+    store.put(RAW)  # a sync stores the same bytes again; its row is not committed yet
+    assert not store.discard(sha, in_use=lambda: False, grace_seconds=600)
+    assert store.get(sha) == RAW
+
+
+def test_put_during_discard_is_never_lost(store):
+    sha = store.put(RAW)
+    _age(store, sha)
+
+    def in_use() -> bool:
+        # Another process puts the same bytes while the blob is set aside.
+        assert store.put(RAW) == sha
+        return False
+
+    assert store.discard(sha, in_use=in_use, grace_seconds=600)
+    assert store.get(sha) == RAW

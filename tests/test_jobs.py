@@ -181,7 +181,7 @@ def test_without_the_sync_process_the_pass_runs_in_the_calling_thread(
     deliver(dovecot, mail_user, [1])
     result = jobs.run_scheduled_sync(app, account.id, budget_seconds=600)
     assert result.ok and result.new == 1
-    assert calls == [(threading.get_ident(), {"budget_seconds": 600})]
+    assert calls == [(threading.get_ident(), {"budget_seconds": 600, "all_folders": True})]
     assert subjects(account.id) == ["Message 1"]
     assert jobs.sync_process(app).pid is None  # no process was started
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import func, select
 
+import jobs
 from extensions import db
 from mailsync import sync as sync_module
+from mailsync import threading as jwz
 from mailsync.actions import set_seen
 from mailsync.blobstore import BlobStore
 from mailsync.sync import uid_ranges
@@ -106,6 +110,42 @@ def test_new_mail_is_fetched_incrementally_without_refetching(
     assert message_count(account_id) == 8
 
 
+def _stored(account_id, n) -> bool:
+    db.session.expire_all()
+    return message_by_msgid(account_id, f"m{n}@example.com") is not None
+
+
+def test_scheduled_passes_sync_other_folders_less_often(app, dovecot, mail_user, account):
+    deliver(dovecot, mail_user, [1])
+    deliver(dovecot, mail_user, [2], folder="Archive")
+    jobs.sync_due_accounts(app)  # the interval job; Archive's first backfill is due
+    assert _stored(account.id, 1) and _stored(account.id, 2)
+
+    deliver(dovecot, mail_user, [3])
+    deliver(dovecot, mail_user, [4], folder="Archive")
+    deliver(dovecot, mail_user, [5], folder="Sent", sender=mail_user.email, to="bob@example.com")
+    dovecot.create_folder(mail_user.email, "Projects")
+    deliver(dovecot, mail_user, [6], folder="Projects")
+    jobs.sync_due_accounts(app)
+    # INBOX and Sent every pass, a new folder until its first backfill is done; Archive was
+    # synced less than OTHER_FOLDERS_INTERVAL_SECONDS ago.
+    assert _stored(account.id, 3) and _stored(account.id, 5) and _stored(account.id, 6)
+    assert not _stored(account.id, 4)
+
+    archive = folder_named(account.id, "Archive")
+    archive.last_polled_at -= timedelta(seconds=app.config["OTHER_FOLDERS_INTERVAL_SECONDS"])
+    db.session.commit()  # as if the interval had passed
+    jobs.sync_due_accounts(app)
+    assert _stored(account.id, 4)
+
+    deliver(dovecot, mail_user, [7], folder="Archive")
+    deliver(dovecot, mail_user, [8], folder="Projects")
+    jobs.sync_due_accounts(app)
+    assert not _stored(account.id, 7) and not _stored(account.id, 8)
+    jobs.run_scheduled_sync(app, account.id)  # what "Sync now" runs: every folder
+    assert _stored(account.id, 7) and _stored(account.id, 8)
+
+
 def test_interrupted_backfill_resumes_to_exactly_n(app, dovecot, mail_user, account, monkeypatch):
     deliver(dovecot, mail_user, range(1, 81))
     app.config["SYNC_BATCH_MESSAGES"] = 10
@@ -200,25 +240,76 @@ def test_flags_both_ways(app, dovecot, mail_user, account):
     assert "\\Seen" not in dovecot.flags(mail_user.email, "INBOX", 2)
 
 
-def test_uidvalidity_reset_keeps_messages_without_body_downloads(
+def _placement(account_id, folder="INBOX"):
+    """Return {uid: (location id, message id)} of a folder."""
+    return {loc.uid: (loc.id, loc.message_id) for loc in locations(account_id, folder)}
+
+
+def test_spurious_uidvalidity_change_is_accepted_without_a_rebuild(
     app, dovecot, mail_user, account, make_person, monkeypatch
 ):
     make_person(account.user, emails=("alice@example.com",))
     deliver(dovecot, mail_user, range(1, 6))
     assert run_sync(app, account).ok
-    before = {m.dedup_key: m.id for m in db.session.scalars(select(Message))}
+    placed = _placement(account.id)
     links = db.session.scalar(select(func.count()).select_from(MessagePerson))
     old = folder_named(account.id, "INBOX").uidvalidity
+    # Same mailbox, same UIDs, new UIDVALIDITY: the check finds every sampled UID unchanged.
     dovecot.set_uidvalidity(mail_user.email, "INBOX", old + 1000)
     with command_log(monkeypatch) as log:
         result = run_sync(app, account)
     assert result.ok, result.error
-    assert log.body_fetches() == 0
-    assert folder_named(account.id, "INBOX").uidvalidity == old + 1000
-    after = {m.dedup_key: m.id for m in db.session.scalars(select(Message))}
-    assert after == before
+    inbox = folder_named(account.id, "INBOX")
+    assert inbox.uidvalidity == old + 1000 and inbox.uidinvalid_streak == 0
+    assert inbox.last_seen_uid == 5 and inbox.initial_sync_complete
+    # No rebuild: no UID SEARCH, and the only metadata FETCH is the usual one for new mail
+    # (`UID FETCH 6:*`); besides it, only the sample's headers and FLAGS are read.
+    fetches = [line.split(b" ", 1)[1] for line in log.lines if b"UID FETCH" in line]
+    assert log.count("UID SEARCH") == 0 and log.body_fetches() == 0
+    assert [f.split(b" (")[0] for f in fetches] == [
+        b"UID FETCH 1:5",  # the sample: dedup headers only
+        b"UID FETCH 6:*",  # new mail above the kept watermark
+        b"UID FETCH 1:5",  # flags, read again in full
+    ]
+    assert b"HEADER.FIELDS" in fetches[0] and b"RFC822.SIZE" not in fetches[0]
+    assert fetches[2].endswith(b"(FLAGS)\r\n")
+    assert _placement(account.id) == placed  # the very same location rows
     assert message_count(account.id) == 5
-    assert len(locations(account.id)) == 5
+    assert db.session.scalar(select(func.count()).select_from(MessagePerson)) == links
+    # Polling goes on from the watermark.
+    deliver(dovecot, mail_user, [6])
+    with command_log(monkeypatch) as log:
+        result = run_sync(app, account.id)
+    assert result.new == 1 and any(b"UID FETCH 6:*" in line for line in log.lines)
+
+
+def test_uidvalidity_change_with_reassigned_uids_rebuilds_without_body_downloads(
+    app, dovecot, mail_user, account, make_person, monkeypatch
+):
+    make_person(account.user, emails=("alice@example.com",))
+    deliver(dovecot, mail_user, range(1, 6), folder="Archive")
+    assert run_sync(app, account).ok
+    before = {m.message_id_header: m.id for m in db.session.scalars(select(Message))}
+    links = db.session.scalar(select(func.count()).select_from(MessagePerson))
+    old = folder_named(account.id, "Archive").uidvalidity
+    # The mailbox is re-created with the same mail in reverse order: UID 1 is now m5.
+    dovecot.delete_folder(mail_user.email, "Archive")
+    deliver(dovecot, mail_user, range(5, 0, -1), folder="Archive")
+    dovecot.set_uidvalidity(mail_user.email, "Archive", old + 7)
+    with command_log(monkeypatch) as log:
+        result = run_sync(app, account)
+    assert result.ok, result.error
+    archive = folder_named(account.id, "Archive")
+    assert archive.uidvalidity == old + 7 and archive.uidinvalid_streak == 1
+    assert log.count("UID SEARCH") >= 1  # the folder was listed again
+    assert log.body_fetches() == 0  # re-linked by the header dedup key
+    after = {m.message_id_header: m.id for m in db.session.scalars(select(Message))}
+    assert after == before
+    placed = {
+        uid: message_id for uid, (_loc, message_id) in _placement(account.id, "Archive").items()
+    }
+    assert placed == {uid: before[f"m{6 - uid}@example.com"] for uid in range(1, 6)}
+    assert message_count(account.id) == 5 and message_count(account.id, deleted=True) == 0
     assert db.session.scalar(select(func.count()).select_from(MessagePerson)) == links
 
 
@@ -420,6 +511,51 @@ def test_message_referencing_two_threads_merges_them(app, dovecot, mail_user, ac
     thread = db.session.get(Thread, thread_ids.pop())
     assert thread.message_count == 3 and thread.deal_id == deal.id  # the link survives
     assert db.session.scalar(select(func.count()).select_from(Thread)) == 1
+
+
+def _reply_chain(dovecot, mail_user, numbers):
+    """Deliver "Plan" and replies to it, each referencing every earlier message."""
+    for n in numbers:
+        refs = " ".join(f"<m{i}@example.com>" for i in range(1, n))
+        deliver(
+            dovecot,
+            mail_user,
+            [n],
+            subject="Plan" if n == 1 else "Re: Plan",
+            references=refs or None,
+            in_reply_to=f"<m{n - 1}@example.com>" if n > 1 else None,
+        )
+
+
+def _thread_of(account_id, n):
+    return message_by_msgid(account_id, f"m{n}@example.com").thread_id
+
+
+def test_a_full_thread_takes_no_more_messages(app, dovecot, mail_user, account, monkeypatch):
+    monkeypatch.setattr(jwz, "MAX_THREAD_LENGTH", 3)
+    _reply_chain(dovecot, mail_user, range(1, 4))
+    assert run_sync(app, account).ok
+    full = _thread_of(account.id, 1)
+    assert {_thread_of(account.id, n) for n in (1, 2, 3)} == {full}
+    _reply_chain(dovecot, mail_user, [4, 5])
+    assert run_sync(app, account).ok
+    # Reply 4 would join the full thread, so it starts a new one; reply 5 references both
+    # threads and joins the one with room instead of merging them.
+    overflow = _thread_of(account.id, 4)
+    assert overflow != full and _thread_of(account.id, 5) == overflow
+    assert db.session.get(Thread, full).message_count == 3
+    assert db.session.get(Thread, overflow).message_count == 2
+    assert message_count(account.id) == 5
+
+
+def test_the_cap_holds_within_one_backfill_batch(app, dovecot, mail_user, account, monkeypatch):
+    monkeypatch.setattr(jwz, "MAX_THREAD_LENGTH", 3)
+    _reply_chain(dovecot, mail_user, range(1, 8))
+    assert run_sync(app, account).ok
+    sizes = [t.message_count for t in db.session.scalars(select(Thread))]
+    assert sum(sizes) == 7 and max(sizes) == 3
+    # Newest first: the latest three replies fill the first thread.
+    assert len({_thread_of(account.id, n) for n in (5, 6, 7)}) == 1
 
 
 def test_oversized_message_is_a_header_only_placeholder(

@@ -6,10 +6,11 @@ import json
 import os
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 import jobs
 from extensions import db
@@ -21,6 +22,7 @@ from models import (
     MailAccount,
     Message,
     MessageLocation,
+    SyncLease,
     SyncRun,
 )
 from services.credentials import secret_box
@@ -163,6 +165,56 @@ def test_lease_lets_only_one_sync_run(app, dovecot, mail_user, account):
     assert jobs.run_account_sync(app, account_id) is not None
 
 
+def _lease(account_id):
+    """Return (owner, expires_at) of the account's lease, read on a connection of its own."""
+    table = SyncLease.__table__
+    with db.engine.connect() as connection:
+        return connection.execute(
+            select(table.c.owner, table.c.expires_at).where(table.c.account_id == account_id)
+        ).one()
+
+
+def test_a_pass_longer_than_its_lease_keeps_renewing_it(
+    app, dovecot, mail_user, account, monkeypatch
+):
+    monkeypatch.setattr(jobs, "lease_seconds", lambda budget: 1.5)
+    deliver(dovecot, mail_user, range(1, 121))
+    account_id = account.id
+    seen: list[tuple[datetime, datetime]] = []
+
+    def slow(folder, done, total):
+        time.sleep(0.4)
+        seen.append((datetime.now(UTC), _lease(account_id)[1]))
+
+    started = time.monotonic()
+    result = jobs.run_account_sync(app, account_id, progress=slow)
+    assert result.ok and result.complete and message_count(account_id) == 120
+    assert time.monotonic() - started > 3  # twice the lease
+    # At every moment of the pass the lease was still live, so no other worker could take it.
+    assert all(expires > now for now, expires in seen)
+    assert seen[-1][1] > seen[0][1] + timedelta(seconds=1)
+    assert db.session.scalar(select(func.count()).select_from(SyncLease)) == 0  # released
+
+
+def test_a_pass_stops_when_another_worker_took_its_lease(
+    app, dovecot, mail_user, account, monkeypatch
+):
+    monkeypatch.setattr(jobs, "lease_seconds", lambda budget: 1.5)
+    deliver(dovecot, mail_user, range(1, 121))
+    account_id = account.id
+    table = SyncLease.__table__
+
+    def taken_over(folder, done, total):
+        time.sleep(0.6)  # the renewal is due
+        with db.engine.begin() as connection:  # the lease ran out and another worker took it
+            connection.execute(update(table).values(owner="other-worker"))
+
+    result = jobs.run_account_sync(app, account_id, progress=taken_over)
+    assert result.ok and not result.complete
+    assert message_count(account_id) < 120
+    assert _lease(account_id)[0] == "other-worker"  # not released by the stopped pass
+
+
 def test_cli_sync_and_mail_status(app, runner, dovecot, mail_user, account):
     deliver(dovecot, mail_user, range(1, 6))
     dovecot.deliver(mail_user.email, raw_message(9, to="x@example.com"), "Sent")
@@ -245,15 +297,19 @@ def test_corpus_ingest(app, dovecot, mail_user, account):
             assert _crlf(stored) == _crlf(raw)
 
 
-def test_schedule_sync_jobs_adds_one_interval_job(app):
+def test_schedule_sync_jobs_adds_the_sync_and_garbage_collection_jobs(app):
     from apscheduler.schedulers.background import BackgroundScheduler
 
     app.config["SYNC_INTERVAL_SECONDS"] = 45
+    app.config["GC_INTERVAL_SECONDS"] = 240
     scheduler = BackgroundScheduler(timezone="UTC")
     jobs.schedule_sync_jobs(scheduler, app)
-    (job,) = scheduler.get_jobs()
-    assert job.id == jobs.SYNC_JOB_ID and job.trigger.interval.total_seconds() == 45
-    assert job.func is jobs.sync_due_accounts
+    by_id = {job.id: job for job in scheduler.get_jobs()}
+    assert set(by_id) == {jobs.SYNC_JOB_ID, jobs.GC_JOB_ID}
+    sync, gc = by_id[jobs.SYNC_JOB_ID], by_id[jobs.GC_JOB_ID]
+    assert sync.func is jobs.sync_due_accounts and sync.trigger.interval.total_seconds() == 45
+    assert gc.func is jobs.collect_garbage and gc.trigger.interval.total_seconds() == 240
+    assert gc.args == (app,)
 
 
 def test_sync_now_queues_on_the_running_scheduler(app, account):

@@ -140,3 +140,88 @@ def test_uid_without_body_goes_to_failed_uid_and_never_blocks(
     assert run_sync(app, account).new == 1
     assert message_count(account.id) == 5
     assert db.session.scalar(select(FailedUid)) is None
+
+
+def test_gmail_thread_over_the_length_cap_continues_in_a_new_thread(
+    app, dovecot, user, make_account, mail_user, monkeypatch
+):
+    from sqlalchemy import select
+
+    from extensions import db
+    from mailsync import threading as jwz
+    from models import Message, Thread
+
+    monkeypatch.setattr(jwz, "MAX_THREAD_LENGTH", 3)
+
+    def gmail_message(n: int) -> FakeMessage:
+        # One X-GM-THRID; distinct subjects and no References, so only the thrid joins them.
+        return FakeMessage(n, raw_message(n, subject=f"Topic {n}"), (), 1000 + n, 500)
+
+    all_mail = [gmail_message(n) for n in range(1, 6)]
+    state = FakeState(
+        quirks=Quirks(capabilities="IMAP4rev1 ID X-GM-EXT-1"),
+        folders={"[Gmail]/All Mail": ("\\All \\HasNoChildren", all_mail)},
+    )
+    server = FakeIMAPServer(state, dovecot.certs.cert_file, dovecot.certs.key_file)
+    try:
+        account = make_account(user, mail_user, imap_port=server.port)
+        assert run_sync(app, account).ok
+        sizes = sorted(t.message_count for t in db.session.scalars(select(Thread)))
+        assert sizes == [2, 3]
+        all_mail.append(gmail_message(6))
+        assert run_sync(app, account).ok
+        db.session.expire_all()
+        threads = list(db.session.scalars(select(Thread).order_by(Thread.id)))
+        assert [t.message_count for t in threads] == [3, 3]  # the newer thread took it
+        newest = db.session.scalar(select(Message).where(Message.gm_msgid == 1006))
+        assert newest.thread_id == threads[1].id
+        assert {t.gm_thrid for t in threads} == {500}
+    finally:
+        server.stop()
+
+
+def test_uidvalidity_changing_on_every_check_stops_the_folder_after_five_rebuilds(
+    app, fake, user, make_account, mail_user
+):
+    from sqlalchemy import select
+
+    from extensions import db
+    from models import Message
+
+    server = fake(Quirks(), count=3)
+    state = server.state
+    account = make_account(user, mail_user, imap_port=server.port)
+    assert run_sync(app, account).ok
+    ids = set(db.session.scalars(select(Message.id)))
+    for rebuild in range(1, 7):
+        # A real change: new UIDVALIDITY and every UID now names another message.
+        state.uidvalidity += 1
+        raws = [message.raw for message in state.messages]
+        state.messages[:] = [
+            FakeMessage(uid=n, raw=raw) for n, raw in enumerate(raws[1:] + raws[:1], start=1)
+        ]
+        result = run_sync(app, account)
+        inbox = folder_named(account.id, "INBOX")
+        if rebuild <= 5:
+            assert result.ok and not result.folder_errors
+            assert inbox.state == "poll" and inbox.uidinvalid_streak == rebuild
+            assert set(db.session.scalars(select(Message.id))) == ids  # mail is kept
+    assert inbox.state == "error"
+    assert "UIDVALIDITY changed on every check" in result.folder_errors["INBOX"]
+    assert message_count(account.id) == 3
+
+
+def test_uidvalidity_changing_while_uids_stay_never_stops_the_folder(
+    app, fake, user, make_account, mail_user
+):
+    server = fake(Quirks(), count=3)
+    account = make_account(user, mail_user, imap_port=server.port)
+    assert run_sync(app, account).ok
+    for _ in range(7):
+        server.state.uidvalidity += 1
+        result = run_sync(app, account)
+        assert result.ok and not result.folder_errors
+    inbox = folder_named(account.id, "INBOX")
+    assert inbox.state == "poll" and inbox.uidinvalid_streak == 0
+    assert inbox.uidvalidity == server.state.uidvalidity
+    assert message_count(account.id) == 3

@@ -322,6 +322,10 @@ class DovecotServer:
     def create_folder(self, email: str, folder: str) -> None:
         self.doveadm("mailbox", "create", "-u", email, folder)
 
+    def delete_folder(self, email: str, folder: str) -> None:
+        """Delete a mailbox with its mail (re-creating it starts new UIDs)."""
+        self.doveadm("mailbox", "delete", "-u", email, "-r", folder)
+
     def uids(self, email: str, folder: str = "INBOX") -> list[int]:
         out = self.doveadm("-f", "flow", "fetch", "-u", email, "uid", "mailbox", folder, "ALL")
         return [int(line.split("=", 1)[1]) for line in out.splitlines() if line.startswith("uid=")]
