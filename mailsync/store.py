@@ -547,8 +547,13 @@ _REFRESH_MESSAGES = text(
       is_sent = EXISTS (SELECT 1 FROM message_location l JOIN mail_folder f ON f.id = l.folder_id
                         WHERE l.message_id = message.id AND f.role = 'sent'),
       deleted_at = CASE
-        WHEN EXISTS (SELECT 1 FROM message_location l WHERE l.message_id = message.id) THEN NULL
-        ELSE COALESCE(deleted_at, :now) END,
+        WHEN NOT EXISTS (SELECT 1 FROM message_location l WHERE l.message_id = message.id)
+          THEN COALESCE(deleted_at, :now)
+        -- A location again: back, unless the user deleted the conversation in Threadline.
+        WHEN EXISTS (SELECT 1 FROM thread t
+                     WHERE t.id = message.thread_id AND t.deleted_at IS NOT NULL)
+          THEN deleted_at
+        ELSE NULL END,
       orphaned_at = CASE
         WHEN EXISTS (SELECT 1 FROM message_location l WHERE l.message_id = message.id) THEN NULL
         ELSE COALESCE(orphaned_at, :now) END

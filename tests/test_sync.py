@@ -216,6 +216,31 @@ def test_move_keeps_one_message_and_its_links(
     assert link.person_id == person.id
 
 
+def test_deleted_in_threadline_stays_deleted_when_the_server_changes_flags(
+    app, dovecot, mail_user, account
+):
+    """Deleting only in Threadline keeps the mail on the server; a later flag change there
+    must not bring it back."""
+    from services import mailbox
+
+    deliver(dovecot, mail_user, range(1, 3))
+    assert run_sync(app, account).ok
+    gone = message_by_msgid(account.id, "m1@example.com")
+    gone_id = gone.id
+    mailbox.delete_threads(account.user, [gone.thread])
+    dovecot.add_flags(mail_user.email, "INBOX", 1, "\\Seen")
+    assert run_sync(app, account).changed == 1
+    db.session.expire_all()
+    message = db.session.get(Message, gone_id)
+    assert message.deleted_at is not None and message.is_read  # flags follow, still deleted
+    assert [
+        m.subject
+        for m in db.session.scalars(
+            select(Message).where(Message.account_id == account.id, Message.deleted_at.is_(None))
+        )
+    ] == ["Message 2"]
+
+
 def test_flags_both_ways(app, dovecot, mail_user, account):
     deliver(dovecot, mail_user, range(1, 4))
     assert run_sync(app, account).ok
