@@ -513,7 +513,11 @@ class Message(db.Model):
     is_sent: Mapped[bool] = mapped_column(Boolean, default=False)
     # Every participant other than the owner is blocked (kept, so unblocking restores it).
     blocked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Hidden everywhere: deleted by the user in Threadline, or gone from every server folder.
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # When the user deleted it in Threadline: unlike mail gone from the server, it stays
+    # deleted when a location (re)appears, e.g. its copy in Trash or a server flag change.
+    user_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # When sync saw the last location disappear (None while it has one); garbage collection
     # hard-deletes it MESSAGE_GC_TTL_SECONDS later unless a location came back (a move).
     orphaned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

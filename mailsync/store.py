@@ -549,11 +549,8 @@ _REFRESH_MESSAGES = text(
       deleted_at = CASE
         WHEN NOT EXISTS (SELECT 1 FROM message_location l WHERE l.message_id = message.id)
           THEN COALESCE(deleted_at, :now)
-        -- A location again: back, unless the user deleted the conversation in Threadline.
-        WHEN EXISTS (SELECT 1 FROM thread t
-                     WHERE t.id = message.thread_id AND t.deleted_at IS NOT NULL)
-          THEN deleted_at
-        ELSE NULL END,
+        -- A location again: back, unless the user deleted it in Threadline.
+        ELSE user_deleted_at END,
       orphaned_at = CASE
         WHEN EXISTS (SELECT 1 FROM message_location l WHERE l.message_id = message.id) THEN NULL
         ELSE COALESCE(orphaned_at, :now) END
@@ -580,7 +577,8 @@ def refresh_messages(message_ids: Iterable[int]) -> None:
 
     A message that lost its last location gets `deleted_at` and `orphaned_at` (garbage
     collection hard-deletes it after a TTL, mailsync.gc); one that regained a location (a move
-    seen as vanish-then-appear) is undeleted and no longer orphaned (SYNC.md §2.4).
+    seen as vanish-then-appear) is undeleted and no longer orphaned (SYNC.md §2.4), unless
+    the user deleted it in Threadline (`user_deleted_at`).
     """
     ids = sorted(set(message_ids))
     thread_ids: set[int] = set()
@@ -606,6 +604,33 @@ _MARK_INBOX = text(
       WHERE f.role = 'inbox' AND m.id IN :ids)
     """
 ).bindparams(bindparam("ids", expanding=True))
+
+
+# New mail in an inbox folder brings its conversation back when the user had archived or
+# deleted it in Threadline (a customer's reply must never land out of sight). Only mail the
+# server received after the conversation's last message (or its deletion) does: backfill of
+# older messages leaves the user's choice alone. INTERNALDATE first: a sender's Date header
+# can run behind our clock. Deleted messages stay deleted; only the new ones show.
+_REVIVE = text(
+    """
+    UPDATE thread SET archived = 0, deleted_at = NULL
+    WHERE (archived = 1 OR deleted_at IS NOT NULL) AND id IN (
+      SELECT m.thread_id FROM message m
+      JOIN message_location l ON l.message_id = m.id
+      JOIN mail_folder f ON f.id = l.folder_id
+      WHERE f.role = 'inbox' AND m.id IN :ids
+        AND coalesce(m.internaldate, m.date) > coalesce(thread.deleted_at, thread.last_date))
+    """
+).bindparams(bindparam("ids", expanding=True))
+
+
+def revive_threads(message_ids: Iterable[int]) -> None:
+    """Bring archived or deleted conversations back for new inbox mail (see _REVIVE).
+
+    Runs before the threads' dates are refreshed, so last_date is still the previous one.
+    """
+    for chunk in _chunks(sorted(set(message_ids))):
+        db.session.execute(_REVIVE, {"ids": list(chunk)})
 
 
 def mark_inbox_threads(message_ids: Iterable[int]) -> None:
@@ -984,6 +1009,8 @@ def store_batch(ctx: StoreContext, items: Sequence[Fetched], *, takeover: bool =
         for item in items
     ]
     displaced = _upsert_locations(location_rows, takeover=takeover)
+    if fresh:
+        revive_threads(existing[key] for key in fresh)
     refresh_messages({existing[item.dedup_key] for item in items} | displaced)
     mark_inbox_threads({existing[item.dedup_key] for item in items})
     if fresh:

@@ -739,7 +739,7 @@ def delete_threads(user: User, threads: Sequence[Thread]) -> ActionOutcome:
     for thread in threads:
         thread.deleted_at = now
     for message in messages:
-        message.deleted_at = now
+        message.deleted_at = message.user_deleted_at = now
     remove_from_index(db.session.connection(), [message.id for message in messages])
     db.session.commit()
     outcome = ActionOutcome(f"Deleted {_count(threads)}.")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
 
 import jobs
 from extensions import db
+from mailsync import imap
 from mailsync import sync as sync_module
 from mailsync import threading as jwz
 from mailsync.actions import set_seen
@@ -239,6 +240,69 @@ def test_deleted_in_threadline_stays_deleted_when_the_server_changes_flags(
             select(Message).where(Message.account_id == account.id, Message.deleted_at.is_(None))
         )
     ] == ["Message 2"]
+
+
+def inbox_subjects(user) -> list[str]:
+    from services import mailbox
+
+    db.session.expire_all()
+    rows = mailbox.list_threads(user, mailbox.MailboxQuery()).rows
+    return sorted(row.subject for row in rows)
+
+
+@pytest.mark.parametrize("action", ["archive", "delete"])
+def test_a_new_reply_brings_an_archived_or_deleted_conversation_back(
+    app, dovecot, mail_user, account, action
+):
+    """A customer's reply must never land out of sight: new inbox mail revives the thread;
+    older mail of it (backfill) does not, and deleted messages stay deleted."""
+    from services import mailbox
+
+    deliver(dovecot, mail_user, [1])
+    assert run_sync(app, account).ok
+    first = message_by_msgid(account.id, "m1@example.com")
+    first_id, thread_id = first.id, first.thread_id
+    handle = mailbox.archive_threads if action == "archive" else mailbox.delete_threads
+    handle(account.user, [first.thread])
+    assert "Message 1" not in inbox_subjects(account.user)
+
+    # An older message of the conversation turns up (e.g. backfill, or copied in by another
+    # program with its original date): the choice stands.
+    client = imap.connect(
+        imap.ConnectionSettings(
+            host=dovecot.host,
+            port=dovecot.ssl_port,
+            security="ssl",
+            username=mail_user.email,
+            password=mail_user.password,
+            ca_cert_pem=dovecot.ca_file.read_text(),
+        ),
+        allowed_ports=None,
+    )
+    old = datetime(2026, 10, 1, tzinfo=UTC)
+    older = raw_message(0, subject="Re: Message 1", msgid="m0@example.com",
+                        references="<m1@example.com>", date=old)  # fmt: skip
+    client.append("INBOX", older, msg_time=old)
+    imap.safe_logout(client)
+    assert run_sync(app, account).ok
+    assert inbox_subjects(account.user) == []
+
+    # A new reply: the conversation is back in the Inbox, in the same thread.
+    dovecot.deliver(
+        mail_user.email,
+        raw_message(2, subject="Re: Message 1", msgid="m2@example.com",
+                    references="<m1@example.com>", date=datetime.now(UTC)),
+    )  # fmt: skip
+    assert run_sync(app, account).ok
+    assert inbox_subjects(account.user) == ["Message 1"]
+    assert message_by_msgid(account.id, "m2@example.com").thread_id == thread_id
+    if action == "delete":
+        # What the user deleted stays deleted, even after a flag change on the server.
+        dovecot.add_flags(mail_user.email, "INBOX", 1, "\\Flagged")
+        assert run_sync(app, account).ok
+        db.session.expire_all()
+        assert db.session.get(Message, first_id).deleted_at is not None
+        assert db.session.get(Thread, thread_id).message_count == 2  # the older one, the new one
 
 
 def test_flags_both_ways(app, dovecot, mail_user, account):
