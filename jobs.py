@@ -66,6 +66,7 @@ BACKOFF_CAP_SECONDS = 30 * 60
 LEASE_RENEW_SECONDS = 30  # a running pass extends its lease at most this often
 SYNC_JOB_ID = "mail-sync"
 GC_JOB_ID = "mail-gc"
+BLOB_SWEEP_JOB_ID = "mail-blob-sweep"
 
 # Credential problems stop scheduled sync until the user enters new credentials (§6).
 STATE_FOR_KIND = {
@@ -104,7 +105,8 @@ def start_scheduler(app: Flask):
 
 
 def schedule_sync_jobs(scheduler, app: Flask) -> None:
-    """Add the periodic jobs: mail sync (every SYNC_INTERVAL_SECONDS) and garbage collection."""
+    """Add the periodic jobs: mail sync (every SYNC_INTERVAL_SECONDS), garbage collection and
+    the blob sweep."""
     scheduler.add_job(
         sync_due_accounts,
         "interval",
@@ -123,6 +125,32 @@ def schedule_sync_jobs(scheduler, app: Flask) -> None:
         id=GC_JOB_ID,
         replace_existing=True,
     )
+    # Walks the blob store: hourly is enough for a removed account's mail to leave the disk.
+    scheduler.add_job(
+        sweep_blobs,
+        "interval",
+        seconds=int(app.config.get("BLOB_SWEEP_INTERVAL_SECONDS", 3600)),
+        args=[app],
+        id=BLOB_SWEEP_JOB_ID,
+        replace_existing=True,
+    )
+
+
+def sweep_blobs(app: Flask) -> int | None:
+    """Delete stored mail no message references any more, e.g. a removed account's (the
+    blob sweep job). Returns how many blobs went, or None when the sweep failed (logged)."""
+    with app.app_context():
+        try:
+            removed = gc.sweep_unreferenced_blobs(BlobStore(Path(app.instance_path) / "blobs"))
+        except Exception:
+            db.session.rollback()
+            log.exception("blob sweep failed")
+            return None
+        finally:
+            db.session.remove()
+    if removed:
+        log.info("blob sweep removed %s unreferenced blobs", removed)
+    return removed
 
 
 def collect_garbage(app: Flask) -> gc.Collected | None:

@@ -182,3 +182,40 @@ def _delete_thread_batch(cutoff: datetime, batch_size: int) -> int:
     ).rowcount
     db.session.commit()
     return removed
+
+
+def sweep_unreferenced_blobs(blobs: BlobStore, *, batch_size: int = 500) -> int:
+    """Delete stored blobs that no message row references; return how many went.
+
+    Catches what row-by-row collection cannot: the mail of a removed account (its rows went
+    with the account), and a blob whose row was collected just before a crash. Blobs put
+    within BLOB_GRACE_SECONDS are kept: their rows may not be committed yet.
+    """
+    removed = 0
+    batch: list[str] = []
+    for path in blobs.root.glob("??/??/*"):
+        if len(path.name) == 64 and not path.name.startswith("."):
+            batch.append(path.name)
+        if len(batch) >= batch_size:
+            removed += _sweep_batch(blobs, batch)
+            batch = []
+    if batch:
+        removed += _sweep_batch(blobs, batch)
+    return removed
+
+
+def _sweep_batch(blobs: BlobStore, shas: list[str]) -> int:
+    used = set(
+        db.session.scalars(select(message_t.c.raw_sha256).where(message_t.c.raw_sha256.in_(shas)))
+    )
+    db.session.rollback()  # no transaction left open while touching files
+    removed = 0
+    for sha in shas:
+        if sha in used:
+            continue
+        if blobs.discard(
+            sha, in_use=lambda sha=sha: _blob_in_use(sha), grace_seconds=BLOB_GRACE_SECONDS
+        ):
+            removed += 1
+    db.session.rollback()
+    return removed

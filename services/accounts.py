@@ -512,7 +512,8 @@ def remove_account(user: User, account: MailAccount, *, keep_mail: bool) -> None
     """Disconnect the account; commits.
 
     keep_mail=True: forget the password, stop syncing, keep the synced mail visible.
-    keep_mail=False: delete the account and its synced mail (blobs are left for GC).
+    keep_mail=False: delete the account and its synced mail (the stored raw mail files go
+    with the next blob sweep, jobs.sweep_blobs, within the hour).
     """
     _require_owner(user, account)
     if keep_mail:

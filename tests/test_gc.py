@@ -211,3 +211,33 @@ def test_a_paused_account_keeps_its_orphans_until_it_syncs_again(app, dovecot, m
     db.session.commit()
     assert collect(app, message_ttl=0).messages == 0
     assert message_count(account.id, deleted=True) == 1
+
+
+def test_removing_an_account_with_its_mail_takes_the_stored_files_too(
+    app, dovecot, mail_user, account, make_user, make_account, blobs, login
+):
+    other_box = dovecot.add_user(f"keeps-{mail_user.email}", "mail-password-1")
+    other = make_account(make_user(), other_box)
+    shared_raw = raw_message(1, to="team@example.com")  # in both mailboxes
+    dovecot.deliver(mail_user.email, shared_raw)
+    dovecot.deliver(other_box.email, shared_raw)
+    deliver(dovecot, mail_user, [2, 3])
+    assert run_sync(app, account).ok and run_sync(app, other).ok
+    mine = {
+        m.raw_sha256
+        for m in db.session.scalars(select(Message).where(Message.account_id == account.id))
+    }
+    shared = message_by_msgid(other.id, "m1@example.com").raw_sha256
+    assert len(mine) == 3 and shared in mine and all(blobs.exists(sha) for sha in mine)
+
+    client = login(account.user)
+    response = client.post(f"/settings/accounts/{account.id}/remove", data={"keep_mail": "0"})
+    assert response.status_code in (302, 303)
+    # As some time after the sync: the sweep keeps blobs written in the last few minutes.
+    hour_ago = time.time() - 3600
+    for path in blobs.root.rglob("*"):
+        if path.is_file():
+            os.utime(path, (hour_ago, hour_ago))
+    assert jobs.sweep_blobs(app) == 2
+    assert [sha for sha in mine if blobs.exists(sha)] == [shared]  # the other account's stays
+    assert jobs.sweep_blobs(app) == 0

@@ -305,7 +305,8 @@ def test_schedule_sync_jobs_adds_the_sync_and_garbage_collection_jobs(app):
     scheduler = BackgroundScheduler(timezone="UTC")
     jobs.schedule_sync_jobs(scheduler, app)
     by_id = {job.id: job for job in scheduler.get_jobs()}
-    assert set(by_id) == {jobs.SYNC_JOB_ID, jobs.GC_JOB_ID}
+    assert set(by_id) == {jobs.SYNC_JOB_ID, jobs.GC_JOB_ID, jobs.BLOB_SWEEP_JOB_ID}
+    assert by_id[jobs.BLOB_SWEEP_JOB_ID].func is jobs.sweep_blobs
     sync, gc = by_id[jobs.SYNC_JOB_ID], by_id[jobs.GC_JOB_ID]
     assert sync.func is jobs.sync_due_accounts and sync.trigger.interval.total_seconds() == 45
     assert gc.func is jobs.collect_garbage and gc.trigger.interval.total_seconds() == 240
