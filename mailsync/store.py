@@ -610,7 +610,8 @@ _MARK_INBOX = text(
 # deleted it in Threadline (a customer's reply must never land out of sight). Only mail the
 # server received after the conversation's last message (or its deletion) does: backfill of
 # older messages leaves the user's choice alone. INTERNALDATE first: a sender's Date header
-# can run behind our clock. Deleted messages stay deleted; only the new ones show.
+# can run behind our clock; it has whole seconds, so the deletion time is kept in whole
+# seconds and mail of that same second counts as new. Deleted messages stay deleted.
 _REVIVE = text(
     """
     UPDATE thread SET archived = 0, deleted_at = NULL
@@ -619,7 +620,9 @@ _REVIVE = text(
       JOIN message_location l ON l.message_id = m.id
       JOIN mail_folder f ON f.id = l.folder_id
       WHERE f.role = 'inbox' AND m.id IN :ids
-        AND coalesce(m.internaldate, m.date) > coalesce(thread.deleted_at, thread.last_date))
+        AND (coalesce(m.internaldate, m.date) >= thread.deleted_at
+             OR (thread.deleted_at IS NULL
+                 AND coalesce(m.internaldate, m.date) > thread.last_date)))
     """
 ).bindparams(bindparam("ids", expanding=True))
 

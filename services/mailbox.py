@@ -737,7 +737,9 @@ def delete_threads(user: User, threads: Sequence[Thread]) -> ActionOutcome:
         groups = _server_locations(messages, lambda location: location.folder.role != "trash")
     plan = _plain(groups)
     for thread in threads:
-        thread.deleted_at = now
+        # Whole seconds, like a server's INTERNALDATE: mail received from this second on
+        # brings the conversation back (mailsync.store.revive_threads).
+        thread.deleted_at = now.replace(microsecond=0)
     for message in messages:
         message.deleted_at = message.user_deleted_at = now
     remove_from_index(db.session.connection(), [message.id for message in messages])

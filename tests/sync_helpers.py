@@ -128,3 +128,25 @@ def message_by_msgid(account_id: int, msgid: str) -> Message:
             Message.account_id == account_id, Message.message_id_header == msgid.lower()
         )
     )
+
+
+def append_received_at(dovecot, mail_user, raw: bytes, received: datetime) -> None:
+    """APPEND a message over IMAP with its INTERNALDATE set to `received` (doveadm save
+    always stamps now), as when old mail is backfilled or copied in by another program."""
+    from mailsync import imap
+
+    client = imap.connect(
+        imap.ConnectionSettings(
+            host=dovecot.host,
+            port=dovecot.ssl_port,
+            security="ssl",
+            username=mail_user.email,
+            password=mail_user.password,
+            ca_cert_pem=dovecot.ca_file.read_text(),
+        ),
+        allowed_ports=None,
+    )
+    try:
+        client.append("INBOX", raw, msg_time=received)
+    finally:
+        imap.safe_logout(client)

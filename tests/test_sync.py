@@ -9,7 +9,6 @@ from sqlalchemy import func, select
 
 import jobs
 from extensions import db
-from mailsync import imap
 from mailsync import sync as sync_module
 from mailsync import threading as jwz
 from mailsync.actions import set_seen
@@ -17,6 +16,7 @@ from mailsync.blobstore import BlobStore
 from mailsync.sync import uid_ranges
 from models import Message, MessagePerson, Thread
 from tests.sync_helpers import (
+    append_received_at,
     command_log,
     folder_named,
     locations,
@@ -268,22 +268,10 @@ def test_a_new_reply_brings_an_archived_or_deleted_conversation_back(
 
     # An older message of the conversation turns up (e.g. backfill, or copied in by another
     # program with its original date): the choice stands.
-    client = imap.connect(
-        imap.ConnectionSettings(
-            host=dovecot.host,
-            port=dovecot.ssl_port,
-            security="ssl",
-            username=mail_user.email,
-            password=mail_user.password,
-            ca_cert_pem=dovecot.ca_file.read_text(),
-        ),
-        allowed_ports=None,
-    )
     old = datetime(2026, 10, 1, tzinfo=UTC)
     older = raw_message(0, subject="Re: Message 1", msgid="m0@example.com",
                         references="<m1@example.com>", date=old)  # fmt: skip
-    client.append("INBOX", older, msg_time=old)
-    imap.safe_logout(client)
+    append_received_at(dovecot, mail_user, older, old)
     assert run_sync(app, account).ok
     assert inbox_subjects(account.user) == []
 
@@ -521,24 +509,10 @@ def test_chosen_folders_always_include_sent(app, dovecot, mail_user, make_user, 
 def test_horizon_limits_backfill(app, dovecot, mail_user, make_user, make_account):
     import datetime as dt
 
-    from mailsync import imap
-
     account = make_account(make_user(), mail_user, since="1m")
     deliver(dovecot, mail_user, [1, 2])
-    client = imap.connect(
-        imap.ConnectionSettings(
-            host=dovecot.host,
-            port=dovecot.ssl_port,
-            security="ssl",
-            username=mail_user.email,
-            password=mail_user.password,
-            ca_cert_pem=dovecot.ca_file.read_text(),
-        ),
-        allowed_ports=None,
-    )
     old = dt.datetime.now(dt.UTC) - dt.timedelta(days=90)
-    client.append("INBOX", raw_message(3, to=mail_user.email, date=old), msg_time=old)
-    imap.safe_logout(client)
+    append_received_at(dovecot, mail_user, raw_message(3, to=mail_user.email, date=old), old)
     assert run_sync(app, account).ok
     inbox = folder_named(account.id, "INBOX")
     assert inbox.backfill_total == 2 and message_count(account.id) == 2
