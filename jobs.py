@@ -33,7 +33,6 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
@@ -43,7 +42,7 @@ from sqlalchemy.exc import IntegrityError
 import config
 from extensions import db
 from mailsync import gc, imap, store
-from mailsync.blobstore import BlobStore
+from mailsync.blobstore import app_blob_store
 from mailsync.sync import Progress, SyncResult, sync_account
 from models import (
     SYNC_ERROR,
@@ -76,7 +75,13 @@ STATE_FOR_KIND = {
     imap.IMAP_DISABLED: SYNC_IMAP_DISABLED,
 }
 
-_WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+def _worker_id(pid: int) -> str:
+    """Name a process in lease owners ("host:pid:<run>"), so its leases can be found."""
+    return f"{socket.gethostname()}:{pid}"
+
+
+_WORKER = _worker_id(os.getpid())
 
 
 def start_scheduler(app: Flask):
@@ -139,15 +144,9 @@ def schedule_sync_jobs(scheduler, app: Flask) -> None:
 def sweep_blobs(app: Flask) -> int | None:
     """Delete stored mail no message references any more, e.g. a removed account's (the
     blob sweep job). Returns how many blobs went, or None when the sweep failed (logged)."""
-    with app.app_context():
-        try:
-            removed = gc.sweep_unreferenced_blobs(BlobStore(Path(app.instance_path) / "blobs"))
-        except Exception:
-            db.session.rollback()
-            log.exception("blob sweep failed")
-            return None
-        finally:
-            db.session.remove()
+    removed = _maintenance(
+        app, "blob sweep", lambda: gc.sweep_unreferenced_blobs(app_blob_store(app))
+    )
     if removed:
         log.info("blob sweep removed %s unreferenced blobs", removed)
     return removed
@@ -159,24 +158,20 @@ def collect_garbage(app: Flask) -> gc.Collected | None:
     Returns what was removed, or None when the collection failed (logged; the next run
     retries, since every step is idempotent).
     """
-    with app.app_context():
-        try:
-            collected = gc.collect_garbage(
-                BlobStore(Path(app.instance_path) / "blobs"),
-                message_ttl_seconds=float(
-                    app.config.get("MESSAGE_GC_TTL_SECONDS", gc.MESSAGE_TTL_SECONDS)
-                ),
-                thread_ttl_seconds=float(
-                    app.config.get("THREAD_GC_TTL_SECONDS", gc.THREAD_TTL_SECONDS)
-                ),
-            )
-        except Exception:
-            db.session.rollback()
-            log.exception("garbage collection failed")
-            return None
-        finally:
-            db.session.remove()
-    if collected.messages or collected.threads:
+    collected = _maintenance(
+        app,
+        "garbage collection",
+        lambda: gc.collect_garbage(
+            app_blob_store(app),
+            message_ttl_seconds=float(
+                app.config.get("MESSAGE_GC_TTL_SECONDS", gc.MESSAGE_TTL_SECONDS)
+            ),
+            thread_ttl_seconds=float(
+                app.config.get("THREAD_GC_TTL_SECONDS", gc.THREAD_TTL_SECONDS)
+            ),
+        ),
+    )
+    if collected and (collected.messages or collected.threads):
         log.info(
             "garbage collection removed %s messages, %s blobs, %s threads",
             collected.messages,
@@ -184,6 +179,20 @@ def collect_garbage(app: Flask) -> gc.Collected | None:
             collected.threads,
         )
     return collected
+
+
+def _maintenance(app: Flask, name: str, work):
+    """Run a maintenance job's work in an app context; log and return None if it fails (the
+    next run retries: the work is idempotent)."""
+    with app.app_context():
+        try:
+            return work()
+        except Exception:
+            db.session.rollback()
+            log.exception("%s failed", name)
+            return None
+        finally:
+            db.session.remove()
 
 
 def due_account_ids(now: datetime | None = None) -> list[int]:
@@ -279,7 +288,7 @@ def _close_interrupted_pass(app: Flask, account_id: int, result: InterruptedPass
                 db.session.execute(
                     delete(table).where(
                         table.c.account_id == account_id,
-                        table.c.owner.startswith(f"{socket.gethostname()}:{died_pid}:"),
+                        table.c.owner.startswith(f"{_worker_id(died_pid)}:"),
                     )
                 )
                 db.session.commit()

@@ -11,7 +11,6 @@ import imaplib
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
@@ -19,7 +18,7 @@ from sqlalchemy import select
 
 from extensions import db
 from mailsync import imap, store
-from mailsync.blobstore import BlobStore
+from mailsync.blobstore import app_blob_store
 from mailsync.parse import parse_message
 from models import MailAccount, MailFolder, Message
 from services.credentials import CredentialError
@@ -209,6 +208,6 @@ def fetch_full_message(app, message_id: int) -> None:
     if not raw:
         raise MailActionError("the mail server no longer has this message")
     with app.app_context():
-        sha = BlobStore(Path(app.instance_path) / "blobs").put(raw)
+        sha = app_blob_store(app).put(raw)
         store.replace_placeholder(message_id, sha, parse_message(raw), len(raw))
         db.session.commit()

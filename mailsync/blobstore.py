@@ -26,6 +26,16 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+def blob_root(app) -> Path:
+    """Return where an app keeps its raw mail (the one place that says so)."""
+    return Path(app.instance_path) / "blobs"
+
+
+def app_blob_store(app) -> BlobStore:
+    """Return the raw-mail store of `app`."""
+    return BlobStore(blob_root(app))
+
+
 class BlobStore:
     """Store raw messages by sha256 under root; safe to share between threads."""
 

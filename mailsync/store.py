@@ -260,26 +260,21 @@ def flag_columns(flags: Iterable[bytes | str]) -> dict[str, Any]:
 
 def existing_by_dedup_key(account_id: int, keys: Iterable[str]) -> dict[str, int]:
     """Return {dedup_key: message id} for keys already stored in the account."""
-    wanted = sorted(set(keys))
-    found: dict[str, int] = {}
-    for chunk in _chunks(wanted):
-        rows = db.session.execute(
-            select(message_t.c.dedup_key, message_t.c.id).where(
-                message_t.c.account_id == account_id, message_t.c.dedup_key.in_(chunk)
-            )
-        )
-        found.update(dict(rows.all()))
-    return found
+    return _existing_by(message_t.c.dedup_key, account_id, keys)
 
 
 def existing_by_gm_msgid(account_id: int, msgids: Iterable[int]) -> dict[int, int]:
     """Return {X-GM-MSGID: message id} for Gmail messages already stored."""
-    wanted = sorted(set(msgids))
-    found: dict[int, int] = {}
-    for chunk in _chunks(wanted):
+    return _existing_by(message_t.c.gm_msgid, account_id, msgids)
+
+
+def _existing_by(column, account_id: int, values: Iterable) -> dict:
+    """Return {value: message id} for the account's messages whose `column` is in `values`."""
+    found: dict = {}
+    for chunk in _chunks(sorted(set(values))):
         rows = db.session.execute(
-            select(message_t.c.gm_msgid, message_t.c.id).where(
-                message_t.c.account_id == account_id, message_t.c.gm_msgid.in_(chunk)
+            select(column, message_t.c.id).where(
+                message_t.c.account_id == account_id, column.in_(chunk)
             )
         )
         found.update(dict(rows.all()))

@@ -21,7 +21,6 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from multiprocessing import get_context
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -31,6 +30,7 @@ from sqlalchemy import func, select
 
 from extensions import db
 from mailsync import imap, store
+from mailsync.blobstore import blob_root
 from mailsync.folders import NAME_ROLES
 from mailsync.folders import SPECIAL_USE_ROLES as ATTRIBUTE_ROLES
 from mailsync.parse import dedup_key, header_dedup_key, parse_headers_only
@@ -258,7 +258,7 @@ class AccountSync:
         self.progress = progress
         self.result = SyncResult(account_id=account_id)
         self.conn: IMAPClient | None = None
-        self.blob_root = str(Path(app.instance_path) / "blobs")
+        self.blob_root = str(blob_root(app))
         self.pool: ProcessPoolExecutor | None = None
         self.fetch_thread: ThreadPoolExecutor | None = None
         # folder id -> (has stale locations, has failed UIDs), read once per ingest call

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NamedTuple
 
 from flask import current_app
@@ -18,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from extensions import db
-from mailsync.blobstore import BlobStore
+from mailsync.blobstore import BlobStore, app_blob_store
 from mailsync.parse import (
     AttachmentInfo,
     ParsedMessage,
@@ -58,7 +57,7 @@ SEARCH_LIMIT = 8
 
 def blob_store() -> BlobStore:
     """Return the raw-mail store of the running app."""
-    return BlobStore(Path(current_app.instance_path) / "blobs")
+    return app_blob_store(current_app)
 
 
 def load_raw(message: Message) -> bytes | None:
