@@ -22,6 +22,7 @@ from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException, SecurityError
 
 import config
@@ -87,15 +88,15 @@ def create_app(test_config: dict | None = None) -> Flask:
     login_manager.login_view = "auth.login"
 
     import models  # noqa: F401  (register tables)
+    from services.search import ensure_search_index, keep_thread_index_current
 
     with app.app_context():
         db.create_all()
         with db.engine.begin() as connection:
             models.upgrade_schema(connection)
             if db.engine.dialect.name == "sqlite":
-                from services.search import ensure_search_index
-
                 ensure_search_index(connection)
+    keep_thread_index_current(Session)
 
     _register_blueprints(app)
     _register_hooks(app)

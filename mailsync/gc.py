@@ -23,7 +23,6 @@ from sqlalchemy import delete, exists, select, update
 from extensions import db
 from mailsync.blobstore import BlobStore
 from models import SYNC_RUNNING, MailAccount, Message, MessageLocation, Thread
-from services import search
 
 # Longer than OTHER_FOLDERS_INTERVAL_SECONDS (600 s) plus a pass: a message moved into a
 # folder synced every 10 minutes is seen leaving its old folder up to that long before it is
@@ -144,7 +143,7 @@ def _delete_message_batch(cutoff: datetime, now: datetime, batch_size: int) -> l
         .where(message_t.c.id.in_(ids), message_t.c.orphaned_at < cutoff, ~_has_location())
         .returning(message_t.c.id, message_t.c.raw_sha256, message_t.c.thread_id)
     ).all()
-    search.remove_from_index(db.session.connection(), [row[0] for row in rows])
+    # Their search rows go with them (services.search's delete trigger).
     emptied = sorted({row[2] for row in rows if row[2] is not None})
     if emptied:
         db.session.execute(

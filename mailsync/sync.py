@@ -36,7 +36,7 @@ from mailsync.folders import SPECIAL_USE_ROLES as ATTRIBUTE_ROLES
 from mailsync.parse import dedup_key, header_dedup_key, parse_headers_only
 from mailsync.prepare import Prepared, prepare_batch
 from models import FailedUid, MailAccount, MailFolder, Message, MessageLocation, User
-from services import linking
+from services import linking, search
 from services.preferences import get_preference
 
 log = logging.getLogger("threadline.sync")
@@ -62,6 +62,7 @@ UIDVALIDITY_MIN_SHARE = 0.8
 MAX_FETCH_ATTEMPTS = 5
 FAILED_RETRY_SECONDS = 300
 CONNECTION_RETRIES = 2
+SEARCH_INDEX_EVERY_SECONDS = 10.0  # how far conversation search may lag a long backfill
 PARSE_WORKERS = 2  # processes that parse and write blobs while the next batch downloads
 POOL_THRESHOLD = 100  # fewer messages than this are parsed inline (no pool start-up cost)
 
@@ -341,6 +342,10 @@ class AccountSync:
 
     def run(self) -> SyncResult:
         """Sync every enabled folder; never raises for mail-server trouble (see result.error)."""
+        with search.thread_index_every(db.session, SEARCH_INDEX_EVERY_SECONDS):
+            return self._run()
+
+    def _run(self) -> SyncResult:
         attempts = 0
         pending: list[int] | None = None
         try:

@@ -5,7 +5,7 @@ from sqlalchemy import select, text
 
 from extensions import db
 from models import Message, Thread
-from services import linking
+from services import linking, mailbox
 from services.preferences import update_preferences
 from services.search import match_expression, matching_message_ids_sql
 from tests.mail_fixtures import build_message
@@ -30,7 +30,7 @@ def search_ids(query):
 
 
 def test_synced_mail_is_searchable_by_subject_body_and_participant(
-    app, dovecot, mail_user, account
+    app, dovecot, mail_user, owner, account
 ):
     dovecot.deliver(
         mail_user.email,
@@ -46,6 +46,9 @@ def test_synced_mail_is_searchable_by_subject_body_and_participant(
     assert search_ids("quarterly") == {message.id}
     assert search_ids("tangerine") == {message.id}
     assert search_ids("zoe@customer") == {message.id}
+    # The Mail tab searches whole conversations; the pass leaves their index current.
+    page = mailbox.list_threads(owner, mailbox.MailboxQuery(q="tangerine quarterly zoe"))
+    assert [row.id for row in page.rows] == [message.thread_id]
 
 
 def test_blocked_sender_is_hidden_at_sync_but_cc_keeps_it(app, dovecot, mail_user, owner, account):
