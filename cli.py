@@ -86,6 +86,8 @@ def serve(host: str | None, port: int | None, threads: int) -> None:
     """Serve Threadline with the production WSGI server (waitress)."""
     from waitress import serve as waitress_serve
 
+    from app import keep_startup_objects_out_of_gc
+
     logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
     app = current_app._get_current_object()
     if app.config.get("SCHEDULER_ENABLED"):
@@ -95,6 +97,7 @@ def serve(host: str | None, port: int | None, threads: int) -> None:
     host = host or current_app.config["HOST"]
     port = port or int(current_app.config["PORT"])
     click.echo(f"Threadline on http://{host}:{port}/")
+    keep_startup_objects_out_of_gc()
     waitress_serve(current_app._get_current_object(), host=host, port=port, threads=threads)
 
 

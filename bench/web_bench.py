@@ -476,7 +476,7 @@ def main() -> None:
     parser.add_argument("--keep", help="seed into (or reuse the seeded instance in) this dir")
     args = parser.parse_args()
 
-    from app import create_app
+    from app import create_app, keep_startup_objects_out_of_gc
 
     workdir = Path(args.keep or tempfile.mkdtemp(prefix="threadline-webbench-"))
     reuse = (workdir / "seeded.db").exists()
@@ -525,6 +525,7 @@ def main() -> None:
     response = client.post("/login", data={"email": OWNER, "password": PASSWORD})
     assert response.status_code == 302, response.status_code
     targets = endpoints(app)
+    keep_startup_objects_out_of_gc()  # as `flask serve` does before serving
     warm(client, targets)
 
     print(f"\nidle (load average {os.getloadavg()[0]:.1f}), {args.rounds} samples each")

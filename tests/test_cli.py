@@ -1,4 +1,16 @@
-"""CLI commands: init-db, create-user, seed-demo, and --help for each."""
+"""CLI commands: init-db, create-user, seed-demo, serve, and --help for each."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from http.cookiejar import CookieJar
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -112,3 +124,60 @@ def test_demo_pages_render(runner, login):
         "/deals/?page=2",
     ):
         assert client.get(path).status_code in (200, 404), path
+
+
+def test_serve_runs_the_app_in_a_real_process(app, make_user, tmp_path):
+    """`flask serve` (what `make run` starts) answers over HTTP, signs a user in and shows
+    the Mail tab."""
+    make_user(email="serve@team.test")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "THREADLINE_INSTANCE_PATH": app.instance_path,
+        "THREADLINE_SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
+        "THREADLINE_SECRET_KEY": "test-secret",
+        "THREADLINE_SCHEDULER_ENABLED": "0",
+    }
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flask",
+            "--app",
+            "app",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                page = opener.open(base + "/login", timeout=5).read().decode()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert server.poll() is None, server.stdout.read()
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.1)
+        token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page).group(1)
+        form = {"csrf_token": token, "email": "serve@team.test", "password": PASSWORD}
+        signed_in = opener.open(base + "/login", urllib.parse.urlencode(form).encode(), timeout=5)
+        assert signed_in.status == 200
+        mail = opener.open(base + "/mail/?q=anything", timeout=5)
+        assert mail.status == 200 and "mail-results" in mail.read().decode()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        server.stdout.close()
