@@ -1,14 +1,15 @@
 """Full-text search over mail, in SQLite FTS5.
 
 Two tables:
-- `message_search`: one row per message (row id = message id) with its subject,
-  participants and body text, written by sync through `index_messages`.
-- `thread_search`: one row per conversation, the text of its live messages (not deleted,
-  not blocked) together. The Mail tab searches this one: a word maps straight to the
-  conversations that contain it (a common word is in ~14,000 conversations rather than
-  ~38,000 messages at 100,000 messages), and a conversation matches when its messages
-  together hold every term. Its row id is `account_id << 32 | thread_id`, so a search is
-  scoped to one mailbox by a row id range, which FTS5 seeks to directly.
+- `message_text`: one row per message with its subject, participants and body text, as
+  sync extracted them (`index_messages`). A plain table: the text conversations are
+  indexed from, without parsing the stored MIME again.
+- `thread_search`: the FTS5 index, one row per conversation, the text of its live messages
+  (not deleted, not blocked) together. A word maps straight to the conversations that
+  contain it (a common word is in ~20,000 conversations rather than ~38,000 messages at
+  100,000 messages), and a conversation matches when its messages together hold every
+  term. Its row id is `account_id << 32 | thread_id`, so a search is scoped to one mailbox
+  by a row id range, which FTS5 seeks to directly.
 
 Keeping `thread_search` current: triggers on `message` note the conversations whose live
 messages changed (added to a thread, moved between threads, deleted, undeleted, blocked,
@@ -61,8 +62,6 @@ _NOTE_STALE = (
     "SELECT " + _SEARCH_ROWID + " WHERE {m}.thread_id IS NOT NULL;"
 )
 _SCHEMA = (
-    "CREATE VIRTUAL TABLE IF NOT EXISTS message_search USING fts5("
-    f"subject, participants, body, {_TOKENIZE})",
     "CREATE TABLE IF NOT EXISTS thread_search_stale (search_rowid INTEGER PRIMARY KEY)",
     "CREATE TABLE IF NOT EXISTS thread_search_pending (search_rowid INTEGER PRIMARY KEY)",
     "CREATE TRIGGER IF NOT EXISTS message_thread_search_update "
@@ -72,19 +71,34 @@ _SCHEMA = (
     "OR old.blocked != new.blocked "
     "BEGIN " + _NOTE_STALE.format(m="old") + " " + _NOTE_STALE.format(m="new") + " END",
     "CREATE TRIGGER IF NOT EXISTS message_thread_search_delete AFTER DELETE ON message "
-    "BEGIN " + _NOTE_STALE.format(m="old") + " "
-    "DELETE FROM message_search WHERE rowid = old.id; END",
+    "BEGIN " + _NOTE_STALE.format(m="old") + " END",
+)
+_MESSAGE_TEXT = (
+    "CREATE TABLE IF NOT EXISTS message_text ("
+    "message_id INTEGER PRIMARY KEY REFERENCES message (id) ON DELETE CASCADE, "
+    "subject TEXT NOT NULL, participants TEXT NOT NULL, body TEXT NOT NULL)"
 )
 
 
 def ensure_search_index(connection: Connection) -> None:
     """Create the search tables and triggers when missing (idempotent).
 
-    A database from before `thread_search` gets it built from the message index here.
+    A database from before `thread_search` gets it built here, from the per-message FTS5
+    table `message_search` of that time, which becomes `message_text`.
     """
-    new = not connection.execute(
-        text("SELECT 1 FROM sqlite_master WHERE name = 'thread_search'")
-    ).first()
+    connection.execute(text(_MESSAGE_TEXT))
+    if _table_exists(connection, "message_search"):
+        connection.execute(
+            text(
+                "INSERT OR IGNORE INTO message_text (message_id, subject, participants, body) "
+                "SELECT rowid, subject, participants, body FROM message_search "
+                "WHERE rowid IN (SELECT id FROM message)"
+            )
+        )
+        connection.execute(text("DROP TABLE message_search"))
+        # The delete trigger of that time removed message_search rows: recreated below.
+        connection.execute(text("DROP TRIGGER IF EXISTS message_thread_search_delete"))
+    new = not _table_exists(connection, "thread_search")
     if new:
         connection.execute(
             text(
@@ -105,10 +119,17 @@ def ensure_search_index(connection: Connection) -> None:
     refresh_thread_index(connection, pending=True)
 
 
-def index_messages(connection: Connection, documents: Iterable[SearchDocument]) -> None:
-    """Add or replace the index rows of `documents` (inside the caller's transaction).
+def _table_exists(connection: Connection, name: str) -> bool:
+    found = connection.execute(
+        text("SELECT 1 FROM sqlite_master WHERE name = :name"), {"name": name}
+    )
+    return found.first() is not None
 
-    Their conversations' rows are rewritten before the transaction commits.
+
+def index_messages(connection: Connection, documents: Iterable[SearchDocument]) -> None:
+    """Store or replace the text of `documents` (inside the caller's transaction).
+
+    Their conversations' index rows are rewritten before the transaction commits.
     """
     rows = [
         {
@@ -121,26 +142,32 @@ def index_messages(connection: Connection, documents: Iterable[SearchDocument]) 
     ]
     if not rows:
         return
-    connection.execute(text("DELETE FROM message_search WHERE rowid = :id"), rows)
     connection.execute(
         text(
-            "INSERT INTO message_search (rowid, subject, participants, body) "
+            "INSERT OR REPLACE INTO message_text (message_id, subject, participants, body) "
             "VALUES (:id, :subject, :participants, :body)"
         ),
         rows,
     )
-    ids = [row["id"] for row in rows]
-    for start in range(0, len(ids), _CHUNK):
-        connection.execute(_NOTE_THREADS_OF_MESSAGES, {"ids": ids[start : start + _CHUNK]})
+    _note_threads_of(connection, [row["id"] for row in rows])
 
 
 def remove_from_index(connection: Connection, message_ids: Iterable[int]) -> None:
-    """Drop the index rows of messages deleted in Threadline but kept as rows (a message row
-    deleted for good takes its index row with it, by trigger; its conversation's row follows
-    through the triggers as well)."""
-    rows = [{"id": message_id} for message_id in message_ids]
-    if rows:
-        connection.execute(text("DELETE FROM message_search WHERE rowid = :id"), rows)
+    """Drop the text of messages deleted in Threadline but kept as rows (a message row
+    deleted for good takes its text with it; its conversation's index row follows through
+    the triggers either way)."""
+    ids = list(message_ids)
+    if ids:
+        connection.execute(
+            text("DELETE FROM message_text WHERE message_id = :id"), [{"id": i} for i in ids]
+        )
+        _note_threads_of(connection, ids)
+
+
+def _note_threads_of(connection: Connection, message_ids: list[int]) -> None:
+    for start in range(0, len(message_ids), _CHUNK):
+        chunk = message_ids[start : start + _CHUNK]
+        connection.execute(_NOTE_THREADS_OF_MESSAGES, {"ids": chunk})
 
 
 _NOTE_THREADS_OF_MESSAGES = text(
@@ -152,7 +179,7 @@ _NOTE_THREADS_OF_MESSAGES = text(
 _LIVE_TEXT = text(
     """
     SELECT m.account_id, m.thread_id, s.subject, s.participants, s.body
-    FROM message m JOIN message_search s ON s.rowid = m.id
+    FROM message m JOIN message_text s ON s.message_id = m.id
     WHERE m.thread_id IN :ids AND m.deleted_at IS NULL AND NOT m.blocked
     ORDER BY m.thread_id, coalesce(m.date, m.internaldate) DESC, m.id DESC
     """
@@ -285,11 +312,6 @@ def match_expression(query: str) -> str | None:
     if not terms:
         return None
     return " ".join(f'"{term}"*' if len(term) >= MIN_PREFIX else f'"{term}"' for term in terms)
-
-
-def matching_message_ids_sql() -> str:
-    """SQL selecting message ids matching :match (bind the match_expression result)."""
-    return "SELECT rowid FROM message_search WHERE message_search MATCH :match"
 
 
 def matching_threads_sql() -> str:

@@ -62,7 +62,7 @@ def collect(app, *, message_ttl=None, thread_ttl=None):
 
 def in_search_index(message_id: int) -> bool:
     row = db.session.execute(
-        text("SELECT rowid FROM message_search WHERE rowid = :id"), {"id": message_id}
+        text("SELECT 1 FROM message_text WHERE message_id = :id"), {"id": message_id}
     ).first()
     return row is not None
 

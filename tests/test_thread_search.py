@@ -131,15 +131,24 @@ def test_a_database_from_before_the_conversation_index_gets_it_built(
     make_mailbox_message(inbox, subject="Re: Kiwi", body="pineapple", thread=first.thread)
     with db.engine.begin() as connection:  # the schema of the previous release
         for statement in (
+            "CREATE VIRTUAL TABLE message_search USING fts5(subject, participants, body)",
+            "INSERT INTO message_search (rowid, subject, participants, body) "
+            "SELECT message_id, subject, participants, body FROM message_text",
+            "DROP TABLE message_text",
             "DROP TRIGGER message_thread_search_update",
             "DROP TRIGGER message_thread_search_delete",
             "DROP TABLE thread_search_stale",
+            "DROP TABLE thread_search_pending",
             "DROP TABLE thread_search",
         ):
             connection.execute(text(statement))
     with db.engine.begin() as connection:
         ensure_search_index(connection)
+        tables = connection.execute(text("SELECT name FROM sqlite_master")).scalars().all()
+    assert "message_search" not in tables
     assert found(me, "walnut pineapple") == {first.thread_id}
+    make_mailbox_message(inbox, subject="Re: Kiwi", body="mango", thread=first.thread)
+    assert found(me, "walnut mango") == {first.thread_id}  # kept current from then on
 
 
 def test_a_long_conversation_keeps_its_newest_text(me, inbox, make_mailbox_message, monkeypatch):
@@ -187,6 +196,6 @@ def test_removing_a_mailbox_with_its_mail_empties_its_search_rows(
     accounts.remove_account(me, account, keep_mail=False)
     assert _index_rows(thread_id) == 0
     leftover = db.session.execute(
-        text("SELECT count(*) FROM message_search WHERE rowid = :id"), {"id": message_id}
+        text("SELECT count(*) FROM message_text WHERE message_id = :id"), {"id": message_id}
     ).scalar()
     assert leftover == 0
