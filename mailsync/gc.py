@@ -143,7 +143,7 @@ def _delete_message_batch(cutoff: datetime, now: datetime, batch_size: int) -> l
         .where(message_t.c.id.in_(ids), message_t.c.orphaned_at < cutoff, ~_has_location())
         .returning(message_t.c.id, message_t.c.raw_sha256, message_t.c.thread_id)
     ).all()
-    # Their search rows go with them (services.search's delete trigger).
+    # Their stored text and search rows go with them (services.search: cascade, trigger).
     emptied = sorted({row[2] for row in rows if row[2] is not None})
     if emptied:
         db.session.execute(
