@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, event, text
+from sqlalchemy import Connection, bindparam, event, inspect, text
 from sqlalchemy.orm import Session
 
 MAX_INDEXED_BODY = 20_000  # characters of one message's body
@@ -53,6 +53,11 @@ class SearchDocument:
     subject: str
     participants: str
     body: str
+
+
+def search_rowid(account_id: int, thread_id: int) -> int:
+    """The `thread_search` row id of a conversation (as `_SEARCH_ROWID` spells it in SQL)."""
+    return account_id << ACCOUNT_SHIFT | thread_id
 
 
 # A message's conversation row, as an SQL expression over a message row (old. or new.).
@@ -87,7 +92,7 @@ def ensure_search_index(connection: Connection) -> None:
     table `message_search` of that time, which becomes `message_text`.
     """
     connection.execute(text(_MESSAGE_TEXT))
-    if _table_exists(connection, "message_search"):
+    if inspect(connection).has_table("message_search"):
         connection.execute(
             text(
                 "INSERT OR IGNORE INTO message_text (message_id, subject, participants, body) "
@@ -98,7 +103,7 @@ def ensure_search_index(connection: Connection) -> None:
         connection.execute(text("DROP TABLE message_search"))
         # The delete trigger of that time removed message_search rows: recreated below.
         connection.execute(text("DROP TRIGGER IF EXISTS message_thread_search_delete"))
-    new = not _table_exists(connection, "thread_search")
+    new = not inspect(connection).has_table("thread_search")
     if new:
         connection.execute(
             text(
@@ -117,13 +122,6 @@ def ensure_search_index(connection: Connection) -> None:
             )
         )
     refresh_thread_index(connection, pending=True)
-
-
-def _table_exists(connection: Connection, name: str) -> bool:
-    found = connection.execute(
-        text("SELECT 1 FROM sqlite_master WHERE name = :name"), {"name": name}
-    )
-    return found.first() is not None
 
 
 def index_messages(connection: Connection, documents: Iterable[SearchDocument]) -> None:
@@ -234,7 +232,7 @@ def _thread_document(key: tuple[int, int], messages: list) -> dict[str, object]:
             body.append(row[4][: MAX_THREAD_BODY - size])
             size += len(body[-1])
     return {
-        "rowid": account_id << ACCOUNT_SHIFT | thread_id,
+        "rowid": search_rowid(account_id, thread_id),
         "subject": "\n".join(subjects),
         "participants": "\n".join(participants),
         "body": "\n".join(body),
@@ -250,16 +248,18 @@ def _refresh_before_commit(session: Session) -> None:
     session.flush()  # ORM changes reach the triggers first
     connection = session.connection()
     every = session.info.get(_EVERY)
-    if every is None:
-        refresh_thread_index(connection)
-    elif time.monotonic() >= session.info[_DUE]:
+    if every is not None and time.monotonic() >= session.info[_DUE]:
         session.info[_DUE] = time.monotonic() + every
         refresh_thread_index(connection, pending=True)
-    else:
-        # Put off, in a table of its own: another process's next commit rewrites only
-        # the rows its own changes made stale, not this pass's backlog.
-        connection.execute(text(_PUT_OFF))
-        connection.execute(text("DELETE FROM thread_search_stale"))
+    elif connection.execute(text("SELECT 1 FROM thread_search_stale LIMIT 1")).first():
+        # (Checked first: a DELETE takes SQLite's write lock even when it finds no row.)
+        if every is None:
+            refresh_thread_index(connection)
+        else:
+            # Put off, in a table of its own: another process's next commit rewrites only
+            # the rows its own changes made stale, not this pass's backlog.
+            connection.execute(text(_PUT_OFF))
+            connection.execute(text("DELETE FROM thread_search_stale"))
 
 
 _PUT_OFF = (
@@ -328,6 +328,6 @@ def matching_threads_sql() -> str:
 def account_rows(account_id: int) -> dict[str, int]:
     """The `thread_search` row id range of one mailbox, as parameters :first and :last."""
     return {
-        "first": account_id << ACCOUNT_SHIFT,
-        "last": (account_id << ACCOUNT_SHIFT) | _THREAD_ID_MASK,
+        "first": search_rowid(account_id, 0),
+        "last": search_rowid(account_id, _THREAD_ID_MASK),
     }
