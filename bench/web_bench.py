@@ -278,6 +278,7 @@ def seed_mail(app, target: int, team: dict, workers: int = 2) -> int:
         user = db.session.get(User, account.user_id)
         ctx = store.StoreContext(
             account_id=account.id,
+            owner_id=user.id,
             own_addresses=frozenset(linking.own_addresses(user)),
             share_by_default=get_preference(user, "default_email_sharing") == "shared",
             blocked_entries=(),

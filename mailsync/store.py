@@ -69,6 +69,7 @@ class StoreContext:
     """What persisting needs to know about the account, read once per sync run."""
 
     account_id: int
+    owner_id: int  # the mailbox's user: mail links only to records they can access
     own_addresses: frozenset[str]
     share_by_default: bool
     blocked_entries: tuple[str, ...] = ()  # the owner's blocked addresses and domains
@@ -1022,7 +1023,7 @@ def store_batch(ctx: StoreContext, items: Sequence[Fetched], *, takeover: bool =
         if ctx.blocked_entries:
             linking.refresh_thread_blocked(Thread.id.in_(new_threads))
         if ctx.auto_link:
-            linking.auto_link_threads(new_threads)
+            linking.auto_link_threads(new_threads, ctx.owner_id)
     return len(fresh)
 
 
@@ -1048,7 +1049,8 @@ def _link_persons(ctx: StoreContext, parsed_by_message: dict[int, ParsedLike]) -
         for message_id, parsed in parsed_by_message.items()
     }
     persons = linking.persons_for_addresses(
-        {address for addresses in addresses_of.values() for address in addresses}
+        {address for addresses in addresses_of.values() for address in addresses},
+        visible_to=ctx.owner_id,
     )
     rows = [
         {"message_id": message_id, "person_id": persons[address]}

@@ -275,6 +275,7 @@ class AccountSync:
         user = db.session.get(User, account.user_id)
         self.ctx = store.StoreContext(
             account_id=account_id,
+            owner_id=user.id,
             own_addresses=frozenset(linking.own_addresses(user)),
             share_by_default=get_preference(user, "default_email_sharing") == "shared",
             blocked_entries=tuple(entry.entry for entry in linking.blocked_entries(user)),

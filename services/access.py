@@ -119,8 +119,13 @@ def _person_thread_ids(person_ids) -> Select:
     )
 
 
-def record_thread_condition(kind: str, record_id: int):
-    """Return the SQL condition selecting threads linked to one record."""
+def record_thread_condition(user: User, kind: str, record_id: int):
+    """Return the SQL condition selecting threads linked to one record, as `user` may follow it.
+
+    An organization's conversations are those of its persons and deals, and only through the
+    persons and deals `user` can access: a thread linked to someone's private deal of a public
+    organization must not show on that organization's page (it would not open either).
+    """
     if kind == "deal":
         return Thread.deal_id == record_id
     if kind == "lead":
@@ -130,8 +135,16 @@ def record_thread_condition(kind: str, record_id: int):
     if kind == "person":
         return Thread.id.in_(_person_thread_ids([record_id]))
     if kind == "organization":
-        org_persons = select(Person.id).where(Person.organization_id == record_id)
-        org_deals = select(Deal.id).where(Deal.organization_id == record_id)
+        org_persons = (
+            visible_records(user, Person)
+            .with_only_columns(Person.id)
+            .where(Person.organization_id == record_id)
+        )
+        org_deals = (
+            visible_records(user, Deal)
+            .with_only_columns(Deal.id)
+            .where(Deal.organization_id == record_id)
+        )
         return or_(Thread.id.in_(_person_thread_ids(org_persons)), Thread.deal_id.in_(org_deals))
     raise ValueError(f"unknown record kind {kind!r}")
 
@@ -139,13 +152,16 @@ def record_thread_condition(kind: str, record_id: int):
 def record_threads(user: User, kind: str, record_id: int) -> Select[tuple[Thread]]:
     """Return the threads `user` may see on the page of a record they can access.
 
-    The caller must have loaded the record through `record_for` (which 404s otherwise).
+    The caller must have loaded the record through `record_for` (which 404s otherwise). Every
+    thread returned is one `can_view_thread` allows: the owner's own, or a shared one reached
+    through a record `user` can access (the record itself, or for an organization one of its
+    persons or deals that `user` can access).
     """
     return (
         select(Thread)
         .join(MailAccount, MailAccount.id == Thread.account_id)
         .where(
-            record_thread_condition(kind, record_id),
+            record_thread_condition(user, kind, record_id),
             Thread.deleted_at.is_(None),
             Thread.blocked.is_(False),
             or_(MailAccount.user_id == user.id, Thread.shared.is_(True)),

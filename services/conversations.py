@@ -477,10 +477,9 @@ def unlink_record(thread: Thread) -> None:
     linking.link_thread(thread, "deal", None)
 
 
-def _offer(person: Person, address: str) -> PastOffer:
-    return PastOffer(
-        person=person, address=address, count=linking.count_past_conversations(person, address)
-    )
+def _offer(user: User, person: Person, address: str) -> PastOffer:
+    count = linking.count_past_conversations(user, person, address)
+    return PastOffer(person=person, address=address, count=count)
 
 
 def create_person_from_participant(
@@ -489,7 +488,7 @@ def create_person_from_participant(
     """Create a person with a participant's address; return the past-conversations offer."""
     value = _require_participant(user, thread, address)
     person = records.create_person(user, name=name, emails=[value])
-    return _offer(person, value)
+    return _offer(user, person, value)
 
 
 def add_address_to_person(
@@ -508,7 +507,7 @@ def add_address_to_person(
     except IntegrityError as exc:
         db.session.rollback()
         raise ValidationError({"address": f"{value} already belongs to a person."}) from exc
-    return _offer(person, value)
+    return _offer(user, person, value)
 
 
 def link_past(user: User, *, person_id: int | None, address: str) -> int:
@@ -517,7 +516,7 @@ def link_past(user: User, *, person_id: int | None, address: str) -> int:
     value = (address or "").strip().lower()
     if person is None or value not in {row.email for row in person.emails}:
         raise ValidationError({"address": "Choose one of the person's addresses."})
-    return linking.link_past_conversations(person, value)
+    return linking.link_past_conversations(user, person, value)
 
 
 def block_participant(user: User, thread: Thread, address: str) -> str:

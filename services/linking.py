@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, or_, select, true, update
 
 from extensions import db
 from models import (
+    VISIBILITY_EVERYONE,
     BlockedAddress,
     Deal,
     Lead,
@@ -57,11 +58,22 @@ def own_addresses(user: User) -> set[str]:
 # --------------------------------------------------------------------------- persons
 
 
-def persons_for_addresses(addresses: Iterable[str]) -> dict[str, int]:
+def _accessible_to(model, user_id: int | None):
+    """The SQL condition "user `user_id` can access this record" (None: no condition)."""
+    if user_id is None:
+        return true()
+    return or_(model.visibility == VISIBILITY_EVERYONE, model.owner_id == user_id)
+
+
+def persons_for_addresses(
+    addresses: Iterable[str], *, visible_to: int | None = None
+) -> dict[str, int]:
     """Return {lowercased address: person id} for the addresses that belong to a person.
 
     An address belongs to at most one person (PersonEmail.email is unique and lowercased),
-    so the match is exact on the lowercased address; unknown addresses are left out.
+    so the match is exact on the lowercased address; unknown addresses are left out. With
+    `visible_to` (a user id) only persons that user can access match: a mailbox's mail links
+    only to records its owner can see, so a teammate's private person never collects it.
     """
     wanted = sorted(
         {address.strip().lower() for address in addresses if address and "@" in address}
@@ -70,16 +82,24 @@ def persons_for_addresses(addresses: Iterable[str]) -> dict[str, int]:
     for start in range(0, len(wanted), _CHUNK):
         chunk = wanted[start : start + _CHUNK]
         rows = db.session.execute(
-            select(PersonEmail.email, PersonEmail.person_id).where(PersonEmail.email.in_(chunk))
+            select(PersonEmail.email, PersonEmail.person_id)
+            .join(Person, Person.id == PersonEmail.person_id)
+            .where(PersonEmail.email.in_(chunk), _accessible_to(Person, visible_to))
         )
         found.update({email: person_id for email, person_id in rows})
     return found
 
 
-def past_messages_for_address(address: str) -> Select:
-    """Return a select of live messages that mention `address` and are not linked yet."""
+def past_messages_for_address(user: User, address: str) -> Select:
+    """Return a select of the live messages of `user`'s own mailboxes that mention `address`.
+
+    Only the acting user's mailboxes: linking past mail is an owner's action, and a count or a
+    link over a teammate's mail would leak it (and could make it visible through the person).
+    """
     pattern = f'%"{address.lower()}"%'
+    own_accounts = select(MailAccount.id).where(MailAccount.user_id == user.id)
     return select(Message.id).where(
+        Message.account_id.in_(own_accounts),
         Message.deleted_at.is_(None),
         (func.lower(Message.from_address) == address.lower())
         | Message.to.like(pattern)
@@ -88,18 +108,21 @@ def past_messages_for_address(address: str) -> Select:
     )
 
 
-def count_past_conversations(person: Person, address: str) -> int:
-    """Count conversations that mention `address` and are not yet linked to `person`."""
+def _unlinked_past_messages(user: User, person: Person, address: str) -> Select:
     linked = select(MessagePerson.message_id).where(MessagePerson.person_id == person.id)
-    query = past_messages_for_address(address).where(Message.id.not_in(linked))
+    return past_messages_for_address(user, address).where(Message.id.not_in(linked))
+
+
+def count_past_conversations(user: User, person: Person, address: str) -> int:
+    """Count `user`'s conversations that mention `address` and are not yet linked to `person`."""
+    query = _unlinked_past_messages(user, person, address)
     message_ids = select(Message.thread_id).where(Message.id.in_(query)).distinct()
     return db.session.scalar(select(func.count()).select_from(message_ids.subquery())) or 0
 
 
-def link_past_conversations(person: Person, address: str) -> int:
-    """Link every past message mentioning `address` to `person`; commits; returns the count."""
-    linked = select(MessagePerson.message_id).where(MessagePerson.person_id == person.id)
-    ids = db.session.scalars(past_messages_for_address(address).where(Message.id.not_in(linked)))
+def link_past_conversations(user: User, person: Person, address: str) -> int:
+    """Link `user`'s past messages mentioning `address` to `person`; commits; the count."""
+    ids = db.session.scalars(_unlinked_past_messages(user, person, address))
     rows = [MessagePerson(message_id=message_id, person_id=person.id) for message_id in ids]
     db.session.add_all(rows)
     db.session.commit()
@@ -109,8 +132,11 @@ def link_past_conversations(person: Person, address: str) -> int:
 # --------------------------------------------------------------------------- deals, leads, projects
 
 
-def open_link_targets(person_ids: Iterable[int]) -> list[LinkTarget]:
-    """Return the open deals, leads and projects of the given persons."""
+def open_link_targets(
+    person_ids: Iterable[int], *, visible_to: int | None = None
+) -> list[LinkTarget]:
+    """Return the open deals, leads and projects of the given persons (with `visible_to`, a
+    user id, only those that user can access)."""
     person_ids = list(set(person_ids))
     if not person_ids:
         return []
@@ -121,7 +147,11 @@ def open_link_targets(person_ids: Iterable[int]) -> list[LinkTarget]:
         ("project", Project, "open"),
     ):
         ids = db.session.scalars(
-            select(model.id).where(model.person_id.in_(person_ids), model.status == status)
+            select(model.id).where(
+                model.person_id.in_(person_ids),
+                model.status == status,
+                _accessible_to(model, visible_to),
+            )
         )
         targets.extend(LinkTarget(kind, record_id) for record_id in ids)
     return targets
@@ -150,15 +180,16 @@ def auto_link_candidates(thread_ids: Iterable[int]) -> dict[int, list[int]]:
 def auto_link_thread(thread: Thread, owner: User) -> None:
     """Apply the auto-linking rule to one thread (no commit)."""
     if get_preference(owner, "auto_linking") == "automatic":
-        auto_link_threads([thread.id])
+        auto_link_threads([thread.id], owner.id)
 
 
-def auto_link_threads(thread_ids: Iterable[int]) -> None:
+def auto_link_threads(thread_ids: Iterable[int], owner_id: int) -> None:
     """Link unlinked threads to their persons' only open deal, lead or project (no commit).
 
     The caller has checked the owner's auto-linking preference is Automatic. With several
     open items nothing is linked and the thread asks its owner to choose; already linked
-    threads are left alone (a conversation links to at most one item).
+    threads are left alone (a conversation links to at most one item). Only items the
+    mailbox's owner (`owner_id`) can access count, as for persons.
     """
     persons_by_thread = auto_link_candidates(thread_ids)
     if not persons_by_thread:
@@ -172,7 +203,8 @@ def auto_link_threads(thread_ids: Iterable[int]) -> None:
         )
     )
     for thread in threads:
-        decision = decide_auto_link(open_link_targets(persons_by_thread[thread.id]))
+        targets = open_link_targets(persons_by_thread[thread.id], visible_to=owner_id)
+        decision = decide_auto_link(targets)
         thread.needs_link_choice = decision.needs_choice
         if decision.target is not None:
             setattr(thread, LINK_COLUMNS[decision.target.kind], decision.target.id)

@@ -81,9 +81,9 @@ def test_block_hides_and_unblock_restores(me, account, make_stored_message):
 def test_past_conversations_offer_and_link(me, account, make_person, make_stored_message):
     make_stored_message(account, sender=("Dan", "dan@customer.test"))
     person = make_person(me, name="Dan")
-    assert linking.count_past_conversations(person, "dan@customer.test") == 1
-    assert linking.link_past_conversations(person, "dan@customer.test") == 1
-    assert linking.count_past_conversations(person, "dan@customer.test") == 0
+    assert linking.count_past_conversations(me, person, "dan@customer.test") == 1
+    assert linking.link_past_conversations(me, person, "dan@customer.test") == 1
+    assert linking.count_past_conversations(me, person, "dan@customer.test") == 0
 
 
 def test_private_thread_visible_only_to_owner_even_admins(
