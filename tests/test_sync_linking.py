@@ -136,3 +136,28 @@ def test_archiving_in_another_mail_program_changes_nothing_in_threadline(
     inbox = client.get("/mail/").get_data(as_text=True)
     assert "Keep me in the inbox" in inbox  # PRODUCT.md: archiving elsewhere changes nothing
     assert "Deleted elsewhere" not in inbox  # deleting in the mailbox deletes in Threadline
+
+
+def test_sync_links_mail_only_to_records_its_owner_can_access(
+    app, dovecot, mail_user, owner, account, make_user, make_person, make_deal
+):
+    """A teammate's owner-only person or deal never collects this mailbox's mail: a conversation
+    shared by its owner would otherwise open for that teammate through a record the owner
+    cannot even see."""
+    update_preferences(owner, {"auto_linking": "automatic"})
+    teammate = make_user(email="mate@team.test")
+    hidden = make_person(teammate, emails=("hana@customer.test",), visibility="owner")
+    make_deal(teammate, person_id=hidden.id, visibility="owner")
+    carla = make_person(teammate, emails=("carla@customer.test",))  # everyone can access it
+    secret_deal = make_deal(teammate, person_id=carla.id, visibility="owner")
+    for sender in ("hana@customer.test", "carla@customer.test"):
+        dovecot.deliver(
+            mail_user.email, build_message(subject=sender, sender=sender, to=mail_user.email)
+        )
+    assert run_sync(app, account).ok
+    hana_thread = db.session.scalar(select(Thread).where(Thread.subject == "hana@customer.test"))
+    carla_thread = db.session.scalar(select(Thread).where(Thread.subject == "carla@customer.test"))
+    assert linking.thread_person_ids(hana_thread) == []
+    assert linking.thread_person_ids(carla_thread) == [carla.id]
+    assert carla_thread.deal_id is None and hana_thread.deal_id is None
+    assert secret_deal.id not in (carla_thread.deal_id, hana_thread.deal_id)
