@@ -35,6 +35,8 @@ from sqlalchemy.schema import CreateColumn
 
 from extensions import db
 
+IDENTITY_VERSION = 2  # mailsync/IDENTITY.md
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -329,6 +331,11 @@ class MailAccount(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Set when the user removed the account but kept its synced mail; never synced again.
     removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # How its messages' identities were computed (mailsync/IDENTITY.md). Accounts from before
+    # version 2 (server default) are re-keyed from their stored raw mail before they sync.
+    identity_version: Mapped[int] = mapped_column(
+        Integer, default=IDENTITY_VERSION, server_default="1"
+    )
 
     user: Mapped[User] = relationship()
     folders: Mapped[list[MailFolder]] = relationship(
@@ -369,6 +376,9 @@ class MailFolder(db.Model):
     # The end of the last pass that synced this folder; scheduled passes take folders other
     # than INBOX and Sent only every OTHER_FOLDERS_INTERVAL_SECONDS (SYNC.md §1 cadence).
     last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # False for folders synced before content-based identity: one pass compares each stored
+    # UID's size with its message and downloads again the ones merged by mistake.
+    identity_checked: Mapped[bool] = mapped_column(Boolean, default=True, server_default=false())
 
     account: Mapped[MailAccount] = relationship(back_populates="folders")
 
@@ -461,6 +471,7 @@ class Message(db.Model):
     __table_args__ = (
         UniqueConstraint("account_id", "dedup_key"),
         Index("ix_message_account_date", "account_id", "date"),
+        Index("ix_message_account_header_key", "account_id", "header_key"),
         # The unread filter of the Mail tab.
         Index("ix_message_thread_read", "thread_id", "is_read"),
         # Unread counts: a partial index holding only live unread messages, covering what
@@ -486,7 +497,10 @@ class Message(db.Model):
     thread_id: Mapped[int | None] = mapped_column(
         ForeignKey("thread.id", ondelete="SET NULL"), index=True
     )
+    # The message's identity in its account: header fields plus a body digest
+    # (mailsync/IDENTITY.md). header_key (header fields only) finds copies before download.
     dedup_key: Mapped[str] = mapped_column(String(64))
+    header_key: Mapped[str | None] = mapped_column(String(64))
     gm_msgid: Mapped[int | None] = mapped_column(BigInteger, index=True)
     message_id_header: Mapped[str | None] = mapped_column(String(998), index=True)
     in_reply_to: Mapped[str | None] = mapped_column(String(998))

@@ -866,29 +866,64 @@ def parse_headers_only(raw_header_bytes: bytes) -> ParsedMessage:
         )
 
 
-def _dedup_from_fields(parsed: ParsedMessage) -> str:
-    """Hash normalized Message-ID, Date, From, Subject and first To (SYNC.md §7)."""
+def _header_fields(parsed: ParsedMessage) -> list[str]:
     date = parsed.date.isoformat() if parsed.date else ""
     first_to = parsed.to[0][1] if parsed.to else ""
-    parts = [parsed.message_id or "", date, parsed.from_address, parsed.subject, first_to]
+    return [parsed.message_id or "", date, parsed.from_address, parsed.subject, first_to]
+
+
+def _hash(parts: list[str]) -> str:
     return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
+_BODY_START = re.compile(rb"\r?\n\r?\n")
+
+
+def body_digest(raw: bytes) -> str:
+    """Return sha256 of the message body (everything after the header block).
+
+    Line endings are normalized and trailing white space dropped, so the same message stored
+    by two servers or two folders digests the same even where a server rewrote CRLF or added
+    a header (Received, X-Spam...). A message without a blank line digests whole.
+    """
+    match = _BODY_START.search(raw)
+    body = raw[match.end() :] if match else raw
+    return hashlib.sha256(body.replace(b"\r\n", b"\n").rstrip()).hexdigest()
+
+
 def dedup_key(parsed: ParsedMessage, raw: bytes) -> str:
-    """Return the per-account dedup key: header hash, or sha256(raw) without a Message-ID."""
-    if parsed.message_id:
-        return _dedup_from_fields(parsed)
-    return hashlib.sha256(raw).hexdigest()
+    """Return a message's identity within one account (see mailsync/IDENTITY.md).
+
+    The header fields (Message-ID, Date, From, Subject, first To) plus a digest of the body:
+    the same message in two folders or under two Gmail labels is one message; two different
+    mails that share those headers (forwarded copies, list resends, tools that reuse a
+    Message-ID) stay two.
+    """
+    return _hash(["v2", *_header_fields(parsed), body_digest(raw)])
+
+
+def placeholder_dedup_key(parsed: ParsedMessage, size: int) -> str:
+    """Return the identity of an oversized message stored as headers only (no body digest):
+    the header fields plus its exact size. Replaced by dedup_key() when fetched in full."""
+    return _hash(["v2-headers", *_header_fields(parsed), str(size)])
+
+
+def header_key(parsed: ParsedMessage) -> str | None:
+    """Return the hash of the header fields alone, or None without a Message-ID.
+
+    Not an identity: a *candidate* that lets sync link a new location to a stored message
+    without downloading it, when the size agrees too (mailsync/IDENTITY.md).
+    """
+    return _hash(_header_fields(parsed)) if parsed.message_id else None
 
 
 def header_dedup_key(header_bytes: bytes) -> str | None:
-    """Return dedup_key() from BODY.PEEK[HEADER.FIELDS (...)] bytes; None without a Message-ID.
+    """Return header_key() from BODY.PEEK[HEADER.FIELDS (...)] bytes; None without a Message-ID.
 
-    Equal to dedup_key(parse_message(raw), raw) whenever the message has a Message-ID, so a
-    sync can skip downloading bodies it already stores.
+    Equal to header_key(parse_message(raw)) for the same message, so a sync can find the
+    stored copy of a message before downloading its body.
     """
-    parsed = parse_headers_only(header_bytes)
-    return _dedup_from_fields(parsed) if parsed.message_id else None
+    return header_key(parse_headers_only(header_bytes))
 
 
 def extract_part(raw: bytes, part_id: str) -> tuple[bytes, str, str | None]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mailsync.blobstore import BlobStore
-from mailsync.parse import ParsedMessage, dedup_key, parse_message
+from mailsync.parse import ParsedMessage, dedup_key, header_key, parse_message
 
 _stores: dict[str, BlobStore] = {}
 SEARCH_BODY_CHARS = 20_000  # the text kept for the search index (services/search.py)
@@ -23,6 +23,7 @@ class Prepared:
     parsed: ParsedMessage  # html dropped, text cut for search; the blob keeps the rest
     dedup_key: str
     size: int
+    header_key: str | None = None
 
 
 def prepare_batch(blob_root: str, items: list[tuple[int, bytes]]) -> list[Prepared]:
@@ -38,5 +39,5 @@ def prepare_batch(blob_root: str, items: list[tuple[int, bytes]]) -> list[Prepar
         slim = replace(
             parsed, text_body=parsed.text_body[:SEARCH_BODY_CHARS], html_body=None, attachments=[]
         )
-        prepared.append(Prepared(uid, sha, slim, key, len(raw)))
+        prepared.append(Prepared(uid, sha, slim, key, len(raw), header_key(parsed)))
     return prepared

@@ -92,6 +92,7 @@ class Fetched:
     gm_msgid: int | None = None
     gm_thrid: int | None = None
     gm_labels: list[str] = field(default_factory=list)
+    header_key: str | None = None  # parse.header_key: finds this message's copies (IDENTITY.md)
 
 
 @dataclass
@@ -264,6 +265,32 @@ def existing_by_dedup_key(account_id: int, keys: Iterable[str]) -> dict[str, int
     return _existing_by(message_t.c.dedup_key, account_id, keys)
 
 
+def copies_by_header_key(
+    account_id: int, folder_id: int, keys: Iterable[str]
+) -> dict[str, list[tuple[int, int, bool]]]:
+    """Return {header key: [(message id, size, has a live location in folder_id)]}: the stored
+    messages a new location may be a copy of (mailsync/IDENTITY.md)."""
+    in_folder = (
+        select(location_t.c.message_id)
+        .where(
+            location_t.c.folder_id == folder_id,
+            location_t.c.stale.is_(False),
+            location_t.c.message_id == message_t.c.id,
+        )
+        .exists()
+    )
+    found: dict[str, list[tuple[int, int, bool]]] = {}
+    for chunk in _chunks(sorted(set(keys))):
+        rows = db.session.execute(
+            select(message_t.c.header_key, message_t.c.id, message_t.c.size, in_folder).where(
+                message_t.c.account_id == account_id, message_t.c.header_key.in_(chunk)
+            )
+        )
+        for key, message_id, size, located in rows:
+            found.setdefault(key, []).append((message_id, size, bool(located)))
+    return found
+
+
 def existing_by_gm_msgid(account_id: int, msgids: Iterable[int]) -> dict[int, int]:
     """Return {X-GM-MSGID: message id} for Gmail messages already stored."""
     return _existing_by(message_t.c.gm_msgid, account_id, msgids)
@@ -280,6 +307,20 @@ def _existing_by(column, account_id: int, values: Iterable) -> dict:
         )
         found.update(dict(rows.all()))
     return found
+
+
+def location_sizes(folder_id: int, *, high: int) -> dict[int, int]:
+    """Return {uid: size of its message} for the folder's non-stale locations up to `high`."""
+    rows = db.session.execute(
+        select(location_t.c.uid, message_t.c.size)
+        .join(message_t, message_t.c.id == location_t.c.message_id)
+        .where(
+            location_t.c.folder_id == folder_id,
+            location_t.c.stale.is_(False),
+            location_t.c.uid <= high,
+        )
+    )
+    return dict(rows.all())
 
 
 def local_uids(folder_id: int, *, low: int = 1, high: int | None = None) -> set[int]:
@@ -380,8 +421,8 @@ def remove_locations(folder_id: int, uids: Iterable[int]) -> int:
     return removed
 
 
-def location_sample(folder_id: int, size: int) -> dict[int, tuple[str, int | None]]:
-    """Return {uid: (dedup key, X-GM-MSGID)} for up to `size` non-stale locations of a folder,
+def location_sample(folder_id: int, size: int) -> dict[int, tuple[str | None, int | None]]:
+    """Return {uid: (header key, X-GM-MSGID)} for up to `size` non-stale locations of a folder,
     spread evenly over its UIDs (lowest first)."""
     total = db.session.scalar(
         select(func.count())
@@ -401,7 +442,7 @@ def location_sample(folder_id: int, size: int) -> dict[int, tuple[str, int | Non
         .subquery()
     )
     rows = db.session.execute(
-        select(numbered.c.uid, message_t.c.dedup_key, message_t.c.gm_msgid)
+        select(numbered.c.uid, message_t.c.header_key, message_t.c.gm_msgid)
         .join(message_t, message_t.c.id == numbered.c.message_id)
         .where((numbered.c.n - 1) % step == 0)
         .order_by(numbered.c.uid)
@@ -937,6 +978,7 @@ def _message_row(ctx: StoreContext, item: Fetched, thread_id: int) -> dict[str, 
         "account_id": ctx.account_id,
         "thread_id": thread_id,
         "dedup_key": item.dedup_key,
+        "header_key": item.header_key,
         "gm_msgid": item.gm_msgid,
         "message_id_header": jwz.normalize_msgid(parsed.message_id),
         "in_reply_to": jwz.normalize_msgid(parsed.in_reply_to),

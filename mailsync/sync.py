@@ -29,11 +29,11 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from sqlalchemy import func, select
 
 from extensions import db
-from mailsync import imap, store
+from mailsync import identity, imap, store
 from mailsync.blobstore import blob_root
 from mailsync.folders import NAME_ROLES
 from mailsync.folders import SPECIAL_USE_ROLES as ATTRIBUTE_ROLES
-from mailsync.parse import dedup_key, header_dedup_key, parse_headers_only
+from mailsync.parse import header_dedup_key, header_key, parse_headers_only, placeholder_dedup_key
 from mailsync.prepare import Prepared, prepare_batch
 from models import FailedUid, MailAccount, MailFolder, Message, MessageLocation, User
 from services import linking, search
@@ -212,6 +212,19 @@ def _fetch_bodies(conn: IMAPClient, batch: list[Meta]) -> tuple[list[tuple[int, 
     return raws, failed
 
 
+def _stored_copy(candidates: Iterable[tuple[int, int, bool]], size: int) -> int | None:
+    """Return the stored message a new location is a copy of, or None to download it.
+
+    A copy has the same header key and exactly the same size, and is not in this folder
+    already: two mails with the same headers in one folder are downloaded and told apart by
+    content (mailsync/IDENTITY.md).
+    """
+    for message_id, stored_size, in_this_folder in candidates:
+        if stored_size == size and not in_this_folder:
+            return message_id
+    return None
+
+
 def assign_roles(listing: list[tuple[tuple[bytes, ...], str]]) -> dict[str, str | None]:
     """Return {folder name: role} from SPECIAL-USE attributes, falling back to unique names."""
     roles: dict[str, str | None] = {}
@@ -350,6 +363,9 @@ class AccountSync:
         attempts = 0
         pending: list[int] | None = None
         try:
+            # Messages stored before content-based identity first get their new keys, or
+            # the copies downloaded from now on would not find them (mailsync/IDENTITY.md).
+            identity.rekey_account(self.app, self.account_id)
             while True:
                 try:
                     self.connect()
@@ -571,7 +587,7 @@ class AccountSync:
 
     def _unchanged(self, folder: MailFolder, status: dict[bytes, int]) -> bool:
         # SYNC.md §4.2 step 2: one STATUS round trip decides that nothing changed.
-        if not status or not folder.initial_sync_complete:
+        if not status or not folder.initial_sync_complete or not folder.identity_checked:
             return False
         if status.get(b"UIDVALIDITY") != folder.uidvalidity:
             return False
@@ -626,7 +642,7 @@ class AccountSync:
             else:
                 header = _header_bytes(data)
                 fetched = header_dedup_key(header) if header else None
-                if fetched is None:
+                if fetched is None or key is None:
                     continue
                 same = fetched == key
             matches += same
@@ -820,13 +836,15 @@ class AccountSync:
             )
         else:
             known_gm = {}
-        known = store.existing_by_dedup_key(self.account_id, [m.key for m in ordered if m.key])
+        copies = store.copies_by_header_key(
+            self.account_id, folder_id, [m.key for m in ordered if m.key]
+        )
         links: list[store.Link] = []
         download: list[Meta] = []
         for meta in ordered:
             message_id = known_gm.get(meta.gm_msgid) if meta.gm_msgid else None
             if message_id is None and meta.key:
-                message_id = known.get(meta.key)
+                message_id = _stored_copy(copies.get(meta.key, ()), meta.size)
             if message_id is None:
                 download.append(meta)
             else:
@@ -970,6 +988,7 @@ class AccountSync:
                 uid=p.uid,
                 flags=metas[p.uid].flags,
                 dedup_key=p.dedup_key,
+                header_key=p.header_key,
                 parsed=p.parsed,
                 raw_sha256=p.raw_sha256,
                 size=p.size,
@@ -1000,12 +1019,12 @@ class AccountSync:
         response = self.connect().fetch(str(meta.uid), ["BODY.PEEK[HEADER]"])
         header = response.get(meta.uid, {}).get(b"BODY[HEADER]") or meta.header
         parsed = parse_headers_only(header)
-        key = meta.key or header_dedup_key(header) or dedup_key(parsed, header)
         item = store.Fetched(
             folder_id=folder_id,
             uid=meta.uid,
             flags=meta.flags,
-            dedup_key=key,
+            dedup_key=placeholder_dedup_key(parsed, meta.size),
+            header_key=header_key(parsed),
             parsed=parsed,
             raw_sha256=None,
             size=meta.size,
@@ -1033,6 +1052,7 @@ class AccountSync:
             previous_count = None
         new_uids = self.fetch_new(folder_id, last_seen)
         self.retry_failed(folder_id)
+        self.check_identities(folder_id, last_seen)
         self.sync_flags(folder_id, snapshot, stored_modseq)
         folder = db.session.get(MailFolder, folder_id)
         guard = folder.last_seen_uid
@@ -1045,6 +1065,29 @@ class AccountSync:
         if snapshot.highestmodseq is not None:
             folder.highestmodseq = snapshot.highestmodseq
         folder.server_message_count = snapshot.exists
+        db.session.commit()
+
+    def check_identities(self, folder_id: int, last_seen: int) -> None:
+        """Once per folder synced before content-based identity: download again the UIDs
+        whose size differs from the message they were merged into (mailsync/IDENTITY.md)."""
+        folder = db.session.get(MailFolder, folder_id)
+        checked = folder.identity_checked
+        db.session.commit()
+        if checked:
+            return
+        sizes = store.location_sizes(folder_id, high=last_seen)
+        db.session.commit()
+        for chunk in _chunks(sorted(sizes), 2000):
+            self.check_budget()
+            metas = self.fetch_meta(uid_ranges(chunk), set(chunk))
+            merged = {uid: m for uid, m in metas.items() if m.size != sizes[uid]}
+            if merged:
+                log.info("folder %s: %s mails were merged into others", folder_id, len(merged))
+                store.remove_locations(folder_id, set(merged))
+                db.session.commit()
+                self.ingest(folder_id, merged, newest_first=False)
+        folder = db.session.get(MailFolder, folder_id)
+        folder.identity_checked = True
         db.session.commit()
 
     def fetch_new(self, folder_id: int, last_seen: int) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import imaplib
 import os
 import re
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from mailsync.identity import new_keys
 from mailsync.parse import (
     MAX_ADDRESSES,
     MAX_DEPTH,
@@ -26,6 +26,7 @@ from mailsync.parse import (
     extract_part,
     find_content_id,
     header_dedup_key,
+    header_key,
     parse_headers_only,
     parse_message,
 )
@@ -553,23 +554,35 @@ def header_fields(raw: bytes) -> bytes:
     return b"\r\n".join(out) + b"\r\n\r\n"
 
 
-def test_dedup_key_is_header_based_and_ignores_received():
+def test_dedup_key_ignores_added_headers_and_line_endings_but_not_content():
     one = raw_message(b"body", extra=b"Subject: S\r\nReceived: from a\r\n")
     two = b"Received: from b\r\n" + raw_message(b"body  ", extra=b"Subject: S\r\n")
-    assert dedup_key(parse_message(one), one) == dedup_key(parse_message(two), two)
+    lf = one.replace(b"\r\n", b"\n")
+    key = dedup_key(parse_message(one), one)
+    assert key == dedup_key(parse_message(two), two) == dedup_key(parse_message(lf), lf)
     other = raw_message(b"body", extra=b"Subject: Different\r\n")
-    assert dedup_key(parse_message(one), one) != dedup_key(parse_message(other), other)
+    assert key != dedup_key(parse_message(other), other)
+    # Same Message-ID, Date, From, Subject and To, other content: another mail (issue 10.4).
+    resent = raw_message(b"body, with a list footer", extra=b"Subject: S\r\n")
+    assert key != dedup_key(parse_message(resent), resent)
 
 
-def test_dedup_key_without_message_id_is_raw_sha256():
+def test_dedup_key_without_message_id_still_covers_headers_and_body():
     raw = b"From: a@example.com\r\nSubject: hi\r\n\r\nbody"
-    assert dedup_key(parse_message(raw), raw) == hashlib.sha256(raw).hexdigest()
-    assert header_dedup_key(header_fields(raw)) is None
+    other = b"From: a@example.com\r\nSubject: hi\r\n\r\nanother body"
+    assert dedup_key(parse_message(raw), raw) != dedup_key(parse_message(other), other)
+    assert header_dedup_key(header_fields(raw)) is None and header_key(parse_message(raw)) is None
 
 
-def test_header_dedup_key_matches_full_key():
+def test_header_dedup_key_matches_header_key():
     raw = raw_message(b"x", extra=b"Subject: =?utf-8?Q?Gr=C3=BC=C3=9Fe?=\r\n\tcontinued\r\n")
-    assert header_dedup_key(header_fields(raw)) == dedup_key(parse_message(raw), raw)
+    assert header_dedup_key(header_fields(raw)) == header_key(parse_message(raw)) is not None
+
+
+def test_upgrade_rekey_gives_the_key_a_sync_gives():
+    raw = raw_message(b"x", extra=b"Subject: S\r\n")
+    parsed = parse_message(raw)
+    assert new_keys(raw) == (dedup_key(parsed, raw), header_key(parsed))
 
 
 # --- corpus ------------------------------------------------------------------------------
@@ -591,7 +604,8 @@ def test_corpus_message(path):
     assert elapsed < HANG_GUARD_SECONDS, f"{path.name} took {elapsed:.2f}s"
     assert parsed.date is None or parsed.date.tzinfo is UTC
     if parsed.message_id:
-        assert header_dedup_key(header_fields(raw)) == dedup_key(parsed, raw)
+        assert header_dedup_key(header_fields(raw)) == header_key(parsed)
+    assert new_keys(raw) == (dedup_key(parsed, raw), header_key(parsed))  # upgrade = sync
     for attachment in parsed.attachments[:5]:
         data, content_type, _ = extract_part(raw, attachment.part_id)
         assert isinstance(data, bytes) and content_type == attachment.content_type
@@ -656,6 +670,6 @@ def test_header_dedup_key_matches_dovecot_header_fields(dovecot_preauth):
         full = next(body for meta, body in literals.items() if b"BODY[]" in meta)
         parsed = parse_message(full)
         if parsed.message_id:
-            assert header_dedup_key(header) == dedup_key(parsed, full), path.name
+            assert header_dedup_key(header) == header_key(parsed), path.name
             checked += 1
     assert checked > 50
