@@ -92,6 +92,25 @@ class User(UserMixin, db.Model):
         return f"<User {self.id} {self.email}>"
 
 
+class SetupClaim(db.Model):
+    """The one row that says the first admin exists: inserted in the admin's transaction.
+
+    Its fixed primary key makes the database refuse a second insert, so concurrent setup
+    forms cannot each create an admin (a count-then-insert check can be raced).
+    """
+
+    __tablename__ = "setup_claim"
+
+    SINGLETON_ID = 1
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<SetupClaim user={self.user_id}>"
+
+
 class Preference(db.Model):
     """One per-user setting; keys and defaults live in services/preferences.py."""
 

@@ -7,16 +7,21 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, func, or_, select
+from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from extensions import db
-from models import LoginFailure, User
+from models import LoginFailure, SetupClaim, User
 from services.errors import ValidationError
 
 log = logging.getLogger("threadline.auth")
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MIN_PASSWORD_LENGTH = 10
+
+
+class SetupAlreadyDone(Exception):
+    """The first admin exists already; the setup form is closed."""
 
 
 class LoginThrottled(Exception):
@@ -53,8 +58,8 @@ def get_user_by_email(email: str) -> User | None:
     return db.session.scalar(select(User).where(User.email == normalize_email(email)))
 
 
-def create_user(*, email: str, name: str, password: str, is_admin: bool = False) -> User:
-    """Create a user with a hashed password; commits. Raises ValidationError."""
+def _new_user(*, email: str, name: str, password: str, is_admin: bool) -> User:
+    """Validate the fields and return an unsaved user with a hashed password."""
     errors: dict[str, str] = {}
     try:
         email = validate_email(email)
@@ -73,19 +78,39 @@ def create_user(*, email: str, name: str, password: str, is_admin: bool = False)
         errors["email"] = "A user with this email already exists."
     if errors:
         raise ValidationError(errors)
-    user = User(
+    return User(
         email=email, name=name, password_hash=generate_password_hash(password), is_admin=is_admin
     )
+
+
+def create_user(*, email: str, name: str, password: str, is_admin: bool = False) -> User:
+    """Create a user with a hashed password; commits. Raises ValidationError."""
+    user = _new_user(email=email, name=name, password=password, is_admin=is_admin)
     db.session.add(user)
     db.session.commit()
     return user
 
 
 def create_first_admin(*, email: str, name: str, password: str) -> User:
-    """Create the first admin of a fresh install; refuses once any user exists."""
+    """Create the first admin of a fresh install; commits.
+
+    Raises SetupAlreadyDone once any user exists, also when another setup form won a race:
+    the admin and the SetupClaim singleton row are inserted in one transaction, and the
+    database refuses a second claim. Raises ValidationError for bad fields.
+    """
     if not needs_setup():
-        raise ValidationError({"__all__": "Threadline is already set up. Sign in instead."})
-    return create_user(email=email, name=name, password=password, is_admin=True)
+        raise SetupAlreadyDone()
+    user = _new_user(email=email, name=name, password=password, is_admin=True)
+    db.session.add(user)
+    try:
+        db.session.flush()
+        db.session.add(SetupClaim(id=SetupClaim.SINGLETON_ID, user_id=user.id))
+        db.session.commit()
+    except IntegrityError as exc:
+        # The claim (or, with the same address, the user) already exists: another setup won.
+        db.session.rollback()
+        raise SetupAlreadyDone() from exc
+    return user
 
 
 def _recent_failures(email: str, ip: str, window: timedelta) -> tuple[int, int, datetime | None]:

@@ -2,9 +2,11 @@
 
 import base64
 import json
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from extensions import db
 from models import User
@@ -28,14 +30,13 @@ def test_setup_creates_first_admin_once(client, app):
     assert (
         user.password_hash.startswith(("scrypt:", "pbkdf2:")) and PASSWORD not in user.password_hash
     )
-    # the form is gone afterwards
+    # the form is gone afterwards: a late submission is sent to sign in, no second admin
     assert client.get("/setup").status_code == 302
-    assert (
-        app.test_client()
-        .post("/setup", data={"name": "Eve", "email": "eve@example.com", "password": PASSWORD})
-        .status_code
-        == 404
+    late = app.test_client().post(
+        "/setup", data={"name": "Eve", "email": "eve@example.com", "password": PASSWORD}
     )
+    assert late.status_code == 303 and late.headers["Location"].endswith("/login")
+    assert db.session.scalar(select(func.count(User.id))) == 1
 
 
 def test_setup_invalid_input_returns_422_with_field_errors(client):
@@ -161,3 +162,28 @@ def test_healthz_reports_database(client):
     response = client.get("/healthz")
     assert response.status_code == 200
     assert response.json == {"status": "ok", "database": "ok"}
+
+
+def test_concurrent_setup_posts_create_exactly_one_admin(app):
+    # Eight browsers submit the setup form of a fresh install at the same moment (threads,
+    # each with its own client and database connection, against the file SQLite database).
+    start = threading.Barrier(8)
+
+    def submit(n: int):
+        client = app.test_client()
+        client.get("/setup")
+        start.wait()
+        return client.post(
+            "/setup", data={"name": f"Admin {n}", "email": f"a{n}@team.test", "password": PASSWORD}
+        )
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(submit, range(8)))
+
+    statuses = sorted(response.status_code for response in responses)
+    assert all(status in (302, 303) for status in statuses), statuses
+    winners = [r for r in responses if not r.headers["Location"].endswith("/login")]
+    assert len(winners) == 1
+    db.session.remove()
+    assert db.session.scalar(select(func.count(User.id))) == 1
+    assert db.session.scalar(select(func.count(User.id)).where(User.is_admin)) == 1

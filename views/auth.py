@@ -4,7 +4,6 @@ from urllib.parse import urlparse
 
 from flask import (
     Blueprint,
-    abort,
     current_app,
     redirect,
     render_template,
@@ -45,14 +44,15 @@ def setup():
 
 @bp.post("/setup")
 def setup_submit():
-    if not users.needs_setup():
-        abort(404)
     try:
         user = users.create_first_admin(
             email=form_value("email"),
             name=form_value("name"),
             password=request.form.get("password", ""),
         )
+    except users.SetupAlreadyDone:
+        # Someone else finished setup (maybe a moment ago, in a concurrent request).
+        return redirect(url_for("auth.login"), 303)
     except ValidationError as exc:
         return render_invalid("auth/setup.html", errors=exc.errors, form=request.form)
     _sign_in(user)
