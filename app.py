@@ -25,6 +25,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException, SecurityError
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 import config
 from extensions import csrf, db, htmx, login_manager
@@ -91,7 +92,13 @@ def create_app(test_config: dict | None = None) -> Flask:
             SESSION_COOKIE_SECURE=True,
             REMEMBER_COOKIE_SECURE=True,
             SESSION_COOKIE_NAME="__Host-session",
+            DEVICE_COOKIE_NAME="__Host-device",
         )
+    if app.config.get("TRUSTED_PROXY_HOPS"):
+        # The client address (sign-in throttling) and scheme come from X-Forwarded-*: only
+        # the last `hops` entries, the ones our proxies added, are believed (clients forge).
+        hops = int(app.config["TRUSTED_PROXY_HOPS"])
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
 
     db.init_app(app)
     csrf.init_app(app)
