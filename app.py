@@ -17,9 +17,10 @@ from flask import (
     redirect,
     render_template,
     request,
+    session,
     url_for,
 )
-from flask_login import current_user
+from flask_login import current_user, logout_user
 from flask_wtf.csrf import CSRFError
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -188,7 +189,7 @@ def _unauthorized():
 
 
 def _register_hooks(app: Flask) -> None:
-    from services.users import needs_setup
+    from services.users import needs_setup, session_too_old
 
     def reject_untrusted_host():
         # A Host outside TRUSTED_HOSTS leaves no URL adapter, so no page (they all build URLs)
@@ -222,6 +223,15 @@ def _register_hooks(app: Flask) -> None:
                 return redirect(url_for("auth.setup"))
             app.extensions["threadline_setup_done"] = True
         if not current_user.is_authenticated:
+            return login_manager.unauthorized()
+        if session_too_old(
+            session.get("signed_in_at"),
+            max_age_seconds=app.config["SESSION_ABSOLUTE_LIFETIME_SECONDS"],
+        ):
+            # Each request renews the idle lifetime; this limit ends even a daily-used
+            # session, so a stolen cookie does not work forever (R26).
+            logout_user()
+            session.clear()
             return login_manager.unauthorized()
         return None
 

@@ -14,7 +14,10 @@ class DefaultConfig:
     SESSION_COOKIE_SAMESITE = "Lax"
     REMEMBER_COOKIE_HTTPONLY = True
     REMEMBER_COOKIE_SAMESITE = "Lax"
-    PERMANENT_SESSION_LIFETIME = 60 * 60 * 12  # absolute session lifetime, seconds
+    # Idle lifetime: each request renews it (Flask checks the cookie's signed timestamp).
+    PERMANENT_SESSION_LIFETIME = 60 * 60 * 12
+    # Absolute lifetime from sign-in, however often the session is used (R26).
+    SESSION_ABSOLUTE_LIFETIME_SECONDS = 14 * 24 * 3600
     WTF_CSRF_TIME_LIMIT = None  # the token lives as long as the session
     SQLALCHEMY_TRACK_MODIFICATIONS = False
     MAX_CONTENT_LENGTH = 40 * 1024 * 1024

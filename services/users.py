@@ -7,6 +7,7 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -159,6 +160,27 @@ def authenticate(
     db.session.commit()
     log.info("login failed email=%r ip=%s device=%s", email, ip, device is not None)
     return None
+
+
+def utcnow() -> datetime:
+    """The clock of session ages (tests shift it)."""
+    return datetime.now(UTC)
+
+
+def session_start_stamp() -> int:
+    """Return the sign-in time to keep in a new session (Unix seconds)."""
+    return int(utcnow().timestamp())
+
+
+def session_too_old(started: object, *, max_age_seconds: int) -> bool:
+    """Tell whether a session that began at `started` (session_start_stamp) must end.
+
+    A session without a stamp (signed in before this rule existed, or tampered with) is
+    too old: failing closed costs one sign-in.
+    """
+    if not isinstance(started, int):
+        return True
+    return utcnow().timestamp() - started > max_age_seconds
 
 
 def end_all_sessions(user: User) -> None:

@@ -379,3 +379,31 @@ def test_password_change_is_throttled_per_user(make_user, login):
     assert response.status_code == 429 and int(response.headers["Retry-After"]) > 0
     db.session.expire_all()
     assert check_password_hash(db.session.get(User, user.id).password_hash, PASSWORD)
+
+
+# --------------------------------------------------------------------------- session lifetime
+
+
+def test_session_ends_after_the_absolute_lifetime_even_when_used_daily(
+    app, make_user, login, monkeypatch
+):
+    now = datetime.now(UTC)
+    # raising=False: the clock must exist for the rule to be tested (it fails otherwise)
+    monkeypatch.setattr(users, "utcnow", lambda: now, raising=False)
+    client = login(make_user())
+    for _day in range(13):  # used every day: the idle limit never runs out
+        now += timedelta(days=1)
+        assert client.get("/settings/").status_code == 200
+    now += timedelta(days=1, seconds=1)  # 14 days and a second after signing in
+    response = client.get("/settings/")
+    assert response.status_code == 302 and "/login" in response.headers["Location"]
+    assert client.get("/settings/").status_code == 302  # signed out, not only redirected
+
+
+def test_absolute_session_lifetime_is_a_setting(app, make_user, login, monkeypatch):
+    app.config["SESSION_ABSOLUTE_LIFETIME_SECONDS"] = 60
+    now = datetime.now(UTC)
+    monkeypatch.setattr(users, "utcnow", lambda: now, raising=False)
+    client = login(make_user())
+    now += timedelta(seconds=61)
+    assert client.get("/settings/").status_code == 302

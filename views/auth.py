@@ -42,6 +42,7 @@ def _sign_in(user) -> None:
     session.clear()  # a fresh session on sign-in (no fixation)
     login_user(user)
     session.permanent = True
+    session["signed_in_at"] = users.session_start_stamp()  # for the absolute lifetime
 
 
 @bp.get("/setup")
