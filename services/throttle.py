@@ -39,14 +39,14 @@ class TooManyAttempts(Exception):
 
 @dataclass(frozen=True)
 class ThrottlePolicy:
-    """The limits, from the LOGIN_* and DEVICE_TOKEN_* settings."""
+    """The limits, from the LOGIN_* and DEVICE_TOKEN_* settings (defaults in config.py)."""
 
-    max_failures: int = 5  # per account, or per device token, before delays start
-    ip_max_failures: int = 20  # per client address, across accounts
-    window_seconds: int = 15 * 60  # failures older than this are forgotten
-    backoff_base_seconds: int = 30  # the first delay; each further failure doubles it
-    backoff_max_seconds: int = 15 * 60
-    device_token_max_age_seconds: int = 365 * 24 * 3600
+    max_failures: int  # per account, or per device token, before delays start
+    ip_max_failures: int  # per client address, across accounts
+    window_seconds: int  # failures older than this are forgotten
+    backoff_base_seconds: int  # the first delay; each further failure doubles it
+    backoff_max_seconds: int
+    device_token_max_age_seconds: int
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ThrottlePolicy:

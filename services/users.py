@@ -129,9 +129,9 @@ def authenticate(
     email: str,
     password: str,
     ip: str,
-    device_token: str | None,
     secret_key: str,
     policy: ThrottlePolicy,
+    device_token: str | None = None,
 ) -> SignedIn | None:
     """Return a SignedIn for good credentials, None for bad ones; commits.
 
