@@ -17,14 +17,16 @@ from flask import (
     redirect,
     render_template,
     request,
+    session,
     url_for,
 )
-from flask_login import current_user
+from flask_login import current_user, logout_user
 from flask_wtf.csrf import CSRFError
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException, SecurityError
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 import config
 from extensions import csrf, db, htmx, login_manager
@@ -91,7 +93,13 @@ def create_app(test_config: dict | None = None) -> Flask:
             SESSION_COOKIE_SECURE=True,
             REMEMBER_COOKIE_SECURE=True,
             SESSION_COOKIE_NAME="__Host-session",
+            DEVICE_COOKIE_NAME="__Host-device",
         )
+    if app.config.get("TRUSTED_PROXY_HOPS"):
+        # The client address (sign-in throttling) and scheme come from X-Forwarded-*: only
+        # the last `hops` entries, the ones our proxies added, are believed (clients forge).
+        hops = int(app.config["TRUSTED_PROXY_HOPS"])
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
 
     db.init_app(app)
     csrf.init_app(app)
@@ -181,7 +189,7 @@ def _unauthorized():
 
 
 def _register_hooks(app: Flask) -> None:
-    from services.users import needs_setup
+    from services.users import needs_setup, session_too_old
 
     def reject_untrusted_host():
         # A Host outside TRUSTED_HOSTS leaves no URL adapter, so no page (they all build URLs)
@@ -215,6 +223,15 @@ def _register_hooks(app: Flask) -> None:
                 return redirect(url_for("auth.setup"))
             app.extensions["threadline_setup_done"] = True
         if not current_user.is_authenticated:
+            return login_manager.unauthorized()
+        if session_too_old(
+            session.get("signed_in_at"),
+            max_age_seconds=app.config["SESSION_ABSOLUTE_LIFETIME_SECONDS"],
+        ):
+            # Each request renews the idle lifetime; this limit ends even a daily-used
+            # session, so a stolen cookie does not work forever (R26).
+            logout_user()
+            session.clear()
             return login_manager.unauthorized()
         return None
 

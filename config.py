@@ -14,12 +14,28 @@ class DefaultConfig:
     SESSION_COOKIE_SAMESITE = "Lax"
     REMEMBER_COOKIE_HTTPONLY = True
     REMEMBER_COOKIE_SAMESITE = "Lax"
-    PERMANENT_SESSION_LIFETIME = 60 * 60 * 12  # absolute session lifetime, seconds
+    # Idle lifetime: each request renews it (Flask checks the cookie's signed timestamp).
+    PERMANENT_SESSION_LIFETIME = 60 * 60 * 12
+    # Absolute lifetime from sign-in, however often the session is used (R26).
+    SESSION_ABSOLUTE_LIFETIME_SECONDS = 14 * 24 * 3600
     WTF_CSRF_TIME_LIMIT = None  # the token lives as long as the session
     SQLALCHEMY_TRACK_MODIFICATIONS = False
     MAX_CONTENT_LENGTH = 40 * 1024 * 1024
+    # Password checks (sign-in, password change) are throttled, services/throttle.py (R27):
+    # past LOGIN_MAX_FAILURES failures per account (LOGIN_IP_MAX_FAILURES per client
+    # address) within LOGIN_WINDOW_SECONDS, each attempt waits LOGIN_BACKOFF_BASE_SECONDS,
+    # doubling per further failure up to LOGIN_BACKOFF_MAX_SECONDS. A browser holding a
+    # device token (cookie DEVICE_COOKIE_NAME, set on sign-in) counts only its own failures.
     LOGIN_MAX_FAILURES = 5
+    LOGIN_IP_MAX_FAILURES = 20
     LOGIN_WINDOW_SECONDS = 15 * 60
+    LOGIN_BACKOFF_BASE_SECONDS = 30
+    LOGIN_BACKOFF_MAX_SECONDS = 15 * 60
+    DEVICE_COOKIE_NAME = "device"  # "__Host-device" under HTTPS
+    DEVICE_TOKEN_MAX_AGE_SECONDS = 365 * 24 * 3600
+    # Reverse proxies in front of the app whose X-Forwarded-For/-Proto we believe (ProxyFix).
+    # 0 ignores those headers: without a proxy any client could claim any address.
+    TRUSTED_PROXY_HOPS = 0
     SYNC_INTERVAL_SECONDS = 120
     SYNC_BUDGET_SECONDS = 90  # one account's sync pass; backfill resumes on the next tick
     # Scheduled passes sync INBOX and Sent (Gmail: All Mail) every SYNC_INTERVAL_SECONDS, other

@@ -94,6 +94,25 @@ class User(UserMixin, db.Model):
         return f"<User {self.id} {self.email}>"
 
 
+class SetupClaim(db.Model):
+    """The one row that says the first admin exists: inserted in the admin's transaction.
+
+    Its fixed primary key makes the database refuse a second insert, so concurrent setup
+    forms cannot each create an admin (a count-then-insert check can be raced).
+    """
+
+    __tablename__ = "setup_claim"
+
+    SINGLETON_ID = 1
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<SetupClaim user={self.user_id}>"
+
+
 class Preference(db.Model):
     """One per-user setting; keys and defaults live in services/preferences.py."""
 
@@ -110,17 +129,23 @@ class Preference(db.Model):
 
 
 class LoginFailure(db.Model):
-    """A failed sign-in, kept for throttling (per address and per client IP)."""
+    """A failed password check, kept for throttling (services/throttle.py).
+
+    `action` is "login" or "password_change"; `device` is the id inside a valid device
+    token the attempt carried (such failures count against that token only), else NULL.
+    """
 
     __tablename__ = "login_failure"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320), index=True)
     ip: Mapped[str] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(20), default="login", server_default="login")
+    device: Mapped[str | None] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
     def __repr__(self) -> str:
-        return f"<LoginFailure {self.email} {self.ip}>"
+        return f"<LoginFailure {self.action} {self.email} {self.ip}>"
 
 
 # --------------------------------------------------------------------------- CRM records

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
-from datetime import UTC, datetime, timedelta
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from extensions import db
-from models import LoginFailure, User
+from models import SetupClaim, User
+from services import throttle
 from services.errors import ValidationError
+from services.throttle import ThrottlePolicy, TooManyAttempts
 
 log = logging.getLogger("threadline.auth")
 
@@ -19,12 +25,8 @@ EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MIN_PASSWORD_LENGTH = 10
 
 
-class LoginThrottled(Exception):
-    """Too many recent failures for this address or client; retry after `retry_after` s."""
-
-    def __init__(self, retry_after: int):
-        super().__init__(f"retry after {retry_after}s")
-        self.retry_after = retry_after
+class SetupAlreadyDone(Exception):
+    """The first admin exists already; the setup form is closed."""
 
 
 def normalize_email(email: str) -> str:
@@ -53,8 +55,8 @@ def get_user_by_email(email: str) -> User | None:
     return db.session.scalar(select(User).where(User.email == normalize_email(email)))
 
 
-def create_user(*, email: str, name: str, password: str, is_admin: bool = False) -> User:
-    """Create a user with a hashed password; commits. Raises ValidationError."""
+def _new_user(*, email: str, name: str, password: str, is_admin: bool) -> User:
+    """Validate the fields and return an unsaved user with a hashed password."""
     errors: dict[str, str] = {}
     try:
         email = validate_email(email)
@@ -73,72 +75,112 @@ def create_user(*, email: str, name: str, password: str, is_admin: bool = False)
         errors["email"] = "A user with this email already exists."
     if errors:
         raise ValidationError(errors)
-    user = User(
+    return User(
         email=email, name=name, password_hash=generate_password_hash(password), is_admin=is_admin
     )
+
+
+def create_user(*, email: str, name: str, password: str, is_admin: bool = False) -> User:
+    """Create a user with a hashed password; commits. Raises ValidationError."""
+    user = _new_user(email=email, name=name, password=password, is_admin=is_admin)
     db.session.add(user)
     db.session.commit()
     return user
 
 
 def create_first_admin(*, email: str, name: str, password: str) -> User:
-    """Create the first admin of a fresh install; refuses once any user exists."""
+    """Create the first admin of a fresh install; commits.
+
+    Raises SetupAlreadyDone once any user exists, also when another setup form won a race:
+    the admin and the SetupClaim singleton row are inserted in one transaction, and the
+    database refuses a second claim. Raises ValidationError for bad fields.
+    """
     if not needs_setup():
-        raise ValidationError({"__all__": "Threadline is already set up. Sign in instead."})
-    return create_user(email=email, name=name, password=password, is_admin=True)
+        raise SetupAlreadyDone()
+    user = _new_user(email=email, name=name, password=password, is_admin=True)
+    db.session.add(user)
+    try:
+        db.session.flush()
+        db.session.add(SetupClaim(id=SetupClaim.SINGLETON_ID, user_id=user.id))
+        db.session.commit()
+    except IntegrityError as exc:
+        # The claim (or, with the same address, the user) already exists: another setup won.
+        db.session.rollback()
+        raise SetupAlreadyDone() from exc
+    return user
 
 
-def _recent_failures(email: str, ip: str, window: timedelta) -> tuple[int, int, datetime | None]:
-    since = datetime.now(UTC) - window
-    by_email = db.session.scalar(
-        select(func.count(LoginFailure.id)).where(
-            LoginFailure.email == email, LoginFailure.created_at >= since
-        )
-    )
-    by_ip = db.session.scalar(
-        select(func.count(LoginFailure.id)).where(
-            LoginFailure.ip == ip, LoginFailure.created_at >= since
-        )
-    )
-    oldest = db.session.scalar(
-        select(func.min(LoginFailure.created_at)).where(
-            or_(LoginFailure.email == email, LoginFailure.ip == ip),
-            LoginFailure.created_at >= since,
-        )
-    )
-    return by_email or 0, by_ip or 0, oldest
+@functools.cache
+def _dummy_password_hash() -> str:
+    """A hash of a random password, made once with the same method as users' hashes."""
+    return generate_password_hash(secrets.token_urlsafe(16))
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """A successful sign-in: the user and a fresh device token for the browser's cookie."""
+
+    user: User
+    device_token: str
 
 
 def authenticate(
-    *, email: str, password: str, ip: str, max_failures: int = 5, window_seconds: int = 900
-) -> User | None:
-    """Return the user for good credentials, None for bad ones; commits failures.
+    *,
+    email: str,
+    password: str,
+    ip: str,
+    secret_key: str,
+    policy: ThrottlePolicy,
+    device_token: str | None = None,
+) -> SignedIn | None:
+    """Return a SignedIn for good credentials, None for bad ones; commits.
 
-    Raises LoginThrottled after `max_failures` failures for the address (or 4x that for
-    the client IP) within the window, even when the password is right, so guessing stops.
+    Raises TooManyAttempts while this client must wait (services/throttle.py), without
+    checking the password, so a guesser gains nothing from the right one.
     """
     email = normalize_email(email)
-    window = timedelta(seconds=window_seconds)
-    by_email, by_ip, oldest = _recent_failures(email, ip, window)
-    if by_email >= max_failures or by_ip >= max_failures * 4:
-        elapsed = datetime.now(UTC) - (oldest or datetime.now(UTC))
-        retry_after = max(1, int((window - elapsed).total_seconds()))
-        log.warning("login throttled email=%r ip=%s", email, ip)
-        raise LoginThrottled(retry_after)
     user = get_user_by_email(email)
-    if (
-        user is not None
-        and not user.is_deactivated
-        and check_password_hash(user.password_hash, password or "")
-    ):
-        db.session.execute(delete(LoginFailure).where(LoginFailure.email == email))
+    device = throttle.device_of(secret_key, device_token, user, policy)
+    try:
+        throttle.check_login_allowed(email=email, ip=ip, device=device, policy=policy)
+    except TooManyAttempts:
+        log.warning("login throttled email=%r ip=%s device=%s", email, ip, device is not None)
+        raise
+    # An unknown address checks a dummy hash, so its answer takes as long as a real one's
+    # and response times do not tell which addresses have accounts.
+    password_ok = check_password_hash(
+        user.password_hash if user is not None else _dummy_password_hash(), password or ""
+    )
+    if user is not None and password_ok and not user.is_deactivated:
+        throttle.forget_failures(action=throttle.ACTION_LOGIN, email=email, ip=ip, device=device)
         db.session.commit()
         log.info("login ok user=%s ip=%s", user.id, ip)
-        return user
-    db.session.add(LoginFailure(email=email, ip=ip))
+        return SignedIn(user, throttle.issue_device_token(secret_key, user))
+    throttle.record_failure(action=throttle.ACTION_LOGIN, email=email, ip=ip, device=device)
     db.session.commit()
-    log.info("login failed email=%r ip=%s", email, ip)
+    log.info("login failed email=%r ip=%s device=%s", email, ip, device is not None)
     return None
+
+
+def utcnow() -> datetime:
+    """The clock of session ages (tests shift it)."""
+    return datetime.now(UTC)
+
+
+def session_start_stamp() -> int:
+    """Return the sign-in time to keep in a new session (Unix seconds)."""
+    return int(utcnow().timestamp())
+
+
+def session_too_old(started: object, *, max_age_seconds: int) -> bool:
+    """Tell whether a session that began at `started` (session_start_stamp) must end.
+
+    A session without a stamp (signed in before this rule existed, or tampered with) is
+    too old: failing closed costs one sign-in.
+    """
+    if not isinstance(started, int):
+        return True
+    return utcnow().timestamp() - started > max_age_seconds
 
 
 def end_all_sessions(user: User) -> None:
@@ -147,13 +189,24 @@ def end_all_sessions(user: User) -> None:
     db.session.commit()
 
 
-def change_password(user: User, *, current: str, new: str, confirm: str) -> None:
-    """Change the user's own password; ends their other sessions; commits."""
+def change_password(
+    user: User, *, current: str, new: str, confirm: str, ip: str, policy: ThrottlePolicy
+) -> None:
+    """Change the user's own password; ends their other sessions; commits.
+
+    Raises TooManyAttempts after repeated wrong current passwords (throttled like sign-in,
+    per user), ValidationError for a wrong current password or a bad new one.
+    """
+    throttle.check_password_change_allowed(user, policy)
     if not check_password_hash(user.password_hash, current or ""):
+        throttle.record_failure(action=throttle.ACTION_PASSWORD_CHANGE, email=user.email, ip=ip)
+        db.session.commit()
+        log.info("password change: wrong current password user=%s ip=%s", user.id, ip)
         raise ValidationError({"current": "That is not your current password."})
     _validate_password(new, "new")
     if new != confirm:
         raise ValidationError({"confirm": "The two new passwords differ."})
+    throttle.forget_password_change_failures(user)
     user.password_hash = generate_password_hash(new)
     user.session_epoch = (user.session_epoch or 0) + 1
     db.session.commit()

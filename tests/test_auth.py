@@ -2,13 +2,40 @@
 
 import base64
 import json
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from werkzeug.security import check_password_hash
 
+from app import create_app
 from extensions import db
-from models import User
-from tests.conftest import PASSWORD
+from models import LoginFailure, User
+from services import throttle, users
+from tests.conftest import PASSWORD, CSRFClient
+
+
+@contextmanager
+def app_with(tmp_path, **settings):
+    """An app of its own with extra settings (the `app` fixture's are fixed)."""
+    app = create_app(
+        {
+            "TESTING": True,
+            "INSTANCE_PATH": str(tmp_path / "other-instance"),
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'other.db'}",
+            "SECRET_KEY": "test-secret",
+            "SCHEDULER_ENABLED": False,
+            **settings,
+        }
+    )
+    app.test_client_class = CSRFClient
+    with app.app_context():
+        yield app
+        db.session.remove()
+        db.engine.dispose()
 
 
 def test_fresh_install_redirects_everything_to_setup(client):
@@ -28,14 +55,13 @@ def test_setup_creates_first_admin_once(client, app):
     assert (
         user.password_hash.startswith(("scrypt:", "pbkdf2:")) and PASSWORD not in user.password_hash
     )
-    # the form is gone afterwards
+    # the form is gone afterwards: a late submission is sent to sign in, no second admin
     assert client.get("/setup").status_code == 302
-    assert (
-        app.test_client()
-        .post("/setup", data={"name": "Eve", "email": "eve@example.com", "password": PASSWORD})
-        .status_code
-        == 404
+    late = app.test_client().post(
+        "/setup", data={"name": "Eve", "email": "eve@example.com", "password": PASSWORD}
     )
+    assert late.status_code == 303 and late.headers["Location"].endswith("/login")
+    assert db.session.scalar(select(func.count(User.id))) == 1
 
 
 def test_setup_invalid_input_returns_422_with_field_errors(client):
@@ -161,3 +187,223 @@ def test_healthz_reports_database(client):
     response = client.get("/healthz")
     assert response.status_code == 200
     assert response.json == {"status": "ok", "database": "ok"}
+
+
+def test_concurrent_setup_posts_create_exactly_one_admin(app):
+    # Eight browsers submit the setup form of a fresh install at the same moment (threads,
+    # each with its own client and database connection, against the file SQLite database).
+    start = threading.Barrier(8)
+
+    def submit(n: int):
+        client = app.test_client()
+        client.get("/setup")
+        start.wait()
+        return client.post(
+            "/setup", data={"name": f"Admin {n}", "email": f"a{n}@team.test", "password": PASSWORD}
+        )
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(submit, range(8)))
+
+    statuses = sorted(response.status_code for response in responses)
+    assert all(status in (302, 303) for status in statuses), statuses
+    winners = [r for r in responses if not r.headers["Location"].endswith("/login")]
+    assert len(winners) == 1
+    db.session.remove()
+    assert db.session.scalar(select(func.count(User.id))) == 1
+    assert db.session.scalar(select(func.count(User.id)).where(User.is_admin)) == 1
+
+
+# --------------------------------------------------------------------------- throttling (R27)
+
+OWNER_ADDRESS, ATTACKER_ADDRESS, OTHER_ADDRESS = "10.0.0.10", "10.0.0.66", "10.0.0.77"
+
+
+def _client_at(app, address: str):
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = address
+    return client
+
+
+def _login(client, email: str, password: str):
+    return client.post("/login", data={"email": email, "password": password})
+
+
+def test_attack_from_elsewhere_does_not_lock_out_the_owners_browser(app, make_user):
+    make_user(email="own@team.test")
+    owner = _client_at(app, OWNER_ADDRESS)
+    assert _login(owner, "own@team.test", PASSWORD).status_code == 302
+    owner.post("/logout")  # the device cookie outlives the session
+    attacker = _client_at(app, ATTACKER_ADDRESS)
+    for _ in range(10):
+        _login(attacker, "own@team.test", "bad-guess-123")
+    assert _login(attacker, "own@team.test", PASSWORD).status_code == 429
+    # The owner's browser carries its device token: the attacker's failures do not count.
+    assert _login(owner, "own@team.test", PASSWORD).status_code == 302
+
+
+def test_device_token_is_locked_by_its_own_failures_only(app, make_user):
+    make_user(email="dv@team.test")
+    owner = _client_at(app, OWNER_ADDRESS)
+    assert _login(owner, "dv@team.test", PASSWORD).status_code == 302
+    owner.post("/logout")
+    for _ in range(5):
+        assert _login(owner, "dv@team.test", "bad-guess-123").status_code == 401
+    response = _login(owner, "dv@team.test", PASSWORD)
+    assert response.status_code == 429 and int(response.headers["Retry-After"]) > 0
+
+
+def test_device_token_of_one_account_does_not_vouch_for_another(app, make_user):
+    make_user(email="t1@team.test")
+    make_user(email="t2@team.test")
+    browser = _client_at(app, OWNER_ADDRESS)
+    assert _login(browser, "t1@team.test", PASSWORD).status_code == 302
+    for _ in range(5):
+        _login(_client_at(app, ATTACKER_ADDRESS), "t2@team.test", "bad-guess-123")
+    assert _login(browser, "t2@team.test", PASSWORD).status_code == 429
+
+
+def test_device_cookie_flags(app, make_user):
+    make_user(email="ck@team.test")
+    response = _login(_client_at(app, OWNER_ADDRESS), "ck@team.test", PASSWORD)
+    (device,) = [c for c in response.headers.getlist("Set-Cookie") if c.startswith("device=")]
+    assert "HttpOnly" in device and "SameSite=Lax" in device and "Max-Age=" in device
+    assert "Secure" not in device  # plain HTTP here; THREADLINE_HTTPS=1 makes it Secure
+
+
+def test_device_cookie_is_secure_under_https(tmp_path):
+    # CSRF off: under HTTPS Flask-WTF wants a Referer; this test is about cookie flags.
+    with app_with(tmp_path, HTTPS=True, WTF_CSRF_ENABLED=False) as app:
+        users.create_user(email="sc@team.test", name="Sc", password=PASSWORD)
+        response = app.test_client().post(
+            "/login",
+            data={"email": "sc@team.test", "password": PASSWORD},
+            base_url="https://localhost",
+        )
+    (device,) = [
+        c for c in response.headers.getlist("Set-Cookie") if c.startswith("__Host-device=")
+    ]
+    assert "Secure" in device and "HttpOnly" in device and "Path=/" in device
+
+
+def test_backoff_grows_and_the_right_password_waits_too(app, make_user, monkeypatch):
+    make_user(email="bk@team.test")
+    now = datetime.now(UTC)
+    monkeypatch.setattr(throttle, "utcnow", lambda: now)
+    attacker = _client_at(app, ATTACKER_ADDRESS)
+    for _ in range(5):
+        _login(attacker, "bk@team.test", "bad-guess-123")
+    first = _login(attacker, "bk@team.test", PASSWORD)
+    assert first.status_code == 429 and "Too many failed attempts" in first.get_data(as_text=True)
+    first_wait = int(first.headers["Retry-After"])
+    now += timedelta(seconds=first_wait)  # the delay has run: one more guess is allowed
+    assert _login(attacker, "bk@team.test", "bad-guess-456").status_code == 401
+    second = _login(attacker, "bk@team.test", PASSWORD)
+    assert second.status_code == 429
+    assert int(second.headers["Retry-After"]) == 2 * first_wait
+
+
+def test_other_address_without_device_token_is_throttled_per_account(app, make_user):
+    make_user(email="pa@team.test")
+    for _ in range(5):
+        _login(_client_at(app, ATTACKER_ADDRESS), "pa@team.test", "bad-guess-123")
+    assert _login(_client_at(app, OTHER_ADDRESS), "pa@team.test", PASSWORD).status_code == 429
+
+
+def test_one_address_is_throttled_across_accounts(app, make_user):
+    for n in range(4):
+        make_user(email=f"ip{n}@team.test")
+        for _ in range(5):
+            _login(_client_at(app, ATTACKER_ADDRESS), f"ip{n}@team.test", "bad-guess-123")
+    make_user(email="ip-fresh@team.test")
+    attacker = _client_at(app, ATTACKER_ADDRESS)
+    assert _login(attacker, "ip-fresh@team.test", PASSWORD).status_code == 429
+    other = _client_at(app, OTHER_ADDRESS)
+    assert _login(other, "ip-fresh@team.test", PASSWORD).status_code == 302
+
+
+def _failure_addresses() -> list[str]:
+    return list(db.session.scalars(select(LoginFailure.ip)))
+
+
+def test_forwarded_for_is_ignored_without_trusted_proxies(app, client):
+    client.environ_base["REMOTE_ADDR"] = "10.0.0.1"
+    client.post(
+        "/login",
+        data={"email": "x@team.test", "password": "bad-guess-123"},
+        headers={"X-Forwarded-For": "203.0.113.9"},
+    )
+    assert _failure_addresses() == ["10.0.0.1"]
+
+
+def test_forwarded_for_is_honored_with_one_trusted_proxy(tmp_path):
+    with app_with(tmp_path, TRUSTED_PROXY_HOPS=1) as app:
+        client = app.test_client()
+        client.environ_base["REMOTE_ADDR"] = "10.0.0.1"
+        client.post(
+            "/login",
+            data={"email": "x@team.test", "password": "bad-guess-123"},
+            headers={"X-Forwarded-For": "198.51.100.5, 203.0.113.9"},
+        )
+        # Only the last hop is trusted: the address our proxy saw, not what the client claims.
+        assert _failure_addresses() == ["203.0.113.9"]
+
+
+def test_unknown_address_costs_one_password_check_like_a_real_one(client, make_user, monkeypatch):
+    make_user(email="real@team.test")
+    checks = []
+
+    def counting_check(pwhash: str, password: str) -> bool:
+        checks.append(pwhash.split("$")[0])
+        return check_password_hash(pwhash, password)
+
+    monkeypatch.setattr(users, "check_password_hash", counting_check)
+    assert _login(client, "real@team.test", "bad-guess-123").status_code == 401
+    assert _login(client, "nobody@team.test", "bad-guess-123").status_code == 401
+    assert len(checks) == 2 and checks[0] == checks[1]  # same KDF and parameters
+
+
+def test_password_change_is_throttled_per_user(make_user, login):
+    user = make_user()
+    client = login(user)
+    for _ in range(5):
+        response = client.post(
+            "/account/password",
+            data={"current": "bad-guess-123", "new": "x" * 12, "confirm": "x" * 12},
+        )
+        assert response.status_code == 422
+    response = client.post(
+        "/account/password",
+        data={"current": PASSWORD, "new": "a brand new secret", "confirm": "a brand new secret"},
+    )
+    assert response.status_code == 429 and int(response.headers["Retry-After"]) > 0
+    db.session.expire_all()
+    assert check_password_hash(db.session.get(User, user.id).password_hash, PASSWORD)
+
+
+# --------------------------------------------------------------------------- session lifetime
+
+
+def test_session_ends_after_the_absolute_lifetime_even_when_used_daily(
+    app, make_user, login, monkeypatch
+):
+    now = datetime.now(UTC)
+    # raising=False: the clock must exist for the rule to be tested (it fails otherwise)
+    monkeypatch.setattr(users, "utcnow", lambda: now, raising=False)
+    client = login(make_user())
+    for _day in range(13):  # used every day: the idle limit never runs out
+        now += timedelta(days=1)
+        assert client.get("/settings/").status_code == 200
+    now += timedelta(days=1, seconds=1)  # 14 days and a second after signing in
+    response = client.get("/settings/")
+    assert response.status_code == 302 and "/login" in response.headers["Location"]
+    assert client.get("/settings/").status_code == 302  # signed out, not only redirected
+
+
+def test_absolute_session_lifetime_is_a_setting(app, make_user, login, monkeypatch):
+    app.config["SESSION_ABSOLUTE_LIFETIME_SECONDS"] = 60
+    now = datetime.now(UTC)
+    monkeypatch.setattr(users, "utcnow", lambda: now, raising=False)
+    client = login(make_user())
+    now += timedelta(seconds=61)
+    assert client.get("/settings/").status_code == 302

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from extensions import db
 from models import Deal, Lead, Organization, Person, Project, User
+from services.throttle import ThrottlePolicy
 from services.users import authenticate
 from tests.conftest import PASSWORD
 
@@ -52,7 +53,7 @@ def test_init_db_is_idempotent(runner, make_user):
     assert count(User) == 1
 
 
-def test_create_user_with_env_password_and_admin_flag(runner, monkeypatch):
+def test_create_user_with_env_password_and_admin_flag(app, runner, monkeypatch):
     monkeypatch.setenv("THREADLINE_PASSWORD", PASSWORD)
     result = runner.invoke(args=["create-user", "Boss@Team.test", "--name", "Boss", "--admin"])
     assert result.exit_code == 0, result.output
@@ -60,7 +61,14 @@ def test_create_user_with_env_password_and_admin_flag(runner, monkeypatch):
     user = db.session.scalar(select(User))
     assert (
         user.is_admin
-        and authenticate(email=user.email, password=PASSWORD, ip="127.0.0.1") is not None
+        and authenticate(
+            email=user.email,
+            password=PASSWORD,
+            ip="127.0.0.1",
+            secret_key=app.secret_key,
+            policy=ThrottlePolicy.from_config(app.config),
+        )
+        is not None
     )
     plain = runner.invoke(args=["create-user", "member@team.test", "--name", "Member"])
     assert plain.exit_code == 0 and "Created user member@team.test" in plain.output

@@ -4,7 +4,6 @@ from urllib.parse import urlparse
 
 from flask import (
     Blueprint,
-    abort,
     current_app,
     redirect,
     render_template,
@@ -16,6 +15,7 @@ from flask_login import current_user, login_user, logout_user
 
 from services import users
 from services.errors import ValidationError
+from services.throttle import ThrottlePolicy, TooManyAttempts
 from views.helpers import form_value, render_invalid
 
 bp = Blueprint("auth", __name__)
@@ -30,10 +30,19 @@ def _safe_next(target: str | None) -> str:
     return url_for("index")
 
 
+def _too_many_attempts(template: str, exc: TooManyAttempts, *, errors: dict, **context):
+    # One generic message: it does not say whether the account exists or which limit hit.
+    errors = {**errors, "__all__": "Too many failed attempts. Wait a few minutes and try again."}
+    response = render_invalid(template, status=429, errors=errors, **context)
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
 def _sign_in(user) -> None:
     session.clear()  # a fresh session on sign-in (no fixation)
     login_user(user)
     session.permanent = True
+    session["signed_in_at"] = users.session_start_stamp()  # for the absolute lifetime
 
 
 @bp.get("/setup")
@@ -45,14 +54,15 @@ def setup():
 
 @bp.post("/setup")
 def setup_submit():
-    if not users.needs_setup():
-        abort(404)
     try:
         user = users.create_first_admin(
             email=form_value("email"),
             name=form_value("name"),
             password=request.form.get("password", ""),
         )
+    except users.SetupAlreadyDone:
+        # Someone else finished setup (maybe a moment ago, in a concurrent request).
+        return redirect(url_for("auth.login"), 303)
     except ValidationError as exc:
         return render_invalid("auth/setup.html", errors=exc.errors, form=request.form)
     _sign_in(user)
@@ -70,25 +80,21 @@ def login():
 def login_submit():
     email = form_value("email")
     next_url = request.form.get("next", "")
+    config = current_app.config
     try:
-        user = users.authenticate(
+        signed_in = users.authenticate(
             email=email,
             password=request.form.get("password", ""),
             ip=request.remote_addr or "unknown",
-            max_failures=current_app.config["LOGIN_MAX_FAILURES"],
-            window_seconds=current_app.config["LOGIN_WINDOW_SECONDS"],
+            device_token=request.cookies.get(config["DEVICE_COOKIE_NAME"]),
+            secret_key=current_app.secret_key,
+            policy=ThrottlePolicy.from_config(config),
         )
-    except users.LoginThrottled as exc:
-        response = render_invalid(
-            "auth/login.html",
-            status=429,
-            errors={"__all__": "Too many failed attempts. Wait a few minutes and try again."},
-            form={"email": email},
-            next=next_url,
+    except TooManyAttempts as exc:
+        return _too_many_attempts(
+            "auth/login.html", exc, errors={}, form={"email": email}, next=next_url
         )
-        response.headers["Retry-After"] = str(exc.retry_after)
-        return response
-    if user is None:
+    if signed_in is None:
         return render_invalid(
             "auth/login.html",
             status=401,
@@ -96,8 +102,20 @@ def login_submit():
             form={"email": email},
             next=next_url,
         )
-    _sign_in(user)
-    return redirect(_safe_next(next_url))
+    _sign_in(signed_in.user)
+    response = redirect(_safe_next(next_url))
+    # Long-lived and apart from the session, so it survives sign-out: this browser stays
+    # known to the account and is not slowed by other clients' failures.
+    response.set_cookie(
+        config["DEVICE_COOKIE_NAME"],
+        signed_in.device_token,
+        max_age=config["DEVICE_TOKEN_MAX_AGE_SECONDS"],
+        path="/",
+        secure=bool(config.get("SESSION_COOKIE_SECURE")),
+        httponly=True,
+        samesite="Lax",
+    )
+    return response
 
 
 @bp.post("/logout")
@@ -123,7 +141,11 @@ def password_submit():
             current=request.form.get("current", ""),
             new=request.form.get("new", ""),
             confirm=request.form.get("confirm", ""),
+            ip=request.remote_addr or "unknown",
+            policy=ThrottlePolicy.from_config(current_app.config),
         )
+    except TooManyAttempts as exc:
+        return _too_many_attempts("auth/password.html", exc, errors={}, done=False)
     except ValidationError as exc:
         return render_invalid("auth/password.html", errors=exc.errors, done=False)
     login_user(user)  # keep this session alive under the new epoch; others are ended
