@@ -734,6 +734,12 @@ class AccountSync:
                 )
             )
         )
+        if local and high:
+            # A first sync split over several passes: what changed on the server since the
+            # earlier passes, on mail they stored, is read now (the folder's modseq and count
+            # are only taken when the backfill finishes, so no later poll would see it).
+            local = self._refresh_stored(folder_id, local, high)
+            folder = db.session.get(MailFolder, folder_id)
         work = sorted(set(remote) - local - skip, reverse=True)
         folder.backfill_total = len(remote)
         folder.backfill_done = len(remote) - len(work)
@@ -775,6 +781,22 @@ class AccountSync:
         folder.state = "poll"
         folder.last_full_flag_scan_at = datetime.now(UTC)
         db.session.commit()
+
+    def _refresh_stored(self, folder_id: int, local: set[int], high: int) -> set[int]:
+        """Drop stored UIDs the server no longer has and re-read the flags of the rest;
+        return the UIDs still stored. For a backfill that resumes an earlier pass."""
+        db.session.commit()
+        gone = {uid for uid in local if uid <= high} - set(self.search_uids(1, high, None))
+        if gone:
+            self.result.deleted += store.remove_locations(folder_id, gone)
+            db.session.commit()
+        kept = local - gone
+        items = ["FLAGS"] + (["X-GM-LABELS"] if self.gmail else [])
+        for chunk in _chunks(sorted(kept), 5000):
+            self.check_budget()
+            response = self.connect().fetch(uid_ranges(chunk), items)
+            self._apply_flags(folder_id, response, max(chunk))
+        return kept
 
     # ------------------------------------------------------------------ fetching
 
