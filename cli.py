@@ -262,6 +262,7 @@ def mail_status(as_json: bool) -> None:
                         "name": folder.name,
                         "role": folder.role,
                         "sync_enabled": folder.sync_enabled,
+                        "gone": folder.state == "gone",
                         "server_count": folder.server_message_count,
                         "stored_count": stored.get(folder.id, 0),
                         "backfill_done": folder.backfill_done,
@@ -283,7 +284,9 @@ def mail_status(as_json: bool) -> None:
         if account["last_error"]:
             click.echo(f"  last error: {account['last_error']}")
         for folder in account["folders"]:
-            if folder["sync_enabled"]:
+            if folder["gone"]:
+                click.echo(f"  {folder['name']}: gone from the server")
+            elif folder["sync_enabled"]:
                 click.echo(
                     f"  {folder['name']}: server {folder['server_count']}, "
                     f"stored {folder['stored_count']}"

@@ -461,6 +461,13 @@ class AccountSync:
                 folder.sync_enabled = False
                 folder.state = "gone"
                 self.result.deleted += store.remove_folder_locations(folder.id)
+                # Nothing is known of it any more; should it come back (renamed back), it is
+                # synced from scratch rather than from cursors that no longer describe it.
+                folder.server_message_count = None
+                folder.uidvalidity = folder.uidnext = folder.highestmodseq = None
+                folder.last_seen_uid = 0
+                folder.initial_sync_complete = False
+                folder.backfill_total = folder.backfill_done = 0
         db.session.commit()
         order = {"inbox": 0, "sent": 1, "all": 0}
         folders = [f for f in account.folders if f.sync_enabled and f.state != "error"]

@@ -327,3 +327,29 @@ def test_sync_now_queues_on_the_running_scheduler(app, account):
         del app.extensions["threadline_scheduler"]
     ((func, kwargs),) = calls
     assert func is jobs.run_scheduled_sync and kwargs["args"] == [app, account.id]
+
+
+def test_a_folder_deleted_on_the_server_shows_as_gone_and_comes_back_whole(
+    app, runner, dovecot, mail_user, account
+):
+    """mail-status must not keep the last server count of a folder the server deleted."""
+    dovecot.doveadm("mailbox", "create", "-u", mail_user.email, "Clients")
+    for n in (1, 2, 3):
+        dovecot.deliver(mail_user.email, raw_message(n, to=mail_user.email), "Clients")
+    assert run_sync(app, account).ok
+    dovecot.doveadm("mailbox", "rename", "-u", mail_user.email, "Clients", "Clients-old")
+    assert run_sync(app, account).ok
+    data = json.loads(runner.invoke(args=["mail-status", "--json"]).output)
+    folders = {f["name"]: f for f in data["accounts"][0]["folders"]}
+    assert folders["Clients"]["gone"] and folders["Clients"]["server_count"] is None
+    assert folders["Clients"]["stored_count"] == 0
+    assert folders["Clients-old"]["server_count"] == folders["Clients-old"]["stored_count"] == 3
+    assert "Clients: gone from the server" in runner.invoke(args=["mail-status"]).output
+    # Renamed back: synced from scratch, every message located again.
+    dovecot.doveadm("mailbox", "rename", "-u", mail_user.email, "Clients-old", "Clients")
+    assert run_sync(app, account).ok
+    data = json.loads(runner.invoke(args=["mail-status", "--json"]).output)
+    folders = {f["name"]: f for f in data["accounts"][0]["folders"]}
+    assert not folders["Clients"]["gone"]
+    assert folders["Clients"]["server_count"] == folders["Clients"]["stored_count"] == 3
+    assert message_count(account.id) == 3
