@@ -654,6 +654,15 @@ def _leaf_meta(leaf: _Leaf) -> tuple[str, str | None, str | None]:
     return disposition, filename, content_id
 
 
+def _offered_as_attachment(disposition: str, filename: str | None) -> bool:
+    """Return whether mail clients offer a part as an attachment: it is named or says so.
+
+    Wherever it sits in the tree: Apple Mail puts attachments inside multipart/alternative,
+    and Thunderbird's detached attachments are named text/* stubs there.
+    """
+    return disposition == "attachment" or bool(filename)
+
+
 _META_CHARSET = re.compile(rb"""charset\s*=\s*["']?\s*([A-Za-z0-9._:\-]+)""", re.IGNORECASE)
 
 
@@ -773,8 +782,9 @@ def _parse(raw: bytes) -> ParsedMessage:
         ctype = leaf.content_type
         disposition, filename, content_id = _leaf_meta(leaf)
         is_body_type = ctype in ("text/plain", "text/html")
+        offered = _offered_as_attachment(disposition, filename)
         # Inline text parts without a filename are body (SYNC.md §9); so is a lone root part.
-        if is_body_type and disposition != "attachment" and (not filename or leaf.is_root):
+        if is_body_type and (not offered or leaf.is_root and disposition != "attachment"):
             if ctype == "text/html":
                 if html_body is None:
                     html_body = _leaf_text(leaf)
@@ -785,7 +795,13 @@ def _parse(raw: bytes) -> ParsedMessage:
                     texts.append(text)
                     text_chars += len(text)
             continue
-        if leaf.alt_group is not None and ctype.startswith("text/") and ctype != "text/calendar":
+        in_alternative = leaf.alt_group is not None
+        if (
+            in_alternative
+            and ctype.startswith("text/")
+            and ctype != "text/calendar"
+            and not offered
+        ):
             continue  # text/enriched, text/watch-html, ...: other renderings of the body
         if ctype == "text/plain" and disposition != "attachment" and inline_text is None:
             inline_text = leaf

@@ -659,3 +659,99 @@ def test_header_dedup_key_matches_dovecot_header_fields(dovecot_preauth):
             assert header_dedup_key(header) == dedup_key(parsed, full), path.name
             checked += 1
     assert checked > 50
+
+
+# ---------------------------------------------------------------------------------------------
+# Audit fixtures: attachments, degraded bodies, charsets
+
+
+def part(headers: bytes, body: bytes) -> bytes:
+    """Return one MIME entity: its header lines (CRLF-separated) and body."""
+    return headers + b"\r\n\r\n" + body
+
+
+def multipart(subtype: str, boundary: str, *parts: bytes) -> bytes:
+    """Return a multipart entity (headers included) with the given parts."""
+    delimiter = b"--" + boundary.encode()
+    body = b"".join(delimiter + b"\r\n" + p + b"\r\n" for p in parts) + delimiter + b"--\r\n"
+    return part(f"Content-Type: multipart/{subtype}; boundary={boundary}".encode(), body)
+
+
+def message_of(entity: bytes, *, headers: bytes = HEAD) -> bytes:
+    """Return a message whose top-level entity is `entity` (its headers join the message's)."""
+    return headers + entity
+
+
+def test_attachments_inside_multipart_alternative_are_listed():
+    # Apple Mail: text/* attachments inside the related part of an alternative.
+    apple = message_of(
+        multipart(
+            "alternative",
+            "alt",
+            part(b"Content-Type: text/plain", b"see the notes"),
+            multipart(
+                "related",
+                "rel",
+                part(b"Content-Type: text/html", b"<p>see the notes</p>"),
+                part(
+                    b'Content-Type: text/plain; name="notes.txt"\r\n'
+                    b'Content-Disposition: inline; filename="notes.txt"',
+                    b"the notes",
+                ),
+                part(b'Content-Type: text/x-vcard; name="ann.vcf"', b"BEGIN:VCARD"),
+                part(
+                    b'Content-Type: application/pdf; name="a.pdf"\r\n'
+                    b"Content-Disposition: attachment",
+                    b"%PDF",
+                ),
+            ),
+        )
+    )
+    # Thunderbird, "Detach attachment": the parts become text stubs that keep their names.
+    thunderbird = message_of(
+        multipart(
+            "alternative",
+            "alt",
+            part(b"Content-Type: text/plain", b"hello"),
+            part(b"Content-Type: text/html", b"<p>hello</p>"),
+            part(
+                b'Content-Type: text/plain; charset=UTF-8; name="report.pdf"\r\n'
+                b'Content-Disposition: attachment; filename="report.pdf"\r\n'
+                b"X-Mozilla-External-Attachment-URL: file:///home/a/report.pdf",
+                b"You detached this attachment.",
+            ),
+            part(
+                b'Content-Type: text/x-moz-deleted; name="Deleted: b.doc"\r\n'
+                b'Content-Disposition: attachment; filename="Deleted: b.doc"',
+                b"You deleted this attachment.",
+            ),
+        )
+    )
+    parsed = parse_message(apple)
+    assert [(a.part_id, a.filename) for a in parsed.attachments] == [
+        ("2.2", "notes.txt"),
+        ("2.3", "ann.vcf"),
+        ("2.4", "a.pdf"),
+    ]
+    assert (parsed.text_body, parsed.html_body) == ("see the notes", "<p>see the notes</p>")
+    assert extract_part(apple, "2.2")[0] == b"the notes"
+    parsed = parse_message(thunderbird)
+    assert [(a.part_id, a.filename) for a in parsed.attachments] == [
+        ("3", "report.pdf"),
+        ("4", "Deleted: b.doc"),
+    ]
+    assert (parsed.text_body, parsed.html_body) == ("hello", "<p>hello</p>")
+    assert extract_part(thunderbird, "3")[0] == b"You detached this attachment."
+
+
+def test_other_renderings_of_an_alternative_are_still_not_attachments():
+    raw = message_of(
+        multipart(
+            "alternative",
+            "alt",
+            part(b"Content-Type: text/plain", b"plain"),
+            part(b"Content-Type: text/enriched", b"<bold>rich</bold>"),
+            part(b"Content-Type: text/html", b"<b>html</b>"),
+        )
+    )
+    assert parse_message(raw).attachments == []
