@@ -24,7 +24,8 @@ from mailsync.threading import MAX_CHAIN, normalize_msgid, parse_id_list
 
 MAX_PARTS = 500
 MAX_DEPTH = 30
-MAX_HEADER_BYTES = 1_000_000
+MAX_HEADER_BYTES = 1_000_000  # a bigger header block is noted in parse_error
+MAX_HEADER_VALUE_BYTES = 65_536  # per header we use; longer values are cut (noted)
 MAX_ADDRESSES = 500  # per address field; longer lists are truncated and noted (SYNC.md §9)
 MAX_ADDRESS_HEADER_CHARS = 64_000
 MAX_RAW_SUBJECT = 16_384  # decoded subjects are cut to 255 anyway
@@ -188,11 +189,12 @@ def _split_entity(data: bytes, errors: list[str]) -> tuple[bytes, bytes]:
         return b"", data[2 if data.startswith(b"\r\n") else 1 :]
     if not _HEADER_START.match(data):
         return b"", data
-    match = _HEADER_END.search(data, 0, MAX_HEADER_BYTES + 4)
-    if match is None and len(data) > MAX_HEADER_BYTES:
-        errors.append("header block too large, truncated")
-        return data[:MAX_HEADER_BYTES], b""
+    match = _HEADER_END.search(data)
     end = match.start() if match else len(data)
+    if end > MAX_HEADER_BYTES:
+        # Still split at the real end of the block so the body survives; the headers we use
+        # are each cut to MAX_HEADER_VALUE_BYTES in _parse_header_block.
+        errors.append(f"header block larger than {MAX_HEADER_BYTES} bytes")
     # Like email.feedparser: a line that is neither a header nor a fold starts the body.
     stray = _NON_HEADER_LINE.search(data, 0, end)
     if stray is not None:
@@ -223,13 +225,21 @@ _USED_HEADERS = {
 }
 
 
-def _parse_header_block(block: bytes) -> Headers:
-    """Return lowercased header name -> raw (still folded) values, in order, for headers we use."""
+def _parse_header_block(block: bytes, errors: list[str]) -> Headers:
+    """Return lowercased header name -> raw (still folded) values, in order, for headers we use.
+
+    Values longer than MAX_HEADER_VALUE_BYTES are cut: a 1 MB Subject costs only itself.
+    """
     headers: Headers = {}
     for match in _HEADER_LINE.finditer(block):
         name = _USED_HEADERS.get(match.group(1).lower())
-        if name is not None:  # Received, DKIM-Signature, ...: skipped without decoding
-            headers.setdefault(name, []).append(match.group(2))
+        if name is None:  # Received, DKIM-Signature, ...: skipped without decoding
+            continue
+        value = match.group(2)
+        if len(value) > MAX_HEADER_VALUE_BYTES:
+            errors.append(f"{name} header longer than {MAX_HEADER_VALUE_BYTES} bytes, cut")
+            value = value[:MAX_HEADER_VALUE_BYTES]
+        headers.setdefault(name, []).append(value)
     return headers
 
 
@@ -482,6 +492,11 @@ def _content_type(headers: Headers, default: str) -> tuple[str, dict[str, str]]:
     return ctype, params
 
 
+# A line that looks like a boundary delimiter followed by a header line: used to recover the
+# parts of a multipart whose boundary parameter is missing or wrong.
+_DELIMITER_BEFORE_HEADER = re.compile(rb"^--([!-~]{1,200})[ \t]*\r?\n(?=[!-9;-~]+[ \t]*:)", re.M)
+# Any delimiter-like line, for the flat walk beyond MAX_DEPTH.
+_ANY_DELIMITER = re.compile(rb"^--[!-~]*[ \t]*\r?$\n?", re.M)
 _DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*\r?(?:\n|\Z)")
 
 
@@ -533,16 +548,22 @@ class _Walker:
             self._stop(f"more than {MAX_PARTS} MIME parts, rest not shown")
             return
         ctype, params = _content_type(headers, default)
-        boundary = (params.get("boundary") or "").rstrip()  # RFC 2046: no trailing space
-        if not ctype.startswith("multipart/") or not boundary:
-            yield _Leaf(part_id, headers, body, ctype, params, alt)
+        leaf_id = part_id or "1"  # a single-part message is section "1" in IMAP
+        is_root = not part_id
+        if not ctype.startswith("multipart/"):
+            yield _Leaf(leaf_id, headers, body, ctype, params, alt, is_root)
             return
-        if depth >= MAX_DEPTH:
-            self._stop(f"MIME nesting deeper than {MAX_DEPTH}, rest not shown")
+        if depth >= MAX_DEPTH:  # degrade this entity only; its siblings are walked as usual
+            self.errors.append(f"MIME nesting deeper than {MAX_DEPTH}, only its text shown")
+            yield from self._flat_text_leaves(body, part_id, alt)
             return
-        chunks = _split_multipart(body, boundary)
-        if not chunks:  # boundary never appears: show the body as text (like email.feedparser)
-            yield _Leaf(part_id, headers, body, "text/plain", {}, alt)
+        chunks = self._split(body, params)
+        if not chunks:  # no delimiter line at all: show its text, without a MIME header block
+            inner_block, text = _split_entity(body, self.errors)
+            if inner_block:
+                headers = _parse_header_block(inner_block, self.errors)
+            _ctype, text_params = _content_type(headers, "text/plain")
+            yield _Leaf(leaf_id, headers, text, "text/plain", text_params, alt, is_root)
             return
         child_default = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
         child_alt = part_id if ctype == "multipart/alternative" else alt
@@ -555,13 +576,47 @@ class _Walker:
                 return
             child_headers, child_body = _split_entity(chunk, self.errors)
             yield from self.walk(
-                _parse_header_block(child_headers),
+                _parse_header_block(child_headers, self.errors),
                 child_body,
                 f"{prefix}{index}",
                 depth + 1,
                 child_default,
                 child_alt,
             )
+
+    def _split(self, body: bytes, params: dict[str, str]) -> list[bytes]:
+        """Cut a multipart body at its boundary, else at the delimiter lines found in it."""
+        boundary = (params.get("boundary") or "").rstrip()  # RFC 2046: no trailing space
+        chunks = _split_multipart(body, boundary) if boundary else []
+        if chunks:
+            return chunks
+        found = _DELIMITER_BEFORE_HEADER.search(body)
+        if found is None:
+            return []
+        self.errors.append("multipart boundary missing or wrong, parts recovered")
+        return _split_multipart(body, found.group(1).decode("ascii"))
+
+    def _flat_text_leaves(self, body: bytes, part_id: str, alt: str | None) -> Iterator[_Leaf]:
+        """Yield the text parts of a too-deep entity, cutting at every delimiter-like line.
+
+        Structure is not followed (that is what the depth limit bounds), so the innermost
+        text, usually the message itself, is still found; other parts are not listed.
+        """
+        index = 0
+        for chunk in _ANY_DELIMITER.split(body):
+            if self.count >= MAX_PARTS:
+                self._stop(f"more than {MAX_PARTS} MIME parts, rest not shown")
+                return
+            block, text = _split_entity(chunk, self.errors)
+            if not block:
+                continue
+            headers = _parse_header_block(block, self.errors)
+            ctype, params = _content_type(headers, "text/plain")
+            if ctype in ("text/plain", "text/html"):
+                self.count += 1
+                index += 1
+                text = text[:-2] if text.endswith(b"\r\n") else text.removesuffix(b"\n")
+                yield _Leaf(f"{part_id}.{index}", headers, text, ctype, params, alt)
 
     def _stop(self, message: str) -> None:
         """Record why the walk stopped early (once) and stop it."""
@@ -573,16 +628,12 @@ class _Walker:
 def _iter_leaves(raw: bytes, errors: list[str]) -> Iterator[_Leaf]:
     """Yield every MIME leaf of a raw message, with IMAP-style part ids."""
     header_block, body = _split_entity(_strip_mbox_line(raw), errors)
-    return _leaves_of(_parse_header_block(header_block), body, errors)
+    return _leaves_of(_parse_header_block(header_block, errors), body, errors)
 
 
 def _leaves_of(headers: Headers, body: bytes, errors: list[str]) -> Iterator[_Leaf]:
     """Yield the leaves of a message given its parsed top-level headers and body."""
-    ctype, params = _content_type(headers, "text/plain")
-    if ctype.startswith("multipart/") and params.get("boundary"):
-        yield from _Walker(errors).walk(headers, body, "", 0, "text/plain", None)
-    else:  # a single-part message is section "1" in IMAP
-        yield _Leaf("1", headers, body, ctype, params, None, is_root=True)
+    return _Walker(errors).walk(headers, body, "", 0, "text/plain", None)
 
 
 def _strip_mbox_line(raw: bytes) -> bytes:
@@ -598,7 +649,7 @@ def _strip_mbox_line(raw: bytes) -> bytes:
 def _forwarded_filename(leaf: _Leaf) -> str:
     """Name an attached message after its subject, reading only the start of its body."""
     head = _Leaf(leaf.part_id, leaf.headers, leaf.body[:65536], "", {}, None)
-    inner = _parse_header_block(_split_entity(_transfer_decode(head), [])[0])
+    inner = _parse_header_block(_split_entity(_transfer_decode(head), [])[0], [])
     subject = _clean_display(decode_rfc2047((_first(inner, "subject") or "")[:1000]))
     return (subject[:200] or "message") + ".eml"
 
@@ -770,7 +821,7 @@ def _parse(raw: bytes) -> ParsedMessage:
     """Parse a whole message; may raise on bugs, which parse_message() turns into a result."""
     errors: list[str] = []
     header_block, body = _split_entity(_strip_mbox_line(raw), errors)
-    headers = _parse_header_block(header_block)
+    headers = _parse_header_block(header_block, errors)
     envelope = _envelope(headers, errors)
     texts: list[str] = []
     html_body: str | None = None
@@ -867,7 +918,7 @@ def parse_headers_only(raw_header_bytes: bytes) -> ParsedMessage:
     try:
         errors: list[str] = []
         header_block, _ = _split_entity(_strip_mbox_line(raw_header_bytes), errors)
-        envelope = _envelope(_parse_header_block(header_block), errors)
+        envelope = _envelope(_parse_header_block(header_block, errors), errors)
         return replace(
             envelope,
             size=len(raw_header_bytes),

@@ -755,3 +755,61 @@ def test_other_renderings_of_an_alternative_are_still_not_attachments():
         )
     )
     assert parse_message(raw).attachments == []
+
+
+def test_huge_header_block_keeps_the_body():
+    raw = HEAD + b"X-Junk: " + b"a" * 2_000_000 + b"\r\nSubject: Hi\r\n\r\nthe body"
+    parsed = parse_message(raw)
+    assert (parsed.subject, parsed.text_body) == ("Hi", "the body")
+
+
+def test_huge_subject_is_cut_and_the_structure_kept():
+    entity = multipart(
+        "mixed",
+        "b",
+        part(b"Content-Type: text/plain", b"the body"),
+        part(b'Content-Type: application/pdf; name="a.pdf"', b"%PDF"),
+    )
+    raw = message_of(entity, headers=HEAD + b"Subject: " + b"s" * 1_000_000 + b"\r\n")
+    parsed = parse_message(raw)
+    assert parsed.subject == "s" * 255
+    assert parsed.text_body == "the body"
+    assert [a.filename for a in parsed.attachments] == ["a.pdf"]
+
+
+def test_text_beyond_the_depth_limit_is_kept_and_siblings_too():
+    assert parse_message(nested(MAX_DEPTH + 20)).text_body.strip() == "deepest"
+    deep = nested(MAX_DEPTH + 5)[len(HEAD) :]
+    raw = message_of(
+        multipart(
+            "mixed",
+            "top",
+            deep.rstrip(b"\r\n"),
+            part(b"Content-Type: text/plain", b"sibling"),
+            part(b'Content-Type: application/pdf; name="a.pdf"', b"%PDF"),
+        )
+    )
+    parsed = parse_message(raw)
+    assert parsed.text_body.split() == ["deepest", "sibling"]
+    assert [a.filename for a in parsed.attachments] == ["a.pdf"]
+    assert "nesting" in parsed.parse_error
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [b"multipart/mixed; boundary=declared", b"multipart/mixed", b"multipart/mixed; boundary="],
+)
+def test_multipart_with_unusable_boundary_recovers_its_parts(content_type):
+    body = (
+        b"--real\r\nContent-Type: text/plain\r\n\r\nfirst part\r\n"
+        b'--real\r\nContent-Type: application/pdf; name="a.pdf"\r\n\r\n%PDF\r\n--real--\r\n'
+    )
+    parsed = parse_message(raw_message(body, extra=b"Content-Type: " + content_type + b"\r\n"))
+    assert parsed.text_body == "first part"
+    assert [a.filename for a in parsed.attachments] == ["a.pdf"]
+
+
+def test_multipart_without_any_delimiter_shows_its_text_without_mime_headers():
+    body = b"Content-Type: text/plain\r\nContent-Transfer-Encoding: 8bit\r\n\r\nonly text"
+    raw = raw_message(body, extra=b"Content-Type: multipart/mixed; boundary=zz\r\n")
+    assert parse_message(raw).text_body == "only text"
