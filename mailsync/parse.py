@@ -157,13 +157,88 @@ def _decode_unknown(data: bytes) -> str:
         return data.decode("latin-1")
 
 
+def _bytes_as_cp1252(error: UnicodeError) -> tuple[str, int]:
+    """Codec error handler: read the bytes a charset cannot decode as Windows-1252.
+
+    Keeps every byte (Latin-1 text labelled UTF-8 is the common case); the five bytes
+    Windows-1252 leaves undefined become the Latin-1 control of the same value.
+    """
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    bad = error.object[error.start : error.end]
+    return "".join(_decode_unknown(bytes([byte])) for byte in bad), error.end
+
+
+codecs.register_error("threadline-cp1252", _bytes_as_cp1252)
+
+# Mail clients read ISO-2022-JP as Microsoft's CP50221: JIS X 0208 plus the NEC and IBM
+# rows of CP932 ("№", "①", "㈱"), which no Python iso2022 codec has.
+_ISO_2022_JP_CODECS = {"iso2022_jp", "iso2022_jp_1", "iso2022_jp_2", "iso2022_jp_ext"}
+_ISO_2022_JP_ESCAPE = re.compile(rb"\x1b(\$[@B]|\([BJI])")
+
+
+def _decode_iso2022_jp_as_cp932(data: bytes) -> str:
+    """Decode ISO-2022-JP with CP932's character set; raises UnicodeDecodeError on others."""
+    out: list[str] = []
+    mode = b"(B"
+    pos = 0
+    for match in [*_ISO_2022_JP_ESCAPE.finditer(data), None]:
+        segment = data[pos : match.start() if match else len(data)]
+        if b"\x1b" in segment:  # an escape this decoder does not know (JIS X 0212, GB2312...)
+            raise UnicodeDecodeError("iso2022_jp", data, pos, pos + 1, "unsupported escape")
+        if mode in (b"$@", b"$B"):
+            sjis = bytearray()
+            for first, second in zip(segment[::2], segment[1::2], strict=False):
+                # JIS row/cell to Shift_JIS (JIS X 0208 Annex 1).
+                lead = ((first - 0x21) >> 1) + 0x81
+                sjis.append(lead + 0x40 if lead > 0x9F else lead)
+                if first & 1:
+                    sjis.append(second + (0x20 if second >= 0x60 else 0x1F))
+                else:
+                    sjis.append(second + 0x7E)
+            out.append(bytes(sjis).decode("cp932"))
+        elif mode == b"(I":  # half-width katakana
+            out.append(bytes(byte | 0x80 for byte in segment).decode("cp932"))
+        else:
+            out.append(segment.decode("ascii"))
+        if match:
+            mode, pos = match.group(1), match.end()
+    return "".join(out)
+
+
+def _decode_strict(data: bytes, codec: str) -> str:
+    """Decode in one charset or raise UnicodeDecodeError (ISO-2022-JP read as mail clients do)."""
+    if codec in _ISO_2022_JP_CODECS:
+        try:
+            return data.decode("iso2022_jp_2")
+        except UnicodeDecodeError:
+            return _decode_iso2022_jp_as_cp932(data)
+    return data.decode(codec)
+
+
 def decode_text(data: bytes, charset: str | None) -> str:
-    """Decode bytes in a declared MIME charset; never raises (errors become U+FFFD)."""
+    """Decode bytes in a declared MIME charset; never raises and never drops a byte.
+
+    The declared charset first; then UTF-8 (mail mislabelled by its sender); then the declared
+    charset again, with each byte it cannot read taken as Windows-1252, so one bad byte spoils
+    only itself.
+    """
     codec = _codec_for(charset)
     if codec is None or data.isascii() and codec in ("utf-8", "cp1252"):
         return _decode_unknown(data)
     try:
-        return data.decode(codec, "replace")
+        try:
+            return _decode_strict(data, codec)
+        except UnicodeDecodeError:
+            pass
+        if codec != "utf-8":
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        if codec in _ISO_2022_JP_CODECS:
+            codec = "iso2022_jp_2"
+        return data.decode(codec, "threadline-cp1252")
     except Exception:  # broken codec implementations must not escape (R17)
         return _decode_unknown(data)
 
@@ -243,18 +318,40 @@ def _parse_header_block(block: bytes, errors: list[str]) -> Headers:
     return headers
 
 
-def _header_str(value: bytes) -> str:
-    """Unfold a raw header value and decode 8-bit bytes (utf-8, else cp1252/latin-1)."""
-    text = _decode_unknown(value)
+def _header_str(value: bytes, charset_hint: str | None = None) -> str:
+    """Unfold a raw header value and decode raw 8-bit bytes in it (see _decode_raw_header)."""
+    text = _decode_raw_header(value, charset_hint)
     if "\n" in text:
         text = _FOLD.sub("", text)
     return text.strip().replace("\x00", "")
 
 
-def _first(headers: Headers, name: str) -> str | None:
+def _decode_raw_header(value: bytes, charset_hint: str | None) -> str:
+    """Decode raw 8-bit header bytes: UTF-8 (RFC 6532), else the charset the body declares,
+    else Windows-1252.
+
+    Raw headers carry no charset; senders that write them (Big5, GB2312 webmail) write the
+    body in the same charset, and mail clients read the headers with it.
+    """
+    if value.isascii():
+        return value.decode("ascii")
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    codec = _codec_for(charset_hint)
+    if codec is not None:
+        try:
+            return _decode_strict(value, codec)
+        except Exception:  # not in that charset after all, or a broken codec (R17)
+            pass
+    return _decode_unknown(value)
+
+
+def _first(headers: Headers, name: str, charset_hint: str | None = None) -> str | None:
     """Return the first value of a header as unfolded text, or None."""
     values = headers.get(name)
-    return _header_str(values[0]) if values else None
+    return _header_str(values[0], charset_hint) if values else None
 
 
 def _b64decode(data: bytes) -> bytes:
@@ -780,8 +877,13 @@ def _snippet(text: str) -> str:
 # Public API
 
 
-def _envelope(headers: Headers, errors: list[str]) -> ParsedMessage:
-    """Return a ParsedMessage with only the header-derived fields filled in."""
+def _envelope(
+    headers: Headers, errors: list[str], charset_hint: str | None = None
+) -> ParsedMessage:
+    """Return a ParsedMessage with only the header-derived fields filled in.
+
+    charset_hint (the body's declared charset) decodes raw 8-bit subjects and addresses.
+    """
     message_id = normalize_msgid(_first(headers, "message-id"))
     aliases: list[str] = []
     for name in ("x-microsoft-original-message-id", "x-ms-exchange-parent-message-id"):
@@ -791,9 +893,9 @@ def _envelope(headers: Headers, errors: list[str]) -> ParsedMessage:
                 aliases.append(alias)
     in_reply_to_ids = parse_id_list(_first(headers, "in-reply-to"))
     references = parse_id_list(_first(headers, "references"))[-MAX_CHAIN:]
-    raw_subject = (_first(headers, "subject") or "")[:MAX_RAW_SUBJECT]
+    raw_subject = (_first(headers, "subject", charset_hint) or "")[:MAX_RAW_SUBJECT]
     subject = _clean_display(decode_rfc2047(raw_subject))[:MAX_SUBJECT]
-    senders = _parse_addresses(_first(headers, "from"), "from", errors)
+    senders = _parse_addresses(_first(headers, "from", charset_hint), "from", errors)
     from_name, from_address = senders[0] if senders else ("", "")
     return ParsedMessage(
         message_id=message_id,
@@ -803,10 +905,10 @@ def _envelope(headers: Headers, errors: list[str]) -> ParsedMessage:
         subject=subject,
         from_name=from_name,
         from_address=from_address,
-        to=_parse_addresses(_first(headers, "to"), "to", errors),
-        cc=_parse_addresses(_first(headers, "cc"), "cc", errors),
-        bcc=_parse_addresses(_first(headers, "bcc"), "bcc", errors),
-        reply_to=_parse_addresses(_first(headers, "reply-to"), "reply-to", errors),
+        to=_parse_addresses(_first(headers, "to", charset_hint), "to", errors),
+        cc=_parse_addresses(_first(headers, "cc", charset_hint), "cc", errors),
+        bcc=_parse_addresses(_first(headers, "bcc", charset_hint), "bcc", errors),
+        reply_to=_parse_addresses(_first(headers, "reply-to", charset_hint), "reply-to", errors),
         date=_parse_date(_first(headers, "date")),
         is_rtl_hint=bool(_RTL.search(subject)),
     )
@@ -822,7 +924,7 @@ def _parse(raw: bytes) -> ParsedMessage:
     errors: list[str] = []
     header_block, body = _split_entity(_strip_mbox_line(raw), errors)
     headers = _parse_header_block(header_block, errors)
-    envelope = _envelope(headers, errors)
+    body_charset: str | None = None  # the first text part's known charset, for raw headers
     texts: list[str] = []
     html_body: str | None = None
     attachments: list[AttachmentInfo] = []
@@ -831,6 +933,9 @@ def _parse(raw: bytes) -> ParsedMessage:
     text_chars = 0
     for leaf in _leaves_of(headers, body, errors):
         ctype = leaf.content_type
+        charset = leaf.params.get("charset")
+        if body_charset is None and ctype.startswith("text/") and _codec_for(charset):
+            body_charset = charset
         disposition, filename, content_id = _leaf_meta(leaf)
         is_body_type = ctype in ("text/plain", "text/html")
         offered = _offered_as_attachment(disposition, filename)
@@ -881,6 +986,7 @@ def _parse(raw: bytes) -> ParsedMessage:
     elif not text_body.strip() and inline_text is not None:  # only an inline .txt "attachment"
         text_body = _leaf_text(inline_text).replace("\r\n", "\n")[:MAX_TEXT_CHARS]
     snippet = _snippet(text_body)
+    envelope = _envelope(headers, errors, body_charset)
     return replace(
         envelope,
         text_body=text_body,
@@ -942,9 +1048,13 @@ def _dedup_from_fields(parsed: ParsedMessage) -> str:
 
 
 def dedup_key(parsed: ParsedMessage, raw: bytes) -> str:
-    """Return the per-account dedup key: header hash, or sha256(raw) without a Message-ID."""
+    """Return the per-account dedup key: header hash, or sha256(raw) without a Message-ID.
+
+    The hash reads the headers alone, without the body's charset hint that parse_message
+    uses for raw 8-bit headers, so header_dedup_key() (headers only) always equals it.
+    """
     if parsed.message_id:
-        return _dedup_from_fields(parsed)
+        return _dedup_from_fields(parse_headers_only(raw))
     return hashlib.sha256(raw).hexdigest()
 
 

@@ -813,3 +813,50 @@ def test_multipart_without_any_delimiter_shows_its_text_without_mime_headers():
     body = b"Content-Type: text/plain\r\nContent-Transfer-Encoding: 8bit\r\n\r\nonly text"
     raw = raw_message(body, extra=b"Content-Type: multipart/mixed; boundary=zz\r\n")
     assert parse_message(raw).text_body == "only text"
+
+
+def test_text_labelled_utf8_but_written_in_latin1_keeps_every_character():
+    assert parse_message(single_part("Grüße, café".encode("latin-1"), "utf-8")).text_body == (
+        "Grüße, café"
+    )
+    mixed = "Grüße ".encode() + "café ".encode("cp1252") + "€".encode()
+    assert parse_message(single_part(mixed, "utf-8")).text_body == "Grüße café €"
+
+
+def test_one_bad_byte_in_a_multibyte_charset_spoils_only_itself():
+    data = "日本語".encode("shift_jis") + b"\xff" + "テキスト".encode("shift_jis")
+    text = parse_message(single_part(data, "shift_jis")).text_body
+    assert text.startswith("日本語") and text.endswith("テキスト")
+    assert "\ufffd" not in text
+
+
+@pytest.mark.parametrize(("encoding", "label"), [("big5", "big5"), ("gb2312", "GB2312")])
+def test_raw_8bit_headers_use_the_body_charset(encoding, label):
+    subject, name = "會議通知" if encoding == "big5" else "会议通知", "王小明"
+    headers = (
+        b"From: " + name.encode(encoding) + b" <wang@example.cn>\r\n"
+        b"Subject: " + subject.encode(encoding) + b"\r\nMessage-ID: <big5@x>\r\n"
+    )
+    entity = multipart(
+        "mixed",
+        "b",
+        part(f"Content-Type: text/plain; charset={label}".encode(), "正文".encode(encoding)),
+    )
+    raw = message_of(entity, headers=headers)
+    parsed = parse_message(raw)
+    assert (parsed.subject, parsed.from_name) == (subject, name)
+    # The dedup key is computed from the headers alone, as the sync's header-only fetch is.
+    assert header_dedup_key(header_fields(raw)) == dedup_key(parsed, raw)
+
+
+def test_iso_2022_jp_with_nec_special_characters():
+    jis = b"\x1b$B-b\x1b(B1 \x1b$B2q5D\x1b(B"  # "№1 会議": № is NEC row 13, as in CP50221
+    encoded = b"=?ISO-2022-JP?B?" + base64.b64encode(jis) + b"?="
+    parsed = parse_message(
+        raw_message(
+            jis,
+            extra=b"Subject: " + encoded + b"\r\nContent-Type: text/plain; charset=ISO-2022-JP\r\n",
+        )
+    )
+    assert parsed.subject == "№1 会議"
+    assert parsed.text_body == "№1 会議"
