@@ -144,17 +144,14 @@ def _codec_for(charset: str | None) -> str | None:
 
 
 def _decode_unknown(data: bytes) -> str:
-    """Decode bytes of unknown charset: ascii fast path, then utf-8, cp1252, latin-1."""
+    """Decode bytes of unknown charset: UTF-8, with each byte UTF-8 cannot read as cp1252.
+
+    Per byte, so one stray Latin-1 byte (or a UTF-8 character cut in half at the end of a
+    long filename) does not turn the whole UTF-8 text into mojibake.
+    """
     if data.isascii():
         return data.decode("ascii")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    try:
-        return data.decode("cp1252")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
+    return data.decode("utf-8", "threadline-cp1252")
 
 
 def _bytes_as_cp1252(error: UnicodeError) -> tuple[str, int]:
@@ -166,9 +163,11 @@ def _bytes_as_cp1252(error: UnicodeError) -> tuple[str, int]:
     if not isinstance(error, UnicodeDecodeError):
         raise error
     bad = error.object[error.start : error.end]
-    return "".join(_decode_unknown(bytes([byte])) for byte in bad), error.end
+    return "".join(_CP1252_CHARS[byte] for byte in bad), error.end
 
 
+# Windows-1252 for every byte value; the five it leaves undefined as Latin-1 (WHATWG does so).
+_CP1252_CHARS = [bytes([byte]).decode("cp1252", "ignore") or chr(byte) for byte in range(256)]
 codecs.register_error("threadline-cp1252", _bytes_as_cp1252)
 
 # Mail clients read ISO-2022-JP as Microsoft's CP50221: JIS X 0208 plus the NEC and IBM
@@ -443,6 +442,11 @@ def _simple_address_list(value: str) -> list[Address] | None:
     return result
 
 
+def _is_mangled(address: str) -> bool:
+    """Tell whether getaddresses() mangled an address ("@host", "a@b@c", "user@")."""
+    return address.startswith("@") or address.endswith("@") or address.count("@") > 1
+
+
 def _parse_addresses(value: str | None, label: str, errors: list[str]) -> list[Address]:
     """Parse an address header into (name, lowercased address) pairs, capped at MAX_ADDRESSES."""
     if not value:
@@ -480,6 +484,13 @@ def _parse_addresses(value: str | None, label: str, errors: list[str]) -> list[A
         addr = _CTRL.sub("", addr).strip().lower()
         if name or addr:
             result.append((name, addr))
+    if any(_is_mangled(addr) for _name, addr in result):
+        # "a@x.test b@x.test" (a missing comma) comes back as "@x.test": keep the addresses
+        # that are really there instead.
+        kept = [(name, addr) for name, addr in result if not _is_mangled(addr)]
+        known = {addr for _name, addr in kept}
+        bare = [token.lower() for token in _ADDR_TOKEN.findall(value)]
+        result = [("", addr) for addr in dict.fromkeys(bare) if addr not in known] + kept
     if truncated or len(result) > MAX_ADDRESSES:
         result = result[:MAX_ADDRESSES]
         errors.append(f"{label}: too many recipients, kept the first {MAX_ADDRESSES}")
@@ -950,15 +961,11 @@ def _parse(raw: bytes) -> ParsedMessage:
                     text = _leaf_text(leaf).replace("\r\n", "\n")
                     texts.append(text)
                     text_chars += len(text)
-            continue
-        in_alternative = leaf.alt_group is not None
-        if (
-            in_alternative
-            and ctype.startswith("text/")
-            and ctype != "text/calendar"
-            and not offered
-        ):
-            continue  # text/enriched, text/watch-html, ...: other renderings of the body
+            if not offered:
+                continue  # a named lone root part is shown and offered as a download too
+        elif leaf.alt_group is not None and ctype.startswith("text/") and not offered:
+            if ctype != "text/calendar":
+                continue  # text/enriched, text/watch-html, ...: other renderings of the body
         if ctype == "text/plain" and disposition != "attachment" and inline_text is None:
             inline_text = leaf
         if ctype == "message/rfc822" and not filename:

@@ -860,3 +860,25 @@ def test_iso_2022_jp_with_nec_special_characters():
     )
     assert parsed.subject == "№1 会議"
     assert parsed.text_body == "№1 会議"
+
+
+def test_a_named_single_part_message_is_shown_and_offered():
+    raw = raw_message(b"the notes", extra=b'Content-Type: text/plain; name="notes.txt"\r\n')
+    parsed = parse_message(raw)
+    assert parsed.text_body == "the notes"
+    assert [(a.part_id, a.filename) for a in parsed.attachments] == [("1", "notes.txt")]
+    assert extract_part(raw, "1")[0] == b"the notes"
+
+
+def test_addresses_run_together_are_kept_apart():
+    parsed = parse_message(raw_message(b"x", headers=b"From: a@x.test b@x.test\r\n"))
+    assert parsed.from_address == "a@x.test"
+    raw = raw_message(b"x", headers=b"To: c@x.test d@x.test, Ann <ann@x.test>\r\n")
+    to = parse_message(raw).to
+    assert sorted(address for _name, address in to) == ["ann@x.test", "c@x.test", "d@x.test"]
+
+
+def test_raw_utf8_header_cut_in_the_middle_of_a_character_keeps_the_rest():
+    name = "Картинка".encode() + "ч".encode()[:1]
+    raw = raw_message(b"x", extra=b"Subject: " + name + b"\r\n")
+    assert parse_message(raw).subject.startswith("Картинка")
