@@ -16,17 +16,11 @@ from sqlalchemy import select, update
 
 from extensions import db
 from mailsync.blobstore import app_blob_store
-from mailsync.parse import dedup_key, header_key, parse_headers_only
+from mailsync.parse import dedup_key, header_key
 from models import IDENTITY_VERSION, MailAccount, Message
 
 log = logging.getLogger("threadline.sync")
 BATCH = 500
-
-
-def new_keys(raw: bytes) -> tuple[str, str | None]:
-    """Return (dedup key, header key) of raw mail, as a sync storing it today would."""
-    parsed = parse_headers_only(raw)  # the envelope parse_message reads, without the body
-    return dedup_key(parsed, raw), header_key(parsed)
 
 
 def rekey_account(app: Flask, account_id: int) -> int:
@@ -93,7 +87,7 @@ def _rekeyed(blobs, old_key: str, sha: str, taken: set[str]) -> dict | None:
     except (OSError, zstandard.ZstdError) as exc:
         log.warning("blob %s unreadable, key kept: %s", sha, exc)
         return None
-    key, headers = new_keys(raw)
+    key, headers = dedup_key(raw), header_key(raw)
     if key != old_key and key in taken:
         return {"header_key": headers}
     return {"dedup_key": key, "header_key": headers}

@@ -24,7 +24,8 @@ from mailsync.threading import MAX_CHAIN, normalize_msgid, parse_id_list
 
 MAX_PARTS = 500
 MAX_DEPTH = 30
-MAX_HEADER_BYTES = 1_000_000
+MAX_HEADER_BYTES = 1_000_000  # a bigger header block is noted in parse_error
+MAX_HEADER_VALUE_BYTES = 65_536  # per header we use; longer values are cut (noted)
 MAX_ADDRESSES = 500  # per address field; longer lists are truncated and noted (SYNC.md §9)
 MAX_ADDRESS_HEADER_CHARS = 64_000
 MAX_RAW_SUBJECT = 16_384  # decoded subjects are cut to 255 anyway
@@ -143,26 +144,100 @@ def _codec_for(charset: str | None) -> str | None:
 
 
 def _decode_unknown(data: bytes) -> str:
-    """Decode bytes of unknown charset: ascii fast path, then utf-8, cp1252, latin-1."""
+    """Decode bytes of unknown charset: UTF-8, with each byte UTF-8 cannot read as cp1252.
+
+    Per byte, so one stray Latin-1 byte (or a UTF-8 character cut in half at the end of a
+    long filename) does not turn the whole UTF-8 text into mojibake.
+    """
     if data.isascii():
         return data.decode("ascii")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    try:
-        return data.decode("cp1252")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
+    return data.decode("utf-8", "threadline-cp1252")
+
+
+def _bytes_as_cp1252(error: UnicodeError) -> tuple[str, int]:
+    """Codec error handler: read the bytes a charset cannot decode as Windows-1252.
+
+    Keeps every byte (Latin-1 text labelled UTF-8 is the common case); the five bytes
+    Windows-1252 leaves undefined become the Latin-1 control of the same value.
+    """
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    bad = error.object[error.start : error.end]
+    return "".join(_CP1252_CHARS[byte] for byte in bad), error.end
+
+
+# Windows-1252 for every byte value; the five it leaves undefined as Latin-1 (WHATWG does so).
+_CP1252_CHARS = [bytes([byte]).decode("cp1252", "ignore") or chr(byte) for byte in range(256)]
+codecs.register_error("threadline-cp1252", _bytes_as_cp1252)
+
+# Mail clients read ISO-2022-JP as Microsoft's CP50221: JIS X 0208 plus the NEC and IBM
+# rows of CP932 ("№", "①", "㈱"), which no Python iso2022 codec has.
+_ISO_2022_JP_CODECS = {"iso2022_jp", "iso2022_jp_1", "iso2022_jp_2", "iso2022_jp_ext"}
+_ISO_2022_JP_ESCAPE = re.compile(rb"\x1b(\$[@B]|\([BJI])")
+
+
+def _decode_iso2022_jp_as_cp932(data: bytes) -> str:
+    """Decode ISO-2022-JP with CP932's character set; raises UnicodeDecodeError on others."""
+    out: list[str] = []
+    mode = b"(B"
+    pos = 0
+    for match in [*_ISO_2022_JP_ESCAPE.finditer(data), None]:
+        segment = data[pos : match.start() if match else len(data)]
+        if b"\x1b" in segment:  # an escape this decoder does not know (JIS X 0212, GB2312...)
+            raise UnicodeDecodeError("iso2022_jp", data, pos, pos + 1, "unsupported escape")
+        if mode in (b"$@", b"$B"):
+            sjis = bytearray()
+            for first, second in zip(segment[::2], segment[1::2], strict=False):
+                # JIS row/cell to Shift_JIS (JIS X 0208 Annex 1).
+                lead = ((first - 0x21) >> 1) + 0x81
+                sjis.append(lead + 0x40 if lead > 0x9F else lead)
+                if first & 1:
+                    sjis.append(second + (0x20 if second >= 0x60 else 0x1F))
+                else:
+                    sjis.append(second + 0x7E)
+            out.append(bytes(sjis).decode("cp932"))
+        elif mode == b"(I":  # half-width katakana
+            out.append(bytes(byte | 0x80 for byte in segment).decode("cp932"))
+        else:
+            out.append(segment.decode("ascii"))
+        if match:
+            mode, pos = match.group(1), match.end()
+    return "".join(out)
+
+
+def _decode_strict(data: bytes, codec: str) -> str:
+    """Decode in one charset or raise UnicodeDecodeError (ISO-2022-JP read as mail clients do)."""
+    if codec in _ISO_2022_JP_CODECS:
+        try:
+            return data.decode("iso2022_jp_2")
+        except UnicodeDecodeError:
+            return _decode_iso2022_jp_as_cp932(data)
+    return data.decode(codec)
 
 
 def decode_text(data: bytes, charset: str | None) -> str:
-    """Decode bytes in a declared MIME charset; never raises (errors become U+FFFD)."""
+    """Decode bytes in a declared MIME charset; never raises and never drops a byte.
+
+    The declared charset first; then UTF-8 (mail mislabelled by its sender); then the declared
+    charset again, with each byte it cannot read taken as Windows-1252, so one bad byte spoils
+    only itself.
+    """
     codec = _codec_for(charset)
     if codec is None or data.isascii() and codec in ("utf-8", "cp1252"):
         return _decode_unknown(data)
     try:
-        return data.decode(codec, "replace")
+        try:
+            return _decode_strict(data, codec)
+        except UnicodeDecodeError:
+            pass
+        if codec != "utf-8":
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        if codec in _ISO_2022_JP_CODECS:
+            codec = "iso2022_jp_2"
+        return data.decode(codec, "threadline-cp1252")
     except Exception:  # broken codec implementations must not escape (R17)
         return _decode_unknown(data)
 
@@ -188,11 +263,12 @@ def _split_entity(data: bytes, errors: list[str]) -> tuple[bytes, bytes]:
         return b"", data[2 if data.startswith(b"\r\n") else 1 :]
     if not _HEADER_START.match(data):
         return b"", data
-    match = _HEADER_END.search(data, 0, MAX_HEADER_BYTES + 4)
-    if match is None and len(data) > MAX_HEADER_BYTES:
-        errors.append("header block too large, truncated")
-        return data[:MAX_HEADER_BYTES], b""
+    match = _HEADER_END.search(data)
     end = match.start() if match else len(data)
+    if end > MAX_HEADER_BYTES:
+        # Still split at the real end of the block so the body survives; the headers we use
+        # are each cut to MAX_HEADER_VALUE_BYTES in _parse_header_block.
+        errors.append(f"header block larger than {MAX_HEADER_BYTES} bytes")
     # Like email.feedparser: a line that is neither a header nor a fold starts the body.
     stray = _NON_HEADER_LINE.search(data, 0, end)
     if stray is not None:
@@ -223,28 +299,58 @@ _USED_HEADERS = {
 }
 
 
-def _parse_header_block(block: bytes) -> Headers:
-    """Return lowercased header name -> raw (still folded) values, in order, for headers we use."""
+def _parse_header_block(block: bytes, errors: list[str]) -> Headers:
+    """Return lowercased header name -> raw (still folded) values, in order, for headers we use.
+
+    Values longer than MAX_HEADER_VALUE_BYTES are cut: a 1 MB Subject costs only itself.
+    """
     headers: Headers = {}
     for match in _HEADER_LINE.finditer(block):
         name = _USED_HEADERS.get(match.group(1).lower())
-        if name is not None:  # Received, DKIM-Signature, ...: skipped without decoding
-            headers.setdefault(name, []).append(match.group(2))
+        if name is None:  # Received, DKIM-Signature, ...: skipped without decoding
+            continue
+        value = match.group(2)
+        if len(value) > MAX_HEADER_VALUE_BYTES:
+            errors.append(f"{name} header longer than {MAX_HEADER_VALUE_BYTES} bytes, cut")
+            value = value[:MAX_HEADER_VALUE_BYTES]
+        headers.setdefault(name, []).append(value)
     return headers
 
 
-def _header_str(value: bytes) -> str:
-    """Unfold a raw header value and decode 8-bit bytes (utf-8, else cp1252/latin-1)."""
-    text = _decode_unknown(value)
+def _header_str(value: bytes, charset_hint: str | None = None) -> str:
+    """Unfold a raw header value and decode raw 8-bit bytes in it (see _decode_raw_header)."""
+    text = _decode_raw_header(value, charset_hint)
     if "\n" in text:
         text = _FOLD.sub("", text)
     return text.strip().replace("\x00", "")
 
 
-def _first(headers: Headers, name: str) -> str | None:
+def _decode_raw_header(value: bytes, charset_hint: str | None) -> str:
+    """Decode raw 8-bit header bytes: UTF-8 (RFC 6532), else the charset the body declares,
+    else Windows-1252.
+
+    Raw headers carry no charset; senders that write them (Big5, GB2312 webmail) write the
+    body in the same charset, and mail clients read the headers with it.
+    """
+    if value.isascii():
+        return value.decode("ascii")
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    codec = _codec_for(charset_hint)
+    if codec is not None:
+        try:
+            return _decode_strict(value, codec)
+        except Exception:  # not in that charset after all, or a broken codec (R17)
+            pass
+    return _decode_unknown(value)
+
+
+def _first(headers: Headers, name: str, charset_hint: str | None = None) -> str | None:
     """Return the first value of a header as unfolded text, or None."""
     values = headers.get(name)
-    return _header_str(values[0]) if values else None
+    return _header_str(values[0], charset_hint) if values else None
 
 
 def _b64decode(data: bytes) -> bytes:
@@ -336,6 +442,11 @@ def _simple_address_list(value: str) -> list[Address] | None:
     return result
 
 
+def _is_mangled(address: str) -> bool:
+    """Tell whether getaddresses() mangled an address ("@host", "a@b@c", "user@")."""
+    return address.startswith("@") or address.endswith("@") or address.count("@") > 1
+
+
 def _parse_addresses(value: str | None, label: str, errors: list[str]) -> list[Address]:
     """Parse an address header into (name, lowercased address) pairs, capped at MAX_ADDRESSES."""
     if not value:
@@ -373,6 +484,13 @@ def _parse_addresses(value: str | None, label: str, errors: list[str]) -> list[A
         addr = _CTRL.sub("", addr).strip().lower()
         if name or addr:
             result.append((name, addr))
+    if any(_is_mangled(addr) for _name, addr in result):
+        # "a@x.test b@x.test" (a missing comma) comes back as "@x.test": keep the addresses
+        # that are really there instead.
+        kept = [(name, addr) for name, addr in result if not _is_mangled(addr)]
+        known = {addr for _name, addr in kept}
+        bare = [token.lower() for token in _ADDR_TOKEN.findall(value)]
+        result = [("", addr) for addr in dict.fromkeys(bare) if addr not in known] + kept
     if truncated or len(result) > MAX_ADDRESSES:
         result = result[:MAX_ADDRESSES]
         errors.append(f"{label}: too many recipients, kept the first {MAX_ADDRESSES}")
@@ -482,6 +600,11 @@ def _content_type(headers: Headers, default: str) -> tuple[str, dict[str, str]]:
     return ctype, params
 
 
+# A line that looks like a boundary delimiter followed by a header line: used to recover the
+# parts of a multipart whose boundary parameter is missing or wrong.
+_DELIMITER_BEFORE_HEADER = re.compile(rb"^--([!-~]{1,200})[ \t]*\r?\n(?=[!-9;-~]+[ \t]*:)", re.M)
+# Any delimiter-like line, for the flat walk beyond MAX_DEPTH.
+_ANY_DELIMITER = re.compile(rb"^--[!-~]*[ \t]*\r?$\n?", re.M)
 _DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*\r?(?:\n|\Z)")
 
 
@@ -533,16 +656,22 @@ class _Walker:
             self._stop(f"more than {MAX_PARTS} MIME parts, rest not shown")
             return
         ctype, params = _content_type(headers, default)
-        boundary = (params.get("boundary") or "").rstrip()  # RFC 2046: no trailing space
-        if not ctype.startswith("multipart/") or not boundary:
-            yield _Leaf(part_id, headers, body, ctype, params, alt)
+        leaf_id = part_id or "1"  # a single-part message is section "1" in IMAP
+        is_root = not part_id
+        if not ctype.startswith("multipart/"):
+            yield _Leaf(leaf_id, headers, body, ctype, params, alt, is_root)
             return
-        if depth >= MAX_DEPTH:
-            self._stop(f"MIME nesting deeper than {MAX_DEPTH}, rest not shown")
+        if depth >= MAX_DEPTH:  # degrade this entity only; its siblings are walked as usual
+            self.errors.append(f"MIME nesting deeper than {MAX_DEPTH}, only its text shown")
+            yield from self._flat_text_leaves(body, part_id, alt)
             return
-        chunks = _split_multipart(body, boundary)
-        if not chunks:  # boundary never appears: show the body as text (like email.feedparser)
-            yield _Leaf(part_id, headers, body, "text/plain", {}, alt)
+        chunks = self._split(body, params)
+        if not chunks:  # no delimiter line at all: show its text, without a MIME header block
+            inner_block, text = _split_entity(body, self.errors)
+            if inner_block:
+                headers = _parse_header_block(inner_block, self.errors)
+            _ctype, text_params = _content_type(headers, "text/plain")
+            yield _Leaf(leaf_id, headers, text, "text/plain", text_params, alt, is_root)
             return
         child_default = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
         child_alt = part_id if ctype == "multipart/alternative" else alt
@@ -555,13 +684,47 @@ class _Walker:
                 return
             child_headers, child_body = _split_entity(chunk, self.errors)
             yield from self.walk(
-                _parse_header_block(child_headers),
+                _parse_header_block(child_headers, self.errors),
                 child_body,
                 f"{prefix}{index}",
                 depth + 1,
                 child_default,
                 child_alt,
             )
+
+    def _split(self, body: bytes, params: dict[str, str]) -> list[bytes]:
+        """Cut a multipart body at its boundary, else at the delimiter lines found in it."""
+        boundary = (params.get("boundary") or "").rstrip()  # RFC 2046: no trailing space
+        chunks = _split_multipart(body, boundary) if boundary else []
+        if chunks:
+            return chunks
+        found = _DELIMITER_BEFORE_HEADER.search(body)
+        if found is None:
+            return []
+        self.errors.append("multipart boundary missing or wrong, parts recovered")
+        return _split_multipart(body, found.group(1).decode("ascii"))
+
+    def _flat_text_leaves(self, body: bytes, part_id: str, alt: str | None) -> Iterator[_Leaf]:
+        """Yield the text parts of a too-deep entity, cutting at every delimiter-like line.
+
+        Structure is not followed (that is what the depth limit bounds), so the innermost
+        text, usually the message itself, is still found; other parts are not listed.
+        """
+        index = 0
+        for chunk in _ANY_DELIMITER.split(body):
+            if self.count >= MAX_PARTS:
+                self._stop(f"more than {MAX_PARTS} MIME parts, rest not shown")
+                return
+            block, text = _split_entity(chunk, self.errors)
+            if not block:
+                continue
+            headers = _parse_header_block(block, self.errors)
+            ctype, params = _content_type(headers, "text/plain")
+            if ctype in ("text/plain", "text/html"):
+                self.count += 1
+                index += 1
+                text = text[:-2] if text.endswith(b"\r\n") else text.removesuffix(b"\n")
+                yield _Leaf(f"{part_id}.{index}", headers, text, ctype, params, alt)
 
     def _stop(self, message: str) -> None:
         """Record why the walk stopped early (once) and stop it."""
@@ -573,16 +736,12 @@ class _Walker:
 def _iter_leaves(raw: bytes, errors: list[str]) -> Iterator[_Leaf]:
     """Yield every MIME leaf of a raw message, with IMAP-style part ids."""
     header_block, body = _split_entity(_strip_mbox_line(raw), errors)
-    return _leaves_of(_parse_header_block(header_block), body, errors)
+    return _leaves_of(_parse_header_block(header_block, errors), body, errors)
 
 
 def _leaves_of(headers: Headers, body: bytes, errors: list[str]) -> Iterator[_Leaf]:
     """Yield the leaves of a message given its parsed top-level headers and body."""
-    ctype, params = _content_type(headers, "text/plain")
-    if ctype.startswith("multipart/") and params.get("boundary"):
-        yield from _Walker(errors).walk(headers, body, "", 0, "text/plain", None)
-    else:  # a single-part message is section "1" in IMAP
-        yield _Leaf("1", headers, body, ctype, params, None, is_root=True)
+    return _Walker(errors).walk(headers, body, "", 0, "text/plain", None)
 
 
 def _strip_mbox_line(raw: bytes) -> bytes:
@@ -598,7 +757,7 @@ def _strip_mbox_line(raw: bytes) -> bytes:
 def _forwarded_filename(leaf: _Leaf) -> str:
     """Name an attached message after its subject, reading only the start of its body."""
     head = _Leaf(leaf.part_id, leaf.headers, leaf.body[:65536], "", {}, None)
-    inner = _parse_header_block(_split_entity(_transfer_decode(head), [])[0])
+    inner = _parse_header_block(_split_entity(_transfer_decode(head), [])[0], [])
     subject = _clean_display(decode_rfc2047((_first(inner, "subject") or "")[:1000]))
     return (subject[:200] or "message") + ".eml"
 
@@ -652,6 +811,15 @@ def _leaf_meta(leaf: _Leaf) -> tuple[str, str | None, str | None]:
         filename = _clean_display(decode_rfc2047(filename)) or None
     content_id = normalize_content_id(_first(leaf.headers, "content-id"))
     return disposition, filename, content_id
+
+
+def _offered_as_attachment(disposition: str, filename: str | None) -> bool:
+    """Return whether mail clients offer a part as an attachment: it is named or says so.
+
+    Wherever it sits in the tree: Apple Mail puts attachments inside multipart/alternative,
+    and Thunderbird's detached attachments are named text/* stubs there.
+    """
+    return disposition == "attachment" or bool(filename)
 
 
 _META_CHARSET = re.compile(rb"""charset\s*=\s*["']?\s*([A-Za-z0-9._:\-]+)""", re.IGNORECASE)
@@ -720,8 +888,13 @@ def _snippet(text: str) -> str:
 # Public API
 
 
-def _envelope(headers: Headers, errors: list[str]) -> ParsedMessage:
-    """Return a ParsedMessage with only the header-derived fields filled in."""
+def _envelope(
+    headers: Headers, errors: list[str], charset_hint: str | None = None
+) -> ParsedMessage:
+    """Return a ParsedMessage with only the header-derived fields filled in.
+
+    charset_hint (the body's declared charset) decodes raw 8-bit subjects and addresses.
+    """
     message_id = normalize_msgid(_first(headers, "message-id"))
     aliases: list[str] = []
     for name in ("x-microsoft-original-message-id", "x-ms-exchange-parent-message-id"):
@@ -731,9 +904,9 @@ def _envelope(headers: Headers, errors: list[str]) -> ParsedMessage:
                 aliases.append(alias)
     in_reply_to_ids = parse_id_list(_first(headers, "in-reply-to"))
     references = parse_id_list(_first(headers, "references"))[-MAX_CHAIN:]
-    raw_subject = (_first(headers, "subject") or "")[:MAX_RAW_SUBJECT]
+    raw_subject = (_first(headers, "subject", charset_hint) or "")[:MAX_RAW_SUBJECT]
     subject = _clean_display(decode_rfc2047(raw_subject))[:MAX_SUBJECT]
-    senders = _parse_addresses(_first(headers, "from"), "from", errors)
+    senders = _parse_addresses(_first(headers, "from", charset_hint), "from", errors)
     from_name, from_address = senders[0] if senders else ("", "")
     return ParsedMessage(
         message_id=message_id,
@@ -743,10 +916,10 @@ def _envelope(headers: Headers, errors: list[str]) -> ParsedMessage:
         subject=subject,
         from_name=from_name,
         from_address=from_address,
-        to=_parse_addresses(_first(headers, "to"), "to", errors),
-        cc=_parse_addresses(_first(headers, "cc"), "cc", errors),
-        bcc=_parse_addresses(_first(headers, "bcc"), "bcc", errors),
-        reply_to=_parse_addresses(_first(headers, "reply-to"), "reply-to", errors),
+        to=_parse_addresses(_first(headers, "to", charset_hint), "to", errors),
+        cc=_parse_addresses(_first(headers, "cc", charset_hint), "cc", errors),
+        bcc=_parse_addresses(_first(headers, "bcc", charset_hint), "bcc", errors),
+        reply_to=_parse_addresses(_first(headers, "reply-to", charset_hint), "reply-to", errors),
         date=_parse_date(_first(headers, "date")),
         is_rtl_hint=bool(_RTL.search(subject)),
     )
@@ -761,8 +934,8 @@ def _parse(raw: bytes) -> ParsedMessage:
     """Parse a whole message; may raise on bugs, which parse_message() turns into a result."""
     errors: list[str] = []
     header_block, body = _split_entity(_strip_mbox_line(raw), errors)
-    headers = _parse_header_block(header_block)
-    envelope = _envelope(headers, errors)
+    headers = _parse_header_block(header_block, errors)
+    body_charset: str | None = None  # the first text part's known charset, for raw headers
     texts: list[str] = []
     html_body: str | None = None
     attachments: list[AttachmentInfo] = []
@@ -771,10 +944,14 @@ def _parse(raw: bytes) -> ParsedMessage:
     text_chars = 0
     for leaf in _leaves_of(headers, body, errors):
         ctype = leaf.content_type
+        charset = leaf.params.get("charset")
+        if body_charset is None and ctype.startswith("text/") and _codec_for(charset):
+            body_charset = charset
         disposition, filename, content_id = _leaf_meta(leaf)
         is_body_type = ctype in ("text/plain", "text/html")
+        offered = _offered_as_attachment(disposition, filename)
         # Inline text parts without a filename are body (SYNC.md §9); so is a lone root part.
-        if is_body_type and disposition != "attachment" and (not filename or leaf.is_root):
+        if is_body_type and (not offered or leaf.is_root and disposition != "attachment"):
             if ctype == "text/html":
                 if html_body is None:
                     html_body = _leaf_text(leaf)
@@ -784,9 +961,11 @@ def _parse(raw: bytes) -> ParsedMessage:
                     text = _leaf_text(leaf).replace("\r\n", "\n")
                     texts.append(text)
                     text_chars += len(text)
-            continue
-        if leaf.alt_group is not None and ctype.startswith("text/") and ctype != "text/calendar":
-            continue  # text/enriched, text/watch-html, ...: other renderings of the body
+            if not offered:
+                continue  # a named lone root part is shown and offered as a download too
+        elif leaf.alt_group is not None and ctype.startswith("text/") and not offered:
+            if ctype != "text/calendar":
+                continue  # text/enriched, text/watch-html, ...: other renderings of the body
         if ctype == "text/plain" and disposition != "attachment" and inline_text is None:
             inline_text = leaf
         if ctype == "message/rfc822" and not filename:
@@ -814,6 +993,7 @@ def _parse(raw: bytes) -> ParsedMessage:
     elif not text_body.strip() and inline_text is not None:  # only an inline .txt "attachment"
         text_body = _leaf_text(inline_text).replace("\r\n", "\n")[:MAX_TEXT_CHARS]
     snippet = _snippet(text_body)
+    envelope = _envelope(headers, errors, body_charset)
     return replace(
         envelope,
         text_body=text_body,
@@ -851,7 +1031,7 @@ def parse_headers_only(raw_header_bytes: bytes) -> ParsedMessage:
     try:
         errors: list[str] = []
         header_block, _ = _split_entity(_strip_mbox_line(raw_header_bytes), errors)
-        envelope = _envelope(_parse_header_block(header_block), errors)
+        envelope = _envelope(_parse_header_block(header_block, errors), errors)
         return replace(
             envelope,
             size=len(raw_header_bytes),
@@ -891,39 +1071,45 @@ def body_digest(raw: bytes) -> str:
     return hashlib.sha256(body.replace(b"\r\n", b"\n").rstrip()).hexdigest()
 
 
-def dedup_key(parsed: ParsedMessage, raw: bytes) -> str:
+def dedup_key(raw: bytes) -> str:
     """Return a message's identity within one account (see mailsync/IDENTITY.md).
 
     The header fields (Message-ID, Date, From, Subject, first To) plus a digest of the body:
     the same message in two folders or under two Gmail labels is one message; two different
     mails that share those headers (forwarded copies, list resends, tools that reuse a
-    Message-ID) stay two.
+    Message-ID) stay two. The fields are read from the headers alone, without the body's
+    charset hint parse_message uses for raw 8-bit headers, as header_key() reads them.
     """
-    return _hash(["v2", *_header_fields(parsed), body_digest(raw)])
+    return _hash(["v2", *_header_fields(parse_headers_only(raw)), body_digest(raw)])
 
 
 def placeholder_dedup_key(parsed: ParsedMessage, size: int) -> str:
     """Return the identity of an oversized message stored as headers only (no body digest):
-    the header fields plus its exact size. Replaced by dedup_key() when fetched in full."""
+    the header fields plus its exact size. `parsed` is a parse_headers_only() result."""
     return _hash(["v2-headers", *_header_fields(parsed), str(size)])
 
 
-def header_key(parsed: ParsedMessage) -> str | None:
+def header_key(raw: bytes) -> str | None:
     """Return the hash of the header fields alone, or None without a Message-ID.
 
     Not an identity: a *candidate* that lets sync link a new location to a stored message
-    without downloading it, when the size agrees too (mailsync/IDENTITY.md).
+    without downloading it, when the size agrees too (mailsync/IDENTITY.md). Equal to
+    header_dedup_key() of the same message's header fields.
     """
-    return _hash(_header_fields(parsed)) if parsed.message_id else None
+    return _header_key(parse_headers_only(raw))
+
+
+def _header_key(envelope: ParsedMessage) -> str | None:
+    return _hash(_header_fields(envelope)) if envelope.message_id else None
 
 
 def header_dedup_key(header_bytes: bytes) -> str | None:
     """Return header_key() from BODY.PEEK[HEADER.FIELDS (...)] bytes; None without a Message-ID.
 
-    Equal to header_key(parse_message(raw)) for the same message, so a sync can find the
-    stored copy of a message before downloading its body.
+    Equal to header_key(raw) for the same message, so a sync can find the stored copy of a
+    message before downloading its body.
     """
-    return header_key(parse_headers_only(header_bytes))
+    return _header_key(parse_headers_only(header_bytes))
 
 
 def extract_part(raw: bytes, part_id: str) -> tuple[bytes, str, str | None]:

@@ -35,9 +35,9 @@ def prepare_batch(blob_root: str, items: list[tuple[int, bytes]]) -> list[Prepar
     for uid, raw in items:
         sha = store.put(raw)  # blob before row: a crash leaves at most an orphan blob
         parsed = parse_message(raw)
-        key = dedup_key(parsed, raw)
+        key = dedup_key(raw)
         slim = replace(
             parsed, text_body=parsed.text_body[:SEARCH_BODY_CHARS], html_body=None, attachments=[]
         )
-        prepared.append(Prepared(uid, sha, slim, key, len(raw), header_key(parsed)))
+        prepared.append(Prepared(uid, sha, slim, key, len(raw), header_key(raw)))
     return prepared

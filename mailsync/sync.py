@@ -33,7 +33,7 @@ from mailsync import identity, imap, store
 from mailsync.blobstore import blob_root
 from mailsync.folders import NAME_ROLES
 from mailsync.folders import SPECIAL_USE_ROLES as ATTRIBUTE_ROLES
-from mailsync.parse import header_dedup_key, header_key, parse_headers_only, placeholder_dedup_key
+from mailsync.parse import header_dedup_key, parse_headers_only, placeholder_dedup_key
 from mailsync.prepare import Prepared, prepare_batch
 from models import FailedUid, MailAccount, MailFolder, Message, MessageLocation, User
 from services import linking, search
@@ -1053,7 +1053,7 @@ class AccountSync:
             uid=meta.uid,
             flags=meta.flags,
             dedup_key=placeholder_dedup_key(parsed, meta.size),
-            header_key=header_key(parsed),
+            header_key=header_dedup_key(header),
             parsed=parsed,
             raw_sha256=None,
             size=meta.size,

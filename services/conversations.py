@@ -39,6 +39,7 @@ from services import linking, records
 from services.access import record_or_none, record_threads, visible_records
 from services.errors import ValidationError
 from services.linking_rules import address_is_blocked, normalize_block_entry
+from services.mail_display import display_text, sender_label
 from services.mail_render import (
     INLINE_SAFE_TYPES,
     email_document,
@@ -370,7 +371,7 @@ def participants(user: User, thread: Thread, *, is_owner: bool) -> list[Particip
                 continue
             address = pair[1].strip().lower()
             if address and address not in own and not names.get(address):
-                names[address] = (pair[0] or "").strip()
+                names[address] = display_text(pair[0])
     person_ids = linking.persons_for_addresses(names)
     entries = [row.entry for row in linking.blocked_entries(owner)] if is_owner else []
     result = []
@@ -575,7 +576,7 @@ def _sender_names(thread_ids: list[int]) -> dict[int, list[str]]:
             .order_by(Message.thread_id, Message.date.is_(None).desc(), Message.date, Message.id)
         )
         for thread_id, from_name, from_address in rows:
-            name = from_name or from_address
-            if name and name not in names[thread_id]:
+            name = sender_label(from_name, from_address)
+            if name not in names[thread_id]:
                 names[thread_id].append(name)
     return names

@@ -48,6 +48,13 @@ from models import (
 from services import access
 from services.errors import ValidationError
 from services.linking import own_addresses
+from services.mail_display import (
+    UNKNOWN_SENDER,
+    display_text,
+    sender_label,
+    short_name,
+    subject_label,
+)
 from services.preferences import get_preference
 from services.search import (
     account_rows,
@@ -538,7 +545,7 @@ def _rows(user: User, threads: Sequence[Thread], now: datetime) -> list[ThreadRo
     rows = {
         thread.id: ThreadRow(
             id=thread.id,
-            subject=thread.subject or "(no subject)",
+            subject=subject_label(thread.subject),
             participants="",
             snippet="",
             date_label=_date_label(thread.last_date, now, date_format),
@@ -579,21 +586,36 @@ def _fill_from_messages(user: User, rows: dict[int, ThreadRow]) -> None:
         row = rows[thread_id]
         row.unread = row.unread or not is_read
         row.has_attachments = row.has_attachments or has_attachments
-        row.snippet = snippet or row.snippet
-        name = "me" if from_address.lower() in own else (from_name or from_address)
+        row.snippet = display_text(snippet) or row.snippet
+        is_mine = bool(from_address) and from_address.lower() in own
+        name = "me" if is_mine else sender_label(from_name, from_address)
         if name not in senders[thread_id]:
             senders[thread_id].append(name)
-        if name == "me":
-            pairs = json.loads(to) if to else []
-            recipients[thread_id] = [pair[0] or pair[1] for pair in pairs if len(pair) > 1]
+        if is_mine:
+            recipients[thread_id] = _recipient_labels(to)
     for thread_id, row in rows.items():
         names = senders[thread_id]
         if names == ["me"] and recipients[thread_id]:
             names = ["To: " + ", ".join(recipients[thread_id][:3])]
         elif len(names) > 1:
-            names = [name.split()[0] if name != "me" else name for name in names]
+            names = [short_name(name) if name != "me" else name for name in names]
         label = ", ".join(names[:3]) + ("…" if len(names) > 3 else "")
-        row.participants = label or "(unknown sender)"
+        row.participants = label or UNKNOWN_SENDER
+
+
+def _recipient_labels(to_json: str | None) -> list[str]:
+    """Return display labels of a stored To list; malformed entries are skipped."""
+    try:
+        pairs = json.loads(to_json) if to_json else []
+    except ValueError:
+        return []
+    labels = []
+    for pair in pairs if isinstance(pairs, list) else []:
+        if isinstance(pair, list) and len(pair) > 1:
+            label = display_text(pair[0]) or display_text(pair[1])
+            if label:
+                labels.append(label)
+    return labels
 
 
 def _chips(user: User, threads: Sequence[Thread]) -> list[tuple[int, Chip]]:

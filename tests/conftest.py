@@ -386,7 +386,8 @@ def make_mailbox_message(app, make_stored_message):
 def make_raw_message(app):
     """Store raw MIME like the sync does (blob first, then parsed rows); returns the Message.
 
-    A new thread is created unless `thread` is given; persons are matched by address.
+    A new thread is created unless `thread` is given; persons are matched by address. With
+    `internaldate`, a missing Date header stays missing (date None), as the sync stores it.
     """
 
     def factory(
@@ -397,6 +398,7 @@ def make_raw_message(app):
         thread: Thread | None = None,
         is_placeholder: bool = False,
         store_raw: bool = True,
+        internaldate: datetime | None = None,
     ) -> Message:
         from pathlib import Path
 
@@ -406,7 +408,8 @@ def make_raw_message(app):
 
         sha = BlobStore(Path(app.instance_path) / "blobs").put(raw) if store_raw else None
         parsed = parse_message(raw)
-        date = parsed.date or datetime.now(UTC)
+        # As the sync stores it: the Date header as is, the server's arrival time beside it.
+        date = parsed.date or internaldate or datetime.now(UTC)
         if thread is None:
             thread = Thread(
                 account_id=account.id,
@@ -429,7 +432,8 @@ def make_raw_message(app):
             to=[list(pair) for pair in parsed.to],
             cc=[list(pair) for pair in parsed.cc],
             reply_to=[list(pair) for pair in parsed.reply_to],
-            date=date,
+            date=parsed.date if internaldate else date,
+            internaldate=internaldate,
             size=len(raw),
             raw_sha256=sha if store_raw else "0" * 64,
             is_placeholder=is_placeholder,

@@ -616,3 +616,16 @@ def test_newer_and_older_walk_search_results(client_me, folders, make_mailbox_me
     step = client_me.get(f"/mail/threads/{found[1].thread_id}/older?q=proposal")
     assert step.status_code == 303
     assert step.location.endswith(f"/mail/threads/{found[2].thread_id}?q=proposal")
+
+
+def test_a_message_without_sender_does_not_break_the_list(client_me, folders, make_mailbox_message):
+    chat = make_mailbox_message(folders["inbox"], subject="Chat", sender=("Carla Diaz", "c@x.test"))
+    make_mailbox_message(folders["inbox"], subject="Re: Chat", sender=("", ""), thread=chat.thread)
+    make_mailbox_message(folders["inbox"], subject="Re: Chat", sender=(" ", ""), thread=chat.thread)
+    response = client_me.get("/mail/")
+    assert response.status_code == 200
+    assert chat.thread_id in row_ids(response)
+    rows = {
+        row.id: row for row in mailbox.list_threads(me_of(folders), mailbox.MailboxQuery()).rows
+    }
+    assert rows[chat.thread_id].participants == "Carla, (unknown sender)"

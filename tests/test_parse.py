@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from mailsync.identity import new_keys
 from mailsync.parse import (
     MAX_ADDRESSES,
     MAX_DEPTH,
@@ -558,31 +557,25 @@ def test_dedup_key_ignores_added_headers_and_line_endings_but_not_content():
     one = raw_message(b"body", extra=b"Subject: S\r\nReceived: from a\r\n")
     two = b"Received: from b\r\n" + raw_message(b"body  ", extra=b"Subject: S\r\n")
     lf = one.replace(b"\r\n", b"\n")
-    key = dedup_key(parse_message(one), one)
-    assert key == dedup_key(parse_message(two), two) == dedup_key(parse_message(lf), lf)
+    key = dedup_key(one)
+    assert key == dedup_key(two) == dedup_key(lf)
     other = raw_message(b"body", extra=b"Subject: Different\r\n")
-    assert key != dedup_key(parse_message(other), other)
+    assert key != dedup_key(other)
     # Same Message-ID, Date, From, Subject and To, other content: another mail (issue 10.4).
     resent = raw_message(b"body, with a list footer", extra=b"Subject: S\r\n")
-    assert key != dedup_key(parse_message(resent), resent)
+    assert key != dedup_key(resent)
 
 
 def test_dedup_key_without_message_id_still_covers_headers_and_body():
     raw = b"From: a@example.com\r\nSubject: hi\r\n\r\nbody"
     other = b"From: a@example.com\r\nSubject: hi\r\n\r\nanother body"
-    assert dedup_key(parse_message(raw), raw) != dedup_key(parse_message(other), other)
-    assert header_dedup_key(header_fields(raw)) is None and header_key(parse_message(raw)) is None
+    assert dedup_key(raw) != dedup_key(other)
+    assert header_dedup_key(header_fields(raw)) is None and header_key(raw) is None
 
 
 def test_header_dedup_key_matches_header_key():
     raw = raw_message(b"x", extra=b"Subject: =?utf-8?Q?Gr=C3=BC=C3=9Fe?=\r\n\tcontinued\r\n")
-    assert header_dedup_key(header_fields(raw)) == header_key(parse_message(raw)) is not None
-
-
-def test_upgrade_rekey_gives_the_key_a_sync_gives():
-    raw = raw_message(b"x", extra=b"Subject: S\r\n")
-    parsed = parse_message(raw)
-    assert new_keys(raw) == (dedup_key(parsed, raw), header_key(parsed))
+    assert header_dedup_key(header_fields(raw)) == header_key(raw) is not None
 
 
 # --- corpus ------------------------------------------------------------------------------
@@ -604,8 +597,7 @@ def test_corpus_message(path):
     assert elapsed < HANG_GUARD_SECONDS, f"{path.name} took {elapsed:.2f}s"
     assert parsed.date is None or parsed.date.tzinfo is UTC
     if parsed.message_id:
-        assert header_dedup_key(header_fields(raw)) == header_key(parsed)
-    assert new_keys(raw) == (dedup_key(parsed, raw), header_key(parsed))  # upgrade = sync
+        assert header_dedup_key(header_fields(raw)) == header_key(raw)
     for attachment in parsed.attachments[:5]:
         data, content_type, _ = extract_part(raw, attachment.part_id)
         assert isinstance(data, bytes) and content_type == attachment.content_type
@@ -670,6 +662,229 @@ def test_header_dedup_key_matches_dovecot_header_fields(dovecot_preauth):
         full = next(body for meta, body in literals.items() if b"BODY[]" in meta)
         parsed = parse_message(full)
         if parsed.message_id:
-            assert header_dedup_key(header) == header_key(parsed), path.name
+            assert header_dedup_key(header) == header_key(full), path.name
             checked += 1
     assert checked > 50
+
+
+# ---------------------------------------------------------------------------------------------
+# Audit fixtures: attachments, degraded bodies, charsets
+
+
+def part(headers: bytes, body: bytes) -> bytes:
+    """Return one MIME entity: its header lines (CRLF-separated) and body."""
+    return headers + b"\r\n\r\n" + body
+
+
+def multipart(subtype: str, boundary: str, *parts: bytes) -> bytes:
+    """Return a multipart entity (headers included) with the given parts."""
+    delimiter = b"--" + boundary.encode()
+    body = b"".join(delimiter + b"\r\n" + p + b"\r\n" for p in parts) + delimiter + b"--\r\n"
+    return part(f"Content-Type: multipart/{subtype}; boundary={boundary}".encode(), body)
+
+
+def message_of(entity: bytes, *, headers: bytes = HEAD) -> bytes:
+    """Return a message whose top-level entity is `entity` (its headers join the message's)."""
+    return headers + entity
+
+
+def test_attachments_inside_multipart_alternative_are_listed():
+    # Apple Mail: text/* attachments inside the related part of an alternative.
+    apple = message_of(
+        multipart(
+            "alternative",
+            "alt",
+            part(b"Content-Type: text/plain", b"see the notes"),
+            multipart(
+                "related",
+                "rel",
+                part(b"Content-Type: text/html", b"<p>see the notes</p>"),
+                part(
+                    b'Content-Type: text/plain; name="notes.txt"\r\n'
+                    b'Content-Disposition: inline; filename="notes.txt"',
+                    b"the notes",
+                ),
+                part(b'Content-Type: text/x-vcard; name="ann.vcf"', b"BEGIN:VCARD"),
+                part(
+                    b'Content-Type: application/pdf; name="a.pdf"\r\n'
+                    b"Content-Disposition: attachment",
+                    b"%PDF",
+                ),
+            ),
+        )
+    )
+    # Thunderbird, "Detach attachment": the parts become text stubs that keep their names.
+    thunderbird = message_of(
+        multipart(
+            "alternative",
+            "alt",
+            part(b"Content-Type: text/plain", b"hello"),
+            part(b"Content-Type: text/html", b"<p>hello</p>"),
+            part(
+                b'Content-Type: text/plain; charset=UTF-8; name="report.pdf"\r\n'
+                b'Content-Disposition: attachment; filename="report.pdf"\r\n'
+                b"X-Mozilla-External-Attachment-URL: file:///home/a/report.pdf",
+                b"You detached this attachment.",
+            ),
+            part(
+                b'Content-Type: text/x-moz-deleted; name="Deleted: b.doc"\r\n'
+                b'Content-Disposition: attachment; filename="Deleted: b.doc"',
+                b"You deleted this attachment.",
+            ),
+        )
+    )
+    parsed = parse_message(apple)
+    assert [(a.part_id, a.filename) for a in parsed.attachments] == [
+        ("2.2", "notes.txt"),
+        ("2.3", "ann.vcf"),
+        ("2.4", "a.pdf"),
+    ]
+    assert (parsed.text_body, parsed.html_body) == ("see the notes", "<p>see the notes</p>")
+    assert extract_part(apple, "2.2")[0] == b"the notes"
+    parsed = parse_message(thunderbird)
+    assert [(a.part_id, a.filename) for a in parsed.attachments] == [
+        ("3", "report.pdf"),
+        ("4", "Deleted: b.doc"),
+    ]
+    assert (parsed.text_body, parsed.html_body) == ("hello", "<p>hello</p>")
+    assert extract_part(thunderbird, "3")[0] == b"You detached this attachment."
+
+
+def test_other_renderings_of_an_alternative_are_still_not_attachments():
+    raw = message_of(
+        multipart(
+            "alternative",
+            "alt",
+            part(b"Content-Type: text/plain", b"plain"),
+            part(b"Content-Type: text/enriched", b"<bold>rich</bold>"),
+            part(b"Content-Type: text/html", b"<b>html</b>"),
+        )
+    )
+    assert parse_message(raw).attachments == []
+
+
+def test_huge_header_block_keeps_the_body():
+    raw = HEAD + b"X-Junk: " + b"a" * 2_000_000 + b"\r\nSubject: Hi\r\n\r\nthe body"
+    parsed = parse_message(raw)
+    assert (parsed.subject, parsed.text_body) == ("Hi", "the body")
+
+
+def test_huge_subject_is_cut_and_the_structure_kept():
+    entity = multipart(
+        "mixed",
+        "b",
+        part(b"Content-Type: text/plain", b"the body"),
+        part(b'Content-Type: application/pdf; name="a.pdf"', b"%PDF"),
+    )
+    raw = message_of(entity, headers=HEAD + b"Subject: " + b"s" * 1_000_000 + b"\r\n")
+    parsed = parse_message(raw)
+    assert parsed.subject == "s" * 255
+    assert parsed.text_body == "the body"
+    assert [a.filename for a in parsed.attachments] == ["a.pdf"]
+
+
+def test_text_beyond_the_depth_limit_is_kept_and_siblings_too():
+    assert parse_message(nested(MAX_DEPTH + 20)).text_body.strip() == "deepest"
+    deep = nested(MAX_DEPTH + 5)[len(HEAD) :]
+    raw = message_of(
+        multipart(
+            "mixed",
+            "top",
+            deep.rstrip(b"\r\n"),
+            part(b"Content-Type: text/plain", b"sibling"),
+            part(b'Content-Type: application/pdf; name="a.pdf"', b"%PDF"),
+        )
+    )
+    parsed = parse_message(raw)
+    assert parsed.text_body.split() == ["deepest", "sibling"]
+    assert [a.filename for a in parsed.attachments] == ["a.pdf"]
+    assert "nesting" in parsed.parse_error
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [b"multipart/mixed; boundary=declared", b"multipart/mixed", b"multipart/mixed; boundary="],
+)
+def test_multipart_with_unusable_boundary_recovers_its_parts(content_type):
+    body = (
+        b"--real\r\nContent-Type: text/plain\r\n\r\nfirst part\r\n"
+        b'--real\r\nContent-Type: application/pdf; name="a.pdf"\r\n\r\n%PDF\r\n--real--\r\n'
+    )
+    parsed = parse_message(raw_message(body, extra=b"Content-Type: " + content_type + b"\r\n"))
+    assert parsed.text_body == "first part"
+    assert [a.filename for a in parsed.attachments] == ["a.pdf"]
+
+
+def test_multipart_without_any_delimiter_shows_its_text_without_mime_headers():
+    body = b"Content-Type: text/plain\r\nContent-Transfer-Encoding: 8bit\r\n\r\nonly text"
+    raw = raw_message(body, extra=b"Content-Type: multipart/mixed; boundary=zz\r\n")
+    assert parse_message(raw).text_body == "only text"
+
+
+def test_text_labelled_utf8_but_written_in_latin1_keeps_every_character():
+    assert parse_message(single_part("Grüße, café".encode("latin-1"), "utf-8")).text_body == (
+        "Grüße, café"
+    )
+    mixed = "Grüße ".encode() + "café ".encode("cp1252") + "€".encode()
+    assert parse_message(single_part(mixed, "utf-8")).text_body == "Grüße café €"
+
+
+def test_one_bad_byte_in_a_multibyte_charset_spoils_only_itself():
+    data = "日本語".encode("shift_jis") + b"\xff" + "テキスト".encode("shift_jis")
+    text = parse_message(single_part(data, "shift_jis")).text_body
+    assert text.startswith("日本語") and text.endswith("テキスト")
+    assert "\ufffd" not in text
+
+
+@pytest.mark.parametrize(("encoding", "label"), [("big5", "big5"), ("gb2312", "GB2312")])
+def test_raw_8bit_headers_use_the_body_charset(encoding, label):
+    subject, name = "會議通知" if encoding == "big5" else "会议通知", "王小明"
+    headers = (
+        b"From: " + name.encode(encoding) + b" <wang@example.cn>\r\n"
+        b"Subject: " + subject.encode(encoding) + b"\r\nMessage-ID: <big5@x>\r\n"
+    )
+    entity = multipart(
+        "mixed",
+        "b",
+        part(f"Content-Type: text/plain; charset={label}".encode(), "正文".encode(encoding)),
+    )
+    raw = message_of(entity, headers=headers)
+    parsed = parse_message(raw)
+    assert (parsed.subject, parsed.from_name) == (subject, name)
+    # The dedup key is computed from the headers alone, as the sync's header-only fetch is.
+    assert header_dedup_key(header_fields(raw)) == header_key(raw)
+
+
+def test_iso_2022_jp_with_nec_special_characters():
+    jis = b"\x1b$B-b\x1b(B1 \x1b$B2q5D\x1b(B"  # "№1 会議": № is NEC row 13, as in CP50221
+    encoded = b"=?ISO-2022-JP?B?" + base64.b64encode(jis) + b"?="
+    parsed = parse_message(
+        raw_message(
+            jis,
+            extra=b"Subject: " + encoded + b"\r\nContent-Type: text/plain; charset=ISO-2022-JP\r\n",
+        )
+    )
+    assert parsed.subject == "№1 会議"
+    assert parsed.text_body == "№1 会議"
+
+
+def test_a_named_single_part_message_is_shown_and_offered():
+    raw = raw_message(b"the notes", extra=b'Content-Type: text/plain; name="notes.txt"\r\n')
+    parsed = parse_message(raw)
+    assert parsed.text_body == "the notes"
+    assert [(a.part_id, a.filename) for a in parsed.attachments] == [("1", "notes.txt")]
+    assert extract_part(raw, "1")[0] == b"the notes"
+
+
+def test_addresses_run_together_are_kept_apart():
+    parsed = parse_message(raw_message(b"x", headers=b"From: a@x.test b@x.test\r\n"))
+    assert parsed.from_address == "a@x.test"
+    raw = raw_message(b"x", headers=b"To: c@x.test d@x.test, Ann <ann@x.test>\r\n")
+    to = parse_message(raw).to
+    assert sorted(address for _name, address in to) == ["ann@x.test", "c@x.test", "d@x.test"]
+
+
+def test_raw_utf8_header_cut_in_the_middle_of_a_character_keeps_the_rest():
+    name = "Картинка".encode() + "ч".encode()[:1]
+    raw = raw_message(b"x", extra=b"Subject: " + name + b"\r\n")
+    assert parse_message(raw).subject.startswith("Картинка")

@@ -50,6 +50,7 @@ from services.access import (
     thread_for_viewer,
 )
 from services.errors import ValidationError
+from services.mail_display import display_text, message_date, sender_label, subject_label
 from services.mail_render import attachment_headers, raw_source_headers
 from services.preferences import get_preference
 from views.helpers import form_value, is_fragment_request, parse_int
@@ -88,6 +89,13 @@ def filesize(size: int) -> str:
     if size < 1024 * 1024:
         return f"{size // 1024} KB"
     return f"{size / (1024 * 1024):.1f} MB"
+
+
+# Header fallbacks and bidi stripping for templates; the rules live in services.mail_display.
+bp.add_app_template_filter(display_text, "display_text")
+bp.add_app_template_filter(subject_label, "subject_label")
+bp.add_app_template_global(sender_label, "sender_label")
+bp.add_app_template_global(message_date, "message_date")
 
 
 def _page(thread, is_owner: bool, *, status: int = 200, show_images_for=None, **extra):
