@@ -15,7 +15,7 @@ from flask import Flask, current_app
 import config
 import models
 from extensions import db
-from mailsync import identity
+from mailsync import reparse
 from models import User
 from services import accounts, demo, users
 from services.errors import ValidationError
@@ -43,9 +43,9 @@ def init_db() -> None:
     db.create_all()
     with db.engine.begin() as connection:
         models.upgrade_schema(connection)
-    rekeyed = identity.rekey_all(current_app)
-    if rekeyed:
-        click.echo(f"{rekeyed} stored messages re-keyed by content (mailsync/IDENTITY.md).")
+    reparsed = reparse.reparse_all(current_app)
+    if reparsed:
+        click.echo(f"{reparsed} stored messages parsed again by this release.")
     click.echo(f"Database ready: {current_app.config['SQLALCHEMY_DATABASE_URI']}")
 
 

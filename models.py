@@ -35,7 +35,7 @@ from sqlalchemy.schema import CreateColumn
 
 from extensions import db
 
-IDENTITY_VERSION = 2  # mailsync/IDENTITY.md
+PARSE_VERSION = 2  # mailsync/reparse.py: raise it when stored mail must be parsed again
 
 
 def utcnow() -> datetime:
@@ -356,11 +356,9 @@ class MailAccount(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Set when the user removed the account but kept its synced mail; never synced again.
     removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
-    # How its messages' identities were computed (mailsync/IDENTITY.md). Accounts from before
-    # version 2 (server default) are re-keyed from their stored raw mail before they sync.
-    identity_version: Mapped[int] = mapped_column(
-        Integer, default=IDENTITY_VERSION, server_default="1"
-    )
+    # Which release's parser and identity rule stored its messages (mailsync/reparse.py).
+    # Older accounts (server default 1) are parsed again from their raw mail before they sync.
+    parse_version: Mapped[int] = mapped_column(Integer, default=PARSE_VERSION, server_default="1")
 
     user: Mapped[User] = relationship()
     folders: Mapped[list[MailFolder]] = relationship(

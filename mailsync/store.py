@@ -1042,7 +1042,7 @@ def store_batch(ctx: StoreContext, items: Sequence[Fetched], *, takeover: bool =
         _bulk_insert(message_t, rows, ("account_id", "dedup_key"))
         existing = existing_by_dedup_key(ctx.account_id, (item.dedup_key for item in items))
         _link_persons(ctx, {existing[key]: item.parsed for key, item in fresh.items()})
-        _index_for_search({existing[key]: item.parsed for key, item in fresh.items()})
+        index_for_search({existing[key]: item.parsed for key, item in fresh.items()})
     location_rows = [
         _location_rows(
             item.folder_id, item.uid, existing[item.dedup_key], item.flags, item.gm_labels
@@ -1069,7 +1069,7 @@ def store_batch(ctx: StoreContext, items: Sequence[Fetched], *, takeover: bool =
     return len(fresh)
 
 
-def _index_for_search(parsed_by_message: dict[int, ParsedLike]) -> None:
+def index_for_search(parsed_by_message: dict[int, ParsedLike]) -> None:
     def participants(parsed: ParsedLike) -> str:
         pairs = [(parsed.from_name, parsed.from_address), *parsed.to, *parsed.cc]
         return " ".join(f"{name} {address}" for name, address in pairs)
@@ -1137,7 +1137,7 @@ def replace_placeholder(message_id: int, raw_sha256: str, parsed: ParsedLike, si
             parse_error=parsed.parse_error,
         )
     )
-    _index_for_search({message_id: parsed})
+    index_for_search({message_id: parsed})
 
 
 ANALYZE_AFTER_NEW = 2000  # a run that stored this many messages refreshes all statistics

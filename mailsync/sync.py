@@ -29,7 +29,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from sqlalchemy import func, select
 
 from extensions import db
-from mailsync import identity, imap, store
+from mailsync import imap, reparse, store
 from mailsync.blobstore import blob_root
 from mailsync.folders import NAME_ROLES
 from mailsync.folders import SPECIAL_USE_ROLES as ATTRIBUTE_ROLES
@@ -363,9 +363,9 @@ class AccountSync:
         attempts = 0
         pending: list[int] | None = None
         try:
-            # Messages stored before content-based identity first get their new keys, or
-            # the copies downloaded from now on would not find them (mailsync/IDENTITY.md).
-            identity.rekey_account(self.app, self.account_id)
+            # Mail stored by an older release is parsed and keyed again first, or the copies
+            # downloaded from now on would not find their messages (mailsync/reparse.py).
+            reparse.reparse_account(self.app, self.account_id)
             while True:
                 try:
                     self.connect()

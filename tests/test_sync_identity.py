@@ -86,7 +86,7 @@ def test_an_upgraded_database_is_rekeyed_and_gets_its_merged_mails_back(
     db.session.execute(
         update(Message).where(Message.id == first.id).values(dedup_key=header_key, header_key=None)
     )
-    db.session.execute(update(MailAccount).values(identity_version=1))
+    db.session.execute(update(MailAccount).values(parse_version=1))
     db.session.execute(update(MailFolder).values(identity_checked=False))
     db.session.commit()
     assert message_count(account.id) == 1
@@ -99,7 +99,7 @@ def test_an_upgraded_database_is_rekeyed_and_gets_its_merged_mails_back(
     ]
     db.session.expire_all()
     assert db.session.get(Message, first.id).header_key == header_key
-    assert db.session.get(MailAccount, account.id).identity_version == 2
+    assert db.session.get(MailAccount, account.id).parse_version == 2
     assert all(f.identity_checked for f in db.session.scalars(select(MailFolder)))
     # Each UID now points at its own message.
     assert len({row.message_id for row in locations(account.id)}) == 2
