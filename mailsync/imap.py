@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.imapclient import seq_to_parenstr_upper
+from imapclient.response_parser import parse_fetch_response
 
 # imaplib's line limit is a module global; a big UID SEARCH line exceeds the 1 MB default
 # (SYNC.md §3 step 5). Setting it on an instance has no effect.
@@ -266,6 +268,32 @@ def connect(
     except (OSError, imaplib.IMAP4.error, IMAPClientError) as exc:
         safe_logout(client)
         raise _network_error(exc, settings) from exc
+
+
+def uid_fetch(
+    client: IMAPClient, uid_set: str, items: list[str], *, modifiers: list[str] | None = None
+) -> dict[int, dict]:
+    """Run `UID FETCH uid_set items` and return {uid: data} for the responses that name a UID.
+
+    While a folder is selected, the server reports another session's flag change with an
+    unsolicited `* <seq> FETCH (FLAGS (..) MODSEQ (..))` that carries no UID (RFC 3501
+    §7.4.2; Dovecot sends it with the next command's response). IMAPClient.fetch keys such a
+    response by its sequence number as if it were a UID, and merges it into the entry of the
+    UID with that number, so its flags would land on the wrong message. Here responses are
+    grouped by sequence number first (a solicited and an unsolicited response for the same
+    message merge correctly), and only those that carry a UID are kept; the change itself
+    reaches us later through CHANGEDSINCE or the flag scan.
+    """
+    args = ["UID", "FETCH", uid_set, seq_to_parenstr_upper(items)]
+    if modifiers:
+        args.append(seq_to_parenstr_upper(modifiers))
+    # IMAPClient.fetch's own steps, but parsed by sequence number (uid_is_key=False).
+    tag = client._imap._command(*args)
+    typ, data = client._imap._command_complete("FETCH", tag)
+    client._checkok("fetch", typ, data)
+    typ, data = client._imap._untagged_response(typ, data, "FETCH")
+    by_sequence = parse_fetch_response(data, client.normalise_times, uid_is_key=False)
+    return {int(entry[b"UID"]): entry for entry in by_sequence.values() if b"UID" in entry}
 
 
 def safe_logout(client: IMAPClient | None) -> None:

@@ -197,14 +197,15 @@ def _fetch_bodies(conn: IMAPClient, batch: list[Meta]) -> tuple[list[tuple[int, 
 
     Runs on the fetch thread: network only, no database access.
     """
-    response = conn.fetch(uid_ranges(m.uid for m in batch), ["BODY.PEEK[]"])
+    response = imap.uid_fetch(conn, uid_ranges(m.uid for m in batch), ["BODY.PEEK[]"])
     raws: list[tuple[int, bytes]] = []
     failed: list[int] = []
     for meta in batch:
         raw = response.get(meta.uid, {}).get(b"BODY[]")
         if not raw:
             # Exchange sometimes answers with no body; ask once more for that UID alone.
-            raw = conn.fetch(str(meta.uid), ["BODY.PEEK[]"]).get(meta.uid, {}).get(b"BODY[]")
+            again = imap.uid_fetch(conn, str(meta.uid), ["BODY.PEEK[]"])
+            raw = again.get(meta.uid, {}).get(b"BODY[]")
         if raw:
             raws.append((meta.uid, raw))
         else:
@@ -494,7 +495,7 @@ class AccountSync:
             except (ValueError, IndexError, KeyError, IMAPClientError):
                 uidnext = None
             if uidnext is None and info.get(b"EXISTS"):
-                last = conn.fetch("*", ["UID"])
+                last = imap.uid_fetch(conn, "*", ["UID"])
                 uidnext = (max(last) + 1) if last else None
         return Snapshot(
             uidvalidity=int(info[b"UIDVALIDITY"]),
@@ -610,7 +611,7 @@ class AccountSync:
         gmail = self.gmail
         items = ["UID", HEADER_ITEM] + (["X-GM-MSGID"] if gmail else [])
         try:
-            response = self.connect().fetch(uid_ranges(sample), items)
+            response = imap.uid_fetch(self.connect(), uid_ranges(sample), items)
         except imaplib.IMAP4.error as exc:
             if isinstance(exc, imaplib.IMAP4.abort):
                 raise
@@ -766,11 +767,11 @@ class AccountSync:
     ) -> dict[int, Meta]:
         """FETCH flags, size, dates and dedup headers; drop UIDs we did not ask for."""
         items = (META_ITEMS if headers else META_ITEMS[:-1]) + (GMAIL_ITEMS if self.gmail else [])
-        response = self.connect().fetch(uid_set, items)
+        response = imap.uid_fetch(self.connect(), uid_set, items)
         metas: dict[int, Meta] = {}
         for uid, data in response.items():
             if wanted is not None and uid not in wanted:
-                continue  # unsolicited FETCH responses (Nylas)
+                continue  # a UID we did not ask for (Nylas drops these too)
             if b"RFC822.SIZE" not in data:
                 continue
             header = _header_bytes(data)
@@ -996,7 +997,7 @@ class AccountSync:
 
     def _store_placeholder(self, folder_id: int, meta: Meta) -> None:
         """Store an oversized message as headers only (is_placeholder), fetched on demand later."""
-        response = self.connect().fetch(str(meta.uid), ["BODY.PEEK[HEADER]"])
+        response = imap.uid_fetch(self.connect(), str(meta.uid), ["BODY.PEEK[HEADER]"])
         header = response.get(meta.uid, {}).get(b"BODY[HEADER]") or meta.header
         parsed = parse_headers_only(header)
         key = meta.key or header_dedup_key(header) or dedup_key(parsed, header)
@@ -1100,8 +1101,8 @@ class AccountSync:
             if snapshot.highestmodseq == stored_modseq:
                 return
             if snapshot.highestmodseq > stored_modseq:
-                response = conn.fetch(
-                    f"1:{last_seen}", items, modifiers=[f"CHANGEDSINCE {stored_modseq}"]
+                response = imap.uid_fetch(
+                    conn, f"1:{last_seen}", items, modifiers=[f"CHANGEDSINCE {stored_modseq}"]
                 )
                 self._apply_flags(folder_id, response, last_seen)
                 return
@@ -1110,7 +1111,7 @@ class AccountSync:
             local = sorted(store.local_uids(folder_id, high=last_seen))
             for chunk in _chunks(local, 5000):
                 self.check_budget()
-                response = conn.fetch(uid_ranges(chunk), items)
+                response = imap.uid_fetch(conn, uid_ranges(chunk), items)
                 self._apply_flags(folder_id, response, last_seen)
             folder = db.session.get(MailFolder, folder_id)
             folder.last_full_flag_scan_at = datetime.now(UTC)
@@ -1119,7 +1120,8 @@ class AccountSync:
             window = sorted(store.local_uids(folder_id, high=last_seen))[-FLAG_WINDOW:]
             db.session.commit()
             if window:
-                self._apply_flags(folder_id, conn.fetch(uid_ranges(window), items), last_seen)
+                response = imap.uid_fetch(conn, uid_ranges(window), items)
+                self._apply_flags(folder_id, response, last_seen)
 
     def _apply_flags(self, folder_id: int, response: dict, last_seen: int) -> None:
         changes = {
