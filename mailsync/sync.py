@@ -10,10 +10,15 @@ any point loses and duplicates nothing.
 
 from __future__ import annotations
 
+import ctypes
 import imaplib
 import logging
+import os
+import signal
 import socket
 import ssl
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -64,6 +69,8 @@ FAILED_RETRY_SECONDS = 300
 CONNECTION_RETRIES = 2
 SEARCH_INDEX_EVERY_SECONDS = 10.0  # how far conversation search may lag a long backfill
 PARSE_WORKERS = 2  # processes that parse and write blobs while the next batch downloads
+PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal a process gets when its parent dies
+ORPHAN_CHECK_SECONDS = 1.0  # how often a parse worker checks that its sync process lives
 POOL_THRESHOLD = 100  # fewer messages than this are parsed inline (no pool start-up cost)
 
 HEADER_FIELDS = "MESSAGE-ID DATE FROM TO SUBJECT X-MICROSOFT-ORIGINAL-MESSAGE-ID"
@@ -211,6 +218,33 @@ def _fetch_bodies(conn: IMAPClient, batch: list[Meta]) -> tuple[list[tuple[int, 
         else:
             failed.append(meta.uid)
     return raws, failed
+
+
+def _follow_parent_out(parent_pid: int) -> None:
+    """Initialize a parse worker: make it exit as soon as the sync process that started it dies.
+
+    A sync killed with SIGKILL cannot shut its pool down, and an idle worker waits for work
+    forever (with it, multiprocessing's resource tracker, which exits once no process holds
+    its pipe). On Linux the kernel delivers SIGKILL when the parent dies (prctl
+    PR_SET_PDEATHSIG); elsewhere, and for a parent that died before this ran, a watchdog
+    thread notices that the worker was re-parented.
+    """
+    # Ctrl-C reaches the whole process group; the sync process stops its pool itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(
+        target=_exit_when_orphaned, args=(parent_pid,), name="parent-watch", daemon=True
+    ).start()
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(ORPHAN_CHECK_SECONDS)
+    os._exit(1)
 
 
 def assign_roles(listing: list[tuple[tuple[bytes, ...], str]]) -> dict[str, str | None]:
@@ -874,7 +908,12 @@ class AccountSync:
         if workers < 1 or count < POOL_THRESHOLD:
             return None
         if self.pool is None:
-            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+            self.pool = ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=get_context("spawn"),
+                initializer=_follow_parent_out,
+                initargs=(os.getpid(),),
+            )
         return self.pool
 
     def _download(
