@@ -92,8 +92,8 @@ NETWORK_ERRORS = (
 )
 
 Progress = Callable[[str, int, int], None]
-# Renews the account's sync lease when due; False when another worker holds it now. It
-# commits, so the engine calls it only between transactions.
+# Tells whether the pass still holds its account's sync lease (False once another worker
+# took it); the caller renews the lease in the background (jobs.LeaseKeeper).
 Heartbeat = Callable[[], bool]
 
 
@@ -359,13 +359,13 @@ class AccountSync:
         return b"CONDSTORE" in self.connect().capabilities()
 
     def check_budget(self) -> None:
-        """Stop the pass when its time is up; renew the lease (called between transactions)."""
+        """Stop the pass when its time is up or its lease is lost (called between transactions)."""
         if time.monotonic() > self.deadline:
             raise BudgetExceeded()
         self.keep_lease()
 
     def keep_lease(self) -> None:
-        """Renew the account's lease when due, so a pass never outlives it (SYNC.md §1)."""
+        """Stop the pass when another worker took the account's lease (SYNC.md §1)."""
         if self.heartbeat is not None and not self.heartbeat():
             raise LeaseLost()
 
@@ -1211,8 +1211,8 @@ def sync_account(
     """Run one sync pass of an account within a time budget; errors land in the result.
 
     all_folders=False is a scheduled pass: folders other than INBOX and Sent are skipped when
-    synced less than OTHER_FOLDERS_INTERVAL_SECONDS ago. `heartbeat` renews the caller's
-    lease between batches. Does not touch account state (see jobs.run_account_sync).
+    synced less than OTHER_FOLDERS_INTERVAL_SECONDS ago. `heartbeat` tells, between
+    batches, whether the caller still holds its lease. Does not touch account state (see jobs.run_account_sync).
     """
     with app.app_context():
         try:

@@ -177,7 +177,7 @@ def _lease(account_id):
 def test_a_pass_longer_than_its_lease_keeps_renewing_it(
     app, dovecot, mail_user, account, monkeypatch
 ):
-    monkeypatch.setattr(jobs, "lease_seconds", lambda budget: 1.5)
+    app.config["SYNC_LEASE_SECONDS"] = 1.5
     deliver(dovecot, mail_user, range(1, 121))
     account_id = account.id
     seen: list[tuple[datetime, datetime]] = []
@@ -196,10 +196,31 @@ def test_a_pass_longer_than_its_lease_keeps_renewing_it(
     assert db.session.scalar(select(func.count()).select_from(SyncLease)) == 0  # released
 
 
+def test_the_lease_stays_live_through_a_step_longer_than_the_lease(
+    app, dovecot, mail_user, account
+):
+    """One slow step (a FETCH from a sluggish server) never reaches a renewal point; the
+    lease's own thread keeps it live meanwhile."""
+    app.config["SYNC_LEASE_SECONDS"] = 1.5
+    deliver(dovecot, mail_user, range(1, 4))
+    account_id = account.id
+    seen: list[tuple[datetime, datetime]] = []
+
+    def one_slow_step(folder, done, total):
+        if not seen:
+            time.sleep(4)
+        seen.append((datetime.now(UTC), _lease(account_id)[1]))
+
+    result = jobs.run_account_sync(app, account_id, progress=one_slow_step)
+    assert result.ok and result.complete
+    now, expires = seen[0]
+    assert expires > now  # no other worker could have taken the account meanwhile
+
+
 def test_a_pass_stops_when_another_worker_took_its_lease(
     app, dovecot, mail_user, account, monkeypatch
 ):
-    monkeypatch.setattr(jobs, "lease_seconds", lambda budget: 1.5)
+    app.config["SYNC_LEASE_SECONDS"] = 1.5
     deliver(dovecot, mail_user, range(1, 121))
     account_id = account.id
     table = SyncLease.__table__
