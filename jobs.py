@@ -711,6 +711,7 @@ def _record(account_id: int, run_id: int, result: SyncResult) -> None:
     run.deleted_count = result.deleted
     run.error = result.error
     if result.error is None:
+        account.last_error = None  # the trouble is over; last_error_at keeps when it was
         account.consecutive_failures = 0
         account.backoff_until = None
         account.last_success_at = now

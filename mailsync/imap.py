@@ -42,6 +42,7 @@ TLS_ERROR = "tls_error"
 PORT_NOT_ALLOWED = "port_not_allowed"
 THROTTLED = "throttled"
 PROTOCOL_ERROR = "protocol_error"
+NETWORK = "network"  # the connection dropped mid-way: transient, retried
 
 CREDENTIAL_KINDS = frozenset({AUTH_FAILED, APP_PASSWORD_REQUIRED, IMAP_DISABLED, OAUTH_REQUIRED})
 
@@ -53,6 +54,11 @@ class MailConnectionError(Exception):
         super().__init__(message)
         self.kind = kind
         self.message = message
+
+    @property
+    def transient(self) -> bool:
+        """Tell whether trying again soon may well succeed (the connection dropped)."""
+        return self.kind == NETWORK
 
     @property
     def needs_user_action(self) -> bool:
@@ -161,8 +167,36 @@ def _certificate_subject(host: str, port: int, timeout: float) -> str | None:
         return None
 
 
+def connection_dropped(exc: BaseException) -> bool:
+    """Tell whether `exc` means the connection broke (a flaky network or proxy).
+
+    Such a failure says nothing about the settings: the server never answered in a way
+    that proves them wrong. imaplib reports a closed socket as an abort whose text says
+    "socket error" ("socket error: EOF"), and IMAPClient wraps that into LoginError when it
+    happens during LOGIN.
+    """
+    if isinstance(
+        exc,
+        (
+            ssl.SSLEOFError,
+            ssl.SSLZeroReturnError,
+            ConnectionResetError,
+            ConnectionAbortedError,
+            BrokenPipeError,
+        ),
+    ):
+        return True
+    return isinstance(exc, (imaplib.IMAP4.error, IMAPClientError)) and "socket error" in str(exc)
+
+
 def _network_error(exc: BaseException, settings: ConnectionSettings) -> MailConnectionError:
     host = f"{settings.host}:{settings.port}"
+    if connection_dropped(exc):
+        return MailConnectionError(
+            NETWORK,
+            f"The connection to {host} dropped while signing in. This looks like a network "
+            "problem, not a settings problem; Threadline will retry.",
+        )
     if isinstance(exc, ssl.SSLCertVerificationError):
         subject = (
             _certificate_subject(settings.host, settings.port, settings.timeout)
@@ -254,6 +288,8 @@ def connect(
         try:
             client.login(settings.username, settings.password)
         except LoginError as exc:
+            if connection_dropped(exc):
+                raise _network_error(exc, settings) from exc
             kind = classify_login_error(str(exc))
             raise MailConnectionError(kind, LOGIN_MESSAGES[kind]) from exc
         send_id(client, settings.host)

@@ -14,6 +14,7 @@ import ctypes
 import imaplib
 import logging
 import os
+import random
 import signal
 import socket
 import ssl
@@ -67,6 +68,7 @@ UIDVALIDITY_MIN_SHARE = 0.8
 MAX_FETCH_ATTEMPTS = 5
 FAILED_RETRY_SECONDS = 300
 CONNECTION_RETRIES = 2
+RETRY_PAUSE_SECONDS = 1.0  # the first reconnect waits this long (doubling, plus jitter)
 SEARCH_INDEX_EVERY_SECONDS = 10.0  # how far conversation search may lag a long backfill
 PARSE_WORKERS = 2  # processes that parse and write blobs while the next batch downloads
 PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal a process gets when its parent dies
@@ -396,8 +398,11 @@ class AccountSync:
                             db.session.rollback()  # recorded on the folder; others go on
                         pending.pop(0)
                     break
-                except NETWORK_ERRORS as exc:
-                    # SYNC.md §6: discard the connection, retry the (idempotent) folder fresh.
+                except (*NETWORK_ERRORS, imap.MailConnectionError) as exc:
+                    if isinstance(exc, imap.MailConnectionError) and not exc.transient:
+                        raise  # the server's answer proved a settings or credentials problem
+                    # SYNC.md §6: discard the connection, retry the (idempotent) folder fresh,
+                    # also when it dropped while connecting (TLS, greeting, LOGIN).
                     db.session.rollback()
                     self.discard()
                     attempts += 1
@@ -406,10 +411,11 @@ class AccountSync:
                     )
                     if attempts > CONNECTION_RETRIES:
                         raise imap.MailConnectionError(
-                            imap.TIMEOUT,
-                            "The connection to the mail server kept dropping during sync. "
-                            "Threadline will retry later.",
+                            imap.NETWORK,
+                            "The connection to the mail server kept dropping (a network "
+                            "problem). Threadline will retry later.",
                         ) from exc
+                    self._pause_before_retry(attempts)
         except BudgetExceeded:
             db.session.rollback()
             self.result.complete = False
@@ -438,6 +444,11 @@ class AccountSync:
                 self.fetch_thread.shutdown(wait=True)
                 self.fetch_thread = None
         return self.result
+
+    def _pause_before_retry(self, attempt: int) -> None:
+        """Wait 1, 2, 4 ... s plus jitter before reconnecting (SYNC.md §6), within the budget."""
+        pause = RETRY_PAUSE_SECONDS * 2 ** (attempt - 1) + random.uniform(0, RETRY_PAUSE_SECONDS)
+        time.sleep(max(0.0, min(pause, self.deadline - time.monotonic())))
 
     # ------------------------------------------------------------------ folders
 
