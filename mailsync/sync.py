@@ -380,7 +380,13 @@ class AccountSync:
     def run(self) -> SyncResult:
         """Sync every enabled folder; never raises for mail-server trouble (see result.error)."""
         with search.thread_index_every(db.session, SEARCH_INDEX_EVERY_SECONDS):
-            return self._run()
+            try:
+                return self._run()
+            except BaseException:
+                # Ctrl-C or SIGTERM (jobs.SyncInterrupted) may land mid-transaction: drop the
+                # half-stored batch before the index refresh on the way out commits.
+                db.session.rollback()
+                raise
 
     def _run(self) -> SyncResult:
         attempts = 0
