@@ -627,6 +627,13 @@ def run_account_sync(
             log.info("account %s is already being synced; skipped", account_id)
             db.session.remove()
             return None
+        # With the lease held no other pass of this account runs, so an unfinished run is
+        # one whose process died (kill -9, power loss) and left it behind.
+        db.session.execute(
+            update(SyncRun)
+            .where(SyncRun.account_id == account_id, SyncRun.finished_at.is_(None))
+            .values(finished_at=datetime.now(UTC), error=SYNC_INTERRUPTED)
+        )
         run = SyncRun(account_id=account_id, started_at=datetime.now(UTC))
         db.session.add(run)
         db.session.commit()

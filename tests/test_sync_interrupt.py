@@ -138,7 +138,8 @@ def test_a_killed_cli_sync_leaves_no_parse_workers_and_its_lease_soon_expires(
     try:
         # Mid-backfill, with the parse worker pool started (it starts past the first batch).
         wait_for(lambda: backfilled(account_id) > 100, what="the backfill to be under way")
-        wait_for(lambda: len(children(process.pid)) >= 2, seconds=30, what="parse workers")
+        # Two parse workers and multiprocessing's resource tracker.
+        wait_for(lambda: len(children(process.pid)) >= 3, seconds=30, what="parse workers")
         spawned = children(process.pid)
         assert backfilled(account_id) < MAILBOX_SIZE, "the pass ended before the kill"
         process.kill()
@@ -159,6 +160,10 @@ def test_a_killed_cli_sync_leaves_no_parse_workers_and_its_lease_soon_expires(
         result = jobs.run_account_sync(app, account_id)
     assert result.ok and result.complete, result.error
     assert backfilled(account_id) == MAILBOX_SIZE
+    db.session.rollback()
+    killed_run, new_run = db.session.scalars(select(SyncRun).order_by(SyncRun.id)).all()
+    assert killed_run.finished_at is not None and "interrupted" in killed_run.error
+    assert new_run.finished_at is not None and new_run.error is None
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
