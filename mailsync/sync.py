@@ -1229,7 +1229,8 @@ def sync_account(
 
     all_folders=False is a scheduled pass: folders other than INBOX and Sent are skipped when
     synced less than OTHER_FOLDERS_INTERVAL_SECONDS ago. `heartbeat` tells, between
-    batches, whether the caller still holds its lease. Does not touch account state (see jobs.run_account_sync).
+    batches, whether the caller still holds its lease. Does not touch account state (see
+    jobs.run_account_sync).
     """
     with app.app_context():
         try:
