@@ -234,6 +234,8 @@ def _follow_parent_out(parent_pid: int) -> None:
     # Ctrl-C reaches the whole process group; the sync process stops its pool itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform == "linux":
+        # The kernel ties this to the *thread* that started the worker; the pass's own
+        # thread starts the pool and shuts it down before it ends, so that is the pass.
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid:
