@@ -184,6 +184,13 @@ def add_account(user_email: str, **options) -> None:
     )
 
 
+def _stop_foreground_sync(_signum, _frame) -> None:
+    """End a `flask sync` pass on SIGTERM the way Ctrl-C does (lease released, run marked)."""
+    import jobs
+
+    raise jobs.SyncInterrupted()
+
+
 @click.command("sync")
 @click.option("--account", "account_id", type=int, help="Sync only this account id.")
 @click.option("--all", "all_accounts", is_flag=True, help="Sync every account in state running.")
@@ -203,6 +210,7 @@ def sync(account_id: int | None, all_accounts: bool, budget: int) -> None:
         ids = jobs.due_account_ids()
     db.session.commit()
     app = current_app._get_current_object()
+    signal.signal(signal.SIGTERM, _stop_foreground_sync)
     failed = False
     for one_id in ids:
         with click.progressbar(length=1, label=f"account {one_id}") as bar:
@@ -216,7 +224,15 @@ def sync(account_id: int | None, all_accounts: bool, budget: int) -> None:
                 bar.update(done - seen.get(folder, 0))
                 seen[folder] = done
 
-            result = jobs.run_account_sync(app, one_id, budget_seconds=budget, progress=progress)
+            try:
+                result = jobs.run_account_sync(
+                    app, one_id, budget_seconds=budget, progress=progress
+                )
+            except (KeyboardInterrupt, jobs.SyncInterrupted) as exc:
+                # run_account_sync already released the lease and marked the run interrupted.
+                click.echo(f"\naccount {one_id}: interrupted; run again to continue", err=True)
+                signum = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
+                raise SystemExit(128 + signum) from None
         if result is None:
             click.echo(f"account {one_id}: already syncing elsewhere, skipped")
             failed = True

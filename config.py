@@ -38,6 +38,9 @@ class DefaultConfig:
     TRUSTED_PROXY_HOPS = 0
     SYNC_INTERVAL_SECONDS = 120
     SYNC_BUDGET_SECONDS = 90  # one account's sync pass; backfill resumes on the next tick
+    # A pass holds its account's lease this long past the last renewal; a thread renews it
+    # every third of that, so a killed pass blocks the account for a minute at most.
+    SYNC_LEASE_SECONDS = 60
     # Scheduled passes sync INBOX and Sent (Gmail: All Mail) every SYNC_INTERVAL_SECONDS, other
     # folders at most this often once their first backfill is done; "Sync now" takes all.
     OTHER_FOLDERS_INTERVAL_SECONDS = 600

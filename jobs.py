@@ -27,7 +27,6 @@ import random
 import signal
 import socket
 import threading
-import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -62,7 +61,10 @@ log = logging.getLogger("threadline.jobs")
 
 BACKOFF_BASE_SECONDS = 30
 BACKOFF_CAP_SECONDS = 30 * 60
-LEASE_RENEW_SECONDS = 30  # a running pass extends its lease at most this often
+# A pass's lease lasts this long past its last renewal (a thread renews it every third of
+# that), so a killed pass blocks its account for about a minute at most (SYNC_LEASE_SECONDS).
+DEFAULT_LEASE_SECONDS = 60
+SYNC_INTERRUPTED = "interrupted: the sync was stopped before it finished"
 SYNC_JOB_ID = "mail-sync"
 GC_JOB_ID = "mail-gc"
 BLOB_SWEEP_JOB_ID = "mail-blob-sweep"
@@ -524,43 +526,66 @@ def acquire_lease(account_id: int, owner: str, *, seconds: float) -> bool:
         return False
 
 
-def lease_seconds(budget_seconds: float) -> float:
-    """Return how long a pass's lease lasts from its last renewal."""
-    return budget_seconds * 2 + 120
-
-
-def renew_lease(account_id: int, owner: str, *, seconds: float) -> bool:
-    """Move the lease's expiry to now + seconds if we still hold it; False if another took it.
-
-    Commits, so call it only between the sync's transactions.
-    """
-    table = SyncLease.__table__
-    renewed = db.session.execute(
-        update(table)
-        .where(table.c.account_id == account_id, table.c.owner == owner)
-        .values(expires_at=datetime.now(UTC) + timedelta(seconds=seconds))
-    ).rowcount
-    db.session.commit()
-    return bool(renewed)
+def lease_seconds(app: Flask) -> float:
+    """Return how long a pass's lease lasts from its last renewal (SYNC_LEASE_SECONDS)."""
+    return float(app.config.get("SYNC_LEASE_SECONDS", DEFAULT_LEASE_SECONDS))
 
 
 class LeaseKeeper:
-    """The heartbeat of one pass: renews its lease every LEASE_RENEW_SECONDS at most (a third
-    of the lease when that is shorter), so the pass never outlives the lease."""
+    """The heartbeat of one pass: a thread that renews its lease every third of the lease.
+
+    The lease is short, so a pass whose process died (kill -9, power loss) blocks the
+    account for one lease at most. A thread renews it because the pass itself can spend
+    longer than that between safe points (one slow FETCH, a big transaction); it uses
+    connections of its own from the engine's pool, never the pass's session. Calling the
+    keeper is the pass's cheap check at its safe points: False once another worker holds
+    the lease (renewal found it taken), and the pass then stops.
+    """
 
     def __init__(self, account_id: int, owner: str, seconds: float) -> None:
+        self.engine = db.engine  # read in the caller's app context; the thread has none
         self.account_id = account_id
         self.owner = owner
         self.seconds = seconds
-        self.every = min(LEASE_RENEW_SECONDS, seconds / 3)
-        self.renewed = time.monotonic()
+        self.lost = threading.Event()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(
+            target=self._renew_until_stopped, name=f"lease-{account_id}", daemon=True
+        )
+
+    def __enter__(self) -> LeaseKeeper:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stopped.set()
+        self.thread.join()
 
     def __call__(self) -> bool:
-        """Renew the lease if due; return False once another worker holds it."""
-        if time.monotonic() - self.renewed < self.every:
-            return True
-        self.renewed = time.monotonic()
-        return renew_lease(self.account_id, self.owner, seconds=self.seconds)
+        """Return False once another worker holds the lease."""
+        return not self.lost.is_set()
+
+    def _renew_until_stopped(self) -> None:
+        while not self.stopped.wait(self.seconds / 3):
+            try:
+                if not self._renew():
+                    self.lost.set()
+                    return
+            except Exception:
+                # A locked or busy database: the next renewal, a third of a lease later,
+                # tries again before the lease can run out.
+                log.exception("account %s: renewing the sync lease failed", self.account_id)
+
+    def _renew(self) -> bool:
+        table = SyncLease.__table__
+        expires = datetime.now(UTC) + timedelta(seconds=self.seconds)
+        with self.engine.begin() as connection:
+            renewed = connection.execute(
+                update(table)
+                .where(table.c.account_id == self.account_id, table.c.owner == self.owner)
+                .values(expires_at=expires)
+            ).rowcount
+        return bool(renewed)
 
 
 def release_lease(account_id: int, owner: str) -> None:
@@ -596,29 +621,43 @@ def run_account_sync(
     """
     budget = budget_seconds or float(app.config.get("SYNC_BUDGET_SECONDS", 90))
     owner = f"{_WORKER}:{uuid.uuid4().hex[:8]}"
-    lease = lease_seconds(budget)
+    lease = lease_seconds(app)
     with app.app_context():
         if not acquire_lease(account_id, owner, seconds=lease):
             log.info("account %s is already being synced; skipped", account_id)
             db.session.remove()
             return None
+        # With the lease held no other pass of this account runs, so an unfinished run is
+        # one whose process died (kill -9, power loss) and left it behind.
+        db.session.execute(
+            update(SyncRun)
+            .where(SyncRun.account_id == account_id, SyncRun.finished_at.is_(None))
+            .values(finished_at=datetime.now(UTC), error=SYNC_INTERRUPTED)
+        )
         run = SyncRun(account_id=account_id, started_at=datetime.now(UTC))
         db.session.add(run)
         db.session.commit()
         run_id = run.id
+        keeper = LeaseKeeper(account_id, owner, lease)
         db.session.remove()
     try:
-        result = sync_account(
-            account_id,
-            app=app,
-            budget_seconds=budget,
-            progress=progress,
-            all_folders=all_folders,
-            heartbeat=LeaseKeeper(account_id, owner, lease),
-        )
+        with keeper:
+            result = sync_account(
+                account_id,
+                app=app,
+                budget_seconds=budget,
+                progress=progress,
+                all_folders=all_folders,
+                heartbeat=keeper,
+            )
     except Exception as exc:  # sync_account reports errors itself; this is a last resort
         log.exception("account %s: sync crashed", account_id)
         result = SyncResult(account_id=account_id, error=str(exc), error_kind="internal")
+    except BaseException:
+        # Ctrl-C or SIGTERM (the CLI turns it into SyncInterrupted): give the lease back now,
+        # so the next pass need not wait for it to expire, and say so on the run.
+        _finish_interrupted(app, account_id, run_id, owner)
+        raise
     with app.app_context():
         try:
             _record(account_id, run_id, result)
@@ -627,6 +666,33 @@ def run_account_sync(
             release_lease(account_id, owner)
             db.session.remove()
     return result
+
+
+class SyncInterrupted(BaseException):
+    """Raised in a foreground pass (`flask sync`) when SIGTERM asks it to stop.
+
+    A BaseException like KeyboardInterrupt, so the engine's "any error" handlers let it
+    through and it ends the pass where it is; every sync step is idempotent.
+    """
+
+
+def _finish_interrupted(app: Flask, account_id: int, run_id: int, owner: str) -> None:
+    """Mark a pass stopped by a signal as interrupted and release its lease.
+
+    The account's state and backoff stay as they are: an operator stopped the pass, the
+    mail server did nothing wrong.
+    """
+    with app.app_context():
+        try:
+            db.session.rollback()
+            run = db.session.get(SyncRun, run_id)
+            if run is not None:
+                run.finished_at = datetime.now(UTC)
+                run.error = SYNC_INTERRUPTED
+            db.session.commit()
+        finally:
+            release_lease(account_id, owner)
+            db.session.remove()
 
 
 def _refresh_statistics(result: SyncResult) -> None:
@@ -652,6 +718,7 @@ def _record(account_id: int, run_id: int, result: SyncResult) -> None:
     run.deleted_count = result.deleted
     run.error = result.error
     if result.error is None:
+        account.last_error = None  # the trouble is over; last_error_at keeps when it was
         account.consecutive_failures = 0
         account.backoff_until = None
         account.last_success_at = now

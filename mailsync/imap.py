@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.imapclient import seq_to_parenstr_upper
+from imapclient.response_parser import parse_fetch_response
 
 # imaplib's line limit is a module global; a big UID SEARCH line exceeds the 1 MB default
 # (SYNC.md §3 step 5). Setting it on an instance has no effect.
@@ -40,6 +42,7 @@ TLS_ERROR = "tls_error"
 PORT_NOT_ALLOWED = "port_not_allowed"
 THROTTLED = "throttled"
 PROTOCOL_ERROR = "protocol_error"
+NETWORK = "network"  # the connection dropped mid-way: transient, retried
 
 CREDENTIAL_KINDS = frozenset({AUTH_FAILED, APP_PASSWORD_REQUIRED, IMAP_DISABLED, OAUTH_REQUIRED})
 
@@ -51,6 +54,11 @@ class MailConnectionError(Exception):
         super().__init__(message)
         self.kind = kind
         self.message = message
+
+    @property
+    def transient(self) -> bool:
+        """Tell whether trying again soon may well succeed (the connection dropped)."""
+        return self.kind == NETWORK
 
     @property
     def needs_user_action(self) -> bool:
@@ -159,8 +167,36 @@ def _certificate_subject(host: str, port: int, timeout: float) -> str | None:
         return None
 
 
+def connection_dropped(exc: BaseException) -> bool:
+    """Tell whether `exc` means the connection broke (a flaky network or proxy).
+
+    Such a failure says nothing about the settings: the server never answered in a way
+    that proves them wrong. imaplib reports a closed socket as an abort whose text says
+    "socket error" ("socket error: EOF"), and IMAPClient wraps that into LoginError when it
+    happens during LOGIN.
+    """
+    if isinstance(
+        exc,
+        (
+            ssl.SSLEOFError,
+            ssl.SSLZeroReturnError,
+            ConnectionResetError,
+            ConnectionAbortedError,
+            BrokenPipeError,
+        ),
+    ):
+        return True
+    return isinstance(exc, (imaplib.IMAP4.error, IMAPClientError)) and "socket error" in str(exc)
+
+
 def _network_error(exc: BaseException, settings: ConnectionSettings) -> MailConnectionError:
     host = f"{settings.host}:{settings.port}"
+    if connection_dropped(exc):
+        return MailConnectionError(
+            NETWORK,
+            f"The connection to {host} dropped while signing in. This looks like a network "
+            "problem, not a settings problem; Threadline will retry.",
+        )
     if isinstance(exc, ssl.SSLCertVerificationError):
         subject = (
             _certificate_subject(settings.host, settings.port, settings.timeout)
@@ -252,6 +288,8 @@ def connect(
         try:
             client.login(settings.username, settings.password)
         except LoginError as exc:
+            if connection_dropped(exc):
+                raise _network_error(exc, settings) from exc
             kind = classify_login_error(str(exc))
             raise MailConnectionError(kind, LOGIN_MESSAGES[kind]) from exc
         send_id(client, settings.host)
@@ -266,6 +304,32 @@ def connect(
     except (OSError, imaplib.IMAP4.error, IMAPClientError) as exc:
         safe_logout(client)
         raise _network_error(exc, settings) from exc
+
+
+def uid_fetch(
+    client: IMAPClient, uid_set: str, items: list[str], *, modifiers: list[str] | None = None
+) -> dict[int, dict]:
+    """Run `UID FETCH uid_set items` and return {uid: data} for the responses that name a UID.
+
+    While a folder is selected, the server reports another session's flag change with an
+    unsolicited `* <seq> FETCH (FLAGS (..) MODSEQ (..))` that carries no UID (RFC 3501
+    §7.4.2; Dovecot sends it with the next command's response). IMAPClient.fetch keys such a
+    response by its sequence number as if it were a UID, and merges it into the entry of the
+    UID with that number, so its flags would land on the wrong message. Here responses are
+    grouped by sequence number first (a solicited and an unsolicited response for the same
+    message merge correctly), and only those that carry a UID are kept; the change itself
+    reaches us later through CHANGEDSINCE or the flag scan.
+    """
+    args = ["UID", "FETCH", uid_set, seq_to_parenstr_upper(items)]
+    if modifiers:
+        args.append(seq_to_parenstr_upper(modifiers))
+    # IMAPClient.fetch's own steps, but parsed by sequence number (uid_is_key=False).
+    tag = client._imap._command(*args)
+    typ, data = client._imap._command_complete("FETCH", tag)
+    client._checkok("fetch", typ, data)
+    typ, data = client._imap._untagged_response(typ, data, "FETCH")
+    by_sequence = parse_fetch_response(data, client.normalise_times, uid_is_key=False)
+    return {int(entry[b"UID"]): entry for entry in by_sequence.values() if b"UID" in entry}
 
 
 def safe_logout(client: IMAPClient | None) -> None:

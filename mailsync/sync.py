@@ -10,10 +10,16 @@ any point loses and duplicates nothing.
 
 from __future__ import annotations
 
+import ctypes
 import imaplib
 import logging
+import os
+import random
+import signal
 import socket
 import ssl
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -62,8 +68,11 @@ UIDVALIDITY_MIN_SHARE = 0.8
 MAX_FETCH_ATTEMPTS = 5
 FAILED_RETRY_SECONDS = 300
 CONNECTION_RETRIES = 2
+RETRY_PAUSE_SECONDS = 1.0  # the first reconnect waits this long (doubling, plus jitter)
 SEARCH_INDEX_EVERY_SECONDS = 10.0  # how far conversation search may lag a long backfill
 PARSE_WORKERS = 2  # processes that parse and write blobs while the next batch downloads
+PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal a process gets when its parent dies
+ORPHAN_CHECK_SECONDS = 1.0  # how often a parse worker checks that its sync process lives
 POOL_THRESHOLD = 100  # fewer messages than this are parsed inline (no pool start-up cost)
 
 HEADER_FIELDS = "MESSAGE-ID DATE FROM TO SUBJECT X-MICROSOFT-ORIGINAL-MESSAGE-ID"
@@ -85,8 +94,8 @@ NETWORK_ERRORS = (
 )
 
 Progress = Callable[[str, int, int], None]
-# Renews the account's sync lease when due; False when another worker holds it now. It
-# commits, so the engine calls it only between transactions.
+# Tells whether the pass still holds its account's sync lease (False once another worker
+# took it); the caller renews the lease in the background (jobs.LeaseKeeper).
 Heartbeat = Callable[[], bool]
 
 
@@ -197,14 +206,15 @@ def _fetch_bodies(conn: IMAPClient, batch: list[Meta]) -> tuple[list[tuple[int, 
 
     Runs on the fetch thread: network only, no database access.
     """
-    response = conn.fetch(uid_ranges(m.uid for m in batch), ["BODY.PEEK[]"])
+    response = imap.uid_fetch(conn, uid_ranges(m.uid for m in batch), ["BODY.PEEK[]"])
     raws: list[tuple[int, bytes]] = []
     failed: list[int] = []
     for meta in batch:
         raw = response.get(meta.uid, {}).get(b"BODY[]")
         if not raw:
             # Exchange sometimes answers with no body; ask once more for that UID alone.
-            raw = conn.fetch(str(meta.uid), ["BODY.PEEK[]"]).get(meta.uid, {}).get(b"BODY[]")
+            again = imap.uid_fetch(conn, str(meta.uid), ["BODY.PEEK[]"])
+            raw = again.get(meta.uid, {}).get(b"BODY[]")
         if raw:
             raws.append((meta.uid, raw))
         else:
@@ -223,6 +233,35 @@ def _stored_copy(candidates: Iterable[tuple[int, int, bool]], size: int) -> int 
         if stored_size == size and not in_this_folder:
             return message_id
     return None
+
+
+def _follow_parent_out(parent_pid: int) -> None:
+    """Initialize a parse worker: make it exit as soon as the sync process that started it dies.
+
+    A sync killed with SIGKILL cannot shut its pool down, and an idle worker waits for work
+    forever (with it, multiprocessing's resource tracker, which exits once no process holds
+    its pipe). On Linux the kernel delivers SIGKILL when the parent dies (prctl
+    PR_SET_PDEATHSIG); elsewhere, and for a parent that died before this ran, a watchdog
+    thread notices that the worker was re-parented.
+    """
+    # Ctrl-C reaches the whole process group; the sync process stops its pool itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform == "linux":
+        # The kernel ties this to the *thread* that started the worker; the pass's own
+        # thread starts the pool and shuts it down before it ends, so that is the pass.
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(
+        target=_exit_when_orphaned, args=(parent_pid,), name="parent-watch", daemon=True
+    ).start()
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(ORPHAN_CHECK_SECONDS)
+    os._exit(1)
 
 
 def assign_roles(listing: list[tuple[tuple[bytes, ...], str]]) -> dict[str, str | None]:
@@ -338,13 +377,13 @@ class AccountSync:
         return b"CONDSTORE" in self.connect().capabilities()
 
     def check_budget(self) -> None:
-        """Stop the pass when its time is up; renew the lease (called between transactions)."""
+        """Stop the pass when its time is up or its lease is lost (called between transactions)."""
         if time.monotonic() > self.deadline:
             raise BudgetExceeded()
         self.keep_lease()
 
     def keep_lease(self) -> None:
-        """Renew the account's lease when due, so a pass never outlives it (SYNC.md §1)."""
+        """Stop the pass when another worker took the account's lease (SYNC.md §1)."""
         if self.heartbeat is not None and not self.heartbeat():
             raise LeaseLost()
 
@@ -357,7 +396,13 @@ class AccountSync:
     def run(self) -> SyncResult:
         """Sync every enabled folder; never raises for mail-server trouble (see result.error)."""
         with search.thread_index_every(db.session, SEARCH_INDEX_EVERY_SECONDS):
-            return self._run()
+            try:
+                return self._run()
+            except BaseException:
+                # Ctrl-C or SIGTERM (jobs.SyncInterrupted) may land mid-transaction: drop the
+                # half-stored batch before the index refresh on the way out commits.
+                db.session.rollback()
+                raise
 
     def _run(self) -> SyncResult:
         attempts = 0
@@ -378,8 +423,11 @@ class AccountSync:
                             db.session.rollback()  # recorded on the folder; others go on
                         pending.pop(0)
                     break
-                except NETWORK_ERRORS as exc:
-                    # SYNC.md §6: discard the connection, retry the (idempotent) folder fresh.
+                except (*NETWORK_ERRORS, imap.MailConnectionError) as exc:
+                    if isinstance(exc, imap.MailConnectionError) and not exc.transient:
+                        raise  # the server's answer proved a settings or credentials problem
+                    # SYNC.md §6: discard the connection, retry the (idempotent) folder fresh,
+                    # also when it dropped while connecting (TLS, greeting, LOGIN).
                     db.session.rollback()
                     self.discard()
                     attempts += 1
@@ -388,10 +436,11 @@ class AccountSync:
                     )
                     if attempts > CONNECTION_RETRIES:
                         raise imap.MailConnectionError(
-                            imap.TIMEOUT,
-                            "The connection to the mail server kept dropping during sync. "
-                            "Threadline will retry later.",
+                            imap.NETWORK,
+                            "The connection to the mail server kept dropping (a network "
+                            "problem). Threadline will retry later.",
                         ) from exc
+                    self._pause_before_retry(attempts)
         except BudgetExceeded:
             db.session.rollback()
             self.result.complete = False
@@ -420,6 +469,11 @@ class AccountSync:
                 self.fetch_thread.shutdown(wait=True)
                 self.fetch_thread = None
         return self.result
+
+    def _pause_before_retry(self, attempt: int) -> None:
+        """Wait 1, 2, 4 ... s plus jitter before reconnecting (SYNC.md §6), within the budget."""
+        pause = RETRY_PAUSE_SECONDS * 2 ** (attempt - 1) + random.uniform(0, RETRY_PAUSE_SECONDS)
+        time.sleep(max(0.0, min(pause, self.deadline - time.monotonic())))
 
     # ------------------------------------------------------------------ folders
 
@@ -518,7 +572,7 @@ class AccountSync:
             except (ValueError, IndexError, KeyError, IMAPClientError):
                 uidnext = None
             if uidnext is None and info.get(b"EXISTS"):
-                last = conn.fetch("*", ["UID"])
+                last = imap.uid_fetch(conn, "*", ["UID"])
                 uidnext = (max(last) + 1) if last else None
         return Snapshot(
             uidvalidity=int(info[b"UIDVALIDITY"]),
@@ -634,7 +688,7 @@ class AccountSync:
         gmail = self.gmail
         items = ["UID", HEADER_ITEM] + (["X-GM-MSGID"] if gmail else [])
         try:
-            response = self.connect().fetch(uid_ranges(sample), items)
+            response = imap.uid_fetch(self.connect(), uid_ranges(sample), items)
         except imaplib.IMAP4.error as exc:
             if isinstance(exc, imaplib.IMAP4.abort):
                 raise
@@ -801,7 +855,7 @@ class AccountSync:
         items = ["FLAGS"] + (["X-GM-LABELS"] if self.gmail else [])
         for chunk in _chunks(sorted(kept), 5000):
             self.check_budget()
-            response = self.connect().fetch(uid_ranges(chunk), items)
+            response = imap.uid_fetch(self.connect(), uid_ranges(chunk), items)
             self._apply_flags(folder_id, response, max(chunk))
         return kept
 
@@ -812,11 +866,11 @@ class AccountSync:
     ) -> dict[int, Meta]:
         """FETCH flags, size, dates and dedup headers; drop UIDs we did not ask for."""
         items = (META_ITEMS if headers else META_ITEMS[:-1]) + (GMAIL_ITEMS if self.gmail else [])
-        response = self.connect().fetch(uid_set, items)
+        response = imap.uid_fetch(self.connect(), uid_set, items)
         metas: dict[int, Meta] = {}
         for uid, data in response.items():
             if wanted is not None and uid not in wanted:
-                continue  # unsolicited FETCH responses (Nylas)
+                continue  # a UID we did not ask for (Nylas drops these too)
             if b"RFC822.SIZE" not in data:
                 continue
             header = _header_bytes(data)
@@ -921,7 +975,12 @@ class AccountSync:
         if workers < 1 or count < POOL_THRESHOLD:
             return None
         if self.pool is None:
-            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+            self.pool = ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=get_context("spawn"),
+                initializer=_follow_parent_out,
+                initargs=(os.getpid(),),
+            )
         return self.pool
 
     def _download(
@@ -1045,7 +1104,7 @@ class AccountSync:
 
     def _store_placeholder(self, folder_id: int, meta: Meta) -> None:
         """Store an oversized message as headers only (is_placeholder), fetched on demand later."""
-        response = self.connect().fetch(str(meta.uid), ["BODY.PEEK[HEADER]"])
+        response = imap.uid_fetch(self.connect(), str(meta.uid), ["BODY.PEEK[HEADER]"])
         header = response.get(meta.uid, {}).get(b"BODY[HEADER]") or meta.header
         parsed = parse_headers_only(header)
         item = store.Fetched(
@@ -1173,8 +1232,8 @@ class AccountSync:
             if snapshot.highestmodseq == stored_modseq:
                 return
             if snapshot.highestmodseq > stored_modseq:
-                response = conn.fetch(
-                    f"1:{last_seen}", items, modifiers=[f"CHANGEDSINCE {stored_modseq}"]
+                response = imap.uid_fetch(
+                    conn, f"1:{last_seen}", items, modifiers=[f"CHANGEDSINCE {stored_modseq}"]
                 )
                 self._apply_flags(folder_id, response, last_seen)
                 return
@@ -1183,7 +1242,7 @@ class AccountSync:
             local = sorted(store.local_uids(folder_id, high=last_seen))
             for chunk in _chunks(local, 5000):
                 self.check_budget()
-                response = conn.fetch(uid_ranges(chunk), items)
+                response = imap.uid_fetch(conn, uid_ranges(chunk), items)
                 self._apply_flags(folder_id, response, last_seen)
             folder = db.session.get(MailFolder, folder_id)
             folder.last_full_flag_scan_at = datetime.now(UTC)
@@ -1192,7 +1251,8 @@ class AccountSync:
             window = sorted(store.local_uids(folder_id, high=last_seen))[-FLAG_WINDOW:]
             db.session.commit()
             if window:
-                self._apply_flags(folder_id, conn.fetch(uid_ranges(window), items), last_seen)
+                response = imap.uid_fetch(conn, uid_ranges(window), items)
+                self._apply_flags(folder_id, response, last_seen)
 
     def _apply_flags(self, folder_id: int, response: dict, last_seen: int) -> None:
         changes = {
@@ -1243,8 +1303,9 @@ def sync_account(
     """Run one sync pass of an account within a time budget; errors land in the result.
 
     all_folders=False is a scheduled pass: folders other than INBOX and Sent are skipped when
-    synced less than OTHER_FOLDERS_INTERVAL_SECONDS ago. `heartbeat` renews the caller's
-    lease between batches. Does not touch account state (see jobs.run_account_sync).
+    synced less than OTHER_FOLDERS_INTERVAL_SECONDS ago. `heartbeat` tells, between
+    batches, whether the caller still holds its lease. Does not touch account state (see
+    jobs.run_account_sync).
     """
     with app.app_context():
         try:

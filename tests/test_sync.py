@@ -317,6 +317,53 @@ def test_flags_both_ways(app, dovecot, mail_user, account):
     assert "\\Seen" not in dovecot.flags(mail_user.email, "INBOX", 2)
 
 
+def _flag_on_the_server_before(monkeypatch, method, dovecot, mail_user, uid):
+    """Set \\Flagged on `uid` from another session just before the engine's first call of
+    AccountSync.`method`, while Threadline has the folder selected: Dovecot then tells
+    Threadline with an unsolicited `* <seq> FETCH (MODSEQ (..) FLAGS (..))`, no UID."""
+    original = getattr(sync_module.AccountSync, method)
+    done = []
+
+    def wrapped(self, *args, **kwargs):
+        if not done:
+            done.append(True)
+            dovecot.add_flags(mail_user.email, "INBOX", uid, "\\Flagged")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(sync_module.AccountSync, method, wrapped)
+
+
+def _flagged_uids(account_id) -> list[int]:
+    db.session.expire_all()
+    return [row.uid for row in locations(account_id) if row.flagged]
+
+
+def test_unsolicited_flag_update_during_the_flag_poll_changes_only_its_message(
+    app, dovecot, mail_user, account, monkeypatch
+):
+    deliver(dovecot, mail_user, range(1, 7))
+    assert run_sync(app, account).ok
+    for uid in (1, 2):  # now UID 5 is message 3, so sequence numbers and UIDs differ
+        dovecot.expunge(mail_user.email, "INBOX", uid)
+    _flag_on_the_server_before(monkeypatch, "sync_flags", dovecot, mail_user, 5)
+    assert run_sync(app, account).ok
+    assert _flagged_uids(account.id) == [5]
+    assert run_sync(app, account).ok  # CHANGEDSINCE would never correct a wrong flag
+    assert _flagged_uids(account.id) == [5]
+
+
+def test_unsolicited_flag_update_during_backfill_changes_only_its_message(
+    app, dovecot, mail_user, account, monkeypatch
+):
+    deliver(dovecot, mail_user, range(1, 9))
+    for uid in (1, 2):
+        dovecot.expunge(mail_user.email, "INBOX", uid)
+    _flag_on_the_server_before(monkeypatch, "fetch_meta", dovecot, mail_user, 5)
+    assert run_sync(app, account).ok
+    assert [row.uid for row in locations(account.id)] == [3, 4, 5, 6, 7, 8]
+    assert _flagged_uids(account.id) == [5]
+
+
 def _placement(account_id, folder="INBOX"):
     """Return {uid: (location id, message id)} of a folder."""
     return {loc.uid: (loc.id, loc.message_id) for loc in locations(account_id, folder)}

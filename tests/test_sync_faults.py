@@ -115,6 +115,60 @@ def test_connection_cut_mid_fetch_is_retried_without_loss(
     assert db.session.scalar(select(func.count()).select_from(MessageLocation)) == 40
 
 
+# Bytes the server has sent (TLS included) by each step of connecting to the test Dovecot:
+# the handshake ends near 900, the greeting near 1300, LOGIN's answer near 2100.
+CONNECT_CUTS = {"tls-handshake": 300, "greeting": 1100, "login": 1900}
+
+
+@pytest.mark.parametrize("cut_after", CONNECT_CUTS.values(), ids=CONNECT_CUTS.keys())
+def test_a_connection_cut_while_connecting_is_retried_within_the_pass(
+    app, dovecot, mail_user, account, cut_after
+):
+    deliver(dovecot, mail_user, range(1, 4))
+    proxy = CuttingProxy(dovecot.host, dovecot.ssl_port, cut_after=cut_after)
+    try:
+        account.imap_port = proxy.port
+        db.session.commit()
+        result = jobs.run_account_sync(app, account.id)
+        assert proxy.cut_count == 1
+    finally:
+        proxy.close()
+    assert result.ok, result.error
+    assert message_count(account.id) == 3
+    db.session.expire_all()
+    assert db.session.get(MailAccount, account.id).sync_state == SYNC_RUNNING
+
+
+@pytest.mark.parametrize("cut_after", CONNECT_CUTS.values(), ids=CONNECT_CUTS.keys())
+def test_a_network_that_keeps_cutting_is_reported_as_network_trouble(
+    app, dovecot, mail_user, account, cut_after
+):
+    deliver(dovecot, mail_user, range(1, 4))
+    proxy = CuttingProxy(dovecot.host, dovecot.ssl_port, cut_after=cut_after, cuts=100)
+    try:
+        account.imap_port = proxy.port
+        db.session.commit()
+        result = jobs.run_account_sync(app, account.id)
+        assert proxy.cut_count > 1  # retried within the pass
+    finally:
+        proxy.close()
+    assert result.error_kind == "network" and not result.needs_user_action
+    assert "network" in result.error and "Check" not in result.error, result.error
+    db.session.expire_all()
+    account = db.session.get(MailAccount, account.id)
+    # Not a credentials or settings problem: scheduled sync goes on, after a backoff.
+    assert account.sync_state == SYNC_RUNNING and account.backoff_until is not None
+    assert account.last_error == result.error
+
+    account.imap_port = dovecot.ssl_port
+    db.session.commit()
+    assert jobs.run_account_sync(app, account.id).ok
+    db.session.expire_all()
+    account = db.session.get(MailAccount, account.id)
+    assert account.last_error is None  # a successful pass clears the last error
+    assert message_count(account.id) == 3
+
+
 def test_cut_during_poll_never_moves_watermark_past_committed_data(
     app, dovecot, mail_user, account
 ):
@@ -177,7 +231,7 @@ def _lease(account_id):
 def test_a_pass_longer_than_its_lease_keeps_renewing_it(
     app, dovecot, mail_user, account, monkeypatch
 ):
-    monkeypatch.setattr(jobs, "lease_seconds", lambda budget: 1.5)
+    app.config["SYNC_LEASE_SECONDS"] = 1.5
     deliver(dovecot, mail_user, range(1, 121))
     account_id = account.id
     seen: list[tuple[datetime, datetime]] = []
@@ -196,10 +250,31 @@ def test_a_pass_longer_than_its_lease_keeps_renewing_it(
     assert db.session.scalar(select(func.count()).select_from(SyncLease)) == 0  # released
 
 
+def test_the_lease_stays_live_through_a_step_longer_than_the_lease(
+    app, dovecot, mail_user, account
+):
+    """One slow step (a FETCH from a sluggish server) never reaches a renewal point; the
+    lease's own thread keeps it live meanwhile."""
+    app.config["SYNC_LEASE_SECONDS"] = 1.5
+    deliver(dovecot, mail_user, range(1, 4))
+    account_id = account.id
+    seen: list[tuple[datetime, datetime]] = []
+
+    def one_slow_step(folder, done, total):
+        if not seen:
+            time.sleep(4)
+        seen.append((datetime.now(UTC), _lease(account_id)[1]))
+
+    result = jobs.run_account_sync(app, account_id, progress=one_slow_step)
+    assert result.ok and result.complete
+    now, expires = seen[0]
+    assert expires > now  # no other worker could have taken the account meanwhile
+
+
 def test_a_pass_stops_when_another_worker_took_its_lease(
     app, dovecot, mail_user, account, monkeypatch
 ):
-    monkeypatch.setattr(jobs, "lease_seconds", lambda budget: 1.5)
+    app.config["SYNC_LEASE_SECONDS"] = 1.5
     deliver(dovecot, mail_user, range(1, 121))
     account_id = account.id
     table = SyncLease.__table__
