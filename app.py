@@ -147,7 +147,10 @@ def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
 
 def _register_blueprints(app: Flask) -> None:
     from views import BLUEPRINTS
+    from views.helpers import DatabaseIdConverter
 
+    # Before any route is added: rules look their converters up when they are registered.
+    app.url_map.converters["id"] = DatabaseIdConverter
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
 

@@ -25,9 +25,9 @@ from models import (
     Thread,
     User,
 )
+from services.inputs import is_database_id
 
 T = TypeVar("T")
-MAX_ID = 2**63 - 1  # larger ids cannot exist, and SQLite would raise on them
 
 
 def visible_records(user: User, model: type[T]) -> Select[tuple[T]]:
@@ -47,7 +47,7 @@ def record_for(user: User, model: type[T], record_id: int) -> T:
 
     404 rather than 403, so existence of a private record is not leaked.
     """
-    record = db.session.get(model, record_id) if 0 < record_id <= MAX_ID else None
+    record = db.session.get(model, record_id) if is_database_id(record_id) else None
     if record is None or not can_access_record(user, record):
         abort(404)
     return record
@@ -55,7 +55,7 @@ def record_for(user: User, model: type[T], record_id: int) -> T:
 
 def record_or_none(user: User, model: type[T], record_id: int | None) -> T | None:
     """Return the record when it exists and `user` can access it, else None (for pickers)."""
-    if record_id is None or not 0 < record_id <= MAX_ID:
+    if record_id is None or not is_database_id(record_id):
         return None
     record = db.session.get(model, record_id)
     if record is None or not can_access_record(user, record):
@@ -95,7 +95,7 @@ def owned_messages(user: User) -> Select[tuple[Message]]:
 
 def thread_for_owner(user: User, thread_id: int) -> Thread:
     """Return one of the user's own threads or abort 404."""
-    if not 0 < thread_id <= MAX_ID:
+    if not is_database_id(thread_id):
         abort(404)
     thread = db.session.scalar(owned_threads(user).where(Thread.id == thread_id))
     if thread is None:
@@ -190,7 +190,7 @@ def can_view_thread(user: User, thread: Thread) -> bool:
 
 def thread_for_viewer(user: User, thread_id: int) -> tuple[Thread, bool]:
     """Return (thread, is_owner) for anyone allowed to read it, or abort 404."""
-    thread = db.session.get(Thread, thread_id) if 0 < thread_id <= MAX_ID else None
+    thread = db.session.get(Thread, thread_id) if is_database_id(thread_id) else None
     if thread is None or not can_view_thread(user, thread):
         abort(404)
     return thread, thread.account.user_id == user.id
@@ -198,7 +198,7 @@ def thread_for_viewer(user: User, thread_id: int) -> tuple[Thread, bool]:
 
 def message_for_viewer(user: User, message_id: int) -> tuple[Message, bool]:
     """Return (message, is_owner) for anyone allowed to read its thread, or abort 404."""
-    message = db.session.get(Message, message_id) if 0 < message_id <= MAX_ID else None
+    message = db.session.get(Message, message_id) if is_database_id(message_id) else None
     if message is None or message.deleted_at is not None or message.thread is None:
         abort(404)
     if not can_view_thread(user, message.thread):

@@ -33,8 +33,9 @@ from models import (
     Project,
     User,
 )
-from services.access import MAX_ID, can_access_record, record_or_none, visible_records
+from services.access import can_access_record, record_or_none, visible_records
 from services.errors import ValidationError
+from services.inputs import parse_id, search_text
 from services.users import EMAIL_RE, normalize_email
 
 T = TypeVar("T")
@@ -85,7 +86,7 @@ def search_records(user: User, model: type[T], *, q: str = "", sort: str = DEFAU
     `sort` is one of SORTS ("-" means descending); anything else falls back to newest first.
     """
     stmt = visible_records(user, model)
-    q = (q or "").strip()
+    q = search_text(q)
     if q:
         pattern = f"%{_escape_like(q)}%"
         condition = label_column(model).ilike(pattern, escape="\\")
@@ -147,12 +148,6 @@ def board_columns(user: User) -> list[tuple[str, list[Deal]]]:
 # --------------------------------------------------------------------------- field cleaning
 
 
-def _parse_id(value: Any) -> int | None:
-    """Return a positive database id from form input, or None."""
-    text = str(value if value is not None else "").strip()
-    return int(text) if text.isdigit() and 0 < int(text) <= MAX_ID else None
-
-
 class _Fields:
     """Collects cleaned values and field errors for one submitted form."""
 
@@ -210,7 +205,7 @@ class _Fields:
         text = str(value if value is not None else "").strip()
         if not text:
             return None
-        record = record_or_none(self.actor, model, _parse_id(text))
+        record = record_or_none(self.actor, model, parse_id(text))
         if record is None:
             self.errors[name] = f"Choose {label} from the list."
         return record
@@ -219,7 +214,7 @@ class _Fields:
         text = str(value if value is not None else "").strip()
         if not text:
             return self.actor.id
-        user_id = _parse_id(text)
+        user_id = parse_id(text)
         user = db.session.get(User, user_id) if user_id else None
         if user is None or user.is_deactivated:
             self.errors["owner_id"] = "Choose an active teammate as owner."

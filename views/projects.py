@@ -48,19 +48,19 @@ def create():
     return redirect(url_for("projects.show", project_id=project.id), code=303)
 
 
-@bp.get("/<int:project_id>")
+@bp.get("/<id:project_id>")
 def show(project_id: int):
     project = record_for(current_user, Project, project_id)
     return render_template("projects/show.html", project=project)
 
 
-@bp.get("/<int:project_id>/summary")
+@bp.get("/<id:project_id>/summary")
 def summary(project_id: int):
     project = record_for(current_user, Project, project_id)
     return render_template("projects/partials/summary.html", project=project)
 
 
-@bp.get("/<int:project_id>/edit")
+@bp.get("/<id:project_id>/edit")
 def edit(project_id: int):
     project = record_for(current_user, Project, project_id)
     return render_page_or_fragment(
@@ -73,7 +73,7 @@ def edit(project_id: int):
     )
 
 
-@bp.post("/<int:project_id>")
+@bp.post("/<id:project_id>")
 def update(project_id: int):
     project = record_for(current_user, Project, project_id)
     try:
@@ -91,7 +91,7 @@ def update(project_id: int):
     return redirect(url_for("projects.show", project_id=project.id), code=303)
 
 
-@bp.get("/<int:project_id>/delete")
+@bp.get("/<id:project_id>/delete")
 def confirm_delete(project_id: int):
     project = record_for(current_user, Project, project_id)
     return render_page_or_fragment(
@@ -105,7 +105,7 @@ def confirm_delete(project_id: int):
     )
 
 
-@bp.post("/<int:project_id>/delete")
+@bp.post("/<id:project_id>/delete")
 def delete(project_id: int):
     project = record_for(current_user, Project, project_id)
     records.delete_project(current_user, project)

@@ -9,6 +9,7 @@ from flask_login import current_user
 
 from models import Organization, Person
 from services import preferences, records
+from services.inputs import search_text
 from views.helpers import parse_int, render_page_or_fragment
 
 SUMMARY_TARGET = "record-summary"
@@ -16,7 +17,7 @@ SUMMARY_TARGET = "record-summary"
 
 def render_list(area: str, model: type, **context: Any):
     """Render an area's list page, or only its results when the search form asks (htmx)."""
-    q = request.args.get("q", "").strip()
+    q = search_text(request.args.get("q"))
     sort = request.args.get("sort", records.DEFAULT_SORT)
     if sort not in records.SORTS:
         sort = records.DEFAULT_SORT
