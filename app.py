@@ -184,6 +184,7 @@ def _unauthorized():
 
 
 def _register_hooks(app: Flask) -> None:
+    from services.access import can_manage_record
     from services.users import needs_setup
 
     def reject_untrusted_host():
@@ -224,6 +225,11 @@ def _register_hooks(app: Flask) -> None:
     @app.context_processor
     def navigation():
         return {"nav_endpoints": set(app.blueprints)}
+
+    @app.context_processor
+    def record_permissions():
+        # Templates hide the controls a user cannot use; services.records refuses them anyway.
+        return {"can_manage_record": can_manage_record}
 
     @app.after_request
     def security_headers(response):

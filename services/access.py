@@ -42,14 +42,34 @@ def can_access_record(user: User, record: object) -> bool:
     return record.visibility == VISIBILITY_EVERYONE or record.owner_id == user.id  # type: ignore[attr-defined]
 
 
-def record_for(user: User, model: type[T], record_id: int) -> T:
+def can_manage_records_of(user: User, owner_id: int) -> bool:
+    """Tell whether `user` may manage records owned by `owner_id`: themselves, or an admin.
+
+    Managing is changing a record's owner or visibility, deleting it, or converting it (a
+    lead). Others who can access a record may edit its other fields. The same rule decides
+    whom a new record may be created for, so nobody plants records in a teammate's name.
+    """
+    return user.is_admin or owner_id == user.id
+
+
+def can_manage_record(user: User, record: object) -> bool:
+    """Tell whether `user` may change `record`'s owner or visibility, or delete it."""
+    return can_manage_records_of(user, record.owner_id)  # type: ignore[attr-defined]
+
+
+def record_for(user: User, model: type[T], record_id: int, *, manage: str | None = None) -> T:
     """Return the record or abort 404 when it does not exist or `user` cannot access it.
 
-    404 rather than 403, so existence of a private record is not leaked.
+    404 rather than 403, so existence of a private record is not leaked. With `manage` (the
+    action, e.g. "delete"), also abort 403 unless `user` may manage the record: they can see
+    it already, so the refusal may say why.
     """
     record = db.session.get(model, record_id) if is_database_id(record_id) else None
     if record is None or not can_access_record(user, record):
         abort(404)
+    if manage and not can_manage_record(user, record):
+        noun = model.__tablename__  # type: ignore[attr-defined]
+        abort(403, description=f"Only the owner or an admin can {manage} this {noun}.")
     return record
 
 

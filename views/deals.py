@@ -53,7 +53,7 @@ def _prefill() -> dict[str, str]:
 def _form(deal=None, form=None, errors=None):
     if form is None:
         form = values_of(deal, FIELDS) if deal else _prefill()
-    return {"deal": deal, "form": form, "errors": errors or {}, **picker_context()}
+    return {"deal": deal, "form": form, "errors": errors or {}, **picker_context(deal)}
 
 
 def _board(**context):
@@ -155,7 +155,7 @@ def move(deal_id: int):
 
 @bp.get("/<id:deal_id>/delete")
 def confirm_delete(deal_id: int):
-    deal = record_for(current_user, Deal, deal_id)
+    deal = record_for(current_user, Deal, deal_id, manage="delete")
     return render_page_or_fragment(
         "records/confirm_delete.html",
         "records/partials/confirm_delete.html",
@@ -169,6 +169,6 @@ def confirm_delete(deal_id: int):
 
 @bp.post("/<id:deal_id>/delete")
 def delete(deal_id: int):
-    deal = record_for(current_user, Deal, deal_id)
+    deal = record_for(current_user, Deal, deal_id, manage="delete")
     records.delete_deal(current_user, deal)
     return redirect(url_for("deals.index"), code=303)

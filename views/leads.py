@@ -28,7 +28,7 @@ FORM = "leads/partials/form.html"
 def _form(lead=None, form=None, errors=None):
     if form is None:
         form = values_of(lead, FIELDS) if lead else dict(request.args.items())
-    return {"lead": lead, "form": form, "errors": errors or {}, **picker_context()}
+    return {"lead": lead, "form": form, "errors": errors or {}, **picker_context(lead)}
 
 
 @bp.get("/")
@@ -102,7 +102,7 @@ def update(lead_id: int):
 
 @bp.get("/<id:lead_id>/delete")
 def confirm_delete(lead_id: int):
-    lead = record_for(current_user, Lead, lead_id)
+    lead = record_for(current_user, Lead, lead_id, manage="delete")
     return render_page_or_fragment(
         "records/confirm_delete.html",
         "records/partials/confirm_delete.html",
@@ -116,14 +116,14 @@ def confirm_delete(lead_id: int):
 
 @bp.post("/<id:lead_id>/delete")
 def delete(lead_id: int):
-    lead = record_for(current_user, Lead, lead_id)
+    lead = record_for(current_user, Lead, lead_id, manage="delete")
     records.delete_lead(current_user, lead)
     return redirect(url_for("leads.index"), code=303)
 
 
 @bp.post("/<id:lead_id>/convert")
 def convert(lead_id: int):
-    lead = record_for(current_user, Lead, lead_id)
+    lead = record_for(current_user, Lead, lead_id, manage="convert")
     try:
         deal = records.convert_lead(current_user, lead)
     except ValidationError as exc:

@@ -23,7 +23,7 @@ def _form(organization=None, form=None, errors=None):
         "organization": organization,
         "form": form or {},
         "errors": errors or {},
-        **picker_context(),
+        **picker_context(organization),
     }
 
 
@@ -106,7 +106,7 @@ def update(organization_id: int):
 
 @bp.get("/<id:organization_id>/delete")
 def confirm_delete(organization_id: int):
-    organization = record_for(current_user, Organization, organization_id)
+    organization = record_for(current_user, Organization, organization_id, manage="delete")
     return render_page_or_fragment(
         "records/confirm_delete.html",
         "records/partials/confirm_delete.html",
@@ -120,6 +120,6 @@ def confirm_delete(organization_id: int):
 
 @bp.post("/<id:organization_id>/delete")
 def delete(organization_id: int):
-    organization = record_for(current_user, Organization, organization_id)
+    organization = record_for(current_user, Organization, organization_id, manage="delete")
     records.delete_organization(current_user, organization)
     return redirect(url_for("organizations.index"), code=303)

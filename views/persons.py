@@ -22,7 +22,7 @@ def _form(person=None, form=None, errors=None):
             "emails": [e.email for e in person.emails],
             "primary_email": "0",
         }
-    return {"person": person, "form": form or {}, "errors": errors or {}, **picker_context()}
+    return {"person": person, "form": form or {}, "errors": errors or {}, **picker_context(person)}
 
 
 @bp.get("/")
@@ -102,7 +102,7 @@ def update(person_id: int):
 
 @bp.get("/<id:person_id>/delete")
 def confirm_delete(person_id: int):
-    person = record_for(current_user, Person, person_id)
+    person = record_for(current_user, Person, person_id, manage="delete")
     return render_page_or_fragment(
         "records/confirm_delete.html",
         "records/partials/confirm_delete.html",
@@ -116,6 +116,6 @@ def confirm_delete(person_id: int):
 
 @bp.post("/<id:person_id>/delete")
 def delete(person_id: int):
-    person = record_for(current_user, Person, person_id)
+    person = record_for(current_user, Person, person_id, manage="delete")
     records.delete_person(current_user, person)
     return redirect(url_for("persons.index"), code=303)

@@ -19,7 +19,7 @@ FORM = "projects/partials/form.html"
 def _form(project=None, form=None, errors=None):
     if form is None:
         form = values_of(project, FIELDS) if project else dict(request.args.items())
-    return {"project": project, "form": form, "errors": errors or {}, **picker_context()}
+    return {"project": project, "form": form, "errors": errors or {}, **picker_context(project)}
 
 
 @bp.get("/")
@@ -93,7 +93,7 @@ def update(project_id: int):
 
 @bp.get("/<id:project_id>/delete")
 def confirm_delete(project_id: int):
-    project = record_for(current_user, Project, project_id)
+    project = record_for(current_user, Project, project_id, manage="delete")
     return render_page_or_fragment(
         "records/confirm_delete.html",
         "records/partials/confirm_delete.html",
@@ -107,6 +107,6 @@ def confirm_delete(project_id: int):
 
 @bp.post("/<id:project_id>/delete")
 def delete(project_id: int):
-    project = record_for(current_user, Project, project_id)
+    project = record_for(current_user, Project, project_id, manage="delete")
     records.delete_project(current_user, project)
     return redirect(url_for("projects.index"), code=303)

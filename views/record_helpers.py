@@ -54,10 +54,10 @@ def values_of(record: Any, names: tuple[str, ...]) -> dict[str, Any]:
     return values
 
 
-def picker_context() -> dict[str, Any]:
+def picker_context(record: Any = None) -> dict[str, Any]:
     """Return the choices a record form offers: accessible persons/organizations, owners."""
     return {
         "persons": records.picker_options(current_user, Person),
         "organizations": records.picker_options(current_user, Organization),
-        "owners": records.assignable_owners(),
+        "owners": records.owner_choices(current_user, record),
     }
