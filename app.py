@@ -59,6 +59,23 @@ def keep_startup_objects_out_of_gc() -> None:
     gc.freeze()
 
 
+def make_instance_private(instance: Path) -> None:
+    """Create the instance folder readable by this user only, and keep it that way.
+
+    It holds the database, raw mail and the secret key. The umask covers what is created
+    later by anyone in this process (SQLite's -wal/-shm files, blob folders); chmod covers
+    what an older version left readable. Only the top level is tightened: a 0700 folder
+    already keeps others out of everything below it, and walking all blobs would be slow.
+    """
+    os.umask(0o077)  # process-wide, so it is set before the database is first opened
+    instance.mkdir(parents=True, exist_ok=True)
+    instance.chmod(0o700)
+    for path in instance.iterdir():
+        if path.is_symlink():
+            continue  # an operator's choice (e.g. blobs on another disk); leave it alone
+        path.chmod(0o700 if path.is_dir() else 0o600)
+
+
 def create_app(test_config: dict | None = None) -> Flask:
     """Create and configure a Threadline app."""
     instance_path = (test_config or {}).get("INSTANCE_PATH") or os.environ.get(
@@ -79,7 +96,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["threadline_config_overrides"] = dict(test_config or {})
 
     instance = Path(app.instance_path)
-    instance.mkdir(parents=True, exist_ok=True)
+    make_instance_private(instance)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = config.read_or_create_secret(instance / "secret.key")
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):
