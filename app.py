@@ -61,6 +61,23 @@ def keep_startup_objects_out_of_gc() -> None:
     gc.freeze()
 
 
+def make_instance_private(instance: Path) -> None:
+    """Create the instance folder readable by this user only, and keep it that way.
+
+    It holds the database, raw mail and the secret key. The umask covers what is created
+    later by anyone in this process (SQLite's -wal/-shm files, blob folders); chmod covers
+    what an older version left readable. Only the top level is tightened: a 0700 folder
+    already keeps others out of everything below it, and walking all blobs would be slow.
+    """
+    os.umask(0o077)  # process-wide, so it is set before the database is first opened
+    instance.mkdir(parents=True, exist_ok=True)
+    instance.chmod(0o700)
+    for path in instance.iterdir():
+        if path.is_symlink():
+            continue  # an operator's choice (e.g. blobs on another disk); leave it alone
+        path.chmod(0o700 if path.is_dir() else 0o600)
+
+
 def create_app(test_config: dict | None = None) -> Flask:
     """Create and configure a Threadline app."""
     instance_path = (test_config or {}).get("INSTANCE_PATH") or os.environ.get(
@@ -81,7 +98,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["threadline_config_overrides"] = dict(test_config or {})
 
     instance = Path(app.instance_path)
-    instance.mkdir(parents=True, exist_ok=True)
+    make_instance_private(instance)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = config.read_or_create_secret(instance / "secret.key")
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):
@@ -155,7 +172,10 @@ def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
 
 def _register_blueprints(app: Flask) -> None:
     from views import BLUEPRINTS
+    from views.helpers import DatabaseIdConverter
 
+    # Before any route is added: rules look their converters up when they are registered.
+    app.url_map.converters["id"] = DatabaseIdConverter
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
 
@@ -189,6 +209,7 @@ def _unauthorized():
 
 
 def _register_hooks(app: Flask) -> None:
+    from services.access import can_manage_record
     from services.users import needs_setup, session_too_old
 
     def reject_untrusted_host():
@@ -238,6 +259,11 @@ def _register_hooks(app: Flask) -> None:
     @app.context_processor
     def navigation():
         return {"nav_endpoints": set(app.blueprints)}
+
+    @app.context_processor
+    def record_permissions():
+        # Templates hide the controls a user cannot use; services.records refuses them anyway.
+        return {"can_manage_record": can_manage_record}
 
     @app.after_request
     def security_headers(response):

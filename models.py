@@ -148,6 +148,22 @@ class LoginFailure(db.Model):
         return f"<LoginFailure {self.action} {self.email} {self.ip}>"
 
 
+class ConnectionTest(db.Model):
+    """A mailbox connection test, kept for rate limiting (R20, R27).
+
+    In the database rather than in memory, so the limit holds across workers and restarts.
+    """
+
+    __tablename__ = "connection_test"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+    def __repr__(self) -> str:
+        return f"<ConnectionTest user={self.user_id} {self.created_at:%Y-%m-%d %H:%M:%S}>"
+
+
 # --------------------------------------------------------------------------- CRM records
 
 

@@ -25,9 +25,9 @@ from models import (
     Thread,
     User,
 )
+from services.inputs import is_database_id
 
 T = TypeVar("T")
-MAX_ID = 2**63 - 1  # larger ids cannot exist, and SQLite would raise on them
 
 
 def visible_records(user: User, model: type[T]) -> Select[tuple[T]]:
@@ -42,20 +42,40 @@ def can_access_record(user: User, record: object) -> bool:
     return record.visibility == VISIBILITY_EVERYONE or record.owner_id == user.id  # type: ignore[attr-defined]
 
 
-def record_for(user: User, model: type[T], record_id: int) -> T:
+def can_manage_records_of(user: User, owner_id: int) -> bool:
+    """Tell whether `user` may manage records owned by `owner_id`: themselves, or an admin.
+
+    Managing is changing a record's owner or visibility, deleting it, or converting it (a
+    lead). Others who can access a record may edit its other fields. The same rule decides
+    whom a new record may be created for, so nobody plants records in a teammate's name.
+    """
+    return user.is_admin or owner_id == user.id
+
+
+def can_manage_record(user: User, record: object) -> bool:
+    """Tell whether `user` may change `record`'s owner or visibility, or delete it."""
+    return can_manage_records_of(user, record.owner_id)  # type: ignore[attr-defined]
+
+
+def record_for(user: User, model: type[T], record_id: int, *, manage: str | None = None) -> T:
     """Return the record or abort 404 when it does not exist or `user` cannot access it.
 
-    404 rather than 403, so existence of a private record is not leaked.
+    404 rather than 403, so existence of a private record is not leaked. With `manage` (the
+    action, e.g. "delete"), also abort 403 unless `user` may manage the record: they can see
+    it already, so the refusal may say why.
     """
-    record = db.session.get(model, record_id) if 0 < record_id <= MAX_ID else None
+    record = db.session.get(model, record_id) if is_database_id(record_id) else None
     if record is None or not can_access_record(user, record):
         abort(404)
+    if manage and not can_manage_record(user, record):
+        noun = model.__tablename__  # type: ignore[attr-defined]
+        abort(403, description=f"Only the owner or an admin can {manage} this {noun}.")
     return record
 
 
 def record_or_none(user: User, model: type[T], record_id: int | None) -> T | None:
     """Return the record when it exists and `user` can access it, else None (for pickers)."""
-    if record_id is None or not 0 < record_id <= MAX_ID:
+    if record_id is None or not is_database_id(record_id):
         return None
     record = db.session.get(model, record_id)
     if record is None or not can_access_record(user, record):
@@ -95,7 +115,7 @@ def owned_messages(user: User) -> Select[tuple[Message]]:
 
 def thread_for_owner(user: User, thread_id: int) -> Thread:
     """Return one of the user's own threads or abort 404."""
-    if not 0 < thread_id <= MAX_ID:
+    if not is_database_id(thread_id):
         abort(404)
     thread = db.session.scalar(owned_threads(user).where(Thread.id == thread_id))
     if thread is None:
@@ -206,7 +226,7 @@ def can_view_thread(user: User, thread: Thread) -> bool:
 
 def thread_for_viewer(user: User, thread_id: int) -> tuple[Thread, bool]:
     """Return (thread, is_owner) for anyone allowed to read it, or abort 404."""
-    thread = db.session.get(Thread, thread_id) if 0 < thread_id <= MAX_ID else None
+    thread = db.session.get(Thread, thread_id) if is_database_id(thread_id) else None
     if thread is None or not can_view_thread(user, thread):
         abort(404)
     return thread, thread.account.user_id == user.id
@@ -214,7 +234,7 @@ def thread_for_viewer(user: User, thread_id: int) -> tuple[Thread, bool]:
 
 def message_for_viewer(user: User, message_id: int) -> tuple[Message, bool]:
     """Return (message, is_owner) for anyone allowed to read its thread, or abort 404."""
-    message = db.session.get(Message, message_id) if 0 < message_id <= MAX_ID else None
+    message = db.session.get(Message, message_id) if is_database_id(message_id) else None
     if message is None or message.deleted_at is not None or message.thread is None:
         abort(404)
     if not can_view_thread(user, message.thread):

@@ -9,16 +9,13 @@ end; bad input raises ValidationError with field errors, keyed by the form's fie
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
 from flask import Flask
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from extensions import db
 from mailsync import imap
@@ -33,6 +30,7 @@ from models import (
     SYNC_NEEDS_REAUTH,
     SYNC_PAUSED,
     SYNC_RUNNING,
+    ConnectionTest,
     MailAccount,
     MailFolder,
     Message,
@@ -243,20 +241,29 @@ def _clean_sync_choice(
 
 
 def _consume_connection_test(app: Flask, user: User) -> None:
-    """Count one connection test for `user`; raise RateLimited past the configured limit."""
+    """Count one connection test for `user`; raise RateLimited past the configured limit.
+
+    Commits (before the test opens a connection, so no transaction waits on the network).
+    """
     limit = int(app.config.get("MAIL_CONNECTION_TESTS", 10))
-    window = float(app.config.get("MAIL_CONNECTION_TEST_WINDOW_SECONDS", 600))
-    state = app.extensions.setdefault(
-        "threadline_connection_tests", {"lock": threading.Lock(), "users": {}}
+    window = timedelta(seconds=float(app.config.get("MAIL_CONNECTION_TEST_WINDOW_SECONDS", 600)))
+    now = utcnow()
+    # Older rows no longer count; dropping them keeps the table at most `limit` rows a user.
+    db.session.execute(
+        delete(ConnectionTest).where(
+            ConnectionTest.user_id == user.id, ConnectionTest.created_at <= now - window
+        )
     )
-    now = time.monotonic()
-    with state["lock"]:
-        stamps: deque[float] = state["users"].setdefault(user.id, deque())
-        while stamps and stamps[0] <= now - window:
-            stamps.popleft()
-        if len(stamps) >= limit:
-            raise RateLimited(int(stamps[0] + window - now) + 1)
-        stamps.append(now)
+    oldest, count = db.session.execute(
+        select(func.min(ConnectionTest.created_at), func.count(ConnectionTest.id)).where(
+            ConnectionTest.user_id == user.id
+        )
+    ).one()
+    if count >= limit:
+        db.session.commit()
+        raise RateLimited(int((oldest + window - now).total_seconds()) + 1)
+    db.session.add(ConnectionTest(user_id=user.id, created_at=now))
+    db.session.commit()
 
 
 def test_connection(

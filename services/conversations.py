@@ -38,6 +38,7 @@ from models import (
 from services import linking, records
 from services.access import record_or_none, record_threads, visible_records
 from services.errors import ValidationError
+from services.inputs import search_text
 from services.linking_rules import address_is_blocked, normalize_block_entry
 from services.mail_display import display_text, sender_label
 from services.mail_render import (
@@ -402,7 +403,7 @@ def link_choices(user: User, thread: Thread) -> list[tuple[str, object]]:
 
 def search_link_targets(user: User, query: str) -> list[tuple[str, object]]:
     """Return deals, leads and projects `user` can access whose title contains `query`."""
-    text = query.strip().lower()[:100]
+    text = search_text(query).lower()
     results: list[tuple[str, object]] = []
     for kind, model in linking.LINK_MODELS.items():
         statement = visible_records(user, model).order_by(model.status != "open", model.title)

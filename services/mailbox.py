@@ -47,6 +47,7 @@ from models import (
 )
 from services import access
 from services.errors import ValidationError
+from services.inputs import search_text
 from services.linking import own_addresses
 from services.mail_display import (
     UNKNOWN_SENDER,
@@ -64,7 +65,6 @@ from services.search import (
 )
 
 PAGE_SIZE = 50
-MAX_QUERY_LENGTH = 200
 FEW_MATCHES = 2000  # matching conversations up to which the list is built from the matches
 SMALL_FOLDER = 2000  # folder messages up to which threads are found from the folder
 # Role folders shown first, in this order; "archive" is Threadline's archive (Thread.archived)
@@ -131,7 +131,7 @@ def parse_query(values: Mapping[str, str]) -> MailboxQuery:
     sharing = values.get("sharing") or ""
     return MailboxQuery(
         folder=folder,
-        q=(values.get("q") or "").replace("\x00", "").strip()[:MAX_QUERY_LENGTH],
+        q=search_text(values.get("q")),
         unread=values.get("unread") in ("1", "on", "true"),
         attachments=values.get("attachments") in ("1", "on", "true"),
         linked=linked if linked in LINKED_CHOICES else "",

@@ -33,8 +33,15 @@ from models import (
     Project,
     User,
 )
-from services.access import MAX_ID, can_access_record, record_or_none, visible_records
+from services.access import (
+    can_access_record,
+    can_manage_record,
+    can_manage_records_of,
+    record_or_none,
+    visible_records,
+)
 from services.errors import ValidationError
+from services.inputs import parse_id, search_text
 from services.users import EMAIL_RE, normalize_email
 
 T = TypeVar("T")
@@ -85,7 +92,7 @@ def search_records(user: User, model: type[T], *, q: str = "", sort: str = DEFAU
     `sort` is one of SORTS ("-" means descending); anything else falls back to newest first.
     """
     stmt = visible_records(user, model)
-    q = (q or "").strip()
+    q = search_text(q)
     if q:
         pattern = f"%{_escape_like(q)}%"
         condition = label_column(model).ilike(pattern, escape="\\")
@@ -129,10 +136,18 @@ def picker_options(user: User, model: type[T]) -> list[T]:
     return list(db.session.scalars(stmt))
 
 
-def assignable_owners() -> list[User]:
-    """Return active users, who can own records."""
+def owner_choices(actor: User, record: Any = None) -> list[User]:
+    """Return the active users `actor` may make owner of `record` (None: a new record).
+
+    Empty when `actor` may not change the owner at all.
+    """
+    if record is not None and not can_manage_record(actor, record):
+        return []
     stmt = select(User).where(User.is_deactivated.is_(False)).order_by(func.lower(User.name))
-    return list(db.session.scalars(stmt))
+    users = list(db.session.scalars(stmt))
+    if record is None:
+        users = [user for user in users if can_manage_records_of(actor, user.id)]
+    return users
 
 
 def board_columns(user: User) -> list[tuple[str, list[Deal]]]:
@@ -145,12 +160,6 @@ def board_columns(user: User) -> list[tuple[str, list[Deal]]]:
 
 
 # --------------------------------------------------------------------------- field cleaning
-
-
-def _parse_id(value: Any) -> int | None:
-    """Return a positive database id from form input, or None."""
-    text = str(value if value is not None else "").strip()
-    return int(text) if text.isdigit() and 0 < int(text) <= MAX_ID else None
 
 
 class _Fields:
@@ -210,24 +219,42 @@ class _Fields:
         text = str(value if value is not None else "").strip()
         if not text:
             return None
-        record = record_or_none(self.actor, model, _parse_id(text))
+        record = record_or_none(self.actor, model, parse_id(text))
         if record is None:
             self.errors[name] = f"Choose {label} from the list."
         return record
 
-    def owner(self, value: Any) -> int:
-        text = str(value if value is not None else "").strip()
-        if not text:
-            return self.actor.id
-        user_id = _parse_id(text)
-        user = db.session.get(User, user_id) if user_id else None
-        if user is None or user.is_deactivated:
-            self.errors["owner_id"] = "Choose an active teammate as owner."
-            return self.actor.id
-        return user.id
+    def owner_and_visibility(self, values: dict[str, Any], record: Any) -> dict[str, Any]:
+        """Return owner_id and visibility for a new record (None) or `record`.
 
-    def visibility(self, value: Any) -> str:
-        return self.choice("visibility", value, VISIBILITIES, VISIBILITY_EVERYONE)
+        Left out of the form, both keep their value (a new record: the actor, everyone), so
+        a form without these controls changes neither. Only who can manage the record may
+        change them, and a non-admin creates records for themselves only (access.py).
+        """
+        owner_id = record.owner_id if record is not None else self.actor.id
+        visibility = record.visibility if record is not None else VISIBILITY_EVERYONE
+        posted_owner = str(values.get("owner_id") or "").strip()
+        if posted_owner:
+            user_id = parse_id(posted_owner)
+            user = db.session.get(User, user_id) if user_id else None
+            if user is None or user.is_deactivated:
+                self.errors["owner_id"] = "Choose an active teammate as owner."
+            else:
+                owner_id = user.id
+        if str(values.get("visibility") or "").strip():
+            visibility = self.choice(
+                "visibility", values.get("visibility"), VISIBILITIES, visibility
+            )
+        # Refusals go to "__all__": the form does not show these fields to this user.
+        if record is None:
+            if not can_manage_records_of(self.actor, owner_id):
+                self.errors["__all__"] = "Only an admin can create a record for someone else."
+        elif not can_manage_record(self.actor, record):
+            if (owner_id, visibility) != (record.owner_id, record.visibility):
+                self.errors["__all__"] = (
+                    "Only the owner or an admin can change this record's owner or visibility."
+                )
+        return {"owner_id": owner_id, "visibility": visibility}
 
     def raise_if_invalid(self) -> None:
         if self.errors:
@@ -240,7 +267,10 @@ def _save(record: Any) -> Any:
     return record
 
 
-def _delete(record: Any) -> None:
+def _delete(actor: User, record: Any) -> None:
+    # Views refuse with a 403 first (access.record_for); this guards other callers.
+    if not can_manage_record(actor, record):
+        raise PermissionError("only the owner or an admin can delete this record")
     db.session.delete(record)
     db.session.commit()
 
@@ -295,7 +325,7 @@ def _apply_emails(person: Person, addresses: list[str]) -> None:
     person.emails = rows
 
 
-def _person_fields(actor: User, values: dict[str, Any], person: Person | None) -> dict[str, Any]:
+def _person_fields(actor: User, values: dict[str, Any], record: Person | None) -> dict[str, Any]:
     fields = _Fields(actor)
     cleaned = {
         "name": fields.text("name", values.get("name"), label="Name", required=True),
@@ -303,12 +333,11 @@ def _person_fields(actor: User, values: dict[str, Any], person: Person | None) -
         "organization": fields.linked(
             "organization_id", Organization, values.get("organization_id"), label="an organization"
         ),
-        "owner_id": fields.owner(values.get("owner_id")),
-        "visibility": fields.visibility(values.get("visibility")),
+        **fields.owner_and_visibility(values, record),
     }
     emails = _clean_emails(fields, list(values.get("emails") or []), values.get("primary_email"))
     if "emails" not in fields.errors:
-        _check_email_owners(fields, emails, person.id if person else None)
+        _check_email_owners(fields, emails, record.id if record else None)
     fields.raise_if_invalid()
     cleaned["emails"] = emails
     return cleaned
@@ -345,7 +374,7 @@ def update_person(actor: User, person: Person, **values: Any) -> Person:
 
 def delete_person(actor: User, person: Person) -> None:
     """Delete a person and their addresses; linked deals, leads and projects keep existing."""
-    _delete(person)
+    _delete(actor, person)
 
 
 # --------------------------------------------------------------------------- organizations
@@ -361,14 +390,15 @@ def _clean_domain(fields: _Fields, value: Any) -> str | None:
     return text or None
 
 
-def _organization_fields(actor: User, values: dict[str, Any]) -> dict[str, Any]:
+def _organization_fields(
+    actor: User, values: dict[str, Any], record: Organization | None
+) -> dict[str, Any]:
     fields = _Fields(actor)
     cleaned = {
         "name": fields.text("name", values.get("name"), label="Name", required=True),
         "domain": _clean_domain(fields, values.get("domain")),
         "address": fields.text("address", values.get("address"), label="Address", max_length=1000),
-        "owner_id": fields.owner(values.get("owner_id")),
-        "visibility": fields.visibility(values.get("visibility")),
+        **fields.owner_and_visibility(values, record),
     }
     fields.raise_if_invalid()
     return cleaned
@@ -376,25 +406,25 @@ def _organization_fields(actor: User, values: dict[str, Any]) -> dict[str, Any]:
 
 def create_organization(actor: User, **values: Any) -> Organization:
     """Create an organization; commits."""
-    return _save(Organization(**_organization_fields(actor, values)))
+    return _save(Organization(**_organization_fields(actor, values, None)))
 
 
 def update_organization(actor: User, organization: Organization, **values: Any) -> Organization:
     """Change an organization; commits."""
-    for key, value in _organization_fields(actor, values).items():
+    for key, value in _organization_fields(actor, values, organization).items():
         setattr(organization, key, value)
     return _save(organization)
 
 
 def delete_organization(actor: User, organization: Organization) -> None:
     """Delete an organization; its persons and deals stay, unlinked."""
-    _delete(organization)
+    _delete(actor, organization)
 
 
 # --------------------------------------------------------------------------- deals
 
 
-def _deal_fields(actor: User, values: dict[str, Any]) -> dict[str, Any]:
+def _deal_fields(actor: User, values: dict[str, Any], record: Deal | None) -> dict[str, Any]:
     fields = _Fields(actor)
     cleaned = {
         "title": fields.text("title", values.get("title"), label="Title", required=True),
@@ -409,8 +439,7 @@ def _deal_fields(actor: User, values: dict[str, Any]) -> dict[str, Any]:
         "organization": fields.linked(
             "organization_id", Organization, values.get("organization_id"), label="an organization"
         ),
-        "owner_id": fields.owner(values.get("owner_id")),
-        "visibility": fields.visibility(values.get("visibility")),
+        **fields.owner_and_visibility(values, record),
     }
     fields.raise_if_invalid()
     return cleaned
@@ -418,12 +447,12 @@ def _deal_fields(actor: User, values: dict[str, Any]) -> dict[str, Any]:
 
 def create_deal(actor: User, **values: Any) -> Deal:
     """Create a deal; commits."""
-    return _save(Deal(**_deal_fields(actor, values)))
+    return _save(Deal(**_deal_fields(actor, values, None)))
 
 
 def update_deal(actor: User, deal: Deal, **values: Any) -> Deal:
     """Change a deal; commits."""
-    for key, value in _deal_fields(actor, values).items():
+    for key, value in _deal_fields(actor, values, deal).items():
         setattr(deal, key, value)
     return _save(deal)
 
@@ -438,13 +467,13 @@ def move_deal_stage(actor: User, deal: Deal, stage: str) -> Deal:
 
 def delete_deal(actor: User, deal: Deal) -> None:
     """Delete a deal; a lead converted into it keeps its converted status."""
-    _delete(deal)
+    _delete(actor, deal)
 
 
 # --------------------------------------------------------------------------- leads
 
 
-def _lead_fields(actor: User, values: dict[str, Any], lead: Lead | None) -> dict[str, Any]:
+def _lead_fields(actor: User, values: dict[str, Any], record: Lead | None) -> dict[str, Any]:
     fields = _Fields(actor)
     cleaned = {
         "title": fields.text("title", values.get("title"), label="Title", required=True),
@@ -455,10 +484,9 @@ def _lead_fields(actor: User, values: dict[str, Any], lead: Lead | None) -> dict
         "organization": fields.linked(
             "organization_id", Organization, values.get("organization_id"), label="an organization"
         ),
-        "owner_id": fields.owner(values.get("owner_id")),
-        "visibility": fields.visibility(values.get("visibility")),
+        **fields.owner_and_visibility(values, record),
     }
-    already_converted = lead is not None and lead.status == "converted"
+    already_converted = record is not None and record.status == "converted"
     if cleaned["status"] == "converted" and not already_converted:
         fields.errors["status"] = "Use “Convert to deal” to convert a lead."
     fields.raise_if_invalid()
@@ -483,6 +511,9 @@ def convert_lead(actor: User, lead: Lead) -> Deal:
     The deal keeps the lead's owner and visibility, so whoever could see the lead sees the
     deal. Raises ValidationError when the lead was already converted.
     """
+    if not can_manage_record(actor, lead):
+        # Views refuse with a 403 first; the deal would be created in the owner's name.
+        raise PermissionError("only the owner or an admin can convert this lead")
     if lead.status == "converted":
         raise ValidationError({"__all__": "This lead was already converted to a deal."})
     deal = Deal(
@@ -506,13 +537,13 @@ def convert_lead(actor: User, lead: Lead) -> Deal:
 
 def delete_lead(actor: User, lead: Lead) -> None:
     """Delete a lead; a deal converted from it stays."""
-    _delete(lead)
+    _delete(actor, lead)
 
 
 # --------------------------------------------------------------------------- projects
 
 
-def _project_fields(actor: User, values: dict[str, Any]) -> dict[str, Any]:
+def _project_fields(actor: User, values: dict[str, Any], record: Project | None) -> dict[str, Any]:
     fields = _Fields(actor)
     cleaned = {
         "title": fields.text("title", values.get("title"), label="Title", required=True),
@@ -521,8 +552,7 @@ def _project_fields(actor: User, values: dict[str, Any]) -> dict[str, Any]:
         "organization": fields.linked(
             "organization_id", Organization, values.get("organization_id"), label="an organization"
         ),
-        "owner_id": fields.owner(values.get("owner_id")),
-        "visibility": fields.visibility(values.get("visibility")),
+        **fields.owner_and_visibility(values, record),
     }
     fields.raise_if_invalid()
     return cleaned
@@ -530,16 +560,16 @@ def _project_fields(actor: User, values: dict[str, Any]) -> dict[str, Any]:
 
 def create_project(actor: User, **values: Any) -> Project:
     """Create a project; commits."""
-    return _save(Project(**_project_fields(actor, values)))
+    return _save(Project(**_project_fields(actor, values, None)))
 
 
 def update_project(actor: User, project: Project, **values: Any) -> Project:
     """Change a project; commits."""
-    for key, value in _project_fields(actor, values).items():
+    for key, value in _project_fields(actor, values, project).items():
         setattr(project, key, value)
     return _save(project)
 
 
 def delete_project(actor: User, project: Project) -> None:
     """Delete a project."""
-    _delete(project)
+    _delete(actor, project)

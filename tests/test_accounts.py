@@ -27,6 +27,7 @@ from models import (
     MessageLocation,
     SyncRun,
     Thread,
+    User,
 )
 from services import accounts as account_service
 from services.credentials import secret_box
@@ -430,6 +431,42 @@ def test_connection_tests_are_rate_limited(app, dovecot, mail_user, make_user, l
     assert limited.status_code == 429
     assert int(limited.headers["Retry-After"]) > 0
     assert "Too many connection tests" in limited.get_data(as_text=True)
+
+
+def test_connection_test_limit_survives_a_new_app_on_the_same_database(
+    app, tmp_path, make_user, monkeypatch
+):
+    """The count lives in the database: another worker or a restart does not reset it."""
+    from app import create_app
+
+    monkeypatch.setattr(account_service, "test_connection", lambda settings, **_: [])
+    user_id = make_user().id
+    fields = dict(
+        provider="other",
+        email_address="me@example.test",
+        username="",
+        password="secret",
+        imap_host="imap.example.test",
+        imap_port=993,
+        imap_security="ssl",
+    )
+
+    def check(some_app) -> None:
+        some_app.config["MAIL_CONNECTION_TESTS"] = 2
+        with some_app.app_context():
+            user = db.session.get(User, user_id)
+            account_service.check_connection(user, app=some_app, **fields)
+
+    check(app)
+    check(app)
+    restarted = create_app(
+        {**app.extensions["threadline_config_overrides"], "INSTANCE_PATH": str(tmp_path / "i2")}
+    )
+    with pytest.raises(account_service.RateLimited) as limited:
+        check(restarted)
+    assert 0 < limited.value.retry_after <= 600
+    with restarted.app_context():
+        db.engine.dispose()
 
 
 def test_provider_presets_prefill_and_refuse_oauth_only(app, dovecot, mail_user, make_user, login):

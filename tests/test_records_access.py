@@ -112,7 +112,7 @@ def _url(rule: str, arguments: tuple[str, ...], records) -> tuple[str, type]:
     argument = arguments[0]
     assert argument in ID_ARGS, f"{rule}: add {argument!r} to ID_ARGS so visibility is tested"
     model = ID_ARGS[argument]
-    return rule.replace(f"<int:{argument}>", str(records[model].id)), model
+    return rule.replace(f"<id:{argument}>", str(records[model].id)), model
 
 
 def _count(model) -> int:

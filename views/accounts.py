@@ -177,7 +177,7 @@ def create():
     return redirect(url_for("accounts.show", account_id=account.id), code=303)
 
 
-@bp.get("/<int:account_id>")
+@bp.get("/<id:account_id>")
 def show(account_id: int):
     account = access.account_for(current_user, account_id)
     status = accounts.account_status(
@@ -186,7 +186,7 @@ def show(account_id: int):
     return render_template("accounts/show.html", account=account, status=status)
 
 
-@bp.get("/<int:account_id>/progress")
+@bp.get("/<id:account_id>/progress")
 def progress(account_id: int):
     account = access.account_for(current_user, account_id)
     return render_template(
@@ -196,21 +196,21 @@ def progress(account_id: int):
     )
 
 
-@bp.post("/<int:account_id>/sync")
+@bp.post("/<id:account_id>/sync")
 def sync(account_id: int):
     account = access.account_for(current_user, account_id)
     accounts.request_sync(current_app, account.id)
     return redirect(url_for("accounts.show", account_id=account.id), code=303)
 
 
-@bp.post("/<int:account_id>/pause")
+@bp.post("/<id:account_id>/pause")
 def pause(account_id: int):
     account = access.account_for(current_user, account_id)
     accounts.pause_account(current_user, account)
     return redirect(url_for("accounts.show", account_id=account.id), code=303)
 
 
-@bp.post("/<int:account_id>/resume")
+@bp.post("/<id:account_id>/resume")
 def resume(account_id: int):
     account = access.account_for(current_user, account_id)
     accounts.resume_account(current_user, account)
@@ -218,13 +218,13 @@ def resume(account_id: int):
     return redirect(url_for("accounts.show", account_id=account.id), code=303)
 
 
-@bp.get("/<int:account_id>/reauth")
+@bp.get("/<id:account_id>/reauth")
 def reauth_form(account_id: int):
     account = access.account_for(current_user, account_id)
     return render_template("accounts/reauth.html", account=account, form={}, errors={})
 
 
-@bp.post("/<int:account_id>/reauth")
+@bp.post("/<id:account_id>/reauth")
 def reauth(account_id: int):
     account = access.account_for(current_user, account_id)
     form = {"username": form_value("username")}
@@ -242,7 +242,7 @@ def reauth(account_id: int):
     return redirect(url_for("accounts.show", account_id=account.id), code=303)
 
 
-@bp.get("/<int:account_id>/folders")
+@bp.get("/<id:account_id>/folders")
 def folders_form(account_id: int):
     account = access.account_for(current_user, account_id)
     try:
@@ -253,7 +253,7 @@ def folders_form(account_id: int):
     return render_template("accounts/folders.html", account=account, errors=errors, **context)
 
 
-@bp.post("/<int:account_id>/folders")
+@bp.post("/<id:account_id>/folders")
 def folders_update(account_id: int):
     account = access.account_for(current_user, account_id)
     folders = _posted_folders()
@@ -273,13 +273,13 @@ def folders_update(account_id: int):
     return redirect(url_for("accounts.show", account_id=account.id), code=303)
 
 
-@bp.get("/<int:account_id>/remove")
+@bp.get("/<id:account_id>/remove")
 def remove_form(account_id: int):
     account = access.account_for(current_user, account_id)
     return render_template("accounts/remove.html", account=account)
 
 
-@bp.post("/<int:account_id>/remove")
+@bp.post("/<id:account_id>/remove")
 def remove(account_id: int):
     account = access.account_for(current_user, account_id)
     accounts.remove_account(current_user, account, keep_mail=request.form.get("keep_mail") != "0")

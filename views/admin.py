@@ -46,7 +46,7 @@ def users_create():
     return redirect(url_for("admin.users_index"), code=303)
 
 
-@bp.post("/users/<int:user_id>/role")
+@bp.post("/users/<id:user_id>/role")
 def users_role(user_id: int):
     user = _user_or_404(user_id)
     try:
@@ -58,7 +58,7 @@ def users_role(user_id: int):
     return redirect(url_for("admin.users_index"), code=303)
 
 
-@bp.post("/users/<int:user_id>/active")
+@bp.post("/users/<id:user_id>/active")
 def users_active(user_id: int):
     user = _user_or_404(user_id)
     try:

@@ -49,7 +49,7 @@ def create():
     return _render(notice=f"Blocked {row.entry}.")
 
 
-@bp.post("/<int:entry_id>/delete")
+@bp.post("/<id:entry_id>/delete")
 def delete(entry_id: int):
     if not linking.unblock(current_user, entry_id):
         abort(404)  # not one of this user's entries: nothing to say about it

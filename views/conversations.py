@@ -51,9 +51,10 @@ from services.access import (
 )
 from services.errors import ValidationError
 from services.mail_display import display_text, message_date, sender_label, subject_label
+from services.inputs import parse_id, search_text
 from services.mail_render import attachment_headers, raw_source_headers
 from services.preferences import get_preference
-from views.helpers import form_value, is_fragment_request, parse_int
+from views.helpers import form_value, is_fragment_request
 
 log = logging.getLogger("threadline.mail")
 bp = Blueprint("conversations", __name__, url_prefix="/mail")
@@ -123,15 +124,15 @@ def _sidebar(thread, *, status: int = 200, **extra):
     return make_response(render_template(SIDEBAR, sidebar=sidebar, oob=True), status)
 
 
-@bp.get("/threads/<int:thread_id>")
+@bp.get("/threads/<id:thread_id>")
 def show(thread_id: int):
     thread, is_owner = thread_for_viewer(current_user, thread_id)
-    link_query = request.args.get("link_q", "")
+    link_query = search_text(request.args.get("link_q"))
     searching = is_owner and bool(link_query)
     return _page(
         thread,
         is_owner,
-        show_images_for=parse_int(request.args.get("images")),
+        show_images_for=parse_id(request.args.get("images")),
         link_query=link_query if is_owner else "",
         link_results=conversations.search_link_targets(current_user, link_query)
         if searching
@@ -139,7 +140,7 @@ def show(thread_id: int):
     )
 
 
-@bp.get("/threads/<int:thread_id>/<any(newer, older):step>")
+@bp.get("/threads/<id:thread_id>/<any(newer, older):step>")
 def step(thread_id: int, step: str):
     """Go to the next conversation up or down the list this one was opened from.
 
@@ -160,17 +161,17 @@ def _back_query() -> mailbox.MailboxQuery:
     return mailbox.parse_query(request.args)
 
 
-@bp.get("/threads/<int:thread_id>/link-search")
+@bp.get("/threads/<id:thread_id>/link-search")
 def link_search(thread_id: int):
     thread = thread_for_owner(current_user, thread_id)
-    query = request.args.get("link_q", "")
+    query = search_text(request.args.get("link_q"))
     results = conversations.search_link_targets(current_user, query)
     return render_template(
         "conversations/partials/link_results.html", thread=thread, results=results, query=query
     )
 
 
-@bp.post("/threads/<int:thread_id>/read")
+@bp.post("/threads/<id:thread_id>/read")
 def mark_read(thread_id: int):
     """Mark the conversation read: its page posts this when the owner opens it.
 
@@ -184,33 +185,33 @@ def mark_read(thread_id: int):
     return "", 204
 
 
-@bp.post("/threads/<int:thread_id>/sharing")
+@bp.post("/threads/<id:thread_id>/sharing")
 def update_sharing(thread_id: int):
     thread = thread_for_owner(current_user, thread_id)
     conversations.set_sharing(thread, form_value("shared") == "1")
     return _sidebar(thread)
 
 
-@bp.post("/threads/<int:thread_id>/link")
+@bp.post("/threads/<id:thread_id>/link")
 def link(thread_id: int):
     thread = thread_for_owner(current_user, thread_id)
     try:
         conversations.link_record(
-            current_user, thread, form_value("kind"), parse_int(form_value("record_id"))
+            current_user, thread, form_value("kind"), parse_id(form_value("record_id"))
         )
     except ValidationError as exc:
         return _sidebar(thread, status=422, errors=exc.errors)
     return _sidebar(thread)
 
 
-@bp.post("/threads/<int:thread_id>/unlink")
+@bp.post("/threads/<id:thread_id>/unlink")
 def unlink(thread_id: int):
     thread = thread_for_owner(current_user, thread_id)
     conversations.unlink_record(thread)
     return _sidebar(thread)
 
 
-@bp.post("/threads/<int:thread_id>/persons")
+@bp.post("/threads/<id:thread_id>/persons")
 def create_person(thread_id: int):
     thread = thread_for_owner(current_user, thread_id)
     address = form_value("address")
@@ -223,26 +224,26 @@ def create_person(thread_id: int):
     return _sidebar(thread, offer=offer)
 
 
-@bp.post("/threads/<int:thread_id>/person-emails")
+@bp.post("/threads/<id:thread_id>/person-emails")
 def add_person_email(thread_id: int):
     thread = thread_for_owner(current_user, thread_id)
     address = form_value("address")
     try:
         offer = conversations.add_address_to_person(
-            current_user, thread, person_id=parse_int(form_value("person_id")), address=address
+            current_user, thread, person_id=parse_id(form_value("person_id")), address=address
         )
     except ValidationError as exc:
         return _sidebar(thread, status=422, errors=exc.errors, form_address=address.lower())
     return _sidebar(thread, offer=offer)
 
 
-@bp.post("/threads/<int:thread_id>/past-links")
+@bp.post("/threads/<id:thread_id>/past-links")
 def link_past(thread_id: int):
     thread = thread_for_owner(current_user, thread_id)
     try:
         count = conversations.link_past(
             current_user,
-            person_id=parse_int(form_value("person_id")),
+            person_id=parse_id(form_value("person_id")),
             address=form_value("address"),
         )
     except ValidationError as exc:
@@ -250,7 +251,7 @@ def link_past(thread_id: int):
     return _sidebar(thread, notice=f"Linked {count} past message{'s' if count != 1 else ''}.")
 
 
-@bp.post("/threads/<int:thread_id>/blocks")
+@bp.post("/threads/<id:thread_id>/blocks")
 def block(thread_id: int):
     thread = thread_for_owner(current_user, thread_id)
     try:
@@ -260,7 +261,7 @@ def block(thread_id: int):
     return _sidebar(thread, notice=f"Blocked {entry}. Mail only from blocked senders is hidden.")
 
 
-@bp.post("/messages/<int:message_id>/image-allowance")
+@bp.post("/messages/<id:message_id>/image-allowance")
 def allow_images(message_id: int):
     message, is_owner = message_for_viewer(current_user, message_id)
     conversations.allow_images_from(current_user, message.from_address)
@@ -268,7 +269,7 @@ def allow_images(message_id: int):
     return redirect(target, 303)
 
 
-@bp.post("/messages/<int:message_id>/full")
+@bp.post("/messages/<id:message_id>/full")
 def fetch_full(message_id: int):
     message = message_for_owner(current_user, message_id)
     problem = conversations.fetch_full_message(message)
@@ -279,7 +280,7 @@ def fetch_full(message_id: int):
     )
 
 
-@bp.get("/messages/<int:message_id>/attachments/<part_id>")
+@bp.get("/messages/<id:message_id>/attachments/<part_id>")
 def attachment(message_id: int, part_id: str):
     message, _is_owner = message_for_viewer(current_user, message_id)
     part = conversations.attachment_part(message, part_id) if PART_ID.match(part_id) else None
@@ -289,7 +290,7 @@ def attachment(message_id: int, part_id: str):
     return make_response(data, 200, attachment_headers(filename, content_type, inline_ok=False))
 
 
-@bp.get("/messages/<int:message_id>/inline/<token>")
+@bp.get("/messages/<id:message_id>/inline/<token>")
 def inline_image(message_id: int, token: str):
     message, _is_owner = message_for_viewer(current_user, message_id)
     image = conversations.inline_image(message, token[:1000])
@@ -299,7 +300,7 @@ def inline_image(message_id: int, token: str):
     return make_response(data, 200, attachment_headers("image", content_type, inline_ok=True))
 
 
-@bp.get("/messages/<int:message_id>/raw")
+@bp.get("/messages/<id:message_id>/raw")
 def raw(message_id: int):
     message, _is_owner = message_for_viewer(current_user, message_id)
     data = conversations.load_raw(message)
@@ -308,7 +309,7 @@ def raw(message_id: int):
     return make_response(data, 200, raw_source_headers())
 
 
-@bp.get("/records/<kind>/<int:record_id>/conversations")
+@bp.get("/records/<kind>/<id:record_id>/conversations")
 def record_panel(kind: str, record_id: int):
     if kind not in RECORD_MODELS:
         abort(404)

@@ -7,9 +7,9 @@ from models import CURRENCIES, DEAL_STAGE_LABELS, DEAL_STAGES, Deal, Person
 from services import records
 from services.access import record_for, record_or_none
 from services.errors import ValidationError
+from services.inputs import parse_id
 from views.helpers import (
     is_fragment_request,
-    parse_int,
     render_invalid,
     render_page_or_fragment,
 )
@@ -44,7 +44,7 @@ def deal_choices():
 
 def _prefill() -> dict[str, str]:
     """Return new-deal defaults; ?person_id= (from a person's page) also brings their org."""
-    person = record_or_none(current_user, Person, parse_int(request.args.get("person_id")))
+    person = record_or_none(current_user, Person, parse_id(request.args.get("person_id")))
     if person is None:
         return {}
     return {"person_id": str(person.id), "organization_id": str(person.organization_id or "")}
@@ -53,7 +53,7 @@ def _prefill() -> dict[str, str]:
 def _form(deal=None, form=None, errors=None):
     if form is None:
         form = values_of(deal, FIELDS) if deal else _prefill()
-    return {"deal": deal, "form": form, "errors": errors or {}, **picker_context()}
+    return {"deal": deal, "form": form, "errors": errors or {}, **picker_context(deal)}
 
 
 def _board(**context):
@@ -98,19 +98,19 @@ def create():
     return redirect(url_for("deals.show", deal_id=deal.id), code=303)
 
 
-@bp.get("/<int:deal_id>")
+@bp.get("/<id:deal_id>")
 def show(deal_id: int):
     deal = record_for(current_user, Deal, deal_id)
     return render_template("deals/show.html", deal=deal)
 
 
-@bp.get("/<int:deal_id>/summary")
+@bp.get("/<id:deal_id>/summary")
 def summary(deal_id: int):
     deal = record_for(current_user, Deal, deal_id)
     return render_template("deals/partials/summary.html", deal=deal)
 
 
-@bp.get("/<int:deal_id>/edit")
+@bp.get("/<id:deal_id>/edit")
 def edit(deal_id: int):
     deal = record_for(current_user, Deal, deal_id)
     return render_page_or_fragment(
@@ -123,7 +123,7 @@ def edit(deal_id: int):
     )
 
 
-@bp.post("/<int:deal_id>")
+@bp.post("/<id:deal_id>")
 def update(deal_id: int):
     deal = record_for(current_user, Deal, deal_id)
     try:
@@ -141,7 +141,7 @@ def update(deal_id: int):
     return redirect(url_for("deals.show", deal_id=deal.id), code=303)
 
 
-@bp.post("/<int:deal_id>/stage")
+@bp.post("/<id:deal_id>/stage")
 def move(deal_id: int):
     deal = record_for(current_user, Deal, deal_id)
     try:
@@ -153,9 +153,9 @@ def move(deal_id: int):
     return redirect(url_for("deals.board"), code=303)
 
 
-@bp.get("/<int:deal_id>/delete")
+@bp.get("/<id:deal_id>/delete")
 def confirm_delete(deal_id: int):
-    deal = record_for(current_user, Deal, deal_id)
+    deal = record_for(current_user, Deal, deal_id, manage="delete")
     return render_page_or_fragment(
         "records/confirm_delete.html",
         "records/partials/confirm_delete.html",
@@ -167,8 +167,8 @@ def confirm_delete(deal_id: int):
     )
 
 
-@bp.post("/<int:deal_id>/delete")
+@bp.post("/<id:deal_id>/delete")
 def delete(deal_id: int):
-    deal = record_for(current_user, Deal, deal_id)
+    deal = record_for(current_user, Deal, deal_id, manage="delete")
     records.delete_deal(current_user, deal)
     return redirect(url_for("deals.index"), code=303)

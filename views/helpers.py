@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from flask import current_app, make_response, render_template, request, url_for
+from werkzeug.exceptions import NotFound
+from werkzeug.routing import IntegerConverter, ValidationError
+
+from services.inputs import MAX_ID
 
 
 def is_fragment_request(*targets: str) -> bool:
@@ -43,6 +47,24 @@ def parse_int(value: str | None) -> int | None:
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
+
+
+class DatabaseIdConverter(IntegerConverter):
+    """`<id:name>` in a route: a database id, 1..2**63-1; anything else is a 404.
+
+    Bounding ids here keeps every route from passing SQLite an integer it cannot hold.
+    """
+
+    def __init__(self, url_map):
+        super().__init__(url_map, min=1, max=MAX_ID)
+
+    def to_python(self, value: str) -> int:
+        try:
+            return super().to_python(value)
+        except ValidationError:
+            # Not "no match": when a GET and a POST rule share the path, werkzeug would
+            # answer 405 for the method it did not try to convert.
+            raise NotFound() from None
 
 
 # Record pages a chip links to; the records area defines these endpoints.

@@ -28,7 +28,7 @@ FORM = "leads/partials/form.html"
 def _form(lead=None, form=None, errors=None):
     if form is None:
         form = values_of(lead, FIELDS) if lead else dict(request.args.items())
-    return {"lead": lead, "form": form, "errors": errors or {}, **picker_context()}
+    return {"lead": lead, "form": form, "errors": errors or {}, **picker_context(lead)}
 
 
 @bp.get("/")
@@ -57,19 +57,19 @@ def create():
     return redirect(url_for("leads.show", lead_id=lead.id), code=303)
 
 
-@bp.get("/<int:lead_id>")
+@bp.get("/<id:lead_id>")
 def show(lead_id: int):
     lead = record_for(current_user, Lead, lead_id)
     return render_template("leads/show.html", lead=lead, errors={})
 
 
-@bp.get("/<int:lead_id>/summary")
+@bp.get("/<id:lead_id>/summary")
 def summary(lead_id: int):
     lead = record_for(current_user, Lead, lead_id)
     return render_template("leads/partials/summary.html", lead=lead)
 
 
-@bp.get("/<int:lead_id>/edit")
+@bp.get("/<id:lead_id>/edit")
 def edit(lead_id: int):
     lead = record_for(current_user, Lead, lead_id)
     return render_page_or_fragment(
@@ -82,7 +82,7 @@ def edit(lead_id: int):
     )
 
 
-@bp.post("/<int:lead_id>")
+@bp.post("/<id:lead_id>")
 def update(lead_id: int):
     lead = record_for(current_user, Lead, lead_id)
     try:
@@ -100,9 +100,9 @@ def update(lead_id: int):
     return redirect(url_for("leads.show", lead_id=lead.id), code=303)
 
 
-@bp.get("/<int:lead_id>/delete")
+@bp.get("/<id:lead_id>/delete")
 def confirm_delete(lead_id: int):
-    lead = record_for(current_user, Lead, lead_id)
+    lead = record_for(current_user, Lead, lead_id, manage="delete")
     return render_page_or_fragment(
         "records/confirm_delete.html",
         "records/partials/confirm_delete.html",
@@ -114,16 +114,16 @@ def confirm_delete(lead_id: int):
     )
 
 
-@bp.post("/<int:lead_id>/delete")
+@bp.post("/<id:lead_id>/delete")
 def delete(lead_id: int):
-    lead = record_for(current_user, Lead, lead_id)
+    lead = record_for(current_user, Lead, lead_id, manage="delete")
     records.delete_lead(current_user, lead)
     return redirect(url_for("leads.index"), code=303)
 
 
-@bp.post("/<int:lead_id>/convert")
+@bp.post("/<id:lead_id>/convert")
 def convert(lead_id: int):
-    lead = record_for(current_user, Lead, lead_id)
+    lead = record_for(current_user, Lead, lead_id, manage="convert")
     try:
         deal = records.convert_lead(current_user, lead)
     except ValidationError as exc:

@@ -12,7 +12,8 @@ from flask_login import current_user
 
 from services import accounts, mailbox
 from services.errors import ValidationError
-from views.helpers import is_fragment_request, parse_int, record_url, render_page_or_fragment
+from services.inputs import parse_id
+from views.helpers import is_fragment_request, record_url, render_page_or_fragment
 
 bp = Blueprint("mail", __name__, url_prefix="/mail")
 LIST_TARGETS = ("mail-list", "mail-results")
@@ -62,13 +63,13 @@ def progress():
 @bp.post("/threads/actions")
 def act():
     query = mailbox.parse_query(request.form)
-    thread_ids = [i for i in map(parse_int, request.form.getlist("thread_id")) if i is not None]
+    thread_ids = [i for i in map(parse_id, request.form.getlist("thread_id")) if i is not None]
     try:
         outcome = mailbox.apply_action(
             current_user,
             request.form.get("action", ""),
             thread_ids,
-            destination_folder_id=parse_int(request.form.get("destination")),
+            destination_folder_id=parse_id(request.form.get("destination")),
         )
     except ValidationError as exc:
         outcome = mailbox.ActionOutcome("", list(exc.errors.values()))

@@ -23,7 +23,7 @@ def _form(organization=None, form=None, errors=None):
         "organization": organization,
         "form": form or {},
         "errors": errors or {},
-        **picker_context(),
+        **picker_context(organization),
     }
 
 
@@ -53,7 +53,7 @@ def create():
     return redirect(url_for("organizations.show", organization_id=organization.id), code=303)
 
 
-@bp.get("/<int:organization_id>")
+@bp.get("/<id:organization_id>")
 def show(organization_id: int):
     organization = record_for(current_user, Organization, organization_id)
     linked = {"organization_id": organization.id}
@@ -67,13 +67,13 @@ def show(organization_id: int):
     )
 
 
-@bp.get("/<int:organization_id>/summary")
+@bp.get("/<id:organization_id>/summary")
 def summary(organization_id: int):
     organization = record_for(current_user, Organization, organization_id)
     return render_template("organizations/partials/summary.html", organization=organization)
 
 
-@bp.get("/<int:organization_id>/edit")
+@bp.get("/<id:organization_id>/edit")
 def edit(organization_id: int):
     organization = record_for(current_user, Organization, organization_id)
     return render_page_or_fragment(
@@ -86,7 +86,7 @@ def edit(organization_id: int):
     )
 
 
-@bp.post("/<int:organization_id>")
+@bp.post("/<id:organization_id>")
 def update(organization_id: int):
     organization = record_for(current_user, Organization, organization_id)
     try:
@@ -104,9 +104,9 @@ def update(organization_id: int):
     return redirect(url_for("organizations.show", organization_id=organization.id), code=303)
 
 
-@bp.get("/<int:organization_id>/delete")
+@bp.get("/<id:organization_id>/delete")
 def confirm_delete(organization_id: int):
-    organization = record_for(current_user, Organization, organization_id)
+    organization = record_for(current_user, Organization, organization_id, manage="delete")
     return render_page_or_fragment(
         "records/confirm_delete.html",
         "records/partials/confirm_delete.html",
@@ -118,8 +118,8 @@ def confirm_delete(organization_id: int):
     )
 
 
-@bp.post("/<int:organization_id>/delete")
+@bp.post("/<id:organization_id>/delete")
 def delete(organization_id: int):
-    organization = record_for(current_user, Organization, organization_id)
+    organization = record_for(current_user, Organization, organization_id, manage="delete")
     records.delete_organization(current_user, organization)
     return redirect(url_for("organizations.index"), code=303)

@@ -22,7 +22,7 @@ def _form(person=None, form=None, errors=None):
             "emails": [e.email for e in person.emails],
             "primary_email": "0",
         }
-    return {"person": person, "form": form or {}, "errors": errors or {}, **picker_context()}
+    return {"person": person, "form": form or {}, "errors": errors or {}, **picker_context(person)}
 
 
 @bp.get("/")
@@ -51,7 +51,7 @@ def create():
     return redirect(url_for("persons.show", person_id=person.id), code=303)
 
 
-@bp.get("/<int:person_id>")
+@bp.get("/<id:person_id>")
 def show(person_id: int):
     person = record_for(current_user, Person, person_id)
     return render_template(
@@ -63,13 +63,13 @@ def show(person_id: int):
     )
 
 
-@bp.get("/<int:person_id>/summary")
+@bp.get("/<id:person_id>/summary")
 def summary(person_id: int):
     person = record_for(current_user, Person, person_id)
     return render_template("persons/partials/summary.html", person=person)
 
 
-@bp.get("/<int:person_id>/edit")
+@bp.get("/<id:person_id>/edit")
 def edit(person_id: int):
     person = record_for(current_user, Person, person_id)
     return render_page_or_fragment(
@@ -82,7 +82,7 @@ def edit(person_id: int):
     )
 
 
-@bp.post("/<int:person_id>")
+@bp.post("/<id:person_id>")
 def update(person_id: int):
     person = record_for(current_user, Person, person_id)
     try:
@@ -100,9 +100,9 @@ def update(person_id: int):
     return redirect(url_for("persons.show", person_id=person.id), code=303)
 
 
-@bp.get("/<int:person_id>/delete")
+@bp.get("/<id:person_id>/delete")
 def confirm_delete(person_id: int):
-    person = record_for(current_user, Person, person_id)
+    person = record_for(current_user, Person, person_id, manage="delete")
     return render_page_or_fragment(
         "records/confirm_delete.html",
         "records/partials/confirm_delete.html",
@@ -114,8 +114,8 @@ def confirm_delete(person_id: int):
     )
 
 
-@bp.post("/<int:person_id>/delete")
+@bp.post("/<id:person_id>/delete")
 def delete(person_id: int):
-    person = record_for(current_user, Person, person_id)
+    person = record_for(current_user, Person, person_id, manage="delete")
     records.delete_person(current_user, person)
     return redirect(url_for("persons.index"), code=303)

@@ -19,7 +19,7 @@ FORM = "projects/partials/form.html"
 def _form(project=None, form=None, errors=None):
     if form is None:
         form = values_of(project, FIELDS) if project else dict(request.args.items())
-    return {"project": project, "form": form, "errors": errors or {}, **picker_context()}
+    return {"project": project, "form": form, "errors": errors or {}, **picker_context(project)}
 
 
 @bp.get("/")
@@ -48,19 +48,19 @@ def create():
     return redirect(url_for("projects.show", project_id=project.id), code=303)
 
 
-@bp.get("/<int:project_id>")
+@bp.get("/<id:project_id>")
 def show(project_id: int):
     project = record_for(current_user, Project, project_id)
     return render_template("projects/show.html", project=project)
 
 
-@bp.get("/<int:project_id>/summary")
+@bp.get("/<id:project_id>/summary")
 def summary(project_id: int):
     project = record_for(current_user, Project, project_id)
     return render_template("projects/partials/summary.html", project=project)
 
 
-@bp.get("/<int:project_id>/edit")
+@bp.get("/<id:project_id>/edit")
 def edit(project_id: int):
     project = record_for(current_user, Project, project_id)
     return render_page_or_fragment(
@@ -73,7 +73,7 @@ def edit(project_id: int):
     )
 
 
-@bp.post("/<int:project_id>")
+@bp.post("/<id:project_id>")
 def update(project_id: int):
     project = record_for(current_user, Project, project_id)
     try:
@@ -91,9 +91,9 @@ def update(project_id: int):
     return redirect(url_for("projects.show", project_id=project.id), code=303)
 
 
-@bp.get("/<int:project_id>/delete")
+@bp.get("/<id:project_id>/delete")
 def confirm_delete(project_id: int):
-    project = record_for(current_user, Project, project_id)
+    project = record_for(current_user, Project, project_id, manage="delete")
     return render_page_or_fragment(
         "records/confirm_delete.html",
         "records/partials/confirm_delete.html",
@@ -105,8 +105,8 @@ def confirm_delete(project_id: int):
     )
 
 
-@bp.post("/<int:project_id>/delete")
+@bp.post("/<id:project_id>/delete")
 def delete(project_id: int):
-    project = record_for(current_user, Project, project_id)
+    project = record_for(current_user, Project, project_id, manage="delete")
     records.delete_project(current_user, project)
     return redirect(url_for("projects.index"), code=303)

@@ -9,6 +9,7 @@ from flask_login import current_user
 
 from models import Organization, Person
 from services import preferences, records
+from services.inputs import search_text
 from views.helpers import parse_int, render_page_or_fragment
 
 SUMMARY_TARGET = "record-summary"
@@ -16,7 +17,7 @@ SUMMARY_TARGET = "record-summary"
 
 def render_list(area: str, model: type, **context: Any):
     """Render an area's list page, or only its results when the search form asks (htmx)."""
-    q = request.args.get("q", "").strip()
+    q = search_text(request.args.get("q"))
     sort = request.args.get("sort", records.DEFAULT_SORT)
     if sort not in records.SORTS:
         sort = records.DEFAULT_SORT
@@ -53,10 +54,10 @@ def values_of(record: Any, names: tuple[str, ...]) -> dict[str, Any]:
     return values
 
 
-def picker_context() -> dict[str, Any]:
+def picker_context(record: Any = None) -> dict[str, Any]:
     """Return the choices a record form offers: accessible persons/organizations, owners."""
     return {
         "persons": records.picker_options(current_user, Person),
         "organizations": records.picker_options(current_user, Organization),
-        "owners": records.assignable_owners(),
+        "owners": records.owner_choices(current_user, record),
     }

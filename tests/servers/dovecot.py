@@ -17,7 +17,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import wraps
 from pathlib import Path
 
 from cryptography import x509
@@ -26,6 +28,25 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 MAIL_SYSTEM_USER = "threadline-mail"
+
+
+def with_shared_umask(method: Callable) -> Callable:
+    """Run `method` under umask 022.
+
+    Dovecot's unprivileged processes (auth, login) read the files written here, but
+    create_app sets the process umask to 077 (app.make_instance_private), which would
+    leave them unreadable to anyone but root. Dovecot itself inherits the umask too.
+    """
+
+    @wraps(method)
+    def wrapper(*args, **kwargs):
+        previous = os.umask(0o022)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            os.umask(previous)
+
+    return wrapper
 
 
 def free_port() -> int:
@@ -219,6 +240,7 @@ class MailUser:
 class DovecotServer:
     """A running Dovecot; use `add_user`, `deliver` and the doveadm helpers."""
 
+    @with_shared_umask
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="threadline-dovecot-"))
         os.chmod(self.root, 0o755)  # login processes (dovenull) must traverse it
@@ -249,6 +271,7 @@ class DovecotServer:
     def ca_file(self) -> Path:
         return self.certs.ca_file
 
+    @with_shared_umask
     def start(self) -> DovecotServer:
         subprocess.run(["dovecot", "-c", str(self.config)], check=True)
         deadline = time.monotonic() + 15
@@ -276,6 +299,7 @@ class DovecotServer:
 
     # ------------------------------------------------------------------ users
 
+    @with_shared_umask
     def add_user(self, email: str, password: str = "mail-password-1") -> MailUser:
         """Create a mail user with an empty Maildir (standard folders auto-created)."""
         home = self.root / "homes" / email
@@ -294,6 +318,7 @@ class DovecotServer:
         # Dovecot stats a passwd-file at most once per second; let that second pass.
         time.sleep(1.1)
 
+    @with_shared_umask
     def _write_user(self, user: MailUser) -> None:
         path = self.users_dir / user.email
         path.write_text(
@@ -305,6 +330,7 @@ class DovecotServer:
 
     # ------------------------------------------------------------------ doveadm
 
+    @with_shared_umask
     def doveadm(self, *args: str, input: bytes | None = None) -> str:
         result = subprocess.run(
             ["doveadm", "-c", str(self.config), *args], input=input, capture_output=True
