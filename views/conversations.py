@@ -50,8 +50,8 @@ from services.access import (
     thread_for_viewer,
 )
 from services.errors import ValidationError
-from services.mail_display import display_text, message_date, sender_label, subject_label
 from services.inputs import parse_id, search_text
+from services.mail_display import display_text, message_date, sender_label, subject_label
 from services.mail_render import attachment_headers, raw_source_headers
 from services.preferences import get_preference
 from views.helpers import form_value, is_fragment_request
