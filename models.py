@@ -612,6 +612,9 @@ class MessageLocation(db.Model):
     # When the user last changed \Seen here from Threadline: for a short while a sync keeps
     # that value, since flags it fetched before the write-back reached the server are stale.
     seen_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The user's \Seen change is not on the server yet (the write-back failed): each sync
+    # pass tries again, and until then this value wins over the server's (SYNC.md §4.3).
+    seen_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     message: Mapped[Message] = relationship(back_populates="locations")
     folder: Mapped[MailFolder] = relationship()

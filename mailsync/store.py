@@ -521,6 +521,7 @@ def apply_flag_changes(
                 location_t.c.message_id,
                 location_t.c.gm_labels,
                 location_t.c.seen_changed_at,
+                location_t.c.seen_pending,
                 *[location_t.c[name] for name in columns],
             ).where(location_t.c.folder_id == folder_id, location_t.c.uid.in_(chunk))
         ).mappings()
@@ -529,9 +530,10 @@ def apply_flag_changes(
             wanted = flag_columns(flags)
             wanted["gm_labels"] = labels if labels else row["gm_labels"]
             changed_at = row["seen_changed_at"]
-            if changed_at is not None and changed_at > guard_since:
-                # The user's recent change wins: these flags may predate its write-back
-                # (SYNC.md, "Local changes").
+            if row["seen_pending"] or (changed_at is not None and changed_at > guard_since):
+                # The user's change wins while it is not on the server yet, or so recent
+                # that these flags may predate its write-back (SYNC.md §4.3). Once the guard
+                # is over the location is read again (guard_expired_uids): the server wins.
                 wanted["seen"] = row["seen"]
             if any(row[name] != wanted[name] for name in (*columns, "gm_labels")):
                 changed_rows.append({"b_id": row["id"], **wanted})
@@ -545,6 +547,76 @@ def apply_flag_changes(
         )
         refresh_messages(touched)
     return len(changed_rows)
+
+
+def has_guarded_changes(folder_id: int) -> bool:
+    """Tell whether a location of the folder has a user \\Seen change to write or re-read."""
+    return (
+        db.session.scalar(
+            select(location_t.c.id)
+            .where(
+                location_t.c.folder_id == folder_id,
+                location_t.c.seen_changed_at.is_not(None) | location_t.c.seen_pending,
+            )
+            .limit(1)
+        )
+        is not None
+    )
+
+
+def guard_expired_uids(folder_id: int, *, high: int) -> set[int]:
+    """Return the UIDs whose user \\Seen change is on the server and whose guard is over."""
+    guard_since = _now() - timedelta(seconds=LOCAL_CHANGE_GUARD_SECONDS)
+    return set(
+        db.session.scalars(
+            select(location_t.c.uid).where(
+                location_t.c.folder_id == folder_id,
+                location_t.c.uid <= high,
+                location_t.c.seen_changed_at <= guard_since,
+                location_t.c.seen_pending.is_(False),
+            )
+        )
+    )
+
+
+def end_guard(folder_id: int, uids: Iterable[int]) -> None:
+    """Forget the user's \\Seen change on these locations: the server's flags rule again."""
+    db.session.execute(
+        update(location_t)
+        .where(
+            location_t.c.folder_id == folder_id,
+            location_t.c.uid.in_(list(uids)),
+            location_t.c.seen_pending.is_(False),
+        )
+        .values(seen_changed_at=None)
+    )
+
+
+def pending_seen_writes(account_id: int) -> dict[bool, list[tuple[int, str, int]]]:
+    """Return {wanted \\Seen: [(location id, folder name, uid)]} of the write-backs to retry."""
+    folder_t = MailFolder.__table__
+    rows = db.session.execute(
+        select(location_t.c.id, folder_t.c.name, location_t.c.uid, location_t.c.seen)
+        .join(folder_t, folder_t.c.id == location_t.c.folder_id)
+        .where(
+            folder_t.c.account_id == account_id,
+            location_t.c.seen_pending,
+            location_t.c.stale.is_(False),
+        )
+    )
+    pending: dict[bool, list[tuple[int, str, int]]] = {}
+    for location_id, folder, uid, seen in rows:
+        pending.setdefault(bool(seen), []).append((location_id, folder, uid))
+    return pending
+
+
+def seen_written(location_ids: Iterable[int]) -> None:
+    """The server has the user's \\Seen now: stop retrying; the guard window starts again."""
+    db.session.execute(
+        update(location_t)
+        .where(location_t.c.id.in_(list(location_ids)))
+        .values(seen_pending=False, seen_changed_at=_now())
+    )
 
 
 def record_failed_uid(folder_id: int, uid: int, error: str, *, retry_after_seconds: int) -> None:

@@ -35,7 +35,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from sqlalchemy import func, select
 
 from extensions import db
-from mailsync import imap, reparse, store
+from mailsync import actions, imap, reparse, store
 from mailsync.blobstore import blob_root
 from mailsync.folders import NAME_ROLES
 from mailsync.folders import SPECIAL_USE_ROLES as ATTRIBUTE_ROLES
@@ -55,8 +55,12 @@ DB_BATCH_MESSAGES = 300  # fetched messages persisted per transaction (several b
 META_BATCH = 500  # UIDs per metadata FETCH (SYNC.md §5)
 FIRST_META_BATCH = 50  # the newest 50 land first so the inbox is usable within seconds
 SEARCH_RANGE = 50_000  # UIDs per chunked UID SEARCH (bounded response lines)
-FLAG_WINDOW = 300  # non-CONDSTORE fast scan: the newest local UIDs every tick
-FULL_FLAG_SCAN_EVERY = timedelta(hours=1)
+# Servers without CONDSTORE cannot say which flags changed, so every pass reads the flags of
+# the newest FLAG_WINDOW stored UIDs (recent mail is right after one pass), and all of them
+# every FULL_FLAG_SCAN_EVERY (a UID FETCH FLAGS of 100,000 UIDs costs about 1.6 s of parsing
+# here, bench/RESULTS.md: every 10 minutes, not every 2).
+FLAG_WINDOW = 2000
+FULL_FLAG_SCAN_EVERY = timedelta(minutes=10)
 MAX_UIDINVALID_RESYNCS = 5
 OTHER_FOLDERS_INTERVAL_SECONDS = 600  # SYNC.md §1: other folders every 5 to 15 min
 EVERY_PASS_ROLES = ("inbox", "sent", "all")  # Gmail's All Mail holds the inbox
@@ -411,6 +415,7 @@ class AccountSync:
             # Mail stored by an older release is parsed and keyed again first, or the copies
             # downloaded from now on would not find their messages (mailsync/reparse.py).
             reparse.reparse_account(self.app, self.account_id)
+            self.push_pending_seen()
             while True:
                 try:
                     self.connect()
@@ -656,11 +661,12 @@ class AccountSync:
             return False
         if status.get(b"MESSAGES") != folder.server_message_count:
             return False
-        if self.condstore:
-            if status.get(b"HIGHESTMODSEQ") != folder.highestmodseq:
-                return False
-        elif self._full_flag_scan_due(folder):
+        if not self.condstore:
+            return False  # flags may have changed: only a FETCH tells (see FLAG_WINDOW)
+        if status.get(b"HIGHESTMODSEQ") != folder.highestmodseq:
             return False
+        if store.has_guarded_changes(folder.id):
+            return False  # a user change whose server side must be read again
         return not self._failed_due(folder.id)
 
     def _full_flag_scan_due(self, folder: MailFolder) -> bool:
@@ -1228,6 +1234,7 @@ class AccountSync:
             return
         conn = self.connect()
         items = ["FLAGS"] + (["X-GM-LABELS"] if self.gmail else [])
+        self._recheck_after_guard(folder_id, items, last_seen)
         if self.condstore and snapshot.highestmodseq is not None and stored_modseq is not None:
             if snapshot.highestmodseq == stored_modseq:
                 return
@@ -1253,6 +1260,33 @@ class AccountSync:
             if window:
                 response = imap.uid_fetch(conn, uid_ranges(window), items)
                 self._apply_flags(folder_id, response, last_seen)
+
+    def push_pending_seen(self) -> None:
+        """Write again the user's \\Seen changes an earlier write-back could not (§4.3)."""
+        pending = store.pending_seen_writes(self.account_id)
+        db.session.commit()
+        for seen, rows in pending.items():
+            try:
+                actions.set_seen(
+                    self.app, self.account_id, [(folder, uid) for _id, folder, uid in rows], seen
+                )
+            except actions.MailActionError as exc:
+                log.warning("account %s: \\Seen write-back failed again: %s", self.account_id, exc)
+                continue
+            store.seen_written([location_id for location_id, _folder, _uid in rows])
+            db.session.commit()
+
+    def _recheck_after_guard(self, folder_id: int, items: list[str], last_seen: int) -> None:
+        """Read again the flags of locations whose \\Seen the user changed in Threadline and
+        whose guard window is over (SYNC.md §4.3): a change made elsewhere inside the window
+        was kept out then, and CHANGEDSINCE will not report it again. The server wins now."""
+        uids = store.guard_expired_uids(folder_id, high=last_seen)
+        db.session.commit()
+        for chunk in _chunks(sorted(uids), 5000):
+            response = imap.uid_fetch(self.connect(), uid_ranges(chunk), items)
+            self._apply_flags(folder_id, response, last_seen)
+            store.end_guard(folder_id, chunk)
+            db.session.commit()
 
     def _apply_flags(self, folder_id: int, response: dict, last_seen: int) -> None:
         changes = {

@@ -30,6 +30,7 @@ from models import (
     ImageAllowance,
     MailAccount,
     Message,
+    MessageLocation,
     Person,
     PersonEmail,
     Thread,
@@ -256,6 +257,7 @@ class ConversationView:
     owner: User
     messages: list[RenderedMessage]
     hidden_by_block: bool
+    read_state_unsaved: bool = False  # a read/unread change not yet written to the mailbox
 
 
 def load_conversation(
@@ -276,7 +278,15 @@ def load_conversation(
         owner=thread.account.user,
         messages=rendered,
         hidden_by_block=hidden_by_block,
+        read_state_unsaved=is_owner and _read_state_unsaved([m.id for m in messages]),
     )
+
+
+def _read_state_unsaved(message_ids: list[int]) -> bool:
+    pending = select(MessageLocation.id).where(
+        MessageLocation.message_id.in_(message_ids), MessageLocation.seen_pending.is_(True)
+    )
+    return db.session.scalar(pending.limit(1)) is not None
 
 
 def attachment_part(message: Message, part_id: str) -> tuple[bytes, str, str | None] | None:

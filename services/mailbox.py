@@ -28,6 +28,7 @@ from sqlalchemy import (
     tuple_,
     type_coerce,
     union_all,
+    update,
 )
 
 from extensions import db
@@ -711,7 +712,12 @@ def mark_read(user: User, threads: Sequence[Thread], *, read: bool) -> ActionOut
         for location in locations:
             location.seen = read
             location.seen_changed_at = now  # a concurrent sync keeps this value for a while
+            location.seen_pending = True  # until the server has it; sync passes retry
     plan = _plain(groups)
+    location_ids = {
+        account_id: [location.id for location in locations]
+        for account_id, locations in groups.items()
+    }
     db.session.commit()
     word = "read" if read else "unread"
     outcome = ActionOutcome(f"Marked {_count(threads)} {word}.")
@@ -720,8 +726,16 @@ def mark_read(user: User, threads: Sequence[Thread], *, read: bool) -> ActionOut
             actions.set_seen(current_app._get_current_object(), account_id, refs, read)
         except actions.MailActionError as exc:
             outcome.warnings.append(
-                f"Marked {word} in Threadline; the mail server could not be updated: {exc.message}."
+                f"Marked {word} in Threadline; not yet saved to the mailbox ({exc.message}). "
+                "Threadline will try again at the next sync."
             )
+            continue
+        db.session.execute(
+            update(MessageLocation)
+            .where(MessageLocation.id.in_(location_ids[account_id]))
+            .values(seen_pending=False)
+        )
+        db.session.commit()
     return outcome
 
 

@@ -556,9 +556,19 @@ def test_a_sync_does_not_undo_a_fresh_read_with_stale_flags(
     fresh = db.session.get(Message, message.id)
     assert fresh.is_read and fresh.is_flagged  # the other flags still apply
 
-    # After the guard, the server is the truth again (e.g. the write-back had failed).
+    # The write-back failed here (no server): after the guard Threadline still keeps the
+    # user's change, which each sync tries to write again (tests/test_sync_conflicts.py).
     location = fresh.locations[0]
+    assert location.seen_pending
     location.seen_changed_at -= timedelta(seconds=store.LOCAL_CHANGE_GUARD_SECONDS + 1)
+    db.session.commit()
+    store.apply_flag_changes(folders["inbox"].id, stale)
+    db.session.commit()
+    db.session.expire_all()
+    assert db.session.get(Message, message.id).is_read
+    # Once the change is on the server and the guard is over, the server is the truth again.
+    location = db.session.get(Message, message.id).locations[0]
+    location.seen_pending = False
     db.session.commit()
     store.apply_flag_changes(folders["inbox"].id, stale)
     db.session.commit()

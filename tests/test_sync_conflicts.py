@@ -1,0 +1,89 @@
+"""Read/unread conflicts between Threadline and other mail clients (issue 10.8, SYNC.md §4.3).
+
+For a short guard window after the user changes read/unread in Threadline a sync keeps that
+value (flags fetched before the write-back landed are stale). After the window the server is
+the truth, including changes another client made inside it. A write-back that failed is
+retried by each sync until it lands, and the conversation says so meanwhile.
+"""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from extensions import db
+from mailsync import actions, store
+from models import Message, MessageLocation
+from tests.sync_helpers import raw_message, run_sync
+
+pytestmark = pytest.mark.imap
+
+
+@pytest.fixture
+def owner(make_user):
+    return make_user()
+
+
+@pytest.fixture
+def account(app, owner, make_account, mail_user):
+    return make_account(owner, mail_user)
+
+
+def is_read() -> bool:
+    db.session.expire_all()
+    return db.session.scalar(select(Message.is_read))
+
+
+def server_seen(dovecot, mail_user) -> bool:
+    return "\\Seen" in dovecot.flags(mail_user.email, "INBOX", 1)
+
+
+def test_after_the_guard_window_the_servers_later_change_wins(
+    app, dovecot, mail_user, account, owner, login, monkeypatch
+):
+    dovecot.deliver(mail_user.email, raw_message(1, to=mail_user.email))
+    assert run_sync(app, account).ok
+    thread_id = db.session.scalar(select(Message.thread_id))
+    client = login(owner)
+    assert client.post(f"/mail/threads/{thread_id}/read").status_code == 204
+    assert server_seen(dovecot, mail_user) and is_read()
+    # A second later, another client marks it unread again.
+    dovecot.remove_flags(mail_user.email, "INBOX", 1, "\\Seen")
+    assert run_sync(app, account).ok
+    assert is_read()  # inside the guard window Threadline keeps the user's change
+    monkeypatch.setattr(store, "LOCAL_CHANGE_GUARD_SECONDS", 0)  # the window is over
+    assert run_sync(app, account).ok
+    assert not is_read()  # the server's later change wins
+    assert run_sync(app, account).ok
+    assert not is_read() and not server_seen(dovecot, mail_user)  # and stays
+
+
+def test_a_failed_write_back_is_retried_by_sync_and_shown_meanwhile(
+    app, dovecot, mail_user, account, owner, login, monkeypatch
+):
+    dovecot.deliver(mail_user.email, raw_message(1, to=mail_user.email))
+    assert run_sync(app, account).ok
+    thread_id = db.session.scalar(select(Message.thread_id))
+    client = login(owner)
+    real_set_seen = actions.set_seen
+
+    def unreachable(*args, **kwargs):
+        raise actions.MailActionError("the mail server could not be reached")
+
+    monkeypatch.setattr(actions, "set_seen", unreachable)
+    assert client.post(f"/mail/threads/{thread_id}/read").status_code == 204
+    assert is_read() and not server_seen(dovecot, mail_user)
+    page = client.get(f"/mail/threads/{thread_id}").get_data(as_text=True)
+    assert "not yet saved to the mailbox" in page
+    # Still unreachable at the next sync, past the guard window: Threadline keeps the change.
+    monkeypatch.setattr(store, "LOCAL_CHANGE_GUARD_SECONDS", 0)
+    assert run_sync(app, account).ok
+    assert is_read() and not server_seen(dovecot, mail_user)
+    # The server is back: the next sync writes it.
+    monkeypatch.setattr(actions, "set_seen", real_set_seen)
+    assert run_sync(app, account).ok
+    assert is_read() and server_seen(dovecot, mail_user)
+    db.session.expire_all()
+    assert not db.session.scalar(select(MessageLocation.seen_pending))
+    page = client.get(f"/mail/threads/{thread_id}").get_data(as_text=True)
+    assert "not yet saved to the mailbox" not in page
