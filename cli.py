@@ -281,6 +281,7 @@ def mail_status(as_json: bool) -> None:
                         "gone": folder.state == "gone",
                         "server_count": folder.server_message_count,
                         "stored_count": stored.get(folder.id, 0),
+                        "not_synced": folder.server_not_stored,
                         "backfill_done": folder.backfill_done,
                         "backfill_total": folder.backfill_total,
                         "last_error": folder.last_error,
@@ -303,7 +304,13 @@ def mail_status(as_json: bool) -> None:
             if folder["gone"]:
                 click.echo(f"  {folder['name']}: gone from the server")
             elif folder["sync_enabled"]:
-                click.echo(
+                line = (
                     f"  {folder['name']}: server {folder['server_count']}, "
                     f"stored {folder['stored_count']}"
                 )
+                if folder["not_synced"]:
+                    line += (
+                        f" ({folder['not_synced']} on the server not synced: flagged deleted, "
+                        "older than the sync horizon, or failed to download)"
+                    )
+                click.echo(line)

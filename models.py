@@ -415,6 +415,10 @@ class MailFolder(db.Model):
     # The end of the last pass that synced this folder; scheduled passes take folders other
     # than INBOX and Sent only every OTHER_FOLDERS_INTERVAL_SECONDS (SYNC.md §1 cadence).
     last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # How many of the server's messages Threadline does not store (flagged \Deleted, older
+    # than the horizon, failed to download), as the last reconcile counted: it explains
+    # mail-status's two counts, and a poll reconciles when the sum stops matching.
+    server_not_stored: Mapped[int | None] = mapped_column(Integer)
     # False for folders synced before content-based identity: one pass compares each stored
     # UID's size with its message and downloads again the ones merged by mistake.
     identity_checked: Mapped[bool] = mapped_column(Boolean, default=True, server_default=false())

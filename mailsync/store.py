@@ -309,6 +309,23 @@ def _existing_by(column, account_id: int, values: Iterable) -> dict:
     return found
 
 
+def location_count(folder_id: int) -> int:
+    """Return how many non-stale locations the folder has (\\Deleted ones included)."""
+    return (
+        db.session.scalar(
+            select(func.count())
+            .select_from(location_t)
+            .where(location_t.c.folder_id == folder_id, location_t.c.stale.is_(False))
+        )
+        or 0
+    )
+
+
+def failed_uids_to_skip(folder_id: int) -> set[int]:
+    """Return the UIDs whose download failed and is not due again yet (or never will be)."""
+    return set(db.session.scalars(select(FailedUid.uid).where(FailedUid.folder_id == folder_id)))
+
+
 def location_sizes(folder_id: int, *, high: int) -> dict[int, int]:
     """Return {uid: size of its message} for the folder's non-stale locations up to `high`."""
     rows = db.session.execute(

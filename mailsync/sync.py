@@ -522,7 +522,7 @@ class AccountSync:
                 self.result.deleted += store.remove_folder_locations(folder.id)
                 # Nothing is known of it any more; should it come back (renamed back), it is
                 # synced from scratch rather than from cursors that no longer describe it.
-                folder.server_message_count = None
+                folder.server_message_count = folder.server_not_stored = None
                 folder.uidvalidity = folder.uidnext = folder.highestmodseq = None
                 folder.last_seen_uid = 0
                 folder.initial_sync_complete = False
@@ -844,6 +844,8 @@ class AccountSync:
         folder.uidnext = snapshot.uidnext
         folder.highestmodseq = snapshot.highestmodseq
         folder.server_message_count = snapshot.exists
+        # What the server has beyond the horizon, so the first poll's count check adds up.
+        folder.server_not_stored = max(0, snapshot.exists - store.location_count(folder_id))
         folder.initial_sync_complete = True
         folder.state = "poll"
         folder.last_full_flag_scan_at = datetime.now(UTC)
@@ -1152,8 +1154,8 @@ class AccountSync:
         guard = folder.last_seen_uid
         db.session.commit()
         expected = None if previous_count is None else previous_count + new_uids
-        if expected != snapshot.exists:
-            self.reconcile_expunges(folder_id, guard)
+        if expected != snapshot.exists or self._count_unexplained(folder_id, snapshot):
+            self.reconcile(folder_id, guard, snapshot)
         folder = db.session.get(MailFolder, folder_id)
         folder.uidnext = snapshot.uidnext
         if snapshot.highestmodseq is not None:
@@ -1242,24 +1244,25 @@ class AccountSync:
                 response = imap.uid_fetch(
                     conn, f"1:{last_seen}", items, modifiers=[f"CHANGEDSINCE {stored_modseq}"]
                 )
-                self._apply_flags(folder_id, response, last_seen)
+                self._apply_flags(folder_id, response, last_seen, add_back=True)
                 return
             full_due = True  # Dovecot HIGHESTMODSEQ went backwards: one full scan (Close)
+        # Whole UID ranges, not just the stored UIDs: a UID the server has again (its \\Deleted
+        # cleared by another client) shows up there too and is added back.
+        local = sorted(store.local_uids(folder_id, high=last_seen))
+        db.session.commit()
         if full_due:
-            local = sorted(store.local_uids(folder_id, high=last_seen))
             for chunk in _chunks(local, 5000):
                 self.check_budget()
-                response = imap.uid_fetch(conn, uid_ranges(chunk), items)
-                self._apply_flags(folder_id, response, last_seen)
+                response = imap.uid_fetch(conn, f"{chunk[0]}:{chunk[-1]}", items)
+                self._apply_flags(folder_id, response, last_seen, add_back=True)
             folder = db.session.get(MailFolder, folder_id)
             folder.last_full_flag_scan_at = datetime.now(UTC)
             db.session.commit()
-        else:
-            window = sorted(store.local_uids(folder_id, high=last_seen))[-FLAG_WINDOW:]
-            db.session.commit()
-            if window:
-                response = imap.uid_fetch(conn, uid_ranges(window), items)
-                self._apply_flags(folder_id, response, last_seen)
+        elif local:
+            low = local[-FLAG_WINDOW:][0]
+            response = imap.uid_fetch(conn, f"{low}:{last_seen}", items)
+            self._apply_flags(folder_id, response, last_seen, add_back=True)
 
     def push_pending_seen(self) -> None:
         """Write again the user's \\Seen changes an earlier write-back could not (§4.3)."""
@@ -1288,7 +1291,13 @@ class AccountSync:
             store.end_guard(folder_id, chunk)
             db.session.commit()
 
-    def _apply_flags(self, folder_id: int, response: dict, last_seen: int) -> None:
+    def _apply_flags(
+        self, folder_id: int, response: dict, last_seen: int, *, add_back: bool = False
+    ) -> None:
+        """Apply the FLAGS of a FETCH response to the stored locations. With `add_back`,
+        UIDs the server reports live (not \\Deleted) that Threadline does not store are
+        fetched: a mail whose location was dropped when Threadline moved it away without
+        MOVE/UIDPLUS, then undeleted elsewhere."""
         changes = {
             uid: (
                 tuple(data.get(b"FLAGS", ())),
@@ -1300,29 +1309,72 @@ class AccountSync:
         if changes:
             self.result.changed += store.apply_flag_changes(folder_id, changes)
         db.session.commit()
+        if add_back and changes:
+            live = {uid for uid, (flags, _labels) in changes.items() if b"\\Deleted" not in flags}
+            self._add_back(folder_id, live - store.local_uids(folder_id, low=min(changes)))
+
+    def _add_back(self, folder_id: int, uids: set[int]) -> None:
+        """Store server UIDs below the watermark that Threadline lacks (within the horizon)."""
+        uids -= store.failed_uids_to_skip(folder_id)
+        db.session.commit()
+        if not uids:
+            return
+        metas = self.fetch_meta(uid_ranges(uids), uids)
+        if self.since is not None:
+            metas = {
+                uid: meta
+                for uid, meta in metas.items()
+                if meta.internaldate is None or meta.internaldate.date() >= self.since
+            }
+        if metas:
+            log.info("folder %s: %s mails found again on the server", folder_id, len(metas))
+            self.ingest(folder_id, metas, newest_first=False)
 
     # ------------------------------------------------------------------ expunges
 
-    def reconcile_expunges(self, folder_id: int, guard: int) -> None:
-        """Drop locations whose UIDs vanished (chunked UID SEARCH diff, SYNC.md §4.4).
+    def _count_unexplained(self, folder_id: int, snapshot: Snapshot) -> bool:
+        """Tell whether the server's message count no longer equals what Threadline stores
+        plus what the last reconcile found it does not store (\\Deleted, beyond the horizon)."""
+        folder = db.session.get(MailFolder, folder_id)
+        not_stored = folder.server_not_stored
+        stored = store.location_count(folder_id)
+        db.session.commit()
+        return not_stored is None or stored + not_stored != snapshot.exists
+
+    def reconcile(self, folder_id: int, guard: int, snapshot: Snapshot) -> None:
+        """Make the stored UIDs match the server's (chunked UID SEARCH diff, SYNC.md §4.4).
+
+        Locations whose UIDs vanished are dropped. UIDs the server has, not flagged \\Deleted
+        and within the horizon, that Threadline lacks are fetched: e.g. a mail moved away
+        without MOVE/UIDPLUS (left flagged \\Deleted, its location dropped) whose flag another
+        client cleared. What remains unstored is counted, so mail-status can explain it and
+        later polls only reconcile when that count stops adding up.
 
         Only local UIDs <= `guard` (the watermark taken before searching) are candidates, so
         a message stored after the search is never retracted by mistake.
         """
-        if guard < 1:
-            return
-        for start in range(1, guard + 1, SEARCH_RANGE):
-            end = min(start + SEARCH_RANGE - 1, guard)
-            local = store.local_uids(folder_id, low=start, high=end)
-            db.session.commit()
-            if not local:
-                continue
-            self.check_budget()
-            remote = set(self.connect().search(["UID", f"{start}:{end}"]))
-            gone = local - remote
-            if gone:
-                self.result.deleted += store.remove_locations(folder_id, gone)
+        missing: set[int] = set()
+        if guard >= 1:
+            skip = store.failed_uids_to_skip(folder_id)
+            since: list[Any] = ["SINCE", self.since] if self.since else []
+            for start in range(1, guard + 1, SEARCH_RANGE):
+                end = min(start + SEARCH_RANGE - 1, guard)
+                local = store.local_uids(folder_id, low=start, high=end)
                 db.session.commit()
+                self.check_budget()
+                conn = self.connect()
+                remote = set(conn.search(["UID", f"{start}:{end}"]))
+                gone = local - remote
+                if gone:
+                    self.result.deleted += store.remove_locations(folder_id, gone)
+                    db.session.commit()
+                live = set(conn.search(["UID", f"{start}:{end}", "UNDELETED", *since]))
+                missing |= {uid for uid in live - local - skip if start <= uid <= end}
+        if missing:
+            self._add_back(folder_id, missing)
+        folder = db.session.get(MailFolder, folder_id)
+        folder.server_not_stored = max(0, snapshot.exists - store.location_count(folder_id))
+        db.session.commit()
 
 
 def sync_account(

@@ -172,7 +172,7 @@ mail_uid = {uid}
 mail_gid = {gid}
 mail_location = maildir:~/Maildir
 mail_max_userip_connections = 50
-imap_capability = +ID
+imap_capability = {capability}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {root}/users.d/%u
@@ -181,31 +181,7 @@ userdb {{
   driver = passwd-file
   args = username_format=%u {root}/users.d/%u
 }}
-namespace inbox {{
-  inbox = yes
-  separator = /
-  mailbox Sent {{
-    special_use = \\Sent
-    auto = subscribe
-  }}
-  mailbox Drafts {{
-    special_use = \\Drafts
-    auto = subscribe
-  }}
-  mailbox Trash {{
-    special_use = \\Trash
-    auto = subscribe
-  }}
-  mailbox Junk {{
-    special_use = \\Junk
-    auto = subscribe
-  }}
-  mailbox Archive {{
-    special_use = \\Archive
-    auto = subscribe
-  }}
-}}
-service imap-login {{
+{namespace}service imap-login {{
   inet_listener imap {{
     address = 127.0.0.1
     port = {plain_port}
@@ -230,6 +206,79 @@ service stats {{
 """
 
 
+# Dovecot 2.3's own post-login list (Debian 12), so a profile can take items away:
+# `imap_capability` replaces the advertised list; the client then must not use what is gone.
+DOVECOT_CAPABILITIES = (
+    "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT SORT=DISPLAY THREAD=REFERENCES "
+    "THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND URL-PARTIAL CATENATE UNSELECT CHILDREN "
+    "NAMESPACE UIDPLUS LIST-EXTENDED I18NLEVEL=1 CONDSTORE QRESYNC ESEARCH ESORT SEARCHRES "
+    "WITHIN CONTEXT=SEARCH LIST-STATUS BINARY MOVE SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW "
+    "STATUS=SIZE SAVEDATE LITERAL+ NOTIFY SPECIAL-USE"
+).split()
+STANDARD_FOLDERS = (
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+)
+
+
+@dataclass(frozen=True)
+class ServerProfile:
+    """What kind of IMAP server the test Dovecot imitates.
+
+    `without` takes capabilities away; `courier_namespace` imitates Courier/Cyrus: folders
+    under an "INBOX." prefix with "." as separator and no SPECIAL-USE, so roles come from
+    names only.
+    """
+
+    name: str
+    without: tuple[str, ...] = ()
+    courier_namespace: bool = False
+
+    def capability(self) -> str:
+        if not self.without:
+            return "+ID"
+        return " ".join(c for c in DOVECOT_CAPABILITIES if c not in self.without)
+
+    def folder(self, name: str) -> str:
+        """The server name of a standard folder ("Archive" -> "INBOX.Archive" on Courier)."""
+        if self.courier_namespace and name != "INBOX":
+            return f"INBOX.{name}"
+        return name
+
+    def namespace(self) -> str:
+        lines = ["namespace inbox {", "  inbox = yes"]
+        if self.courier_namespace:
+            lines += ["  separator = .", "  prefix = INBOX."]
+        else:
+            lines += ["  separator = /"]
+        for name, special_use in STANDARD_FOLDERS:
+            lines.append(f"  mailbox {name} {{")
+            if not self.courier_namespace:
+                lines.append(f"    special_use = {special_use}")
+            lines += ["    auto = subscribe", "  }"]
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+
+STANDARD = ServerProfile("standard")
+PROFILES = {
+    profile.name: profile
+    for profile in (
+        STANDARD,
+        ServerProfile("no-condstore", without=("CONDSTORE", "QRESYNC")),
+        ServerProfile("no-move-uidplus", without=("MOVE", "UIDPLUS")),
+        ServerProfile(
+            "courier",
+            without=("CONDSTORE", "QRESYNC", "SPECIAL-USE", "MOVE"),
+            courier_namespace=True,
+        ),
+    )
+}
+
+
 @dataclass
 class MailUser:
     email: str
@@ -241,7 +290,8 @@ class DovecotServer:
     """A running Dovecot; use `add_user`, `deliver` and the doveadm helpers."""
 
     @with_shared_umask
-    def __init__(self) -> None:
+    def __init__(self, profile: ServerProfile = STANDARD) -> None:
+        self.profile = profile
         self.root = Path(tempfile.mkdtemp(prefix="threadline-dovecot-"))
         os.chmod(self.root, 0o755)  # login processes (dovenull) must traverse it
         self.host = "127.0.0.1"
@@ -264,6 +314,8 @@ class DovecotServer:
                 gid=self.gid,
                 plain_port=self.plain_port,
                 ssl_port=self.ssl_port,
+                capability=profile.capability(),
+                namespace=profile.namespace(),
             )
         )
 

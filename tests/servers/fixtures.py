@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from tests.servers.browser import CHROMIUM_ARGS, LiveServer, ServerThread, chromium_path
-from tests.servers.dovecot import DovecotServer, MailUser
+from tests.servers.dovecot import PROFILES, DovecotServer, MailUser
 from tests.servers.smtp import SMTPServer
 
 _mail_users = itertools.count(1)
@@ -29,6 +29,26 @@ def dovecot():
 def mail_user(dovecot) -> MailUser:
     """A fresh mailbox on the session's Dovecot."""
     return dovecot.add_user(f"box{next(_mail_users)}@mail.test", "mail-password-1")
+
+
+@pytest.fixture(scope="session")
+def _profile_servers(dovecot):
+    """Dovecots imitating other servers, started on first use and kept for the session."""
+    servers = {"standard": dovecot}
+    yield servers
+    for name, server in servers.items():
+        if name != "standard":
+            server.stop()
+
+
+@pytest.fixture(params=sorted(PROFILES))
+def any_dovecot(request, _profile_servers) -> DovecotServer:
+    """The test Dovecot as each kind of server (tests/servers/dovecot.py PROFILES): all
+    capabilities, no CONDSTORE/QRESYNC, no MOVE/UIDPLUS, a Courier-like namespace."""
+    name = request.param
+    if name not in _profile_servers:
+        _profile_servers[name] = DovecotServer(PROFILES[name]).start()
+    return _profile_servers[name]
 
 
 @pytest.fixture
