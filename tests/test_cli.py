@@ -2,9 +2,11 @@
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -17,6 +19,7 @@ from sqlalchemy import func, select
 
 from extensions import db
 from models import Deal, Lead, Organization, Person, Project, User
+from services import users
 from services.throttle import ThrottlePolicy
 from services.users import authenticate
 from tests.conftest import PASSWORD
@@ -189,3 +192,69 @@ def test_serve_runs_the_app_in_a_real_process(app, make_user, tmp_path):
         server.terminate()
         server.wait(timeout=10)
         server.stdout.close()
+
+
+# Run a CLI command as the unprivileged user `nobody`. The interpreter lives under /root,
+# which nobody may not read, so the modules a command needs are imported first (as root,
+# by building a throwaway app), then the process gives up root and runs the command.
+AS_NOBODY = """
+import os, sys, tempfile
+from app import create_app
+create_app({"INSTANCE_PATH": tempfile.mkdtemp(), "SCHEDULER_ENABLED": False, "TESTING": True})
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+from flask.cli import main
+sys.argv = ["flask", "--app", "app", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_mail_status_reads_a_read_only_instance(tmp_path_factory):
+    """An instance folder this user may read but not change (another user's, or a read-only
+    mount): `flask mail-status` prints the status and writes nothing."""
+    from app import create_app
+    from mailsync.blobstore import blob_root
+    from models import MailAccount
+
+    base = Path(tempfile.mkdtemp(prefix="threadline-ro-"))
+    try:
+        instance = base / "instance"
+        app = create_app({"INSTANCE_PATH": str(instance), "SCHEDULER_ENABLED": False})
+        with app.app_context():
+            user = users.create_user(email="ro@team.test", name="Ro", password=PASSWORD)
+            db.session.add(
+                MailAccount(
+                    user_id=user.id,
+                    email_address="box@mail.test",
+                    username="box@mail.test",
+                    password_encrypted=b"unused",
+                    imap_host="imap.invalid",
+                    last_error="The server rejected the username or password.",
+                )
+            )
+            db.session.commit()
+            blob_root(app).mkdir()
+            db.session.remove()
+            db.engine.dispose()
+        # Owned by root, readable by everyone, writable by no one else.
+        for path in (base, instance, *instance.rglob("*")):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        before = {path: path.stat().st_mtime_ns for path in instance.rglob("*")}
+
+        status = subprocess.run(
+            [sys.executable, "-c", AS_NOBODY, "mail-status"],
+            cwd=Path(__file__).resolve().parents[1],
+            env={**os.environ, "THREADLINE_INSTANCE_PATH": str(instance)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert status.returncode == 0, status.stderr
+        assert "box@mail.test: running" in status.stdout, status.stdout
+        assert "last error: The server rejected the username" in status.stdout
+        assert "Traceback" not in status.stderr, status.stderr
+        assert {path: path.stat().st_mtime_ns for path in instance.rglob("*")} == before
+    finally:
+        shutil.rmtree(base)
