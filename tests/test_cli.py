@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime
 from http.cookiejar import CookieJar
 from pathlib import Path
 
@@ -258,3 +259,34 @@ def test_mail_status_reads_a_read_only_instance(tmp_path_factory):
         assert {path: path.stat().st_mtime_ns for path in instance.rglob("*")} == before
     finally:
         shutil.rmtree(base)
+
+
+def test_sync_all_says_which_accounts_it_skipped_and_why(runner, make_user, make_stored_account):
+    from models import SYNC_NEEDS_REAUTH, SYNC_PAUSED
+
+    user = make_user()
+    backing_off = make_stored_account(user, email_address="box@x.test")
+    backing_off.backoff_until = datetime(2030, 1, 2, 14, 5, tzinfo=UTC)
+    backing_off.last_error = "imap.x.test refused the connection."
+    make_stored_account(user, email_address="reauth@x.test").sync_state = SYNC_NEEDS_REAUTH
+    make_stored_account(user, email_address="paused@x.test").sync_state = SYNC_PAUSED
+    db.session.commit()
+
+    result = runner.invoke(args=["sync", "--all"])
+    assert (
+        "(box@x.test): skipped, retrying after a failure until 14:05 UTC "
+        "(imap.x.test refused the connection.)" in result.output
+    ), result.output
+    assert "(reauth@x.test): skipped, needs re-authentication: The password" in result.output
+    assert "(paused@x.test): skipped, paused: Press Resume" in result.output
+    assert result.exit_code == 1  # two accounts are held back by a failure
+
+
+def test_sync_all_with_only_paused_accounts_succeeds(runner, make_user, make_stored_account):
+    from models import SYNC_PAUSED
+
+    make_stored_account(make_user(), email_address="paused@x.test").sync_state = SYNC_PAUSED
+    db.session.commit()
+    result = runner.invoke(args=["sync", "--all"])
+    assert result.exit_code == 0, result.output
+    assert "(paused@x.test): skipped, paused" in result.output
