@@ -41,6 +41,7 @@ from mailsync.folders import NAME_ROLES
 from mailsync.folders import SPECIAL_USE_ROLES as ATTRIBUTE_ROLES
 from mailsync.parse import header_dedup_key, parse_headers_only, placeholder_dedup_key
 from mailsync.prepare import Prepared, prepare_batch
+from mailsync.storage_errors import storage_problem
 from models import FailedUid, MailAccount, MailFolder, Message, MessageLocation, User
 from services import linking, search
 from services.preferences import get_preference
@@ -426,6 +427,8 @@ class AccountSync:
                 except (*NETWORK_ERRORS, imap.MailConnectionError) as exc:
                     if isinstance(exc, imap.MailConnectionError) and not exc.transient:
                         raise  # the server's answer proved a settings or credentials problem
+                    if storage_problem(exc, self.app.instance_path) is not None:
+                        raise  # a full disk is an OSError too; reconnecting cannot help
                     # SYNC.md §6: discard the connection, retry the (idempotent) folder fresh,
                     # also when it dropped while connecting (TLS, greeting, LOGIN).
                     db.session.rollback()
@@ -454,10 +457,18 @@ class AccountSync:
             self.result.error_kind = exc.kind
             self.result.needs_user_action = exc.needs_user_action
         except Exception as exc:
-            db.session.rollback()
-            log.exception("account %s: sync failed", self.account_id)
-            self.result.error = f"Sync failed unexpectedly ({type(exc).__name__}). It will retry."
-            self.result.error_kind = "internal"
+            db.session.rollback()  # the unfinished batch: nothing of it stays half-stored
+            problem = storage_problem(exc, self.app.instance_path)
+            if problem is not None:
+                log.error("account %s: %s (%s)", self.account_id, problem.message, exc)
+                self.result.error = problem.message
+                self.result.error_kind = problem.kind
+            else:
+                log.exception("account %s: sync failed", self.account_id)
+                self.result.error = (
+                    f"Sync failed unexpectedly ({type(exc).__name__}). It will retry."
+                )
+                self.result.error_kind = "internal"
         finally:
             if self.conn is not None:
                 imap.safe_logout(self.conn)

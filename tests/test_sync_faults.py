@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import sqlite3
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -428,3 +430,133 @@ def test_a_folder_deleted_on_the_server_shows_as_gone_and_comes_back_whole(
     assert not folders["Clients"]["gone"]
     assert folders["Clients"]["server_count"] == folders["Clients"]["stored_count"] == 3
     assert message_count(account.id) == 3
+
+
+# Disk trouble is simulated by patching the one write that hits it (blob store or database):
+# no root, loop mount or tmpfs needed, so it runs on any CI machine. Root ignores file modes,
+# so a chmod'ed folder would not fail here; a PermissionError naming the file is what a
+# non-root service gets from such a folder (tests/test_cli.py runs a real one as nobody).
+def _blob_write_fails(monkeypatch, error: OSError, *, after: int) -> None:
+    """Make the blob store fail with `error` once `after` blobs were written."""
+    original = BlobStore.put
+    written = []
+
+    def put(self, raw):
+        if len(written) >= after:
+            raise error
+        written.append(1)
+        return original(self, raw)
+
+    monkeypatch.setattr(BlobStore, "put", put)
+
+
+def _database_write_fails(monkeypatch, message: str, *, after: int) -> None:
+    """Make a batch's database write fail (as SQLite does) once `after` batches committed;
+    the failing batch's rows are added first, so the test sees that none of them stay."""
+    from sqlalchemy.exc import OperationalError
+
+    from mailsync import store
+
+    original = store.store_batch
+    calls = []
+
+    def store_batch(*args, **kwargs):
+        stored = original(*args, **kwargs)
+        calls.append(1)
+        if len(calls) > after:
+            db.session.flush()
+            raise OperationalError("INSERT INTO message ...", {}, sqlite3.OperationalError(message))
+        return stored
+
+    monkeypatch.setattr(store, "store_batch", store_batch)
+
+
+DISK_FAULTS = {
+    "blob-disk-full": (
+        lambda mp: _blob_write_fails(
+            mp, OSError(errno.ENOSPC, "No space left on device"), after=25
+        ),
+        "The disk holding Threadline's data is full",
+    ),
+    "blob-folder-read-only": (
+        lambda mp: _blob_write_fails(
+            mp, PermissionError(errno.EACCES, "Permission denied", "/data/blobs/ab"), after=25
+        ),
+        "Threadline cannot write to its data folder {instance}",
+    ),
+    "database-full": (
+        lambda mp: _database_write_fails(mp, "database or disk is full", after=2),
+        "The disk holding Threadline's data is full",
+    ),
+    "database-read-only": (
+        lambda mp: _database_write_fails(mp, "attempt to write a readonly database", after=2),
+        "Threadline cannot write to its data folder {instance}",
+    ),
+}
+
+
+def _stored_consistently(app, account_id: int) -> int:
+    """Assert that every stored message has its blob, a location and a counted thread;
+    return how many are stored."""
+    from models import Thread
+
+    blobs = BlobStore(Path(app.instance_path) / "blobs")
+    messages = db.session.scalars(select(Message).where(Message.account_id == account_id)).all()
+    for message in messages:
+        assert blobs.exists(message.raw_sha256)
+        assert message.locations
+    for thread in db.session.scalars(select(Thread).where(Thread.account_id == account_id)):
+        assert thread.message_count == sum(1 for m in messages if m.thread_id == thread.id)
+    assert len(locations(account_id)) == len(messages)
+    return len(messages)
+
+
+@pytest.mark.parametrize("fault", DISK_FAULTS.values(), ids=DISK_FAULTS.keys())
+def test_a_full_or_read_only_disk_ends_the_pass_in_plain_words_and_it_resumes(
+    app, dovecot, mail_user, account, monkeypatch, fault
+):
+    make_fault, expected = fault
+    expected = expected.format(instance=app.instance_path)
+    app.config.update(SYNC_BATCH_MESSAGES=10, SYNC_DB_BATCH_MESSAGES=10)
+    deliver(dovecot, mail_user, range(1, 61))
+    account_id = account.id
+    make_fault(monkeypatch)
+
+    started = time.monotonic()
+    result = jobs.run_account_sync(app, account_id)
+    assert result.error and result.error.startswith(expected), result.error
+    assert time.monotonic() - started < 5  # no reconnecting: the server is not the problem
+    db.session.expire_all()
+    account = db.session.get(MailAccount, account_id)
+    assert account.last_error == result.error and account.sync_state == SYNC_RUNNING
+    assert db.session.scalar(select(SyncRun)).error == result.error
+    assert db.session.scalar(select(func.count()).select_from(SyncLease)) == 0
+    assert 0 < _stored_consistently(app, account_id) < 60
+
+    monkeypatch.undo()  # space is back
+    account.backoff_until = datetime.now(UTC) - timedelta(seconds=1)  # its backoff is over
+    db.session.commit()
+    jobs.sync_due_accounts(app)  # the next scheduled pass just works
+    db.session.expire_all()
+    account = db.session.get(MailAccount, account_id)
+    assert account.last_error is None and account.last_success_at is not None
+    assert _stored_consistently(app, account_id) == 60
+
+
+def test_a_database_that_cannot_be_written_is_reported_before_the_pass(app, account, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    def read_only(*args, **kwargs):
+        raise OperationalError(
+            "UPDATE sync_lease ...",
+            {},
+            sqlite3.OperationalError("attempt to write a readonly database"),
+        )
+
+    monkeypatch.setattr(jobs, "acquire_lease", read_only)
+    result = jobs.run_account_sync(app, account.id)
+    assert (
+        result.error == f"Threadline cannot write to its data folder {app.instance_path}. "
+        "Make it writable for the user Threadline runs as; syncing resumes by itself."
+    )
+    assert result.error_kind == "data_not_writable"
