@@ -18,6 +18,7 @@ import jobs
 from extensions import db
 from mailsync.blobstore import BlobStore
 from mailsync.parse import parse_message
+from mailsync.sync import CONNECTION_RETRIES
 from models import (
     SYNC_NEEDS_REAUTH,
     SYNC_RUNNING,
@@ -117,6 +118,29 @@ def test_connection_cut_mid_fetch_is_retried_without_loss(
     assert db.session.scalar(select(func.count()).select_from(MessageLocation)) == 40
 
 
+def test_a_mail_server_restart_mid_pass_is_waited_out_within_the_pass(
+    app, dovecot, mail_user, account, monkeypatch
+):
+    """The server closes the connection mid-FETCH, then refuses connections for 2.5 s (it
+    is restarting): the pass reconnects after growing pauses and finishes."""
+    padding = "x" * 60 + "\r\n"
+    for n in range(1, 41):
+        dovecot.deliver(mail_user.email, raw_message(n, to=mail_user.email, body=padding * 800))
+    proxy = CuttingProxy(dovecot.host, dovecot.ssl_port, cut_after=600_000, refuse_for=2.5)
+    try:
+        account.imap_port = proxy.port
+        db.session.commit()
+        with command_log(monkeypatch) as log:
+            result = jobs.run_account_sync(app, account.id)
+        assert proxy.cut_count == 1
+        assert result.ok, result.error
+        assert log.count("LOGIN") == 2
+    finally:
+        proxy.close()
+    assert message_count(account.id) == 40
+    assert len(locations(account.id)) == 40
+
+
 # Bytes the server has sent (TLS included) by each step of connecting to the test Dovecot:
 # the handshake ends near 900, the greeting near 1300, LOGIN's answer near 2100.
 CONNECT_CUTS = {"tls-handshake": 300, "greeting": 1100, "login": 1900}
@@ -179,7 +203,9 @@ def test_cut_during_poll_never_moves_watermark_past_committed_data(
     padding = "y" * 60 + "\r\n"
     for n in range(3, 33):
         dovecot.deliver(mail_user.email, raw_message(n, to=mail_user.email, body=padding * 800))
-    proxy = CuttingProxy(dovecot.host, dovecot.ssl_port, cut_after=400_000, cuts=3)
+    proxy = CuttingProxy(
+        dovecot.host, dovecot.ssl_port, cut_after=400_000, cuts=CONNECTION_RETRIES + 1
+    )
     try:
         account.imap_port = proxy.port
         db.session.commit()
