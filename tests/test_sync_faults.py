@@ -586,3 +586,25 @@ def test_a_database_that_cannot_be_written_is_reported_before_the_pass(app, acco
         "Make it writable for the user Threadline runs as; syncing resumes by itself."
     )
     assert result.error_kind == "data_not_writable"
+
+
+def test_a_disk_that_also_refuses_to_record_the_pass_still_releases_the_lease(
+    app, make_user, make_stored_account, monkeypatch
+):
+    """On a full disk the pass's record may fail too: no traceback, the lease is given back."""
+    from sqlalchemy.exc import OperationalError
+
+    from mailsync.sync import SyncResult
+
+    account_id = make_stored_account(make_user()).id
+    monkeypatch.setattr(jobs, "sync_account", lambda *args, **kwargs: SyncResult(account_id))
+
+    def disk_full(*args, **kwargs):
+        raise OperationalError(
+            "UPDATE mail_account ...", {}, sqlite3.OperationalError("database or disk is full")
+        )
+
+    monkeypatch.setattr(jobs, "_record", disk_full)
+    result = jobs.run_account_sync(app, account_id)
+    assert result.error.startswith("The disk holding Threadline's data is full")
+    assert db.session.scalar(select(func.count()).select_from(SyncLease)) == 0
