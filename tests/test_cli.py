@@ -23,6 +23,7 @@ from models import Deal, Lead, Organization, Person, Project, User
 from services import users
 from services.throttle import ThrottlePolicy
 from services.users import authenticate
+from tests.as_nobody import needs_root, run_cli_as_nobody
 from tests.conftest import PASSWORD
 
 
@@ -195,24 +196,8 @@ def test_serve_runs_the_app_in_a_real_process(app, make_user, tmp_path):
         server.stdout.close()
 
 
-# Run a CLI command as the unprivileged user `nobody`. The interpreter lives under /root,
-# which nobody may not read, so the modules a command needs are imported first (as root,
-# by building a throwaway app), then the process gives up root and runs the command.
-AS_NOBODY = """
-import os, sys, tempfile
-from app import create_app
-create_app({"INSTANCE_PATH": tempfile.mkdtemp(), "SCHEDULER_ENABLED": False, "TESTING": True})
-os.setgroups([])
-os.setgid(65534)
-os.setuid(65534)
-from flask.cli import main
-sys.argv = ["flask", "--app", "app", *sys.argv[1:]]
-main()
-"""
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
-def test_mail_status_reads_a_read_only_instance(tmp_path_factory):
+@needs_root
+def test_mail_status_reads_a_read_only_instance():
     """An instance folder this user may read but not change (another user's, or a read-only
     mount): `flask mail-status` prints the status and writes nothing."""
     from app import create_app
@@ -244,14 +229,7 @@ def test_mail_status_reads_a_read_only_instance(tmp_path_factory):
             path.chmod(0o755 if path.is_dir() else 0o644)
         before = {path: path.stat().st_mtime_ns for path in instance.rglob("*")}
 
-        status = subprocess.run(
-            [sys.executable, "-c", AS_NOBODY, "mail-status"],
-            cwd=Path(__file__).resolve().parents[1],
-            env={**os.environ, "THREADLINE_INSTANCE_PATH": str(instance)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        status = run_cli_as_nobody("mail-status", instance=instance)
         assert status.returncode == 0, status.stderr
         assert "box@mail.test: running" in status.stdout, status.stdout
         assert "last error: The server rejected the username" in status.stdout

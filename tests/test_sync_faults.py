@@ -5,7 +5,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -29,6 +31,7 @@ from models import (
     SyncRun,
 )
 from services.credentials import secret_box
+from tests.as_nobody import NOBODY, needs_root, run_cli_as_nobody
 from tests.servers.proxy import CuttingProxy
 from tests.sync_helpers import (
     command_log,
@@ -608,3 +611,52 @@ def test_a_disk_that_also_refuses_to_record_the_pass_still_releases_the_lease(
     result = jobs.run_account_sync(app, account_id)
     assert result.error.startswith("The disk holding Threadline's data is full")
     assert db.session.scalar(select(func.count()).select_from(SyncLease)) == 0
+
+
+@needs_root
+def test_a_read_only_blob_folder_for_real(dovecot, mail_user):
+    """`flask sync` run as a non-root user whose blob folder is 0500: the same plain words,
+    recorded on the account, and no traceback."""
+    from app import create_app
+    from mailsync.blobstore import blob_root
+    from services import users
+
+    deliver(dovecot, mail_user, range(1, 4))
+    base = Path(tempfile.mkdtemp(prefix="threadline-ro-blobs-"))
+    try:
+        base.chmod(0o755)
+        instance = base / "instance"
+        other = create_app({"INSTANCE_PATH": str(instance), "SCHEDULER_ENABLED": False})
+        (instance / "config.py").write_text("MAIL_ALLOWED_PORTS = None\n")
+        with other.app_context():
+            user = users.create_user(email="ro@team.test", name="Ro", password="pw-123456789")
+            account = MailAccount(
+                user_id=user.id,
+                email_address=mail_user.email,
+                username=mail_user.email,
+                password_encrypted=secret_box(other).encrypt(mail_user.password),
+                imap_host=dovecot.host,
+                imap_port=dovecot.ssl_port,
+                ca_cert_pem=dovecot.ca_file.read_text(),
+                since="all",
+            )
+            db.session.add(account)
+            db.session.commit()
+            account_id = account.id
+            db.session.remove()
+            db.engine.dispose()
+        blob_root(other).mkdir()
+        for path in (instance, *instance.rglob("*")):
+            os.chown(path, NOBODY, NOBODY)
+        blob_root(other).chmod(0o500)
+
+        sync = run_cli_as_nobody("sync", "--account", str(account_id), instance=instance)
+        expected = f"Threadline cannot write to its data folder {instance}."
+        assert sync.returncode == 1 and expected in sync.stderr, sync.stdout + sync.stderr
+        assert "Traceback" not in sync.stderr, sync.stderr
+        with other.app_context():
+            assert db.session.get(MailAccount, account_id).last_error.startswith(expected)
+            db.session.remove()
+            db.engine.dispose()
+    finally:
+        shutil.rmtree(base)
