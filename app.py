@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import stat
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -71,11 +72,43 @@ def make_instance_private(instance: Path) -> None:
     """
     os.umask(0o077)  # process-wide, so it is set before the database is first opened
     instance.mkdir(parents=True, exist_ok=True)
-    instance.chmod(0o700)
+    _keep_private(instance, 0o700)
     for path in instance.iterdir():
         if path.is_symlink():
             continue  # an operator's choice (e.g. blobs on another disk); leave it alone
-        path.chmod(0o700 if path.is_dir() else 0o600)
+        _keep_private(path, 0o700 if path.is_dir() else 0o600)
+
+
+def _keep_private(path: Path, mode: int) -> None:
+    """Remove the permissions `path` has beyond `mode`; warn if they cannot be removed.
+
+    A path that already has no more than `mode` is not touched, so a read-only instance
+    folder (a read-only mount, or one owned by another user: `flask mail-status` on a
+    backup) stays as it is instead of failing the start-up with EROFS or EPERM.
+    """
+    if stat.S_IMODE(path.stat().st_mode) & ~mode == 0:
+        return
+    try:
+        path.chmod(mode)
+    except OSError as exc:
+        logging.getLogger("threadline").warning(
+            "cannot make %s private (%s); other users of this machine may read it",
+            path,
+            exc.strerror,
+        )
+
+
+def instance_database_uri(database: Path, *, read_only: bool) -> str:
+    """Return the SQLAlchemy URI of the instance's SQLite database.
+
+    Read-only, SQLite cannot create the WAL index (-shm) next to the database, and opening
+    a WAL database then fails; a database with no -wal or -shm file beside it has nothing
+    in flight (no process writes it), so it is opened as immutable, which needs neither.
+    """
+    if not read_only:
+        return f"sqlite:///{database}"
+    idle = not any(Path(f"{database}{suffix}").exists() for suffix in ("-wal", "-shm"))
+    return f"sqlite:///file:{database}?mode=ro{'&immutable=1' if idle else ''}&uri=true"
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -99,10 +132,15 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     instance = Path(app.instance_path)
     make_instance_private(instance)
+    # A read-only instance (a read-only mount, a backup, another user's folder) can still
+    # be inspected, e.g. by `flask mail-status`: nothing is created or changed at start-up.
+    read_only = not os.access(instance, os.W_OK)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = config.read_or_create_secret(instance / "secret.key")
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):
-        app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{instance / 'threadline.db'}"
+        app.config["SQLALCHEMY_DATABASE_URI"] = instance_database_uri(
+            instance / "threadline.db", read_only=read_only
+        )
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"connect_args": {"timeout": 30}})
     if app.config.get("HTTPS"):
@@ -128,12 +166,13 @@ def create_app(test_config: dict | None = None) -> Flask:
     import models  # noqa: F401  (register tables)
     from services.search import ensure_search_index, keep_thread_index_current
 
-    with app.app_context():
-        db.create_all()
-        with db.engine.begin() as connection:
-            models.upgrade_schema(connection)
-            if db.engine.dialect.name == "sqlite":
-                ensure_search_index(connection)
+    if not read_only:
+        with app.app_context():
+            db.create_all()
+            with db.engine.begin() as connection:
+                models.upgrade_schema(connection)
+                if db.engine.dialect.name == "sqlite":
+                    ensure_search_index(connection)
     keep_thread_index_current(Session)
 
     _register_blueprints(app)

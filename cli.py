@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+from datetime import UTC
 from pathlib import Path
 
 import click
@@ -193,7 +194,12 @@ def _stop_foreground_sync(_signum, _frame) -> None:
 
 @click.command("sync")
 @click.option("--account", "account_id", type=int, help="Sync only this account id.")
-@click.option("--all", "all_accounts", is_flag=True, help="Sync every account in state running.")
+@click.option(
+    "--all",
+    "all_accounts",
+    is_flag=True,
+    help="Sync every due account; say which others are skipped, and why.",
+)
 @click.option("--budget", default=3600, show_default=True, help="Time budget in seconds.")
 def sync(account_id: int | None, all_accounts: bool, budget: int) -> None:
     """Run one mail sync pass in the foreground; exit non-zero if any account fails."""
@@ -202,16 +208,23 @@ def sync(account_id: int | None, all_accounts: bool, budget: int) -> None:
 
     if account_id is None and not all_accounts:
         raise click.UsageError("Give --account ID or --all.")
+    failed = False
     if account_id is not None:
         if db.session.get(MailAccount, account_id) is None:
             raise click.ClickException(f"No mail account with id {account_id}.")
         ids = [account_id]
     else:
         ids = jobs.due_account_ids()
+        # Say which accounts are not due, why and until when; exit non-zero for those held
+        # back by a failure (a paused account is the user's choice).
+        for account in _accounts_not_due(ids):
+            click.echo(
+                f"account {account.id} ({account.email_address}): skipped, {_skip_reason(account)}"
+            )
+            failed = failed or account.sync_state != models.SYNC_PAUSED
     db.session.commit()
     app = current_app._get_current_object()
     signal.signal(signal.SIGTERM, _stop_foreground_sync)
-    failed = False
     for one_id in ids:
         with click.progressbar(length=1, label=f"account {one_id}") as bar:
             seen: dict[str, int] = {}
@@ -247,6 +260,31 @@ def sync(account_id: int | None, all_accounts: bool, budget: int) -> None:
             )
     if failed:
         raise SystemExit(1)
+
+
+def _accounts_not_due(due_ids: list[int]) -> list[models.MailAccount]:
+    """Return the accounts (not removed ones) that a `sync --all` pass leaves out."""
+    return list(
+        db.session.scalars(
+            db.select(models.MailAccount)
+            .where(
+                models.MailAccount.id.not_in(due_ids),
+                models.MailAccount.removed_at.is_(None),
+            )
+            .order_by(models.MailAccount.id)
+        )
+    )
+
+
+def _skip_reason(account: models.MailAccount) -> str:
+    """Say in plain words why an account is not synced now, and until when."""
+    if account.sync_state == models.SYNC_RUNNING and account.backoff_until is not None:
+        until = account.backoff_until.astimezone(UTC).strftime("%H:%M UTC")
+        reason = f"retrying after a failure until {until}"
+        return f"{reason} ({account.last_error})" if account.last_error else reason
+    label = accounts.STATE_LABELS.get(account.sync_state, account.sync_state).lower()
+    fix = accounts.STATE_FIXES.get(account.sync_state)
+    return f"{label}: {fix}" if fix else label
 
 
 def _when(value) -> str | None:

@@ -42,6 +42,7 @@ import config
 from extensions import db
 from mailsync import gc, imap, store
 from mailsync.blobstore import app_blob_store
+from mailsync.storage_errors import storage_problem
 from mailsync.sync import Progress, SyncResult, sync_account
 from models import (
     SYNC_ERROR,
@@ -623,23 +624,33 @@ def run_account_sync(
     owner = f"{_WORKER}:{uuid.uuid4().hex[:8]}"
     lease = lease_seconds(app)
     with app.app_context():
-        if not acquire_lease(account_id, owner, seconds=lease):
-            log.info("account %s is already being synced; skipped", account_id)
+        try:
+            if not acquire_lease(account_id, owner, seconds=lease):
+                log.info("account %s is already being synced; skipped", account_id)
+                return None
+            # With the lease held no other pass of this account runs, so an unfinished run
+            # is one whose process died (kill -9, power loss) and left it behind.
+            db.session.execute(
+                update(SyncRun)
+                .where(SyncRun.account_id == account_id, SyncRun.finished_at.is_(None))
+                .values(finished_at=datetime.now(UTC), error=SYNC_INTERRUPTED)
+            )
+            run = SyncRun(account_id=account_id, started_at=datetime.now(UTC))
+            db.session.add(run)
+            db.session.commit()
+            run_id = run.id
+            keeper = LeaseKeeper(account_id, owner, lease)
+        except Exception as exc:
+            # A database that cannot be written (disk full, read-only) cannot record the
+            # problem either: it is reported to the caller (the CLI prints it) and logged.
+            db.session.rollback()
+            problem = storage_problem(exc, app.instance_path)
+            if problem is None:
+                raise
+            log.error("account %s: not synced: %s (%s)", account_id, problem.message, exc)
+            return SyncResult(account_id=account_id, error=problem.message, error_kind=problem.kind)
+        finally:
             db.session.remove()
-            return None
-        # With the lease held no other pass of this account runs, so an unfinished run is
-        # one whose process died (kill -9, power loss) and left it behind.
-        db.session.execute(
-            update(SyncRun)
-            .where(SyncRun.account_id == account_id, SyncRun.finished_at.is_(None))
-            .values(finished_at=datetime.now(UTC), error=SYNC_INTERRUPTED)
-        )
-        run = SyncRun(account_id=account_id, started_at=datetime.now(UTC))
-        db.session.add(run)
-        db.session.commit()
-        run_id = run.id
-        keeper = LeaseKeeper(account_id, owner, lease)
-        db.session.remove()
     try:
         with keeper:
             result = sync_account(
@@ -662,10 +673,30 @@ def run_account_sync(
         try:
             _record(account_id, run_id, result)
             _refresh_statistics(result)
+        except Exception as exc:
+            # The pass's own failure may be a full disk, which these writes then hit too.
+            db.session.rollback()
+            problem = storage_problem(exc, app.instance_path)
+            if problem is None:
+                raise
+            log.error("account %s: the pass was not recorded: %s", account_id, problem.message)
+            if result.error is None:
+                result.error, result.error_kind = problem.message, problem.kind
         finally:
-            release_lease(account_id, owner)
+            _release_lease_if_possible(app, account_id, owner)
             db.session.remove()
     return result
+
+
+def _release_lease_if_possible(app: Flask, account_id: int, owner: str) -> None:
+    """Give the lease back; on a disk that refuses the write it runs out by itself."""
+    try:
+        release_lease(account_id, owner)
+    except Exception as exc:
+        db.session.rollback()
+        if storage_problem(exc, app.instance_path) is None:
+            raise
+        log.error("account %s: the lease ends within SYNC_LEASE_SECONDS (disk)", account_id)
 
 
 class SyncInterrupted(BaseException):

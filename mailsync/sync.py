@@ -41,6 +41,7 @@ from mailsync.folders import NAME_ROLES
 from mailsync.folders import SPECIAL_USE_ROLES as ATTRIBUTE_ROLES
 from mailsync.parse import header_dedup_key, parse_headers_only, placeholder_dedup_key
 from mailsync.prepare import Prepared, prepare_batch
+from mailsync.storage_errors import storage_problem
 from models import FailedUid, MailAccount, MailFolder, Message, MessageLocation, User
 from services import linking, search
 from services.preferences import get_preference
@@ -71,7 +72,7 @@ UIDVALIDITY_MIN_MATCHES = 20
 UIDVALIDITY_MIN_SHARE = 0.8
 MAX_FETCH_ATTEMPTS = 5
 FAILED_RETRY_SECONDS = 300
-CONNECTION_RETRIES = 2
+CONNECTION_RETRIES = 3  # reconnects per pass: after 1, 2 and 4 s (a server restart's refusals)
 RETRY_PAUSE_SECONDS = 1.0  # the first reconnect waits this long (doubling, plus jitter)
 SEARCH_INDEX_EVERY_SECONDS = 10.0  # how far conversation search may lag a long backfill
 PARSE_WORKERS = 2  # processes that parse and write blobs while the next batch downloads
@@ -315,6 +316,7 @@ class AccountSync:
         self.progress = progress
         self.result = SyncResult(account_id=account_id)
         self.conn: IMAPClient | None = None
+        self.reached_server = False  # True once this pass has logged in
         self.blob_root = str(blob_root(app))
         self.pool: ProcessPoolExecutor | None = None
         self.fetch_thread: ThreadPoolExecutor | None = None
@@ -356,6 +358,7 @@ class AccountSync:
             self.conn = imap.connect(
                 self._settings(), allowed_ports=imap.allowed_ports(self.app.config)
             )
+            self.reached_server = True
             capabilities = sorted(_decode(c) for c in self.conn.capabilities())
             account = db.session.get(MailAccount, self.account_id)
             if account.capabilities != capabilities:
@@ -429,8 +432,10 @@ class AccountSync:
                         pending.pop(0)
                     break
                 except (*NETWORK_ERRORS, imap.MailConnectionError) as exc:
-                    if isinstance(exc, imap.MailConnectionError) and not exc.transient:
+                    if isinstance(exc, imap.MailConnectionError) and not self._retry_may_help(exc):
                         raise  # the server's answer proved a settings or credentials problem
+                    if storage_problem(exc, self.app.instance_path) is not None:
+                        raise  # a full disk is an OSError too; reconnecting cannot help
                     # SYNC.md §6: discard the connection, retry the (idempotent) folder fresh,
                     # also when it dropped while connecting (TLS, greeting, LOGIN).
                     db.session.rollback()
@@ -440,6 +445,8 @@ class AccountSync:
                         "account %s: connection lost (%s), retry %s", self.account_id, exc, attempts
                     )
                     if attempts > CONNECTION_RETRIES:
+                        if isinstance(exc, imap.MailConnectionError) and not exc.transient:
+                            raise  # still refused: say so, not "kept dropping"
                         raise imap.MailConnectionError(
                             imap.NETWORK,
                             "The connection to the mail server kept dropping (a network "
@@ -459,10 +466,18 @@ class AccountSync:
             self.result.error_kind = exc.kind
             self.result.needs_user_action = exc.needs_user_action
         except Exception as exc:
-            db.session.rollback()
-            log.exception("account %s: sync failed", self.account_id)
-            self.result.error = f"Sync failed unexpectedly ({type(exc).__name__}). It will retry."
-            self.result.error_kind = "internal"
+            db.session.rollback()  # the unfinished batch: nothing of it stays half-stored
+            problem = storage_problem(exc, self.app.instance_path)
+            if problem is not None:
+                log.error("account %s: %s (%s)", self.account_id, problem.message, exc)
+                self.result.error = problem.message
+                self.result.error_kind = problem.kind
+            else:
+                log.exception("account %s: sync failed", self.account_id)
+                self.result.error = (
+                    f"Sync failed unexpectedly ({type(exc).__name__}). It will retry."
+                )
+                self.result.error_kind = "internal"
         finally:
             if self.conn is not None:
                 imap.safe_logout(self.conn)
@@ -474,6 +489,18 @@ class AccountSync:
                 self.fetch_thread.shutdown(wait=True)
                 self.fetch_thread = None
         return self.result
+
+    def _retry_may_help(self, exc: imap.MailConnectionError) -> bool:
+        """Tell whether reconnecting within this pass may succeed.
+
+        Yes when the connection dropped, and when a server this pass already logged in to
+        now refuses connections: it is restarting (it closed our connection, and refuses
+        until it listens again). A server refusing from the start is down or misconfigured;
+        that pass fails at once and the account backs off.
+        """
+        if exc.transient:
+            return True
+        return self.reached_server and exc.kind == imap.CONNECTION_REFUSED
 
     def _pause_before_retry(self, attempt: int) -> None:
         """Wait 1, 2, 4 ... s plus jitter before reconnecting (SYNC.md §6), within the budget."""

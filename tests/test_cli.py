@@ -2,13 +2,16 @@
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime
 from http.cookiejar import CookieJar
 from pathlib import Path
 
@@ -17,8 +20,10 @@ from sqlalchemy import func, select
 
 from extensions import db
 from models import Deal, Lead, Organization, Person, Project, User
+from services import users
 from services.throttle import ThrottlePolicy
 from services.users import authenticate
+from tests.as_nobody import needs_root, run_cli_as_nobody
 from tests.conftest import PASSWORD
 
 
@@ -189,3 +194,77 @@ def test_serve_runs_the_app_in_a_real_process(app, make_user, tmp_path):
         server.terminate()
         server.wait(timeout=10)
         server.stdout.close()
+
+
+@needs_root
+def test_mail_status_reads_a_read_only_instance():
+    """An instance folder this user may read but not change (another user's, or a read-only
+    mount): `flask mail-status` prints the status and writes nothing."""
+    from app import create_app
+    from mailsync.blobstore import blob_root
+    from models import MailAccount
+
+    base = Path(tempfile.mkdtemp(prefix="threadline-ro-"))
+    try:
+        instance = base / "instance"
+        app = create_app({"INSTANCE_PATH": str(instance), "SCHEDULER_ENABLED": False})
+        with app.app_context():
+            user = users.create_user(email="ro@team.test", name="Ro", password=PASSWORD)
+            db.session.add(
+                MailAccount(
+                    user_id=user.id,
+                    email_address="box@mail.test",
+                    username="box@mail.test",
+                    password_encrypted=b"unused",
+                    imap_host="imap.invalid",
+                    last_error="The server rejected the username or password.",
+                )
+            )
+            db.session.commit()
+            blob_root(app).mkdir()
+            db.session.remove()
+            db.engine.dispose()
+        # Owned by root, readable by everyone, writable by no one else.
+        for path in (base, instance, *instance.rglob("*")):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        before = {path: path.stat().st_mtime_ns for path in instance.rglob("*")}
+
+        status = run_cli_as_nobody("mail-status", instance=instance)
+        assert status.returncode == 0, status.stderr
+        assert "box@mail.test: running" in status.stdout, status.stdout
+        assert "last error: The server rejected the username" in status.stdout
+        assert "Traceback" not in status.stderr, status.stderr
+        assert {path: path.stat().st_mtime_ns for path in instance.rglob("*")} == before
+    finally:
+        shutil.rmtree(base)
+
+
+def test_sync_all_says_which_accounts_it_skipped_and_why(runner, make_user, make_stored_account):
+    from models import SYNC_NEEDS_REAUTH, SYNC_PAUSED
+
+    user = make_user()
+    backing_off = make_stored_account(user, email_address="box@x.test")
+    backing_off.backoff_until = datetime(2030, 1, 2, 14, 5, tzinfo=UTC)
+    backing_off.last_error = "imap.x.test refused the connection."
+    make_stored_account(user, email_address="reauth@x.test").sync_state = SYNC_NEEDS_REAUTH
+    make_stored_account(user, email_address="paused@x.test").sync_state = SYNC_PAUSED
+    db.session.commit()
+
+    result = runner.invoke(args=["sync", "--all"])
+    assert (
+        "(box@x.test): skipped, retrying after a failure until 14:05 UTC "
+        "(imap.x.test refused the connection.)" in result.output
+    ), result.output
+    assert "(reauth@x.test): skipped, needs re-authentication: The password" in result.output
+    assert "(paused@x.test): skipped, paused: Press Resume" in result.output
+    assert result.exit_code == 1  # two accounts are held back by a failure
+
+
+def test_sync_all_with_only_paused_accounts_succeeds(runner, make_user, make_stored_account):
+    from models import SYNC_PAUSED
+
+    make_stored_account(make_user(), email_address="paused@x.test").sync_state = SYNC_PAUSED
+    db.session.commit()
+    result = runner.invoke(args=["sync", "--all"])
+    assert result.exit_code == 0, result.output
+    assert "(paused@x.test): skipped, paused" in result.output

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import sqlite3
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -16,6 +20,7 @@ import jobs
 from extensions import db
 from mailsync.blobstore import BlobStore
 from mailsync.parse import parse_message
+from mailsync.sync import CONNECTION_RETRIES
 from models import (
     SYNC_NEEDS_REAUTH,
     SYNC_RUNNING,
@@ -26,6 +31,7 @@ from models import (
     SyncRun,
 )
 from services.credentials import secret_box
+from tests.as_nobody import NOBODY, needs_root, run_cli_as_nobody
 from tests.servers.proxy import CuttingProxy
 from tests.sync_helpers import (
     command_log,
@@ -115,6 +121,29 @@ def test_connection_cut_mid_fetch_is_retried_without_loss(
     assert db.session.scalar(select(func.count()).select_from(MessageLocation)) == 40
 
 
+def test_a_mail_server_restart_mid_pass_is_waited_out_within_the_pass(
+    app, dovecot, mail_user, account, monkeypatch
+):
+    """The server closes the connection mid-FETCH, then refuses connections for 2.5 s (it
+    is restarting): the pass reconnects after growing pauses and finishes."""
+    padding = "x" * 60 + "\r\n"
+    for n in range(1, 41):
+        dovecot.deliver(mail_user.email, raw_message(n, to=mail_user.email, body=padding * 800))
+    proxy = CuttingProxy(dovecot.host, dovecot.ssl_port, cut_after=600_000, refuse_for=2.5)
+    try:
+        account.imap_port = proxy.port
+        db.session.commit()
+        with command_log(monkeypatch) as log:
+            result = jobs.run_account_sync(app, account.id)
+        assert proxy.cut_count == 1
+        assert result.ok, result.error
+        assert log.count("LOGIN") == 2
+    finally:
+        proxy.close()
+    assert message_count(account.id) == 40
+    assert len(locations(account.id)) == 40
+
+
 # Bytes the server has sent (TLS included) by each step of connecting to the test Dovecot:
 # the handshake ends near 900, the greeting near 1300, LOGIN's answer near 2100.
 CONNECT_CUTS = {"tls-handshake": 300, "greeting": 1100, "login": 1900}
@@ -177,7 +206,9 @@ def test_cut_during_poll_never_moves_watermark_past_committed_data(
     padding = "y" * 60 + "\r\n"
     for n in range(3, 33):
         dovecot.deliver(mail_user.email, raw_message(n, to=mail_user.email, body=padding * 800))
-    proxy = CuttingProxy(dovecot.host, dovecot.ssl_port, cut_after=400_000, cuts=3)
+    proxy = CuttingProxy(
+        dovecot.host, dovecot.ssl_port, cut_after=400_000, cuts=CONNECTION_RETRIES + 1
+    )
     try:
         account.imap_port = proxy.port
         db.session.commit()
@@ -428,3 +459,204 @@ def test_a_folder_deleted_on_the_server_shows_as_gone_and_comes_back_whole(
     assert not folders["Clients"]["gone"]
     assert folders["Clients"]["server_count"] == folders["Clients"]["stored_count"] == 3
     assert message_count(account.id) == 3
+
+
+# Disk trouble is simulated by patching the one write that hits it (blob store or database):
+# no root, loop mount or tmpfs needed, so it runs on any CI machine. Root ignores file modes,
+# so a chmod'ed folder would not fail here; a PermissionError naming the file is what a
+# non-root service gets from such a folder (tests/test_cli.py runs a real one as nobody).
+def _blob_write_fails(monkeypatch, error: OSError, *, after: int) -> None:
+    """Make the blob store fail with `error` once `after` blobs were written."""
+    original = BlobStore.put
+    written = []
+
+    def put(self, raw):
+        if len(written) >= after:
+            raise error
+        written.append(1)
+        return original(self, raw)
+
+    monkeypatch.setattr(BlobStore, "put", put)
+
+
+def _database_write_fails(monkeypatch, message: str, *, after: int) -> None:
+    """Make a batch's database write fail (as SQLite does) once `after` batches committed;
+    the failing batch's rows are added first, so the test sees that none of them stay."""
+    from sqlalchemy.exc import OperationalError
+
+    from mailsync import store
+
+    original = store.store_batch
+    calls = []
+
+    def store_batch(*args, **kwargs):
+        stored = original(*args, **kwargs)
+        calls.append(1)
+        if len(calls) > after:
+            db.session.flush()
+            raise OperationalError("INSERT INTO message ...", {}, sqlite3.OperationalError(message))
+        return stored
+
+    monkeypatch.setattr(store, "store_batch", store_batch)
+
+
+DISK_FAULTS = {
+    "blob-disk-full": (
+        lambda mp: _blob_write_fails(
+            mp, OSError(errno.ENOSPC, "No space left on device"), after=25
+        ),
+        "The disk holding Threadline's data is full",
+    ),
+    "blob-folder-read-only": (
+        lambda mp: _blob_write_fails(
+            mp, PermissionError(errno.EACCES, "Permission denied", "/data/blobs/ab"), after=25
+        ),
+        "Threadline cannot write to its data folder {instance}",
+    ),
+    "database-full": (
+        lambda mp: _database_write_fails(mp, "database or disk is full", after=2),
+        "The disk holding Threadline's data is full",
+    ),
+    "database-read-only": (
+        lambda mp: _database_write_fails(mp, "attempt to write a readonly database", after=2),
+        "Threadline cannot write to its data folder {instance}",
+    ),
+}
+
+
+def _stored_consistently(app, account_id: int) -> int:
+    """Assert that every stored message has its blob, a location and a counted thread;
+    return how many are stored."""
+    from models import Thread
+
+    blobs = BlobStore(Path(app.instance_path) / "blobs")
+    messages = db.session.scalars(select(Message).where(Message.account_id == account_id)).all()
+    for message in messages:
+        assert blobs.exists(message.raw_sha256)
+        assert message.locations
+    for thread in db.session.scalars(select(Thread).where(Thread.account_id == account_id)):
+        assert thread.message_count == sum(1 for m in messages if m.thread_id == thread.id)
+    assert len(locations(account_id)) == len(messages)
+    return len(messages)
+
+
+@pytest.mark.parametrize("fault", DISK_FAULTS.values(), ids=DISK_FAULTS.keys())
+def test_a_full_or_read_only_disk_ends_the_pass_in_plain_words_and_it_resumes(
+    app, dovecot, mail_user, account, monkeypatch, fault
+):
+    make_fault, expected = fault
+    expected = expected.format(instance=app.instance_path)
+    app.config.update(SYNC_BATCH_MESSAGES=10, SYNC_DB_BATCH_MESSAGES=10)
+    deliver(dovecot, mail_user, range(1, 61))
+    account_id = account.id
+    make_fault(monkeypatch)
+
+    started = time.monotonic()
+    result = jobs.run_account_sync(app, account_id)
+    assert result.error and result.error.startswith(expected), result.error
+    assert time.monotonic() - started < 5  # no reconnecting: the server is not the problem
+    db.session.expire_all()
+    account = db.session.get(MailAccount, account_id)
+    assert account.last_error == result.error and account.sync_state == SYNC_RUNNING
+    assert db.session.scalar(select(SyncRun)).error == result.error
+    assert db.session.scalar(select(func.count()).select_from(SyncLease)) == 0
+    assert 0 < _stored_consistently(app, account_id) < 60
+
+    monkeypatch.undo()  # space is back
+    account.backoff_until = datetime.now(UTC) - timedelta(seconds=1)  # its backoff is over
+    db.session.commit()
+    jobs.sync_due_accounts(app)  # the next scheduled pass just works
+    db.session.expire_all()
+    account = db.session.get(MailAccount, account_id)
+    assert account.last_error is None and account.last_success_at is not None
+    assert _stored_consistently(app, account_id) == 60
+
+
+def test_a_database_that_cannot_be_written_is_reported_before_the_pass(app, account, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    def read_only(*args, **kwargs):
+        raise OperationalError(
+            "UPDATE sync_lease ...",
+            {},
+            sqlite3.OperationalError("attempt to write a readonly database"),
+        )
+
+    monkeypatch.setattr(jobs, "acquire_lease", read_only)
+    result = jobs.run_account_sync(app, account.id)
+    assert (
+        result.error == f"Threadline cannot write to its data folder {app.instance_path}. "
+        "Make it writable for the user Threadline runs as; syncing resumes by itself."
+    )
+    assert result.error_kind == "data_not_writable"
+
+
+def test_a_disk_that_also_refuses_to_record_the_pass_still_releases_the_lease(
+    app, make_user, make_stored_account, monkeypatch
+):
+    """On a full disk the pass's record may fail too: no traceback, the lease is given back."""
+    from sqlalchemy.exc import OperationalError
+
+    from mailsync.sync import SyncResult
+
+    account_id = make_stored_account(make_user()).id
+    monkeypatch.setattr(jobs, "sync_account", lambda *args, **kwargs: SyncResult(account_id))
+
+    def disk_full(*args, **kwargs):
+        raise OperationalError(
+            "UPDATE mail_account ...", {}, sqlite3.OperationalError("database or disk is full")
+        )
+
+    monkeypatch.setattr(jobs, "_record", disk_full)
+    result = jobs.run_account_sync(app, account_id)
+    assert result.error.startswith("The disk holding Threadline's data is full")
+    assert db.session.scalar(select(func.count()).select_from(SyncLease)) == 0
+
+
+@needs_root
+def test_a_read_only_blob_folder_for_real(dovecot, mail_user):
+    """`flask sync` run as a non-root user whose blob folder is 0500: the same plain words,
+    recorded on the account, and no traceback."""
+    from app import create_app
+    from mailsync.blobstore import blob_root
+    from services import users
+
+    deliver(dovecot, mail_user, range(1, 4))
+    base = Path(tempfile.mkdtemp(prefix="threadline-ro-blobs-"))
+    try:
+        base.chmod(0o755)
+        instance = base / "instance"
+        other = create_app({"INSTANCE_PATH": str(instance), "SCHEDULER_ENABLED": False})
+        (instance / "config.py").write_text("MAIL_ALLOWED_PORTS = None\n")
+        with other.app_context():
+            user = users.create_user(email="ro@team.test", name="Ro", password="pw-123456789")
+            account = MailAccount(
+                user_id=user.id,
+                email_address=mail_user.email,
+                username=mail_user.email,
+                password_encrypted=secret_box(other).encrypt(mail_user.password),
+                imap_host=dovecot.host,
+                imap_port=dovecot.ssl_port,
+                ca_cert_pem=dovecot.ca_file.read_text(),
+                since="all",
+            )
+            db.session.add(account)
+            db.session.commit()
+            account_id = account.id
+            db.session.remove()
+            db.engine.dispose()
+        blob_root(other).mkdir()
+        for path in (instance, *instance.rglob("*")):
+            os.chown(path, NOBODY, NOBODY)
+        blob_root(other).chmod(0o500)
+
+        sync = run_cli_as_nobody("sync", "--account", str(account_id), instance=instance)
+        expected = f"Threadline cannot write to its data folder {instance}."
+        assert sync.returncode == 1 and expected in sync.stderr, sync.stdout + sync.stderr
+        assert "Traceback" not in sync.stderr, sync.stderr
+        with other.app_context():
+            assert db.session.get(MailAccount, account_id).last_error.startswith(expected)
+            db.session.remove()
+            db.engine.dispose()
+    finally:
+        shutil.rmtree(base)

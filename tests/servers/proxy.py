@@ -1,32 +1,46 @@
-"""A loopback TCP proxy that can cut a connection after N bytes (mid-FETCH faults)."""
+"""A loopback TCP proxy that can cut a connection after N bytes (mid-FETCH faults) and then
+refuse connections for a while, as a restarting mail server does."""
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
 
 
 class CuttingProxy:
-    """Forward to (host, port); the first `cuts` connections die after `cut_after` bytes down."""
+    """Forward to (host, port); the first `cuts` connections die after `cut_after` bytes down.
 
-    def __init__(self, host: str, port: int, *, cut_after: int, cuts: int = 1):
+    With `refuse_for`, each cut is a server restart: the proxy stops listening (connections
+    are refused) for that many seconds, then listens again on the same port.
+    """
+
+    def __init__(
+        self, host: str, port: int, *, cut_after: int, cuts: int = 1, refuse_for: float = 0.0
+    ):
         self.target = (host, port)
         self.cut_after = cut_after
         self.cuts_left = cuts
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
+        self.refuse_for = refuse_for
+        self.port = 0
+        self.listener = self._listen()
         self.port = self.listener.getsockname()[1]
         self.cut_count = 0
         self.lock = threading.Lock()
         self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
 
-    def _accept(self) -> None:
+    def _listen(self) -> socket.socket:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        return listener
+
+    def _accept(self, listener: socket.socket) -> None:
         while not self.closed:
             try:
-                client, _ = self.listener.accept()
+                client, _ = listener.accept()
             except OSError:
                 return
             with self.lock:
@@ -38,6 +52,7 @@ class CuttingProxy:
 
     def _pipe(self, source: socket.socket, sink: socket.socket, limit: int | None) -> None:
         sent = 0
+        cut = False
         try:
             while True:
                 data = source.recv(65536)
@@ -47,6 +62,9 @@ class CuttingProxy:
                     sink.sendall(data[: max(0, limit - sent)])
                     with self.lock:
                         self.cut_count += 1
+                    cut = True
+                    if self.refuse_for:
+                        self._stop_listening()  # before the client sees the cut and retries
                     break
                 sink.sendall(data)
                 sent += len(data)
@@ -58,7 +76,21 @@ class CuttingProxy:
             except OSError:
                 pass
             sock.close()
+        if cut and self.refuse_for:
+            time.sleep(self.refuse_for)
+            if not self.closed:
+                self.listener = self._listen()
+                threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def _stop_listening(self) -> None:
+        # shutdown, not only close: close() leaves a socket that a thread is blocked in
+        # accept() on still listening, so connections would not be refused.
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
 
     def close(self) -> None:
         self.closed = True
-        self.listener.close()
+        self._stop_listening()
