@@ -2,6 +2,7 @@
 
 import base64
 import json
+import logging
 import threading
 import time
 import zlib
@@ -221,6 +222,30 @@ def test_session_cookie_moved_to_another_browser_is_refused(app, make_user, logi
     thief.set_cookie("session", cookie)
     assert thief.get("/settings/").status_code == 302
     assert client.get("/settings/").status_code == 200  # the owner's browser is unaffected
+
+
+def test_auth_events_are_logged_without_secrets(client, make_user, caplog):
+    caplog.set_level(logging.INFO, logger="threadline.auth")
+    user = make_user(email="lg@team.test")
+    client.environ_base["REMOTE_ADDR"] = "10.0.0.42"
+    client.post("/login", data={"email": "lg@team.test", "password": "bad-guess-123"})
+    client.post("/login", data={"email": "lg@team.test", "password": PASSWORD})
+    new = "another long secret"
+    client.post("/account/password", data={"current": "bad-guess-456", "new": new, "confirm": new})
+    client.post("/account/password", data={"current": PASSWORD, "new": new, "confirm": new})
+    client.post("/logout")
+    events = [r.getMessage() for r in caplog.records if r.name == "threadline.auth"]
+    expected = (
+        "login failed email='lg@team.test' ip=10.0.0.42",
+        f"login ok user={user.id} ip=10.0.0.42",
+        f"password change: wrong current password user={user.id} ip=10.0.0.42",
+        f"password changed user={user.id} ip=10.0.0.42",
+        f"logout user={user.id} ip=10.0.0.42",
+    )
+    for start, event in zip(expected, events, strict=True):
+        assert event.startswith(start), (start, event)
+    for secret in (PASSWORD, new, "bad-guess-123", "bad-guess-456"):
+        assert secret not in caplog.text
 
 
 def test_post_without_csrf_token_is_rejected(make_user, login):
