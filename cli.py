@@ -32,6 +32,7 @@ def register(app: Flask) -> None:
         add_account,
         sync,
         mail_status,
+        reencrypt_mail_passwords,
     )
     for command in commands:
         app.cli.add_command(command)
@@ -307,3 +308,16 @@ def mail_status(as_json: bool) -> None:
                     f"  {folder['name']}: server {folder['server_count']}, "
                     f"stored {folder['stored_count']}"
                 )
+
+
+@click.command("reencrypt-mail-passwords")
+def reencrypt_mail_passwords() -> None:
+    """Re-encrypt stored mail passwords with the newest key (README: rotating the mail key)."""
+    result = accounts.reencrypt_mail_passwords(current_app._get_current_object())
+    click.echo(f"{result.reencrypted} mail password(s) re-encrypted with the newest key.")
+    if result.unreadable_account_ids:
+        ids = ", ".join(map(str, result.unreadable_account_ids))
+        click.echo(
+            f"No key reads the password of account(s) {ids}; their owners must enter it again.",
+            err=True,
+        )
