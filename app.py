@@ -21,7 +21,7 @@ from flask import (
     session,
     url_for,
 )
-from flask_login import current_user, logout_user
+from flask_login import current_user, login_fresh, logout_user
 from flask_wtf.csrf import CSRFError
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -148,6 +148,10 @@ def create_app(test_config: dict | None = None) -> Flask:
             SESSION_COOKIE_SECURE=True,
             REMEMBER_COOKIE_SECURE=True,
             SESSION_COOKIE_NAME="__Host-session",
+            # Flask-Login's cookie, should "remember me" ever be offered (R26); the
+            # __Host- prefix needs Secure, Path=/ and no Domain.
+            REMEMBER_COOKIE_NAME="__Host-remember_token",
+            REMEMBER_COOKIE_PATH="/",
             DEVICE_COOKIE_NAME="__Host-device",
         )
     if app.config.get("TRUSTED_PROXY_HOPS"):
@@ -284,12 +288,17 @@ def _register_hooks(app: Flask) -> None:
             app.extensions["threadline_setup_done"] = True
         if not current_user.is_authenticated:
             return login_manager.unauthorized()
-        if session_too_old(
+        # Flask-Login's "strong" protection only marks a permanent session non-fresh when
+        # the cookie comes from another address or user agent; no sign-in here is ever
+        # non-fresh otherwise (no "remember me"), so such a session ends (R26).
+        moved_cookie = not login_fresh()
+        # Each request renews the idle lifetime; this limit ends even a daily-used
+        # session, so a stolen cookie does not work forever (R26).
+        too_old = session_too_old(
             session.get("signed_in_at"),
             max_age_seconds=app.config["SESSION_ABSOLUTE_LIFETIME_SECONDS"],
-        ):
-            # Each request renews the idle lifetime; this limit ends even a daily-used
-            # session, so a stolen cookie does not work forever (R26).
+        )
+        if moved_cookie or too_old:
             logout_user()
             session.clear()
             return login_manager.unauthorized()

@@ -33,6 +33,7 @@ def register(app: Flask) -> None:
         add_account,
         sync,
         mail_status,
+        reencrypt_mail_passwords,
     )
     for command in commands:
         app.cli.add_command(command)
@@ -352,3 +353,16 @@ def mail_status(as_json: bool) -> None:
                         "older than the sync horizon, or failed to download)"
                     )
                 click.echo(line)
+
+
+@click.command("reencrypt-mail-passwords")
+def reencrypt_mail_passwords() -> None:
+    """Re-encrypt stored mail passwords with the newest key (README: rotating the mail key)."""
+    result = accounts.reencrypt_mail_passwords(current_app._get_current_object())
+    click.echo(f"{result.reencrypted} mail password(s) re-encrypted with the newest key.")
+    if result.unreadable_account_ids:
+        ids = ", ".join(map(str, result.unreadable_account_ids))
+        click.echo(
+            f"No key reads the password of account(s) {ids}; their owners must enter it again.",
+            err=True,
+        )

@@ -44,6 +44,7 @@ from mailsync.prepare import Prepared, prepare_batch
 from mailsync.storage_errors import storage_problem
 from models import FailedUid, MailAccount, MailFolder, Message, MessageLocation, User
 from services import linking, search
+from services.credentials import CredentialError
 from services.preferences import get_preference
 
 log = logging.getLogger("threadline.sync")
@@ -346,9 +347,14 @@ class AccountSync:
 
     def _settings(self) -> imap.ConnectionSettings:
         account = db.session.get(MailAccount, self.account_id)
-        settings = imap.account_settings(
-            self.app, account, timeout=float(self.app.config.get("MAIL_TIMEOUT", 60))
-        )
+        try:
+            settings = imap.account_settings(
+                self.app, account, timeout=float(self.app.config.get("MAIL_TIMEOUT", 60))
+            )
+        except CredentialError as exc:
+            # A corrupted token or a dropped key: only the user can fix it, like a wrong
+            # password, so the account waits for it instead of retrying (R29).
+            raise imap.MailConnectionError(imap.AUTH_FAILED, str(exc)) from exc
         db.session.commit()
         return settings
 

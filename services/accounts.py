@@ -456,6 +456,34 @@ def update_credentials(
     return account
 
 
+@dataclass(frozen=True)
+class Reencrypted:
+    """The outcome of reencrypt_mail_passwords."""
+
+    reencrypted: int
+    unreadable_account_ids: list[int]
+
+
+def reencrypt_mail_passwords(app: Flask) -> Reencrypted:
+    """Re-encrypt every stored mail password with the newest key (key rotation); commits.
+
+    A password no configured key can read is left as it is and its account reported: its
+    owner must enter the password again (the sync says so), as before the rotation.
+    """
+    box = secret_box(app)
+    reencrypted, unreadable = 0, []
+    for account in db.session.scalars(select(MailAccount).order_by(MailAccount.id)):
+        try:
+            account.password_encrypted = box.rotate(account.password_encrypted)
+        except CredentialError:
+            unreadable.append(account.id)
+            continue
+        reencrypted += 1
+    db.session.commit()
+    log.info("mail passwords re-encrypted: %s, unreadable: %s", reencrypted, unreadable)
+    return Reencrypted(reencrypted, unreadable)
+
+
 def server_folders(user: User, account: MailAccount, *, app: Flask) -> list[ServerFolder]:
     """Return the account's folders as the server lists them now (for choosing folders).
 

@@ -49,7 +49,11 @@ class SecretBox:
             ) from exc
 
     def rotate(self, token: bytes) -> bytes:
-        return self._fernet.rotate(bytes(token))
+        """Return the token re-encrypted with the newest key; raise CredentialError."""
+        try:
+            return self._fernet.rotate(bytes(token))
+        except (InvalidToken, TypeError, ValueError) as exc:
+            raise CredentialError("The stored mail password cannot be read.") from exc
 
 
 def secret_box(app) -> SecretBox:

@@ -183,10 +183,11 @@ def session_too_old(started: object, *, max_age_seconds: int) -> bool:
     return utcnow().timestamp() - started > max_age_seconds
 
 
-def end_all_sessions(user: User) -> None:
-    """Invalidate every session of `user` (logout, password change); commits."""
+def end_all_sessions(user: User, *, ip: str) -> None:
+    """Invalidate every session of `user` (sign-out); commits."""
     user.session_epoch = (user.session_epoch or 0) + 1
     db.session.commit()
+    log.info("logout user=%s ip=%s", user.id, ip)
 
 
 def change_password(
@@ -210,6 +211,7 @@ def change_password(
     user.password_hash = generate_password_hash(new)
     user.session_epoch = (user.session_epoch or 0) + 1
     db.session.commit()
+    log.info("password changed user=%s ip=%s", user.id, ip)
 
 
 def list_users() -> list[User]:

@@ -13,8 +13,10 @@ import sqlite3
 from datetime import UTC, datetime
 
 import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy import func
 
+import jobs
 from extensions import db
 from mailsync.providers import get_provider, provider_for_email
 from models import (
@@ -30,8 +32,9 @@ from models import (
     User,
 )
 from services import accounts as account_service
-from services.credentials import secret_box
+from services.credentials import load_keys, secret_box
 from services.errors import ValidationError
+from tests.sync_helpers import raw_message
 
 pytestmark = pytest.mark.imap
 
@@ -241,6 +244,51 @@ def test_corrupted_token_asks_for_the_password_again(
     body = response.get_data(as_text=True)
     assert "Enter the password again" in body
     assert f"/settings/accounts/{account.id}/reauth" in body
+
+
+def test_full_sync_logs_no_password_at_debug(
+    app, dovecot, mail_user, make_user, make_account, caplog
+):
+    caplog.set_level(logging.DEBUG)  # every logger, imapclient's IMAP conversation too
+    for n in range(1, 4):
+        dovecot.deliver(mail_user.email, raw_message(n, to=mail_user.email))
+    account = make_account(make_user(), mail_user)
+    assert jobs.run_account_sync(app, account.id).ok
+    assert "LOGIN" in caplog.text  # the conversation was logged, login command included
+    assert mail_user.password not in caplog.text
+
+
+def test_reencrypting_mail_passwords_rotates_the_key(
+    app, dovecot, mail_user, make_user, make_account, runner
+):
+    account = make_account(make_user(), mail_user)
+    (old_key,) = load_keys(app.instance_path)
+    new_key = Fernet.generate_key()
+
+    def use_keys(*keys: bytes) -> None:
+        app.config["MAIL_KEYS"] = ",".join(key.decode() for key in keys)
+        app.extensions.pop("threadline_secret_box", None)
+
+    use_keys(new_key, old_key)  # the operator puts the new key first
+    result = runner.invoke(args=["reencrypt-mail-passwords"])
+    assert result.exit_code == 0, result.output
+    assert "1 mail password" in result.output
+    use_keys(new_key)  # and then drops the old one
+    db.session.expire_all()
+    stored = db.session.get(MailAccount, account.id).password_encrypted
+    assert secret_box(app).decrypt(stored) == mail_user.password
+    assert jobs.run_account_sync(app, account.id).ok
+
+
+def test_reencrypting_skips_and_names_unreadable_passwords(app, make_user, make_stored_account):
+    readable = make_stored_account(make_user())
+    readable.password_encrypted = secret_box(app).encrypt("mail-secret")
+    broken = make_stored_account(make_user())  # "unused": no key can read it
+    db.session.commit()
+    result = account_service.reencrypt_mail_passwords(app)
+    assert result.reencrypted == 1 and result.unreadable_account_ids == [broken.id]
+    assert secret_box(app).decrypt(readable.password_encrypted) == "mail-secret"
+    assert broken.password_encrypted == b"unused"
 
 
 # --------------------------------------------------------------------------- re-auth

@@ -2,12 +2,15 @@
 
 import base64
 import json
+import logging
 import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
+from itsdangerous import TimestampSigner
 from sqlalchemy import func, select
 from werkzeug.security import check_password_hash
 
@@ -134,18 +137,115 @@ def test_password_change_ends_other_sessions(make_user, login):
     assert second.get("/settings/").status_code == 302
 
 
+def _session_payload(cookie: str) -> str:
+    """Return the JSON inside a Flask session cookie (signed, not encrypted)."""
+    compressed = cookie.startswith(".")
+    payload = cookie.lstrip(".").split(".")[0]
+    data = base64.urlsafe_b64decode(payload + "==")
+    return (zlib.decompress(data) if compressed else data).decode()
+
+
+# What a signed-in session may hold: Flask-Login's keys, the CSRF secret, the sign-in time.
+SESSION_KEYS = {"_user_id", "_fresh", "_id", "_permanent", "csrf_token", "signed_in_at"}
+
+
 def test_session_cookie_flags_and_contents(client, make_user):
     make_user(email="fl@team.test")
     response = client.post("/login", data={"email": "fl@team.test", "password": PASSWORD})
     set_cookie = response.headers["Set-Cookie"]
     assert "HttpOnly" in set_cookie and "SameSite=Lax" in set_cookie
-    cookie = client.get_cookie("session").value
-    compressed = cookie.startswith(".")
-    payload = cookie.lstrip(".").split(".")[0]
-    data = base64.urlsafe_b64decode(payload + "==")
-    text = (zlib.decompress(data) if compressed else data).decode()
+    for url in ("/mail/", "/settings/", "/account/password"):
+        assert client.get(url).status_code == 200
+    text = _session_payload(client.get_cookie("session").value)
     assert PASSWORD not in text
-    assert "password" not in json.loads(text)
+    assert set(json.loads(text)) <= SESSION_KEYS  # no password, no mail content
+
+
+def test_session_and_remember_cookies_are_host_only_and_secure_under_https(tmp_path):
+    with app_with(tmp_path, HTTPS=True) as app:
+        users.create_user(email="hs@team.test", name="Hs", password=PASSWORD)
+        client = app.test_client()
+        response = client.post(
+            "/login",
+            data={"email": "hs@team.test", "password": PASSWORD},
+            base_url="https://localhost",
+            headers={"Referer": "https://localhost/login"},  # Flask-WTF's HTTPS check
+        )
+        assert response.status_code == 302
+        (session_cookie,) = [
+            c for c in response.headers.getlist("Set-Cookie") if c.startswith("__Host-session=")
+        ]
+        for flag in ("Secure", "HttpOnly", "SameSite=Lax", "Path=/"):
+            assert flag in session_cookie
+        assert "Domain=" not in session_cookie  # the __Host- prefix forbids it
+        # No "remember me" is offered; should Flask-Login ever set its cookie, it is the same.
+        assert app.config["REMEMBER_COOKIE_NAME"].startswith("__Host-")
+        assert app.config["REMEMBER_COOKIE_SECURE"] is True
+        assert app.config["REMEMBER_COOKIE_PATH"] == "/"
+
+
+def test_sign_in_starts_a_fresh_session(client, make_user):
+    make_user(email="fx@team.test")
+    with client.session_transaction() as session:
+        session["planted"] = "by-an-attacker"  # e.g. a session fixed before sign-in
+    client.post("/login", data={"email": "fx@team.test", "password": PASSWORD})
+    with client.session_transaction() as session:
+        assert "planted" not in session
+        assert session["_user_id"]
+
+
+def test_session_ends_after_the_idle_lifetime(app, make_user, login, monkeypatch):
+    client = login(make_user())
+    idle = app.config["PERMANENT_SESSION_LIFETIME"]
+    clock = [time.time()]
+    # Flask checks the age of the cookie's signed timestamp; each request renews it.
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: int(clock[0]))
+    for _ in range(2):  # used just within the idle lifetime, twice: still signed in
+        clock[0] += idle - 60
+        assert client.get("/settings/").status_code == 200
+    clock[0] += idle + 1
+    response = client.get("/settings/")
+    assert response.status_code == 302 and "/login" in response.headers["Location"]
+
+
+def test_session_cookie_moved_to_another_browser_is_refused(app, make_user, login):
+    """Flask-Login's "strong" protection: a cookie used from another address or user agent
+    ends the session (Flask-Login alone only marks permanent sessions non-fresh)."""
+    client = login(make_user())
+    cookie = client.get_cookie("session").value
+    assert client.get("/settings/").status_code == 200
+    thief = app.test_client()
+    thief.set_cookie("session", cookie)
+    response = thief.get("/settings/", headers={"User-Agent": "Other/1.0"})
+    assert response.status_code == 302 and "/login" in response.headers["Location"]
+    thief.environ_base["REMOTE_ADDR"] = "10.9.9.9"
+    thief.set_cookie("session", cookie)
+    assert thief.get("/settings/").status_code == 302
+    assert client.get("/settings/").status_code == 200  # the owner's browser is unaffected
+
+
+def test_auth_events_are_logged_without_secrets(client, make_user, caplog):
+    caplog.set_level(logging.INFO, logger="threadline.auth")
+    user = make_user(email="lg@team.test")
+    client.environ_base["REMOTE_ADDR"] = "10.0.0.42"
+    client.post("/login", data={"email": "lg@team.test", "password": "bad-guess-123"})
+    client.post("/login", data={"email": "lg@team.test", "password": PASSWORD})
+    new = "another long secret"
+    client.post("/account/password", data={"current": "bad-guess-456", "new": new, "confirm": new})
+    client.post("/account/password", data={"current": PASSWORD, "new": new, "confirm": new})
+    client.post("/logout")
+    events = [r.getMessage() for r in caplog.records if r.name == "threadline.auth"]
+    expected = (
+        "login failed email='lg@team.test' ip=10.0.0.42",
+        f"login ok user={user.id} ip=10.0.0.42",
+        f"password change: wrong current password user={user.id} ip=10.0.0.42",
+        f"password changed user={user.id} ip=10.0.0.42",
+        f"logout user={user.id} ip=10.0.0.42",
+    )
+    for start, event in zip(expected, events, strict=True):
+        assert event.startswith(start), (start, event)
+    for secret in (PASSWORD, new, "bad-guess-123", "bad-guess-456"):
+        assert secret not in caplog.text
 
 
 def test_post_without_csrf_token_is_rejected(make_user, login):

@@ -249,7 +249,9 @@ def test_unsharing_revokes_on_next_request(app, world, login):
         )
     ]
     panel = f"/mail/records/deal/{world['deal'].id}/conversations"
+    fragment_of_thread = {"HX-Request": "true", "HX-Target": "main"}
     assert all(teammate.get(url).status_code == 200 for url in urls)
+    assert teammate.get(urls[0], headers=fragment_of_thread).status_code == 200
     assert "Renewal terms" in teammate.get(panel).get_data(as_text=True)
     owner = login(world["owner"])
     response = owner.post(
@@ -259,6 +261,7 @@ def test_unsharing_revokes_on_next_request(app, world, login):
     assert response.status_code == 200 and "Share with team" in fragment
     assert '<span id="thread-visibility" hx-swap-oob="true">' in fragment
     assert all(teammate.get(url).status_code == 404 for url in urls)
+    assert teammate.get(urls[0], headers=fragment_of_thread).status_code == 404
     assert "Renewal terms" not in teammate.get(panel).get_data(as_text=True)
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import text
 from app import create_app
 from extensions import db
 from mailsync.blobstore import app_blob_store
+from services.credentials import secret_box
 
 
 def mode(path: Path) -> int:
@@ -29,7 +30,8 @@ def _app(instance: Path):
     return create_app({"TESTING": True, "INSTANCE_PATH": str(instance), "SCHEDULER_ENABLED": False})
 
 
-def test_everything_under_the_instance_folder_is_private(tmp_path, permissive_umask):
+def test_everything_under_the_instance_folder_is_private(tmp_path, permissive_umask, monkeypatch):
+    monkeypatch.delenv("THREADLINE_MAIL_KEYS", raising=False)
     instance = tmp_path / "instance"
     app = _app(instance)
     with app.app_context():
@@ -40,7 +42,9 @@ def test_everything_under_the_instance_folder_is_private(tmp_path, permissive_um
             connection.commit()
             # While a connection is open the WAL and shared-memory files exist.
             database = instance / "threadline.db"
-            files = [database, instance / "secret.key", app_blob_store(app).path_for(sha)]
+            secret_box(app)  # the mail-password key is created on first use
+            files = [database, instance / "secret.key", instance / "mail.key"]
+            files.append(app_blob_store(app).path_for(sha))
             files += [p for p in (Path(f"{database}-wal"), Path(f"{database}-shm")) if p.exists()]
             assert Path(f"{database}-wal").exists()
             for path in files:

@@ -62,9 +62,10 @@ def test_security_headers_on_every_get_route(app, world, login, endpoint):
     for headers in ({}, {"HX-Request": "true", "HX-Target": "main"}):
         response = client.get(url, headers=headers)
         assert response.status_code < 400, (endpoint, url, response.status_code)
-        # Every response carries nosniff and no-store, HTML or attachment alike.
+        # Every response carries nosniff, no-store and Vary, HTML or attachment alike (R31).
         assert response.headers.get("X-Content-Type-Options") == "nosniff", endpoint
         assert "no-store" in response.headers.get("Cache-Control", ""), endpoint
+        assert "hx-request" in response.headers.get("Vary", "").lower(), endpoint
         if response.mimetype == "text/html":
             _assert_headers(response, (endpoint, url, headers))
 
@@ -114,6 +115,21 @@ def test_cross_site_writes_are_refused_even_with_a_token(world, login, headers):
         200,
         303,
     )
+
+
+def test_get_routes_change_nothing(app, world, login):
+    """R25: no state change on GET, whether a page or its htmx fragment is asked for."""
+    changed = []
+    for endpoint in GET_ENDPOINTS:
+        user = world["admin"] if CLASSIFICATION[endpoint] == "admin_page" else world["a"]
+        client = login(user)
+        url = _url(app, endpoint, world["ids"])
+        before = _snapshot()
+        for headers in ({}, {"HX-Request": "true", "HX-Target": "main"}):
+            assert client.get(url, headers=headers).status_code < 400, (endpoint, url)
+        after = _snapshot()
+        changed += [(endpoint, table) for table in before if before[table] != after[table]]
+    assert not changed
 
 
 @pytest.mark.parametrize("endpoint", POST_ONLY)

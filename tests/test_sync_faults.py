@@ -29,6 +29,7 @@ from models import (
     MessageLocation,
     SyncLease,
     SyncRun,
+    User,
 )
 from services.credentials import secret_box
 from tests.as_nobody import NOBODY, needs_root, run_cli_as_nobody
@@ -80,6 +81,24 @@ def test_auth_failure_stops_sync_until_new_password(app, dovecot, mail_user, acc
     account = db.session.get(MailAccount, account.id)
     assert account.sync_state == SYNC_RUNNING and account.last_success_at is not None
     assert message_count(account.id) == 5
+
+
+def test_unreadable_stored_password_asks_to_enter_it_again(app, account, login):
+    """R29: a corrupted token (or a dropped key) is a password to re-enter, not a retry loop."""
+    token = bytearray(account.password_encrypted)
+    token[20] ^= 0x01
+    account.password_encrypted = bytes(token)
+    db.session.commit()
+    result = jobs.run_account_sync(app, account.id)
+    assert result.error_kind == "auth_failed"
+    db.session.expire_all()
+    account = db.session.get(MailAccount, account.id)
+    assert account.sync_state == SYNC_NEEDS_REAUTH
+    assert "Enter the password again" in account.last_error
+    assert account.id not in jobs.due_account_ids()
+    page = login(db.session.get(User, account.user_id)).get(f"/settings/accounts/{account.id}")
+    assert page.status_code == 200
+    assert f"/settings/accounts/{account.id}/reauth" in page.get_data(as_text=True)
 
 
 def test_transient_failure_backs_off(app, account):

@@ -121,7 +121,9 @@ def login_submit():
 @bp.post("/logout")
 def logout():
     if current_user.is_authenticated:
-        users.end_all_sessions(current_user._get_current_object())
+        users.end_all_sessions(
+            current_user._get_current_object(), ip=request.remote_addr or "unknown"
+        )
     logout_user()
     session.clear()
     return redirect(url_for("auth.login"))
