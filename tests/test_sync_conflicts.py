@@ -20,6 +20,11 @@ pytestmark = pytest.mark.imap
 
 
 @pytest.fixture
+def dovecot(any_dovecot):
+    return any_dovecot  # every test here runs against each kind of server
+
+
+@pytest.fixture
 def owner(make_user):
     return make_user()
 

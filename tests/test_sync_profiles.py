@@ -9,27 +9,22 @@ equal the server UID by UID and flag by flag.
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import pytest
 from sqlalchemy import select
 
 from extensions import db
-from models import MailAccount, MailFolder, Message, MessageLocation
-from services.credentials import secret_box
+from models import MailFolder, Message, MessageLocation
 from services.preferences import update_preferences
 from tests.sync_helpers import raw_message, run_sync
 
 pytestmark = pytest.mark.imap
 
 
-_boxes = itertools.count(1)
-
-
 @pytest.fixture
-def box(any_dovecot):
-    return any_dovecot.add_user(f"profile{next(_boxes)}@mail.test", "mail-password-1")
+def dovecot(any_dovecot):
+    return any_dovecot  # every test here runs against each kind of server
 
 
 @pytest.fixture
@@ -38,22 +33,8 @@ def owner(make_user):
 
 
 @pytest.fixture
-def account(app, any_dovecot, box, owner):
-    app.config["MAIL_ALLOWED_PORTS"] = None
-    account = MailAccount(
-        user_id=owner.id,
-        email_address=box.email,
-        username=box.email,
-        password_encrypted=secret_box(app).encrypt(box.password),
-        imap_host=any_dovecot.host,
-        imap_port=any_dovecot.ssl_port,
-        imap_security="ssl",
-        ca_cert_pem=any_dovecot.ca_file.read_text(),
-        since="all",
-    )
-    db.session.add(account)
-    db.session.commit()
-    return account
+def account(owner, make_account, mail_user):
+    return make_account(owner, mail_user)
 
 
 def server_state(server, box, folder: str) -> dict[int, tuple[bool, bool]]:
@@ -100,8 +81,9 @@ def assert_in_step(account, server, box, folders=("INBOX", "Archive")) -> None:
     assert len(keys) == len(set(keys))
 
 
-def test_changes_made_elsewhere_arrive_in_one_pass(app, any_dovecot, box, account):
-    server, inbox, archive = any_dovecot, "INBOX", any_dovecot.profile.folder("Archive")
+def test_changes_made_elsewhere_arrive_in_one_pass(app, dovecot, mail_user, account):
+    server, box = dovecot, mail_user
+    inbox, archive = "INBOX", dovecot.profile.folder("Archive")
     for n in range(1, 9):
         server.deliver(box.email, raw_message(n, to=box.email))
     server.deliver(box.email, raw_message(20, to=box.email), archive)
@@ -126,9 +108,9 @@ def test_changes_made_elsewhere_arrive_in_one_pass(app, any_dovecot, box, accoun
 
 
 def test_mail_moved_away_without_move_comes_back_when_undeleted_elsewhere(
-    app, any_dovecot, box, account, owner, login, runner
+    app, dovecot, mail_user, account, owner, login, runner
 ):
-    server = any_dovecot
+    server, box = dovecot, mail_user
     update_preferences(owner, {"archive_in_mailbox": "True"})
     for n in range(1, 4):
         server.deliver(box.email, raw_message(n, to=box.email))

@@ -19,6 +19,11 @@ pytestmark = pytest.mark.imap
 
 
 @pytest.fixture
+def dovecot(any_dovecot):
+    return any_dovecot  # every test here runs against each kind of server
+
+
+@pytest.fixture
 def account(app, make_user, make_account, mail_user):
     return make_account(make_user(), mail_user)
 
@@ -89,7 +94,7 @@ def test_changes_between_the_passes_of_a_split_first_sync_are_kept(
     dovecot.add_flags(mail_user.email, "INBOX", 58, "\\Seen")
     dovecot.add_flags(mail_user.email, "INBOX", 59, "\\Seen")
     dovecot.expunge(mail_user.email, "INBOX", 57)
-    dovecot.move(mail_user.email, "INBOX", 56, "Archive")
+    dovecot.move(mail_user.email, "INBOX", 56, dovecot.profile.folder("Archive"))
     for _ in range(10):
         result = run_sync(app, account)
         if result.complete:
@@ -100,5 +105,5 @@ def test_changes_between_the_passes_of_a_split_first_sync_are_kept(
     dovecot.remove_flags(mail_user.email, "INBOX", 58, "\\Seen")
     assert run_sync(app, account).ok
     assert local_state(account.id) == server_state(dovecot, mail_user)
-    archived = locations(account.id, "Archive")
+    archived = locations(account.id, dovecot.profile.folder("Archive"))
     assert len(archived) == 1

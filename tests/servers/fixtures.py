@@ -16,13 +16,22 @@ _mail_users = itertools.count(1)
 
 
 @pytest.fixture(scope="session")
-def dovecot():
-    """A Dovecot IMAP server for the whole session (users are per test)."""
+def _session_dovecot():
     if not (shutil.which("dovecot") and shutil.which("doveadm")):
         pytest.fail("Dovecot is not installed: run `make test`, which installs dovecot-imapd")
     server = DovecotServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def dovecot(_session_dovecot):
+    """A Dovecot IMAP server for the whole session (users are per test).
+
+    A test module that should run against every kind of server overrides it:
+    `@pytest.fixture def dovecot(any_dovecot): return any_dovecot`.
+    """
+    return _session_dovecot
 
 
 @pytest.fixture
@@ -32,9 +41,9 @@ def mail_user(dovecot) -> MailUser:
 
 
 @pytest.fixture(scope="session")
-def _profile_servers(dovecot):
+def _profile_servers(_session_dovecot):
     """Dovecots imitating other servers, started on first use and kept for the session."""
-    servers = {"standard": dovecot}
+    servers = {"standard": _session_dovecot}
     yield servers
     for name, server in servers.items():
         if name != "standard":
