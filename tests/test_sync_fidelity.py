@@ -1,0 +1,126 @@
+"""Messy mail delivered to the real Dovecot, synced, and shown whole (issue 10.1-10.3, 10.5).
+
+The parser's own tests (tests/test_parse.py) cover each shape in detail; here the same
+shapes travel the whole way a user's mail does: IMAP delivery, sync, the Mail tab and the
+conversation page, and the attachment downloads.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from sqlalchemy import select
+
+from extensions import db
+from mailsync.parse import MAX_DEPTH
+from models import Message
+from tests.sync_helpers import run_sync
+from tests.test_parse import HEAD, multipart, nested, part
+
+pytestmark = pytest.mark.imap
+
+
+def head(n: int, *, sender: bytes | None = b"Carla <carla@customer.test>", extra=b"") -> bytes:
+    lines = [
+        b"To: box@mail.test",
+        b"Subject: Case %d" % n,
+        b"Date: Tue, 07 Apr 2026 10:%02d:00 +0000" % n,
+        b"Message-ID: <case%d@customer.test>" % n,
+        b"MIME-Version: 1.0",
+    ]
+    if sender is not None:
+        lines.insert(0, b"From: " + sender)
+    return b"\r\n".join(lines) + b"\r\n" + extra
+
+
+APPLE = multipart(
+    "alternative",
+    "alt",
+    part(b"Content-Type: text/plain", b"see the notes"),
+    multipart(
+        "related",
+        "rel",
+        part(b"Content-Type: text/html", b"<p>see the notes</p>"),
+        part(
+            b'Content-Type: text/plain; name="notes.txt"\r\n'
+            b'Content-Disposition: inline; filename="notes.txt"',
+            b"the notes",
+        ),
+        part(b'Content-Type: text/x-vcard; name="ann.vcf"', b"BEGIN:VCARD"),
+        part(
+            b'Content-Type: application/pdf; name="a.pdf"\r\nContent-Disposition: attachment',
+            b"%PDF",
+        ),
+    ),
+)
+BROKEN_BOUNDARY = (
+    b"Content-Type: multipart/mixed; boundary=declared\r\n\r\n"
+    b"--real\r\nContent-Type: text/plain\r\n\r\nfirst part kept\r\n"
+    b'--real\r\nContent-Type: application/pdf; name="b.pdf"\r\n\r\n%PDF\r\n--real--\r\n'
+)
+
+
+@pytest.fixture
+def account(app, make_user, make_account, mail_user):
+    return make_account(make_user(), mail_user)
+
+
+def test_messy_mail_is_listed_and_shown_whole(app, dovecot, mail_user, account, login):
+    mails = {
+        # A conversation with two senders, one message without any From header.
+        "no-from": [
+            head(1) + b"Content-Type: text/plain\r\n\r\nfirst\r\n",
+            head(2, sender=None, extra=b"In-Reply-To: <case1@customer.test>\r\n")
+            + b"Content-Type: text/plain\r\n\r\nsecond without a sender\r\n",
+        ],
+        "apple": [head(3) + APPLE],
+        "huge-header": [
+            head(4, extra=b"X-Junk: " + b"a" * 1_100_000 + b"\r\n")
+            + b"Content-Type: text/plain\r\n\r\nthe body after a huge header\r\n"
+        ],
+        "deep": [_deep(5)],
+        "broken-boundary": [head(6) + BROKEN_BOUNDARY],
+        "latin1-as-utf8": [
+            head(7)
+            + b"Content-Type: text/plain; charset=utf-8\r\n\r\n"
+            + "Grüße aus dem Café".encode("latin-1")
+            + b"\r\n"
+        ],
+    }
+    for raws in mails.values():
+        for raw in raws:
+            dovecot.deliver(mail_user.email, raw)
+    assert run_sync(app, account).ok
+    client = login(account.user)
+    listing = client.get("/mail/")
+    assert listing.status_code == 200
+    assert "Case 2" in listing.get_data(as_text=True) and "(unknown sender)" in listing.get_data(
+        as_text=True
+    )
+
+    def page_of(subject: str) -> str:
+        thread_id = db.session.scalar(select(Message.thread_id).where(Message.subject == subject))
+        response = client.get(f"/mail/threads/{thread_id}")
+        assert response.status_code == 200, subject
+        return response.get_data(as_text=True)
+
+    page = page_of("Case 1")
+    assert "second without a sender" in page and "(unknown sender)" in page
+    page = page_of("Case 3")
+    names = re.findall(r"(notes\.txt|ann\.vcf|a\.pdf)", page)
+    assert {"notes.txt", "ann.vcf", "a.pdf"} <= set(names)
+    message = db.session.scalar(select(Message).where(Message.subject == "Case 3"))
+    for part_id, data in (("2.2", b"the notes"), ("2.4", b"%PDF")):
+        download = client.get(f"/mail/messages/{message.id}/attachments/{part_id}")
+        assert download.status_code == 200 and download.data == data
+    assert "the body after a huge header" in page_of("Case 4")
+    assert "deepest" in page_of("Case 5")
+    page = page_of("Case 6")
+    assert "first part kept" in page and "b.pdf" in page and "--real" not in page
+    assert "Grüße aus dem Café" in page_of("Case 7")
+
+
+def _deep(n: int) -> bytes:
+    """A message nested deeper than the parser's limit, with its text at the bottom."""
+    return head(n) + nested(MAX_DEPTH + 10)[len(HEAD) :]
