@@ -20,7 +20,6 @@ from sqlalchemy import select, update
 
 from extensions import db
 from mailsync import store
-from mailsync import threading as jwz
 from mailsync.blobstore import app_blob_store
 from mailsync.parse import ParsedMessage, dedup_key, header_key, parse_message
 from mailsync.prepare import SEARCH_BODY_CHARS
@@ -74,7 +73,7 @@ def reparse_account(app: Flask, account_id: int) -> int:
             if raw is None:
                 continue
             parsed = parse_message(raw)
-            values = _fields(parsed)
+            values = store.parsed_columns(parsed)
             values["header_key"] = header_key(raw)
             key = dedup_key(raw)
             if key == old_key or key not in taken:
@@ -103,24 +102,6 @@ def _raw(blobs, sha: str) -> bytes | None:
 
 def _update(message_id: int, **values) -> None:
     db.session.execute(update(Message).where(Message.id == message_id).values(**values))
-
-
-def _fields(parsed: ParsedMessage) -> dict:
-    """The columns a sync derives from the parsed mail (as store._message_row)."""
-    return {
-        "message_id_header": jwz.normalize_msgid(parsed.message_id),
-        "subject": (parsed.subject or "")[:255],
-        "from_name": (parsed.from_name or "")[:255],
-        "from_address": (parsed.from_address or "").lower()[:320],
-        "to": [list(pair) for pair in parsed.to],
-        "cc": [list(pair) for pair in parsed.cc],
-        "bcc": [list(pair) for pair in parsed.bcc],
-        "reply_to": [list(pair) for pair in parsed.reply_to],
-        "date": parsed.date,
-        "snippet": (parsed.snippet or "")[:300],
-        "has_attachments": bool(parsed.has_attachments),
-        "parse_error": parsed.parse_error,
-    }
 
 
 def reparse_all(app: Flask) -> int:

@@ -1061,14 +1061,9 @@ class _Threader:
 # --------------------------------------------------------------------------- batches
 
 
-def _message_row(ctx: StoreContext, item: Fetched, thread_id: int) -> dict[str, Any]:
-    parsed = item.parsed
+def parsed_columns(parsed: ParsedLike) -> dict[str, Any]:
+    """The message columns read from the parsed mail (sync and mailsync/reparse.py)."""
     return {
-        "account_id": ctx.account_id,
-        "thread_id": thread_id,
-        "dedup_key": item.dedup_key,
-        "header_key": item.header_key,
-        "gm_msgid": item.gm_msgid,
         "message_id_header": jwz.normalize_msgid(parsed.message_id),
         "in_reply_to": jwz.normalize_msgid(parsed.in_reply_to),
         "references": [r for r in (jwz.normalize_msgid(x) for x in parsed.references) if r][-50:],
@@ -1080,13 +1075,25 @@ def _message_row(ctx: StoreContext, item: Fetched, thread_id: int) -> dict[str, 
         "bcc": [list(pair) for pair in parsed.bcc],
         "reply_to": [list(pair) for pair in parsed.reply_to],
         "date": parsed.date,
+        "snippet": (parsed.snippet or "")[:300],
+        "has_attachments": bool(parsed.has_attachments),
+        "parse_error": parsed.parse_error,
+    }
+
+
+def _message_row(ctx: StoreContext, item: Fetched, thread_id: int) -> dict[str, Any]:
+    parsed = item.parsed
+    return {
+        "account_id": ctx.account_id,
+        "thread_id": thread_id,
+        "dedup_key": item.dedup_key,
+        "header_key": item.header_key,
+        "gm_msgid": item.gm_msgid,
+        **parsed_columns(parsed),
         "internaldate": item.internaldate,
         "size": item.size,
         "raw_sha256": item.raw_sha256,
         "is_placeholder": item.is_placeholder,
-        "snippet": (parsed.snippet or "")[:300],
-        "has_attachments": bool(parsed.has_attachments),
-        "parse_error": parsed.parse_error,
         "blocked": message_is_hidden(
             _person_addresses(parsed), ctx.own_addresses, ctx.blocked_entries
         ),

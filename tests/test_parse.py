@@ -688,31 +688,31 @@ def message_of(entity: bytes, *, headers: bytes = HEAD) -> bytes:
     return headers + entity
 
 
+# Apple Mail: text/* attachments inside the related part of an alternative.
+APPLE_ALTERNATIVE = multipart(
+    "alternative",
+    "alt",
+    part(b"Content-Type: text/plain", b"see the notes"),
+    multipart(
+        "related",
+        "rel",
+        part(b"Content-Type: text/html", b"<p>see the notes</p>"),
+        part(
+            b'Content-Type: text/plain; name="notes.txt"\r\n'
+            b'Content-Disposition: inline; filename="notes.txt"',
+            b"the notes",
+        ),
+        part(b'Content-Type: text/x-vcard; name="ann.vcf"', b"BEGIN:VCARD"),
+        part(
+            b'Content-Type: application/pdf; name="a.pdf"\r\nContent-Disposition: attachment',
+            b"%PDF",
+        ),
+    ),
+)
+
+
 def test_attachments_inside_multipart_alternative_are_listed():
-    # Apple Mail: text/* attachments inside the related part of an alternative.
-    apple = message_of(
-        multipart(
-            "alternative",
-            "alt",
-            part(b"Content-Type: text/plain", b"see the notes"),
-            multipart(
-                "related",
-                "rel",
-                part(b"Content-Type: text/html", b"<p>see the notes</p>"),
-                part(
-                    b'Content-Type: text/plain; name="notes.txt"\r\n'
-                    b'Content-Disposition: inline; filename="notes.txt"',
-                    b"the notes",
-                ),
-                part(b'Content-Type: text/x-vcard; name="ann.vcf"', b"BEGIN:VCARD"),
-                part(
-                    b'Content-Type: application/pdf; name="a.pdf"\r\n'
-                    b"Content-Disposition: attachment",
-                    b"%PDF",
-                ),
-            ),
-        )
-    )
+    apple = message_of(APPLE_ALTERNATIVE)
     # Thunderbird, "Detach attachment": the parts become text stubs that keep their names.
     thunderbird = message_of(
         multipart(

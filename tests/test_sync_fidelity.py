@@ -16,7 +16,7 @@ from extensions import db
 from mailsync.parse import MAX_DEPTH
 from models import Message
 from tests.sync_helpers import run_sync
-from tests.test_parse import HEAD, multipart, nested, part
+from tests.test_parse import APPLE_ALTERNATIVE, HEAD, nested
 
 pytestmark = pytest.mark.imap
 
@@ -34,26 +34,6 @@ def head(n: int, *, sender: bytes | None = b"Carla <carla@customer.test>", extra
     return b"\r\n".join(lines) + b"\r\n" + extra
 
 
-APPLE = multipart(
-    "alternative",
-    "alt",
-    part(b"Content-Type: text/plain", b"see the notes"),
-    multipart(
-        "related",
-        "rel",
-        part(b"Content-Type: text/html", b"<p>see the notes</p>"),
-        part(
-            b'Content-Type: text/plain; name="notes.txt"\r\n'
-            b'Content-Disposition: inline; filename="notes.txt"',
-            b"the notes",
-        ),
-        part(b'Content-Type: text/x-vcard; name="ann.vcf"', b"BEGIN:VCARD"),
-        part(
-            b'Content-Type: application/pdf; name="a.pdf"\r\nContent-Disposition: attachment',
-            b"%PDF",
-        ),
-    ),
-)
 BROKEN_BOUNDARY = (
     b"Content-Type: multipart/mixed; boundary=declared\r\n\r\n"
     b"--real\r\nContent-Type: text/plain\r\n\r\nfirst part kept\r\n"
@@ -74,7 +54,7 @@ def test_messy_mail_is_listed_and_shown_whole(app, dovecot, mail_user, account, 
             head(2, sender=None, extra=b"In-Reply-To: <case1@customer.test>\r\n")
             + b"Content-Type: text/plain\r\n\r\nsecond without a sender\r\n",
         ],
-        "apple": [head(3) + APPLE],
+        "apple": [head(3) + APPLE_ALTERNATIVE],
         "huge-header": [
             head(4, extra=b"X-Junk: " + b"a" * 1_100_000 + b"\r\n")
             + b"Content-Type: text/plain\r\n\r\nthe body after a huge header\r\n"
