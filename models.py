@@ -599,6 +599,15 @@ class MessageLocation(db.Model):
         # folders are listed from their locations) without reading the rows.
         Index("ix_message_location_message", "message_id", "folder_id", "deleted"),
         Index("ix_message_location_folder", "folder_id", "deleted", "message_id"),
+        # The few locations with a user \Seen change to write back or read again: every poll
+        # asks (store.GUARDED), so it must not walk a big folder's rows to learn "none".
+        Index(
+            "ix_message_location_guarded",
+            "folder_id",
+            "uid",
+            sqlite_where=text("seen_changed_at IS NOT NULL OR seen_pending IS 1"),
+            postgresql_where=text("seen_changed_at IS NOT NULL OR seen_pending IS true"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -566,16 +566,15 @@ def apply_flag_changes(
     return len(changed_rows)
 
 
+# Spelled as ix_message_location_guarded's WHERE, so the queries below use that index.
+GUARDED = text("(seen_changed_at IS NOT NULL OR seen_pending IS 1)")
+
+
 def has_guarded_changes(folder_id: int) -> bool:
     """Tell whether a location of the folder has a user \\Seen change to write or re-read."""
     return (
         db.session.scalar(
-            select(location_t.c.id)
-            .where(
-                location_t.c.folder_id == folder_id,
-                location_t.c.seen_changed_at.is_not(None) | location_t.c.seen_pending,
-            )
-            .limit(1)
+            select(location_t.c.id).where(location_t.c.folder_id == folder_id, GUARDED).limit(1)
         )
         is not None
     )
@@ -588,6 +587,7 @@ def guard_expired_uids(folder_id: int, *, high: int) -> set[int]:
         db.session.scalars(
             select(location_t.c.uid).where(
                 location_t.c.folder_id == folder_id,
+                GUARDED,
                 location_t.c.uid <= high,
                 location_t.c.seen_changed_at <= guard_since,
                 location_t.c.seen_pending.is_(False),
@@ -617,6 +617,7 @@ def pending_seen_writes(account_id: int) -> dict[bool, list[tuple[int, str, int]
         .join(folder_t, folder_t.c.id == location_t.c.folder_id)
         .where(
             folder_t.c.account_id == account_id,
+            GUARDED,
             location_t.c.seen_pending,
             location_t.c.stale.is_(False),
         )

@@ -1208,7 +1208,8 @@ class AccountSync:
         db.session.commit()
         for chunk in _chunks(sorted(sizes), 2000):
             self.check_budget()
-            metas = self.fetch_meta(uid_ranges(chunk), set(chunk))
+            # Sizes only: a merged UID is downloaded whole anyway, the rest need nothing.
+            metas = self.fetch_meta(uid_ranges(chunk), set(chunk), headers=False)
             merged = {uid: m for uid, m in metas.items() if m.size != sizes[uid]}
             if merged:
                 log.info("folder %s: %s mails were merged into others", folder_id, len(merged))
@@ -1344,7 +1345,8 @@ class AccountSync:
         db.session.commit()
         if add_back and changes:
             live = {uid for uid, (flags, _labels) in changes.items() if b"\\Deleted" not in flags}
-            self._add_back(folder_id, live - store.local_uids(folder_id, low=min(changes)))
+            stored = store.local_uids(folder_id, low=min(changes), high=max(changes))
+            self._add_back(folder_id, live - stored)
 
     def _add_back(self, folder_id: int, uids: set[int]) -> None:
         """Store server UIDs below the watermark that Threadline lacks (within the horizon)."""

@@ -30,11 +30,14 @@ from services.inputs import is_database_id
 T = TypeVar("T")
 
 
+def accessible_to(model: type, user_id: int):
+    """The SQL condition "the user with `user_id` can access this record of `model`"."""
+    return or_(model.visibility == VISIBILITY_EVERYONE, model.owner_id == user_id)  # type: ignore[attr-defined]
+
+
 def visible_records(user: User, model: type[T]) -> Select[tuple[T]]:
     """Return a select of the records of `model` that `user` can access."""
-    return select(model).where(
-        or_(model.visibility == VISIBILITY_EVERYONE, model.owner_id == user.id)  # type: ignore[attr-defined]
-    )
+    return select(model).where(accessible_to(model, user.id))
 
 
 def can_access_record(user: User, record: object) -> bool:

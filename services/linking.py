@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import Select, func, or_, select, true, update
+from sqlalchemy import Select, func, select, true, update
 
 from extensions import db
 from models import (
-    VISIBILITY_EVERYONE,
     BlockedAddress,
     Deal,
     Lead,
@@ -25,6 +24,7 @@ from models import (
     Thread,
     User,
 )
+from services.access import accessible_to
 from services.errors import ValidationError
 from services.linking_rules import (
     LinkTarget,
@@ -58,11 +58,9 @@ def own_addresses(user: User) -> set[str]:
 # --------------------------------------------------------------------------- persons
 
 
-def _accessible_to(model, user_id: int | None):
-    """The SQL condition "user `user_id` can access this record" (None: no condition)."""
-    if user_id is None:
-        return true()
-    return or_(model.visibility == VISIBILITY_EVERYONE, model.owner_id == user_id)
+def _visible_to(model, user_id: int | None):
+    """access.accessible_to, or no condition without a user (every record counts)."""
+    return true() if user_id is None else accessible_to(model, user_id)
 
 
 def persons_for_addresses(
@@ -84,7 +82,7 @@ def persons_for_addresses(
         rows = db.session.execute(
             select(PersonEmail.email, PersonEmail.person_id)
             .join(Person, Person.id == PersonEmail.person_id)
-            .where(PersonEmail.email.in_(chunk), _accessible_to(Person, visible_to))
+            .where(PersonEmail.email.in_(chunk), _visible_to(Person, visible_to))
         )
         found.update({email: person_id for email, person_id in rows})
     return found
@@ -150,7 +148,7 @@ def open_link_targets(
             select(model.id).where(
                 model.person_id.in_(person_ids),
                 model.status == status,
-                _accessible_to(model, visible_to),
+                _visible_to(model, visible_to),
             )
         )
         targets.extend(LinkTarget(kind, record_id) for record_id in ids)

@@ -130,12 +130,11 @@ def message_by_msgid(account_id: int, msgid: str) -> Message:
     )
 
 
-def append_received_at(dovecot, mail_user, raw: bytes, received: datetime) -> None:
-    """APPEND a message over IMAP with its INTERNALDATE set to `received` (doveadm save
-    always stamps now), as when old mail is backfilled or copied in by another program."""
+def imap_client(dovecot, mail_user):
+    """A logged-in IMAP connection to the test Dovecot as `mail_user` (log it out after)."""
     from mailsync import imap
 
-    client = imap.connect(
+    return imap.connect(
         imap.ConnectionSettings(
             host=dovecot.host,
             port=dovecot.ssl_port,
@@ -146,6 +145,14 @@ def append_received_at(dovecot, mail_user, raw: bytes, received: datetime) -> No
         ),
         allowed_ports=None,
     )
+
+
+def append_received_at(dovecot, mail_user, raw: bytes, received: datetime) -> None:
+    """APPEND a message over IMAP with its INTERNALDATE set to `received` (doveadm save
+    always stamps now), as when old mail is backfilled or copied in by another program."""
+    from mailsync import imap
+
+    client = imap_client(dovecot, mail_user)
     try:
         client.append("INBOX", raw, msg_time=received)
     finally:

@@ -20,7 +20,7 @@ import jobs
 from extensions import db
 from mailsync import imap
 from models import SyncLease, SyncRun
-from tests.sync_helpers import folder_named, raw_message
+from tests.sync_helpers import folder_named, imap_client, raw_message
 
 pytestmark = pytest.mark.imap
 
@@ -38,17 +38,7 @@ def account(app, make_user, make_account, mail_user):
 @pytest.fixture
 def big_mailbox(dovecot, mail_user):
     """Fill INBOX with MAILBOX_SIZE messages over one IMAP connection (APPEND is fast)."""
-    client = imap.connect(
-        imap.ConnectionSettings(
-            host=dovecot.host,
-            port=dovecot.ssl_port,
-            security="ssl",
-            username=mail_user.email,
-            password=mail_user.password,
-            ca_cert_pem=dovecot.ca_file.read_text(),
-        ),
-        allowed_ports=None,
-    )
+    client = imap_client(dovecot, mail_user)
     try:
         for n in range(1, MAILBOX_SIZE + 1):
             client.append("INBOX", raw_message(n, to=mail_user.email, body=BODY))
