@@ -57,6 +57,10 @@ def start_cli_sync(app, account_id: int) -> subprocess.Popen:
         "THREADLINE_SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
         "THREADLINE_SECRET_KEY": "test-secret",
         "THREADLINE_SYNC_LEASE_SECONDS": str(LEASE_SECONDS),
+        # Small body batches make the pass several times longer, so a signal sent once the
+        # backfill is seen under way still finds it running on a loaded machine.
+        "THREADLINE_SYNC_BATCH_MESSAGES": "5",
+        "THREADLINE_SYNC_DB_BATCH_MESSAGES": "5",
     }
     return subprocess.Popen(
         [sys.executable, "-m", "flask", "--app", "app", "sync", "--account", str(account_id)],
