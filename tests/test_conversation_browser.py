@@ -18,6 +18,7 @@ from tests.mail_fixtures import (
     PNG_1X1,
     build_message,
 )
+from tests.servers.browser import wait_for_htmx_settled
 
 pytestmark = pytest.mark.browser
 
@@ -293,12 +294,19 @@ def test_sidebar_actions_swap_in_place(live_server, page, mailbox, make_raw_mess
     page.get_by_role("button", name="Share with team").click()
     page.get_by_role("button", name="Make private").wait_for()
     assert page.locator("#thread-visibility").inner_text() == "Shared"
-    page.fill("#link-q", "gold")
+    # The swapped-in sidebar's search box listens for input only once htmx has settled it;
+    # typing earlier was lost, and the picker's result never came (the CI flake).
+    wait_for_htmx_settled(page)
+    with page.expect_response(lambda response: "/link-search?" in response.url):
+        page.fill("#link-q", "gold")
+    wait_for_htmx_settled(page)
     page.locator("#link-results").get_by_role("button", name="Deal Gold renewal").click()
     page.locator(".linked-record").get_by_text("Gold renewal").wait_for()
+    wait_for_htmx_settled(page)
     page.locator(".participant summary").first.click()
     page.get_by_role("button", name="Create person").click()
     page.get_by_role("button", name="Link 1 past conversation").wait_for()
+    wait_for_htmx_settled(page)
     SHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SHOTS / "sidebar.png"), full_page=True)
     page.get_by_role("button", name="Link 1 past conversation").click()

@@ -44,3 +44,15 @@ class ServerThread(threading.Thread):
     def stop(self) -> None:
         self.server.shutdown()
         self.join(timeout=5)
+
+
+# Elements htmx marks while a request or swap is in flight (htmx.config: requestClass,
+# swappingClass, settlingClass, addedClass). Swapped-in content gets its hx-* listeners only
+# when the settle step ends (settleDelay, a timer), so a test that types or clicks in it
+# earlier is ignored by htmx: wait for this state first.
+HTMX_BUSY = ".htmx-request, .htmx-swapping, .htmx-settling, .htmx-added"
+
+
+def wait_for_htmx_settled(page) -> None:
+    """Wait until htmx has no request, swap or settle in flight on `page`."""
+    page.wait_for_function(f"() => !document.querySelector({HTMX_BUSY!r})")
