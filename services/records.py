@@ -43,6 +43,7 @@ from services.access import (
 from services.addresses import is_valid_address
 from services.errors import ValidationError
 from services.inputs import parse_id, search_text
+from services.linking import move_lead_conversations
 from services.users import normalize_email
 
 T = TypeVar("T")
@@ -532,6 +533,7 @@ def convert_lead(actor: User, lead: Lead) -> Deal:
     db.session.flush()
     lead.deal_id = deal.id
     lead.status = "converted"
+    move_lead_conversations(lead.id, deal.id)
     db.session.commit()
     return deal
 

@@ -426,6 +426,7 @@ def test_link_and_unlink_a_deal(world, login, make_deal, make_user):
     )
     assert response.status_code == 200
     assert response.get_data(as_text=True).lstrip().startswith(("{#", "<aside"))
+    assert "Link to another deal, lead or project" in response.get_data(as_text=True)
     db.session.refresh(thread)
     assert thread.deal_id == other_deal.id
     bad = client.post(
