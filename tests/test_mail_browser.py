@@ -166,17 +166,27 @@ def test_inbox_search_keyboard_and_bulk_archive(live_server, page, me, mailbox_s
     assert "Invoice" not in storage and "Renewal" not in storage
 
 
-def test_delete_asks_for_confirmation(live_server, page, me, mailbox_seed):
-    answers = [False, True]
-    page.on("dialog", lambda dialog: dialog.accept() if answers.pop(0) else dialog.dismiss())
+def test_delete_asks_for_confirmation_in_the_page(live_server, page, me, mailbox_seed):
+    browser_dialogs = []
+    page.on("dialog", lambda dialog: (browser_dialogs.append(dialog.message), dialog.dismiss()))
     sign_in(page, live_server, me)
+    confirm = page.locator("#confirm-dialog")
     page.keyboard.press("j")
     page.keyboard.press("#")
-    page.wait_for_timeout(300)
-    assert page.locator(".mail-row").count() == 6
+    expect(confirm).to_be_visible()
+    expect(confirm).to_contain_text("from Threadline? Your mailbox keeps the mail.")
+    expect(page.locator("#confirm-dialog button:focus")).to_have_text("Cancel")
+    page.keyboard.press("e")  # shortcuts wait while the question is open
+    page.keyboard.press("Escape")
+    expect(confirm).to_be_hidden()
+    expect(page.locator(".mail-row")).to_have_count(6)
+
     page.keyboard.press("#")
+    expect(confirm).to_be_visible()
+    confirm.get_by_role("button", name="Delete").click()
+    expect(confirm).to_be_hidden()
     expect(page.locator(".mail-row")).to_have_count(5)
-    assert answers == []
+    assert browser_dialogs == []  # never the browser's own confirm()
 
 
 def test_reply_later_from_the_list_and_the_conversation(live_server, page, me, mailbox_seed):

@@ -670,3 +670,20 @@ def test_sidebar_lists_each_server_folder_once_and_nothing_else(
             expected.add(name)
     assert sorted(labels) == sorted(expected)
     assert len(labels) == len(set(labels))
+
+
+def test_delete_question_says_whether_the_mailbox_trash_gets_the_mail(
+    client_me, me, folders, make_mailbox_message
+):
+    from services.preferences import update_preferences
+
+    message = make_mailbox_message(folders["inbox"], subject="Quote")
+    pages = ("/mail/", f"/mail/threads/{message.thread_id}")
+    for url in pages:
+        text = client_me.get(url).get_data(as_text=True)
+        assert "from Threadline? Your mailbox keeps the mail." in text
+        assert "moved to Trash" not in text
+    update_preferences(me, {"delete_in_mailbox": "True"})
+    for url in pages:
+        text = client_me.get(url).get_data(as_text=True)
+        assert "moved to Trash in your mailbox" in text
