@@ -251,3 +251,27 @@ def test_conversation_keyboard_walks_the_list(live_server, page, me, mailbox_see
     page.keyboard.press("e")  # archive, back to the Inbox without it
     expect(page.get_by_text("Archived 1 conversation.")).to_be_visible()
     expect(rows).to_have_count(len(ids) - 1)
+
+
+def test_mark_as_read_when_opened_can_be_turned_off(live_server, page, me, mailbox_seed):
+    sign_in(page, live_server, me)
+    page.goto(live_server.url + "/settings/")
+    page.select_option("#pref-mark_read_on_open", label="Leave it unread until I mark it read")
+    page.click("text=Save preferences")
+    expect(page.locator("#pref-mark_read_on_open")).to_have_value("False")
+
+    page.goto(live_server.url + "/mail/")
+    row = page.locator(".mail-row.is-unread").first
+    thread_id = row.get_attribute("data-thread-id")
+    posted = []
+    page.on(
+        "request", lambda request: posted.append(request.url) if request.method == "POST" else None
+    )
+    row.locator(".mail-row-link").click()
+    expect(page.locator("#conversation-actions")).to_be_visible()
+    page.wait_for_load_state("networkidle")
+    assert not [url for url in posted if url.endswith("/read")]
+    page.goto(live_server.url + "/mail/")
+    expect(page.locator(f'.mail-row[data-thread-id="{thread_id}"]')).to_have_class(
+        re.compile("is-unread")
+    )

@@ -83,6 +83,12 @@ def email_link_href(address: str) -> str:
 
 
 @bp.app_template_global()
+def my_preference(key: str):
+    """Return one of the signed-in user's personal settings, for templates."""
+    return get_preference(current_user, key)
+
+
+@bp.app_template_global()
 def delete_confirmation(what: str) -> str:
     """Return the delete question for `what`, saying where the mail goes (personal setting)."""
     if get_preference(current_user, "delete_in_mailbox"):
