@@ -1,7 +1,7 @@
 """Alembic environment for Threadline, run by Flask-Migrate (`flask db ...`) and schema.py.
 
-The database is the app's (Flask-SQLAlchemy's engine); schema.py may hand in a connection
-it already holds (config.attributes["connection"]) so a migration runs inside its lock.
+The database is the app's (Flask-SQLAlchemy's engine); schema.py hands in a connection it
+already holds (config.attributes["connection"]), so a migration runs inside its lock.
 """
 
 import logging
@@ -10,6 +10,8 @@ from logging.config import fileConfig
 from alembic import context
 from flask import current_app
 
+import legacy_schema
+import schema
 from services.search import is_search_table
 
 config = context.config
@@ -53,5 +55,9 @@ given = config.attributes.get("connection")
 if given is not None:
     run_migrations(given)
 else:
-    with target_db.engine.connect() as connection:
+    # `flask db ...` run directly: the same lock as init-db, and the same first step for a
+    # database from before migrations, which only init-db takes (legacy_schema.py).
+    with schema.migration_lock(target_db.engine), target_db.engine.connect() as connection:
+        if legacy_schema.needs_adoption(connection):
+            raise SystemExit(schema.NOT_CURRENT)
         run_migrations(connection)

@@ -4,10 +4,12 @@ init-db, the migrations match the models, and serve/worker/sync refuse a databas
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,7 +41,7 @@ def _app(instance: Path):
 
 
 def _load_previous_release(instance: Path) -> Path:
-    instance.mkdir(parents=True)
+    instance.mkdir(parents=True, exist_ok=True)
     database = instance / "threadline.db"
     connection = sqlite3.connect(database)
     connection.executescript(PREVIOUS_RELEASE.read_text())
@@ -205,19 +207,44 @@ def _flask(instance: Path, *args: str) -> subprocess.Popen:
     )
 
 
+def _processes_waiting_for(lock: Path) -> int:
+    """How many processes are blocked on a flock of `lock` (the kernel lists them)."""
+    inode = lock.stat().st_ino
+    return sum(
+        1
+        for line in Path("/proc/locks").read_text().splitlines()
+        if " -> " in f" {line} " and line.split()[-3].endswith(f":{inode}")
+    )
+
+
 @pytest.mark.parametrize("start", ["empty", "previous_release"])
 def test_two_init_db_processes_at_once_take_turns(tmp_path, start):
     instance = tmp_path / "instance"
+    instance.mkdir()
     if start == "previous_release":
         _load_previous_release(instance)
         messages = _sql(instance / "threadline.db", "SELECT * FROM message")
-    processes = [_flask(instance, "init-db") for _ in range(2)]
+    database = instance / "threadline.db"
+    tables_before = _sql(database, "SELECT name FROM sqlite_master") if database.exists() else []
+    lock = instance / "threadline.db.migrate-lock"
+    with open(lock, "a") as held:
+        # While this test holds the migration lock, both processes wait and change nothing.
+        fcntl.flock(held, fcntl.LOCK_EX)
+        processes = [_flask(instance, "init-db") for _ in range(2)]
+        deadline = time.monotonic() + 120
+        while _processes_waiting_for(lock) < 2:
+            assert time.monotonic() < deadline, "the init-db processes never waited for the lock"
+            assert all(process.poll() is None for process in processes), [
+                process.communicate()[0] for process in processes
+            ]
+            time.sleep(0.05)
+        if database.exists():
+            assert _sql(database, "SELECT name FROM sqlite_master") == tables_before
+        fcntl.flock(held, fcntl.LOCK_UN)
     outputs = [process.communicate(timeout=120)[0] for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs
-    database = instance / "threadline.db"
-    assert _sql(database, "SELECT version_num FROM alembic_version") == [
-        (_head(_app(tmp_path / "other")),)
-    ]
+    head = _head(_app(tmp_path / "other"))
+    assert _sql(database, "SELECT version_num FROM alembic_version") == [(head,)]
     if start == "previous_release":
         assert _sql(database, "SELECT * FROM message") == messages
 
@@ -239,3 +266,14 @@ def test_start_up_creates_no_tables(tmp_path):
     _dispose(app)
     database = tmp_path / "instance" / "threadline.db"
     assert not database.exists() or _sql(database, "SELECT name FROM sqlite_master") == []
+
+
+def test_flask_db_upgrade_leaves_a_previous_release_database_to_init_db(tmp_path):
+    instance = tmp_path / "instance"
+    database = _load_previous_release(instance)
+    before = _rows_of_every_table(database)
+    app = _app(instance)
+    result = _invoke(app, "db", "upgrade")
+    _dispose(app)
+    assert result.exit_code != 0
+    assert _rows_of_every_table(database) == before  # nothing created, nothing stamped
