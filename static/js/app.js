@@ -3,6 +3,15 @@
 (function () {
   "use strict";
 
+  // Phone-sized screens fold the navigation behind the Menu button of the top bar.
+  document.addEventListener("click", function (event) {
+    var toggle = event.target.closest && event.target.closest(".menu-toggle");
+    if (!toggle) return;
+    var open = toggle.getAttribute("aria-expanded") !== "true";
+    toggle.setAttribute("aria-expanded", open ? "true" : "false");
+    toggle.closest(".topbar").classList.toggle("menu-open", open);
+  });
+
   // Lets CSS hide the no-JS fallbacks (.nojs-only) once scripts run.
   document.documentElement.classList.add("js");
 
