@@ -31,6 +31,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import config
 from extensions import csrf, db, htmx, login_manager, migrate
+from services.preferences import get_preference
+from services.time_display import local_time
 
 # Endpoints anyone may reach without signing in; every other endpoint requires a user.
 PUBLIC_ENDPOINTS = {
@@ -298,6 +300,15 @@ def _register_hooks(app: Flask) -> None:
             session.clear()
             return login_manager.unauthorized()
         return None
+
+    app.add_template_filter(local_time, "local_time")
+
+    @app.context_processor
+    def time_zone_unset():
+        # The page asks the browser for its zone once (static/js/app.js) until one is stored.
+        if not current_user.is_authenticated:
+            return {"time_zone_unset": False}
+        return {"time_zone_unset": not get_preference(current_user, "time_zone")}
 
     @app.context_processor
     def navigation():

@@ -58,6 +58,7 @@ from services.mail_display import (
     subject_label,
 )
 from services.preferences import get_preference
+from services.time_display import full_label, list_label, zone_for
 from services.search import (
     account_rows,
     match_expression,
@@ -551,14 +552,15 @@ def _rows(user: User, threads: Sequence[Thread], now: datetime) -> list[ThreadRo
         return []
     ids = [thread.id for thread in threads]
     date_format = DATE_FORMATS.get(get_preference(user, "date_format"), "%Y-%m-%d")
+    zone = zone_for(get_preference(user, "time_zone"))
     rows = {
         thread.id: ThreadRow(
             id=thread.id,
             subject=subject_label(thread.subject),
             participants="",
             snippet="",
-            date_label=_date_label(thread.last_date, now, date_format),
-            date_title=thread.last_date.strftime("%Y-%m-%d %H:%M UTC") if thread.last_date else "",
+            date_label=list_label(thread.last_date, now, zone, date_format),
+            date_title=full_label(thread.last_date, zone),
             message_count=thread.message_count,
             shared=thread.shared,
             needs_link_choice=thread.needs_link_choice,
@@ -659,16 +661,6 @@ def _chips(user: User, threads: Sequence[Thread]) -> list[tuple[int, Chip]]:
             record_threads = [t.id for t in threads if getattr(t, f"{kind}_id") == record_id]
             chips.extend((thread_id, Chip(kind, record_id, title)) for thread_id in record_threads)
     return chips
-
-
-def _date_label(value: datetime | None, now: datetime, date_format: str) -> str:
-    if value is None:
-        return ""
-    if value.date() == now.date():
-        return value.strftime("%H:%M")
-    if value.year == now.year:
-        return value.strftime("%b %-d")
-    return value.strftime(date_format)
 
 
 # --------------------------------------------------------------------------- actions

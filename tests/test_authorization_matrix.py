@@ -49,6 +49,7 @@ CLASSIFICATION = {
     "admin.users_active": "post",
     "settings.index": "page",
     "settings.update": "post",
+    "settings.time_zone": "post",
     "accounts.index": "page",
     "accounts.new": "page",
     "accounts.server_fields": "page",

@@ -1,10 +1,11 @@
 """Settings: personal preferences (mail features add their sections here)."""
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, abort, render_template, request
 from flask_login import current_user
 
 from services import preferences
 from services.errors import ValidationError
+from services.time_display import set_time_zone_from_browser
 from views.helpers import render_invalid
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
@@ -40,3 +41,12 @@ def update():
         errors={},
         saved=True,
     )
+
+
+@bp.post("/time-zone")
+def time_zone():
+    """Store the browser's time zone the first time a page asks (static/js/app.js)."""
+    name = request.form.get("time_zone", "")[:64]
+    if not set_time_zone_from_browser(current_user, name):
+        abort(409)
+    return "", 204

@@ -3,6 +3,20 @@
 (function () {
   "use strict";
 
+  // A user without a time zone setting gets the browser's, once (times then read locally).
+  var zoneUrl = document.body && document.body.getAttribute("data-time-zone-url");
+  var zone = window.Intl && Intl.DateTimeFormat().resolvedOptions().timeZone;
+  if (zoneUrl && zone) {
+    var token = JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"];
+    var body = new URLSearchParams({ time_zone: zone });
+    fetch(zoneUrl, { method: "POST", body: body, headers: { "X-CSRFToken": token },
+                     credentials: "same-origin" })
+      .then(function (response) {
+        // This page showed UTC times: show it again in the new zone (UTC needs no redraw).
+        if (response.status === 204 && zone !== "UTC") window.location.reload();
+      });
+  }
+
   // Phone-sized screens fold the navigation behind the Menu button of the top bar.
   document.addEventListener("click", function (event) {
     var toggle = event.target.closest && event.target.closest(".menu-toggle");
