@@ -438,9 +438,9 @@ def remove_locations(folder_id: int, uids: Iterable[int]) -> int:
     return removed
 
 
-def location_sample(folder_id: int, size: int) -> dict[int, tuple[str | None, int | None]]:
-    """Return {uid: (header key, X-GM-MSGID)} for up to `size` non-stale locations of a folder,
-    spread evenly over its UIDs (lowest first)."""
+def location_sample(folder_id: int, size: int) -> dict[int, tuple[str | None, int | None, int]]:
+    """Return {uid: (header key, X-GM-MSGID, message size)} for up to `size` non-stale
+    locations of a folder, spread evenly over its UIDs (lowest first)."""
     total = db.session.scalar(
         select(func.count())
         .select_from(location_t)
@@ -459,13 +459,13 @@ def location_sample(folder_id: int, size: int) -> dict[int, tuple[str | None, in
         .subquery()
     )
     rows = db.session.execute(
-        select(numbered.c.uid, message_t.c.header_key, message_t.c.gm_msgid)
+        select(numbered.c.uid, message_t.c.header_key, message_t.c.gm_msgid, message_t.c.size)
         .join(message_t, message_t.c.id == numbered.c.message_id)
         .where((numbered.c.n - 1) % step == 0)
         .order_by(numbered.c.uid)
         .limit(size)
     )
-    return {uid: (key, gm_msgid) for uid, key, gm_msgid in rows}
+    return {uid: (key, gm_msgid, stored_size) for uid, key, gm_msgid, stored_size in rows}
 
 
 def has_stale_locations(folder_id: int) -> bool:

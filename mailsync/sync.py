@@ -716,16 +716,18 @@ class AccountSync:
     def uidvalidity_change_is_spurious(self, folder_id: int) -> bool:
         """Tell whether the selected folder's stored UIDs still hold the same messages.
 
-        Fetches the dedup headers (X-GM-MSGID on Gmail) of a sample of stored UIDs. A UID
-        that no longer exists says nothing, as does a message without Message-ID; any other
-        difference means the UIDs were reassigned. A refused FETCH counts as "not spurious".
+        Fetches the dedup headers and size (X-GM-MSGID on Gmail) of a sample of stored UIDs.
+        A UID that no longer exists says nothing, as does a message without Message-ID; any
+        other difference means the UIDs were reassigned. The size counts too: a folder rebuilt
+        with edited copies of its mail has the same headers at the same UIDs, but other mail
+        (mailsync/IDENTITY.md). A refused FETCH counts as "not spurious".
         """
         sample = store.location_sample(folder_id, UIDVALIDITY_SAMPLE)
         db.session.commit()
         if not sample:
             return False
         gmail = self.gmail
-        items = ["UID", HEADER_ITEM] + (["X-GM-MSGID"] if gmail else [])
+        items = ["UID", "RFC822.SIZE", HEADER_ITEM] + (["X-GM-MSGID"] if gmail else [])
         try:
             response = imap.uid_fetch(self.connect(), uid_ranges(sample), items)
         except imaplib.IMAP4.error as exc:
@@ -733,7 +735,7 @@ class AccountSync:
                 raise
             return False
         matches = differ = 0
-        for uid, (key, gm_msgid) in sample.items():
+        for uid, (key, gm_msgid, size) in sample.items():
             data = response.get(uid)
             if data is None:
                 continue  # expunged since the last sync
@@ -744,7 +746,7 @@ class AccountSync:
                 fetched = header_dedup_key(header) if header else None
                 if fetched is None or key is None:
                     continue
-                same = fetched == key
+                same = fetched == key and data.get(b"RFC822.SIZE") == size
             matches += same
             differ += not same
         return (

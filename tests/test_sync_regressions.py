@@ -1,0 +1,54 @@
+"""Engine bugs the soak test (tests/test_sync_soak.py) ran into, each pinned down on its own
+against the real Dovecot."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from extensions import db
+from models import Message, MessageLocation
+from tests.sync_helpers import folder_named, raw_message, run_sync
+
+pytestmark = pytest.mark.imap
+
+
+@pytest.fixture
+def account(app, make_user, make_account, mail_user):
+    return make_account(make_user(), mail_user)
+
+
+def stored_sizes(account_id: int, folder: str) -> dict[int, int]:
+    """{uid: size of the stored message} of a folder's locations."""
+    f = folder_named(account_id, folder)
+    rows = db.session.execute(
+        select(MessageLocation.uid, Message.size)
+        .join(Message, Message.id == MessageLocation.message_id)
+        .where(MessageLocation.folder_id == f.id)
+    )
+    return dict(rows.all())
+
+
+def server_sizes(dovecot, mail_user, folder: str) -> dict[int, int]:
+    out = dovecot.doveadm(
+        "-f", "tab", "fetch", "-u", mail_user.email, "uid size.virtual", "mailbox", folder, "ALL"
+    )
+    return {int(u): int(s) for u, s in (line.split("\t") for line in out.splitlines()[1:])}
+
+
+def test_a_reset_that_puts_other_mail_with_the_same_headers_at_the_same_uids_is_real(
+    app, dovecot, mail_user, account
+):
+    """A folder rebuilt with edited copies of its mail (same headers, other content) at the
+    same UIDs under a new UIDVALIDITY is a real reset: the sample check compares sizes too."""
+    for n in range(1, 6):
+        dovecot.deliver(mail_user.email, raw_message(n, to=mail_user.email), "Archive")
+    assert run_sync(app, account).ok
+    dovecot.delete_folder(mail_user.email, "Archive")
+    dovecot.create_folder(mail_user.email, "Archive")
+    dovecot.set_uidvalidity(mail_user.email, "Archive", 4242)
+    for n in range(1, 6):
+        edited = raw_message(n, to=mail_user.email, body=f"Edited copy of {n}, longer.\r\n")
+        dovecot.deliver(mail_user.email, edited, "Archive")
+    assert run_sync(app, account).ok
+    assert stored_sizes(account.id, "Archive") == server_sizes(dovecot, mail_user, "Archive")
