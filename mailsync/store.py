@@ -651,6 +651,12 @@ def record_failed_uid(folder_id: int, uid: int, error: str, *, retry_after_secon
     existing.next_retry_at = _now() + timedelta(seconds=retry_after_seconds * existing.attempts)
 
 
+def forget_failed_uids(folder_id: int) -> None:
+    """Forget every failed UID of a folder whose UIDs now name other mail (a UIDVALIDITY
+    reset, a folder gone): a new mail at a reused UID must be fetched like any other."""
+    db.session.execute(delete(FailedUid).where(FailedUid.folder_id == folder_id))
+
+
 def clear_failed_uids(folder_id: int, uids: Iterable[int]) -> None:
     """Forget failures of UIDs that have now been stored."""
     for chunk in _chunks(sorted(set(uids))):

@@ -553,6 +553,7 @@ class AccountSync:
                 folder.sync_enabled = False
                 folder.state = "gone"
                 self.result.deleted += store.remove_folder_locations(folder.id)
+                store.forget_failed_uids(folder.id)
                 # Nothing is known of it any more; should it come back (renamed back), it is
                 # synced from scratch rather than from cursors that no longer describe it.
                 folder.server_message_count = folder.server_not_stored = None
@@ -789,6 +790,7 @@ class AccountSync:
             .where(MessageLocation.__table__.c.folder_id == folder.id)
             .values(stale=True)
         )
+        store.forget_failed_uids(folder.id)
         folder.uidvalidity = snapshot.uidvalidity
         folder.uidnext = None
         folder.highestmodseq = None

@@ -7,8 +7,9 @@ import pytest
 from sqlalchemy import select
 
 from extensions import db
-from models import Message, MessageLocation
-from tests.sync_helpers import folder_named, raw_message, run_sync
+from mailsync import sync as sync_module
+from models import FailedUid, Message, MessageLocation
+from tests.sync_helpers import folder_named, locations, raw_message, run_sync
 
 pytestmark = pytest.mark.imap
 
@@ -52,3 +53,40 @@ def test_a_reset_that_puts_other_mail_with_the_same_headers_at_the_same_uids_is_
         dovecot.deliver(mail_user.email, edited, "Archive")
     assert run_sync(app, account).ok
     assert stored_sizes(account.id, "Archive") == server_sizes(dovecot, mail_user, "Archive")
+
+
+def expunge_before_body_fetch(monkeypatch, dovecot, mail_user, folder: str, uid: int) -> None:
+    """Expunge `uid` (as another client would) between the metadata and the body FETCH, so
+    the server has no body for it and the pass records it as a failed UID."""
+    original = sync_module._fetch_bodies
+
+    def fetch_bodies(conn, batch):
+        if any(meta.uid == uid for meta in batch):
+            dovecot.expunge(mail_user.email, folder, uid)
+        return original(conn, batch)
+
+    monkeypatch.setattr(sync_module, "_fetch_bodies", fetch_bodies)
+
+
+@pytest.mark.parametrize("how", ["uidvalidity-reset", "folder-gone"])
+def test_new_mail_at_a_uid_that_failed_before_a_reset_is_fetched(
+    app, dovecot, mail_user, account, monkeypatch, how
+):
+    dovecot.create_folder(mail_user.email, "Projects")  # not auto-created, unlike Archive
+    for n in range(1, 6):
+        dovecot.deliver(mail_user.email, raw_message(n, to=mail_user.email), "Projects")
+    with monkeypatch.context() as patch:
+        expunge_before_body_fetch(patch, dovecot, mail_user, "Projects", 3)
+        assert run_sync(app, account).ok
+    projects = folder_named(account.id, "Projects")
+    assert db.session.scalar(select(FailedUid.uid).where(FailedUid.folder_id == projects.id)) == 3
+    dovecot.delete_folder(mail_user.email, "Projects")
+    if how == "folder-gone":
+        assert run_sync(app, account).ok  # the pass sees the folder gone
+    dovecot.create_folder(mail_user.email, "Projects")
+    dovecot.set_uidvalidity(mail_user.email, "Projects", 4343)
+    for n in range(11, 16):  # UIDs 1 to 5 again, other mail
+        dovecot.deliver(mail_user.email, raw_message(n, to=mail_user.email), "Projects")
+    assert run_sync(app, account).ok
+    assert [loc.uid for loc in locations(account.id, "Projects")] == [1, 2, 3, 4, 5]
+    assert stored_sizes(account.id, "Projects") == server_sizes(dovecot, mail_user, "Projects")
