@@ -436,14 +436,19 @@ def test_sync_survives_random_changes_cuts_and_kills(app, dovecot, mail_user, ac
         for number in range(ROUNDS):
             kind = box.rng.choice(("kill", "kill", "cli", "cut", "split"))
             changes = changes_for_round(box)
-            pauses = [box.rng.uniform(0.0, 0.4) for _ in changes]
+            # Some changes land between passes, the rest while the pass runs.
+            between = box.rng.randint(0, len(changes))
+            before, during = changes[:between], changes[between:]
+            pauses = [box.rng.uniform(0.0, 0.4) for _ in during]
             # Drawn before the changes start: their thread uses the generator meanwhile.
             kill_after = box.rng.uniform(0.0, 1.5)
             cut_after = box.rng.randrange(1_000, 120_000)
             cuts = box.rng.randint(1, sync_module.CONNECTION_RETRIES + 1)
             batches = box.rng.randint(1, 3)
+            for change in before:
+                change(box)
             box.log.append(f"round {number}: {kind} pass")
-            mutator = ServerChanges(box, changes, pauses)
+            mutator = ServerChanges(box, during, pauses)
             mutator.start()
             if kind in ("kill", "cli"):
                 outcome = cli_pass(app, account_id, kill_after if kind == "kill" else None)
