@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from multiprocessing import get_context
 from typing import Any
@@ -226,6 +226,14 @@ def _fetch_bodies(conn: IMAPClient, batch: list[Meta]) -> tuple[list[tuple[int, 
         else:
             failed.append(meta.uid)
     return raws, failed
+
+
+def _arrived_after(snapshot: Snapshot, uids: Iterable[int]) -> int:
+    """Return how many of `uids` arrived after the snapshot (UID >= its UIDNEXT): mail fetched
+    with the rest that the snapshot's message count does not include."""
+    if snapshot.uidnext is None:
+        return 0
+    return sum(1 for uid in uids if uid >= snapshot.uidnext)
 
 
 def _stored_copy(candidates: Iterable[tuple[int, int, bool]], size: int) -> int | None:
@@ -880,9 +888,11 @@ class AccountSync:
         folder.last_seen_uid = max([*remote, (snapshot.uidnext or 1) - 1, folder.last_seen_uid])
         folder.uidnext = snapshot.uidnext
         folder.highestmodseq = snapshot.highestmodseq
-        folder.server_message_count = snapshot.exists
+        # The count includes the mail that arrived after EXAMINE and was stored with the rest.
+        count = snapshot.exists + _arrived_after(snapshot, remote)
+        folder.server_message_count = count
         # What the server has beyond the horizon, so the first poll's count check adds up.
-        folder.server_not_stored = max(0, snapshot.exists - store.location_count(folder_id))
+        folder.server_not_stored = max(0, count - store.location_count(folder_id))
         folder.initial_sync_complete = True
         folder.state = "poll"
         folder.last_full_flag_scan_at = datetime.now(UTC)
@@ -1179,25 +1189,31 @@ class AccountSync:
         previous_count = folder.server_message_count
         stored_modseq = folder.highestmodseq
         db.session.commit()
-        if snapshot.uidnext is not None and snapshot.uidnext <= last_seen:
+        rewound = snapshot.uidnext is not None and snapshot.uidnext <= last_seen
+        if rewound:
             # The server rewound UIDNEXT (GMX): rewind the watermark, reconcile fully.
             last_seen = snapshot.uidnext - 1
             previous_count = None
         new_uids = self.fetch_new(folder_id, last_seen)
+        # Mail that arrived after EXAMINE was fetched too, but is not in its count: the count
+        # checks below use the snapshot's count plus it (none after a rewound UIDNEXT, whose
+        # UIDs all lie above it).
+        late = 0 if rewound else _arrived_after(snapshot, new_uids)
+        counted = replace(snapshot, exists=snapshot.exists + late)
         self.retry_failed(folder_id)
         self.check_identities(folder_id, last_seen)
         self.sync_flags(folder_id, snapshot, stored_modseq)
         folder = db.session.get(MailFolder, folder_id)
         guard = folder.last_seen_uid
         db.session.commit()
-        expected = None if previous_count is None else previous_count + new_uids
-        if expected != snapshot.exists or self._count_unexplained(folder_id, snapshot):
-            self.reconcile(folder_id, guard, snapshot)
+        expected = None if previous_count is None else previous_count + len(new_uids) - late
+        if expected != snapshot.exists or self._count_unexplained(folder_id, counted):
+            self.reconcile(folder_id, guard, counted)
         folder = db.session.get(MailFolder, folder_id)
         folder.uidnext = snapshot.uidnext
         if snapshot.highestmodseq is not None:
             folder.highestmodseq = snapshot.highestmodseq
-        folder.server_message_count = snapshot.exists
+        folder.server_message_count = counted.exists
         db.session.commit()
 
     def check_identities(self, folder_id: int, last_seen: int) -> None:
@@ -1224,12 +1240,12 @@ class AccountSync:
         folder.identity_checked = True
         db.session.commit()
 
-    def fetch_new(self, folder_id: int, last_seen: int) -> int:
-        """`UID FETCH last+1:*`, keeping only UIDs > last (the N:* quirk); return how many."""
+    def fetch_new(self, folder_id: int, last_seen: int) -> set[int]:
+        """`UID FETCH last+1:*`, keeping only UIDs > last (the N:* quirk); return those UIDs."""
         meta = self.fetch_meta(f"{last_seen + 1}:*", None)
         meta = {uid: m for uid, m in meta.items() if uid > last_seen}
         if not meta:
-            return 0
+            return set()
         pending = set(meta)
         state = {"watermark": last_seen}
 
@@ -1244,7 +1260,7 @@ class AccountSync:
                 db.session.commit()
 
         self.ingest(folder_id, meta, newest_first=False, on_committed=committed)
-        return len(meta)
+        return set(meta)
 
     def retry_failed(self, folder_id: int) -> None:
         """Fetch again the UIDs whose earlier fetch failed and whose retry time has come."""

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from extensions import db
 from mailsync import sync as sync_module
 from models import FailedUid, Message, MessageLocation
-from tests.sync_helpers import folder_named, locations, raw_message, run_sync
+from tests.sync_helpers import command_log, folder_named, locations, raw_message, run_sync
 
 pytestmark = pytest.mark.imap
 
@@ -90,3 +90,56 @@ def test_new_mail_at_a_uid_that_failed_before_a_reset_is_fetched(
     assert run_sync(app, account).ok
     assert [loc.uid for loc in locations(account.id, "Projects")] == [1, 2, 3, 4, 5]
     assert stored_sizes(account.id, "Projects") == server_sizes(dovecot, mail_user, "Projects")
+
+
+def test_mail_arriving_after_the_poll_snapshot_needs_no_reconcile(
+    app, dovecot, mail_user, account, monkeypatch
+):
+    """Mail delivered between EXAMINE and the fetch of new UIDs is fetched with the rest; the
+    count check must expect it, not take it for an unexplained change (a needless UID SEARCH
+    of the whole folder) nor leave a stale server count that costs the next pass one too."""
+    for n in range(1, 4):
+        dovecot.deliver(mail_user.email, raw_message(n, to=mail_user.email))
+    assert run_sync(app, account).ok
+    dovecot.deliver(mail_user.email, raw_message(4, to=mail_user.email))  # before the pass
+    original = sync_module.AccountSync.fetch_new
+
+    def fetch_new(self, folder_id, last_seen):
+        if folder_named(account.id, "INBOX").id == folder_id:
+            dovecot.deliver(mail_user.email, raw_message(5, to=mail_user.email))  # after EXAMINE
+            self.connect().noop()  # Dovecot shows the session new mail at its next sync point
+        return original(self, folder_id, last_seen)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sync_module.AccountSync, "fetch_new", fetch_new)
+        with command_log(monkeypatch) as log:
+            assert run_sync(app, account).ok
+    assert log.count("UID SEARCH") == 0
+    assert [loc.uid for loc in locations(account.id)] == [1, 2, 3, 4, 5]
+    assert folder_named(account.id, "INBOX").server_message_count == 5
+    with command_log(monkeypatch) as log:
+        assert run_sync(app, account).ok
+    assert log.count("UID SEARCH") == 0
+
+
+def test_mail_arriving_during_the_first_sync_needs_no_reconcile_after_it(
+    app, dovecot, mail_user, account, monkeypatch
+):
+    for n in range(1, 4):
+        dovecot.deliver(mail_user.email, raw_message(n, to=mail_user.email))
+    original = sync_module.AccountSync.backfill
+
+    def backfill(self, folder_id, snapshot):
+        if folder_named(account.id, "INBOX").id == folder_id:
+            dovecot.deliver(mail_user.email, raw_message(4, to=mail_user.email))  # after EXAMINE
+        return original(self, folder_id, snapshot)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sync_module.AccountSync, "backfill", backfill)
+        assert run_sync(app, account).ok
+    inbox = folder_named(account.id, "INBOX")
+    assert [loc.uid for loc in locations(account.id)] == [1, 2, 3, 4]
+    assert inbox.server_message_count == 4 and inbox.server_not_stored == 0
+    with command_log(monkeypatch) as log:
+        assert run_sync(app, account).ok
+    assert log.count("UID SEARCH") == 0
