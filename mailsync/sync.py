@@ -1254,9 +1254,15 @@ class AccountSync:
             pending.difference_update(uids)
             top = (min(pending) - 1) if pending else max(meta)
             if top > state["watermark"]:
+                passed = sum(1 for uid in meta if state["watermark"] < uid <= top)
                 state["watermark"] = top
                 folder = db.session.get(MailFolder, folder_id)
                 folder.last_seen_uid = top
+                # The count checkpoint moves with the watermark (moves linked to stored mail
+                # included): a pass that stops after this commit leaves a count the next
+                # pass's check still adds up with. poll() sets the final count at its end.
+                if folder.server_message_count is not None:
+                    folder.server_message_count += passed
                 db.session.commit()
 
         self.ingest(folder_id, meta, newest_first=False, on_committed=committed)

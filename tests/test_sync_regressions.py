@@ -143,3 +143,43 @@ def test_mail_arriving_during_the_first_sync_needs_no_reconcile_after_it(
     with command_log(monkeypatch) as log:
         assert run_sync(app, account).ok
     assert log.count("UID SEARCH") == 0
+
+
+def test_a_poll_stopped_after_storing_a_move_keeps_its_count_in_step_with_the_watermark(
+    app, dovecot, mail_user, account, monkeypatch
+):
+    """A pass that stops (budget, cut, kill) after the watermark passed some new UIDs: the
+    folder's count checkpoint must have moved with it, or the next pass finds the count off
+    by those UIDs and reconciles the whole folder for nothing."""
+    dovecot.create_folder(mail_user.email, "Projects")
+    for n in range(1, 4):
+        dovecot.deliver(mail_user.email, raw_message(n, to=mail_user.email))
+    dovecot.deliver(mail_user.email, raw_message(10, to=mail_user.email), "Projects")
+    assert run_sync(app, account).ok
+    dovecot.move(mail_user.email, "INBOX", 1, "Projects")  # Projects UID 2: a stored mail
+    dovecot.deliver(mail_user.email, raw_message(11, to=mail_user.email), "Projects")  # UID 3
+    projects_id = folder_named(account.id, "Projects").id
+    original_download = sync_module.AccountSync._download
+
+    def download(self, folder_id, metas, on_committed):
+        if folder_id == projects_id and metas:
+            raise sync_module.BudgetExceeded()  # the move is linked; the new mail never comes
+        return original_download(self, folder_id, metas, on_committed)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sync_module.AccountSync, "_download", download)
+        assert not run_sync(app, account).complete
+    assert folder_named(account.id, "Projects").last_seen_uid == 2
+    reconciled = []
+    original_reconcile = sync_module.AccountSync.reconcile
+
+    def reconcile(self, folder_id, guard, snapshot):
+        reconciled.append(folder_id)
+        return original_reconcile(self, folder_id, guard, snapshot)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sync_module.AccountSync, "reconcile", reconcile)
+        assert run_sync(app, account).complete
+    assert projects_id not in reconciled
+    assert [loc.uid for loc in locations(account.id, "Projects")] == [1, 2, 3]
+    assert stored_sizes(account.id, "Projects") == server_sizes(dovecot, mail_user, "Projects")
