@@ -43,7 +43,9 @@ pytestmark = pytest.mark.imap
 ROUNDS = int(os.environ.get("THREADLINE_SOAK_ROUNDS", "8"))
 SEEDS = [int(s) for s in os.environ.get("THREADLINE_SOAK_SEEDS", "1").split(",") if s.strip()]
 FOLDERS = ("INBOX", "Projects")
-FIRST_MAILS = 120  # enough that the first sync starts its parse workers (POOL_THRESHOLD)
+# Enough that the first sync starts its parse workers: the first metadata batch (50) is
+# parsed inline, the next one (130 >= POOL_THRESHOLD) in the worker pool.
+FIRST_MAILS = 180
 FLAGS = ("\\Seen", "\\Flagged", "\\Answered", "$Soak")
 MAX_CLEAN_PASSES = 8
 
@@ -204,8 +206,9 @@ PASS_KINDS = ("kill", "cli", "cut", "split", "kill")
 
 
 def pass_kinds(box: Mailbox) -> list[str]:
-    """Each kind of pass once in every five rounds, in a seeded order."""
-    kinds: list[str] = []
+    """A kill of the first sync, then each kind of pass once in every five rounds, in a
+    seeded order."""
+    kinds: list[str] = ["kill"]
     while len(kinds) < ROUNDS:
         cycle = list(PASS_KINDS)
         box.rng.shuffle(cycle)
@@ -257,9 +260,11 @@ def lease_taken(account_id: int) -> bool:
     return taken
 
 
-def cli_pass(app, account_id: int, kill_after: float | None) -> str:
+def cli_pass(app, account_id: int, kill_after: float | None, *, workers: bool = False) -> str:
     """Run `flask sync` as its own process; SIGKILL it `kill_after` seconds into its pass (if
-    still running), and check that none of its processes outlive it."""
+    still running), or, with `workers`, once its parse workers run; check that none of its
+    processes outlive it."""
+    instance = Path(app.instance_path)
     process = start_cli_sync(app, account_id)
     outcome = "finished"
     try:
@@ -271,6 +276,12 @@ def cli_pass(app, account_id: int, kill_after: float | None) -> str:
                 seconds=30,
                 what="the sync process to start its pass",
             )
+            if workers:  # two parse workers and multiprocessing's resource tracker
+                wait_for(
+                    lambda: len(instance_processes(instance)) >= 4 or process.poll() is not None,
+                    seconds=30,
+                    what="the parse workers to start",
+                )
             try:
                 process.wait(timeout=kill_after)
             except subprocess.TimeoutExpired:
@@ -285,7 +296,6 @@ def cli_pass(app, account_id: int, kill_after: float | None) -> str:
     finally:
         process.kill()
         process.wait()
-    instance = Path(app.instance_path)
     wait_for(
         lambda: not instance_processes(instance),
         seconds=10,
@@ -471,17 +481,23 @@ def test_sync_survives_random_changes_cuts_and_kills(app, dovecot, mail_user, ac
             for change in before:
                 change(box)
             box.log.append(f"round {number}: {kind} pass")
+            began = time.monotonic()
             mutator = ServerChanges(box, during, pauses)
             mutator.start()
             if kind in ("kill", "cli"):
-                outcome = cli_pass(app, account_id, kill_after if kind == "kill" else None)
+                outcome = cli_pass(
+                    app,
+                    account_id,
+                    kill_after if kind == "kill" else None,
+                    workers=number == 0,  # the first sync of the big INBOX
+                )
             elif kind == "cut":
                 outcome = cut_pass(app, account, dovecot, cut_after, cuts)
             else:
                 outcome = split_pass(app, account, batches)
             mutator.join(timeout=60)
             assert mutator.error is None, f"changing the server failed: {mutator.error!r}"
-            passes.append(f"{kind}: {outcome}")
+            passes.append(f"{kind}: {outcome} ({time.monotonic() - began:.1f} s)")
         for _ in range(MAX_CLEAN_PASSES):
             result = run_sync(app, account_id)
             assert result.ok, result.error
