@@ -40,7 +40,7 @@ from tests.test_sync_interrupt import alive, start_cli_sync, wait_for
 
 pytestmark = pytest.mark.imap
 
-ROUNDS = int(os.environ.get("THREADLINE_SOAK_ROUNDS", "8"))
+ROUNDS = int(os.environ.get("THREADLINE_SOAK_ROUNDS", "6"))
 SEEDS = [int(s) for s in os.environ.get("THREADLINE_SOAK_SEEDS", "1").split(",") if s.strip()]
 FOLDERS = ("INBOX", "Projects")
 # Enough that the first sync starts its parse workers: the first metadata batch (50) is
