@@ -1,18 +1,19 @@
 """The seeded fault/soak test of the sync engine (issue 10): random server changes, cuts and kills.
 
-Against the real Dovecot, each round runs one sync pass while a thread changes the mailbox
-under it: new mail, flags set from a second IMAP client (so Threadline's connection, with the
-folder selected, gets unsolicited FETCH responses), moves, expunges and UIDVALIDITY resets
-(a renumbering that keeps the mail, and a folder rebuilt with different mail at the same
-UIDs). The pass is a `flask sync` process killed with SIGKILL at a random moment or left to
-finish, a pass through a loopback proxy that cuts the connection, or a first sync split over
-several passes. Then clean passes run until nothing changes, and Threadline must equal
-`doveadm` UID by UID and flag by flag, with one message per distinct mail, no location at a
-gone UID and no process left behind.
+Against the real Dovecot, each round changes the mailbox, partly before a sync pass and partly
+from a thread while it runs: new mail, flags set with doveadm and from a second IMAP client
+(so Threadline's connection, with the folder selected, gets unsolicited FETCH responses),
+moves, expunges and UIDVALIDITY resets (a renumbering that keeps the mail, and a folder
+deleted and rebuilt with other mail at the same UIDs, at times under the old headers). The
+pass is a `flask sync` process killed with SIGKILL (the first one once its parse workers run)
+or left to finish, a pass through a loopback proxy that cuts the connection, or one pass of a
+first sync split over several. Then clean passes run until nothing changes, and Threadline
+must equal `doveadm` UID by UID and flag by flag, with one message per distinct mail, no
+location at a gone UID and no process left behind.
 
 The choices come from one seeded random generator (the server state depends on the seed
 only; when a kill lands is timing). `make soak` runs longer: THREADLINE_SOAK_ROUNDS and
-THREADLINE_SOAK_SEEDS (comma separated) override the defaults; a failure prints its seed.
+THREADLINE_SOAK_SEEDS (comma separated) override the defaults; a failure prints both.
 """
 
 from __future__ import annotations
