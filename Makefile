@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export FLASK_APP := app
 
-.PHONY: run test bench bench-web lint venv dev-venv system-test-deps
+.PHONY: run test soak bench bench-web lint venv dev-venv system-test-deps
 
 $(VENV)/.runtime: requirements.txt
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c "import ensurepip" 2>/dev/null \
@@ -34,6 +34,14 @@ run: venv
 
 test: dev-venv system-test-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The seeded sync fault test of tests/test_sync_soak.py, longer: more rounds, more seeds.
+# A failure prints its seed and rounds: `make soak SOAK_SEEDS=7 SOAK_ROUNDS=30` replays it.
+SOAK_ROUNDS ?= 30
+SOAK_SEEDS ?= 1,2,3,4,5,6,7,8,9,10
+soak: dev-venv system-test-deps
+	THREADLINE_SOAK_ROUNDS=$(SOAK_ROUNDS) THREADLINE_SOAK_SEEDS=$(SOAK_SEEDS) \
+	  $(PY) -m pytest -q -s --timeout 1800 tests/test_sync_soak.py $(PYTEST_ARGS)
 
 bench: dev-venv system-test-deps
 	$(PY) bench/sync_bench.py

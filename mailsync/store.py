@@ -438,9 +438,9 @@ def remove_locations(folder_id: int, uids: Iterable[int]) -> int:
     return removed
 
 
-def location_sample(folder_id: int, size: int) -> dict[int, tuple[str | None, int | None]]:
-    """Return {uid: (header key, X-GM-MSGID)} for up to `size` non-stale locations of a folder,
-    spread evenly over its UIDs (lowest first)."""
+def location_sample(folder_id: int, size: int) -> dict[int, tuple[str | None, int | None, int]]:
+    """Return {uid: (header key, X-GM-MSGID, message size)} for up to `size` non-stale
+    locations of a folder, spread evenly over its UIDs (lowest first)."""
     total = db.session.scalar(
         select(func.count())
         .select_from(location_t)
@@ -459,13 +459,13 @@ def location_sample(folder_id: int, size: int) -> dict[int, tuple[str | None, in
         .subquery()
     )
     rows = db.session.execute(
-        select(numbered.c.uid, message_t.c.header_key, message_t.c.gm_msgid)
+        select(numbered.c.uid, message_t.c.header_key, message_t.c.gm_msgid, message_t.c.size)
         .join(message_t, message_t.c.id == numbered.c.message_id)
         .where((numbered.c.n - 1) % step == 0)
         .order_by(numbered.c.uid)
         .limit(size)
     )
-    return {uid: (key, gm_msgid) for uid, key, gm_msgid in rows}
+    return {uid: (key, gm_msgid, stored_size) for uid, key, gm_msgid, stored_size in rows}
 
 
 def has_stale_locations(folder_id: int) -> bool:
@@ -649,6 +649,12 @@ def record_failed_uid(folder_id: int, uid: int, error: str, *, retry_after_secon
     existing.attempts += 1
     existing.last_error = error[:1000]
     existing.next_retry_at = _now() + timedelta(seconds=retry_after_seconds * existing.attempts)
+
+
+def forget_failed_uids(folder_id: int) -> None:
+    """Forget every failed UID of a folder whose UIDs now name other mail (a UIDVALIDITY
+    reset, a folder gone): a new mail at a reused UID must be fetched like any other."""
+    db.session.execute(delete(FailedUid).where(FailedUid.folder_id == folder_id))
 
 
 def clear_failed_uids(folder_id: int, uids: Iterable[int]) -> None:

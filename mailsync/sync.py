@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from multiprocessing import get_context
 from typing import Any
@@ -226,6 +226,14 @@ def _fetch_bodies(conn: IMAPClient, batch: list[Meta]) -> tuple[list[tuple[int, 
         else:
             failed.append(meta.uid)
     return raws, failed
+
+
+def _arrived_after(snapshot: Snapshot, uids: Iterable[int]) -> int:
+    """Return how many of `uids` arrived after the snapshot (UID >= its UIDNEXT): mail fetched
+    with the rest that the snapshot's message count does not include."""
+    if snapshot.uidnext is None:
+        return 0
+    return sum(1 for uid in uids if uid >= snapshot.uidnext)
 
 
 def _stored_copy(candidates: Iterable[tuple[int, int, bool]], size: int) -> int | None:
@@ -553,6 +561,7 @@ class AccountSync:
                 folder.sync_enabled = False
                 folder.state = "gone"
                 self.result.deleted += store.remove_folder_locations(folder.id)
+                store.forget_failed_uids(folder.id)
                 # Nothing is known of it any more; should it come back (renamed back), it is
                 # synced from scratch rather than from cursors that no longer describe it.
                 folder.server_message_count = folder.server_not_stored = None
@@ -716,16 +725,18 @@ class AccountSync:
     def uidvalidity_change_is_spurious(self, folder_id: int) -> bool:
         """Tell whether the selected folder's stored UIDs still hold the same messages.
 
-        Fetches the dedup headers (X-GM-MSGID on Gmail) of a sample of stored UIDs. A UID
-        that no longer exists says nothing, as does a message without Message-ID; any other
-        difference means the UIDs were reassigned. A refused FETCH counts as "not spurious".
+        Fetches the dedup headers and size (X-GM-MSGID on Gmail) of a sample of stored UIDs.
+        A UID that no longer exists says nothing, as does a message without Message-ID; any
+        other difference means the UIDs were reassigned. The size counts too: a folder rebuilt
+        with edited copies of its mail has the same headers at the same UIDs, but other mail
+        (mailsync/IDENTITY.md). A refused FETCH counts as "not spurious".
         """
         sample = store.location_sample(folder_id, UIDVALIDITY_SAMPLE)
         db.session.commit()
         if not sample:
             return False
         gmail = self.gmail
-        items = ["UID", HEADER_ITEM] + (["X-GM-MSGID"] if gmail else [])
+        items = ["UID", "RFC822.SIZE", HEADER_ITEM] + (["X-GM-MSGID"] if gmail else [])
         try:
             response = imap.uid_fetch(self.connect(), uid_ranges(sample), items)
         except imaplib.IMAP4.error as exc:
@@ -733,7 +744,7 @@ class AccountSync:
                 raise
             return False
         matches = differ = 0
-        for uid, (key, gm_msgid) in sample.items():
+        for uid, (key, gm_msgid, size) in sample.items():
             data = response.get(uid)
             if data is None:
                 continue  # expunged since the last sync
@@ -744,7 +755,7 @@ class AccountSync:
                 fetched = header_dedup_key(header) if header else None
                 if fetched is None or key is None:
                     continue
-                same = fetched == key
+                same = fetched == key and data.get(b"RFC822.SIZE") == size
             matches += same
             differ += not same
         return (
@@ -787,6 +798,7 @@ class AccountSync:
             .where(MessageLocation.__table__.c.folder_id == folder.id)
             .values(stale=True)
         )
+        store.forget_failed_uids(folder.id)
         folder.uidvalidity = snapshot.uidvalidity
         folder.uidnext = None
         folder.highestmodseq = None
@@ -876,9 +888,11 @@ class AccountSync:
         folder.last_seen_uid = max([*remote, (snapshot.uidnext or 1) - 1, folder.last_seen_uid])
         folder.uidnext = snapshot.uidnext
         folder.highestmodseq = snapshot.highestmodseq
-        folder.server_message_count = snapshot.exists
+        # The count includes the mail that arrived after EXAMINE and was stored with the rest.
+        count = snapshot.exists + _arrived_after(snapshot, remote)
+        folder.server_message_count = count
         # What the server has beyond the horizon, so the first poll's count check adds up.
-        folder.server_not_stored = max(0, snapshot.exists - store.location_count(folder_id))
+        folder.server_not_stored = max(0, count - store.location_count(folder_id))
         folder.initial_sync_complete = True
         folder.state = "poll"
         folder.last_full_flag_scan_at = datetime.now(UTC)
@@ -1175,25 +1189,31 @@ class AccountSync:
         previous_count = folder.server_message_count
         stored_modseq = folder.highestmodseq
         db.session.commit()
-        if snapshot.uidnext is not None and snapshot.uidnext <= last_seen:
+        rewound = snapshot.uidnext is not None and snapshot.uidnext <= last_seen
+        if rewound:
             # The server rewound UIDNEXT (GMX): rewind the watermark, reconcile fully.
             last_seen = snapshot.uidnext - 1
             previous_count = None
         new_uids = self.fetch_new(folder_id, last_seen)
+        # Mail that arrived after EXAMINE was fetched too, but is not in its count: the count
+        # checks below use the snapshot's count plus it (none after a rewound UIDNEXT, whose
+        # UIDs all lie above it).
+        late = 0 if rewound else _arrived_after(snapshot, new_uids)
+        counted = replace(snapshot, exists=snapshot.exists + late)
         self.retry_failed(folder_id)
         self.check_identities(folder_id, last_seen)
         self.sync_flags(folder_id, snapshot, stored_modseq)
         folder = db.session.get(MailFolder, folder_id)
         guard = folder.last_seen_uid
         db.session.commit()
-        expected = None if previous_count is None else previous_count + new_uids
-        if expected != snapshot.exists or self._count_unexplained(folder_id, snapshot):
-            self.reconcile(folder_id, guard, snapshot)
+        expected = None if previous_count is None else previous_count + len(new_uids) - late
+        if expected != snapshot.exists or self._count_unexplained(folder_id, counted):
+            self.reconcile(folder_id, guard, counted)
         folder = db.session.get(MailFolder, folder_id)
         folder.uidnext = snapshot.uidnext
         if snapshot.highestmodseq is not None:
             folder.highestmodseq = snapshot.highestmodseq
-        folder.server_message_count = snapshot.exists
+        folder.server_message_count = counted.exists
         db.session.commit()
 
     def check_identities(self, folder_id: int, last_seen: int) -> None:
@@ -1220,12 +1240,12 @@ class AccountSync:
         folder.identity_checked = True
         db.session.commit()
 
-    def fetch_new(self, folder_id: int, last_seen: int) -> int:
-        """`UID FETCH last+1:*`, keeping only UIDs > last (the N:* quirk); return how many."""
+    def fetch_new(self, folder_id: int, last_seen: int) -> set[int]:
+        """`UID FETCH last+1:*`, keeping only UIDs > last (the N:* quirk); return those UIDs."""
         meta = self.fetch_meta(f"{last_seen + 1}:*", None)
         meta = {uid: m for uid, m in meta.items() if uid > last_seen}
         if not meta:
-            return 0
+            return set()
         pending = set(meta)
         state = {"watermark": last_seen}
 
@@ -1234,13 +1254,19 @@ class AccountSync:
             pending.difference_update(uids)
             top = (min(pending) - 1) if pending else max(meta)
             if top > state["watermark"]:
+                passed = sum(1 for uid in meta if state["watermark"] < uid <= top)
                 state["watermark"] = top
                 folder = db.session.get(MailFolder, folder_id)
                 folder.last_seen_uid = top
+                # The count checkpoint moves with the watermark (moves linked to stored mail
+                # included): a pass that stops after this commit leaves a count the next
+                # pass's check still adds up with. poll() sets the final count at its end.
+                if folder.server_message_count is not None:
+                    folder.server_message_count += passed
                 db.session.commit()
 
         self.ingest(folder_id, meta, newest_first=False, on_committed=committed)
-        return len(meta)
+        return set(meta)
 
     def retry_failed(self, folder_id: int) -> None:
         """Fetch again the UIDs whose earlier fetch failed and whose retry time has come."""

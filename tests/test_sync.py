@@ -391,11 +391,12 @@ def test_spurious_uidvalidity_change_is_accepted_without_a_rebuild(
     fetches = [line.split(b" ", 1)[1] for line in log.lines if b"UID FETCH" in line]
     assert log.count("UID SEARCH") == 0 and log.body_fetches() == 0
     assert [f.split(b" (")[0] for f in fetches] == [
-        b"UID FETCH 1:5",  # the sample: dedup headers only
+        b"UID FETCH 1:5",  # the sample: dedup headers and size only
         b"UID FETCH 6:*",  # new mail above the kept watermark
         b"UID FETCH 1:5",  # flags, read again in full
     ]
-    assert b"HEADER.FIELDS" in fetches[0] and b"RFC822.SIZE" not in fetches[0]
+    assert b"HEADER.FIELDS" in fetches[0] and b"RFC822.SIZE" in fetches[0]
+    assert b"FLAGS" not in fetches[0] and b"BODY.PEEK[]" not in fetches[0]
     assert fetches[2].endswith(b"(FLAGS)\r\n")
     assert _placement(account.id) == placed  # the very same location rows
     assert message_count(account.id) == 5
