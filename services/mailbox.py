@@ -58,13 +58,13 @@ from services.mail_display import (
     subject_label,
 )
 from services.preferences import get_preference
-from services.time_display import full_label, list_label, zone_for
 from services.search import (
     account_rows,
     match_expression,
     matching_threads_sql,
     remove_from_index,
 )
+from services.time_display import full_label, list_label, zone_for
 
 PAGE_SIZE = 50
 FEW_MATCHES = 2000  # matching conversations up to which the list is built from the matches
