@@ -668,6 +668,26 @@ class MessagePerson(db.Model):
         return f"<MessagePerson m={self.message_id} p={self.person_id}>"
 
 
+class PastLinkOffer(db.Model):
+    """An open offer to link a user's past mail with an address just added to a person.
+
+    Made when an address is added (from a conversation or a People page); it stays until
+    the user links or dismisses it (PRODUCT.md "Linking").
+    """
+
+    __tablename__ = "past_link_offer"
+    __table_args__ = (UniqueConstraint("user_id", "person_id", "address"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<PastLinkOffer u={self.user_id} p={self.person_id} {self.address}>"
+
+
 class FailedUid(db.Model):
     """A UID whose fetch or store failed; retried with backoff, never blocks the watermark."""
 

@@ -335,13 +335,8 @@ class Participant:
     blocked: bool = False
 
 
-@dataclass
-class PastOffer:
-    """The "link past conversations" offer after an address was added to a person."""
-
-    person: Person
-    address: str
-    count: int
+PastOffer = linking.PastOffer
+MAX_OFFER_ADDRESSES = 50  # participants checked for open offers (a list mail has thousands)
 
 
 @dataclass
@@ -357,7 +352,7 @@ class Sidebar:
     person_choices: list[PersonChoice]
     link_query: str = ""
     link_results: list[tuple[str, object]] = field(default_factory=list)
-    offer: PastOffer | None = None
+    offers: list[PastOffer] = field(default_factory=list)  # open "link past mail" offers
     notice: str | None = None
     errors: dict[str, str] = field(default_factory=dict)
     form_address: str = ""
@@ -450,7 +445,10 @@ def load_sidebar(user: User, thread: Thread, *, is_owner: bool, **extra) -> Side
     people = participants(user, thread, is_owner=is_owner)
     # The "add to an existing person" picker only shows next to an unknown address.
     unknown = any(p.person is None and not p.private_person for p in people)
+    known = [p.address for p in people if p.person is not None][:MAX_OFFER_ADDRESSES]
+    offers = linking.past_link_offers(user, addresses=known) if is_owner and known else []
     return Sidebar(
+        offers=offers,
         thread=thread,
         is_owner=is_owner,
         linked_kind=kind if record is not None else None,
@@ -492,24 +490,25 @@ def unlink_record(thread: Thread) -> None:
     linking.link_thread(thread, "deal", None)
 
 
-def _offer(user: User, person: Person, address: str) -> PastOffer:
-    count = linking.count_past_conversations(user, person, address)
-    return PastOffer(person=person, address=address, count=count)
-
-
 def create_person_from_participant(
     user: User, thread: Thread, *, name: str, address: str
-) -> PastOffer:
-    """Create a person with a participant's address; return the past-conversations offer."""
+) -> Person:
+    """Create a person with a participant's address; commits.
+
+    This conversation is linked to the person at once; other past mail with the address
+    becomes an offer (records.create_person makes it).
+    """
     value = _require_participant(user, thread, address)
     person = records.create_person(user, name=name, emails=[value])
-    return _offer(user, person, value)
+    linking.link_thread_to_person(user, person, thread, value)
+    db.session.commit()
+    return person
 
 
 def add_address_to_person(
     user: User, thread: Thread, *, person_id: int | None, address: str
-) -> PastOffer:
-    """Add a participant's address to an existing person; commits; return the offer."""
+) -> Person:
+    """Add a participant's address to an existing person; commits; offers past mail."""
     value = _require_participant(user, thread, address)
     person = record_or_none(user, Person, person_id)
     if person is None:
@@ -522,7 +521,10 @@ def add_address_to_person(
     except IntegrityError as exc:
         db.session.rollback()
         raise ValidationError({"address": f"{value} already belongs to a person."}) from exc
-    return _offer(user, person, value)
+    linking.link_thread_to_person(user, person, thread, value)
+    db.session.commit()
+    linking.remember_past_link_offers(user, person, [value])
+    return person
 
 
 def link_past(user: User, *, person_id: int | None, address: str) -> int:
@@ -532,6 +534,11 @@ def link_past(user: User, *, person_id: int | None, address: str) -> int:
     if person is None or value not in {row.email for row in person.emails}:
         raise ValidationError({"address": "Choose one of the person's addresses."})
     return linking.link_past_conversations(user, person, value)
+
+
+def dismiss_offer(user: User, *, person_id: int | None, address: str) -> None:
+    """Drop a "link past conversations" offer; commits."""
+    linking.dismiss_past_link_offer(user, person_id, address)
 
 
 def block_participant(user: User, thread: Thread, address: str) -> str:

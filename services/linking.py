@@ -7,8 +7,9 @@ them to rows. PRODUCT.md "Linking" and "Blocked addresses".
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-from sqlalchemy import Select, func, select, true, update
+from sqlalchemy import Select, delete, func, select, true, update
 
 from extensions import db
 from models import (
@@ -18,6 +19,7 @@ from models import (
     MailAccount,
     Message,
     MessagePerson,
+    PastLinkOffer,
     Person,
     PersonEmail,
     Project,
@@ -119,12 +121,102 @@ def count_past_conversations(user: User, person: Person, address: str) -> int:
 
 
 def link_past_conversations(user: User, person: Person, address: str) -> int:
-    """Link `user`'s past messages mentioning `address` to `person`; commits; the count."""
+    """Link `user`'s past messages mentioning `address` to `person`; commits; the count.
+
+    The offer to do so, if any, is settled.
+    """
     ids = db.session.scalars(_unlinked_past_messages(user, person, address))
     rows = [MessagePerson(message_id=message_id, person_id=person.id) for message_id in ids]
     db.session.add_all(rows)
+    _forget_offer(user, person.id, address)
     db.session.commit()
     return len(rows)
+
+
+def link_thread_to_person(user: User, person: Person, thread: Thread, address: str) -> int:
+    """Link the messages of one conversation that mention `address` to `person`; flushes."""
+    ids = db.session.scalars(
+        _unlinked_past_messages(user, person, address).where(Message.thread_id == thread.id)
+    ).all()
+    db.session.add_all(MessagePerson(message_id=i, person_id=person.id) for i in ids)
+    db.session.flush()
+    return len(ids)
+
+
+@dataclass
+class PastOffer:
+    """The open offer to link `count` past conversations mentioning `address` to `person`."""
+
+    person: Person
+    address: str
+    count: int
+
+
+def remember_past_link_offers(user: User, person: Person, addresses: Iterable[str]) -> None:
+    """Offer `user` to link past mail for addresses just added to `person`; commits.
+
+    Only where such mail exists; the offer stays until linked or dismissed.
+    """
+    for address in addresses:
+        if count_past_conversations(user, person, address) == 0:
+            continue
+        exists_already = db.session.scalar(
+            select(PastLinkOffer.id).where(
+                PastLinkOffer.user_id == user.id,
+                PastLinkOffer.person_id == person.id,
+                PastLinkOffer.address == address,
+            )
+        )
+        if exists_already is None:
+            db.session.add(PastLinkOffer(user_id=user.id, person_id=person.id, address=address))
+    db.session.commit()
+
+
+def past_link_offers(
+    user: User, *, person_id: int | None = None, addresses: Iterable[str] | None = None
+) -> list[PastOffer]:
+    """Return `user`'s open offers (for one person, or for some addresses) with their counts.
+
+    An offer whose person lost the address or the user's access, or with nothing left to
+    link (done elsewhere), is dropped here.
+    """
+    query = select(PastLinkOffer).where(PastLinkOffer.user_id == user.id)
+    if person_id is not None:
+        query = query.where(PastLinkOffer.person_id == person_id)
+    if addresses is not None:
+        query = query.where(PastLinkOffer.address.in_(list(addresses)))
+    offers, stale = [], []
+    for row in db.session.scalars(query.order_by(PastLinkOffer.id)):
+        person = db.session.scalar(
+            select(Person).where(Person.id == row.person_id, accessible_to(Person, user.id))
+        )
+        has_address = person is not None and row.address in {e.email for e in person.emails}
+        count = count_past_conversations(user, person, row.address) if has_address else 0
+        if count:
+            offers.append(PastOffer(person=person, address=row.address, count=count))
+        else:
+            stale.append(row)
+    if stale:
+        for row in stale:
+            db.session.delete(row)
+        db.session.commit()
+    return offers
+
+
+def dismiss_past_link_offer(user: User, person_id: int | None, address: str) -> None:
+    """Drop one of `user`'s offers; commits."""
+    _forget_offer(user, person_id, address)
+    db.session.commit()
+
+
+def _forget_offer(user: User, person_id: int | None, address: str) -> None:
+    db.session.execute(
+        delete(PastLinkOffer).where(
+            PastLinkOffer.user_id == user.id,
+            PastLinkOffer.person_id == person_id,
+            PastLinkOffer.address == (address or "").strip().lower(),
+        )
+    )
 
 
 # --------------------------------------------------------------------------- deals, leads, projects

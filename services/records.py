@@ -43,7 +43,7 @@ from services.access import (
 from services.addresses import is_valid_address
 from services.errors import ValidationError
 from services.inputs import parse_id, search_text
-from services.linking import move_lead_conversations
+from services.linking import move_lead_conversations, remember_past_link_offers
 from services.users import normalize_email
 
 T = TypeVar("T")
@@ -362,16 +362,25 @@ def create_person(actor: User, **values: Any) -> Person:
     emails = cleaned.pop("emails")
     person = Person(**cleaned)
     _apply_emails(person, emails)
-    return _commit_person(person)
+    _commit_person(person)
+    remember_past_link_offers(actor, person, emails)
+    return person
 
 
 def update_person(actor: User, person: Person, **values: Any) -> Person:
-    """Change a person's fields and replace their addresses; commits."""
+    """Change a person's fields and replace their addresses; commits.
+
+    Addresses new to the person become offers to link the actor's past mail with them.
+    """
     cleaned = _person_fields(actor, values, person)
-    _apply_emails(person, cleaned.pop("emails"))
+    before = {row.email for row in person.emails}
+    emails = cleaned.pop("emails")
+    _apply_emails(person, emails)
     for key, value in cleaned.items():
         setattr(person, key, value)
-    return _commit_person(person)
+    _commit_person(person)
+    remember_past_link_offers(actor, person, [e for e in emails if e not in before])
+    return person
 
 
 def delete_person(actor: User, person: Person) -> None:

@@ -87,6 +87,7 @@ CLASSIFICATION = {
     "conversations.create_person": "owner_post",
     "conversations.add_person_email": "owner_post",
     "conversations.link_past": "owner_post",
+    "conversations.dismiss_past_links": "owner_post",
     "conversations.block": "owner_post",
     "conversations.allow_images": "owner_post",
     "conversations.fetch_full": "owner_post",
@@ -109,7 +110,14 @@ for _area in ("deals", "persons", "organizations", "leads", "projects"):
             f"{_area}.delete": "owner_post",
         }
     )
-CLASSIFICATION.update({"deals.move": "owner_post", "leads.convert": "owner_post"})
+CLASSIFICATION.update(
+    {
+        "deals.move": "owner_post",
+        "leads.convert": "owner_post",
+        "persons.link_past": "owner_post",
+        "persons.dismiss_past_links": "owner_post",
+    }
+)
 
 
 def _url_map_rules():

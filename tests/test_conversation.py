@@ -163,6 +163,7 @@ ID_ROUTES = {
     "conversations.create_person": "owner",
     "conversations.add_person_email": "owner",
     "conversations.link_past": "owner",
+    "conversations.dismiss_past_links": "owner",
     "conversations.block": "owner",
     "conversations.allow_images": "viewer",
     "conversations.attachment": "viewer",
@@ -472,7 +473,7 @@ def test_create_person_from_participant_then_link_past(world, login, make_raw_me
     first = make_raw_message(
         account, build_message(sender="Nora New <nora@prospect.test>", to="olivia@team.test")
     )
-    make_raw_message(
+    earlier = make_raw_message(
         account, build_message(sender="Nora New <nora@prospect.test>", to="olivia@team.test")
     )
     client = login(world["owner"])
@@ -485,19 +486,77 @@ def test_create_person_from_participant_then_link_past(world, login, make_raw_me
     )
     assert response.status_code == 200
     html = response.get_data(as_text=True)
-    assert "Link 2 past conversations" in html
+    assert "nora@prospect.test now belongs to Nora New." in html
+    assert "Link 1 past conversation" in html  # the other one; this one is linked at once
     email = db.session.scalar(select(PersonEmail).where(PersonEmail.email == "nora@prospect.test"))
     assert email is not None and email.person.name == "Nora New"
+    panel = client.get(f"/mail/records/person/{email.person_id}/conversations")
+    assert f"/mail/threads/{first.thread_id}" in panel.get_data(as_text=True)
+    assert f"/mail/threads/{earlier.thread_id}" not in panel.get_data(as_text=True)
+
+    # The offer stays until acted on: after a reload, and on the person's page.
+    again = client.get(f"/mail/threads/{first.thread_id}").get_data(as_text=True)
+    assert "Link 1 past conversation" in again
+    person_page = client.get(f"/persons/{email.person_id}").get_data(as_text=True)
+    assert "Link 1 past conversation" in person_page
+
     linked = client.post(
         f"/mail/threads/{first.thread_id}/past-links",
         data={"person_id": email.person_id, "address": "nora@prospect.test"},
         headers=HTMX_SIDEBAR,
     )
-    assert linked.status_code == 200 and "Linked 2 past messages" in linked.get_data(as_text=True)
+    assert linked.status_code == 200 and "Linked 1 past message" in linked.get_data(as_text=True)
+    assert "past conversation" not in linked.get_data(as_text=True).split("Linked 1")[1]
     rows = db.session.scalars(
         select(MessagePerson).where(MessagePerson.person_id == email.person_id)
     ).all()
     assert len(rows) == 2
+    assert "Link 1 past" not in client.get(f"/persons/{email.person_id}").get_data(as_text=True)
+
+
+def test_past_link_offer_can_be_dismissed(world, login, make_raw_message):
+    account = world["account"]
+    for _ in range(2):
+        message = make_raw_message(
+            account, build_message(sender="Ola Old <ola@prospect.test>", to="olivia@team.test")
+        )
+    client = login(world["owner"])
+    client.post(
+        f"/mail/threads/{message.thread_id}/persons",
+        data={"name": "Ola Old", "address": "ola@prospect.test"},
+        headers=HTMX_SIDEBAR,
+    )
+    person_id = db.session.scalar(
+        select(PersonEmail.person_id).where(PersonEmail.email == "ola@prospect.test")
+    )
+    assert "Link 1 past conversation" in client.get(f"/persons/{person_id}").get_data(as_text=True)
+    dismissed = client.post(
+        f"/persons/{person_id}/past-links/dismiss", data={"address": "ola@prospect.test"}
+    )
+    assert dismissed.status_code == 303
+    assert "past conversation" not in client.get(f"/persons/{person_id}").get_data(as_text=True)
+    sidebar = client.get(f"/mail/threads/{message.thread_id}").get_data(as_text=True)
+    assert "past conversation" not in sidebar
+
+
+def test_an_address_added_on_the_people_page_offers_past_mail(world, login, make_raw_message):
+    make_raw_message(
+        world["account"],
+        build_message(sender="Carla Private <carla@home.test>", to="olivia@team.test"),
+    )
+    client = login(world["owner"])
+    carla = world["carla"]
+    response = client.post(
+        f"/persons/{carla.id}",
+        data={"name": carla.name, "emails": ["carla@customer.test", "carla@home.test"]},
+    )
+    assert response.status_code in (200, 303)
+    page = client.get(f"/persons/{carla.id}").get_data(as_text=True)
+    assert "carla@home.test" in page and "Link 1 past conversation" in page
+    linked = client.post(f"/persons/{carla.id}/past-links", data={"address": "carla@home.test"})
+    assert linked.status_code == 303
+    page = client.get(f"/persons/{carla.id}").get_data(as_text=True)
+    assert "Linked 1 past message." in page and "Link 1 past conversation" not in page
 
 
 def test_create_person_rejects_bad_input(world, login):
@@ -530,7 +589,7 @@ def test_add_address_to_existing_person_and_link_past(world, login, make_raw_mes
         headers=HTMX_SIDEBAR,
     )
     assert response.status_code == 200
-    assert "Link 1 past conversation" in response.get_data(as_text=True)
+    assert "carla.d@home.test now belongs to Carla Diaz." in response.get_data(as_text=True)
     db.session.refresh(world["carla"])
     assert "carla.d@home.test" in [e.email for e in world["carla"].emails]
     client.post(

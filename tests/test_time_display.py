@@ -105,7 +105,7 @@ def test_a_tokyo_browser_sees_its_own_times(
         ) as sent_zone:
             page.click("button[type=submit]")
         assert sent_zone.value.status == 204
-        page.wait_for_load_state()
+        page.wait_for_load_state("networkidle")  # the redraw that follows
         page.goto(live_server.url + "/mail/")
         expect(page.locator(".mail-date").first).to_have_attribute("title", re.compile(r"JST$"))
         local = sent.astimezone(TOKYO)

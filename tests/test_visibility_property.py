@@ -169,8 +169,11 @@ class World:
             and any(not m.read and not m.deleted for m in c.messages)
         )
 
-    def past_offer(self, user: str, address: str) -> tuple[int, set[int]]:
-        """(conversations offered, message ids linked) for a new person with `address`."""
+    def past_offer(self, user: str, address: str, made_from) -> tuple[int, set[int]]:
+        """(conversations offered, message ids linked) for a new person with `address`.
+
+        The conversation the person is made from is linked at once, so it is not offered.
+        """
         messages = [
             (c, m)
             for c in self.convs
@@ -178,7 +181,8 @@ class World:
             for m in c.messages
             if not m.deleted and m.sender == address
         ]
-        return len({id(c) for c, _m in messages}), {m.id for _c, m in messages}
+        offered = {id(c) for c, _m in messages if c is not made_from}
+        return len(offered), {m.id for _c, m in messages}
 
 
 def _token(rng: random.Random) -> str:
@@ -458,7 +462,7 @@ def check_past_offer(world: World, team: dict, seed: int) -> None:
     where = f"seed={seed} user={conv.owner}"
     assert offer.status_code == 200, where
     found = re.search(r"Link (\d+) past conversation", offer.get_data(as_text=True))
-    expected_count, expected_ids = world.past_offer(conv.owner, msg.sender)
+    expected_count, expected_ids = world.past_offer(conv.owner, msg.sender, conv)
     assert (int(found.group(1)) if found else 0) == expected_count, (where, "offer count")
     person_id = db.session.scalar(
         db.select(PersonEmail.person_id).where(PersonEmail.email == msg.sender)

@@ -11,6 +11,7 @@ URL table (url_prefix /mail):
   POST /threads/<id>/persons              create_person (owner)
   POST /threads/<id>/person-emails        add_person_email (owner)
   POST /threads/<id>/past-links           link_past (owner)
+  POST /threads/<id>/past-links/dismiss   dismiss_past_links (owner)
   POST /threads/<id>/blocks               block (owner)
   POST /messages/<id>/full                fetch_full (owner: download a header-only message)
   POST /messages/<id>/image-allowance     allow_images (always show images from the sender)
@@ -230,12 +231,12 @@ def create_person(thread_id: int):
     thread = thread_for_owner(current_user, thread_id)
     address = form_value("address")
     try:
-        offer = conversations.create_person_from_participant(
+        person = conversations.create_person_from_participant(
             current_user, thread, name=form_value("name"), address=address
         )
     except ValidationError as exc:
         return _sidebar(thread, status=422, errors=exc.errors, form_address=address.lower())
-    return _sidebar(thread, offer=offer)
+    return _sidebar(thread, notice=f"{address.strip().lower()} now belongs to {person.name}.")
 
 
 @bp.post("/threads/<id:thread_id>/person-emails")
@@ -243,12 +244,12 @@ def add_person_email(thread_id: int):
     thread = thread_for_owner(current_user, thread_id)
     address = form_value("address")
     try:
-        offer = conversations.add_address_to_person(
+        person = conversations.add_address_to_person(
             current_user, thread, person_id=parse_id(form_value("person_id")), address=address
         )
     except ValidationError as exc:
         return _sidebar(thread, status=422, errors=exc.errors, form_address=address.lower())
-    return _sidebar(thread, offer=offer)
+    return _sidebar(thread, notice=f"{address.strip().lower()} now belongs to {person.name}.")
 
 
 @bp.post("/threads/<id:thread_id>/past-links")
@@ -263,6 +264,15 @@ def link_past(thread_id: int):
     except ValidationError as exc:
         return _sidebar(thread, status=422, errors=exc.errors)
     return _sidebar(thread, notice=f"Linked {count} past message{'s' if count != 1 else ''}.")
+
+
+@bp.post("/threads/<id:thread_id>/past-links/dismiss")
+def dismiss_past_links(thread_id: int):
+    thread = thread_for_owner(current_user, thread_id)
+    conversations.dismiss_offer(
+        current_user, person_id=parse_id(form_value("person_id")), address=form_value("address")
+    )
+    return _sidebar(thread)
 
 
 @bp.post("/threads/<id:thread_id>/blocks")

@@ -1,10 +1,10 @@
 """Persons (contacts): list with search, detail, create, inline edit, delete."""
 
-from flask import Blueprint, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
 from models import Deal, Lead, Person, Project
-from services import records
+from services import conversations, linking, records
 from services.access import record_for
 from services.errors import ValidationError
 from views.helpers import is_fragment_request, render_invalid, render_page_or_fragment
@@ -60,7 +60,31 @@ def show(person_id: int):
         deals=records.related_records(current_user, Deal, person_id=person.id),
         leads=records.related_records(current_user, Lead, person_id=person.id),
         projects=records.related_records(current_user, Project, person_id=person.id),
+        offers=linking.past_link_offers(current_user, person_id=person.id),
     )
+
+
+@bp.post("/<id:person_id>/past-links")
+def link_past(person_id: int):
+    person = record_for(current_user, Person, person_id)
+    try:
+        count = conversations.link_past(
+            current_user, person_id=person.id, address=request.form.get("address", "")
+        )
+    except ValidationError as exc:
+        flash(exc.errors.get("address", "That could not be linked."), "error")
+    else:
+        flash(f"Linked {count} past message{'s' if count != 1 else ''}.")
+    return redirect(url_for("persons.show", person_id=person.id), code=303)
+
+
+@bp.post("/<id:person_id>/past-links/dismiss")
+def dismiss_past_links(person_id: int):
+    person = record_for(current_user, Person, person_id)
+    conversations.dismiss_offer(
+        current_user, person_id=person.id, address=request.form.get("address", "")
+    )
+    return redirect(url_for("persons.show", person_id=person.id), code=303)
 
 
 @bp.get("/<id:person_id>/summary")
