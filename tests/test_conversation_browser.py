@@ -18,7 +18,7 @@ from tests.mail_fixtures import (
     PNG_1X1,
     build_message,
 )
-from tests.servers.browser import wait_for_htmx_settled
+from tests.servers.browser import sign_in_with_form, wait_for_htmx_settled
 
 pytestmark = pytest.mark.browser
 
@@ -107,12 +107,7 @@ def mailbox(make_user, make_stored_account):
 
 
 def sign_in(page, live_server, user) -> None:
-    page.goto(live_server.url + "/login")
-    page.fill("#f-email", user.email)
-    page.fill("#f-password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_load_state("load")
-    assert "/login" not in page.url
+    sign_in_with_form(page, live_server.url, user.email, PASSWORD)
 
 
 # Chromium's own background services (not the page) also use the proxy; they are not mail.
@@ -253,7 +248,7 @@ def test_cid_image_attachment_and_rtl(
     width = frame.locator("img").first.evaluate("img => img.complete ? img.naturalWidth : 0")
     assert width > 0
     SHOTS.mkdir(exist_ok=True)
-    page.wait_for_timeout(300)
+    wait_for_htmx_settled(page)  # lazy sidebar parts are in the screenshot
     page.screenshot(path=str(SHOTS / "conversation.png"))
     with page.expect_download() as download_info:
         page.locator(f"#message-{message.id} a.attachment").click()

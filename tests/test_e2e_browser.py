@@ -11,7 +11,6 @@ does not see requests from the sandboxed mail frame); nothing leaves the machine
 from __future__ import annotations
 
 import re
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from playwright.sync_api import expect
 
 from tests.conftest import PASSWORD
 from tests.mail_fixtures import build_message
+from tests.servers.browser import sign_in_with_form
 from tests.sync_helpers import run_sync
 from tests.test_conversation_browser import page, page_requests, sink
 
@@ -30,30 +30,13 @@ BASE_DATE = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 
 def sign_in(page, url: str, user) -> None:
-    page.goto(url + "/login")
-    page.fill("#f-email", user.email)
-    page.fill("#f-password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_load_state("load")
-    assert "/login" not in page.url
+    sign_in_with_form(page, url, user.email, PASSWORD)
 
 
 def deliver(dovecot, mail_user, n: int, **fields) -> None:
     fields.setdefault("to", mail_user.email)
     fields.setdefault("date", BASE_DATE + timedelta(hours=n))
     dovecot.deliver(mail_user.email, build_message(**fields))
-
-
-def goto_until_visible(page, url: str, text: str, *, seconds: float = 20) -> None:
-    """Reload `url` until `text` shows (a background sync fills the page meanwhile)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        page.goto(url, wait_until="load")
-        if page.get_by_text(text).count():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} did not appear on {url} within {seconds}s")
-        page.wait_for_timeout(500)
 
 
 def test_flow_a_add_mailbox_and_see_newest_mail(live_server, page, dovecot, mail_user, make_user):
@@ -78,13 +61,13 @@ def test_flow_a_add_mailbox_and_see_newest_mail(live_server, page, dovecot, mail
     page.get_by_role("button", name="Save and start syncing").click()
 
     page.wait_for_url("**/settings/accounts/*")
-    account_url = page.url
     expect(page.get_by_role("heading", name=mail_user.email)).to_be_visible()
     # Some state is always shown: starting, syncing N of M, or all synced.
     expect(page.locator("h2 .badge")).to_be_visible()
-    goto_until_visible(page, account_url, "All 4 messages in range are synced.")
+    # The status polls itself while the first sync runs; wait for it to report the end.
+    expect(page.get_by_text("All 4 messages in range are synced.")).to_be_visible(timeout=30_000)
 
-    goto_until_visible(page, live_server.url + "/mail/", "Aurora launch checklist")
+    page.goto(live_server.url + "/mail/", wait_until="load")
     rows = page.locator(".mail-row")
     expect(rows).to_have_count(4)
     expect(rows.first).to_contain_text("Aurora launch checklist")  # newest first

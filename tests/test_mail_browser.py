@@ -8,6 +8,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.conftest import PASSWORD
+from tests.servers.browser import sign_in_with_form, wait_for_htmx_settled
 
 pytestmark = pytest.mark.browser
 SHOTS = os.environ.get("THREADLINE_SHOTS", "/tmp/shots")
@@ -105,10 +106,7 @@ def mailbox_seed(me, inbox, make_mailbox_message, make_person, make_deal):
 
 
 def sign_in(page, live_server, user):
-    page.goto(live_server.url + "/login")
-    page.fill("input[name=email]", user.email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
+    sign_in_with_form(page, live_server.url, user.email, PASSWORD)
     page.goto(live_server.url + "/mail/")
 
 
@@ -179,13 +177,16 @@ def test_delete_asks_for_confirmation_in_the_page(live_server, page, me, mailbox
     page.keyboard.press("e")  # shortcuts wait while the question is open
     page.keyboard.press("Escape")
     expect(confirm).to_be_hidden()
-    expect(page.locator(".mail-row")).to_have_count(6)
+    wait_for_htmx_settled(page)  # a request sent on Escape would be in flight now
+    assert page.locator(".mail-row").count() == 6
 
     page.keyboard.press("#")
     expect(confirm).to_be_visible()
     confirm.get_by_role("button", name="Delete").click()
     expect(confirm).to_be_hidden()
     expect(page.locator(".mail-row")).to_have_count(5)
+    wait_for_htmx_settled(page)
+    assert page.locator(".mail-row").count() == 5  # one delete, the confirmed one
     assert browser_dialogs == []  # never the browser's own confirm()
 
 

@@ -16,6 +16,7 @@ from extensions import db
 from models import Deal, Person
 from services import users
 from tests.conftest import PASSWORD
+from tests.servers.browser import sign_in_with_form
 
 pytestmark = pytest.mark.browser
 
@@ -39,11 +40,7 @@ def deal_stage(live_server, deal_id: int) -> str:
 
 
 def sign_in(page, live_server, email: str) -> None:
-    page.goto(f"{live_server.url}/login")
-    page.fill("#f-email", email)
-    page.fill("#f-password", PASSWORD)
-    page.click("button[type=submit]")
-    expect(page.locator(".whoami")).to_be_visible()
+    sign_in_with_form(page, live_server.url, email, PASSWORD)
 
 
 def test_first_run_setup_then_sign_in(page, live_server):

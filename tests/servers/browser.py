@@ -53,6 +53,16 @@ class ServerThread(threading.Thread):
 HTMX_BUSY = ".htmx-request, .htmx-swapping, .htmx-settling, .htmx-added"
 
 
+def sign_in_with_form(page, base_url: str, email: str, password: str) -> None:
+    """Sign in through the login form and wait until the signed-in page shows."""
+    page.goto(base_url + "/login")
+    page.fill("#f-email", email)
+    page.fill("#f-password", password)
+    page.click("button[type=submit]")
+    # The click only starts the POST: going on at once raced the session cookie.
+    page.locator(".whoami").wait_for()
+
+
 def wait_for_htmx_settled(page) -> None:
     """Wait until htmx has no request, swap or settle in flight on `page`."""
     page.wait_for_function(f"() => !document.querySelector({HTMX_BUSY!r})")
