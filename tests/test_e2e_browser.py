@@ -19,7 +19,7 @@ from playwright.sync_api import expect
 
 from tests.conftest import PASSWORD
 from tests.mail_fixtures import build_message
-from tests.servers.browser import sign_in_with_form
+from tests.servers.browser import sign_in_with_form, wait_for_htmx_settled
 from tests.sync_helpers import run_sync
 from tests.test_conversation_browser import page, page_requests, sink
 
@@ -110,7 +110,7 @@ def test_flow_b_mail_tab_search_images_download_archive(
     expect(rows).to_have_count(1)
     expect(rows.first).to_contain_text("Signed contract")
     rows.first.locator("a.mail-row-link").click()
-    page.wait_for_load_state("load")
+    page.wait_for_url(lambda url: "/mail/threads/" in url)  # the click only starts it
     expect(page.locator("h1#conversation-subject")).to_have_text("Signed contract")
     with page.expect_download() as download_info:
         page.locator("a.attachment").first.click()
@@ -121,11 +121,11 @@ def test_flow_b_mail_tab_search_images_download_archive(
     # Remote images load only after "Show images", and only through the local proxy.
     page.goto(live_server.url + "/mail/")
     page.get_by_role("link", name="Autumn newsletter").click()
-    page.wait_for_load_state("load")
+    page.wait_for_url(lambda url: "/mail/threads/" in url)
     expect(page.get_by_text("Remote images are hidden.")).to_be_visible()
     assert page_requests(sink) == []
     page.get_by_role("link", name="Show images").click()
-    page.wait_for_load_state("load")
+    page.wait_for_url(lambda url: "images=" in url)
     image = page.frame_locator("iframe").locator("img").first
     image.wait_for()
     expect(image).to_have_js_property("complete", True)
@@ -157,10 +157,13 @@ def test_flow_c_teammate_sees_linked_thread_only_while_shared(
     sign_in(page, live_server.url, owner)
     page.goto(live_server.url + "/mail/")
     page.get_by_role("link", name="Lunch on Friday").click()
-    page.wait_for_load_state("load")
-    page.fill("#link-q", "orion")
+    # Typing before the conversation page has loaded (and htmx has set up the picker) was lost.
+    page.wait_for_url(lambda url: "/mail/threads/" in url)
+    with page.expect_response(lambda response: "/link-search?" in response.url):
+        page.fill("#link-q", "orion")
     page.locator("#link-results").get_by_role("button", name="Deal Orion expansion").click()
     page.locator(".linked-record").get_by_text("Orion expansion").wait_for()
+    wait_for_htmx_settled(page)  # the swapped-in sidebar's buttons work once htmx settled it
     page.get_by_role("button", name="Share with team").click()
     page.get_by_role("button", name="Make private").wait_for()
     thread_url = re.match(r".*/mail/threads/\d+", page.url).group(0)
