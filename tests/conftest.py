@@ -154,13 +154,15 @@ def make_user(app):
     return factory
 
 
-def signed_in_client(app, user: User) -> CSRFClient:
+def signed_in_client(app, user: User, *, user_agent: str | None = None) -> CSRFClient:
     """Return a fresh client whose session is signed in as `user`, set directly.
 
     The session holds what a real sign-in stores (views.auth.start_session), for this
     client's address and user agent, without the form's password check.
     """
     client = app.test_client()
+    if user_agent is not None:
+        client.environ_base["HTTP_USER_AGENT"] = user_agent
     with app.test_request_context(environ_base=client.environ_base):
         start_session(user)
         fields, permanent = dict(flask.session), flask.session.permanent

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from extensions import db
-from tests.conftest import PASSWORD
 from tests.corpus import shared_dir
 from tests.mail_fixtures import (
     HOSTILE_DISPLAY_NAME,
@@ -18,7 +17,7 @@ from tests.mail_fixtures import (
     PNG_1X1,
     build_message,
 )
-from tests.servers.browser import sign_in_with_form, wait_for_htmx_settled
+from tests.servers.browser import sign_in_with_session, wait_for_htmx_settled
 
 pytestmark = pytest.mark.browser
 
@@ -107,7 +106,7 @@ def mailbox(make_user, make_stored_account):
 
 
 def sign_in(page, live_server, user) -> None:
-    sign_in_with_form(page, live_server.url, user.email, PASSWORD)
+    sign_in_with_session(page, live_server.app, live_server.url, user)
 
 
 # Chromium's own background services (not the page) also use the proxy; they are not mail.

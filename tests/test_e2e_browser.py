@@ -19,7 +19,11 @@ from playwright.sync_api import expect
 
 from tests.conftest import PASSWORD
 from tests.mail_fixtures import build_message
-from tests.servers.browser import sign_in_with_form, wait_for_htmx_settled
+from tests.servers.browser import (
+    sign_in_with_form,
+    sign_in_with_session,
+    wait_for_htmx_settled,
+)
 from tests.sync_helpers import run_sync
 from tests.test_conversation_browser import page, page_requests, sink
 
@@ -29,8 +33,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.imap]
 BASE_DATE = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 
-def sign_in(page, url: str, user) -> None:
-    sign_in_with_form(page, url, user.email, PASSWORD)
+def sign_in(page, live_server, user) -> None:
+    sign_in_with_session(page, live_server.app, live_server.url, user)
 
 
 def deliver(dovecot, mail_user, n: int, **fields) -> None:
@@ -45,7 +49,7 @@ def test_flow_a_add_mailbox_and_see_newest_mail(live_server, page, dovecot, mail
         deliver(dovecot, mail_user, n, subject=f"Routine update {n}")
     deliver(dovecot, mail_user, 9, subject="Aurora launch checklist", text="Newest one.")
     user = make_user()
-    sign_in(page, live_server.url, user)
+    sign_in_with_form(page, live_server.url, user.email, PASSWORD)  # the whole flow
 
     page.goto(live_server.url + "/settings/")
     page.get_by_role("link", name="Email accounts").click()
@@ -100,7 +104,7 @@ def test_flow_b_mail_tab_search_images_download_archive(
     user, _account = synced
     inbox_before = dovecot.uids(mail_user.email, "INBOX")
     assert len(inbox_before) == 3
-    sign_in(page, live_server.url, user)
+    sign_in(page, live_server, user)
     page.goto(live_server.url + "/mail/")
     rows = page.locator(".mail-row")
     expect(rows).to_have_count(3)
@@ -154,7 +158,7 @@ def test_flow_c_teammate_sees_linked_thread_only_while_shared(
     owner, _account = synced
     deal = make_deal(owner, title="Orion expansion")
     teammate = make_user(name="Ben Teammate")
-    sign_in(page, live_server.url, owner)
+    sign_in(page, live_server, owner)
     page.goto(live_server.url + "/mail/")
     page.get_by_role("link", name="Lunch on Friday").click()
     # Typing before the conversation page has loaded (and htmx has set up the picker) was lost.
@@ -172,7 +176,7 @@ def test_flow_c_teammate_sees_linked_thread_only_while_shared(
     try:
         other = context.new_page()
         other.set_default_timeout(10_000)
-        sign_in(other, live_server.url, teammate)
+        sign_in(other, live_server, teammate)
         deal_url = f"{live_server.url}/deals/{deal.id}"
         other.goto(deal_url, wait_until="load")
         panel = other.locator("#email-conversations")
