@@ -493,7 +493,7 @@ def test_unknown_address_costs_one_password_check_like_a_real_one(client, make_u
     assert len(checks) == 2 and checks[0] == checks[1]  # same KDF and parameters
 
 
-def test_production_hash_is_scrypt_for_users_and_the_unknown_address_check(tmp_path, monkeypatch):
+def test_production_hash_is_scrypt_for_users_and_the_unknown_address_check(app_with, monkeypatch):
     """The other tests run with a cheap hash (conftest); this one signs in with the real one."""
     checks = []
 
@@ -502,7 +502,7 @@ def test_production_hash_is_scrypt_for_users_and_the_unknown_address_check(tmp_p
         return check_password_hash(pwhash, password)
 
     monkeypatch.setattr(users, "check_password_hash", counting_check)
-    with app_with(tmp_path) as app:  # the default configuration
+    with app_with() as app:  # the default configuration
         assert app.config["PASSWORD_HASH_METHOD"] == "scrypt"
         user = users.create_user(email="real@team.test", name="Real", password=PASSWORD)
         assert user.password_hash.startswith("scrypt:")
