@@ -10,19 +10,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
-from flask import (
-    Flask,
-    Response,
-    jsonify,
-    make_response,
-    redirect,
-    render_template,
-    request,
-    session,
-    url_for,
-)
+from flask import Flask, Response, jsonify, redirect, render_template, session, url_for
 from flask_login import current_user, login_fresh, logout_user
 from flask_wtf.csrf import CSRFError
+from htmx_flask import make_response, request
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -240,11 +231,9 @@ def _load_user(session_id: str):
 @login_manager.unauthorized_handler
 def _unauthorized():
     login_url = url_for("auth.login", next=request.full_path if request.method == "GET" else None)
-    if request.headers.get("HX-Request") == "true":
+    if request.htmx:
         # A 302 would be swapped into the target element; tell htmx to navigate instead.
-        response = make_response("", 401)
-        response.headers["HX-Redirect"] = login_url
-        return response
+        return make_response("", 401, redirect=login_url)
     return redirect(login_url)
 
 
@@ -344,7 +333,7 @@ def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(CSRFError)
     def csrf_error(error: CSRFError):
         message = "Your form expired or came from another site. Reload the page and try again."
-        if request.headers.get("HX-Request") == "true":
+        if request.htmx:
             return render_template("errors/flash.html", message=message), 400
         return render_template("errors/error.html", code=400, message=message), 400
 
@@ -359,7 +348,7 @@ def _register_error_handlers(app: Flask) -> None:
             429: "Too many attempts. Wait a moment and try again.",
         }
         message = messages.get(error.code or 500, error.description)
-        if request.headers.get("HX-Request") == "true":
+        if request.htmx:
             response = app.make_response(
                 (render_template("errors/flash.html", message=message), error.code)
             )
@@ -377,6 +366,6 @@ def _register_error_handlers(app: Flask) -> None:
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         db.session.rollback()
         message = "Something went wrong on our side. Nothing you entered was lost; try again."
-        if request.headers.get("HX-Request") == "true":
+        if request.htmx:
             return render_template("errors/flash.html", message=message), 500
         return render_template("errors/error.html", code=500, message=message), 500

@@ -27,6 +27,9 @@ class DefaultConfig:
     # doubling per further failure up to LOGIN_BACKOFF_MAX_SECONDS. A browser holding a
     # device token (cookie DEVICE_COOKIE_NAME, set on sign-in) counts only its own failures.
     LOGIN_MAX_FAILURES = 5
+    # werkzeug's hash method for new passwords (R28). Tests set a cheap one: scrypt costs
+    # ~190 ms per hash and per check; tests/test_auth.py covers this default.
+    PASSWORD_HASH_METHOD = "scrypt"
     LOGIN_IP_MAX_FAILURES = 20
     LOGIN_WINDOW_SECONDS = 15 * 60
     LOGIN_BACKOFF_BASE_SECONDS = 30

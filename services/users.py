@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from flask import current_app
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -54,6 +55,11 @@ def get_user_by_email(email: str) -> User | None:
     return db.session.scalar(select(User).where(User.email == normalize_email(email)))
 
 
+def _hash_password(password: str) -> str:
+    """Hash a password with the configured method (PASSWORD_HASH_METHOD)."""
+    return generate_password_hash(password, method=current_app.config["PASSWORD_HASH_METHOD"])
+
+
 def _new_user(*, email: str, name: str, password: str, is_admin: bool) -> User:
     """Validate the fields and return an unsaved user with a hashed password."""
     errors: dict[str, str] = {}
@@ -74,9 +80,7 @@ def _new_user(*, email: str, name: str, password: str, is_admin: bool) -> User:
         errors["email"] = "A user with this email already exists."
     if errors:
         raise ValidationError(errors)
-    return User(
-        email=email, name=name, password_hash=generate_password_hash(password), is_admin=is_admin
-    )
+    return User(email=email, name=name, password_hash=_hash_password(password), is_admin=is_admin)
 
 
 def create_user(*, email: str, name: str, password: str, is_admin: bool = False) -> User:
@@ -110,9 +114,9 @@ def create_first_admin(*, email: str, name: str, password: str) -> User:
 
 
 @functools.cache
-def _dummy_password_hash() -> str:
-    """A hash of a random password, made once with the same method as users' hashes."""
-    return generate_password_hash(secrets.token_urlsafe(16))
+def _dummy_password_hash(method: str) -> str:
+    """A hash of a random password, made once per method, the method of users' hashes."""
+    return generate_password_hash(secrets.token_urlsafe(16), method=method)
 
 
 @dataclass(frozen=True)
@@ -147,9 +151,9 @@ def authenticate(
         raise
     # An unknown address checks a dummy hash, so its answer takes as long as a real one's
     # and response times do not tell which addresses have accounts.
-    password_ok = check_password_hash(
-        user.password_hash if user is not None else _dummy_password_hash(), password or ""
-    )
+    method = current_app.config["PASSWORD_HASH_METHOD"]
+    stored_hash = user.password_hash if user is not None else _dummy_password_hash(method)
+    password_ok = check_password_hash(stored_hash, password or "")
     if user is not None and password_ok and not user.is_deactivated:
         throttle.forget_failures(action=throttle.ACTION_LOGIN, email=email, ip=ip, device=device)
         db.session.commit()
@@ -207,7 +211,7 @@ def change_password(
     if new != confirm:
         raise ValidationError({"confirm": "The two new passwords differ."})
     throttle.forget_password_change_failures(user)
-    user.password_hash = generate_password_hash(new)
+    user.password_hash = _hash_password(new)
     user.session_epoch = (user.session_epoch or 0) + 1
     db.session.commit()
     log.info("password changed user=%s ip=%s", user.id, ip)

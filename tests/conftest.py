@@ -6,6 +6,7 @@ plugins below, so every test module can ask for them by name.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import os
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import flask
 import pytest
 from flask.testing import FlaskClient
 from itsdangerous import URLSafeTimedSerializer
@@ -35,10 +37,12 @@ from models import (
     User,
 )
 from services import users as user_service
+from views.auth import start_session
 
 pytest_plugins = ["tests.servers.fixtures"]
 
 PASSWORD = "correct horse battery"
+CHEAP_PASSWORD_HASH = "pbkdf2:sha256:1"
 _counter = itertools.count(1)
 
 
@@ -109,6 +113,8 @@ def app(tmp_path, new_database):
             "SECRET_KEY": "test-secret",
             "SCHEDULER_ENABLED": False,
             "SYNC_PROCESS": False,  # "Sync now" runs in a thread; tests/test_jobs.py covers it
+            # One round instead of scrypt's ~190 ms; test_auth.py signs in with the real one.
+            "PASSWORD_HASH_METHOD": CHEAP_PASSWORD_HASH,
         }
     )
     app.test_client_class = CSRFClient
@@ -148,9 +154,34 @@ def make_user(app):
     return factory
 
 
+def signed_in_client(app, user: User, *, user_agent: str | None = None) -> CSRFClient:
+    """Return a fresh client whose session is signed in as `user`, set directly.
+
+    The session holds what a real sign-in stores (views.auth.start_session), for this
+    client's address and user agent, without the form's password check.
+    """
+    client = app.test_client()
+    if user_agent is not None:
+        client.environ_base["HTTP_USER_AGENT"] = user_agent
+    with app.test_request_context(environ_base=client.environ_base):
+        start_session(user)
+        fields, permanent = dict(flask.session), flask.session.permanent
+    with client.session_transaction() as session:
+        session.update(fields)
+        session.permanent = permanent
+    return client
+
+
 @pytest.fixture
 def login(app):
-    """Return a fresh client signed in as the given user (through the real login form)."""
+    """Return a function giving a client signed in as a user (tests of signing in use
+    `login_with_form`, tests/test_auth.py)."""
+    return functools.partial(signed_in_client, app)
+
+
+@pytest.fixture
+def login_with_form(app):
+    """Return a fresh client signed in as the given user through the real login form."""
 
     def do_login(user: User, password: str = PASSWORD) -> CSRFClient:
         client = app.test_client()

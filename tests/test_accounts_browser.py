@@ -10,6 +10,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.conftest import PASSWORD
+from tests.servers.browser import sign_in_with_form
 
 SHOTS = Path("/tmp/shots")
 
@@ -21,11 +22,7 @@ def test_add_account_through_the_form(live_server, page, dovecot, mail_user, mak
     user = make_user()
     SHOTS.mkdir(exist_ok=True)
 
-    page.goto(live_server.url + "/login")
-    page.get_by_label("Email").fill(user.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_load_state()
+    sign_in_with_form(page, live_server.url, user.email, PASSWORD)
 
     page.goto(live_server.url + "/settings/")
     page.get_by_role("link", name="Email accounts").click()
@@ -103,10 +100,7 @@ def test_reauth_banner_leads_to_working_form(live_server, page, dovecot, mail_us
     db.session.commit()
     SHOTS.mkdir(exist_ok=True)
 
-    page.goto(live_server.url + "/login")
-    page.get_by_label("Email").fill(user.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    sign_in_with_form(page, live_server.url, user.email, PASSWORD)
     page.goto(live_server.url + "/mail/")
     expect(page.locator(".banner")).to_contain_text("the password no longer works")
     expect(page.get_by_role("link", name="Welcome aboard")).to_be_visible()

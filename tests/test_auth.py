@@ -19,7 +19,7 @@ from app import create_app
 from extensions import db
 from models import LoginFailure, User
 from services import throttle, users
-from tests.conftest import PASSWORD, CSRFClient
+from tests.conftest import PASSWORD, CSRFClient, signed_in_client
 
 
 @pytest.fixture
@@ -46,6 +46,29 @@ def _app_with(tmp_path, database_uri: str, settings: dict):
         yield app
         db.session.remove()
         db.engine.dispose()
+
+
+@pytest.fixture
+def login(login_with_form):
+    """Signing in is under test here: the shared `login` fixture goes through the real form."""
+    return login_with_form
+
+
+def test_login_fixture_session_is_the_one_the_form_starts(app, make_user, login_with_form):
+    """conftest's `login` sets the session directly; it must hold what the form stores."""
+    user = make_user()
+    by_form = login_with_form(user)
+    direct = signed_in_client(app, user)
+    with by_form.session_transaction() as form_session:
+        expected = sorted(form_session)
+    with direct.session_transaction() as direct_session:
+        assert sorted(direct_session) == expected
+        assert direct_session.permanent and direct_session["_fresh"] is True
+    for client in (by_form, direct):
+        assert client.get("/settings/").status_code == 200
+    # As with a form sign-in, another browser with this cookie is refused (R26).
+    direct.environ_base["HTTP_USER_AGENT"] = "Other/1.0"
+    assert direct.get("/settings/").status_code == 302
 
 
 def test_fresh_install_redirects_everything_to_setup(client):
@@ -468,6 +491,26 @@ def test_unknown_address_costs_one_password_check_like_a_real_one(client, make_u
     assert _login(client, "real@team.test", "bad-guess-123").status_code == 401
     assert _login(client, "nobody@team.test", "bad-guess-123").status_code == 401
     assert len(checks) == 2 and checks[0] == checks[1]  # same KDF and parameters
+
+
+def test_production_hash_is_scrypt_for_users_and_the_unknown_address_check(app_with, monkeypatch):
+    """The other tests run with a cheap hash (conftest); this one signs in with the real one."""
+    checks = []
+
+    def counting_check(pwhash: str, password: str) -> bool:
+        checks.append(pwhash.split("$")[0])
+        return check_password_hash(pwhash, password)
+
+    monkeypatch.setattr(users, "check_password_hash", counting_check)
+    with app_with() as app:  # the default configuration
+        assert app.config["PASSWORD_HASH_METHOD"] == "scrypt"
+        user = users.create_user(email="real@team.test", name="Real", password=PASSWORD)
+        assert user.password_hash.startswith("scrypt:")
+        client = app.test_client()
+        assert _login(client, "nobody@team.test", PASSWORD).status_code == 401
+        assert _login(client, "real@team.test", PASSWORD).status_code == 302
+        assert client.get("/settings/").status_code == 200
+        assert checks[0] == checks[1] and checks[0].startswith("scrypt:")
 
 
 def test_password_change_is_throttled_per_user(make_user, login):

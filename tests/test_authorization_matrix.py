@@ -149,20 +149,6 @@ def test_every_endpoint_is_classified():
     assert not sorted(set(CLASSIFICATION) - set(RULES)), "stale CLASSIFICATION entries"
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashes(monkeypatch):
-    """These tests sign in hundreds of times; the KDF itself is tested in test_auth (R28)."""
-    from werkzeug.security import generate_password_hash
-
-    from services import users
-
-    monkeypatch.setattr(
-        users,
-        "generate_password_hash",
-        lambda password: generate_password_hash(password, method="pbkdf2:sha256:1000"),
-    )
-
-
 @pytest.fixture
 def world(
     app,

@@ -121,10 +121,10 @@ def test_seed_demo_refuses_a_database_with_users(runner, make_user):
     assert count(Person) == 0
 
 
-def test_demo_pages_render(runner, login):
+def test_demo_pages_render(runner, login_with_form):
     runner.invoke(args=["seed-demo"])
     user = db.session.scalar(select(User).where(User.email == "lucas@northwind-sales.test"))
-    client = login(user, password="threadline-demo")
+    client = login_with_form(user, password="threadline-demo")  # the documented password
     for path in (
         "/deals/",
         "/deals/board",

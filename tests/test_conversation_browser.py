@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from extensions import db
-from tests.conftest import PASSWORD
 from tests.corpus import shared_dir
 from tests.mail_fixtures import (
     HOSTILE_DISPLAY_NAME,
@@ -18,7 +17,7 @@ from tests.mail_fixtures import (
     PNG_1X1,
     build_message,
 )
-from tests.servers.browser import wait_for_htmx_settled
+from tests.servers.browser import sign_in_with_session, wait_for_htmx_settled
 
 pytestmark = pytest.mark.browser
 
@@ -107,12 +106,7 @@ def mailbox(make_user, make_stored_account):
 
 
 def sign_in(page, live_server, user) -> None:
-    page.goto(live_server.url + "/login")
-    page.fill("#f-email", user.email)
-    page.fill("#f-password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_load_state("load")
-    assert "/login" not in page.url
+    sign_in_with_session(page, live_server.app, live_server.url, user)
 
 
 # Chromium's own background services (not the page) also use the proxy; they are not mail.
@@ -216,7 +210,7 @@ def test_show_images_requests_exactly_the_image(live_server, page, sink, mailbox
     SHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SHOTS / "images-blocked.png"), full_page=True)
     page.get_by_role("link", name="Show images").click()
-    page.wait_for_load_state("load")
+    page.wait_for_url(lambda url: "images=" in url)  # the click only starts the navigation
     page.frame_locator("iframe").locator("img").first.wait_for()
     assert page_requests(sink) == ["GET http://remote.example/banner.png"]
     width = page.frame_locator("iframe").locator("img").first.evaluate("img => img.naturalWidth")
@@ -253,7 +247,7 @@ def test_cid_image_attachment_and_rtl(
     width = frame.locator("img").first.evaluate("img => img.complete ? img.naturalWidth : 0")
     assert width > 0
     SHOTS.mkdir(exist_ok=True)
-    page.wait_for_timeout(300)
+    wait_for_htmx_settled(page)  # lazy sidebar parts are in the screenshot
     page.screenshot(path=str(SHOTS / "conversation.png"))
     with page.expect_download() as download_info:
         page.locator(f"#message-{message.id} a.attachment").click()
@@ -336,6 +330,6 @@ def test_deal_page_lazy_panel_for_teammate(
     SHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SHOTS / "deal-panel.png"))
     panel.get_by_role("link", name="Gold renewal terms").click()
-    page.wait_for_load_state("load")
+    page.wait_for_url(lambda url: "/mail/threads/" in url)
     assert page.get_by_text("read-only").is_visible()
     assert page.get_by_role("button", name="Block sender").count() == 0

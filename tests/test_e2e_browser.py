@@ -11,7 +11,6 @@ does not see requests from the sandboxed mail frame); nothing leaves the machine
 from __future__ import annotations
 
 import re
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +19,11 @@ from playwright.sync_api import expect
 
 from tests.conftest import PASSWORD
 from tests.mail_fixtures import build_message
+from tests.servers.browser import (
+    sign_in_with_form,
+    sign_in_with_session,
+    wait_for_htmx_settled,
+)
 from tests.sync_helpers import run_sync
 from tests.test_conversation_browser import page, page_requests, sink
 
@@ -29,13 +33,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.imap]
 BASE_DATE = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 
-def sign_in(page, url: str, user) -> None:
-    page.goto(url + "/login")
-    page.fill("#f-email", user.email)
-    page.fill("#f-password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_load_state("load")
-    assert "/login" not in page.url
+def sign_in(page, live_server, user) -> None:
+    sign_in_with_session(page, live_server.app, live_server.url, user)
 
 
 def deliver(dovecot, mail_user, n: int, **fields) -> None:
@@ -44,25 +43,13 @@ def deliver(dovecot, mail_user, n: int, **fields) -> None:
     dovecot.deliver(mail_user.email, build_message(**fields))
 
 
-def goto_until_visible(page, url: str, text: str, *, seconds: float = 20) -> None:
-    """Reload `url` until `text` shows (a background sync fills the page meanwhile)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        page.goto(url, wait_until="load")
-        if page.get_by_text(text).count():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} did not appear on {url} within {seconds}s")
-        page.wait_for_timeout(500)
-
-
 def test_flow_a_add_mailbox_and_see_newest_mail(live_server, page, dovecot, mail_user, make_user):
     live_server.app.config["MAIL_ALLOWED_PORTS"] = None
     for n in range(1, 4):
         deliver(dovecot, mail_user, n, subject=f"Routine update {n}")
     deliver(dovecot, mail_user, 9, subject="Aurora launch checklist", text="Newest one.")
     user = make_user()
-    sign_in(page, live_server.url, user)
+    sign_in_with_form(page, live_server.url, user.email, PASSWORD)  # the whole flow
 
     page.goto(live_server.url + "/settings/")
     page.get_by_role("link", name="Email accounts").click()
@@ -78,13 +65,13 @@ def test_flow_a_add_mailbox_and_see_newest_mail(live_server, page, dovecot, mail
     page.get_by_role("button", name="Save and start syncing").click()
 
     page.wait_for_url("**/settings/accounts/*")
-    account_url = page.url
     expect(page.get_by_role("heading", name=mail_user.email)).to_be_visible()
     # Some state is always shown: starting, syncing N of M, or all synced.
     expect(page.locator("h2 .badge")).to_be_visible()
-    goto_until_visible(page, account_url, "All 4 messages in range are synced.")
+    # The status polls itself while the first sync runs; wait for it to report the end.
+    expect(page.get_by_text("All 4 messages in range are synced.")).to_be_visible(timeout=30_000)
 
-    goto_until_visible(page, live_server.url + "/mail/", "Aurora launch checklist")
+    page.goto(live_server.url + "/mail/", wait_until="load")
     rows = page.locator(".mail-row")
     expect(rows).to_have_count(4)
     expect(rows.first).to_contain_text("Aurora launch checklist")  # newest first
@@ -117,7 +104,7 @@ def test_flow_b_mail_tab_search_images_download_archive(
     user, _account = synced
     inbox_before = dovecot.uids(mail_user.email, "INBOX")
     assert len(inbox_before) == 3
-    sign_in(page, live_server.url, user)
+    sign_in(page, live_server, user)
     page.goto(live_server.url + "/mail/")
     rows = page.locator(".mail-row")
     expect(rows).to_have_count(3)
@@ -127,7 +114,7 @@ def test_flow_b_mail_tab_search_images_download_archive(
     expect(rows).to_have_count(1)
     expect(rows.first).to_contain_text("Signed contract")
     rows.first.locator("a.mail-row-link").click()
-    page.wait_for_load_state("load")
+    page.wait_for_url(lambda url: "/mail/threads/" in url)  # the click only starts it
     expect(page.locator("h1#conversation-subject")).to_have_text("Signed contract")
     with page.expect_download() as download_info:
         page.locator("a.attachment").first.click()
@@ -138,11 +125,11 @@ def test_flow_b_mail_tab_search_images_download_archive(
     # Remote images load only after "Show images", and only through the local proxy.
     page.goto(live_server.url + "/mail/")
     page.get_by_role("link", name="Autumn newsletter").click()
-    page.wait_for_load_state("load")
+    page.wait_for_url(lambda url: "/mail/threads/" in url)
     expect(page.get_by_text("Remote images are hidden.")).to_be_visible()
     assert page_requests(sink) == []
     page.get_by_role("link", name="Show images").click()
-    page.wait_for_load_state("load")
+    page.wait_for_url(lambda url: "images=" in url)
     image = page.frame_locator("iframe").locator("img").first
     image.wait_for()
     expect(image).to_have_js_property("complete", True)
@@ -171,13 +158,16 @@ def test_flow_c_teammate_sees_linked_thread_only_while_shared(
     owner, _account = synced
     deal = make_deal(owner, title="Orion expansion")
     teammate = make_user(name="Ben Teammate")
-    sign_in(page, live_server.url, owner)
+    sign_in(page, live_server, owner)
     page.goto(live_server.url + "/mail/")
     page.get_by_role("link", name="Lunch on Friday").click()
-    page.wait_for_load_state("load")
-    page.fill("#link-q", "orion")
+    # Typing before the conversation page has loaded (and htmx has set up the picker) was lost.
+    page.wait_for_url(lambda url: "/mail/threads/" in url)
+    with page.expect_response(lambda response: "/link-search?" in response.url):
+        page.fill("#link-q", "orion")
     page.locator("#link-results").get_by_role("button", name="Deal Orion expansion").click()
     page.locator(".linked-record").get_by_text("Orion expansion").wait_for()
+    wait_for_htmx_settled(page)  # the swapped-in sidebar's buttons work once htmx settled it
     page.get_by_role("button", name="Share with team").click()
     page.get_by_role("button", name="Make private").wait_for()
     thread_url = re.match(r".*/mail/threads/\d+", page.url).group(0)
@@ -186,7 +176,7 @@ def test_flow_c_teammate_sees_linked_thread_only_while_shared(
     try:
         other = context.new_page()
         other.set_default_timeout(10_000)
-        sign_in(other, live_server.url, teammate)
+        sign_in(other, live_server, teammate)
         deal_url = f"{live_server.url}/deals/{deal.id}"
         other.goto(deal_url, wait_until="load")
         panel = other.locator("#email-conversations")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import PASSWORD
+from tests.servers.browser import sign_in_with_session, wait_for_htmx_settled
 
 pytestmark = pytest.mark.browser
 SHOTS = os.environ.get("THREADLINE_SHOTS", "/tmp/shots")
@@ -105,10 +105,7 @@ def mailbox_seed(me, inbox, make_mailbox_message, make_person, make_deal):
 
 
 def sign_in(page, live_server, user):
-    page.goto(live_server.url + "/login")
-    page.fill("input[name=email]", user.email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
+    sign_in_with_session(page, live_server.app, live_server.url, user)
     page.goto(live_server.url + "/mail/")
 
 
@@ -179,13 +176,16 @@ def test_delete_asks_for_confirmation_in_the_page(live_server, page, me, mailbox
     page.keyboard.press("e")  # shortcuts wait while the question is open
     page.keyboard.press("Escape")
     expect(confirm).to_be_hidden()
-    expect(page.locator(".mail-row")).to_have_count(6)
+    wait_for_htmx_settled(page)  # a request sent on Escape would be in flight now
+    assert page.locator(".mail-row").count() == 6
 
     page.keyboard.press("#")
     expect(confirm).to_be_visible()
     confirm.get_by_role("button", name="Delete").click()
     expect(confirm).to_be_hidden()
     expect(page.locator(".mail-row")).to_have_count(5)
+    wait_for_htmx_settled(page)
+    assert page.locator(".mail-row").count() == 5  # one delete, the confirmed one
     assert browser_dialogs == []  # never the browser's own confirm()
 
 
@@ -238,15 +238,17 @@ def test_conversation_keyboard_walks_the_list(live_server, page, me, mailbox_see
     rows = page.locator(".mail-row")
     ids = [rows.nth(i).get_attribute("data-thread-id") for i in range(rows.count())]
     rows.nth(0).locator(".mail-row-link").click()
+    # Keys pressed before the new page's scripts run are lost: wait for each page's load.
+    page.wait_for_url(re.compile(rf"/mail/threads/{ids[0]}$"))
     expect(page.locator("#conversation-actions")).to_be_visible()
     page.keyboard.press("j")  # older
-    expect(page).to_have_url(re.compile(rf"/mail/threads/{ids[1]}$"))
+    page.wait_for_url(re.compile(rf"/mail/threads/{ids[1]}$"))
     expect(page.locator("#conversation-actions")).to_be_visible()
     page.keyboard.press("j")
-    expect(page).to_have_url(re.compile(rf"/mail/threads/{ids[2]}$"))
+    page.wait_for_url(re.compile(rf"/mail/threads/{ids[2]}$"))
     expect(page.locator("#conversation-actions")).to_be_visible()
     page.keyboard.press("k")  # newer
-    expect(page).to_have_url(re.compile(rf"/mail/threads/{ids[1]}$"))
+    page.wait_for_url(re.compile(rf"/mail/threads/{ids[1]}$"))
     expect(page.locator("#conversation-actions")).to_be_visible()
     page.keyboard.press("e")  # archive, back to the Inbox without it
     expect(page.get_by_text("Archived 1 conversation.")).to_be_visible()

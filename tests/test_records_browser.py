@@ -16,6 +16,7 @@ from extensions import db
 from models import Deal, Person
 from services import users
 from tests.conftest import PASSWORD
+from tests.servers.browser import sign_in_with_form, sign_in_with_session
 
 pytestmark = pytest.mark.browser
 
@@ -39,11 +40,9 @@ def deal_stage(live_server, deal_id: int) -> str:
 
 
 def sign_in(page, live_server, email: str) -> None:
-    page.goto(f"{live_server.url}/login")
-    page.fill("#f-email", email)
-    page.fill("#f-password", PASSWORD)
-    page.click("button[type=submit]")
-    expect(page.locator(".whoami")).to_be_visible()
+    with live_server.app.app_context():
+        user = users.get_user_by_email(email)
+    sign_in_with_session(page, live_server.app, live_server.url, user)
 
 
 def test_first_run_setup_then_sign_in(page, live_server):
@@ -56,7 +55,7 @@ def test_first_run_setup_then_sign_in(page, live_server):
     expect(page).to_have_url(re.compile(r"/deals/$"))
     expect(page.get_by_text("No deals yet")).to_be_visible()
     page.click("text=Sign out")
-    sign_in(page, live_server, "ana@team.test")
+    sign_in_with_form(page, live_server.url, "ana@team.test", PASSWORD)
     expect(page.locator(".whoami")).to_have_text("Ana Admin")
 
 

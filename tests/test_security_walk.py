@@ -14,11 +14,10 @@ from tests.test_authorization_matrix import (
     RULES,
     _snapshot,
     _url,
-    fast_password_hashes,
     world,
 )
 
-__all__ = ["fast_password_hashes", "world"]  # fixtures, used by name below
+__all__ = ["world"]  # a fixture, used by name below
 
 GET_ENDPOINTS = sorted(e for e, (_rule, methods) in RULES.items() if "GET" in methods)
 UNSAFE = sorted(

@@ -240,21 +240,7 @@ def random_world(seed: int) -> World:
 
 
 @pytest.fixture
-def fast_password_hashes(monkeypatch):
-    """Sign-ins here are many; the KDF itself is tested in test_auth (R28)."""
-    from werkzeug.security import generate_password_hash
-
-    from services import users
-
-    monkeypatch.setattr(
-        users,
-        "generate_password_hash",
-        lambda password: generate_password_hash(password, method="pbkdf2:sha256:1000"),
-    )
-
-
-@pytest.fixture
-def team(app, fast_password_hashes, make_user, make_stored_account, make_stored_folder, login):
+def team(app, make_user, make_stored_account, make_stored_folder, login):
     from mailsync.blobstore import BlobStore
     from mailsync.parse import parse_message
     from services.conversations import cid_token

@@ -38,7 +38,8 @@ def _too_many_attempts(template: str, exc: TooManyAttempts, *, errors: dict, **c
     return response
 
 
-def _sign_in(user) -> None:
+def start_session(user) -> None:
+    """Sign `user` in to this request's session (also the tests' `login` fixture)."""
     session.clear()  # a fresh session on sign-in (no fixation)
     login_user(user)
     session.permanent = True
@@ -65,7 +66,7 @@ def setup_submit():
         return redirect(url_for("auth.login"), 303)
     except ValidationError as exc:
         return render_invalid("auth/setup.html", errors=exc.errors, form=request.form)
-    _sign_in(user)
+    start_session(user)
     return redirect(url_for("index"))
 
 
@@ -102,7 +103,7 @@ def login_submit():
             form={"email": email},
             next=next_url,
         )
-    _sign_in(signed_in.user)
+    start_session(signed_in.user)
     response = redirect(_safe_next(next_url))
     # Long-lived and apart from the session, so it survives sign-out: this browser stays
     # known to the account and is not slowed by other clients' failures.

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from flask import current_app, make_response, render_template, request, url_for
+from flask import current_app, make_response, render_template, url_for
+from htmx_flask import request
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import IntegerConverter, ValidationError
 
@@ -14,11 +15,9 @@ def is_fragment_request(*targets: str) -> bool:
 
     A bare HX-Request is not enough: boosted links send it too but want the whole page.
     """
-    if request.headers.get("HX-Request") != "true":
+    if not request.htmx or request.htmx.boosted:
         return False
-    if request.headers.get("HX-Boosted") == "true":
-        return False
-    target = request.headers.get("HX-Target")
+    target = request.htmx.target
     return target in targets if targets else target is not None
 
 

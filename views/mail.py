@@ -7,8 +7,9 @@ GET  /mail/progress          progress sync progress bar for the header, polled w
 POST /mail/threads/actions   act      read, unread, archive, delete, move (single and bulk)
 """
 
-from flask import Blueprint, flash, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user
+from htmx_flask import make_response
 
 from services import accounts, mailbox
 from services.errors import ValidationError
@@ -47,17 +48,16 @@ def folders():
 @bp.get("/progress")
 def progress():
     progress = accounts.backfill_progress(accounts.list_accounts(current_user))
-    response = make_response(
+    new_mail = request.args.get("done") != str(progress.done)
+    return make_response(
         render_template(
             "accounts/partials/progress.html",
             progress=progress,
             poll_url=url_for("mail.progress"),
             compact=True,
-        )
+        ),
+        trigger="mail-changed" if new_mail else None,  # new mail: refresh unread counts
     )
-    if request.args.get("done") != str(progress.done):
-        response.headers["HX-Trigger"] = "mail-changed"  # new mail: refresh unread counts
-    return response
 
 
 @bp.post("/threads/actions")
@@ -79,9 +79,7 @@ def act():
         flash(warning, "warn")
     if not is_fragment_request(*LIST_TARGETS):
         return redirect(url_for("mail.index", **query.params()), 303)
-    response = _render_list(query)
-    response.headers["HX-Trigger"] = "mail-changed"
-    return response
+    return make_response(_render_list(query), trigger="mail-changed")
 
 
 def _render_list(query: mailbox.MailboxQuery):

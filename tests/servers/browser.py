@@ -53,6 +53,30 @@ class ServerThread(threading.Thread):
 HTMX_BUSY = ".htmx-request, .htmx-swapping, .htmx-settling, .htmx-added"
 
 
+def sign_in_with_session(page, app: Flask, base_url: str, user) -> None:
+    """Sign the page's browser in as `user` with a session cookie (no login form).
+
+    Sign-in through the form is covered where it matters (setup, flow A, accounts).
+    """
+    from tests.conftest import signed_in_client  # late: conftest loads this module
+
+    client = signed_in_client(app, user, user_agent=page.evaluate("navigator.userAgent"))
+    cookie = client.get_cookie(app.config["SESSION_COOKIE_NAME"])
+    page.context.add_cookies([{"name": cookie.key, "value": cookie.value, "url": base_url}])
+    page.goto(base_url + "/")  # where the form leaves the user
+    page.locator(".whoami").wait_for()
+
+
+def sign_in_with_form(page, base_url: str, email: str, password: str) -> None:
+    """Sign in through the login form and wait until the signed-in page shows."""
+    page.goto(base_url + "/login")
+    page.fill("#f-email", email)
+    page.fill("#f-password", password)
+    page.click("button[type=submit]")
+    # The click only starts the POST: going on at once raced the session cookie.
+    page.locator(".whoami").wait_for()
+
+
 def wait_for_htmx_settled(page) -> None:
     """Wait until htmx has no request, swap or settle in flight on `page`."""
     page.wait_for_function(f"() => !document.querySelector({HTMX_BUSY!r})")
