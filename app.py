@@ -9,7 +9,6 @@ import stat
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import click
 from flask import (
     Flask,
     Response,
@@ -126,9 +125,6 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.update(config.environment_overrides())
     if test_config:
         app.config.update(test_config)
-    # The sync process builds its own app from these (jobs.SyncProcess); THREADLINE_*
-    # variables and instance/config.py reach it by themselves.
-    app.extensions["threadline_config_overrides"] = dict(test_config or {})
 
     instance = Path(app.instance_path)
     make_instance_private(instance)
@@ -188,13 +184,6 @@ def create_app(test_config: dict | None = None) -> Flask:
     cli.register(app)
     logging.getLogger("threadline").setLevel(app.config.get("LOG_LEVEL", "INFO"))
 
-    # The scheduler runs in the serving process. CLI commands (init-db, sync, ...) must not
-    # start one: `flask serve` starts it itself, other commands run their work in the foreground.
-    in_cli_command = click.get_current_context(silent=True) is not None
-    if app.config.get("SCHEDULER_ENABLED") and not app.config.get("TESTING") and not in_cli_command:
-        import jobs
-
-        jobs.start_scheduler(app)
     return app
 
 

@@ -73,7 +73,6 @@ def app(tmp_path):
             "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'threadline.db'}",
             "SECRET_KEY": "test-secret",
             "SCHEDULER_ENABLED": False,
-            "SYNC_PROCESS": False,  # "Sync now" runs in a thread; tests/test_jobs.py covers it
         }
     )
     app.test_client_class = CSRFClient
