@@ -79,7 +79,9 @@ def schedule_sync_jobs(scheduler, app: Flask) -> None:
         args=[app],
         id=SYNC_JOB_ID,
         replace_existing=True,
-        next_run_time=datetime.now(UTC) + timedelta(seconds=5),
+        # Soon after the worker starts, so a restart never delays mail by a whole interval.
+        next_run_time=datetime.now(UTC)
+        + timedelta(seconds=float(app.config.get("SYNC_START_DELAY_SECONDS", 5))),
     )
     # Short SQL work in small batches, so it runs in the scheduler's thread (SYNC.md §1).
     scheduler.add_job(
