@@ -32,9 +32,7 @@ def expire_lease(job_id: int) -> None:
 
 
 def make_runnable(job_id: int) -> None:
-    db.session.execute(
-        update(Job).where(Job.id == job_id).values(run_after=datetime.now(UTC))
-    )
+    db.session.execute(update(Job).where(Job.id == job_id).values(run_after=datetime.now(UTC)))
     db.session.commit()
 
 
