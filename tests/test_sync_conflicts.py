@@ -14,6 +14,7 @@ from sqlalchemy import select
 from extensions import db
 from mailsync import actions, store
 from models import Message, MessageLocation
+from tests.queue_helpers import run_pending_jobs
 from tests.sync_helpers import raw_message, run_sync
 
 pytestmark = pytest.mark.imap
@@ -51,6 +52,7 @@ def test_after_the_guard_window_the_servers_later_change_wins(
     thread_id = db.session.scalar(select(Message.thread_id))
     client = login(owner)
     assert client.post(f"/mail/threads/{thread_id}/read").status_code == 204
+    assert run_pending_jobs(app) == 1  # the worker writes it back
     assert server_seen(dovecot, mail_user) and is_read()
     # A second later, another client marks it unread again.
     dovecot.remove_flags(mail_user.email, "INBOX", 1, "\\Seen")
@@ -77,6 +79,7 @@ def test_a_failed_write_back_is_retried_by_sync_and_shown_meanwhile(
 
     monkeypatch.setattr(actions, "set_seen", unreachable)
     assert client.post(f"/mail/threads/{thread_id}/read").status_code == 204
+    assert run_pending_jobs(app) == 1  # the worker's attempt fails; the job backs off
     assert is_read() and not server_seen(dovecot, mail_user)
     page = client.get(f"/mail/threads/{thread_id}").get_data(as_text=True)
     assert "not yet saved to the mailbox" in page
