@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import stat
@@ -47,18 +46,6 @@ CONTENT_SECURITY_POLICY = (
     "img-src 'self' data:; font-src 'self'; connect-src 'self'; media-src 'none'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-
-
-def keep_startup_objects_out_of_gc() -> None:
-    """Move every object alive now (modules, mappers, templates...) out of the garbage
-    collector's view before serving.
-
-    They live as long as the process; without this, each full collection walks all of them
-    and pauses the request it lands in for ~55 ms (bench/RESULTS.md). Not for tests, which
-    build many apps in one process: frozen objects are never freed.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 def make_instance_private(instance: Path) -> None:

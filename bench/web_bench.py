@@ -498,7 +498,8 @@ def main() -> None:
     parser.add_argument("--keep", help="seed into (or reuse the seeded instance in) this dir")
     args = parser.parse_args()
 
-    from app import create_app, keep_startup_objects_out_of_gc
+    from app import create_app
+    from cli import keep_startup_objects_out_of_gc
 
     workdir = Path(args.keep or tempfile.mkdtemp(prefix="threadline-webbench-"))
     reuse = (workdir / "seeded.db").exists()
