@@ -15,6 +15,7 @@ from mailsync.actions import set_seen
 from mailsync.blobstore import BlobStore
 from mailsync.sync import uid_ranges
 from models import Message, MessagePerson, Thread
+from tests.queue_helpers import run_pending_jobs
 from tests.sync_helpers import (
     append_received_at,
     command_log,
@@ -693,9 +694,11 @@ def test_placeholder_body_is_fetched_on_demand_from_the_conversation(
     client = login(account.user)
     page = client.get(f"/mail/threads/{big.thread_id}").get_data(as_text=True)
     assert "only its headers were synced" in page and "Download the full message now" in page
-    response = client.post(f"/mail/messages/{big.id}/full")
-    assert response.status_code == 303
+    response = client.post(f"/mail/messages/{big.id}/full", follow_redirects=True)
+    assert "Downloading the full message" in response.get_data(as_text=True)
     db.session.expire_all()
+    assert db.session.get(Message, big.id).is_placeholder  # the request only queued it
+    assert run_pending_jobs(app) == 1  # the worker downloads it
     big = db.session.get(Message, big.id)
     assert not big.is_placeholder and big.raw_sha256
     assert b"tangerine" in BlobStore(f"{app.instance_path}/blobs").get(big.raw_sha256)
