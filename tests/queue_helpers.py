@@ -15,3 +15,19 @@ def run_pending_jobs(app, *, limit: int = 200) -> int:
         ran += 1
     db.session.expire_all()  # the jobs wrote through sessions of their own
     return ran
+
+
+def run_scheduled_passes(app) -> int:
+    """Run the worker's interval job (queue a pass per due account), then the queued jobs."""
+    import jobs
+
+    jobs.queue_due_syncs(app)
+    return run_pending_jobs(app)
+
+
+def run_sync_now(app, account_id: int) -> int:
+    """Press "Sync now" for the account and let the worker run it."""
+    from services.accounts import request_sync
+
+    request_sync(account_id)
+    return run_pending_jobs(app)
