@@ -37,6 +37,7 @@ class DefaultConfig:
     # 0 ignores those headers: without a proxy any client could claim any address.
     TRUSTED_PROXY_HOPS = 0
     SYNC_INTERVAL_SECONDS = 120
+    SYNC_START_DELAY_SECONDS = 5  # the worker's first scheduled pass, after it starts
     SYNC_BUDGET_SECONDS = 90  # one account's sync pass; backfill resumes on the next tick
     # A pass holds its account's lease this long past the last renewal; a thread renews it
     # every third of that, so a killed pass blocks the account for a minute at most.
