@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 from extensions import db
 from worker import run_one_job
 
@@ -31,3 +34,23 @@ def run_sync_now(app, account_id: int) -> int:
 
     request_sync(account_id)
     return run_pending_jobs(app)
+
+
+@contextlib.contextmanager
+def running_worker(app, *, poll_seconds: float = 0.1):
+    """Run the worker's job loop (worker.run_one_job) in a thread while the block runs, as
+    the worker process would beside a live server."""
+    stopped = threading.Event()
+
+    def loop() -> None:
+        while not stopped.is_set():
+            if not run_one_job(app, TEST_WORKER):
+                stopped.wait(poll_seconds)
+
+    thread = threading.Thread(target=loop, name="test-worker", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stopped.set()
+        thread.join(timeout=120)
