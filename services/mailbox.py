@@ -722,7 +722,10 @@ def _merge_seen(old: dict, new: dict) -> dict:
 
 
 def _queue_writebacks(kind: str, groups: dict[int, list[MessageLocation]], **payload) -> None:
-    """Queue one write-back per account for these locations (not committed here)."""
+    """Queue one write-back per account for these locations.
+
+    Each enqueue commits, so the user's change made so far lands with its job.
+    """
     for account_id, locations in groups.items():
         if not locations:
             continue
