@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import stat
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import click
 from flask import Flask, Response, jsonify, redirect, render_template, session, url_for
 from flask_login import current_user, login_fresh, logout_user
 from flask_wtf.csrf import CSRFError
@@ -41,18 +39,6 @@ CONTENT_SECURITY_POLICY = (
     "img-src 'self' data:; font-src 'self'; connect-src 'self'; media-src 'none'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-
-
-def keep_startup_objects_out_of_gc() -> None:
-    """Move every object alive now (modules, mappers, templates...) out of the garbage
-    collector's view before serving.
-
-    They live as long as the process; without this, each full collection walks all of them
-    and pauses the request it lands in for ~55 ms (bench/RESULTS.md). Not for tests, which
-    build many apps in one process: frozen objects are never freed.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 def make_instance_private(instance: Path) -> None:
@@ -119,9 +105,6 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.update(config.environment_overrides())
     if test_config:
         app.config.update(test_config)
-    # The sync process builds its own app from these (jobs.SyncProcess); THREADLINE_*
-    # variables and instance/config.py reach it by themselves.
-    app.extensions["threadline_config_overrides"] = dict(test_config or {})
 
     instance = Path(app.instance_path)
     make_instance_private(instance)
@@ -176,13 +159,6 @@ def create_app(test_config: dict | None = None) -> Flask:
     cli.register(app)
     logging.getLogger("threadline").setLevel(app.config.get("LOG_LEVEL", "INFO"))
 
-    # The scheduler runs in the serving process. CLI commands (init-db, sync, ...) must not
-    # start one: `flask serve` starts it itself, other commands run their work in the foreground.
-    in_cli_command = click.get_current_context(silent=True) is not None
-    if app.config.get("SCHEDULER_ENABLED") and not app.config.get("TESTING") and not in_cli_command:
-        import jobs
-
-        jobs.start_scheduler(app)
     return app
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import signal
-import threading
 from datetime import UTC
 from pathlib import Path
 
@@ -30,6 +30,7 @@ def register(app: Flask) -> None:
         create_user,
         seed_demo,
         serve,
+        worker,
         sync_worker,
         add_account,
         sync,
@@ -88,50 +89,74 @@ def seed_demo() -> None:
 @click.option("--port", default=None, type=int, help="Port (default THREADLINE_PORT or 5000).")
 @click.option("--threads", default=8, show_default=True, help="Worker threads.")
 def serve(host: str | None, port: int | None, threads: int) -> None:
-    """Serve Threadline with the production WSGI server (waitress)."""
+    """Serve Threadline (waitress) and supervise its one background worker process.
+
+    With THREADLINE_SCHEDULER_ENABLED=0 only the web server runs: a layout of several web
+    processes then runs exactly one `flask worker` beside them.
+    """
     from waitress import serve as waitress_serve
 
-    from app import keep_startup_objects_out_of_gc
+    from worker import Supervisor
 
     _require_current_schema()
     logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
     app = current_app._get_current_object()
-    if app.config.get("SCHEDULER_ENABLED"):
-        import jobs
-
-        jobs.start_scheduler(app)  # the scheduler runs here; sync passes in its sync process
-    host = host or current_app.config["HOST"]
-    port = port or int(current_app.config["PORT"])
+    supervisor = Supervisor() if app.config.get("SCHEDULER_ENABLED") else None
+    # waitress ends on SIGINT (KeyboardInterrupt) only; SIGTERM must stop the worker too.
+    signal.signal(signal.SIGTERM, _interrupt)
+    host = host or app.config["HOST"]
+    port = port or int(app.config["PORT"])
     click.echo(f"Threadline on http://{host}:{port}/")
     keep_startup_objects_out_of_gc()
-    waitress_serve(current_app._get_current_object(), host=host, port=port, threads=threads)
-
-
-@click.command("sync-worker")
-def sync_worker() -> None:
-    """Run only the background jobs (mail sync), in the foreground, until stopped.
-
-    For a team that outgrows one process: web workers run with THREADLINE_SCHEDULER_ENABLED=0
-    and exactly one `flask sync-worker` runs the scheduler (DESIGN.md). Per-account leases
-    keep an accidental second one from syncing an account twice.
-    """
-    import jobs
-
-    _require_current_schema()
-    logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
-    app = current_app._get_current_object()
-    stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: stopped.set())
-    scheduler = jobs.start_scheduler(app)
-    click.echo("Threadline sync worker running; Ctrl-C or SIGTERM stops it.")
+    if supervisor is not None:
+        supervisor.start()
     try:
-        while not stopped.wait(1.0):
-            pass
+        waitress_serve(app, host=host, port=port, threads=threads)
     except KeyboardInterrupt:
         pass
     finally:
-        scheduler.shutdown(wait=False)  # also stops the sync process (jobs.py)
-    click.echo("Threadline sync worker stopped.")
+        if supervisor is not None:
+            supervisor.stop()
+
+
+def keep_startup_objects_out_of_gc() -> None:
+    """Move every object alive now (modules, mappers, templates...) out of the garbage
+    collector's view before serving.
+
+    They live as long as the process; without this, each full collection walks all of them
+    and pauses the request it lands in for ~55 ms (bench/RESULTS.md). Not for tests, which
+    build many apps in one process: frozen objects are never freed.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt()
+
+
+@click.command("worker")
+def worker() -> None:
+    """Run the background worker in the foreground until SIGTERM or Ctrl-C.
+
+    It runs every piece of background work: the sync schedule, "Sync now" and the Mail
+    tab's write-backs to the mail server. Run exactly one beside any number of web
+    processes started with THREADLINE_SCHEDULER_ENABLED=0 (`flask serve` otherwise starts it).
+    """
+    from worker import run_worker
+
+    _require_current_schema()
+    logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
+    click.echo("Threadline worker running; Ctrl-C or SIGTERM stops it.")
+    run_worker(current_app._get_current_object())
+    click.echo("Threadline worker stopped.")
+
+
+sync_worker = click.Command(
+    "sync-worker",
+    callback=worker.callback,
+    help="The same as `worker` (its former name).",
+)
 
 
 @click.command("add-account")

@@ -40,6 +40,7 @@ class DefaultConfig:
     # 0 ignores those headers: without a proxy any client could claim any address.
     TRUSTED_PROXY_HOPS = 0
     SYNC_INTERVAL_SECONDS = 120
+    SYNC_START_DELAY_SECONDS = 5  # the worker's first scheduled pass, after it starts
     SYNC_BUDGET_SECONDS = 90  # one account's sync pass; backfill resumes on the next tick
     # A pass holds its account's lease this long past the last renewal; a thread renews it
     # every third of that, so a killed pass blocks the account for a minute at most.
@@ -57,13 +58,19 @@ class DefaultConfig:
     MAIL_CONNECTION_TESTS = 10  # connection tests per user per window (R20, R27)
     MAIL_CONNECTION_TEST_WINDOW_SECONDS = 10 * 60
     MAX_FULL_SIZE = 25 * 1024 * 1024  # larger messages are stored as header-only placeholders
+    # Whether `flask serve` starts and supervises the one worker process (worker.py). 0 gives
+    # a web-only process, for a layout of several web processes plus one `flask worker`.
     SCHEDULER_ENABLED = True
-    # A sync pass is CPU-bound Python (IMAP parsing, SQLite inserts); in the serving process it
-    # holds the GIL and pages get 2-3x slower. So the scheduler hands each pass to one
-    # long-lived child process (False runs it in the scheduler's thread) at a lower CPU
-    # priority: os.nice(SYNC_PROCESS_NICE), which its MIME parse workers inherit.
-    SYNC_PROCESS = True
-    SYNC_PROCESS_NICE = 10
+    # Sync passes are CPU-bound Python; the worker runs at a lower CPU priority
+    # (os.nice(WORKER_NICE), which its MIME parse workers inherit) so pages stay quick.
+    WORKER_NICE = 10
+    # The job queue (services/job_queue.py): a running job's lease lasts this long past its
+    # last renewal (renewed every third), so a killed worker's job runs again within it.
+    JOB_LEASE_SECONDS = 60
+    JOB_POLL_SECONDS = 1.0  # how often an idle worker looks for new jobs
+    JOB_BACKOFF_SECONDS = 10  # first retry wait of a failed job; doubles per attempt
+    JOB_MAX_ATTEMPTS = 5  # a write-back failing this often is shown to the user as failed
+    JOB_KEEP_SECONDS = 7 * 24 * 3600  # finished jobs are deleted after this
     HTTPS = False
     # Host names the app answers to (Flask 3.1 rejects others with 400, R33). None (the
     # default) serves any Host: no URL is built from it, all links are relative.

@@ -1,44 +1,30 @@
-"""Scheduler wiring and thin job functions that take ids and call mailsync/services.
+"""Background work the worker runs (worker.py): sync passes, maintenance, and the schedule.
 
-How background sync runs: `flask serve` calls `start_scheduler`, so the one APScheduler
-BackgroundScheduler lives in the serving process (DESIGN: one Flask process runs it). Its
-interval job `sync_due_accounts` and the "Sync now" jobs queued by `sync_now` both call
-`run_scheduled_sync`. With SYNC_PROCESS on (the default) that hands the pass to a
-`SyncProcess`: one long-lived child started with `spawn`, niced by SYNC_PROCESS_NICE, that
-builds its own app from the overrides `create_app` was given and runs `run_account_sync`
-there, so the CPU-heavy pass never competes for the serving process's GIL. The child's own
-MIME parse workers (mailsync.sync) inherit its niceness. With SYNC_PROCESS off, the pass runs
-in the scheduler's thread. Per-account leases (SyncLease) keep any two processes from syncing
-one account at once; the CLI (`flask sync`) calls `run_account_sync` in the foreground.
-Interval passes sync folders other than INBOX and Sent only every
-OTHER_FOLDERS_INTERVAL_SECONDS; "Sync now" and the CLI sync every folder. A second interval
-job, `collect_garbage`, removes mail that left the server (mailsync.gc) in the scheduler's
-own thread.
+The worker's APScheduler queues a scheduled pass for each due account every
+SYNC_INTERVAL_SECONDS (`queue_due_syncs`), beside "Sync now" jobs from the web side; the
+worker's job loop runs both through `run_account_sync`, in the worker process itself.
+Per-account leases (SyncLease) keep any two processes from syncing one account at once; the
+CLI (`flask sync`) calls `run_account_sync` in the foreground. Scheduled passes sync folders
+other than INBOX and Sent only every OTHER_FOLDERS_INTERVAL_SECONDS; "Sync now" and the CLI
+sync every folder. Two more interval jobs run in the scheduler's own thread: `collect_garbage`
+removes mail that left the server (mailsync.gc) and old finished jobs, `sweep_blobs` removes
+unreferenced raw mail.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import random
-import signal
 import socket
 import threading
 import uuid
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
-from flask import Flask, current_app
+from flask import Flask
 from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-import config
 from extensions import db
 from mailsync import gc, imap, store
 from mailsync.blobstore import app_blob_store
@@ -54,9 +40,7 @@ from models import (
     SyncLease,
     SyncRun,
 )
-
-if TYPE_CHECKING:
-    from multiprocessing.sharedctypes import Synchronized
+from services import job_queue
 
 log = logging.getLogger("threadline.jobs")
 
@@ -69,6 +53,7 @@ SYNC_INTERRUPTED = "interrupted: the sync was stopped before it finished"
 SYNC_JOB_ID = "mail-sync"
 GC_JOB_ID = "mail-gc"
 BLOB_SWEEP_JOB_ID = "mail-blob-sweep"
+JOB_CLEANUP_JOB_ID = "job-cleanup"
 
 # Credential problems stop scheduled sync until the user enters new credentials (§6).
 STATE_FOR_KIND = {
@@ -79,50 +64,24 @@ STATE_FOR_KIND = {
 }
 
 
-def _worker_id(pid: int) -> str:
-    """Name a process in lease owners ("host:pid:<run>"), so its leases can be found."""
-    return f"{socket.gethostname()}:{pid}"
-
-
-_WORKER = _worker_id(os.getpid())
-
-
-def start_scheduler(app: Flask):
-    """Start the one in-process scheduler (never twice under the reloader)."""
-    # Under `flask run --reload` the parent process only watches files; skip it.
-    if app.debug and os.environ.get("WERKZEUG_RUN_MAIN") != "true":
-        return None
-    if app.extensions.get("threadline_scheduler"):
-        return app.extensions["threadline_scheduler"]
-    from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN
-    from apscheduler.schedulers.background import BackgroundScheduler
-
-    scheduler = BackgroundScheduler(
-        job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 60},
-        timezone="UTC",
-    )
-    app.extensions["threadline_scheduler"] = scheduler
-    scheduler.add_listener(lambda _event: stop_sync_process(app), EVENT_SCHEDULER_SHUTDOWN)
-    schedule_sync_jobs(scheduler, app)
-    scheduler.start()
-    if app.config.get("SYNC_PROCESS"):
-        # Started now, so a new mailbox's first sync does not wait ~1 s for it to boot.
-        sync_process(app).warm()
-    log.info("scheduler started")
-    return scheduler
+def worker_name() -> str:
+    """Name this process in lease owners ("host:pid"), for logs and troubleshooting."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def schedule_sync_jobs(scheduler, app: Flask) -> None:
     """Add the periodic jobs: mail sync (every SYNC_INTERVAL_SECONDS), garbage collection and
     the blob sweep."""
     scheduler.add_job(
-        sync_due_accounts,
+        queue_due_syncs,
         "interval",
         seconds=int(app.config.get("SYNC_INTERVAL_SECONDS", 120)),
         args=[app],
         id=SYNC_JOB_ID,
         replace_existing=True,
-        next_run_time=datetime.now(UTC) + timedelta(seconds=5),
+        # Soon after the worker starts, so a restart never delays mail by a whole interval.
+        next_run_time=datetime.now(UTC)
+        + timedelta(seconds=float(app.config.get("SYNC_START_DELAY_SECONDS", 5))),
     )
     # Short SQL work in small batches, so it runs in the scheduler's thread (SYNC.md §1).
     scheduler.add_job(
@@ -133,6 +92,14 @@ def schedule_sync_jobs(scheduler, app: Flask) -> None:
         id=GC_JOB_ID,
         replace_existing=True,
     )
+    scheduler.add_job(
+        forget_finished_jobs,
+        "interval",
+        seconds=int(app.config.get("GC_INTERVAL_SECONDS", 300)),
+        args=[app],
+        id=JOB_CLEANUP_JOB_ID,
+        replace_existing=True,
+    )
     # Walks the blob store: hourly is enough for a removed account's mail to leave the disk.
     scheduler.add_job(
         sweep_blobs,
@@ -141,6 +108,14 @@ def schedule_sync_jobs(scheduler, app: Flask) -> None:
         args=[app],
         id=BLOB_SWEEP_JOB_ID,
         replace_existing=True,
+    )
+
+
+def forget_finished_jobs(app: Flask) -> int | None:
+    """Delete done and failed jobs older than JOB_KEEP_SECONDS; None when that failed."""
+    keep = timedelta(seconds=float(app.config.get("JOB_KEEP_SECONDS", 7 * 24 * 3600)))
+    return _maintenance(
+        app, "job cleanup", lambda: job_queue.delete_finished(before=datetime.now(UTC) - keep)
     )
 
 
@@ -213,288 +188,23 @@ def due_account_ids(now: datetime | None = None) -> list[int]:
     )
 
 
-def sync_due_accounts(app: Flask) -> None:
-    """Sync every due account once, one after another (the interval job).
+def queue_due_syncs(app: Flask) -> None:
+    """Queue a scheduled pass of every due account (the interval job; the job loop runs them).
 
     These passes take INBOX and Sent every time, other folders every
     OTHER_FOLDERS_INTERVAL_SECONDS (SYNC.md §1).
     """
-    with app.app_context():
-        ids = due_account_ids()
-        db.session.remove()
-    for account_id in ids:
-        try:
-            run_scheduled_sync(app, account_id, all_folders=False)
-        except Exception:
-            log.exception("sync of account %s failed", account_id)
+    from services.accounts import request_sync
 
-
-def sync_now(account_id: int, *, app: Flask | None = None) -> None:
-    """Queue an immediate sync of all the account's folders ("Sync now"); returns at once."""
-    app = app or current_app._get_current_object()
-    scheduler = app.extensions.get("threadline_scheduler")
-    if scheduler is not None:
-        scheduler.add_job(
-            run_scheduled_sync,
-            args=[app, account_id],
-            id=f"sync-now-{account_id}",
-            replace_existing=True,
-        )
-    else:
-        threading.Thread(target=run_scheduled_sync, args=(app, account_id), daemon=True).start()
-
-
-def run_scheduled_sync(
-    app: Flask, account_id: int, *, budget_seconds: float | None = None, all_folders: bool = True
-) -> SyncResult | None:
-    """Run one background sync pass of the account and wait for it to end.
-
-    With SYNC_PROCESS set the pass runs in the app's sync process, else in this thread.
-    Returns what run_account_sync returns (None when another worker holds the lease); if the
-    sync process dies mid-pass, an "internal" error result instead of raising.
-    """
-    if not app.config.get("SYNC_PROCESS"):
-        return run_account_sync(
-            app, account_id, budget_seconds=budget_seconds, all_folders=all_folders
-        )
-    result = sync_process(app).run(
-        account_id, budget_seconds=budget_seconds, all_folders=all_folders
-    )
-    if isinstance(result, InterruptedPass):
-        _close_interrupted_pass(app, account_id, result)
-    return result
-
-
-@dataclass
-class InterruptedPass(SyncResult):
-    """The result of a pass whose sync process died; `died_pid` was that process."""
-
-    died_pid: int = 0
-
-
-def _close_interrupted_pass(app: Flask, account_id: int, result: InterruptedPass) -> None:
-    """Finish what a dead sync process left: its unfinished run (so the account page stops
-    saying "syncing" and backoff applies) and its lease (so the next tick may sync)."""
-    died_pid = result.died_pid
     with app.app_context():
         try:
-            run = db.session.scalar(
-                select(SyncRun)
-                .where(SyncRun.account_id == account_id, SyncRun.finished_at.is_(None))
-                .order_by(SyncRun.id.desc())
-                .limit(1)
-            )
-            if run is not None:
-                _record(account_id, run.id, result)
-            if died_pid:
-                table = SyncLease.__table__
-                db.session.execute(
-                    delete(table).where(
-                        table.c.account_id == account_id,
-                        table.c.owner.startswith(f"{_worker_id(died_pid)}:"),
-                    )
-                )
-                db.session.commit()
+            for account_id in due_account_ids():
+                request_sync(account_id, all_folders=False)
         except Exception:
             db.session.rollback()
-            log.exception("account %s: closing the interrupted sync pass failed", account_id)
+            log.exception("queueing the scheduled sync passes failed")
         finally:
             db.session.remove()
-
-
-# --------------------------------------------------------------------------- sync process
-
-SYNC_PROCESS_STOPPED = "the sync process stopped unexpectedly"
-_SYNC_PROCESS_KEY = "threadline_sync_process"
-_registry_lock = threading.Lock()
-_started: set[SyncProcess] = set()  # processes with a live pool, stopped at interpreter exit
-_exiting = False
-_child_app: Flask | None = None  # the app of this process when it is a sync process
-
-
-class SyncProcess:
-    """One long-lived child process, started on first use, that runs an app's sync passes.
-
-    The child lowers its CPU priority, builds the app once from the parent's create_app
-    overrides and then runs one pass per `run` call; concurrent calls queue (one worker).
-    A child that dies is replaced on the next call.
-    """
-
-    def __init__(self, overrides: dict, *, nice: int) -> None:
-        self.overrides = dict(overrides)
-        self.nice = nice
-        self._lock = threading.Lock()
-        self._pool: ProcessPoolExecutor | None = None
-        self._pid: Synchronized[int] | None = None  # the child writes its pid here
-
-    @property
-    def pid(self) -> int | None:
-        """Return the running child's process id, or None before it has started."""
-        slot = self._pid
-        return (slot.value or None) if slot is not None else None
-
-    def run(
-        self, account_id: int, *, budget_seconds: float | None = None, all_folders: bool = True
-    ) -> SyncResult | None:
-        """Run run_account_sync for the account in the child and return its result.
-
-        When the child dies mid-pass, the result says so and `died_pid` is its process id.
-        """
-        pool = self._pool_or_start()
-        slot = self._pid
-        try:
-            return pool.submit(_sync_in_child, account_id, budget_seconds, all_folders).result()
-        except BrokenProcessPool:
-            if self._discard(pool):  # else stop() ended it on purpose
-                log.error("account %s: the sync process stopped unexpectedly", account_id)
-            return InterruptedPass(
-                account_id=account_id,
-                error=SYNC_PROCESS_STOPPED,
-                error_kind="internal",
-                died_pid=slot.value if slot is not None else 0,
-            )
-
-    def warm(self) -> None:
-        """Start the child in the background (if it is not running) without waiting for it."""
-        self._pool_or_start().submit(_ready)
-
-    def stop(self, *, wait: bool = False) -> None:
-        """End the child now: a running pass stops mid-way, queued ones fail.
-
-        Safe at any point: every sync step is idempotent and the cut pass's lease expires.
-        With wait, return only once the child has exited. The next `run` starts a new child.
-        """
-        with self._lock:
-            pool, slot, self._pool, self._pid = self._pool, self._pid, None, None
-        with _registry_lock:
-            _started.discard(self)
-        if pool is None:
-            return
-        # Kill first: shutting down alone would wait for a running pass to finish.
-        if slot is not None and slot.value:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(slot.value, signal.SIGTERM)
-        pool.shutdown(wait=wait, cancel_futures=True)
-
-    def _pool_or_start(self) -> ProcessPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                with _registry_lock:
-                    if _exiting:
-                        raise RuntimeError("the interpreter is exiting")
-                    _register_exit_hook()
-                    _started.add(self)
-                context = multiprocessing.get_context("spawn")
-                self._pid = context.Value("i", 0)
-                root = logging.getLogger()
-                log_level = root.getEffectiveLevel() if root.handlers else None
-                self._pool = ProcessPoolExecutor(
-                    max_workers=1,
-                    mp_context=context,
-                    initializer=_start_child,
-                    initargs=(self.overrides, self.nice, self._pid, log_level),
-                )
-            return self._pool
-
-    def _discard(self, pool: ProcessPoolExecutor) -> bool:
-        """Drop a broken pool so the next run starts a fresh child; False if already dropped."""
-        with self._lock:
-            current = self._pool is pool
-            if current:
-                self._pool, self._pid = None, None
-        pool.shutdown(wait=False, cancel_futures=True)
-        return current
-
-
-def sync_process(app: Flask) -> SyncProcess:
-    """Return the app's sync process (created on first use; its child starts on first run)."""
-    with _registry_lock:
-        process = app.extensions.get(_SYNC_PROCESS_KEY)
-        if process is None:
-            process = SyncProcess(
-                app.extensions.get("threadline_config_overrides", {}),
-                nice=int(app.config.get("SYNC_PROCESS_NICE", 10)),
-            )
-            app.extensions[_SYNC_PROCESS_KEY] = process
-    return process
-
-
-def stop_sync_process(app: Flask, *, wait: bool = False) -> None:
-    """Stop the app's sync process if it runs (the scheduler's shutdown does this)."""
-    process = app.extensions.get(_SYNC_PROCESS_KEY)
-    if process is not None:
-        process.stop(wait=wait)
-
-
-_exit_hook_registered = False
-
-
-def _register_exit_hook() -> None:
-    # atexit would run too late: the interpreter first joins ProcessPoolExecutor's manager
-    # threads, and that join waits for a running pass (up to its budget). threading's exit
-    # hooks run before that join, newest first; concurrent.futures registers its own there.
-    global _exit_hook_registered
-    if not _exit_hook_registered:
-        threading._register_atexit(_stop_all)
-        _exit_hook_registered = True
-
-
-def _stop_all() -> None:
-    global _exiting
-    with _registry_lock:
-        _exiting = True
-        processes = list(_started)
-    for process in processes:
-        process.stop()
-
-
-def _start_child(
-    overrides: dict, nice: int, pid_slot: Synchronized[int], log_level: int | None
-) -> None:
-    """Set up the sync process: lower its priority, build its app once."""
-    global _child_app
-    pid_slot.value = os.getpid()
-    os.nice(nice)
-    # Ctrl-C in a terminal reaches the whole process group; the serving process handles it
-    # and stops this child with SIGTERM.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: _end_child())
-    # A serving process killed without clean-up (SIGKILL, or SIGTERM's default action) cannot
-    # stop this child, and an idle child would wait for work forever: follow the parent out.
-    threading.Thread(target=_end_child_with_parent, name="parent-watch", daemon=True).start()
-    if log_level is not None:
-        logging.basicConfig(level=log_level, format=config.LOG_FORMAT)
-    from app import create_app  # this is a process entry point, like `flask --app app`
-
-    _child_app = create_app({**overrides, "SCHEDULER_ENABLED": False, "SYNC_PROCESS": False})
-
-
-def _end_child_with_parent() -> None:
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        multiprocessing.connection.wait([parent.sentinel])
-        _end_child()
-
-
-def _end_child() -> None:
-    """End the sync process now, with its MIME parse workers (left alone they would linger)."""
-    for worker in multiprocessing.active_children():
-        worker.terminate()
-    os._exit(1)
-
-
-def _ready() -> None:
-    """Nothing: submitted by SyncProcess.warm so the child starts and builds its app."""
-
-
-def _sync_in_child(
-    account_id: int, budget_seconds: float | None, all_folders: bool
-) -> SyncResult | None:
-    """Run one sync pass in the sync process (submitted by SyncProcess.run)."""
-    assert _child_app is not None, "called outside the sync process"
-    return run_account_sync(
-        _child_app, account_id, budget_seconds=budget_seconds, all_folders=all_folders
-    )
 
 
 # --------------------------------------------------------------------------- lease
@@ -621,7 +331,7 @@ def run_account_sync(
     when another worker holds the lease (nothing ran).
     """
     budget = budget_seconds or float(app.config.get("SYNC_BUDGET_SECONDS", 90))
-    owner = f"{_WORKER}:{uuid.uuid4().hex[:8]}"
+    owner = f"{worker_name()}:{uuid.uuid4().hex[:8]}"
     lease = lease_seconds(app)
     with app.app_context():
         try:

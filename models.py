@@ -742,6 +742,47 @@ class SyncLease(db.Model):
         return f"<SyncLease {self.account_id} {self.owner}>"
 
 
+JOB_QUEUED = "queued"
+JOB_RUNNING = "running"
+JOB_DONE = "done"
+JOB_FAILED = "failed"
+
+
+class Job(db.Model):
+    """One piece of work the web side asks the worker to do (services/job_queue.py).
+
+    Jobs with the same `key` run one at a time in id order; `lease_owner` holds a running job
+    until `lease_expires_at`, after which another worker may take it again (a crashed one).
+    """
+
+    __tablename__ = "job"
+    __table_args__ = (
+        Index("ix_job_claim", "state", "run_after"),
+        Index("ix_job_key", "key", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    key: Mapped[str | None] = mapped_column(String(200))
+    payload: Mapped[dict] = mapped_column(JSON, default=dict)
+    account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("mail_account.id", ondelete="CASCADE"), index=True
+    )
+    state: Mapped[str] = mapped_column(String(20), default=JOB_QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=5)
+    run_after: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.kind} {self.state}>"
+
+
 class BlockedAddress(db.Model):
     """An address (`someone@example.com`) or domain (`@example.com`) a user blocked."""
 

@@ -5,8 +5,8 @@ Run from the repository root:  python bench/web_bench.py [--messages 100000] [--
 Seeds a temp instance through the real ingest path (generated MIME -> BlobStore + parse in a
 process pool -> mailsync.store.store_batch), refreshes planner statistics as a sync does,
 then times each endpoint with the Flask test client, idle and while a real Dovecot sync of a
-second account runs as the scheduler runs it: jobs.run_scheduled_sync from a background
-thread, which hands the pass to the niced sync process (SYNC_PROCESS, on by default).
+second account runs where production runs it: in a separate process at the worker's lower
+CPU priority (WORKER_NICE), here a `flask sync` of that account.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -28,10 +29,12 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from multiprocessing import get_context
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+REPO = Path(__file__).resolve().parents[1]
 OWNER = "owner@team.test"
 PASSWORD = "owner password 1"
 ORGS = 300
@@ -436,8 +439,8 @@ def warm(client, targets: list[Endpoint]) -> None:
 def start_sync(app, messages: int) -> tuple[threading.Thread, Callable[[], None], dict]:
     """Fill a Dovecot mailbox and return a thread that syncs it into the owner's second account.
 
-    The thread calls jobs.run_scheduled_sync as the scheduler does, so the pass runs in the sync
-    process; its time includes that process's start (building the app, about a second).
+    The thread runs the pass in its own niced process, as the worker does; its time includes
+    that process's start (building the app, about a second).
     """
     import sync_bench
 
@@ -455,11 +458,29 @@ def start_sync(app, messages: int) -> tuple[threading.Thread, Callable[[], None]
         account_id = sync_bench.add_dovecot_account(app, owner, server, email, mail_user.password)
     outcome: dict = {}
 
-    def run() -> None:
-        import jobs
+    nice = int(app.config.get("WORKER_NICE", 10))
+    env = {
+        **os.environ,
+        "THREADLINE_INSTANCE_PATH": app.instance_path,
+        "THREADLINE_SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
+        "THREADLINE_SECRET_KEY": app.config["SECRET_KEY"],
+    }
+    # Dovecot listens on a random port; the sync process reads this from the instance.
+    (Path(app.instance_path) / "config.py").write_text("MAIL_ALLOWED_PORTS = None\n")
+    command = [sys.executable, "-m", "flask", "--app", "app", "sync"]
+    command += ["--account", str(account_id), "--budget", "3600"]
 
+    def run() -> None:
         began = time.perf_counter()
-        outcome["result"] = jobs.run_scheduled_sync(app, account_id, budget_seconds=3600)
+        done = subprocess.run(
+            command,
+            env=env,
+            cwd=REPO,
+            preexec_fn=lambda: os.nice(nice),
+            capture_output=True,
+            text=True,
+        )
+        outcome["result"] = SimpleNamespace(new=done.stdout.strip() or done.stderr.strip())
         outcome["seconds"] = time.perf_counter() - began
 
     worker = threading.Thread(target=run, name="sync", daemon=True)
@@ -478,7 +499,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import schema
-    from app import create_app, keep_startup_objects_out_of_gc
+    from app import create_app
+    from cli import keep_startup_objects_out_of_gc
 
     workdir = Path(args.keep or tempfile.mkdtemp(prefix="threadline-webbench-"))
     reuse = (workdir / "seeded.db").exists()
@@ -544,9 +566,6 @@ def main() -> None:
         loaded = measure(client, targets, args.rounds * 10, keep_going=worker.is_alive)
         worker.join()
     finally:
-        import jobs
-
-        jobs.stop_sync_process(app, wait=True)
         stop_server()
     result = outcome.get("result")
     print(

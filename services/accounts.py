@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from cryptography import x509
@@ -39,6 +39,7 @@ from models import (
     User,
     utcnow,
 )
+from services import job_queue
 from services.access import visible_accounts
 from services.credentials import CredentialError, secret_box
 from services.errors import ValidationError
@@ -120,10 +121,13 @@ class Progress:
     done: int
     total: int
     pending: bool = False
+    # "queued" or "running" while a "Sync now" job of the account waits or runs (the
+    # account page's bar only; see account_progress).
+    requested: str | None = None
 
     @property
     def active(self) -> bool:
-        return self.pending or (self.total > 0 and self.done < self.total)
+        return bool(self.pending or self.requested or (self.total > 0 and self.done < self.total))
 
     @property
     def percent(self) -> int:
@@ -561,21 +565,49 @@ def remove_account(user: User, account: MailAccount, *, keep_mail: bool) -> None
     log.info("mail account %s removed by user %s (keep_mail=%s)", account.id, user.id, keep_mail)
 
 
-def request_sync(app: Flask, account_id: int) -> bool:
-    """Ask the sync engine to sync the account soon; return False when no engine is present.
+SYNC_JOB = "account.sync"  # the worker runs it with jobs.run_account_sync
 
-    The engine registers `app.extensions["threadline_sync_now"]` (a callable taking the
-    account id), or provides `jobs.sync_now(account_id)`; this is the one indirection.
+
+def sync_job_key(account_id: int) -> str:
+    """Return the queue key of the account's sync passes (one queued at a time)."""
+    return f"sync:{account_id}"
+
+
+def _merge_sync(old: dict, new: dict) -> dict:
+    # A queued pass already covers a newer request; "Sync now" widens a scheduled one.
+    return {"all_folders": bool(old.get("all_folders") or new.get("all_folders"))}
+
+
+def request_sync(account_id: int, *, all_folders: bool = True) -> int:
+    """Queue a sync pass of the account for the worker ("Sync now"); return the job id.
+
+    all_folders=False is the scheduled pass (INBOX and Sent; see mailsync.sync). Commits.
     """
-    sync_now = app.extensions.get("threadline_sync_now")
-    if sync_now is None:
-        import jobs  # late import: jobs sits above services in the layering
+    return job_queue.enqueue(
+        SYNC_JOB,
+        {"all_folders": all_folders},
+        key=sync_job_key(account_id),
+        account_id=account_id,
+        merge=_merge_sync,
+        max_attempts=1,  # the account keeps its own backoff (jobs._record)
+    )
 
-        sync_now = getattr(jobs, "sync_now", None)
-    if sync_now is None:
-        return False
-    sync_now(account_id)
-    return True
+
+def sync_request_state(account: MailAccount) -> str | None:
+    """Return "queued" or "running" while a "Sync now" of the account waits or runs, else None.
+
+    Scheduled passes (every few minutes) are left out: the bar would flicker for each.
+    """
+    job = job_queue.latest_job(SYNC_JOB, sync_job_key(account.id))
+    if job is None or job.state not in job_queue.UNFINISHED:
+        return None
+    return job.state if job.payload.get("all_folders") else None
+
+
+def account_progress(account: MailAccount) -> Progress:
+    """Return the account page's progress: the backfill, and a "Sync now" on its way."""
+    progress = backfill_progress([account])
+    return replace(progress, requested=sync_request_state(account))
 
 
 # --------------------------------------------------------------------------- reading
@@ -629,7 +661,7 @@ def _state_key(account: MailAccount, progress: Progress) -> str:
 
 def account_status(account: MailAccount, *, interval_seconds: int = 120) -> dict:
     """Return what the status page shows: state, errors and fixes, timing, folders, runs."""
-    progress = backfill_progress([account])
+    progress = account_progress(account)
     state = _state_key(account, progress)
     stored = dict(
         db.session.execute(

@@ -36,7 +36,7 @@ from models import (
     Thread,
     User,
 )
-from services import linking, records
+from services import job_queue, linking, records
 from services.access import record_or_none, record_threads, visible_records
 from services.errors import ValidationError
 from services.inputs import search_text
@@ -181,16 +181,23 @@ def allow_images_from(user: User, sender: str) -> None:
     db.session.commit()
 
 
-def fetch_full_message(message: Message) -> str | None:
-    """Download a header-only message's body from the server; return a problem or None."""
-    from mailsync.actions import MailActionError
-    from mailsync.actions import fetch_full_message as fetch_body
+FETCH_BODY_JOB = "message.fetch_body"  # the worker runs it with mailsync.actions
 
-    try:
-        fetch_body(current_app._get_current_object(), message.id)
-    except MailActionError as exc:
-        return f"The full message could not be downloaded: {exc.message}."
-    return None
+
+def request_full_message(message: Message) -> int:
+    """Queue downloading a header-only message's body for the worker; return the job id.
+
+    Commits. Queued behind the account's write-backs, so it reads the message where they
+    left it.
+    """
+    from services.mailbox import writeback_key
+
+    return job_queue.enqueue(
+        FETCH_BODY_JOB,
+        {"message_id": message.id, "thread_ids": [message.thread_id]},
+        key=writeback_key(message.account_id),
+        account_id=message.account_id,
+    )
 
 
 def render_message(

@@ -10,9 +10,8 @@ import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from flask import current_app
 from sqlalchemy import (
     ColumnElement,
     Integer,
@@ -28,7 +27,6 @@ from sqlalchemy import (
     tuple_,
     type_coerce,
     union_all,
-    update,
 )
 
 from extensions import db
@@ -46,7 +44,7 @@ from models import (
     User,
     UTCDateTime,
 )
-from services import access
+from services import access, job_queue
 from services.errors import ValidationError
 from services.inputs import search_text
 from services.linking import own_addresses
@@ -699,10 +697,54 @@ def apply_action(
     return move_threads(user, threads, access.folder_for_owner(user, destination_folder_id))
 
 
-def mark_read(user: User, threads: Sequence[Thread], *, read: bool) -> ActionOutcome:
-    """Mark every live message of `threads` read or unread, then write \\Seen back; commits."""
-    from mailsync import actions
+# Write-backs: the request changes the database at once and queues the matching change of
+# the mailbox for the worker (mailsync/writeback.py runs them). One key per account, so an
+# account's write-backs run one at a time in the order the user made them.
+WRITEBACK_SEEN = "mailbox.seen"
+WRITEBACK_MOVE = "mailbox.move"
+WRITEBACK_KINDS = (WRITEBACK_SEEN, WRITEBACK_MOVE)
+# How long a write-back that kept failing is still shown to its owner.
+FAILURE_SHOWN_SECONDS = 24 * 3600
 
+
+def writeback_key(account_id: int) -> str:
+    """Return the queue key that orders an account's write-backs."""
+    return f"mailbox:{account_id}"
+
+
+def _merge_seen(old: dict, new: dict) -> dict:
+    # The job reads each location's wanted \Seen from the database when it runs, so folding
+    # read, unread, read into one job writes the last one only.
+    return {
+        "location_ids": sorted(set(old.get("location_ids", [])) | set(new["location_ids"])),
+        "thread_ids": sorted(set(old.get("thread_ids", [])) | set(new["thread_ids"])),
+    }
+
+
+def _queue_writebacks(kind: str, groups: dict[int, list[MessageLocation]], **payload) -> None:
+    """Queue one write-back per account for these locations.
+
+    Each enqueue commits, so the user's change made so far lands with its job.
+    """
+    for account_id, locations in groups.items():
+        if not locations:
+            continue
+        job_queue.enqueue(
+            kind,
+            {
+                "location_ids": sorted({location.id for location in locations}),
+                "thread_ids": sorted({location.message.thread_id for location in locations}),
+                **payload,
+            },
+            key=writeback_key(account_id),
+            account_id=account_id,
+            merge=_merge_seen if kind == WRITEBACK_SEEN else None,
+        )
+
+
+def mark_read(user: User, threads: Sequence[Thread], *, read: bool) -> ActionOutcome:
+    """Mark every live message of `threads` read or unread and queue the \\Seen write-back;
+    commits."""
     messages = _live_messages(threads)
     for message in messages:
         message.is_read = read
@@ -712,47 +754,26 @@ def mark_read(user: User, threads: Sequence[Thread], *, read: bool) -> ActionOut
         for location in locations:
             location.seen = read
             location.seen_changed_at = now  # a concurrent sync keeps this value for a while
-            location.seen_pending = True  # until the server has it; sync passes retry
-    plan = _plain(groups)
-    location_ids = {
-        account_id: [location.id for location in locations]
-        for account_id, locations in groups.items()
-    }
+            location.seen_pending = True  # until the server has it (the job, or a sync pass)
+    db.session.flush()
+    _queue_writebacks(WRITEBACK_SEEN, groups)
     db.session.commit()
     word = "read" if read else "unread"
-    outcome = ActionOutcome(f"Marked {_count(threads)} {word}.")
-    for account_id, refs in plan.items():
-        try:
-            actions.set_seen(current_app._get_current_object(), account_id, refs, read)
-        except actions.MailActionError as exc:
-            outcome.warnings.append(
-                f"Marked {word} in Threadline; not yet saved to the mailbox ({exc.message}). "
-                "Threadline will try again at the next sync."
-            )
-            continue
-        db.session.execute(
-            update(MessageLocation)
-            .where(MessageLocation.id.in_(location_ids[account_id]))
-            .values(seen_pending=False)
-        )
-        db.session.commit()
-    return outcome
+    return ActionOutcome(f"Marked {_count(threads)} {word}.")
 
 
 def archive_threads(user: User, threads: Sequence[Thread]) -> ActionOutcome:
-    """Archive in Threadline (links stay); with archive_in_mailbox also move inbox copies."""
+    """Archive in Threadline (links stay); with archive_in_mailbox also queue moving the inbox
+    copies to the Archive folder. Commits."""
     for thread in threads:
         thread.archived = True
-    groups: dict[int, list[MessageLocation]] = {}
     if get_preference(user, "archive_in_mailbox"):
         groups = _server_locations(
             _live_messages(threads), lambda location: location.folder.role == "inbox"
         )
-    plan = _plain(groups)
+        _queue_writebacks(WRITEBACK_MOVE, groups, role="archive")
     db.session.commit()
-    outcome = ActionOutcome(f"Archived {_count(threads)}.")
-    _move_on_server(outcome, plan, "archive", verb="Archived")
-    return outcome
+    return ActionOutcome(f"Archived {_count(threads)}.")
 
 
 def set_reply_later(threads: Sequence[Thread], *, later: bool) -> ActionOutcome:
@@ -770,13 +791,12 @@ def set_reply_later(threads: Sequence[Thread], *, later: bool) -> ActionOutcome:
 
 def delete_threads(user: User, threads: Sequence[Thread]) -> ActionOutcome:
     """Delete from Threadline everywhere (and the search index); with delete_in_mailbox also
-    move the mail to Trash. Commits."""
+    queue moving the mail to Trash. Commits."""
     now = datetime.now(UTC)
     messages = _live_messages(threads)
-    groups: dict[int, list[MessageLocation]] = {}
     if get_preference(user, "delete_in_mailbox"):
         groups = _server_locations(messages, lambda location: location.folder.role != "trash")
-    plan = _plain(groups)
+        _queue_writebacks(WRITEBACK_MOVE, groups, role="trash")
     for thread in threads:
         # Whole seconds, like a server's INTERNALDATE: mail received from this second on
         # brings the conversation back (mailsync.store.revive_threads).
@@ -785,101 +805,67 @@ def delete_threads(user: User, threads: Sequence[Thread]) -> ActionOutcome:
         message.deleted_at = message.user_deleted_at = now
     remove_from_index(db.session.connection(), [message.id for message in messages])
     db.session.commit()
-    outcome = ActionOutcome(f"Deleted {_count(threads)}.")
-    _move_on_server(outcome, plan, "trash", verb="Deleted")
-    return outcome
+    return ActionOutcome(f"Deleted {_count(threads)}.")
 
 
 def move_threads(user: User, threads: Sequence[Thread], destination: MailFolder) -> ActionOutcome:
-    """Move the threads' mail (not sent copies or drafts) to `destination` on the server."""
-    from mailsync import actions
+    """Queue moving the threads' mail (not sent copies or drafts) to `destination`; commits.
 
+    Threadline's Inbox follows at once; the mail's folder changes when the worker has moved it.
+    """
     threads = [thread for thread in threads if thread.account_id == destination.account_id]
     groups = _server_locations(
         _live_messages(threads),
         lambda location: location.folder_id != destination.id
         and location.folder.role not in UNMOVED_ROLES,
     )
-    plan = _plain(groups)
-    destination_id, destination_name = destination.id, destination.name
-    db.session.commit()
-    for account_id, refs in plan.items():
-        try:
-            moved = actions.move_locations(
-                current_app._get_current_object(),
-                account_id,
-                refs,
-                destination_name=destination_name,
-            )
-        except actions.MailActionError as exc:
-            return ActionOutcome("", [f"Nothing was moved: {exc.message}."])
-        _record_moves(account_id, moved, destination_id)
+    _queue_writebacks(WRITEBACK_MOVE, groups, destination_id=destination.id)
     for thread in threads:  # moving decides Threadline's Inbox too
         thread.in_inbox = destination.role == "inbox"
         if thread.in_inbox:
             thread.archived = False
+    name = destination.name
     db.session.commit()
-    return ActionOutcome(f"Moved {_count(threads)} to {destination_name}.")
+    return ActionOutcome(f"Moved {_count(threads)} to {name}.")
 
 
-def _move_on_server(
-    outcome: ActionOutcome, plan: dict[int, list[tuple[str, int]]], role: str, *, verb: str
-) -> None:
-    from mailsync import actions
+@dataclass
+class WritebackStatus:
+    """What the Mail tab says about the user's changes on their way to the mailbox."""
 
-    for account_id, refs in plan.items():
-        try:
-            moved = actions.move_locations(
-                current_app._get_current_object(), account_id, refs, role
-            )
-        except actions.MailActionError as exc:
-            outcome.warnings.append(
-                f"{verb} in Threadline; the mail server could not be updated: {exc.message}."
-            )
-            continue
-        destination = db.session.scalar(
-            select(MailFolder.id)
-            .where(MailFolder.account_id == account_id, MailFolder.role == role)
-            .order_by(MailFolder.id.desc())
-        )
-        _record_moves(account_id, moved, destination)
-    db.session.commit()
+    pending: bool = False
+    failure: str | None = None
 
 
-def _record_moves(
-    account_id: int, moved: dict[tuple[str, int], int | None], destination_id: int | None
-) -> None:
-    """Point moved locations at their new folder and UID; without a UID, drop the old row.
+def writeback_status(user: User, *, thread_id: int | None = None) -> WritebackStatus:
+    """Say whether the user's write-backs (or those touching one thread) are still queued,
+    and describe one that kept failing, in plain words.
 
-    The message keeps its identity either way; the next sync adds any missing location.
+    A failure is shown for a day, and only until a later write-back of that account lands.
     """
-    folders = {
-        name: folder_id
-        for folder_id, name in db.session.execute(
-            select(MailFolder.id, MailFolder.name).where(MailFolder.account_id == account_id)
+    account_ids = _account_ids(user)
+    if not account_ids:
+        return WritebackStatus()
+    status = WritebackStatus()
+    for job in job_queue.unfinished_jobs(kinds=WRITEBACK_KINDS, account_ids=account_ids):
+        if thread_id is None or thread_id in job.payload.get("thread_ids", []):
+            status.pending = True
+            break
+    since = datetime.now(UTC) - timedelta(seconds=FAILURE_SHOWN_SECONDS)
+    for account_id in account_ids:
+        failed, landed = job_queue.last_finished(
+            kinds=WRITEBACK_KINDS, key=writeback_key(account_id), since=since
         )
-    }
-    for (folder_name, uid), new_uid in moved.items():
-        location = db.session.scalar(
-            select(MessageLocation).where(
-                MessageLocation.folder_id == folders.get(folder_name), MessageLocation.uid == uid
-            )
-        )
-        if location is None:
+        if failed is None or (landed is not None and landed.id > failed.id):
             continue
-        taken = (
-            destination_id is None
-            or new_uid is None
-            or db.session.scalar(
-                select(MessageLocation.id).where(
-                    MessageLocation.folder_id == destination_id, MessageLocation.uid == new_uid
-                )
-            )
+        if thread_id is not None and thread_id not in failed.payload.get("thread_ids", []):
+            continue
+        status.failure = (
+            "Some changes could not be saved to your mailbox "
+            f"({failed.last_error}). They are kept in Threadline; "
+            "check the mail account's settings."
         )
-        if taken:
-            db.session.delete(location)
-        else:
-            location.folder_id, location.uid = destination_id, new_uid
+    return status
 
 
 def _live_messages(threads: Sequence[Thread]) -> list[Message]:
@@ -903,15 +889,6 @@ def _server_locations(messages: Sequence[Message], keep) -> dict[int, list[Messa
             if not location.deleted and keep(location):
                 groups[message.account_id].append(location)
     return groups
-
-
-def _plain(groups: dict[int, list[MessageLocation]]) -> dict[int, list[tuple[str, int]]]:
-    """Copy locations to plain (folder name, uid) pairs before the commit ends the session."""
-    return {
-        account_id: [(location.folder.name, location.uid) for location in locations]
-        for account_id, locations in groups.items()
-        if locations
-    }
 
 
 def _count(threads: Sequence[Thread]) -> str:

@@ -112,7 +112,6 @@ def app(tmp_path, new_database):
             "SQLALCHEMY_DATABASE_URI": new_database(tmp_path / "threadline.db"),
             "SECRET_KEY": "test-secret",
             "SCHEDULER_ENABLED": False,
-            "SYNC_PROCESS": False,  # "Sync now" runs in a thread; tests/test_jobs.py covers it
             # One round instead of scrypt's ~190 ms; test_auth.py signs in with the real one.
             "PASSWORD_HASH_METHOD": CHEAP_PASSWORD_HASH,
         }

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import func
+from sqlalchemy import func, select
 
 import jobs
 from extensions import db
@@ -23,6 +23,7 @@ from models import (
     SYNC_NEEDS_REAUTH,
     SYNC_PAUSED,
     SYNC_RUNNING,
+    Job,
     MailAccount,
     MailFolder,
     Message,
@@ -34,6 +35,8 @@ from models import (
 from services import accounts as account_service
 from services.credentials import load_keys, secret_box
 from services.errors import ValidationError
+from tests.mail_fixtures import build_message
+from tests.queue_helpers import run_pending_jobs
 from tests.servers.dovecot import make_certificates
 from tests.sync_helpers import raw_message
 
@@ -349,11 +352,12 @@ def test_reauth_flow_resumes_with_settings_kept(
 # --------------------------------------------------------------------------- lifecycle
 
 
-def test_pause_resume_and_sync_now_hook(app, dovecot, mail_user, make_user, login, make_account):
+def test_pause_resume_and_sync_now_queue_a_pass_for_the_worker(
+    app, dovecot, mail_user, make_user, login, make_account
+):
     user = make_user()
     account = make_account(user, mail_user)
-    requested: list[int] = []
-    app.extensions["threadline_sync_now"] = requested.append
+    dovecot.deliver(mail_user.email, build_message(subject="Waiting for sync now"))
     client = login(user)
 
     assert client.post(f"/settings/accounts/{account.id}/pause").status_code == 303
@@ -364,7 +368,18 @@ def test_pause_resume_and_sync_now_hook(app, dovecot, mail_user, make_user, logi
     db.session.expire_all()
     assert db.session.get(MailAccount, account.id).sync_state == SYNC_RUNNING
     assert client.post(f"/settings/accounts/{account.id}/sync").status_code == 303
-    assert requested == [account.id, account.id]
+    # Resume and Sync now asked for one pass between them: the request ran no IMAP.
+    (job,) = db.session.scalars(select(Job)).all()
+    assert (job.kind, job.state, job.payload) == ("account.sync", "queued", {"all_folders": True})
+    page = client.get(f"/settings/accounts/{account.id}").get_data(as_text=True)
+    assert "Sync requested; it starts in a moment." in page
+    assert db.session.scalar(select(Message.id)) is None
+    assert run_pending_jobs(app) == 1
+    db.session.expire_all()
+    assert db.session.get(Job, job.id).state == "done"
+    assert db.session.scalars(select(Message.subject)).all() == ["Waiting for sync now"]
+    progress = client.get(f"/settings/accounts/{account.id}/progress").get_data(as_text=True)
+    assert "Sync requested" not in progress and "every 2s" not in progress
 
 
 def add_message(account: MailAccount, folder: MailFolder, uid: int, subject: str) -> Message:
@@ -524,7 +539,13 @@ def test_connection_test_limit_survives_a_new_app_on_the_same_database(
     check(app)
     check(app)
     restarted = create_app(
-        {**app.extensions["threadline_config_overrides"], "INSTANCE_PATH": str(tmp_path / "i2")}
+        {
+            "TESTING": True,
+            "SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
+            "SECRET_KEY": app.config["SECRET_KEY"],
+            "SCHEDULER_ENABLED": False,
+            "INSTANCE_PATH": str(tmp_path / "i2"),
+        }
     )
     with pytest.raises(account_service.RateLimited) as limited:
         check(restarted)

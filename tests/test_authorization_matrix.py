@@ -71,6 +71,7 @@ CLASSIFICATION = {
     "mail.rows": "page",
     "mail.folders": "page",
     "mail.progress": "page",
+    "mail.saving": "page",  # the user's own jobs only; ?thread= narrows them
     "mail.act": "noop_post",
     "conversations.show": "owner",
     "conversations.link_search": "owner",

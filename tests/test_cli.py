@@ -38,6 +38,7 @@ def count(model) -> int:
         "create-user",
         "seed-demo",
         "serve",
+        "worker",
         "sync-worker",
         "add-account",
         "sync",

@@ -15,6 +15,7 @@ from extensions import db
 from mailsync.blobstore import BlobStore
 from models import SYNC_PAUSED, Message, MessageIdIndex, MessagePerson, Thread
 from services.mailbox import delete_threads
+from tests.queue_helpers import run_scheduled_passes
 from tests.sync_helpers import (
     folder_named,
     message_by_msgid,
@@ -133,7 +134,7 @@ def test_a_move_within_the_ttl_keeps_the_message_its_id_and_links(
     db.session.commit()
     # Scheduled passes see the move in two steps: it leaves INBOX (synced every pass) ...
     dovecot.move(mail_user.email, "INBOX", 2, "Archive")
-    jobs.sync_due_accounts(app)
+    run_scheduled_passes(app)
     db.session.expire_all()
     assert db.session.get(Message, moved_id).deleted_at is not None
     assert collect(app).messages == 0  # within the TTL
@@ -142,7 +143,7 @@ def test_a_move_within_the_ttl_keeps_the_message_its_id_and_links(
     archive = folder_named(account.id, "Archive")
     archive.last_polled_at -= timedelta(seconds=app.config["OTHER_FOLDERS_INTERVAL_SECONDS"])
     db.session.commit()
-    jobs.sync_due_accounts(app)
+    run_scheduled_passes(app)
     assert db.session.scalar(select(func.count()).select_from(Message)) == 2  # nothing new
 
     assert collect(app, message_ttl=0, thread_ttl=0).messages == 0

@@ -1,4 +1,8 @@
-"""Mail tab write-backs against the real Dovecot: \\Seen flags, archive and delete moves."""
+"""Mail tab write-backs against the real Dovecot: \\Seen flags, archive and delete moves.
+
+A request only changes the database and queues the write-back; the worker's job loop
+(run_pending_jobs here, worker.run_one_job) applies it to the server.
+"""
 
 import socket
 
@@ -8,10 +12,11 @@ from sqlalchemy import select
 
 from extensions import db
 from mailsync import actions
-from models import MailAccount, MailFolder, Message, MessageLocation, Thread
+from models import Job, MailAccount, MailFolder, Message, MessageLocation, Thread
 from services.credentials import secret_box
 from services.preferences import update_preferences
 from tests.mail_fixtures import build_message
+from tests.queue_helpers import run_pending_jobs
 
 pytestmark = pytest.mark.imap
 ACTIONS_URL = "/mail/threads/actions"
@@ -82,10 +87,16 @@ def test_mark_read_and_unread_write_seen_back(client_me, dovecot, mail_user, del
     first, second = deliver(2)
     uids = dovecot.uids(mail_user.email)
     client_me.post(ACTIONS_URL, data={"action": "read", "thread_id": [first.thread_id]})
+    # The request did not talk to the server: the mailbox changes when the job runs.
+    assert "\\Seen" not in dovecot.flags(mail_user.email, "INBOX", uids[0])
+    assert all(location.seen_pending for location in locations(first.id))
+    assert run_pending_jobs(client_me.application) == 1
+    assert not any(location.seen_pending for location in locations(first.id))
     assert "\\Seen" in dovecot.flags(mail_user.email, "INBOX", uids[0])
     assert "\\Seen" not in dovecot.flags(mail_user.email, "INBOX", uids[1])
     dovecot.add_flags(mail_user.email, "INBOX", uids[0], "\\Flagged")
     client_me.post(ACTIONS_URL, data={"action": "unread", "thread_id": [first.thread_id]})
+    run_pending_jobs(client_me.application)
     flags = dovecot.flags(mail_user.email, "INBOX", uids[0])
     # -FLAGS removes only \Seen: the user's other flags survive (never a FLAGS replace).
     assert "\\Seen" not in flags and "\\Flagged" in flags
@@ -98,6 +109,9 @@ def test_archive_with_setting_moves_to_archive_on_server(
     update_preferences(me, {"archive_in_mailbox": "True"})
     message, kept = deliver(2)
     client_me.post(ACTIONS_URL, data={"action": "archive", "thread_id": [message.thread_id]})
+    assert db.session.get(Thread, message.thread_id).archived  # at once, in Threadline
+    assert len(dovecot.uids(mail_user.email, "INBOX")) == 2
+    run_pending_jobs(client_me.application)
     assert len(dovecot.uids(mail_user.email, "INBOX")) == 1
     archive_uids = dovecot.uids(mail_user.email, "Archive")
     assert len(archive_uids) == 1
@@ -111,6 +125,7 @@ def test_delete_with_setting_moves_to_trash_on_server(client_me, me, dovecot, ma
     update_preferences(me, {"delete_in_mailbox": "True"})
     (message,) = deliver(1)
     client_me.post(ACTIONS_URL, data={"action": "delete", "thread_id": [message.thread_id]})
+    run_pending_jobs(client_me.application)
     assert dovecot.uids(mail_user.email, "INBOX") == []
     assert len(dovecot.uids(mail_user.email, "Trash")) == 1
     db.session.expire_all()
@@ -122,6 +137,7 @@ def test_settings_off_leave_the_server_untouched(client_me, dovecot, mail_user, 
     before = dovecot.uids(mail_user.email, "INBOX")
     client_me.post(ACTIONS_URL, data={"action": "archive", "thread_id": [archived.thread_id]})
     client_me.post(ACTIONS_URL, data={"action": "delete", "thread_id": [deleted.thread_id]})
+    assert run_pending_jobs(client_me.application) == 0  # nothing was queued
     assert dovecot.uids(mail_user.email, "INBOX") == before
     assert dovecot.uids(mail_user.email, "Trash") == []
     assert [loc.folder.name for loc in locations(archived.id)] == ["INBOX"]
@@ -145,9 +161,53 @@ def test_move_without_move_capability_copies_and_expunges(
     assert moved == {("INBOX", uid): None}
 
 
-def test_unreachable_server_keeps_threadline_state_and_says_so(
-    client_me, me, dovecot, mail_user, server_account, deliver
+def test_read_unread_read_is_one_write_back_of_read(client_me, dovecot, mail_user, deliver):
+    (message,) = deliver(1)
+    uid = dovecot.uids(mail_user.email)[0]
+    for action in ("read", "unread", "read"):
+        client_me.post(ACTIONS_URL, data={"action": action, "thread_id": [message.thread_id]})
+    assert db.session.scalar(select(db.func.count()).select_from(Job)) == 1
+    assert run_pending_jobs(client_me.application) == 1
+    assert "\\Seen" in dovecot.flags(mail_user.email, "INBOX", uid)
+
+
+def test_read_then_archive_run_in_order(client_me, me, dovecot, mail_user, deliver):
+    """The \\Seen write-back runs before the move, so it lands on the mail, not on a UID
+    that has left the folder; the move then carries the flag to Archive."""
+    update_preferences(me, {"archive_in_mailbox": "True"})
+    (message,) = deliver(1)
+    client_me.post(ACTIONS_URL, data={"action": "read", "thread_id": [message.thread_id]})
+    client_me.post(ACTIONS_URL, data={"action": "archive", "thread_id": [message.thread_id]})
+    assert run_pending_jobs(client_me.application) == 2
+    (archived,) = dovecot.uids(mail_user.email, "Archive")
+    assert "\\Seen" in dovecot.flags(mail_user.email, "Archive", archived)
+    (location,) = locations(message.id)
+    assert location.folder.name == "Archive" and location.seen and not location.seen_pending
+
+
+def test_opening_shows_saving_until_the_write_back_lands(client_me, dovecot, mail_user, deliver):
+    (message,) = deliver(1)
+    page = client_me.get(f"/mail/threads/{message.thread_id}").get_data(as_text=True)
+    assert "Saving to mailbox" not in page
+    response = client_me.post(f"/mail/threads/{message.thread_id}/read")
+    assert response.status_code == 204 and response.headers["HX-Trigger"] == "mailbox-saving"
+    saving = client_me.get(f"/mail/saving?thread={message.thread_id}")
+    assert "Saving to mailbox…" in saving.get_data(as_text=True)
+    assert "every 2s" in saving.get_data(as_text=True)  # it polls until the job lands
+    listing = client_me.get("/mail/").get_data(as_text=True)
+    assert "Saving to mailbox…" in listing
+    run_pending_jobs(client_me.application)
+    saving = client_me.get(f"/mail/saving?thread={message.thread_id}")
+    assert "Saving to mailbox" not in saving.get_data(as_text=True)
+    assert saving.headers["HX-Trigger"] == "mail-changed"
+    uid = dovecot.uids(mail_user.email)[0]
+    assert "\\Seen" in dovecot.flags(mail_user.email, "INBOX", uid)
+
+
+def test_unreachable_server_keeps_threadline_state_and_says_so_after_retries(
+    app, client_me, me, dovecot, mail_user, server_account, deliver
 ):
+    app.config.update(JOB_MAX_ATTEMPTS=3, JOB_BACKOFF_SECONDS=0)  # retry at once, 3 times
     update_preferences(me, {"archive_in_mailbox": "True"})
     message, other = deliver(2)
     with socket.socket() as sock:
@@ -161,22 +221,32 @@ def test_unreachable_server_keeps_threadline_state_and_says_so(
         data={"action": "read", "thread_id": [message.thread_id]},
         follow_redirects=True,
     )
-    text = response.get_data(as_text=True)
-    assert "Marked read in Threadline; not yet saved to the mailbox" in text
+    assert "Marked 1 conversation read." in response.get_data(as_text=True)
     db.session.expire_all()
     assert db.session.get(Message, message.id).is_read
-    response = client_me.post(
-        ACTIONS_URL,
-        data={"action": "archive", "thread_id": [other.thread_id]},
-        follow_redirects=True,
-    )
-    assert "Archived in Threadline; the mail server could not be updated:" in response.get_data(
-        as_text=True
-    )
-    # Nothing lost: the thread is archived in Threadline, its location still points at INBOX.
+    client_me.post(ACTIONS_URL, data={"action": "archive", "thread_id": [other.thread_id]})
+    assert run_pending_jobs(app) == 6  # each job three times, the read first
+    jobs = db.session.scalars(select(Job).order_by(Job.id)).all()
+    assert [(job.kind, job.state, job.attempts) for job in jobs] == [
+        ("mailbox.seen", "failed", 3),
+        ("mailbox.move", "failed", 3),
+    ]
+    assert "refused the connection" in jobs[1].last_error
+    text = client_me.get("/mail/").get_data(as_text=True)
+    assert "Some changes could not be saved to your mailbox" in text
+    assert "refused the connection" in text
+    # Nothing is lost in Threadline meanwhile.
     assert db.session.get(Thread, other.thread_id).archived
     assert [loc.folder.name for loc in locations(other.id)] == ["INBOX"]
     assert len(dovecot.uids(mail_user.email, "INBOX")) == 2
+    # Once the server answers again a later write-back lands and the error goes away.
+    account = db.session.get(MailAccount, server_account.id)
+    account.imap_port = dovecot.ssl_port
+    db.session.commit()
+    client_me.post(ACTIONS_URL, data={"action": "read", "thread_id": [message.thread_id]})
+    assert run_pending_jobs(app) == 1
+    assert "\\Seen" in dovecot.flags(mail_user.email, "INBOX", dovecot.uids(mail_user.email)[0])
+    assert "could not be saved" not in client_me.get("/mail/").get_data(as_text=True)
 
 
 def test_copyuid_ranges_map_old_to_new_uids():

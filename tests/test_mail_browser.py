@@ -277,3 +277,28 @@ def test_mark_as_read_when_opened_can_be_turned_off(live_server, page, me, mailb
     expect(page.locator(f'.mail-row[data-thread-id="{thread_id}"]')).to_have_class(
         re.compile("is-unread")
     )
+
+
+@pytest.mark.imap
+def test_opening_mail_says_saving_until_the_worker_lands_it(
+    app, live_server, page, me, make_account, dovecot, mail_user
+):
+    """Opening an unread conversation marks it read at once and says "Saving to mailbox…"
+    until the worker has set \\Seen on the server; then the note goes away by itself."""
+    from tests.queue_helpers import run_pending_jobs
+    from tests.sync_helpers import raw_message, run_sync
+
+    account = make_account(me, mail_user)
+    dovecot.deliver(mail_user.email, raw_message(1, to=mail_user.email))
+    assert run_sync(app, account).ok
+    sign_in(page, live_server, me)
+    row = page.locator(".mail-row").first
+    assert "is-unread" in row.get_attribute("class")
+    with page.expect_response(lambda response: response.url.endswith("/read")):
+        row.locator(".mail-row-link").click()
+    saving = page.locator("#mailbox-saving")
+    expect(saving).to_have_text(re.compile("Saving to mailbox…"))
+    assert "\\Seen" not in dovecot.flags(mail_user.email, "INBOX", 1)
+    assert run_pending_jobs(app) == 1  # the worker's loop
+    expect(saving).to_have_text(re.compile(r"^\s*$"), timeout=15_000)  # its next poll
+    assert "\\Seen" in dovecot.flags(mail_user.email, "INBOX", 1)

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-import jobs
 from extensions import db
 from mailsync import sync as sync_module
 from mailsync import threading as jwz
@@ -15,6 +14,7 @@ from mailsync.actions import set_seen
 from mailsync.blobstore import BlobStore
 from mailsync.sync import uid_ranges
 from models import Message, MessagePerson, Thread
+from tests.queue_helpers import run_pending_jobs, run_scheduled_passes, run_sync_now
 from tests.sync_helpers import (
     append_received_at,
     command_log,
@@ -119,7 +119,7 @@ def _stored(account_id, n) -> bool:
 def test_scheduled_passes_sync_other_folders_less_often(app, dovecot, mail_user, account):
     deliver(dovecot, mail_user, [1])
     deliver(dovecot, mail_user, [2], folder="Archive")
-    jobs.sync_due_accounts(app)  # the interval job; Archive's first backfill is due
+    run_scheduled_passes(app)  # the interval job; Archive's first backfill is due
     assert _stored(account.id, 1) and _stored(account.id, 2)
 
     deliver(dovecot, mail_user, [3])
@@ -127,7 +127,7 @@ def test_scheduled_passes_sync_other_folders_less_often(app, dovecot, mail_user,
     deliver(dovecot, mail_user, [5], folder="Sent", sender=mail_user.email, to="bob@example.com")
     dovecot.create_folder(mail_user.email, "Projects")
     deliver(dovecot, mail_user, [6], folder="Projects")
-    jobs.sync_due_accounts(app)
+    run_scheduled_passes(app)
     # INBOX and Sent every pass, a new folder until its first backfill is done; Archive was
     # synced less than OTHER_FOLDERS_INTERVAL_SECONDS ago.
     assert _stored(account.id, 3) and _stored(account.id, 5) and _stored(account.id, 6)
@@ -136,14 +136,14 @@ def test_scheduled_passes_sync_other_folders_less_often(app, dovecot, mail_user,
     archive = folder_named(account.id, "Archive")
     archive.last_polled_at -= timedelta(seconds=app.config["OTHER_FOLDERS_INTERVAL_SECONDS"])
     db.session.commit()  # as if the interval had passed
-    jobs.sync_due_accounts(app)
+    run_scheduled_passes(app)
     assert _stored(account.id, 4)
 
     deliver(dovecot, mail_user, [7], folder="Archive")
     deliver(dovecot, mail_user, [8], folder="Projects")
-    jobs.sync_due_accounts(app)
+    run_scheduled_passes(app)
     assert not _stored(account.id, 7) and not _stored(account.id, 8)
-    jobs.run_scheduled_sync(app, account.id)  # what "Sync now" runs: every folder
+    run_sync_now(app, account.id)  # what "Sync now" runs: every folder
     assert _stored(account.id, 7) and _stored(account.id, 8)
 
 
@@ -694,9 +694,11 @@ def test_placeholder_body_is_fetched_on_demand_from_the_conversation(
     client = login(account.user)
     page = client.get(f"/mail/threads/{big.thread_id}").get_data(as_text=True)
     assert "only its headers were synced" in page and "Download the full message now" in page
-    response = client.post(f"/mail/messages/{big.id}/full")
-    assert response.status_code == 303
+    response = client.post(f"/mail/messages/{big.id}/full", follow_redirects=True)
+    assert "Downloading the full message" in response.get_data(as_text=True)
     db.session.expire_all()
+    assert db.session.get(Message, big.id).is_placeholder  # the request only queued it
+    assert run_pending_jobs(app) == 1  # the worker downloads it
     big = db.session.get(Message, big.id)
     assert not big.is_placeholder and big.raw_sha256
     assert b"tangerine" in BlobStore(f"{app.instance_path}/blobs").get(big.raw_sha256)

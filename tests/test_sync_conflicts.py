@@ -8,12 +8,15 @@ retried by each sync until it lands, and the conversation says so meanwhile.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from extensions import db
 from mailsync import actions, store
-from models import Message, MessageLocation
+from models import Job, Message, MessageLocation
+from tests.queue_helpers import run_pending_jobs
 from tests.sync_helpers import raw_message, run_sync
 
 pytestmark = pytest.mark.imap
@@ -51,6 +54,7 @@ def test_after_the_guard_window_the_servers_later_change_wins(
     thread_id = db.session.scalar(select(Message.thread_id))
     client = login(owner)
     assert client.post(f"/mail/threads/{thread_id}/read").status_code == 204
+    assert run_pending_jobs(app) == 1  # the worker writes it back
     assert server_seen(dovecot, mail_user) and is_read()
     # A second later, another client marks it unread again.
     dovecot.remove_flags(mail_user.email, "INBOX", 1, "\\Seen")
@@ -76,10 +80,18 @@ def test_a_failed_write_back_is_retried_by_sync_and_shown_meanwhile(
         raise actions.MailActionError("the mail server could not be reached")
 
     monkeypatch.setattr(actions, "set_seen", unreachable)
+    app.config["JOB_MAX_ATTEMPTS"] = 2
     assert client.post(f"/mail/threads/{thread_id}/read").status_code == 204
+    assert run_pending_jobs(app) == 1  # the worker's first attempt fails; the job backs off
+    page = client.get(f"/mail/threads/{thread_id}").get_data(as_text=True)
+    assert "Saving to mailbox…" in page and "not yet saved to the mailbox" not in page
+    db.session.execute(update(Job).values(run_after=datetime.now(UTC)))  # backoff over
+    db.session.commit()
+    assert run_pending_jobs(app) == 1  # the last attempt fails too
     assert is_read() and not server_seen(dovecot, mail_user)
     page = client.get(f"/mail/threads/{thread_id}").get_data(as_text=True)
-    assert "not yet saved to the mailbox" in page
+    assert "not yet saved to the mailbox" in page and "Saving to mailbox" not in page
+    assert "the mail server could not be reached" in page  # the job's plain-words error
     # Still unreachable at the next sync, past the guard window: Threadline keeps the change.
     monkeypatch.setattr(store, "LOCAL_CHANGE_GUARD_SECONDS", 0)
     assert run_sync(app, account).ok

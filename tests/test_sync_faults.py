@@ -33,6 +33,7 @@ from models import (
 )
 from services.credentials import secret_box
 from tests.as_nobody import NOBODY, needs_root, run_cli_as_nobody
+from tests.queue_helpers import run_scheduled_passes
 from tests.servers.proxy import CuttingProxy
 from tests.sync_helpers import (
     command_log,
@@ -70,13 +71,13 @@ def test_auth_failure_stops_sync_until_new_password(app, dovecot, mail_user, acc
     assert "password" in account.last_error
     assert account.id not in jobs.due_account_ids()
     runs = db.session.scalar(select(func.count()).select_from(SyncRun))
-    jobs.sync_due_accounts(app)  # the scheduled tick skips it: no login attempt, no run
+    run_scheduled_passes(app)  # the scheduled tick skips it: no login attempt, no run
     assert db.session.scalar(select(func.count()).select_from(SyncRun)) == runs
 
     account.password_encrypted = secret_box(app).encrypt("changed-password-2")
     account.sync_state = SYNC_RUNNING
     db.session.commit()
-    jobs.sync_due_accounts(app)
+    run_scheduled_passes(app)
     db.session.expire_all()
     account = db.session.get(MailAccount, account.id)
     assert account.sync_state == SYNC_RUNNING and account.last_success_at is not None
@@ -430,28 +431,29 @@ def test_schedule_sync_jobs_adds_the_sync_and_garbage_collection_jobs(app):
     scheduler = BackgroundScheduler(timezone="UTC")
     jobs.schedule_sync_jobs(scheduler, app)
     by_id = {job.id: job for job in scheduler.get_jobs()}
-    assert set(by_id) == {jobs.SYNC_JOB_ID, jobs.GC_JOB_ID, jobs.BLOB_SWEEP_JOB_ID}
+    assert set(by_id) == {
+        jobs.SYNC_JOB_ID,
+        jobs.GC_JOB_ID,
+        jobs.BLOB_SWEEP_JOB_ID,
+        jobs.JOB_CLEANUP_JOB_ID,
+    }
     assert by_id[jobs.BLOB_SWEEP_JOB_ID].func is jobs.sweep_blobs
+    assert by_id[jobs.JOB_CLEANUP_JOB_ID].func is jobs.forget_finished_jobs
     sync, gc = by_id[jobs.SYNC_JOB_ID], by_id[jobs.GC_JOB_ID]
-    assert sync.func is jobs.sync_due_accounts and sync.trigger.interval.total_seconds() == 45
+    assert sync.func is jobs.queue_due_syncs and sync.trigger.interval.total_seconds() == 45
     assert gc.func is jobs.collect_garbage and gc.trigger.interval.total_seconds() == 240
     assert gc.args == (app,)
 
 
-def test_sync_now_queues_on_the_running_scheduler(app, account):
-    calls = []
+def test_sync_requests_coalesce_into_one_queued_pass(app, account):
+    from models import Job
+    from services.accounts import request_sync
 
-    class FakeScheduler:
-        def add_job(self, func, **kwargs):
-            calls.append((func, kwargs))
-
-    app.extensions["threadline_scheduler"] = FakeScheduler()
-    try:
-        jobs.sync_now(account.id, app=app)
-    finally:
-        del app.extensions["threadline_scheduler"]
-    ((func, kwargs),) = calls
-    assert func is jobs.run_scheduled_sync and kwargs["args"] == [app, account.id]
+    jobs.queue_due_syncs(app)  # the scheduled pass: INBOX and Sent
+    first = request_sync(account.id)  # "Sync now" widens it to every folder
+    assert request_sync(account.id) == first
+    (job,) = db.session.scalars(select(Job)).all()
+    assert job.kind == "account.sync" and job.payload == {"all_folders": True}
 
 
 def test_a_folder_deleted_on_the_server_shows_as_gone_and_comes_back_whole(
@@ -584,7 +586,7 @@ def test_a_full_or_read_only_disk_ends_the_pass_in_plain_words_and_it_resumes(
     monkeypatch.undo()  # space is back
     account.backoff_until = datetime.now(UTC) - timedelta(seconds=1)  # its backoff is over
     db.session.commit()
-    jobs.sync_due_accounts(app)  # the next scheduled pass just works
+    run_scheduled_passes(app)  # the next scheduled pass just works
     db.session.expire_all()
     account = db.session.get(MailAccount, account_id)
     assert account.last_error is None and account.last_success_at is not None

@@ -173,7 +173,7 @@ def create():
         return _step_one(form, exc.errors)
     except RateLimited as exc:
         return _step_one(form, {"__all__": exc.message}, 429, {"Retry-After": str(exc.retry_after)})
-    accounts.request_sync(current_app, account.id)
+    accounts.request_sync(account.id)
     return redirect(url_for("accounts.show", account_id=account.id), code=303)
 
 
@@ -191,7 +191,7 @@ def progress(account_id: int):
     account = access.account_for(current_user, account_id)
     return render_template(
         "accounts/partials/progress.html",
-        progress=accounts.backfill_progress([account]),
+        progress=accounts.account_progress(account),
         poll_url=url_for("accounts.progress", account_id=account.id),
     )
 
@@ -199,7 +199,7 @@ def progress(account_id: int):
 @bp.post("/<id:account_id>/sync")
 def sync(account_id: int):
     account = access.account_for(current_user, account_id)
-    accounts.request_sync(current_app, account.id)
+    accounts.request_sync(account.id)
     return redirect(url_for("accounts.show", account_id=account.id), code=303)
 
 
@@ -214,7 +214,7 @@ def pause(account_id: int):
 def resume(account_id: int):
     account = access.account_for(current_user, account_id)
     accounts.resume_account(current_user, account)
-    accounts.request_sync(current_app, account.id)
+    accounts.request_sync(account.id)
     return redirect(url_for("accounts.show", account_id=account.id), code=303)
 
 
@@ -238,7 +238,7 @@ def reauth(account_id: int):
         return render_invalid(
             "accounts/reauth.html", status, account=account, form=form, errors=errors
         )
-    accounts.request_sync(current_app, account.id)
+    accounts.request_sync(account.id)
     return redirect(url_for("accounts.show", account_id=account.id), code=303)
 
 

@@ -121,8 +121,16 @@ def _page(thread, is_owner: bool, *, status: int = 200, show_images_for=None, **
     )
     sidebar = conversations.load_sidebar(current_user, thread, is_owner=is_owner, **extra)
     # The Mail tab list the conversation was opened from (?folder=), where actions return.
+    saving = mailbox.writeback_status(current_user, thread_id=thread.id) if is_owner else None
     response = make_response(
-        render_template(PAGE, conversation=conversation, sidebar=sidebar, back=_back_query()),
+        render_template(
+            PAGE,
+            conversation=conversation,
+            sidebar=sidebar,
+            back=_back_query(),
+            saving=saving,
+            saving_url=url_for("mail.saving", thread=thread.id),
+        ),
         status,
     )
     if any(item.images_allowed for item in conversation.messages):
@@ -190,14 +198,12 @@ def link_search(thread_id: int):
 def mark_read(thread_id: int):
     """Mark the conversation read: its page posts this when the owner opens it.
 
-    A POST after the page has loaded, not a side effect of GET: the write-back to the mail
-    server never delays the page, and a link or prefetch cannot mark mail read.
+    A POST after the page has loaded, not a side effect of GET: a link or prefetch cannot
+    mark mail read. The write-back to the mail server is queued for the worker.
     """
     thread = thread_for_owner(current_user, thread_id)
-    outcome = mailbox.mark_read(current_user, [thread], read=True)
-    for warning in outcome.warnings:
-        log.warning("thread %s: %s", thread_id, warning)
-    return "", 204
+    mailbox.mark_read(current_user, [thread], read=True)
+    return "", 204, {"HX-Trigger": "mailbox-saving"}
 
 
 @bp.post("/threads/<id:thread_id>/sharing")
@@ -296,9 +302,8 @@ def allow_images(message_id: int):
 @bp.post("/messages/<id:message_id>/full")
 def fetch_full(message_id: int):
     message = message_for_owner(current_user, message_id)
-    problem = conversations.fetch_full_message(message)
-    if problem:
-        flash(problem, "error")
+    conversations.request_full_message(message)
+    flash("Downloading the full message from the mail server; it appears here shortly.", "ok")
     return redirect(
         url_for(".show", thread_id=message.thread_id, _anchor=f"message-{message.id}"), 303
     )

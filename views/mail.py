@@ -4,6 +4,7 @@ GET  /mail/                  index    page, or the list partial when htmx target
 GET  /mail/rows              rows     next page of rows (Load more / infinite scroll)
 GET  /mail/folders           folders  sidebar with unread counts (refreshed on mail-changed)
 GET  /mail/progress          progress sync progress bar for the header, polled while a sync runs
+GET  /mail/saving            saving   "Saving to mailbox…" / a failed write-back, polled (?thread=)
 POST /mail/threads/actions   act      read, unread, archive, delete, move (single and bulk)
 """
 
@@ -60,6 +61,25 @@ def progress():
     )
 
 
+@bp.get("/saving")
+def saving():
+    thread_id = parse_id(request.args.get("thread"))
+    status = mailbox.writeback_status(current_user, thread_id=thread_id)
+    response = make_response(
+        render_template(
+            "mail/partials/saving.html", saving=status, saving_url=saving_url(thread_id)
+        )
+    )
+    if not status.pending:
+        response.headers["HX-Trigger"] = "mail-changed"  # the mailbox has the change now
+    return response
+
+
+def saving_url(thread_id: int | None = None) -> str:
+    """Return the URL of the saving-state fragment (for one conversation, or the list)."""
+    return url_for("mail.saving", thread=thread_id)
+
+
 @bp.post("/threads/actions")
 def act():
     query = mailbox.parse_query(request.form)
@@ -96,5 +116,7 @@ def _render_list(query: mailbox.MailboxQuery):
         destinations=mailbox.move_destinations(current_user),
         folders=mailbox.list_folders(current_user, counts=False) if full_page else [],
         counts_pending=True,
+        saving=mailbox.writeback_status(current_user),
+        saving_url=saving_url(),
         notices_here=not full_page,  # a full page shows them once, in base.html's #flash
     )

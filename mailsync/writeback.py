@@ -1,0 +1,124 @@
+"""The worker's side of Mail tab write-backs: apply a queued change to the mailbox.
+
+services/mailbox.py changes the database at once and queues a job naming location ids; the
+handlers here read those locations when the job runs (so an earlier move of the same mail,
+queued first, is already reflected), talk to the server through mailsync.actions, and
+record the result. A MailActionError means the attempt failed; the queue retries it.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+from sqlalchemy import select, update
+
+from extensions import db
+from mailsync import actions
+from models import MailFolder, MessageLocation
+
+location_t = MessageLocation.__table__
+
+
+def write_seen(app: Flask, account_id: int, payload: dict) -> None:
+    """Write each location's wanted \\Seen (still pending) to the server."""
+    with app.app_context():
+        rows = db.session.execute(
+            select(location_t.c.id, MailFolder.name, location_t.c.uid, location_t.c.seen)
+            .join(MailFolder, MailFolder.id == location_t.c.folder_id)
+            .where(
+                location_t.c.id.in_(payload.get("location_ids", [])),
+                location_t.c.seen_pending.is_(True),
+                location_t.c.deleted.is_(False),
+                location_t.c.stale.is_(False),
+            )
+        ).all()
+        db.session.remove()
+    by_value: dict[bool, list[tuple[int, str, int]]] = {}
+    for location_id, folder, uid, seen in rows:
+        by_value.setdefault(bool(seen), []).append((location_id, folder, uid))
+    for seen, items in by_value.items():
+        actions.set_seen(app, account_id, [(folder, uid) for _id, folder, uid in items], seen)
+        with app.app_context():
+            # Only where the wanted value is still the one written: a newer opposite change
+            # stays pending for its own job.
+            db.session.execute(
+                update(location_t)
+                .where(
+                    location_t.c.id.in_([location_id for location_id, _f, _u in items]),
+                    location_t.c.seen.is_(seen),
+                )
+                .values(seen_pending=False)
+            )
+            db.session.commit()
+            db.session.remove()
+
+
+def move(app: Flask, account_id: int, payload: dict) -> None:
+    """Move the locations to the folder with payload's `role` or `destination_id`."""
+    with app.app_context():
+        if payload.get("destination_id") is not None:
+            destination = db.session.get(MailFolder, payload["destination_id"])
+        else:
+            destination = db.session.scalar(
+                select(MailFolder)
+                .where(MailFolder.account_id == account_id, MailFolder.role == payload.get("role"))
+                .order_by(MailFolder.id.desc())
+                .limit(1)
+            )
+        if destination is None or destination.account_id != account_id:
+            raise actions.MailActionError(
+                f"the account has no {payload.get('role') or 'destination'} folder"
+            )
+        destination_id, destination_name = destination.id, destination.name
+        refs = [
+            (folder, uid)
+            for folder, uid in db.session.execute(
+                select(MailFolder.name, location_t.c.uid)
+                .join(MailFolder, MailFolder.id == location_t.c.folder_id)
+                .where(
+                    location_t.c.id.in_(payload.get("location_ids", [])),
+                    location_t.c.deleted.is_(False),
+                )
+            )
+        ]
+        db.session.remove()
+    moved = actions.move_locations(app, account_id, refs, destination_name=destination_name)
+    with app.app_context():
+        record_moves(account_id, moved, destination_id)
+        db.session.commit()
+        db.session.remove()
+
+
+def record_moves(
+    account_id: int, moved: dict[tuple[str, int], int | None], destination_id: int | None
+) -> None:
+    """Point moved locations at their new folder and UID; without a UID, drop the old row.
+
+    The message keeps its identity either way; the next sync adds any missing location.
+    """
+    folders = {
+        name: folder_id
+        for folder_id, name in db.session.execute(
+            select(MailFolder.id, MailFolder.name).where(MailFolder.account_id == account_id)
+        )
+    }
+    for (folder_name, uid), new_uid in moved.items():
+        location = db.session.scalar(
+            select(MessageLocation).where(
+                MessageLocation.folder_id == folders.get(folder_name), MessageLocation.uid == uid
+            )
+        )
+        if location is None:
+            continue
+        taken = (
+            destination_id is None
+            or new_uid is None
+            or db.session.scalar(
+                select(MessageLocation.id).where(
+                    MessageLocation.folder_id == destination_id, MessageLocation.uid == new_uid
+                )
+            )
+        )
+        if taken:
+            db.session.delete(location)
+        else:
+            location.folder_id, location.uid = destination_id, new_uid

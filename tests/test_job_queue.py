@@ -1,0 +1,186 @@
+"""The durable job queue (services/job_queue.py): claims, leases, backoff, order, coalescing."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from extensions import db
+from models import JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING, Job
+from services import job_queue
+
+
+def merge_last(old: dict, new: dict) -> dict:
+    return new
+
+
+def job(job_id: int) -> Job:
+    db.session.expire_all()
+    return db.session.get(Job, job_id)
+
+
+def expire_lease(job_id: int) -> None:
+    db.session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    )
+    db.session.commit()
+
+
+def make_runnable(job_id: int) -> None:
+    db.session.execute(update(Job).where(Job.id == job_id).values(run_after=datetime.now(UTC)))
+    db.session.commit()
+
+
+def test_a_claimed_job_is_leased_to_one_owner_and_completed(app):
+    job_id = job_queue.enqueue("test.kind", {"n": 1})
+    assert job(job_id).state == JOB_QUEUED
+    claimed = job_queue.claim("worker-a", lease_seconds=30)
+    assert claimed.id == job_id and claimed.payload == {"n": 1} and claimed.attempts == 1
+    row = job(job_id)
+    assert row.state == JOB_RUNNING and row.lease_owner == "worker-a"
+    assert row.lease_expires_at > datetime.now(UTC) + timedelta(seconds=25)
+    assert job_queue.claim("worker-b") is None  # held: nobody else gets it
+    assert not job_queue.complete(job_id, "worker-b")  # only the owner finishes it
+    assert job_queue.complete(job_id, "worker-a")
+    row = job(job_id)
+    assert row.state == JOB_DONE and row.finished_at is not None and row.lease_owner is None
+    assert job_queue.claim("worker-b") is None
+
+
+def test_an_expired_lease_is_claimed_again_and_the_old_owner_cannot_finish(app):
+    job_id = job_queue.enqueue("test.kind")
+    job_queue.claim("crashed", lease_seconds=30)
+    assert job_queue.claim("other") is None
+    expire_lease(job_id)  # the crashed worker stopped renewing it
+    again = job_queue.claim("other", lease_seconds=30)
+    assert again.id == job_id and again.attempts == 2
+    # The first worker's late answer changes nothing: the job is the new owner's now.
+    assert not job_queue.complete(job_id, "crashed")
+    assert job_queue.fail(job_id, "crashed", "late") is None
+    assert not job_queue.renew(job_id, "crashed")
+    assert job_queue.renew(job_id, "other")
+    assert job_queue.complete(job_id, "other")
+    assert job(job_id).state == JOB_DONE
+
+
+def test_failures_back_off_exponentially_then_fail_for_good(app):
+    job_id = job_queue.enqueue("test.kind", max_attempts=3)
+    waits = []
+    for attempt in (1, 2):
+        claimed = job_queue.claim("w")
+        assert claimed.attempts == attempt
+        before = datetime.now(UTC)
+        assert job_queue.fail(job_id, "w", f"boom {attempt}", backoff_base=10) == JOB_QUEUED
+        row = job(job_id)
+        assert row.last_error == f"boom {attempt}" and row.lease_owner is None
+        waits.append((row.run_after - before).total_seconds())
+        assert job_queue.claim("w") is None  # backing off
+        make_runnable(job_id)
+    assert waits[0] == pytest.approx(10, abs=1) and waits[1] == pytest.approx(20, abs=1)
+    job_queue.claim("w")
+    assert job_queue.fail(job_id, "w", "still broken") == JOB_FAILED
+    row = job(job_id)
+    assert row.state == JOB_FAILED and row.attempts == 3 and row.last_error == "still broken"
+    assert job_queue.claim("w") is None
+
+
+def test_backoff_is_capped():
+    assert job_queue.backoff_seconds(1, 10) == 10
+    assert job_queue.backoff_seconds(4, 10) == 80
+    assert job_queue.backoff_seconds(40, 10) == job_queue.BACKOFF_CAP_SECONDS
+
+
+def test_jobs_of_one_key_run_one_at_a_time_in_order(app):
+    first = job_queue.enqueue("a", key="mailbox:1")
+    second = job_queue.enqueue("b", key="mailbox:1")
+    other = job_queue.enqueue("a", key="mailbox:2")
+    assert job_queue.claim("w1").id == first
+    # The second job of key 1 waits for the first; another key's job does not.
+    assert job_queue.claim("w2").id == other
+    assert job_queue.claim("w3") is None
+    job_queue.fail(first, "w1", "retry me", backoff_base=60)
+    assert job_queue.claim("w3") is None  # still first in line, backing off
+    make_runnable(first)
+    assert job_queue.claim("w3").id == first
+    job_queue.complete(first, "w3")
+    assert job_queue.claim("w3").id == second
+
+
+def test_a_finally_failed_job_no_longer_holds_its_key_back(app):
+    first = job_queue.enqueue("a", key="k", max_attempts=1)
+    second = job_queue.enqueue("a", key="k")
+    job_queue.claim("w")
+    assert job_queue.fail(first, "w", "gone") == JOB_FAILED
+    assert job_queue.claim("w").id == second
+
+
+def test_queued_jobs_of_a_key_coalesce_but_a_running_one_is_never_changed(app):
+    def merge(old, new):
+        return {"values": old["values"] + new["values"]}
+
+    first = job_queue.enqueue("seen", {"values": ["read"]}, key="k", merge=merge)
+    assert job_queue.enqueue("seen", {"values": ["unread"]}, key="k", merge=merge) == first
+    assert job_queue.enqueue("seen", {"values": ["read"]}, key="k", merge=merge) == first
+    assert job(first).payload == {"values": ["read", "unread", "read"]}
+    # Another kind in between keeps its place in line: a later "seen" is a new job.
+    move = job_queue.enqueue("move", {}, key="k")
+    after = job_queue.enqueue("seen", {"values": ["unread"]}, key="k", merge=merge)
+    assert after not in (first, move)
+    assert job_queue.claim("w").id == first
+    # Running: a new request is a new job, queued behind it.
+    assert job_queue.enqueue("seen", {"values": ["x"]}, key="k", merge=merge) == after
+    running = job_queue.enqueue("solo", {"n": 1}, key="r", merge=merge_last)
+    job_queue.claim("w", kinds=["solo"])
+    newer = job_queue.enqueue("solo", {"n": 2}, key="r", merge=merge_last)
+    assert newer != running and job(running).payload == {"n": 1}
+    assert db.session.scalar(select(db.func.count()).select_from(Job)) == 5
+
+
+def test_postponing_gives_the_job_back_without_counting_the_attempt(app):
+    job_id = job_queue.enqueue("a")
+    job_queue.claim("w")
+    assert job_queue.postpone(job_id, "w", seconds=60)
+    row = job(job_id)
+    assert row.state == JOB_QUEUED and row.attempts == 0 and row.lease_owner is None
+    assert job_queue.claim("w") is None
+
+
+def test_finished_jobs_are_forgotten_after_a_while(app):
+    done = job_queue.enqueue("a")
+    waiting = job_queue.enqueue("a")
+    job_queue.claim("w")
+    job_queue.complete(done, "w")
+    assert job_queue.delete_finished(before=datetime.now(UTC) - timedelta(hours=1)) == 0
+    assert job_queue.delete_finished(before=datetime.now(UTC) + timedelta(seconds=1)) == 1
+    assert job(done) is None and job(waiting).state == JOB_QUEUED
+
+
+def test_two_claimers_in_two_threads_never_get_the_same_job(app):
+    """Many jobs, two threads claiming as fast as they can, each with its own session."""
+    ids = {job_queue.enqueue("race", {"n": n}) for n in range(60)}
+    claimed: dict[str, list[int]] = {"a": [], "b": []}
+    start = threading.Barrier(2)
+
+    def claimer(name: str) -> None:
+        with app.app_context():
+            start.wait()
+            while (got := job_queue.claim(name, lease_seconds=60)) is not None:
+                claimed[name].append(got.id)
+            db.session.remove()
+
+    threads = [threading.Thread(target=claimer, args=(name,)) for name in claimed]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    both = claimed["a"] + claimed["b"]
+    assert sorted(both) == sorted(ids)  # every job once: none twice, none lost
+    assert claimed["a"] and claimed["b"], claimed  # both really competed
+    owners = dict(db.session.execute(select(Job.id, Job.lease_owner)).all())
+    assert all(owners[job_id] == "a" for job_id in claimed["a"])
+    assert all(owners[job_id] == "b" for job_id in claimed["b"])

@@ -1,0 +1,287 @@
+"""The one worker process: the sync schedule plus the loop that runs queued jobs.
+
+`flask --app app worker` runs it in the foreground; `flask serve` starts one as a child and
+restarts it if it dies (Supervisor). Its APScheduler queues scheduled sync passes and runs
+the short maintenance jobs (jobs.py); the job loop, in the main thread, claims one job at a
+time from the database queue (services/job_queue.py) and runs it: sync passes ("Sync now"
+and scheduled), and the Mail tab's IMAP write-backs (mailsync/writeback.py). A lease,
+renewed while the job runs, lets another worker take the job again only once this one is
+gone. SIGTERM ends the running job where it is (it is queued again) and stops the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from flask import Flask
+
+import jobs
+from extensions import db
+from mailsync import actions, writeback
+from services import accounts, conversations, job_queue, mailbox
+
+log = logging.getLogger("threadline.worker")
+
+# A sync job whose account another pass is syncing waits this long before trying again.
+BUSY_RETRY_SECONDS = 15
+
+
+def _run_sync(app: Flask, account_id: int, payload: dict) -> bool:
+    result = jobs.run_account_sync(
+        app, account_id, all_folders=bool(payload.get("all_folders", True))
+    )
+    # A pass's own errors are recorded on the account (its state and backoff), not retried
+    # here; None means another pass holds the account, so this one waits its turn.
+    return result is not None
+
+
+def _run_seen(app: Flask, account_id: int, payload: dict) -> bool:
+    writeback.write_seen(app, account_id, payload)
+    return True
+
+
+def _run_move(app: Flask, account_id: int, payload: dict) -> bool:
+    writeback.move(app, account_id, payload)
+    return True
+
+
+def _run_fetch_body(app: Flask, account_id: int, payload: dict) -> bool:
+    actions.fetch_full_message(app, int(payload["message_id"]))
+    return True
+
+
+# kind -> handler(app, account_id, payload); True when done, False to run again later.
+HANDLERS: dict[str, Callable[[Flask, int, dict], bool]] = {
+    accounts.SYNC_JOB: _run_sync,
+    mailbox.WRITEBACK_SEEN: _run_seen,
+    mailbox.WRITEBACK_MOVE: _run_move,
+    conversations.FETCH_BODY_JOB: _run_fetch_body,
+}
+
+
+class Stopping(BaseException):
+    """Raised in the job loop by SIGTERM: ends the running job where it is.
+
+    A BaseException, so the handlers' "any error" clauses let it through (like
+    jobs.SyncInterrupted, which run_account_sync understands: it marks the run interrupted
+    and releases the account's lease).
+    """
+
+
+class LeaseRenewal:
+    """A thread that renews a running job's lease every third of the lease."""
+
+    def __init__(self, app: Flask, job: job_queue.ClaimedJob, seconds: float) -> None:
+        self.app, self.job, self.seconds = app, job, seconds
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._renew, name=f"job-{job.id}", daemon=True)
+
+    def __enter__(self) -> LeaseRenewal:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+    def _renew(self) -> None:
+        while not self.stopped.wait(self.seconds / 3):
+            try:
+                with self.app.app_context():
+                    job_queue.renew(self.job.id, self.job.owner, lease_seconds=self.seconds)
+                    db.session.remove()
+            except Exception:
+                # A busy database: the next renewal, a third of a lease later, tries again.
+                log.exception("job %s: renewing the lease failed", self.job.id)
+
+
+def run_one_job(app: Flask, owner: str) -> bool:
+    """Claim and run one job; return False when none was waiting."""
+    lease = float(app.config.get("JOB_LEASE_SECONDS", job_queue.DEFAULT_LEASE_SECONDS))
+    with app.app_context():
+        job = job_queue.claim(owner, lease_seconds=lease)
+        db.session.remove()
+    if job is None:
+        return False
+    handler = HANDLERS.get(job.kind)
+    error = None
+    done = False
+    try:
+        with LeaseRenewal(app, job, lease):
+            if handler is None:
+                error = f"unknown job kind {job.kind!r}"
+            else:
+                done = handler(app, job.account_id, job.payload)
+    except actions.MailActionError as exc:
+        error = exc.message
+    except (Stopping, jobs.SyncInterrupted, KeyboardInterrupt):
+        _settle(app, lambda: job_queue.postpone(job.id, owner, seconds=0))
+        raise
+    except Exception as exc:
+        log.exception("job %s (%s) failed", job.id, job.kind)
+        error = f"internal error: {exc}"[:500]
+    backoff = float(app.config.get("JOB_BACKOFF_SECONDS", job_queue.DEFAULT_BACKOFF_SECONDS))
+    if error is not None:
+        log.warning("job %s (%s) attempt %s failed: %s", job.id, job.kind, job.attempts, error)
+        _settle(app, lambda: job_queue.fail(job.id, owner, error, backoff_base=backoff))
+    elif done:
+        _settle(app, lambda: job_queue.complete(job.id, owner))
+    else:
+        _settle(app, lambda: job_queue.postpone(job.id, owner, seconds=BUSY_RETRY_SECONDS))
+    return True
+
+
+def _settle(app: Flask, write) -> None:
+    with app.app_context():
+        try:
+            write()
+        finally:
+            db.session.remove()
+
+
+def start_scheduler(app: Flask):
+    """Start the worker's APScheduler with the sync schedule and maintenance jobs."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    scheduler = BackgroundScheduler(
+        job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 60},
+        timezone="UTC",
+    )
+    jobs.schedule_sync_jobs(scheduler, app)
+    scheduler.start()
+    log.info("scheduler started")
+    return scheduler
+
+
+def run_worker(app: Flask, *, stopped: threading.Event | None = None) -> None:
+    """Run the schedule and the job loop until SIGTERM, Ctrl-C or `stopped` is set.
+
+    Call from the main thread (it installs the SIGTERM handler).
+    """
+    stopped = stopped or threading.Event()
+    owner = f"{jobs.worker_name()}:{uuid.uuid4().hex[:8]}"
+    in_job = threading.Event()
+
+    def on_sigterm(_signum, _frame) -> None:
+        stopped.set()
+        if in_job.is_set():
+            raise Stopping()
+
+    _follow_parent_out()
+    nice = int(app.config.get("WORKER_NICE", 0))
+    if nice:
+        os.nice(nice)  # sync passes are CPU-bound; pages in other processes come first
+    signal.signal(signal.SIGTERM, on_sigterm)
+    poll = float(app.config.get("JOB_POLL_SECONDS", 1.0))
+    scheduler = start_scheduler(app)
+    try:
+        while not stopped.is_set():
+            in_job.set()
+            try:
+                ran = run_one_job(app, owner)
+            finally:
+                in_job.clear()
+            if not ran:
+                stopped.wait(poll)
+    except (Stopping, KeyboardInterrupt):
+        pass
+    finally:
+        scheduler.shutdown(wait=False)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+# --------------------------------------------------------------------------- supervision
+
+# Set by Supervisor for its child: the server's pid, which the worker follows out.
+PARENT_ENV = "THREADLINE_WORKER_PARENT_PID"
+
+
+def _follow_parent_out() -> None:
+    """Stop this worker (SIGTERM to itself) once the server that started it is gone.
+
+    A server killed without clean-up (SIGKILL) cannot stop its worker, and a second server
+    started later would then run a second worker beside the orphan.
+    """
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not parent.isdigit():
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(0.5)
+        log.warning("the server that started this worker is gone; stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+class Supervisor:
+    """Keep one `flask worker` child running beside the web server (`flask serve`).
+
+    The child runs the same code with the same environment; if it dies it is started again
+    (after RESTART_DELAY_SECONDS, so a worker that cannot start does not spin). stop() sends
+    SIGTERM, then SIGKILL after STOP_TIMEOUT_SECONDS.
+    """
+
+    RESTART_DELAY_SECONDS = 1.0
+    STOP_TIMEOUT_SECONDS = 10.0
+
+    def __init__(self, command: list[str] | None = None) -> None:
+        self.command = command or [sys.executable, "-m", "flask", "--app", "app", "worker"]
+        self.process: subprocess.Popen | None = None
+        self.stopped = threading.Event()
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
+
+    def start(self) -> None:
+        """Start the worker and the thread that restarts it."""
+        self._spawn()
+        self.thread.start()
+
+    def _spawn(self) -> None:
+        with self.lock:
+            if self.stopped.is_set():
+                return
+            # Its own process group: Ctrl-C in a terminal reaches the server, which then
+            # stops the worker itself (SIGTERM), so a running job is put back in order.
+            env = {**os.environ, PARENT_ENV: str(os.getpid())}
+            self.process = subprocess.Popen(
+                self.command, env=env, cwd=Path(__file__).resolve().parent, process_group=0
+            )
+            log.info("worker started (pid %s)", self.process.pid)
+
+    def _watch(self) -> None:
+        while not self.stopped.is_set():
+            process = self.process
+            if process is not None and process.poll() is not None:
+                if self.stopped.is_set():
+                    return
+                log.warning(
+                    "worker %s exited (%s); starting it again", process.pid, process.returncode
+                )
+                time.sleep(self.RESTART_DELAY_SECONDS)
+                self._spawn()
+            self.stopped.wait(0.2)
+
+    def stop(self) -> None:
+        """Stop the worker: SIGTERM, then SIGKILL if it has not ended in time."""
+        with self.lock:
+            self.stopped.set()
+            process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=self.STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
