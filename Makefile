@@ -23,10 +23,12 @@ $(VENV)/.dev: requirements-dev.txt requirements.txt $(VENV)/.runtime
 venv: $(VENV)/.runtime
 dev-venv: $(VENV)/.dev
 
-# Debian packages the tests drive for real: Dovecot (IMAP) and Chromium (browser tests).
+# Debian packages the tests drive for real: Dovecot (IMAP), Chromium (browser tests) and
+# PostgreSQL (the second database; tests start their own server, none is set up by hand).
 system-test-deps:
 	@command -v dovecot >/dev/null && command -v doveadm >/dev/null && command -v chromium >/dev/null \
-	  || ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dovecot-imapd chromium)
+	  && (command -v pg_ctl || ls /usr/lib/postgresql/*/bin/pg_ctl) >/dev/null 2>&1 \
+	  || ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dovecot-imapd chromium postgresql)
 
 run: venv
 	$(PY) -m flask init-db

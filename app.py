@@ -175,8 +175,7 @@ def create_app(test_config: dict | None = None) -> Flask:
             db.create_all()
             with db.engine.begin() as connection:
                 models.upgrade_schema(connection)
-                if db.engine.dialect.name == "sqlite":
-                    ensure_search_index(connection)
+                ensure_search_index(connection)
     keep_thread_index_current(Session)
 
     _register_blueprints(app)

@@ -31,6 +31,7 @@ from sqlalchemy import (
     update,
 )
 
+from dialect import likely
 from extensions import db
 from models import (
     Deal,
@@ -457,12 +458,14 @@ def _few_locations(in_folder: ColumnElement[bool], limit: int) -> bool:
 
 
 def _matches_search(raw_query: str, account_id: int) -> ColumnElement[bool]:
-    expression = match_expression(raw_query)
+    connection = db.session.connection()
+    expression = match_expression(connection, raw_query)
     if expression is None:
         return Thread.id.is_(None)  # nothing searchable: no results, not everything
     params = {"match": expression, **account_rows(account_id)}
-    matching = text(matching_threads_sql()).bindparams(**params).columns(thread_id=Integer)
-    if _more_matches_than(params, FEW_MATCHES):
+    sql = matching_threads_sql(connection)
+    matching = text(sql).bindparams(**params).columns(thread_id=Integer)
+    if _more_matches_than(sql, params, FEW_MATCHES):
         # A common term: walk threads newest first (index order) and stop at the page,
         # probing each in the set of matching ids, which SQLite builds once. "+ 0" keeps
         # SQLite from driving the walk by the set (and sorting every match).
@@ -471,10 +474,10 @@ def _matches_search(raw_query: str, account_id: int) -> ColumnElement[bool]:
     return Thread.id.in_(matching)
 
 
-def _more_matches_than(params: Mapping[str, object], limit: int) -> bool:
+def _more_matches_than(sql: str, params: Mapping[str, object], limit: int) -> bool:
     """Tell whether more than `limit` conversations match (reads at most limit + 1 rows)."""
     count = db.session.scalar(
-        text(f"SELECT count(*) FROM ({matching_threads_sql()} LIMIT :limit)").bindparams(
+        text(f"SELECT count(*) FROM ({sql} LIMIT :limit) AS found").bindparams(
             **params, limit=limit + 1
         )
     )
@@ -483,7 +486,7 @@ def _more_matches_than(params: Mapping[str, object], limit: int) -> bool:
 
 def _live_message() -> ColumnElement[bool]:
     # likely(): almost every message is live, so these columns' indexes are never worth it.
-    return and_(func.likely(Message.deleted_at.is_(None)), func.likely(Message.blocked.is_(False)))
+    return and_(likely(Message.deleted_at.is_(None)), likely(Message.blocked.is_(False)))
 
 
 def _not(flag) -> ColumnElement[bool]:
@@ -492,7 +495,7 @@ def _not(flag) -> ColumnElement[bool]:
     Without ANALYZE statistics SQLite prefers an index on a boolean (ix_thread_blocked)
     over the (last_date) index that serves ORDER BY ... LIMIT, and sorts every thread.
     """
-    return func.likely(flag.is_(False))
+    return likely(flag.is_(False))
 
 
 def _has_unread() -> ColumnElement[bool]:

@@ -37,6 +37,20 @@ pytest_plugins = ["tests.servers.fixtures"]
 
 PASSWORD = "correct horse battery"
 _counter = itertools.count(1)
+# THREADLINE_TEST_DATABASE=postgresql runs the tests on a fresh database of a throwaway
+# PostgreSQL (tests/servers/postgres.py) instead of SQLite; `make test` runs both.
+TEST_DATABASE = os.environ.get("THREADLINE_TEST_DATABASE", "sqlite")
+ON_POSTGRESQL = TEST_DATABASE == "postgresql"
+
+
+def pytest_collection_modifyitems(config, items):
+    if not ON_POSTGRESQL:
+        return
+    for item in items:
+        marker = item.get_closest_marker("sqlite_only")
+        if marker is not None:
+            reason = marker.args[0] if marker.args else "SQLite only"
+            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
 
 
 class CSRFClient(FlaskClient):
@@ -65,12 +79,24 @@ class CSRFClient(FlaskClient):
 
 
 @pytest.fixture
-def app(tmp_path):
+def database_uri(request, tmp_path):
+    """The app's database: a file in tmp_path, or a fresh PostgreSQL database (see above)."""
+    if not ON_POSTGRESQL:
+        yield f"sqlite:///{tmp_path / 'threadline.db'}"
+        return
+    server, template = request.getfixturevalue("postgres_template")
+    name = server.create_database(template=template)
+    yield server.url(name)
+    server.drop_database(name)
+
+
+@pytest.fixture
+def app(tmp_path, database_uri):
     app = create_app(
         {
             "TESTING": True,
             "INSTANCE_PATH": str(tmp_path / "instance"),
-            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'threadline.db'}",
+            "SQLALCHEMY_DATABASE_URI": database_uri,
             "SECRET_KEY": "test-secret",
             "SCHEDULER_ENABLED": False,
             "SYNC_PROCESS": False,  # "Sync now" runs in a thread; tests/test_jobs.py covers it
