@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import Connection, Table
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import Text
 
 SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
@@ -54,3 +55,25 @@ def _likely_bare(element, compiler, **kw):
 @compiles(likely, SQLITE)
 def _likely_sqlite(element, compiler, **kw):
     return f"likely({compiler.process(element.clauses, **kw)})"
+
+
+class json_text(FunctionElement):  # noqa: N801
+    """A JSON column's stored text, to decode in Python only when needed.
+
+    SQLite stores JSON as text already; psycopg would decode PostgreSQL's json type itself
+    unless it is cast to text in the query.
+    """
+
+    type = Text()
+    inherit_cache = True
+    name = "json_text"
+
+
+@compiles(json_text)
+def _json_text_cast(element, compiler, **kw):
+    return f"CAST({compiler.process(element.clauses, **kw)} AS TEXT)"
+
+
+@compiles(json_text, SQLITE)
+def _json_text_sqlite(element, compiler, **kw):
+    return compiler.process(element.clauses, **kw)

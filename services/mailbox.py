@@ -17,7 +17,6 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     Select,
-    Text,
     and_,
     exists,
     func,
@@ -26,12 +25,11 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
-    type_coerce,
     union_all,
     update,
 )
 
-from dialect import likely
+from dialect import json_text, likely
 from extensions import db
 from models import (
     Deal,
@@ -576,7 +574,7 @@ def _fill_from_messages(user: User, rows: dict[int, ThreadRow]) -> None:
             Message.from_address,
             # Raw JSON text, decoded only for the user's own messages (the only ones whose
             # recipients are shown): decoding every row's list was the list's largest cost.
-            type_coerce(Message.to, Text),
+            json_text(Message.to),
             Message.is_read,
             Message.has_attachments,
             Message.snippet,
