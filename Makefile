@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export FLASK_APP := app
 
-.PHONY: run test bench bench-web lint venv dev-venv system-test-deps
+.PHONY: run test test-postgres bench bench-web lint venv dev-venv system-test-deps
 
 $(VENV)/.runtime: requirements.txt
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c "import ensurepip" 2>/dev/null \
@@ -34,8 +34,14 @@ run: venv
 	$(PY) -m flask init-db
 	$(PY) -m flask serve
 
+# The whole suite on SQLite, then the tests that use the app's database again on a
+# throwaway PostgreSQL the tests start themselves (tests/servers/postgres.py).
 test: dev-venv system-test-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	THREADLINE_TEST_DATABASE=postgresql $(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-postgres: dev-venv system-test-deps
+	THREADLINE_TEST_DATABASE=postgresql $(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: dev-venv system-test-deps
 	$(PY) bench/sync_bench.py

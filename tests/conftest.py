@@ -44,13 +44,24 @@ ON_POSTGRESQL = TEST_DATABASE == "postgresql"
 
 
 def pytest_collection_modifyitems(config, items):
+    """On PostgreSQL, run only the tests that use the app's database, browser tests aside
+    (they run on SQLite; what they drive is the same code), and skip SQLite-only ones."""
     if not ON_POSTGRESQL:
         return
+    kept, deselected = [], []
     for item in items:
+        uses_database = "database_uri" in getattr(item, "fixturenames", ())
+        if uses_database and item.get_closest_marker("browser") is None:
+            kept.append(item)
+        else:
+            deselected.append(item)
         marker = item.get_closest_marker("sqlite_only")
         if marker is not None:
             reason = marker.args[0] if marker.args else "SQLite only"
             item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
 
 
 class CSRFClient(FlaskClient):

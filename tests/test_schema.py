@@ -1,9 +1,12 @@
 """Start-up brings an existing database up to date: columns and indexes (models.upgrade_schema)."""
 
+import pytest
 from sqlalchemy import text
 
 from app import create_app
 from extensions import db
+
+pytestmark = pytest.mark.sqlite_only("the SQLite schema upgrade")
 
 
 def _config(tmp_path) -> dict:
