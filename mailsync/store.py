@@ -860,7 +860,8 @@ class _Threader:
                     thread_t.c.account_id == ctx.account_id,
                     thread_t.c.normalized_subject.in_(chunk),
                 )
-                .order_by(thread_t.c.last_date)
+                # Undated first, as SQLite sorts NULL anyway (PostgreSQL: last).
+                .order_by(thread_t.c.last_date.asc().nulls_first(), thread_t.c.id)
             )
             for normalized, thread_id, last_date, subject in rows:
                 self.by_subject[normalized] = (thread_id, _aware(last_date), subject)  # latest wins

@@ -315,7 +315,7 @@ def list_threads(user: User, query: MailboxQuery, *, now: datetime | None = None
     for account_id in _account_ids(user):
         base = threads_select(user, query, account_id)
         stmt = base if cursor is None else base.where(_after(cursor))
-        stmt = stmt.order_by(Thread.last_date.desc(), Thread.id.desc()).limit(PAGE_SIZE + 1)
+        stmt = stmt.order_by(*NEWEST_FIRST).limit(PAGE_SIZE + 1)
         found = list(db.session.scalars(stmt))
         if cursor is not None and cursor[0] is not None and len(found) <= PAGE_SIZE:
             # Undated threads sort last: once the dated ones run out, continue with them.
@@ -365,12 +365,15 @@ def neighbour(user: User, query: MailboxQuery, thread: Thread, step: str) -> int
     return min(above, key=_page_order).id if above else None
 
 
+# The list order. NULLS LAST / FIRST as SQLite sorts NULL (smallest) anyway, which SQLite then
+# ignores (the index still serves it); PostgreSQL sorts NULL as the largest value.
+NEWEST_FIRST = (Thread.last_date.desc().nulls_last(), Thread.id.desc())
+OLDEST_FIRST = (Thread.last_date.asc().nulls_first(), Thread.id.asc())
+
+
 def _first(stmt: Select[tuple[Thread]], *, descending: bool) -> Thread | None:
     """Return the first thread of `stmt` in list order (descending) or against it."""
-    if descending:
-        order = (Thread.last_date.desc(), Thread.id.desc())
-    else:
-        order = (Thread.last_date.asc(), Thread.id.asc())
+    order = NEWEST_FIRST if descending else OLDEST_FIRST
     return db.session.scalars(stmt.order_by(*order).limit(1)).first()
 
 

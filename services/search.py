@@ -236,7 +236,7 @@ _LIVE_TEXT = text(
     SELECT m.account_id, m.thread_id, s.subject, s.participants, s.body
     FROM message m JOIN message_text s ON s.message_id = m.id
     WHERE m.thread_id IN :ids AND m.deleted_at IS NULL AND NOT m.blocked
-    ORDER BY m.thread_id, coalesce(m.date, m.internaldate) DESC, m.id DESC
+    ORDER BY m.thread_id, coalesce(m.date, m.internaldate) DESC NULLS LAST, m.id DESC
     """
 ).bindparams(bindparam("ids", expanding=True))
 
