@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -97,7 +98,12 @@ def database_uri(request, tmp_path):
         return
     server, template = request.getfixturevalue("postgres_template")
     name = server.create_database(template=template)
+    before = set(threading.enumerate())
     yield server.url(name)
+    # A "Sync now" thread may outlive its test: on SQLite it writes to a file nobody reads
+    # again, but dropping its database under it would fail it (a thread exception).
+    for thread in set(threading.enumerate()) - before:
+        thread.join(timeout=60)
     server.drop_database(name)
 
 
