@@ -30,7 +30,7 @@ from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import config
-from extensions import csrf, db, htmx, login_manager
+from extensions import csrf, db, htmx, login_manager, migrate
 
 # Endpoints anyone may reach without signing in; every other endpoint requires a user.
 PUBLIC_ENDPOINTS = {
@@ -161,6 +161,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
 
     db.init_app(app)
+    migrate.init_app(app, db)
     csrf.init_app(app)
     htmx.init_app(app)
     login_manager.init_app(app)
@@ -168,14 +169,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     login_manager.login_view = "auth.login"
 
     import models  # noqa: F401  (register tables)
-    from services.search import ensure_search_index, keep_thread_index_current
+    from services.search import keep_thread_index_current
 
-    if not read_only:
-        with app.app_context():
-            db.create_all()
-            with db.engine.begin() as connection:
-                models.upgrade_schema(connection)
-                ensure_search_index(connection)
+    # No DDL here: `flask init-db` (run by `make run`) migrates the database (schema.py).
     keep_thread_index_current(Session)
 
     _register_blueprints(app)

@@ -15,6 +15,7 @@ from flask import Flask, current_app
 
 import config
 import models
+import schema
 from extensions import db
 from mailsync import reparse
 from models import User
@@ -41,10 +42,8 @@ def register(app: Flask) -> None:
 
 @click.command("init-db")
 def init_db() -> None:
-    """Create the database tables (idempotent)."""
-    db.create_all()
-    with db.engine.begin() as connection:
-        models.upgrade_schema(connection)
+    """Create or upgrade the database to this release's schema (idempotent)."""
+    schema.upgrade_database()
     reparsed = reparse.reparse_all(current_app)
     if reparsed:
         click.echo(f"{reparsed} stored messages parsed again by this release.")
@@ -94,6 +93,7 @@ def serve(host: str | None, port: int | None, threads: int) -> None:
 
     from app import keep_startup_objects_out_of_gc
 
+    _require_current_schema()
     logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
     app = current_app._get_current_object()
     if app.config.get("SCHEDULER_ENABLED"):
@@ -117,6 +117,7 @@ def sync_worker() -> None:
     """
     import jobs
 
+    _require_current_schema()
     logging.basicConfig(level=logging.INFO, format=config.LOG_FORMAT)
     app = current_app._get_current_object()
     stopped = threading.Event()
@@ -186,6 +187,14 @@ def add_account(user_email: str, **options) -> None:
     )
 
 
+def _require_current_schema() -> None:
+    """Refuse to start on a database this release has not migrated (schema.py)."""
+    try:
+        schema.require_current()
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _stop_foreground_sync(_signum, _frame) -> None:
     """End a `flask sync` pass on SIGTERM the way Ctrl-C does (lease released, run marked)."""
     import jobs
@@ -209,6 +218,7 @@ def sync(account_id: int | None, all_accounts: bool, budget: int) -> None:
 
     if account_id is None and not all_accounts:
         raise click.UsageError("Give --account ID or --all.")
+    _require_current_schema()
     failed = False
     if account_id is not None:
         if db.session.get(MailAccount, account_id) is None:

@@ -80,6 +80,23 @@ def _coerce(value: str):
     return value
 
 
+def parse_port_list(value: str) -> tuple[int, ...] | None:
+    """Return the ports of "993,143,1143" (or one number); "any" allows every port (None).
+
+    Raises ValueError naming the variable, so a typo stops start-up instead of being ignored.
+    """
+    value = value.strip().lower()
+    if value in ("any", "none", "*"):
+        return None
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() and 0 < int(part) < 65536 for part in parts):
+        raise ValueError(
+            f"THREADLINE_MAIL_ALLOWED_PORTS={value!r}: give port numbers separated by commas "
+            "(993,143,1143) or 'any'."
+        )
+    return tuple(int(part) for part in parts)
+
+
 def environment_overrides() -> dict:
     """Return THREADLINE_* environment variables as config keys (prefix stripped)."""
     overrides = {
@@ -88,6 +105,8 @@ def environment_overrides() -> dict:
         if key.startswith(ENV_PREFIX)
         and key not in ("THREADLINE_PASSWORD", "THREADLINE_MAIL_PASSWORD")
     }
+    if "MAIL_ALLOWED_PORTS" in overrides:
+        overrides["MAIL_ALLOWED_PORTS"] = parse_port_list(str(overrides["MAIL_ALLOWED_PORTS"]))
     if isinstance(overrides.get("TRUSTED_HOSTS"), str):
         # Flask wants a list; the environment gives "host1,host2" (".lan" matches subdomains).
         hosts = overrides["TRUSTED_HOSTS"].split(",")

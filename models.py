@@ -27,11 +27,9 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
-    inspect,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
-from sqlalchemy.schema import CreateColumn
 
 from extensions import db
 
@@ -751,38 +749,3 @@ class ImageAllowance(db.Model):
 
     def __repr__(self) -> str:
         return f"<ImageAllowance {self.user_id} {self.sender}>"
-
-
-# Indexes that better ones replaced; dropped from existing databases by upgrade_schema.
-OBSOLETE_INDEXES = (
-    "ix_message_account_read",
-    "ix_message_location_message_id",
-    "ix_message_location_folder_id",
-)
-
-
-def upgrade_schema(connection) -> None:
-    """Bring an existing database up to date (idempotent, runs at start-up after create_all).
-
-    create_all() only creates missing tables. A column added to an existing table is added
-    here (it must be nullable or have a server_default, so existing rows get a value); so
-    are new indexes, and indexes replaced by better ones are dropped.
-    """
-    existing = inspect(connection)
-    for table in db.metadata.sorted_tables:
-        present = {column["name"] for column in existing.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in present:
-                continue
-            if not column.nullable and column.server_default is None:
-                raise RuntimeError(
-                    f"{table.name}.{column.name} needs a server_default to be added to "
-                    "an existing database"
-                )
-            ddl = CreateColumn(column).compile(dialect=connection.dialect)
-            connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN {ddl}'))
-    for table in db.metadata.sorted_tables:
-        for index in table.indexes:
-            index.create(connection, checkfirst=True)
-    for name in OBSOLETE_INDEXES:
-        connection.execute(text(f"DROP INDEX IF EXISTS {name}"))

@@ -212,6 +212,7 @@ def main() -> None:
             f"client CPU {bare_cpu:.2f} s"
         )
 
+        import schema
         from app import create_app
         from extensions import db
         from mailsync import sync as sync_module
@@ -229,6 +230,7 @@ def main() -> None:
             }
         )
         with app.app_context():
+            schema.upgrade_database()  # what `flask init-db` does
             owner = users.create_user(
                 email="owner@team.test", name="Owner", password="owner password 1", is_admin=True
             )

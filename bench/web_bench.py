@@ -477,6 +477,7 @@ def main() -> None:
     parser.add_argument("--keep", help="seed into (or reuse the seeded instance in) this dir")
     args = parser.parse_args()
 
+    import schema
     from app import create_app, keep_startup_objects_out_of_gc
 
     workdir = Path(args.keep or tempfile.mkdtemp(prefix="threadline-webbench-"))
@@ -495,6 +496,8 @@ def main() -> None:
             "WTF_CSRF_ENABLED": False,
         }
     )
+    with app.app_context():
+        schema.upgrade_database()  # what `flask init-db` does (a reused database may be older)
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     began = time.perf_counter()
     if not reuse:

@@ -204,10 +204,16 @@ def _network_error(exc: BaseException, settings: ConnectionSettings) -> MailConn
             else None
         )
         detail = f" The server presented {subject}." if subject else ""
+        if settings.ca_cert_pem:
+            advice = (
+                "The CA certificate you uploaded did not sign this server's certificate: "
+                "upload the CA that issued it (ask whoever runs the server)."
+            )
+        else:
+            advice = "If this is your own server with a private CA, upload that CA certificate."
         return MailConnectionError(
             CERT_UNTRUSTED,
-            f"The certificate of {host} is not trusted ({exc.verify_message}).{detail} "
-            "If this is your own server with a private CA, upload that CA certificate.",
+            f"The certificate of {host} is not trusted ({exc.verify_message}).{detail} {advice}",
         )
     if isinstance(exc, ssl.SSLError):
         return MailConnectionError(
@@ -262,7 +268,10 @@ def connect(
     if allowed_ports is not None and settings.port not in allowed_ports:
         raise MailConnectionError(
             PORT_NOT_ALLOWED,
-            f"Port {settings.port} is not an IMAP port. Use 993 (SSL) or 143 (STARTTLS).",
+            f"Port {settings.port} is not an IMAP port. Use 993 (SSL) or 143 (STARTTLS). "
+            "If your server really listens there (a local bridge such as Proton Mail Bridge "
+            "or DavMail uses 1143), an administrator can allow it with the setting "
+            f"THREADLINE_MAIL_ALLOWED_PORTS (e.g. 993,143,{settings.port}).",
         )
     context = _ssl_context(settings.ca_cert_pem)
     timeout = settings.timeout

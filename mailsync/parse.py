@@ -12,6 +12,7 @@ import binascii
 import codecs
 import hashlib
 import html
+import itertools
 import re
 import time
 from collections.abc import Iterator
@@ -68,6 +69,10 @@ class ParsedMessage:
     cc: list[Address] = field(default_factory=list)
     bcc: list[Address] = field(default_factory=list)
     reply_to: list[Address] = field(default_factory=list)
+    # How many addresses To and Cc name: more than len(to)/len(cc) when a list was cut at
+    # MAX_ADDRESSES, so a 5,000-recipient mail can say "and 4,992 more".
+    to_total: int = 0
+    cc_total: int = 0
     date: datetime | None = None
     text_body: str = ""
     html_body: str | None = None
@@ -299,6 +304,11 @@ _USED_HEADERS = {
 }
 
 
+# A pseudo-header key (never a real header name: it has a space) holding the number of
+# addresses of a To/Cc value that was cut at MAX_HEADER_VALUE_BYTES, counted before the cut.
+_CUT_ADDRESSES = "cut addresses "
+
+
 def _parse_header_block(block: bytes, errors: list[str]) -> Headers:
     """Return lowercased header name -> raw (still folded) values, in order, for headers we use.
 
@@ -312,6 +322,10 @@ def _parse_header_block(block: bytes, errors: list[str]) -> Headers:
         value = match.group(2)
         if len(value) > MAX_HEADER_VALUE_BYTES:
             errors.append(f"{name} header longer than {MAX_HEADER_VALUE_BYTES} bytes, cut")
+            if name in ("to", "cc") and name not in headers:
+                # Remember how many addresses the whole value held, for "and N more".
+                total = _count_addresses(value.decode("latin-1"))
+                headers[_CUT_ADDRESSES + name] = [str(total).encode()]
             value = value[:MAX_HEADER_VALUE_BYTES]
         headers.setdefault(name, []).append(value)
     return headers
@@ -468,11 +482,15 @@ def _parse_addresses(value: str | None, label: str, errors: list[str]) -> list[A
         value = value[:MAX_ADDRESS_HEADER_CHARS]
         truncated = True
     if value.count(",") >= MAX_ADDRESSES:
-        cut = -1
-        for _ in range(MAX_ADDRESSES + 1):
-            cut = value.find(",", cut + 1)
-        value = value[:cut]
-        truncated = True
+        # Bound getaddresses()' work: cut at the first comma after the MAX_ADDRESSES-th
+        # address (not the MAX_ADDRESSES-th comma: quoted names such as "Doe, Jane" hold
+        # commas too, and cutting there kept fewer addresses than the cap).
+        masked = _mask_quoted(value)
+        kept = list(itertools.islice(_ADDR_TOKEN.finditer(masked), MAX_ADDRESSES))
+        cut = masked.find(",", kept[-1].end()) if kept else -1
+        if cut != -1:
+            value = value[:cut]
+            truncated = True
     try:
         pairs = getaddresses([value])
     except Exception:  # e.g. RecursionError on pathological input: salvage bare addresses
@@ -493,8 +511,30 @@ def _parse_addresses(value: str | None, label: str, errors: list[str]) -> list[A
         result = [("", addr) for addr in dict.fromkeys(bare) if addr not in known] + kept
     if truncated or len(result) > MAX_ADDRESSES:
         result = result[:MAX_ADDRESSES]
-        errors.append(f"{label}: too many recipients, kept the first {MAX_ADDRESSES}")
+        errors.append(f"{label}: too many recipients, kept the first {len(result)}")
     return result
+
+
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _mask_quoted(value: str) -> str:
+    """Blank out quoted strings, keeping positions ("Doe, Jane" or "a@b" are no separators)."""
+    return _QUOTED.sub(lambda match: " " * len(match.group()), value)
+
+
+def _address_total(headers: Headers, name: str, value: str | None, kept: list[Address]) -> int:
+    """Return how many addresses a header names, counting those cut by MAX_ADDRESSES."""
+    if len(kept) < MAX_ADDRESSES or not value:
+        return len(kept)
+    before_cut = headers.get(_CUT_ADDRESSES + name)
+    counted = int(before_cut[0]) if before_cut else _count_addresses(value)
+    return max(len(kept), counted)
+
+
+def _count_addresses(value: str) -> int:
+    """Count the addresses of an address list cheaply (quoted names are not addresses)."""
+    return len(_ADDR_TOKEN.findall(_mask_quoted(value)))
 
 
 def _parse_date(value: str | None) -> datetime | None:
@@ -908,6 +948,10 @@ def _envelope(
     subject = _clean_display(decode_rfc2047(raw_subject))[:MAX_SUBJECT]
     senders = _parse_addresses(_first(headers, "from", charset_hint), "from", errors)
     from_name, from_address = senders[0] if senders else ("", "")
+    to_value = _first(headers, "to", charset_hint)
+    cc_value = _first(headers, "cc", charset_hint)
+    to = _parse_addresses(to_value, "to", errors)
+    cc = _parse_addresses(cc_value, "cc", errors)
     return ParsedMessage(
         message_id=message_id,
         alias_message_ids=aliases,
@@ -916,8 +960,10 @@ def _envelope(
         subject=subject,
         from_name=from_name,
         from_address=from_address,
-        to=_parse_addresses(_first(headers, "to", charset_hint), "to", errors),
-        cc=_parse_addresses(_first(headers, "cc", charset_hint), "cc", errors),
+        to=to,
+        cc=cc,
+        to_total=_address_total(headers, "to", to_value, to),
+        cc_total=_address_total(headers, "cc", cc_value, cc),
         bcc=_parse_addresses(_first(headers, "bcc", charset_hint), "bcc", errors),
         reply_to=_parse_addresses(_first(headers, "reply-to", charset_hint), "reply-to", errors),
         date=_parse_date(_first(headers, "date")),

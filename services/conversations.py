@@ -88,6 +88,8 @@ class RenderedMessage:
     images_allowed: bool = False
     rtl: bool = False
     has_raw: bool = False
+    to_total: int = 0  # recipients the header names (the stored list stops at 500)
+    cc_total: int = 0
     height: int = 160  # px for the iframe: a sandboxed frame without scripts cannot auto-size
 
 
@@ -210,6 +212,7 @@ def render_message(
         return view
     parsed = parse_message(raw)
     view.attachments = _listed_attachments(parsed)
+    view.to_total, view.cc_total = parsed.to_total, parsed.cc_total
     if parsed.html_body is None and not parsed.text_body:
         if parsed.parse_error or parsed.headers_only:
             view.notice = "This message could not be displayed. Download the original to read it."

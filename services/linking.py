@@ -223,6 +223,17 @@ def link_thread(thread: Thread, kind: str, record_id: int | None) -> None:
     db.session.commit()
 
 
+def move_lead_conversations(lead_id: int, deal_id: int) -> int:
+    """Relink every conversation of a converted lead to its new deal; return how many.
+
+    Flushes only: runs inside the conversion's transaction.
+    """
+    result = db.session.execute(
+        update(Thread).where(Thread.lead_id == lead_id).values(lead_id=None, deal_id=deal_id)
+    )
+    return result.rowcount
+
+
 def set_thread_shared(thread: Thread, shared: bool) -> None:
     """Share or unshare one conversation; commits."""
     thread.shared = shared

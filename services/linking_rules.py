@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from services.addresses import MAX_ADDRESS_LENGTH, is_valid_address, is_valid_domain
 from services.errors import ValidationError
 
 
@@ -21,8 +22,8 @@ def normalize_block_entry(entry: str) -> str:
     if value.startswith("*@"):
         value = value[1:]
     local, at, domain = value.rpartition("@")
-    valid_domain = "." in domain and all(part for part in domain.split(".")) and " " not in domain
-    if not at or not valid_domain or " " in local or len(value) > 320:
+    valid = is_valid_domain(domain) if not local else is_valid_address(value)
+    if not at or not valid or len(value) > MAX_ADDRESS_LENGTH:
         raise ValidationError(
             {"entry": "Enter an address like someone@example.com or a domain like @example.com."}
         )

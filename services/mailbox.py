@@ -173,14 +173,22 @@ def list_folders(user: User, *, counts: bool = True) -> list[FolderEntry]:
     for folder in folders:
         if folder.role in ROLE_KEYS and folder.role not in THREADLINE_LISTS:
             role_unread[folder.role] += per_folder.get(folder.id, 0)
-    entries = [FolderEntry(key, label, role_unread[key], key) for key, label in ROLE_FOLDERS]
+    # Threadline's own lists always; a server role (Sent, Trash, Spam) only where a synced
+    # folder has it, so the sidebar never offers a folder the server does not have.
+    server_roles = {folder.role for folder in folders}
+    entries = [
+        FolderEntry(key, label, role_unread[key], key)
+        for key, label in ROLE_FOLDERS
+        if key in THREADLINE_LISTS or key in server_roles
+    ]
     several_accounts = len({folder.account_id for folder in folders}) > 1
     for folder in folders:
         if folder.role in ROLE_KEYS and folder.role != "archive":
             continue
-        label = folder.name
+        # The server's Archive folder is not Threadline's Archive list: name it apart.
+        label = "Archive (mailbox)" if folder.role == "archive" else folder.name
         if several_accounts:
-            label = f"{folder.account.email_address}: {folder.name}"
+            label = f"{folder.account.email_address}: {label}"
         entries.append(
             FolderEntry(
                 f"f{folder.id}", label, per_folder.get(folder.id, 0), folder.role, folder.id

@@ -70,6 +70,15 @@ PREFERENCES: dict[str, PreferenceSpec] = {
             ),
         ),
         PreferenceSpec(
+            "mark_read_on_open",
+            "Mark as read when opened",
+            True,
+            (
+                (True, "Opening a conversation marks it read, in my mailbox too"),
+                (False, "Leave it unread until I mark it read"),
+            ),
+        ),
+        PreferenceSpec(
             "delete_in_mailbox",
             "When I delete in Threadline",
             False,

@@ -40,9 +40,11 @@ from services.access import (
     record_or_none,
     visible_records,
 )
+from services.addresses import is_valid_address
 from services.errors import ValidationError
 from services.inputs import parse_id, search_text
-from services.users import EMAIL_RE, normalize_email
+from services.linking import move_lead_conversations
+from services.users import normalize_email
 
 T = TypeVar("T")
 
@@ -286,7 +288,7 @@ def _clean_emails(fields: _Fields, emails: list[str], primary: Any) -> list[str]
         address = normalize_email(raw)
         if not address:
             continue
-        if not EMAIL_RE.match(address) or len(address) > 320:
+        if not is_valid_address(address):
             fields.errors["emails"] = f"“{raw.strip()}” is not a valid email address."
             continue
         if any(address == seen for _, seen in cleaned):
@@ -531,6 +533,7 @@ def convert_lead(actor: User, lead: Lead) -> Deal:
     db.session.flush()
     lead.deal_id = deal.id
     lead.status = "converted"
+    move_lead_conversations(lead.id, deal.id)
     db.session.commit()
     return deal
 

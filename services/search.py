@@ -377,3 +377,11 @@ def account_rows(account_id: int) -> dict[str, int]:
         "first": search_rowid(account_id, 0),
         "last": search_rowid(account_id, _THREAD_ID_MASK),
     }
+
+
+def is_search_table(name: str) -> bool:
+    """Tell whether `name` is one of the search tables (not models: migrations skip them).
+
+    FTS5 keeps its index in shadow tables named after the virtual table (thread_search_data...).
+    """
+    return name == "message_text" or name.startswith("thread_search")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,12 +15,12 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from extensions import db
 from models import SetupClaim, User
 from services import throttle
+from services.addresses import is_valid_address
 from services.errors import ValidationError
 from services.throttle import ThrottlePolicy, TooManyAttempts
 
 log = logging.getLogger("threadline.auth")
 
-EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MIN_PASSWORD_LENGTH = 10
 
 
@@ -36,7 +35,7 @@ def normalize_email(email: str) -> str:
 def validate_email(email: str, field: str = "email") -> str:
     """Return the normalized address or raise ValidationError."""
     email = normalize_email(email)
-    if not EMAIL_RE.match(email) or len(email) > 320:
+    if not is_valid_address(email):
         raise ValidationError({field: "Enter a valid email address, like ana@example.com."})
     return email
 

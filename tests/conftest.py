@@ -9,14 +9,17 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import shutil
 import threading
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
 from itsdangerous import URLSafeTimedSerializer
 
+import schema
 from app import create_app
 from extensions import db
 from models import (
@@ -90,11 +93,44 @@ class CSRFClient(FlaskClient):
             return super().open(*args, **kwargs)
 
 
+@pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory) -> Path:
+    """A database file at the newest migration, built once per session (copy it, never use it)."""
+    folder = tmp_path_factory.mktemp("migrated")
+    template = folder / "threadline.db"
+    app = create_app(
+        {
+            "TESTING": True,
+            "INSTANCE_PATH": str(folder / "instance"),
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{template}",
+            "SECRET_KEY": "template",
+            "SCHEDULER_ENABLED": False,
+        }
+    )
+    with app.app_context():
+        schema.upgrade_database()
+        db.engine.dispose()  # the last connection closed: the WAL is folded into the file
+    return template
+
+
 @pytest.fixture
-def database_uri(request, tmp_path):
-    """The app's database: a file in tmp_path, or a fresh PostgreSQL database (see above)."""
+def new_database(migrated_database):
+    """Return a function that puts a migrated database at a path and returns its URI."""
+
+    def put(path: Path) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(migrated_database, path)
+        return f"sqlite:///{path}"
+
+    return put
+
+
+@pytest.fixture
+def database_uri(request, tmp_path, new_database):
+    """The app's database: a migrated file in tmp_path, or a fresh PostgreSQL database copied
+    from a migrated template (see above)."""
     if not ON_POSTGRESQL:
-        yield f"sqlite:///{tmp_path / 'threadline.db'}"
+        yield new_database(tmp_path / "threadline.db")
         return
     server, template = request.getfixturevalue("postgres_template")
     name = server.create_database(template=template)

@@ -33,6 +33,7 @@ from models import (
 from services import accounts as account_service
 from services.credentials import load_keys, secret_box
 from services.errors import ValidationError
+from tests.servers.dovecot import make_certificates
 from tests.sync_helpers import raw_message
 
 pytestmark = pytest.mark.imap
@@ -157,6 +158,19 @@ def test_untrusted_certificate_names_the_certificate(dovecot, mail_user, make_us
     assert account_count() == 0
 
 
+def test_a_wrong_uploaded_ca_is_named_as_such(dovecot, mail_user, make_user, login, tmp_path):
+    other_ca = make_certificates(tmp_path).ca_file  # a CA that did not sign Dovecot's certificate
+    fields = server_fields(
+        dovecot, mail_user, ca_cert=(io.BytesIO(other_ca.read_bytes()), "other-ca.pem")
+    )
+    response = post_test(login(make_user()), fields)
+    body = html.unescape(response.get_data(as_text=True))
+    assert response.status_code == 422
+    assert "The CA certificate you uploaded did not sign" in body
+    assert "upload that CA certificate" not in body
+    assert account_count() == 0
+
+
 def test_invalid_ca_file_is_a_field_error(dovecot, mail_user, make_user, login):
     fields = server_fields(dovecot, mail_user, ca_cert=(io.BytesIO(b"not a cert"), "ca.pem"))
     response = post_test(login(make_user()), fields)
@@ -170,7 +184,9 @@ def test_non_mail_port_is_refused(app, dovecot, mail_user, make_user, login):
     for port in (dovecot.ssl_port, 22):
         response = post_test(client, server_fields(dovecot, mail_user, imap_port=str(port)))
         assert response.status_code == 422
-        assert f"Port {port} is not an IMAP port" in response.get_data(as_text=True)
+        body = response.get_data(as_text=True)
+        assert f"Port {port} is not an IMAP port" in body
+        assert "THREADLINE_MAIL_ALLOWED_PORTS" in body  # the admin learns which setting allows it
 
 
 def test_starttls_account(dovecot, mail_user, make_user, make_account):

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from itsdangerous import TimestampSigner
 from sqlalchemy import func, select
 from werkzeug.security import check_password_hash
@@ -21,14 +22,20 @@ from services import throttle, users
 from tests.conftest import PASSWORD, CSRFClient
 
 
+@pytest.fixture
+def app_with(tmp_path, new_database):
+    """Return a context manager giving an app of its own with extra settings (the `app`
+    fixture's are fixed)."""
+    return lambda **settings: _app_with(tmp_path, new_database(tmp_path / "other.db"), settings)
+
+
 @contextmanager
-def app_with(tmp_path, **settings):
-    """An app of its own with extra settings (the `app` fixture's are fixed)."""
+def _app_with(tmp_path, database_uri: str, settings: dict):
     app = create_app(
         {
             "TESTING": True,
             "INSTANCE_PATH": str(tmp_path / "other-instance"),
-            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'other.db'}",
+            "SQLALCHEMY_DATABASE_URI": database_uri,
             "SECRET_KEY": "test-secret",
             "SCHEDULER_ENABLED": False,
             **settings,
@@ -161,8 +168,8 @@ def test_session_cookie_flags_and_contents(client, make_user):
     assert set(json.loads(text)) <= SESSION_KEYS  # no password, no mail content
 
 
-def test_session_and_remember_cookies_are_host_only_and_secure_under_https(tmp_path):
-    with app_with(tmp_path, HTTPS=True) as app:
+def test_session_and_remember_cookies_are_host_only_and_secure_under_https(app_with):
+    with app_with(HTTPS=True) as app:
         users.create_user(email="hs@team.test", name="Hs", password=PASSWORD)
         client = app.test_client()
         response = client.post(
@@ -371,9 +378,9 @@ def test_device_cookie_flags(app, make_user):
     assert "Secure" not in device  # plain HTTP here; THREADLINE_HTTPS=1 makes it Secure
 
 
-def test_device_cookie_is_secure_under_https(tmp_path):
+def test_device_cookie_is_secure_under_https(app_with):
     # CSRF off: under HTTPS Flask-WTF wants a Referer; this test is about cookie flags.
-    with app_with(tmp_path, HTTPS=True, WTF_CSRF_ENABLED=False) as app:
+    with app_with(HTTPS=True, WTF_CSRF_ENABLED=False) as app:
         users.create_user(email="sc@team.test", name="Sc", password=PASSWORD)
         response = app.test_client().post(
             "/login",
@@ -436,8 +443,8 @@ def test_forwarded_for_is_ignored_without_trusted_proxies(app, client):
     assert _failure_addresses() == ["10.0.0.1"]
 
 
-def test_forwarded_for_is_honored_with_one_trusted_proxy(tmp_path):
-    with app_with(tmp_path, TRUSTED_PROXY_HOPS=1) as app:
+def test_forwarded_for_is_honored_with_one_trusted_proxy(app_with):
+    with app_with(TRUSTED_PROXY_HOPS=1) as app:
         client = app.test_client()
         client.environ_base["REMOTE_ADDR"] = "10.0.0.1"
         client.post(

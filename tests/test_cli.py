@@ -202,7 +202,7 @@ def test_serve_runs_the_app_in_a_real_process(app, make_user, tmp_path):
 
 
 @needs_root
-def test_mail_status_reads_a_read_only_instance():
+def test_mail_status_reads_a_read_only_instance(new_database):
     """An instance folder this user may read but not change (another user's, or a read-only
     mount): `flask mail-status` prints the status and writes nothing."""
     from app import create_app
@@ -212,6 +212,7 @@ def test_mail_status_reads_a_read_only_instance():
     base = Path(tempfile.mkdtemp(prefix="threadline-ro-"))
     try:
         instance = base / "instance"
+        new_database(instance / "threadline.db")
         app = create_app({"INSTANCE_PATH": str(instance), "SCHEDULER_ENABLED": False})
         with app.app_context():
             user = users.create_user(email="ro@team.test", name="Ro", password=PASSWORD)

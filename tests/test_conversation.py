@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from html.parser import HTMLParser
 from urllib.parse import quote
@@ -426,6 +427,7 @@ def test_link_and_unlink_a_deal(world, login, make_deal, make_user):
     )
     assert response.status_code == 200
     assert response.get_data(as_text=True).lstrip().startswith(("{#", "<aside"))
+    assert "Link to another deal, lead or project" in response.get_data(as_text=True)
     db.session.refresh(thread)
     assert thread.deal_id == other_deal.id
     bad = client.post(
@@ -842,3 +844,18 @@ def test_inline_image_over_the_data_uri_limit_is_listed(world, login, monkeypatc
     html = login(world["owner"]).get(f"/mail/threads/{world['thread'].id}").get_data(as_text=True)
     assert "data:image/png" not in parse_page(html).iframes[0]["srcdoc"]
     assert "/attachments/" in html and "2 attachments" in html
+
+
+def test_a_list_mail_with_thousands_of_recipients_shows_a_few_and_a_count(
+    world, login, make_raw_message
+):
+    readers = ", ".join(f"Reader {n} <reader{n}@list.test>" for n in range(4999))
+    raw = rich_mail("Newsletter", to="Olivia Owner <olivia@team.test>, " + readers)
+    message = make_raw_message(world["account"], raw)
+    db.session.commit()
+    page = login(world["owner"]).get(f"/mail/threads/{message.thread_id}")
+    text = html.unescape(page.get_data(as_text=True))
+    assert page.status_code == 200
+    assert "and 4,992 more" in text  # 5,000 recipients: eight names, then the count
+    shown = text.split("and 4,992 more")[0]
+    assert "Olivia Owner" in shown and "Reader 6" in shown and "Reader 7<" not in shown

@@ -27,12 +27,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def app(tmp_path):
+def app(tmp_path, new_database):
     """The conftest app with the sync process on; the process is stopped at the end."""
     overrides = {
         "TESTING": True,
         "INSTANCE_PATH": str(tmp_path / "instance"),
-        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'threadline.db'}",
+        "SQLALCHEMY_DATABASE_URI": new_database(tmp_path / "threadline.db"),
         "SECRET_KEY": "test-secret",
         "SCHEDULER_ENABLED": False,
         "SYNC_PROCESS": True,

@@ -20,6 +20,7 @@ ME = ["me@team.test"]
         ("Spam@Example.COM", "spam@example.com"),
         ("  @Example.com ", "@example.com"),
         ("*@example.com", "@example.com"),
+        ("@Intranet", "@intranet"),  # a LAN install has single-label domains
     ],
 )
 def test_entries_are_normalized(entry, expected):
@@ -27,7 +28,7 @@ def test_entries_are_normalized(entry, expected):
 
 
 @pytest.mark.parametrize(
-    "entry", ["", "example.com", "@", "@localhost", "a b@example.com", "@.com"]
+    "entry", ["", "example.com", "@", "@.intranet", "a b@example.com", "@.com", "@lan."]
 )
 def test_bad_entries_are_refused(entry):
     with pytest.raises(ValidationError):

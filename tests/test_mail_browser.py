@@ -166,17 +166,27 @@ def test_inbox_search_keyboard_and_bulk_archive(live_server, page, me, mailbox_s
     assert "Invoice" not in storage and "Renewal" not in storage
 
 
-def test_delete_asks_for_confirmation(live_server, page, me, mailbox_seed):
-    answers = [False, True]
-    page.on("dialog", lambda dialog: dialog.accept() if answers.pop(0) else dialog.dismiss())
+def test_delete_asks_for_confirmation_in_the_page(live_server, page, me, mailbox_seed):
+    browser_dialogs = []
+    page.on("dialog", lambda dialog: (browser_dialogs.append(dialog.message), dialog.dismiss()))
     sign_in(page, live_server, me)
+    confirm = page.locator("#confirm-dialog")
     page.keyboard.press("j")
     page.keyboard.press("#")
-    page.wait_for_timeout(300)
-    assert page.locator(".mail-row").count() == 6
+    expect(confirm).to_be_visible()
+    expect(confirm).to_contain_text("from Threadline? Your mailbox keeps the mail.")
+    expect(page.locator("#confirm-dialog button:focus")).to_have_text("Cancel")
+    page.keyboard.press("e")  # shortcuts wait while the question is open
+    page.keyboard.press("Escape")
+    expect(confirm).to_be_hidden()
+    expect(page.locator(".mail-row")).to_have_count(6)
+
     page.keyboard.press("#")
+    expect(confirm).to_be_visible()
+    confirm.get_by_role("button", name="Delete").click()
+    expect(confirm).to_be_hidden()
     expect(page.locator(".mail-row")).to_have_count(5)
-    assert answers == []
+    assert browser_dialogs == []  # never the browser's own confirm()
 
 
 def test_reply_later_from_the_list_and_the_conversation(live_server, page, me, mailbox_seed):
@@ -241,3 +251,27 @@ def test_conversation_keyboard_walks_the_list(live_server, page, me, mailbox_see
     page.keyboard.press("e")  # archive, back to the Inbox without it
     expect(page.get_by_text("Archived 1 conversation.")).to_be_visible()
     expect(rows).to_have_count(len(ids) - 1)
+
+
+def test_mark_as_read_when_opened_can_be_turned_off(live_server, page, me, mailbox_seed):
+    sign_in(page, live_server, me)
+    page.goto(live_server.url + "/settings/")
+    page.select_option("#pref-mark_read_on_open", label="Leave it unread until I mark it read")
+    page.click("text=Save preferences")
+    expect(page.locator("#pref-mark_read_on_open")).to_have_value("False")
+
+    page.goto(live_server.url + "/mail/")
+    row = page.locator(".mail-row.is-unread").first
+    thread_id = row.get_attribute("data-thread-id")
+    posted = []
+    page.on(
+        "request", lambda request: posted.append(request.url) if request.method == "POST" else None
+    )
+    row.locator(".mail-row-link").click()
+    expect(page.locator("#conversation-actions")).to_be_visible()
+    page.wait_for_load_state("networkidle")
+    assert not [url for url in posted if url.endswith("/read")]
+    page.goto(live_server.url + "/mail/")
+    expect(page.locator(f'.mail-row[data-thread-id="{thread_id}"]')).to_have_class(
+        re.compile("is-unread")
+    )

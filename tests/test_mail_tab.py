@@ -640,3 +640,51 @@ def test_a_message_without_sender_does_not_break_the_list(client_me, folders, ma
         row.id: row for row in mailbox.list_threads(me_of(folders), mailbox.MailboxQuery()).rows
     }
     assert rows[chat.thread_id].participants == "Carla, (unknown sender)"
+
+
+@pytest.mark.parametrize(
+    "server_folders",
+    [
+        [],
+        [("INBOX", "inbox")],
+        [("INBOX", "inbox"), ("Archive", "archive"), ("Sent", "sent")],
+        [("INBOX", "inbox"), ("Junk", "junk"), ("Trash", "trash"), ("Projects", None)],
+        [("INBOX", "inbox"), ("Archives", "archive"), ("Spam", "junk"), ("Drafts", "drafts")],
+    ],
+)
+def test_sidebar_lists_each_server_folder_once_and_nothing_else(
+    me, account, make_stored_folder, server_folders
+):
+    for name, role in server_folders:
+        make_stored_folder(account, name, role=role)
+    labels = [entry.label for entry in mailbox.list_folders(me)]
+    # Reference: Threadline's own lists, then one entry per server folder (role folders
+    # under their role names; the server's archive folder apart from Threadline's Archive).
+    role_names = {"sent": "Sent", "trash": "Trash", "junk": "Spam"}
+    expected = {"Inbox", "Reply later", "Archive"}
+    for name, role in server_folders:
+        if role == "archive":
+            expected.add("Archive (mailbox)")
+        elif role in role_names:
+            expected.add(role_names[role])
+        elif role != "inbox":
+            expected.add(name)
+    assert sorted(labels) == sorted(expected)
+    assert len(labels) == len(set(labels))
+
+
+def test_delete_question_says_whether_the_mailbox_trash_gets_the_mail(
+    client_me, me, folders, make_mailbox_message
+):
+    from services.preferences import update_preferences
+
+    message = make_mailbox_message(folders["inbox"], subject="Quote")
+    pages = ("/mail/", f"/mail/threads/{message.thread_id}")
+    for url in pages:
+        text = client_me.get(url).get_data(as_text=True)
+        assert "from Threadline? Your mailbox keeps the mail." in text
+        assert "moved to Trash" not in text
+    update_preferences(me, {"delete_in_mailbox": "True"})
+    for url in pages:
+        text = client_me.get(url).get_data(as_text=True)
+        assert "moved to Trash in your mailbox" in text

@@ -188,6 +188,28 @@ def test_5000_recipients_truncated_with_parse_error():
     assert parsed.cc[0] == ("User 0", "user0@example.org")
     assert "cc" in parsed.parse_error
     assert parsed.to == [("Bob", "bob@example.org")]
+    assert parsed.cc_total == 5000 and parsed.to_total == 1  # what "and N more" counts
+
+
+@pytest.mark.parametrize("count", [3, 499, 500, 501, 1200, 5000, 20000])
+def test_recipient_totals_match_the_standard_library(count):
+    """Differential: the header's address count equals what email.utils.getaddresses finds."""
+    from email import message_from_bytes
+    from email.utils import getaddresses
+
+    names = (
+        b"User %d <user%d@example.org>",
+        b'"Doe, J %d" <j%d@example.org>',
+        b"u%d@x%d.test",
+        b'"a%d@example.org" <a%d@example.org>',  # Outlook: the address as display name
+    )
+    to = b", ".join(names[i % 4] % (i, i) for i in range(count))
+    raw = raw_message(b"x", extra=b"Cc: " + to + b"\r\n")
+    reference = len(getaddresses(message_from_bytes(raw).get_all("cc")))
+    parsed = parse_message(raw)
+    assert reference == count
+    assert parsed.cc_total == count
+    assert len(parsed.cc) == min(count, MAX_ADDRESSES)
 
 
 def test_encoded_display_name_and_group_syntax():

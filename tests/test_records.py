@@ -292,6 +292,28 @@ def test_lead_crud_and_conversion_creates_deal(admin_client, admin, make_person)
     assert admin_client.post(f"/leads/{lead.id}/delete").status_code == 303
 
 
+def test_converting_a_lead_moves_its_conversations_to_the_deal(
+    admin_client, admin, make_stored_account, make_stored_folder, make_mailbox_message
+):
+    inbox = make_stored_folder(make_stored_account(admin))
+    message = make_mailbox_message(inbox, subject="Pricing for the inbound lead")
+    lead = Lead(title="Inbound", owner_id=admin.id, visibility="everyone")
+    db.session.add(lead)
+    db.session.flush()
+    message.thread.lead_id = lead.id
+    db.session.commit()
+
+    def panel(kind: str, record_id: int) -> str:  # the record page's conversations panel
+        return body(admin_client.get(f"/mail/records/{kind}/{record_id}/conversations"))
+
+    assert "Pricing for the inbound lead" in panel("lead", lead.id)
+
+    assert admin_client.post(f"/leads/{lead.id}/convert").status_code == 303
+    deal = db.session.scalar(select(Deal))
+    assert "Pricing for the inbound lead" in panel("deal", deal.id)
+    assert "Pricing for the inbound lead" not in panel("lead", lead.id)
+
+
 def test_project_crud(admin_client, admin):
     assert admin_client.post("/projects/", data={"title": "Rollout"}).status_code == 303
     project = db.session.scalar(select(Project))

@@ -154,3 +154,16 @@ def test_active_search_filters_as_you_type(page, live_server):
     expect(page.locator("#results")).not_to_contain_text("Felix Rossi")
     expect(page.locator("#results")).to_contain_text("Grace Hughes")
     expect(page).to_have_url(re.compile(r"q=grace"))
+
+
+def test_skip_link_leads_keyboard_users_to_the_main_content(page, live_server):
+    make_user(live_server, "kim@team.test", "Kim")
+    sign_in(page, live_server, "kim@team.test")
+    page.goto(f"{live_server.url}/deals/")
+    skip = page.locator("a.skip-link")
+    expect(skip).not_to_be_in_viewport()  # out of sight until a keyboard user reaches it
+    page.keyboard.press("Tab")
+    expect(skip).to_be_focused()
+    expect(skip).to_be_in_viewport()
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"#main$"))

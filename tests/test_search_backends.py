@@ -164,8 +164,8 @@ def postgres_uri(postgres_template):
     server.drop_database(name)
 
 
-def test_both_backends_find_the_same_conversations(tmp_path, postgres_uri):
-    on_sqlite = _search_all(f"sqlite:///{tmp_path / 'search.db'}", tmp_path / "a")
+def test_both_backends_find_the_same_conversations(tmp_path, new_database, postgres_uri):
+    on_sqlite = _search_all(new_database(tmp_path / "search.db"), tmp_path / "a")
     on_postgres = _search_all(postgres_uri, tmp_path / "b")
     assert on_postgres == on_sqlite
     # And they find what a user expects (so "both equally broken" cannot pass).

@@ -140,11 +140,11 @@ def postgres_uri(postgres_template):
 
 
 def test_the_sqlite_fast_path_and_the_portable_path_write_the_same_rows(
-    tmp_path, monkeypatch, postgres_uri
+    tmp_path, monkeypatch, new_database, postgres_uri
 ):
-    fast = _store_and_read(f"sqlite:///{tmp_path / 'fast.db'}", tmp_path / "fast")
+    fast = _store_and_read(new_database(tmp_path / "fast.db"), tmp_path / "fast")
     monkeypatch.setattr(store, "SQLITE_FAST_PATH", False)
-    portable = _store_and_read(f"sqlite:///{tmp_path / 'portable.db'}", tmp_path / "portable")
+    portable = _store_and_read(new_database(tmp_path / "portable.db"), tmp_path / "portable")
     on_postgres = _store_and_read(postgres_uri, tmp_path / "postgres")
 
     assert len(fast["message"]) == 6 and len(fast["message_location"]) == 7

@@ -633,7 +633,7 @@ def test_a_disk_that_also_refuses_to_record_the_pass_still_releases_the_lease(
 
 
 @needs_root
-def test_a_read_only_blob_folder_for_real(dovecot, mail_user):
+def test_a_read_only_blob_folder_for_real(dovecot, mail_user, new_database):
     """`flask sync` run as a non-root user whose blob folder is 0500: the same plain words,
     recorded on the account, and no traceback."""
     from app import create_app
@@ -645,6 +645,7 @@ def test_a_read_only_blob_folder_for_real(dovecot, mail_user):
     try:
         base.chmod(0o755)
         instance = base / "instance"
+        new_database(instance / "threadline.db")
         other = create_app({"INSTANCE_PATH": str(instance), "SCHEDULER_ENABLED": False})
         (instance / "config.py").write_text("MAIL_ALLOWED_PORTS = None\n")
         with other.app_context():

@@ -82,6 +82,20 @@ def email_link_href(address: str) -> str:
     return url_for("conversations.compose_placeholder", to=address)
 
 
+@bp.app_template_global()
+def my_preference(key: str):
+    """Return one of the signed-in user's personal settings, for templates."""
+    return get_preference(current_user, key)
+
+
+@bp.app_template_global()
+def delete_confirmation(what: str) -> str:
+    """Return the delete question for `what`, saying where the mail goes (personal setting)."""
+    if get_preference(current_user, "delete_in_mailbox"):
+        return f"Delete {what}? It is removed from Threadline and moved to Trash in your mailbox."
+    return f"Delete {what} from Threadline? Your mailbox keeps the mail."
+
+
 @bp.app_template_filter("filesize")
 def filesize(size: int) -> str:
     """Format a byte count for people: 812 B, 14 KB, 2.3 MB."""

@@ -3,6 +3,15 @@
 (function () {
   "use strict";
 
+  // Phone-sized screens fold the navigation behind the Menu button of the top bar.
+  document.addEventListener("click", function (event) {
+    var toggle = event.target.closest && event.target.closest(".menu-toggle");
+    if (!toggle) return;
+    var open = toggle.getAttribute("aria-expanded") !== "true";
+    toggle.setAttribute("aria-expanded", open ? "true" : "false");
+    toggle.closest(".topbar").classList.toggle("menu-open", open);
+  });
+
   // Lets CSS hide the no-JS fallbacks (.nojs-only) once scripts run.
   document.documentElement.classList.add("js");
 
@@ -42,16 +51,35 @@
 
   // Confirmation for destructive buttons: data-confirm="Delete this deal?" on a form.
   // A submit button may carry its own data-confirm (e.g. Delete in the mail toolbar).
+  // The question opens in the page's <dialog> (focus moves in and back, Esc cancels), not
+  // the browser's confirm(); on OK the form is submitted again, past this check.
+  var confirmed = null;
   document.addEventListener("submit", function (event) {
     var form = event.target;
     var submitter = event.submitter;
-    var message = (submitter && submitter.getAttribute("data-confirm")) ||
-      (form.getAttribute && form.getAttribute("data-confirm"));
-    if (message && !window.confirm(message)) {
-      // Stopping propagation here (capture phase) also keeps htmx from sending the form.
-      event.preventDefault();
-      event.stopPropagation();
+    var source = submitter && submitter.hasAttribute("data-confirm") ? submitter : form;
+    var message = source.getAttribute && source.getAttribute("data-confirm");
+    var dialog = document.getElementById("confirm-dialog");
+    if (!message || !dialog) return;
+    if (confirmed === form) {
+      confirmed = null;
+      return;
     }
+    // Stopping propagation here (capture phase) also keeps htmx from sending the form.
+    event.preventDefault();
+    event.stopPropagation();
+    document.getElementById("confirm-text").textContent = message;
+    document.getElementById("confirm-ok").textContent =
+      source.getAttribute("data-confirm-label") || "OK";
+    dialog.returnValue = "";
+    dialog.onclose = function () {
+      if (submitter && submitter.focus) submitter.focus();
+      if (dialog.returnValue !== "ok") return;
+      confirmed = form;
+      if (form.requestSubmit) form.requestSubmit(submitter || undefined);
+      else form.submit();
+    };
+    dialog.showModal();
   }, true);
 
   // Deal board: native HTML5 drag and drop. A drop sets the card's stage menu and fires its
@@ -157,8 +185,13 @@
     return tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT" || (target && target.isContentEditable);
   }
 
+  function dialogOpen() {
+    // Shortcuts wait while a modal dialog (a confirmation) has the keyboard.
+    return !!document.querySelector("dialog[open]");
+  }
+
   document.addEventListener("keydown", function (event) {
-    if (!document.getElementById("mail-list")) return;
+    if (!document.getElementById("mail-list") || dialogOpen()) return;
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     if (event.key === "Escape") {
       toggleHelp(false);
@@ -205,7 +238,8 @@
   // conversation, Esc back to the list.
   document.addEventListener("keydown", function (event) {
     var form = document.getElementById("conversation-actions");
-    if (!form || event.ctrlKey || event.metaKey || event.altKey || isTyping(event.target)) return;
+    if (!form || event.ctrlKey || event.metaKey || event.altKey || isTyping(event.target) ||
+        dialogOpen()) return;
     function press(action) {
       var button = form.querySelector('button[name="action"][value="' + action + '"]');
       if (button) button.click();

@@ -73,8 +73,9 @@ def postgres():
 
 @pytest.fixture(scope="session")
 def postgres_template(postgres, tmp_path_factory):
-    """(server, name of a database holding the app's schema): tests copy it, which is
-    much faster than creating the schema in each test's database."""
+    """(server, name of a database migrated to the newest schema): tests copy it, which is
+    much faster than migrating each test's database."""
+    import schema
     from app import create_app
     from extensions import db
 
@@ -89,6 +90,7 @@ def postgres_template(postgres, tmp_path_factory):
         }
     )
     with app.app_context():
+        schema.upgrade_database()
         db.engine.dispose()  # CREATE DATABASE ... TEMPLATE needs no session open on it
     return postgres, name
 
