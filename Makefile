@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export FLASK_APP := app
 
-.PHONY: run test soak bench bench-web lint venv dev-venv system-test-deps
+.PHONY: run test test-postgres soak bench bench-web lint venv dev-venv system-test-deps
 
 $(VENV)/.runtime: requirements.txt
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c "import ensurepip" 2>/dev/null \
@@ -23,17 +23,25 @@ $(VENV)/.dev: requirements-dev.txt requirements.txt $(VENV)/.runtime
 venv: $(VENV)/.runtime
 dev-venv: $(VENV)/.dev
 
-# Debian packages the tests drive for real: Dovecot (IMAP) and Chromium (browser tests).
+# Debian packages the tests drive for real: Dovecot (IMAP), Chromium (browser tests) and
+# PostgreSQL (the second database; tests start their own server, none is set up by hand).
 system-test-deps:
 	@command -v dovecot >/dev/null && command -v doveadm >/dev/null && command -v chromium >/dev/null \
-	  || ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dovecot-imapd chromium)
+	  && (command -v pg_ctl || ls /usr/lib/postgresql/*/bin/pg_ctl) >/dev/null 2>&1 \
+	  || ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dovecot-imapd chromium postgresql)
 
 run: venv
 	$(PY) -m flask init-db
 	$(PY) -m flask serve
 
+# The whole suite on SQLite, then the tests that use the app's database again on a
+# throwaway PostgreSQL the tests start themselves (tests/servers/postgres.py).
 test: dev-venv system-test-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	THREADLINE_TEST_DATABASE=postgresql $(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-postgres: dev-venv system-test-deps
+	THREADLINE_TEST_DATABASE=postgresql $(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The seeded sync fault test of tests/test_sync_soak.py, longer: more rounds, more seeds.
 # A failure prints its seed and rounds: `make soak SOAK_SEEDS=7 SOAK_ROUNDS=30` replays it.

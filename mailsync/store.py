@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import JSON, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import JSON, bindparam, delete, func, insert, or_, select, text, update
 
+import dialect
 from extensions import db
 from mailsync import threading as jwz
 from models import (
@@ -108,13 +109,11 @@ class Link:
 
 def _insert(table):
     """Return a dialect INSERT that supports ON CONFLICT (SQLite or PostgreSQL)."""
-    if db.engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
+    return dialect.upsert_insert(table, db.session.connection().dialect.name)
 
-        return pg_insert(table)
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-    return sqlite_insert(table)
+# The raw sqlite3 path below; tests turn it off to compare it with the portable Core path.
+SQLITE_FAST_PATH = True
 
 
 def _sqlite_cursor() -> Any | None:
@@ -123,7 +122,7 @@ def _sqlite_cursor() -> Any | None:
     Same connection, so the same transaction as every other statement of the batch.
     """
     connection = db.session.connection()
-    if connection.dialect.name != "sqlite":
+    if not SQLITE_FAST_PATH or not dialect.is_sqlite(connection):
         return None
     return connection.connection.driver_connection.cursor()
 
@@ -567,7 +566,7 @@ def apply_flag_changes(
 
 
 # Spelled as ix_message_location_guarded's WHERE, so the queries below use that index.
-GUARDED = text("(seen_changed_at IS NOT NULL OR seen_pending IS 1)")
+GUARDED = or_(location_t.c.seen_changed_at.is_not(None), location_t.c.seen_pending.is_(True))
 
 
 def has_guarded_changes(folder_id: int) -> bool:
@@ -729,8 +728,8 @@ def refresh_messages(message_ids: Iterable[int]) -> None:
 
 _MARK_INBOX = text(
     """
-    UPDATE thread SET in_inbox = 1
-    WHERE in_inbox = 0 AND id IN (
+    UPDATE thread SET in_inbox = TRUE
+    WHERE in_inbox = FALSE AND id IN (
       SELECT m.thread_id FROM message m
       JOIN message_location l ON l.message_id = m.id
       JOIN mail_folder f ON f.id = l.folder_id
@@ -747,8 +746,8 @@ _MARK_INBOX = text(
 # seconds and mail of that same second counts as new. Deleted messages stay deleted.
 _REVIVE = text(
     """
-    UPDATE thread SET archived = 0, deleted_at = NULL
-    WHERE (archived = 1 OR deleted_at IS NOT NULL) AND id IN (
+    UPDATE thread SET archived = FALSE, deleted_at = NULL
+    WHERE (archived = TRUE OR deleted_at IS NOT NULL) AND id IN (
       SELECT m.thread_id FROM message m
       JOIN message_location l ON l.message_id = m.id
       JOIN mail_folder f ON f.id = l.folder_id
@@ -867,7 +866,8 @@ class _Threader:
                     thread_t.c.account_id == ctx.account_id,
                     thread_t.c.normalized_subject.in_(chunk),
                 )
-                .order_by(thread_t.c.last_date)
+                # Undated first, as SQLite sorts NULL anyway (PostgreSQL: last).
+                .order_by(thread_t.c.last_date.asc().nulls_first(), thread_t.c.id)
             )
             for normalized, thread_id, last_date, subject in rows:
                 self.by_subject[normalized] = (thread_id, _aware(last_date), subject)  # latest wins

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Select, delete, func, select, true, update
 
+from dialect import json_text
 from extensions import db
 from models import (
     BlockedAddress,
@@ -102,9 +103,10 @@ def past_messages_for_address(user: User, address: str) -> Select:
         Message.account_id.in_(own_accounts),
         Message.deleted_at.is_(None),
         (func.lower(Message.from_address) == address.lower())
-        | Message.to.like(pattern)
-        | Message.cc.like(pattern)
-        | Message.reply_to.like(pattern),
+        # ilike: SQLite's LIKE ignores ASCII case, PostgreSQL's does not.
+        | json_text(Message.to).ilike(pattern)
+        | json_text(Message.cc).ilike(pattern)
+        | json_text(Message.reply_to).ilike(pattern),
     )
 
 

@@ -16,7 +16,6 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     Select,
-    Text,
     and_,
     exists,
     func,
@@ -25,10 +24,10 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
-    type_coerce,
     union_all,
 )
 
+from dialect import json_text, likely
 from extensions import db
 from models import (
     Deal,
@@ -323,7 +322,7 @@ def list_threads(user: User, query: MailboxQuery, *, now: datetime | None = None
     for account_id in _account_ids(user):
         base = threads_select(user, query, account_id)
         stmt = base if cursor is None else base.where(_after(cursor))
-        stmt = stmt.order_by(Thread.last_date.desc(), Thread.id.desc()).limit(PAGE_SIZE + 1)
+        stmt = stmt.order_by(*NEWEST_FIRST).limit(PAGE_SIZE + 1)
         found = list(db.session.scalars(stmt))
         if cursor is not None and cursor[0] is not None and len(found) <= PAGE_SIZE:
             # Undated threads sort last: once the dated ones run out, continue with them.
@@ -373,12 +372,15 @@ def neighbour(user: User, query: MailboxQuery, thread: Thread, step: str) -> int
     return min(above, key=_page_order).id if above else None
 
 
+# The list order. NULLS LAST / FIRST as SQLite sorts NULL (smallest) anyway, which SQLite then
+# ignores (the index still serves it); PostgreSQL sorts NULL as the largest value.
+NEWEST_FIRST = (Thread.last_date.desc().nulls_last(), Thread.id.desc())
+OLDEST_FIRST = (Thread.last_date.asc().nulls_first(), Thread.id.asc())
+
+
 def _first(stmt: Select[tuple[Thread]], *, descending: bool) -> Thread | None:
     """Return the first thread of `stmt` in list order (descending) or against it."""
-    if descending:
-        order = (Thread.last_date.desc(), Thread.id.desc())
-    else:
-        order = (Thread.last_date.asc(), Thread.id.asc())
+    order = NEWEST_FIRST if descending else OLDEST_FIRST
     return db.session.scalars(stmt.order_by(*order).limit(1)).first()
 
 
@@ -464,12 +466,14 @@ def _few_locations(in_folder: ColumnElement[bool], limit: int) -> bool:
 
 
 def _matches_search(raw_query: str, account_id: int) -> ColumnElement[bool]:
-    expression = match_expression(raw_query)
+    connection = db.session.connection()
+    expression = match_expression(connection, raw_query)
     if expression is None:
         return Thread.id.is_(None)  # nothing searchable: no results, not everything
     params = {"match": expression, **account_rows(account_id)}
-    matching = text(matching_threads_sql()).bindparams(**params).columns(thread_id=Integer)
-    if _more_matches_than(params, FEW_MATCHES):
+    sql = matching_threads_sql(connection)
+    matching = text(sql).bindparams(**params).columns(thread_id=Integer)
+    if _more_matches_than(sql, params, FEW_MATCHES):
         # A common term: walk threads newest first (index order) and stop at the page,
         # probing each in the set of matching ids, which SQLite builds once. "+ 0" keeps
         # SQLite from driving the walk by the set (and sorting every match).
@@ -478,10 +482,10 @@ def _matches_search(raw_query: str, account_id: int) -> ColumnElement[bool]:
     return Thread.id.in_(matching)
 
 
-def _more_matches_than(params: Mapping[str, object], limit: int) -> bool:
+def _more_matches_than(sql: str, params: Mapping[str, object], limit: int) -> bool:
     """Tell whether more than `limit` conversations match (reads at most limit + 1 rows)."""
     count = db.session.scalar(
-        text(f"SELECT count(*) FROM ({matching_threads_sql()} LIMIT :limit)").bindparams(
+        text(f"SELECT count(*) FROM ({sql} LIMIT :limit) AS found").bindparams(
             **params, limit=limit + 1
         )
     )
@@ -490,7 +494,7 @@ def _more_matches_than(params: Mapping[str, object], limit: int) -> bool:
 
 def _live_message() -> ColumnElement[bool]:
     # likely(): almost every message is live, so these columns' indexes are never worth it.
-    return and_(func.likely(Message.deleted_at.is_(None)), func.likely(Message.blocked.is_(False)))
+    return and_(likely(Message.deleted_at.is_(None)), likely(Message.blocked.is_(False)))
 
 
 def _not(flag) -> ColumnElement[bool]:
@@ -499,7 +503,7 @@ def _not(flag) -> ColumnElement[bool]:
     Without ANALYZE statistics SQLite prefers an index on a boolean (ix_thread_blocked)
     over the (last_date) index that serves ORDER BY ... LIMIT, and sorts every thread.
     """
-    return func.likely(flag.is_(False))
+    return likely(flag.is_(False))
 
 
 def _has_unread() -> ColumnElement[bool]:
@@ -581,7 +585,7 @@ def _fill_from_messages(user: User, rows: dict[int, ThreadRow]) -> None:
             Message.from_address,
             # Raw JSON text, decoded only for the user's own messages (the only ones whose
             # recipients are shown): decoding every row's list was the list's largest cost.
-            type_coerce(Message.to, Text),
+            json_text(Message.to),
             Message.is_read,
             Message.has_attachments,
             Message.snippet,

@@ -19,6 +19,12 @@ is current in the same transaction, whichever code path changed the mail. A sync
 its rewrites off for a few seconds at a time (`thread_index_every`).
 
 User input never reaches FTS5 query syntax directly (`match_expression` quotes every term).
+
+Two implementations of the index itself, picked by the connection's database: FTS5 on
+SQLite (`Fts5Index`, below) and PostgreSQL full-text search (services/search_postgres.py:
+a tsvector per conversation with a GIN index). The tables around it (`message_text`, the
+stale lists) and the matching rule are shared: a conversation matches when its messages
+together hold every term, terms of MIN_PREFIX letters or more also match longer words.
 """
 
 from __future__ import annotations
@@ -56,27 +62,14 @@ class SearchDocument:
 
 
 def search_rowid(account_id: int, thread_id: int) -> int:
-    """The `thread_search` row id of a conversation (as `_SEARCH_ROWID` spells it in SQL)."""
+    """The `thread_search` row id of a conversation (as `SEARCH_ROWID_SQL` spells it)."""
     return account_id << ACCOUNT_SHIFT | thread_id
 
 
 # A message's conversation row, as an SQL expression over a message row (old. or new.).
-_SEARCH_ROWID = "(({m}.account_id << " + str(ACCOUNT_SHIFT) + ") | {m}.thread_id)"
-_NOTE_STALE = (
-    "INSERT OR IGNORE INTO thread_search_stale (search_rowid) "
-    "SELECT " + _SEARCH_ROWID + " WHERE {m}.thread_id IS NOT NULL;"
-)
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS thread_search_stale (search_rowid INTEGER PRIMARY KEY)",
-    "CREATE TABLE IF NOT EXISTS thread_search_pending (search_rowid INTEGER PRIMARY KEY)",
-    "CREATE TRIGGER IF NOT EXISTS message_thread_search_update "
-    "AFTER UPDATE OF thread_id, deleted_at, blocked ON message "
-    "WHEN old.thread_id IS NOT new.thread_id "
-    "OR (old.deleted_at IS NULL) != (new.deleted_at IS NULL) "
-    "OR old.blocked != new.blocked "
-    "BEGIN " + _NOTE_STALE.format(m="old") + " " + _NOTE_STALE.format(m="new") + " END",
-    "CREATE TRIGGER IF NOT EXISTS message_thread_search_delete AFTER DELETE ON message "
-    "BEGIN " + _NOTE_STALE.format(m="old") + " END",
+# CAST: on PostgreSQL an INTEGER shifted by 32 bits overflows.
+SEARCH_ROWID_SQL = (
+    "((CAST({m}.account_id AS BIGINT) << " + str(ACCOUNT_SHIFT) + ") | {m}.thread_id)"
 )
 _MESSAGE_TEXT = (
     "CREATE TABLE IF NOT EXISTS message_text ("
@@ -85,40 +78,101 @@ _MESSAGE_TEXT = (
 )
 
 
-def ensure_search_index(connection: Connection) -> None:
-    """Create the search tables and triggers when missing (idempotent).
+class Fts5Index:
+    """The conversation index in SQLite: an FTS5 table whose row id is the search row id."""
 
-    A database from before `thread_search` gets it built here, from the per-message FTS5
-    table `message_search` of that time, which becomes `message_text`.
-    """
+    _NOTE_STALE = (
+        "INSERT OR IGNORE INTO thread_search_stale (search_rowid) "
+        "SELECT " + SEARCH_ROWID_SQL + " WHERE {m}.thread_id IS NOT NULL;"
+    )
+    _SCHEMA = (
+        "CREATE TABLE IF NOT EXISTS thread_search_stale (search_rowid INTEGER PRIMARY KEY)",
+        "CREATE TABLE IF NOT EXISTS thread_search_pending (search_rowid INTEGER PRIMARY KEY)",
+        "CREATE TRIGGER IF NOT EXISTS message_thread_search_update "
+        "AFTER UPDATE OF thread_id, deleted_at, blocked ON message "
+        "WHEN old.thread_id IS NOT new.thread_id "
+        "OR (old.deleted_at IS NULL) != (new.deleted_at IS NULL) "
+        "OR old.blocked != new.blocked "
+        "BEGIN " + _NOTE_STALE.format(m="old") + " " + _NOTE_STALE.format(m="new") + " END",
+        "CREATE TRIGGER IF NOT EXISTS message_thread_search_delete AFTER DELETE ON message "
+        "BEGIN " + _NOTE_STALE.format(m="old") + " END",
+    )
+
+    def create(self, connection: Connection) -> bool:
+        """Create the index, its stale lists and triggers when missing; True when new.
+
+        A database from before `thread_search` gets it built from the per-message FTS5
+        table `message_search` of that time, which becomes `message_text`.
+        """
+        if inspect(connection).has_table("message_search"):
+            connection.execute(
+                text(
+                    "INSERT OR IGNORE INTO message_text "
+                    "(message_id, subject, participants, body) "
+                    "SELECT rowid, subject, participants, body FROM message_search "
+                    "WHERE rowid IN (SELECT id FROM message)"
+                )
+            )
+            connection.execute(text("DROP TABLE message_search"))
+            # The delete trigger of that time removed message_search rows: recreated below.
+            connection.execute(text("DROP TRIGGER IF EXISTS message_thread_search_delete"))
+        new = not inspect(connection).has_table("thread_search")
+        if new:
+            connection.execute(
+                text(
+                    "CREATE VIRTUAL TABLE thread_search USING fts5("
+                    f"subject, participants, body, {_TOKENIZE}, prefix = '3 4')"
+                )
+            )
+        for statement in self._SCHEMA:
+            connection.execute(text(statement))
+        return new
+
+    def delete_rows(self, connection: Connection, rowids: list[int]) -> None:
+        connection.execute(
+            text("DELETE FROM thread_search WHERE rowid = :rowid"),
+            [{"rowid": rowid} for rowid in rowids],
+        )
+
+    def write_rows(self, connection: Connection, documents: list[dict[str, object]]) -> None:
+        """Insert conversation rows (their old rows were deleted in this transaction)."""
+        connection.execute(
+            text(
+                "INSERT INTO thread_search (rowid, subject, participants, body) "
+                "VALUES (:rowid, :subject, :participants, :body)"
+            ),
+            documents,
+        )
+
+    def match_expression(self, terms: list[str]) -> str | None:
+        quoted = [term.replace('"', '""') for term in terms]
+        return " ".join(f'"{term}"*' if len(term) >= MIN_PREFIX else f'"{term}"' for term in quoted)
+
+    def matching_threads_sql(self) -> str:
+        return (
+            f"SELECT rowid & {_THREAD_ID_MASK} FROM thread_search "
+            "WHERE thread_search MATCH :match AND rowid BETWEEN :first AND :last"
+        )
+
+
+def search_index(connection: Connection) -> Fts5Index:
+    """The conversation index implementation of the connection's database (same methods)."""
+    if connection.dialect.name == "postgresql":
+        from services.search_postgres import PostgresIndex
+
+        return PostgresIndex()
+    return Fts5Index()
+
+
+def ensure_search_index(connection: Connection) -> None:
+    """Create the search tables (and triggers) when missing (idempotent), on either database."""
     connection.execute(text(_MESSAGE_TEXT))
-    if inspect(connection).has_table("message_search"):
+    if search_index(connection).create(connection):
         connection.execute(
             text(
-                "INSERT OR IGNORE INTO message_text (message_id, subject, participants, body) "
-                "SELECT rowid, subject, participants, body FROM message_search "
-                "WHERE rowid IN (SELECT id FROM message)"
-            )
-        )
-        connection.execute(text("DROP TABLE message_search"))
-        # The delete trigger of that time removed message_search rows: recreated below.
-        connection.execute(text("DROP TRIGGER IF EXISTS message_thread_search_delete"))
-    new = not inspect(connection).has_table("thread_search")
-    if new:
-        connection.execute(
-            text(
-                "CREATE VIRTUAL TABLE thread_search USING fts5("
-                f"subject, participants, body, {_TOKENIZE}, prefix = '3 4')"
-            )
-        )
-    for statement in _SCHEMA:
-        connection.execute(text(statement))
-    if new:
-        connection.execute(
-            text(
-                "INSERT OR IGNORE INTO thread_search_stale (search_rowid) "
-                "SELECT DISTINCT " + _SEARCH_ROWID.format(m="message") + " FROM message "
-                "WHERE thread_id IS NOT NULL"
+                "INSERT INTO thread_search_stale (search_rowid) "
+                "SELECT DISTINCT " + SEARCH_ROWID_SQL.format(m="message") + " FROM message "
+                "WHERE thread_id IS NOT NULL ON CONFLICT DO NOTHING"
             )
         )
     refresh_thread_index(connection, pending=True)
@@ -132,9 +186,10 @@ def index_messages(connection: Connection, documents: Iterable[SearchDocument]) 
     rows = [
         {
             "id": doc.message_id,
-            "subject": doc.subject or "",
-            "participants": doc.participants or "",
-            "body": (doc.body or "")[:MAX_INDEXED_BODY],
+            # (No NUL: PostgreSQL text cannot hold it, and it is no word.)
+            "subject": (doc.subject or "").replace("\x00", ""),
+            "participants": (doc.participants or "").replace("\x00", ""),
+            "body": (doc.body or "")[:MAX_INDEXED_BODY].replace("\x00", ""),
         }
         for doc in documents
     ]
@@ -142,8 +197,10 @@ def index_messages(connection: Connection, documents: Iterable[SearchDocument]) 
         return
     connection.execute(
         text(
-            "INSERT OR REPLACE INTO message_text (message_id, subject, participants, body) "
-            "VALUES (:id, :subject, :participants, :body)"
+            "INSERT INTO message_text (message_id, subject, participants, body) "
+            "VALUES (:id, :subject, :participants, :body) "
+            "ON CONFLICT (message_id) DO UPDATE SET subject = excluded.subject, "
+            "participants = excluded.participants, body = excluded.body"
         ),
         rows,
     )
@@ -169,9 +226,9 @@ def _note_threads_of(connection: Connection, message_ids: list[int]) -> None:
 
 
 _NOTE_THREADS_OF_MESSAGES = text(
-    "INSERT OR IGNORE INTO thread_search_stale (search_rowid) "
-    "SELECT " + _SEARCH_ROWID.format(m="message") + " FROM message "
-    "WHERE id IN :ids AND thread_id IS NOT NULL"
+    "INSERT INTO thread_search_stale (search_rowid) "
+    "SELECT " + SEARCH_ROWID_SQL.format(m="message") + " FROM message "
+    "WHERE id IN :ids AND thread_id IS NOT NULL ON CONFLICT DO NOTHING"
 ).bindparams(bindparam("ids", expanding=True))
 
 _LIVE_TEXT = text(
@@ -179,7 +236,7 @@ _LIVE_TEXT = text(
     SELECT m.account_id, m.thread_id, s.subject, s.participants, s.body
     FROM message m JOIN message_text s ON s.message_id = m.id
     WHERE m.thread_id IN :ids AND m.deleted_at IS NULL AND NOT m.blocked
-    ORDER BY m.thread_id, coalesce(m.date, m.internaldate) DESC, m.id DESC
+    ORDER BY m.thread_id, coalesce(m.date, m.internaldate) DESC NULLS LAST, m.id DESC
     """
 ).bindparams(bindparam("ids", expanding=True))
 
@@ -197,12 +254,10 @@ def refresh_thread_index(connection: Connection, *, pending: bool = False) -> in
             for row in connection.execute(text(f"DELETE FROM {table} RETURNING *"))
         }
     )
+    index = search_index(connection)
     for start in range(0, len(stale), _CHUNK):
         chunk = stale[start : start + _CHUNK]
-        connection.execute(
-            text("DELETE FROM thread_search WHERE rowid = :rowid"),
-            [{"rowid": rowid} for rowid in chunk],
-        )
+        index.delete_rows(connection, chunk)
         found = connection.execute(
             _LIVE_TEXT, {"ids": sorted({rowid & _THREAD_ID_MASK for rowid in chunk})}
         )
@@ -211,13 +266,7 @@ def refresh_thread_index(connection: Connection, *, pending: bool = False) -> in
             for key, messages in itertools.groupby(found, key=lambda row: (row[0], row[1]))
         ]
         if documents:
-            connection.execute(
-                text(
-                    "INSERT INTO thread_search (rowid, subject, participants, body) "
-                    "VALUES (:rowid, :subject, :participants, :body)"
-                ),
-                documents,
-            )
+            index.write_rows(connection, documents)
     return len(stale)
 
 
@@ -243,8 +292,6 @@ _EVERY, _DUE = "thread_index_every", "thread_index_due"
 
 
 def _refresh_before_commit(session: Session) -> None:
-    if session.get_bind().dialect.name != "sqlite":
-        return
     session.flush()  # ORM changes reach the triggers first
     connection = session.connection()
     every = session.info.get(_EVERY)
@@ -263,7 +310,8 @@ def _refresh_before_commit(session: Session) -> None:
 
 
 _PUT_OFF = (
-    "INSERT OR IGNORE INTO thread_search_pending SELECT search_rowid FROM thread_search_stale"
+    "INSERT INTO thread_search_pending SELECT search_rowid FROM thread_search_stale "
+    "WHERE true ON CONFLICT DO NOTHING"  # (WHERE: SQLite's parser needs it before ON CONFLICT)
 )
 
 
@@ -299,30 +347,28 @@ def thread_index_every(session: Session, seconds: float) -> Iterator[None]:
             log.exception("could not bring the conversation search index up to date")
 
 
-def match_expression(query: str) -> str | None:
-    """Turn what a user typed into a safe FTS5 expression: every term quoted, prefix-matched.
+def match_expression(connection: Connection, query: str) -> str | None:
+    """Turn what a user typed into a safe query of the connection's search index: every
+    term quoted, prefix-matched, all of them required.
 
     Terms shorter than MIN_PREFIX match whole words only: "p"* expands to every word
     starting with p, which costs ~100 ms at 100,000 messages and finds nothing useful.
 
     Returns None when the query has no searchable term.
     """
-    terms = [term.replace('"', '""') for term in _TERM_RE.findall(query or "")][:12]
+    terms = _TERM_RE.findall(query or "")[:12]
     terms = [term.strip("'.-") for term in terms if term.strip("'.-")]
     if not terms:
         return None
-    return " ".join(f'"{term}"*' if len(term) >= MIN_PREFIX else f'"{term}"' for term in terms)
+    return search_index(connection).match_expression(terms)
 
 
-def matching_threads_sql() -> str:
+def matching_threads_sql(connection: Connection) -> str:
     """SQL selecting the ids of one mailbox's conversations matching :match.
 
     Bind :match to a match_expression result and :first, :last to `account_rows(account_id)`.
     """
-    return (
-        f"SELECT rowid & {_THREAD_ID_MASK} FROM thread_search "
-        "WHERE thread_search MATCH :match AND rowid BETWEEN :first AND :last"
-    )
+    return search_index(connection).matching_threads_sql()
 
 
 def account_rows(account_id: int) -> dict[str, int]:

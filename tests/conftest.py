@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import os
 import shutil
+import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -44,6 +45,31 @@ pytest_plugins = ["tests.servers.fixtures"]
 PASSWORD = "correct horse battery"
 CHEAP_PASSWORD_HASH = "pbkdf2:sha256:1"
 _counter = itertools.count(1)
+# THREADLINE_TEST_DATABASE=postgresql runs the tests on a fresh database of a throwaway
+# PostgreSQL (tests/servers/postgres.py) instead of SQLite; `make test` runs both.
+TEST_DATABASE = os.environ.get("THREADLINE_TEST_DATABASE", "sqlite")
+ON_POSTGRESQL = TEST_DATABASE == "postgresql"
+
+
+def pytest_collection_modifyitems(config, items):
+    """On PostgreSQL, run only the tests that use the app's database, browser tests aside
+    (they run on SQLite; what they drive is the same code), and skip SQLite-only ones."""
+    if not ON_POSTGRESQL:
+        return
+    kept, deselected = [], []
+    for item in items:
+        uses_database = "database_uri" in getattr(item, "fixturenames", ())
+        if uses_database and item.get_closest_marker("browser") is None:
+            kept.append(item)
+        else:
+            deselected.append(item)
+        marker = item.get_closest_marker("sqlite_only")
+        if marker is not None:
+            reason = marker.args[0] if marker.args else "SQLite only"
+            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
 
 
 class CSRFClient(FlaskClient):
@@ -104,12 +130,30 @@ def new_database(migrated_database):
 
 
 @pytest.fixture
-def app(tmp_path, new_database):
+def database_uri(request, tmp_path, new_database):
+    """The app's database: a migrated file in tmp_path, or a fresh PostgreSQL database copied
+    from a migrated template (see above)."""
+    if not ON_POSTGRESQL:
+        yield new_database(tmp_path / "threadline.db")
+        return
+    server, template = request.getfixturevalue("postgres_template")
+    name = server.create_database(template=template)
+    before = set(threading.enumerate())
+    yield server.url(name)
+    # A "Sync now" thread may outlive its test: on SQLite it writes to a file nobody reads
+    # again, but dropping its database under it would fail it (a thread exception).
+    for thread in set(threading.enumerate()) - before:
+        thread.join(timeout=60)
+    server.drop_database(name)
+
+
+@pytest.fixture
+def app(tmp_path, database_uri):
     app = create_app(
         {
             "TESTING": True,
             "INSTANCE_PATH": str(tmp_path / "instance"),
-            "SQLALCHEMY_DATABASE_URI": new_database(tmp_path / "threadline.db"),
+            "SQLALCHEMY_DATABASE_URI": database_uri,
             "SECRET_KEY": "test-secret",
             "SCHEDULER_ENABLED": False,
             # One round instead of scrypt's ~190 ms; test_auth.py signs in with the real one.

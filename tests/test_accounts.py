@@ -9,12 +9,11 @@ import html
 import io
 import logging
 import re
-import sqlite3
 from datetime import UTC, datetime
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 import jobs
 from extensions import db
@@ -225,9 +224,7 @@ def test_password_encrypted_at_rest_and_never_rendered_or_logged(
     assert saved.status_code == 303
     account = db.session.scalar(db.select(MailAccount))
 
-    db_path = app.config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///")
-    with sqlite3.connect(db_path) as raw:
-        (stored,) = raw.execute("SELECT password_encrypted FROM mail_account").fetchone()
+    stored = db.session.execute(text("SELECT password_encrypted FROM mail_account")).scalar()
     assert mail_user.password.encode() not in stored
     assert bytes(stored).startswith(b"gAAAAA")  # a Fernet token
     assert secret_box(app).decrypt(stored) == mail_user.password

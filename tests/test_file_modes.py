@@ -13,6 +13,8 @@ from extensions import db
 from mailsync.blobstore import app_blob_store
 from services.credentials import secret_box
 
+pytestmark = pytest.mark.sqlite_only("the SQLite database file's mode")
+
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)

@@ -141,6 +141,7 @@ def me_of(folders):
     return db.session.merge(folders["inbox"].account.user)
 
 
+@pytest.mark.sqlite_only("reads SQLite's query plan")
 def test_unread_counts_read_only_unread_messages(me, folders, make_mailbox_message):
     """The count walks the partial index of unread messages, not the whole mailbox."""
     make_mailbox_message(folders["inbox"], subject="Unread")

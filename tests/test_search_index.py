@@ -32,11 +32,12 @@ def store(make_user, make_stored_account, make_stored_message):
 
 
 def search(store, query):
-    expression = match_expression(query)
+    expression = match_expression(db.session.connection(), query)
     if expression is None:
         return []
     rows = db.session.execute(
-        text(matching_threads_sql()), {"match": expression, **account_rows(store.account.id)}
+        text(matching_threads_sql(db.session.connection())),
+        {"match": expression, **account_rows(store.account.id)},
     )
     return sorted(row[0] for row in rows)
 
@@ -64,7 +65,7 @@ def test_hostile_query_syntax_never_errors(store):
     store("a b", "", "NEAR OR AND")
     for query in ['"', "NEAR(", "a OR", "*", "subject:x", "-x", "(((", "'; DROP TABLE x", "\r\n"]:
         search(store, query)  # no OperationalError
-    assert match_expression("   ") is None
+    assert match_expression(db.session.connection(), "   ") is None
 
 
 def test_reindex_replaces_and_remove_drops(store):

@@ -10,6 +10,7 @@ import pytest
 
 from tests.servers.browser import CHROMIUM_ARGS, LiveServer, ServerThread, chromium_path
 from tests.servers.dovecot import PROFILES, DovecotServer, MailUser
+from tests.servers.postgres import PostgresServer, postgres_bin_dir
 from tests.servers.smtp import SMTPServer
 
 _mail_users = itertools.count(1)
@@ -58,6 +59,40 @@ def any_dovecot(request, _profile_servers) -> DovecotServer:
     if name not in _profile_servers:
         _profile_servers[name] = DovecotServer(PROFILES[name]).start()
     return _profile_servers[name]
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server for the whole session (databases are per test)."""
+    if postgres_bin_dir() is None:
+        pytest.fail("PostgreSQL is not installed: run `make test`, which installs postgresql")
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres, tmp_path_factory):
+    """(server, name of a database migrated to the newest schema): tests copy it, which is
+    much faster than migrating each test's database."""
+    import schema
+    from app import create_app
+    from extensions import db
+
+    name = postgres.create_database(name="threadline_template")
+    app = create_app(
+        {
+            "TESTING": True,
+            "INSTANCE_PATH": str(tmp_path_factory.mktemp("template") / "instance"),
+            "SQLALCHEMY_DATABASE_URI": postgres.url(name),
+            "SECRET_KEY": "test-secret",
+            "SCHEDULER_ENABLED": False,
+        }
+    )
+    with app.app_context():
+        schema.upgrade_database()
+        db.engine.dispose()  # CREATE DATABASE ... TEMPLATE needs no session open on it
+    return postgres, name
 
 
 @pytest.fixture

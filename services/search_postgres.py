@@ -1,0 +1,159 @@
+"""The conversation search index on PostgreSQL: one tsvector per conversation, GIN-indexed.
+
+Words are split and folded here, in Python, the way SQLite's FTS5 tokenizer does it
+(`unicode61 remove_diacritics 2`: runs of letters and digits, lowercased, without
+diacritics), and handed to PostgreSQL as ready lexemes (a tsvector / tsquery literal), so
+neither PostgreSQL's parser nor the database's locale or text search configuration changes
+what matches: both databases find the same conversations for the same query.
+
+A term of several words ("carla@customer.test") is a phrase of adjacent words, as in FTS5;
+positions run on across a column and skip one between columns, so a phrase never spans two.
+PostgreSQL keeps positions up to 16,383 and 256 per word: a phrase deeper in a very long
+conversation may match a little more loosely than on SQLite. Single words always match.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from sqlalchemy import Connection, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
+
+from services.search import _THREAD_ID_MASK, MIN_PREFIX, SEARCH_ROWID_SQL
+
+_WORD_RE = re.compile(r"[^\W_]+")
+MAX_POSITION = 16_383  # PostgreSQL's largest tsvector position
+MAX_POSITIONS_PER_WORD = 256  # and the most positions it keeps per lexeme
+MAX_WORD_CHARS = 500  # a lexeme must stay under 2 KB
+MAX_DOCUMENT_BYTES = 900_000  # a tsvector must stay under 1 MB
+
+_NOTE_STALE = (
+    "IF {m}.thread_id IS NOT NULL THEN "
+    "INSERT INTO thread_search_stale (search_rowid) VALUES (" + SEARCH_ROWID_SQL + ") "
+    "ON CONFLICT DO NOTHING; END IF;"
+)
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS thread_search_stale (search_rowid BIGINT PRIMARY KEY)",
+    "CREATE TABLE IF NOT EXISTS thread_search_pending (search_rowid BIGINT PRIMARY KEY)",
+    # As the SQLite triggers: note the conversations whose live messages changed.
+    "CREATE OR REPLACE FUNCTION thread_search_note_stale() RETURNS trigger "
+    "LANGUAGE plpgsql AS $$ BEGIN "
+    "IF TG_OP = 'DELETE' THEN " + _NOTE_STALE.format(m="OLD") + " RETURN NULL; END IF; "
+    "IF OLD.thread_id IS DISTINCT FROM NEW.thread_id "
+    "OR (OLD.deleted_at IS NULL) <> (NEW.deleted_at IS NULL) "
+    "OR OLD.blocked <> NEW.blocked THEN "
+    + _NOTE_STALE.format(m="OLD")
+    + " "
+    + _NOTE_STALE.format(m="NEW")
+    + " END IF; RETURN NULL; END $$",
+    "CREATE OR REPLACE TRIGGER message_thread_search_update "
+    "AFTER UPDATE OF thread_id, deleted_at, blocked ON message "
+    "FOR EACH ROW EXECUTE FUNCTION thread_search_note_stale()",
+    "CREATE OR REPLACE TRIGGER message_thread_search_delete AFTER DELETE ON message "
+    "FOR EACH ROW EXECUTE FUNCTION thread_search_note_stale()",
+)
+
+
+def words(value: str) -> list[str]:
+    """The words of `value` as FTS5's unicode61 tokenizer (remove_diacritics 2) yields them."""
+    found = []
+    for word in _WORD_RE.findall(unicodedata.normalize("NFC", value)):
+        decomposed = unicodedata.normalize("NFD", word.lower())
+        folded = "".join(char for char in decomposed if not unicodedata.combining(char))
+        if folded:
+            found.append(folded[:MAX_WORD_CHARS])
+    return found
+
+
+def _quote(word: str) -> str:
+    # Words are letters and digits only; quoting still keeps any lexeme literal.
+    return "'" + word.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def tsvector_literal(columns: list[str]) -> str:
+    """A tsvector of the columns' words with their positions (see the module docstring)."""
+    positions: dict[str, list[int]] = {}
+    position, size = 0, 0
+    for value in columns:
+        for word in words(value):
+            position = min(position + 1, MAX_POSITION)
+            found = positions.get(word)
+            if found is None:
+                size += len(word.encode()) + 8
+                if size > MAX_DOCUMENT_BYTES:
+                    continue
+                positions[word] = [position]
+            elif len(found) < MAX_POSITIONS_PER_WORD and found[-1] != position:
+                found.append(position)
+        position = min(position + 1, MAX_POSITION)  # no phrase across two columns
+    return " ".join(
+        f"{_quote(word)}:{','.join(map(str, places))}" for word, places in positions.items()
+    )
+
+
+class PostgresIndex:
+    def create(self, connection: Connection) -> bool:
+        new = not connection.execute(text("SELECT to_regclass('thread_search')")).scalar()
+        connection.execute(
+            text(
+                "CREATE TABLE IF NOT EXISTS thread_search ("
+                "search_rowid BIGINT PRIMARY KEY, document TSVECTOR NOT NULL)"
+            )
+        )
+        connection.execute(
+            text(
+                "CREATE INDEX IF NOT EXISTS ix_thread_search_document "
+                "ON thread_search USING GIN (document)"
+            )
+        )
+        for statement in _SCHEMA:
+            connection.execute(text(statement))
+        return new
+
+    def delete_rows(self, connection: Connection, rowids: list[int]) -> None:
+        connection.execute(
+            text("DELETE FROM thread_search WHERE search_rowid = ANY(:rowids)").bindparams(
+                bindparam("rowids", type_=ARRAY(BIGINT))
+            ),
+            {"rowids": rowids},
+        )
+
+    def write_rows(self, connection: Connection, documents: list[dict[str, object]]) -> None:
+        # An upsert: another transaction may have rewritten the same conversation meanwhile.
+        connection.execute(
+            text(
+                "INSERT INTO thread_search (search_rowid, document) "
+                "VALUES (:rowid, CAST(:document AS tsvector)) "
+                "ON CONFLICT (search_rowid) DO UPDATE SET document = excluded.document"
+            ),
+            [
+                {
+                    "rowid": document["rowid"],
+                    "document": tsvector_literal(
+                        [document["subject"], document["participants"], document["body"]]
+                    ),
+                }
+                for document in documents
+            ],
+        )
+
+    def match_expression(self, terms: list[str]) -> str | None:
+        """A tsquery literal: every term required, a term of several words a phrase."""
+        parts = []
+        for term in terms:
+            found = words(term)
+            if not found:
+                continue  # FTS5 ignores a term with no word in it, too
+            quoted = [_quote(word) for word in found]
+            if len(term) >= MIN_PREFIX:
+                quoted[-1] += ":*"
+            parts.append("(" + " <-> ".join(quoted) + ")")
+        return " & ".join(parts) if parts else None
+
+    def matching_threads_sql(self) -> str:
+        return (
+            f"SELECT search_rowid & {_THREAD_ID_MASK} FROM thread_search "
+            "WHERE document @@ CAST(:match AS tsquery) "
+            "AND search_rowid BETWEEN :first AND :last"
+        )
