@@ -26,6 +26,19 @@ class Prepared:
     header_key: str | None = None
 
 
+def for_search(parsed: ParsedMessage) -> ParsedMessage:
+    """Return `parsed` slimmed to what storing and indexing need (cheap to pass between processes).
+
+    The search text is the start of the body plus the attachment file names, so a search for
+    "invoice" finds the mail that carries invoice-4471.pdf.
+    """
+    names = " ".join(a.filename for a in parsed.attachments if a.filename)
+    body = parsed.text_body[:SEARCH_BODY_CHARS]
+    return replace(
+        parsed, text_body=f"{body}\n{names}" if names else body, html_body=None, attachments=[]
+    )
+
+
 def prepare_batch(blob_root: str, items: list[tuple[int, bytes]]) -> list[Prepared]:
     """Write each raw message to the blob store, then parse it; never raises on bad mail."""
     store = _stores.get(blob_root)
@@ -36,8 +49,5 @@ def prepare_batch(blob_root: str, items: list[tuple[int, bytes]]) -> list[Prepar
         sha = store.put(raw)  # blob before row: a crash leaves at most an orphan blob
         parsed = parse_message(raw)
         key = dedup_key(raw)
-        slim = replace(
-            parsed, text_body=parsed.text_body[:SEARCH_BODY_CHARS], html_body=None, attachments=[]
-        )
-        prepared.append(Prepared(uid, sha, slim, key, len(raw), header_key(raw)))
+        prepared.append(Prepared(uid, sha, for_search(parsed), key, len(raw), header_key(raw)))
     return prepared

@@ -12,7 +12,6 @@ the copies it downloads find the messages they belong to.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 import zstandard
 from flask import Flask
@@ -22,7 +21,7 @@ from extensions import db
 from mailsync import store
 from mailsync.blobstore import app_blob_store
 from mailsync.parse import ParsedMessage, dedup_key, header_key, parse_message
-from mailsync.prepare import SEARCH_BODY_CHARS
+from mailsync.prepare import for_search
 from models import PARSE_VERSION, MailAccount, Message
 
 log = logging.getLogger("threadline.sync")
@@ -81,7 +80,7 @@ def reparse_account(app: Flask, account_id: int) -> int:
                 taken.add(key)
                 values["dedup_key"] = key
             _update(message_id, **values)
-            texts[message_id] = replace(parsed, text_body=parsed.text_body[:SEARCH_BODY_CHARS])
+            texts[message_id] = for_search(parsed)
             done += 1
         store.index_for_search(texts)
         db.session.commit()

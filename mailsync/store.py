@@ -20,6 +20,7 @@ from sqlalchemy import JSON, bindparam, delete, func, insert, or_, select, text,
 import dialect
 from extensions import db
 from mailsync import threading as jwz
+from mailsync.prepare import for_search
 from models import (
     FailedUid,
     MailFolder,
@@ -1240,7 +1241,7 @@ def replace_placeholder(message_id: int, raw_sha256: str, parsed: ParsedLike, si
             parse_error=parsed.parse_error,
         )
     )
-    index_for_search({message_id: parsed})
+    index_for_search({message_id: for_search(parsed)})
 
 
 ANALYZE_AFTER_NEW = 2000  # a run that stored this many messages refreshes all statistics

@@ -50,5 +50,8 @@ def test_init_db_parses_older_mail_again(
     assert db.session.get(MailAccount, account.id).parse_version == PARSE_VERSION
     page = mailbox.list_threads(user, mailbox.MailboxQuery(q="quokka"))
     assert [row.id for row in page.rows] == [fixed.thread_id]
+    # Attachment names are searchable, older mail included ("txt" is only in terms.txt).
+    page = mailbox.list_threads(user, mailbox.MailboxQuery(q="txt"))
+    assert [row.id for row in page.rows] == [fixed.thread_id]
     # Once is enough: a second init-db parses nothing.
     assert "parsed again" not in runner.invoke(args=["init-db"]).output

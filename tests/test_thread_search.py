@@ -201,3 +201,28 @@ def test_removing_a_mailbox_with_its_mail_empties_its_search_rows(
         text("SELECT count(*) FROM message_text WHERE message_id = :id"), {"id": message_id}
     ).scalar()
     assert leftover == 0
+
+
+@pytest.mark.imap
+def test_attachment_file_names_are_searchable(app, dovecot, mail_user, me, make_account, login):
+    """A synced mail is found by its attachment's name, which its text never mentions."""
+    from tests.mail_fixtures import build_message
+    from tests.sync_helpers import run_sync
+
+    app.config["MAIL_ALLOWED_PORTS"] = None
+    dovecot.deliver(
+        mail_user.email,
+        build_message(
+            subject="As discussed",
+            to=mail_user.email,
+            text="See the file.",
+            attachments=(("Rechnung-4471-Quokka.pdf", "application/pdf", b"%PDF-1.4 x"),),
+        ),
+    )
+    dovecot.deliver(mail_user.email, build_message(subject="Other mail", to=mail_user.email))
+    account = make_account(me, mail_user)
+    assert run_sync(app, account).ok
+    client = login(me)
+    for query in ("rechnung", "4471", "quokka.pdf"):
+        page = client.get("/mail/", query_string={"q": query}).get_data(as_text=True)
+        assert "As discussed" in page and "Other mail" not in page, query
