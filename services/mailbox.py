@@ -196,6 +196,12 @@ def list_folders(user: User, *, counts: bool = True) -> list[FolderEntry]:
     return entries
 
 
+def has_mailbox(user: User) -> bool:
+    """Tell whether the user has connected a mailbox of their own."""
+    found = db.session.scalar(select(MailAccount.id).where(MailAccount.user_id == user.id))
+    return found is not None
+
+
 def folder_title(user: User, key: str) -> str:
     """Return the heading of a folder key ("Inbox", or a synced folder's name)."""
     folder_id = _folder_id(key)

@@ -114,6 +114,7 @@ for _area in ("deals", "persons", "organizations", "leads", "projects"):
 CLASSIFICATION.update(
     {
         "deals.move": "owner_post",
+        "deals.dismiss_checklist": "post",
         "leads.convert": "owner_post",
         "persons.link_past": "owner_post",
         "persons.dismiss_past_links": "owner_post",

@@ -4,7 +4,7 @@ from flask import Blueprint, redirect, render_template, request, url_for
 from flask_login import current_user
 
 from models import CURRENCIES, DEAL_STAGE_LABELS, DEAL_STAGES, Deal, Person
-from services import records
+from services import onboarding, records
 from services.access import record_for, record_or_none
 from services.errors import ValidationError
 from services.inputs import parse_id
@@ -69,7 +69,13 @@ def _board(**context):
 
 @bp.get("/")
 def index():
-    return render_list("deals", Deal)
+    return render_list("deals", Deal, checklist=onboarding.checklist_to_show(current_user))
+
+
+@bp.post("/checklist/dismiss")
+def dismiss_checklist():
+    onboarding.dismiss_checklist(current_user)
+    return redirect(url_for("deals.index"), code=303)
 
 
 @bp.get("/board")

@@ -117,6 +117,7 @@ def _render_list(query: mailbox.MailboxQuery):
         folders=mailbox.list_folders(current_user, counts=False) if full_page else [],
         counts_pending=True,
         saving=mailbox.writeback_status(current_user),
+        has_mailbox=mailbox.has_mailbox(current_user),
         saving_url=saving_url(),
         notices_here=not full_page,  # a full page shows them once, in base.html's #flash
     )
