@@ -76,7 +76,9 @@ def seed_demo() -> None:
         raise click.ClickException("; ".join(exc.errors.values())) from exc
     click.echo(
         f"Demo data ready: {summary.organizations} organizations, {summary.persons} people, "
-        f"{summary.deals} deals, {summary.leads} leads, {summary.projects} projects."
+        f"{summary.deals} deals, {summary.leads} leads, {summary.projects} projects, and a "
+        f"demo mailbox of {summary.conversations} conversations for {summary.users[0][1]} "
+        "(paused: it has no mail server behind it)."
     )
     click.echo("Sign in as any of:")
     for name, email, is_admin in summary.users:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import func, select
@@ -23,6 +23,7 @@ from models import (
     Person,
     PersonEmail,
     Project,
+    Thread,
     User,
 )
 from services import users
@@ -129,6 +130,7 @@ class DemoSummary:
     deals: int
     leads: int
     projects: int
+    conversations: int = 0
 
 
 def _ascii(text: str) -> str:
@@ -233,6 +235,7 @@ def seed_demo(*, seed: int = 7) -> DemoSummary:
     ]
     db.session.add_all(leads + projects)
     db.session.commit()
+    conversations = seed_demo_mailbox(team[0], deals)
     return DemoSummary(
         users=[(user.name, user.email, user.is_admin) for user in team],
         password=DEMO_PASSWORD,
@@ -241,4 +244,164 @@ def seed_demo(*, seed: int = 7) -> DemoSummary:
         deals=len(deals),
         leads=len(leads),
         projects=len(projects),
+        conversations=conversations,
     )
+
+
+# --------------------------------------------------------------------------- demo mailbox
+
+DEMO_MAIL_HOST = "demo.invalid"  # never reached: the demo mailbox is paused
+DEMO_THREADS = (
+    # (subject, customer's words, the seller's answer or None)
+    (
+        "Renewal terms for next year",
+        "Could you send the renewal terms before Friday?",
+        "Attached are the terms; happy to walk you through them.",
+    ),
+    ("Pricing question", "Is the volume discount available on the annual plan?", None),
+    (
+        "Kick-off agenda",
+        "Here is our agenda for Monday's kick-off.",
+        "Thanks, looks good. I added one item about data migration.",
+    ),
+    ("Security questionnaire", "Our IT team needs the security questionnaire filled in.", None),
+    (
+        "Invoice 4471",
+        "Could you resend invoice 4471 with our new address?",
+        "Done: the corrected invoice is attached.",
+    ),
+    ("Contract signed", "The signed contract is attached. Looking forward to it!", None),
+)
+
+
+def seed_demo_mailbox(owner: User, deals: list[Deal]) -> int:
+    """Give `owner` a demo mailbox of conversations with the demo customers; return how many.
+
+    The mail goes through the same path as synced mail (blob store, parser, store_batch), so
+    it is threaded, matched to persons and linked to their deals by the normal rules. The
+    account is paused: there is no server behind it.
+    """
+    from flask import current_app
+
+    from mailsync import store
+    from mailsync.blobstore import blob_root
+    from mailsync.prepare import prepare_batch
+    from models import SYNC_PAUSED, MailAccount, MailFolder
+    from services import linking
+    from services.credentials import secret_box
+
+    account = MailAccount(
+        user_id=owner.id,
+        email_address=owner.email,
+        provider="other",
+        username=owner.email,
+        password_encrypted=secret_box(current_app).encrypt("demo mailbox: no server"),
+        imap_host=DEMO_MAIL_HOST,
+        sync_state=SYNC_PAUSED,
+        last_success_at=datetime(2026, 11, 1, 9, 0, tzinfo=UTC),
+    )
+    db.session.add(account)
+    db.session.flush()
+    inbox = MailFolder(account_id=account.id, name="INBOX", role="inbox", uidvalidity=1)
+    sent = MailFolder(account_id=account.id, name="Sent", role="sent", uidvalidity=1)
+    db.session.add_all([inbox, sent])
+    db.session.flush()
+
+    raws: dict[int, list[tuple[int, bytes]]] = {inbox.id: [], sent.id: []}
+    open_deals = [deal for deal in deals if deal.status == "open"]
+    for index, (subject, words, answer) in enumerate(DEMO_THREADS):
+        deal = open_deals[index % len(open_deals)]
+        customer = deal.person
+        address = customer.emails[0].email
+        when = datetime(2026, 10, 20, 9, 0, tzinfo=UTC) + timedelta(days=index * 2)
+        first_id = f"demo-{index}-1@{deal.organization.domain}"
+        raws[inbox.id].append(
+            (
+                len(raws[inbox.id]) + 1,
+                _demo_mail(
+                    customer.name, address, owner.name, owner.email, subject, words, when, first_id
+                ),
+            )
+        )
+        if answer:
+            raws[sent.id].append(
+                (
+                    len(raws[sent.id]) + 1,
+                    _demo_mail(
+                        owner.name,
+                        owner.email,
+                        customer.name,
+                        address,
+                        f"Re: {subject}",
+                        answer,
+                        when + timedelta(hours=3),
+                        f"demo-{index}-2@northwind-sales.test",
+                        reply_to=first_id,
+                    ),
+                )
+            )
+    ctx = store.StoreContext(
+        account_id=account.id,
+        owner_id=owner.id,
+        own_addresses=frozenset(linking.own_addresses(owner)),
+        share_by_default=False,
+        auto_link=True,
+    )
+    for folder_id, items in raws.items():
+        fetched = [
+            store.Fetched(
+                folder_id=folder_id,
+                uid=prepared.uid,
+                flags=[b"\\Seen"] if folder_id == sent.id or prepared.uid % 2 else [],
+                dedup_key=prepared.dedup_key,
+                parsed=prepared.parsed,
+                raw_sha256=prepared.raw_sha256,
+                size=prepared.size,
+                internaldate=prepared.parsed.date,
+                header_key=prepared.header_key,
+            )
+            for prepared in prepare_batch(str(blob_root(current_app)), items)
+        ]
+        store.store_batch(ctx, fetched)
+    for folder in (inbox, sent):
+        folder.last_seen_uid = len(raws[folder.id])
+        folder.uidnext = folder.last_seen_uid + 1
+        folder.server_message_count = folder.last_seen_uid
+        folder.initial_sync_complete = True
+        folder.state = "synced"
+    # Some conversations shared with the team: teammates see them on the linked deals.
+    threads = db.session.scalars(
+        select(Thread).where(Thread.account_id == account.id).order_by(Thread.id)
+    ).all()
+    for thread in threads[::2]:
+        thread.shared = True
+    db.session.commit()
+    return len(threads)
+
+
+def _demo_mail(
+    from_name: str,
+    from_address: str,
+    to_name: str,
+    to_address: str,
+    subject: str,
+    text: str,
+    when: datetime,
+    message_id: str,
+    *,
+    reply_to: str | None = None,
+) -> bytes:
+    from email.message import EmailMessage
+    from email.utils import format_datetime
+
+    message = EmailMessage()
+    message["From"] = f"{from_name} <{from_address}>"
+    message["To"] = f"{to_name} <{to_address}>"
+    message["Subject"] = subject
+    message["Date"] = format_datetime(when)
+    message["Message-ID"] = f"<{message_id}>"
+    if reply_to:
+        message["In-Reply-To"] = f"<{reply_to}>"
+        message["References"] = f"<{reply_to}>"
+    message.set_content(f"Hello {to_name.split()[0]},\n\n{text}\n\nBest,\n{from_name}\n")
+    return message.as_bytes()

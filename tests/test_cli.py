@@ -103,6 +103,39 @@ def test_seed_demo_fills_a_fresh_database(runner):
     assert len(stages) == 5 and statuses == {"open", "won", "lost"}
     private = db.session.scalar(select(func.count(Deal.id)).where(Deal.visibility == "owner"))
     assert private > 0
+    assert "demo mailbox of 6 conversations" in result.output
+
+
+def test_seed_demo_fills_a_demo_mailbox_that_links_and_shares(runner, app, login):
+    """The demo mailbox went through the normal ingest path: threads, persons, deal links,
+    sharing, search; and its account is paused (no server to reach)."""
+    from models import MailAccount, Message, MessagePerson, Thread
+
+    assert runner.invoke(args=["seed-demo"]).exit_code == 0
+    maya = db.session.scalar(select(User).where(User.email == "maya@northwind-sales.test"))
+    lucas = db.session.scalar(select(User).where(User.email == "lucas@northwind-sales.test"))
+    account = db.session.scalar(select(MailAccount))
+    assert account.user_id == maya.id and account.sync_state == "paused"
+    assert count(Thread) == 6 and count(Message) == 9  # six conversations, three answered
+    assert count(MessagePerson) >= 6  # matched to the demo customers by address
+    linked = db.session.scalars(select(Thread).where(Thread.deal_id.is_not(None))).all()
+    assert linked, "conversations link to their customers' deals"
+
+    mail = login(maya).get("/mail/").get_data(as_text=True)
+    assert "Renewal terms for next year" in mail and "Connect your mailbox" not in mail
+    found = login(maya).get("/mail/?q=invoice").get_data(as_text=True)
+    assert "Invoice 4471" in found and "Pricing question" not in found
+    # A teammate sees a shared conversation on a deal page they can access, never the others.
+    public = set(db.session.scalars(select(Deal.id).where(Deal.visibility == "everyone")))
+    shared = [t for t in linked if t.shared and t.deal_id in public]
+    assert shared, "some demo conversations are shared on deals the team can see"
+    private = [t for t in linked if not t.shared]
+    teammate = login(lucas)
+    for thread in shared:
+        panel = teammate.get(f"/mail/records/deal/{thread.deal_id}/conversations")
+        assert f"/mail/threads/{thread.id}" in panel.get_data(as_text=True)
+    for thread in private:
+        assert teammate.get(f"/mail/threads/{thread.id}").status_code == 404
 
 
 def test_seed_demo_is_deterministic(runner, app):
