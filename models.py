@@ -668,6 +668,30 @@ class MessagePerson(db.Model):
         return f"<MessagePerson m={self.message_id} p={self.person_id}>"
 
 
+class OwnAddress(db.Model):
+    """An address of the user's own besides their sign-in and account addresses (an alias).
+
+    Learned from the From of their Sent folder, or added by hand; never matched to persons,
+    never "another participant" for blocking. An `ignored` row keeps a removed one from being
+    learned again.
+    """
+
+    __tablename__ = "own_address"
+    __table_args__ = (UniqueConstraint("user_id", "address"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("mail_account.id", ondelete="CASCADE"), index=True
+    )
+    address: Mapped[str] = mapped_column(String(320))
+    source: Mapped[str] = mapped_column(String(10))  # added | sent | ignored
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<OwnAddress u={self.user_id} {self.address} ({self.source})>"
+
+
 class PastLinkOffer(db.Model):
     """An open offer to link a user's past mail with an address just added to a person.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -1121,6 +1121,27 @@ def _person_addresses(parsed: ParsedLike) -> set[str]:
     return addresses
 
 
+def _with_sent_aliases(ctx: StoreContext, items: Sequence[Fetched]) -> StoreContext:
+    """Learn the From addresses of mail in the Sent folder as the owner's own (aliases), so
+    they are never matched to persons, counted for blocking or offered as contacts."""
+    sent = set(
+        db.session.scalars(
+            select(MailFolder.id).where(
+                MailFolder.account_id == ctx.account_id, MailFolder.role == "sent"
+            )
+        )
+    )
+    senders = {
+        item.parsed.from_address
+        for item in items
+        if item.folder_id in sent and item.parsed.from_address
+    }
+    if not senders - ctx.own_addresses:
+        return ctx
+    own = linking.learn_own_addresses(ctx.owner_id, ctx.account_id, senders - ctx.own_addresses)
+    return replace(ctx, own_addresses=ctx.own_addresses | own)
+
+
 def store_batch(ctx: StoreContext, items: Sequence[Fetched], *, takeover: bool = True) -> int:
     """Persist downloaded messages and their locations; return how many messages are new.
 
@@ -1130,6 +1151,7 @@ def store_batch(ctx: StoreContext, items: Sequence[Fetched], *, takeover: bool =
     """
     if not items:
         return 0
+    ctx = _with_sent_aliases(ctx, items)
     existing = existing_by_dedup_key(ctx.account_id, (item.dedup_key for item in items))
     fresh: dict[str, Fetched] = {}
     for item in items:

@@ -20,6 +20,7 @@ from models import (
     MailAccount,
     Message,
     MessagePerson,
+    OwnAddress,
     PastLinkOffer,
     Person,
     PersonEmail,
@@ -28,6 +29,7 @@ from models import (
     User,
 )
 from services.access import accessible_to
+from services.addresses import is_valid_address
 from services.errors import ValidationError
 from services.linking_rules import (
     LinkTarget,
@@ -51,11 +53,134 @@ def message_participants(message: Message) -> list[str]:
 
 
 def own_addresses(user: User) -> set[str]:
-    """Return the user's own addresses: sign-in address and every mail account address."""
-    accounts = db.session.scalars(
-        select(MailAccount.email_address).where(MailAccount.user_id == user.id)
+    """Return the user's own addresses: sign-in address, each mail account's address and
+    login name, and their aliases (learned from Sent or added; not the removed ones)."""
+    return own_addresses_of(user.id, user.email)
+
+
+def own_addresses_of(user_id: int, sign_in_address: str) -> set[str]:
+    accounts = db.session.execute(
+        select(MailAccount.email_address, MailAccount.username).where(
+            MailAccount.user_id == user_id
+        )
+    ).all()
+    aliases = db.session.scalars(
+        select(OwnAddress.address).where(
+            OwnAddress.user_id == user_id, OwnAddress.source != "ignored"
+        )
     )
-    return {user.email.lower(), *(address.lower() for address in accounts)}
+    found = {sign_in_address.lower(), *aliases}
+    for address, username in accounts:
+        found.add(address.lower())
+        if "@" in (username or ""):
+            found.add(username.strip().lower())
+    return found
+
+
+def learn_own_addresses(user_id: int, account_id: int, addresses: Iterable[str]) -> set[str]:
+    """Record From addresses of the user's Sent mail as their own; return those now own.
+
+    An address the user removed (`ignored`) stays removed. Flushes only.
+    """
+    wanted = {a.strip().lower() for a in addresses if a and "@" in a}
+    if not wanted:
+        return set()
+    known = dict(
+        db.session.execute(
+            select(OwnAddress.address, OwnAddress.source).where(
+                OwnAddress.user_id == user_id, OwnAddress.address.in_(wanted)
+            )
+        ).all()
+    )
+    new = wanted - set(known)
+    db.session.add_all(
+        OwnAddress(user_id=user_id, account_id=account_id, address=a, source="sent") for a in new
+    )
+    db.session.flush()
+    if new:
+        unlink_own_addresses(user_id, new)
+        user = db.session.get(User, user_id)
+        if blocked_entries(user):  # mail to the alias alone may now count as blocked
+            refresh_blocked_flags(user)
+    return {a for a in wanted if known.get(a) != "ignored"}
+
+
+def unlink_own_addresses(user_id: int, addresses: set[str]) -> int:
+    """Undo person links of the user's mail that only an alias of theirs made; flushes.
+
+    Mail stored before an alias was learned (INBOX syncs before Sent) may have been matched
+    to a person who has that address; a link that another address still justifies stays.
+    """
+    person_ids = set(
+        db.session.scalars(select(PersonEmail.person_id).where(PersonEmail.email.in_(addresses)))
+    )
+    if not person_ids:
+        return 0
+    own_accounts = select(MailAccount.id).where(MailAccount.user_id == user_id)
+    rows = db.session.execute(
+        select(MessagePerson, Message)
+        .join(Message, Message.id == MessagePerson.message_id)
+        .where(MessagePerson.person_id.in_(person_ids), Message.account_id.in_(own_accounts))
+    ).all()
+    emails: dict[int, set[str]] = {}
+    for person_id, email in db.session.execute(
+        select(PersonEmail.person_id, PersonEmail.email).where(
+            PersonEmail.person_id.in_(person_ids)
+        )
+    ):
+        emails.setdefault(person_id, set()).add(email)
+    removed = 0
+    for link, message in rows:
+        others = emails.get(link.person_id, set()) - addresses
+        if not others & set(message_participants(message)):
+            db.session.delete(link)
+            removed += 1
+    db.session.flush()
+    return removed
+
+
+def account_addresses(user: User, account: MailAccount) -> list[OwnAddress]:
+    """Return the aliases shown on an account's page (learned there or added there)."""
+    return list(
+        db.session.scalars(
+            select(OwnAddress)
+            .where(OwnAddress.user_id == user.id, OwnAddress.account_id == account.id)
+            .order_by(OwnAddress.address)
+        )
+    )
+
+
+def add_own_address(user: User, account: MailAccount, address: str) -> OwnAddress:
+    """Add an alias by hand; commits. Raises ValidationError for a bad or known address."""
+    value = (address or "").strip().lower()
+    if not is_valid_address(value):
+        raise ValidationError({"address": "Enter an address like you@example.com."})
+    row = db.session.scalar(
+        select(OwnAddress).where(OwnAddress.user_id == user.id, OwnAddress.address == value)
+    )
+    if row is None:
+        row = OwnAddress(user_id=user.id, account_id=account.id, address=value, source="added")
+        db.session.add(row)
+    elif row.source == "ignored":
+        row.source, row.account_id = "added", account.id
+    elif value in own_addresses(user):
+        raise ValidationError({"address": f"{value} is already one of your addresses."})
+    unlink_own_addresses(user.id, {value})
+    refresh_blocked_flags(user)
+    db.session.commit()
+    return row
+
+
+def remove_own_address(user: User, address_id: int | None) -> None:
+    """Stop treating an alias as the user's own; commits. It is not learned again."""
+    row = db.session.scalar(
+        select(OwnAddress).where(OwnAddress.id == address_id, OwnAddress.user_id == user.id)
+    )
+    if row is None or row.source == "ignored":
+        return
+    row.source = "ignored"
+    refresh_blocked_flags(user)
+    db.session.commit()
 
 
 # --------------------------------------------------------------------------- persons

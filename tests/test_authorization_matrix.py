@@ -67,6 +67,8 @@ CLASSIFICATION = {
     "accounts.reauth": "owner_post",
     "accounts.folders_update": "owner_post",
     "accounts.remove": "owner_post",
+    "accounts.add_address": "owner_post",
+    "accounts.remove_address": "owner_post",
     "mail.index": "page",
     "mail.rows": "page",
     "mail.folders": "page",
@@ -205,6 +207,7 @@ def world(
     )
     db.session.commit()
     entry = linking.block(a, "spammer@junk.test")
+    alias = linking.add_own_address(a, account, "a.alias@team.test")
 
     from mailsync.parse import parse_message
     from services.conversations import load_raw
@@ -219,6 +222,7 @@ def world(
         "token": cid_token("logo"),
         "step": "older",
         "entry_id": entry.id,
+        "address_id": alias.id,
         "kind": "deal",
         "record_id": records["deal"].id,
         "user_id": b.id,

@@ -28,7 +28,7 @@ from flask_login import current_user
 
 from mailsync.folders import ServerFolder
 from mailsync.providers import PROVIDERS, get_provider
-from services import access, accounts
+from services import access, accounts, linking
 from services.accounts import RateLimited
 from services.errors import ValidationError
 from views.helpers import form_value, parse_int, render_invalid
@@ -183,7 +183,40 @@ def show(account_id: int):
     status = accounts.account_status(
         account, interval_seconds=current_app.config["SYNC_INTERVAL_SECONDS"]
     )
-    return render_template("accounts/show.html", account=account, status=status)
+    return render_template(
+        "accounts/show.html",
+        account=account,
+        status=status,
+        aliases=linking.account_addresses(current_user, account),
+        alias_errors={},
+    )
+
+
+@bp.post("/<id:account_id>/addresses")
+def add_address(account_id: int):
+    account = access.account_for(current_user, account_id)
+    try:
+        linking.add_own_address(current_user, account, request.form.get("address", "")[:320])
+    except ValidationError as exc:
+        status = accounts.account_status(
+            account, interval_seconds=current_app.config["SYNC_INTERVAL_SECONDS"]
+        )
+        page = render_template(
+            "accounts/show.html",
+            account=account,
+            status=status,
+            aliases=linking.account_addresses(current_user, account),
+            alias_errors=exc.errors,
+        )
+        return page, 422
+    return redirect(url_for("accounts.show", account_id=account.id, _anchor="addresses"), code=303)
+
+
+@bp.post("/<id:account_id>/addresses/<id:address_id>/remove")
+def remove_address(account_id: int, address_id: int):
+    account = access.account_for(current_user, account_id)
+    linking.remove_own_address(current_user, address_id)
+    return redirect(url_for("accounts.show", account_id=account.id, _anchor="addresses"), code=303)
 
 
 @bp.get("/<id:account_id>/progress")
