@@ -280,6 +280,9 @@ def test_cid_image_attachment_and_rtl(
 def test_sidebar_actions_swap_in_place(live_server, page, mailbox, make_raw_message, make_deal):
     owner, account = mailbox
     make_deal(owner, title="Gold renewal")
+    make_raw_message(  # an earlier conversation with Nora: offered once she is a person
+        account, build_message(sender="Nora New <nora@prospect.test>", to="olivia@team.test")
+    )
     message = make_raw_message(
         account, build_message(sender="Nora New <nora@prospect.test>", to="olivia@team.test")
     )
@@ -299,6 +302,7 @@ def test_sidebar_actions_swap_in_place(live_server, page, mailbox, make_raw_mess
     wait_for_htmx_settled(page)
     page.locator(".participant summary").first.click()
     page.get_by_role("button", name="Create person").click()
+    page.get_by_text("nora@prospect.test now belongs to Nora New.").wait_for()
     page.get_by_role("button", name="Link 1 past conversation").wait_for()
     wait_for_htmx_settled(page)
     SHOTS.mkdir(exist_ok=True)

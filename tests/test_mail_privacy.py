@@ -53,6 +53,7 @@ def team(make_user, make_stored_account, make_raw_message, make_organization, ma
     a_private = mail(a_account, "Alice private note", shared=False)
     admin_private = mail(admin_account, "Admin private note", shared=False)
     b_own = mail(b_account, "Bob's own thread", shared=False)
+    b_earlier = mail(b_account, "Bob's earlier thread", shared=False)
     db.session.commit()
     return {
         "a": a,
@@ -63,6 +64,7 @@ def team(make_user, make_stored_account, make_raw_message, make_organization, ma
         "a_private": a_private,
         "admin_private": admin_private,
         "b_own": b_own,
+        "b_earlier": b_earlier,
     }
 
 
@@ -75,8 +77,9 @@ def test_link_past_conversations_touches_only_the_acting_users_mailboxes(team, l
         headers=HTMX_SIDEBAR,
     )
     assert offer.status_code == 200
-    # Only Bob's own thread mentions Dora in Bob's mailboxes, and it is the one he is on: the
-    # count must not cover Alice's or the admin's mail (it would be an oracle of their mail).
+    # Bob's mailboxes hold two threads with Dora: the one he is on (linked at once) and an
+    # earlier one, offered. The count must not cover Alice's or the admin's mail (it would be
+    # an oracle of their mail).
     assert offered_count(offer) == 1
     person_id = db.session.scalar(
         select(PersonEmail.person_id).where(PersonEmail.email == CUSTOMER)
@@ -92,7 +95,7 @@ def test_link_past_conversations_touches_only_the_acting_users_mailboxes(team, l
             select(MessagePerson.message_id).where(MessagePerson.person_id == person_id)
         )
     )
-    assert linked_ids == {team["b_own"].id}
+    assert linked_ids == {team["b_own"].id, team["b_earlier"].id}
     for other in ("a_shared", "a_private", "admin_private"):
         thread_id = team[other].thread_id
         assert bob.get(f"/mail/threads/{thread_id}").status_code == 404, other
@@ -111,7 +114,9 @@ def test_adding_the_address_to_a_person_offers_only_my_conversations(team, login
         headers=HTMX_SIDEBAR,
     )
     assert offer.status_code == 200
-    assert offered_count(offer) == 1  # Bob's own thread; before: 4, Alice's and the admin's too
+    # Bob's earlier thread (the one he is on is linked at once); before: Alice's and the
+    # admin's too.
+    assert offered_count(offer) == 1
 
 
 def test_teammates_private_person_collects_none_of_my_mail(
