@@ -186,8 +186,27 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--bare-batch", type=int, default=30)
     parser.add_argument("--profile", help="write a cProfile of the first sync to this file")
+    parser.add_argument("--database-url", help="an empty database to sync into instead of SQLite")
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="start a throwaway PostgreSQL (as the tests do) and sync into it",
+    )
     args = parser.parse_args()
+    postgres = None
+    if args.postgres:
+        from tests.servers.postgres import PostgresServer
 
+        postgres = PostgresServer().start()
+        args.database_url = postgres.url(postgres.create_database(name="syncbench"))
+    try:
+        run(args)
+    finally:
+        if postgres is not None:
+            postgres.stop()
+
+
+def run(args) -> None:
     server = DovecotServer().start()
     workdir = Path(tempfile.mkdtemp(prefix="threadline-bench-"))
     try:
@@ -222,7 +241,8 @@ def main() -> None:
         app = create_app(
             {
                 "INSTANCE_PATH": str(workdir / "instance"),
-                "SQLALCHEMY_DATABASE_URI": f"sqlite:///{workdir / 'threadline.db'}",
+                "SQLALCHEMY_DATABASE_URI": args.database_url
+                or f"sqlite:///{workdir / 'threadline.db'}",
                 "SECRET_KEY": "bench",
                 "SCHEDULER_ENABLED": False,
                 "MAIL_ALLOWED_PORTS": None,

@@ -496,14 +496,37 @@ def main() -> None:
     parser.add_argument("--sync-messages", type=int, default=6000)
     parser.add_argument("--rounds", type=int, default=100)  # p95 of 40 samples is the 3rd worst
     parser.add_argument("--keep", help="seed into (or reuse the seeded instance in) this dir")
+    parser.add_argument(
+        "--database-url",
+        help="an empty database to seed and measure instead of SQLite, e.g. "
+        "postgresql+psycopg://user@host/db",
+    )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="start a throwaway PostgreSQL (as the tests do) and measure on it",
+    )
     args = parser.parse_args()
+    postgres = None
+    if args.postgres:
+        from tests.servers.postgres import PostgresServer
 
+        postgres = PostgresServer().start()
+        args.database_url = postgres.url(postgres.create_database(name="webbench"))
+    try:
+        run(args)
+    finally:
+        if postgres is not None:
+            postgres.stop()
+
+
+def run(args) -> None:
     import schema
     from app import create_app
     from cli import keep_startup_objects_out_of_gc
 
     workdir = Path(args.keep or tempfile.mkdtemp(prefix="threadline-webbench-"))
-    reuse = (workdir / "seeded.db").exists()
+    reuse = not args.database_url and (workdir / "seeded.db").exists()
     if reuse:  # start from the seeded state: the previous run synced a second account
         shutil.copyfile(workdir / "seeded.db", workdir / "threadline.db")
         for suffix in ("-wal", "-shm"):
@@ -511,7 +534,8 @@ def main() -> None:
     app = create_app(
         {
             "INSTANCE_PATH": str(workdir / "instance"),
-            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{workdir / 'threadline.db'}",
+            "SQLALCHEMY_DATABASE_URI": args.database_url
+            or f"sqlite:///{workdir / 'threadline.db'}",
             "SECRET_KEY": "bench",
             "SCHEDULER_ENABLED": False,
             "MAIL_ALLOWED_PORTS": None,
@@ -520,6 +544,7 @@ def main() -> None:
     )
     with app.app_context():
         schema.upgrade_database()  # what `flask init-db` does (a reused database may be older)
+    print(f"database: {app.config['SQLALCHEMY_DATABASE_URI'].split(':')[0]}")
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     began = time.perf_counter()
     if not reuse:
@@ -530,7 +555,7 @@ def main() -> None:
             f"seeded {stored} messages through store_batch in {time.perf_counter() - began:.0f} s"
             f" ({stored / (time.perf_counter() - began):.0f} msg/s)"
         )
-        if args.keep:
+        if args.keep and not args.database_url:
             with app.app_context():
                 db_keep(app, workdir)
     with app.app_context():
