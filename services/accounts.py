@@ -685,6 +685,8 @@ def account_status(account: MailAccount, *, interval_seconds: int = 120) -> dict
             "last_error": folder.last_error,
             "server_count": folder.server_message_count,
             "stored_count": stored.get(folder.id, 0),
+            "backfill_done": folder.backfill_done,
+            "backfill_total": folder.backfill_total,
         }
         for folder in sort_folders(list(account.folders))
     ]
@@ -709,6 +711,33 @@ def account_status(account: MailAccount, *, interval_seconds: int = 120) -> dict
         "folders": folders,
         "runs": runs,
     }
+
+
+def status_is_live(status: dict) -> bool:
+    """Tell whether the status page should keep refreshing: a sync runs or was asked for."""
+    running = any(run.finished_at is None for run in status["runs"][:1])
+    return status["progress"].active or running
+
+
+def time_left_label(
+    progress: Progress, start_done: int | None, start_at: float | None, now: float
+) -> str | None:
+    """Estimate the first sync's time left from the rate seen since the page started polling.
+
+    `start_done` messages were done at `start_at` (epoch seconds); None until enough is seen.
+    """
+    if not progress.total or progress.done >= progress.total or start_done is None:
+        return None
+    elapsed = now - (start_at if start_at is not None else now)
+    gained = progress.done - start_done
+    if elapsed < 4 or gained <= 0:
+        return None
+    seconds = (progress.total - progress.done) / (gained / elapsed)
+    if seconds < 90:
+        return "About a minute left."
+    if seconds < 3600:
+        return f"About {round(seconds / 60)} minutes left."
+    return f"About {seconds / 3600:.1f} hours left."
 
 
 def _fix_for(account: MailAccount, state: str) -> str | None:

@@ -58,6 +58,7 @@ CLASSIFICATION = {
     "accounts.create": "post",
     "accounts.show": "owner",
     "accounts.progress": "owner",
+    "accounts.status": "owner",
     "accounts.reauth_form": "owner",
     "accounts.folders_form": "owner",
     "accounts.remove_form": "owner",

@@ -22,6 +22,7 @@ URL table (prefix /settings/accounts):
 from __future__ import annotations
 
 import json
+import time
 
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
 from flask_login import current_user
@@ -31,7 +32,7 @@ from mailsync.providers import PROVIDERS, get_provider
 from services import access, accounts, linking
 from services.accounts import RateLimited
 from services.errors import ValidationError
-from views.helpers import form_value, parse_int, render_invalid
+from views.helpers import form_value, parse_float, parse_int, render_invalid
 
 bp = Blueprint("accounts", __name__, url_prefix="/settings/accounts")
 
@@ -105,7 +106,9 @@ def _posted_folders() -> list[ServerFolder]:
 
 @bp.get("/")
 def index():
-    return render_template("accounts/index.html", accounts=accounts.list_accounts(current_user))
+    mine = accounts.list_accounts(current_user)
+    progress = {account.id: accounts.account_progress(account) for account in mine}
+    return render_template("accounts/index.html", accounts=mine, progress=progress)
 
 
 @bp.get("/new")
@@ -180,16 +183,45 @@ def create():
 @bp.get("/<id:account_id>")
 def show(account_id: int):
     account = access.account_for(current_user, account_id)
-    status = accounts.account_status(
-        account, interval_seconds=current_app.config["SYNC_INTERVAL_SECONDS"]
-    )
     return render_template(
         "accounts/show.html",
         account=account,
-        status=status,
         aliases=linking.account_addresses(current_user, account),
         alias_errors={},
+        **_live_status(account),
     )
+
+
+@bp.get("/<id:account_id>/status")
+def status(account_id: int):
+    """The live part of the status page, polled while a sync runs."""
+    account = access.account_for(current_user, account_id)
+    return render_template(
+        "accounts/partials/status.html", account=account, **_live_status(account)
+    )
+
+
+def _live_status(account) -> dict:
+    """The status with what keeps it live: the poll URL (carrying where progress stood when
+    polling began, for the time-left estimate) and that estimate."""
+    status = accounts.account_status(
+        account, interval_seconds=current_app.config["SYNC_INTERVAL_SECONDS"]
+    )
+    now = time.time()
+    start_done = parse_int(request.args.get("start_done"))
+    start_at = parse_float(request.args.get("start_at"))
+    progress = status["progress"]
+    if start_done is None or start_done > progress.done:
+        start_done, start_at = progress.done, now
+    poll_url = url_for(
+        "accounts.status", account_id=account.id, start_done=start_done, start_at=f"{start_at:.0f}"
+    )
+    return {
+        "status": status,
+        "live": accounts.status_is_live(status),
+        "poll_url": poll_url,
+        "eta_label": accounts.time_left_label(progress, start_done, start_at, now),
+    }
 
 
 @bp.post("/<id:account_id>/addresses")
@@ -198,15 +230,12 @@ def add_address(account_id: int):
     try:
         linking.add_own_address(current_user, account, request.form.get("address", "")[:320])
     except ValidationError as exc:
-        status = accounts.account_status(
-            account, interval_seconds=current_app.config["SYNC_INTERVAL_SECONDS"]
-        )
         page = render_template(
             "accounts/show.html",
             account=account,
-            status=status,
             aliases=linking.account_addresses(current_user, account),
             alias_errors=exc.errors,
+            **_live_status(account),
         )
         return page, 422
     return redirect(url_for("accounts.show", account_id=account.id, _anchor="addresses"), code=303)
@@ -222,10 +251,13 @@ def remove_address(account_id: int, address_id: int):
 @bp.get("/<id:account_id>/progress")
 def progress(account_id: int):
     account = access.account_for(current_user, account_id)
+    in_list = request.args.get("bar") == "1"  # one of the accounts list's bars
     return render_template(
         "accounts/partials/progress.html",
         progress=accounts.account_progress(account),
-        poll_url=url_for("accounts.progress", account_id=account.id),
+        poll_url=url_for("accounts.progress", account_id=account.id, bar=1 if in_list else None),
+        progress_id=f"sync-progress-{account.id}" if in_list else None,
+        compact=in_list,
     )
 
 

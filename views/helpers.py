@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from flask import current_app, make_response, render_template, url_for
 from htmx_flask import request
 from werkzeug.exceptions import NotFound
@@ -38,6 +40,15 @@ def render_invalid(template: str, status: int = 422, **context):
 def form_value(name: str, default: str = "") -> str:
     """Return a stripped form field."""
     return (request.form.get(name) or default).strip()
+
+
+def parse_float(value: str | None) -> float | None:
+    """Return a finite float from a query/form string, or None for anything else."""
+    try:
+        number = float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def parse_int(value: str | None) -> int | None:
