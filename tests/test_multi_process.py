@@ -155,7 +155,15 @@ def deliver(dovecot, mail_user, numbers) -> None:
 def seen_on_server(dovecot, mail_user) -> dict[str, bool]:
     """{Message-ID: whether its INBOX copy has \\Seen}, read with doveadm."""
     out = dovecot.doveadm(
-        "-f", "flow", "fetch", "-u", mail_user.email, "flags hdr.message-id", "mailbox", "INBOX", "ALL"
+        "-f",
+        "flow",
+        "fetch",
+        "-u",
+        mail_user.email,
+        "flags hdr.message-id",
+        "mailbox",
+        "INBOX",
+        "ALL",
     )
     seen = {}
     for line in out.splitlines():
@@ -299,7 +307,7 @@ def test_two_web_processes_and_one_worker_lose_nothing_and_run_nothing_twice(
         cut_short = [run for run in runs if run.error is not None]
         assert len(cut_short) <= 1 and all("interrupted" in run.error for run in cut_short)
         assert all(run.started_at.timestamp() < killed_at for run in cut_short)
-        for earlier, later in zip(completed, completed[1:]):
+        for earlier, later in zip(completed, completed[1:], strict=False):
             assert earlier.finished_at <= later.started_at, (earlier.id, later.id)
 
         # Every delivered message stored once, and all of them (the last "Sync now" came
