@@ -38,7 +38,7 @@ from models import JOB_DONE, Job, Message, MessageLocation, SyncRun, Thread
 from tests.conftest import CHEAP_PASSWORD_HASH, PASSWORD
 from tests.servers.dovecot import free_port
 from tests.sync_helpers import raw_message
-from tests.test_jobs import _answers, flask_process, stop, wait_for
+from tests.test_jobs import _answers, children, flask_process, stop, wait_for
 
 pytestmark = pytest.mark.imap
 
@@ -74,7 +74,9 @@ def layout(postgres, tmp_path):
     # No secret key from the environment: every process reads the instance's secret.key,
     # as a real install does, so a session cookie of one web process is good on the other.
     env.pop("THREADLINE_SECRET_KEY", None)
-    env.pop("THREADLINE_SCHEDULER_ENABLED", None)
+    # One environment for all, as the README's env file: web processes serve pages only
+    # (no worker child), and `flask worker` runs the schedule and the queue all the same.
+    env["THREADLINE_SCHEDULER_ENABLED"] = "0"
     result = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "app", "init-db"],
         cwd=REPO,
@@ -184,8 +186,7 @@ def job_running() -> bool:
 
 def start_web(env: dict) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    web_env = {**env, "THREADLINE_SCHEDULER_ENABLED": "0"}  # web only: no worker child
-    return flask_process(web_env, "serve", "--host", "127.0.0.1", "--port", str(port)), port
+    return flask_process(env, "serve", "--host", "127.0.0.1", "--port", str(port)), port
 
 
 def test_two_web_processes_and_one_worker_lose_nothing_and_run_nothing_twice(
@@ -204,6 +205,7 @@ def test_two_web_processes_and_one_worker_lose_nothing_and_run_nothing_twice(
         worker = flask_process(env, "worker")
         processes += [web1, web2, worker]
         wait_for(lambda: _answers(port1) and _answers(port2), seconds=60)
+        assert children(web1.pid) == children(web2.pid) == []  # web only: no worker child
 
         syncer, reader = Browser(port1), Browser(port2)
         syncer.sign_in(user.email)
