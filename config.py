@@ -2,6 +2,8 @@
 
 import os
 import secrets
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 ENV_PREFIX = "THREADLINE_"
@@ -126,11 +128,31 @@ def environment_overrides() -> dict:
 
 def read_or_create_secret(path: Path, nbytes: int = 32) -> str:
     """Return the secret stored in path, creating it (mode 0600) on first use."""
+    return read_or_create_file(path, lambda: secrets.token_urlsafe(nbytes).encode()).decode()
+
+
+def read_or_create_file(path: Path, make: Callable[[], bytes]) -> bytes:
+    """Return the bytes stored in path; on first use store make()'s (mode 0600) and return them.
+
+    Several processes may start at once on a fresh instance folder (web processes and the
+    worker): the file appears whole or not at all (written aside, then hard-linked into
+    place, which fails if it exists), so none reads a half-written file and all end up with
+    the one value that won.
+    """
     if path.exists():
-        return path.read_text().strip()
+        return path.read_bytes().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(nbytes)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value)
-    return value
+    value = make()
+    fd, draft = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(value)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            return path.read_bytes().strip()  # another process won; its value is whole
+    finally:
+        os.unlink(draft)
+    return value.strip()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import JSON, bindparam, delete, func, insert, or_, select, text, update
+from sqlalchemy import JSON, bindparam, case, delete, func, insert, or_, select, text, update
 
 import dialect
 from extensions import db
@@ -556,10 +556,22 @@ def apply_flag_changes(
                 changed_rows.append({"b_id": row["id"], **wanted})
                 touched.add(row["message_id"])
     if changed_rows:
+        # The guard is decided again by the UPDATE itself, on the row as it is then: the user
+        # may have marked the mail read or unread since the SELECT above (a web request of
+        # another process commits at any time, PostgreSQL locks only rows), and writing the
+        # server's older \Seen over it would lose that change.
+        guarded = or_(
+            location_t.c.seen_pending.is_(True),
+            location_t.c.seen_changed_at
+            > bindparam("b_guard_since", type_=location_t.c.seen_changed_at.type),
+        )
+        values = {name: bindparam(name) for name in (*columns, "gm_labels") if name != "seen"}
+        values["seen"] = case((guarded, location_t.c.seen), else_=bindparam("b_seen"))
+        for row in changed_rows:
+            row["b_seen"] = row.pop("seen")
+            row["b_guard_since"] = guard_since
         db.session.execute(
-            update(location_t)
-            .where(location_t.c.id == bindparam("b_id"))
-            .values({name: bindparam(name) for name in (*columns, "gm_labels")}),
+            update(location_t).where(location_t.c.id == bindparam("b_id")).values(values),
             changed_rows,
         )
         refresh_messages(touched)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from config import read_or_create_file
+
 
 class CredentialError(Exception):
     """A stored secret cannot be decrypted (wrong or missing key, corrupted value)."""
@@ -22,13 +24,9 @@ def load_keys(instance_path: str | Path, configured: str | None = None) -> list[
     configured = configured or os.environ.get("THREADLINE_MAIL_KEYS")
     if configured:
         return [key.strip().encode() for key in configured.split(",") if key.strip()]
-    path = Path(instance_path) / "mail.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(Fernet.generate_key())
-    return [line.strip() for line in path.read_bytes().splitlines() if line.strip()]
+    # Created whole or not at all: the web processes and the worker may start at once.
+    stored = read_or_create_file(Path(instance_path) / "mail.key", Fernet.generate_key)
+    return [line.strip() for line in stored.splitlines() if line.strip()]
 
 
 class SecretBox:

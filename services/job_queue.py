@@ -8,6 +8,9 @@ error for the page to show. A worker that dies leaves its job `running` with a l
 runs out; any worker may then claim it again, so no job is lost, and no two workers ever
 hold it at once.
 
+Merging into a queued job locks its row (FOR UPDATE on PostgreSQL), so requests of several
+web processes that fold into one job at once each see the others' payloads.
+
 Claiming is portable SQL: pick a candidate, then a conditional UPDATE that only succeeds
 while the job is still claimable, so only one claimer wins it. On PostgreSQL the candidate
 query also takes `FOR UPDATE SKIP LOCKED`, so concurrent workers skip each other's rows
@@ -74,11 +77,17 @@ def enqueue(
     if max_attempts is None:
         max_attempts = int(current_app.config.get("JOB_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS))
     if key is not None and merge is not None:
+        # FOR UPDATE: two requests folding into one job at once (two web processes on
+        # PostgreSQL) must merge one after the other; else the second writes merge(old, new)
+        # over the first one's payload and its change is lost. The second waits here for the
+        # first to commit and then reads its payload. SQLite ignores it: a request there holds
+        # the database's one write lock from its first write on (mark_read flushes first).
         last = db.session.execute(
             select(Job.id, Job.kind, Job.state, Job.payload)
             .where(Job.key == key, Job.state.in_(UNFINISHED))
             .order_by(Job.id.desc())
             .limit(1)
+            .with_for_update()
         ).first()
         if last is not None and last.kind == kind and last.state == JOB_QUEUED:
             merged = db.session.execute(

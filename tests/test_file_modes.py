@@ -3,6 +3,8 @@ service's user (0700 folders, 0600 files), including files SQLite creates later.
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,68 @@ def test_an_existing_readable_instance_folder_is_made_private(tmp_path, permissi
     assert mode(instance / "blobs") == 0o700
     assert mode(instance / "secret.key") == 0o600
     assert mode(instance / "threadline.db") == 0o600
+
+
+def test_processes_starting_at_once_share_one_whole_secret_key_and_mail_key(tmp_path):
+    """Web processes and the worker started together on a fresh instance folder: each reads
+    the one key that was created, never a half-written file or a key of its own."""
+    import config
+    from services.credentials import load_keys
+
+    instance = tmp_path / "instance"
+    script = (
+        "import sys; from pathlib import Path; import config;"
+        " from services.credentials import load_keys;"
+        " p = Path(sys.argv[1]);"
+        " print(config.read_or_create_secret(p / 'secret.key'), load_keys(p)[0].decode())"
+    )
+    env = {**os.environ}
+    env.pop("THREADLINE_MAIL_KEYS", None)
+    repo = Path(__file__).resolve().parents[1]
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(instance)],
+            cwd=repo,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    outputs = {process.communicate(timeout=60)[0].strip() for process in starts}
+    assert all(process.returncode == 0 for process in starts)
+    secret, mail_key = outputs.pop().split()
+    assert outputs == set()  # every process got the same pair
+    assert config.read_or_create_secret(instance / "secret.key") == secret
+    assert load_keys(instance)[0].decode() == mail_key
+    assert sorted(path.name for path in instance.iterdir()) == ["mail.key", "secret.key"]
+    assert mode(instance / "secret.key") == mode(instance / "mail.key") == 0o600
+
+
+def test_a_key_file_appears_whole_even_while_another_process_is_writing_it(tmp_path):
+    """Each starter makes its own value slowly; one wins, and every starter returns it."""
+    import threading
+    import time
+
+    import config
+
+    path = tmp_path / "secret.key"
+    start = threading.Barrier(6)
+    got: list[bytes] = []
+
+    def slow_value(n: int) -> bytes:
+        time.sleep(0.2)  # the others look meanwhile: no file yet, not a half-written one
+        return f"value-{n}\n".encode()
+
+    def starter(n: int) -> None:
+        start.wait()
+        got.append(config.read_or_create_file(path, lambda: slow_value(n)))
+
+    threads = [threading.Thread(target=starter, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(got) == 6 and len(set(got)) == 1 and got[0].startswith(b"value-")
+    assert path.read_bytes().strip() == got[0]
+    assert [p.name for p in tmp_path.iterdir()] == ["secret.key"]  # no drafts left

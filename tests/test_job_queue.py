@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from extensions import db
 from models import JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING, Job
@@ -184,3 +185,42 @@ def test_two_claimers_in_two_threads_never_get_the_same_job(app):
     owners = dict(db.session.execute(select(Job.id, Job.lease_owner)).all())
     assert all(owners[job_id] == "a" for job_id in claimed["a"])
     assert all(owners[job_id] == "b" for job_id in claimed["b"])
+
+
+def test_two_requests_folding_into_one_queued_job_at_once_both_land(app):
+    """Two web requests (two processes, or two threads of one) add to the same queued job at
+    once: each payload is merged into what the other wrote, never into a stale copy."""
+    job_id = job_queue.enqueue("seen", {"ids": [0]}, key="mailbox:1", merge=merge_union)
+    own_rows = [job_queue.enqueue("other", {}) for _ in range(2)]
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def slow_union(old: dict, new: dict) -> dict:
+        time.sleep(0.3)  # both requests have read the queued job by now, unless one waits
+        return merge_union(old, new)
+
+    def request(n: int) -> None:
+        try:
+            with app.app_context():
+                start.wait()
+                # A request changes its own rows first (mark_read: the messages), as here.
+                db.session.execute(
+                    update(Job).where(Job.id == own_rows[n]).values(updated_at=datetime.now(UTC))
+                )
+                job_queue.enqueue("seen", {"ids": [n + 1]}, key="mailbox:1", merge=slow_union)
+                db.session.remove()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=request, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    assert job(job_id).payload == {"ids": [0, 1, 2]}
+    assert db.session.scalar(select(func.count()).select_from(Job).where(Job.kind == "seen")) == 1
+
+
+def merge_union(old: dict, new: dict) -> dict:
+    return {"ids": sorted(set(old["ids"]) | set(new["ids"]))}

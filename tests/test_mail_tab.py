@@ -1,5 +1,6 @@
 """The Mail tab over HTTP: folders, counts, list order, paging, filters, search, actions, access."""
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -575,6 +576,45 @@ def test_a_sync_does_not_undo_a_fresh_read_with_stale_flags(
     db.session.commit()
     db.session.expire_all()
     assert not db.session.get(Message, message.id).is_read
+
+
+def test_a_read_made_while_a_sync_compares_flags_is_not_undone(
+    client_me, folders, make_mailbox_message, monkeypatch
+):
+    """The user marks mail read after a sync read the stored flags and before it writes the
+    server's (older) ones: the guard is decided on the row as the UPDATE finds it. With
+    several web processes on PostgreSQL the request commits at any moment of a pass."""
+    from mailsync import store
+
+    message = make_mailbox_message(folders["inbox"], subject="Race", uid=42)
+    thread_id = message.thread_id
+    flag_columns = store.flag_columns
+    marked = []
+
+    def mark_read_meanwhile(flags):
+        # Runs between the sync's SELECT and its UPDATE: another request, another session.
+        if not marked:
+            worker = threading.Thread(
+                target=lambda: marked.append(
+                    client_me.post(
+                        "/mail/threads/actions",
+                        data={"action": "read", "thread_id": thread_id},
+                    ).status_code
+                )
+            )
+            worker.start()
+            worker.join(timeout=30)
+        return flag_columns(flags)
+
+    monkeypatch.setattr(store, "flag_columns", mark_read_meanwhile)
+    db.session.commit()
+    store.apply_flag_changes(folders["inbox"].id, {42: ((b"\\Flagged",), [])})
+    db.session.commit()
+    assert marked == [303]
+    db.session.expire_all()
+    fresh = db.session.get(Message, message.id)
+    assert fresh.is_read and fresh.is_flagged
+    assert fresh.locations[0].seen and fresh.locations[0].seen_pending
 
 
 def test_newer_and_older_follow_the_list_across_accounts(
