@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select, update
 
 from extensions import db
-from models import MailAccount, MailFolder, Message, MessageLocation
+from models import PARSE_VERSION, MailAccount, MailFolder, Message, MessageLocation
 from tests.sync_helpers import command_log, locations, message_count, raw_message, run_sync
 
 pytestmark = pytest.mark.imap
@@ -99,7 +99,7 @@ def test_an_upgraded_database_is_rekeyed_and_gets_its_merged_mails_back(
     ]
     db.session.expire_all()
     assert db.session.get(Message, first.id).header_key == header_key
-    assert db.session.get(MailAccount, account.id).parse_version == 2
+    assert db.session.get(MailAccount, account.id).parse_version == PARSE_VERSION
     assert all(f.identity_checked for f in db.session.scalars(select(MailFolder)))
     # Each UID now points at its own message.
     assert len({row.message_id for row in locations(account.id)}) == 2
