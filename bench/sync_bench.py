@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.databases import add_database_arguments, run_on_database  # noqa: E402
 from tests.servers.dovecot import DovecotServer  # noqa: E402
 
 TEXTS = {
@@ -186,24 +187,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--bare-batch", type=int, default=30)
     parser.add_argument("--profile", help="write a cProfile of the first sync to this file")
-    parser.add_argument("--database-url", help="an empty database to sync into instead of SQLite")
-    parser.add_argument(
-        "--postgres",
-        action="store_true",
-        help="start a throwaway PostgreSQL (as the tests do) and sync into it",
-    )
-    args = parser.parse_args()
-    postgres = None
-    if args.postgres:
-        from tests.servers.postgres import PostgresServer
-
-        postgres = PostgresServer().start()
-        args.database_url = postgres.url(postgres.create_database(name="syncbench"))
-    try:
-        run(args)
-    finally:
-        if postgres is not None:
-            postgres.stop()
+    add_database_arguments(parser)
+    run_on_database(parser.parse_args(), run)
 
 
 def run(args) -> None:

@@ -34,6 +34,8 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench.databases import add_database_arguments, run_on_database  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 OWNER = "owner@team.test"
 PASSWORD = "owner password 1"
@@ -496,28 +498,8 @@ def main() -> None:
     parser.add_argument("--sync-messages", type=int, default=6000)
     parser.add_argument("--rounds", type=int, default=100)  # p95 of 40 samples is the 3rd worst
     parser.add_argument("--keep", help="seed into (or reuse the seeded instance in) this dir")
-    parser.add_argument(
-        "--database-url",
-        help="an empty database to seed and measure instead of SQLite, e.g. "
-        "postgresql+psycopg://user@host/db",
-    )
-    parser.add_argument(
-        "--postgres",
-        action="store_true",
-        help="start a throwaway PostgreSQL (as the tests do) and measure on it",
-    )
-    args = parser.parse_args()
-    postgres = None
-    if args.postgres:
-        from tests.servers.postgres import PostgresServer
-
-        postgres = PostgresServer().start()
-        args.database_url = postgres.url(postgres.create_database(name="webbench"))
-    try:
-        run(args)
-    finally:
-        if postgres is not None:
-            postgres.stop()
+    add_database_arguments(parser)
+    run_on_database(parser.parse_args(), run)
 
 
 def run(args) -> None:

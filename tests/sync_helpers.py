@@ -8,10 +8,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
+import pytest
 from imapclient.tls import IMAP4_TLS
 from sqlalchemy import func, select
 
 from extensions import db
+from mailsync import sync as sync_module
 from mailsync.sync import SyncResult, sync_account
 from models import MailFolder, Message, MessageLocation
 
@@ -157,3 +159,31 @@ def append_received_at(dovecot, mail_user, raw: bytes, received: datetime) -> No
         client.append("INBOX", raw, msg_time=received)
     finally:
         imap.safe_logout(client)
+
+
+@contextmanager
+def split_backfills(batches: int):
+    """Make each backfill stop, as a spent budget does, after `batches` batches of 10 UIDs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sync_module, "FIRST_META_BATCH", 10)
+        patch.setattr(sync_module, "META_BATCH", 10)
+        original = sync_module.AccountSync.backfill
+
+        def backfill(self, folder_id, snapshot):
+            calls = {"n": 0}
+            check = self.check_budget
+
+            def counted():
+                calls["n"] += 1
+                if calls["n"] > batches:
+                    raise sync_module.BudgetExceeded()
+                check()
+
+            self.check_budget = counted
+            try:
+                return original(self, folder_id, snapshot)
+            finally:
+                self.check_budget = check
+
+        patch.setattr(sync_module.AccountSync, "backfill", backfill)
+        yield

@@ -18,7 +18,6 @@ THREADLINE_SOAK_SEEDS (comma separated) override the defaults; a failure prints 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import signal
@@ -36,7 +35,7 @@ from mailsync import imap
 from mailsync import sync as sync_module
 from models import MailFolder, Message, MessageLocation, SyncLease
 from tests.servers.proxy import CuttingProxy
-from tests.sync_helpers import imap_client, raw_message, run_sync
+from tests.sync_helpers import imap_client, raw_message, run_sync, split_backfills
 from tests.test_sync_interrupt import alive, start_cli_sync, wait_for
 
 pytestmark = pytest.mark.imap
@@ -323,34 +322,6 @@ def cut_pass(app, account, dovecot, cut_after: int, cuts: int) -> str:
         account.imap_port = dovecot.ssl_port
         db.session.commit()
     return f"cut after {cut_after} B x{cuts}: {'ok' if result.ok else result.error_kind}"
-
-
-@contextlib.contextmanager
-def split_backfills(batches: int):
-    """Make each backfill stop, as a spent budget does, after `batches` batches of 10 UIDs."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sync_module, "FIRST_META_BATCH", 10)
-        patch.setattr(sync_module, "META_BATCH", 10)
-        original = sync_module.AccountSync.backfill
-
-        def backfill(self, folder_id, snapshot):
-            calls = {"n": 0}
-            check = self.check_budget
-
-            def counted():
-                calls["n"] += 1
-                if calls["n"] > batches:
-                    raise sync_module.BudgetExceeded()
-                check()
-
-            self.check_budget = counted
-            try:
-                return original(self, folder_id, snapshot)
-            finally:
-                self.check_budget = check
-
-        patch.setattr(sync_module.AccountSync, "backfill", backfill)
-        yield
 
 
 def split_pass(app, account, batches: int) -> str:

@@ -7,13 +7,14 @@ pass already stored, must reach Threadline, and stay right at the polls after it
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from sqlalchemy import select
 
 from extensions import db
-from mailsync import sync as sync_module
 from models import Message, MessageLocation
-from tests.sync_helpers import folder_named, locations, raw_message, run_sync
+from tests.sync_helpers import folder_named, locations, raw_message, run_sync, split_backfills
 
 pytestmark = pytest.mark.imap
 
@@ -29,32 +30,10 @@ def account(app, make_user, make_account, mail_user):
 
 
 @pytest.fixture
-def split_after(monkeypatch):
+def split_after():
     """Make each pass stop (as its budget would) after `batches` metadata batches of 10."""
-    monkeypatch.setattr(sync_module, "FIRST_META_BATCH", 10)
-    monkeypatch.setattr(sync_module, "META_BATCH", 10)
-    original = sync_module.AccountSync.backfill
-
-    def limit(batches: int):
-        def backfill(self, folder_id, snapshot):
-            calls = {"n": 0}
-            check = self.check_budget
-
-            def counted():
-                calls["n"] += 1
-                if calls["n"] > batches:
-                    raise sync_module.BudgetExceeded()
-                check()
-
-            self.check_budget = counted
-            try:
-                return original(self, folder_id, snapshot)
-            finally:
-                self.check_budget = check
-
-        monkeypatch.setattr(sync_module.AccountSync, "backfill", backfill)
-
-    return limit
+    with contextlib.ExitStack() as stack:
+        yield lambda batches: stack.enter_context(split_backfills(batches))
 
 
 def server_state(dovecot, mail_user) -> dict[int, bool]:
