@@ -1282,15 +1282,18 @@ ANALYZE_AFTER_NEW = 2000  # a run that stored this many messages refreshes all s
 
 
 def refresh_statistics(new_messages: int) -> None:
-    """Refresh SQLite planner statistics after a sync run (PostgreSQL autovacuum does its own).
+    """Refresh planner statistics after a sync run.
 
     Without sqlite_stat1 the planner walks low-selectivity indexes (bench/RESULTS.md "Web").
     A large backfill runs ANALYZE; otherwise the cheap PRAGMA optimize re-analyzes only the
-    tables whose size changed a lot.
+    tables whose size changed a lot. PostgreSQL's autovacuum analyzes by itself, but only a
+    minute or more later: a large backfill analyzes at once there too.
     """
-    if db.engine.dialect.name != "sqlite":
-        return
     connection = db.session.connection()
+    if db.engine.dialect.name != "sqlite":
+        if new_messages >= ANALYZE_AFTER_NEW:
+            connection.exec_driver_sql("ANALYZE")
+        return
     if new_messages >= ANALYZE_AFTER_NEW:
         # A full ANALYZE takes ~0.2 s at 100,000 messages; analysis_limit's sampled
         # statistics misled the planner (e.g. counting unread in archived threads).
