@@ -20,8 +20,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import config
 from extensions import csrf, db, htmx, login_manager, migrate
-from services.preferences import get_preference
-from services.time_display import local_time
+from services.time_display import current_zone_name, local_time
 
 # Endpoints anyone may reach without signing in; every other endpoint requires a user.
 PUBLIC_ENDPOINTS = {
@@ -271,9 +270,7 @@ def _register_hooks(app: Flask) -> None:
     @app.context_processor
     def time_zone_unset():
         # The page asks the browser for its zone once (static/js/app.js) until one is stored.
-        if not current_user.is_authenticated:
-            return {"time_zone_unset": False}
-        return {"time_zone_unset": not get_preference(current_user, "time_zone")}
+        return {"time_zone_unset": current_user.is_authenticated and not current_zone_name()}
 
     @app.context_processor
     def navigation():

@@ -274,21 +274,10 @@ def seed_mail(app, target: int, team: dict, workers: int = 2) -> int:
     """Ingest about `target` messages through store_batch; return how many were stored."""
     from extensions import db
     from mailsync import store
-    from models import MailAccount, User
-    from services import linking
-    from services.preferences import get_preference
+    from models import MailAccount
 
     with app.app_context():
-        account = db.session.get(MailAccount, team["account_id"])
-        user = db.session.get(User, account.user_id)
-        ctx = store.StoreContext(
-            account_id=account.id,
-            owner_id=user.id,
-            own_addresses=frozenset(linking.own_addresses(user)),
-            share_by_default=get_preference(user, "default_email_sharing") == "shared",
-            blocked_entries=(),
-            auto_link=get_preference(user, "auto_linking") == "automatic",
-        )
+        ctx = store.context_for(db.session.get(MailAccount, team["account_id"]))
     threads = int(target / 2.6)  # the mean thread size of thread_messages
     start = datetime.now(UTC) - timedelta(days=730)
     span = max(1, 730 * 24 * 60 // threads)

@@ -23,16 +23,19 @@ from mailsync import threading as jwz
 from mailsync.prepare import for_search
 from models import (
     FailedUid,
+    MailAccount,
     MailFolder,
     Message,
     MessageIdIndex,
     MessageLocation,
     MessagePerson,
     Thread,
+    User,
     UTCDateTime,
 )
 from services import linking, search
 from services.linking_rules import message_is_hidden
+from services.preferences import get_preference
 
 CHUNK = 500  # bound IN (...) lists well under SQLite's variable limit
 LOCAL_CHANGE_GUARD_SECONDS = 90  # a sync keeps a \Seen the user changed this recently
@@ -76,6 +79,19 @@ class StoreContext:
     share_by_default: bool
     blocked_entries: tuple[str, ...] = ()  # the owner's blocked addresses and domains
     auto_link: bool = False  # the owner's auto-linking preference is Automatic
+
+
+def context_for(account: MailAccount) -> StoreContext:
+    """Read what storing mail of `account` needs from its owner (once per sync run)."""
+    user = db.session.get(User, account.user_id)
+    return StoreContext(
+        account_id=account.id,
+        owner_id=user.id,
+        own_addresses=frozenset(linking.own_addresses(user)),
+        share_by_default=get_preference(user, "default_email_sharing") == "shared",
+        blocked_entries=tuple(entry.entry for entry in linking.blocked_entries(user)),
+        auto_link=get_preference(user, "auto_linking") == "automatic",
+    )
 
 
 @dataclass

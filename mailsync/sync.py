@@ -42,10 +42,9 @@ from mailsync.folders import SPECIAL_USE_ROLES as ATTRIBUTE_ROLES
 from mailsync.parse import header_dedup_key, parse_headers_only, placeholder_dedup_key
 from mailsync.prepare import Prepared, prepare_batch
 from mailsync.storage_errors import storage_problem
-from models import FailedUid, MailAccount, MailFolder, Message, MessageLocation, User
-from services import linking, search
+from models import FailedUid, MailAccount, MailFolder, Message, MessageLocation
+from services import search
 from services.credentials import CredentialError
-from services.preferences import get_preference
 
 log = logging.getLogger("threadline.sync")
 
@@ -339,15 +338,7 @@ class AccountSync:
         account = db.session.get(MailAccount, account_id)
         if account is None:
             raise LookupError(f"mail account {account_id} does not exist")
-        user = db.session.get(User, account.user_id)
-        self.ctx = store.StoreContext(
-            account_id=account_id,
-            owner_id=user.id,
-            own_addresses=frozenset(linking.own_addresses(user)),
-            share_by_default=get_preference(user, "default_email_sharing") == "shared",
-            blocked_entries=tuple(entry.entry for entry in linking.blocked_entries(user)),
-            auto_link=get_preference(user, "auto_linking") == "automatic",
-        )
+        self.ctx = store.context_for(account)
         self.since = horizon_date(account.since)
         db.session.commit()
 

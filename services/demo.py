@@ -287,7 +287,6 @@ def seed_demo_mailbox(owner: User, deals: list[Deal]) -> int:
     from mailsync.blobstore import blob_root
     from mailsync.prepare import prepare_batch
     from models import SYNC_PAUSED, MailAccount, MailFolder
-    from services import linking
     from services.credentials import secret_box
 
     account = MailAccount(
@@ -340,13 +339,7 @@ def seed_demo_mailbox(owner: User, deals: list[Deal]) -> int:
                     ),
                 )
             )
-    ctx = store.StoreContext(
-        account_id=account.id,
-        owner_id=owner.id,
-        own_addresses=frozenset(linking.own_addresses(owner)),
-        share_by_default=False,
-        auto_link=True,
-    )
+    ctx = store.context_for(account)  # a new user's defaults: private, automatic linking
     for folder_id, items in raws.items():
         fetched = [
             store.Fetched(

@@ -41,12 +41,17 @@ def zone_for(name: str | None) -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
+def current_zone_name() -> str:
+    """Return the signed-in user's zone setting, "" when not set yet (read once per request)."""
+    if "time_zone_name" not in g:
+        signed_in = current_user.is_authenticated
+        g.time_zone_name = get_preference(current_user, "time_zone") if signed_in else ""
+    return g.time_zone_name
+
+
 def current_zone() -> ZoneInfo:
-    """Return the signed-in user's zone (read once per request)."""
-    if "time_zone" not in g:
-        name = get_preference(current_user, "time_zone") if current_user.is_authenticated else ""
-        g.time_zone = zone_for(name)
-    return g.time_zone
+    """Return the signed-in user's zone (UTC until one is set)."""
+    return zone_for(current_zone_name())
 
 
 def _aware(value: datetime) -> datetime:
