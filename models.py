@@ -356,6 +356,15 @@ class MailAccount(db.Model):
     smtp_host: Mapped[str | None] = mapped_column(String(255))
     smtp_port: Mapped[int | None] = mapped_column(Integer)
     smtp_security: Mapped[str | None] = mapped_column(String(10))
+    # Sending: blank username/password mean "the IMAP ones" (most providers share them).
+    smtp_username: Mapped[str | None] = mapped_column(String(320))
+    smtp_password_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The provider files its own copy of sent mail in Sent (Gmail): no IMAP APPEND then.
+    smtp_files_sent_copy: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
+    # Largest mail the provider accepts, attachments included (preset, or the user's setting).
+    max_message_bytes: Mapped[int | None] = mapped_column(Integer)
     ca_cert_pem: Mapped[str | None] = mapped_column(Text)
     folder_mode: Mapped[str] = mapped_column(String(10), default="all")  # all | chosen
     chosen_folders: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -834,3 +843,91 @@ class ImageAllowance(db.Model):
 
     def __repr__(self) -> str:
         return f"<ImageAllowance {self.user_id} {self.sender}>"
+
+
+# An outgoing mail's life (services/outbox.py is the one place that moves it along):
+# draft -> queued (waits for send_at: the undo window or "send later") -> sending -> sent.
+# Undo and "cancel" take a queued mail back to draft. A refusal (5xx) makes it `failed`
+# with the server's words, in the Outbox; a mail found `sending` after a crash and not in the
+# Sent folder becomes `uncertain` ("may have been sent"), never resent silently.
+OUTGOING_DRAFT = "draft"
+OUTGOING_QUEUED = "queued"
+OUTGOING_SENDING = "sending"
+OUTGOING_SENT = "sent"
+OUTGOING_FAILED = "failed"
+OUTGOING_UNCERTAIN = "uncertain"
+
+
+class OutgoingMail(db.Model):
+    """A mail a user writes in Threadline: a draft, then a queued, sent or failed send."""
+
+    __tablename__ = "outgoing_mail"
+    __table_args__ = (
+        Index("ix_outgoing_mail_user_state", "user_id", "state"),
+        Index("ix_outgoing_mail_due", "state", "send_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"))
+    # The From account; a draft outlives a removed account (the user picks another).
+    account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("mail_account.id", ondelete="SET NULL"), index=True
+    )
+    state: Mapped[str] = mapped_column(String(20), default=OUTGOING_DRAFT)
+    to: Mapped[list[list[str]]] = mapped_column(JSON, default=list)  # [[name, address], ...]
+    cc: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
+    bcc: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    body_html: Mapped[str] = mapped_column(Text, default="")
+    # reply | reply_all | forward, and the message it answers or forwards.
+    reply_kind: Mapped[str | None] = mapped_column(String(10))
+    source_message_id: Mapped[int | None] = mapped_column(
+        ForeignKey("message.id", ondelete="SET NULL")
+    )
+    in_reply_to: Mapped[str | None] = mapped_column(String(998))
+    references: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The CRM record it was written from (person, organization, deal, lead, project).
+    record_kind: Mapped[str | None] = mapped_column(String(20))
+    record_id: Mapped[int | None] = mapped_column(Integer)
+    # Fixed when the mail is first queued, so every attempt and the Sent copy share it.
+    message_id_header: Mapped[str | None] = mapped_column(String(998), index=True)
+    send_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    scheduled: Mapped[bool] = mapped_column(Boolean, default=False)  # "send later", not undo
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # After sending: the conversation and the stored message it became.
+    thread_id: Mapped[int | None] = mapped_column(ForeignKey("thread.id", ondelete="SET NULL"))
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("message.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    attachments: Mapped[list[OutgoingAttachment]] = relationship(
+        back_populates="mail", cascade="all, delete-orphan", order_by="OutgoingAttachment.id"
+    )
+
+    def __repr__(self) -> str:
+        return f"<OutgoingMail {self.id} {self.state}>"
+
+
+class OutgoingAttachment(db.Model):
+    """A file of an outgoing mail; with a content_id it is an inline image (`cid:`)."""
+
+    __tablename__ = "outgoing_attachment"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    mail_id: Mapped[int] = mapped_column(
+        ForeignKey("outgoing_mail.id", ondelete="CASCADE"), index=True
+    )
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255), default="application/octet-stream")
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    # Bytes live in the blob store (mailsync/blobstore.py); gc keeps blobs named here.
+    blob_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    content_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    mail: Mapped[OutgoingMail] = relationship(back_populates="attachments")
+
+    def __repr__(self) -> str:
+        return f"<OutgoingAttachment {self.id} {self.filename!r}>"

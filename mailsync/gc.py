@@ -22,7 +22,7 @@ from sqlalchemy import delete, exists, select, update
 
 from extensions import db
 from mailsync.blobstore import BlobStore
-from models import SYNC_RUNNING, MailAccount, Message, MessageLocation, Thread
+from models import SYNC_RUNNING, MailAccount, Message, MessageLocation, OutgoingAttachment, Thread
 
 # Longer than OTHER_FOLDERS_INTERVAL_SECONDS (600 s) plus a pass: a message moved into a
 # folder synced every 10 minutes is seen leaving its old folder up to that long before it is
@@ -37,6 +37,7 @@ BLOB_GRACE_SECONDS = 10 * 60
 message_t = Message.__table__
 location_t = MessageLocation.__table__
 thread_t = Thread.__table__
+attachment_t = OutgoingAttachment.__table__
 
 
 @dataclass
@@ -156,9 +157,13 @@ def _delete_message_batch(cutoff: datetime, now: datetime, batch_size: int) -> l
 
 
 def _blob_in_use(sha: str) -> bool:
-    """Tell whether any message row (of any account) references the blob."""
+    """Tell whether any message row (of any account) or outgoing attachment uses the blob."""
     return (
         db.session.scalar(select(message_t.c.id).where(message_t.c.raw_sha256 == sha).limit(1))
+        is not None
+        or db.session.scalar(
+            select(attachment_t.c.id).where(attachment_t.c.blob_sha256 == sha).limit(1)
+        )
         is not None
     )
 
@@ -184,7 +189,7 @@ def _delete_thread_batch(cutoff: datetime, batch_size: int) -> int:
 
 
 def sweep_unreferenced_blobs(blobs: BlobStore, *, batch_size: int = 500) -> int:
-    """Delete stored blobs that no message row references; return how many went.
+    """Delete stored blobs no message row or outgoing attachment uses; return how many went.
 
     Catches what row-by-row collection cannot: the mail of a removed account (its rows went
     with the account), and a blob whose row was collected just before a crash. Blobs put
@@ -206,6 +211,10 @@ def sweep_unreferenced_blobs(blobs: BlobStore, *, batch_size: int = 500) -> int:
 def _sweep_batch(blobs: BlobStore, shas: list[str]) -> int:
     used = set(
         db.session.scalars(select(message_t.c.raw_sha256).where(message_t.c.raw_sha256.in_(shas)))
+    ) | set(
+        db.session.scalars(
+            select(attachment_t.c.blob_sha256).where(attachment_t.c.blob_sha256.in_(shas))
+        )
     )
     db.session.rollback()  # no transaction left open while touching files
     removed = 0

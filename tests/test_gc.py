@@ -13,7 +13,15 @@ from sqlalchemy import func, select, text
 import jobs
 from extensions import db
 from mailsync.blobstore import BlobStore
-from models import SYNC_PAUSED, Message, MessageIdIndex, MessagePerson, Thread
+from models import (
+    SYNC_PAUSED,
+    Message,
+    MessageIdIndex,
+    MessagePerson,
+    OutgoingAttachment,
+    OutgoingMail,
+    Thread,
+)
 from services.mailbox import delete_threads
 from tests.queue_helpers import run_scheduled_passes
 from tests.sync_helpers import (
@@ -242,3 +250,21 @@ def test_removing_an_account_with_its_mail_takes_the_stored_files_too(
     assert jobs.sweep_blobs(app) == 2
     assert [sha for sha in mine if blobs.exists(sha)] == [shared]  # the other account's stays
     assert jobs.sweep_blobs(app) == 0
+
+
+def test_the_sweep_keeps_the_files_of_drafts_and_outgoing_mail(app, account, blobs):
+    kept = blobs.put(b"%PDF-1.4 a quote the user attached to a draft")
+    orphan = blobs.put(b"an upload whose draft was discarded")
+    draft = OutgoingMail(user_id=account.user_id, account_id=account.id, subject="Quote")
+    draft.attachments.append(
+        OutgoingAttachment(filename="quote.pdf", content_type="application/pdf", blob_sha256=kept)
+    )
+    db.session.add(draft)
+    db.session.commit()
+    hour_ago = time.time() - 3600
+    for path in blobs.root.rglob("*"):
+        if path.is_file():
+            os.utime(path, (hour_ago, hour_ago))
+
+    assert jobs.sweep_blobs(app) == 1
+    assert blobs.exists(kept) and not blobs.exists(orphan)
