@@ -1,0 +1,219 @@
+"""The one place that moves an outgoing mail through its states (models.OUTGOING_*).
+
+The web side calls queue_send / cancel_to_draft / send_now; the worker (mailsync/send.py
+through worker.py) claims due mail with claim_due and records what the SMTP server said.
+Every state change is a conditional UPDATE on the expected old state, so a web request and
+the worker racing for one mail never both win: Undo after the worker claimed the mail
+fails with a plain message instead of leaving a sent mail back in Drafts.
+
+Every function commits.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from datetime import UTC, datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import func, select, update
+
+from extensions import db
+from models import (
+    OUTGOING_DRAFT,
+    OUTGOING_FAILED,
+    OUTGOING_QUEUED,
+    OUTGOING_SENDING,
+    OUTGOING_SENT,
+    OUTGOING_UNCERTAIN,
+    MailAccount,
+    OutgoingMail,
+    User,
+)
+from services.addresses import is_valid_address
+from services.errors import ValidationError
+
+UNDO_CHOICES = (0, 5, 10, 30)  # seconds; the "undo send" setting
+DEFAULT_DAILY_SEND_LIMIT = 500
+# Mail the user may still take back to the editor: waiting, refused, or of unknown fate.
+RETURNABLE = (OUTGOING_QUEUED, OUTGOING_FAILED, OUTGOING_UNCERTAIN)
+outgoing_t = OutgoingMail.__table__
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _has_line_break(value: str) -> bool:
+    return "\r" in value or "\n" in value
+
+
+def check_sendable(user: User, mail: OutgoingMail) -> None:
+    """Raise ValidationError (field -> plain message) unless the mail may be sent as it is."""
+    errors: dict[str, str] = {}
+    account = db.session.get(MailAccount, mail.account_id) if mail.account_id else None
+    if account is None or account.user_id != user.id or account.removed_at is not None:
+        errors["account"] = "Choose one of your mail accounts to send from."
+    elif not account.smtp_host:
+        errors["account"] = (
+            f"{account.email_address} has no outgoing (SMTP) server yet: add it in Settings > Mail accounts."
+        )
+    recipients = 0
+    for field in ("to", "cc", "bcc"):
+        bad = []
+        for name, address in getattr(mail, field) or []:
+            recipients += 1
+            if _has_line_break(name) or _has_line_break(address) or not is_valid_address(address):
+                bad.append(address or name)
+        if bad:
+            errors[field] = "Not a valid address: " + ", ".join(bad)
+    if recipients == 0 and "to" not in errors:
+        errors["to"] = "Add at least one recipient."
+    if _has_line_break(mail.subject or ""):
+        errors["subject"] = "The subject cannot contain line breaks."
+    if account is not None and account.max_message_bytes:
+        total = sum(attachment.size for attachment in mail.attachments)
+        if total + len(mail.body_html or "") > account.max_message_bytes:
+            limit_mb = account.max_message_bytes / 1_000_000
+            errors["attachments"] = (
+                f"This mail is {total / 1_000_000:.1f} MB with its attachments; "
+                f"{account.email_address} accepts at most {limit_mb:.0f} MB. "
+                "Remove an attachment or share a link instead."
+            )
+    if errors:
+        raise ValidationError(errors)
+
+
+def sent_today(user: User) -> int:
+    since = _now() - timedelta(days=1)
+    return db.session.scalar(
+        select(func.count())
+        .select_from(outgoing_t)
+        .where(
+            outgoing_t.c.user_id == user.id,
+            outgoing_t.c.state.in_((OUTGOING_SENDING, OUTGOING_SENT, OUTGOING_UNCERTAIN)),
+            outgoing_t.c.updated_at >= since,
+        )
+    )
+
+
+def _check_rate(user: User) -> None:
+    limit = int(current_app.config.get("DAILY_SEND_LIMIT", DEFAULT_DAILY_SEND_LIMIT))
+    if sent_today(user) >= limit:
+        raise ValidationError(
+            {
+                "__all__": f"You have sent {limit} mails in the last 24 hours, the most allowed. "
+                "Try again later, or ask an admin to raise the limit."
+            }
+        )
+
+
+def new_message_id(account: MailAccount) -> str:
+    domain = account.email_address.rpartition("@")[2] or "threadline.invalid"
+    return email.utils.make_msgid(domain=domain)
+
+
+def queue_send(
+    user: User, mail: OutgoingMail, *, undo_seconds: int = 0, send_at: datetime | None = None
+) -> OutgoingMail:
+    """Queue a draft (or a refused mail) to be sent: after the undo window, or at send_at.
+
+    Raises ValidationError for a mail that cannot be sent (nothing changes then).
+    """
+    if mail.user_id != user.id or mail.state not in (OUTGOING_DRAFT, OUTGOING_FAILED):
+        raise ValidationError({"__all__": "This mail is no longer a draft."})
+    check_sendable(user, mail)
+    _check_rate(user)
+    now = _now()
+    if send_at is not None and send_at <= now:
+        raise ValidationError({"send_at": "Pick a time in the future."})
+    account = db.session.get(MailAccount, mail.account_id)
+    if not mail.message_id_header:
+        mail.message_id_header = new_message_id(account)
+    mail.state = OUTGOING_QUEUED
+    mail.scheduled = send_at is not None
+    mail.send_at = send_at or now + timedelta(seconds=max(0, undo_seconds))
+    mail.error = None
+    mail.attempts = 0
+    db.session.commit()
+    return mail
+
+
+def cancel_to_draft(user: User, mail: OutgoingMail) -> bool:
+    """Undo / cancel: take a waiting, refused or uncertain mail back to Drafts.
+
+    False when it is too late (the worker already began sending it).
+    """
+    if mail.user_id != user.id:
+        return False
+    changed = db.session.execute(
+        update(outgoing_t)
+        .where(outgoing_t.c.id == mail.id, outgoing_t.c.state.in_(RETURNABLE))
+        .values(state=OUTGOING_DRAFT, send_at=None, scheduled=False, updated_at=_now())
+    ).rowcount
+    db.session.commit()
+    db.session.refresh(mail)
+    return changed == 1
+
+
+def send_now(user: User, mail: OutgoingMail) -> bool:
+    """A scheduled mail in the Outbox: send it at once instead. False if it already left."""
+    if mail.user_id != user.id:
+        return False
+    changed = db.session.execute(
+        update(outgoing_t)
+        .where(outgoing_t.c.id == mail.id, outgoing_t.c.state == OUTGOING_QUEUED)
+        .values(send_at=_now(), scheduled=False, updated_at=_now())
+    ).rowcount
+    db.session.commit()
+    db.session.refresh(mail)
+    return changed == 1
+
+
+def outbox(user: User) -> list[OutgoingMail]:
+    """What the Outbox lists: scheduled, sending, refused and uncertain mail, soonest first."""
+    return list(
+        db.session.scalars(
+            select(OutgoingMail)
+            .where(
+                OutgoingMail.user_id == user.id,
+                OutgoingMail.state.in_(
+                    (OUTGOING_QUEUED, OUTGOING_SENDING, OUTGOING_FAILED, OUTGOING_UNCERTAIN)
+                ),
+            )
+            .order_by(OutgoingMail.send_at.is_(None), OutgoingMail.send_at, OutgoingMail.id)
+        )
+    )
+
+
+def drafts(user: User) -> list[OutgoingMail]:
+    return list(
+        db.session.scalars(
+            select(OutgoingMail)
+            .where(OutgoingMail.user_id == user.id, OutgoingMail.state == OUTGOING_DRAFT)
+            .order_by(OutgoingMail.updated_at.desc(), OutgoingMail.id.desc())
+        )
+    )
+
+
+def claim_due(now: datetime | None = None, *, limit: int = 20) -> list[int]:
+    """Worker: take queued mail whose time has come (queued -> sending); return their ids."""
+    now = now or _now()
+    candidates = list(
+        db.session.scalars(
+            select(outgoing_t.c.id)
+            .where(outgoing_t.c.state == OUTGOING_QUEUED, outgoing_t.c.send_at <= now)
+            .order_by(outgoing_t.c.send_at, outgoing_t.c.id)
+            .limit(limit)
+        )
+    )
+    claimed = []
+    for mail_id in candidates:
+        won = db.session.execute(
+            update(outgoing_t)
+            .where(outgoing_t.c.id == mail_id, outgoing_t.c.state == OUTGOING_QUEUED)
+            .values(state=OUTGOING_SENDING, attempts=outgoing_t.c.attempts + 1, updated_at=now)
+        ).rowcount
+        db.session.commit()
+        if won:
+            claimed.append(mail_id)
+    return claimed
