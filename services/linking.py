@@ -305,14 +305,16 @@ def past_link_offers(
     """Return `user`'s open offers (for one person, or for some addresses) with their counts.
 
     An offer whose person lost the address or the user's access, or with nothing left to
-    link (done elsewhere), is dropped here.
+    link (done elsewhere), is left out. Pages call this on GET, so it only reads: such a row
+    stays, and shows again only if it comes true again (the address is added back and old
+    mail still waits), until the user links or dismisses it.
     """
     query = select(PastLinkOffer).where(PastLinkOffer.user_id == user.id)
     if person_id is not None:
         query = query.where(PastLinkOffer.person_id == person_id)
     if addresses is not None:
         query = query.where(PastLinkOffer.address.in_(list(addresses)))
-    offers, stale = [], []
+    offers = []
     for row in db.session.scalars(query.order_by(PastLinkOffer.id)):
         person = db.session.scalar(
             select(Person).where(Person.id == row.person_id, accessible_to(Person, user.id))
@@ -321,12 +323,6 @@ def past_link_offers(
         count = count_past_conversations(user, person, row.address) if has_address else 0
         if count:
             offers.append(PastOffer(person=person, address=row.address, count=count))
-        else:
-            stale.append(row)
-    if stale:
-        for row in stale:
-            db.session.delete(row)
-        db.session.commit()
     return offers
 
 

@@ -1,11 +1,11 @@
 """Linking and blocking applied to stored mail; mail visibility through services.access."""
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from werkzeug.exceptions import NotFound
 
 from extensions import db
-from models import Thread
+from models import PastLinkOffer, Thread
 from services import access, linking
 from services.preferences import update_preferences
 
@@ -84,6 +84,22 @@ def test_past_conversations_offer_and_link(me, account, make_person, make_stored
     assert linking.count_past_conversations(me, person, "dan@customer.test") == 1
     assert linking.link_past_conversations(me, person, "dan@customer.test") == 1
     assert linking.count_past_conversations(me, person, "dan@customer.test") == 0
+
+
+def test_listing_offers_leaves_out_stale_ones_without_writing(
+    me, account, make_person, make_stored_message
+):
+    make_stored_message(account, sender=("Dan", "dan@customer.test"))
+    person = make_person(me, name="Dan", emails=("dan@customer.test",))
+    linking.remember_past_link_offers(me, person, ["dan@customer.test"])
+    assert [o.count for o in linking.past_link_offers(me, person_id=person.id)] == [1]
+
+    db.session.delete(person.emails[0])  # the person lost the address
+    db.session.commit()
+    assert linking.past_link_offers(me, person_id=person.id) == []
+    db.session.rollback()
+    # Pages list offers on GET: listing leaves the row alone (a read writes nothing).
+    assert db.session.scalar(select(func.count()).select_from(PastLinkOffer)) == 1
 
 
 def test_private_thread_visible_only_to_owner_even_admins(
