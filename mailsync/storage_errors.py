@@ -22,6 +22,10 @@ NOT_WRITABLE_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 # SQLite's messages for SQLITE_FULL, SQLITE_READONLY and a journal it cannot create.
 SQLITE_DISK_FULL = ("database or disk is full",)
 SQLITE_NOT_WRITABLE = ("readonly database", "unable to open database file")
+# PostgreSQL's SQLSTATEs for a full disk (class 53: insufficient resources) and for a
+# database that refuses writes (a read-only transaction, a standby, missing privileges).
+POSTGRES_DISK_FULL = frozenset({"53100"})
+POSTGRES_NOT_WRITABLE = frozenset({"25006", "42501"})
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,23 @@ def not_writable_message(data_folder: str | Path) -> str:
     )
 
 
+def database_disk_full_message() -> str:
+    """Return what to tell the user when the PostgreSQL server's disk is full."""
+    return (
+        "The database server's disk is full (PostgreSQL). Free some space on it; "
+        "syncing resumes by itself."
+    )
+
+
+def database_not_writable_message() -> str:
+    """Return what to tell the user when PostgreSQL refuses Threadline's writes."""
+    return (
+        "The database (PostgreSQL) refuses to store anything: it is read-only, a standby, "
+        "or Threadline's database user lacks permission. Make it writable for Threadline; "
+        "syncing resumes by itself."
+    )
+
+
 def storage_problem(exc: BaseException, data_folder: str | Path) -> StorageProblem | None:
     """Return the plain-words problem when `exc` is a failure to write Threadline's own
     data (blob store or database), else None (e.g. a network error)."""
@@ -61,4 +82,9 @@ def storage_problem(exc: BaseException, data_folder: str | Path) -> StorageProbl
             return StorageProblem(DISK_FULL, disk_full_message(data_folder))
         if any(pattern in text for pattern in SQLITE_NOT_WRITABLE):
             return StorageProblem(DATA_NOT_WRITABLE, not_writable_message(data_folder))
+    sqlstate = getattr(cause, "sqlstate", None)  # psycopg's errors carry it
+    if sqlstate in POSTGRES_DISK_FULL:
+        return StorageProblem(DISK_FULL, database_disk_full_message())
+    if sqlstate in POSTGRES_NOT_WRITABLE:
+        return StorageProblem(DATA_NOT_WRITABLE, database_not_writable_message())
     return None

@@ -13,8 +13,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 import jobs
 from extensions import db
@@ -33,6 +34,7 @@ from models import (
 )
 from services.credentials import secret_box
 from tests.as_nobody import NOBODY, needs_root, run_cli_as_nobody
+from tests.conftest import ON_POSTGRESQL
 from tests.queue_helpers import run_scheduled_passes
 from tests.servers.proxy import CuttingProxy
 from tests.sync_helpers import (
@@ -500,10 +502,13 @@ def _blob_write_fails(monkeypatch, error: OSError, *, after: int) -> None:
     monkeypatch.setattr(BlobStore, "put", put)
 
 
-def _database_write_fails(monkeypatch, message: str, *, after: int) -> None:
-    """Make a batch's database write fail (as SQLite does) once `after` batches committed;
-    the failing batch's rows are added first, so the test sees that none of them stay."""
+def _database_write_fails(monkeypatch, message: str | Exception, *, after: int) -> None:
+    """Make a batch's database write fail (as SQLite does, or with a driver error) once
+    `after` batches committed; the failing batch's rows are added first, so the test sees
+    that none of them stay."""
     from sqlalchemy.exc import OperationalError
+
+    cause = sqlite3.OperationalError(message) if isinstance(message, str) else message
 
     from mailsync import store
 
@@ -515,7 +520,7 @@ def _database_write_fails(monkeypatch, message: str, *, after: int) -> None:
         calls.append(1)
         if len(calls) > after:
             db.session.flush()
-            raise OperationalError("INSERT INTO message ...", {}, sqlite3.OperationalError(message))
+            raise OperationalError("INSERT INTO message ...", {}, cause)
         return stored
 
     monkeypatch.setattr(store, "store_batch", store_batch)
@@ -541,6 +546,12 @@ DISK_FAULTS = {
     "database-read-only": (
         lambda mp: _database_write_fails(mp, "attempt to write a readonly database", after=2),
         "Threadline cannot write to its data folder {instance}",
+    ),
+    "postgresql-disk-full": (
+        lambda mp: _database_write_fails(
+            mp, psycopg.errors.DiskFull("could not extend file: No space left"), after=2
+        ),
+        "The database server's disk is full (PostgreSQL)",
     ),
 }
 
@@ -609,6 +620,20 @@ def test_a_database_that_cannot_be_written_is_reported_before_the_pass(app, acco
         result.error == f"Threadline cannot write to its data folder {app.instance_path}. "
         "Make it writable for the user Threadline runs as; syncing resumes by itself."
     )
+    assert result.error_kind == "data_not_writable"
+
+
+@pytest.mark.skipif(not ON_POSTGRESQL, reason="a real read-only PostgreSQL database")
+def test_a_read_only_postgresql_database_is_reported_in_plain_words(app, account):
+    account_id, database = account.id, db.engine.url.database
+    db.session.execute(text(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on'))
+    db.session.commit()
+    db.session.remove()
+    db.engine.dispose()  # new connections start read-only
+
+    result = jobs.run_account_sync(app, account_id)
+
+    assert result.error.startswith("The database (PostgreSQL) refuses to store anything")
     assert result.error_kind == "data_not_writable"
 
 
