@@ -20,6 +20,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import config
 from extensions import csrf, db, htmx, login_manager, migrate
+from mailsync.storage_errors import DISK_FULL, storage_problem
 from services.time_display import current_zone_name, local_time
 
 # Endpoints anyone may reach without signing in; every other endpoint requires a user.
@@ -338,7 +339,22 @@ def _register_error_handlers(app: Flask) -> None:
     def unexpected_error(error: Exception):
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         db.session.rollback()
-        message = "Something went wrong on our side. Nothing you entered was lost; try again."
+        code, message = (
+            500,
+            "Something went wrong on our side. Nothing you entered was lost; try again.",
+        )
+        problem = storage_problem(error, app.instance_path)
+        if problem is not None:  # not a bug: the disk or the database refuses writes
+            code = 503
+            cause = (
+                "the disk holding its data is full"
+                if problem.kind == DISK_FULL
+                else "it cannot write its data (a read-only folder or database)"
+            )
+            message = (
+                f"Threadline could not save this: {cause}. Ask whoever runs Threadline to fix "
+                "it, then try again."
+            )
         if request.htmx:
-            return render_template("errors/flash.html", message=message), 500
-        return render_template("errors/error.html", code=500, message=message), 500
+            return render_template("errors/flash.html", message=message), code
+        return render_template("errors/error.html", code=code, message=message), code

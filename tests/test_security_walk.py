@@ -6,7 +6,11 @@ Ids come from the world of test_authorization_matrix (A's account, thread, recor
 
 from __future__ import annotations
 
+import sqlite3
+
+import psycopg
 import pytest
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import MethodNotAllowed
 
 from tests.test_authorization_matrix import (
@@ -157,6 +161,33 @@ def test_forced_exception_gives_a_generic_500(app, login, make_user, caplog):
             assert leak not in body
         _assert_headers(response, "500")
     assert "kaboom-internal-detail" in caplog.text  # logged for the operator instead
+
+
+@pytest.mark.parametrize(
+    "driver_error, words",
+    [
+        (sqlite3.OperationalError("database or disk is full"), "the disk holding its data is full"),
+        (
+            psycopg.errors.ReadOnlySqlTransaction("read-only transaction"),
+            "it cannot write its data",
+        ),
+    ],
+    ids=["sqlite-disk-full", "postgresql-read-only"],
+)
+def test_a_full_disk_or_read_only_database_is_a_plain_503(
+    app, login, make_user, driver_error, words
+):
+    def save():
+        raise OperationalError("INSERT INTO person ...", {}, driver_error)
+
+    app.add_url_rule("/test-only/save", "test_only_save", save, methods=["POST"])
+    client = login(make_user())
+    for headers in ({}, {"HX-Request": "true"}):
+        response = client.post("/test-only/save", headers=headers)
+        body = response.get_data(as_text=True)
+        assert response.status_code == 503
+        assert f"Threadline could not save this: {words}" in body
+        assert "INSERT" not in body and "Traceback" not in body
 
 
 EVIL = "evil.example"
