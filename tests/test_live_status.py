@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import html
+import re
 
 import pytest
+from sqlalchemy import select
 
+import jobs
+from extensions import db
+from models import SyncRun
 from services.accounts import Progress, time_left_label
 from tests.mail_fixtures import build_message
 from tests.queue_helpers import run_pending_jobs
+from tests.sync_helpers import raw_message, split_backfills
 
 
 @pytest.mark.parametrize(
@@ -80,3 +86,33 @@ def test_the_accounts_list_shows_a_live_bar_per_account(
     run_pending_jobs(app)
     polled = client.get(f"/settings/accounts/{account.id}/progress?bar=1").get_data(as_text=True)
     assert "every 2s" not in polled  # idle: it stops
+
+
+@pytest.mark.imap
+def test_the_run_log_counts_every_pass_of_a_split_first_sync(
+    app, dovecot, mail_user, make_user, make_account, login
+):
+    """The first, newest-first pass stores mail too: the log says how many, and all passes
+    together add up to the mailbox."""
+    for n in range(1, 46):
+        dovecot.deliver(mail_user.email, raw_message(n, to=mail_user.email))
+    user = make_user()
+    account = make_account(user, mail_user)
+    account_id = account.id
+    with split_backfills(batches=2):
+        while True:
+            result = jobs.run_account_sync(app, account_id)
+            assert result.ok, result.error
+            if result.complete and result.new == 0:
+                break
+    runs = db.session.scalars(
+        select(SyncRun).where(SyncRun.account_id == account_id).order_by(SyncRun.id)
+    ).all()
+    assert runs[0].new_count == 20  # two batches of the newest mail, counted at once
+    assert sum(run.new_count for run in runs) == 45
+
+    page = login(user).get(f"/settings/accounts/{account_id}").get_data(as_text=True)
+    log = page[page.index("Recent sync runs") :]
+    new_column = re.findall(r"</td>\s*<td>(\d+)</td><td>\d+</td><td>\d+</td>", log)
+    assert new_column[-1] == "20"  # the oldest run shown: the first pass
+    assert sum(map(int, new_column)) == 45
