@@ -457,7 +457,9 @@ def _record(account_id: int, run_id: int, result: SyncResult) -> None:
     run.new_count = result.new
     run.changed_count = result.changed
     run.deleted_count = result.deleted
+    run.entries_not_kept = result.log.more
     run.error = result.error
+    store.save_run_log(run_id, result.log)
     if result.error is None:
         account.last_error = None  # the trouble is over; last_error_at keeps when it was
         account.consecutive_failures = 0

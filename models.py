@@ -754,10 +754,34 @@ class SyncRun(db.Model):
     new_count: Mapped[int] = mapped_column(Integer, default=0)
     changed_count: Mapped[int] = mapped_column(Integer, default=0)
     deleted_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Entries beyond the ones kept in sync_run_entry (a first sync adds thousands).
+    entries_not_kept: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
 
     def __repr__(self) -> str:
         return f"<SyncRun {self.id} account={self.account_id}>"
+
+
+class SyncRunEntry(db.Model):
+    """One message a sync pass added, changed or removed (its first entries: RunLog.limit).
+
+    The folder and subject are copied, so the log still reads after the mail is collected.
+    """
+
+    __tablename__ = "sync_run_entry"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("sync_run.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(10))  # added | changed | removed
+    folder: Mapped[str] = mapped_column(String(500))
+    uid: Mapped[int] = mapped_column(BigInteger)
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("message.id", ondelete="SET NULL"))
+    subject: Mapped[str] = mapped_column(String(255), default="")
+
+    message: Mapped[Message | None] = relationship()
+
+    def __repr__(self) -> str:
+        return f"<SyncRunEntry {self.run_id} {self.kind} {self.folder}:{self.uid}>"
 
 
 class SyncLease(db.Model):

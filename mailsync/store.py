@@ -29,6 +29,7 @@ from models import (
     MessageIdIndex,
     MessageLocation,
     MessagePerson,
+    SyncRunEntry,
     Thread,
     User,
     UTCDateTime,
@@ -111,6 +112,26 @@ class Fetched:
     gm_thrid: int | None = None
     gm_labels: list[str] = field(default_factory=list)
     header_key: str | None = None  # parse.header_key: finds this message's copies (IDENTITY.md)
+
+
+@dataclass
+class RunLog:
+    """What one sync pass did, message by message, for the account's sync log.
+
+    Keeps the first `limit` entries (a first sync adds thousands; the counts on the run stay
+    exact). Each entry is (kind, folder_id, uid, message_id) with kind added | changed |
+    removed: "removed" means gone from that folder (expunged, or moved elsewhere).
+    """
+
+    limit: int = 200
+    entries: list[tuple[str, int, int, int]] = field(default_factory=list)
+    more: int = 0  # entries beyond the limit
+
+    def add(self, kind: str, folder_id: int, uid: int, message_id: int) -> None:
+        if len(self.entries) < self.limit:
+            self.entries.append((kind, folder_id, uid, message_id))
+        else:
+            self.more += 1
 
 
 @dataclass
@@ -432,19 +453,19 @@ def link_locations(links: Sequence[Link], *, takeover: bool = True) -> set[int]:
     return touched
 
 
-def remove_locations(folder_id: int, uids: Iterable[int]) -> int:
+def remove_locations(folder_id: int, uids: Iterable[int], *, log: RunLog | None = None) -> int:
     """Delete a folder's locations for `uids` (expunged on the server); return how many."""
     uid_list = sorted(set(uids))
     touched: set[int] = set()
     removed = 0
     for chunk in _chunks(uid_list):
-        touched.update(
-            db.session.scalars(
-                select(location_t.c.message_id).where(
-                    location_t.c.folder_id == folder_id, location_t.c.uid.in_(chunk)
-                )
+        rows = db.session.execute(
+            select(location_t.c.uid, location_t.c.message_id).where(
+                location_t.c.folder_id == folder_id, location_t.c.uid.in_(chunk)
             )
-        )
+        ).all()
+        touched.update(message_id for _uid, message_id in rows)
+        _log_removed(log, folder_id, rows)
         removed += db.session.execute(
             delete(location_t).where(
                 location_t.c.folder_id == folder_id, location_t.c.uid.in_(chunk)
@@ -452,6 +473,47 @@ def remove_locations(folder_id: int, uids: Iterable[int]) -> int:
         ).rowcount
     refresh_messages(touched)
     return removed
+
+
+def save_run_log(run_id: int, log: RunLog) -> None:
+    """Write a pass's RunLog as sync_run_entry rows, with folder names and subjects copied
+    (so the log still reads after the mail is collected). Does not commit."""
+    if not log.entries:
+        return
+    folder_ids = {folder_id for _kind, folder_id, _uid, _message_id in log.entries}
+    message_ids = {message_id for _kind, _folder_id, _uid, message_id in log.entries}
+    folders = dict(
+        db.session.execute(
+            select(MailFolder.id, MailFolder.name).where(MailFolder.id.in_(folder_ids))
+        ).all()
+    )
+    subjects: dict[int, str] = {}
+    for chunk in _chunks(sorted(message_ids)):
+        subjects.update(
+            db.session.execute(
+                select(message_t.c.id, message_t.c.subject).where(message_t.c.id.in_(chunk))
+            ).all()
+        )
+    db.session.execute(
+        insert(SyncRunEntry),
+        [
+            {
+                "run_id": run_id,
+                "kind": kind,
+                "folder": folders.get(folder_id, ""),
+                "uid": uid,
+                "message_id": message_id if message_id in subjects else None,
+                "subject": (subjects.get(message_id) or "")[:255],
+            }
+            for kind, folder_id, uid, message_id in log.entries
+        ],
+    )
+
+
+def _log_removed(log: RunLog | None, folder_id: int, rows) -> None:
+    if log is not None:
+        for uid, message_id in rows:
+            log.add("removed", folder_id, uid, message_id)
 
 
 def location_sample(folder_id: int, size: int) -> dict[int, tuple[str | None, int | None, int]]:
@@ -504,38 +566,39 @@ def has_failed_uids(folder_id: int) -> bool:
     )
 
 
-def remove_stale_locations(folder_id: int) -> int:
+def remove_stale_locations(folder_id: int, *, log: RunLog | None = None) -> int:
     """Delete the stale locations left after a UIDVALIDITY rebuild; return how many."""
-    touched = set(
-        db.session.scalars(
-            select(location_t.c.message_id).where(
-                location_t.c.folder_id == folder_id, location_t.c.stale.is_(True)
-            )
+    rows = db.session.execute(
+        select(location_t.c.uid, location_t.c.message_id).where(
+            location_t.c.folder_id == folder_id, location_t.c.stale.is_(True)
         )
-    )
+    ).all()
+    _log_removed(log, folder_id, rows)
     removed = db.session.execute(
         delete(location_t).where(location_t.c.folder_id == folder_id, location_t.c.stale.is_(True))
     ).rowcount
-    refresh_messages(touched)
+    refresh_messages({message_id for _uid, message_id in rows})
     return removed
 
 
-def remove_folder_locations(folder_id: int) -> int:
+def remove_folder_locations(folder_id: int, *, log: RunLog | None = None) -> int:
     """Delete every location of a folder that vanished from the server; return how many."""
-    touched = set(
-        db.session.scalars(
-            select(location_t.c.message_id).where(location_t.c.folder_id == folder_id)
-        )
-    )
+    rows = db.session.execute(
+        select(location_t.c.uid, location_t.c.message_id).where(location_t.c.folder_id == folder_id)
+    ).all()
+    _log_removed(log, folder_id, rows)
     removed = db.session.execute(
         delete(location_t).where(location_t.c.folder_id == folder_id)
     ).rowcount
-    refresh_messages(touched)
+    refresh_messages({message_id for _uid, message_id in rows})
     return removed
 
 
 def apply_flag_changes(
-    folder_id: int, changes: dict[int, tuple[Sequence[bytes], list[str]]]
+    folder_id: int,
+    changes: dict[int, tuple[Sequence[bytes], list[str]]],
+    *,
+    log: RunLog | None = None,
 ) -> int:
     """Update locations whose server flags differ from the stored ones; return how many changed.
 
@@ -571,6 +634,8 @@ def apply_flag_changes(
             if any(row[name] != wanted[name] for name in (*columns, "gm_labels")):
                 changed_rows.append({"b_id": row["id"], **wanted})
                 touched.add(row["message_id"])
+                if log is not None:
+                    log.add("changed", folder_id, row["uid"], row["message_id"])
     if changed_rows:
         # The guard is decided again by the UPDATE itself, on the row as it is then: the user
         # may have marked the mail read or unread since the SELECT above (a web request of
@@ -1170,12 +1235,18 @@ def _with_sent_aliases(ctx: StoreContext, items: Sequence[Fetched]) -> StoreCont
     return replace(ctx, own_addresses=ctx.own_addresses | own)
 
 
-def store_batch(ctx: StoreContext, items: Sequence[Fetched], *, takeover: bool = True) -> int:
+def store_batch(
+    ctx: StoreContext,
+    items: Sequence[Fetched],
+    *,
+    takeover: bool = True,
+    log: RunLog | None = None,
+) -> int:
     """Persist downloaded messages and their locations; return how many messages are new.
 
     Blobs must already be written. Idempotent: a message whose dedup key is stored is only
     linked to the new location. Pass takeover=False when the folder has no stale locations.
-    Does not commit.
+    New messages go into `log`. Does not commit.
     """
     if not items:
         return 0
@@ -1197,6 +1268,9 @@ def store_batch(ctx: StoreContext, items: Sequence[Fetched], *, takeover: bool =
         existing = existing_by_dedup_key(ctx.account_id, (item.dedup_key for item in items))
         _link_persons(ctx, {existing[key]: item.parsed for key, item in fresh.items()})
         index_for_search({existing[key]: item.parsed for key, item in fresh.items()})
+        if log is not None:
+            for key, item in fresh.items():
+                log.add("added", item.folder_id, item.uid, existing[key])
     location_rows = [
         _location_rows(
             item.folder_id, item.uid, existing[item.dedup_key], item.flags, item.gm_labels

@@ -127,6 +127,7 @@ class SyncResult:
     needs_user_action: bool = False
     complete: bool = True  # False when the budget ran out before every folder was done
     folder_errors: dict[str, str] = field(default_factory=dict)
+    log: store.RunLog = field(default_factory=store.RunLog)  # message by message
 
     @property
     def ok(self) -> bool:
@@ -551,7 +552,7 @@ class AccountSync:
                 # Renamed or deleted on the server: its messages survive only elsewhere.
                 folder.sync_enabled = False
                 folder.state = "gone"
-                self.result.deleted += store.remove_folder_locations(folder.id)
+                self.result.deleted += store.remove_folder_locations(folder.id, log=self.result.log)
                 store.forget_failed_uids(folder.id)
                 # Nothing is known of it any more; should it come back (renamed back), it is
                 # synced from scratch rather than from cursors that no longer describe it.
@@ -874,7 +875,7 @@ class AccountSync:
             self.report(name, done, len(remote))
         # Finished: the watermark starts at the snapshot; its modseq makes the next poll
         # re-read flags changed during backfill (SYNC.md §4.1 step 10).
-        self.result.deleted += store.remove_stale_locations(folder_id)
+        self.result.deleted += store.remove_stale_locations(folder_id, log=self.result.log)
         folder = db.session.get(MailFolder, folder_id)
         folder.last_seen_uid = max([*remote, (snapshot.uidnext or 1) - 1, folder.last_seen_uid])
         folder.uidnext = snapshot.uidnext
@@ -895,7 +896,7 @@ class AccountSync:
         db.session.commit()
         gone = {uid for uid in local if uid <= high} - set(self.search_uids(1, high, None))
         if gone:
-            self.result.deleted += store.remove_locations(folder_id, gone)
+            self.result.deleted += store.remove_locations(folder_id, gone, log=self.result.log)
             db.session.commit()
         kept = local - gone
         items = ["FLAGS"] + (["X-GM-LABELS"] if self.gmail else [])
@@ -1134,7 +1135,9 @@ class AccountSync:
             for p in prepared
         ]
         takeover, clear_failures = self.folder_flags.get(folder_id, (True, True))
-        self.result.new += store.store_batch(self.ctx, items, takeover=takeover)
+        self.result.new += store.store_batch(
+            self.ctx, items, takeover=takeover, log=self.result.log
+        )
         if clear_failures:
             store.clear_failed_uids(folder_id, [item.uid for item in items])
         for uid in failed:
@@ -1168,7 +1171,7 @@ class AccountSync:
             gm_thrid=meta.gm_thrid,
             gm_labels=meta.gm_labels,
         )
-        self.result.new += store.store_batch(self.ctx, [item])
+        self.result.new += store.store_batch(self.ctx, [item], log=self.result.log)
         db.session.commit()
 
     # ------------------------------------------------------------------ poll
@@ -1358,7 +1361,7 @@ class AccountSync:
             if uid <= last_seen and b"FLAGS" in data
         }
         if changes:
-            self.result.changed += store.apply_flag_changes(folder_id, changes)
+            self.result.changed += store.apply_flag_changes(folder_id, changes, log=self.result.log)
         db.session.commit()
         if add_back and changes:
             live = {uid for uid, (flags, _labels) in changes.items() if b"\\Deleted" not in flags}
@@ -1418,7 +1421,9 @@ class AccountSync:
                 remote = set(conn.search(["UID", f"{start}:{end}"]))
                 gone = local - remote
                 if gone:
-                    self.result.deleted += store.remove_locations(folder_id, gone)
+                    self.result.deleted += store.remove_locations(
+                        folder_id, gone, log=self.result.log
+                    )
                     db.session.commit()
                 live = set(conn.search(["UID", f"{start}:{end}", "UNDELETED", *since]))
                 missing |= {uid for uid in live - local - skip if start <= uid <= end}

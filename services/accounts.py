@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from flask import Flask
-from sqlalchemy import delete, func, select
+from flask import Flask, abort
+from sqlalchemy import case, delete, func, select
 
 from extensions import db
 from mailsync import imap
@@ -36,6 +36,7 @@ from models import (
     Message,
     MessageLocation,
     SyncRun,
+    SyncRunEntry,
     User,
     utcnow,
 )
@@ -611,6 +612,25 @@ def account_progress(account: MailAccount) -> Progress:
 
 
 # --------------------------------------------------------------------------- reading
+
+
+def sync_run_log(account: MailAccount, run_id: int) -> tuple[SyncRun, list[SyncRunEntry]]:
+    """One run of `account` (the caller checked the account is the user's) with its entries:
+    added first, then changed, then removed, each by folder and UID. 404 for another's run."""
+    run = db.session.scalar(
+        select(SyncRun).where(SyncRun.id == run_id, SyncRun.account_id == account.id)
+    )
+    if run is None:
+        abort(404)
+    order = case({"added": 0, "changed": 1, "removed": 2}, value=SyncRunEntry.kind, else_=3)
+    entries = list(
+        db.session.scalars(
+            select(SyncRunEntry)
+            .where(SyncRunEntry.run_id == run.id)
+            .order_by(order, SyncRunEntry.folder, SyncRunEntry.uid)
+        )
+    )
+    return run, entries
 
 
 def list_accounts(user: User) -> list[MailAccount]:

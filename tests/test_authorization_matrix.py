@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from app import create_app
 from extensions import db
-from models import MessageLocation
+from models import MessageLocation, SyncRun, SyncRunEntry
 from tests.mail_fixtures import PNG_1X1, build_message
 
 TOKEN = "Zqxvortex"  # appears only in A's private mail, folder and owner-only records
@@ -59,6 +59,7 @@ CLASSIFICATION = {
     "accounts.show": "owner",
     "accounts.progress": "owner",
     "accounts.status": "owner",
+    "accounts.run_log": "owner",
     "accounts.reauth_form": "owner",
     "accounts.folders_form": "owner",
     "accounts.remove_form": "owner",
@@ -209,6 +210,20 @@ def world(
     db.session.commit()
     entry = linking.block(a, "spammer@junk.test")
     alias = linking.add_own_address(a, account, "a.alias@team.test")
+    run = SyncRun(account_id=account.id, new_count=1)
+    db.session.add(run)
+    db.session.flush()
+    db.session.add(
+        SyncRunEntry(
+            run_id=run.id,
+            kind="added",
+            folder="INBOX",
+            uid=1,
+            message_id=message.id,
+            subject=message.subject,
+        )
+    )
+    db.session.commit()
 
     from mailsync.parse import parse_message
     from services.conversations import load_raw
@@ -224,6 +239,7 @@ def world(
         "step": "older",
         "entry_id": entry.id,
         "address_id": alias.id,
+        "run_id": run.id,
         "kind": "deal",
         "record_id": records["deal"].id,
         "user_id": b.id,

@@ -59,13 +59,24 @@ def _sql(database: Path, query: str) -> list[tuple]:
         connection.close()
 
 
-def _rows_of_every_table(database: Path) -> dict[str, list[tuple]]:
-    names = [
-        name
+def _columns(database: Path) -> dict[str, list[str]]:
+    return {
+        name: [column for _cid, column, *_rest in _sql(database, f'PRAGMA table_info("{name}")')]
         for (name,) in _sql(database, "SELECT name FROM sqlite_master WHERE type = 'table'")
         if not name.startswith("sqlite_")
-    ]
-    return {name: sorted(_sql(database, f'SELECT * FROM "{name}"'), key=repr) for name in names}
+    }
+
+
+def _rows_of_every_table(
+    database: Path, columns: dict[str, list[str]] | None = None
+) -> dict[str, list[tuple]]:
+    """Every table's rows; with `columns`, only those columns of those tables (so columns a
+    later migration added do not count as changed rows)."""
+    rows = {}
+    for name, names in (columns or _columns(database)).items():
+        selected = ", ".join('"' + column + '"' for column in names)
+        rows[name] = sorted(_sql(database, f'SELECT {selected} FROM "{name}"'), key=repr)
+    return rows
 
 
 # Rows a re-parse rewrites from the raw mail when PARSE_VERSION went up since the previous
@@ -114,7 +125,8 @@ def _dispose(app) -> None:
 def test_init_db_adopts_a_previous_release_database_keeping_every_row(tmp_path):
     instance = tmp_path / "instance"
     database = _load_previous_release(instance)
-    before = _rows_of_every_table(database)
+    columns = _columns(database)
+    before = _rows_of_every_table(database, columns)
     assert "alembic_version" not in before and before["message"] and before["thread_search"]
 
     app = _app(instance)
@@ -122,12 +134,12 @@ def test_init_db_adopts_a_previous_release_database_keeping_every_row(tmp_path):
     assert result.exit_code == 0, result.output
     _dispose(app)
 
-    after = _rows_of_every_table(database)
+    after = _rows_of_every_table(database, columns)
     for table in before:
         assert _kept(before, after, table), table
     parsed_with = _sql(database, "SELECT DISTINCT parse_version FROM mail_account")
     assert parsed_with == [(PARSE_VERSION,)]  # its mail was parsed again
-    assert after["alembic_version"] == [(_head(app),)]
+    assert _sql(database, "SELECT version_num FROM alembic_version") == [(_head(app),)]
     assert _drift(app) == []
 
     # The app's own checks: the fixture's user signs in and sees their records and mail.

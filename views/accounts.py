@@ -201,6 +201,14 @@ def status(account_id: int):
     )
 
 
+@bp.get("/<id:account_id>/runs/<id:run_id>")
+def run_log(account_id: int, run_id: int):
+    """Which messages one sync pass added, changed or removed."""
+    account = access.account_for(current_user, account_id)
+    run, entries = accounts.sync_run_log(account, run_id)
+    return render_template("accounts/run.html", account=account, run=run, entries=entries)
+
+
 def _live_status(account) -> dict:
     """The status with what keeps it live: the poll URL (carrying where progress stood when
     polling began, for the time-left estimate) and that estimate."""
