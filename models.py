@@ -784,6 +784,35 @@ class SyncRunEntry(db.Model):
         return f"<SyncRunEntry {self.run_id} {self.kind} {self.folder}:{self.uid}>"
 
 
+class FolderCheck(db.Model):
+    """The last comparison of a folder's UIDs on the server with what Threadline stored.
+
+    Asked for on the account page and run by the worker (mailsync.actions.compare_folder):
+    `missing_here` are [uid, subject, size] the server has in the sync range and Threadline
+    lacks, `missing_there` are [uid, message_id, subject] Threadline keeps that the server no
+    longer has. Each list keeps its first FOLDER_CHECK_LIMIT entries; the counts are exact.
+    """
+
+    __tablename__ = "folder_check"
+
+    folder_id: Mapped[int] = mapped_column(
+        ForeignKey("mail_folder.id", ondelete="CASCADE"), primary_key=True
+    )
+    state: Mapped[str] = mapped_column(String(10), default="queued")  # queued | done | failed
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    server_count: Mapped[int] = mapped_column(Integer, default=0)
+    stored_count: Mapped[int] = mapped_column(Integer, default=0)
+    missing_here_count: Mapped[int] = mapped_column(Integer, default=0)
+    missing_there_count: Mapped[int] = mapped_column(Integer, default=0)
+    missing_here: Mapped[list] = mapped_column(JSON, default=list)
+    missing_there: Mapped[list] = mapped_column(JSON, default=list)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    def __repr__(self) -> str:
+        return f"<FolderCheck {self.folder_id} {self.state}>"
+
+
 class SyncLease(db.Model):
     """A per-account lease so only one worker syncs an account at a time (SYNC.md §1)."""
 

@@ -26,7 +26,7 @@ from flask import Flask
 
 import jobs
 from extensions import db
-from mailsync import actions, writeback
+from mailsync import actions, audit, writeback
 from services import accounts, conversations, job_queue, mailbox
 
 log = logging.getLogger("threadline.worker")
@@ -59,12 +59,18 @@ def _run_fetch_body(app: Flask, account_id: int, payload: dict) -> bool:
     return True
 
 
+def _run_folder_check(app: Flask, account_id: int, payload: dict) -> bool:
+    audit.compare_folder(app, int(payload["folder_id"]))
+    return True
+
+
 # kind -> handler(app, account_id, payload); True when done, False to run again later.
 HANDLERS: dict[str, Callable[[Flask, int, dict], bool]] = {
     accounts.SYNC_JOB: _run_sync,
     mailbox.WRITEBACK_SEEN: _run_seen,
     mailbox.WRITEBACK_MOVE: _run_move,
     conversations.FETCH_BODY_JOB: _run_fetch_body,
+    accounts.FOLDER_CHECK_JOB: _run_folder_check,
 }
 
 

@@ -44,8 +44,8 @@ def set_seen(app, account_id: int, locations: Sequence[Location], seen: bool) ->
     """Add or remove \\Seen on each location (+FLAGS.SILENT / -FLAGS.SILENT, never FLAGS)."""
     if not locations:
         return
-    settings, allowed_ports, _folders = _account_settings(app, account_id)
-    client = _connect(settings, allowed_ports)
+    settings, allowed_ports, _folders = account_settings(app, account_id)
+    client = connect(settings, allowed_ports)
     try:
         for folder, uids in _by_folder(locations).items():
             client.select_folder(folder)
@@ -54,7 +54,7 @@ def set_seen(app, account_id: int, locations: Sequence[Location], seen: bool) ->
             else:
                 client.remove_flags(uids, [SEEN], silent=True)
     except (OSError, imaplib.IMAP4.error, IMAPClientError) as exc:
-        raise MailActionError(_describe(exc)) from exc
+        raise MailActionError(describe_failure(exc)) from exc
     finally:
         imap.safe_logout(client)
 
@@ -74,11 +74,11 @@ def move_locations(
     """
     if not locations:
         return {}
-    settings, allowed_ports, folders = _account_settings(app, account_id)
+    settings, allowed_ports, folders = account_settings(app, account_id)
     destination = destination_name or folders.get(destination_role or "")
     if destination is None:
         raise MailActionError(f"the account has no {destination_role or 'destination'} folder")
-    client = _connect(settings, allowed_ports)
+    client = connect(settings, allowed_ports)
     moved: dict[Location, int | None] = {}
     try:
         for folder, uids in _by_folder(locations).items():
@@ -89,7 +89,7 @@ def move_locations(
             for uid in uids:
                 moved[(folder, uid)] = new_uids.get(uid)
     except (OSError, imaplib.IMAP4.error, IMAPClientError) as exc:
-        raise MailActionError(_describe(exc)) from exc
+        raise MailActionError(describe_failure(exc)) from exc
     finally:
         imap.safe_logout(client)
     return moved
@@ -145,7 +145,8 @@ def _by_folder(locations: Sequence[Location]) -> dict[str, list[int]]:
     return groups
 
 
-def _account_settings(app, account_id: int):
+def account_settings(app, account_id: int):
+    """Return (connection settings, allowed ports, {role: folder name}) of an account."""
     with app.app_context():
         account = db.session.get(MailAccount, account_id)
         if account is None:
@@ -167,14 +168,16 @@ def _account_settings(app, account_id: int):
     return settings, imap.allowed_ports(app.config), folders
 
 
-def _connect(settings: imap.ConnectionSettings, allowed_ports) -> IMAPClient:
+def connect(settings: imap.ConnectionSettings, allowed_ports) -> IMAPClient:
+    """Connect and log in; a failure is a MailActionError in plain words."""
     try:
         return imap.connect(settings, allowed_ports=allowed_ports)
     except imap.MailConnectionError as exc:
         raise MailActionError(exc.message) from exc
 
 
-def _describe(exc: BaseException) -> str:
+def describe_failure(exc: BaseException) -> str:
+    """Plain words for a network or IMAP error during an action."""
     if isinstance(exc, OSError):
         return "the connection to the mail server was lost"
     return f"the mail server refused the change ({str(exc)[:200]})"
@@ -192,8 +195,8 @@ def fetch_full_message(app, message_id: int) -> None:
             raise MailActionError("the message no longer exists")
         account_id = message.account_id
         locations = [(loc.folder.name, loc.uid) for loc in message.locations if not loc.stale]
-    settings, allowed_ports, _folders = _account_settings(app, account_id)
-    client = _connect(settings, allowed_ports)
+    settings, allowed_ports, _folders = account_settings(app, account_id)
+    client = connect(settings, allowed_ports)
     raw = None
     try:
         for folder, uid in locations:
@@ -202,7 +205,7 @@ def fetch_full_message(app, message_id: int) -> None:
             if raw:
                 break
     except (OSError, imaplib.IMAP4.error, IMAPClientError) as exc:
-        raise MailActionError(_describe(exc)) from exc
+        raise MailActionError(describe_failure(exc)) from exc
     finally:
         imap.safe_logout(client)
     if not raw:

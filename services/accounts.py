@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from flask import Flask, abort
@@ -31,6 +31,8 @@ from models import (
     SYNC_PAUSED,
     SYNC_RUNNING,
     ConnectionTest,
+    FailedUid,
+    FolderCheck,
     MailAccount,
     MailFolder,
     Message,
@@ -633,6 +635,72 @@ def sync_run_log(account: MailAccount, run_id: int) -> tuple[SyncRun, list[SyncR
     return run, entries
 
 
+FOLDER_CHECK_JOB = "compare_folder"
+FETCH_AGAIN_NOTE = "Fetch again asked for on the account page."
+
+
+def _account_folder(account: MailAccount, folder_id: int) -> MailFolder:
+    folder = db.session.get(MailFolder, folder_id)
+    if folder is None or folder.account_id != account.id:
+        abort(404)
+    return folder
+
+
+def folder_check(account: MailAccount, folder_id: int) -> tuple[MailFolder, FolderCheck | None]:
+    """A folder of `account` (404 otherwise) and its last comparison with the server."""
+    folder = _account_folder(account, folder_id)
+    return folder, db.session.get(FolderCheck, folder.id)
+
+
+def request_folder_check(user: User, account: MailAccount, folder_id: int) -> FolderCheck:
+    """Queue a comparison of the folder with the server (mailsync.audit); commits."""
+    _require_owner(user, account)
+    folder = _account_folder(account, folder_id)
+    check = db.session.get(FolderCheck, folder.id)
+    if check is None:
+        check = FolderCheck(folder_id=folder.id)
+        db.session.add(check)
+    check.state, check.error = "queued", None
+    check.requested_at = datetime.now(UTC)
+    db.session.commit()
+    job_queue.enqueue(
+        FOLDER_CHECK_JOB,
+        {"folder_id": folder.id},
+        key=f"compare:{folder.id}",
+        account_id=account.id,
+        merge=lambda old, new: new,
+        max_attempts=1,  # the check records its own failure
+    )
+    return check
+
+
+def fetch_again(user: User, account: MailAccount, folder_id: int) -> int:
+    """Queue the mail the last check found missing for download, then a sync; commits.
+
+    The sync engine's retry of failed fetches does the work: each UID gets a fresh retry
+    that is due now. Returns how many UIDs were queued.
+    """
+    _require_owner(user, account)
+    folder, check = folder_check(account, folder_id)
+    uids = sorted({int(uid) for uid, *_rest in (check.missing_here if check else [])})
+    if not uids:
+        return 0
+    now = datetime.now(UTC)
+    known = {
+        row.uid: row
+        for row in db.session.scalars(
+            select(FailedUid).where(FailedUid.folder_id == folder.id, FailedUid.uid.in_(uids))
+        )
+    }
+    for uid in uids:
+        row = known.get(uid) or FailedUid(folder_id=folder.id, uid=uid)
+        row.attempts, row.next_retry_at, row.last_error = 0, now, FETCH_AGAIN_NOTE
+        db.session.add(row)
+    db.session.commit()
+    request_sync(account.id)
+    return len(uids)
+
+
 def list_accounts(user: User) -> list[MailAccount]:
     """Return the user's own mail accounts, removed ones included."""
     return list(db.session.scalars(visible_accounts(user)))
@@ -698,6 +766,7 @@ def account_status(account: MailAccount, *, interval_seconds: int = 120) -> dict
     )
     folders = [
         {
+            "id": folder.id,
             "name": folder.name,
             "role": folder.role,
             "sync_enabled": folder.sync_enabled,

@@ -484,9 +484,11 @@ def test_other_users_accounts_are_404_on_every_route(
         for rule in app.url_map.iter_rules()
         if rule.endpoint.startswith("accounts.") and "account_id" in rule.arguments
     ]
-    assert len({rule.endpoint for rule in rules}) == 15
+    assert len({rule.endpoint for rule in rules}) == 18
     for rule in rules:
-        url = rule.build({"account_id": account.id, "address_id": 1, "run_id": 1})[1]
+        url = rule.build({"account_id": account.id, "address_id": 1, "run_id": 1, "folder_id": 1})[
+            1
+        ]
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             response = client.open(url, method=method, data={"password": mail_user.password})
             assert response.status_code == 404, (rule.endpoint, method)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 
-from flask import Blueprint, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
 from mailsync.folders import ServerFolder
@@ -32,7 +32,13 @@ from mailsync.providers import PROVIDERS, get_provider
 from services import access, accounts, linking
 from services.accounts import RateLimited
 from services.errors import ValidationError
-from views.helpers import form_value, parse_float, parse_int, render_invalid
+from views.helpers import (
+    form_value,
+    parse_float,
+    parse_int,
+    render_invalid,
+    render_page_or_fragment,
+)
 
 bp = Blueprint("accounts", __name__, url_prefix="/settings/accounts")
 
@@ -207,6 +213,47 @@ def run_log(account_id: int, run_id: int):
     account = access.account_for(current_user, account_id)
     run, entries = accounts.sync_run_log(account, run_id)
     return render_template("accounts/run.html", account=account, run=run, entries=entries)
+
+
+@bp.get("/<id:account_id>/folders/<id:folder_id>/check")
+def folder_check(account_id: int, folder_id: int):
+    """A folder compared with the server: what one side has and the other lacks."""
+    account = access.account_for(current_user, account_id)
+    folder, check = accounts.folder_check(account, folder_id)
+    return render_page_or_fragment(
+        "accounts/check.html",
+        "accounts/partials/check.html",
+        targets=("folder-check",),
+        account=account,
+        folder=folder,
+        check=check,
+    )
+
+
+@bp.post("/<id:account_id>/folders/<id:folder_id>/check")
+def request_folder_check(account_id: int, folder_id: int):
+    account = access.account_for(current_user, account_id)
+    accounts.request_folder_check(current_user, account, folder_id)
+    return redirect(
+        url_for("accounts.folder_check", account_id=account.id, folder_id=folder_id), code=303
+    )
+
+
+@bp.post("/<id:account_id>/folders/<id:folder_id>/fetch-again")
+def fetch_again(account_id: int, folder_id: int):
+    account = access.account_for(current_user, account_id)
+    count = accounts.fetch_again(current_user, account, folder_id)
+    if count:
+        flash(
+            f"{count} messages will be fetched again by the next sync, which starts now. "
+            "Compare again once it is done.",
+            "ok",
+        )
+    else:
+        flash("Nothing to fetch again: compare the folder with the server first.", "ok")
+    return redirect(
+        url_for("accounts.folder_check", account_id=account.id, folder_id=folder_id), code=303
+    )
 
 
 def _live_status(account) -> dict:

@@ -1,4 +1,4 @@
-"""Sync run entries: which messages a sync pass added, changed or removed.
+"""Sync log: which messages a sync pass added, changed or removed; folder comparisons.
 
 Revision ID: 0006
 Revises: 0005
@@ -29,6 +29,22 @@ def upgrade():
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_sync_run_entry_run_id", "sync_run_entry", ["run_id"], unique=False)
+    op.create_table(
+        "folder_check",
+        sa.Column("folder_id", sa.Integer(), nullable=False),
+        sa.Column("state", sa.String(length=10), nullable=False),
+        sa.Column("requested_at", sa.DateTime(), nullable=False),
+        sa.Column("checked_at", sa.DateTime(), nullable=True),
+        sa.Column("server_count", sa.Integer(), nullable=False),
+        sa.Column("stored_count", sa.Integer(), nullable=False),
+        sa.Column("missing_here_count", sa.Integer(), nullable=False),
+        sa.Column("missing_there_count", sa.Integer(), nullable=False),
+        sa.Column("missing_here", sa.JSON(), nullable=False),
+        sa.Column("missing_there", sa.JSON(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.ForeignKeyConstraint(["folder_id"], ["mail_folder.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("folder_id"),
+    )
     # Plain ADD COLUMN (never batch mode, which would copy and drop the table).
     op.add_column(
         "sync_run",
@@ -38,5 +54,6 @@ def upgrade():
 
 def downgrade():
     op.drop_column("sync_run", "entries_not_kept")
+    op.drop_table("folder_check")
     op.drop_index("ix_sync_run_entry_run_id", table_name="sync_run_entry")
     op.drop_table("sync_run_entry")
