@@ -19,7 +19,7 @@ from tests.mail_fixtures import (
     build_message,
 )
 
-SANDBOX = "allow-popups allow-popups-to-escape-sandbox"
+SANDBOX = "allow-same-origin allow-popups allow-popups-to-escape-sandbox"
 
 
 class _Iframes(HTMLParser):

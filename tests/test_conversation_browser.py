@@ -21,7 +21,7 @@ from tests.servers.browser import sign_in_with_session, wait_for_htmx_settled
 
 pytestmark = pytest.mark.browser
 
-SANDBOX = "allow-popups allow-popups-to-escape-sandbox"
+SANDBOX = "allow-same-origin allow-popups allow-popups-to-escape-sandbox"
 SHOTS = Path("/tmp/shots")
 ALLOWED_HX = {
     "hx-get",
@@ -337,3 +337,65 @@ def test_deal_page_lazy_panel_for_teammate(
     page.wait_for_url(lambda url: "/mail/threads/" in url)
     assert page.get_by_text("read-only").is_visible()
     assert page.get_by_role("button", name="Block sender").count() == 0
+
+
+FRAME_FIT_JS = """() => {
+    const frame = document.querySelector('.mail-frame iframe');
+    const doc = frame.contentDocument;
+    return {
+        box: frame.parentElement.getBoundingClientRect().height,
+        frame: frame.clientHeight,
+        content: doc.documentElement.scrollHeight,
+    };
+}"""
+
+
+@pytest.mark.parametrize("paragraphs", [1, 80], ids=["short", "long"])
+def test_the_mail_frame_takes_the_height_of_its_content(
+    live_server, page, mailbox, make_raw_message, paragraphs
+):
+    owner, account = mailbox
+    html = "".join(f"<p>Paragraph {n} of the proposal.</p>" for n in range(paragraphs))
+    raw = build_message(subject="Proposal", to="olivia@team.test", text=None, html=html)
+    message = make_raw_message(account, raw)
+    sign_in(page, live_server, owner)
+    page.goto(f"{live_server.url}/mail/threads/{message.thread_id}", wait_until="load")
+    last = page.frame_locator(".mail-frame iframe").get_by_text(f"Paragraph {paragraphs - 1} ")
+    last.wait_for()
+    page.wait_for_function(
+        """() => {
+            const frame = document.querySelector('.mail-frame iframe');
+            const doc = frame.contentDocument;
+            return Math.abs(frame.clientHeight - doc.documentElement.scrollHeight) <= 2;
+        }"""
+    )
+    size = page.evaluate(FRAME_FIT_JS)
+    assert size["content"] <= size["frame"] + 2  # no scrolling inside the frame
+    if paragraphs == 1:
+        assert size["box"] < 120  # no tall box of blank space under one line
+    else:
+        assert size["box"] > 1500
+
+
+def test_no_script_runs_in_the_mail_frame_even_past_the_sanitizer(
+    live_server, page, mailbox, make_raw_message
+):
+    """The frame may be same-origin (for its height) only because its sandbox forbids script:
+    a script that got past the sanitizer still does nothing."""
+    owner, account = mailbox
+    raw = build_message(subject="Plain", to="olivia@team.test", text=None, html="<p>Hello</p>")
+    message = make_raw_message(account, raw)
+    sign_in(page, live_server, owner)
+    page.goto(f"{live_server.url}/mail/threads/{message.thread_id}", wait_until="load")
+    page.evaluate(
+        """() => new Promise(resolve => {
+            const frame = document.querySelector('.mail-frame iframe');
+            frame.addEventListener('load', resolve, { once: true });
+            frame.srcdoc = '<p id=probe>probe</p><script>parent.document.body.dataset.pwned = 1;'
+                + 'document.getElementById("probe").textContent = "ran";<' + '/script>'
+                + '<img src=x onerror="parent.document.body.dataset.pwned = 2">';
+        })"""
+    )
+    assert page.frame_locator(".mail-frame iframe").locator("#probe").text_content() == "probe"
+    assert page.evaluate("() => document.body.dataset.pwned") is None
+    assert page.locator(".mail-frame iframe").get_attribute("sandbox") == SANDBOX

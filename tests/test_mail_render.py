@@ -99,12 +99,14 @@ def test_iframe_macro_escapes_srcdoc_and_pins_sandbox(app, body: str) -> None:
     assert [tag for tag, _ in tags] == ["iframe"]
     attrs = tags[0][1]
     assert attrs == {
-        "sandbox": "allow-popups allow-popups-to-escape-sandbox",
+        "sandbox": "allow-same-origin allow-popups allow-popups-to-escape-sandbox",
         "referrerpolicy": "no-referrer",
         "title": 'Mail "from" <x>',
         "srcdoc": doc,
     }
-    assert "allow-scripts" not in rendered and "allow-same-origin" not in rendered
+    # R5: allow-same-origin (the page reads the content's height) only ever without
+    # allow-scripts, pinned above token by token; no mail script can run.
+    assert "allow-scripts" not in rendered
 
 
 def test_iframe_macro_escapes_a_raw_breakout_even_if_unsanitized(app) -> None:

@@ -26,6 +26,36 @@
     toggle.closest(".topbar").classList.toggle("menu-open", open);
   });
 
+  // A mail frame takes the height of its content. The frame runs no script (its sandbox has
+  // no allow-scripts); this page reads the content's height, which allow-same-origin permits,
+  // when the frame loads and whenever its content changes size (late images, a wider window).
+  function fitMailFrame(frame) {
+    var doc;
+    try { doc = frame.contentDocument; } catch (error) { return; }
+    if (!doc || !doc.documentElement) return;
+    var height = Math.ceil(doc.documentElement.getBoundingClientRect().height);
+    if (height > 0) frame.parentElement.style.height = height + "px";
+  }
+  function watchMailFrame(frame) {
+    if (frame.dataset.fitted) return;
+    var doc = frame.contentDocument;
+    if (!doc || doc.readyState !== "complete" || !doc.body) return;
+    frame.dataset.fitted = "1";
+    fitMailFrame(frame);
+    if (window.ResizeObserver) {
+      new ResizeObserver(function () { fitMailFrame(frame); }).observe(doc.body);
+    }
+  }
+  document.addEventListener("load", function (event) {
+    var frame = event.target;
+    if (frame.matches && frame.matches(".mail-frame iframe")) {
+      delete frame.dataset.fitted;  // a new document (srcdoc replaced)
+      watchMailFrame(frame);
+    }
+  }, true);
+  // Frames that finished loading before this script ran.
+  document.querySelectorAll(".mail-frame iframe").forEach(watchMailFrame);
+
   // Lets CSS hide the no-JS fallbacks (.nojs-only) once scripts run.
   document.documentElement.classList.add("js");
 
