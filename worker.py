@@ -149,7 +149,7 @@ def _settle(app: Flask, write) -> None:
 
 
 def start_scheduler(app: Flask):
-    """Start the worker's APScheduler with the sync schedule and maintenance jobs."""
+    """Start the worker's APScheduler: the sync schedule, the send tick, maintenance jobs."""
     from apscheduler.schedulers.background import BackgroundScheduler
 
     scheduler = BackgroundScheduler(
@@ -157,6 +157,7 @@ def start_scheduler(app: Flask):
         timezone="UTC",
     )
     jobs.schedule_sync_jobs(scheduler, app)
+    jobs.schedule_send_job(scheduler, app)
     scheduler.start()
     log.info("scheduler started")
     return scheduler

@@ -217,3 +217,63 @@ def claim_due(now: datetime | None = None, *, limit: int = 20) -> list[int]:
         if won:
             claimed.append(mail_id)
     return claimed
+
+
+# --------------------------------------------------------------------------- the worker's side
+#
+# Each function below moves one mail out of "sending" (claim_due put it there), as a
+# conditional UPDATE: it returns False, changing nothing, when the mail is no longer sending
+# (another worker's recovery settled it first).
+
+
+def _settle(mail_id: int, **values) -> bool:
+    changed = db.session.execute(
+        update(outgoing_t)
+        .where(outgoing_t.c.id == mail_id, outgoing_t.c.state == OUTGOING_SENDING)
+        .values(updated_at=_now(), **values)
+    ).rowcount
+    db.session.commit()
+    return changed == 1
+
+
+def mark_sent(mail_id: int, *, error: str | None = None) -> bool:
+    """sending -> sent. `error` notes recipients the server refused while taking the rest."""
+    return _settle(mail_id, state=OUTGOING_SENT, sent_at=_now(), error=error)
+
+
+def retry_later(mail_id: int, error: str, *, delay_seconds: float) -> bool:
+    """sending -> queued again after a temporary failure, due in `delay_seconds`."""
+    return _settle(
+        mail_id,
+        state=OUTGOING_QUEUED,
+        send_at=_now() + timedelta(seconds=delay_seconds),
+        error=error,
+    )
+
+
+def mark_failed(mail_id: int, error: str) -> bool:
+    """sending -> failed: the server refused for good (its words in `error`)."""
+    return _settle(mail_id, state=OUTGOING_FAILED, error=error)
+
+
+def mark_uncertain(mail_id: int, error: str) -> bool:
+    """sending -> uncertain: it may have been sent; never sent again without the user."""
+    return _settle(mail_id, state=OUTGOING_UNCERTAIN, error=error)
+
+
+def record_stored(mail_id: int, *, message_id: int | None, thread_id: int | None) -> None:
+    """Note the stored message and conversation a sent mail became."""
+    db.session.execute(
+        update(outgoing_t)
+        .where(outgoing_t.c.id == mail_id, outgoing_t.c.state == OUTGOING_SENT)
+        .values(message_id=message_id, thread_id=thread_id)
+    )
+    db.session.commit()
+
+
+def interrupted_sends(*, before: datetime | None = None) -> list[int]:
+    """Return mail left in "sending" (since before `before`): a worker stopped mid-send."""
+    query = select(outgoing_t.c.id).where(outgoing_t.c.state == OUTGOING_SENDING)
+    if before is not None:
+        query = query.where(outgoing_t.c.updated_at < before)
+    return list(db.session.scalars(query.order_by(outgoing_t.c.id)))
