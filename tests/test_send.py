@@ -534,3 +534,104 @@ def test_the_worker_schedules_the_send_tick(app):
     jobs.schedule_send_job(scheduler, app)
     job = scheduler.get_job(jobs.SEND_JOB_ID)
     assert job is not None and job.trigger.interval == timedelta(seconds=5)
+
+
+# --------------------------------------------------------------------------- account settings
+
+
+def test_the_outgoing_form_is_filled_from_the_preset(app, make_user, make_stored_account):
+    from services import accounts
+
+    account = make_stored_account(make_user(), email_address="ana@gmail.com")
+    account.provider = "gmail"
+    db.session.commit()
+    form = accounts.smtp_form(account)
+    assert (form["smtp_host"], form["smtp_port"], form["smtp_security"]) == (
+        "smtp.gmail.com",
+        465,
+        "ssl",
+    )
+    assert form["smtp_files_sent_copy"] is True and form["max_message_mb"] == "25"
+    from mailsync.providers import get_provider
+
+    assert get_provider("office365").sending_defaults()["max_message_bytes"] == 20_000_000
+    assert get_provider("other").sending_defaults() == {
+        "max_message_bytes": None,
+        "smtp_files_sent_copy": False,
+    }
+
+
+def test_smtp_settings_are_tested_before_saving(app, sender, smtp_servers, login):
+    from services import accounts
+
+    user, account, _server, mail_user = sender
+    app.config["SMTP_ALLOWED_PORTS"] = None
+    other = smtp_servers("sender-login", password="smtp-only-secret")
+    values = dict(
+        smtp_host=other.host, smtp_port=other.port, smtp_security="starttls", smtp_username=""
+    )
+    # The mailbox's own sign-in does not work there: plain words, nothing saved.
+    with pytest.raises(ValidationError) as refused:
+        accounts.update_smtp_settings(user, account, app=app, **values)
+    assert "rejected the username or password" in refused.value.errors["smtp_password"]
+    db.session.refresh(account)
+    assert account.smtp_port != other.port
+    # Its own username and password: tested, saved encrypted, used for sending.
+    client = login(user)
+    page = client.get(f"/settings/accounts/{account.id}/smtp")
+    assert page.status_code == 200 and "Outgoing mail" in page.text
+    response = client.post(
+        f"/settings/accounts/{account.id}/smtp",
+        data={
+            **values,
+            "smtp_username": "sender-login",
+            "smtp_password": "smtp-only-secret",
+            "max_message_mb": "10",
+        },
+    )
+    assert response.status_code == 303
+    db.session.expire_all()
+    account = db.session.get(type(account), account.id)
+    assert account.smtp_port == other.port and account.smtp_username == "sender-login"
+    assert account.smtp_password_encrypted.startswith(b"gAAAAA")
+    assert account.max_message_bytes == 10_000_000 and not account.smtp_files_sent_copy
+    mail = new_mail(user, account)
+    queue(user, mail)
+    assert send.send_due(app) == {mail.id: OUTGOING_SENT}
+    assert len(other.messages) == 1
+
+
+def test_the_add_form_tests_the_smtp_server_too(app, sender, smtp_servers):
+    from services import accounts
+
+    user, account, _server, mail_user = sender
+    app.config["SMTP_ALLOWED_PORTS"] = None
+    wrong = smtp_servers(mail_user.email, password="not-the-imap-password")
+    with pytest.raises(ValidationError) as refused:
+        accounts.check_connection(
+            user,
+            app=app,
+            provider="other",
+            email_address=mail_user.email,
+            username=mail_user.email,
+            password=mail_user.password,
+            imap_host=account.imap_host,
+            imap_port=account.imap_port,
+            imap_security="ssl",
+            ca_cert_pem=account.ca_cert_pem,
+            smtp_host=wrong.host,
+            smtp_port=wrong.port,
+            smtp_security="starttls",
+        )
+    assert "smtp_password" in refused.value.errors
+
+
+def test_smtp_ports_are_limited_to_mail_submission(app, sender):
+    from services import accounts
+
+    user, account, _server, _mail_user = sender
+    with pytest.raises(ValidationError) as refused:
+        accounts.update_smtp_settings(
+            user, account, app=app, smtp_host="127.0.0.1", smtp_port=6379, smtp_security="ssl"
+        )
+    assert "not a mail submission port" in refused.value.errors["smtp_port"]
