@@ -19,6 +19,7 @@ import email.policy
 import email.utils
 import logging
 import re
+import smtplib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -290,11 +291,63 @@ def _backoff(app: Flask, attempts: int) -> float:
     return base * 2 ** max(0, attempts - 1)
 
 
-def send_one(app: Flask, mail_id: int, *, client=None) -> str | None:
+class Sessions:
+    """Connections kept for one tick and reused by its mails: SMTP and IMAP per account.
+
+    A batch of due mail then costs one TLS handshake and sign-in per server, not one per
+    mail (providers also limit how many connections an account may open).
+    """
+
+    def __init__(self) -> None:
+        self.smtp: dict[int, smtplib.SMTP] = {}
+        self.imap: dict[int, object] = {}
+
+    def smtp_for(self, account_id: int, settings: imap.ConnectionSettings):
+        """Return (connection, whether it was used before); raise SMTPFailure."""
+        if account_id in self.smtp:
+            return self.smtp[account_id], True
+        client = self.smtp[account_id] = smtp.connect(settings)
+        return client, False
+
+    def drop_smtp(self, account_id: int) -> None:
+        smtp.close(self.smtp.pop(account_id, None))
+
+    def imap_for(self, account_id: int, settings: imap.ConnectionSettings):
+        if account_id not in self.imap:
+            self.imap[account_id] = imap.connect(settings, allowed_ports=None)
+        return self.imap[account_id]
+
+    def drop_imap(self, account_id: int) -> None:
+        imap.safe_logout(self.imap.pop(account_id, None))
+
+    def close(self) -> None:
+        for account_id in list(self.smtp):
+            self.drop_smtp(account_id)
+        for account_id in list(self.imap):
+            self.drop_imap(account_id)
+
+
+def _deliver(sessions: Sessions, job: _Job) -> smtp.Delivery:
+    client, reused = sessions.smtp_for(job.account_id, job.settings)
+    try:
+        return smtp.deliver(
+            client, job.built.mail_from, job.built.recipients, job.built.raw,
+            smtputf8=job.built.smtputf8,
+        )  # fmt: skip
+    except smtp.SMTPFailure as exc:
+        sessions.drop_smtp(job.account_id)  # its state is unknown now
+        if reused and exc.kind == imap.NETWORK and not exc.maybe_sent:
+            # A kept connection the server had closed meanwhile: once more on a new one.
+            return _deliver(sessions, job)
+        raise
+
+
+def send_one(app: Flask, mail_id: int, *, sessions: Sessions | None = None) -> str | None:
     """Send one claimed ("sending") mail and settle it; return its new state.
 
-    `client` is an open SMTP connection to reuse (the account's), else one is opened and
-    closed here. Never holds a database transaction across network I/O.
+    `sessions` holds connections to reuse (send_due passes the tick's); without it the
+    connections are opened and closed here. Never holds a database transaction across
+    network I/O.
     """
     with app.app_context():
         job = _load(app, mail_id)
@@ -302,34 +355,34 @@ def send_one(app: Flask, mail_id: int, *, client=None) -> str | None:
         db.session.remove()
     if job is None:
         return state
-    own_client = client is None
+    own = sessions is None
+    sessions = sessions or Sessions()
     try:
-        if own_client:
-            client = smtp.connect(job.settings)
-        delivery = smtp.deliver(
-            client, job.built.mail_from, job.built.recipients, job.built.raw,
-            smtputf8=job.built.smtputf8,
-        )  # fmt: skip
-    except smtp.SMTPFailure as exc:
-        return _settle_failure(app, job, exc)
+        try:
+            delivery = _deliver(sessions, job)
+        except smtp.SMTPFailure as exc:
+            return _settle_failure(app, job, exc)
+        refused = None
+        if delivery.refused:
+            refused = "Sent, but the server refused: " + "; ".join(
+                f"{rcpt} ({answer})" for rcpt, (_code, answer) in delivery.refused.items()
+            )
+        with app.app_context():
+            outbox.mark_sent(mail_id, error=refused)
+            db.session.remove()
+        try:
+            file_and_store(
+                app, job.account_id, mail_id, job.built.raw, job.message_id_header,
+                files_own_copy=job.files_own_copy, sessions=sessions,
+            )  # fmt: skip
+        except Exception:
+            # The mail left; the next sync of Sent brings it into its conversation.
+            sessions.drop_imap(job.account_id)
+            log.exception("outgoing mail %s: filing the Sent copy failed", mail_id)
+        return outbox.OUTGOING_SENT
     finally:
-        if own_client:
-            smtp.close(client)
-    refused = None
-    if delivery.refused:
-        refused = "Sent, but the server refused: " + "; ".join(
-            f"{rcpt} ({answer})" for rcpt, (_code, answer) in delivery.refused.items()
-        )
-    with app.app_context():
-        outbox.mark_sent(mail_id, error=refused)
-        db.session.remove()
-    try:
-        file_and_store(app, job.account_id, mail_id, job.built.raw, job.message_id_header,
-                       files_own_copy=job.files_own_copy)  # fmt: skip
-    except Exception:
-        # The mail left; the next sync of Sent brings it into its conversation.
-        log.exception("outgoing mail %s: filing the Sent copy failed", mail_id)
-    return outbox.OUTGOING_SENT
+        if own:
+            sessions.close()
 
 
 def _state(mail_id: int) -> str | None:
@@ -385,6 +438,7 @@ def file_and_store(
     message_id_header: str,
     *,
     files_own_copy: bool,
+    sessions: Sessions | None = None,
 ) -> int | None:
     """Append the Sent copy (\\Seen) unless the provider files its own, then store the mail
     in its conversation at that copy's UID; return the stored message id (None when the copy
@@ -400,7 +454,9 @@ def file_and_store(
     if folder_name is None:
         log.warning("account %s has no Sent folder: the sent copy is not filed", account_id)
         return None
-    client = imap.connect(settings, allowed_ports=None)
+    own = sessions is None
+    sessions = sessions or Sessions()
+    client = sessions.imap_for(account_id, settings)
     try:
         uid = None
         server_validity = None
@@ -417,7 +473,8 @@ def file_and_store(
                     uid = uids[-1]
                     break
     finally:
-        imap.safe_logout(client)
+        if own:
+            sessions.close()
     if uid is None or (uidvalidity is not None and server_validity != uidvalidity):
         return None  # a folder the sync has not (or differently) seen: it will store it
     with app.app_context():
@@ -470,7 +527,11 @@ def send_due(app: Flask, *, limit: int = 20) -> dict[int, str | None]:
     with app.app_context():
         claimed = outbox.claim_due(limit=limit)
         db.session.remove()
-    return {mail_id: send_one(app, mail_id) for mail_id in claimed}
+    sessions = Sessions()
+    try:
+        return {mail_id: send_one(app, mail_id, sessions=sessions) for mail_id in claimed}
+    finally:
+        sessions.close()
 
 
 def recover_interrupted(app: Flask, *, before: datetime | None = None) -> dict[int, str]:

@@ -37,6 +37,7 @@ from mailsync.imap import (
 
 DEFAULT_ALLOWED_PORTS = frozenset({465, 587, 25})
 REFUSED = "refused"  # the server refused the mail, a recipient or the sender
+TEMPORARY = "temporary"  # a 4xx answer: try again later
 TOO_LARGE = "too_large"
 SMTPUTF8_MISSING = "smtputf8_missing"
 
@@ -157,7 +158,7 @@ def connect(settings: ConnectionSettings, *, local_hostname: str | None = None) 
                 kind = classify_login_error(_answer(exc.smtp_code, exc.smtp_error))
                 if exc.smtp_code and 400 <= exc.smtp_code < 500 and kind == AUTH_FAILED:
                     raise SMTPFailure(
-                        NETWORK,
+                        TEMPORARY,
                         "The outgoing server could not check the password right now "
                         f"({_answer(exc.smtp_code, exc.smtp_error)}). Threadline will retry.",
                     ) from exc
@@ -203,7 +204,7 @@ def close(client: smtplib.SMTP | None) -> None:
 def _refusal(code: int, text: bytes | str, what: str) -> SMTPFailure:
     answer = _answer(code, text)
     if 400 <= code < 500:
-        return SMTPFailure(NETWORK, f"The server asked to try again later: {answer}")
+        return SMTPFailure(TEMPORARY, f"The server asked to try again later: {answer}")
     kind = TOO_LARGE if code == 552 or "size" in answer.lower() else REFUSED
     return SMTPFailure(kind, f"The server refused {what}: {answer}", permanent=True)
 
@@ -252,7 +253,7 @@ def deliver(
             codes = [code for code, _ in refused.values()]
             words = "; ".join(f"{rcpt}: {answer}" for rcpt, (_c, answer) in refused.items())
             if any(400 <= code < 500 for code in codes):
-                raise SMTPFailure(NETWORK, f"The server asked to try again later: {words}")
+                raise SMTPFailure(TEMPORARY, f"The server asked to try again later: {words}")
             raise SMTPFailure(
                 REFUSED, f"The server refused every recipient: {words}", permanent=True
             )
