@@ -526,14 +526,41 @@ def test_send_later_is_sent_on_time_across_a_worker_restart(app, sender):
     assert len(server.messages) == 1
 
 
-def test_the_worker_schedules_the_send_tick(app):
-    from apscheduler.schedulers.background import BackgroundScheduler
+def test_the_worker_runs_the_send_tick(app):
+    import worker
 
-    scheduler = BackgroundScheduler(timezone="UTC")
     app.config["SEND_POLL_SECONDS"] = 5
-    jobs.schedule_send_job(scheduler, app)
-    job = scheduler.get_job(jobs.SEND_JOB_ID)
-    assert job is not None and job.trigger.interval == timedelta(seconds=5)
+    scheduler = worker.start_scheduler(app)
+    try:
+        job = scheduler.get_job(jobs.SEND_JOB_ID)
+        assert job.func is jobs.send_due_mail and job.trigger.interval == timedelta(seconds=5)
+    finally:
+        scheduler.shutdown(wait=True)
+
+
+def test_a_tick_reuses_one_connection_and_replaces_a_dropped_one(app, sender, dovecot):
+    import socket
+
+    user, account, server, mail_user = sender
+    mails = [new_mail(user, account, subject=f"Batch {n}") for n in range(3)]
+    for mail in mails:
+        queue(user, mail)
+    assert send.send_due(app) == {mail.id: OUTGOING_SENT for mail in mails}
+    assert server.handler.ehlos == 2  # one connection: EHLO, STARTTLS, EHLO
+    assert len(dovecot.uids(mail_user.email, "Sent")) == 3
+    # A kept connection that broke meanwhile is replaced, and the mail still goes out once.
+    sessions = send.Sessions()
+    try:
+        first, second = new_mail(user, account), new_mail(user, account)
+        for mail in (first, second):
+            queue(user, mail)
+        claimed = outbox.claim_due()
+        assert send.send_one(app, claimed[0], sessions=sessions) == OUTGOING_SENT
+        sessions.smtp[account.id].sock.shutdown(socket.SHUT_RDWR)
+        assert send.send_one(app, claimed[1], sessions=sessions) == OUTGOING_SENT
+    finally:
+        sessions.close()
+    assert len(server.messages) == 5 and server.handler.ehlos == 6
 
 
 # --------------------------------------------------------------------------- account settings

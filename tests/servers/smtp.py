@@ -26,6 +26,12 @@ class RecordingHandler:
     rcpt_answers: dict[str, str] = field(default_factory=dict)
     data_answers: list[str] = field(default_factory=list)
     transactions: int = 0  # MAIL FROM commands seen
+    ehlos: int = 0  # EHLO commands seen (two per connection with STARTTLS)
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        self.ehlos += 1
+        session.host_name = hostname
+        return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         self.transactions += 1
