@@ -662,3 +662,24 @@ def test_smtp_ports_are_limited_to_mail_submission(app, sender):
             user, account, app=app, smtp_host="127.0.0.1", smtp_port=6379, smtp_security="ssl"
         )
     assert "not a mail submission port" in refused.value.errors["smtp_port"]
+
+
+def test_sent_mail_is_linked_and_shared_like_synced_mail(app, sender, make_person):
+    from models import MessagePerson
+    from services.preferences import update_preferences
+
+    user, account, _server, _mail_user = sender
+    update_preferences(user, {"default_email_sharing": "shared"})
+    carla = make_person(user, name="Carla Díaz", emails=("carla@customer.test",))
+    mail = new_mail(user, account, record_kind="person", record_id=carla.id)
+    queue(user, mail)
+    assert send.send_due(app) == {mail.id: OUTGOING_SENT}
+    sent = state_of(mail.id)
+    thread = db.session.get(Thread, sent.thread_id)
+    assert thread.shared is True
+    assert (
+        db.session.scalar(
+            select(MessagePerson.person_id).where(MessagePerson.message_id == sent.message_id)
+        )
+        == carla.id
+    )
