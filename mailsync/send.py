@@ -35,8 +35,9 @@ from mailsync import imap, smtp, store
 from mailsync.blobstore import app_blob_store
 from mailsync.parse import dedup_key, header_key, html_to_text, parse_message
 from mailsync.prepare import for_search
-from models import MailAccount, MailFolder, OutgoingMail, Thread, User
+from models import Deal, Lead, MailAccount, MailFolder, OutgoingMail, Project, Thread, User
 from services import outbox
+from services.access import can_access_record
 from services.errors import ValidationError
 from services.linking import LINK_COLUMNS
 from services.mail_render import sanitize_outgoing_html
@@ -370,15 +371,21 @@ def send_one(app: Flask, mail_id: int, *, sessions: Sessions | None = None) -> s
         with app.app_context():
             outbox.mark_sent(mail_id, error=refused)
             db.session.remove()
-        try:
-            file_and_store(
-                app, job.account_id, mail_id, job.built.raw, job.message_id_header,
-                files_own_copy=job.files_own_copy, sessions=sessions,
-            )  # fmt: skip
-        except Exception:
-            # The mail left; the next sync of Sent brings it into its conversation.
-            sessions.drop_imap(job.account_id)
-            log.exception("outgoing mail %s: filing the Sent copy failed", mail_id)
+        for _attempt in range(2):
+            reused = job.account_id in sessions.imap
+            try:
+                file_and_store(
+                    app, job.account_id, mail_id, job.built.raw, job.message_id_header,
+                    files_own_copy=job.files_own_copy, sessions=sessions,
+                )  # fmt: skip
+                break
+            except Exception:
+                sessions.drop_imap(job.account_id)
+                if reused:
+                    continue  # a kept connection the server had closed: once more, anew
+                # The mail left; the next sync of Sent brings it into its conversation.
+                log.exception("outgoing mail %s: filing the Sent copy failed", mail_id)
+                break
         return outbox.OUTGOING_SENT
     finally:
         if own:
@@ -510,13 +517,33 @@ def store_sent(
     )
     mail = db.session.get(OutgoingMail, mail_id)
     thread = db.session.get(Thread, thread_id) if thread_id else None
-    if thread is not None and mail is not None and mail.record_kind in LINK_COLUMNS:
-        if mail.record_id and not any(getattr(thread, c) for c in LINK_COLUMNS.values()):
-            setattr(thread, LINK_COLUMNS[mail.record_kind], mail.record_id)
-            thread.needs_link_choice = False
+    if thread is not None and mail is not None:
+        _link_to_record(thread, mail)
     db.session.commit()
     outbox.record_stored(mail_id, message_id=message_id, thread_id=thread_id)
     return message_id
+
+
+RECORD_MODELS = {"deal": Deal, "lead": Lead, "project": Project}
+
+
+def _link_to_record(thread: Thread, mail: OutgoingMail) -> None:
+    """Link a new conversation to the deal, lead or project the mail was written from.
+
+    Only when the sender may see that record, and only a conversation not linked yet (a
+    reply stays where its conversation is). Persons link by address, as for synced mail.
+    """
+    model = RECORD_MODELS.get(mail.record_kind or "")
+    if model is None or not mail.record_id:
+        return
+    if any(getattr(thread, column) for column in LINK_COLUMNS.values()):
+        return
+    record = db.session.get(model, mail.record_id)
+    owner = db.session.get(User, mail.user_id)
+    if record is None or owner is None or not can_access_record(owner, record):
+        return
+    setattr(thread, LINK_COLUMNS[mail.record_kind], record.id)
+    thread.needs_link_choice = False
 
 
 # --------------------------------------------------------------------------- the worker's tick

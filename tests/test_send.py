@@ -683,3 +683,13 @@ def test_sent_mail_is_linked_and_shared_like_synced_mail(app, sender, make_perso
         )
         == carla.id
     )
+
+
+def test_a_record_the_sender_cannot_see_is_not_linked(app, sender, make_user, make_deal):
+    user, account, _server, _mail_user = sender
+    private = make_deal(make_user(), visibility="owner")
+    mail = new_mail(user, account, record_kind="deal", record_id=private.id)
+    queue(user, mail)
+    assert send.send_due(app) == {mail.id: OUTGOING_SENT}
+    thread = db.session.get(Thread, state_of(mail.id).thread_id)
+    assert thread.deal_id is None
