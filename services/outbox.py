@@ -1,7 +1,10 @@
 """The one place that moves an outgoing mail through its states (models.OUTGOING_*).
 
-The web side calls queue_send / cancel_to_draft / send_now; the worker (mailsync/send.py
-through worker.py) claims due mail with claim_due and records what the SMTP server said.
+The web side calls queue_send / cancel_to_draft / send_now; the worker (mailsync/send.py,
+run by the send tick in jobs.py) claims due mail with claim_due (queued -> sending) and
+records what the SMTP server said: mark_sent, retry_later (back to queued, later),
+mark_failed, mark_uncertain ("may have been sent": a send a stopped worker left behind,
+found by interrupted_sends).
 Every state change is a conditional UPDATE on the expected old state, so a web request and
 the worker racing for one mail never both win: Undo after the worker claimed the mail
 fails with a plain message instead of leaving a sent mail back in Drafts.
@@ -70,6 +73,8 @@ def check_sendable(user: User, mail: OutgoingMail) -> None:
         errors["to"] = "Add at least one recipient."
     if _has_line_break(mail.subject or ""):
         errors["subject"] = "The subject cannot contain line breaks."
+    if any(_has_line_break(a.filename or "") for a in mail.attachments):
+        errors["attachments"] = "An attachment name cannot contain line breaks."
     if account is not None and account.max_message_bytes:
         total = sum(attachment.size for attachment in mail.attachments)
         if total + len(mail.body_html or "") > account.max_message_bytes:
