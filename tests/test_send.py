@@ -693,3 +693,22 @@ def test_a_record_the_sender_cannot_see_is_not_linked(app, sender, make_user, ma
     assert send.send_due(app) == {mail.id: OUTGOING_SENT}
     thread = db.session.get(Thread, state_of(mail.id).thread_id)
     assert thread.deal_id is None
+
+
+def test_a_provider_that_files_its_own_sent_copy_gets_none_from_threadline(app, sender, dovecot):
+    user, account, server, mail_user = sender
+    account.smtp_files_sent_copy = True  # as Gmail's preset says
+    db.session.commit()
+    # The server files the copy itself, as Gmail does.
+    server.handler.on_message = lambda raw: dovecot.deliver(mail_user.email, raw, "Sent")
+    mail = new_mail(user, account)
+    queue(user, mail)
+    assert send.send_due(app) == {mail.id: OUTGOING_SENT}
+    assert len(dovecot.uids(mail_user.email, "Sent")) == 1  # its copy, not a second one
+    sent = state_of(mail.id)
+    assert sent.message_id is not None  # found by Message-ID and stored at its UID
+    jobs.run_account_sync(app, account.id)
+    count = db.session.scalar(
+        select(func.count()).select_from(Message).where(Message.account_id == account.id)
+    )
+    assert count == 1

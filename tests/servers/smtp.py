@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,8 @@ class RecordingHandler:
     data_answers: list[str] = field(default_factory=list)
     transactions: int = 0  # MAIL FROM commands seen
     ehlos: int = 0  # EHLO commands seen (two per connection with STARTTLS)
+    # Called with each accepted message's bytes (e.g. to file a Sent copy as Gmail does).
+    on_message: Callable[[bytes], None] | None = None
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         self.ehlos += 1
@@ -49,6 +52,8 @@ class RecordingHandler:
     async def handle_DATA(self, server, session, envelope):
         if self.data_answers:
             return self.data_answers.pop(0)
+        if self.on_message is not None:
+            self.on_message(envelope.original_content or envelope.content)
         self.messages.append(
             ReceivedMail(
                 envelope.mail_from,
