@@ -8,7 +8,8 @@ CLI (`flask sync`) calls `run_account_sync` in the foreground. Scheduled passes 
 other than INBOX and Sent only every OTHER_FOLDERS_INTERVAL_SECONDS; "Sync now" and the CLI
 sync every folder. Two more interval jobs run in the scheduler's own thread: `collect_garbage`
 removes mail that left the server (mailsync.gc) and old finished jobs, `sweep_blobs` removes
-unreferenced raw mail.
+unreferenced raw mail. The send tick (`send_due_mail`, every SEND_POLL_SECONDS) sends due
+outgoing mail (mailsync.send) in the scheduler's thread, so a long sync never delays it.
 """
 
 from __future__ import annotations
