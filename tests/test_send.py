@@ -712,3 +712,32 @@ def test_a_provider_that_files_its_own_sent_copy_gets_none_from_threadline(app, 
         select(func.count()).select_from(Message).where(Message.account_id == account.id)
     )
     assert count == 1
+
+
+def test_a_running_worker_sends_due_and_scheduled_mail_across_a_restart(app, sender):
+    """The real `flask worker`: due mail leaves within seconds; "send later" mail is sent on
+    time by the worker started after the first one was killed (it is just a row)."""
+    import signal
+
+    from tests.test_jobs import environment, flask_process, stop, wait_for
+
+    user, account, server, _mail_user = sender
+    now_mail = new_mail(user, account, subject="Now")
+    queue(user, now_mail)
+    later_mail = new_mail(user, account, subject="Later")
+    due = datetime.now(UTC) + timedelta(seconds=8)
+    queue(user, later_mail, send_at=due)
+    env = environment(app, SEND_POLL_SECONDS=0.5, SYNC_START_DELAY_SECONDS=3600)
+    worker = flask_process(env, "worker")
+    try:
+        wait_for(lambda: state_of(now_mail.id).state == OUTGOING_SENT, seconds=30)
+        assert state_of(later_mail.id).state == OUTGOING_QUEUED
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        worker = flask_process(env, "worker")
+        wait_for(lambda: state_of(later_mail.id).state == OUTGOING_SENT, seconds=60)
+    finally:
+        output = stop(worker)
+    later = state_of(later_mail.id)
+    assert due <= later.sent_at < due + timedelta(seconds=60), output
+    assert [m.data.count(b"Subject: Later") for m in server.messages] == [0, 1]
