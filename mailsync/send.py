@@ -276,6 +276,15 @@ def _load(app: Flask, mail_id: int) -> _Job | None:
         log.exception("outgoing mail %s cannot be built", mail_id)
         outbox.mark_failed(mail_id, f"This mail could not be prepared: {exc}"[:500])
         return None
+    if account.max_message_bytes and len(built.raw) > account.max_message_bytes:
+        outbox.mark_failed(
+            mail_id,
+            f"This mail is {len(built.raw) / 1_000_000:.1f} MB once encoded; "
+            f"{account.email_address} accepts at most "
+            f"{account.max_message_bytes / 1_000_000:g} MB. Remove an attachment or share a "
+            "link instead.",
+        )
+        return None
     return _Job(
         mail_id,
         account.id,

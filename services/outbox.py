@@ -77,7 +77,10 @@ def check_sendable(user: User, mail: OutgoingMail) -> None:
         errors["attachments"] = "An attachment name cannot contain line breaks."
     if account is not None and account.max_message_bytes:
         total = sum(attachment.size for attachment in mail.attachments)
-        if total + len(mail.body_html or "") > account.max_message_bytes:
+        # Sent as base64 (4 bytes for 3, plus line breaks) beside an HTML and a text part;
+        # the worker checks the exact size of the built message again.
+        encoded = total * 137 // 100 + 2 * len((mail.body_html or "").encode())
+        if encoded > account.max_message_bytes:
             limit_mb = account.max_message_bytes / 1_000_000
             errors["attachments"] = (
                 f"This mail is {total / 1_000_000:.1f} MB with its attachments; "

@@ -741,3 +741,14 @@ def test_a_running_worker_sends_due_and_scheduled_mail_across_a_restart(app, sen
     later = state_of(later_mail.id)
     assert due <= later.sent_at < due + timedelta(seconds=60), output
     assert [m.data.count(b"Subject: Later") for m in server.messages] == [0, 1]
+
+
+def test_the_accounts_size_limit_is_checked_again_on_the_built_message(app, sender):
+    user, account, server, _mail_user = sender
+    mail = new_mail(user, account, body_html="<p>" + "words " * 500 + "</p>")
+    queue(user, mail)
+    account.max_message_bytes = 3000  # lowered after the mail was queued
+    db.session.commit()
+    assert send.send_due(app) == {mail.id: OUTGOING_FAILED}
+    assert "accepts at most 0.003 MB" in state_of(mail.id).error
+    assert server.handler.transactions == 0
