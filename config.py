@@ -57,6 +57,14 @@ class DefaultConfig:
     MESSAGE_GC_TTL_SECONDS = 30 * 60
     THREAD_GC_TTL_SECONDS = 7 * 24 * 3600
     MAIL_ALLOWED_PORTS = (993, 143)  # IMAP ports a mailbox may use; None allows any (R20)
+    SMTP_ALLOWED_PORTS = (465, 587, 25)  # SMTP ports an account may send through (R20)
+    # Sending (mailsync/send.py): the worker looks for due mail every SEND_POLL_SECONDS; a
+    # temporary SMTP failure is retried after SEND_BACKOFF_SECONDS, doubling, and the mail
+    # fails after SEND_MAX_ATTEMPTS tries. Each user sends at most DAILY_SEND_LIMIT a day.
+    SEND_POLL_SECONDS = 5
+    SEND_BACKOFF_SECONDS = 30
+    SEND_MAX_ATTEMPTS = 5
+    DAILY_SEND_LIMIT = 500
     MAIL_CONNECTION_TESTS = 10  # connection tests per user per window (R20, R27)
     MAIL_CONNECTION_TEST_WINDOW_SECONDS = 10 * 60
     MAX_FULL_SIZE = 25 * 1024 * 1024  # larger messages are stored as header-only placeholders
@@ -117,8 +125,9 @@ def environment_overrides() -> dict:
         if key.startswith(ENV_PREFIX)
         and key not in ("THREADLINE_PASSWORD", "THREADLINE_MAIL_PASSWORD")
     }
-    if "MAIL_ALLOWED_PORTS" in overrides:
-        overrides["MAIL_ALLOWED_PORTS"] = parse_port_list(str(overrides["MAIL_ALLOWED_PORTS"]))
+    for key in ("MAIL_ALLOWED_PORTS", "SMTP_ALLOWED_PORTS"):
+        if key in overrides:
+            overrides[key] = parse_port_list(str(overrides[key]))
     if isinstance(overrides.get("TRUSTED_HOSTS"), str):
         # Flask wants a list; the environment gives "host1,host2" (".lan" matches subdomains).
         hosts = overrides["TRUSTED_HOSTS"].split(",")

@@ -8,7 +8,8 @@ CLI (`flask sync`) calls `run_account_sync` in the foreground. Scheduled passes 
 other than INBOX and Sent only every OTHER_FOLDERS_INTERVAL_SECONDS; "Sync now" and the CLI
 sync every folder. Two more interval jobs run in the scheduler's own thread: `collect_garbage`
 removes mail that left the server (mailsync.gc) and old finished jobs, `sweep_blobs` removes
-unreferenced raw mail.
+unreferenced raw mail. The send tick (`send_due_mail`, every SEND_POLL_SECONDS) sends due
+outgoing mail (mailsync.send) in the scheduler's thread, so a long sync never delays it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from extensions import db
-from mailsync import gc, imap, store
+from mailsync import gc, imap, send, store
 from mailsync.blobstore import app_blob_store
 from mailsync.storage_errors import storage_problem
 from mailsync.sync import Progress, SyncResult, sync_account
@@ -54,6 +55,10 @@ SYNC_JOB_ID = "mail-sync"
 GC_JOB_ID = "mail-gc"
 BLOB_SWEEP_JOB_ID = "mail-blob-sweep"
 JOB_CLEANUP_JOB_ID = "job-cleanup"
+SEND_JOB_ID = "mail-send"
+# A mail "sending" this long is taken for one a stopped worker left behind (a send gives up
+# after a few minutes of SMTP timeouts).
+SEND_STUCK_SECONDS = 600
 
 # Credential problems stop scheduled sync until the user enters new credentials (§6).
 STATE_FOR_KIND = {
@@ -109,6 +114,38 @@ def schedule_sync_jobs(scheduler, app: Flask) -> None:
         id=BLOB_SWEEP_JOB_ID,
         replace_existing=True,
     )
+
+
+def schedule_send_job(scheduler, app: Flask, *, started_at: datetime | None = None) -> None:
+    """Add the send tick: due mail is sent within SEND_POLL_SECONDS (default 5)."""
+    started_at = started_at or datetime.now(UTC)
+    scheduler.add_job(
+        send_due_mail,
+        "interval",
+        seconds=float(app.config.get("SEND_POLL_SECONDS", 5)),
+        args=[app],
+        kwargs={"started_at": started_at},
+        id=SEND_JOB_ID,
+        replace_existing=True,
+        next_run_time=datetime.now(UTC),
+    )
+
+
+def send_due_mail(app: Flask, *, started_at: datetime) -> dict[int, str | None]:
+    """The send tick: settle mail a stopped worker left "sending", then send what is due.
+
+    Runs in the scheduler's thread (max_instances=1), so a long sync in the job loop never
+    delays a send. Mail this worker claimed is never taken for left behind: only mail
+    claimed before the worker started, or stuck for SEND_STUCK_SECONDS, is recovered.
+    """
+    stuck = datetime.now(UTC) - timedelta(seconds=SEND_STUCK_SECONDS)
+    results: dict[int, str | None] = {}
+    try:
+        results.update(send.recover_interrupted(app, before=max(started_at, stuck)))
+        results.update(send.send_due(app))
+    except Exception:
+        log.exception("the send tick failed")
+    return results
 
 
 def forget_finished_jobs(app: Flask) -> int | None:

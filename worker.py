@@ -1,8 +1,8 @@
 """The one worker process: the sync schedule plus the loop that runs queued jobs.
 
 `flask --app app worker` runs it in the foreground; `flask serve` starts one as a child and
-restarts it if it dies (Supervisor). Its APScheduler queues scheduled sync passes and runs
-the short maintenance jobs (jobs.py); the job loop, in the main thread, claims one job at a
+restarts it if it dies (Supervisor). Its APScheduler queues scheduled sync passes, runs the
+send tick (due outgoing mail, mailsync/send.py) and the short maintenance jobs (jobs.py); the job loop, in the main thread, claims one job at a
 time from the database queue (services/job_queue.py) and runs it: sync passes ("Sync now"
 and scheduled), and the Mail tab's IMAP write-backs (mailsync/writeback.py). A lease,
 renewed while the job runs, lets another worker take the job again only once this one is
@@ -155,7 +155,7 @@ def _settle(app: Flask, write) -> None:
 
 
 def start_scheduler(app: Flask):
-    """Start the worker's APScheduler with the sync schedule and maintenance jobs."""
+    """Start the worker's APScheduler: the sync schedule, the send tick, maintenance jobs."""
     from apscheduler.schedulers.background import BackgroundScheduler
 
     scheduler = BackgroundScheduler(
@@ -163,6 +163,7 @@ def start_scheduler(app: Flask):
         timezone="UTC",
     )
     jobs.schedule_sync_jobs(scheduler, app)
+    jobs.schedule_send_job(scheduler, app)
     scheduler.start()
     log.info("scheduler started")
     return scheduler

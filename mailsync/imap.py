@@ -8,6 +8,7 @@ arbitrary services (SECURITY.md R20).
 
 from __future__ import annotations
 
+import functools
 import imaplib
 import socket
 import ssl
@@ -142,8 +143,11 @@ LOGIN_MESSAGES = {
 }
 
 
+@functools.lru_cache(maxsize=64)
 def _ssl_context(ca_cert_pem: str | None) -> ssl.SSLContext:
     # Certificates are always verified; a private CA is trusted only when given (R19).
+    # Cached: loading the system's CA store takes ~75 ms, and a context is never changed
+    # after this (wrap_socket only reads it), so connections may share one.
     context = ssl.create_default_context()
     if ca_cert_pem:
         context.load_verify_locations(cadata=ca_cert_pem)

@@ -24,6 +24,17 @@ class Provider:
     oauth_only: bool = False
     domains: tuple[str, ...] = ()
     requires_domain_host: bool = False
+    # Sending: the provider's message size limit (None: unknown, the user may set one), and
+    # whether its SMTP server files the Sent copy itself (then Threadline must not append one).
+    max_message_bytes: int | None = None
+    files_sent_copy: bool = False
+
+    def sending_defaults(self) -> dict[str, int | bool | None]:
+        """Return the sending fields of this preset (size limit, own Sent copy)."""
+        return {
+            "max_message_bytes": self.max_message_bytes,
+            "smtp_files_sent_copy": self.files_sent_copy,
+        }
 
     def settings_for(self, email_address: str = "") -> dict[str, str | int]:
         """Return the server fields of this preset, with "{domain}" filled from the address."""
@@ -79,6 +90,8 @@ PROVIDERS: tuple[Provider, ...] = (
         "Use an app password (needs 2-Step Verification; Workspace admins may block it).",
         needs_app_password=True,
         domains=("gmail.com", "googlemail.com"),
+        max_message_bytes=25_000_000,
+        files_sent_copy=True,
     ),
     Provider(
         "yahoo",
@@ -104,6 +117,7 @@ PROVIDERS: tuple[Provider, ...] = (
         "starttls",
         OAUTH_NOTE,
         oauth_only=True,
+        max_message_bytes=20_000_000,
     ),
     Provider(
         "outlook",
@@ -124,6 +138,7 @@ PROVIDERS: tuple[Provider, ...] = (
             "outlook.de",
             "hotmail.co.uk",
         ),
+        max_message_bytes=20_000_000,
     ),
     Provider(
         "icloud",

@@ -19,9 +19,10 @@ from sqlalchemy import case, delete, func, select
 
 from extensions import db
 from mailsync import imap
+from mailsync import smtp as smtp_client
 from mailsync.folders import ServerFolder, list_server_folders, sort_folders
 from mailsync.imap import ConnectionSettings, MailConnectionError
-from mailsync.providers import PROVIDERS_BY_KEY
+from mailsync.providers import PROVIDERS_BY_KEY, get_provider
 from models import (
     AUTH_BLOCKED_STATES,
     SYNC_ERROR,
@@ -338,8 +339,15 @@ def check_connection(
         imap_security=imap_security,
         ca_cert_pem=ca_cert_pem,
     )
-    _clean_smtp(smtp_host, smtp_port, smtp_security)
-    return _tested_folders(app, user, server, password)
+    smtp = _clean_smtp(smtp_host, smtp_port, smtp_security)
+    folders = _tested_folders(app, user, server, password)
+    if smtp["smtp_host"]:
+        # Sending uses the same sign-in until the account's Outgoing mail page says otherwise.
+        _test_smtp(
+            app, **smtp, username=server["username"], password=password,
+            ca_cert_pem=server["ca_cert_pem"],
+        )  # fmt: skip
+    return folders
 
 
 def seal_password(app: Flask, user: User, password: str) -> str:
@@ -418,7 +426,7 @@ def create_account(
     folders = _tested_folders(app, user, server, password)
     mode, chosen, since = _clean_sync_choice(folder_mode, chosen_folders, since, folders)
     account = existing or MailAccount(user_id=user.id)
-    for key, value in {**server, **smtp}.items():
+    for key, value in {**server, **smtp, **get_provider(provider).sending_defaults()}.items():
         setattr(account, key, value)
     account.password_encrypted = secret_box(app).encrypt(password)
     account.folder_mode, account.chosen_folders, account.since = mode, chosen, since
@@ -482,6 +490,8 @@ def reencrypt_mail_passwords(app: Flask) -> Reencrypted:
     for account in db.session.scalars(select(MailAccount).order_by(MailAccount.id)):
         try:
             account.password_encrypted = box.rotate(account.password_encrypted)
+            if account.smtp_password_encrypted:
+                account.smtp_password_encrypted = box.rotate(account.smtp_password_encrypted)
         except CredentialError:
             unreadable.append(account.id)
             continue
@@ -489,6 +499,135 @@ def reencrypt_mail_passwords(app: Flask) -> Reencrypted:
     db.session.commit()
     log.info("mail passwords re-encrypted: %s, unreadable: %s", reencrypted, unreadable)
     return Reencrypted(reencrypted, unreadable)
+
+
+# --------------------------------------------------------------------------- sending (SMTP)
+
+SMTP_ERROR_FIELDS = {
+    imap.AUTH_FAILED: "smtp_password",
+    imap.APP_PASSWORD_REQUIRED: "smtp_password",
+    imap.OAUTH_REQUIRED: "smtp_host",
+    imap.TLS_NOT_OFFERED: "smtp_security",
+    imap.TLS_ERROR: "smtp_security",
+    imap.PORT_NOT_ALLOWED: "smtp_port",
+}
+
+
+def smtp_allowed_ports(app: Flask) -> frozenset[int] | None:
+    """Return the SMTP ports an account may use (SMTP_ALLOWED_PORTS; None allows any, R20)."""
+    ports = app.config.get("SMTP_ALLOWED_PORTS", tuple(smtp_client.DEFAULT_ALLOWED_PORTS))
+    return None if ports is None else frozenset(int(port) for port in ports)
+
+
+def _test_smtp(
+    app: Flask,
+    *,
+    smtp_host: str,
+    smtp_port: int,
+    smtp_security: str,
+    username: str,
+    password: str,
+    ca_cert_pem: str | None,
+) -> None:
+    """Sign in to the SMTP server and quit; raise ValidationError in plain words."""
+    allowed = smtp_allowed_ports(app)
+    if allowed is not None and smtp_port not in allowed:
+        raise ValidationError(
+            {
+                "smtp_port": f"Port {smtp_port} is not a mail submission port. Use 465 (SSL) or "
+                "587 (STARTTLS); an administrator can allow others with "
+                "THREADLINE_SMTP_ALLOWED_PORTS."
+            }
+        )
+    settings = ConnectionSettings(
+        host=smtp_host,
+        port=smtp_port,
+        security=smtp_security,
+        username=username,
+        password=password,
+        ca_cert_pem=ca_cert_pem,
+        timeout=float(app.config.get("MAIL_CONNECT_TIMEOUT", 20)),
+    )
+    try:
+        smtp_client.check(settings)
+    except MailConnectionError as exc:
+        log.info("SMTP connection test failed: %s", exc.kind)
+        raise ValidationError({SMTP_ERROR_FIELDS.get(exc.kind, "smtp_host"): exc.message}) from None
+
+
+def smtp_form(account: MailAccount) -> dict:
+    """Return the Outgoing mail form's values: the account's, or its preset's where unset.
+
+    Accounts added before sending existed have no SMTP settings; they are filled from the
+    preset when the page is shown (nothing is saved until the user saves the tested form).
+    """
+    provider = get_provider(account.provider)
+    preset = provider.settings_for(account.email_address)
+    configured = bool(account.smtp_host)
+    defaults = provider.sending_defaults()
+    max_bytes = account.max_message_bytes if configured else defaults["max_message_bytes"]
+    return {
+        "smtp_host": account.smtp_host or preset["smtp_host"],
+        "smtp_port": account.smtp_port or preset["smtp_port"],
+        "smtp_security": account.smtp_security or preset["smtp_security"],
+        "smtp_username": account.smtp_username or "",
+        "smtp_files_sent_copy": (
+            account.smtp_files_sent_copy if configured else defaults["smtp_files_sent_copy"]
+        ),
+        "max_message_mb": f"{max_bytes / 1_000_000:g}" if max_bytes else "",
+        "has_own_password": account.smtp_password_encrypted is not None,
+    }
+
+
+def update_smtp_settings(
+    user: User,
+    account: MailAccount,
+    *,
+    app: Flask,
+    smtp_host: str | None,
+    smtp_port: int | None,
+    smtp_security: str | None,
+    smtp_username: str = "",
+    smtp_password: str = "",
+    files_sent_copy: bool = False,
+    max_message_mb: float | None = None,
+) -> MailAccount:
+    """Test, then save the account's outgoing (SMTP) server; commits.
+
+    A blank username or password means "the IMAP one" (or, for the password, the SMTP one
+    saved before). An empty host turns sending off. Raises ValidationError (nothing changed)
+    or RateLimited.
+    """
+    _require_owner(user, account)
+    smtp = _clean_smtp(smtp_host, smtp_port, smtp_security)
+    if max_message_mb is not None and not 0 < max_message_mb <= 1000:
+        raise ValidationError({"max_message_mb": "Enter a size in MB, for example 25."})
+    username = (smtp_username or "").strip()
+    if len(username) > 320:
+        raise ValidationError({"smtp_username": "That username is too long."})
+    if smtp["smtp_host"]:
+        box = secret_box(app)
+        try:
+            password = smtp_password or box.decrypt(
+                account.smtp_password_encrypted or account.password_encrypted
+            )
+        except CredentialError:
+            raise ValidationError({"smtp_password": "Enter the password."}) from None
+        _consume_connection_test(app, user)
+        _test_smtp(
+            app, **smtp, username=username or account.username, password=password,
+            ca_cert_pem=account.ca_cert_pem,
+        )  # fmt: skip
+        if smtp_password:
+            account.smtp_password_encrypted = box.encrypt(smtp_password)
+    for key, value in smtp.items():
+        setattr(account, key, value)
+    account.smtp_username = username or None
+    account.smtp_files_sent_copy = bool(files_sent_copy)
+    account.max_message_bytes = int(max_message_mb * 1_000_000) if max_message_mb else None
+    db.session.commit()
+    log.info("mail account %s: outgoing server saved by user %s", account.id, user.id)
+    return account
 
 
 def server_folders(user: User, account: MailAccount, *, app: Flask) -> list[ServerFolder]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -168,6 +168,28 @@ def sanitize_email_html(
         blocked_remote_images=stats["blocked"],
         has_remote_content=stats["remote"] > 0,
     )
+
+
+def sanitize_outgoing_html(html: str, *, content_ids: Collection[str]) -> str:
+    """Sanitize HTML the user composed with the incoming-mail allowlist (R18).
+
+    `cid:` images stay when they name one of the mail's inline images (`content_ids`); remote
+    images stay too (the writer put them there). Links keep only safe schemes.
+    """
+    known = set(content_ids)
+
+    def attribute_filter(tag: str, attr: str, value: str) -> str | None:
+        if tag == "img" and attr == "src":
+            url = _normalize_url(value)
+            lowered = url.lower()
+            if lowered.startswith("cid:"):
+                return url if unquote(url[4:]) in known else None
+            if _RASTER_DATA_URI.match(url) or lowered.startswith(("http://", "https://")):
+                return url
+            return None
+        return _filter_attribute(tag, attr, value)
+
+    return _clean(html, attribute_filter, final=False)
 
 
 # Where mail programs start the quoted history of a reply: Gmail, Apple Mail and

@@ -1,7 +1,10 @@
 """The one place that moves an outgoing mail through its states (models.OUTGOING_*).
 
-The web side calls queue_send / cancel_to_draft / send_now; the worker (mailsync/send.py
-through worker.py) claims due mail with claim_due and records what the SMTP server said.
+The web side calls queue_send / cancel_to_draft / send_now; the worker (mailsync/send.py,
+run by the send tick in jobs.py) claims due mail with claim_due (queued -> sending) and
+records what the SMTP server said: mark_sent, retry_later (back to queued, later),
+mark_failed, mark_uncertain ("may have been sent": a send a stopped worker left behind,
+found by interrupted_sends).
 Every state change is a conditional UPDATE on the expected old state, so a web request and
 the worker racing for one mail never both win: Undo after the worker claimed the mail
 fails with a plain message instead of leaving a sent mail back in Drafts.
@@ -70,9 +73,14 @@ def check_sendable(user: User, mail: OutgoingMail) -> None:
         errors["to"] = "Add at least one recipient."
     if _has_line_break(mail.subject or ""):
         errors["subject"] = "The subject cannot contain line breaks."
+    if any(_has_line_break(a.filename or "") for a in mail.attachments):
+        errors["attachments"] = "An attachment name cannot contain line breaks."
     if account is not None and account.max_message_bytes:
         total = sum(attachment.size for attachment in mail.attachments)
-        if total + len(mail.body_html or "") > account.max_message_bytes:
+        # Sent as base64 (4 bytes for 3, plus line breaks) beside an HTML and a text part;
+        # the worker checks the exact size of the built message again.
+        encoded = total * 137 // 100 + 2 * len((mail.body_html or "").encode())
+        if encoded > account.max_message_bytes:
             limit_mb = account.max_message_bytes / 1_000_000
             errors["attachments"] = (
                 f"This mail is {total / 1_000_000:.1f} MB with its attachments; "
@@ -217,3 +225,63 @@ def claim_due(now: datetime | None = None, *, limit: int = 20) -> list[int]:
         if won:
             claimed.append(mail_id)
     return claimed
+
+
+# --------------------------------------------------------------------------- the worker's side
+#
+# Each function below moves one mail out of "sending" (claim_due put it there), as a
+# conditional UPDATE: it returns False, changing nothing, when the mail is no longer sending
+# (another worker's recovery settled it first).
+
+
+def _settle(mail_id: int, **values) -> bool:
+    changed = db.session.execute(
+        update(outgoing_t)
+        .where(outgoing_t.c.id == mail_id, outgoing_t.c.state == OUTGOING_SENDING)
+        .values(updated_at=_now(), **values)
+    ).rowcount
+    db.session.commit()
+    return changed == 1
+
+
+def mark_sent(mail_id: int, *, error: str | None = None) -> bool:
+    """sending -> sent. `error` notes recipients the server refused while taking the rest."""
+    return _settle(mail_id, state=OUTGOING_SENT, sent_at=_now(), error=error)
+
+
+def retry_later(mail_id: int, error: str, *, delay_seconds: float) -> bool:
+    """sending -> queued again after a temporary failure, due in `delay_seconds`."""
+    return _settle(
+        mail_id,
+        state=OUTGOING_QUEUED,
+        send_at=_now() + timedelta(seconds=delay_seconds),
+        error=error,
+    )
+
+
+def mark_failed(mail_id: int, error: str) -> bool:
+    """sending -> failed: the server refused for good (its words in `error`)."""
+    return _settle(mail_id, state=OUTGOING_FAILED, error=error)
+
+
+def mark_uncertain(mail_id: int, error: str) -> bool:
+    """sending -> uncertain: it may have been sent; never sent again without the user."""
+    return _settle(mail_id, state=OUTGOING_UNCERTAIN, error=error)
+
+
+def record_stored(mail_id: int, *, message_id: int | None, thread_id: int | None) -> None:
+    """Note the stored message and conversation a sent mail became."""
+    db.session.execute(
+        update(outgoing_t)
+        .where(outgoing_t.c.id == mail_id, outgoing_t.c.state == OUTGOING_SENT)
+        .values(message_id=message_id, thread_id=thread_id)
+    )
+    db.session.commit()
+
+
+def interrupted_sends(*, before: datetime | None = None) -> list[int]:
+    """Return mail left in "sending" (since before `before`): a worker stopped mid-send."""
+    query = select(outgoing_t.c.id).where(outgoing_t.c.state == OUTGOING_SENDING)
+    if before is not None:
+        query = query.where(outgoing_t.c.updated_at < before)
+    return list(db.session.scalars(query.order_by(outgoing_t.c.id)))

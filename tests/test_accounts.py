@@ -484,7 +484,7 @@ def test_other_users_accounts_are_404_on_every_route(
         for rule in app.url_map.iter_rules()
         if rule.endpoint.startswith("accounts.") and "account_id" in rule.arguments
     ]
-    assert len({rule.endpoint for rule in rules}) == 18
+    assert len({rule.endpoint for rule in rules}) == 20
     for rule in rules:
         url = rule.build({"account_id": account.id, "address_id": 1, "run_id": 1, "folder_id": 1})[
             1

@@ -13,10 +13,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 # Code that talks to a mail server, or runs only in the worker.
-WORKER_ONLY = ("mailsync.actions", "mailsync.writeback", "imapclient", "jobs", "worker", "cli")
+WORKER_ONLY = (
+    "mailsync.actions",
+    "mailsync.writeback",
+    "mailsync.send",
+    "imapclient",
+    "smtplib",
+    "jobs",
+    "worker",
+    "cli",
+)
 # The account form's connection test asks the server while the user waits for the answer
-# (and lists its folders); that is the one IMAP conversation a web request still has.
-CONNECTION_TEST = {"services/accounts.py": {"mailsync.imap"}}
+# (and lists its folders, or signs in to the SMTP server); that is the one IMAP and SMTP
+# conversation a web request still has.
+CONNECTION_TEST = {"services/accounts.py": {"mailsync.imap", "mailsync.smtp"}}
 
 
 def imports(path: Path) -> set[str]:
@@ -50,13 +60,14 @@ def test_services_and_views_never_import_worker_code():
     assert offenders == []
 
 
-def test_web_side_talks_imap_only_for_the_connection_test():
+def test_web_side_talks_imap_and_smtp_only_for_the_connection_test():
     offenders = []
     for path in modules("services") + modules("views"):
         relative = str(path.relative_to(REPO))
         allowed = CONNECTION_TEST.get(relative, set())
-        if reaches(imports(path), "mailsync.imap") and "mailsync.imap" not in allowed:
-            offenders.append(f"{relative} imports mailsync.imap")
+        for target in ("mailsync.imap", "mailsync.smtp"):
+            if reaches(imports(path), target) and target not in allowed:
+                offenders.append(f"{relative} imports {target}")
     assert offenders == []
 
 

@@ -13,6 +13,8 @@ URL table (prefix /settings/accounts):
   POST /<id>/pause|resume      pause, resume
   GET  /<id>/reauth            reauth_form      re-enter password
   POST /<id>/reauth            reauth
+  GET  /<id>/smtp              smtp_form        outgoing (SMTP) server, filled from the preset
+  POST /<id>/smtp              smtp_update      test, then save it
   GET  /<id>/folders           folders_form     choose folders and horizon again
   POST /<id>/folders           folders_update
   GET  /<id>/remove            remove_form      keep or delete synced mail?
@@ -359,6 +361,42 @@ def reauth(account_id: int):
             "accounts/reauth.html", status, account=account, form=form, errors=errors
         )
     accounts.request_sync(account.id)
+    return redirect(url_for("accounts.show", account_id=account.id), code=303)
+
+
+@bp.get("/<id:account_id>/smtp")
+def smtp_form(account_id: int):
+    account = access.account_for(current_user, account_id)
+    return render_template(
+        "accounts/smtp.html", account=account, form=accounts.smtp_form(account), errors={},
+        **_choices(),
+    )  # fmt: skip
+
+
+@bp.post("/<id:account_id>/smtp")
+def smtp_update(account_id: int):
+    account = access.account_for(current_user, account_id)
+    form = {
+        "smtp_host": form_value("smtp_host"),
+        "smtp_port": parse_int(form_value("smtp_port")),
+        "smtp_security": form_value("smtp_security"),
+        "smtp_username": form_value("smtp_username"),
+        "files_sent_copy": request.form.get("smtp_files_sent_copy") == "1",
+        "max_message_mb": parse_float(form_value("max_message_mb")),
+    }
+    try:
+        accounts.update_smtp_settings(
+            current_user, account, app=current_app,
+            smtp_password=request.form.get("smtp_password", ""), **form,
+        )  # fmt: skip
+    except (ValidationError, RateLimited) as exc:
+        errors = getattr(exc, "errors", {"__all__": str(exc)})
+        status = 429 if isinstance(exc, RateLimited) else 422
+        shown = {**form, "smtp_files_sent_copy": form["files_sent_copy"]}
+        shown["max_message_mb"] = form_value("max_message_mb")
+        return render_invalid(
+            "accounts/smtp.html", status, account=account, form=shown, errors=errors, **_choices()
+        )
     return redirect(url_for("accounts.show", account_id=account.id), code=303)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +23,37 @@ class ReceivedMail:
 @dataclass
 class RecordingHandler:
     messages: list[ReceivedMail] = field(default_factory=list)
+    # Scripted answers: RCPT TO per address, and DATA answers used up one per message.
+    rcpt_answers: dict[str, str] = field(default_factory=dict)
+    data_answers: list[str] = field(default_factory=list)
+    transactions: int = 0  # MAIL FROM commands seen
+    ehlos: int = 0  # EHLO commands seen (two per connection with STARTTLS)
+    # Called with each accepted message's bytes (e.g. to file a Sent copy as Gmail does).
+    on_message: Callable[[bytes], None] | None = None
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        self.ehlos += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        self.transactions += 1
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        answer = self.rcpt_answers.get(address)
+        if answer is not None:
+            return answer
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.data_answers:
+            return self.data_answers.pop(0)
+        if self.on_message is not None:
+            self.on_message(envelope.original_content or envelope.content)
         self.messages.append(
             ReceivedMail(
                 envelope.mail_from,
@@ -44,6 +74,9 @@ class SMTPServer:
         key_file: Path | None = None,
         username: str | None = None,
         password: str | None = None,
+        implicit_tls: bool = False,
+        smtputf8: bool = True,
+        data_size_limit: int | None = None,
     ) -> None:
         self.handler = RecordingHandler()
         self.host = "127.0.0.1"
@@ -56,16 +89,23 @@ class SMTPServer:
         kwargs = {}
         if username is not None:
             kwargs.update(
-                authenticator=self._authenticate, auth_require_tls=tls_context is not None
+                authenticator=self._authenticate,
+                auth_require_tls=tls_context is not None and not implicit_tls,
             )
         else:
             kwargs.update(auth_require_tls=False)
+        if data_size_limit is not None:
+            kwargs.update(data_size_limit=data_size_limit)  # advertised as SIZE
+        if implicit_tls:
+            # TLS from the first byte (port 465 style): no STARTTLS.
+            kwargs.update(ssl_context=tls_context)
+        else:
+            kwargs.update(tls_context=tls_context, require_starttls=tls_context is not None)
         self.controller = Controller(
             self.handler,
             hostname=self.host,
             port=self.port,
-            tls_context=tls_context,
-            require_starttls=tls_context is not None,
+            enable_SMTPUTF8=smtputf8,
             **kwargs,
         )
 
