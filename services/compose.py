@@ -10,9 +10,11 @@ import email.utils
 import html
 import re
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 from services.addresses import is_valid_address
+from services.errors import ValidationError
 
 # Reply prefixes: "Re:", "RE:", "AW:" (German), "SV:" (Nordic), "Antw:", with counts like "Re[2]:".
 _REPLY_ONLY = re.compile(r"^\s*(?:(?:re|aw|sv|antw)\s*(?:\[\d+\]|\(\d+\))?\s*[:：]\s*)+", re.I)
@@ -149,19 +151,27 @@ def reply_recipients(
     return first + reply_to_all, _unique(cc, taken)
 
 
+def angle_id(message_id: str | None) -> str | None:
+    """Return a Message-ID in its header form, "<id@host>" (the store keeps it without <>)."""
+    value = (message_id or "").strip()
+    if not value or "\r" in value or "\n" in value:
+        return None
+    return value if value.startswith("<") else f"<{value}>"
+
+
 def references_for(
     message_id: str | None, references: Iterable[str], in_reply_to: str | None
 ) -> list[str]:
     """Return the References of a reply (RFC 5322 3.6.4): the parent's References, or its
-    In-Reply-To, followed by the parent's Message-ID; no duplicates."""
+    In-Reply-To, followed by the parent's Message-ID; no duplicates, each in <angle> form."""
     chain = list(references or [])
     if not chain and in_reply_to:
         chain = [in_reply_to]
     if message_id:
         chain.append(message_id)
     result: list[str] = []
-    for item in chain:
-        if item and item not in result and "\r" not in item and "\n" not in item:
+    for item in map(angle_id, chain):
+        if item and item not in result:
             result.append(item)
     return result[-50:]  # long threads: keep the newest (RFC 5322 allows trimming the middle)
 
@@ -235,3 +245,20 @@ def body_for_editor(body_html: str, urls_by_cid: Mapping[str, str]) -> str:
         return f"{match.group(1)}{html.escape(url)}{match.group(3)}"
 
     return _IMG_SRC.sub(replace, body_html or "")
+
+
+def parse_local_datetime(text: str, zone: ZoneInfo) -> datetime | None:
+    """Return the UTC time of "2026-12-07T09:30" read in the user's zone; None when empty.
+
+    Raises ValidationError for text that is not such a time.
+    """
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        local = datetime.fromisoformat(text[:32])
+    except ValueError:
+        raise ValidationError({"send_at": "Pick a date and a time."}) from None
+    if local.tzinfo is None:
+        local = local.replace(tzinfo=zone)
+    return local.astimezone(UTC)

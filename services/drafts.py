@@ -14,12 +14,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from flask import current_app
-from sqlalchemy import func, or_
+from sqlalchemy import func, or_, select
 
 from extensions import db
 from mailsync.parse import extract_part, parse_message
 from models import (
     OUTGOING_DRAFT,
+    OUTGOING_SENT,
     RECORD_MODELS,
     MailAccount,
     Message,
@@ -241,7 +242,7 @@ def create_draft(
     if source is not None and values.reply_kind in REPLY_KINDS:
         mail.reply_kind, mail.source_message_id = values.reply_kind, source.id
         if values.reply_kind != "forward":
-            mail.in_reply_to = source.message_id_header
+            mail.in_reply_to = compose.angle_id(source.message_id_header)
             mail.references = compose.references_for(
                 source.message_id_header, source.references or [], source.in_reply_to
             )
@@ -286,10 +287,10 @@ def save_draft(
     return mail
 
 
-def max_upload_bytes(mail: OutgoingMail) -> int:
+def max_upload_bytes(account_id: int | None) -> int:
     """Return the largest upload allowed: the config cap, or the From account's limit."""
     cap = int(current_app.config.get("COMPOSE_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES))
-    account = db.session.get(MailAccount, mail.account_id) if mail.account_id else None
+    account = db.session.get(MailAccount, account_id) if account_id else None
     if account is not None and account.max_message_bytes:
         return min(cap, account.max_message_bytes)
     return cap
@@ -311,7 +312,7 @@ def add_attachment(
     """
     if mail.state != OUTGOING_DRAFT:
         raise ValidationError({"attachments": "This mail is no longer a draft."})
-    limit = max_upload_bytes(mail)
+    limit = max_upload_bytes(mail.account_id)
     total = sum(a.size for a in mail.attachments) + len(data)
     if len(data) > limit or total > limit:
         raise ValidationError(
@@ -411,3 +412,15 @@ def suggest_recipients(user: User, query: str, *, limit: int = 8) -> list[Sugges
             seen.add(address)
             found.append(Suggestion(name or "", address, "recent"))
     return found[:limit]
+
+
+def recently_sent(user: User, *, limit: int = 20) -> list[OutgoingMail]:
+    """Return the user's latest sent mail (the Outbox links each to its conversation)."""
+    return list(
+        db.session.scalars(
+            select(OutgoingMail)
+            .where(OutgoingMail.user_id == user.id, OutgoingMail.state == OUTGOING_SENT)
+            .order_by(OutgoingMail.sent_at.desc(), OutgoingMail.id.desc())
+            .limit(limit)
+        )
+    )
