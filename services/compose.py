@@ -209,7 +209,7 @@ def quote_html(
         return f'<div><br></div><div class="tl-forward">{header}<div><br></div>{body_html}</div>'
     intro = f"On {when}, {sender} wrote:" if when else f"{sender} wrote:"
     return (
-        f'<div><br></div><div class="tl-attribution">{intro}</div>'
+        f'<div><br></div><div><br></div><div class="tl-attribution">{intro}</div>'
         f'<blockquote type="cite">{body_html}</blockquote>'
     )
 

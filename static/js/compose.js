@@ -446,6 +446,14 @@
     return body;
   }
 
+  // A save refused for want of a session: 401 (the login check), a redirect, or the CSRF
+  // check's page (not JSON: every answer of the compose routes is JSON).
+  function lostSession(response) {
+    if (response.status === 401 || response.redirected) return true;
+    var type = response.headers.get("Content-Type") || "";
+    return (response.status === 400 || response.status === 403) && type.indexOf("json") === -1;
+  }
+
   function sessionEnded() {
     state.sessionLost = true;
     keepLocally();
@@ -454,12 +462,10 @@
     errorBox.appendChild(document.createTextNode("Your session ended. "));
     var link = document.createElement("a");
     link.href = form.getAttribute("data-login-url") + "?next=" + encodeURIComponent(location.pathname);
-    link.target = "_blank";
     link.textContent = "Sign in again";
     errorBox.appendChild(link);
     errorBox.appendChild(document.createTextNode(
-      " (in a new tab), then come back: nothing you typed is lost. Reloading this page after " +
-      "signing in restores it too."));
+      ": this page then opens again with everything you typed (it is kept in this browser)."));
     errorBox.hidden = false;
   }
 
@@ -500,7 +506,7 @@
     setStatus("Saving…");
     state.saving = post(url, asForm(fields()), options)
       .then(function (response) {
-        if (response.status === 401 || response.redirected) { sessionEnded(); return false; }
+        if (lostSession(response)) { sessionEnded(); return false; }
         return response.json().then(function (data) {
           if (!response.ok) {
             showErrors(data.errors || {});
@@ -656,7 +662,7 @@
           if (row) row.remove();
           var data = null;
           try { data = JSON.parse(xhr.responseText); } catch (error) { data = null; }
-          if (xhr.status === 401) { sessionEnded(); resolve(null); return; }
+          if (xhr.status === 401 || (xhr.status === 400 && !data)) { sessionEnded(); resolve(null); return; }
           if (xhr.status !== 201 || !data) {
             attachmentError((data && data.errors && data.errors.attachments) ||
                             "Could not attach " + file.name + ".");
@@ -712,7 +718,7 @@
     var li = button.closest("li");
     post(li.getAttribute("data-delete-url"), new URLSearchParams()).then(function (response) {
       if (response.ok) li.remove();
-      else if (response.status === 401) sessionEnded();
+      else if (lostSession(response)) sessionEnded();
     });
   });
   // Files dropped on the editor: images go inline, others become attachments.
@@ -747,7 +753,10 @@
   function lock(locked) {
     state.sending = locked;
     form.classList.toggle("is-sending", locked);
-    editorRoot.setAttribute("contenteditable", locked ? "false" : "true");
+    // Not an edit: keep the editor's change observer out of it.
+    editor.modifyDocument(function () {
+      editorRoot.setAttribute("contenteditable", locked ? "false" : "true");
+    });
     form.querySelectorAll("input, select, button, textarea").forEach(function (control) {
       if (control !== undoButton) control.disabled = locked;
     });
@@ -767,7 +776,7 @@
       return save().then(function () {
         lock(true);
         return post(state.sendUrl, asForm(values)).then(function (response) {
-          if (response.status === 401 || response.redirected) { lock(false); sessionEnded(); return; }
+          if (lostSession(response)) { lock(false); sessionEnded(); return; }
           return response.json().then(function (data) {
             if (!response.ok) { lock(false); showErrors(data.errors || {}); return; }
             try { localStorage.removeItem(storageKey()); } catch (error) { /* ignore */ }
