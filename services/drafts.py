@@ -42,6 +42,8 @@ from services.conversations import blob_store, inline_data_url, load_raw
 from services.errors import ValidationError
 from services.inputs import parse_id
 from services.mail_render import plain_text_to_html, safe_filename, sanitize_email_html
+from services.preferences import get_preference
+from services.time_display import full_label, zone_for
 
 REPLY_KINDS = ("reply", "reply_all", "forward")
 DEFAULT_MAX_UPLOAD_BYTES = 25 * 1024 * 1024
@@ -106,6 +108,7 @@ def quoted_body(user: User, message: Message, kind: str) -> str:
         subject=message.subject or "",
         to=message.to or [],
         cc=message.cc or [],
+        date_label=full_label(message.date, zone_for(get_preference(user, "time_zone"))),
     )
 
 

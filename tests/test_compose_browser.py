@@ -205,3 +205,41 @@ def test_expired_session_keeps_the_text_and_restores_it_after_signing_in(page, l
     mail = db.session.scalars(db.select(OutgoingMail)).one()
     db.session.refresh(mail)
     assert "Words typed after the session ended." in mail.body_html
+
+
+WORD_HTML = (
+    '<html xmlns:o="urn:schemas-microsoft-com:office:office"><head><style>p.MsoNormal{margin:0}'
+    "</style></head><body><p class=MsoNormal style='mso-margin-top-alt:auto;color:red'>"
+    "<b>Quarterly</b> numbers<o:p></o:p></p><img src='https://tracker.example/p.gif'>"
+    "<p class=MsoListParagraph>second line</p></body></html>"
+)
+
+
+def test_paste_from_a_word_processor_is_cleaned(page, live_server, me):
+    open_compose(page, live_server, me)
+    page.locator("#compose-editor").click()
+    page.evaluate(
+        """(html) => {
+            const data = new DataTransfer();
+            data.setData("text/html", html);
+            data.setData("text/plain", "Quarterly numbers");
+            document.getElementById("compose-editor").dispatchEvent(new ClipboardEvent(
+                "paste", {clipboardData: data, bubbles: true, cancelable: true}));
+        }""",
+        WORD_HTML,
+    )
+    editor = page.locator("#compose-editor")
+    expect(editor.locator("b", has_text="Quarterly")).to_have_count(1)
+    expect(editor).to_contain_text("second line")
+    html = page.evaluate("document.getElementById('compose-editor').innerHTML")
+    assert "Mso" not in html and "mso-" not in html and "o:p" not in html
+    assert "tracker.example" not in html and "<style" not in html
+    assert "color: red" in html or "color:red" in html  # plain formatting survives
+
+
+def test_c_opens_compose_from_any_page(page, live_server, me):
+    sign_in_with_session(page, live_server.app, live_server.url, me)
+    page.goto(live_server.url + "/persons/")
+    page.keyboard.press("c")
+    page.locator("#compose-form[data-ready=true]").wait_for()
+    expect(page.locator("#compose-to-input")).to_be_focused()

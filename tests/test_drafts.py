@@ -422,3 +422,32 @@ def test_email_from_a_record_prefills_and_links_the_record(world, login, make_de
     assert 'name="record_kind" value=""' in html
     draft = _create(client, record_kind="deal", record_id=str(secret.id))
     assert db.session.get(OutgoingMail, draft["id"]).record_id is None
+
+
+def test_outbox_shows_each_state_and_sent_mail_links_its_conversation(world, login):
+    from models import OUTGOING_FAILED, OUTGOING_SENDING, OUTGOING_SENT, OUTGOING_UNCERTAIN
+
+    owner = world["owner"]
+    rows = [
+        (OUTGOING_FAILED, "Refused one", "550 mailbox unavailable"),
+        (OUTGOING_UNCERTAIN, "Unsure one", None),
+        (OUTGOING_SENDING, "Leaving one", None),
+    ]
+    for state, subject, error in rows:
+        db.session.add(
+            OutgoingMail(user_id=owner.id, state=state, subject=subject, error=error, to=[])
+        )
+    sent = OutgoingMail(
+        user_id=owner.id,
+        state=OUTGOING_SENT,
+        subject="Gone one",
+        thread_id=world["message"].thread_id,
+        sent_at=datetime.now(UTC),
+    )
+    db.session.add(sent)
+    db.session.commit()
+    html = login(owner).get("/mail/outbox").get_data(as_text=True)
+    assert "Not sent: <span hx-disable>550 mailbox unavailable</span>" in html
+    assert "May have been sent" in html and "Sending…" in html
+    assert f'href="/mail/threads/{world["message"].thread_id}">Gone one</a>' in html
+    assert "Gone one" not in login(world["other"]).get("/mail/outbox").get_data(as_text=True)
