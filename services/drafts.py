@@ -12,6 +12,7 @@ import html
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
 
 from flask import current_app
 from sqlalchemy import func, or_, select
@@ -31,7 +32,7 @@ from models import (
     PersonEmail,
     User,
 )
-from services import compose, linking
+from services import compose, linking, outbox
 from services.access import (
     own_sending_accounts,
     owned_messages,
@@ -288,6 +289,32 @@ def save_draft(
     apply_form(user, mail, form, attachment_url)
     db.session.commit()
     return mail
+
+
+def send_draft(
+    user: User,
+    mail: OutgoingMail,
+    form: Mapping[str, str],
+    attachment_url: AttachmentUrl,
+    *,
+    zone: ZoneInfo,
+) -> int:
+    """Save the editor's fields, then queue the draft: after the user's undo window, or at
+    the "send at" time of the form (read in `zone`). Return the undo window in seconds.
+
+    Inline images no longer in the body are dropped first, so they are not sent as files.
+    Raises ValidationError (field -> message) when the mail cannot be sent; what was typed
+    is saved either way.
+    """
+    save_draft(user, mail, form, attachment_url)
+    send_at = compose.parse_local_datetime(form.get("send_at", ""), zone)
+    for attachment in [a for a in mail.attachments if a.content_id]:
+        if f"cid:{attachment.content_id}" not in (mail.body_html or ""):
+            mail.attachments.remove(attachment)
+    db.session.commit()
+    undo = int(get_preference(user, "undo_send_seconds"))
+    outbox.queue_send(user, mail, undo_seconds=undo, send_at=send_at)
+    return 0 if mail.scheduled else undo
 
 
 def max_upload_bytes(account_id: int | None) -> int:

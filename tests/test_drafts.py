@@ -451,3 +451,19 @@ def test_outbox_shows_each_state_and_sent_mail_links_its_conversation(world, log
     assert "May have been sent" in html and "Sending…" in html
     assert f'href="/mail/threads/{world["message"].thread_id}">Gone one</a>' in html
     assert "Gone one" not in login(world["other"]).get("/mail/outbox").get_data(as_text=True)
+
+
+def test_send_drops_inline_images_no_longer_in_the_body(world, login):
+    client = login(world["owner"])
+    draft = _create(client)
+    upload = {"file": (io.BytesIO(PNG_1X1), "kept.png", "image/png"), "inline": "1"}
+    kept = client.post(draft["upload_url"], data=upload, headers=JSON).get_json()
+    upload = {"file": (io.BytesIO(PNG_1X1), "deleted.png", "image/png"), "inline": "1"}
+    client.post(draft["upload_url"], data=upload, headers=JSON)
+    body = f'<p>Look: <img src="{kept["url"]}"></p>'
+    response = client.post(draft["send_url"], data={"body_html": body}, headers=JSON)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    mail = db.session.get(OutgoingMail, draft["id"])
+    db.session.refresh(mail)
+    assert [a.filename for a in mail.attachments] == ["kept.png"]
+    assert f'src="cid:{kept["content_id"]}"' in mail.body_html

@@ -194,15 +194,14 @@ def save(draft_id: int):
 def send(draft_id: int):
     mail = outgoing_for_owner(current_user, draft_id)
     try:
-        drafts.save_draft(current_user, mail, request.form, attachment_url)
-        send_at = compose.parse_local_datetime(request.form.get("send_at", ""), current_zone())
-        undo = get_preference(current_user, "undo_send_seconds")
-        outbox.queue_send(current_user, mail, undo_seconds=undo, send_at=send_at)
+        undo = drafts.send_draft(
+            current_user, mail, request.form, attachment_url, zone=current_zone()
+        )
     except ValidationError as exc:
         return _errors(exc)
     return _draft_json(
         mail,
-        undo_seconds=0 if mail.scheduled else undo,
+        undo_seconds=undo,
         scheduled=mail.scheduled,
         send_at_label=full_label(mail.send_at, current_zone()),
         outbox_url=url_for(".outbox_index"),
