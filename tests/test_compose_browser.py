@@ -126,6 +126,8 @@ def test_reply_from_a_conversation_is_prefilled(page, live_server, me, make_raw_
         html="<p>Can you confirm the <b>start date</b>?</p><img src='https://tracker.example/x.gif'>",
     )
     message = make_raw_message(account, raw)
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
     sign_in_with_session(page, live_server.app, live_server.url, me)
     page.goto(f"{live_server.url}/mail/threads/{message.thread_id}")
     page.keyboard.press("a")  # reply all, as the shortcut
@@ -142,6 +144,8 @@ def test_reply_from_a_conversation_is_prefilled(page, live_server, me, make_raw_
     assert page.evaluate(
         "[...document.querySelectorAll('#compose-editor img')].map(i => i.getAttribute('src'))"
     ) == [None]
+    elsewhere = [u for u in requested if not u.startswith((live_server.url, "data:"))]
+    assert elsewhere == []  # R8: quoting a mail into compose loads nothing remote
     os.makedirs(SHOTS, exist_ok=True)
     page.fill("#compose-subject", "Re: Quote for 2027")
     page.locator("#compose-editor").click()

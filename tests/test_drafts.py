@@ -467,3 +467,9 @@ def test_send_drops_inline_images_no_longer_in_the_body(world, login):
     db.session.refresh(mail)
     assert [a.filename for a in mail.attachments] == ["kept.png"]
     assert f'src="cid:{kept["content_id"]}"' in mail.body_html
+
+
+def test_mail_tab_offers_compose_drafts_and_outbox(world, login):
+    html = login(world["owner"]).get("/mail/").get_data(as_text=True)
+    assert 'href="/mail/compose" data-shortcut="c">Compose</a>' in html
+    assert 'href="/mail/drafts">Drafts</a>' in html and 'href="/mail/outbox">Outbox</a>' in html
