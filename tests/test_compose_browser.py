@@ -247,3 +247,32 @@ def test_c_opens_compose_from_any_page(page, live_server, me):
     page.keyboard.press("c")
     page.locator("#compose-form[data-ready=true]").wait_for()
     expect(page.locator("#compose-to-input")).to_be_focused()
+
+
+def test_keyboard_only_compose_and_send(page, live_server, me):
+    update_preferences(me, {"undo_send_seconds": "30"})
+    open_compose(page, live_server, me)
+    expect(page.locator("#compose-to-input")).to_be_focused()
+    page.keyboard.type("carla")
+    expect(page.locator("#compose-to-suggestions li")).to_have_count(1)
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")
+    expect(page.locator("[data-chips=to] .addr-chip")).to_have_count(1)
+    page.keyboard.press("Tab")
+    expect(page.locator("#compose-cc-input")).to_be_focused()
+    page.keyboard.type("Dan <dan@customer.test>;")
+    expect(page.locator("[data-chips=cc] .addr-chip")).to_have_text(["Dan <dan@customer.test>×"])
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    expect(page.locator("#compose-subject")).to_be_focused()
+    page.keyboard.type("Keyboard only")
+    page.keyboard.press("Tab")
+    expect(page.locator("[data-command=bold]")).to_be_focused()
+    page.keyboard.press("Enter")  # bold on, then into the editor
+    page.keyboard.type("Typed without a mouse")
+    expect(page.locator("#compose-editor b")).to_have_text("Typed without a mouse")
+    page.keyboard.press("Control+Enter")
+    expect(page.locator("#compose-undo")).to_be_focused()
+    mail = db.session.scalars(db.select(OutgoingMail)).one()
+    db.session.refresh(mail)
+    assert mail.state == "queued" and mail.cc == [["Dan", "dan@customer.test"]]
