@@ -124,7 +124,12 @@ def edit(draft_id: int):
         flash("This mail is no longer a draft; it is in the Outbox.", "ok")
         return redirect(url_for(".outbox_index"), 303)
     values = drafts.Prefill(
-        to=mail.to, cc=mail.cc, bcc=mail.bcc, subject=mail.subject, account_id=mail.account_id
+        to=mail.to,
+        cc=mail.cc,
+        bcc=mail.bcc,
+        subject=mail.subject,
+        account_id=mail.account_id,
+        reply_kind=mail.reply_kind,
     )
     return _render(mail, values, body_html=drafts.editor_body(mail, attachment_url))
 
