@@ -23,6 +23,8 @@ class DefaultConfig:
     WTF_CSRF_TIME_LIMIT = None  # the token lives as long as the session
     SQLALCHEMY_TRACK_MODIFICATIONS = False
     MAX_CONTENT_LENGTH = 40 * 1024 * 1024
+    # One file attached in compose, at most (the From account's own limit may be lower).
+    COMPOSE_MAX_UPLOAD_BYTES = 25 * 1024 * 1024
     # Password checks (sign-in, password change) are throttled, services/throttle.py (R27):
     # past LOGIN_MAX_FAILURES failures per account (LOGIN_IP_MAX_FAILURES per client
     # address) within LOGIN_WINDOW_SECONDS, each attempt waits LOGIN_BACKOFF_BASE_SECONDS,

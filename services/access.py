@@ -20,6 +20,8 @@ from models import (
     MailFolder,
     Message,
     MessagePerson,
+    OutgoingAttachment,
+    OutgoingMail,
     Person,
     Project,
     Thread,
@@ -273,3 +275,35 @@ def folder_for_owner(user: User, folder_id: int) -> MailFolder:
     if folder is None:
         abort(404)
     return folder
+
+
+# Outgoing mail (drafts, the Outbox): only its author ever sees or changes it, admins
+# included in "no" (R30); anyone else gets the same 404 as for an id that does not exist.
+
+
+def outgoing_for_owner(user: User, mail_id: int) -> OutgoingMail:
+    """Return one of the user's own outgoing mails (any state) or abort 404."""
+    mail = db.session.get(OutgoingMail, mail_id) if is_database_id(mail_id) else None
+    if mail is None or mail.user_id != user.id:
+        abort(404)
+    return mail
+
+
+def outgoing_attachment_for_owner(
+    user: User, mail_id: int, attachment_id: int
+) -> tuple[OutgoingMail, OutgoingAttachment]:
+    """Return (mail, attachment) of one of the user's own outgoing mails or abort 404."""
+    mail = outgoing_for_owner(user, mail_id)
+    attachment = db.session.get(OutgoingAttachment, attachment_id)
+    if attachment is None or attachment.mail_id != mail.id:
+        abort(404)
+    return mail, attachment
+
+
+def own_sending_accounts(user: User) -> Select[tuple[MailAccount]]:
+    """Return a select of the accounts the user may send from (own, not removed)."""
+    return (
+        select(MailAccount)
+        .where(MailAccount.user_id == user.id, MailAccount.removed_at.is_(None))
+        .order_by(MailAccount.id)
+    )

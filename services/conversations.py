@@ -144,6 +144,11 @@ def _cid_url(raw: bytes, parsed: ParsedMessage, content_id: str) -> str | None:
     return f"data:{part.content_type};base64,{base64.b64encode(data).decode('ascii')}"
 
 
+def inline_data_url(raw: bytes, parsed: ParsedMessage, content_id: str) -> str | None:
+    """Return a data: URI of an inline image of this message (quoted into compose), or None."""
+    return _cid_url(raw, parsed, content_id)
+
+
 def _shown_inline(part: AttachmentInfo) -> bool:
     """Tell whether a part is displayed inside the message body instead of listed."""
     return bool(

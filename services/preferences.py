@@ -96,6 +96,18 @@ PREFERENCES: dict[str, PreferenceSpec] = {
                 ("mailto", "Opens my computer's mail app (mailto:)"),
             ),
         ),
+        PreferenceSpec(
+            "undo_send_seconds",
+            "Undo send",
+            10,
+            (
+                (0, "Off: send at once"),
+                (5, "5 seconds"),
+                (10, "10 seconds"),
+                (30, "30 seconds"),
+            ),
+            "How long \u201cSending\u2026 Undo\u201d waits before a mail leaves.",
+        ),
     )
 }
 

@@ -89,7 +89,22 @@ CLASSIFICATION = {
     "conversations.inline_image": "owner",
     "conversations.raw": "owner",
     "conversations.record_panel": "owner",
-    "conversations.compose_placeholder": "page",
+    "compose.new": "page",
+    "compose.edit": "owner",
+    "compose.recipients": "page",  # persons the user can see, their own mailbox's senders
+    "compose.create": "post",
+    "compose.drafts_index": "page",
+    "compose.save": "owner_post",
+    "compose.send": "owner_post",
+    "compose.undo": "owner_post",
+    "compose.discard": "owner_post",
+    "compose.upload": "owner_post",
+    "compose.attachment": "owner",
+    "compose.remove_attachment": "owner_post",
+    "compose.outbox_index": "page",
+    "compose.outbox_edit": "owner_post",
+    "compose.outbox_send_now": "owner_post",
+    "compose.outbox_cancel": "owner_post",
     "conversations.mark_read": "owner_post",
     "conversations.update_sharing": "owner_post",
     "conversations.link": "owner_post",
@@ -234,6 +249,7 @@ def world(
     from services.conversations import load_raw
 
     part_id = parse_message(load_raw(message)).attachments[0].part_id
+    draft = _private_draft(a, account)
     ids = {
         "account_id": account.id,
         "folder_id": extra_folder.id,
@@ -248,10 +264,37 @@ def world(
         "kind": "deal",
         "record_id": records["deal"].id,
         "user_id": b.id,
+        "draft_id": draft.id,
+        "attachment_id": draft.attachments[0].id,
     }
     for kind, record in records.items():
         ids[f"{kind}_id"] = record.id
     return {"a": a, "b": b, "admin": admin, "ids": ids, "public_deal": public_deal}
+
+
+def _private_draft(a, account):
+    """A draft of A's naming the token, with an attachment (compose routes)."""
+    from flask import current_app
+
+    from mailsync.blobstore import app_blob_store
+    from models import OutgoingAttachment, OutgoingMail
+
+    draft = OutgoingMail(
+        user_id=a.id,
+        account_id=account.id,
+        to=[["Carla", "carla@customer.test"]],
+        subject=f"Draft {TOKEN}",
+        body_html=f"<p>{TOKEN}</p>",
+    )
+    sha = app_blob_store(current_app).put(f"{TOKEN} attachment".encode())
+    draft.attachments.append(
+        OutgoingAttachment(
+            filename=f"{TOKEN}.txt", content_type="text/plain", size=9, blob_sha256=sha
+        )
+    )
+    db.session.add(draft)
+    db.session.commit()
+    return draft
 
 
 def _url(app, endpoint: str, ids: dict) -> str:

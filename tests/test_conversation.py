@@ -648,11 +648,25 @@ def test_email_link_preference_changes_hrefs(world, login):
     assert "/mail/compose?to=" not in html
 
 
-def test_compose_placeholder(world, login):
+def test_email_link_opens_compose_prefilled(world, login):
     response = login(world["owner"]).get("/mail/compose?to=carla@customer.test")
     html = response.get_data(as_text=True)
-    assert response.status_code == 200 and "Compose is coming soon" in html
-    assert 'value="carla@customer.test" disabled' in html
+    assert response.status_code == 200 and 'id="compose-form"' in html
+    assert 'name="to" value="carla@customer.test"' in html
+
+
+def test_every_message_offers_reply_reply_all_and_forward(world, login):
+    message = world["message"]
+    html = login(world["owner"]).get(f"/mail/threads/{world['thread'].id}").get_data(as_text=True)
+    for kind in ("reply", "reply_all", "forward"):
+        assert f'href="/mail/compose?reply={message.id}&amp;kind={kind}"' in html
+    # A teammate who may read the shared conversation may answer it from their own mailbox;
+    # someone who may not gets the same 404 as for the conversation.
+    assert login(world["teammate"]).get(f"/mail/compose?reply={message.id}").status_code == 200
+    teammate = login(world["teammate"])
+    for unreadable in ("private", "hidden_deal"):
+        url = f"/mail/compose?reply={world[unreadable].id}&kind=forward"
+        assert teammate.get(url).status_code == 404, unreadable
 
 
 # --------------------------------------------------------------------------- CSRF, XSS

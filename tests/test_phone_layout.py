@@ -85,6 +85,8 @@ def page_paths(ids: dict) -> list[str]:
         "/mail/",
         f"/mail/threads/{ids['thread']}",
         "/mail/compose",
+        "/mail/drafts",
+        "/mail/outbox",
         "/deals/",
         "/deals/board",
         f"/deals/{ids['deal']}",

@@ -19,7 +19,6 @@ URL table (url_prefix /mail):
   GET  /messages/<id>/inline/<token>      inline_image
   GET  /messages/<id>/raw                 raw
   GET  /records/<kind>/<id>/conversations record_panel (lazy panel of record pages)
-  GET  /compose                           compose_placeholder
 """
 
 from __future__ import annotations
@@ -80,7 +79,7 @@ def email_link_href(address: str) -> str:
         g.email_links = get_preference(current_user, "email_links")
     if g.email_links == "mailto":
         return "mailto:" + quote(address or "", safe="@")
-    return url_for("conversations.compose_placeholder", to=address)
+    return url_for("compose.new", to=address)
 
 
 @bp.app_template_global()
@@ -347,8 +346,3 @@ def record_panel(kind: str, record_id: int):
     return render_template(
         "conversations/partials/record_panel.html", summaries=summaries, kind=kind
     )
-
-
-@bp.get("/compose")
-def compose_placeholder():
-    return render_template("conversations/compose.html", to=request.args.get("to", "")[:320])

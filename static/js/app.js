@@ -304,6 +304,29 @@
     event.preventDefault();
   });
 
+  // Compose shortcuts: c on any page (the Mail tab's Compose button where there is one); r, a, f on a
+  // conversation answer its newest message (the last [data-reply-kind] link of the page).
+  document.addEventListener("keydown", function (event) {
+    if (event.ctrlKey || event.metaKey || event.altKey || isTyping(event.target) || dialogOpen()) return;
+    var kinds = { r: "reply", a: "reply_all", f: "forward" };
+    var target = null;
+    if (event.key === "c" && !document.getElementById("compose-form")) {
+      target = document.querySelector('[data-shortcut="c"]');
+      var composeUrl = document.body.getAttribute("data-compose-url");
+      if (!target && composeUrl) {
+        event.preventDefault();
+        window.location.assign(composeUrl);
+        return;
+      }
+    } else if (kinds[event.key]) {
+      var links = document.querySelectorAll('[data-reply-kind="' + kinds[event.key] + '"]');
+      target = links.length ? links[links.length - 1] : null;
+    }
+    if (!target) return;
+    event.preventDefault();
+    target.click();
+  });
+
   // After the list is swapped (action, search, filter), keep the cursor near where it was.
   document.addEventListener("htmx:afterSettle", function () {
     var rows = mailRows();
