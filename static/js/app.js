@@ -140,6 +140,66 @@
     select.dispatchEvent(new Event("change", { bubbles: true }));
   });
 
+  // Deal board, keyboard: in a card's stage menu the arrow keys (and type-ahead) only pick a
+  // stage; Enter or Space moves the deal, Escape or leaving the menu puts the choice back.
+  // Chromium fires "change" on each arrow key of a closed <select>, which htmx would send.
+  var BROWSE_KEYS = ["ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "Home", "End", "PageUp", "PageDown"];
+  function stageSelect(target) {
+    return target && target.matches && target.matches("select.stage-select") ? target : null;
+  }
+  function savedStage(select) {
+    var saved = Array.prototype.filter.call(select.options, function (o) { return o.defaultSelected; })[0];
+    return saved ? saved.value : select.value;
+  }
+  document.addEventListener("keydown", function (event) {
+    var select = stageSelect(event.target);
+    if (!select || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (BROWSE_KEYS.indexOf(event.key) !== -1 || (event.key.length === 1 && event.key !== " ")) {
+      select.setAttribute("data-browsing", "");
+    } else if ((event.key === "Enter" || event.key === " ") && select.hasAttribute("data-browsing")) {
+      event.preventDefault();
+      select.removeAttribute("data-browsing");
+      if (select.value !== savedStage(select)) select.dispatchEvent(new Event("change", { bubbles: true }));
+    } else if (event.key === "Escape" && select.hasAttribute("data-browsing")) {
+      event.preventDefault();
+      select.removeAttribute("data-browsing");
+      select.value = savedStage(select);
+    }
+  });
+  document.addEventListener("change", function (event) {
+    var select = stageSelect(event.target);
+    if (select && select.hasAttribute("data-browsing")) event.stopPropagation();  // htmx waits
+  }, true);
+  document.addEventListener("focusout", function (event) {
+    var select = stageSelect(event.target);
+    if (!select || !select.hasAttribute("data-browsing")) return;
+    select.removeAttribute("data-browsing");
+    select.value = savedStage(select);
+  });
+  // Say what moved, and give focus back to the moved card's menu in the new board.
+  var boardMove = null;
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var form = event.target.closest && event.target.closest(".stage-form");
+    var select = form && form.querySelector("select.stage-select");
+    if (!select) return;
+    var card = form.closest("[data-deal-card]");
+    boardMove = {
+      id: select.id,
+      focused: document.activeElement === select,
+      text: "Moved " + card.querySelector(".deal-card-title").textContent.trim() + " to " +
+            select.options[select.selectedIndex].text,
+    };
+  });
+  document.addEventListener("htmx:afterSettle", function (event) {
+    if (!boardMove || !event.detail.xhr) return;
+    var move = boardMove;
+    boardMove = null;
+    var announce = document.getElementById("board-announce");
+    if (announce && event.detail.xhr.status < 300) announce.textContent = move.text;
+    var select = document.getElementById(move.id);
+    if (move.focused && select) select.focus();
+  });
+
   // ------------------------------------------------------------------ Mail tab
   // Keyboard: j/k move, Enter/o open, x select, e archive, # delete, u unread, l reply later,
   // / search, ? help. Single-key shortcuts are ignored while typing in a field.
