@@ -211,9 +211,13 @@
   }
 
   function setCurrent(row) {
-    mailRows().forEach(function (other) { other.classList.remove("is-current"); });
+    mailRows().forEach(function (other) {
+      other.classList.remove("is-current");
+      other.removeAttribute("aria-current");
+    });
     if (!row) return;
     row.classList.add("is-current");
+    row.setAttribute("aria-current", "true");  // not told by colour alone (WCAG 1.4.1)
     currentThreadId = row.getAttribute("data-thread-id");
     currentIndex = mailRows().indexOf(row);
     row.scrollIntoView({ block: "nearest" });
