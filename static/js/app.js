@@ -338,6 +338,19 @@
     event.preventDefault();
   });
 
+  // Live search and filters: the title names the search and a polite live region says how
+  // many conversations were found (WCAG 4.1.3), after each swap of the results.
+  document.addEventListener("htmx:afterSettle", function (event) {
+    var results = document.getElementById("mail-results");
+    if (!results) return;
+    document.title = results.getAttribute("data-page-title") || document.title;
+    var source = event.detail.requestConfig && event.detail.requestConfig.elt;
+    var announce = document.getElementById("mail-announce");
+    if (announce && source && source.closest && source.closest("#mail-search")) {
+      announce.textContent = results.getAttribute("data-result-summary") || "";
+    }
+  });
+
   // After the list is swapped (action, search, filter), keep the cursor near where it was.
   document.addEventListener("htmx:afterSettle", function () {
     var rows = mailRows();
