@@ -252,10 +252,46 @@
     return true;
   }
 
+  // The shortcuts help is a modal <dialog>: it takes focus, keeps Tab inside, closes on Esc
+  // and gives focus back to whatever opened it.
+  var helpOpener = null;
   function toggleHelp(force) {
     var help = document.getElementById("mail-help");
     if (!help) return;
-    help.hidden = force === undefined ? !help.hidden : !force;
+    var open = force === undefined ? !help.open : force;
+    if (open && !help.open) {
+      helpOpener = document.activeElement;
+      help.showModal();
+    } else if (!open && help.open) {
+      help.close();
+    }
+  }
+  document.addEventListener("close", function (event) {
+    if (event.target.id !== "mail-help") return;
+    if (helpOpener && helpOpener.focus && document.contains(helpOpener)) helpOpener.focus();
+    helpOpener = null;
+  }, true);
+
+  // Tab and Shift+Tab cycle inside an open modal dialog (Chromium would let focus leave the
+  // page once past its last control).
+  document.addEventListener("keydown", function (event) {
+    var dialog = event.key === "Tab" && document.querySelector("dialog[open]");
+    if (!dialog || !dialog.matches(":modal")) return;
+    var stops = Array.prototype.filter.call(
+      dialog.querySelectorAll("a[href], button, input, select, textarea, [tabindex]"),
+      function (el) { return !el.disabled && el.tabIndex >= 0 && el.getClientRects().length; });
+    if (!stops.length) return;
+    var edge = event.shiftKey ? stops[0] : stops[stops.length - 1];
+    if (document.activeElement === edge || !dialog.contains(document.activeElement)) {
+      event.preventDefault();
+      (event.shiftKey ? stops[stops.length - 1] : stops[0]).focus();
+    }
+  });
+
+  // A personal setting turns single-key shortcuts off (WCAG 2.1.4): keys that type a
+  // character then do nothing here; Enter and Escape keep their usual meaning.
+  function singleKeyOff(event) {
+    return event.key.length === 1 && document.body.getAttribute("data-keyboard-shortcuts") === "off";
   }
 
   function isTyping(target) {
@@ -276,7 +312,7 @@
       if (isTyping(event.target)) event.target.blur();
       return;
     }
-    if (isTyping(event.target)) return;
+    if (isTyping(event.target) || singleKeyOff(event)) return;
     var row = currentRow();
     switch (event.key) {
       case "j": move(1); break;
@@ -317,7 +353,7 @@
   document.addEventListener("keydown", function (event) {
     var form = document.getElementById("conversation-actions");
     if (!form || event.ctrlKey || event.metaKey || event.altKey || isTyping(event.target) ||
-        dialogOpen()) return;
+        dialogOpen() || singleKeyOff(event)) return;
     function press(action) {
       var button = form.querySelector('button[name="action"][value="' + action + '"]');
       if (button) button.click();
