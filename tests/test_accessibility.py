@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from extensions import db
 from tests.conftest import signed_in_client
@@ -35,10 +36,10 @@ RUN_AXE = """async () => {
 
 
 @pytest.fixture
-def world(seeded, admin, make_user, make_deal, make_person, make_raw_message):  # noqa: F811
+def world(seeded, admin, make_user, make_deal, make_person, make_raw_message, make_mailbox_message):  # noqa: F811
     """The phone-layout world plus what else the pages show: won, lost and owner-only
     records, an HTML mail with remote images, a blocked address and a teammate."""
-    from models import MailAccount
+    from models import MailAccount, MailFolder
     from services import linking
 
     make_user(email="ben@team.test", name="Ben Teammate")
@@ -57,6 +58,8 @@ def world(seeded, admin, make_user, make_deal, make_person, make_raw_message):  
             html='<h2>Autumn news</h2><img src="http://remote.invalid/banner.png" alt="banner">',
         ),
     )
+    inbox = db.session.query(MailFolder).filter_by(account_id=account.id, role="inbox").one()
+    make_mailbox_message(inbox, subject="Autumn price list", sender=("Nina", "nina@letters.test"))
     linking.block(admin, "spam@junk.test")
     return {**seeded, "html_thread": html.thread_id, "account": account.id}
 
@@ -173,3 +176,130 @@ def test_no_serious_axe_violations(live_server, browser, admin, world, size):
     finally:
         context.close()
     assert not problems, f"{size} {width}x{height}:\n" + "\n".join(problems)
+
+
+# ---------------------------------------------------------------- keyboard and announcements
+
+
+@pytest.fixture
+def desktop(browser, live_server, admin):
+    """A 1366 x 800 page signed in as `admin`."""
+    context = browser.new_context(viewport={"width": 1366, "height": 800}, timezone_id="UTC")
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    sign_in(page, live_server.app, live_server.url, admin)
+    yield page
+    context.close()
+
+
+FOCUS_IN_HELP = "() => !!document.activeElement.closest('#mail-help')"
+
+
+def test_shortcuts_dialog_is_modal_takes_and_returns_focus(live_server, desktop, world):
+    load(desktop, live_server.url + "/mail/")
+    opener = desktop.get_by_role("button", name="Keyboard shortcuts")
+    opener.focus()
+    desktop.keyboard.press("Enter")
+    help_dialog = desktop.get_by_role("dialog", name="Keyboard shortcuts")
+    expect(help_dialog).to_be_visible()
+    assert help_dialog.evaluate("dialog => dialog.matches(':modal')")  # aria-modal, inert page
+    assert desktop.evaluate(FOCUS_IN_HELP)
+    for _ in range(4):  # Tab stays inside: the page behind is inert
+        desktop.keyboard.press("Tab")
+        assert desktop.evaluate(FOCUS_IN_HELP)
+    desktop.keyboard.press("Escape")
+    expect(help_dialog).to_be_hidden()
+    expect(opener).to_be_focused()
+
+    desktop.keyboard.press("?")  # from the list: Close is focused; closing gives focus back
+    expect(help_dialog).to_be_visible()
+    expect(help_dialog.get_by_role("button", name="Close")).to_be_focused()
+    desktop.keyboard.press("Enter")
+    expect(help_dialog).to_be_hidden()
+    expect(opener).to_be_focused()
+
+
+def test_current_row_is_marked_without_colour(live_server, desktop, world):
+    load(desktop, live_server.url + "/mail/")
+    desktop.keyboard.press("j")
+    desktop.keyboard.press("j")
+    current = desktop.locator(".mail-row.is-current")
+    expect(current).to_have_attribute("aria-current", "true")
+    assert desktop.locator(".mail-row[aria-current]").count() == 1
+    assert current.evaluate("row => getComputedStyle(row).outlineStyle") == "solid"
+
+
+def test_single_key_shortcuts_can_be_turned_off(live_server, desktop, world):
+    load(desktop, live_server.url + "/settings/")
+    desktop.select_option("#pref-keyboard_shortcuts", label="Off: letters and symbols only type")
+    desktop.get_by_role("button", name="Save preferences").click()
+    expect(desktop.get_by_text("Saved.")).to_be_visible()
+    load(desktop, live_server.url + "/mail/")
+    expect(desktop.locator("body")).to_have_attribute("data-keyboard-shortcuts", "off")
+    rows = desktop.locator(".mail-row")
+    count = rows.count()
+    for key in ("j", "x", "e", "#", "?"):
+        desktop.keyboard.press(key)
+    wait_for_htmx_settled(desktop)  # an archive or delete sent on a key would be in flight
+    assert desktop.locator(".mail-row.is-current").count() == 0
+    assert not desktop.locator("#mail-help").is_visible()
+    assert desktop.locator("#confirm-dialog[open]").count() == 0
+    assert rows.count() == count
+    desktop.get_by_role("button", name="Keyboard shortcuts").click()  # the help still opens
+    expect(desktop.get_by_text("Single-key shortcuts are off")).to_be_visible()
+
+    thread = world["thread"]
+    load(desktop, f"{live_server.url}/mail/threads/{thread}")
+    desktop.keyboard.press("e")
+    wait_for_htmx_settled(desktop)
+    assert desktop.url.endswith(f"/mail/threads/{thread}")
+    with live_server.app.app_context():
+        from models import Thread
+
+        assert db.session.get(Thread, thread).in_inbox
+
+
+def test_live_search_announces_results_and_titles_the_page(live_server, desktop, world):
+    load(desktop, live_server.url + "/mail/")
+    assert desktop.title() == "Inbox · Mail · Threadline"
+    announce = desktop.locator("#mail-announce")
+    expect(announce).to_have_attribute("aria-live", "polite")
+    desktop.fill("#mail-q", "autumn")
+    expect(desktop.locator(".mail-row")).to_have_count(1)
+    expect(announce).to_have_text("1 conversation found")
+    expect(desktop).to_have_title("Search: autumn · Inbox · Mail · Threadline")
+    desktop.fill("#mail-q", "renewal")
+    expect(announce).to_have_text("8 conversations found")
+    desktop.fill("#mail-q", "nothingmatchesthis")
+    expect(announce).to_have_text("No conversations found")
+    desktop.reload()  # the pushed URL gives the same title as a page
+    expect(desktop).to_have_title("Search: nothingmatchesthis · Inbox · Mail · Threadline")
+
+
+def test_board_stage_menu_moves_a_deal_on_enter_and_says_so(live_server, desktop, world):
+    from models import Deal
+
+    deal = world["deal"]
+    load(desktop, live_server.url + "/deals/board")
+    menu = desktop.locator(f"#stage-{deal}")
+    menu.focus()
+    desktop.keyboard.press("ArrowDown")
+    desktop.keyboard.press("ArrowDown")
+    wait_for_htmx_settled(desktop)  # a move sent on an arrow key would be in flight now
+    with live_server.app.app_context():
+        assert db.session.get(Deal, deal).stage == "lead_in"
+    expect(menu).to_have_value("proposal")
+    desktop.keyboard.press("Escape")  # puts the choice back
+    expect(menu).to_have_value("lead_in")
+
+    desktop.keyboard.press("ArrowDown")
+    desktop.keyboard.press("ArrowDown")
+    with desktop.expect_response(lambda r: r.url.endswith(f"/deals/{deal}/stage")):
+        desktop.keyboard.press("Enter")
+    expect(desktop.locator(f"[data-stage-drop=proposal] #deal-card-{deal}")).to_be_visible()
+    expect(desktop.locator("#board-announce")).to_have_text(
+        "Moved Acme renewal 2027 with a rather long title to Proposal made"
+    )
+    expect(desktop.locator(f"#stage-{deal}")).to_be_focused()
+    with live_server.app.app_context():
+        assert db.session.get(Deal, deal).stage == "proposal"
