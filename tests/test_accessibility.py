@@ -129,7 +129,6 @@ def sign_in(page, app, base_url: str, user) -> None:
 
 
 def axe_violations(page) -> list[str]:
-    page.evaluate(AXE.read_text())
     found = page.evaluate(RUN_AXE)
     return [
         f"  {v['impact']} {v['id']} ({v['help']}): {node['target']}\n"
@@ -152,6 +151,7 @@ def test_no_serious_axe_violations(live_server, browser, admin, world, size):
         is_mobile=size == "phone",
         timezone_id="UTC",  # the first page stores the browser's zone; UTC needs no reload
     )
+    context.add_init_script(path=str(AXE))  # in every page before its own scripts
     page = context.new_page()
     page.set_default_timeout(10_000)
     problems = []
