@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat
@@ -277,7 +278,9 @@ def _register_hooks(app: Flask) -> None:
     @app.context_processor
     def keyboard_shortcuts():
         # Single-key shortcuts can be turned off (WCAG 2.1.4): <body data-keyboard-shortcuts>
-        # tells static/js/app.js. A function, so only full pages (base.html) read the setting.
+        # tells static/js/app.js. A function, so only full pages (base.html) read the setting,
+        # once per render.
+        @functools.cache
         def keyboard_shortcuts_on() -> bool:
             return not current_user.is_authenticated or bool(
                 preferences.get_preference(current_user, "keyboard_shortcuts")
