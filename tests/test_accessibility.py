@@ -219,6 +219,17 @@ def test_shortcuts_dialog_is_modal_takes_and_returns_focus(live_server, desktop,
     expect(opener).to_be_focused()
 
 
+def test_confirm_dialog_keeps_tab_inside(live_server, desktop, world):
+    load(desktop, live_server.url + "/mail/")
+    open_confirm(desktop)
+    inside = "() => !!document.activeElement.closest('#confirm-dialog')"
+    for key in ("Tab", "Tab", "Tab", "Shift+Tab", "Shift+Tab", "Shift+Tab"):
+        desktop.keyboard.press(key)
+        assert desktop.evaluate(inside), key
+    desktop.keyboard.press("Escape")
+    expect(desktop.locator("#confirm-dialog")).to_be_hidden()
+
+
 def test_current_row_is_marked_without_colour(live_server, desktop, world):
     load(desktop, live_server.url + "/mail/")
     desktop.keyboard.press("j")
