@@ -104,9 +104,12 @@ def states(ids: dict) -> list[tuple[str, object]]:
         ("/persons/", None),
         (f"/persons/{ids['person']}", None),
         ("/persons/new", None),
+        (f"/persons/{ids['person']}/edit", None),
         ("/organizations/", None),
         (f"/organizations/{ids['organization']}", None),
+        ("/organizations/new", None),
         ("/leads/", None),
+        ("/leads/new", None),
         (f"/leads/{ids['lead']}", None),
         ("/projects/", None),
         (f"/projects/{ids['project']}", None),
@@ -114,6 +117,9 @@ def states(ids: dict) -> list[tuple[str, object]]:
         ("/settings/accounts/", None),
         ("/settings/accounts/new", None),
         (f"/settings/accounts/{ids['account']}", None),
+        (f"/settings/accounts/{ids['account']}/reauth", None),
+        (f"/settings/accounts/{ids['account']}/folders", None),
+        (f"/settings/accounts/{ids['account']}/remove", None),
         ("/settings/blocked/", None),
         ("/account/password", None),
         ("/admin/users", None),
@@ -176,6 +182,19 @@ def test_no_serious_axe_violations(live_server, browser, admin, world, size):
     finally:
         context.close()
     assert not problems, f"{size} {width}x{height}:\n" + "\n".join(problems)
+
+
+def test_first_run_setup_page(live_server, browser):
+    """No user yet: every address leads to the page that creates the first administrator."""
+    problems = []
+    for size, (width, height) in sorted(SIZES.items()):
+        context = browser.new_context(viewport={"width": width, "height": height})
+        context.add_init_script(path=str(AXE))
+        page = context.new_page()
+        load(page, live_server.url + "/setup")
+        problems += [f"{size}: {found}" for found in axe_violations(page)]
+        context.close()
+    assert not problems, "\n".join(problems)
 
 
 # ---------------------------------------------------------------- keyboard and announcements
