@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat
@@ -21,6 +22,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 import config
 from extensions import csrf, db, htmx, login_manager, migrate
 from mailsync.storage_errors import DISK_FULL, storage_problem
+from services import preferences
 from services.time_display import current_zone_name, local_time
 
 # Endpoints anyone may reach without signing in; every other endpoint requires a user.
@@ -272,6 +274,19 @@ def _register_hooks(app: Flask) -> None:
     def time_zone_unset():
         # The page asks the browser for its zone once (static/js/app.js) until one is stored.
         return {"time_zone_unset": current_user.is_authenticated and not current_zone_name()}
+
+    @app.context_processor
+    def keyboard_shortcuts():
+        # Single-key shortcuts can be turned off (WCAG 2.1.4): <body data-keyboard-shortcuts>
+        # tells static/js/app.js. A function, so only full pages (base.html) read the setting,
+        # once per render.
+        @functools.cache
+        def keyboard_shortcuts_on() -> bool:
+            return not current_user.is_authenticated or bool(
+                preferences.get_preference(current_user, "keyboard_shortcuts")
+            )
+
+        return {"keyboard_shortcuts_on": keyboard_shortcuts_on}
 
     @app.context_processor
     def navigation():

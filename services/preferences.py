@@ -40,6 +40,16 @@ PREFERENCES: dict[str, PreferenceSpec] = {
             (("iso", "2026-11-28"), ("us", "11/28/2026"), ("eu", "28.11.2026")),
         ),
         PreferenceSpec(
+            "keyboard_shortcuts",
+            "Keyboard shortcuts",
+            True,
+            (
+                (True, "On: single keys (j, k, e, #...) act in the Mail tab"),
+                (False, "Off: letters and symbols only type"),
+            ),
+            "Turn them off if you use speech input or tend to press keys by accident.",
+        ),
+        PreferenceSpec(
             "default_email_sharing",
             "Default email sharing",
             "private",

@@ -170,6 +170,66 @@
     select.dispatchEvent(new Event("change", { bubbles: true }));
   });
 
+  // Deal board, keyboard: in a card's stage menu the arrow keys (and type-ahead) only pick a
+  // stage; Enter or Space moves the deal, Escape or leaving the menu puts the choice back.
+  // Chromium fires "change" on each arrow key of a closed <select>, which htmx would send.
+  var BROWSE_KEYS = ["ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "Home", "End", "PageUp", "PageDown"];
+  function stageSelect(target) {
+    return target && target.matches && target.matches("select.stage-select") ? target : null;
+  }
+  function savedStage(select) {
+    var saved = Array.prototype.filter.call(select.options, function (o) { return o.defaultSelected; })[0];
+    return saved ? saved.value : select.value;
+  }
+  document.addEventListener("keydown", function (event) {
+    var select = stageSelect(event.target);
+    if (!select || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (BROWSE_KEYS.indexOf(event.key) !== -1 || (event.key.length === 1 && event.key !== " ")) {
+      select.setAttribute("data-browsing", "");
+    } else if ((event.key === "Enter" || event.key === " ") && select.hasAttribute("data-browsing")) {
+      event.preventDefault();
+      select.removeAttribute("data-browsing");
+      if (select.value !== savedStage(select)) select.dispatchEvent(new Event("change", { bubbles: true }));
+    } else if (event.key === "Escape" && select.hasAttribute("data-browsing")) {
+      event.preventDefault();
+      select.removeAttribute("data-browsing");
+      select.value = savedStage(select);
+    }
+  });
+  document.addEventListener("change", function (event) {
+    var select = stageSelect(event.target);
+    if (select && select.hasAttribute("data-browsing")) event.stopPropagation();  // htmx waits
+  }, true);
+  document.addEventListener("focusout", function (event) {
+    var select = stageSelect(event.target);
+    if (!select || !select.hasAttribute("data-browsing")) return;
+    select.removeAttribute("data-browsing");
+    select.value = savedStage(select);
+  });
+  // Say what moved, and give focus back to the moved card's menu in the new board.
+  var boardMove = null;
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var form = event.target.closest && event.target.closest(".stage-form");
+    var select = form && form.querySelector("select.stage-select");
+    if (!select) return;
+    var card = form.closest("[data-deal-card]");
+    boardMove = {
+      id: select.id,
+      focused: document.activeElement === select,
+      text: "Moved " + card.querySelector(".deal-card-title").textContent.trim() + " to " +
+            select.options[select.selectedIndex].text,
+    };
+  });
+  document.addEventListener("htmx:afterSettle", function (event) {
+    if (!boardMove || !event.detail.xhr) return;
+    var move = boardMove;
+    boardMove = null;
+    var announce = document.getElementById("board-announce");
+    if (announce && event.detail.xhr.status < 300) announce.textContent = move.text;
+    var select = document.getElementById(move.id);
+    if (move.focused && select) select.focus();
+  });
+
   // ------------------------------------------------------------------ Mail tab
   // Keyboard: j/k move, Enter/o open, x select, e archive, # delete, u unread, l reply later,
   // / search, ? help. Single-key shortcuts are ignored while typing in a field.
@@ -181,9 +241,13 @@
   }
 
   function setCurrent(row) {
-    mailRows().forEach(function (other) { other.classList.remove("is-current"); });
+    mailRows().forEach(function (other) {
+      other.classList.remove("is-current");
+      other.removeAttribute("aria-current");
+    });
     if (!row) return;
     row.classList.add("is-current");
+    row.setAttribute("aria-current", "true");  // not told by colour alone (WCAG 1.4.1)
     currentThreadId = row.getAttribute("data-thread-id");
     currentIndex = mailRows().indexOf(row);
     row.scrollIntoView({ block: "nearest" });
@@ -218,10 +282,46 @@
     return true;
   }
 
+  // The shortcuts help is a modal <dialog>: it takes focus, keeps Tab inside, closes on Esc
+  // and gives focus back to whatever opened it.
+  var helpOpener = null;
   function toggleHelp(force) {
     var help = document.getElementById("mail-help");
     if (!help) return;
-    help.hidden = force === undefined ? !help.hidden : !force;
+    var open = force === undefined ? !help.open : force;
+    if (open && !help.open) {
+      helpOpener = document.activeElement;
+      help.showModal();
+    } else if (!open && help.open) {
+      help.close();
+    }
+  }
+  document.addEventListener("close", function (event) {
+    if (event.target.id !== "mail-help") return;
+    if (helpOpener && helpOpener.focus && document.contains(helpOpener)) helpOpener.focus();
+    helpOpener = null;
+  }, true);
+
+  // Tab and Shift+Tab cycle inside an open modal dialog (Chromium would let focus leave the
+  // page once past its last control).
+  document.addEventListener("keydown", function (event) {
+    var dialog = event.key === "Tab" && document.querySelector("dialog[open]");
+    if (!dialog || !dialog.matches(":modal")) return;
+    var stops = Array.prototype.filter.call(
+      dialog.querySelectorAll("a[href], button, input, select, textarea, [tabindex]"),
+      function (el) { return !el.disabled && el.tabIndex >= 0 && el.getClientRects().length; });
+    if (!stops.length) return;
+    var edge = event.shiftKey ? stops[0] : stops[stops.length - 1];
+    if (document.activeElement === edge || !dialog.contains(document.activeElement)) {
+      event.preventDefault();
+      (event.shiftKey ? stops[stops.length - 1] : stops[0]).focus();
+    }
+  });
+
+  // A personal setting turns single-key shortcuts off (WCAG 2.1.4): keys that type a
+  // character then do nothing here; Enter and Escape keep their usual meaning.
+  function singleKeyOff(event) {
+    return event.key.length === 1 && document.body.getAttribute("data-keyboard-shortcuts") === "off";
   }
 
   function isTyping(target) {
@@ -242,7 +342,7 @@
       if (isTyping(event.target)) event.target.blur();
       return;
     }
-    if (isTyping(event.target)) return;
+    if (isTyping(event.target) || singleKeyOff(event)) return;
     var row = currentRow();
     switch (event.key) {
       case "j": move(1); break;
@@ -283,7 +383,7 @@
   document.addEventListener("keydown", function (event) {
     var form = document.getElementById("conversation-actions");
     if (!form || event.ctrlKey || event.metaKey || event.altKey || isTyping(event.target) ||
-        dialogOpen()) return;
+        dialogOpen() || singleKeyOff(event)) return;
     function press(action) {
       var button = form.querySelector('button[name="action"][value="' + action + '"]');
       if (button) button.click();
@@ -307,7 +407,8 @@
   // Compose shortcuts: c on any page (the Mail tab's Compose button where there is one); r, a, f on a
   // conversation answer its newest message (the last [data-reply-kind] link of the page).
   document.addEventListener("keydown", function (event) {
-    if (event.ctrlKey || event.metaKey || event.altKey || isTyping(event.target) || dialogOpen()) return;
+    if (event.ctrlKey || event.metaKey || event.altKey || isTyping(event.target) || dialogOpen() ||
+        singleKeyOff(event)) return;
     var kinds = { r: "reply", a: "reply_all", f: "forward" };
     var target = null;
     if (event.key === "c" && !document.getElementById("compose-form")) {
@@ -325,6 +426,19 @@
     if (!target) return;
     event.preventDefault();
     target.click();
+  });
+
+  // Live search and filters: the title names the search and a polite live region says how
+  // many conversations were found (WCAG 4.1.3), after each swap of the results.
+  document.addEventListener("htmx:afterSettle", function (event) {
+    var results = document.getElementById("mail-results");
+    if (!results) return;
+    document.title = results.getAttribute("data-page-title") || document.title;
+    var source = event.detail.requestConfig && event.detail.requestConfig.elt;
+    var announce = document.getElementById("mail-announce");
+    if (announce && source && source.closest && source.closest("#mail-search")) {
+      announce.textContent = results.getAttribute("data-result-summary") || "";
+    }
   });
 
   // After the list is swapped (action, search, filter), keep the cursor near where it was.
