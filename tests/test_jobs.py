@@ -144,6 +144,7 @@ def stop(process: subprocess.Popen) -> str:
     return output
 
 
+@pytest.mark.slow(seconds=10)
 @pytest.mark.parametrize("command", ["worker", "sync-worker"])
 def test_worker_command_syncs_on_schedule_runs_queued_jobs_and_stops(
     app, account, dovecot, mail_user, command
@@ -197,6 +198,7 @@ def serve(env: dict) -> tuple[subprocess.Popen, int]:
     return server, port
 
 
+@pytest.mark.slow(seconds=20)
 def test_serve_restarts_a_killed_worker_and_no_job_is_lost_or_run_twice(
     app, make_user, make_account, dovecot, mail_user
 ):
