@@ -65,6 +65,10 @@ class _RunLock:
         self._gate = open(folder / "gate.lock", "a+")  # noqa: SIM115 (held for the run)
         self._room = open(folder / "room.lock", "a+")  # noqa: SIM115
 
+    def close(self) -> None:
+        self._gate.close()
+        self._room.close()
+
     @contextmanager
     def shared(self):
         fcntl.flock(self._gate, fcntl.LOCK_EX)
@@ -100,6 +104,13 @@ def _run_lock(config) -> _RunLock:
         run_folder = config._tmp_path_factory.getbasetemp().parent
         _lock = _RunLock(run_folder / "timing-lock")
     return _lock
+
+
+def pytest_unconfigure(config):
+    global _lock
+    if _lock is not None:
+        _lock.close()
+        _lock = None
 
 
 @contextmanager
