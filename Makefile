@@ -34,14 +34,21 @@ run: venv
 	$(PY) -m flask init-db
 	$(PY) -m flask serve
 
+# Tests run in PYTEST_WORKERS pytest-xdist processes (0: in this process). Much of the suite
+# waits on Dovecot, Chromium and PostgreSQL, so more workers than cores pays; each worker
+# starts its own servers. Tests are handed out one at a time, slow ones first, and tests
+# marked `timing` run with no other test beside them (tests/parallel.py).
+PYTEST_WORKERS ?= 4
+XDIST := -n $(PYTEST_WORKERS) --dist load --maxschedchunk 1
+
 # The whole suite on SQLite, then the tests that use the app's database again on a
 # throwaway PostgreSQL the tests start themselves (tests/servers/postgres.py).
 test: dev-venv system-test-deps
-	$(PY) -m pytest -q $(PYTEST_ARGS)
-	THREADLINE_TEST_DATABASE=postgresql $(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
+	THREADLINE_TEST_DATABASE=postgresql $(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 test-postgres: dev-venv system-test-deps
-	THREADLINE_TEST_DATABASE=postgresql $(PY) -m pytest -q $(PYTEST_ARGS)
+	THREADLINE_TEST_DATABASE=postgresql $(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # The seeded sync fault test of tests/test_sync_soak.py, longer: more rounds, more seeds.
 # A failure prints its seed and rounds: `make soak SOAK_SEEDS=7 SOAK_ROUNDS=30` replays it.

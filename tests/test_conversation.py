@@ -886,6 +886,7 @@ class _DangerScan(HTMLParser):
                 self.problems.append(f"{tag}[src] remote")
 
 
+@pytest.mark.slow(seconds=25)
 def test_whole_xss_corpus_renders_inert(world, login, make_raw_message):
     from tests.corpus import shared_dir
 

@@ -166,6 +166,7 @@ def assert_inert(page, url: str, watch: Watch, case: str) -> None:
 BROWSER_SAMPLE = 2
 
 
+@pytest.mark.slow(seconds=70)
 def test_hostile_mail_is_inert(live_server, page, sink, mailbox, make_raw_message):
     owner, account = mailbox
     corpus = xss_corpus()

@@ -56,6 +56,7 @@ def test_routes_take_ids_through_the_id_converter(app):
             assert type(rule._converters[name]).__name__ == "DatabaseIdConverter", rule.rule
 
 
+@pytest.mark.slow(seconds=15)
 def test_huge_search_text_on_every_list_is_not_a_server_error(
     app,
     make_user,

@@ -144,6 +144,7 @@ def stop(process: subprocess.Popen) -> str:
     return output
 
 
+@pytest.mark.slow(seconds=10)
 @pytest.mark.parametrize("command", ["worker", "sync-worker"])
 def test_worker_command_syncs_on_schedule_runs_queued_jobs_and_stops(
     app, account, dovecot, mail_user, command
@@ -169,6 +170,10 @@ def test_worker_command_syncs_on_schedule_runs_queued_jobs_and_stops(
         stop(worker)
 
 
+# The SIGTERM is sent as soon as the run's row appears: a worker starved of CPU (it runs
+# niced) is then still between that commit and the try block that marks a run interrupted
+# (jobs.run_account_sync; a product race, reported), so the run stays open. Run alone.
+@pytest.mark.timing
 def test_sigterm_mid_pass_puts_the_job_back_and_releases_the_account(app, account, silent_server):
     account.imap_port = silent_server  # the pass hangs in the TLS handshake
     db.session.commit()
@@ -197,6 +202,7 @@ def serve(env: dict) -> tuple[subprocess.Popen, int]:
     return server, port
 
 
+@pytest.mark.slow(seconds=20)
 def test_serve_restarts_a_killed_worker_and_no_job_is_lost_or_run_twice(
     app, make_user, make_account, dovecot, mail_user
 ):

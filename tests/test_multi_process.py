@@ -40,7 +40,7 @@ from tests.servers.dovecot import free_port
 from tests.sync_helpers import raw_message
 from tests.test_jobs import _answers, children, flask_process, stop, wait_for
 
-pytestmark = pytest.mark.imap
+pytestmark = [pytest.mark.imap, pytest.mark.timing]  # wall-clock bounds: run alone
 
 REPO = Path(__file__).resolve().parents[1]
 CONVERSATIONS = 12

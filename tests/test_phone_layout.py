@@ -135,6 +135,7 @@ def sign_in(page, base: str, email: str) -> None:
     page.wait_for_url(lambda url: "/login" not in url)
 
 
+@pytest.mark.slow(seconds=15)
 def test_every_page_fits_a_phone(live_server, phone, admin, seeded):
     sign_in(phone, live_server.url, admin.email)
     problems = []

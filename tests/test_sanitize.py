@@ -156,6 +156,7 @@ def html_parts(path: Path) -> list[str]:
     return parts
 
 
+@pytest.mark.slow(seconds=20)
 @needs_emails
 def test_every_html_part_of_the_email_corpus_sanitizes_quickly() -> None:
     seen = 0
@@ -447,6 +448,7 @@ def test_sanitizing_is_idempotent_on_its_own_output() -> None:
     assert elements(sanitize_email_html(once, cid_url=no_cid).html) == elements(once)
 
 
+@pytest.mark.slow(seconds=12)
 def test_deep_nesting_does_not_crash() -> None:
     markup = "<div>" * 20000 + "x" + "</div>" * 20000
     assert "x" in sanitize_email_html(markup, cid_url=no_cid).html

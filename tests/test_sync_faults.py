@@ -281,6 +281,7 @@ def _lease(account_id):
         ).one()
 
 
+@pytest.mark.timing  # a 1.5 s lease must be renewed in time
 def test_a_pass_longer_than_its_lease_keeps_renewing_it(
     app, dovecot, mail_user, account, monkeypatch
 ):
@@ -303,6 +304,7 @@ def test_a_pass_longer_than_its_lease_keeps_renewing_it(
     assert db.session.scalar(select(func.count()).select_from(SyncLease)) == 0  # released
 
 
+@pytest.mark.timing  # a 1.5 s lease must be renewed in time
 def test_the_lease_stays_live_through_a_step_longer_than_the_lease(
     app, dovecot, mail_user, account
 ):
@@ -572,6 +574,7 @@ def _stored_consistently(app, account_id: int) -> int:
     return len(messages)
 
 
+@pytest.mark.timing  # the pass must end within 5 s
 @pytest.mark.parametrize("fault", DISK_FAULTS.values(), ids=DISK_FAULTS.keys())
 def test_a_full_or_read_only_disk_ends_the_pass_in_plain_words_and_it_resumes(
     app, dovecot, mail_user, account, monkeypatch, fault

@@ -22,7 +22,7 @@ from mailsync import imap
 from models import SyncLease, SyncRun
 from tests.sync_helpers import folder_named, imap_client, raw_message
 
-pytestmark = pytest.mark.imap
+pytestmark = [pytest.mark.imap, pytest.mark.timing]  # wall-clock bounds: run alone
 
 REPO = Path(__file__).resolve().parents[1]
 LEASE_SECONDS = 4

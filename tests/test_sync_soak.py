@@ -423,6 +423,7 @@ def account(app, make_user, make_account, mail_user):
     return make_account(make_user(), mail_user)
 
 
+@pytest.mark.slow(seconds=20)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_sync_survives_random_changes_cuts_and_kills(app, dovecot, mail_user, account, seed):
     box = Mailbox(dovecot=dovecot, user=mail_user, rng=random.Random(seed))

@@ -467,8 +467,19 @@ def check_past_offer(world: World, team: dict, seed: int) -> None:
     assert got == expected_ids, (where, "linked messages")
 
 
-def test_visibility_matches_the_reference_over_random_teams(team):
-    seeds = [int(ONLY_SEED)] if ONLY_SEED else range(CONFIGS)
+# The seeds run in CHUNKS tests of CONFIGS / CHUNKS seeds each, so xdist workers share them.
+CHUNKS = 8
+
+
+@pytest.mark.slow(seconds=20)
+@pytest.mark.parametrize("chunk", range(CHUNKS), ids=lambda chunk: f"chunk{chunk}")
+def test_visibility_matches_the_reference_over_random_teams(team, chunk):
+    if ONLY_SEED:
+        if chunk != 0:
+            pytest.skip("THREADLINE_VISIBILITY_SEED replays one seed, in chunk0")
+        seeds = [int(ONLY_SEED)]
+    else:
+        seeds = range(chunk, CONFIGS, CHUNKS)
     for seed in seeds:
         wipe()
         world = random_world(seed)
