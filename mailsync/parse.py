@@ -433,7 +433,10 @@ _SIMPLE_ADDR = re.compile(
     r'^\s*(?:"?([^"<>,;:\\]*?)"?\s*)?<\s*([^<>\s,;:"\\]+@[^<>\s,;:"\\]+)\s*>\s*$'
 )
 _FAST_ITEM_CHARS = 512
-_ADDR_TOKEN = re.compile(r"[^\s<>,;:\"\\()]+@[^\s<>,;:\"\\()]+")
+# Matches start only where a token starts (after a separator or at the beginning): the same
+# matches as without the lookbehind, but a long run without "@" is scanned once instead of
+# once per starting position (a 200,000-character header cost 87 s of CPU).
+_ADDR_TOKEN = re.compile(r"(?<![^\s<>,;:\"\\()])[^\s<>,;:\"\\()]+@[^\s<>,;:\"\\()]+")
 _BARE_ADDR = re.compile(r"^\s*<?([^<>\s,;:\"\\()]+@[^<>\s,;:\"\\()]+?)>?\s*$")
 
 

@@ -910,3 +910,21 @@ def test_raw_utf8_header_cut_in_the_middle_of_a_character_keeps_the_rest():
     name = "Картинка".encode() + "ч".encode()[:1]
     raw = raw_message(b"x", extra=b"Subject: " + name + b"\r\n")
     assert parse_message(raw).subject.startswith("Картинка")
+
+
+def test_address_token_scan_matches_the_plain_pattern_without_its_backtracking():
+    """_ADDR_TOKEN only adds a token-start lookbehind to the plain pattern (reference below):
+    the same matches on random address-like text, and a long run without "@" (a hostile
+    header) costs one scan instead of one per position."""
+    import random
+
+    from mailsync.parse import _ADDR_TOKEN
+
+    reference = re.compile(r"[^\s<>,;:\"\\()]+@[^\s<>,;:\"\\()]+")
+    rnd = random.Random(20261206)
+    alphabet = 'ab@. ,;:<>"\\()x\té'
+    for _ in range(5000):
+        text = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 40)))
+        assert _ADDR_TOKEN.findall(text) == reference.findall(text), text
+    hostile = "x" * 200_000 + " a@b.test"
+    assert _ADDR_TOKEN.findall(hostile) == ["a@b.test"]
