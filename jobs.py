@@ -370,51 +370,59 @@ def run_account_sync(
     budget = budget_seconds or float(app.config.get("SYNC_BUDGET_SECONDS", 90))
     owner = f"{worker_name()}:{uuid.uuid4().hex[:8]}"
     lease = lease_seconds(app)
-    with app.app_context():
-        try:
-            if not acquire_lease(account_id, owner, seconds=lease):
-                log.info("account %s is already being synced; skipped", account_id)
-                return None
-            # With the lease held no other pass of this account runs, so an unfinished run
-            # is one whose process died (kill -9, power loss) and left it behind.
-            db.session.execute(
-                update(SyncRun)
-                .where(SyncRun.account_id == account_id, SyncRun.finished_at.is_(None))
-                .values(finished_at=datetime.now(UTC), error=SYNC_INTERRUPTED)
-            )
-            run = SyncRun(account_id=account_id, started_at=datetime.now(UTC))
-            db.session.add(run)
-            db.session.commit()
-            run_id = run.id
-            keeper = LeaseKeeper(account_id, owner, lease)
-        except Exception as exc:
-            # A database that cannot be written (disk full, read-only) cannot record the
-            # problem either: it is reported to the caller (the CLI prints it) and logged.
-            db.session.rollback()
-            problem = storage_problem(exc, app.instance_path)
-            if problem is None:
-                raise
-            log.error("account %s: not synced: %s (%s)", account_id, problem.message, exc)
-            return SyncResult(account_id=account_id, error=problem.message, error_kind=problem.kind)
-        finally:
-            db.session.remove()
+    leased, run_id = False, None
     try:
-        with keeper:
-            result = sync_account(
-                account_id,
-                app=app,
-                budget_seconds=budget,
-                progress=progress,
-                all_folders=all_folders,
-                heartbeat=keeper,
-            )
-    except Exception as exc:  # sync_account reports errors itself; this is a last resort
-        log.exception("account %s: sync crashed", account_id)
-        result = SyncResult(account_id=account_id, error=str(exc), error_kind="internal")
+        with app.app_context():
+            try:
+                if not acquire_lease(account_id, owner, seconds=lease):
+                    log.info("account %s is already being synced; skipped", account_id)
+                    return None
+                leased = True
+                # With the lease held no other pass of this account runs, so an unfinished
+                # run is one whose process died (kill -9, power loss) and left it behind.
+                db.session.execute(
+                    update(SyncRun)
+                    .where(SyncRun.account_id == account_id, SyncRun.finished_at.is_(None))
+                    .values(finished_at=datetime.now(UTC), error=SYNC_INTERRUPTED)
+                )
+                run = SyncRun(account_id=account_id, started_at=datetime.now(UTC))
+                db.session.add(run)
+                db.session.commit()
+                run_id = run.id
+                keeper = LeaseKeeper(account_id, owner, lease)
+            except Exception as exc:
+                # A database that cannot be written (disk full, read-only) cannot record the
+                # problem either: it is reported to the caller (the CLI prints it) and logged.
+                db.session.rollback()
+                problem = storage_problem(exc, app.instance_path)
+                if problem is None:
+                    raise
+                log.error("account %s: not synced: %s (%s)", account_id, problem.message, exc)
+                return SyncResult(
+                    account_id=account_id, error=problem.message, error_kind=problem.kind
+                )
+            finally:
+                db.session.remove()
+        try:
+            with keeper:
+                result = sync_account(
+                    account_id,
+                    app=app,
+                    budget_seconds=budget,
+                    progress=progress,
+                    all_folders=all_folders,
+                    heartbeat=keeper,
+                )
+        except Exception as exc:  # sync_account reports errors itself; this is a last resort
+            log.exception("account %s: sync crashed", account_id)
+            result = SyncResult(account_id=account_id, error=str(exc), error_kind="internal")
     except BaseException:
-        # Ctrl-C or SIGTERM (the CLI turns it into SyncInterrupted): give the lease back now,
-        # so the next pass need not wait for it to expire, and say so on the run.
-        _finish_interrupted(app, account_id, run_id, owner)
+        # Ctrl-C or SIGTERM (the CLI turns it into SyncInterrupted), wherever it lands once
+        # the lease is held, even between recording the run and starting the pass: give the
+        # lease back now, so the next pass need not wait for it to expire, and say so on the
+        # run.
+        if leased:
+            _finish_interrupted(app, account_id, run_id, owner)
         raise
     with app.app_context():
         try:
@@ -454,7 +462,7 @@ class SyncInterrupted(BaseException):
     """
 
 
-def _finish_interrupted(app: Flask, account_id: int, run_id: int, owner: str) -> None:
+def _finish_interrupted(app: Flask, account_id: int, run_id: int | None, owner: str) -> None:
     """Mark a pass stopped by a signal as interrupted and release its lease.
 
     The account's state and backoff stay as they are: an operator stopped the pass, the
@@ -463,7 +471,7 @@ def _finish_interrupted(app: Flask, account_id: int, run_id: int, owner: str) ->
     with app.app_context():
         try:
             db.session.rollback()
-            run = db.session.get(SyncRun, run_id)
+            run = db.session.get(SyncRun, run_id) if run_id is not None else None
             if run is not None:
                 run.finished_at = datetime.now(UTC)
                 run.error = SYNC_INTERRUPTED

@@ -277,3 +277,23 @@ def _answers(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def test_a_signal_between_recording_the_run_and_starting_the_pass_still_cleans_up(
+    app, account, monkeypatch
+):
+    """SIGTERM may land right after the run is recorded, before the pass begins: the run is
+    still marked interrupted and the lease given back (it used to stay held until it ran out)."""
+    import jobs
+
+    def interrupted(*args, **kwargs):
+        raise jobs.SyncInterrupted()
+
+    monkeypatch.setattr(jobs, "LeaseKeeper", interrupted)
+    account_id = account.id
+    with pytest.raises(jobs.SyncInterrupted):
+        jobs.run_account_sync(app, account_id)
+    db.session.expire_all()
+    (run,) = runs(account_id)
+    assert run.finished_at is not None and "interrupted" in run.error
+    assert db.session.scalar(select(SyncLease).where(SyncLease.account_id == account_id)) is None
