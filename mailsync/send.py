@@ -15,8 +15,11 @@ finds the copy already stored: one message, no duplicate (mailsync/IDENTITY.md).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email.policy
 import email.utils
+import hashlib
 import logging
 import re
 import smtplib
@@ -122,6 +125,29 @@ def _address_header(pairs: list[tuple[str, str]], *, utf8: bool):
     )
 
 
+# An image quoted from the original of a reply or forward reaches the editor as a data: URI;
+# many mail programs (Gmail among them) show no data: images, so it goes out as a cid: part.
+_DATA_IMAGE_SRC = re.compile(
+    r'src="data:image/(png|gif|jpeg|webp);base64,([A-Za-z0-9+/=\s]*)"', re.IGNORECASE
+)
+
+
+def _data_images_to_parts(html: str) -> tuple[str, list[tuple[str, str, bytes]]]:
+    """Return the HTML with data: images as cid: references, and the (cid, subtype, bytes)."""
+    found: dict[str, tuple[str, str, bytes]] = {}
+
+    def replace(match: re.Match) -> str:
+        try:
+            data = base64.b64decode(re.sub(r"\s", "", match.group(2)), validate=True)
+        except (ValueError, binascii.Error):
+            return 'src=""'
+        cid = f"{hashlib.sha256(data).hexdigest()[:24]}@threadline"
+        found.setdefault(cid, (cid, match.group(1).lower(), data))
+        return f'src="cid:{cid}"'
+
+    return _DATA_IMAGE_SRC.sub(replace, html), list(found.values())
+
+
 def build_message(
     mail: OutgoingMail,
     *,
@@ -151,6 +177,7 @@ def build_message(
     inline = [a for a in mail.attachments if a.content_id]
     files = [a for a in mail.attachments if not a.content_id]
     html = sanitize_outgoing_html(mail.body_html or "", content_ids={a.content_id for a in inline})
+    html, embedded = _data_images_to_parts(html)
     text = html_to_text(html).strip() + "\n"
     policy = POLICY_UTF8 if utf8 else POLICY
     document = (
@@ -158,7 +185,7 @@ def build_message(
     )
     message = EmailMessage(policy=policy)
     try:
-        if inline:
+        if inline or embedded:
             # The email package cannot turn an alternative into a related group, so the
             # related group is made first and the alternative put in it.
             alternative = MIMEPart(policy=policy)
@@ -175,6 +202,10 @@ def build_message(
                     cid=f"<{attachment.content_id}>",
                     filename=attachment.filename,
                     disposition="inline",
+                )
+            for cid, subtype, data in embedded:
+                message.add_related(
+                    data, maintype="image", subtype=subtype, cid=f"<{cid}>", disposition="inline"
                 )
         else:
             message.set_content(text, cte="quoted-printable")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -752,3 +753,33 @@ def test_the_accounts_size_limit_is_checked_again_on_the_built_message(app, send
     assert send.send_due(app) == {mail.id: OUTGOING_FAILED}
     assert "accepts at most 0.003 MB" in state_of(mail.id).error
     assert server.handler.transactions == 0
+
+
+def test_images_quoted_as_data_uris_go_out_as_inline_parts(app, make_user, make_stored_account):
+    """A reply quotes the original's inline images as data: URIs in the editor; many mail
+    programs show no data: image, so the built mail carries each once as a cid: part."""
+    import base64
+
+    user = make_user(name="Ana Pérez")
+    account = make_stored_account(user, email_address="ana@team.test")
+    uri = "data:image/png;base64," + base64.b64encode(PNG).decode()
+    mail = new_mail(
+        user,
+        account,
+        body_html=f'<p>Yes.</p><blockquote type="cite"><img src="{uri}"><img src="{uri}">'
+        "</blockquote>",
+        message_id_header="<fixed-2@team.test>",
+    )
+    built = send.build_message(
+        mail, from_name=user.name, from_address=account.email_address, attachment_bytes={}.get
+    )
+    message = parse(built.raw)
+    assert tree(message) == (
+        "multipart/related",
+        [("multipart/alternative", ["text/plain", "text/html"]), "image/png"],
+    )
+    html = message.get_body(("html",)).get_content()
+    assert "data:" not in html
+    [cid] = set(re.findall(r'src="cid:([^"]+)"', html))
+    [image] = [part for part in message.walk() if part["Content-ID"]]
+    assert image["Content-ID"] == f"<{cid}>" and image.get_content() == PNG
