@@ -67,6 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mails", type=int, default=200)
     parser.add_argument("--profile", help="write a cProfile of the worker path to this file")
+    parser.add_argument("--rounds", type=int, default=100)  # compose page samples
     add_database_arguments(parser)
     run_on_database(parser.parse_args(), run)
 
@@ -114,6 +115,7 @@ def run(args) -> None:
                 "SCHEDULER_ENABLED": False,
                 "MAIL_ALLOWED_PORTS": None,
                 "DAILY_SEND_LIMIT": args.mails + 1,
+                "WTF_CSRF_ENABLED": False,
             }
         )
         with app.app_context():
@@ -192,9 +194,45 @@ def run(args) -> None:
             f"ratio (3)/(1): {per_mail / worker_seconds:.2f}x; "
             f"ratio (3)/(2): {reused / worker_seconds:.2f}x (rate of Threadline / rate of bare)"
         )
+        compose_pages(app, account_id, args.rounds)
     finally:
         smtp.stop()
         dovecot.stop()
+
+
+def compose_pages(app, account_id: int, rounds: int) -> None:
+    """Server time of the compose page (new, prefilled, a reply to a sent mail) and of the
+    recipient suggestions, over the mailbox the run just filled."""
+    from extensions import db
+    from models import Message
+
+    with app.app_context():
+        reply_to = db.session.scalar(
+            db.select(Message.id).where(Message.account_id == account_id).limit(1)
+        )
+    client = app.test_client()
+    response = client.post(
+        "/login", data={"email": "owner@team.test", "password": "owner password 1"}
+    )
+    assert response.status_code == 302, response.status_code
+    pages = {
+        "new mail": "/mail/compose",
+        "prefilled from an address": "/mail/compose?to=customer7@customer.test",
+        "reply to a sent mail": f"/mail/compose?reply={reply_to}&kind=reply_all",
+        "recipient suggestions 'cust'": "/mail/compose/recipients?q=cust",
+    }
+    print(f"\ncompose pages, {rounds} samples each (server time through the test client):")
+    for label, url in pages.items():
+        for _ in range(5):  # warm templates and caches
+            assert client.get(url).status_code == 200, url
+        samples = []
+        for _ in range(rounds):
+            began = time.perf_counter()
+            client.get(url)
+            samples.append((time.perf_counter() - began) * 1000)
+        samples.sort()
+        p50, p95 = samples[len(samples) // 2], samples[int(len(samples) * 0.95) - 1]
+        print(f"  {label}: p50 {p50:.1f} ms, p95 {p95:.1f} ms")
 
 
 if __name__ == "__main__":
