@@ -721,11 +721,15 @@ def pending_seen_writes(account_id: int) -> dict[bool, list[tuple[int, str, int]
     return pending
 
 
-def seen_written(location_ids: Iterable[int]) -> None:
-    """The server has the user's \\Seen now: stop retrying; the guard window starts again."""
+def seen_written(location_ids: Iterable[int], seen: bool) -> None:
+    """The server has the user's \\Seen now: stop retrying; the guard window starts again.
+
+    Only where the wanted value is still the one written: a newer opposite change made while
+    the write was on its way stays pending for its own write-back job.
+    """
     db.session.execute(
         update(location_t)
-        .where(location_t.c.id.in_(list(location_ids)))
+        .where(location_t.c.id.in_(list(location_ids)), location_t.c.seen.is_(seen))
         .values(seen_pending=False, seen_changed_at=_now())
     )
 

@@ -1330,7 +1330,7 @@ class AccountSync:
             except actions.MailActionError as exc:
                 log.warning("account %s: \\Seen write-back failed again: %s", self.account_id, exc)
                 continue
-            store.seen_written([location_id for location_id, _folder, _uid in rows])
+            store.seen_written([location_id for location_id, _folder, _uid in rows], seen)
             db.session.commit()
 
     def _recheck_after_guard(self, folder_id: int, items: list[str], last_seen: int) -> None:

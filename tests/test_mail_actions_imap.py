@@ -252,3 +252,31 @@ def test_unreachable_server_keeps_threadline_state_and_says_so_after_retries(
 def test_copyuid_ranges_map_old_to_new_uids():
     parsed = actions._parse_copyuid([b"[COPYUID 38505 304,319:320 3956:3958] Done"])
     assert parsed == {304: 3956, 319: 3957, 320: 3958}
+
+
+def test_a_change_made_while_a_sync_retries_a_write_back_is_not_lost(
+    app, client_me, dovecot, mail_user, deliver, server_account, monkeypatch
+):
+    """A sync pass retries pending \\Seen writes; the user marking the mail unread while that
+    write is on its way must stay pending for its own job (the sync used to clear it, so the
+    server kept \\Seen while Threadline showed the mail unread)."""
+    from mailsync.sync import AccountSync
+
+    (message,) = deliver(1)
+    uid = dovecot.uids(mail_user.email)[0]
+    client_me.post(ACTIONS_URL, data={"action": "read", "thread_id": [message.thread_id]})
+    original = actions.set_seen
+
+    def write_then_user_marks_unread(*args, **kwargs):
+        original(*args, **kwargs)
+        monkeypatch.setattr(actions, "set_seen", original)
+        client_me.post(ACTIONS_URL, data={"action": "unread", "thread_id": [message.thread_id]})
+
+    monkeypatch.setattr(actions, "set_seen", write_then_user_marks_unread)
+    AccountSync(app, server_account.id, 60, None).push_pending_seen()
+    assert "\\Seen" in dovecot.flags(mail_user.email, "INBOX", uid)  # the sync's write landed
+
+    run_pending_jobs(app)
+    (location,) = locations(message.id)
+    assert not location.seen and not location.seen_pending
+    assert "\\Seen" not in dovecot.flags(mail_user.email, "INBOX", uid)
