@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from cryptography import x509
 from flask import Flask, abort
 from sqlalchemy import case, delete, func, select
+from sqlalchemy.orm import selectinload
 
 from extensions import db
 from mailsync import imap
@@ -768,6 +769,7 @@ def sync_run_log(account: MailAccount, run_id: int) -> tuple[SyncRun, list[SyncR
         db.session.scalars(
             select(SyncRunEntry)
             .where(SyncRunEntry.run_id == run.id)
+            .options(selectinload(SyncRunEntry.message))  # the page links each entry's thread
             .order_by(order, SyncRunEntry.folder, SyncRunEntry.uid)
         )
     )
