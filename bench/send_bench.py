@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.databases import add_database_arguments, run_on_database  # noqa: E402
+from bench.sync_bench import add_dovecot_account  # noqa: E402
 from tests.servers.dovecot import DovecotServer  # noqa: E402
 from tests.servers.smtp import SMTPServer  # noqa: E402
 
@@ -102,9 +103,8 @@ def run(args) -> None:
         import schema
         from app import create_app
         from extensions import db
-        from models import OUTGOING_SENT, MailAccount, Message, OutgoingMail
+        from models import OUTGOING_SENT, Message, OutgoingMail
         from services import outbox, users
-        from services.credentials import secret_box
 
         app = create_app(
             {
@@ -123,23 +123,17 @@ def run(args) -> None:
             owner = users.create_user(
                 email="owner@team.test", name="Owner Name", password="owner password 1"
             )
-            account = MailAccount(
-                user_id=owner.id,
-                email_address=email_address,
-                username=email_address,
-                password_encrypted=secret_box(app).encrypt(password),
-                imap_host=dovecot.host,
-                imap_port=dovecot.ssl_port,
-                imap_security="ssl",
-                ca_cert_pem=dovecot.ca_file.read_text(),
+            account_id = add_dovecot_account(
+                app,
+                owner,
+                dovecot,
+                email_address,
+                password,
                 smtp_host=smtp.host,
                 smtp_port=smtp.port,
                 smtp_security="starttls",
-                since="all",
             )
-            db.session.add(account)
-            db.session.commit()
-            account_id, owner_id = account.id, owner.id
+            owner_id = owner.id
         jobs.run_account_sync(app, account_id)  # learns the Sent folder
         with app.app_context():
             owner = db.session.get(type(owner), owner_id)

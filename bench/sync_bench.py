@@ -92,8 +92,9 @@ def make_message(n: int, rng: random.Random, when: datetime, mailbox: str) -> by
     return ("\r\n".join(headers) + "\r\n\r\n" + body).encode()
 
 
-def add_dovecot_account(app, owner, server, email: str, password: str) -> int:
-    """Store a mail account of `owner` pointing at the benchmark Dovecot; return its id."""
+def add_dovecot_account(app, owner, server, email: str, password: str, **columns) -> int:
+    """Store a mail account of `owner` pointing at the benchmark Dovecot (plus `columns`,
+    e.g. SMTP settings); return its id."""
     from extensions import db
     from models import MailAccount
     from services.credentials import secret_box
@@ -108,6 +109,7 @@ def add_dovecot_account(app, owner, server, email: str, password: str) -> int:
         imap_security="ssl",
         ca_cert_pem=server.ca_file.read_text(),
         since="all",
+        **columns,
     )
     db.session.add(account)
     db.session.commit()
