@@ -38,11 +38,11 @@ from mailsync import imap, smtp, store
 from mailsync.blobstore import app_blob_store
 from mailsync.parse import dedup_key, header_key, html_to_text, parse_message
 from mailsync.prepare import for_search
-from models import Deal, Lead, MailAccount, MailFolder, OutgoingMail, Project, Thread, User
+from models import MailAccount, MailFolder, OutgoingMail, Thread, User
 from services import outbox
 from services.access import can_access_record
 from services.errors import ValidationError
-from services.linking import LINK_COLUMNS
+from services.linking import LINK_COLUMNS, LINK_MODELS, set_thread_link
 from services.mail_render import sanitize_outgoing_html
 
 log = logging.getLogger("threadline.send")
@@ -564,16 +564,13 @@ def store_sent(
     return message_id
 
 
-RECORD_MODELS = {"deal": Deal, "lead": Lead, "project": Project}
-
-
 def _link_to_record(thread: Thread, mail: OutgoingMail) -> None:
     """Link a new conversation to the deal, lead or project the mail was written from.
 
     Only when the sender may see that record, and only a conversation not linked yet (a
     reply stays where its conversation is). Persons link by address, as for synced mail.
     """
-    model = RECORD_MODELS.get(mail.record_kind or "")
+    model = LINK_MODELS.get(mail.record_kind or "")
     if model is None or not mail.record_id:
         return
     if any(getattr(thread, column) for column in LINK_COLUMNS.values()):
@@ -582,8 +579,7 @@ def _link_to_record(thread: Thread, mail: OutgoingMail) -> None:
     owner = db.session.get(User, mail.user_id)
     if record is None or owner is None or not can_access_record(owner, record):
         return
-    setattr(thread, LINK_COLUMNS[mail.record_kind], record.id)
-    thread.needs_link_choice = False
+    set_thread_link(thread, mail.record_kind, record.id)
 
 
 # --------------------------------------------------------------------------- the worker's tick

@@ -426,6 +426,12 @@ def auto_link_threads(thread_ids: Iterable[int], owner_id: int) -> None:
 
 def link_thread(thread: Thread, kind: str, record_id: int | None) -> None:
     """Link the thread to one deal, lead or project (replacing any other), or unlink; commits."""
+    set_thread_link(thread, kind, record_id)
+    db.session.commit()
+
+
+def set_thread_link(thread: Thread, kind: str, record_id: int | None) -> None:
+    """link_thread without the commit, for callers inside a larger transaction."""
     if kind not in LINK_COLUMNS:
         raise ValidationError({"kind": "Choose a deal, lead or project."})
     for column in LINK_COLUMNS.values():
@@ -433,7 +439,6 @@ def link_thread(thread: Thread, kind: str, record_id: int | None) -> None:
     if record_id is not None:
         setattr(thread, LINK_COLUMNS[kind], record_id)
     thread.needs_link_choice = False
-    db.session.commit()
 
 
 def move_lead_conversations(lead_id: int, deal_id: int) -> int:
