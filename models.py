@@ -73,6 +73,8 @@ class User(UserMixin, db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)  # stored lowercased
     name: Mapped[str] = mapped_column(String(200))
+    # The sender's phone for the "Your phone" smart field.
+    phone: Mapped[str | None] = mapped_column(String(50))
     password_hash: Mapped[str] = mapped_column(String(300))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     is_deactivated: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -952,6 +954,9 @@ class OutgoingMail(db.Model):
     # After sending: the conversation and the stored message it became.
     thread_id: Mapped[int | None] = mapped_column(ForeignKey("thread.id", ondelete="SET NULL"))
     message_id: Mapped[int | None] = mapped_column(ForeignKey("message.id", ondelete="SET NULL"))
+    # One of a group email's individual mails (GroupSend.id). No foreign key: SQLite cannot
+    # add one to an existing table without copying it, and both rows go with their user.
+    group_send_id: Mapped[int | None] = mapped_column(Integer, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -984,3 +989,100 @@ class OutgoingAttachment(db.Model):
 
     def __repr__(self) -> str:
         return f"<OutgoingAttachment {self.id} {self.filename!r}>"
+
+
+# --------------------------------------------------------------------------- templates
+
+
+class MailTemplate(db.Model):
+    """A reusable subject and body (smart-field chips included), private or shared."""
+
+    __tablename__ = "mail_template"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    subject: Mapped[str] = mapped_column(Text, default="")
+    body_html: Mapped[str] = mapped_column(Text, default="")
+    # False: only the owner sees it; True: the whole team may use it (owner and admins edit).
+    shared: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    attachments: Mapped[list[TemplateAttachment]] = relationship(
+        back_populates="template", cascade="all, delete-orphan", order_by="TemplateAttachment.id"
+    )
+
+    def __repr__(self) -> str:
+        return f"<MailTemplate {self.id} {self.name!r}>"
+
+
+class TemplateAttachment(db.Model):
+    """A file of a template, copied into each mail written from it; content_id: inline image."""
+
+    __tablename__ = "template_attachment"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    template_id: Mapped[int] = mapped_column(
+        ForeignKey("mail_template.id", ondelete="CASCADE"), index=True
+    )
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255), default="application/octet-stream")
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    blob_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    content_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    template: Mapped[MailTemplate] = relationship(back_populates="attachments")
+
+    def __repr__(self) -> str:
+        return f"<TemplateAttachment {self.id} {self.filename!r}>"
+
+
+class Signature(db.Model):
+    """One of an account's signatures (rich text); at most one is the account's default."""
+
+    __tablename__ = "signature"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("mail_account.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    body_html: Mapped[str] = mapped_column(Text, default="")
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<Signature {self.id} {self.name!r}>"
+
+
+GROUP_SENDING = "sending"
+GROUP_DONE = "done"
+GROUP_CANCELLED = "cancelled"
+
+
+class GroupSend(db.Model):
+    """One template sent to many people as individual mails (OutgoingMail.group_send_id)."""
+
+    __tablename__ = "group_send"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("mail_account.id", ondelete="SET NULL")
+    )
+    template_id: Mapped[int | None] = mapped_column(
+        ForeignKey("mail_template.id", ondelete="SET NULL")
+    )
+    subject: Mapped[str] = mapped_column(Text, default="")
+    body_html: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(20), default=GROUP_SENDING)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    # Seconds between two of its mails, from the account's provider limits.
+    pause_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<GroupSend {self.id} {self.state}>"
