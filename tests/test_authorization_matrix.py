@@ -120,6 +120,12 @@ CLASSIFICATION = {
     "blocking.create": "post",
     "blocking.delete": "owner_post",
     "deals.board": "page",
+    "group_send.index": "page",
+    "group_send.new": "page",  # persons the user can see; 404 for an organization they cannot
+    "group_send.create": "post",
+    "group_send.show": "owner",
+    "group_send.progress": "owner",
+    "group_send.cancel": "owner_post",
 }
 for _area in ("deals", "persons", "organizations", "leads", "projects"):
     CLASSIFICATION.update(
@@ -266,6 +272,7 @@ def world(
         "user_id": b.id,
         "draft_id": draft.id,
         "attachment_id": draft.attachments[0].id,
+        "group_send_id": _private_group_send(a, account, draft).id,
     }
     for kind, record in records.items():
         ids[f"{kind}_id"] = record.id
@@ -295,6 +302,36 @@ def _private_draft(a, account):
     db.session.add(draft)
     db.session.commit()
     return draft
+
+
+def _private_group_send(a, account, draft):
+    """A group email of A's naming the token, with one mail waiting (group email routes)."""
+    from datetime import UTC, datetime, timedelta
+
+    from models import OUTGOING_QUEUED, GroupSend, OutgoingMail
+
+    group = GroupSend(
+        user_id=a.id,
+        account_id=account.id,
+        subject=f"Group {TOKEN}",
+        body_html="<p>Hi</p>",
+        total=1,
+    )
+    db.session.add(group)
+    db.session.flush()
+    db.session.add(
+        OutgoingMail(
+            user_id=a.id,
+            account_id=account.id,
+            group_send_id=group.id,
+            state=OUTGOING_QUEUED,
+            send_at=datetime.now(UTC) + timedelta(hours=1),
+            to=[[f"{TOKEN} Person", "carla@customer.test"]],
+            subject=f"Group {TOKEN}",
+        )
+    )
+    db.session.commit()
+    return group
 
 
 def _url(app, endpoint: str, ids: dict) -> str:
