@@ -32,7 +32,7 @@ from models import (
     PersonEmail,
     User,
 )
-from services import compose, linking, outbox
+from services import compose, linking, outbox, smart_fields
 from services.access import (
     own_sending_accounts,
     owned_messages,
@@ -221,7 +221,12 @@ def clean_body(mail: OutgoingMail, body: str, attachment_url: AttachmentUrl) -> 
     """
     urls = _urls_by_cid(mail, attachment_url)
     as_cid = compose.body_for_storage(body, urls)
-    sanitized = sanitize_email_html(as_cid, cid_url=urls.get, allow_remote_images=False).html
+    sanitized = sanitize_email_html(
+        as_cid,
+        cid_url=urls.get,
+        allow_remote_images=False,
+        extra_attributes=smart_fields.CHIP_ATTRIBUTES,  # the chips stay until the mail is sent
+    ).html
     return compose.body_for_storage(sanitized, urls)
 
 
