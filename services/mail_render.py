@@ -78,6 +78,16 @@ _ATTRIBUTES = {
     tag: _TAG_ATTRS.get(tag, set()) | ({"title"} if tag != "a" else set()) for tag in _TAGS
 }
 _ATTRIBUTES["*"] = _GENERIC_ATTRS
+# What the user wrote (compose, templates) may also hold smart-field chips:
+# <span data-smart-field="person.first_name" data-fallback="there">First name</span>. Never
+# allowed in received mail (R7: no data-* from mail content).
+_SMART_FIELD_ATTRS = {"data-smart-field", "data-fallback"}
+_COMPOSED_ATTRIBUTES = {
+    **_ATTRIBUTES,
+    "span": _ATTRIBUTES.get("span", set()) | _SMART_FIELD_ATTRS,
+}
+_SMART_FIELD_KEY = re.compile(r"^[a-z][a-z_]{0,40}(\.[a-z][a-z_]{0,40})?$")
+MAX_FALLBACK_LENGTH = 200
 
 # Schemes nh3 lets through to attribute_filter; the filter then applies the per-tag rules.
 _URL_SCHEMES = {"http", "https", "mailto", "tel", "cid", "data"}
@@ -130,6 +140,7 @@ def sanitize_email_html(
     *,
     cid_url: Callable[[str], str | None],
     allow_remote_images: bool = False,
+    smart_fields: bool = False,
 ) -> SanitizedHtml:
     """Sanitize untrusted mail HTML with the R1–R4 allowlist and rewrite cid: images.
 
@@ -137,15 +148,17 @@ def sanitize_email_html(
     ``data:image/...;base64`` URI, or None when the message has no such part (the src is
     dropped). Remote http(s) images are dropped and counted unless ``allow_remote_images``;
     ``has_remote_content`` is true when any remote image src was seen, blocked or not.
+    ``smart_fields`` keeps smart-field chips (HTML the user wrote, never received mail).
     """
     stats = {"blocked": 0, "remote": 0}
+    attributes = _COMPOSED_ATTRIBUTES if smart_fields else _ATTRIBUTES
 
     def attribute_filter(tag: str, attr: str, value: str) -> str | None:
         if tag == "img" and attr == "src":
             return _filter_img_src(value, cid_url, allow_remote_images, stats)
         return _filter_attribute(tag, attr, value)
 
-    first = _clean(html, attribute_filter, final=False)
+    first = _clean(html, attribute_filter, final=False, attributes=attributes)
     # Second pass over our own, already filtered serialization, only to title links (R13).
     # There <a> never carries a title, nothing is dropped, and nh3 appends the title after the
     # existing href and the rel last, so the title can describe the href just seen.
@@ -162,7 +175,7 @@ def sanitize_email_html(
             last_href.clear()
         return value
 
-    final = _clean(first, title_filter, final=True)
+    final = _clean(first, title_filter, final=True, attributes=attributes)
     return SanitizedHtml(
         html=final,
         blocked_remote_images=stats["blocked"],
@@ -240,7 +253,13 @@ def sanitize_reply_html(
     )
 
 
-def _clean(html: str, attribute_filter: AttributeFilter, *, final: bool) -> str:
+def _clean(
+    html: str,
+    attribute_filter: AttributeFilter,
+    *,
+    final: bool,
+    attributes: dict[str, set[str]] = _ATTRIBUTES,
+) -> str:
     """Run nh3 with the mail policy; the first pass adds link targets, the final rel/title."""
 
     def safe_filter(tag: str, attr: str, value: str) -> str | None:
@@ -254,7 +273,7 @@ def _clean(html: str, attribute_filter: AttributeFilter, *, final: bool) -> str:
         html,
         tags=_TAGS,
         clean_content_tags=_CLEAN_CONTENT_TAGS,
-        attributes=_ATTRIBUTES,
+        attributes=attributes,
         attribute_filter=safe_filter,
         strip_comments=True,
         link_rel=_LINK_REL if final else None,
@@ -274,6 +293,10 @@ def _filter_attribute(tag: str, attr: str, value: str) -> str | None:
         return safe_link_href(value)
     if tag == "a" and attr == "target":
         return "_blank"
+    if attr == "data-smart-field":
+        return value if _SMART_FIELD_KEY.match(value) else None
+    if attr == "data-fallback":
+        return _CONTROL_CHARS.sub(" ", value)[:MAX_FALLBACK_LENGTH]
     return value
 
 
