@@ -60,7 +60,7 @@ def _attachment_json(attachment: TemplateAttachment) -> dict:
 
 def _render_form(template: MailTemplate | None, *, values=None, errors=None, status=200):
     context = {
-        "template": template,
+        "mail_template": template,
         "values": values
         or {
             "name": template.name if template else "",
