@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import or_, select
+from sqlalchemy import select
 
 from extensions import db
 from mailsync.providers import get_provider
@@ -38,7 +38,7 @@ from models import (
     Person,
     User,
 )
-from services import outbox, records
+from services import outbox, records, smart_fields, templates
 from services.access import own_sending_accounts, record_for, record_or_none, visible_records
 from services.addresses import is_valid_address
 from services.errors import ValidationError
@@ -215,16 +215,7 @@ def recipients_for(user: User, source: Source) -> Recipients:
 def _usable_template(user: User, template_id: int | None) -> MailTemplate | None:
     if template_id is None:
         return None
-    return db.session.scalar(usable_templates(user).where(MailTemplate.id == template_id))
-
-
-def usable_templates(user: User):
-    """Return a select of the templates the user may send: their own and the shared ones."""
-    return (
-        select(MailTemplate)
-        .where(or_(MailTemplate.owner_id == user.id, MailTemplate.shared.is_(True)))
-        .order_by(MailTemplate.name, MailTemplate.id)
-    )
+    return db.session.scalar(templates.usable_select(user).where(MailTemplate.id == template_id))
 
 
 def _own_account(user: User, account_id: int | None) -> MailAccount | None:
@@ -280,29 +271,52 @@ def start(
     )
     db.session.add(group)
     db.session.flush()
-    mails = [_mail_for(user, group, candidate) for candidate in picked]
+    mails = [_mail_for(user, group, template, candidate) for candidate in picked]
     db.session.add_all(mails)
+    _refuse_empty_fields(mails)
     first = now or datetime.now(UTC)
     times = [first + timedelta(seconds=i * interval) for i in range(len(mails))]
     outbox.queue_paced(user, mails, times)
     return group
 
 
-def _mail_for(user: User, group: GroupSend, candidate: Candidate) -> OutgoingMail:
-    """One recipient's mail: addressed to them alone, written from their record."""
-    return OutgoingMail(
+def _mail_for(
+    user: User, group: GroupSend, template: MailTemplate, candidate: Candidate
+) -> OutgoingMail:
+    """One recipient's mail: the template's, addressed to them alone, from their record."""
+    mail = OutgoingMail(
         user_id=user.id,
         account_id=group.account_id,
         group_send_id=group.id,
         to=[[candidate.name, candidate.address]],
         cc=[],
         bcc=[],
-        subject=group.subject,
-        body_html=group.body_html,
         references=[],
         record_kind=candidate.record_kind,
         record_id=candidate.record_id,
     )
+    templates.copy_into(mail, template)
+    return mail
+
+
+def _refuse_empty_fields(mails: list[OutgoingMail]) -> None:
+    """Raise ValidationError naming each recipient whose smart fields have no value (the
+    rule is smart_fields'; a group names them all at once, so they can be unticked)."""
+    empty = []
+    for mail in mails:
+        missing = smart_fields.missing_fields(mail)
+        if missing:
+            empty.append(f"{mail.to[0][0] or mail.to[0][1]} ({', '.join(missing)})")
+    if empty:
+        db.session.rollback()
+        raise ValidationError(
+            {
+                "recipients": "These recipients have smart fields with no value: "
+                + "; ".join(empty)
+                + ". Untick them, fill in their records, or give the fields a fallback text "
+                "in the template."
+            }
+        )
 
 
 def _mails(group: GroupSend) -> list[OutgoingMail]:
@@ -363,6 +377,6 @@ def group_sends(user: User, *, limit: int = 50) -> list[GroupSend]:
 def choices(user: User) -> tuple[list[MailTemplate], list[MailAccount]]:
     """Return the templates and accounts the picker offers."""
     return (
-        list(db.session.scalars(usable_templates(user))),
+        templates.usable_templates(user),
         list(db.session.scalars(own_sending_accounts(user))),
     )

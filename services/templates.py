@@ -267,16 +267,22 @@ def apply_to_draft(user: User, draft: OutgoingMail, template: MailTemplate) -> O
     """
     if draft.state != OUTGOING_DRAFT:
         raise ValidationError({"__all__": "This mail is no longer a draft."})
-    draft.subject = template.subject or ""
-    draft.body_html = template.body_html or ""
-    have_cids = {a.content_id for a in draft.attachments if a.content_id}
-    have_files = {(a.blob_sha256, a.filename) for a in draft.attachments if not a.content_id}
+    copy_into(draft, template)
+    db.session.commit()
+    return draft
+
+
+def copy_into(mail: OutgoingMail, template: MailTemplate) -> None:
+    """Copy a template's subject, body and files onto a mail (apply_to_draft, and each mail
+    of a group email); no commit."""
+    mail.subject = template.subject or ""
+    mail.body_html = template.body_html or ""
+    have_cids = {a.content_id for a in mail.attachments if a.content_id}
+    have_files = {(a.blob_sha256, a.filename) for a in mail.attachments if not a.content_id}
     for attachment in template.attachments:
         if attachment.content_id:
             if attachment.content_id in have_cids:
                 continue
         elif (attachment.blob_sha256, attachment.filename) in have_files:
             continue
-        draft.attachments.append(_copy_row(OutgoingAttachment, attachment))
-    db.session.commit()
-    return draft
+        mail.attachments.append(_copy_row(OutgoingAttachment, attachment))

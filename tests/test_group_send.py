@@ -33,6 +33,7 @@ from tests.test_send import sender, smtp_servers
 
 __all__ = ["sender", "smtp_servers"]  # fixtures used by name: an account sending via aiosmtpd
 
+FIRST_NAME_CHIP = '<span data-smart-field="person.first_name">First name</span>'
 REFUSAL = "550 5.1.1 <p07@customer.test>: Recipient address rejected: User unknown"
 
 
@@ -117,9 +118,12 @@ def test_thirty_people_one_refusal_individual_mails_linked_to_each_person(
     app, sender, make_person, login
 ):
     user, account, server, _mail_user = sender
-    persons = people(make_person, user, 30)
+    persons = [
+        make_person(user, name=f"Kim{n:02d} Lee", emails=(f"p{n:02d}@customer.test",))
+        for n in range(1, 31)
+    ]
     server.handler.rcpt_answers["p07@customer.test"] = REFUSAL
-    template = make_template(user)
+    template = make_template(user, body_html=f"<p>Hello {FIRST_NAME_CHIP},</p><p>our offer.</p>")
     client = login(user)
 
     html, keys = picker(client, source="persons", q="customer.test")
@@ -136,7 +140,7 @@ def test_thirty_people_one_refusal_individual_mails_linked_to_each_person(
     mails = group_mails(group.id)
     assert sorted(m.state for m in mails) == [OUTGOING_FAILED] + [OUTGOING_SENT] * 29
     failed = next(m for m in mails if m.state == OUTGOING_FAILED)
-    assert failed.to == [["Person 07", "p07@customer.test"]]
+    assert failed.to == [["Kim07 Lee", "p07@customer.test"]]
     assert "550 5.1.1" in failed.error and "User unknown" in failed.error
 
     # The server got 29 mails, each with one envelope recipient and that person alone in
@@ -150,6 +154,12 @@ def test_thirty_people_one_refusal_individual_mails_linked_to_each_person(
         assert message["Cc"] is None and message["Bcc"] is None
         others = set(re.findall(rb"p\d\d@customer\.test", received.data)) - {rcpt.encode()}
         assert not others, (rcpt, others)
+        # Each mail carries its own person's first name, filled by the worker; no chip left.
+        number = rcpt[1:3]
+        text = message.get_body(("plain",)).get_content()
+        assert f"Hello Kim{number}," in text, text
+        assert set(re.findall(r"Kim\d\d", text)) == {f"Kim{number}"}
+        assert b"data-smart-field" not in received.data
     assert sorted(r.rcpt_tos[0] for r in server.messages) == sorted(
         f"p{n:02d}@customer.test" for n in range(1, 31) if n != 7
     )
@@ -286,6 +296,53 @@ def test_template_and_account_are_required_and_must_be_usable(
     response = client.post("/group-email/", data=start_form(source, keys, shared, account))
     group = the_group(response)
     assert group.subject == shared.subject
+
+
+def test_recipients_with_empty_smart_fields_are_named_and_nothing_is_queued(
+    app, make_user, make_stored_account, make_person, login
+):
+    user = make_user()
+    account = sendable_account(make_stored_account, user)
+    make_person(user, name="Pia Phone", emails=("pia@customer.test",), phone="+49 30 1234")
+    make_person(user, name="Nils Nophone", emails=("nils@customer.test",))
+    chip = '<span data-smart-field="person.phone">Phone</span>'
+    template = make_template(user, body_html=f"<p>Call me back at {chip}.</p>")
+    client = login(user)
+    source = {"source": "persons", "q": "customer.test"}
+    _html, keys = picker(client, **source)
+    response = client.post("/group-email/", data=start_form(source, keys, template, account))
+    assert response.status_code == 422
+    text = response.get_data(as_text=True)
+    assert "These recipients have smart fields with no value: Nils Nophone (Phone)." in text
+    assert "Pia Phone (" not in text
+    assert db.session.scalar(select(func.count()).select_from(OutgoingMail)) == 0
+    assert db.session.scalar(select(func.count()).select_from(GroupSend)) == 0
+
+
+def test_each_mail_gets_the_templates_files(app, make_user, make_stored_account, make_person):
+    from mailsync.blobstore import app_blob_store
+    from models import TemplateAttachment
+
+    user = make_user()
+    account = sendable_account(make_stored_account, user)
+    persons = people(make_person, user, 2)
+    template = make_template(user)
+    sha = app_blob_store(app).put(b"%PDF-1.4 price list")
+    template.attachments.append(
+        TemplateAttachment(
+            filename="prices.pdf", content_type="application/pdf", size=19, blob_sha256=sha
+        )
+    )
+    db.session.commit()
+    group = group_send.start(
+        user,
+        group_send.Source("persons", person_ids=tuple(p.id for p in persons)),
+        chosen=[f"person:{p.id}" for p in persons],
+        template_id=template.id,
+        account_id=account.id,
+    )
+    for mail in group_mails(group.id):
+        assert [(a.filename, a.blob_sha256) for a in mail.attachments] == [("prices.pdf", sha)]
 
 
 # --------------------------------------------------------------------------- recipients
