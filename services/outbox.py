@@ -18,7 +18,7 @@ import email.utils
 from datetime import UTC, datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 
 from extensions import db
 from models import (
@@ -266,14 +266,22 @@ def send_now(user: User, mail: OutgoingMail) -> bool:
 
 
 def outbox(user: User) -> list[OutgoingMail]:
-    """What the Outbox lists: scheduled, sending, refused and uncertain mail, soonest first."""
+    """What the Outbox lists: scheduled, sending, refused and uncertain mail, soonest first.
+
+    A group email's mails waiting their turn are on its own page, not here (one row each
+    would bury the rest); those refused or uncertain are here too, to edit and send again.
+    """
     return list(
         db.session.scalars(
             select(OutgoingMail)
             .where(
                 OutgoingMail.user_id == user.id,
-                OutgoingMail.state.in_(
-                    (OUTGOING_QUEUED, OUTGOING_SENDING, OUTGOING_FAILED, OUTGOING_UNCERTAIN)
+                or_(
+                    OutgoingMail.state.in_((OUTGOING_FAILED, OUTGOING_UNCERTAIN)),
+                    and_(
+                        OutgoingMail.state.in_((OUTGOING_QUEUED, OUTGOING_SENDING)),
+                        OutgoingMail.group_send_id.is_(None),
+                    ),
                 ),
             )
             .order_by(OutgoingMail.send_at.is_(None), OutgoingMail.send_at, OutgoingMail.id)

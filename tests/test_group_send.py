@@ -183,6 +183,9 @@ def test_thirty_people_one_refusal_individual_mails_linked_to_each_person(
     assert 'data-failed-recipient="p07@customer.test"' in page
     assert "Recipient address rejected: User unknown" in page
     assert 'hx-trigger="every 2s"' not in page  # nothing left to wait for: no polling
+    # The Outbox lists the refused one to edit and send again, not the group's sent mail.
+    outbox_page = client.get("/mail/outbox").get_data(as_text=True)
+    assert "p07@customer.test" in outbox_page and "p08@customer.test" not in outbox_page
 
 
 # --------------------------------------------------------------------------- pacing
@@ -216,6 +219,30 @@ def test_mails_are_staggered_at_the_providers_pace(
     assert len(outbox.claim_due(t0)) == 1
     assert outbox.claim_due(t0 + timedelta(seconds=interval - 1)) == []
     assert len(outbox.claim_due(t0 + timedelta(seconds=2 * interval))) == 2
+
+
+def test_a_second_group_email_on_the_account_waits_its_turn(
+    app, make_user, make_stored_account, make_person
+):
+    user = make_user()
+    account = sendable_account(make_stored_account, user)
+    persons = people(make_person, user, 4)
+    template = make_template(user)
+    t0 = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=5)
+    interval = OTHER.send_interval_seconds()
+    groups = [
+        group_send.start(
+            user,
+            group_send.Source("persons", person_ids=tuple(p.id for p in pair)),
+            chosen=[f"person:{p.id}" for p in pair],
+            template_id=template.id,
+            account_id=account.id,
+            now=t0,
+        )
+        for pair in (persons[:2], persons[2:])
+    ]
+    times = [m.send_at for g in groups for m in group_mails(g.id)]
+    assert times == [t0 + timedelta(seconds=i * interval) for i in range(4)]
 
 
 def test_other_gets_a_safe_default_pace():
@@ -474,6 +501,8 @@ def test_another_user_cannot_see_or_cancel_a_group_email(
         assert client.post(f"/group-email/{group.id}/cancel").status_code == 404
         assert "Our spring offer" not in client.get("/group-email/").get_data(as_text=True)
     assert [m.state for m in group_mails(group.id)] == [OUTGOING_QUEUED] * 2
+    # Waiting group mail is on the group's page, not one row each in the Outbox.
+    assert "p01@customer.test" not in owner.get("/mail/outbox").get_data(as_text=True)
     assert owner.get(f"/group-email/{group.id}/progress").status_code == 200
 
 
