@@ -116,10 +116,22 @@ def max_recipients() -> int:
     return int(current_app.config.get("GROUP_SEND_MAX_RECIPIENTS", DEFAULT_MAX_RECIPIENTS))
 
 
+class UnknownSource(ValidationError):
+    """A picker request that names no source it knows (the view sends the user back)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            {"source": "Start a group email from People, an organization or a deal stage."}
+        )
+
+    def __str__(self) -> str:
+        return self.errors["source"]
+
+
 def parse_source(values) -> Source:
     """Return the Source a picker request names (query or form values: a MultiDict).
 
-    Raises ValidationError for an unknown source or stage.
+    Raises UnknownSource for an unknown source or stage.
     """
     kind = (values.get("source") or "").strip()
     if kind == "persons":
@@ -131,9 +143,7 @@ def parse_source(values) -> Source:
             return Source(kind, organization_id=organization_id)
     if kind == "stage" and values.get("stage") in DEAL_STAGES:
         return Source(kind, stage=values["stage"])
-    raise ValidationError(
-        {"source": "Start a group email from People, an organization or a deal stage."}
-    )
+    raise UnknownSource()
 
 
 def _persons_of(user: User, source: Source) -> tuple[str, list[Person], int]:

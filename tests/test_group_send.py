@@ -69,6 +69,18 @@ def people(make_person, owner, count: int, *, start: int = 1):
     ]
 
 
+def start_to(user, persons, template, account, *, now=None) -> GroupSend:
+    """Start a group email to all `persons` through the service, as the picker's Send does."""
+    return group_send.start(
+        user,
+        group_send.Source("persons", person_ids=tuple(p.id for p in persons)),
+        chosen=[f"person:{p.id}" for p in persons],
+        template_id=template.id,
+        account_id=account.id,
+        now=now,
+    )
+
+
 def picker(client, **query):
     response = client.get("/group-email/new", query_string=query)
     assert response.status_code == 200, response.data
@@ -200,14 +212,7 @@ def test_mails_are_staggered_at_the_providers_pace(
     persons = people(make_person, user, 5)
     template = make_template(user)
     t0 = datetime(2030, 1, 1, 9, 0, tzinfo=UTC)
-    group = group_send.start(
-        user,
-        group_send.Source("persons", person_ids=tuple(p.id for p in persons)),
-        chosen=[f"person:{p.id}" for p in persons],
-        template_id=template.id,
-        account_id=account.id,
-        now=t0,
-    )
+    group = start_to(user, persons, template, account, now=t0)
     preset = get_provider(provider)
     interval = preset.send_interval_seconds()
     assert interval >= preset.send_pause_seconds and interval * preset.sends_per_minute >= 60
@@ -231,15 +236,7 @@ def test_a_second_group_email_on_the_account_waits_its_turn(
     t0 = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=5)
     interval = OTHER.send_interval_seconds()
     groups = [
-        group_send.start(
-            user,
-            group_send.Source("persons", person_ids=tuple(p.id for p in pair)),
-            chosen=[f"person:{p.id}" for p in pair],
-            template_id=template.id,
-            account_id=account.id,
-            now=t0,
-        )
-        for pair in (persons[:2], persons[2:])
+        start_to(user, pair, template, account, now=t0) for pair in (persons[:2], persons[2:])
     ]
     times = [m.send_at for g in groups for m in group_mails(g.id)]
     assert times == [t0 + timedelta(seconds=i * interval) for i in range(4)]
@@ -253,15 +250,22 @@ def test_other_gets_a_safe_default_pace():
 # --------------------------------------------------------------------------- limits
 
 
-def test_a_group_over_the_daily_send_limit_is_refused_up_front(
-    app, make_user, make_stored_account, make_person, login
-):
+@pytest.fixture
+def sender_of(app, make_user, make_stored_account, make_person, login):
+    """Return a function giving (account, template, client) of a user with `count` people."""
+
+    def build(count: int):
+        user = make_user()
+        account = sendable_account(make_stored_account, user)
+        people(make_person, user, count)
+        return account, make_template(user), login(user)
+
+    return build
+
+
+def test_a_group_over_the_daily_send_limit_is_refused_up_front(app, sender_of):
     app.config["DAILY_SEND_LIMIT"] = 5
-    user = make_user()
-    account = sendable_account(make_stored_account, user)
-    people(make_person, user, 6)
-    template = make_template(user)
-    client = login(user)
+    account, template, client = sender_of(6)
     _html, keys = picker(client, source="persons", q="customer.test")
     source = {"source": "persons", "q": "customer.test"}
     response = client.post("/group-email/", data=start_form(source, keys, template, account))
@@ -271,26 +275,16 @@ def test_a_group_over_the_daily_send_limit_is_refused_up_front(
     assert db.session.scalar(select(func.count()).select_from(GroupSend)) == 0
 
     # Five fit; then mail waiting in the queue counts, so a second group is refused.
-    assert (
-        client.post(
-            "/group-email/", data=start_form(source, keys[:5], template, account)
-        ).status_code
-        == 303
-    )
+    five = client.post("/group-email/", data=start_form(source, keys[:5], template, account))
+    assert five.status_code == 303
     response = client.post("/group-email/", data=start_form(source, keys[5:], template, account))
     assert response.status_code == 422
     assert "you may send only 0 more" in response.get_data(as_text=True)
 
 
-def test_at_most_the_configured_number_of_recipients(
-    app, make_user, make_stored_account, make_person, login
-):
+def test_at_most_the_configured_number_of_recipients(app, sender_of):
     app.config["GROUP_SEND_MAX_RECIPIENTS"] = 3
-    user = make_user()
-    account = sendable_account(make_stored_account, user)
-    people(make_person, user, 4)
-    template = make_template(user)
-    client = login(user)
+    account, template, client = sender_of(4)
     html, keys = picker(client, source="persons", q="customer.test")
     assert len(keys) == 4 and html.count(" checked>") == 3
     assert "Only the first 3 are ticked" in html
@@ -361,13 +355,7 @@ def test_each_mail_gets_the_templates_files(app, make_user, make_stored_account,
         )
     )
     db.session.commit()
-    group = group_send.start(
-        user,
-        group_send.Source("persons", person_ids=tuple(p.id for p in persons)),
-        chosen=[f"person:{p.id}" for p in persons],
-        template_id=template.id,
-        account_id=account.id,
-    )
+    group = start_to(user, persons, template, account)
     for mail in group_mails(group.id):
         assert [(a.filename, a.blob_sha256) for a in mail.attachments] == [("prices.pdf", sha)]
 
@@ -545,13 +533,7 @@ def test_start_refuses_without_queuing_anything(app, make_user, make_stored_acco
     (person,) = people(make_person, user, 1)
     template = make_template(user)
     with pytest.raises(ValidationError) as refused:
-        group_send.start(
-            user,
-            group_send.Source("persons", person_ids=(person.id,)),
-            chosen=[f"person:{person.id}"],
-            template_id=template.id,
-            account_id=account.id,
-        )
+        start_to(user, [person], template, account)
     assert "no outgoing (SMTP) server" in refused.value.errors["account"]
     assert db.session.scalar(select(func.count()).select_from(GroupSend)) == 0
     assert db.session.scalar(select(func.count()).select_from(Thread)) == 0

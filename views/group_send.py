@@ -48,23 +48,20 @@ def index():
     return render_template("group_send/index.html", groups=group_send.group_sends(current_user))
 
 
+@bp.errorhandler(group_send.UnknownSource)
+def unknown_source(exc: group_send.UnknownSource):
+    flash(str(exc), "error")
+    return redirect(url_for("group_send.index"), code=303)
+
+
 @bp.get("/new")
 def new():
-    try:
-        source = group_send.parse_source(request.args)
-    except ValidationError as exc:
-        flash(exc.errors["source"], "error")
-        return redirect(url_for("group_send.index"), code=303)
-    return _picker(source)
+    return _picker(group_send.parse_source(request.args))
 
 
 @bp.post("/")
 def create():
-    try:
-        source = group_send.parse_source(request.form)
-    except ValidationError as exc:
-        flash(exc.errors["source"], "error")
-        return redirect(url_for("group_send.index"), code=303)
+    source = group_send.parse_source(request.form)
     try:
         group = group_send.start(
             current_user,
