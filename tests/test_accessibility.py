@@ -61,7 +61,45 @@ def world(seeded, admin, make_user, make_deal, make_person, make_raw_message, ma
     inbox = db.session.query(MailFolder).filter_by(account_id=account.id, role="inbox").one()
     make_mailbox_message(inbox, subject="Autumn price list", sender=("Nina", "nina@letters.test"))
     linking.block(admin, "spam@junk.test")
-    return {**seeded, "html_thread": html.thread_id, "account": account.id}
+    return {
+        **seeded,
+        "html_thread": html.thread_id,
+        "account": account.id,
+        "group": _group_email(admin, account, seeded["organization"], make_person),
+    }
+
+
+def _group_email(admin, account, organization_id: int, make_person) -> int:
+    """A finished group email with one refusal; a person the picker lists as skipped."""
+    from models import OUTGOING_FAILED, OUTGOING_SENT, GroupSend, OutgoingMail
+
+    make_person(admin, name="Nadia Noaddress", organization_id=organization_id)
+    group = GroupSend(
+        user_id=admin.id,
+        account_id=account.id,
+        subject="Spring offer",
+        body_html="<p>Hi</p>",
+        total=2,
+    )
+    db.session.add(group)
+    db.session.flush()
+    for state, address, error in (
+        (OUTGOING_SENT, "olga@customer.test", None),
+        (OUTGOING_FAILED, "nobody@customer.test", "550 5.1.1 User unknown"),
+    ):
+        db.session.add(
+            OutgoingMail(
+                user_id=admin.id,
+                account_id=account.id,
+                group_send_id=group.id,
+                state=state,
+                to=[["", address]],
+                subject="Spring offer",
+                error=error,
+            )
+        )
+    db.session.commit()
+    return group.id
 
 
 def open_shortcuts(page) -> None:
@@ -123,6 +161,9 @@ def states(ids: dict) -> list[tuple[str, object]]:
         ("/settings/blocked/", None),
         ("/account/password", None),
         ("/admin/users", None),
+        ("/group-email/", None),
+        (f"/group-email/new?source=organization&organization_id={ids['organization']}", None),
+        (f"/group-email/{ids['group']}", None),
         ("/deals/999999", None),  # the error page
     ]
 
