@@ -163,7 +163,7 @@
 
     // ---------------------------------------------------------------- fallback texts
 
-    var bar = element("div", { class: "smart-field-fallback", role: "group", "aria-labelledby": id + "-fallback-label", hidden: "" });
+    var bar = element("div", { class: "smart-field-fallback", role: "group", "aria-label": "Fallback text", hidden: "" });
     var barLabel = element("label", { for: id + "-fallback", id: id + "-fallback-label" });
     var input = element("input", { id: id + "-fallback", type: "text", maxlength: String(MAX_FALLBACK), autocomplete: "off", dir: "auto" });
     var apply = element("button", { type: "button", class: "btn btn-small" }, "Set fallback");
@@ -221,7 +221,8 @@
   function attachPreview(options) {
     var button = element("button", { type: "button", class: "btn", id: "compose-preview" }, "Preview");
     var panel = element("section", { class: "compose-preview-panel card", "aria-live": "polite", "aria-label": "Preview", hidden: "" });
-    options.container.insertBefore(button, options.container.firstChild.nextSibling);
+    var first = options.container.firstElementChild; // Send: Preview goes right after it
+    options.container.insertBefore(button, first ? first.nextSibling : null);
     options.container.parentNode.insertBefore(panel, options.container.nextSibling);
     button.addEventListener("click", function () {
       button.disabled = true;
