@@ -77,6 +77,13 @@ def open_menu(page) -> None:
         page.locator(".topnav .mainnav").wait_for()
 
 
+def open_smart_fields(page) -> None:
+    """The smart-field picker open over the compose editor."""
+    page.locator("#compose-form[data-ready=true]").wait_for()
+    page.get_by_role("button", name="Insert field").click()
+    page.get_by_role("menu", name="Smart fields").wait_for()
+
+
 def open_confirm(page) -> None:
     page.locator(".mail-check").first.check()
     page.get_by_role("button", name="Delete").click()
@@ -94,6 +101,7 @@ def states(ids: dict) -> list[tuple[str, object]]:
         (f"/mail/threads/{ids['thread']}", None),
         (f"/mail/threads/{ids['html_thread']}", None),
         ("/mail/compose", None),
+        ("/mail/compose", open_smart_fields),
         ("/deals/", None),
         ("/deals/", open_menu),
         ("/deals/board", None),
@@ -114,6 +122,7 @@ def states(ids: dict) -> list[tuple[str, object]]:
         ("/projects/", None),
         (f"/projects/{ids['project']}", None),
         ("/settings/", None),
+        ("/settings/profile", None),
         ("/settings/accounts/", None),
         ("/settings/accounts/new", None),
         (f"/settings/accounts/{ids['account']}", None),
