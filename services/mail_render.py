@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -78,16 +78,6 @@ _ATTRIBUTES = {
     tag: _TAG_ATTRS.get(tag, set()) | ({"title"} if tag != "a" else set()) for tag in _TAGS
 }
 _ATTRIBUTES["*"] = _GENERIC_ATTRS
-# What the user wrote (compose, templates) may also hold smart-field chips:
-# <span data-smart-field="person.first_name" data-fallback="there">First name</span>. Never
-# allowed in received mail (R7: no data-* from mail content).
-_SMART_FIELD_ATTRS = {"data-smart-field", "data-fallback"}
-_COMPOSED_ATTRIBUTES = {
-    **_ATTRIBUTES,
-    "span": _ATTRIBUTES.get("span", set()) | _SMART_FIELD_ATTRS,
-}
-_SMART_FIELD_KEY = re.compile(r"^[a-z][a-z_]{0,40}(\.[a-z][a-z_]{0,40})?$")
-MAX_FALLBACK_LENGTH = 200
 
 # Schemes nh3 lets through to attribute_filter; the filter then applies the per-tag rules.
 _URL_SCHEMES = {"http", "https", "mailto", "tel", "cid", "data"}
@@ -140,7 +130,7 @@ def sanitize_email_html(
     *,
     cid_url: Callable[[str], str | None],
     allow_remote_images: bool = False,
-    smart_fields: bool = False,
+    extra_attributes: Mapping[str, Collection[str]] | None = None,
 ) -> SanitizedHtml:
     """Sanitize untrusted mail HTML with the R1–R4 allowlist and rewrite cid: images.
 
@@ -148,10 +138,11 @@ def sanitize_email_html(
     ``data:image/...;base64`` URI, or None when the message has no such part (the src is
     dropped). Remote http(s) images are dropped and counted unless ``allow_remote_images``;
     ``has_remote_content`` is true when any remote image src was seen, blocked or not.
-    ``smart_fields`` keeps smart-field chips (HTML the user wrote, never received mail).
+    ``extra_attributes`` (tag -> names) keeps more attributes, as text: the compose editor's
+    smart-field chips (services/smart_fields.CHIP_ATTRIBUTES); received mail never gets any.
     """
     stats = {"blocked": 0, "remote": 0}
-    attributes = _COMPOSED_ATTRIBUTES if smart_fields else _ATTRIBUTES
+    attributes = _with_extra(extra_attributes)
 
     def attribute_filter(tag: str, attr: str, value: str) -> str | None:
         if tag == "img" and attr == "src":
@@ -253,12 +244,22 @@ def sanitize_reply_html(
     )
 
 
+def _with_extra(extra: Mapping[str, Collection[str]] | None) -> dict[str, set[str]]:
+    """Return the attribute allowlist with `extra` (tag -> names) added."""
+    if not extra:
+        return _ATTRIBUTES
+    merged = dict(_ATTRIBUTES)
+    for tag, names in extra.items():
+        merged[tag] = set(merged.get(tag, set())) | set(names)
+    return merged
+
+
 def _clean(
     html: str,
     attribute_filter: AttributeFilter,
     *,
     final: bool,
-    attributes: dict[str, set[str]] = _ATTRIBUTES,
+    attributes: Mapping[str, set[str]] = _ATTRIBUTES,
 ) -> str:
     """Run nh3 with the mail policy; the first pass adds link targets, the final rel/title."""
 
@@ -293,10 +294,6 @@ def _filter_attribute(tag: str, attr: str, value: str) -> str | None:
         return safe_link_href(value)
     if tag == "a" and attr == "target":
         return "_blank"
-    if attr == "data-smart-field":
-        return value if _SMART_FIELD_KEY.match(value) else None
-    if attr == "data-fallback":
-        return _CONTROL_CHARS.sub(" ", value)[:MAX_FALLBACK_LENGTH]
     return value
 
 
