@@ -56,8 +56,8 @@ def insert_fields(page) -> None:
     expect(page.locator("#template-editor [data-smart-field]")).to_have_count(6)
 
 
-def test_a_shared_template_with_smart_fields_sent_from_a_deal_by_a_teammate(  # noqa: F811
-    app, page, live_server, me, smtp, make_user, make_organization, make_deal
+def test_a_shared_template_with_smart_fields_sent_from_a_deal_by_a_teammate(
+    app, page, live_server, me, smtp, make_user, make_organization, make_deal  # noqa: F811
 ):
     writer, _account = me
     author = make_user(email="tina@team.test", name="Tina Template")
