@@ -15,10 +15,10 @@ from extensions import db
 from models import OUTGOING_SENT, MailTemplate, OutgoingMail, Person
 from tests.servers.browser import sign_in_with_session
 from tests.test_send_e2e_browser import (  # noqa: F401 (fixtures)
-    me,
+    me,  # noqa: F811
     parsed,
     send_tick,
-    smtp,
+    smtp,  # noqa: F811
     wait_until_queued,
 )
 
@@ -57,7 +57,14 @@ def insert_fields(page) -> None:
 
 
 def test_a_shared_template_with_smart_fields_sent_from_a_deal_by_a_teammate(
-    app, page, live_server, me, smtp, make_user, make_organization, make_deal  # noqa: F811
+    app,
+    page,
+    live_server,
+    me,  # noqa: F811
+    smtp,  # noqa: F811
+    make_user,
+    make_organization,
+    make_deal,
 ):
     writer, _account = me
     author = make_user(email="tina@team.test", name="Tina Template")
