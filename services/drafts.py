@@ -227,14 +227,14 @@ def clean_editor_html(body: str, urls_by_cid: Mapping[str, str]) -> str:
     """Sanitize what an editor sent (a draft's or a template's body); inline images as cid:.
 
     `urls_by_cid` maps the Content-IDs of the body's own inline images to their URLs in the
-    editor. Smart-field chips are kept: they are filled when the mail is sent.
+    editor. Smart-field chips are kept (services/mail_render.py's composed-HTML policy).
     """
     as_cid = compose.body_for_storage(body, urls_by_cid)
     sanitized = sanitize_email_html(
         as_cid,
         cid_url=urls_by_cid.get,
         allow_remote_images=False,
-        extra_attributes=smart_fields.CHIP_ATTRIBUTES,
+        extra_attributes=smart_fields.CHIP_ATTRIBUTES,  # the chips stay until the mail is sent
     ).html
     return compose.body_for_storage(sanitized, urls_by_cid)
 
