@@ -45,6 +45,20 @@ def write_template(page, live_server, author):
     # The first upload saved the new template: the page is now its editor.
     expect(page.locator("#template-editor img[src*='/attachments/']")).to_have_count(1)
     expect(page).to_have_url(re.compile(r"/settings/templates/\d+$"))
+    for name in ("prices.pdf", "old.pdf"):
+        page.set_input_files(
+            "#template-file-input",
+            files=[
+                {
+                    "name": name,
+                    "mimeType": "application/pdf",
+                    "buffer": b"%PDF-1.4 " + name.encode(),
+                }
+            ],
+        )
+        expect(page.locator("#template-files a", has_text=name)).to_be_visible()
+    page.get_by_role("button", name="Remove old.pdf").click()
+    expect(page.locator("#template-files li")).to_have_count(1)
     page.get_by_label("Shared with the team").check()
     os.makedirs(SHOTS, exist_ok=True)
     page.screenshot(path=f"{SHOTS}/template-editor.png", full_page=True)
@@ -56,8 +70,9 @@ def write_template(page, live_server, author):
     db.session.refresh(template)
     assert template.shared and template.subject == "Your renewal for 2027"
     assert "<b>Renewal terms</b>" in template.body_html
-    [image] = template.attachments
+    image, pdf = sorted(template.attachments, key=lambda a: a.filename)
     assert f'src="cid:{image.content_id}"' in template.body_html
+    assert pdf.filename == "prices.pdf" and not pdf.content_id
     return template
 
 
@@ -105,15 +120,22 @@ def test_a_shared_template_is_written_then_applied_by_a_teammate(page, live_serv
     image = editor.locator("img[src^='/mail/drafts/']")
     expect(image).to_have_count(1)
     page.wait_for_function("document.querySelector('#compose-editor img').naturalWidth > 0")
+    expect(page.locator("#compose-files a")).to_have_text(["prices.pdf"])
     wait_saved(page)
     page.screenshot(path=f"{SHOTS}/template-applied.png", full_page=True)
 
     draft = db.session.scalars(db.select(OutgoingMail)).one()
     db.session.refresh(draft)
     assert draft.subject == "Your renewal for 2027"
-    [copied] = draft.attachments
-    assert copied.blob_sha256 == template.attachments[0].blob_sha256
-    assert f'src="cid:{copied.content_id}"' in draft.body_html
+    copied = {a.filename: a for a in draft.attachments}
+    assert sorted(copied) == ["pasted.png", "prices.pdf"]
+        "pasted.png",
+        "prices.pdf",
+    ]
+    for original in template.attachments:
+        assert copied[original.filename].blob_sha256 == original.blob_sha256
+    inline = next(a for a in draft.attachments if a.content_id)
+    assert f'src="cid:{inline.content_id}"' in draft.body_html
 
 
 def test_an_empty_mail_takes_a_template_without_asking(page, live_server, team):
