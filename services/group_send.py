@@ -163,7 +163,8 @@ def _persons_of(user: User, source: Source) -> tuple[str, list[Person], int]:
     persons = list(db.session.scalars(stmt.limit(MAX_LISTED + 1)))
     more = 0
     if len(persons) > MAX_LISTED:
-        more = records.paginate(stmt, page=1, per_page=1).total - MAX_LISTED
+        matches = select(func.count()).select_from(stmt.order_by(None).subquery())
+        more = db.session.scalar(matches) - MAX_LISTED
         persons = persons[:MAX_LISTED]
     return title, persons, more
 

@@ -61,11 +61,17 @@ def world(seeded, admin, make_user, make_deal, make_person, make_raw_message, ma
     inbox = db.session.query(MailFolder).filter_by(account_id=account.id, role="inbox").one()
     make_mailbox_message(inbox, subject="Autumn price list", sender=("Nina", "nina@letters.test"))
     linking.block(admin, "spam@junk.test")
+    from models import MailTemplate
+
+    template = MailTemplate(owner_id=admin.id, name="Renewal offer", subject="Your renewal")
+    db.session.add(template)
+    db.session.commit()
     return {
         **seeded,
         "html_thread": html.thread_id,
         "account": account.id,
         "group": _group_email(admin, account, seeded["organization"], make_person),
+        "template": template.id,
     }
 
 
@@ -115,10 +121,22 @@ def open_menu(page) -> None:
         page.locator(".topnav .mainnav").wait_for()
 
 
+def open_smart_fields(page) -> None:
+    """The smart-field picker open over the compose editor."""
+    page.locator("#compose-form[data-ready=true]").wait_for()
+    page.get_by_role("button", name="Insert field").click()
+    page.get_by_role("menu", name="Smart fields").wait_for()
+
+
 def open_confirm(page) -> None:
     page.locator(".mail-check").first.check()
     page.get_by_role("button", name="Delete").click()
     page.locator("#confirm-dialog[open]").wait_for()
+
+
+def open_template_picker(page) -> None:
+    page.get_by_role("button", name="Use a template…").click()
+    page.locator("#template-results li").first.wait_for()
 
 
 def states(ids: dict) -> list[tuple[str, object]]:
@@ -132,6 +150,7 @@ def states(ids: dict) -> list[tuple[str, object]]:
         (f"/mail/threads/{ids['thread']}", None),
         (f"/mail/threads/{ids['html_thread']}", None),
         ("/mail/compose", None),
+        ("/mail/compose", open_smart_fields),
         ("/deals/", None),
         ("/deals/", open_menu),
         ("/deals/board", None),
@@ -152,6 +171,7 @@ def states(ids: dict) -> list[tuple[str, object]]:
         ("/projects/", None),
         (f"/projects/{ids['project']}", None),
         ("/settings/", None),
+        ("/settings/profile", None),
         ("/settings/accounts/", None),
         ("/settings/accounts/new", None),
         (f"/settings/accounts/{ids['account']}", None),
@@ -159,6 +179,10 @@ def states(ids: dict) -> list[tuple[str, object]]:
         (f"/settings/accounts/{ids['account']}/folders", None),
         (f"/settings/accounts/{ids['account']}/remove", None),
         ("/settings/blocked/", None),
+        ("/settings/templates/", None),
+        ("/settings/templates/new", None),
+        (f"/settings/templates/{ids['template']}", None),
+        ("/mail/compose", open_template_picker),
         ("/account/password", None),
         ("/admin/users", None),
         ("/group-email/", None),

@@ -200,6 +200,37 @@ def test_thirty_people_one_refusal_individual_mails_linked_to_each_person(
     assert "p07@customer.test" in outbox_page and "p08@customer.test" not in outbox_page
 
 
+@pytest.mark.imap
+def test_a_deal_stage_group_links_each_sent_mail_to_its_deal_and_person(
+    app, sender, make_person, make_deal, login
+):
+    user, account, server, _mail_user = sender
+    ana, ben = people(make_person, user, 2)
+    deals = [
+        make_deal(user, title=title, stage="negotiation", person_id=person.id)
+        for title, person in (("Alpha", ana), ("Beta", ben))
+    ]
+    chip = '<span data-smart-field="deal.title">Deal</span>'
+    template = make_template(user, body_html=f"<p>About {chip}.</p>")
+    client = login(user)
+    source = {"source": "stage", "stage": "negotiation"}
+    _html, keys = picker(client, **source)
+    group = the_group(
+        client.post("/group-email/", data=start_form(source, keys, template, account))
+    )
+    send_everything(app, group.id)
+    for mail, deal, person in zip(group_mails(group.id), deals, (ana, ben), strict=True):
+        assert mail.state == OUTGOING_SENT
+        assert db.session.get(Thread, mail.thread_id).deal_id == deal.id
+        linked = db.session.scalars(
+            select(MessagePerson.person_id).where(MessagePerson.message_id == mail.message_id)
+        ).all()
+        assert linked == [person.id]
+    bodies = {r.rcpt_tos[0]: r.data for r in server.messages}
+    assert b"About Alpha." in bodies["p01@customer.test"]
+    assert b"About Beta." in bodies["p02@customer.test"]
+
+
 # --------------------------------------------------------------------------- pacing
 
 
