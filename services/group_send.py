@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from flask import current_app
 from sqlalchemy import func, select
+from sqlalchemy.orm import selectinload
 
 from extensions import db
 from mailsync.providers import get_provider
@@ -42,7 +43,7 @@ from services import outbox, records, smart_fields, templates
 from services.access import own_sending_accounts, record_for, record_or_none, visible_records
 from services.addresses import is_valid_address
 from services.errors import ValidationError
-from services.inputs import parse_id
+from services.inputs import parse_id, search_text
 from services.linking import blocked_entries
 from services.linking_rules import address_is_blocked
 
@@ -136,7 +137,7 @@ def parse_source(values) -> Source:
     kind = (values.get("source") or "").strip()
     if kind == "persons":
         ids = [parse_id(value) for value in values.getlist("person_id")[:MAX_LISTED]]
-        return Source(kind, person_ids=tuple(i for i in ids if i), q=values.get("q") or "")
+        return Source(kind, person_ids=tuple(i for i in ids if i), q=search_text(values.get("q")))
     if kind == "organization":
         organization_id = parse_id(values.get("organization_id"))
         if organization_id is not None:
@@ -160,7 +161,10 @@ def _persons_of(user: User, source: Source) -> tuple[str, list[Person], int]:
     else:
         stmt = records.search_records(user, Person, q=source.q, sort="name")
         title = f"People matching \u201c{source.q}\u201d" if source.q else "All people"
-    persons = list(db.session.scalars(stmt.limit(MAX_LISTED + 1)))
+    # Each person's addresses in one query, not one each.
+    persons = list(
+        db.session.scalars(stmt.options(selectinload(Person.emails)).limit(MAX_LISTED + 1))
+    )
     more = 0
     if len(persons) > MAX_LISTED:
         matches = select(func.count()).select_from(stmt.order_by(None).subquery())

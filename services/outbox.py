@@ -133,7 +133,7 @@ def check_room_for(user: User, count: int) -> None:
         raise ValidationError(
             {
                 "__all__": f"This would send {count} mails, but you may send only {room} more "
-                f"in the next 24 hours (at most {limit} a day, mail waiting in the Outbox "
+                f"in the next 24 hours (at most {limit} a day, mail still waiting to be sent "
                 "included). Pick fewer recipients or try again later."
             }
         )
