@@ -373,6 +373,45 @@ def make_lead(app):
 
 
 @pytest.fixture
+def make_group_send(app):
+    """A group email stored directly: its GroupSend and one OutgoingMail per
+    (state, name, address, error) in `mails` (a queued one is due in an hour)."""
+    from datetime import UTC, datetime, timedelta
+
+    from models import GroupSend, OutgoingMail
+
+    def factory(
+        user: User, account: MailAccount, *, subject: str = "Spring offer", mails=()
+    ) -> GroupSend:
+        group = GroupSend(
+            user_id=user.id,
+            account_id=account.id,
+            subject=subject,
+            body_html="<p>Hi</p>",
+            total=len(mails),
+        )
+        db.session.add(group)
+        db.session.flush()
+        for state, name, address, error in mails:
+            db.session.add(
+                OutgoingMail(
+                    user_id=user.id,
+                    account_id=account.id,
+                    group_send_id=group.id,
+                    state=state,
+                    send_at=datetime.now(UTC) + timedelta(hours=1),
+                    to=[[name, address]],
+                    subject=subject,
+                    error=error,
+                )
+            )
+        db.session.commit()
+        return group
+
+    return factory
+
+
+@pytest.fixture
 def make_project(app):
     def factory(
         owner: User, *, title: str | None = None, visibility: str = "everyone", **fields

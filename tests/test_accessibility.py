@@ -36,9 +36,19 @@ RUN_AXE = """async () => {
 
 
 @pytest.fixture
-def world(seeded, admin, make_user, make_deal, make_person, make_raw_message, make_mailbox_message):  # noqa: F811
+def world(
+    seeded,  # noqa: F811
+    admin,
+    make_user,
+    make_deal,
+    make_person,
+    make_raw_message,
+    make_mailbox_message,
+    make_group_send,
+):
     """The phone-layout world plus what else the pages show: won, lost and owner-only
-    records, an HTML mail with remote images, a blocked address and a teammate."""
+    records, an HTML mail with remote images, a blocked address, a teammate, and a group
+    email with one refusal (its organization has a person the picker skips)."""
     from models import MailAccount, MailFolder
     from services import linking
 
@@ -61,6 +71,7 @@ def world(seeded, admin, make_user, make_deal, make_person, make_raw_message, ma
     inbox = db.session.query(MailFolder).filter_by(account_id=account.id, role="inbox").one()
     make_mailbox_message(inbox, subject="Autumn price list", sender=("Nina", "nina@letters.test"))
     linking.block(admin, "spam@junk.test")
+    make_person(admin, name="Nadia Noaddress", organization_id=seeded["organization"])
     from models import MailTemplate
 
     template = MailTemplate(owner_id=admin.id, name="Renewal offer", subject="Your renewal")
@@ -70,42 +81,16 @@ def world(seeded, admin, make_user, make_deal, make_person, make_raw_message, ma
         **seeded,
         "html_thread": html.thread_id,
         "account": account.id,
-        "group": _group_email(admin, account, seeded["organization"], make_person),
+        "group": make_group_send(
+            admin,
+            account,
+            mails=[
+                ("sent", "", "olga@customer.test", None),
+                ("failed", "", "nobody@customer.test", "550 5.1.1 User unknown"),
+            ],
+        ).id,
         "template": template.id,
     }
-
-
-def _group_email(admin, account, organization_id: int, make_person) -> int:
-    """A finished group email with one refusal; a person the picker lists as skipped."""
-    from models import OUTGOING_FAILED, OUTGOING_SENT, GroupSend, OutgoingMail
-
-    make_person(admin, name="Nadia Noaddress", organization_id=organization_id)
-    group = GroupSend(
-        user_id=admin.id,
-        account_id=account.id,
-        subject="Spring offer",
-        body_html="<p>Hi</p>",
-        total=2,
-    )
-    db.session.add(group)
-    db.session.flush()
-    for state, address, error in (
-        (OUTGOING_SENT, "olga@customer.test", None),
-        (OUTGOING_FAILED, "nobody@customer.test", "550 5.1.1 User unknown"),
-    ):
-        db.session.add(
-            OutgoingMail(
-                user_id=admin.id,
-                account_id=account.id,
-                group_send_id=group.id,
-                state=state,
-                to=[["", address]],
-                subject="Spring offer",
-                error=error,
-            )
-        )
-    db.session.commit()
-    return group.id
 
 
 def open_shortcuts(page) -> None:

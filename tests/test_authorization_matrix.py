@@ -208,6 +208,7 @@ def world(
     make_organization,
     make_lead,
     make_project,
+    make_group_send,
 ):
     from services import linking
     from services.conversations import cid_token
@@ -288,7 +289,13 @@ def world(
         "user_id": b.id,
         "draft_id": draft.id,
         "attachment_id": draft.attachments[0].id,
-        "group_send_id": _private_group_send(a, account).id,
+        # A group email of A's naming the token, one mail waiting (group email routes).
+        "group_send_id": make_group_send(
+            a,
+            account,
+            subject=f"Group {TOKEN}",
+            mails=[("queued", f"{TOKEN} Person", "carla@customer.test", None)],
+        ).id,
         "template_id": template.id,
         "file_id": template.attachments[0].id,
     }
@@ -320,36 +327,6 @@ def _private_draft(a, account):
     db.session.add(draft)
     db.session.commit()
     return draft
-
-
-def _private_group_send(a, account):
-    """A group email of A's naming the token, with one mail waiting (group email routes)."""
-    from datetime import UTC, datetime, timedelta
-
-    from models import OUTGOING_QUEUED, GroupSend, OutgoingMail
-
-    group = GroupSend(
-        user_id=a.id,
-        account_id=account.id,
-        subject=f"Group {TOKEN}",
-        body_html="<p>Hi</p>",
-        total=1,
-    )
-    db.session.add(group)
-    db.session.flush()
-    db.session.add(
-        OutgoingMail(
-            user_id=a.id,
-            account_id=account.id,
-            group_send_id=group.id,
-            state=OUTGOING_QUEUED,
-            send_at=datetime.now(UTC) + timedelta(hours=1),
-            to=[[f"{TOKEN} Person", "carla@customer.test"]],
-            subject=f"Group {TOKEN}",
-        )
-    )
-    db.session.commit()
-    return group
 
 
 def _private_template(a):
