@@ -360,19 +360,24 @@ def _mails(group: GroupSend) -> list[OutgoingMail]:
     )
 
 
-def progress(group: GroupSend) -> Progress:
-    """Return how far the group email has come (mails cancelled before sending are gone)."""
-    mails = _mails(group)
-    states = [mail.state for mail in mails]
+def _progress_of(
+    group: GroupSend, states: list[str], mails: list[OutgoingMail] | None = None
+) -> Progress:
     return Progress(
         total=group.total,
         sent=states.count(OUTGOING_SENT),
         failed=states.count(OUTGOING_FAILED),
         uncertain=states.count(OUTGOING_UNCERTAIN),
         waiting=states.count(OUTGOING_QUEUED) + states.count(OUTGOING_SENDING),
-        cancelled=group.total - len(mails),
-        mails=mails,
+        cancelled=group.total - len(states),
+        mails=mails or [],
     )
+
+
+def progress(group: GroupSend) -> Progress:
+    """Return how far the group email has come (mails cancelled before sending are gone)."""
+    mails = _mails(group)
+    return _progress_of(group, [mail.state for mail in mails], mails)
 
 
 def state_of(group: GroupSend, current: Progress) -> str:
@@ -393,9 +398,10 @@ def cancel(user: User, group: GroupSend) -> int:
     return outbox.cancel_waiting(user, waiting)
 
 
-def group_sends(user: User, *, limit: int = 50) -> list[GroupSend]:
-    """Return the user's group emails, newest first."""
-    return list(
+def group_sends(user: User, *, limit: int = 50) -> list[tuple[GroupSend, Progress, str]]:
+    """Return the user's group emails, newest first, each with its progress (no mails) and
+    state; the counts come from one query for all of them."""
+    groups = list(
         db.session.scalars(
             select(GroupSend)
             .where(GroupSend.user_id == user.id)
@@ -403,6 +409,19 @@ def group_sends(user: User, *, limit: int = 50) -> list[GroupSend]:
             .limit(limit)
         )
     )
+    states: dict[int, list[str]] = {group.id: [] for group in groups}
+    rows = db.session.execute(
+        select(OutgoingMail.group_send_id, OutgoingMail.state).where(
+            OutgoingMail.user_id == user.id, OutgoingMail.group_send_id.in_(states)
+        )
+    )
+    for group_id, state in rows:
+        states[group_id].append(state)
+    summaries = []
+    for group in groups:
+        current = _progress_of(group, states[group.id])
+        summaries.append((group, current, state_of(group, current)))
+    return summaries
 
 
 def choices(user: User) -> tuple[list[MailTemplate], list[MailAccount]]:

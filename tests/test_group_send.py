@@ -195,6 +195,8 @@ def test_thirty_people_one_refusal_individual_mails_linked_to_each_person(
     assert 'data-failed-recipient="p07@customer.test"' in page
     assert "Recipient address rejected: User unknown" in page
     assert 'hx-trigger="every 2s"' not in page  # nothing left to wait for: no polling
+    listed = client.get("/group-email/").get_data(as_text=True)
+    assert "Done: 29 sent, 1 failed" in listed
     # The Outbox lists the refused one to edit and send again, not the group's sent mail.
     outbox_page = client.get("/mail/outbox").get_data(as_text=True)
     assert "p07@customer.test" in outbox_page and "p08@customer.test" not in outbox_page
@@ -496,6 +498,7 @@ def test_cancel_takes_back_what_has_not_been_sent(
     assert [(m.id, m.state) for m in mails] == [(claimed, OUTGOING_SENDING)]
     page = client.get(f"/group-email/{group.id}").get_data(as_text=True)
     assert "Cancelled: 3 mails will not be sent." in page
+    assert "Cancelled: 0 sent, 3 cancelled" in client.get("/group-email/").get_data(as_text=True)
     assert "Cancelled: 0 of 4 sent, 3 cancelled." in page
     assert outbox.claim_due(datetime.now(UTC) + timedelta(hours=1)) == []
 
