@@ -218,10 +218,13 @@ def clean_body(mail: OutgoingMail, body: str, attachment_url: AttachmentUrl) -> 
 
     The editor's URLs of this draft's images are turned into cid: first, so the sanitizer's
     cid rule maps them back to those URLs and drops any other image that is not a data: URI.
+    The signature block's marker stays (services/signatures.py); sending drops it.
     """
     urls = _urls_by_cid(mail, attachment_url)
     as_cid = compose.body_for_storage(body, urls)
-    sanitized = sanitize_email_html(as_cid, cid_url=urls.get, allow_remote_images=False).html
+    sanitized = sanitize_email_html(
+        as_cid, cid_url=urls.get, allow_remote_images=False, keep_signature_marker=True
+    ).html
     return compose.body_for_storage(sanitized, urls)
 
 

@@ -78,6 +78,10 @@ _ATTRIBUTES = {
     tag: _TAG_ATTRS.get(tag, set()) | ({"title"} if tag != "a" else set()) for tag in _TAGS
 }
 _ATTRIBUTES["*"] = _GENERIC_ATTRS
+# Compose only: the editor marks the signature block <div data-signature="ID"> so it can be
+# swapped; received mail never keeps it, and sanitize_outgoing_html drops it before sending.
+SIGNATURE_MARKER = "data-signature"
+_COMPOSE_ATTRIBUTES = {**_ATTRIBUTES, "div": _ATTRIBUTES["div"] | {SIGNATURE_MARKER}}
 
 # Schemes nh3 lets through to attribute_filter; the filter then applies the per-tag rules.
 _URL_SCHEMES = {"http", "https", "mailto", "tel", "cid", "data"}
@@ -130,6 +134,7 @@ def sanitize_email_html(
     *,
     cid_url: Callable[[str], str | None],
     allow_remote_images: bool = False,
+    keep_signature_marker: bool = False,
 ) -> SanitizedHtml:
     """Sanitize untrusted mail HTML with the R1–R4 allowlist and rewrite cid: images.
 
@@ -137,15 +142,18 @@ def sanitize_email_html(
     ``data:image/...;base64`` URI, or None when the message has no such part (the src is
     dropped). Remote http(s) images are dropped and counted unless ``allow_remote_images``;
     ``has_remote_content`` is true when any remote image src was seen, blocked or not.
+    ``keep_signature_marker`` (the compose editor's HTML only) keeps ``<div data-signature>``
+    with a numeric value.
     """
     stats = {"blocked": 0, "remote": 0}
+    attributes = _COMPOSE_ATTRIBUTES if keep_signature_marker else _ATTRIBUTES
 
     def attribute_filter(tag: str, attr: str, value: str) -> str | None:
         if tag == "img" and attr == "src":
             return _filter_img_src(value, cid_url, allow_remote_images, stats)
         return _filter_attribute(tag, attr, value)
 
-    first = _clean(html, attribute_filter, final=False)
+    first = _clean(html, attribute_filter, final=False, attributes=attributes)
     # Second pass over our own, already filtered serialization, only to title links (R13).
     # There <a> never carries a title, nothing is dropped, and nh3 appends the title after the
     # existing href and the rel last, so the title can describe the href just seen.
@@ -162,7 +170,7 @@ def sanitize_email_html(
             last_href.clear()
         return value
 
-    final = _clean(first, title_filter, final=True)
+    final = _clean(first, title_filter, final=True, attributes=attributes)
     return SanitizedHtml(
         html=final,
         blocked_remote_images=stats["blocked"],
@@ -240,7 +248,13 @@ def sanitize_reply_html(
     )
 
 
-def _clean(html: str, attribute_filter: AttributeFilter, *, final: bool) -> str:
+def _clean(
+    html: str,
+    attribute_filter: AttributeFilter,
+    *,
+    final: bool,
+    attributes: dict[str, set[str]] = _ATTRIBUTES,
+) -> str:
     """Run nh3 with the mail policy; the first pass adds link targets, the final rel/title."""
 
     def safe_filter(tag: str, attr: str, value: str) -> str | None:
@@ -254,7 +268,7 @@ def _clean(html: str, attribute_filter: AttributeFilter, *, final: bool) -> str:
         html,
         tags=_TAGS,
         clean_content_tags=_CLEAN_CONTENT_TAGS,
-        attributes=_ATTRIBUTES,
+        attributes=attributes,
         attribute_filter=safe_filter,
         strip_comments=True,
         link_rel=_LINK_REL if final else None,
@@ -270,6 +284,8 @@ def _filter_attribute(tag: str, attr: str, value: str) -> str | None:
     """Return the value to keep for one allowed attribute, or None to drop it."""
     if attr == "style":
         return filter_style(value)
+    if attr == SIGNATURE_MARKER:
+        return value if value.isascii() and value.isdigit() and len(value) <= 18 else None
     if tag == "a" and attr == "href":
         return safe_link_href(value)
     if tag == "a" and attr == "target":

@@ -76,6 +76,12 @@ CLASSIFICATION = {
     "accounts.remove_address": "owner_post",
     "accounts.request_folder_check": "owner_post",
     "accounts.fetch_again": "owner_post",
+    "signatures.index": "owner",
+    "signatures.edit": "owner",
+    "signatures.create": "owner_post",
+    "signatures.update": "owner_post",
+    "signatures.make_default": "owner_post",
+    "signatures.delete": "owner_post",
     "mail.index": "page",
     "mail.rows": "page",
     "mail.folders": "page",
@@ -250,6 +256,7 @@ def world(
 
     part_id = parse_message(load_raw(message)).attachments[0].part_id
     draft = _private_draft(a, account)
+    signature = _private_signature(account)
     ids = {
         "account_id": account.id,
         "folder_id": extra_folder.id,
@@ -266,6 +273,7 @@ def world(
         "user_id": b.id,
         "draft_id": draft.id,
         "attachment_id": draft.attachments[0].id,
+        "signature_id": signature.id,
     }
     for kind, record in records.items():
         ids[f"{kind}_id"] = record.id
@@ -295,6 +303,18 @@ def _private_draft(a, account):
     db.session.add(draft)
     db.session.commit()
     return draft
+
+
+def _private_signature(account):
+    """A signature of A's account naming the token (signature routes)."""
+    from models import Signature
+
+    signature = Signature(
+        account_id=account.id, name=f"{TOKEN} sig", body_html=f"<p>{TOKEN}</p>", is_default=True
+    )
+    db.session.add(signature)
+    db.session.commit()
+    return signature
 
 
 def _url(app, endpoint: str, ids: dict) -> str:

@@ -15,6 +15,7 @@ from views import (
     persons,
     projects,
     settings,
+    signatures,
 )
 
 BLUEPRINTS = [
@@ -22,6 +23,7 @@ BLUEPRINTS = [
     admin.bp,
     settings.bp,
     accounts.bp,
+    signatures.bp,
     mail.bp,
     health.bp,
     conversations.bp,

@@ -5,7 +5,7 @@
   "use strict";
 
   var form = document.getElementById("compose-form");
-  if (!form || !window.Squire || !window.DOMPurify) return;
+  if (!form || !window.Squire || !window.DOMPurify || !window.ThreadlineEditor) return;
 
   var token = form.querySelector("input[name=csrf_token]").value;
   var statusLine = document.getElementById("compose-status");
@@ -33,38 +33,8 @@
 
   // ------------------------------------------------------------------ editor
 
-  function cleanAttributes(node, data) {
-    // Paste from word processors: drop their classes and mso-* styles; keep our own markup.
-    if (data.attrName === "class") data.keepAttr = false;
-    if (data.attrName === "style") {
-      data.attrValue = data.attrValue
-        .split(";")
-        .filter(function (rule) { return rule.trim() && !/^\s*mso-/i.test(rule) && !/url\(/i.test(rule); })
-        .join(";");
-      if (!data.attrValue) data.keepAttr = false;
-    }
-    if (node.nodeName === "IMG" && data.attrName === "src") {
-      // Nothing remote loads in compose (SECURITY.md R8): only our URLs and raster data:.
-      var ok = /^\/(?!\/)/.test(data.attrValue) || /^data:image\/(png|gif|jpeg|webp);/i.test(data.attrValue);
-      if (!ok) data.keepAttr = false;
-    }
-  }
-
-  function sanitize(html) {
-    DOMPurify.addHook("uponSanitizeAttribute", cleanAttributes);
-    try {
-      var fragment = DOMPurify.sanitize(html, {
-        RETURN_DOM_FRAGMENT: true,
-        FORBID_TAGS: ["style", "meta", "link", "title", "form", "input", "button", "textarea", "select"],
-        ALLOW_DATA_ATTR: false,
-      });
-      return document.importNode(fragment, true);
-    } finally {
-      DOMPurify.removeHook("uponSanitizeAttribute");
-    }
-  }
-
-  var editor = new Squire(editorRoot, { blockTag: "DIV", sanitizeToDOMFragment: sanitize });
+  var imageInput = document.getElementById("compose-image-input");
+  var editor = ThreadlineEditor.create(editorRoot, form.querySelector(".compose-toolbar"), imageInput);
   source.hidden = true;
   editor.setHTML(source.value);
 
@@ -91,60 +61,6 @@
       else if (direction === "ltr" && block.hasAttribute("dir")) block.removeAttribute("dir");
     }
   }
-
-  // ------------------------------------------------------------------ toolbar
-
-  var toolbar = form.querySelector(".compose-toolbar");
-  var linkBar = form.querySelector(".compose-link-bar");
-  var linkInput = document.getElementById("compose-link-url");
-  var imageInput = document.getElementById("compose-image-input");
-  var commands = {
-    bold: function () { editor.hasFormat("B") ? editor.removeBold() : editor.bold(); },
-    italic: function () { editor.hasFormat("I") ? editor.removeItalic() : editor.italic(); },
-    underline: function () { editor.hasFormat("U") ? editor.removeUnderline() : editor.underline(); },
-    bullets: function () { editor.hasFormat("UL") ? editor.removeList() : editor.makeUnorderedList(); },
-    numbers: function () { editor.hasFormat("OL") ? editor.removeList() : editor.makeOrderedList(); },
-    quote: function () {
-      editor.hasFormat("BLOCKQUOTE") ? editor.decreaseQuoteLevel() : editor.increaseQuoteLevel();
-    },
-    clear: function () { editor.removeAllFormatting(); },
-    link: function () {
-      linkBar.hidden = false;
-      linkInput.value = "";
-      linkInput.focus();
-    },
-    image: function () { imageInput.click(); },
-  };
-  toolbar.addEventListener("click", function (event) {
-    var button = event.target.closest("button[data-command]");
-    if (!button) return;
-    commands[button.getAttribute("data-command")]();
-    if (button.getAttribute("data-command") !== "link") editor.focus();
-  });
-  function applyLink() {
-    var url = linkInput.value.trim();
-    linkBar.hidden = true;
-    editor.focus();
-    if (!url) return;
-    if (!/^(https?:|mailto:)/i.test(url)) url = (url.indexOf("@") > 0 ? "mailto:" : "https://") + url;
-    editor.makeLink(url);
-  }
-  linkBar.querySelector("[data-link-apply]").addEventListener("click", applyLink);
-  linkBar.querySelector("[data-link-cancel]").addEventListener("click", function () {
-    linkBar.hidden = true;
-    editor.focus();
-  });
-  linkInput.addEventListener("keydown", function (event) {
-    if (event.key === "Enter") { event.preventDefault(); applyLink(); }
-    if (event.key === "Escape") { linkBar.hidden = true; editor.focus(); }
-  });
-  editor.addEventListener("pathChange", function () {
-    var formats = { bold: "B", italic: "I", underline: "U" };
-    Object.keys(formats).forEach(function (name) {
-      var button = toolbar.querySelector('[data-command="' + name + '"]');
-      button.setAttribute("aria-pressed", editor.hasFormat(formats[name]) ? "true" : "false");
-    });
-  });
 
   // The quoted original starts folded away, as mail programs show it.
   var quoteToggle = form.querySelector(".compose-quote-toggle");
@@ -864,6 +780,8 @@
   }
   updateDirections();
   refreshQuoteToggle();
+  // Extensions loaded before this script (signatures.js) hook in here, before any save.
+  form.dispatchEvent(new CustomEvent("compose:ready", { detail: { editor: editor, changed: changed } }));
   // A forward brings the original's attachments: save at once so they are listed.
   if (!state.draftId && form.elements.reply_kind && form.elements.reply_kind.value === "forward") {
     ensureDraft();

@@ -1,0 +1,105 @@
+// The rich-text editor shared by compose (compose.js) and signatures (signatures.js): Squire,
+// with what is pasted or loaded cleaned by DOMPurify, and the formatting toolbar of
+// templates/macros/editor.html. No inline scripts (CSP script-src 'self').
+window.ThreadlineEditor = (function () {
+  "use strict";
+
+  // Our own markers that must survive setHTML and paste (the server keeps only these too):
+  // the signature block of compose (services/signatures.py).
+  var KEPT_ATTRIBUTES = ["data-signature"];
+
+  function cleanAttributes(node, data) {
+    // Paste from word processors: drop their classes and mso-* styles; keep our own markup.
+    if (data.attrName === "class") data.keepAttr = false;
+    if (data.attrName === "style") {
+      data.attrValue = data.attrValue
+        .split(";")
+        .filter(function (rule) { return rule.trim() && !/^\s*mso-/i.test(rule) && !/url\(/i.test(rule); })
+        .join(";");
+      if (!data.attrValue) data.keepAttr = false;
+    }
+    if (node.nodeName === "IMG" && data.attrName === "src") {
+      // Nothing remote loads in compose (SECURITY.md R8): only our URLs and raster data:.
+      var ok = /^\/(?!\/)/.test(data.attrValue) || /^data:image\/(png|gif|jpeg|webp);/i.test(data.attrValue);
+      if (!ok) data.keepAttr = false;
+    }
+  }
+
+  function sanitize(html) {
+    DOMPurify.addHook("uponSanitizeAttribute", cleanAttributes);
+    try {
+      var fragment = DOMPurify.sanitize(html, {
+        RETURN_DOM_FRAGMENT: true,
+        FORBID_TAGS: ["style", "meta", "link", "title", "form", "input", "button", "textarea", "select"],
+        ALLOW_DATA_ATTR: false,
+        ADD_ATTR: KEPT_ATTRIBUTES,
+      });
+      return document.importNode(fragment, true);
+    } finally {
+      DOMPurify.removeHook("uponSanitizeAttribute");
+    }
+  }
+
+  // Wire a toolbar (buttons with data-command) and the link bar after it to `editor`;
+  // "image" opens `imageInput`, whose page decides what a chosen image becomes.
+  function bindToolbar(editor, toolbar, imageInput) {
+    var linkBar = toolbar.nextElementSibling;
+    var linkInput = linkBar.querySelector("input[type=url]");
+    var commands = {
+      bold: function () { editor.hasFormat("B") ? editor.removeBold() : editor.bold(); },
+      italic: function () { editor.hasFormat("I") ? editor.removeItalic() : editor.italic(); },
+      underline: function () { editor.hasFormat("U") ? editor.removeUnderline() : editor.underline(); },
+      bullets: function () { editor.hasFormat("UL") ? editor.removeList() : editor.makeUnorderedList(); },
+      numbers: function () { editor.hasFormat("OL") ? editor.removeList() : editor.makeOrderedList(); },
+      quote: function () {
+        editor.hasFormat("BLOCKQUOTE") ? editor.decreaseQuoteLevel() : editor.increaseQuoteLevel();
+      },
+      clear: function () { editor.removeAllFormatting(); },
+      link: function () {
+        linkBar.hidden = false;
+        linkInput.value = "";
+        linkInput.focus();
+      },
+      image: function () { imageInput.click(); },
+    };
+    toolbar.addEventListener("click", function (event) {
+      var button = event.target.closest("button[data-command]");
+      if (!button) return;
+      commands[button.getAttribute("data-command")]();
+      if (button.getAttribute("data-command") !== "link") editor.focus();
+    });
+    function applyLink() {
+      var url = linkInput.value.trim();
+      linkBar.hidden = true;
+      editor.focus();
+      if (!url) return;
+      if (!/^(https?:|mailto:)/i.test(url)) url = (url.indexOf("@") > 0 ? "mailto:" : "https://") + url;
+      editor.makeLink(url);
+    }
+    linkBar.querySelector("[data-link-apply]").addEventListener("click", applyLink);
+    linkBar.querySelector("[data-link-cancel]").addEventListener("click", function () {
+      linkBar.hidden = true;
+      editor.focus();
+    });
+    linkInput.addEventListener("keydown", function (event) {
+      if (event.key === "Enter") { event.preventDefault(); applyLink(); }
+      if (event.key === "Escape") { linkBar.hidden = true; editor.focus(); }
+    });
+    editor.addEventListener("pathChange", function () {
+      var formats = { bold: "B", italic: "I", underline: "U" };
+      Object.keys(formats).forEach(function (name) {
+        var button = toolbar.querySelector('[data-command="' + name + '"]');
+        button.setAttribute("aria-pressed", editor.hasFormat(formats[name]) ? "true" : "false");
+      });
+    });
+  }
+
+  // Make `root` a Squire editor with our cleaning and `toolbar` wired to it.
+  function create(root, toolbar, imageInput) {
+    var editor = new Squire(root, { blockTag: "DIV", sanitizeToDOMFragment: sanitize });
+    bindToolbar(editor, toolbar, imageInput);
+    return editor;
+  }
+
+  return { create: create, sanitize: sanitize };
+})();
