@@ -61,6 +61,9 @@ def world(seeded, admin, make_user, make_deal, make_person, make_raw_message, ma
     inbox = db.session.query(MailFolder).filter_by(account_id=account.id, role="inbox").one()
     make_mailbox_message(inbox, subject="Autumn price list", sender=("Nina", "nina@letters.test"))
     linking.block(admin, "spam@junk.test")
+    from services import signatures
+
+    signatures.create_signature(admin, account, name="Work", body_html="<p><b>Ada</b>, Sales</p>")
     return {**seeded, "html_thread": html.thread_id, "account": account.id}
 
 
@@ -120,6 +123,7 @@ def states(ids: dict) -> list[tuple[str, object]]:
         (f"/settings/accounts/{ids['account']}/reauth", None),
         (f"/settings/accounts/{ids['account']}/folders", None),
         (f"/settings/accounts/{ids['account']}/remove", None),
+        (f"/settings/accounts/{ids['account']}/signatures", None),
         ("/settings/blocked/", None),
         ("/account/password", None),
         ("/admin/users", None),

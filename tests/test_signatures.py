@@ -285,7 +285,7 @@ def test_a_draft_keeps_the_signature_marker_and_received_mail_never_does(world, 
     assert "data-signature" not in received
 
 
-def test_sent_mail_carries_the_signature_and_its_image_as_a_cid_part(app, sender, login):
+def test_sent_mail_carries_the_signature_and_its_image_as_a_cid_part(app, sender, login):  # noqa: F811
     """Through the real path: the compose routes save and queue, the worker sends to aiosmtpd."""
     user, account, server, _mail_user = sender
     signature = _add(user, account, "Logo", f'<p>Ana Pérez, Sales</p><img src="{LOGO}">')

@@ -35,8 +35,12 @@ def me(make_user, make_stored_account):
         "sig_work": signatures.create_signature(
             user, work, name="Work", body_html=f"<p><b>Mia Meyer</b>, Sales</p><img src='{LOGO}'>"
         ),
-        "sig_short": signatures.create_signature(user, work, name="Short", body_html="<p>M. from Work</p>"),
-        "sig_side": signatures.create_signature(user, side, name="Side", body_html="<p>Mia, side gig</p>"),
+        "sig_short": signatures.create_signature(
+            user, work, name="Short", body_html="<p>M. from Work</p>"
+        ),
+        "sig_side": signatures.create_signature(
+            user, side, name="Side", body_html="<p>Mia, side gig</p>"
+        ),
     }
     return {"user": user, "work": work, "side": side, **sigs}
 
