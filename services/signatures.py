@@ -66,8 +66,10 @@ def signature_for_owner(
 ) -> tuple[MailAccount, Signature]:
     """Return (account, signature) of one of the user's own accounts, or abort 404."""
     account = account_for(user, account_id)
-    signature = db.session.get(Signature, signature_id)
-    if signature is None or signature.account_id != account.id:
+    signature = db.session.scalar(
+        select(Signature).where(Signature.id == signature_id, Signature.account_id == account.id)
+    )
+    if signature is None:
         abort(404)
     return account, signature
 
