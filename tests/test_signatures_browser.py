@@ -99,11 +99,17 @@ def test_new_mail_swap_on_from_menu_and_reopened_draft(page, live_server, me):
     page.keyboard.type("Hello Carla,")
     expect(editor.locator("div").first).to_have_text("Hello Carla,")
 
-    # Changing From swaps the block for that account's default, in its place.
+    # Changing From swaps the block for that account's default, in its place: an edited
+    # block too (as Gmail and Outlook do).
+    block(page).locator("b").click()
+    page.keyboard.press("End")
+    page.keyboard.type(" EDITED")
+    expect(block(page)).to_contain_text("EDITED")
     page.select_option("#compose-from", str(me["side"].id))
     expect(block(page)).to_have_count(1)
     expect(block(page)).to_have_text("Mia, side gig")
     expect(editor).not_to_contain_text("Mia Meyer")
+    expect(editor).not_to_contain_text("EDITED")
     expect(editor).to_contain_text("Hello Carla,")
     options = page.locator("#compose-signature option")
     expect(options).to_have_text(["Side", "No signature"])
@@ -166,3 +172,31 @@ def test_a_reply_gets_the_signature_where_the_preference_says(
             "!document.getElementById('compose-editor').firstElementChild.hasAttribute("
             "'data-signature')"
         )
+
+
+def test_a_forward_saves_at_once_with_the_signature_above_the_original(
+    page, live_server, me, make_raw_message
+):
+    raw = build_message(
+        subject="Price list",
+        sender="Carla Díaz <carla@customer.test>",
+        to="Mia <mia@team.test>",
+        html="<p>Our prices</p>",
+    )
+    message = make_raw_message(me["work"], raw)
+    open_compose(page, live_server, me["user"], f"/mail/compose?reply={message.id}&kind=forward")
+    expect(block(page)).to_contain_text("Mia Meyer, Sales")
+    editor = page.locator("#compose-editor")
+    expect(editor).to_contain_text("Forwarded message")
+    assert page.evaluate(
+        """() => {
+            const sig = document.querySelector('#compose-editor [data-signature]');
+            const all = [...document.querySelectorAll('#compose-editor > *')];
+            const header = all.find(e => e.textContent.includes('Forwarded message'));
+            return all.indexOf(sig) < all.indexOf(header);
+        }"""
+    )
+    wait_saved(page)  # a forward saves at once (its attachments): the signature is in it
+    mail = db.session.scalars(db.select(OutgoingMail)).one()
+    db.session.refresh(mail)
+    assert mail.body_html.count("data-signature") == 1
