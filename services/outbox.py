@@ -32,6 +32,7 @@ from models import (
     OutgoingMail,
     User,
 )
+from services import smart_fields
 from services.addresses import is_valid_address
 from services.errors import ValidationError
 
@@ -87,6 +88,9 @@ def check_sendable(user: User, mail: OutgoingMail) -> None:
                 f"{account.email_address} accepts at most {limit_mb:.0f} MB. "
                 "Remove an attachment or share a link instead."
             )
+    missing = smart_fields.missing_fields(mail)
+    if missing:
+        errors["smart_fields"] = smart_fields.missing_message(missing)
     if errors:
         raise ValidationError(errors)
 

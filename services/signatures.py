@@ -27,6 +27,9 @@ MAX_NAME_LENGTH = 200
 MAX_IMAGE_BYTES = 100 * 1024  # each inline image, decoded
 MAX_BODY_LENGTH = 600_000  # the HTML with its data: images
 POSITION_KEY = "signature_position"
+# The editor marks the signature block <div data-signature="ID"> so it can be swapped; the
+# draft sanitizer keeps it (services/drafts.py), sending and received mail never do.
+MARKER_ATTRIBUTES = {"div": {"data-signature"}}
 
 register(
     PreferenceSpec(

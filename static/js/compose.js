@@ -5,7 +5,7 @@
   "use strict";
 
   var form = document.getElementById("compose-form");
-  if (!form || !window.Squire || !window.DOMPurify || !window.ThreadlineEditor) return;
+  if (!form || !window.ThreadlineEditor) return;
 
   var token = form.querySelector("input[name=csrf_token]").value;
   var statusLine = document.getElementById("compose-status");
@@ -33,10 +33,16 @@
 
   // ------------------------------------------------------------------ editor
 
+  var toolbar = form.querySelector(".compose-toolbar");
   var imageInput = document.getElementById("compose-image-input");
-  var editor = ThreadlineEditor.create(editorRoot, form.querySelector(".compose-toolbar"), imageInput);
-  source.hidden = true;
-  editor.setHTML(source.value);
+  var editor = window.ThreadlineEditor.create({
+    root: editorRoot,
+    source: source,
+    toolbar: toolbar,
+    linkBar: form.querySelector(".compose-link-bar"),
+    linkInput: document.getElementById("compose-link-url"),
+    imageInput: imageInput,
+  });
 
   // ------------------------------------------------------------------ right-to-left
 
@@ -786,6 +792,14 @@
   if (!state.draftId && form.elements.reply_kind && form.elements.reply_kind.value === "forward") {
     ensureDraft();
   }
+  // For static/js/templates_picker.js: fill this mail from a template through its draft.
+  window.ThreadlineCompose = {
+    editor: editor,
+    ensureDraft: ensureDraft,
+    changed: changed,
+    renderAttachments: renderAttachments,
+    draftUrl: function () { return state.saveUrl; },
+  };
   form.setAttribute("data-ready", "true");
   var first = form.querySelector("#compose-to-input");
   if (first && chips[0] && chips[0].pairs.length) editor.focus();

@@ -1,12 +1,11 @@
-// The rich-text editor shared by compose (compose.js) and signatures (signatures.js): Squire,
-// with what is pasted or loaded cleaned by DOMPurify, and the formatting toolbar of
-// templates/macros/editor.html. No inline scripts (CSP script-src 'self').
-window.ThreadlineEditor = (function () {
+// The rich-text editor shared by compose and Settings > Templates: Squire with DOMPurify
+// paste cleaning, the formatting toolbar (templates/macros/editor.html) and its link bar.
+// window.ThreadlineEditor.create({root, source, toolbar, linkBar, linkInput, imageInput})
+// returns the Squire editor, started from the HTML in `source` (a textarea it hides).
+(function () {
   "use strict";
 
-  // Our own markers that must survive setHTML and paste (the server keeps only these too):
-  // the signature block of compose (services/signatures.py).
-  var KEPT_ATTRIBUTES = ["data-signature"];
+  if (!window.Squire || !window.DOMPurify) return;
 
   function cleanAttributes(node, data) {
     // Paste from word processors: drop their classes and mso-* styles; keep our own markup.
@@ -32,7 +31,8 @@ window.ThreadlineEditor = (function () {
         RETURN_DOM_FRAGMENT: true,
         FORBID_TAGS: ["style", "meta", "link", "title", "form", "input", "button", "textarea", "select"],
         ALLOW_DATA_ATTR: false,
-        ADD_ATTR: KEPT_ATTRIBUTES,
+        // Our own markup: smart-field chips and the signature block survive setHTML and paste.
+        ADD_ATTR: ["data-smart-field", "data-fallback", "data-signature"],
       });
       return document.importNode(fragment, true);
     } finally {
@@ -40,11 +40,7 @@ window.ThreadlineEditor = (function () {
     }
   }
 
-  // Wire a toolbar (buttons with data-command) and the link bar after it to `editor`;
-  // "image" opens `imageInput`, whose page decides what a chosen image becomes.
-  function bindToolbar(editor, toolbar, imageInput) {
-    var linkBar = toolbar.nextElementSibling;
-    var linkInput = linkBar.querySelector("input[type=url]");
+  function bindToolbar(editor, toolbar, linkBar, linkInput, imageInput) {
     var commands = {
       bold: function () { editor.hasFormat("B") ? editor.removeBold() : editor.bold(); },
       italic: function () { editor.hasFormat("I") ? editor.removeItalic() : editor.italic(); },
@@ -64,7 +60,7 @@ window.ThreadlineEditor = (function () {
     };
     toolbar.addEventListener("click", function (event) {
       var button = event.target.closest("button[data-command]");
-      if (!button) return;
+      if (!button || !commands[button.getAttribute("data-command")]) return;
       commands[button.getAttribute("data-command")]();
       if (button.getAttribute("data-command") !== "link") editor.focus();
     });
@@ -94,12 +90,13 @@ window.ThreadlineEditor = (function () {
     });
   }
 
-  // Make `root` a Squire editor with our cleaning and `toolbar` wired to it.
-  function create(root, toolbar, imageInput) {
-    var editor = new Squire(root, { blockTag: "DIV", sanitizeToDOMFragment: sanitize });
-    bindToolbar(editor, toolbar, imageInput);
+  function create(options) {
+    var editor = new Squire(options.root, { blockTag: "DIV", sanitizeToDOMFragment: sanitize });
+    options.source.hidden = true;
+    editor.setHTML(options.source.value);
+    bindToolbar(editor, options.toolbar, options.linkBar, options.linkInput, options.imageInput);
     return editor;
   }
 
-  return { create: create, sanitize: sanitize };
+  window.ThreadlineEditor = { create: create, sanitize: sanitize };
 })();

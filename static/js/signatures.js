@@ -128,17 +128,21 @@
   // ------------------------------------------------------------------ the signature editor
 
   var signatureForm = document.getElementById("signature-form");
-  if (!signatureForm || !window.Squire || !window.DOMPurify || !window.ThreadlineEditor) return;
+  if (!signatureForm || !window.ThreadlineEditor) return;
   var source = document.getElementById("signature-body");
   var editorRoot = document.getElementById("signature-editor");
   var imageInput = document.getElementById("signature-image-input");
   var imageError = document.getElementById("signature-image-error");
   var maxBytes = parseInt(signatureForm.getAttribute("data-max-image-bytes"), 10) || 0;
-  var editor = ThreadlineEditor.create(
-    editorRoot, signatureForm.querySelector(".compose-toolbar"), imageInput);
-  source.hidden = true;
+  var editor = ThreadlineEditor.create({
+    root: editorRoot,
+    source: source,
+    toolbar: signatureForm.querySelector(".compose-toolbar"),
+    linkBar: signatureForm.querySelector(".compose-link-bar"),
+    linkInput: document.getElementById("signature-link-url"),
+    imageInput: imageInput,
+  });
   editorRoot.hidden = false;
-  editor.setHTML(source.value);
 
   function say(message) {
     imageError.textContent = message;
