@@ -62,7 +62,9 @@ def world(seeded, admin, make_user, make_deal, make_person, make_raw_message, ma
     make_mailbox_message(inbox, subject="Autumn price list", sender=("Nina", "nina@letters.test"))
     linking.block(admin, "spam@junk.test")
     from models import MailTemplate
+    from services import signatures
 
+    signatures.create_signature(admin, account, name="Work", body_html="<p><b>Ada</b>, Sales</p>")
     template = MailTemplate(owner_id=admin.id, name="Renewal offer", subject="Your renewal")
     db.session.add(template)
     db.session.commit()
@@ -144,6 +146,7 @@ def states(ids: dict) -> list[tuple[str, object]]:
         (f"/settings/accounts/{ids['account']}/reauth", None),
         (f"/settings/accounts/{ids['account']}/folders", None),
         (f"/settings/accounts/{ids['account']}/remove", None),
+        (f"/settings/accounts/{ids['account']}/signatures", None),
         ("/settings/blocked/", None),
         ("/settings/templates/", None),
         ("/settings/templates/new", None),

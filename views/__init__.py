@@ -16,6 +16,7 @@ from views import (
     persons,
     projects,
     settings,
+    signatures,
 )
 
 BLUEPRINTS = [
@@ -23,6 +24,7 @@ BLUEPRINTS = [
     admin.bp,
     settings.bp,
     accounts.bp,
+    signatures.bp,
     mail.bp,
     health.bp,
     conversations.bp,

@@ -30,7 +30,7 @@ from flask import Blueprint, abort, flash, jsonify, redirect, render_template, r
 from flask_login import current_user
 
 from models import OUTGOING_DRAFT, OutgoingAttachment, OutgoingMail
-from services import compose, drafts, outbox, smart_fields, templates
+from services import compose, drafts, outbox, signatures, smart_fields, templates
 from services.access import (
     message_for_viewer,
     outgoing_attachment_for_owner,
@@ -101,6 +101,8 @@ def _render(mail: OutgoingMail | None, values: drafts.Prefill, *, body_html: str
         undo_seconds=get_preference(current_user, "undo_send_seconds"),
         zone_name=current_zone_name() or "UTC",
         max_upload_bytes=drafts.max_upload_bytes(values.account_id),
+        signatures=signatures.compose_choices(current_user),
+        signature_position=get_preference(current_user, signatures.POSITION_KEY),
     )
 
 
