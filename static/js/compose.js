@@ -58,7 +58,7 @@
         RETURN_DOM_FRAGMENT: true,
         FORBID_TAGS: ["style", "meta", "link", "title", "form", "input", "button", "textarea", "select"],
         ALLOW_DATA_ATTR: false,
-        ADD_ATTR: ["data-smart-field", "data-fallback"], // smart-field chips (smart_fields.js)
+        ADD_ATTR: window.ThreadlineSmartFields ? window.ThreadlineSmartFields.ATTRIBUTES : [],
       });
       return document.importNode(fragment, true);
     } finally {

@@ -251,5 +251,11 @@
     });
   }
 
-  window.ThreadlineSmartFields = { attach: attach, fields: FIELDS, makeChip: makeChip };
+  window.ThreadlineSmartFields = {
+    attach: attach,
+    fields: FIELDS,
+    makeChip: makeChip,
+    // What an editor's DOMPurify pass must keep of a chip (ADD_ATTR).
+    ATTRIBUTES: ["data-smart-field", "data-fallback"],
+  };
 })();
