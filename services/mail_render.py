@@ -78,6 +78,10 @@ _ATTRIBUTES = {
     tag: _TAG_ATTRS.get(tag, set()) | ({"title"} if tag != "a" else set()) for tag in _TAGS
 }
 _ATTRIBUTES["*"] = _GENERIC_ATTRS
+# The values of smart-field chips (kept only through extra_attributes, for what the user
+# wrote; received mail never gets data-* attributes, R7).
+_SMART_FIELD_KEY = re.compile(r"^[a-z][a-z_]{0,40}(\.[a-z][a-z_]{0,40})?$")
+MAX_FALLBACK_LENGTH = 200  # as services/smart_fields.MAX_FALLBACK_LENGTH
 
 # Schemes nh3 lets through to attribute_filter; the filter then applies the per-tag rules.
 _URL_SCHEMES = {"http", "https", "mailto", "tel", "cid", "data"}
@@ -294,6 +298,10 @@ def _filter_attribute(tag: str, attr: str, value: str) -> str | None:
         return safe_link_href(value)
     if tag == "a" and attr == "target":
         return "_blank"
+    if attr == "data-smart-field":
+        return value if _SMART_FIELD_KEY.match(value) else None
+    if attr == "data-fallback":
+        return _CONTROL_CHARS.sub(" ", value)[:MAX_FALLBACK_LENGTH]
     return value
 
 

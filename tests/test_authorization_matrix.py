@@ -123,6 +123,18 @@ CLASSIFICATION = {
     "blocking.create": "post",
     "blocking.delete": "owner_post",
     "deals.board": "page",
+    "compose.templates_search": "page",  # own and shared templates only
+    "compose.apply_template": "owner_post",
+    "mail_templates.index": "page",
+    "mail_templates.new": "page",
+    "mail_templates.create": "post",
+    "mail_templates.edit": "owner",
+    "mail_templates.update": "owner_post",
+    "mail_templates.duplicate": "owner_post",
+    "mail_templates.delete": "owner_post",
+    "mail_templates.upload": "owner_post",
+    "mail_templates.attachment": "owner",
+    "mail_templates.remove_attachment": "owner_post",
 }
 for _area in ("deals", "persons", "organizations", "leads", "projects"):
     CLASSIFICATION.update(
@@ -253,6 +265,7 @@ def world(
 
     part_id = parse_message(load_raw(message)).attachments[0].part_id
     draft = _private_draft(a, account)
+    template = _private_template(a)
     ids = {
         "account_id": account.id,
         "folder_id": extra_folder.id,
@@ -269,6 +282,8 @@ def world(
         "user_id": b.id,
         "draft_id": draft.id,
         "attachment_id": draft.attachments[0].id,
+        "template_id": template.id,
+        "file_id": template.attachments[0].id,
     }
     for kind, record in records.items():
         ids[f"{kind}_id"] = record.id
@@ -298,6 +313,27 @@ def _private_draft(a, account):
     db.session.add(draft)
     db.session.commit()
     return draft
+
+
+def _private_template(a):
+    """A private mail template of A's naming the token, with a file (template routes)."""
+    from flask import current_app
+
+    from mailsync.blobstore import app_blob_store
+    from models import MailTemplate, TemplateAttachment
+
+    template = MailTemplate(
+        owner_id=a.id, name=f"{TOKEN} template", subject=f"About {TOKEN}", body_html="<p>Hi</p>"
+    )
+    sha = app_blob_store(current_app).put(f"{TOKEN} template file".encode())
+    template.attachments.append(
+        TemplateAttachment(
+            filename=f"{TOKEN}.txt", content_type="text/plain", size=9, blob_sha256=sha
+        )
+    )
+    db.session.add(template)
+    db.session.commit()
+    return template
 
 
 def _url(app, endpoint: str, ids: dict) -> str:
@@ -386,6 +422,8 @@ def test_lists_and_searches_never_show_private_mail(app, world, login):
         "/mail/folders",
         f"/deals/?q={TOKEN}",
         f"/persons/?q={TOKEN}",
+        f"/settings/templates/?q={TOKEN}",
+        f"/mail/compose/templates?q={TOKEN}",
         f"/mail/records/deal/{deal_id}/conversations",
     ]
 

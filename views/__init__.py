@@ -11,6 +11,7 @@ from views import (
     health,
     leads,
     mail,
+    mail_templates,
     organizations,
     persons,
     projects,
@@ -32,6 +33,7 @@ BLUEPRINTS = [
     leads.bp,
     projects.bp,
     blocking.bp,
+    mail_templates.bp,
 ]
 
 # The areas holding CRM records; the visibility test walks every id-taking route of these.

@@ -16,6 +16,8 @@ URL table (url_prefix /mail):
   POST /drafts/<id>/attachments/<attachment id>/delete  remove_attachment
   GET  /outbox                                    outbox_index
   POST /outbox/<id>/edit | send-now | cancel      outbox_edit, outbox_send_now, outbox_cancel
+  GET  /compose/templates                         templates (JSON: usable templates, ?q=)
+  POST /drafts/<id>/template                      apply_template (fill from a template; JSON)
 
 Every draft route loads the mail through services.access.outgoing_for_owner (404 for anyone
 else, admins included). JSON answers are for static/js/compose.js; an expired session
@@ -28,7 +30,7 @@ from flask import Blueprint, abort, flash, jsonify, redirect, render_template, r
 from flask_login import current_user
 
 from models import OUTGOING_DRAFT, OutgoingAttachment, OutgoingMail
-from services import compose, drafts, outbox, smart_fields
+from services import compose, drafts, outbox, smart_fields, templates
 from services.access import (
     message_for_viewer,
     outgoing_attachment_for_owner,
@@ -328,3 +330,31 @@ def outbox_cancel(draft_id: int):
     else:
         flash("Too late to cancel: this mail is already being sent.", "error")
     return redirect(url_for(".outbox_index"), 303)
+
+
+# --------------------------------------------------------------------------- templates
+# (static/js/templates_picker.js; Settings > Templates is views/mail_templates.py)
+
+
+@bp.get("/compose/templates")
+def templates_search():
+    found = templates.usable_templates(current_user, search_text(request.args.get("q")))
+    return jsonify(
+        [{"id": t.id, "name": t.name, "subject": t.subject, "shared": t.shared} for t in found[:50]]
+    )
+
+
+@bp.post("/drafts/<id:draft_id>/template")
+def apply_template(draft_id: int):
+    mail = outgoing_for_owner(current_user, draft_id)
+    template_id = parse_id(request.form.get("template_id"))
+    if template_id is None:
+        return _errors(ValidationError({"__all__": "Choose a template."}), 400)
+    template = templates.template_for_use(current_user, template_id)
+    try:
+        templates.apply_to_draft(current_user, mail, template)
+    except ValidationError as exc:
+        return _errors(exc, 409)
+    return _draft_json(
+        mail, subject=mail.subject, body_html=drafts.editor_body(mail, attachment_url)
+    )

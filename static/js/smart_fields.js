@@ -255,7 +255,5 @@
     attach: attach,
     fields: FIELDS,
     makeChip: makeChip,
-    // What an editor's DOMPurify pass must keep of a chip (ADD_ATTR).
-    ATTRIBUTES: ["data-smart-field", "data-fallback"],
   };
 })();
