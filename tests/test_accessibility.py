@@ -61,7 +61,17 @@ def world(seeded, admin, make_user, make_deal, make_person, make_raw_message, ma
     inbox = db.session.query(MailFolder).filter_by(account_id=account.id, role="inbox").one()
     make_mailbox_message(inbox, subject="Autumn price list", sender=("Nina", "nina@letters.test"))
     linking.block(admin, "spam@junk.test")
-    return {**seeded, "html_thread": html.thread_id, "account": account.id}
+    from models import MailTemplate
+
+    template = MailTemplate(owner_id=admin.id, name="Renewal offer", subject="Your renewal")
+    db.session.add(template)
+    db.session.commit()
+    return {
+        **seeded,
+        "html_thread": html.thread_id,
+        "account": account.id,
+        "template": template.id,
+    }
 
 
 def open_shortcuts(page) -> None:
@@ -88,6 +98,11 @@ def open_confirm(page) -> None:
     page.locator(".mail-check").first.check()
     page.get_by_role("button", name="Delete").click()
     page.locator("#confirm-dialog[open]").wait_for()
+
+
+def open_template_picker(page) -> None:
+    page.get_by_role("button", name="Use a template…").click()
+    page.locator("#template-results li").first.wait_for()
 
 
 def states(ids: dict) -> list[tuple[str, object]]:
@@ -130,6 +145,10 @@ def states(ids: dict) -> list[tuple[str, object]]:
         (f"/settings/accounts/{ids['account']}/folders", None),
         (f"/settings/accounts/{ids['account']}/remove", None),
         ("/settings/blocked/", None),
+        ("/settings/templates/", None),
+        ("/settings/templates/new", None),
+        (f"/settings/templates/{ids['template']}", None),
+        ("/mail/compose", open_template_picker),
         ("/account/password", None),
         ("/admin/users", None),
         ("/deals/999999", None),  # the error page
