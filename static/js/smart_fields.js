@@ -251,9 +251,5 @@
     });
   }
 
-  window.ThreadlineSmartFields = {
-    attach: attach,
-    fields: FIELDS,
-    makeChip: makeChip,
-  };
+  window.ThreadlineSmartFields = { attach: attach, fields: FIELDS, makeChip: makeChip };
 })();
