@@ -14,6 +14,7 @@ else from the person matched to the first To recipient and their single open dea
 
 from __future__ import annotations
 
+import base64
 import html
 import re
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from models import (
     User,
 )
 from services.access import can_access_record, visible_records
+from services.conversations import blob_store
+from services.mail_render import INLINE_SAFE_TYPES, email_document, sanitize_email_html
 
 
 @dataclass(frozen=True)
@@ -382,3 +385,38 @@ def missing_message(missing: list[str]) -> str:
         + ", ".join(missing)
         + ". Fill them in on the record, or click a field to give it a fallback text."
     )
+
+
+# --------------------------------------------------------------------------- preview
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A draft as its recipient would get it now: subject, body document, what is missing."""
+
+    subject: str
+    document: str  # for a sandboxed iframe's srcdoc (services/mail_render.email_document)
+    missing: list[str]
+    origin: str  # where the values come from, "" when from no record
+
+
+def preview(mail: OutgoingMail) -> Preview:
+    """Fill a saved draft for Preview; empty fields show as a highlighted [Label]."""
+    filled = fill(mail.subject or "", mail.body_html or "", values_for(mail), mark_missing=True)
+    inline = {a.content_id: a for a in mail.attachments if a.content_id}
+
+    def cid_url(content_id: str) -> str | None:
+        # The srcdoc frame has an opaque origin: inline images go in as data: URIs.
+        attachment = inline.get(content_id)
+        if attachment is None or attachment.content_type not in INLINE_SAFE_TYPES:
+            return None
+        data = blob_store().get(attachment.blob_sha256)
+        return f"data:{attachment.content_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+    body = sanitize_email_html(filled.body_html, cid_url=cid_url).html
+    return Preview(filled.subject, email_document(body), filled.missing, sources_for(mail).origin)
+
+
+def field_choices() -> list[dict[str, str]]:
+    """Return the fields as the picker lists them: key, label and group, in order."""
+    return [{"key": k, "label": f.label, "group": f.group} for k, f in FIELDS.items()]

@@ -328,3 +328,45 @@ def test_a_person_named_script_stays_text_and_no_header_is_injected(app, sender,
     assert str(message["Subject"]) == "Hi <script>alert(1)</script> Bcc: victim@evil.example"
     body = message.get_body(("html",)).get_content()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body and "<script" not in body
+
+
+# --------------------------------------------------------------------------- preview, profile
+
+
+def test_preview_shows_the_filled_mail_and_where_values_come_from(
+    app, make_user, login, make_stored_account, make_person, make_deal
+):
+    user = make_user()
+    account = make_stored_account(user)
+    carla = make_person(user, name="<b>Carla</b> Díaz", emails=("carla@customer.test",))
+    deal = make_deal(user, title="Q3 order", person_id=carla.id)
+    mail = new_mail(user, account, subject="For {{First name}}", record_kind="deal",
+                    record_id=deal.id,
+                    body_html=f"<p>Hi {chip('person.first_name')} {chip('lead.title')}</p>")  # fmt: skip
+    response = login(user).get(f"/mail/drafts/{mail.id}/preview")
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert "the deal “Q3 order” this mail is written from" in page
+    assert "For &lt;b&gt;Carla&lt;/b&gt;" in page  # the subject, escaped
+    assert "These smart fields have no value: Lead." in page
+    # The body sits in a sandboxed srcdoc frame, escaped twice: the name stays text.
+    assert "&amp;lt;b&amp;gt;Carla&amp;lt;/b&amp;gt;" in page
+    assert "[Lead]" in page and "data-smart-field" not in page
+    other = make_user()
+    assert login(other).get(f"/mail/drafts/{mail.id}/preview").status_code == 404
+
+
+def test_the_profile_page_sets_name_and_phone(app, make_user, login):
+    user = make_user(name="Ana")
+    client = login(user)
+    assert 'name="phone"' in client.get("/settings/profile").get_data(as_text=True)
+    response = client.post("/settings/profile", data={"name": " Ana Pérez ", "phone": "+49 30 1"})
+    assert response.status_code == 200 and "Saved." in response.get_data(as_text=True)
+    db.session.expire_all()
+    assert (user.name, user.phone) == ("Ana Pérez", "+49 30 1")
+    response = client.post("/settings/profile", data={"name": "", "phone": "1\r\nBcc: x"})
+    assert response.status_code == 422
+    page = response.get_data(as_text=True)
+    assert "Enter your name." in page and "on one line" in page
+    db.session.expire_all()
+    assert user.phone == "+49 30 1"

@@ -8,6 +8,7 @@ URL table (url_prefix /mail):
   GET  /drafts                                    drafts_index (the Drafts list)
   POST /drafts/<id>                               save (autosave; JSON)
   POST /drafts/<id>/send                          send (save, then queue; JSON, 422 with errors)
+  GET  /drafts/<id>/preview                       preview (fragment: smart fields filled)
   POST /drafts/<id>/undo                          undo (Undo: back to a draft; JSON)
   POST /drafts/<id>/discard                       discard
   POST /drafts/<id>/attachments                   upload (one file; JSON)
@@ -29,7 +30,7 @@ from flask import Blueprint, abort, flash, jsonify, redirect, render_template, r
 from flask_login import current_user
 
 from models import OUTGOING_DRAFT, OutgoingAttachment, OutgoingMail
-from services import compose, drafts, outbox, signatures, templates
+from services import compose, drafts, outbox, signatures, smart_fields, templates
 from services.access import (
     message_for_viewer,
     outgoing_attachment_for_owner,
@@ -71,6 +72,7 @@ def _draft_json(mail: OutgoingMail, status: int = 200, **extra):
         "edit_url": url_for("compose.edit", draft_id=mail.id),
         "save_url": url_for("compose.save", draft_id=mail.id),
         "send_url": url_for("compose.send", draft_id=mail.id),
+        "preview_url": url_for("compose.preview", draft_id=mail.id),
         "undo_url": url_for("compose.undo", draft_id=mail.id),
         "discard_url": url_for("compose.discard", draft_id=mail.id),
         "upload_url": url_for("compose.upload", draft_id=mail.id),
@@ -216,6 +218,20 @@ def send(draft_id: int):
         outbox_url=url_for(".outbox_index"),
         done_url=url_for("mail.index"),
     )
+
+
+@bp.get("/drafts/<id:draft_id>/preview")
+def preview(draft_id: int):
+    mail = outgoing_for_owner(current_user, draft_id)
+    return render_template(
+        "compose/partials/preview.html", mail=mail, preview=smart_fields.preview(mail)
+    )
+
+
+@bp.app_template_global()
+def smart_field_choices() -> list[dict[str, str]]:
+    """The smart-field picker's fields (static/js/smart_fields.js reads them from its tag)."""
+    return smart_fields.field_choices()
 
 
 @bp.post("/drafts/<id:draft_id>/undo")

@@ -22,6 +22,7 @@
     draftId: form.getAttribute("data-draft-id") || "",
     saveUrl: form.getAttribute("data-save-url") || "",
     sendUrl: form.getAttribute("data-send-url") || "",
+    previewUrl: form.getAttribute("data-preview-url") || "",
     undoUrl: form.getAttribute("data-undo-url") || "",
     uploadUrl: form.getAttribute("data-upload-url") || "",
     changes: 0,      // edits made so far
@@ -66,6 +67,24 @@
       if (direction === "rtl" && block.getAttribute("dir") !== "rtl") block.setAttribute("dir", "rtl");
       else if (direction === "ltr" && block.hasAttribute("dir")) block.removeAttribute("dir");
     }
+  }
+
+  if (window.ThreadlineSmartFields) {
+    window.ThreadlineSmartFields.attach({
+      editor: editor,
+      toolbar: toolbar,
+      subject: form.elements.subject,
+      preview: {
+        container: form.querySelector(".compose-actions"),
+        // Preview shows the saved draft: save what is typed first.
+        url: function () {
+          commitChips();
+          return ensureDraft()
+            .then(function (ok) { return ok && save(); })
+            .then(function (ok) { return ok ? state.previewUrl : null; });
+        },
+      },
+    });
   }
 
   // The quoted original starts folded away, as mail programs show it.
@@ -331,7 +350,7 @@
       if (message) { box.textContent = message; box.hidden = false; }
       else if (box.closest("[data-chips]") === null) { box.hidden = true; }
     });
-    var general = errors.__all__ || errors.account || errors.attachments || "";
+    var general = errors.__all__ || errors.account || errors.attachments || errors.smart_fields || "";
     errorBox.textContent = general || "Some fields need a look before sending.";
     errorBox.hidden = false;
   }
@@ -397,6 +416,7 @@
     state.draftId = String(data.id);
     state.saveUrl = data.save_url;
     state.sendUrl = data.send_url;
+    state.previewUrl = data.preview_url;
     state.undoUrl = data.undo_url;
     state.uploadUrl = data.upload_url;
     form.setAttribute("data-draft-id", state.draftId);

@@ -143,5 +143,14 @@
     }
     insertImages(files);
   });
+  // Files listed by the server are removed in place too, so what is typed stays.
+  fileList.addEventListener("click", function (event) {
+    var button = event.target.closest("button[form]");
+    if (!button) return;
+    event.preventDefault();
+    var li = button.closest("li");
+    post(document.getElementById(button.getAttribute("form")).action, new URLSearchParams())
+      .then(function (response) { if (response.ok) li.remove(); });
+  });
   form.setAttribute("data-ready", "true");
 })();
