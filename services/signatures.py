@@ -116,7 +116,7 @@ def clean_signature_html(body_html: str) -> str:
             raise ValidationError(
                 {
                     "body_html": f"An image in a signature may be at most "
-                    f"{MAX_IMAGE_BYTES // 1024} KB (this one is {size // 1024} KB): "
+                    f"{MAX_IMAGE_BYTES // 1024} KB (this one is {-(-size // 1024)} KB): "
                     "use a smaller image."
                 }
             )
