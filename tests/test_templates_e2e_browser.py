@@ -5,6 +5,7 @@ deal's, person's and sender's values, with no chip markup and no placeholder lef
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from decimal import Decimal
 
@@ -21,36 +22,31 @@ from tests.test_send_e2e_browser import (  # noqa: F401 (fixtures)
     smtp,  # noqa: F811
     wait_until_queued,
 )
+from tests.test_smart_fields_browser import pick
 
 pytestmark = [pytest.mark.browser, pytest.mark.imap]
 
 
-def pick(page, label: str) -> None:
-    page.get_by_role("button", name="Insert field").click()
-    page.get_by_role("menuitem", name=label, exact=True).click()
+def type_with_fields(page, text: str) -> None:
+    """Type `text`, inserting each {{Label}} with the smart-field picker, as a user does."""
+    for index, part in enumerate(re.split(r"\{\{(.*?)\}\}", text)):
+        if index % 2:
+            pick(page, part)
+        elif part:
+            page.keyboard.type(part)
 
 
 def write_with_fields(page) -> None:
-    """Write the subject and body with the smart-field picker, as a user does."""
+    """Write the subject and body with the smart-field picker."""
     page.locator("#template-subject").click()
-    page.keyboard.type("Offer for ")
-    pick(page, "Organization")
-    page.keyboard.type(": ")
-    pick(page, "Deal")
+    type_with_fields(page, "Offer for {{Organization}}: {{Deal}}")
     editor = page.locator("#template-editor")
     editor.click()
-    page.keyboard.type("Hello ")
-    pick(page, "First name")
-    page.keyboard.type(", our offer for ")
-    pick(page, "Deal")
-    page.keyboard.type(" at ")
-    pick(page, "Organization")
-    page.keyboard.type(": ")
-    pick(page, "Deal value")
-    page.keyboard.type(", until ")
-    pick(page, "Expected close date")
-    page.keyboard.type(". Regards, ")
-    pick(page, "Your name")
+    type_with_fields(
+        page,
+        "Hello {{First name}}, our offer for {{Deal}} at {{Organization}}: {{Deal value}}, "
+        "until {{Expected close date}}. Regards, {{Your name}}",
+    )
     # The recipient may have no first name: the chip says what to write then.
     editor.locator("[data-smart-field='person.first_name']").click()
     page.get_by_label("Text to use when “First name” has no value").fill("there")
