@@ -16,7 +16,7 @@ URL table (url_prefix /mail):
   POST /drafts/<id>/attachments/<attachment id>/delete  remove_attachment
   GET  /outbox                                    outbox_index
   POST /outbox/<id>/edit | send-now | cancel      outbox_edit, outbox_send_now, outbox_cancel
-  GET  /compose/templates                         templates (JSON: usable templates, ?q=)
+  GET  /compose/templates                         templates_search (JSON: usable templates, ?q=)
   POST /drafts/<id>/template                      apply_template (fill from a template; JSON)
 
 Every draft route loads the mail through services.access.outgoing_for_owner (404 for anyone
