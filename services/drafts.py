@@ -33,7 +33,7 @@ from models import (
     TemplateAttachment,
     User,
 )
-from services import compose, linking, outbox, smart_fields
+from services import compose, linking, outbox, signatures, smart_fields
 from services.access import (
     own_sending_accounts,
     owned_messages,
@@ -53,6 +53,8 @@ MAX_SUBJECT_LENGTH = 998  # RFC 5322 line limit
 MAX_BODY_LENGTH = 5_000_000
 MAX_RECIPIENTS = 500
 INLINE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+# What the editor's own markup keeps through the draft sanitizer (span chips, div signature).
+EDITOR_ATTRIBUTES = {**smart_fields.CHIP_ATTRIBUTES, **signatures.MARKER_ATTRIBUTES}
 
 
 @dataclass
@@ -227,14 +229,15 @@ def clean_editor_html(body: str, urls_by_cid: Mapping[str, str]) -> str:
     """Sanitize what an editor sent (a draft's or a template's body); inline images as cid:.
 
     `urls_by_cid` maps the Content-IDs of the body's own inline images to their URLs in the
-    editor. Smart-field chips are kept (services/mail_render.py's composed-HTML policy).
+    editor. Smart-field chips and the signature block's marker are kept (services/mail_render.py's
+    composed-HTML policy); sending drops both.
     """
     as_cid = compose.body_for_storage(body, urls_by_cid)
     sanitized = sanitize_email_html(
         as_cid,
         cid_url=urls_by_cid.get,
         allow_remote_images=False,
-        extra_attributes=smart_fields.CHIP_ATTRIBUTES,  # the chips stay until the mail is sent
+        extra_attributes=EDITOR_ATTRIBUTES,  # chips and the signature marker stay until sent
     ).html
     return compose.body_for_storage(sanitized, urls_by_cid)
 

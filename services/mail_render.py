@@ -302,6 +302,8 @@ def _filter_attribute(tag: str, attr: str, value: str) -> str | None:
         return value if _SMART_FIELD_KEY.match(value) else None
     if attr == "data-fallback":
         return _CONTROL_CHARS.sub(" ", value)[:MAX_FALLBACK_LENGTH]
+    if attr == "data-signature":  # compose's signature block: a signature id
+        return value if value.isascii() and value.isdigit() and len(value) <= 18 else None
     return value
 
 

@@ -139,28 +139,30 @@ def sources_for(mail: OutgoingMail) -> Sources:
     record = (
         _visible(user, db.session.get(model, mail.record_id)) if model and mail.record_id else None
     )
+    origins = []
     if record is not None:
         kind = mail.record_kind
         setattr(found, kind, record)
         label = getattr(record, "title", None) or getattr(record, "name", "")
-        found.origin = f"the {kind} “{label}” this mail is written from"
+        origins.append(f"the {kind} “{label}” this mail is written from")
         if kind in ("deal", "lead", "project"):
             found.person = _visible(user, record.person)
             found.organization = _visible(user, record.organization)
         if kind == "lead":
             found.deal = _visible(user, record.deal)
     first_to = _first_to(mail)
-    if found.person is None and first_to and mail.record_kind != "person":
+    if found.person is None and first_to:
         found.person = _person_for_address(user, first_to)
-        if found.person is not None and not found.origin:
-            found.origin = f"{found.person.name}, the person with the address {first_to}"
+        if found.person is not None:
+            origins.append(f"{found.person.name}, the person with the address {first_to}")
     if found.person is not None:
         if found.organization is None:
             found.organization = _visible(user, found.person.organization)
         if found.deal is None and found.lead is None and found.project is None:
             found.deal = _single_open_deal(user, found.person)
             if found.deal is not None:
-                found.origin += f", and their open deal “{found.deal.title}”"
+                origins.append(f"their open deal “{found.deal.title}”")
+    found.origin = ", and ".join(origins)
     return found
 
 

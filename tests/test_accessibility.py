@@ -73,7 +73,9 @@ def world(
     linking.block(admin, "spam@junk.test")
     make_person(admin, name="Nadia Noaddress", organization_id=seeded["organization"])
     from models import MailTemplate
+    from services import signatures
 
+    signatures.create_signature(admin, account, name="Work", body_html="<p><b>Ada</b>, Sales</p>")
     template = MailTemplate(owner_id=admin.id, name="Renewal offer", subject="Your renewal")
     db.session.add(template)
     db.session.commit()
@@ -163,6 +165,7 @@ def states(ids: dict) -> list[tuple[str, object]]:
         (f"/settings/accounts/{ids['account']}/reauth", None),
         (f"/settings/accounts/{ids['account']}/folders", None),
         (f"/settings/accounts/{ids['account']}/remove", None),
+        (f"/settings/accounts/{ids['account']}/signatures", None),
         ("/settings/blocked/", None),
         ("/settings/templates/", None),
         ("/settings/templates/new", None),

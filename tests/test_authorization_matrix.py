@@ -78,6 +78,12 @@ CLASSIFICATION = {
     "accounts.remove_address": "owner_post",
     "accounts.request_folder_check": "owner_post",
     "accounts.fetch_again": "owner_post",
+    "signatures.index": "owner",
+    "signatures.edit": "owner",
+    "signatures.create": "owner_post",
+    "signatures.update": "owner_post",
+    "signatures.make_default": "owner_post",
+    "signatures.delete": "owner_post",
     "mail.index": "page",
     "mail.rows": "page",
     "mail.folders": "page",
@@ -272,6 +278,7 @@ def world(
 
     part_id = parse_message(load_raw(message)).attachments[0].part_id
     draft = _private_draft(a, account)
+    signature = _private_signature(account)
     template = _private_template(a)
     ids = {
         "account_id": account.id,
@@ -296,6 +303,7 @@ def world(
             subject=f"Group {TOKEN}",
             mails=[("queued", f"{TOKEN} Person", "carla@customer.test", None)],
         ).id,
+        "signature_id": signature.id,
         "template_id": template.id,
         "file_id": template.attachments[0].id,
     }
@@ -327,6 +335,18 @@ def _private_draft(a, account):
     db.session.add(draft)
     db.session.commit()
     return draft
+
+
+def _private_signature(account):
+    """A signature of A's account naming the token (signature routes)."""
+    from models import Signature
+
+    signature = Signature(
+        account_id=account.id, name=f"{TOKEN} sig", body_html=f"<p>{TOKEN}</p>", is_default=True
+    )
+    db.session.add(signature)
+    db.session.commit()
+    return signature
 
 
 def _private_template(a):

@@ -201,6 +201,23 @@ def test_without_a_record_the_first_recipient_and_their_single_open_deal(
     assert deal.id  # the first still exists
 
 
+def test_from_an_organization_page_the_person_is_the_first_recipient(
+    app, make_user, make_stored_account, make_person, make_organization
+):
+    user = make_user()
+    account = make_stored_account(user)
+    acme = make_organization(user, name="Acme")
+    make_person(user, name="Bea Ortiz", emails=("bea@acme.test",), organization_id=acme.id)
+    mail = new_mail(user, account, to=[["", "bea@acme.test"]], record_kind="organization",
+                    record_id=acme.id)  # fmt: skip
+    values = smart_fields.values_for(mail)
+    assert (values["organization.name"], values["person.first_name"]) == ("Acme", "Bea")
+    assert smart_fields.sources_for(mail).origin == (
+        "the organization “Acme” this mail is written from, and Bea Ortiz, the person with "
+        "the address bea@acme.test"
+    )
+
+
 def test_records_the_sender_may_not_see_give_no_values(
     app, make_user, make_stored_account, make_person, make_deal
 ):

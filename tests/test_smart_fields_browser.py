@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 from sqlalchemy import select
 
 from extensions import db
-from models import OUTGOING_SENT, OutgoingMail, Person
+from models import OUTGOING_SENT, MailTemplate, OutgoingMail, Person
 from tests import test_send_e2e_browser as e2e
 from tests.servers.browser import sign_in_with_session
 
@@ -112,3 +112,29 @@ def test_insert_fields_set_a_fallback_preview_and_send(app, page, live_server, m
     raw = received.data.decode()
     for placeholder in ("data-smart-field", "{{", "First name", "Deal value", "Your phone"):
         assert placeholder not in raw
+
+
+def test_the_template_editor_inserts_fields_with_the_same_picker(page, live_server, make_user):
+    user = make_user(name="Tom Template")
+    sign_in_with_session(page, live_server.app, live_server.url, user)
+    page.goto(live_server.url + "/settings/templates/new")
+    page.locator("#template-editor[contenteditable=true]").wait_for()
+    page.fill("#template-name", "Follow-up")
+    page.locator("#template-subject").click()
+    page.keyboard.type("About ")
+    pick(page, "Deal")
+    page.locator("#template-editor").click()
+    page.keyboard.type("Dear ")
+    pick(page, "First name")
+    page.locator("#template-editor [data-smart-field]").click()
+    page.get_by_label("Text to use when “First name” has no value").fill("customer")
+    page.keyboard.press("Enter")
+    page.get_by_role("button", name="Save template").click()
+    expect(page.locator(".alert-ok")).to_contain_text("Template “Follow-up” saved.")
+    template = db.session.scalar(select(MailTemplate))
+    db.session.refresh(template)
+    assert template.subject == "About {{Deal}}"
+    assert (
+        '<span data-smart-field="person.first_name" data-fallback="customer">First name</span>'
+        in template.body_html
+    )

@@ -5,6 +5,7 @@ deal's, person's and sender's values, with no chip markup and no placeholder lef
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from decimal import Decimal
 
@@ -21,39 +22,36 @@ from tests.test_send_e2e_browser import (  # noqa: F401 (fixtures)
     smtp,  # noqa: F811
     wait_until_queued,
 )
+from tests.test_smart_fields_browser import pick
 
 pytestmark = [pytest.mark.browser, pytest.mark.imap]
 
-CHIPS = (
-    "<div>Hello "
-    '<span data-smart-field="person.first_name" data-fallback="there">First name</span>,</div>'
-    '<div>our offer for <span data-smart-field="deal.title">Deal</span> at '
-    '<span data-smart-field="organization.name">Organization</span>: '
-    '<span data-smart-field="deal.value">Deal value</span>, until '
-    '<span data-smart-field="deal.expected_close_date">Expected close date</span>.</div>'
-    '<div>Regards, <span data-smart-field="sender.name">Your name</span></div>'
-)
+
+def type_with_fields(page, text: str) -> None:
+    """Type `text`, inserting each {{Label}} with the smart-field picker, as a user does."""
+    for index, part in enumerate(re.split(r"\{\{(.*?)\}\}", text)):
+        if index % 2:
+            pick(page, part)
+        elif part:
+            page.keyboard.type(part)
 
 
-def paste_html(page, editor_id: str, markup: str) -> None:
-    """Paste HTML the way a copy from another mail arrives (clipboardData text/html)."""
-    page.evaluate(
-        """([editorId, markup]) => {
-            const data = new DataTransfer();
-            data.setData("text/html", markup);
-            data.setData("text/plain", "chips");
-            document.getElementById(editorId).dispatchEvent(new ClipboardEvent(
-                "paste", {clipboardData: data, bubbles: true, cancelable: true}));
-        }""",
-        [editor_id, markup],
+def write_with_fields(page) -> None:
+    """Write the subject and body with the smart-field picker."""
+    page.locator("#template-subject").click()
+    type_with_fields(page, "Offer for {{Organization}}: {{Deal}}")
+    editor = page.locator("#template-editor")
+    editor.click()
+    type_with_fields(
+        page,
+        "Hello {{First name}}, our offer for {{Deal}} at {{Organization}}: {{Deal value}}, "
+        "until {{Expected close date}}. Regards, {{Your name}}",
     )
-
-
-def insert_fields(page) -> None:
-    """Insert the chips by pasting them (until the smart-field picker, static/js/smart_fields.js, is on main)."""
-    page.locator("#template-editor").click()
-    paste_html(page, "template-editor", CHIPS)
-    expect(page.locator("#template-editor [data-smart-field]")).to_have_count(6)
+    # The recipient may have no first name: the chip says what to write then.
+    editor.locator("[data-smart-field='person.first_name']").click()
+    page.get_by_label("Text to use when “First name” has no value").fill("there")
+    page.keyboard.press("Enter")
+    expect(editor.locator("[data-smart-field]")).to_have_count(6)
 
 
 def test_a_shared_template_with_smart_fields_sent_from_a_deal_by_a_teammate(
@@ -87,14 +85,15 @@ def test_a_shared_template_with_smart_fields_sent_from_a_deal_by_a_teammate(
     page.goto(live_server.url + "/settings/templates/new")
     page.locator("#template-form[data-ready=true]").wait_for()
     page.fill("#template-name", "Offer with fields")
-    page.fill("#template-subject", "Offer for {{Organization}}: {{Deal}}")
-    insert_fields(page)
+    write_with_fields(page)
+    expect(page.locator("#template-subject")).to_have_value("Offer for {{Organization}}: {{Deal}}")
     page.get_by_label("Shared with the team").check()
     page.get_by_role("button", name="Save template").click()
     expect(page.locator(".alert-ok")).to_contain_text("saved")
     template = db.session.scalars(db.select(MailTemplate)).one()
     db.session.refresh(template)
     assert template.shared and template.body_html.count("data-smart-field=") == 6
+    assert 'data-smart-field="person.first_name" data-fallback="there"' in template.body_html
     page.context.clear_cookies()
 
     # The teammate writes from the deal page with it.
@@ -120,11 +119,19 @@ def test_a_shared_template_with_smart_fields_sent_from_a_deal_by_a_teammate(
     assert received.rcpt_tos == ["carla@customer.test"]
     message = parsed(received.data)
     assert message["Subject"] == "Offer for Acme <GmbH>: Fleet renewal"
-    html = message.get_body(("html",)).get_content()
-    text = message.get_body(("plain",)).get_content()
+    # Typed spaces next to a chip arrive as no-break spaces, as the editor wrote them.
+    html = message.get_body(("html",)).get_content().replace("&nbsp;", " ")
+    text = message.get_body(("plain",)).get_content().replace("\xa0", " ")
     assert "Hello Carla," in html and "Fleet renewal" in html
     assert "Acme &lt;GmbH&gt;" in html  # a value is text, never markup
     assert "EUR 12,500" in html and "31 March 2027" in html and "Mia Müller" in html
     assert "Hello Carla," in text and "Acme <GmbH>" in text
-    for leftover in ("data-smart-field", "data-fallback", "{{", "First name", "Deal value"):
+    for leftover in (
+        "data-smart-field",
+        "data-fallback",
+        "{{",
+        "First name",
+        "Deal value",
+        "there",
+    ):
         assert leftover not in html and leftover not in text, leftover

@@ -17,6 +17,7 @@ from views import (
     persons,
     projects,
     settings,
+    signatures,
 )
 
 BLUEPRINTS = [
@@ -24,6 +25,7 @@ BLUEPRINTS = [
     admin.bp,
     settings.bp,
     accounts.bp,
+    signatures.bp,
     mail.bp,
     health.bp,
     conversations.bp,

@@ -16,7 +16,7 @@ URL table (url_prefix /mail):
   POST /drafts/<id>/attachments/<attachment id>/delete  remove_attachment
   GET  /outbox                                    outbox_index
   POST /outbox/<id>/edit | send-now | cancel      outbox_edit, outbox_send_now, outbox_cancel
-  GET  /compose/templates                         templates (JSON: usable templates, ?q=)
+  GET  /compose/templates                         templates_search (JSON: usable templates, ?q=)
   POST /drafts/<id>/template                      apply_template (fill from a template; JSON)
 
 Every draft route loads the mail through services.access.outgoing_for_owner (404 for anyone
@@ -30,7 +30,7 @@ from flask import Blueprint, abort, flash, jsonify, redirect, render_template, r
 from flask_login import current_user
 
 from models import OUTGOING_DRAFT, OutgoingAttachment, OutgoingMail
-from services import compose, drafts, outbox, smart_fields, templates
+from services import compose, drafts, outbox, signatures, smart_fields, templates
 from services.access import (
     message_for_viewer,
     outgoing_attachment_for_owner,
@@ -101,6 +101,8 @@ def _render(mail: OutgoingMail | None, values: drafts.Prefill, *, body_html: str
         undo_seconds=get_preference(current_user, "undo_send_seconds"),
         zone_name=current_zone_name() or "UTC",
         max_upload_bytes=drafts.max_upload_bytes(values.account_id),
+        signatures=signatures.compose_choices(current_user),
+        signature_position=get_preference(current_user, signatures.POSITION_KEY),
     )
 
 

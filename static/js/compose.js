@@ -806,6 +806,8 @@
   }
   updateDirections();
   refreshQuoteToggle();
+  // Extensions loaded before this script (signatures.js) hook in here, before any save.
+  form.dispatchEvent(new CustomEvent("compose:ready", { detail: { editor: editor, changed: changed } }));
   // A forward brings the original's attachments: save at once so they are listed.
   if (!state.draftId && form.elements.reply_kind && form.elements.reply_kind.value === "forward") {
     ensureDraft();
