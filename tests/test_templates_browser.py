@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import expect
 
 from extensions import db
-from models import MailTemplate, OutgoingMail
+from models import MailAccount, MailTemplate, OutgoingMail, Signature
 from tests.servers.browser import sign_in_with_session
 from tests.test_compose_browser import open_compose, paste_image, wait_saved
 
@@ -136,7 +136,16 @@ def test_a_shared_template_is_written_then_applied_by_a_teammate(page, live_serv
 
 
 def test_an_empty_mail_takes_a_template_without_asking(page, live_server, team):
+    """Only the account's signature in the mail: nothing to lose, and the signature stays."""
     author, writer = team
+    account = db.session.scalars(
+        db.select(MailAccount).where(MailAccount.user_id == writer.id)
+    ).one()
+    db.session.add(
+        Signature(
+            account_id=account.id, name="Work", body_html="<div>Mia, Sales</div>", is_default=True
+        )
+    )
     db.session.add(
         MailTemplate(
             owner_id=writer.id, name="Quick hello", subject="Hello", body_html="<div>Hi!</div>"
@@ -145,11 +154,13 @@ def test_an_empty_mail_takes_a_template_without_asking(page, live_server, team):
     db.session.add(MailTemplate(owner_id=author.id, name="Tina's private", subject="x"))
     db.session.commit()
     open_compose(page, live_server, writer)
+    expect(page.locator("#compose-editor [data-signature]")).to_have_text("Mia, Sales")
     page.get_by_role("button", name="Use a template…").click()
     results = page.get_by_role("listbox", name="Templates")
     expect(results.get_by_role("option")).to_have_count(1)  # not the author's private one
     page.keyboard.press("ArrowDown")
     page.keyboard.press("Enter")
     expect(page.locator("#compose-subject")).to_have_value("Hello")
-    expect(page.locator("#compose-editor")).to_have_text("Hi!")
+    expect(page.locator("#compose-editor > div").first).to_have_text("Hi!")
+    expect(page.locator("#compose-editor [data-signature]")).to_have_text("Mia, Sales")
     expect(page.get_by_role("dialog")).to_be_hidden()
