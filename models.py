@@ -516,6 +516,35 @@ class Thread(db.Model):
         return f"<Thread {self.id} {self.subject!r}>"
 
 
+class ThreadUnread(db.Model):
+    """A live conversation with an unread live message, and one place it counts in: a
+    Threadline list ("inbox", "archive", "later") or a server folder ("f<folder id>").
+
+    Kept by services/unread.py (triggers note changes, commits recompute them), so the
+    sidebar's unread counts are one index range per account, not a walk over the mail.
+    """
+
+    __tablename__ = "thread_unread"
+
+    account_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    counted_in: Mapped[str] = mapped_column(String(20), primary_key=True)
+    thread_id: Mapped[int] = mapped_column(Integer, primary_key=True, index=True)
+
+    def __repr__(self) -> str:
+        return f"<ThreadUnread {self.thread_id} {self.counted_in}>"
+
+
+class ThreadUnreadStale(db.Model):
+    """A conversation whose ThreadUnread rows must be recomputed before the commit."""
+
+    __tablename__ = "thread_unread_stale"
+
+    thread_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+
+    def __repr__(self) -> str:
+        return f"<ThreadUnreadStale {self.thread_id}>"
+
+
 class Message(db.Model):
     """A message as users see and link it; its folder/UID places are MessageLocation rows."""
 

@@ -62,6 +62,7 @@ from services.search import (
     remove_from_index,
 )
 from services.time_display import full_label, list_label, zone_for
+from services.unread import unread_counts
 
 PAGE_SIZE = 50
 FEW_MATCHES = 2000  # matching conversations up to which the list is built from the matches
@@ -233,43 +234,10 @@ def _unread_counts(user: User) -> tuple[dict[int, int], dict[str, int]]:
     """Count threads with an unread live message: per folder, and per Threadline list
     (Inbox, Reply later, Archive).
 
-    One pass over the user's unread messages (the partial index ix_message_unread, so only
-    unread ones are read), with each message's folders, counted here: three GROUP BY
-    queries cost three times the walk, and it grows with the unread messages, not the mailbox.
+    Read from the rows services/unread.py keeps current (one GROUP BY over an index of the
+    unread conversations' places), not by walking the unread messages on every request.
     """
-    inbox_folders = set(db.session.scalars(_role_folder_ids(user, "inbox")))
-    rows = db.session.execute(
-        access.owned_threads(user)
-        .where(_not(Thread.blocked))
-        .join(Message, Message.thread_id == Thread.id)
-        .outerjoin(MessageLocation, MessageLocation.message_id == Message.id)
-        .where(Message.account_id.in_(_account_ids(user)), _unread_live())
-        .with_only_columns(
-            Thread.id,
-            Thread.archived,
-            Thread.in_inbox,
-            Thread.reply_later,
-            MessageLocation.folder_id,
-            MessageLocation.deleted,
-        )
-    )
-    per_folder: dict[int, set[int]] = defaultdict(set)
-    lists: dict[str, set[int]] = {key: set() for key in THREADLINE_LISTS}
-    for thread_id, is_archived, in_inbox, reply_later, folder_id, location_deleted in rows:
-        if is_archived:
-            lists["archive"].add(thread_id)
-        elif in_inbox:
-            lists["inbox"].add(thread_id)
-        if reply_later:
-            lists["later"].add(thread_id)
-        if folder_id is None or location_deleted:
-            continue
-        # A server Inbox folder never counts conversations archived in Threadline.
-        if is_archived and folder_id in inbox_folders:
-            continue
-        per_folder[folder_id].add(thread_id)
-    counts = {folder_id: len(threads) for folder_id, threads in per_folder.items()}
-    return counts, {key: len(threads) for key, threads in lists.items()}
+    return unread_counts(_account_ids(user))
 
 
 def _unread_live() -> ColumnElement[bool]:

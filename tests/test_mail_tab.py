@@ -1,5 +1,6 @@
 """The Mail tab over HTTP: folders, counts, list order, paging, filters, search, actions, access."""
 
+import re
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -143,9 +144,11 @@ def me_of(folders):
 
 
 @pytest.mark.sqlite_only("reads SQLite's query plan")
-def test_unread_counts_read_only_unread_messages(me, folders, make_mailbox_message):
-    """The count walks the partial index of unread messages, not the whole mailbox."""
+def test_unread_counts_read_only_the_kept_counts(me, folders, make_mailbox_message):
+    """The sidebar reads the unread rows services/unread.py keeps (one covering index range
+    per account), never the messages: its cost does not grow with the mailbox."""
     make_mailbox_message(folders["inbox"], subject="Unread")
+    db.session.commit()
     statements = []
 
     def remember(conn, cursor, statement, parameters, context, executemany):
@@ -157,12 +160,13 @@ def test_unread_counts_read_only_unread_messages(me, folders, make_mailbox_messa
     finally:
         event.remove(db.engine, "before_cursor_execute", remember)
     connection = db.session.connection()
+    assert not [sql for sql, _params in statements if re.search(r"\bmessage\b", sql)]
     plans = [
         " ".join(row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params))
         for sql, params in statements
-        if "is_read" in sql
+        if "thread_unread" in sql
     ]
-    assert plans and all("ix_message_unread" in plan for plan in plans), plans
+    assert len(plans) == 1 and "USING COVERING INDEX" in plans[0], plans
 
 
 def test_list_is_newest_first_and_hides_blocked_and_deleted(
