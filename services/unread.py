@@ -105,7 +105,9 @@ def refresh_unread(connection: Connection) -> int:
         accounts: dict[int, int] = {}
         if places:
             found = select(Thread.id, Thread.account_id).where(Thread.id.in_(list(places)))
-            accounts = {thread_id: account_id for thread_id, account_id in connection.execute(found)}
+            accounts = {
+                thread_id: account_id for thread_id, account_id in connection.execute(found)
+            }
         connection.execute(_DELETE_ROWS, {"ids": chunk})
         rows = [
             {"thread_id": thread_id, "account_id": accounts[thread_id], "counted_in": key}
@@ -254,8 +256,7 @@ def create_triggers(connection: Connection) -> None:
     for name, when_event, table, condition, notes in TRIGGERS:
         if postgres:
             body = " ".join(
-                f"INSERT INTO thread_unread_stale (thread_id) SELECT {note} "
-                "ON CONFLICT DO NOTHING;"
+                f"INSERT INTO thread_unread_stale (thread_id) SELECT {note} ON CONFLICT DO NOTHING;"
                 for note in notes
             )
             connection.execute(
