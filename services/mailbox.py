@@ -60,6 +60,7 @@ from services.search import (
     match_expression,
     matching_threads_sql,
     remove_from_index,
+    search_rowid,
 )
 from services.time_display import full_label, list_label, zone_for
 from services.unread import unread_counts
@@ -294,7 +295,13 @@ def list_threads(user: User, query: MailboxQuery, *, now: datetime | None = None
     # last_date, id) index yields threads in page order and stops at the page; with
     # account_id IN (...) SQLite has to sort every thread of the user first.
     for account_id in _account_ids(user):
-        base = threads_select(user, query, account_id)
+        search = _search_plan(query.q, account_id) if query.q else None
+        if search is not None and search.common:
+            walked = _walk_search(user, query, account_id, cursor, search)
+            if walked is not None:
+                threads.extend(walked)
+                continue
+        base = threads_select(user, query, account_id, search=search)
         stmt = base if cursor is None else base.where(_after(cursor))
         stmt = stmt.order_by(*NEWEST_FIRST).limit(PAGE_SIZE + 1)
         found = list(db.session.scalars(stmt))
@@ -371,9 +378,11 @@ def _page_order(thread: Thread) -> tuple[bool, datetime | None, int]:
     return thread.last_date is not None, thread.last_date, thread.id
 
 
-def threads_select(user: User, query: MailboxQuery, account_id: int) -> Select[tuple[Thread]]:
+def threads_select(
+    user: User, query: MailboxQuery, account_id: int, *, search: SearchPlan | None = None
+) -> Select[tuple[Thread]]:
     """Return the select of the user's threads of one mail account in the query's folder
-    matching its filters."""
+    matching its filters (`search`: the query's search plan when the caller has it)."""
     stmt = access.owned_threads(user).where(Thread.account_id == account_id)
     stmt = stmt.where(_not(Thread.blocked))
     stmt = stmt.where(_folder_condition(user, query.folder))
@@ -395,7 +404,7 @@ def threads_select(user: User, query: MailboxQuery, account_id: int) -> Select[t
     if query.sharing:
         stmt = stmt.where(Thread.shared.is_(query.sharing == "shared"))
     if query.q:
-        stmt = stmt.where(_matches_search(query.q, account_id))
+        stmt = stmt.where((search or _search_plan(query.q, account_id)).condition)
     return stmt
 
 
@@ -439,31 +448,100 @@ def _few_locations(in_folder: ColumnElement[bool], limit: int) -> bool:
     return (db.session.scalar(select(func.count()).select_from(found.subquery())) or 0) <= limit
 
 
-def _matches_search(raw_query: str, account_id: int) -> ColumnElement[bool]:
+@dataclass(frozen=True)
+class SearchPlan:
+    """How one mailbox is searched for a query: the SQL condition on Thread, and whether the
+    term is common (more than FEW_MATCHES conversations match)."""
+
+    condition: ColumnElement[bool]
+    common: bool = False
+    sql: str = ""
+    match: str = ""
+
+
+def _search_plan(raw_query: str, account_id: int) -> SearchPlan:
     connection = db.session.connection()
     expression = match_expression(connection, raw_query)
     if expression is None:
-        return Thread.id.is_(None)  # nothing searchable: no results, not everything
-    params = {"match": expression, **account_rows(account_id)}
+        return SearchPlan(Thread.id.is_(None))  # nothing searchable: no results, not everything
     sql = matching_threads_sql(connection)
-    matching = text(sql).bindparams(**params).columns(thread_id=Integer)
-    if _more_matches_than(sql, params, FEW_MATCHES):
-        # A common term: walk threads newest first (index order) and stop at the page,
-        # probing each in the set of matching ids, which SQLite builds once. "+ 0" keeps
-        # SQLite from driving the walk by the set (and sorting every match).
-        return (Thread.id + 0).in_(matching)
-    # A rare term: fetch just the few matching threads, then sort them.
-    return Thread.id.in_(matching)
-
-
-def _more_matches_than(sql: str, params: Mapping[str, object], limit: int) -> bool:
-    """Tell whether more than `limit` conversations match (reads at most limit + 1 rows)."""
-    count = db.session.scalar(
-        text(f"SELECT count(*) FROM ({sql} LIMIT :limit) AS found").bindparams(
-            **params, limit=limit + 1
-        )
+    # The index is asked once, for at most FEW_MATCHES + 1 conversations: a rare term's
+    # matches are then used as they are (a second MATCH would cost the same again).
+    first = _matching_ids(sql, expression, account_rows(account_id), limit=FEW_MATCHES + 1)
+    if len(first) <= FEW_MATCHES:
+        return SearchPlan(Thread.id.in_(first))
+    matching = (
+        text(sql)
+        .bindparams(match=expression, **account_rows(account_id))
+        .columns(thread_id=Integer)
     )
-    return (count or 0) > limit
+    # A common term, where the whole set is needed (neighbour steps, and the fallback of
+    # _walk_search): walk threads newest first (index order) and stop at the page, probing
+    # each in the set of matching ids, which SQLite builds once. "+ 0" keeps SQLite from
+    # driving the walk by the set (and sorting every match).
+    return SearchPlan((Thread.id + 0).in_(matching), common=True, sql=sql, match=expression)
+
+
+def _matching_ids(sql: str, match: str, rows: Mapping[str, int], *, limit: int) -> list[int]:
+    """Return up to `limit` ids of the conversations matching `match` within the search row
+    id range `rows` (:first, :last)."""
+    found = text(f"{sql} LIMIT :limit").bindparams(match=match, limit=limit, **rows)
+    return list(db.session.scalars(found))
+
+
+WALK_FIRST_CHUNK = 4 * (PAGE_SIZE + 1)  # conversations looked at first; doubled each round
+WALK_LIMIT = 50_000  # conversations walked before falling back to the whole set of matches
+
+
+def _walk_search(
+    user: User,
+    query: MailboxQuery,
+    account_id: int,
+    cursor: tuple[datetime | None, int] | None,
+    search: SearchPlan,
+) -> list[Thread] | None:
+    """Return the first PAGE_SIZE + 1 conversations of the list matching a common term, or
+    None when this walk cannot tell (the caller then uses the whole set of matches).
+
+    Walks the list (folder and filters, without the term) newest first through its index
+    in chunks of growing size, and asks the search index only which conversations of each
+    chunk's id range match: the work is bounded by the page and the matches' density, not
+    by how many conversations match in the whole mailbox (the set the fallback builds).
+    Each chunk's members are tested exactly, so the page is the one the full query gives;
+    a chunk's id range is narrow when ids follow dates, as sync's store gives them.
+    """
+    base = threads_select(user, replace(query, q=""), account_id)
+    hits: list[Thread] = []
+    walked, size, position = 0, WALK_FIRST_CHUNK, cursor
+    while walked < WALK_LIMIT:
+        # After a dated position only dated threads come (an index range); the undated ones,
+        # last in list order, are walked once those run out (as list_threads does).
+        stmt = base if position is None else base.where(_after(position))
+        chunk = list(db.session.scalars(stmt.order_by(*NEWEST_FIRST).limit(size)))
+        if chunk:
+            ids = [thread.id for thread in chunk]
+            rows = {
+                "first": search_rowid(account_id, min(ids)),
+                "last": search_rowid(account_id, max(ids)),
+            }
+            matched = set(
+                db.session.scalars(text(search.sql).bindparams(match=search.match, **rows))
+            )
+            hits.extend(thread for thread in chunk if thread.id in matched)
+        if len(hits) > PAGE_SIZE:
+            return hits[: PAGE_SIZE + 1]
+        walked += len(chunk)
+        if len(chunk) == size:
+            position = (chunk[-1].last_date, chunk[-1].id)
+        elif position is not None and position[0] is not None:
+            position = (None, _ALL_UNDATED)  # the dated threads ran out: the undated next
+        else:
+            return hits  # the whole list was walked
+        size *= 2
+    return None
+
+
+_ALL_UNDATED = 2**31 - 1  # an id above every thread id: _after((None, it)) is every undated one
 
 
 def _live_message() -> ColumnElement[bool]:

@@ -1,7 +1,9 @@
 """The Mail tab over HTTP: folders, counts, list order, paging, filters, search, actions, access."""
 
+import random
 import re
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -736,3 +738,56 @@ def test_delete_question_says_whether_the_mailbox_trash_gets_the_mail(
     for url in pages:
         text = client_me.get(url).get_data(as_text=True)
         assert "moved to Trash in your mailbox" in text
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_search_walk_gives_the_pages_of_the_whole_set_of_matches(
+    me, folders, make_mailbox_message, monkeypatch, seed
+):
+    """A common term's bounded walk (mailbox._walk_search) pages exactly like the query over
+    every match, with dates out of id order, undated threads, folders and filters."""
+    rng = random.Random(seed)
+    monkeypatch.setattr(mailbox, "FEW_MATCHES", 0)
+    monkeypatch.setattr(mailbox, "PAGE_SIZE", 4)
+    monkeypatch.setattr(mailbox, "WALK_FIRST_CHUNK", 3)
+    for i in range(45):
+        folder = folders[rng.choice(["inbox", "inbox", "clients"])]
+        words = rng.choice(["walnut", "walnut pecan", "pecan", "almond"])
+        message = make_mailbox_message(
+            folder,
+            subject=f"T{i}",
+            body=words,
+            date=ago(days=rng.randint(0, 9)),
+            is_read=rng.random() < 0.5,
+        )
+        if rng.random() < 0.1:
+            db.session.get(Thread, message.thread_id).last_date = None
+    db.session.commit()
+    walk = mailbox._walk_search
+    walks = []
+
+    def counted(*args):
+        walks.append(args)
+        return walk(*args)
+
+    def pages(query):
+        found, after = [], ""
+        while True:
+            page = mailbox.list_threads(me, replace(query, after=after))
+            found.append([row.id for row in page.rows])
+            if page.next_cursor is None:
+                return found
+            after = page.next_cursor
+
+    queries = [
+        mailbox.MailboxQuery(q="walnut"),
+        mailbox.MailboxQuery(q="pec"),
+        mailbox.MailboxQuery(q="walnut", unread=True),
+        mailbox.MailboxQuery(folder=f"f{folders['clients'].id}", q="walnut"),
+    ]
+    for query in queries:
+        monkeypatch.setattr(mailbox, "_walk_search", counted)
+        walked = pages(query)
+        monkeypatch.setattr(mailbox, "_walk_search", lambda *args: None)
+        assert walked == pages(query), query
+    assert walks
