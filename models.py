@@ -448,6 +448,10 @@ class Thread(db.Model):
     # repeats their WHERE terms exactly.
     __table_args__ = (
         Index("ix_thread_account_last_date", "account_id", "last_date", "id"),
+        # A record page's conversations, newest first, a page at a time (keyset).
+        Index("ix_thread_deal_last_date", "deal_id", "last_date", "id"),
+        Index("ix_thread_lead_last_date", "lead_id", "last_date", "id"),
+        Index("ix_thread_project_last_date", "project_id", "last_date", "id"),
         Index(
             "ix_thread_inbox",
             "account_id",

@@ -316,6 +316,31 @@ def list_threads(user: User, query: MailboxQuery, *, now: datetime | None = None
     return ThreadPage(rows=rows, next_cursor=_encode_cursor(page[-1]) if more else None)
 
 
+def keyset_page(
+    stmt: Select[tuple[Thread]], after: str, size: int
+) -> tuple[list[Thread], str | None]:
+    """Return the first `size` threads of `stmt` in list order (newest first, undated last)
+    after the cursor `after`, and the cursor of the next page (None on the last page).
+
+    Reads at most size + 1 rows of an index ordered like the list (e.g. the record link
+    indexes (deal_id, last_date, id)): the cost is the page's, not the whole list's.
+    """
+    cursor = _decode_cursor(after)
+    found = list(
+        db.session.scalars(
+            (stmt if cursor is None else stmt.where(_after(cursor)))
+            .order_by(*NEWEST_FIRST)
+            .limit(size + 1)
+        )
+    )
+    if cursor is not None and cursor[0] is not None and len(found) <= size:
+        # Undated threads sort last: once the dated ones run out, continue with them.
+        undated = stmt.where(Thread.last_date.is_(None)).order_by(Thread.id.desc())
+        found += db.session.scalars(undated.limit(size + 1 - len(found)))
+    page = found[:size]
+    return page, _encode_cursor(page[-1]) if len(found) > size else None
+
+
 STEPS = ("newer", "older")
 
 

@@ -1,4 +1,5 @@
-"""Unread counts kept current: thread_unread rows, their stale list and triggers, backfilled.
+"""Unread counts kept current (thread_unread, its stale list, triggers; backfilled); record
+panel indexes (deal/lead/project, last_date, id) for paging a record's conversations.
 
 Revision ID: 0008
 Revises: 0007
@@ -30,6 +31,13 @@ def upgrade():
         sa.Column("thread_id", sa.Integer(), autoincrement=False, nullable=False),
         sa.PrimaryKeyConstraint("thread_id"),
     )
+    for record in ("deal", "lead", "project"):
+        op.create_index(
+            f"ix_thread_{record}_last_date",
+            "thread",
+            [f"{record}_id", "last_date", "id"],
+            unique=False,
+        )
     connection = op.get_bind()
     unread.create_triggers(connection)
     unread.rebuild(connection)
@@ -37,6 +45,8 @@ def upgrade():
 
 def downgrade():
     unread.drop_triggers(op.get_bind())
+    for record in ("deal", "lead", "project"):
+        op.drop_index(f"ix_thread_{record}_last_date", table_name="thread")
     op.drop_table("thread_unread_stale")
     op.drop_index("ix_thread_unread_thread_id", table_name="thread_unread")
     op.drop_table("thread_unread")
