@@ -302,14 +302,7 @@ def list_threads(user: User, query: MailboxQuery, *, now: datetime | None = None
                 threads.extend(walked)
                 continue
         base = threads_select(user, query, account_id, search=search)
-        stmt = base if cursor is None else base.where(_after(cursor))
-        stmt = stmt.order_by(*NEWEST_FIRST).limit(PAGE_SIZE + 1)
-        found = list(db.session.scalars(stmt))
-        if cursor is not None and cursor[0] is not None and len(found) <= PAGE_SIZE:
-            # Undated threads sort last: once the dated ones run out, continue with them.
-            undated = base.where(Thread.last_date.is_(None)).order_by(Thread.id.desc())
-            found += db.session.scalars(undated.limit(PAGE_SIZE + 1 - len(found)))
-        threads.extend(found)
+        threads.extend(_first_after(base, cursor, PAGE_SIZE + 1))
     threads.sort(key=_page_order, reverse=True)
     page, more = threads[:PAGE_SIZE], len(threads) > PAGE_SIZE
     rows = _rows(user, page, now or datetime.now(UTC))
@@ -325,20 +318,27 @@ def keyset_page(
     Reads at most size + 1 rows of an index ordered like the list (e.g. the record link
     indexes (deal_id, last_date, id)): the cost is the page's, not the whole list's.
     """
-    cursor = _decode_cursor(after)
+    found = _first_after(stmt, _decode_cursor(after), size + 1)
+    page = found[:size]
+    return page, _encode_cursor(page[-1]) if len(found) > size else None
+
+
+def _first_after(
+    stmt: Select[tuple[Thread]], cursor: tuple[datetime | None, int] | None, limit: int
+) -> list[Thread]:
+    """Return the first `limit` threads of `stmt` in list order after `cursor`."""
     found = list(
         db.session.scalars(
             (stmt if cursor is None else stmt.where(_after(cursor)))
             .order_by(*NEWEST_FIRST)
-            .limit(size + 1)
+            .limit(limit)
         )
     )
-    if cursor is not None and cursor[0] is not None and len(found) <= size:
+    if cursor is not None and cursor[0] is not None and len(found) < limit:
         # Undated threads sort last: once the dated ones run out, continue with them.
         undated = stmt.where(Thread.last_date.is_(None)).order_by(Thread.id.desc())
-        found += db.session.scalars(undated.limit(size + 1 - len(found)))
-    page = found[:size]
-    return page, _encode_cursor(page[-1]) if len(found) > size else None
+        found += db.session.scalars(undated.limit(limit - len(found)))
+    return found
 
 
 STEPS = ("newer", "older")
