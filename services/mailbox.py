@@ -535,16 +535,20 @@ def _walk_search(
     Each chunk's members are tested exactly, so the page is the one the full query gives;
     a chunk's id range is narrow when ids follow dates, as sync's store gives them.
     """
-    base = threads_select(user, replace(query, q=""), account_id)
-    hits: list[Thread] = []
+    # (Ids and dates only: building Thread objects for every row walked cost more than the
+    # walk itself; the page's few are loaded at the end.)
+    base = threads_select(user, replace(query, q=""), account_id).with_only_columns(
+        Thread.id, Thread.last_date
+    )
+    hits: list[int] = []
     walked, size, position = 0, WALK_FIRST_CHUNK, cursor
     while walked < WALK_LIMIT:
         # After a dated position only dated threads come (an index range); the undated ones,
         # last in list order, are walked once those run out (as list_threads does).
         stmt = base if position is None else base.where(_after(position))
-        chunk = list(db.session.scalars(stmt.order_by(*NEWEST_FIRST).limit(size)))
+        chunk = db.session.execute(stmt.order_by(*NEWEST_FIRST).limit(size)).all()
         if chunk:
-            ids = [thread.id for thread in chunk]
+            ids = [thread_id for thread_id, _last_date in chunk]
             rows = {
                 "first": search_rowid(account_id, min(ids)),
                 "last": search_rowid(account_id, max(ids)),
@@ -552,18 +556,23 @@ def _walk_search(
             matched = set(
                 db.session.scalars(text(search.sql).bindparams(match=search.match, **rows))
             )
-            hits.extend(thread for thread in chunk if thread.id in matched)
+            hits.extend(thread_id for thread_id in ids if thread_id in matched)
         if len(hits) > PAGE_SIZE:
-            return hits[: PAGE_SIZE + 1]
+            return _threads_in_order(hits[: PAGE_SIZE + 1])
         walked += len(chunk)
         if len(chunk) == size:
-            position = (chunk[-1].last_date, chunk[-1].id)
+            position = (chunk[-1][1], chunk[-1][0])
         elif position is not None and position[0] is not None:
             position = (None, _ALL_UNDATED)  # the dated threads ran out: the undated next
         else:
-            return hits  # the whole list was walked
+            return _threads_in_order(hits)  # the whole list was walked
         size *= 2
     return None
+
+
+def _threads_in_order(ids: list[int]) -> list[Thread]:
+    found = {t.id: t for t in db.session.scalars(select(Thread).where(Thread.id.in_(ids)))}
+    return [found[thread_id] for thread_id in ids]
 
 
 _ALL_UNDATED = 2**31 - 1  # an id above every thread id: _after((None, it)) is every undated one
