@@ -67,6 +67,7 @@ from services.unread import unread_counts
 
 PAGE_SIZE = 50
 FEW_MATCHES = 2000  # matching conversations up to which the list is built from the matches
+FEW_IDS = 200  # matching conversations up to which their ids are bound into the list query
 SMALL_FOLDER = 2000  # folder messages up to which threads are found from the folder
 # Role folders shown first, in this order; "archive" is Threadline's archive (Thread.archived)
 # and "later" its Reply later list (Thread.reply_later), neither of them a server folder.
@@ -490,16 +491,20 @@ def _search_plan(raw_query: str, account_id: int) -> SearchPlan:
     if expression is None:
         return SearchPlan(Thread.id.is_(None))  # nothing searchable: no results, not everything
     sql = matching_threads_sql(connection)
-    # The index is asked once, for at most FEW_MATCHES + 1 conversations: a rare term's
-    # matches are then used as they are (a second MATCH would cost the same again).
     first = _matching_ids(sql, expression, account_rows(account_id), limit=FEW_MATCHES + 1)
-    if len(first) <= FEW_MATCHES:
+    if len(first) <= min(FEW_IDS, FEW_MATCHES):
+        # A handful of matches (a person's address, a rare word) are used as they are: a
+        # second MATCH would cost the first again (a long prefix merges its whole doclist).
         return SearchPlan(Thread.id.in_(first))
     matching = (
         text(sql)
         .bindparams(match=expression, **account_rows(account_id))
         .columns(thread_id=Integer)
     )
+    if len(first) <= FEW_MATCHES:
+        # A rare term: fetch just the few matching threads, then sort them (as many bound
+        # ids cost more than the second MATCH).
+        return SearchPlan(Thread.id.in_(matching))
     # A common term, where the whole set is needed (neighbour steps, and the fallback of
     # _walk_search): walk threads newest first (index order) and stop at the page, probing
     # each in the set of matching ids, which SQLite builds once. "+ 0" keeps SQLite from

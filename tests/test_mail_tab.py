@@ -286,11 +286,16 @@ def test_filters(client_me, me, folders, make_mailbox_message, make_deal):
     assert ids("unread=1&linked=linked") == set()
 
 
-@pytest.mark.parametrize("few_matches", [2000, 0], ids=["rare-term plan", "common-term plan"])
+@pytest.mark.parametrize(
+    ("few_matches", "few_ids"),
+    [(2000, 200), (2000, 0), (0, 0)],
+    ids=["matching-ids plan", "rare-term plan", "common-term plan"],
+)
 def test_search_subject_body_participant_as_fragment(
-    client_me, folders, make_mailbox_message, monkeypatch, few_matches
+    client_me, folders, make_mailbox_message, monkeypatch, few_matches, few_ids
 ):
     monkeypatch.setattr(mailbox, "FEW_MATCHES", few_matches)
+    monkeypatch.setattr(mailbox, "FEW_IDS", few_ids)
     by_subject = make_mailbox_message(folders["inbox"], subject="Quarterly proposal")
     by_body = make_mailbox_message(folders["inbox"], subject="Hi", body="the pricing sheet")
     by_person = make_mailbox_message(
