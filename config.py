@@ -67,6 +67,9 @@ class DefaultConfig:
     SEND_BACKOFF_SECONDS = 30
     SEND_MAX_ATTEMPTS = 5
     DAILY_SEND_LIMIT = 500
+    # Group email (services/group_send.py): the most recipients one group email may have.
+    # Its mails are paced by the account's provider preset (mailsync/providers.py).
+    GROUP_SEND_MAX_RECIPIENTS = 100
     MAIL_CONNECTION_TESTS = 10  # connection tests per user per window (R20, R27)
     MAIL_CONNECTION_TEST_WINDOW_SECONDS = 10 * 60
     MAX_FULL_SIZE = 25 * 1024 * 1024  # larger messages are stored as header-only placeholders

@@ -22,7 +22,15 @@ from sqlalchemy import delete, exists, select, update
 
 from extensions import db
 from mailsync.blobstore import BlobStore
-from models import SYNC_RUNNING, MailAccount, Message, MessageLocation, OutgoingAttachment, Thread
+from models import (
+    SYNC_RUNNING,
+    MailAccount,
+    Message,
+    MessageLocation,
+    OutgoingAttachment,
+    TemplateAttachment,
+    Thread,
+)
 
 # Longer than OTHER_FOLDERS_INTERVAL_SECONDS (600 s) plus a pass: a message moved into a
 # folder synced every 10 minutes is seen leaving its old folder up to that long before it is
@@ -38,6 +46,8 @@ message_t = Message.__table__
 location_t = MessageLocation.__table__
 thread_t = Thread.__table__
 attachment_t = OutgoingAttachment.__table__
+# Every other table naming blobs by sha: a blob any of them uses is kept.
+BLOB_COLUMNS = (attachment_t.c.blob_sha256, TemplateAttachment.__table__.c.blob_sha256)
 
 
 @dataclass
@@ -157,14 +167,16 @@ def _delete_message_batch(cutoff: datetime, now: datetime, batch_size: int) -> l
 
 
 def _blob_in_use(sha: str) -> bool:
-    """Tell whether any message row (of any account) or outgoing attachment uses the blob."""
-    return (
+    """Tell whether any message row (of any account), outgoing or template attachment uses
+    the blob."""
+    if (
         db.session.scalar(select(message_t.c.id).where(message_t.c.raw_sha256 == sha).limit(1))
         is not None
-        or db.session.scalar(
-            select(attachment_t.c.id).where(attachment_t.c.blob_sha256 == sha).limit(1)
-        )
-        is not None
+    ):
+        return True
+    return any(
+        db.session.scalar(select(column).where(column == sha).limit(1)) is not None
+        for column in BLOB_COLUMNS
     )
 
 
@@ -189,7 +201,7 @@ def _delete_thread_batch(cutoff: datetime, batch_size: int) -> int:
 
 
 def sweep_unreferenced_blobs(blobs: BlobStore, *, batch_size: int = 500) -> int:
-    """Delete stored blobs no message row or outgoing attachment uses; return how many went.
+    """Delete stored blobs no message row or attachment row uses; return how many went.
 
     Catches what row-by-row collection cannot: the mail of a removed account (its rows went
     with the account), and a blob whose row was collected just before a crash. Blobs put
@@ -211,11 +223,9 @@ def sweep_unreferenced_blobs(blobs: BlobStore, *, batch_size: int = 500) -> int:
 def _sweep_batch(blobs: BlobStore, shas: list[str]) -> int:
     used = set(
         db.session.scalars(select(message_t.c.raw_sha256).where(message_t.c.raw_sha256.in_(shas)))
-    ) | set(
-        db.session.scalars(
-            select(attachment_t.c.blob_sha256).where(attachment_t.c.blob_sha256.in_(shas))
-        )
     )
+    for column in BLOB_COLUMNS:
+        used |= set(db.session.scalars(select(column).where(column.in_(shas))))
     db.session.rollback()  # no transaction left open while touching files
     removed = 0
     for sha in shas:

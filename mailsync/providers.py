@@ -28,6 +28,15 @@ class Provider:
     # whether its SMTP server files the Sent copy itself (then Threadline must not append one).
     max_message_bytes: int | None = None
     files_sent_copy: bool = False
+    # Group email pacing (services/group_send.py): seconds between two mails and the most
+    # mails a minute. Where a provider publishes no per-minute rate these are Threadline's
+    # cautious default (10 a minute, one every 6 s), well under every published daily limit.
+    send_pause_seconds: int = 6
+    sends_per_minute: int = 10
+
+    def send_interval_seconds(self) -> int:
+        """Return the seconds between two paced mails: the pause, or the per-minute cap's."""
+        return max(self.send_pause_seconds, -(-60 // max(1, self.sends_per_minute)))
 
     def sending_defaults(self) -> dict[str, int | bool | None]:
         """Return the sending fields of this preset (size limit, own Sent copy)."""
@@ -92,6 +101,11 @@ PROVIDERS: tuple[Provider, ...] = (
         domains=("gmail.com", "googlemail.com"),
         max_message_bytes=25_000_000,
         files_sent_copy=True,
+        # Gmail publishes daily limits (500 a day for gmail.com, 2,000 for Workspace:
+        # support.google.com/a/answer/166852) and no rate; 20 a minute stays far below the
+        # bursts that trip its "sending limit exceeded" (421 4.7.28) answers.
+        send_pause_seconds=3,
+        sends_per_minute=20,
     ),
     Provider(
         "yahoo",
@@ -118,6 +132,11 @@ PROVIDERS: tuple[Provider, ...] = (
         OAUTH_NOTE,
         oauth_only=True,
         max_message_bytes=20_000_000,
+        # "Message rate limit: 30 messages per minute" (Exchange Online limits,
+        # learn.microsoft.com/office365/servicedescriptions/exchange-online-service-description/
+        # exchange-online-limits#sending-limits).
+        send_pause_seconds=2,
+        sends_per_minute=30,
     ),
     Provider(
         "outlook",
@@ -139,6 +158,10 @@ PROVIDERS: tuple[Provider, ...] = (
             "hotmail.co.uk",
         ),
         max_message_bytes=20_000_000,
+        # Outlook.com publishes a daily limit only (300 recipients, "Sending limits in
+        # Outlook.com", support.microsoft.com); the Exchange Online rate below is the ceiling.
+        send_pause_seconds=2,
+        sends_per_minute=30,
     ),
     Provider(
         "icloud",
@@ -152,6 +175,8 @@ PROVIDERS: tuple[Provider, ...] = (
         "Create an app-specific password at appleid.apple.com and enter it here.",
         needs_app_password=True,
         domains=("icloud.com", "me.com", "mac.com"),
+        # iCloud: at most 1,000 messages a day (support.apple.com/en-us/102198); no rate
+        # published: the cautious default applies.
     ),
     Provider(
         "aol",

@@ -39,7 +39,7 @@ from mailsync.blobstore import app_blob_store
 from mailsync.parse import dedup_key, header_key, html_to_text, parse_message
 from mailsync.prepare import for_search
 from models import MailAccount, MailFolder, OutgoingMail, Thread, User
-from services import outbox
+from services import outbox, smart_fields
 from services.access import can_access_record
 from services.errors import ValidationError
 from services.linking import LINK_COLUMNS, LINK_MODELS, set_thread_link
@@ -75,13 +75,13 @@ def _has_line_break(value: str | None) -> bool:
     return bool(value) and ("\r" in value or "\n" in value or "\0" in value)
 
 
-def _refuse_line_breaks(mail: OutgoingMail, from_name: str) -> None:
+def _refuse_line_breaks(mail: OutgoingMail, from_name: str, subject: str) -> None:
     """Raise ValidationError when any value bound for a header holds CR, LF or NUL (R18)."""
     errors: dict[str, str] = {}
     for field in ("to", "cc", "bcc"):
         if any(_has_line_break(n) or _has_line_break(a) for n, a in getattr(mail, field) or []):
             errors[field] = "An address or name cannot contain line breaks."
-    if _has_line_break(mail.subject):
+    if _has_line_break(subject):
         errors["subject"] = "The subject cannot contain line breaks."
     if _has_line_break(from_name):
         errors["account"] = "Your name cannot contain line breaks (Settings > Profile)."
@@ -155,8 +155,10 @@ def build_message(
     from_address: str,
     attachment_bytes: Callable[[str], bytes],
     now: datetime | None = None,
+    filled: smart_fields.Filled | None = None,
 ) -> Built:
-    """Build the MIME message of `mail` (Bcc in the envelope only).
+    """Build the MIME message of `mail` (Bcc in the envelope only), with the subject and body
+    of `filled` (its smart fields filled) when given, else the mail's own.
 
     multipart/alternative (text made from the sanitized HTML, and the HTML) inside
     multipart/related with the inline (cid:) images, inside multipart/mixed with the
@@ -164,7 +166,9 @@ def build_message(
     RFC 2047/2231 encoded; a non-ASCII local part makes it an SMTPUTF8 message.
     Raises ValidationError for a value that cannot go into a header (never a 500).
     """
-    _refuse_line_breaks(mail, from_name)
+    subject = filled.subject if filled is not None else mail.subject or ""
+    body_html = filled.body_html if filled is not None else mail.body_html or ""
+    _refuse_line_breaks(mail, from_name, subject)
     pairs = {
         field: [
             (name or "", _ascii_domain(address)) for name, address in getattr(mail, field) or []
@@ -176,7 +180,7 @@ def build_message(
     utf8 = any(_needs_utf8(address) for _name, address in everyone)
     inline = [a for a in mail.attachments if a.content_id]
     files = [a for a in mail.attachments if not a.content_id]
-    html = sanitize_outgoing_html(mail.body_html or "", content_ids={a.content_id for a in inline})
+    html = sanitize_outgoing_html(body_html, content_ids={a.content_id for a in inline})
     html, embedded = _data_images_to_parts(html)
     text = html_to_text(html).strip() + "\n"
     policy = POLICY_UTF8 if utf8 else POLICY
@@ -223,7 +227,7 @@ def build_message(
             message["To"] = _address_header(pairs["to"], utf8=utf8)
         if pairs["cc"]:
             message["Cc"] = _address_header(pairs["cc"], utf8=utf8)
-        message["Subject"] = mail.subject or ""
+        message["Subject"] = subject
         message["Date"] = email.utils.format_datetime(now or datetime.now(UTC))
         message["Message-ID"] = mail.message_id_header
         if mail.in_reply_to:
@@ -291,6 +295,11 @@ def _load(app: Flask, mail_id: int) -> _Job | None:
     if not account.smtp_host:
         outbox.mark_failed(mail_id, f"{account.email_address} has no outgoing (SMTP) server.")
         return None
+    # Smart fields take the CRM's values of now; the Sent copy is the filled mail.
+    filled = smart_fields.fill_mail(mail)
+    if filled.missing:
+        outbox.mark_failed(mail_id, "Not sent: " + smart_fields.missing_message(filled.missing))
+        return None
     blobs = app_blob_store(app)
     try:
         built = build_message(
@@ -298,6 +307,7 @@ def _load(app: Flask, mail_id: int) -> _Job | None:
             from_name=user.name or "",
             from_address=account.email_address,
             attachment_bytes=blobs.get,
+            filled=filled,
         )
         settings = smtp_settings(app, account)
     except ValidationError as exc:

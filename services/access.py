@@ -15,6 +15,7 @@ from extensions import db
 from models import (
     VISIBILITY_EVERYONE,
     Deal,
+    GroupSend,
     Lead,
     MailAccount,
     MailFolder,
@@ -287,6 +288,14 @@ def outgoing_for_owner(user: User, mail_id: int) -> OutgoingMail:
     if mail is None or mail.user_id != user.id:
         abort(404)
     return mail
+
+
+def group_send_for_owner(user: User, group_id: int) -> GroupSend:
+    """Return one of the user's own group emails or abort 404 (admins included in "no")."""
+    group = db.session.get(GroupSend, group_id) if is_database_id(group_id) else None
+    if group is None or group.user_id != user.id:
+        abort(404)
+    return group
 
 
 def outgoing_attachment_for_owner(

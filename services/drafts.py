@@ -30,9 +30,10 @@ from models import (
     OutgoingMail,
     Person,
     PersonEmail,
+    TemplateAttachment,
     User,
 )
-from services import compose, linking, outbox
+from services import compose, linking, outbox, signatures, smart_fields
 from services.access import (
     own_sending_accounts,
     owned_messages,
@@ -52,6 +53,8 @@ MAX_SUBJECT_LENGTH = 998  # RFC 5322 line limit
 MAX_BODY_LENGTH = 5_000_000
 MAX_RECIPIENTS = 500
 INLINE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+# What the editor's own markup keeps through the draft sanitizer (span chips, div signature).
+EDITOR_ATTRIBUTES = {**smart_fields.CHIP_ATTRIBUTES, **signatures.MARKER_ATTRIBUTES}
 
 
 @dataclass
@@ -219,10 +222,24 @@ def clean_body(mail: OutgoingMail, body: str, attachment_url: AttachmentUrl) -> 
     The editor's URLs of this draft's images are turned into cid: first, so the sanitizer's
     cid rule maps them back to those URLs and drops any other image that is not a data: URI.
     """
-    urls = _urls_by_cid(mail, attachment_url)
-    as_cid = compose.body_for_storage(body, urls)
-    sanitized = sanitize_email_html(as_cid, cid_url=urls.get, allow_remote_images=False).html
-    return compose.body_for_storage(sanitized, urls)
+    return clean_editor_html(body, _urls_by_cid(mail, attachment_url))
+
+
+def clean_editor_html(body: str, urls_by_cid: Mapping[str, str]) -> str:
+    """Sanitize what an editor sent (a draft's or a template's body); inline images as cid:.
+
+    `urls_by_cid` maps the Content-IDs of the body's own inline images to their URLs in the
+    editor. Smart-field chips and the signature block's marker are kept (services/mail_render.py's
+    composed-HTML policy); sending drops both.
+    """
+    as_cid = compose.body_for_storage(body, urls_by_cid)
+    sanitized = sanitize_email_html(
+        as_cid,
+        cid_url=urls_by_cid.get,
+        allow_remote_images=False,
+        extra_attributes=EDITOR_ATTRIBUTES,  # chips and the signature marker stay until sent
+    ).html
+    return compose.body_for_storage(sanitized, urls_by_cid)
 
 
 def editor_body(mail: OutgoingMail, attachment_url: AttachmentUrl) -> str:
@@ -342,9 +359,31 @@ def add_attachment(
     """
     if mail.state != OUTGOING_DRAFT:
         raise ValidationError({"attachments": "This mail is no longer a draft."})
-    limit = max_upload_bytes(mail.account_id)
-    total = sum(a.size for a in mail.attachments) + len(data)
-    if len(data) > limit or total > limit:
+    fields = stored_upload(
+        filename=filename,
+        content_type=content_type,
+        data=data,
+        inline=inline,
+        limit=max_upload_bytes(mail.account_id),
+        already=sum(a.size for a in mail.attachments),
+    )
+    attachment = OutgoingAttachment(**fields)
+    mail.attachments.append(attachment)
+    db.session.commit()
+    return attachment
+
+
+def stored_upload(
+    *, filename: str, content_type: str, data: bytes, inline: bool, limit: int, already: int
+) -> dict:
+    """Check one upload (a draft's or a template's) and put its bytes in the blob store.
+
+    Return the attachment row's fields (filename, content_type, size, blob_sha256,
+    content_id: a new Content-ID for an inline image). Raises ValidationError when the file
+    makes the attachments (`already` bytes so far) larger than `limit`, or an inline image
+    is not a raster image.
+    """
+    if len(data) > limit or already + len(data) > limit:
         raise ValidationError(
             {
                 "attachments": f"{safe_filename(filename)} is too large: attachments may add up "
@@ -354,16 +393,13 @@ def add_attachment(
     content_type = (content_type or "application/octet-stream").split(";")[0].strip().lower()
     if inline and content_type not in INLINE_TYPES:
         raise ValidationError({"attachments": "Only PNG, JPEG, GIF and WebP images go inline."})
-    attachment = OutgoingAttachment(
-        filename=safe_filename(filename, default="image" if inline else "attachment"),
-        content_type=content_type[:255] or "application/octet-stream",
-        size=len(data),
-        blob_sha256=blob_store().put(data),
-        content_id=f"{secrets.token_hex(12)}@threadline" if inline else None,
-    )
-    mail.attachments.append(attachment)
-    db.session.commit()
-    return attachment
+    return {
+        "filename": safe_filename(filename, default="image" if inline else "attachment"),
+        "content_type": content_type[:255] or "application/octet-stream",
+        "size": len(data),
+        "blob_sha256": blob_store().put(data),
+        "content_id": f"{secrets.token_hex(12)}@threadline" if inline else None,
+    }
 
 
 def remove_attachment(user: User, mail: OutgoingMail, attachment: OutgoingAttachment) -> None:
@@ -374,7 +410,7 @@ def remove_attachment(user: User, mail: OutgoingMail, attachment: OutgoingAttach
     db.session.commit()
 
 
-def attachment_bytes(attachment: OutgoingAttachment) -> bytes | None:
+def attachment_bytes(attachment: OutgoingAttachment | TemplateAttachment) -> bytes | None:
     """Return an attachment's bytes, or None when the blob is missing."""
     try:
         return blob_store().get(attachment.blob_sha256)

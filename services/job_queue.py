@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import and_, delete, exists, or_, select, update
+from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import aliased
 
 from extensions import db
@@ -76,6 +76,8 @@ def enqueue(
     payload = dict(payload or {})
     if max_attempts is None:
         max_attempts = int(current_app.config.get("JOB_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS))
+    if key is not None:
+        _lock_key(key)
     if key is not None and merge is not None:
         # FOR UPDATE: two requests folding into one job at once (two web processes on
         # PostgreSQL) must merge one after the other; else the second writes merge(old, new)
@@ -110,6 +112,19 @@ def enqueue(
     db.session.add(job)
     db.session.commit()
     return job.id
+
+
+def _lock_key(key: str) -> None:
+    """Make enqueues of one key take turns until they commit (PostgreSQL).
+
+    A key's jobs run in id order. PostgreSQL hands out ids when rows are inserted, not when
+    they commit: two requests queueing for one key at once could commit in the other order
+    than their ids (two moves of one mail would then run the wrong way round). Under this
+    lock the second request takes its id after the first has committed. SQLite needs none:
+    the first write of a request holds the database's one write lock until it commits.
+    """
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(select(func.pg_advisory_xact_lock(func.hashtext(key))))
 
 
 def _claimable(now: datetime):

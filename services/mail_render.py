@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -78,6 +78,10 @@ _ATTRIBUTES = {
     tag: _TAG_ATTRS.get(tag, set()) | ({"title"} if tag != "a" else set()) for tag in _TAGS
 }
 _ATTRIBUTES["*"] = _GENERIC_ATTRS
+# The values of smart-field chips (kept only through extra_attributes, for what the user
+# wrote; received mail never gets data-* attributes, R7).
+_SMART_FIELD_KEY = re.compile(r"^[a-z][a-z_]{0,40}(\.[a-z][a-z_]{0,40})?$")
+MAX_FALLBACK_LENGTH = 200  # as services/smart_fields.MAX_FALLBACK_LENGTH
 
 # Schemes nh3 lets through to attribute_filter; the filter then applies the per-tag rules.
 _URL_SCHEMES = {"http", "https", "mailto", "tel", "cid", "data"}
@@ -130,6 +134,7 @@ def sanitize_email_html(
     *,
     cid_url: Callable[[str], str | None],
     allow_remote_images: bool = False,
+    extra_attributes: Mapping[str, Collection[str]] | None = None,
 ) -> SanitizedHtml:
     """Sanitize untrusted mail HTML with the R1–R4 allowlist and rewrite cid: images.
 
@@ -137,15 +142,18 @@ def sanitize_email_html(
     ``data:image/...;base64`` URI, or None when the message has no such part (the src is
     dropped). Remote http(s) images are dropped and counted unless ``allow_remote_images``;
     ``has_remote_content`` is true when any remote image src was seen, blocked or not.
+    ``extra_attributes`` (tag -> names) keeps more attributes, as text: the compose editor's
+    smart-field chips (services/smart_fields.CHIP_ATTRIBUTES); received mail never gets any.
     """
     stats = {"blocked": 0, "remote": 0}
+    attributes = _with_extra(extra_attributes)
 
     def attribute_filter(tag: str, attr: str, value: str) -> str | None:
         if tag == "img" and attr == "src":
             return _filter_img_src(value, cid_url, allow_remote_images, stats)
         return _filter_attribute(tag, attr, value)
 
-    first = _clean(html, attribute_filter, final=False)
+    first = _clean(html, attribute_filter, final=False, attributes=attributes)
     # Second pass over our own, already filtered serialization, only to title links (R13).
     # There <a> never carries a title, nothing is dropped, and nh3 appends the title after the
     # existing href and the rel last, so the title can describe the href just seen.
@@ -162,7 +170,7 @@ def sanitize_email_html(
             last_href.clear()
         return value
 
-    final = _clean(first, title_filter, final=True)
+    final = _clean(first, title_filter, final=True, attributes=attributes)
     return SanitizedHtml(
         html=final,
         blocked_remote_images=stats["blocked"],
@@ -240,7 +248,23 @@ def sanitize_reply_html(
     )
 
 
-def _clean(html: str, attribute_filter: AttributeFilter, *, final: bool) -> str:
+def _with_extra(extra: Mapping[str, Collection[str]] | None) -> dict[str, set[str]]:
+    """Return the attribute allowlist with `extra` (tag -> names) added."""
+    if not extra:
+        return _ATTRIBUTES
+    merged = dict(_ATTRIBUTES)
+    for tag, names in extra.items():
+        merged[tag] = set(merged.get(tag, set())) | set(names)
+    return merged
+
+
+def _clean(
+    html: str,
+    attribute_filter: AttributeFilter,
+    *,
+    final: bool,
+    attributes: Mapping[str, set[str]] = _ATTRIBUTES,
+) -> str:
     """Run nh3 with the mail policy; the first pass adds link targets, the final rel/title."""
 
     def safe_filter(tag: str, attr: str, value: str) -> str | None:
@@ -254,7 +278,7 @@ def _clean(html: str, attribute_filter: AttributeFilter, *, final: bool) -> str:
         html,
         tags=_TAGS,
         clean_content_tags=_CLEAN_CONTENT_TAGS,
-        attributes=_ATTRIBUTES,
+        attributes=attributes,
         attribute_filter=safe_filter,
         strip_comments=True,
         link_rel=_LINK_REL if final else None,
@@ -274,6 +298,12 @@ def _filter_attribute(tag: str, attr: str, value: str) -> str | None:
         return safe_link_href(value)
     if tag == "a" and attr == "target":
         return "_blank"
+    if attr == "data-smart-field":
+        return value if _SMART_FIELD_KEY.match(value) else None
+    if attr == "data-fallback":
+        return _CONTROL_CHARS.sub(" ", value)[:MAX_FALLBACK_LENGTH]
+    if attr == "data-signature":  # compose's signature block: a signature id
+        return value if value.isascii() and value.isdigit() and len(value) <= 18 else None
     return value
 
 

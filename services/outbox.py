@@ -18,7 +18,7 @@ import email.utils
 from datetime import UTC, datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 
 from extensions import db
 from models import (
@@ -32,6 +32,7 @@ from models import (
     OutgoingMail,
     User,
 )
+from services import smart_fields
 from services.addresses import is_valid_address
 from services.errors import ValidationError
 
@@ -87,6 +88,9 @@ def check_sendable(user: User, mail: OutgoingMail) -> None:
                 f"{account.email_address} accepts at most {limit_mb:.0f} MB. "
                 "Remove an attachment or share a link instead."
             )
+    missing = smart_fields.missing_fields(mail)
+    if missing:
+        errors["smart_fields"] = smart_fields.missing_message(missing)
     if errors:
         raise ValidationError(errors)
 
@@ -104,8 +108,39 @@ def sent_today(user: User) -> int:
     )
 
 
+def daily_send_limit() -> int:
+    """Return how many mails one user may send in 24 hours (DAILY_SEND_LIMIT)."""
+    return int(current_app.config.get("DAILY_SEND_LIMIT", DEFAULT_DAILY_SEND_LIMIT))
+
+
+def _waiting(user: User) -> int:
+    return db.session.scalar(
+        select(func.count())
+        .select_from(outgoing_t)
+        .where(outgoing_t.c.user_id == user.id, outgoing_t.c.state == OUTGOING_QUEUED)
+    )
+
+
+def check_room_for(user: User, count: int) -> None:
+    """Raise ValidationError unless `count` more mails fit in the user's daily send limit.
+
+    Mail already waiting in the queue counts as sent, so two large group emails queued one
+    after the other cannot pass the check each on its own.
+    """
+    limit = daily_send_limit()
+    room = max(0, limit - sent_today(user) - _waiting(user))
+    if count > room:
+        raise ValidationError(
+            {
+                "__all__": f"This would send {count} mails, but you may send only {room} more "
+                f"in the next 24 hours (at most {limit} a day, mail still waiting to be sent "
+                "included). Pick fewer recipients or try again later."
+            }
+        )
+
+
 def _check_rate(user: User) -> None:
-    limit = int(current_app.config.get("DAILY_SEND_LIMIT", DEFAULT_DAILY_SEND_LIMIT))
+    limit = daily_send_limit()
     if sent_today(user) >= limit:
         raise ValidationError(
             {
@@ -146,6 +181,59 @@ def queue_send(
     return mail
 
 
+def queue_paced(user: User, mails: list[OutgoingMail], send_times: list[datetime]) -> None:
+    """Queue new mails (not yet committed) each at its own time, in one transaction.
+
+    For a group email: every mail is checked as queue_send checks one, and the lot against
+    the daily limit up front. Raises ValidationError naming the first unsendable mail; then
+    nothing is queued. Commits.
+    """
+    try:
+        check_room_for(user, len(mails))
+        for mail in mails:
+            check_sendable(user, mail)
+    except ValidationError:
+        db.session.rollback()
+        raise
+    for mail, send_at in zip(mails, send_times, strict=True):
+        account = db.session.get(MailAccount, mail.account_id)
+        mail.message_id_header = mail.message_id_header or new_message_id(account)
+        mail.state = OUTGOING_QUEUED
+        mail.scheduled = False
+        mail.send_at = send_at
+        mail.error = None
+        mail.attempts = 0
+    db.session.commit()
+
+
+def cancel_waiting(user: User, mail_ids: list[int]) -> int:
+    """Take back the user's mails among `mail_ids` the worker has not begun sending: they
+    are deleted, never sent. Return how many. Commits."""
+    taken = 0
+    for mail_id in mail_ids:
+        # Conditional on "queued": a mail the worker claimed meanwhile is left to it.
+        taken += db.session.execute(
+            update(outgoing_t)
+            .where(
+                outgoing_t.c.id == mail_id,
+                outgoing_t.c.user_id == user.id,
+                outgoing_t.c.state == OUTGOING_QUEUED,
+            )
+            .values(state=OUTGOING_DRAFT, send_at=None, updated_at=_now())
+        ).rowcount
+    taken_mails = db.session.scalars(
+        select(OutgoingMail).where(
+            OutgoingMail.id.in_(mail_ids),
+            OutgoingMail.user_id == user.id,
+            OutgoingMail.state == OUTGOING_DRAFT,
+        )
+    )
+    for mail in taken_mails:
+        db.session.delete(mail)
+    db.session.commit()
+    return taken
+
+
 def cancel_to_draft(user: User, mail: OutgoingMail) -> bool:
     """Undo / cancel: take a waiting, refused or uncertain mail back to Drafts.
 
@@ -178,14 +266,22 @@ def send_now(user: User, mail: OutgoingMail) -> bool:
 
 
 def outbox(user: User) -> list[OutgoingMail]:
-    """What the Outbox lists: scheduled, sending, refused and uncertain mail, soonest first."""
+    """What the Outbox lists: scheduled, sending, refused and uncertain mail, soonest first.
+
+    A group email's mails waiting their turn are on its own page, not here (one row each
+    would bury the rest); those refused or uncertain are here too, to edit and send again.
+    """
     return list(
         db.session.scalars(
             select(OutgoingMail)
             .where(
                 OutgoingMail.user_id == user.id,
-                OutgoingMail.state.in_(
-                    (OUTGOING_QUEUED, OUTGOING_SENDING, OUTGOING_FAILED, OUTGOING_UNCERTAIN)
+                or_(
+                    OutgoingMail.state.in_((OUTGOING_FAILED, OUTGOING_UNCERTAIN)),
+                    and_(
+                        OutgoingMail.state.in_((OUTGOING_QUEUED, OUTGOING_SENDING)),
+                        OutgoingMail.group_send_id.is_(None),
+                    ),
                 ),
             )
             .order_by(OutgoingMail.send_at.is_(None), OutgoingMail.send_at, OutgoingMail.id)

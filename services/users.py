@@ -241,3 +241,31 @@ def set_deactivated(actor: User, user: User, deactivated: bool) -> None:
     if deactivated:
         user.session_epoch = (user.session_epoch or 0) + 1
     db.session.commit()
+
+
+MAX_NAME_LENGTH = 200
+MAX_PHONE_LENGTH = 50
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in text)
+
+
+def update_profile(user: User, *, name: str, phone: str) -> None:
+    """Change the user's own name (their From name) and phone (the "Your phone" smart field).
+
+    Raises ValidationError for an empty or too long name, or either holding line breaks or
+    other control characters (both reach mail headers or bodies). Commits.
+    """
+    name, phone = (name or "").strip(), (phone or "").strip()
+    errors = {}
+    if not name:
+        errors["name"] = "Enter your name."
+    elif len(name) > MAX_NAME_LENGTH or _has_control(name):
+        errors["name"] = f"Use at most {MAX_NAME_LENGTH} characters, on one line."
+    if len(phone) > MAX_PHONE_LENGTH or _has_control(phone):
+        errors["phone"] = f"Use at most {MAX_PHONE_LENGTH} characters, on one line."
+    if errors:
+        raise ValidationError(errors)
+    user.name, user.phone = name, phone or None
+    db.session.commit()

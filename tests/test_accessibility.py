@@ -36,9 +36,19 @@ RUN_AXE = """async () => {
 
 
 @pytest.fixture
-def world(seeded, admin, make_user, make_deal, make_person, make_raw_message, make_mailbox_message):  # noqa: F811
+def world(
+    seeded,  # noqa: F811
+    admin,
+    make_user,
+    make_deal,
+    make_person,
+    make_raw_message,
+    make_mailbox_message,
+    make_group_send,
+):
     """The phone-layout world plus what else the pages show: won, lost and owner-only
-    records, an HTML mail with remote images, a blocked address and a teammate."""
+    records, an HTML mail with remote images, a blocked address, a teammate, and a group
+    email with one refusal (its organization has a person the picker skips)."""
     from models import MailAccount, MailFolder
     from services import linking
 
@@ -61,7 +71,28 @@ def world(seeded, admin, make_user, make_deal, make_person, make_raw_message, ma
     inbox = db.session.query(MailFolder).filter_by(account_id=account.id, role="inbox").one()
     make_mailbox_message(inbox, subject="Autumn price list", sender=("Nina", "nina@letters.test"))
     linking.block(admin, "spam@junk.test")
-    return {**seeded, "html_thread": html.thread_id, "account": account.id}
+    make_person(admin, name="Nadia Noaddress", organization_id=seeded["organization"])
+    from models import MailTemplate
+    from services import signatures
+
+    signatures.create_signature(admin, account, name="Work", body_html="<p><b>Ada</b>, Sales</p>")
+    template = MailTemplate(owner_id=admin.id, name="Renewal offer", subject="Your renewal")
+    db.session.add(template)
+    db.session.commit()
+    return {
+        **seeded,
+        "html_thread": html.thread_id,
+        "account": account.id,
+        "group": make_group_send(
+            admin,
+            account,
+            mails=[
+                ("sent", "", "olga@customer.test", None),
+                ("failed", "", "nobody@customer.test", "550 5.1.1 User unknown"),
+            ],
+        ).id,
+        "template": template.id,
+    }
 
 
 def open_shortcuts(page) -> None:
@@ -77,10 +108,22 @@ def open_menu(page) -> None:
         page.locator(".topnav .mainnav").wait_for()
 
 
+def open_smart_fields(page) -> None:
+    """The smart-field picker open over the compose editor."""
+    page.locator("#compose-form[data-ready=true]").wait_for()
+    page.get_by_role("button", name="Insert field").click()
+    page.get_by_role("menu", name="Smart fields").wait_for()
+
+
 def open_confirm(page) -> None:
     page.locator(".mail-check").first.check()
     page.get_by_role("button", name="Delete").click()
     page.locator("#confirm-dialog[open]").wait_for()
+
+
+def open_template_picker(page) -> None:
+    page.get_by_role("button", name="Use a template…").click()
+    page.locator("#template-results li").first.wait_for()
 
 
 def states(ids: dict) -> list[tuple[str, object]]:
@@ -94,6 +137,7 @@ def states(ids: dict) -> list[tuple[str, object]]:
         (f"/mail/threads/{ids['thread']}", None),
         (f"/mail/threads/{ids['html_thread']}", None),
         ("/mail/compose", None),
+        ("/mail/compose", open_smart_fields),
         ("/deals/", None),
         ("/deals/", open_menu),
         ("/deals/board", None),
@@ -114,15 +158,24 @@ def states(ids: dict) -> list[tuple[str, object]]:
         ("/projects/", None),
         (f"/projects/{ids['project']}", None),
         ("/settings/", None),
+        ("/settings/profile", None),
         ("/settings/accounts/", None),
         ("/settings/accounts/new", None),
         (f"/settings/accounts/{ids['account']}", None),
         (f"/settings/accounts/{ids['account']}/reauth", None),
         (f"/settings/accounts/{ids['account']}/folders", None),
         (f"/settings/accounts/{ids['account']}/remove", None),
+        (f"/settings/accounts/{ids['account']}/signatures", None),
         ("/settings/blocked/", None),
+        ("/settings/templates/", None),
+        ("/settings/templates/new", None),
+        (f"/settings/templates/{ids['template']}", None),
+        ("/mail/compose", open_template_picker),
         ("/account/password", None),
         ("/admin/users", None),
+        ("/group-email/", None),
+        (f"/group-email/new?source=organization&organization_id={ids['organization']}", None),
+        (f"/group-email/{ids['group']}", None),
         ("/deals/999999", None),  # the error page
     ]
 

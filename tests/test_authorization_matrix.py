@@ -50,6 +50,8 @@ CLASSIFICATION = {
     "settings.index": "page",
     "settings.update": "post",
     "settings.time_zone": "post",
+    "settings.profile": "page",
+    "settings.update_profile": "post",
     "accounts.index": "page",
     "accounts.new": "page",
     "accounts.server_fields": "page",
@@ -76,6 +78,12 @@ CLASSIFICATION = {
     "accounts.remove_address": "owner_post",
     "accounts.request_folder_check": "owner_post",
     "accounts.fetch_again": "owner_post",
+    "signatures.index": "owner",
+    "signatures.edit": "owner",
+    "signatures.create": "owner_post",
+    "signatures.update": "owner_post",
+    "signatures.make_default": "owner_post",
+    "signatures.delete": "owner_post",
     "mail.index": "page",
     "mail.rows": "page",
     "mail.folders": "page",
@@ -96,6 +104,7 @@ CLASSIFICATION = {
     "compose.drafts_index": "page",
     "compose.save": "owner_post",
     "compose.send": "owner_post",
+    "compose.preview": "owner",
     "compose.undo": "owner_post",
     "compose.discard": "owner_post",
     "compose.upload": "owner_post",
@@ -120,6 +129,24 @@ CLASSIFICATION = {
     "blocking.create": "post",
     "blocking.delete": "owner_post",
     "deals.board": "page",
+    "group_send.index": "page",
+    "group_send.new": "page",  # persons the user can see; 404 for an organization they cannot
+    "group_send.create": "post",
+    "group_send.show": "owner",
+    "group_send.progress": "owner",
+    "group_send.cancel": "owner_post",
+    "compose.templates_search": "page",  # own and shared templates only
+    "compose.apply_template": "owner_post",
+    "mail_templates.index": "page",
+    "mail_templates.new": "page",
+    "mail_templates.create": "post",
+    "mail_templates.edit": "owner",
+    "mail_templates.update": "owner_post",
+    "mail_templates.duplicate": "owner_post",
+    "mail_templates.delete": "owner_post",
+    "mail_templates.upload": "owner_post",
+    "mail_templates.attachment": "owner",
+    "mail_templates.remove_attachment": "owner_post",
 }
 for _area in ("deals", "persons", "organizations", "leads", "projects"):
     CLASSIFICATION.update(
@@ -187,6 +214,7 @@ def world(
     make_organization,
     make_lead,
     make_project,
+    make_group_send,
 ):
     from services import linking
     from services.conversations import cid_token
@@ -250,6 +278,8 @@ def world(
 
     part_id = parse_message(load_raw(message)).attachments[0].part_id
     draft = _private_draft(a, account)
+    signature = _private_signature(account)
+    template = _private_template(a)
     ids = {
         "account_id": account.id,
         "folder_id": extra_folder.id,
@@ -266,6 +296,16 @@ def world(
         "user_id": b.id,
         "draft_id": draft.id,
         "attachment_id": draft.attachments[0].id,
+        # A group email of A's naming the token, one mail waiting (group email routes).
+        "group_send_id": make_group_send(
+            a,
+            account,
+            subject=f"Group {TOKEN}",
+            mails=[("queued", f"{TOKEN} Person", "carla@customer.test", None)],
+        ).id,
+        "signature_id": signature.id,
+        "template_id": template.id,
+        "file_id": template.attachments[0].id,
     }
     for kind, record in records.items():
         ids[f"{kind}_id"] = record.id
@@ -295,6 +335,39 @@ def _private_draft(a, account):
     db.session.add(draft)
     db.session.commit()
     return draft
+
+
+def _private_signature(account):
+    """A signature of A's account naming the token (signature routes)."""
+    from models import Signature
+
+    signature = Signature(
+        account_id=account.id, name=f"{TOKEN} sig", body_html=f"<p>{TOKEN}</p>", is_default=True
+    )
+    db.session.add(signature)
+    db.session.commit()
+    return signature
+
+
+def _private_template(a):
+    """A private mail template of A's naming the token, with a file (template routes)."""
+    from flask import current_app
+
+    from mailsync.blobstore import app_blob_store
+    from models import MailTemplate, TemplateAttachment
+
+    template = MailTemplate(
+        owner_id=a.id, name=f"{TOKEN} template", subject=f"About {TOKEN}", body_html="<p>Hi</p>"
+    )
+    sha = app_blob_store(current_app).put(f"{TOKEN} template file".encode())
+    template.attachments.append(
+        TemplateAttachment(
+            filename=f"{TOKEN}.txt", content_type="text/plain", size=9, blob_sha256=sha
+        )
+    )
+    db.session.add(template)
+    db.session.commit()
+    return template
 
 
 def _url(app, endpoint: str, ids: dict) -> str:
@@ -383,6 +456,8 @@ def test_lists_and_searches_never_show_private_mail(app, world, login):
         "/mail/folders",
         f"/deals/?q={TOKEN}",
         f"/persons/?q={TOKEN}",
+        f"/settings/templates/?q={TOKEN}",
+        f"/mail/compose/templates?q={TOKEN}",
         f"/mail/records/deal/{deal_id}/conversations",
     ]
 

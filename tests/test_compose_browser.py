@@ -41,18 +41,18 @@ def wait_saved(page):
     expect(page.locator("#compose-status")).to_have_text(re.compile(r"^Draft saved"))
 
 
-def paste_image(page):
+def paste_image(page, editor_id="compose-editor"):
     """Paste a PNG file the way a screenshot paste arrives (clipboardData with a file)."""
     page.evaluate(
-        """(bytes) => {
+        """([bytes, editorId]) => {
             const file = new File([new Uint8Array(bytes)], "pasted.png", {type: "image/png"});
             const data = new DataTransfer();
             data.items.add(file);
             const event = new ClipboardEvent("paste", {clipboardData: data, bubbles: true,
                                                        cancelable: true});
-            document.getElementById("compose-editor").dispatchEvent(event);
+            document.getElementById(editorId).dispatchEvent(event);
         }""",
-        list(PNG_1X1),
+        [list(PNG_1X1), editor_id],
     )
 
 

@@ -268,3 +268,28 @@ def test_the_sweep_keeps_the_files_of_drafts_and_outgoing_mail(app, account, blo
 
     assert jobs.sweep_blobs(app) == 1
     assert blobs.exists(kept) and not blobs.exists(orphan)
+
+
+def test_the_sweep_and_the_collector_keep_the_files_of_templates(app, make_user, blobs):
+    from mailsync.gc import _blob_in_use
+    from models import MailTemplate, TemplateAttachment
+
+    kept = blobs.put(b"%PDF-1.4 the price list of a template")
+    template = MailTemplate(owner_id=make_user().id, name="Prices")
+    template.attachments.append(
+        TemplateAttachment(filename="prices.pdf", content_type="application/pdf", blob_sha256=kept)
+    )
+    db.session.add(template)
+    db.session.commit()
+    hour_ago = time.time() - 3600
+    for path in blobs.root.rglob("*"):
+        if path.is_file():
+            os.utime(path, (hour_ago, hour_ago))
+
+    assert _blob_in_use(kept)
+    assert jobs.sweep_blobs(app) == 0
+    assert blobs.exists(kept)
+    db.session.delete(template)  # deleting the template leaves its file to the sweep
+    db.session.commit()
+    assert jobs.sweep_blobs(app) == 1
+    assert not blobs.exists(kept)

@@ -7,7 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from extensions import db
 from models import JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING, Job
@@ -224,3 +224,44 @@ def test_two_requests_folding_into_one_queued_job_at_once_both_land(app):
 
 def merge_union(old: dict, new: dict) -> dict:
     return {"ids": sorted(set(old["ids"]) | set(new["ids"]))}
+
+
+def test_jobs_of_one_key_run_in_the_order_their_requests_committed(app):
+    """Two requests queue for one key at once; the first takes its id and is slow to commit.
+    The job that committed first runs first (PostgreSQL hands out ids before commit)."""
+    first_inserted = threading.Event()
+    committed: list[str] = []
+    errors: list[BaseException] = []
+
+    def request(name: str, *, slow: bool) -> None:
+        try:
+            with app.app_context():
+                if slow:
+
+                    @event.listens_for(db.session(), "before_commit")
+                    def hold(_session) -> None:
+                        first_inserted.set()
+                        time.sleep(0.5)  # the other request queues meanwhile
+
+                else:
+                    first_inserted.wait(timeout=30)
+                job_queue.enqueue("move", {"by": name}, key="mailbox:7")
+                committed.append(name)
+                db.session.remove()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=request, args=("slow",), kwargs={"slow": True}),
+        threading.Thread(target=request, args=("quick",), kwargs={"slow": False}),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    ran = []
+    while (got := job_queue.claim("worker", lease_seconds=60)) is not None:
+        ran.append(got.payload["by"])
+        job_queue.complete(got.id, "worker")
+    assert ran == committed, (ran, committed)

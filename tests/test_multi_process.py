@@ -189,6 +189,26 @@ def start_web(env: dict) -> tuple[subprocess.Popen, int]:
     return flask_process(env, "serve", "--host", "127.0.0.1", "--port", str(port)), port
 
 
+def _story(message: Message, jobs: list[Job], runs: list[SyncRun], killed: str) -> str:
+    """What a lost \\Seen write needs to be understood: the message's locations, the jobs
+    that named them, the sync runs and when the worker was killed (the failure is rare)."""
+    lines = [f"{message.subject}: server and database disagree; worker killed at {killed}"]
+    for location in message.locations:
+        lines.append(
+            f"location {location.id} uid {location.uid} seen {location.seen} "
+            f"pending {location.seen_pending} changed {location.seen_changed_at}"
+        )
+        lines += [
+            f"  job {job.id} {job.kind} {job.state} attempts {job.attempts} "
+            f"created {job.created_at} finished {job.finished_at}"
+            for job in jobs
+            if location.id in (job.payload or {}).get("location_ids", [])
+        ]
+    lines += [f"sync job {j.id} {j.state} attempts {j.attempts}" for j in jobs if "sync" in j.kind]
+    lines += [f"run {r.id} {r.started_at}..{r.finished_at} {r.error}" for r in runs]
+    return "\n".join(lines)
+
+
 def test_two_web_processes_and_one_worker_lose_nothing_and_run_nothing_twice(
     app, layout, make_user, make_account, dovecot, mail_user
 ):
@@ -277,6 +297,7 @@ def test_two_web_processes_and_one_worker_lose_nothing_and_run_nothing_twice(
         # out and the new worker takes it again.
         wait_for(job_running, seconds=60)
         worker.send_signal(signal.SIGKILL)
+        killed_during = [(job.id, job.kind) for job in unfinished_jobs() if job.state == "running"]
         worker.wait()
         killed_at = time.time()
         worker = flask_process(env, "worker")
@@ -327,7 +348,9 @@ def test_two_web_processes_and_one_worker_lose_nothing_and_run_nothing_twice(
                 select(Message).where(Message.thread_id == thread_id)
             ):
                 assert message.is_read is read, (thread_id, message.subject)
-                assert on_server[message.message_id_header.strip("<>")] is read, thread_id
+                assert on_server[message.message_id_header.strip("<>")] is read, _story(
+                    message, jobs, runs, f"{killed_at} during {killed_during}"
+                )
                 assert not any(location.seen_pending for location in message.locations)
         for thread_id in archived:
             assert db.session.get(Thread, thread_id).archived

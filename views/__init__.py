@@ -8,13 +8,16 @@ from views import (
     compose,
     conversations,
     deals,
+    group_send,
     health,
     leads,
     mail,
+    mail_templates,
     organizations,
     persons,
     projects,
     settings,
+    signatures,
 )
 
 BLUEPRINTS = [
@@ -22,16 +25,19 @@ BLUEPRINTS = [
     admin.bp,
     settings.bp,
     accounts.bp,
+    signatures.bp,
     mail.bp,
     health.bp,
     conversations.bp,
     compose.bp,
+    group_send.bp,
     deals.bp,
     persons.bp,
     organizations.bp,
     leads.bp,
     projects.bp,
     blocking.bp,
+    mail_templates.bp,
 ]
 
 # The areas holding CRM records; the visibility test walks every id-taking route of these.

@@ -31,7 +31,7 @@ from flask_login import current_user
 
 from mailsync.folders import ServerFolder
 from mailsync.providers import PROVIDERS, get_provider
-from services import access, accounts, linking
+from services import access, accounts, linking, signatures
 from services.accounts import RateLimited
 from services.errors import ValidationError
 from views.helpers import (
@@ -196,6 +196,7 @@ def show(account_id: int):
         account=account,
         aliases=linking.account_addresses(current_user, account),
         alias_errors={},
+        signatures=signatures.account_signatures(account),
         **_live_status(account),
     )
 
@@ -292,6 +293,7 @@ def add_address(account_id: int):
             account=account,
             aliases=linking.account_addresses(current_user, account),
             alias_errors=exc.errors,
+            signatures=signatures.account_signatures(account),
             **_live_status(account),
         )
         return page, 422

@@ -8,6 +8,7 @@ URL table (url_prefix /mail):
   GET  /drafts                                    drafts_index (the Drafts list)
   POST /drafts/<id>                               save (autosave; JSON)
   POST /drafts/<id>/send                          send (save, then queue; JSON, 422 with errors)
+  GET  /drafts/<id>/preview                       preview (fragment: smart fields filled)
   POST /drafts/<id>/undo                          undo (Undo: back to a draft; JSON)
   POST /drafts/<id>/discard                       discard
   POST /drafts/<id>/attachments                   upload (one file; JSON)
@@ -15,6 +16,8 @@ URL table (url_prefix /mail):
   POST /drafts/<id>/attachments/<attachment id>/delete  remove_attachment
   GET  /outbox                                    outbox_index
   POST /outbox/<id>/edit | send-now | cancel      outbox_edit, outbox_send_now, outbox_cancel
+  GET  /compose/templates                         templates_search (JSON: usable templates, ?q=)
+  POST /drafts/<id>/template                      apply_template (fill from a template; JSON)
 
 Every draft route loads the mail through services.access.outgoing_for_owner (404 for anyone
 else, admins included). JSON answers are for static/js/compose.js; an expired session
@@ -27,7 +30,7 @@ from flask import Blueprint, abort, flash, jsonify, redirect, render_template, r
 from flask_login import current_user
 
 from models import OUTGOING_DRAFT, OutgoingAttachment, OutgoingMail
-from services import compose, drafts, outbox
+from services import compose, drafts, outbox, signatures, smart_fields, templates
 from services.access import (
     message_for_viewer,
     outgoing_attachment_for_owner,
@@ -69,6 +72,7 @@ def _draft_json(mail: OutgoingMail, status: int = 200, **extra):
         "edit_url": url_for("compose.edit", draft_id=mail.id),
         "save_url": url_for("compose.save", draft_id=mail.id),
         "send_url": url_for("compose.send", draft_id=mail.id),
+        "preview_url": url_for("compose.preview", draft_id=mail.id),
         "undo_url": url_for("compose.undo", draft_id=mail.id),
         "discard_url": url_for("compose.discard", draft_id=mail.id),
         "upload_url": url_for("compose.upload", draft_id=mail.id),
@@ -97,6 +101,8 @@ def _render(mail: OutgoingMail | None, values: drafts.Prefill, *, body_html: str
         undo_seconds=get_preference(current_user, "undo_send_seconds"),
         zone_name=current_zone_name() or "UTC",
         max_upload_bytes=drafts.max_upload_bytes(values.account_id),
+        signatures=signatures.compose_choices(current_user),
+        signature_position=get_preference(current_user, signatures.POSITION_KEY),
     )
 
 
@@ -214,6 +220,20 @@ def send(draft_id: int):
     )
 
 
+@bp.get("/drafts/<id:draft_id>/preview")
+def preview(draft_id: int):
+    mail = outgoing_for_owner(current_user, draft_id)
+    return render_template(
+        "compose/partials/preview.html", mail=mail, preview=smart_fields.preview(mail)
+    )
+
+
+@bp.app_template_global()
+def smart_field_choices() -> list[dict[str, str]]:
+    """The smart-field picker's fields (static/js/smart_fields.js reads them from its tag)."""
+    return smart_fields.field_choices()
+
+
 @bp.post("/drafts/<id:draft_id>/undo")
 def undo(draft_id: int):
     mail = outgoing_for_owner(current_user, draft_id)
@@ -312,3 +332,31 @@ def outbox_cancel(draft_id: int):
     else:
         flash("Too late to cancel: this mail is already being sent.", "error")
     return redirect(url_for(".outbox_index"), 303)
+
+
+# --------------------------------------------------------------------------- templates
+# (static/js/templates_picker.js; Settings > Templates is views/mail_templates.py)
+
+
+@bp.get("/compose/templates")
+def templates_search():
+    found = templates.usable_templates(current_user, search_text(request.args.get("q")))
+    return jsonify(
+        [{"id": t.id, "name": t.name, "subject": t.subject, "shared": t.shared} for t in found[:50]]
+    )
+
+
+@bp.post("/drafts/<id:draft_id>/template")
+def apply_template(draft_id: int):
+    mail = outgoing_for_owner(current_user, draft_id)
+    template_id = parse_id(request.form.get("template_id"))
+    if template_id is None:
+        return _errors(ValidationError({"__all__": "Choose a template."}), 400)
+    template = templates.template_for_use(current_user, template_id)
+    try:
+        templates.apply_to_draft(current_user, mail, template)
+    except ValidationError as exc:
+        return _errors(exc, 409)
+    return _draft_json(
+        mail, subject=mail.subject, body_html=drafts.editor_body(mail, attachment_url)
+    )

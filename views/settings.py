@@ -1,9 +1,9 @@
-"""Settings: personal preferences (mail features add their sections here)."""
+"""Settings: personal preferences and profile (mail features add their sections here)."""
 
 from flask import Blueprint, abort, render_template, request
 from flask_login import current_user
 
-from services import preferences
+from services import preferences, users
 from services.errors import ValidationError
 from services.time_display import set_time_zone_from_browser
 from views.helpers import render_invalid
@@ -41,6 +41,22 @@ def update():
         errors={},
         saved=True,
     )
+
+
+@bp.get("/profile")
+def profile():
+    form = {"name": current_user.name, "phone": current_user.phone or ""}
+    return render_template("settings/profile.html", form=form, errors={}, saved=False)
+
+
+@bp.post("/profile")
+def update_profile():
+    form = {"name": request.form.get("name", ""), "phone": request.form.get("phone", "")}
+    try:
+        users.update_profile(current_user, name=form["name"], phone=form["phone"])
+    except ValidationError as exc:
+        return render_invalid("settings/profile.html", form=form, errors=exc.errors, saved=False)
+    return render_template("settings/profile.html", form=form, errors={}, saved=True)
 
 
 @bp.post("/time-zone")

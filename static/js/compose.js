@@ -5,7 +5,7 @@
   "use strict";
 
   var form = document.getElementById("compose-form");
-  if (!form || !window.Squire || !window.DOMPurify) return;
+  if (!form || !window.ThreadlineEditor) return;
 
   var token = form.querySelector("input[name=csrf_token]").value;
   var statusLine = document.getElementById("compose-status");
@@ -22,6 +22,7 @@
     draftId: form.getAttribute("data-draft-id") || "",
     saveUrl: form.getAttribute("data-save-url") || "",
     sendUrl: form.getAttribute("data-send-url") || "",
+    previewUrl: form.getAttribute("data-preview-url") || "",
     undoUrl: form.getAttribute("data-undo-url") || "",
     uploadUrl: form.getAttribute("data-upload-url") || "",
     changes: 0,      // edits made so far
@@ -33,40 +34,16 @@
 
   // ------------------------------------------------------------------ editor
 
-  function cleanAttributes(node, data) {
-    // Paste from word processors: drop their classes and mso-* styles; keep our own markup.
-    if (data.attrName === "class") data.keepAttr = false;
-    if (data.attrName === "style") {
-      data.attrValue = data.attrValue
-        .split(";")
-        .filter(function (rule) { return rule.trim() && !/^\s*mso-/i.test(rule) && !/url\(/i.test(rule); })
-        .join(";");
-      if (!data.attrValue) data.keepAttr = false;
-    }
-    if (node.nodeName === "IMG" && data.attrName === "src") {
-      // Nothing remote loads in compose (SECURITY.md R8): only our URLs and raster data:.
-      var ok = /^\/(?!\/)/.test(data.attrValue) || /^data:image\/(png|gif|jpeg|webp);/i.test(data.attrValue);
-      if (!ok) data.keepAttr = false;
-    }
-  }
-
-  function sanitize(html) {
-    DOMPurify.addHook("uponSanitizeAttribute", cleanAttributes);
-    try {
-      var fragment = DOMPurify.sanitize(html, {
-        RETURN_DOM_FRAGMENT: true,
-        FORBID_TAGS: ["style", "meta", "link", "title", "form", "input", "button", "textarea", "select"],
-        ALLOW_DATA_ATTR: false,
-      });
-      return document.importNode(fragment, true);
-    } finally {
-      DOMPurify.removeHook("uponSanitizeAttribute");
-    }
-  }
-
-  var editor = new Squire(editorRoot, { blockTag: "DIV", sanitizeToDOMFragment: sanitize });
-  source.hidden = true;
-  editor.setHTML(source.value);
+  var toolbar = form.querySelector(".compose-toolbar");
+  var imageInput = document.getElementById("compose-image-input");
+  var editor = window.ThreadlineEditor.create({
+    root: editorRoot,
+    source: source,
+    toolbar: toolbar,
+    linkBar: form.querySelector(".compose-link-bar"),
+    linkInput: document.getElementById("compose-link-url"),
+    imageInput: imageInput,
+  });
 
   // ------------------------------------------------------------------ right-to-left
 
@@ -92,59 +69,23 @@
     }
   }
 
-  // ------------------------------------------------------------------ toolbar
-
-  var toolbar = form.querySelector(".compose-toolbar");
-  var linkBar = form.querySelector(".compose-link-bar");
-  var linkInput = document.getElementById("compose-link-url");
-  var imageInput = document.getElementById("compose-image-input");
-  var commands = {
-    bold: function () { editor.hasFormat("B") ? editor.removeBold() : editor.bold(); },
-    italic: function () { editor.hasFormat("I") ? editor.removeItalic() : editor.italic(); },
-    underline: function () { editor.hasFormat("U") ? editor.removeUnderline() : editor.underline(); },
-    bullets: function () { editor.hasFormat("UL") ? editor.removeList() : editor.makeUnorderedList(); },
-    numbers: function () { editor.hasFormat("OL") ? editor.removeList() : editor.makeOrderedList(); },
-    quote: function () {
-      editor.hasFormat("BLOCKQUOTE") ? editor.decreaseQuoteLevel() : editor.increaseQuoteLevel();
-    },
-    clear: function () { editor.removeAllFormatting(); },
-    link: function () {
-      linkBar.hidden = false;
-      linkInput.value = "";
-      linkInput.focus();
-    },
-    image: function () { imageInput.click(); },
-  };
-  toolbar.addEventListener("click", function (event) {
-    var button = event.target.closest("button[data-command]");
-    if (!button) return;
-    commands[button.getAttribute("data-command")]();
-    if (button.getAttribute("data-command") !== "link") editor.focus();
-  });
-  function applyLink() {
-    var url = linkInput.value.trim();
-    linkBar.hidden = true;
-    editor.focus();
-    if (!url) return;
-    if (!/^(https?:|mailto:)/i.test(url)) url = (url.indexOf("@") > 0 ? "mailto:" : "https://") + url;
-    editor.makeLink(url);
-  }
-  linkBar.querySelector("[data-link-apply]").addEventListener("click", applyLink);
-  linkBar.querySelector("[data-link-cancel]").addEventListener("click", function () {
-    linkBar.hidden = true;
-    editor.focus();
-  });
-  linkInput.addEventListener("keydown", function (event) {
-    if (event.key === "Enter") { event.preventDefault(); applyLink(); }
-    if (event.key === "Escape") { linkBar.hidden = true; editor.focus(); }
-  });
-  editor.addEventListener("pathChange", function () {
-    var formats = { bold: "B", italic: "I", underline: "U" };
-    Object.keys(formats).forEach(function (name) {
-      var button = toolbar.querySelector('[data-command="' + name + '"]');
-      button.setAttribute("aria-pressed", editor.hasFormat(formats[name]) ? "true" : "false");
+  if (window.ThreadlineSmartFields) {
+    window.ThreadlineSmartFields.attach({
+      editor: editor,
+      toolbar: toolbar,
+      subject: form.elements.subject,
+      preview: {
+        container: form.querySelector(".compose-actions"),
+        // Preview shows the saved draft: save what is typed first.
+        url: function () {
+          commitChips();
+          return ensureDraft()
+            .then(function (ok) { return ok && save(); })
+            .then(function (ok) { return ok ? state.previewUrl : null; });
+        },
+      },
     });
-  });
+  }
 
   // The quoted original starts folded away, as mail programs show it.
   var quoteToggle = form.querySelector(".compose-quote-toggle");
@@ -409,7 +350,7 @@
       if (message) { box.textContent = message; box.hidden = false; }
       else if (box.closest("[data-chips]") === null) { box.hidden = true; }
     });
-    var general = errors.__all__ || errors.account || errors.attachments || "";
+    var general = errors.__all__ || errors.account || errors.attachments || errors.smart_fields || "";
     errorBox.textContent = general || "Some fields need a look before sending.";
     errorBox.hidden = false;
   }
@@ -475,6 +416,7 @@
     state.draftId = String(data.id);
     state.saveUrl = data.save_url;
     state.sendUrl = data.send_url;
+    state.previewUrl = data.preview_url;
     state.undoUrl = data.undo_url;
     state.uploadUrl = data.upload_url;
     form.setAttribute("data-draft-id", state.draftId);
@@ -864,10 +806,20 @@
   }
   updateDirections();
   refreshQuoteToggle();
+  // Extensions loaded before this script (signatures.js) hook in here, before any save.
+  form.dispatchEvent(new CustomEvent("compose:ready", { detail: { editor: editor, changed: changed } }));
   // A forward brings the original's attachments: save at once so they are listed.
   if (!state.draftId && form.elements.reply_kind && form.elements.reply_kind.value === "forward") {
     ensureDraft();
   }
+  // For static/js/templates_picker.js: fill this mail from a template through its draft.
+  window.ThreadlineCompose = {
+    editor: editor,
+    ensureDraft: ensureDraft,
+    changed: changed,
+    renderAttachments: renderAttachments,
+    draftUrl: function () { return state.saveUrl; },
+  };
   form.setAttribute("data-ready", "true");
   var first = form.querySelector("#compose-to-input");
   if (first && chips[0] && chips[0].pairs.length) editor.focus();
