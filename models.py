@@ -543,7 +543,11 @@ class ThreadUnreadStale(db.Model):
 
     __tablename__ = "thread_unread_stale"
 
-    thread_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    # Not unique on purpose: on PostgreSQL a second transaction noting the same conversation
+    # would wait for the first at a unique key (a new lock, deadlock-prone beside the rows
+    # both update); duplicates cost nothing, the commit's refresh takes them all.
+    id: Mapped[int] = mapped_column(primary_key=True)
+    thread_id: Mapped[int] = mapped_column(Integer)
 
     def __repr__(self) -> str:
         return f"<ThreadUnreadStale {self.thread_id}>"

@@ -91,16 +91,22 @@ def refresh_unread(connection: Connection) -> int:
     """Recompute the `thread_unread` rows of the conversations noted as stale; return how
     many conversations were recomputed. Runs inside the caller's transaction."""
     stale = sorted(
-        {row[0] for row in connection.execute(text("DELETE FROM thread_unread_stale RETURNING *"))}
+        {
+            row[0]
+            for row in connection.execute(
+                text("DELETE FROM thread_unread_stale RETURNING thread_id")
+            )
+        }
     )
     for start in range(0, len(stale), _CHUNK):
         chunk = stale[start : start + _CHUNK]
         if connection.dialect.name == "postgresql":
             # One recompute of a conversation at a time: two transactions rewriting the same
-            # rows at once could otherwise each keep what the other removed.
-            connection.execute(
-                select(Thread.id).where(Thread.id.in_(chunk)).order_by(Thread.id).with_for_update()
-            )
+            # rows at once could otherwise each keep what the other removed. Advisory locks,
+            # taken in id order and only here, never wait on a row another transaction
+            # updated (locking the thread rows could: a deadlock with a sync beside a
+            # request). SQLite has one writer at a time already.
+            connection.execute(_LOCK_THREADS, {"space": _LOCK_SPACE, "ids": chunk})
         places = thread_places(connection.execute(unread_rows(chunk)))
         accounts: dict[int, int] = {}
         if places:
@@ -119,6 +125,12 @@ def refresh_unread(connection: Connection) -> int:
     return len(stale)
 
 
+# The first key of the two-key advisory locks of conversations (the second: the thread id).
+_LOCK_SPACE = 7_001
+_LOCK_THREADS = text(
+    "SELECT pg_advisory_xact_lock(:space, id) FROM unnest(CAST(:ids AS integer[])) AS t(id) "
+    "ORDER BY id"
+)
 _DELETE_ROWS = text("DELETE FROM thread_unread WHERE thread_id IN :ids").bindparams(
     bindparam("ids", expanding=True)
 )
@@ -256,8 +268,7 @@ def create_triggers(connection: Connection) -> None:
     for name, when_event, table, condition, notes in TRIGGERS:
         if postgres:
             body = " ".join(
-                f"INSERT INTO thread_unread_stale (thread_id) SELECT {note} ON CONFLICT DO NOTHING;"
-                for note in notes
+                f"INSERT INTO thread_unread_stale (thread_id) SELECT {note};" for note in notes
             )
             connection.execute(
                 text(
@@ -273,8 +284,7 @@ def create_triggers(connection: Connection) -> None:
             )
         else:
             body = " ".join(
-                f"INSERT OR IGNORE INTO thread_unread_stale (thread_id) SELECT {note};"
-                for note in notes
+                f"INSERT INTO thread_unread_stale (thread_id) SELECT {note};" for note in notes
             )
             connection.execute(
                 text(
@@ -301,9 +311,7 @@ def rebuild(connection: Connection) -> int:
     connection.execute(
         text(
             "INSERT INTO thread_unread_stale (thread_id) SELECT DISTINCT m.thread_id "
-            "FROM message m WHERE m.thread_id IS NOT NULL AND "
-            + _UNREAD_LIVE.format(m="m")
-            + " ON CONFLICT DO NOTHING"
+            "FROM message m WHERE m.thread_id IS NOT NULL AND " + _UNREAD_LIVE.format(m="m")
         )
     )
     return refresh_unread(connection)

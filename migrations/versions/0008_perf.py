@@ -28,8 +28,9 @@ def upgrade():
     op.create_index("ix_thread_unread_thread_id", "thread_unread", ["thread_id"], unique=False)
     op.create_table(
         "thread_unread_stale",
-        sa.Column("thread_id", sa.Integer(), autoincrement=False, nullable=False),
-        sa.PrimaryKeyConstraint("thread_id"),
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("thread_id", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
     )
     for record in ("deal", "lead", "project"):
         op.create_index(
