@@ -148,9 +148,11 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     import models  # noqa: F401  (register tables)
     from services.search import keep_thread_index_current
+    from services.unread import keep_unread_current
 
     # No DDL here: `flask init-db` (run by `make run`) migrates the database (schema.py).
     keep_thread_index_current(Session)
+    keep_unread_current(Session)
 
     _register_blueprints(app)
     _register_hooks(app)

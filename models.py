@@ -448,6 +448,10 @@ class Thread(db.Model):
     # repeats their WHERE terms exactly.
     __table_args__ = (
         Index("ix_thread_account_last_date", "account_id", "last_date", "id"),
+        # A record page's conversations, newest first, a page at a time (keyset).
+        Index("ix_thread_deal_last_date", "deal_id", "last_date", "id"),
+        Index("ix_thread_lead_last_date", "lead_id", "last_date", "id"),
+        Index("ix_thread_project_last_date", "project_id", "last_date", "id"),
         Index(
             "ix_thread_inbox",
             "account_id",
@@ -514,6 +518,39 @@ class Thread(db.Model):
 
     def __repr__(self) -> str:
         return f"<Thread {self.id} {self.subject!r}>"
+
+
+class ThreadUnread(db.Model):
+    """A live conversation with an unread live message, and one place it counts in: a
+    Threadline list ("inbox", "archive", "later") or a server folder ("f<folder id>").
+
+    Kept by services/unread.py (triggers note changes, commits recompute them), so the
+    sidebar's unread counts are one index range per account, not a walk over the mail.
+    """
+
+    __tablename__ = "thread_unread"
+
+    account_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    counted_in: Mapped[str] = mapped_column(String(20), primary_key=True)
+    thread_id: Mapped[int] = mapped_column(Integer, primary_key=True, index=True)
+
+    def __repr__(self) -> str:
+        return f"<ThreadUnread {self.thread_id} {self.counted_in}>"
+
+
+class ThreadUnreadStale(db.Model):
+    """A conversation whose ThreadUnread rows must be recomputed before the commit."""
+
+    __tablename__ = "thread_unread_stale"
+
+    # Not unique on purpose: on PostgreSQL a second transaction noting the same conversation
+    # would wait for the first at a unique key (a new lock, deadlock-prone beside the rows
+    # both update); duplicates cost nothing, the commit's refresh takes them all.
+    id: Mapped[int] = mapped_column(primary_key=True)
+    thread_id: Mapped[int] = mapped_column(Integer)
+
+    def __repr__(self) -> str:
+        return f"<ThreadUnreadStale {self.thread_id}>"
 
 
 class Message(db.Model):

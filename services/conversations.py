@@ -36,7 +36,7 @@ from models import (
     Thread,
     User,
 )
-from services import job_queue, linking, records
+from services import job_queue, linking, mailbox, records
 from services.access import record_or_none, record_threads, visible_records
 from services.errors import ValidationError
 from services.inputs import search_text
@@ -571,16 +571,28 @@ class ThreadSummary:
     names: list[str]
 
 
-def record_conversations(user: User, kind: str, record_id: int) -> list[ThreadSummary]:
-    """Return the conversations `user` may see on a record page, newest first.
+RECORD_PAGE_SIZE = 25  # conversations per page of a record's panel ("More" loads the next)
+
+
+@dataclass
+class RecordConversations:
+    """One page of a record page's "Email conversations" panel."""
+
+    summaries: list[ThreadSummary]
+    next_cursor: str | None
+
+
+def record_conversations(
+    user: User, kind: str, record_id: int, *, after: str = ""
+) -> RecordConversations:
+    """Return one page of the conversations `user` may see on a record page, newest first,
+    after the keyset cursor `after`.
 
     The caller must have loaded the record through `record_for`.
     """
-    threads = db.session.scalars(
-        record_threads(user, kind, record_id).order_by(
-            Thread.last_date.is_(None), Thread.last_date.desc(), Thread.id.desc()
-        )
-    ).all()
+    threads, next_cursor = mailbox.keyset_page(
+        record_threads(user, kind, record_id), (after or "")[:40], RECORD_PAGE_SIZE
+    )
     names = _sender_names([thread.id for thread in threads])
     owners = dict(
         db.session.execute(
@@ -589,10 +601,11 @@ def record_conversations(user: User, kind: str, record_id: int) -> list[ThreadSu
             .where(MailAccount.id.in_({thread.account_id for thread in threads}))
         ).all()
     )
-    return [
+    summaries = [
         ThreadSummary(thread=thread, owner=owners[thread.account_id], names=names[thread.id][:4])
         for thread in threads
     ]
+    return RecordConversations(summaries, next_cursor)
 
 
 def _sender_names(thread_ids: list[int]) -> dict[int, list[str]]:

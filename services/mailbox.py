@@ -60,11 +60,14 @@ from services.search import (
     match_expression,
     matching_threads_sql,
     remove_from_index,
+    search_rowid,
 )
 from services.time_display import full_label, list_label, zone_for
+from services.unread import unread_counts
 
 PAGE_SIZE = 50
 FEW_MATCHES = 2000  # matching conversations up to which the list is built from the matches
+FEW_IDS = 200  # matching conversations up to which their ids are bound into the list query
 SMALL_FOLDER = 2000  # folder messages up to which threads are found from the folder
 # Role folders shown first, in this order; "archive" is Threadline's archive (Thread.archived)
 # and "later" its Reply later list (Thread.reply_later), neither of them a server folder.
@@ -233,43 +236,10 @@ def _unread_counts(user: User) -> tuple[dict[int, int], dict[str, int]]:
     """Count threads with an unread live message: per folder, and per Threadline list
     (Inbox, Reply later, Archive).
 
-    One pass over the user's unread messages (the partial index ix_message_unread, so only
-    unread ones are read), with each message's folders, counted here: three GROUP BY
-    queries cost three times the walk, and it grows with the unread messages, not the mailbox.
+    Read from the rows services/unread.py keeps current (one GROUP BY over an index of the
+    unread conversations' places), not by walking the unread messages on every request.
     """
-    inbox_folders = set(db.session.scalars(_role_folder_ids(user, "inbox")))
-    rows = db.session.execute(
-        access.owned_threads(user)
-        .where(_not(Thread.blocked))
-        .join(Message, Message.thread_id == Thread.id)
-        .outerjoin(MessageLocation, MessageLocation.message_id == Message.id)
-        .where(Message.account_id.in_(_account_ids(user)), _unread_live())
-        .with_only_columns(
-            Thread.id,
-            Thread.archived,
-            Thread.in_inbox,
-            Thread.reply_later,
-            MessageLocation.folder_id,
-            MessageLocation.deleted,
-        )
-    )
-    per_folder: dict[int, set[int]] = defaultdict(set)
-    lists: dict[str, set[int]] = {key: set() for key in THREADLINE_LISTS}
-    for thread_id, is_archived, in_inbox, reply_later, folder_id, location_deleted in rows:
-        if is_archived:
-            lists["archive"].add(thread_id)
-        elif in_inbox:
-            lists["inbox"].add(thread_id)
-        if reply_later:
-            lists["later"].add(thread_id)
-        if folder_id is None or location_deleted:
-            continue
-        # A server Inbox folder never counts conversations archived in Threadline.
-        if is_archived and folder_id in inbox_folders:
-            continue
-        per_folder[folder_id].add(thread_id)
-    counts = {folder_id: len(threads) for folder_id, threads in per_folder.items()}
-    return counts, {key: len(threads) for key, threads in lists.items()}
+    return unread_counts(_account_ids(user))
 
 
 def _unread_live() -> ColumnElement[bool]:
@@ -326,19 +296,50 @@ def list_threads(user: User, query: MailboxQuery, *, now: datetime | None = None
     # last_date, id) index yields threads in page order and stops at the page; with
     # account_id IN (...) SQLite has to sort every thread of the user first.
     for account_id in _account_ids(user):
-        base = threads_select(user, query, account_id)
-        stmt = base if cursor is None else base.where(_after(cursor))
-        stmt = stmt.order_by(*NEWEST_FIRST).limit(PAGE_SIZE + 1)
-        found = list(db.session.scalars(stmt))
-        if cursor is not None and cursor[0] is not None and len(found) <= PAGE_SIZE:
-            # Undated threads sort last: once the dated ones run out, continue with them.
-            undated = base.where(Thread.last_date.is_(None)).order_by(Thread.id.desc())
-            found += db.session.scalars(undated.limit(PAGE_SIZE + 1 - len(found)))
-        threads.extend(found)
+        search = _search_plan(query.q, account_id) if query.q else None
+        if search is not None and search.common:
+            walked = _walk_search(user, query, account_id, cursor, search)
+            if walked is not None:
+                threads.extend(walked)
+                continue
+        base = threads_select(user, query, account_id, search=search)
+        threads.extend(_first_after(base, cursor, PAGE_SIZE + 1))
     threads.sort(key=_page_order, reverse=True)
     page, more = threads[:PAGE_SIZE], len(threads) > PAGE_SIZE
     rows = _rows(user, page, now or datetime.now(UTC))
     return ThreadPage(rows=rows, next_cursor=_encode_cursor(page[-1]) if more else None)
+
+
+def keyset_page(
+    stmt: Select[tuple[Thread]], after: str, size: int
+) -> tuple[list[Thread], str | None]:
+    """Return the first `size` threads of `stmt` in list order (newest first, undated last)
+    after the cursor `after`, and the cursor of the next page (None on the last page).
+
+    Reads at most size + 1 rows of an index ordered like the list (e.g. the record link
+    indexes (deal_id, last_date, id)): the cost is the page's, not the whole list's.
+    """
+    found = _first_after(stmt, _decode_cursor(after), size + 1)
+    page = found[:size]
+    return page, _encode_cursor(page[-1]) if len(found) > size else None
+
+
+def _first_after(
+    stmt: Select[tuple[Thread]], cursor: tuple[datetime | None, int] | None, limit: int
+) -> list[Thread]:
+    """Return the first `limit` threads of `stmt` in list order after `cursor`."""
+    found = list(
+        db.session.scalars(
+            (stmt if cursor is None else stmt.where(_after(cursor)))
+            .order_by(*NEWEST_FIRST)
+            .limit(limit)
+        )
+    )
+    if cursor is not None and cursor[0] is not None and len(found) < limit:
+        # Undated threads sort last: once the dated ones run out, continue with them.
+        undated = stmt.where(Thread.last_date.is_(None)).order_by(Thread.id.desc())
+        found += db.session.scalars(undated.limit(limit - len(found)))
+    return found
 
 
 STEPS = ("newer", "older")
@@ -403,9 +404,11 @@ def _page_order(thread: Thread) -> tuple[bool, datetime | None, int]:
     return thread.last_date is not None, thread.last_date, thread.id
 
 
-def threads_select(user: User, query: MailboxQuery, account_id: int) -> Select[tuple[Thread]]:
+def threads_select(
+    user: User, query: MailboxQuery, account_id: int, *, search: SearchPlan | None = None
+) -> Select[tuple[Thread]]:
     """Return the select of the user's threads of one mail account in the query's folder
-    matching its filters."""
+    matching its filters (`search`: the query's search plan when the caller has it)."""
     stmt = access.owned_threads(user).where(Thread.account_id == account_id)
     stmt = stmt.where(_not(Thread.blocked))
     stmt = stmt.where(_folder_condition(user, query.folder))
@@ -427,7 +430,7 @@ def threads_select(user: User, query: MailboxQuery, account_id: int) -> Select[t
     if query.sharing:
         stmt = stmt.where(Thread.shared.is_(query.sharing == "shared"))
     if query.q:
-        stmt = stmt.where(_matches_search(query.q, account_id))
+        stmt = stmt.where((search or _search_plan(query.q, account_id)).condition)
     return stmt
 
 
@@ -471,31 +474,113 @@ def _few_locations(in_folder: ColumnElement[bool], limit: int) -> bool:
     return (db.session.scalar(select(func.count()).select_from(found.subquery())) or 0) <= limit
 
 
-def _matches_search(raw_query: str, account_id: int) -> ColumnElement[bool]:
+@dataclass(frozen=True)
+class SearchPlan:
+    """How one mailbox is searched for a query: the SQL condition on Thread, and whether the
+    term is common (more than FEW_MATCHES conversations match)."""
+
+    condition: ColumnElement[bool]
+    common: bool = False
+    sql: str = ""
+    match: str = ""
+
+
+def _search_plan(raw_query: str, account_id: int) -> SearchPlan:
     connection = db.session.connection()
     expression = match_expression(connection, raw_query)
     if expression is None:
-        return Thread.id.is_(None)  # nothing searchable: no results, not everything
-    params = {"match": expression, **account_rows(account_id)}
+        return SearchPlan(Thread.id.is_(None))  # nothing searchable: no results, not everything
     sql = matching_threads_sql(connection)
-    matching = text(sql).bindparams(**params).columns(thread_id=Integer)
-    if _more_matches_than(sql, params, FEW_MATCHES):
-        # A common term: walk threads newest first (index order) and stop at the page,
-        # probing each in the set of matching ids, which SQLite builds once. "+ 0" keeps
-        # SQLite from driving the walk by the set (and sorting every match).
-        return (Thread.id + 0).in_(matching)
-    # A rare term: fetch just the few matching threads, then sort them.
-    return Thread.id.in_(matching)
-
-
-def _more_matches_than(sql: str, params: Mapping[str, object], limit: int) -> bool:
-    """Tell whether more than `limit` conversations match (reads at most limit + 1 rows)."""
-    count = db.session.scalar(
-        text(f"SELECT count(*) FROM ({sql} LIMIT :limit) AS found").bindparams(
-            **params, limit=limit + 1
-        )
+    first = _matching_ids(sql, expression, account_rows(account_id), limit=FEW_MATCHES + 1)
+    if len(first) <= min(FEW_IDS, FEW_MATCHES):
+        # A handful of matches (a person's address, a rare word) are used as they are: a
+        # second MATCH would cost the first again (a long prefix merges its whole doclist).
+        return SearchPlan(Thread.id.in_(first))
+    matching = (
+        text(sql)
+        .bindparams(match=expression, **account_rows(account_id))
+        .columns(thread_id=Integer)
     )
-    return (count or 0) > limit
+    if len(first) <= FEW_MATCHES:
+        # A rare term: fetch just the few matching threads, then sort them (as many bound
+        # ids cost more than the second MATCH).
+        return SearchPlan(Thread.id.in_(matching))
+    # A common term, where the whole set is needed (neighbour steps, and the fallback of
+    # _walk_search): walk threads newest first (index order) and stop at the page, probing
+    # each in the set of matching ids, which SQLite builds once. "+ 0" keeps SQLite from
+    # driving the walk by the set (and sorting every match).
+    return SearchPlan((Thread.id + 0).in_(matching), common=True, sql=sql, match=expression)
+
+
+def _matching_ids(sql: str, match: str, rows: Mapping[str, int], *, limit: int) -> list[int]:
+    """Return up to `limit` ids of the conversations matching `match` within the search row
+    id range `rows` (:first, :last)."""
+    found = text(f"{sql} LIMIT :limit").bindparams(match=match, limit=limit, **rows)
+    return list(db.session.scalars(found))
+
+
+WALK_FIRST_CHUNK = 4 * (PAGE_SIZE + 1)  # conversations looked at first; doubled each round
+WALK_LIMIT = 50_000  # conversations walked before falling back to the whole set of matches
+
+
+def _walk_search(
+    user: User,
+    query: MailboxQuery,
+    account_id: int,
+    cursor: tuple[datetime | None, int] | None,
+    search: SearchPlan,
+) -> list[Thread] | None:
+    """Return the first PAGE_SIZE + 1 conversations of the list matching a common term, or
+    None when this walk cannot tell (the caller then uses the whole set of matches).
+
+    Walks the list (folder and filters, without the term) newest first through its index
+    in chunks of growing size, and asks the search index only which conversations of each
+    chunk's id range match: the work is bounded by the page and the matches' density, not
+    by how many conversations match in the whole mailbox (the set the fallback builds).
+    Each chunk's members are tested exactly, so the page is the one the full query gives;
+    a chunk's id range is narrow when ids follow dates, as sync's store gives them.
+    """
+    # (Ids and dates only: building Thread objects for every row walked cost more than the
+    # walk itself; the page's few are loaded at the end.)
+    base = threads_select(user, replace(query, q=""), account_id).with_only_columns(
+        Thread.id, Thread.last_date
+    )
+    hits: list[int] = []
+    walked, size, position = 0, WALK_FIRST_CHUNK, cursor
+    while walked < WALK_LIMIT:
+        # After a dated position only dated threads come (an index range); the undated ones,
+        # last in list order, are walked once those run out (as list_threads does).
+        stmt = base if position is None else base.where(_after(position))
+        chunk = db.session.execute(stmt.order_by(*NEWEST_FIRST).limit(size)).all()
+        if chunk:
+            ids = [thread_id for thread_id, _last_date in chunk]
+            rows = {
+                "first": search_rowid(account_id, min(ids)),
+                "last": search_rowid(account_id, max(ids)),
+            }
+            matched = set(
+                db.session.scalars(text(search.sql).bindparams(match=search.match, **rows))
+            )
+            hits.extend(thread_id for thread_id in ids if thread_id in matched)
+        if len(hits) > PAGE_SIZE:
+            return _threads_in_order(hits[: PAGE_SIZE + 1])
+        walked += len(chunk)
+        if len(chunk) == size:
+            position = (chunk[-1][1], chunk[-1][0])
+        elif position is not None and position[0] is not None:
+            position = (None, _ALL_UNDATED)  # the dated threads ran out: the undated next
+        else:
+            return _threads_in_order(hits)  # the whole list was walked
+        size *= 2
+    return None
+
+
+def _threads_in_order(ids: list[int]) -> list[Thread]:
+    found = {t.id: t for t in db.session.scalars(select(Thread).where(Thread.id.in_(ids)))}
+    return [found[thread_id] for thread_id in ids]
+
+
+_ALL_UNDATED = 2**31 - 1  # an id above every thread id: _after((None, it)) is every undated one
 
 
 def _live_message() -> ColumnElement[bool]:

@@ -796,6 +796,48 @@ def test_record_panels(world, login, make_person):
     assert teammate.get(f"/mail/records/thread/{deal_id}/conversations").status_code == 404
 
 
+def test_record_panel_pages_by_keyset_with_a_more_link(
+    world, login, make_stored_message, monkeypatch
+):
+    """The panel shows the newest conversations first, a page at a time: "More" swaps in the
+    next page (undated ones last), and a teammate's pages hold only what they may open."""
+    from datetime import UTC, datetime, timedelta
+
+    from services import conversations
+
+    monkeypatch.setattr(conversations, "RECORD_PAGE_SIZE", 2)
+    deal = world["deal"]
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    threads = [world["thread"]]
+    for n in range(5):
+        message = make_stored_message(world["account"], subject=f"Deal mail {n}")
+        message.thread.deal_id = deal.id
+        message.thread.shared = n != 2  # the teammate never sees number 2
+        message.thread.last_date = None if n == 4 else start + timedelta(days=(n * 7) % 5)
+        threads.append(message.thread)
+    db.session.commit()
+    expected = sorted(
+        threads, key=lambda t: (t.last_date is not None, t.last_date, t.id), reverse=True
+    )
+
+    def subjects(client):
+        url, pages = f"/mail/records/deal/{deal.id}/conversations", []
+        while url:
+            html = client.get(url, headers={"HX-Request": "true"}).get_data(as_text=True)
+            pages.append(re.findall(r'class="conversation-subject"[^>]*>([^<]+)<', html))
+            more = re.search(r'hx-get="([^"]+)" hx-target="closest p"', html)
+            url = more and more.group(1).replace("&amp;", "&")
+        return pages
+
+    owner_pages = subjects(login(world["owner"]))
+    assert [len(page) for page in owner_pages] == [2, 2, 2]
+    assert sum(owner_pages, []) == [t.subject for t in expected]
+    teammate_pages = subjects(login(world["teammate"]))
+    assert sum(teammate_pages, []) == [t.subject for t in expected if t.shared]
+    first = login(world["owner"]).get(f"/mail/records/deal/{deal.id}/conversations")
+    assert '<span class="count">2+</span>' in first.get_data(as_text=True)
+
+
 # --------------------------------------------------------------------------- blocking settings
 
 

@@ -1,6 +1,9 @@
 """The Mail tab over HTTP: folders, counts, list order, paging, filters, search, actions, access."""
 
+import random
+import re
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -143,9 +146,11 @@ def me_of(folders):
 
 
 @pytest.mark.sqlite_only("reads SQLite's query plan")
-def test_unread_counts_read_only_unread_messages(me, folders, make_mailbox_message):
-    """The count walks the partial index of unread messages, not the whole mailbox."""
+def test_unread_counts_read_only_the_kept_counts(me, folders, make_mailbox_message):
+    """The sidebar reads the unread rows services/unread.py keeps (one covering index range
+    per account), never the messages: its cost does not grow with the mailbox."""
     make_mailbox_message(folders["inbox"], subject="Unread")
+    db.session.commit()
     statements = []
 
     def remember(conn, cursor, statement, parameters, context, executemany):
@@ -157,12 +162,13 @@ def test_unread_counts_read_only_unread_messages(me, folders, make_mailbox_messa
     finally:
         event.remove(db.engine, "before_cursor_execute", remember)
     connection = db.session.connection()
+    assert not [sql for sql, _params in statements if re.search(r"\bmessage\b", sql)]
     plans = [
         " ".join(row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params))
         for sql, params in statements
-        if "is_read" in sql
+        if "thread_unread" in sql
     ]
-    assert plans and all("ix_message_unread" in plan for plan in plans), plans
+    assert len(plans) == 1 and "USING COVERING INDEX" in plans[0], plans
 
 
 def test_list_is_newest_first_and_hides_blocked_and_deleted(
@@ -280,11 +286,16 @@ def test_filters(client_me, me, folders, make_mailbox_message, make_deal):
     assert ids("unread=1&linked=linked") == set()
 
 
-@pytest.mark.parametrize("few_matches", [2000, 0], ids=["rare-term plan", "common-term plan"])
+@pytest.mark.parametrize(
+    ("few_matches", "few_ids"),
+    [(2000, 200), (2000, 0), (0, 0)],
+    ids=["matching-ids plan", "rare-term plan", "common-term plan"],
+)
 def test_search_subject_body_participant_as_fragment(
-    client_me, folders, make_mailbox_message, monkeypatch, few_matches
+    client_me, folders, make_mailbox_message, monkeypatch, few_matches, few_ids
 ):
     monkeypatch.setattr(mailbox, "FEW_MATCHES", few_matches)
+    monkeypatch.setattr(mailbox, "FEW_IDS", few_ids)
     by_subject = make_mailbox_message(folders["inbox"], subject="Quarterly proposal")
     by_body = make_mailbox_message(folders["inbox"], subject="Hi", body="the pricing sheet")
     by_person = make_mailbox_message(
@@ -732,3 +743,56 @@ def test_delete_question_says_whether_the_mailbox_trash_gets_the_mail(
     for url in pages:
         text = client_me.get(url).get_data(as_text=True)
         assert "moved to Trash in your mailbox" in text
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_search_walk_gives_the_pages_of_the_whole_set_of_matches(
+    me, folders, make_mailbox_message, monkeypatch, seed
+):
+    """A common term's bounded walk (mailbox._walk_search) pages exactly like the query over
+    every match, with dates out of id order, undated threads, folders and filters."""
+    rng = random.Random(seed)
+    monkeypatch.setattr(mailbox, "FEW_MATCHES", 0)
+    monkeypatch.setattr(mailbox, "PAGE_SIZE", 4)
+    monkeypatch.setattr(mailbox, "WALK_FIRST_CHUNK", 3)
+    for i in range(45):
+        folder = folders[rng.choice(["inbox", "inbox", "clients"])]
+        words = rng.choice(["walnut", "walnut pecan", "pecan", "almond"])
+        message = make_mailbox_message(
+            folder,
+            subject=f"T{i}",
+            body=words,
+            date=ago(days=rng.randint(0, 9)),
+            is_read=rng.random() < 0.5,
+        )
+        if rng.random() < 0.1:
+            db.session.get(Thread, message.thread_id).last_date = None
+    db.session.commit()
+    walk = mailbox._walk_search
+    walks = []
+
+    def counted(*args):
+        walks.append(args)
+        return walk(*args)
+
+    def pages(query):
+        found, after = [], ""
+        while True:
+            page = mailbox.list_threads(me, replace(query, after=after))
+            found.append([row.id for row in page.rows])
+            if page.next_cursor is None:
+                return found
+            after = page.next_cursor
+
+    queries = [
+        mailbox.MailboxQuery(q="walnut"),
+        mailbox.MailboxQuery(q="pec"),
+        mailbox.MailboxQuery(q="walnut", unread=True),
+        mailbox.MailboxQuery(folder=f"f{folders['clients'].id}", q="walnut"),
+    ]
+    for query in queries:
+        monkeypatch.setattr(mailbox, "_walk_search", counted)
+        walked = pages(query)
+        monkeypatch.setattr(mailbox, "_walk_search", lambda *args: None)
+        assert walked == pages(query), query
+    assert walks

@@ -32,9 +32,13 @@ def found(user, query: str, folder: str = "inbox") -> set[int]:
     return {row.id for row in page.rows}
 
 
-@pytest.fixture(params=[2000, 0], ids=["rare-term plan", "common-term plan"])
+@pytest.fixture(
+    params=[(2000, 200), (2000, 0), (0, 0)],
+    ids=["matching-ids plan", "rare-term plan", "common-term plan"],
+)
 def plan(request, monkeypatch):
-    monkeypatch.setattr(mailbox, "FEW_MATCHES", request.param)
+    monkeypatch.setattr(mailbox, "FEW_MATCHES", request.param[0])
+    monkeypatch.setattr(mailbox, "FEW_IDS", request.param[1])
 
 
 @pytest.mark.usefixtures("plan")

@@ -342,7 +342,12 @@ def record_panel(kind: str, record_id: int):
     if kind not in RECORD_MODELS:
         abort(404)
     record = record_for(current_user, RECORD_MODELS[kind], record_id)
-    summaries = conversations.record_conversations(current_user, kind, record.id)
+    after = request.args.get("after", "")
+    page = conversations.record_conversations(current_user, kind, record.id, after=after)
     return render_template(
-        "conversations/partials/record_panel.html", summaries=summaries, kind=kind
+        "conversations/partials/record_panel.html",
+        page=page,
+        kind=kind,
+        record_id=record.id,
+        more_only=bool(after),
     )
