@@ -23,6 +23,7 @@ import config
 from extensions import csrf, db, htmx, login_manager, migrate
 from mailsync.storage_errors import DISK_FULL, storage_problem
 from services import preferences
+from services.records import format_money
 from services.time_display import current_zone_name, local_time
 
 # Endpoints anyone may reach without signing in; every other endpoint requires a user.
@@ -271,6 +272,7 @@ def _register_hooks(app: Flask) -> None:
         return None
 
     app.add_template_filter(local_time, "local_time")
+    app.add_template_global(format_money, "format_money")
 
     @app.context_processor
     def time_zone_unset():

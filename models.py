@@ -1016,7 +1016,30 @@ class OutgoingMail(db.Model):
         return f"<OutgoingMail {self.id} {self.state}>"
 
 
-class OutgoingAttachment(db.Model):
+class StoredFile:
+    """The columns of a file Threadline keeps for mail it writes (a draft's or a template's);
+    with a content_id it is an inline image (`cid:`)."""
+
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255), default="application/octet-stream")
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    # Bytes live in the blob store (mailsync/blobstore.py); gc keeps blobs named here.
+    blob_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    content_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def file_fields(self) -> dict[str, Any]:
+        """The values a copy of this file takes (the same blob: nothing is stored twice)."""
+        return {
+            "filename": self.filename,
+            "content_type": self.content_type,
+            "size": self.size,
+            "blob_sha256": self.blob_sha256,
+            "content_id": self.content_id,
+        }
+
+
+class OutgoingAttachment(StoredFile, db.Model):
     """A file of an outgoing mail; with a content_id it is an inline image (`cid:`)."""
 
     __tablename__ = "outgoing_attachment"
@@ -1025,13 +1048,6 @@ class OutgoingAttachment(db.Model):
     mail_id: Mapped[int] = mapped_column(
         ForeignKey("outgoing_mail.id", ondelete="CASCADE"), index=True
     )
-    filename: Mapped[str] = mapped_column(String(255))
-    content_type: Mapped[str] = mapped_column(String(255), default="application/octet-stream")
-    size: Mapped[int] = mapped_column(Integer, default=0)
-    # Bytes live in the blob store (mailsync/blobstore.py); gc keeps blobs named here.
-    blob_sha256: Mapped[str] = mapped_column(String(64), index=True)
-    content_id: Mapped[str | None] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     mail: Mapped[OutgoingMail] = relationship(back_populates="attachments")
 
@@ -1065,7 +1081,7 @@ class MailTemplate(db.Model):
         return f"<MailTemplate {self.id} {self.name!r}>"
 
 
-class TemplateAttachment(db.Model):
+class TemplateAttachment(StoredFile, db.Model):
     """A file of a template, copied into each mail written from it; content_id: inline image."""
 
     __tablename__ = "template_attachment"
@@ -1074,12 +1090,6 @@ class TemplateAttachment(db.Model):
     template_id: Mapped[int] = mapped_column(
         ForeignKey("mail_template.id", ondelete="CASCADE"), index=True
     )
-    filename: Mapped[str] = mapped_column(String(255))
-    content_type: Mapped[str] = mapped_column(String(255), default="application/octet-stream")
-    size: Mapped[int] = mapped_column(Integer, default=0)
-    blob_sha256: Mapped[str] = mapped_column(String(64), index=True)
-    content_id: Mapped[str | None] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     template: Mapped[MailTemplate] = relationship(back_populates="attachments")
 

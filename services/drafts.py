@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -30,7 +30,7 @@ from models import (
     OutgoingMail,
     Person,
     PersonEmail,
-    TemplateAttachment,
+    StoredFile,
     User,
 )
 from services import compose, linking, outbox, signatures, smart_fields
@@ -192,8 +192,7 @@ def apply_form(
         if name in form:
             setattr(mail, name, _clean_pairs(compose.parse_address_list(form.get(name) or "")))
     if "subject" in form:
-        subject = " ".join((form.get("subject") or "").replace("\x00", "").splitlines())
-        mail.subject = subject[:MAX_SUBJECT_LENGTH]
+        mail.subject = one_line_subject(form.get("subject"))[:MAX_SUBJECT_LENGTH]
     if "account_id" in form:
         account_id = parse_id(form.get("account_id"))
         if account_id is not None:
@@ -212,8 +211,14 @@ def apply_form(
 AttachmentUrl = Callable[[OutgoingAttachment], str]
 
 
-def _urls_by_cid(mail: OutgoingMail, attachment_url: AttachmentUrl) -> dict[str, str]:
-    return {a.content_id: attachment_url(a) for a in mail.attachments if a.content_id}
+def one_line_subject(value: str | None) -> str:
+    """A subject as the editor sent it, on one line (a header holds no line break)."""
+    return " ".join((value or "").replace("\x00", "").splitlines())
+
+
+def urls_by_cid(attachments: Iterable[StoredFile], attachment_url: Callable) -> dict[str, str]:
+    """Map the Content-IDs of inline images (a draft's or a template's) to their editor URLs."""
+    return {a.content_id: attachment_url(a) for a in attachments if a.content_id}
 
 
 def clean_body(mail: OutgoingMail, body: str, attachment_url: AttachmentUrl) -> str:
@@ -222,7 +227,7 @@ def clean_body(mail: OutgoingMail, body: str, attachment_url: AttachmentUrl) -> 
     The editor's URLs of this draft's images are turned into cid: first, so the sanitizer's
     cid rule maps them back to those URLs and drops any other image that is not a data: URI.
     """
-    return clean_editor_html(body, _urls_by_cid(mail, attachment_url))
+    return clean_editor_html(body, urls_by_cid(mail.attachments, attachment_url))
 
 
 def clean_editor_html(body: str, urls_by_cid: Mapping[str, str]) -> str:
@@ -244,7 +249,9 @@ def clean_editor_html(body: str, urls_by_cid: Mapping[str, str]) -> str:
 
 def editor_body(mail: OutgoingMail, attachment_url: AttachmentUrl) -> str:
     """Return the stored body with this draft's cid: images pointing at their URLs."""
-    return compose.body_for_editor(mail.body_html or "", _urls_by_cid(mail, attachment_url))
+    return compose.body_for_editor(
+        mail.body_html or "", urls_by_cid(mail.attachments, attachment_url)
+    )
 
 
 def create_draft(
@@ -410,7 +417,7 @@ def remove_attachment(user: User, mail: OutgoingMail, attachment: OutgoingAttach
     db.session.commit()
 
 
-def attachment_bytes(attachment: OutgoingAttachment | TemplateAttachment) -> bytes | None:
+def attachment_bytes(attachment: StoredFile) -> bytes | None:
     """Return an attachment's bytes, or None when the blob is missing."""
     try:
         return blob_store().get(attachment.blob_sha256)

@@ -57,6 +57,15 @@ DOMAIN_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9
 # --------------------------------------------------------------------------- lists
 
 
+def format_money(value: Decimal | None, currency: str) -> str | None:
+    """Return "EUR 12,500" (cents only when there are some): how Threadline writes a value,
+    on record pages and in smart fields."""
+    if value is None:
+        return None
+    amount = f"{value:,.0f}" if value == value.to_integral_value() else f"{value:,.2f}"
+    return f"{currency} {amount}"
+
+
 @dataclass(frozen=True)
 class Page:
     """One page of a list: its items and where it sits among all matches."""

@@ -19,7 +19,6 @@ import html
 import re
 from dataclasses import dataclass
 from datetime import date
-from decimal import Decimal
 from html.parser import HTMLParser
 from typing import NamedTuple
 
@@ -33,13 +32,14 @@ from models import (
     Organization,
     OutgoingMail,
     Person,
-    PersonEmail,
     Project,
     User,
 )
 from services.access import can_access_record, visible_records
 from services.conversations import blob_store
+from services.linking import persons_for_addresses
 from services.mail_render import INLINE_SAFE_TYPES, email_document, sanitize_email_html
+from services.records import format_money
 
 
 @dataclass(frozen=True)
@@ -106,12 +106,9 @@ def _visible(user: User, record: object | None) -> object | None:
 
 
 def _person_for_address(user: User, address: str) -> Person | None:
-    return db.session.scalar(
-        visible_records(user, Person)
-        .join(PersonEmail, PersonEmail.person_id == Person.id)
-        .where(PersonEmail.email == address)
-        .limit(1)
-    )
+    # The same match as linking mail to persons, limited to what the sender may see.
+    person_id = persons_for_addresses([address], visible_to=user.id).get(address)
+    return db.session.get(Person, person_id) if person_id else None
 
 
 def _first_to(mail: OutgoingMail) -> str | None:
@@ -164,14 +161,6 @@ def sources_for(mail: OutgoingMail) -> Sources:
                 origins.append(f"their open deal “{found.deal.title}”")
     found.origin = ", and ".join(origins)
     return found
-
-
-def format_money(value: Decimal | None, currency: str) -> str | None:
-    """Return "EUR 12,500" (cents only when there are some), as record pages show values."""
-    if value is None:
-        return None
-    amount = f"{value:,.0f}" if value == value.to_integral_value() else f"{value:,.2f}"
-    return f"{currency} {amount}"
 
 
 def format_date(value: date | None) -> str | None:

@@ -117,13 +117,11 @@ def max_upload_bytes() -> int:
     return drafts.max_upload_bytes(None)
 
 
-def _urls_by_cid(template: MailTemplate, attachment_url: TemplateAttachmentUrl) -> dict:
-    return {a.content_id: attachment_url(a) for a in template.attachments if a.content_id}
-
-
 def editor_body(template: MailTemplate, attachment_url: TemplateAttachmentUrl) -> str:
     """Return the stored body with the template's cid: images pointing at their URLs."""
-    return compose.body_for_editor(template.body_html or "", _urls_by_cid(template, attachment_url))
+    return compose.body_for_editor(
+        template.body_html or "", drafts.urls_by_cid(template.attachments, attachment_url)
+    )
 
 
 def _shared_flag(value: str | None) -> bool:
@@ -148,7 +146,7 @@ def apply_form(
         errors["name"] = "Give the template a name."
     elif len(name) > MAX_NAME_LENGTH:
         errors["name"] = f"Keep the name under {MAX_NAME_LENGTH} characters."
-    subject = " ".join((form.get("subject") or "").replace("\x00", "").splitlines()).strip()
+    subject = drafts.one_line_subject(form.get("subject")).strip()
     if len(subject) > drafts.MAX_SUBJECT_LENGTH:
         errors["subject"] = f"Keep the subject under {drafts.MAX_SUBJECT_LENGTH} characters."
     body = (form.get("body_html") or "").replace("\x00", "")
@@ -161,7 +159,9 @@ def apply_form(
     if errors:
         raise ValidationError(errors)
     template.name, template.subject, template.shared = name, subject, shared
-    template.body_html = drafts.clean_editor_html(body, _urls_by_cid(template, attachment_url))
+    template.body_html = drafts.clean_editor_html(
+        body, drafts.urls_by_cid(template.attachments, attachment_url)
+    )
 
 
 def create_template(
@@ -197,7 +197,7 @@ def duplicate_template(user: User, template: MailTemplate) -> MailTemplate:
         shared=False,
     )
     for attachment in template.attachments:
-        copy.attachments.append(_copy_row(TemplateAttachment, attachment))
+        copy.attachments.append(TemplateAttachment(**attachment.file_fields()))
     db.session.add(copy)
     db.session.commit()
     return copy
@@ -245,16 +245,6 @@ def remove_attachment(user: User, template: MailTemplate, attachment: TemplateAt
 # --------------------------------------------------------------------------- using
 
 
-def _copy_row(model: type, attachment: TemplateAttachment | OutgoingAttachment):
-    return model(
-        filename=attachment.filename,
-        content_type=attachment.content_type,
-        size=attachment.size,
-        blob_sha256=attachment.blob_sha256,
-        content_id=attachment.content_id,
-    )
-
-
 def apply_to_draft(user: User, draft: OutgoingMail, template: MailTemplate) -> OutgoingMail:
     """Fill a draft from a template: subject, body and attachments; commits.
 
@@ -285,4 +275,4 @@ def copy_into(mail: OutgoingMail, template: MailTemplate) -> None:
                 continue
         elif (attachment.blob_sha256, attachment.filename) in have_files:
             continue
-        mail.attachments.append(_copy_row(OutgoingAttachment, attachment))
+        mail.attachments.append(OutgoingAttachment(**attachment.file_fields()))

@@ -41,6 +41,7 @@ from services.inputs import parse_id, search_text
 from services.mail_render import attachment_headers
 from services.preferences import get_preference
 from services.time_display import current_zone, current_zone_name, full_label
+from views.helpers import file_json
 
 bp = Blueprint("compose", __name__, url_prefix="/mail")
 PAGE = "compose/page.html"
@@ -52,17 +53,13 @@ def attachment_url(attachment: OutgoingAttachment) -> str:
 
 
 def _attachment_json(attachment: OutgoingAttachment) -> dict:
-    return {
-        "id": attachment.id,
-        "filename": attachment.filename,
-        "size": attachment.size,
-        "content_type": attachment.content_type,
-        "content_id": attachment.content_id,
-        "url": attachment_url(attachment),
-        "delete_url": url_for(
+    return file_json(
+        attachment,
+        url=attachment_url(attachment),
+        delete_url=url_for(
             "compose.remove_attachment", draft_id=attachment.mail_id, attachment_id=attachment.id
         ),
-    }
+    )
 
 
 def _draft_json(mail: OutgoingMail, status: int = 200, **extra):

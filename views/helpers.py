@@ -9,6 +9,7 @@ from htmx_flask import request
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import IntegerConverter, ValidationError
 
+from models import StoredFile
 from services.inputs import MAX_ID
 
 
@@ -93,3 +94,16 @@ def record_url(kind: str, record_id: int) -> str | None:
     if endpoint not in current_app.view_functions:
         return None
     return url_for(endpoint, **{argument: record_id})
+
+
+def file_json(attachment: StoredFile, *, url: str, delete_url: str) -> dict:
+    """What the editors' scripts get for an uploaded file (a draft's or a template's)."""
+    return {
+        "id": attachment.id,
+        "filename": attachment.filename,
+        "size": attachment.size,
+        "content_type": attachment.content_type,
+        "content_id": attachment.content_id,
+        "url": url,
+        "delete_url": delete_url,
+    }

@@ -27,7 +27,7 @@ from services import drafts, templates
 from services.errors import ValidationError
 from services.inputs import search_text
 from services.mail_render import attachment_headers
-from views.helpers import render_invalid, render_page_or_fragment
+from views.helpers import file_json, render_invalid, render_page_or_fragment
 
 bp = Blueprint("mail_templates", __name__, url_prefix="/settings/templates")
 LIST_TARGET = "template-list"
@@ -43,19 +43,13 @@ def attachment_url(attachment: TemplateAttachment) -> str:
 
 
 def _attachment_json(attachment: TemplateAttachment) -> dict:
-    return {
-        "id": attachment.id,
-        "filename": attachment.filename,
-        "size": attachment.size,
-        "content_type": attachment.content_type,
-        "content_id": attachment.content_id,
-        "url": attachment_url(attachment),
-        "delete_url": url_for(
-            ".remove_attachment",
-            template_id=attachment.template_id,
-            file_id=attachment.id,
+    return file_json(
+        attachment,
+        url=attachment_url(attachment),
+        delete_url=url_for(
+            ".remove_attachment", template_id=attachment.template_id, file_id=attachment.id
         ),
-    }
+    )
 
 
 def _render_form(template: MailTemplate | None, *, values=None, errors=None, status=200):

@@ -40,9 +40,8 @@
     root: editorRoot,
     source: source,
     toolbar: toolbar,
-    linkBar: form.querySelector(".compose-link-bar"),
-    linkInput: document.getElementById("compose-link-url"),
     imageInput: imageInput,
+    onImage: insertImage,
   });
 
   // ------------------------------------------------------------------ right-to-left
@@ -627,32 +626,18 @@
     });
   }
 
-  function insertImages(files) {
-    Array.prototype.forEach.call(files, function (file) {
-      if (!/^image\/(png|jpeg|gif|webp)$/.test(file.type)) return;
-      upload(file, true).then(function (data) {
-        if (!data) return;
-        editor.insertImage(data.url, { alt: data.filename });
-        changed();
-      });
+  function insertImage(file) {
+    if (!window.ThreadlineEditor.IMAGE_TYPES.test(file.type)) return;
+    upload(file, true).then(function (data) {
+      if (!data) return;
+      editor.insertImage(data.url, { alt: data.filename });
+      changed();
     });
   }
 
   fileInput.addEventListener("change", function () {
     Array.prototype.forEach.call(fileInput.files, function (file) { upload(file, false); });
     fileInput.value = "";
-  });
-  imageInput.addEventListener("change", function () {
-    insertImages(imageInput.files);
-    imageInput.value = "";
-  });
-  editor.addEventListener("pasteImage", function (event) {
-    var items = event.detail.clipboardData.items;
-    var files = [];
-    for (var i = 0; i < items.length; i += 1) {
-      if (items[i].kind === "file") files.push(items[i].getAsFile());
-    }
-    insertImages(files);
   });
   fileList.addEventListener("click", function (event) {
     var button = event.target.closest("[data-remove-attachment]");
@@ -679,7 +664,7 @@
       event.stopPropagation();
       dropZone.classList.remove("is-dragging");
       Array.prototype.forEach.call(files, function (file) {
-        if (zone === editorRoot && /^image\/(png|jpeg|gif|webp)$/.test(file.type)) insertImages([file]);
+        if (zone === editorRoot && window.ThreadlineEditor.IMAGE_TYPES.test(file.type)) insertImage(file);
         else upload(file, false);
       });
     }, true);

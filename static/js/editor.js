@@ -1,7 +1,8 @@
 // The rich-text editor shared by compose and Settings > Templates: Squire with DOMPurify
 // paste cleaning, the formatting toolbar (templates/macros/editor.html) and its link bar.
-// window.ThreadlineEditor.create({root, source, toolbar, linkBar, linkInput, imageInput})
-// returns the Squire editor, started from the HTML in `source` (a textarea it hides).
+// window.ThreadlineEditor.create({root, source, toolbar, imageInput, onImage}) returns the
+// Squire editor, started from the HTML in `source` (a textarea it hides); each image chosen
+// with the toolbar's button or pasted goes to onImage(file), which decides what it becomes.
 (function () {
   "use strict";
 
@@ -40,7 +41,9 @@
     }
   }
 
-  function bindToolbar(editor, toolbar, linkBar, linkInput, imageInput) {
+  function bindToolbar(editor, toolbar, imageInput) {
+    var linkBar = toolbar.nextElementSibling; // the macro puts the link bar right after it
+    var linkInput = linkBar.querySelector("input[type=url]");
     var commands = {
       bold: function () { editor.hasFormat("B") ? editor.removeBold() : editor.bold(); },
       italic: function () { editor.hasFormat("I") ? editor.removeItalic() : editor.italic(); },
@@ -90,13 +93,31 @@
     });
   }
 
+  function bindImages(editor, imageInput, onImage) {
+    imageInput.addEventListener("change", function () {
+      Array.prototype.forEach.call(imageInput.files, onImage);
+      imageInput.value = "";
+    });
+    editor.addEventListener("pasteImage", function (event) {
+      var items = event.detail.clipboardData.items;
+      for (var i = 0; i < items.length; i += 1) {
+        if (items[i].kind === "file") onImage(items[i].getAsFile());
+      }
+    });
+  }
+
   function create(options) {
     var editor = new Squire(options.root, { blockTag: "DIV", sanitizeToDOMFragment: sanitize });
     options.source.hidden = true;
     editor.setHTML(options.source.value);
-    bindToolbar(editor, options.toolbar, options.linkBar, options.linkInput, options.imageInput);
+    bindToolbar(editor, options.toolbar, options.imageInput);
+    if (options.onImage) bindImages(editor, options.imageInput, options.onImage);
     return editor;
   }
 
-  window.ThreadlineEditor = { create: create, sanitize: sanitize };
+  window.ThreadlineEditor = {
+    create: create,
+    sanitize: sanitize,
+    IMAGE_TYPES: /^image\/(png|jpeg|gif|webp)$/, // what an email's inline image may be
+  };
 })();

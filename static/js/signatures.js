@@ -7,7 +7,6 @@
   "use strict";
 
   var MARK = "data-signature";
-  var IMAGE_TYPES = /^image\/(png|jpeg|gif|webp)$/;
 
   function blankLine() {
     var line = document.createElement("div");
@@ -138,9 +137,8 @@
     root: editorRoot,
     source: source,
     toolbar: signatureForm.querySelector(".compose-toolbar"),
-    linkBar: signatureForm.querySelector(".compose-link-bar"),
-    linkInput: document.getElementById("signature-link-url"),
     imageInput: imageInput,
+    onImage: insertImage,
   });
   editorRoot.hidden = false;
 
@@ -151,7 +149,7 @@
 
   // Images are kept in the signature itself as data: URIs, so they must stay small.
   function insertImage(file) {
-    if (!IMAGE_TYPES.test(file.type)) {
+    if (!ThreadlineEditor.IMAGE_TYPES.test(file.type)) {
       say(file.name + ": only PNG, JPEG, GIF and WebP images go into a signature.");
       return;
     }
@@ -168,16 +166,6 @@
     reader.readAsDataURL(file);
   }
 
-  imageInput.addEventListener("change", function () {
-    Array.prototype.forEach.call(imageInput.files, insertImage);
-    imageInput.value = "";
-  });
-  editor.addEventListener("pasteImage", function (event) {
-    var items = event.detail.clipboardData.items;
-    for (var i = 0; i < items.length; i += 1) {
-      if (items[i].kind === "file") insertImage(items[i].getAsFile());
-    }
-  });
   signatureForm.addEventListener("submit", function () { source.value = editor.getHTML(); });
   signatureForm.setAttribute("data-ready", "true");
 })();

@@ -20,9 +20,8 @@
     root: editorRoot,
     source: source,
     toolbar: toolbar,
-    linkBar: form.querySelector(".compose-link-bar"),
-    linkInput: document.getElementById("template-link-url"),
     imageInput: imageInput,
+    onImage: insertImage,
   });
   if (window.ThreadlineSmartFields) {
     window.ThreadlineSmartFields.attach({
@@ -116,12 +115,10 @@
     fileList.appendChild(li);
   }
 
-  function insertImages(files) {
-    Array.prototype.forEach.call(files, function (file) {
-      if (!/^image\/(png|jpeg|gif|webp)$/.test(file.type)) return;
-      upload(file, true).then(function (data) {
-        if (data) editor.insertImage(data.url, { alt: data.filename });
-      });
+  function insertImage(file) {
+    if (!window.ThreadlineEditor.IMAGE_TYPES.test(file.type)) return;
+    upload(file, true).then(function (data) {
+      if (data) editor.insertImage(data.url, { alt: data.filename });
     });
   }
 
@@ -130,18 +127,6 @@
       upload(file, false).then(function (data) { if (data) listFile(data); });
     });
     fileInput.value = "";
-  });
-  imageInput.addEventListener("change", function () {
-    insertImages(imageInput.files);
-    imageInput.value = "";
-  });
-  editor.addEventListener("pasteImage", function (event) {
-    var items = event.detail.clipboardData.items;
-    var files = [];
-    for (var i = 0; i < items.length; i += 1) {
-      if (items[i].kind === "file") files.push(items[i].getAsFile());
-    }
-    insertImages(files);
   });
   // Files listed by the server are removed in place too, so what is typed stays.
   fileList.addEventListener("click", function (event) {
