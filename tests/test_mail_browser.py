@@ -229,6 +229,8 @@ def test_reply_later_from_the_list_and_the_conversation(live_server, page, me, m
     # Esc in a conversation goes back to the list it was opened from.
     rows.nth(0).locator(".mail-row-link").click()
     expect(page.locator("#conversation-actions")).to_be_visible()
+    # The conversation is open once its address is (htmx pushes it after the swap).
+    expect(page).to_have_url(re.compile(r"/mail/threads/\d+\?folder=later$"))
     page.keyboard.press("Escape")
     expect(page).to_have_url(live_server.url + "/mail/?folder=later")
 
