@@ -229,8 +229,9 @@ def merge_union(old: dict, new: dict) -> dict:
 def test_jobs_of_one_key_run_in_the_order_their_requests_committed(app):
     """Two requests queue for one key at once; the first takes its id and is slow to commit.
     The job that committed first runs first (PostgreSQL hands out ids before commit)."""
-    first_inserted = threading.Event()
-    committed: list[str] = []
+    slow_has_its_id = threading.Event()
+    quick_committed = threading.Event()
+    quick_committed_before_slow: list[bool] = []
     errors: list[BaseException] = []
 
     def request(name: str, *, slow: bool) -> None:
@@ -239,14 +240,19 @@ def test_jobs_of_one_key_run_in_the_order_their_requests_committed(app):
                 if slow:
 
                     @event.listens_for(db.session(), "before_commit")
-                    def hold(_session) -> None:
-                        first_inserted.set()
-                        time.sleep(0.5)  # the other request queues meanwhile
+                    def hold(session) -> None:
+                        session.flush()  # takes the id (and, on SQLite, the write lock)
+                        slow_has_its_id.set()
+                        # The other request may queue meanwhile; whether it got to commit is
+                        # read from here, where the slow one has not committed yet.
+                        quick_committed.wait(timeout=0.5)
+                        quick_committed_before_slow.append(quick_committed.is_set())
 
                 else:
-                    first_inserted.wait(timeout=30)
+                    slow_has_its_id.wait(timeout=30)
                 job_queue.enqueue("move", {"by": name}, key="mailbox:7")
-                committed.append(name)
+                if not slow:
+                    quick_committed.set()
                 db.session.remove()
         except BaseException as exc:
             errors.append(exc)
@@ -260,6 +266,7 @@ def test_jobs_of_one_key_run_in_the_order_their_requests_committed(app):
     for thread in threads:
         thread.join(timeout=60)
     assert not errors, errors
+    committed = ["quick", "slow"] if quick_committed_before_slow == [True] else ["slow", "quick"]
     ran = []
     while (got := job_queue.claim("worker", lease_seconds=60)) is not None:
         ran.append(got.payload["by"])
