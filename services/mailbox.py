@@ -454,10 +454,16 @@ def _folder_condition(user: User, key: str) -> ColumnElement[bool]:
     if _few_locations(in_folder, SMALL_FOLDER):
         # A small folder (often an empty Trash or Spam): take its few threads from its
         # locations; walking the account's threads newest first would pass all of them.
+        # The ids are read first and bound as a list: given the subquery instead,
+        # PostgreSQL still walks the account's list index expecting an early stop, and in
+        # an empty folder it walks all of it (263 ms at 100,000 messages).
         return Thread.id.in_(
-            select(Message.thread_id)
-            .join(MessageLocation, MessageLocation.message_id == Message.id)
-            .where(in_folder, _live_message())
+            db.session.scalars(
+                select(Message.thread_id)
+                .join(MessageLocation, MessageLocation.message_id == Message.id)
+                .where(in_folder, _live_message())
+                .distinct()
+            ).all()
         )
     # A big folder: walk threads newest first (index order) and stop at the page.
     return exists().where(
