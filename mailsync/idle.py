@@ -216,6 +216,8 @@ class Watcher:
         self.live = threading.Event()  # set while the connection is idling
         self.connections = 0  # how many times IDLE was started on a fresh connection
         self.renewals = 0  # how many times IDLE was re-issued on a live connection
+        self.idling = False  # the server is in IDLE (only DONE may be sent)
+        self.failures = 0  # failed connections since the last one that reached IDLE
         self.thread = threading.Thread(target=self._run, name=f"idle-{account_id}", daemon=True)
 
     def start(self) -> Watcher:
@@ -230,19 +232,22 @@ class Watcher:
         self.thread.join(timeout)
 
     def _run(self) -> None:
-        failures = 0
         while not self.stopped.is_set():
             try:
                 self._watch()
-                failures = 0
                 continue  # a stop, or the server ended IDLE cleanly: the loop decides
             except IdleUnavailable as exc:
                 # Not a fault: this server is polled; look again after a long while.
                 log.info("account %s: no push (%s); polling only", self.account_id, exc)
                 wait = self.settings.renew_seconds
             except imap.MailConnectionError as exc:
-                failures += 1
-                wait = backoff_seconds(failures)
+                self.failures += 1
+                wait = backoff_seconds(self.failures)
+                if exc.needs_user_action:
+                    # Wrong password, untrusted certificate: the sync pass reports it and
+                    # the account stops (then so does this watcher); logging in again and
+                    # again could lock the mailbox (SYNC.md §6).
+                    wait = self.settings.renew_seconds
                 log.info(
                     "account %s: IDLE connection failed (%s); again in %.0f s",
                     self.account_id,
@@ -250,8 +255,8 @@ class Watcher:
                     wait,
                 )
             except Exception as exc:
-                failures += 1
-                wait = backoff_seconds(failures)
+                self.failures += 1
+                wait = backoff_seconds(self.failures)
                 log.info(
                     "account %s: IDLE connection lost (%s: %s); again in %.0f s",
                     self.account_id,
@@ -286,9 +291,10 @@ class Watcher:
                 raise IdleUnavailable("the server does not offer IDLE")
             keep_alive(client)
             client.select_folder("INBOX", readonly=True)
-            start_idle(client)
+            self._start_idle(client)
             self.connections += 1
             self._set_live(True)
+            self.failures = 0  # the backoff starts over after a connection that worked
             if self.connections > 1:
                 # Changes made while the connection was down are otherwise seen only by the
                 # next scheduled pass.
@@ -313,6 +319,7 @@ class Watcher:
                 # Re-issue IDLE before servers or NATs drop it, and after an early wake-up,
                 # which only a round trip can tell apart from an EOF: DONE on a dead
                 # connection raises (socket error or read timeout).
+                self.idling = False
                 _text, responses = client.idle_done()
                 if said_bye(responses):
                     raise ConnectionDropped("the server said BYE")
@@ -320,7 +327,7 @@ class Watcher:
                     self._changed()
                 if self.stopped.is_set():
                     return
-                start_idle(client)
+                self._start_idle(client)
                 self.renewals += 1
                 renew_at = time.monotonic() + self.settings.renew_seconds
 
@@ -345,11 +352,17 @@ class Watcher:
                 # A stopped watcher's record is its manager's: a replacement may be live.
                 publish_live(self.app, [], [self.account_id])
 
+    def _start_idle(self, client: IMAPClient) -> None:
+        start_idle(client)
+        self.idling = True
+
     def _close(self, client: IMAPClient) -> None:
         """End IDLE and log out politely, but never wait long (the network may be dead)."""
         try:
             client.socket().settimeout(STOP_SECONDS)
-            client.idle_done()
+            if self.idling:
+                self.idling = False
+                client.idle_done()
         except Exception:
             pass
         imap.safe_logout(client)

@@ -294,6 +294,31 @@ def test_a_server_that_rejects_idle_gets_no_push_and_no_error(app, account, tmp_
         server.stop()
 
 
+def test_a_rejected_password_is_not_tried_again_and_again(app, account, monkeypatch):
+    """Logging in with a wrong password in a loop can lock a mailbox (SYNC.md §6): the watcher
+    waits a long while, and the sync pass is what tells the user."""
+    monkeypatch.setattr(idle, "BACKOFF_BASE_SECONDS", 0.05)
+    attempts = []
+    real_connect = idle.imap.connect
+
+    def counting_connect(*args, **kwargs):
+        attempts.append(time.monotonic())
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(idle.imap, "connect", counting_connect)
+    account.password_encrypted = secret_box(app).encrypt("not the password")
+    with_idle_capability(account)
+    watching = watcher(app, account, Changes())
+    try:
+        wait_for(lambda: len(attempts) == 1, seconds=10)
+        time.sleep(1.5)  # a network-error backoff would have tried 4-5 times by now
+        assert len(attempts) == 1 and not watching.live.is_set()
+        assert fresh(account.id).last_error is None  # the watcher never writes account state
+    finally:
+        watching.stop()
+        watching.join(10)
+
+
 # --------------------------------------------------------------------------- the account list
 
 
