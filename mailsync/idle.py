@@ -344,8 +344,8 @@ class Watcher:
         if live == self.live.is_set():
             return
         if live:
+            publish_live(self.app, [self.account_id])  # recorded before it is said to be live
             self.live.set()
-            publish_live(self.app, [self.account_id])
         else:
             self.live.clear()
             if not self.stopped.is_set():
