@@ -86,6 +86,17 @@ class DefaultConfig:
     JOB_BACKOFF_SECONDS = 10  # first retry wait of a failed job; doubles per attempt
     JOB_MAX_ATTEMPTS = 5  # a write-back failing this often is shown to the user as failed
     JOB_KEEP_SECONDS = 7 * 24 * 3600  # finished jobs are deleted after this
+    # Push (mailsync/idle.py): the worker keeps one IMAP IDLE connection on INBOX per running
+    # account whose server offers IDLE, at most IDLE_MAX_CONNECTIONS in all; a change there
+    # queues a sync pass at once. IDLE is re-issued every IDLE_RENEW_SECONDS (imapclient
+    # advises 10 min; servers drop it after ~30, NATs after ~15: SYNC.md §4.7), the
+    # connection's reads time out after IDLE_TIMEOUT_SECONDS, and the account list is read
+    # again every IDLE_REFRESH_SECONDS. The scheduled polling keeps running regardless.
+    IDLE_ENABLED = True
+    IDLE_MAX_CONNECTIONS = 50
+    IDLE_RENEW_SECONDS = 600
+    IDLE_TIMEOUT_SECONDS = 30
+    IDLE_REFRESH_SECONDS = 30
     HTTPS = False
     # Host names the app answers to (Flask 3.1 rejects others with 400, R33). None (the
     # default) serves any Host: no URL is built from it, all links are relative.

@@ -384,6 +384,10 @@ class MailAccount(db.Model):
     # Which release's parser and identity rule stored its messages (mailsync/reparse.py).
     # Older accounts (server default 1) are parsed again from their raw mail before they sync.
     parse_version: Mapped[int] = mapped_column(Integer, default=PARSE_VERSION, server_default="1")
+    # When the worker's IMAP IDLE connection for this account was last seen live (mailsync/
+    # idle.py renews it every IDLE_REFRESH_SECONDS); NULL while there is none. The web
+    # processes read it: nothing the worker knows lives in their memory.
+    idle_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     user: Mapped[User] = relationship()
     folders: Mapped[list[MailFolder]] = relationship(

@@ -6,7 +6,9 @@ send tick (due outgoing mail, mailsync/send.py) and the short maintenance jobs (
 time from the database queue (services/job_queue.py) and runs it: sync passes ("Sync now"
 and scheduled), and the Mail tab's IMAP write-backs (mailsync/writeback.py). A lease,
 renewed while the job runs, lets another worker take the job again only once this one is
-gone. SIGTERM ends the running job where it is (it is queued again) and stops the worker.
+gone. IMAP IDLE watchers (mailsync/idle.py), threads beside the loop, queue a pass of an
+account the moment its server reports a change in INBOX, and wake the loop. SIGTERM ends the
+running job where it is (it is queued again), closes the IDLE connections and stops the worker.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from flask import Flask
 
 import jobs
 from extensions import db
-from mailsync import actions, audit, writeback
+from mailsync import actions, audit, idle, writeback
 from services import accounts, conversations, job_queue, mailbox
 
 log = logging.getLogger("threadline.worker")
@@ -178,32 +180,61 @@ def run_worker(app: Flask, *, stopped: threading.Event | None = None) -> None:
     owner = f"{jobs.worker_name()}:{uuid.uuid4().hex[:8]}"
     in_job = threading.Event()
 
-    def on_sigterm(_signum, _frame) -> None:
-        stopped.set()
-        if in_job.is_set():
-            raise Stopping()
-
     _follow_parent_out()
     nice = int(app.config.get("WORKER_NICE", 0))
     if nice:
         os.nice(nice)  # sync passes are CPU-bound; pages in other processes come first
-    signal.signal(signal.SIGTERM, on_sigterm)
     poll = float(app.config.get("JOB_POLL_SECONDS", 1.0))
+    # Set when an IDLE watcher queued a pass (or on SIGTERM): the loop looks at once instead
+    # of finishing its poll wait, so pushed mail is not held up by it.
+    wake = threading.Event()
+
+    def on_sigterm(_signum, _frame) -> None:
+        stopped.set()
+        wake.set()
+        if in_job.is_set():
+            raise Stopping()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     scheduler = start_scheduler(app)
+    watchers = start_idle_watchers(app, wake)
     try:
         while not stopped.is_set():
             in_job.set()
             try:
+                wake.clear()
                 ran = run_one_job(app, owner)
             finally:
                 in_job.clear()
             if not ran:
-                stopped.wait(poll)
+                wake.wait(poll)
     except (Stopping, KeyboardInterrupt):
         pass
     finally:
         scheduler.shutdown(wait=False)
+        if watchers is not None:
+            watchers.stop()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def start_idle_watchers(app: Flask, wake: threading.Event) -> idle.IdleWatchers | None:
+    """Start the IMAP IDLE watchers (mailsync/idle.py) unless IDLE_ENABLED is off.
+
+    A change a watcher sees queues the account's scheduled kind of pass (INBOX and Sent),
+    folded into one already queued (services.accounts.request_sync), and wakes the job loop.
+    """
+    if not idle.IdleSettings.from_config(app.config).enabled:
+        return None
+
+    def on_change(account_id: int) -> None:
+        with app.app_context():
+            try:
+                accounts.request_sync(account_id, all_folders=False)
+            finally:
+                db.session.remove()
+        wake.set()
+
+    return idle.IdleWatchers(app, on_change).start()
 
 
 # --------------------------------------------------------------------------- supervision

@@ -888,7 +888,37 @@ def _state_key(account: MailAccount, progress: Progress) -> str:
     return "up_to_date"
 
 
-def account_status(account: MailAccount, *, interval_seconds: int = 120) -> dict:
+# The worker renews a live IDLE connection's record every IDLE_REFRESH_SECONDS; one not
+# renewed for this many refreshes belongs to a worker that died (mailsync/idle.py).
+IDLE_MISSED_REFRESHES = 3
+
+
+def _idle_live_after(refresh_seconds: float) -> datetime:
+    return utcnow() - timedelta(seconds=IDLE_MISSED_REFRESHES * refresh_seconds)
+
+
+def idle_connection_count(*, refresh_seconds: float = 30) -> int:
+    """Return how many IMAP IDLE connections the worker holds live now (all accounts)."""
+    return db.session.scalar(
+        select(func.count())
+        .select_from(MailAccount)
+        .where(MailAccount.idle_seen_at >= _idle_live_after(refresh_seconds))
+    )
+
+
+def push_status(account: MailAccount, *, refresh_seconds: float = 30) -> dict:
+    """Return whether the account's new mail is pushed (its IDLE connection is live), and the
+    worker's count of live IDLE connections."""
+    seen = account.idle_seen_at
+    return {
+        "live": seen is not None and seen >= _idle_live_after(refresh_seconds),
+        "connections": idle_connection_count(refresh_seconds=refresh_seconds),
+    }
+
+
+def account_status(
+    account: MailAccount, *, interval_seconds: int = 120, idle_refresh_seconds: float = 30
+) -> dict:
     """Return what the status page shows: state, errors and fixes, timing, folders, runs."""
     progress = account_progress(account)
     state = _state_key(account, progress)
@@ -938,6 +968,7 @@ def account_status(account: MailAccount, *, interval_seconds: int = 120) -> dict
         "last_success_at": account.last_success_at,
         "next_run_at": _next_run(account, state, runs, interval_seconds),
         "progress": progress,
+        "push": push_status(account, refresh_seconds=idle_refresh_seconds),
         "folders": folders,
         "runs": runs,
     }

@@ -263,7 +263,9 @@ def _live_status(account) -> dict:
     """The status with what keeps it live: the poll URL (carrying where progress stood when
     polling began, for the time-left estimate) and that estimate."""
     status = accounts.account_status(
-        account, interval_seconds=current_app.config["SYNC_INTERVAL_SECONDS"]
+        account,
+        interval_seconds=current_app.config["SYNC_INTERVAL_SECONDS"],
+        idle_refresh_seconds=current_app.config["IDLE_REFRESH_SECONDS"],
     )
     now = time.time()
     start_done = parse_int(request.args.get("start_done"))

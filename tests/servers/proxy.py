@@ -27,6 +27,7 @@ class CuttingProxy:
         self.port = self.listener.getsockname()[1]
         self.cut_count = 0
         self.lock = threading.Lock()
+        self.open_sockets: list[socket.socket] = []
         self.closed = False
         threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
 
@@ -47,6 +48,8 @@ class CuttingProxy:
                 limit = self.cut_after if self.cuts_left > 0 else None
                 self.cuts_left -= 1
             upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.open_sockets += [client, upstream]
             threading.Thread(target=self._pipe, args=(client, upstream, None), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client, limit), daemon=True).start()
 
@@ -90,6 +93,17 @@ class CuttingProxy:
         except OSError:
             pass
         self.listener.close()
+
+    def cut_all(self) -> None:
+        """End every forwarded connection now, in both directions, with no word to either side
+        (a network that drops)."""
+        with self.lock:
+            sockets, self.open_sockets = self.open_sockets, []
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def close(self) -> None:
         self.closed = True
