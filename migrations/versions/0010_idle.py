@@ -1,6 +1,6 @@
 """Push with IMAP IDLE: when the worker's IDLE connection of an account was last seen live.
 
-Revision ID: 0011_idle
+Revision ID: 0010
 Revises: 0009
 Create Date: 2026-12-06
 """
