@@ -10,7 +10,6 @@ any point loses and duplicates nothing.
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import imaplib
 import logging
@@ -57,6 +56,7 @@ DB_BATCH_MESSAGES = 300  # fetched messages persisted per transaction (several b
 META_BATCH = 500  # UIDs per metadata FETCH (SYNC.md §5)
 FIRST_META_BATCH = 50  # the newest 50 land first so the inbox is usable within seconds
 SEARCH_RANGE = 50_000  # UIDs per chunked UID SEARCH (bounded response lines)
+RANGES_PER_QUERY = 200  # UID ranges looked up in the store per query
 # Servers without CONDSTORE cannot say which flags changed, so every pass reads the flags of
 # the newest FLAG_WINDOW stored UIDs (recent mail is right after one pass), and all of them
 # every FULL_FLAG_SCAN_EVERY (a UID FETCH FLAGS of 100,000 UIDs costs about 1.6 s of parsing
@@ -173,22 +173,20 @@ class Meta:
     gm_labels: list[str] = field(default_factory=list)
 
 
+def uid_spans(uids: Iterable[int]) -> list[tuple[int, int]]:
+    """Return the UIDs as ascending runs of consecutive values, (low, high) each."""
+    spans: list[tuple[int, int]] = []
+    for uid in sorted(set(uids)):
+        if spans and uid == spans[-1][1] + 1:
+            spans[-1] = (spans[-1][0], uid)
+        else:
+            spans.append((uid, uid))
+    return spans
+
+
 def uid_ranges(uids: Iterable[int]) -> str:
     """Return a compact, ascending UID set such as '1:5,9,12:14' (never descending ranges)."""
-    ordered = sorted(set(uids))
-    parts: list[str] = []
-    start = prev = None
-    for uid in ordered:
-        if start is None:
-            start = prev = uid
-        elif uid == prev + 1:
-            prev = uid
-        else:
-            parts.append(f"{start}:{prev}" if start != prev else str(start))
-            start = prev = uid
-    if start is not None:
-        parts.append(f"{start}:{prev}" if start != prev else str(start))
-    return ",".join(parts)
+    return ",".join(f"{low}:{high}" if low != high else str(low) for low, high in uid_spans(uids))
 
 
 def horizon_date(since: str, today: date | None = None) -> date | None:
@@ -1465,7 +1463,11 @@ class AccountSync:
         db.session.commit()
         if add_back and changes:
             live = {uid for uid, (flags, _labels) in changes.items() if b"\\Deleted" not in flags}
-            stored = store.local_uids(folder_id, low=min(changes), high=max(changes))
+            # Only the rows of these UIDs: a few changes far apart in a big folder would
+            # otherwise read every stored UID between them.
+            stored: set[int] = set()
+            for spans in _chunks(uid_spans(live), RANGES_PER_QUERY):
+                stored |= store.local_uids_in_ranges(folder_id, spans)
             self._add_back(folder_id, live - stored)
 
     def _add_back(self, folder_id: int, uids: set[int]) -> None:
@@ -1492,7 +1494,7 @@ class AccountSync:
 
         Only UIDs within the known range (<= the watermark sent, and <= `guard`) count, and
         they go through store.remove_locations like the UID SEARCH diff's, so the same
-        guards, run log and unread bookkeeping apply. A range is read from the store, never
+        guards, run log and unread bookkeeping apply. Ranges are looked up in the store, never
         expanded: a server may name large ranges.
         """
         high = min(guard, resync.known_high)
@@ -1504,22 +1506,9 @@ class AccountSync:
                 ranges[-1] = (ranges[-1][0], max(top, ranges[-1][1]))
             else:
                 ranges.append((low, top))
-        position = 0
-        while position < len(ranges):
-            # The ranges that start within a window of SEARCH_RANGE UIDs: one query for them.
-            start = ranges[position][0]
-            batch = []
-            while position < len(ranges) and ranges[position][0] < start + SEARCH_RANGE:
-                batch.append(ranges[position])
-                position += 1
-            lows = [low for low, _top in batch]
-            local = store.local_uids(folder_id, low=start, high=max(top for _low, top in batch))
+        for chunk in _chunks(ranges, RANGES_PER_QUERY):
+            gone = store.local_uids_in_ranges(folder_id, chunk)
             db.session.commit()
-            gone = set()
-            for uid in local:
-                index = bisect.bisect_right(lows, uid) - 1
-                if index >= 0 and batch[index][0] <= uid <= batch[index][1]:
-                    gone.add(uid)
             if gone:
                 self.result.deleted += store.remove_locations(folder_id, gone, log=self.result.log)
                 db.session.commit()
