@@ -71,6 +71,18 @@ def no_qresync_dovecot(_profile_servers) -> DovecotServer:
     return _profile_servers[NO_QRESYNC.name]
 
 
+def imap_client(server, box, *, qresync: bool):
+    settings = imap.ConnectionSettings(
+        host=server.host,
+        port=server.ssl_port,
+        security="ssl",
+        username=box.email,
+        password=box.password,
+        ca_cert_pem=server.ca_file.read_text(),
+    )
+    return imap.connect(settings, allowed_ports=None, qresync=qresync)
+
+
 def deliver(server, box, numbers, folder: str = "INBOX") -> None:
     for n in numbers:
         server.deliver(box.email, raw_message(n, to=box.email), folder)
@@ -104,6 +116,19 @@ def server_state(server, box, folder: str = "INBOX") -> dict[int, tuple[bool, bo
         flags = server.flags(box.email, folder, uid)
         state[uid] = ("\\Seen" in flags, "\\Flagged" in flags, "\\Deleted" in flags)
     return state
+
+
+@pytest.mark.imap
+def test_only_the_sync_engine_enables_qresync(dovecot, mail_user):
+    # Once enabled, the server reports expunges as VANISHED for the whole connection: the
+    # other users of imap.connect (write-backs, sending, IDLE) keep plain EXPUNGE.
+    for qresync in (False, True):
+        client = imap_client(dovecot, mail_user, qresync=qresync)
+        try:
+            assert imap.qresync_enabled(client) is qresync
+            assert b"CONDSTORE" in client.threadline_enabled
+        finally:
+            imap.safe_logout(client)
 
 
 @pytest.mark.imap
