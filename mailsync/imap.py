@@ -263,11 +263,17 @@ def send_id(client: IMAPClient, host: str) -> None:
 
 
 def connect(
-    settings: ConnectionSettings, *, allowed_ports: frozenset[int] | None = DEFAULT_ALLOWED_PORTS
+    settings: ConnectionSettings,
+    *,
+    allowed_ports: frozenset[int] | None = DEFAULT_ALLOWED_PORTS,
+    qresync: bool = False,
 ) -> IMAPClient:
     """Open, secure and log in an IMAP connection; raise MailConnectionError on failure.
 
-    After login: ID is sent, capabilities re-read, and CONDSTORE enabled when offered.
+    After login: ID is sent, capabilities re-read, and CONDSTORE enabled when offered; with
+    `qresync`, QRESYNC too (see qresync_enabled). Only the sync engine asks for QRESYNC: once
+    it is on, the server reports expunges as VANISHED instead of EXPUNGE for the whole
+    connection (RFC 7162 §3.2.10), which other users of a connection need not expect.
     """
     if allowed_ports is not None and settings.port not in allowed_ports:
         raise MailConnectionError(
@@ -308,8 +314,13 @@ def connect(
         send_id(client, settings.host)
         client._cached_capabilities = None  # capabilities often change after login
         capabilities = client.capabilities()
-        if b"ENABLE" in capabilities and b"CONDSTORE" in capabilities:
-            client.enable("CONDSTORE")
+        wanted = [b"CONDSTORE"] if b"CONDSTORE" in capabilities else []
+        if qresync and b"QRESYNC" in capabilities:
+            wanted.append(b"QRESYNC")
+        enabled: list[bytes] = []
+        if b"ENABLE" in capabilities and wanted:
+            enabled = [bytes(item).upper() for item in client.enable(*wanted)]
+        client.threadline_enabled = frozenset(enabled)
         return client
     except MailConnectionError:
         safe_logout(client)
@@ -343,6 +354,78 @@ def uid_fetch(
     typ, data = client._imap._untagged_response(typ, data, "FETCH")
     by_sequence = parse_fetch_response(data, client.normalise_times, uid_is_key=False)
     return {int(entry[b"UID"]): entry for entry in by_sequence.values() if b"UID" in entry}
+
+
+def qresync_enabled(client: IMAPClient) -> bool:
+    """Tell whether the server confirmed `ENABLE QRESYNC` on this connection (see connect)."""
+    return b"QRESYNC" in getattr(client, "threadline_enabled", frozenset())
+
+
+def parse_uid_set(text: bytes | str) -> list[tuple[int, int]]:
+    """Return the UID ranges of an IMAP sequence set such as '41,43:116' as ascending
+    (low, high) pairs, in the server's order.
+
+    For the VANISHED response (RFC 7162 §3.2.10), whose set names UIDs only: '*', a zero,
+    a value beyond 32 bits or anything else that is not a number raises ValueError, so an
+    odd answer is never read as a list of deleted mail.
+    """
+    if isinstance(text, bytes):
+        text = text.decode("ascii")
+    ranges: list[tuple[int, int]] = []
+    for part in text.strip().split(","):
+        first, colon, last = part.partition(":")
+        bounds = (first, last) if colon else (first,)
+        if not all(bound.isascii() and bound.isdigit() for bound in bounds):
+            raise ValueError(f"not a UID set: {text!r}")
+        low, high = sorted(int(bound) for bound in (first, last if colon else first))
+        if low < 1 or high > 0xFFFFFFFF:
+            raise ValueError(f"UID out of range in {text!r}")
+        ranges.append((low, high))
+    return ranges
+
+
+@dataclass
+class QresyncAnswer:
+    """What `EXAMINE folder (QRESYNC ...)` reported besides the usual SELECT data."""
+
+    info: dict  # as IMAPClient.select_folder returns it
+    vanished: list[tuple[int, int]]  # UID ranges expunged since the given modseq
+    changed: dict[int, dict]  # {uid: FETCH data (FLAGS, MODSEQ)} changed since that modseq
+
+
+def examine_qresync(
+    client: IMAPClient, folder: str, uidvalidity: int, modseq: int, known_uids: str
+) -> QresyncAnswer:
+    """EXAMINE `folder` with the QRESYNC parameter (RFC 7162 §3.2.5) and return its answer.
+
+    IMAPClient cannot send the parameter nor parse VANISHED, so this does what its
+    select_folder does (imaplib's select: flush old untagged responses, send, mark the
+    folder selected) with the parameter added, then takes the VANISHED and FETCH responses
+    out before IMAPClient reads the rest. Raises imaplib's errors like select_folder; a
+    VANISHED set that cannot be parsed raises ValueError. The caller must check that the
+    answer's UIDVALIDITY is the one it sent: on a mismatch the server ignores the parameter.
+    """
+    imap4 = client._imap
+    imap4.untagged_responses = {}
+    imap4.is_readonly = True
+    parameter = f"(QRESYNC ({uidvalidity} {modseq} {known_uids}))"
+    typ, data = imap4._simple_command("EXAMINE", client._normalise_folder(folder), parameter)
+    if typ != "OK":
+        imap4.state = "AUTH"
+    client._checkok("examine", typ, data)
+    imap4.state = "SELECTED"
+    vanished_lines = imap4.untagged_responses.pop("VANISHED", [])
+    fetch_lines = imap4.untagged_responses.pop("FETCH", [])
+    vanished: list[tuple[int, int]] = []
+    for line in vanished_lines:
+        text = bytes(line).strip()
+        if text.upper().startswith(b"(EARLIER)"):
+            text = text[len(b"(EARLIER)") :]
+        vanished.extend(parse_uid_set(text))
+    by_sequence = parse_fetch_response(fetch_lines, client.normalise_times, uid_is_key=False)
+    changed = {int(entry[b"UID"]): entry for entry in by_sequence.values() if b"UID" in entry}
+    info = client._process_select_response(imap4.untagged_responses)
+    return QresyncAnswer(info=info, vanished=vanished, changed=changed)
 
 
 def safe_logout(client: IMAPClient | None) -> None:

@@ -387,6 +387,22 @@ def local_uids(folder_id: int, *, low: int = 1, high: int | None = None) -> set[
     return set(db.session.scalars(query))
 
 
+def local_uids_in_ranges(folder_id: int, ranges: Sequence[tuple[int, int]]) -> set[int]:
+    """Return the non-stale UIDs stored for a folder within any of the (low, high) ranges.
+
+    One indexed range condition per range, so a few ranges in a folder of 100,000 UIDs read
+    only the rows they name (callers pass at most a few hundred ranges at a time).
+    """
+    if not ranges:
+        return set()
+    query = select(location_t.c.uid).where(
+        location_t.c.folder_id == folder_id,
+        location_t.c.stale.is_(False),
+        or_(*(location_t.c.uid.between(low, high) for low, high in ranges)),
+    )
+    return set(db.session.scalars(query))
+
+
 # --------------------------------------------------------------------------- locations
 
 

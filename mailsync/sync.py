@@ -56,6 +56,7 @@ DB_BATCH_MESSAGES = 300  # fetched messages persisted per transaction (several b
 META_BATCH = 500  # UIDs per metadata FETCH (SYNC.md §5)
 FIRST_META_BATCH = 50  # the newest 50 land first so the inbox is usable within seconds
 SEARCH_RANGE = 50_000  # UIDs per chunked UID SEARCH (bounded response lines)
+RANGES_PER_QUERY = 200  # UID ranges looked up in the store per query
 # Servers without CONDSTORE cannot say which flags changed, so every pass reads the flags of
 # the newest FLAG_WINDOW stored UIDs (recent mail is right after one pass), and all of them
 # every FULL_FLAG_SCAN_EVERY (a UID FETCH FLAGS of 100,000 UIDs costs about 1.6 s of parsing
@@ -135,6 +136,16 @@ class SyncResult:
 
 
 @dataclass
+class Resync:
+    """What a QRESYNC EXAMINE reported about the stored state it was given (RFC 7162)."""
+
+    modseq: int  # the stored HIGHESTMODSEQ sent with it
+    known_high: int  # the known UIDs sent were 1:known_high (the watermark then)
+    vanished: list[tuple[int, int]]  # UID ranges expunged since `modseq`
+    changed: dict[int, dict]  # {uid: FETCH data} of the mail whose flags changed since
+
+
+@dataclass
 class Snapshot:
     """A folder's state as EXAMINE reported it at the start of this cycle."""
 
@@ -142,6 +153,9 @@ class Snapshot:
     uidnext: int | None
     exists: int
     highestmodseq: int | None
+    # Set when EXAMINE used QRESYNC and the server answered for the stored UIDVALIDITY;
+    # None sends the pass down the CONDSTORE + count + UID SEARCH path (SYNC.md §4.4).
+    resync: Resync | None = None
 
 
 @dataclass
@@ -159,22 +173,20 @@ class Meta:
     gm_labels: list[str] = field(default_factory=list)
 
 
+def uid_spans(uids: Iterable[int]) -> list[tuple[int, int]]:
+    """Return the UIDs as ascending runs of consecutive values, (low, high) each."""
+    spans: list[tuple[int, int]] = []
+    for uid in sorted(set(uids)):
+        if spans and uid == spans[-1][1] + 1:
+            spans[-1] = (spans[-1][0], uid)
+        else:
+            spans.append((uid, uid))
+    return spans
+
+
 def uid_ranges(uids: Iterable[int]) -> str:
     """Return a compact, ascending UID set such as '1:5,9,12:14' (never descending ranges)."""
-    ordered = sorted(set(uids))
-    parts: list[str] = []
-    start = prev = None
-    for uid in ordered:
-        if start is None:
-            start = prev = uid
-        elif uid == prev + 1:
-            prev = uid
-        else:
-            parts.append(f"{start}:{prev}" if start != prev else str(start))
-            start = prev = uid
-    if start is not None:
-        parts.append(f"{start}:{prev}" if start != prev else str(start))
-    return ",".join(parts)
+    return ",".join(f"{low}:{high}" if low != high else str(low) for low, high in uid_spans(uids))
 
 
 def horizon_date(since: str, today: date | None = None) -> date | None:
@@ -336,6 +348,8 @@ class AccountSync:
         self.batch_bytes = int(app.config.get("SYNC_BATCH_BYTES", BODY_BATCH_BYTES))
         self.fetch_in_thread = bool(app.config.get("SYNC_FETCH_THREAD", True))
         self.db_batch_messages = int(app.config.get("SYNC_DB_BATCH_MESSAGES", DB_BATCH_MESSAGES))
+        # QRESYNC where offered; off only to compare against the older path (tests, bench/).
+        self.use_qresync = bool(app.config.get("SYNC_QRESYNC", True))
         account = db.session.get(MailAccount, account_id)
         if account is None:
             raise LookupError(f"mail account {account_id} does not exist")
@@ -362,7 +376,9 @@ class AccountSync:
         """Return the live connection, opening a fresh one if needed."""
         if self.conn is None:
             self.conn = imap.connect(
-                self._settings(), allowed_ports=imap.allowed_ports(self.app.config)
+                self._settings(),
+                allowed_ports=imap.allowed_ports(self.app.config),
+                qresync=self.use_qresync,
             )
             self.reached_server = True
             capabilities = sorted(_decode(c) for c in self.conn.capabilities())
@@ -388,6 +404,12 @@ class AccountSync:
     @property
     def condstore(self) -> bool:
         return b"CONDSTORE" in self.connect().capabilities()
+
+    @property
+    def qresync(self) -> bool:
+        # Gmail offers no QRESYNC, and its FETCH answers would lack X-GM-LABELS anyway.
+        conn = self.connect()
+        return imap.qresync_enabled(conn) and not self.gmail
 
     def check_budget(self) -> None:
         """Stop the pass when its time is up or its lease is lost (called between transactions)."""
@@ -599,10 +621,20 @@ class AccountSync:
         except (ValueError, IndexError, KeyError):
             return {}
 
-    def examine(self, name: str) -> Snapshot:
-        """EXAMINE a folder (read-only) and return its snapshot, filling a missing UIDNEXT."""
+    def examine(self, name: str, stored: tuple[int, int, int] | None = None) -> Snapshot:
+        """EXAMINE a folder (read-only) and return its snapshot, filling a missing UIDNEXT.
+
+        `stored` is (uidvalidity, highestmodseq, last_seen_uid) of a folder whose first sync
+        is complete: where QRESYNC is on, EXAMINE then also asks what vanished and which
+        flags changed since (see examine_resync).
+        """
         conn = self.connect()
-        info = conn.select_folder(name, readonly=True)
+        info = None
+        resync = None
+        if stored is not None and self.qresync:
+            info, resync = self.examine_resync(name, *stored)
+        if info is None:
+            info = conn.select_folder(name, readonly=True)
         uidnext = info.get(b"UIDNEXT")
         if uidnext is None:
             # 163/Winmail omit UIDNEXT on SELECT: ask STATUS, then the highest UID.
@@ -618,7 +650,43 @@ class AccountSync:
             uidnext=int(uidnext) if uidnext is not None else None,
             exists=int(info.get(b"EXISTS", 0)),
             highestmodseq=int(info[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in info else None,
+            resync=resync,
         )
+
+    def examine_resync(
+        self, name: str, uidvalidity: int, modseq: int, last_seen: int
+    ) -> tuple[dict | None, Resync | None]:
+        """EXAMINE with QRESYNC (RFC 7162 §3.2.5); return the SELECT data and the Resync.
+
+        The Resync is None when the answer cannot be trusted for the stored state: another
+        UIDVALIDITY (the server then ignores the parameter), no HIGHESTMODSEQ, a modseq lower
+        than the stored one (Dovecot's can go backwards; the full scan handles it) or a
+        VANISHED set that does not parse. The SELECT data is None when the server refused the
+        command, so the caller EXAMINEs the plain way.
+        """
+        conn = self.connect()
+        try:
+            answer = imap.examine_qresync(conn, name, uidvalidity, modseq, f"1:{last_seen}")
+        except ValueError as exc:
+            log.warning("account %s: %s: unreadable VANISHED (%s)", self.account_id, name, exc)
+            return conn.select_folder(name, readonly=True), None
+        except imaplib.IMAP4.error as exc:
+            if isinstance(exc, imaplib.IMAP4.abort):
+                raise
+            log.warning("account %s: %s: EXAMINE (QRESYNC) refused: %s", self.account_id, name, exc)
+            return None, None
+        info = answer.info
+        server_modseq = info.get(b"HIGHESTMODSEQ")
+        if (
+            info.get(b"UIDVALIDITY") != uidvalidity
+            or server_modseq is None
+            or int(server_modseq) < modseq
+        ):
+            return info, None
+        resync = Resync(
+            modseq=modseq, known_high=last_seen, vanished=answer.vanished, changed=answer.changed
+        )
+        return info, resync
 
     def _failed_due(self, folder_id: int) -> bool:
         now = datetime.now(UTC)
@@ -645,8 +713,16 @@ class AccountSync:
                 db.session.commit()
                 self._polled(folder_id)
                 return
+            stored = None
+            if (
+                folder.initial_sync_complete
+                and folder.uidvalidity is not None
+                and folder.highestmodseq is not None
+                and folder.last_seen_uid >= 1
+            ):
+                stored = (folder.uidvalidity, folder.highestmodseq, folder.last_seen_uid)
             db.session.commit()
-            snapshot = self.examine(name)
+            snapshot = self.examine(name, stored)
         except imaplib.IMAP4.error as exc:
             if isinstance(exc, imaplib.IMAP4.abort):
                 raise
@@ -1196,13 +1272,22 @@ class AccountSync:
         counted = replace(snapshot, exists=snapshot.exists + late)
         self.retry_failed(folder_id)
         self.check_identities(folder_id, last_seen)
-        self.sync_flags(folder_id, snapshot, stored_modseq)
+        resync = snapshot.resync
+        if resync is not None and (stored_modseq != resync.modseq or rewound):
+            resync = None  # not an answer about the state stored now: take the older path
+        self.sync_flags(folder_id, snapshot, stored_modseq, resync)
         folder = db.session.get(MailFolder, folder_id)
         guard = folder.last_seen_uid
         db.session.commit()
-        expected = None if previous_count is None else previous_count + len(new_uids) - late
-        if expected != snapshot.exists or self._count_unexplained(folder_id, counted):
-            self.reconcile(folder_id, guard, counted)
+        if resync is not None and previous_count is not None:
+            # RFC 7162: the server named what was expunged; the count check still guards it.
+            self.remove_vanished(folder_id, resync, guard)
+            if self._count_unexplained(folder_id, counted):
+                self.reconcile(folder_id, guard, counted)
+        else:
+            expected = None if previous_count is None else previous_count + len(new_uids) - late
+            if expected != snapshot.exists or self._count_unexplained(folder_id, counted):
+                self.reconcile(folder_id, guard, counted)
         folder = db.session.get(MailFolder, folder_id)
         folder.uidnext = snapshot.uidnext
         if snapshot.highestmodseq is not None:
@@ -1280,8 +1365,15 @@ class AccountSync:
 
     # ------------------------------------------------------------------ flags
 
-    def sync_flags(self, folder_id: int, snapshot: Snapshot, stored_modseq: int | None) -> None:
-        """Apply server flag changes: CONDSTORE CHANGEDSINCE, else windowed scans (§4.3)."""
+    def sync_flags(
+        self,
+        folder_id: int,
+        snapshot: Snapshot,
+        stored_modseq: int | None,
+        resync: Resync | None = None,
+    ) -> None:
+        """Apply server flag changes: those QRESYNC reported, else CONDSTORE CHANGEDSINCE,
+        else windowed scans (§4.3)."""
         folder = db.session.get(MailFolder, folder_id)
         last_seen = folder.last_seen_uid
         full_due = self._full_flag_scan_due(folder)
@@ -1291,6 +1383,12 @@ class AccountSync:
         conn = self.connect()
         items = ["FLAGS"] + (["X-GM-LABELS"] if self.gmail else [])
         self._recheck_after_guard(folder_id, items, last_seen)
+        if resync is not None:
+            # Only the UIDs known then: mail fetched since came with its current flags, which
+            # may be newer than the ones EXAMINE reported.
+            high = min(last_seen, resync.known_high)
+            self._apply_flags(folder_id, resync.changed, high, add_back=True)
+            return
         if self.condstore and snapshot.highestmodseq is not None and stored_modseq is not None:
             if snapshot.highestmodseq == stored_modseq:
                 return
@@ -1365,7 +1463,11 @@ class AccountSync:
         db.session.commit()
         if add_back and changes:
             live = {uid for uid, (flags, _labels) in changes.items() if b"\\Deleted" not in flags}
-            stored = store.local_uids(folder_id, low=min(changes), high=max(changes))
+            # Only the rows of these UIDs: a few changes far apart in a big folder would
+            # otherwise read every stored UID between them.
+            stored: set[int] = set()
+            for spans in _chunks(uid_spans(live), RANGES_PER_QUERY):
+                stored |= store.local_uids_in_ranges(folder_id, spans)
             self._add_back(folder_id, live - stored)
 
     def _add_back(self, folder_id: int, uids: set[int]) -> None:
@@ -1386,6 +1488,30 @@ class AccountSync:
             self.ingest(folder_id, metas, newest_first=False)
 
     # ------------------------------------------------------------------ expunges
+
+    def remove_vanished(self, folder_id: int, resync: Resync, guard: int) -> None:
+        """Drop the stored locations whose UIDs the server reported VANISHED (RFC 7162).
+
+        Only UIDs within the known range (<= the watermark sent, and <= `guard`) count, and
+        they go through store.remove_locations like the UID SEARCH diff's, so the same
+        guards, run log and unread bookkeeping apply. Ranges are looked up in the store, never
+        expanded: a server may name large ranges.
+        """
+        high = min(guard, resync.known_high)
+        ranges: list[tuple[int, int]] = []
+        for low, top in sorted((low, min(top, high)) for low, top in resync.vanished):
+            if low > high:
+                break
+            if ranges and low <= ranges[-1][1] + 1:  # overlapping or adjacent: one range
+                ranges[-1] = (ranges[-1][0], max(top, ranges[-1][1]))
+            else:
+                ranges.append((low, top))
+        for chunk in _chunks(ranges, RANGES_PER_QUERY):
+            gone = store.local_uids_in_ranges(folder_id, chunk)
+            db.session.commit()
+            if gone:
+                self.result.deleted += store.remove_locations(folder_id, gone, log=self.result.log)
+                db.session.commit()
 
     def _count_unexplained(self, folder_id: int, snapshot: Snapshot) -> bool:
         """Tell whether the server's message count no longer equals what Threadline stores

@@ -264,6 +264,10 @@ class ServerProfile:
 
 
 STANDARD = ServerProfile("standard")
+# CONDSTORE but no QRESYNC: the sync takes its older expunge path (count check + UID SEARCH).
+# Not in PROFILES, so the profile-wide tests do not run once more; tests/test_sync_qresync.py
+# starts it.
+NO_QRESYNC = ServerProfile("no-qresync", without=("QRESYNC",))
 PROFILES = {
     profile.name: profile
     for profile in (
