@@ -251,11 +251,19 @@ def build_message(
 
 def smtp_settings(app: Flask, account: MailAccount, *, timeout: float = SMTP_TIMEOUT_SECONDS):
     """Return how to reach the account's SMTP server, the password decrypted (the SMTP one,
-    else the IMAP one). Raises services.credentials.CredentialError."""
+    else the IMAP one; for OAuth2 accounts a fresh access token). Raises
+    services.credentials.CredentialError, and MailConnectionError when a token cannot be
+    renewed."""
     from services.credentials import secret_box
+    from services.oauth import fresh_access_token
 
-    box = secret_box(app)
-    password = box.decrypt(account.smtp_password_encrypted or account.password_encrypted)
+    if account.auth_type == "xoauth2":
+        # The same token signs in to SMTP (XOAUTH2); renewed first when about to expire.
+        password, auth = fresh_access_token(app, account), "xoauth2"
+    else:
+        box = secret_box(app)
+        password = box.decrypt(account.smtp_password_encrypted or account.password_encrypted)
+        auth = "password"
     return imap.ConnectionSettings(
         host=account.smtp_host or "",
         port=int(account.smtp_port or 465),
@@ -264,6 +272,7 @@ def smtp_settings(app: Flask, account: MailAccount, *, timeout: float = SMTP_TIM
         password=password,
         ca_cert_pem=account.ca_cert_pem,
         timeout=timeout,
+        auth=auth,
     )
 
 
