@@ -10,6 +10,7 @@ redirect back is handed to the test client.
 from __future__ import annotations
 
 import itertools
+import re
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
@@ -171,8 +172,12 @@ def test_sign_in_buttons_show_only_for_providers_an_admin_set_up(app, make_user,
     client = login(make_user())
     assert b"Sign in with Google" not in client.get("/settings/accounts/new").data
     oauth.save_client(app, "google", client_id="cid", client_secret="secret")
-    page = client.get("/settings/accounts/new").data
-    assert b"Sign in with Google" in page and b"Sign in with Microsoft" not in page
+    page = client.get("/settings/accounts/new")
+    assert b"Sign in with Google" in page.data and b"Sign in with Microsoft" not in page.data
+    # The form's redirect to Google's page is allowed, and nothing else is widened.
+    policy = page.headers["Content-Security-Policy"]
+    assert "form-action 'self' https://accounts.google.com;" in policy
+    assert "script-src 'self';" in policy
 
 
 def test_a_forms_sign_in_needs_csrf(app, google, make_user, login):
@@ -382,3 +387,30 @@ def test_renewal_that_cannot_reach_the_provider_is_a_retry_not_a_reauth(
     with pytest.raises(MailConnectionError) as failure:
         oauth.fresh_access_token(app, account)
     assert failure.value.transient
+
+
+# --------------------------------------------------------------------------- in the browser
+
+
+@pytest.mark.browser
+@pytest.mark.imap
+def test_sign_in_with_google_in_the_browser(
+    live_server, page, google, oauth_server, mailbox, make_user
+):
+    from playwright.sync_api import expect
+
+    from tests.servers.browser import sign_in_with_session
+
+    oauth_server.client.redirect_uris.append(f"{live_server.url}/settings/accounts/oauth/callback")
+    user = make_user()
+    sign_in_with_session(page, live_server.app, live_server.url, user)
+    page.goto(live_server.url + "/settings/accounts/new")
+    page.get_by_role("button", name="Sign in with Google").click()
+
+    # The local provider approves at once and sends the browser back to the account's page.
+    page.wait_for_url(re.compile(r".*/settings/accounts/\d+$"))
+    expect(page.get_by_role("heading", name=mailbox.email)).to_be_visible()
+    expect(page.locator("h2 .badge")).to_have_text(re.compile(r"^(Syncing|Up to date)$"))
+    account = account_of(user)
+    assert account.auth_type == "xoauth2" and account.email_address == mailbox.email
+    assert secret_box(live_server.app).decrypt(account.password_encrypted) not in page.content()

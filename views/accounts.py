@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import time
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -66,6 +67,32 @@ def attention_banner() -> dict:
     if not current_user.is_authenticated:
         return {}
     return {"reauth_accounts": accounts.accounts_needing_attention(current_user)}
+
+
+# The app CSP (app.CONTENT_SECURITY_POLICY) with form-action widened to the sign-in
+# providers' authorization pages: browsers apply form-action to a form's redirects too, and
+# "Sign in with ..." is a form (POST, CSRF) answered with a redirect to the provider.
+SIGN_IN_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self'; connect-src 'self'; media-src 'none'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self' {origins}; frame-ancestors 'none'"
+)
+
+
+@bp.after_request
+def allow_sign_in_redirects(response):
+    if response.mimetype == "text/html" and current_user.is_authenticated:
+        origins = sorted(
+            {
+                "{0.scheme}://{0.netloc}".format(urlsplit(provider.authorize_url))
+                for provider in oauth.configured_providers(current_app)
+            }
+        )
+        if origins:
+            response.headers["Content-Security-Policy"] = SIGN_IN_CSP.format(
+                origins=" ".join(origins)
+            )
+    return response
 
 
 def _choices() -> dict:
