@@ -322,6 +322,13 @@ def _load(app: Flask, mail_id: int) -> _Job | None:
     except ValidationError as exc:
         outbox.mark_failed(mail_id, "; ".join(exc.errors.values()))
         return None
+    except imap.MailConnectionError as exc:  # an OAuth2 token could not be renewed
+        limit = int(app.config.get("SEND_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS))
+        if exc.transient and mail.attempts < limit:  # the provider was unreachable
+            outbox.retry_later(mail_id, exc.message, delay_seconds=_backoff(app, mail.attempts))
+        else:  # access revoked: "Sign in again" first
+            outbox.mark_failed(mail_id, exc.message)
+        return None
     except Exception as exc:  # an unreadable password or attachment: tell, do not retry
         log.exception("outgoing mail %s cannot be built", mail_id)
         outbox.mark_failed(mail_id, f"This mail could not be prepared: {exc}"[:500])

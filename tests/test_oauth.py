@@ -414,3 +414,111 @@ def test_sign_in_with_google_in_the_browser(
     account = account_of(user)
     assert account.auth_type == "xoauth2" and account.email_address == mailbox.email
     assert secret_box(live_server.app).decrypt(account.password_encrypted) not in page.content()
+
+
+def test_sending_signs_in_with_the_token_and_waits_or_fails_when_it_cannot_be_renewed(
+    app, google, oauth_server, oauth_dovecot, smtp_oauth, mailbox, make_user, login
+):
+    from models import OutgoingMail
+    from services import outbox
+    from services.outbox import OUTGOING_FAILED, OUTGOING_QUEUED, OUTGOING_SENT
+
+    user = make_user()
+    sign_in(login(user))
+    account = account_of(user)
+    assert jobs.run_account_sync(app, account.id).ok  # Sent is known
+
+    def queued() -> OutgoingMail:
+        mail = OutgoingMail(
+            user_id=user.id,
+            account_id=account.id,
+            to=[["Carla", "carla@customer.test"]],
+            cc=[],
+            bcc=[],
+            subject="Quote",
+            body_html="<p>Hello</p>",
+            references=[],
+        )
+        db.session.add(mail)
+        db.session.commit()
+        return outbox.queue_send(user, mail)
+
+    mail = queued()
+    assert send.send_due(app) == {mail.id: OUTGOING_SENT}
+    assert smtp_oauth.handler.oauth_logins == [mailbox.email]
+
+    # The provider cannot be reached to renew an expiring token: the mail waits.
+    endpoints = oauth_server.endpoints()
+    app.config["OAUTH_ENDPOINTS"] = {"google": {**endpoints, "token_url": "http://127.0.0.1:9/"}}
+    account = account_of(user)
+    account.token_expires_at = utcnow()
+    db.session.commit()
+    mail = queued()
+    assert send.send_due(app) == {mail.id: OUTGOING_QUEUED}
+
+    # Access was revoked: the mail fails and says what to do.
+    app.config["OAUTH_ENDPOINTS"] = {"google": endpoints}
+    oauth_server.revoke_user(mailbox.email)
+    db.session.execute(
+        OutgoingMail.__table__.update()
+        .where(OutgoingMail.id == mail.id)
+        .values(send_at=utcnow() - timedelta(seconds=1))
+    )
+    db.session.commit()
+    assert send.send_due(app) == {mail.id: OUTGOING_FAILED}
+    db.session.expire_all()
+    assert "Sign in again" in db.session.get(OutgoingMail, mail.id).error
+
+
+# --------------------------------------------------------------------------- small rules
+
+
+def test_oauthbearer_is_used_where_xoauth2_is_not_offered(
+    app, google, oauth_dovecot, mailbox, make_user, login, monkeypatch
+):
+    from imapclient import IMAPClient
+
+    user = make_user()
+    sign_in(login(user))
+    account = account_of(user)
+    original = IMAPClient.capabilities
+
+    def without_xoauth2(self):
+        return tuple(c for c in original(self) if c != b"AUTH=XOAUTH2")
+
+    monkeypatch.setattr(IMAPClient, "capabilities", without_xoauth2)
+    assert jobs.run_account_sync(app, account.id).ok
+    assert f"user=<{mailbox.email}>, method=OAUTHBEARER" in oauth_dovecot.log()
+
+
+def test_the_address_comes_only_from_an_id_token_for_this_client():
+    from tests.servers.oauth import _unsigned_jwt
+
+    token = _unsigned_jwt({"aud": "cid", "email": "Ann@Example.com"})
+    assert oauth._id_token_email(token, audience="cid") == "ann@example.com"
+    assert oauth._id_token_email(token, audience="another-client") is None
+    microsoft = _unsigned_jwt({"aud": ["cid"], "preferred_username": "bo@contoso.com"})
+    assert oauth._id_token_email(microsoft, audience="cid") == "bo@contoso.com"
+    assert oauth._id_token_email("not a jwt", audience="cid") is None
+    assert oauth._id_token_email(None, audience="cid") is None
+
+
+def test_microsoft_signs_in_microsoft_365_and_outlook_com_mailboxes():
+    from mailsync.providers import (
+        oauth_provider,
+        oauth_provider_for_preset,
+        preset_for_oauth,
+    )
+
+    assert preset_for_oauth("microsoft", "ann@hotmail.com").key == "outlook"
+    assert preset_for_oauth("microsoft", "bo@contoso.com").key == "office365"
+    assert preset_for_oauth("google", "cy@team.example").key == "gmail"
+    assert oauth_provider_for_preset("office365") == "microsoft"
+    assert oauth_provider_for_preset("yahoo") is None
+    scope = oauth_provider("microsoft").scope.split()
+    assert "https://outlook.office.com/IMAP.AccessAsUser.All" in scope
+    assert "https://outlook.office.com/SMTP.Send" in scope and "offline_access" in scope
+    assert oauth_provider("google").scope.split()[-1] == "https://mail.google.com/"
+    moved = oauth_provider("google", {"google": {"token_url": "http://127.0.0.1:1/token"}})
+    assert moved.token_url == "http://127.0.0.1:1/token"
+    assert moved.authorize_url == oauth_provider("google").authorize_url
