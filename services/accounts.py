@@ -26,6 +26,7 @@ from mailsync.imap import ConnectionSettings, MailConnectionError
 from mailsync.providers import PROVIDERS_BY_KEY, get_provider, preset_for_oauth
 from models import (
     AUTH_BLOCKED_STATES,
+    AUTH_PASSWORD,
     AUTH_XOAUTH2,
     SYNC_ERROR,
     SYNC_IMAP_DISABLED,
@@ -433,7 +434,7 @@ def create_account(
     account = existing or MailAccount(user_id=user.id)
     for key, value in {**server, **smtp, **get_provider(provider).sending_defaults()}.items():
         setattr(account, key, value)
-    account.password_encrypted = secret_box(app).encrypt(password)
+    _use_password(app, account, password)
     account.folder_mode, account.chosen_folders, account.since = mode, chosen, since
     _mark_running(account)
     account.removed_at = None
@@ -441,6 +442,14 @@ def create_account(
     db.session.commit()
     log.info("mail account %s added for user %s", account.id, user.id)
     return account
+
+
+def _use_password(app: Flask, account: MailAccount, password: str) -> None:
+    # A password (or app password) replaces an OAuth2 sign-in the account may have had.
+    account.password_encrypted = secret_box(app).encrypt(password)
+    account.auth_type = AUTH_PASSWORD
+    account.refresh_token_encrypted = None
+    account.token_expires_at = None
 
 
 def _mark_running(account: MailAccount) -> None:
@@ -469,7 +478,7 @@ def update_credentials(
     )
     _tested_folders(app, user, server, password)
     account.username = server["username"]
-    account.password_encrypted = secret_box(app).encrypt(password)
+    _use_password(app, account, password)
     _mark_running(account)
     db.session.commit()
     log.info("mail account %s re-authenticated by user %s", account.id, user.id)

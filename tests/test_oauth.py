@@ -522,3 +522,21 @@ def test_microsoft_signs_in_microsoft_365_and_outlook_com_mailboxes():
     moved = oauth_provider("google", {"google": {"token_url": "http://127.0.0.1:1/token"}})
     assert moved.token_url == "http://127.0.0.1:1/token"
     assert moved.authorize_url == oauth_provider("google").authorize_url
+
+
+def test_an_app_password_can_replace_the_oauth2_sign_in(
+    app, google, oauth_dovecot, mailbox, make_user, login
+):
+    user = make_user()
+    client = login(user)
+    sign_in(client)
+    account = account_of(user)
+    response = client.post(
+        f"/settings/accounts/{account.id}/reauth", data={"password": mailbox.password}
+    )
+    assert response.status_code == 303, response.data
+    account = account_of(user)
+    assert account.auth_type == "password" and account.refresh_token_encrypted is None
+    assert secret_box(app).decrypt(account.password_encrypted) == mailbox.password
+    assert jobs.run_account_sync(app, account.id).ok
+    assert f"user=<{mailbox.email}>, method=PLAIN" in oauth_dovecot.log()
