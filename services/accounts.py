@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -41,6 +41,7 @@ from models import (
     MailFolder,
     Message,
     MessageLocation,
+    OAuthClient,
     SyncRun,
     SyncRunEntry,
     User,
@@ -578,6 +579,8 @@ class Reencrypted:
 
     reencrypted: int
     unreadable_account_ids: list[int]
+    # OAuth2 client registrations (provider keys) whose secret no key reads: re-enter it.
+    unreadable_oauth_clients: list[str] = field(default_factory=list)
 
 
 def reencrypt_mail_passwords(app: Flask) -> Reencrypted:
@@ -599,9 +602,17 @@ def reencrypt_mail_passwords(app: Flask) -> Reencrypted:
             unreadable.append(account.id)
             continue
         reencrypted += 1
+    # The admin's OAuth2 client secrets use the same key: left behind, every OAuth2 account
+    # would need re-authentication once the old key is dropped.
+    unreadable_clients = []
+    for client in db.session.scalars(select(OAuthClient).order_by(OAuthClient.provider)):
+        try:
+            client.client_secret_encrypted = box.rotate(client.client_secret_encrypted)
+        except CredentialError:
+            unreadable_clients.append(client.provider)
     db.session.commit()
     log.info("mail passwords re-encrypted: %s, unreadable: %s", reencrypted, unreadable)
-    return Reencrypted(reencrypted, unreadable)
+    return Reencrypted(reencrypted, unreadable, unreadable_clients)
 
 
 # --------------------------------------------------------------------------- sending (SMTP)

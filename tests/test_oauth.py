@@ -540,3 +540,32 @@ def test_an_app_password_can_replace_the_oauth2_sign_in(
     assert secret_box(app).decrypt(account.password_encrypted) == mailbox.password
     assert jobs.run_account_sync(app, account.id).ok
     assert f"user=<{mailbox.email}>, method=PLAIN" in oauth_dovecot.log()
+
+
+def test_key_rotation_reencrypts_the_refresh_token(
+    app, google, oauth_server, mailbox, make_user, login
+):
+    from cryptography.fernet import Fernet
+
+    from services.accounts import reencrypt_mail_passwords
+    from services.credentials import load_keys
+
+    user = make_user()
+    sign_in(login(user))
+    account = account_of(user)
+    refresh = secret_box(app).decrypt(account.refresh_token_encrypted)
+    (old_key,) = load_keys(app.instance_path)
+    new_key = Fernet.generate_key()
+
+    def use_keys(*keys: bytes) -> None:
+        app.config["MAIL_KEYS"] = ",".join(key.decode() for key in keys)
+        app.extensions.pop("threadline_secret_box", None)
+
+    use_keys(new_key, old_key)
+    assert reencrypt_mail_passwords(app).reencrypted == 1
+    use_keys(new_key)  # the old key is gone: both tokens must read with the new one
+    account = account_of(user)
+    assert secret_box(app).decrypt(account.refresh_token_encrypted) == refresh
+    account.token_expires_at = utcnow()  # renewal reads the refresh token
+    db.session.commit()
+    assert jobs.run_account_sync(app, account.id).ok
