@@ -569,3 +569,15 @@ def test_key_rotation_reencrypts_the_refresh_token(
     account.token_expires_at = utcnow()  # renewal reads the refresh token
     db.session.commit()
     assert jobs.run_account_sync(app, account.id).ok
+
+
+def test_the_folders_page_lists_the_server_folders_with_the_token(
+    app, google, mailbox, make_user, login
+):
+    user = make_user()
+    client = login(user)
+    sign_in(client)
+    account = account_of(user)
+    page = client.get(f"/settings/accounts/{account.id}/folders")
+    assert page.status_code == 200
+    assert b'value="INBOX"' in page.data and b'value="Archive"' in page.data
