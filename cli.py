@@ -403,3 +403,10 @@ def reencrypt_mail_passwords() -> None:
             f"No key reads the password of account(s) {ids}; their owners must enter it again.",
             err=True,
         )
+    if result.unreadable_oauth_clients:
+        click.echo(
+            "No key reads the OAuth2 client secret for "
+            f"{', '.join(result.unreadable_oauth_clients)}; enter it again in Admin > Mail "
+            "sign-in.",
+            err=True,
+        )

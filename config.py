@@ -101,6 +101,12 @@ class DefaultConfig:
     # Host names the app answers to (Flask 3.1 rejects others with 400, R33). None (the
     # default) serves any Host: no URL is built from it, all links are relative.
     TRUSTED_HOSTS = None
+    # The address browsers use, e.g. https://crm.example.com: the OAuth2 redirect URL given to
+    # Google and Microsoft is built from it (None: from the request's own address).
+    PUBLIC_URL = None
+    # Tests point OAuth2 endpoints and OAuth2 mailboxes' servers at local ones (services/oauth.py).
+    OAUTH_ENDPOINTS = None
+    OAUTH_MAIL_SERVERS = None
     HOST = "0.0.0.0"
     PORT = 5000
 

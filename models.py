@@ -340,6 +340,27 @@ SYNC_IMAP_DISABLED = "imap_disabled"
 SYNC_ERROR = "error"
 AUTH_BLOCKED_STATES = (SYNC_NEEDS_REAUTH, SYNC_NEEDS_APP_PASSWORD, SYNC_IMAP_DISABLED)
 
+# How an account signs in to its servers: a password (or app password), or OAuth2 tokens
+# (SASL XOAUTH2) from "Sign in with Google / Microsoft".
+AUTH_PASSWORD = "password"
+AUTH_XOAUTH2 = "xoauth2"
+
+
+class OAuthClient(db.Model):
+    """Threadline's registration with an OAuth2 provider ("google", "microsoft"), entered by
+    an admin; the secret is encrypted like mail passwords (services/credentials.py)."""
+
+    __tablename__ = "oauth_client"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(String(20), unique=True)
+    client_id: Mapped[str] = mapped_column(String(500))
+    client_secret_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<OAuthClient {self.provider} {self.client_id}>"
+
 
 class MailAccount(db.Model):
     __tablename__ = "mail_account"
@@ -350,8 +371,15 @@ class MailAccount(db.Model):
     email_address: Mapped[str] = mapped_column(String(320))
     provider: Mapped[str] = mapped_column(String(40), default="other")
     username: Mapped[str] = mapped_column(String(320))
-    # Fernet token; the key lives in instance/mail.key, never in the database.
+    # Fernet token; the key lives in instance/mail.key, never in the database. It holds the
+    # secret the server sign-in sends: the password, or for auth_type "xoauth2" the current
+    # OAuth2 access token (services/oauth.py renews it before token_expires_at).
     password_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    auth_type: Mapped[str] = mapped_column(
+        String(20), default=AUTH_PASSWORD, server_default=AUTH_PASSWORD
+    )
+    refresh_token_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+    token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     imap_host: Mapped[str] = mapped_column(String(255))
     imap_port: Mapped[int] = mapped_column(Integer, default=993)
     imap_security: Mapped[str] = mapped_column(String(10), default="ssl")  # ssl | starttls

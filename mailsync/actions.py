@@ -157,6 +157,8 @@ def account_settings(app, account_id: int):
             )
         except CredentialError as exc:
             raise MailActionError(exc.args[0]) from exc
+        except imap.MailConnectionError as exc:  # an OAuth2 token could not be renewed
+            raise MailActionError(exc.message) from exc
         folders = {
             role: name
             for role, name in db.session.execute(

@@ -80,6 +80,9 @@ class ConnectionSettings:
     password: str
     ca_cert_pem: str | None = None
     timeout: float = 30.0
+    # "password" (LOGIN / AUTH PLAIN), or "xoauth2": `password` then holds an OAuth2 access
+    # token, sent with SASL XOAUTH2 (OAUTHBEARER where only that is offered).
+    auth: str = "password"
 
 
 # Lowercase substrings of real server answers (SYNC.md §6; Close matches substrings).
@@ -137,7 +140,8 @@ LOGIN_MESSAGES = {
         "settings (or sign in there once to clear a security check), then try again."
     ),
     OAUTH_REQUIRED: (
-        "This provider only accepts OAuth2 sign-in for IMAP, which Threadline does not support yet."
+        "This provider only accepts OAuth2 sign-in for IMAP. Remove this mailbox and add it "
+        'again with "Sign in with Microsoft" (or Google).'
     ),
     THROTTLED: "The provider is limiting connections right now. Threadline will retry later.",
 }
@@ -262,6 +266,29 @@ def send_id(client: IMAPClient, host: str) -> None:
         pass  # ID is advisory; a server that rejects it still serves mail
 
 
+OAUTH_LOGIN_MESSAGE = (
+    "The mail server did not accept Threadline's sign-in (access was revoked or has "
+    "expired). Sign in again to resume."
+)
+
+
+def login(client: IMAPClient, settings: ConnectionSettings) -> None:
+    """Authenticate: LOGIN with the password, or SASL XOAUTH2 / OAUTHBEARER with the token.
+
+    Raises imapclient's LoginError when the server refuses.
+    """
+    if settings.auth != "xoauth2":
+        client.login(settings.username, settings.password)
+        return
+    capabilities = client.capabilities()
+    if b"AUTH=XOAUTH2" not in capabilities and b"AUTH=OAUTHBEARER" in capabilities:
+        # OAUTHBEARER (RFC 7628) is the standard form; XOAUTH2 is what Gmail and
+        # Microsoft advertise, so it stays the first choice.
+        client.oauthbearer_login(settings.username, settings.password)
+    else:
+        client.oauth2_login(settings.username, settings.password)
+
+
 def connect(
     settings: ConnectionSettings,
     *,
@@ -305,12 +332,15 @@ def connect(
                 )
             client.starttls(context)
         try:
-            client.login(settings.username, settings.password)
+            login(client, settings)
         except LoginError as exc:
             if connection_dropped(exc):
                 raise _network_error(exc, settings) from exc
             kind = classify_login_error(str(exc))
-            raise MailConnectionError(kind, LOGIN_MESSAGES[kind]) from exc
+            message = LOGIN_MESSAGES[kind]
+            if settings.auth == "xoauth2" and kind == AUTH_FAILED:
+                message = OAUTH_LOGIN_MESSAGE
+            raise MailConnectionError(kind, message) from exc
         send_id(client, settings.host)
         client._cached_capabilities = None  # capabilities often change after login
         capabilities = client.capabilities()
@@ -448,18 +478,28 @@ def allowed_ports(config) -> frozenset[int] | None:
 
 
 def account_settings(app, account, *, timeout: float) -> ConnectionSettings:
-    """Return how to reach a stored mail account, its password decrypted.
+    """Return how to reach a stored mail account, its password (or fresh access token)
+    decrypted.
 
-    Raises services.credentials.CredentialError when the stored password cannot be read.
+    Raises services.credentials.CredentialError when the stored secret cannot be read, and
+    for OAuth2 accounts MailConnectionError when the token cannot be renewed (AUTH_FAILED:
+    the grant was revoked or expired; NETWORK: the provider could not be reached). Renewing
+    commits the new token.
     """
     from services.credentials import secret_box
+    from services.oauth import fresh_access_token
 
+    if account.auth_type == "xoauth2":
+        secret, auth = fresh_access_token(app, account), "xoauth2"
+    else:
+        secret, auth = secret_box(app).decrypt(account.password_encrypted), "password"
     return ConnectionSettings(
         host=account.imap_host,
         port=account.imap_port,
         security=account.imap_security,
         username=account.username,
-        password=secret_box(app).decrypt(account.password_encrypted),
+        password=secret,
         ca_cert_pem=account.ca_cert_pem,
         timeout=timeout,
+        auth=auth,
     )

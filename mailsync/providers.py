@@ -6,7 +6,7 @@ domain (Bluehost, Zimbra); `Provider.settings_for(email)` fills it in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,9 @@ class Provider:
 
 
 OAUTH_NOTE = (
-    "Microsoft only accepts OAuth2 sign-in for IMAP, which Threadline does not support yet. "
-    "This mailbox cannot be connected with a password."
+    'Microsoft only accepts OAuth2 sign-in for IMAP: use "Sign in with Microsoft" above '
+    "(an administrator sets it up once under Admin > Mail sign-in). This mailbox cannot be "
+    "connected with a password."
 )
 NETEASE_NOTE = (
     "Enable IMAP in the web mail settings and create a client authorization code (授权码); "
@@ -430,3 +431,82 @@ def provider_for_email(address: str) -> Provider:
     """Return the preset matching the address's domain, or "Other"."""
     domain = address.rpartition("@")[2].strip().lower()
     return _BY_DOMAIN.get(domain, OTHER)
+
+
+# --------------------------------------------------------------------------- OAuth2
+
+
+@dataclass(frozen=True)
+class OAuthProvider:
+    """Where and what to ask an OAuth2 provider for IMAP and SMTP access (XOAUTH2).
+
+    `openid email` is asked beside the mail scopes only so that the token response carries
+    an id_token naming the mailbox's address.
+    """
+
+    key: str
+    label: str
+    authorize_url: str
+    token_url: str
+    revoke_url: str | None
+    scope: str
+    presets: tuple[str, ...]  # the mail presets (Provider.key) whose accounts it signs in
+    # Extra authorize parameters: Google issues a refresh token only with offline access
+    # and consent; Microsoft issues one for the offline_access scope.
+    authorize_params: tuple[tuple[str, str], ...] = ()
+
+
+OAUTH_PROVIDERS: dict[str, OAuthProvider] = {
+    "google": OAuthProvider(
+        "google",
+        "Google",
+        "https://accounts.google.com/o/oauth2/v2/auth",
+        "https://oauth2.googleapis.com/token",
+        "https://oauth2.googleapis.com/revoke",
+        "openid email https://mail.google.com/",
+        ("gmail",),
+        (("access_type", "offline"), ("prompt", "consent")),
+    ),
+    "microsoft": OAuthProvider(
+        "microsoft",
+        "Microsoft",
+        # "common": work or school (Microsoft 365) and personal (Outlook.com) accounts.
+        "https://login.microsoftonline.com/common/oauth2/v2.0/authorize",
+        "https://login.microsoftonline.com/common/oauth2/v2.0/token",
+        None,  # Microsoft has no token revocation endpoint
+        "openid email https://outlook.office.com/IMAP.AccessAsUser.All "
+        "https://outlook.office.com/SMTP.Send offline_access",
+        ("office365", "outlook"),
+        (("prompt", "select_account"),),
+    ),
+}
+
+
+def oauth_provider(key: str, overrides: dict | None = None) -> OAuthProvider:
+    """Return the OAuth2 provider `key` ("google", "microsoft"), with config overrides.
+
+    `overrides` is the app's OAUTH_ENDPOINTS setting, {key: {"authorize_url": ..., ...}}:
+    tests point the endpoints at a local authorization server. Raises KeyError.
+    """
+    provider = OAUTH_PROVIDERS[key]
+    changes = (overrides or {}).get(key) or {}
+    return replace(provider, **changes) if changes else provider
+
+
+def oauth_provider_for_preset(preset_key: str | None) -> str | None:
+    """Return the OAuth2 provider key that signs in accounts of a mail preset, if any."""
+    for provider in OAUTH_PROVIDERS.values():
+        if preset_key in provider.presets:
+            return provider.key
+    return None
+
+
+def preset_for_oauth(oauth_key: str, email_address: str) -> Provider:
+    """Return the mail preset of an address signed in through OAuth2 provider `oauth_key`.
+
+    Microsoft signs in both Microsoft 365 and Outlook.com mailboxes: the address's domain
+    tells which (unknown domains are Microsoft 365 tenants).
+    """
+    presets = OAUTH_PROVIDERS[oauth_key].presets
+    by_domain = provider_for_email(email_address)
+    return by_domain if by_domain.key in presets else PROVIDERS_BY_KEY[presets[0]]

@@ -251,11 +251,19 @@ def build_message(
 
 def smtp_settings(app: Flask, account: MailAccount, *, timeout: float = SMTP_TIMEOUT_SECONDS):
     """Return how to reach the account's SMTP server, the password decrypted (the SMTP one,
-    else the IMAP one). Raises services.credentials.CredentialError."""
+    else the IMAP one; for OAuth2 accounts a fresh access token). Raises
+    services.credentials.CredentialError, and MailConnectionError when a token cannot be
+    renewed."""
     from services.credentials import secret_box
+    from services.oauth import fresh_access_token
 
-    box = secret_box(app)
-    password = box.decrypt(account.smtp_password_encrypted or account.password_encrypted)
+    if account.auth_type == "xoauth2":
+        # The same token signs in to SMTP (XOAUTH2); renewed first when about to expire.
+        password, auth = fresh_access_token(app, account), "xoauth2"
+    else:
+        box = secret_box(app)
+        password = box.decrypt(account.smtp_password_encrypted or account.password_encrypted)
+        auth = "password"
     return imap.ConnectionSettings(
         host=account.smtp_host or "",
         port=int(account.smtp_port or 465),
@@ -264,6 +272,7 @@ def smtp_settings(app: Flask, account: MailAccount, *, timeout: float = SMTP_TIM
         password=password,
         ca_cert_pem=account.ca_cert_pem,
         timeout=timeout,
+        auth=auth,
     )
 
 
@@ -312,6 +321,13 @@ def _load(app: Flask, mail_id: int) -> _Job | None:
         settings = smtp_settings(app, account)
     except ValidationError as exc:
         outbox.mark_failed(mail_id, "; ".join(exc.errors.values()))
+        return None
+    except imap.MailConnectionError as exc:  # an OAuth2 token could not be renewed
+        limit = int(app.config.get("SEND_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS))
+        if exc.transient and mail.attempts < limit:  # the provider was unreachable
+            outbox.retry_later(mail_id, exc.message, delay_seconds=_backoff(app, mail.attempts))
+        else:  # access revoked: "Sign in again" first
+            outbox.mark_failed(mail_id, exc.message)
         return None
     except Exception as exc:  # an unreadable password or attachment: tell, do not retry
         log.exception("outgoing mail %s cannot be built", mail_id)

@@ -24,6 +24,7 @@ from mailsync.imap import (
     CONNECTION_REFUSED,
     HOST_NOT_FOUND,
     NETWORK,
+    OAUTH_LOGIN_MESSAGE,
     OAUTH_REQUIRED,
     PROTOCOL_ERROR,
     TIMEOUT,
@@ -50,8 +51,8 @@ SMTP_LOGIN_MESSAGES = {
         "Settings > Mail accounts."
     ),
     OAUTH_REQUIRED: (
-        "This provider only accepts OAuth2 sign-in for sending, which Threadline does not "
-        "support yet."
+        "This provider only accepts OAuth2 sign-in for sending. Remove this mailbox and add "
+        'it again with "Sign in with Microsoft" (or Google).'
     ),
 }
 
@@ -153,7 +154,7 @@ def connect(settings: ConnectionSettings, *, local_hostname: str | None = None) 
             client.ehlo()
         if settings.username:
             try:
-                client.login(settings.username, settings.password)
+                login(client, settings)
             except smtplib.SMTPAuthenticationError as exc:
                 kind = classify_login_error(_answer(exc.smtp_code, exc.smtp_error))
                 if exc.smtp_code and 400 <= exc.smtp_code < 500 and kind == AUTH_FAILED:
@@ -163,6 +164,8 @@ def connect(settings: ConnectionSettings, *, local_hostname: str | None = None) 
                         f"({_answer(exc.smtp_code, exc.smtp_error)}). Threadline will retry.",
                     ) from exc
                 message = SMTP_LOGIN_MESSAGES.get(kind, SMTP_LOGIN_MESSAGES[AUTH_FAILED])
+                if settings.auth == "xoauth2" and kind == AUTH_FAILED:
+                    message = OAUTH_LOGIN_MESSAGE
                 raise SMTPFailure(kind, message, permanent=True) from exc
             except smtplib.SMTPNotSupportedError as exc:
                 raise SMTPFailure(
@@ -178,6 +181,22 @@ def connect(settings: ConnectionSettings, *, local_hostname: str | None = None) 
     except (OSError, smtplib.SMTPException) as exc:
         close(client)
         raise _network_failure(exc, settings) from exc
+
+
+def login(client: smtplib.SMTP, settings: ConnectionSettings) -> None:
+    """Authenticate: AUTH PLAIN/LOGIN with the password, or AUTH XOAUTH2 with the token.
+
+    Raises smtplib.SMTPAuthenticationError when refused, SMTPNotSupportedError without AUTH.
+    """
+    if settings.auth != "xoauth2":
+        client.login(settings.username, settings.password)
+        return
+    if not client.has_extn("auth"):
+        raise smtplib.SMTPNotSupportedError("SMTP AUTH extension not supported by server.")
+    initial = f"user={settings.username}\x01auth=Bearer {settings.password}\x01\x01"
+    # On failure the server sends a 334 challenge holding an error (JSON); the client
+    # answers it with an empty line and the server then gives its final 5xx answer.
+    client.auth("XOAUTH2", lambda challenge=None: "" if challenge else initial)
 
 
 def check(settings: ConnectionSettings) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -23,9 +23,11 @@ from mailsync import imap
 from mailsync import smtp as smtp_client
 from mailsync.folders import ServerFolder, list_server_folders, sort_folders
 from mailsync.imap import ConnectionSettings, MailConnectionError
-from mailsync.providers import PROVIDERS_BY_KEY, get_provider
+from mailsync.providers import PROVIDERS_BY_KEY, get_provider, preset_for_oauth
 from models import (
     AUTH_BLOCKED_STATES,
+    AUTH_PASSWORD,
+    AUTH_XOAUTH2,
     SYNC_ERROR,
     SYNC_IMAP_DISABLED,
     SYNC_NEEDS_APP_PASSWORD,
@@ -39,12 +41,13 @@ from models import (
     MailFolder,
     Message,
     MessageLocation,
+    OAuthClient,
     SyncRun,
     SyncRunEntry,
     User,
     utcnow,
 )
-from services import job_queue
+from services import job_queue, oauth
 from services.access import visible_accounts
 from services.credentials import CredentialError, secret_box
 from services.errors import ValidationError
@@ -290,7 +293,9 @@ def test_connection(
         imap.safe_logout(client)
 
 
-def _tested_folders(app: Flask, user: User, server: dict, password: str) -> list[ServerFolder]:
+def _tested_folders(
+    app: Flask, user: User, server: dict, password: str, *, auth: str = "password"
+) -> list[ServerFolder]:
     if not password:
         raise ValidationError({"password": "Enter the password."})
     _consume_connection_test(app, user)
@@ -302,6 +307,7 @@ def _tested_folders(app: Flask, user: User, server: dict, password: str) -> list
         password=password,
         ca_cert_pem=server["ca_cert_pem"],
         timeout=float(app.config.get("MAIL_CONNECT_TIMEOUT", 20)),
+        auth=auth,
     )
     try:
         folders = test_connection(settings, allowed_ports=allowed_ports(app))
@@ -429,7 +435,7 @@ def create_account(
     account = existing or MailAccount(user_id=user.id)
     for key, value in {**server, **smtp, **get_provider(provider).sending_defaults()}.items():
         setattr(account, key, value)
-    account.password_encrypted = secret_box(app).encrypt(password)
+    _use_password(app, account, password)
     account.folder_mode, account.chosen_folders, account.since = mode, chosen, since
     _mark_running(account)
     account.removed_at = None
@@ -437,6 +443,14 @@ def create_account(
     db.session.commit()
     log.info("mail account %s added for user %s", account.id, user.id)
     return account
+
+
+def _use_password(app: Flask, account: MailAccount, password: str) -> None:
+    # A password (or app password) replaces an OAuth2 sign-in the account may have had.
+    account.password_encrypted = secret_box(app).encrypt(password)
+    account.auth_type = AUTH_PASSWORD
+    account.refresh_token_encrypted = None
+    account.token_expires_at = None
 
 
 def _mark_running(account: MailAccount) -> None:
@@ -465,10 +479,97 @@ def update_credentials(
     )
     _tested_folders(app, user, server, password)
     account.username = server["username"]
-    account.password_encrypted = secret_box(app).encrypt(password)
+    _use_password(app, account, password)
     _mark_running(account)
     db.session.commit()
     log.info("mail account %s re-authenticated by user %s", account.id, user.id)
+    return account
+
+
+def _oauth_server(app: Flask, oauth_key: str, email_address: str) -> dict:
+    preset = preset_for_oauth(oauth_key, email_address)
+    server = {
+        **preset.settings_for(email_address),
+        **preset.sending_defaults(),
+        "provider": preset.key,
+        "ca_cert_pem": None,
+    }
+    # OAUTH_MAIL_SERVERS ({"google": {"imap_host": ...}}) replaces the preset's servers:
+    # tests sign in to a local Dovecot; a site may reach the provider through a local bridge.
+    server.update((app.config.get("OAUTH_MAIL_SERVERS") or {}).get(oauth_key) or {})
+    return server
+
+
+def create_oauth_account(
+    user: User, *, app: Flask, oauth_key: str, tokens: oauth.Tokens
+) -> MailAccount:
+    """Save the mailbox a "Sign in with Google / Microsoft" returned, after a test sign-in
+    with its access token (XOAUTH2); commits. Everything is synced, from DEFAULT_SINCE.
+
+    The address is the one the provider named. Raises ValidationError (nothing saved) or
+    RateLimited. Re-adding a removed-with-mail-kept address revives that account.
+    """
+    email_address = (tokens.email or "").strip().lower()
+    server = _oauth_server(app, oauth_key, email_address)
+    existing = db.session.scalar(
+        select(MailAccount).where(
+            MailAccount.user_id == user.id, MailAccount.email_address == email_address
+        )
+    )
+    if existing is not None and existing.removed_at is None:
+        raise ValidationError(
+            {
+                "__all__": f"{email_address} is already connected. If it needs a new sign-in, "
+                "use Sign in again on its page."
+            }
+        )
+    server["username"] = email_address
+    _tested_folders(app, user, server, tokens.access_token, auth=AUTH_XOAUTH2)
+    account = existing or MailAccount(user_id=user.id)
+    for key, value in server.items():
+        setattr(account, key, value)
+    account.email_address = email_address
+    oauth.store_tokens(app, account, tokens)
+    account.smtp_username = None
+    account.smtp_password_encrypted = None  # sending signs in with the same token
+    account.folder_mode, account.chosen_folders, account.since = "all", [], DEFAULT_SINCE
+    _mark_running(account)
+    account.removed_at = None
+    db.session.add(account)
+    db.session.commit()
+    log.info("mail account %s added with OAuth2 (%s) for user %s", account.id, oauth_key, user.id)
+    return account
+
+
+def reauthorize_oauth_account(
+    user: User, account: MailAccount, *, app: Flask, tokens: oauth.Tokens
+) -> MailAccount:
+    """Store a new sign-in's tokens on the account ("Sign in again") after a test sign-in,
+    then resume sync with every setting kept; commits.
+
+    The provider must name the account's own address. Raises ValidationError (nothing
+    changed) or RateLimited.
+    """
+    _require_owner(user, account)
+    if (tokens.email or "").lower() != account.email_address.lower():
+        raise ValidationError(
+            {
+                "__all__": f"You signed in as {tokens.email}, but this account is "
+                f"{account.email_address}. Sign in again with {account.email_address}."
+            }
+        )
+    server = {
+        "imap_host": account.imap_host,
+        "imap_port": account.imap_port,
+        "imap_security": account.imap_security,
+        "username": account.username,
+        "ca_cert_pem": account.ca_cert_pem,
+    }
+    _tested_folders(app, user, server, tokens.access_token, auth=AUTH_XOAUTH2)
+    oauth.store_tokens(app, account, tokens)
+    _mark_running(account)
+    db.session.commit()
+    log.info("mail account %s signed in again (OAuth2) by user %s", account.id, user.id)
     return account
 
 
@@ -478,6 +579,8 @@ class Reencrypted:
 
     reencrypted: int
     unreadable_account_ids: list[int]
+    # OAuth2 client registrations (provider keys) whose secret no key reads: re-enter it.
+    unreadable_oauth_clients: list[str] = field(default_factory=list)
 
 
 def reencrypt_mail_passwords(app: Flask) -> Reencrypted:
@@ -491,15 +594,25 @@ def reencrypt_mail_passwords(app: Flask) -> Reencrypted:
     for account in db.session.scalars(select(MailAccount).order_by(MailAccount.id)):
         try:
             account.password_encrypted = box.rotate(account.password_encrypted)
+            if account.refresh_token_encrypted:
+                account.refresh_token_encrypted = box.rotate(account.refresh_token_encrypted)
             if account.smtp_password_encrypted:
                 account.smtp_password_encrypted = box.rotate(account.smtp_password_encrypted)
         except CredentialError:
             unreadable.append(account.id)
             continue
         reencrypted += 1
+    # The admin's OAuth2 client secrets use the same key: left behind, every OAuth2 account
+    # would need re-authentication once the old key is dropped.
+    unreadable_clients = []
+    for client in db.session.scalars(select(OAuthClient).order_by(OAuthClient.provider)):
+        try:
+            client.client_secret_encrypted = box.rotate(client.client_secret_encrypted)
+        except CredentialError:
+            unreadable_clients.append(client.provider)
     db.session.commit()
     log.info("mail passwords re-encrypted: %s, unreadable: %s", reencrypted, unreadable)
-    return Reencrypted(reencrypted, unreadable)
+    return Reencrypted(reencrypted, unreadable, unreadable_clients)
 
 
 # --------------------------------------------------------------------------- sending (SMTP)
@@ -639,9 +752,14 @@ def server_folders(user: User, account: MailAccount, *, app: Flask) -> list[Serv
     """
     _require_owner(user, account)
     try:
-        password = secret_box(app).decrypt(account.password_encrypted)
+        if account.auth_type == AUTH_XOAUTH2:
+            password = oauth.fresh_access_token(app, account)
+        else:
+            password = secret_box(app).decrypt(account.password_encrypted)
     except CredentialError as exc:
         raise ValidationError({"password": str(exc)}) from None
+    except MailConnectionError as exc:
+        raise ValidationError({"__all__": exc.message}) from None
     server = {
         "imap_host": account.imap_host,
         "imap_port": account.imap_port,
@@ -649,7 +767,7 @@ def server_folders(user: User, account: MailAccount, *, app: Flask) -> list[Serv
         "username": account.username,
         "ca_cert_pem": account.ca_cert_pem,
     }
-    return _tested_folders(app, user, server, password)
+    return _tested_folders(app, user, server, password, auth=account.auth_type)
 
 
 def update_sync_settings(
@@ -702,6 +820,7 @@ def remove_account(user: User, account: MailAccount, *, keep_mail: bool) -> None
         account.removed_at = utcnow()
         account.sync_state = SYNC_PAUSED
         account.password_encrypted = b""
+        account.refresh_token_encrypted = None
     else:
         db.session.delete(account)
     db.session.commit()
@@ -1002,6 +1121,8 @@ def time_left_label(
 
 
 def _fix_for(account: MailAccount, state: str) -> str | None:
+    if state == SYNC_NEEDS_REAUTH and account.auth_type == AUTH_XOAUTH2:
+        return "The provider no longer accepts Threadline's sign-in. Sign in again to resume."
     if state in STATE_FIXES:
         return STATE_FIXES[state]
     if account.consecutive_failures and account.last_error:

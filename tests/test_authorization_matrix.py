@@ -47,6 +47,8 @@ CLASSIFICATION = {
     "admin.users_create": "post",
     "admin.users_role": "post",
     "admin.users_active": "post",
+    "admin.sign_in_index": "admin_page",
+    "admin.sign_in_update": "post",
     "settings.index": "page",
     "settings.update": "post",
     "settings.time_zone": "post",
@@ -78,6 +80,9 @@ CLASSIFICATION = {
     "accounts.remove_address": "owner_post",
     "accounts.request_folder_check": "owner_post",
     "accounts.fetch_again": "owner_post",
+    "accounts.oauth_start": "post",
+    "accounts.oauth_again": "owner_post",
+    "accounts.oauth_callback": "page",  # without a sign-in started here: back to "Add"
     "signatures.index": "owner",
     "signatures.edit": "owner",
     "signatures.create": "owner_post",
@@ -282,6 +287,7 @@ def world(
     template = _private_template(a)
     ids = {
         "account_id": account.id,
+        "provider": "google",
         "folder_id": extra_folder.id,
         "thread_id": message.thread_id,
         "message_id": message.id,

@@ -26,7 +26,12 @@ WORKER_ONLY = (
 # The account form's connection test asks the server while the user waits for the answer
 # (and lists its folders, or signs in to the SMTP server); that is the one IMAP and SMTP
 # conversation a web request still has.
-CONNECTION_TEST = {"services/accounts.py": {"mailsync.imap", "mailsync.smtp"}}
+CONNECTION_TEST = {
+    "services/accounts.py": {"mailsync.imap", "mailsync.smtp"},
+    # Only for MailConnectionError and its kinds: a token renewal that fails is reported the
+    # way a refused sign-in is. It talks HTTPS to the OAuth2 provider, never IMAP or SMTP.
+    "services/oauth.py": {"mailsync.imap"},
+}
 
 
 def imports(path: Path) -> set[str]:

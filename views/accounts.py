@@ -19,23 +19,37 @@ URL table (prefix /settings/accounts):
   POST /<id>/folders           folders_update
   GET  /<id>/remove            remove_form      keep or delete synced mail?
   POST /<id>/remove            remove
+  POST /oauth/<provider>       oauth_start      "Sign in with Google / Microsoft"
+  POST /<id>/oauth             oauth_again      "Sign in again" (same account, settings kept)
+  GET  /oauth/callback         oauth_callback   the provider sends the browser back here
 """
 
 from __future__ import annotations
 
 import json
 import time
+from urllib.parse import urlsplit
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_login import current_user
 
 from mailsync.folders import ServerFolder
-from mailsync.providers import PROVIDERS, get_provider
-from services import access, accounts, linking, signatures
+from mailsync.providers import PROVIDERS, get_provider, oauth_provider_for_preset
+from services import access, accounts, linking, oauth, signatures
 from services.accounts import RateLimited
 from services.errors import ValidationError
 from views.helpers import (
     form_value,
+    oauth_redirect_uri,
     parse_float,
     parse_int,
     render_invalid,
@@ -55,9 +69,36 @@ def attention_banner() -> dict:
     return {"reauth_accounts": accounts.accounts_needing_attention(current_user)}
 
 
+# The app CSP (app.CONTENT_SECURITY_POLICY) with form-action widened to the sign-in
+# providers' authorization pages: browsers apply form-action to a form's redirects too, and
+# "Sign in with ..." is a form (POST, CSRF) answered with a redirect to the provider.
+SIGN_IN_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self'; connect-src 'self'; media-src 'none'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self' {origins}; frame-ancestors 'none'"
+)
+
+
+@bp.after_request
+def allow_sign_in_redirects(response):
+    if response.mimetype == "text/html" and current_user.is_authenticated:
+        origins = sorted(
+            {
+                "{0.scheme}://{0.netloc}".format(urlsplit(provider.authorize_url))
+                for provider in oauth.configured_providers(current_app)
+            }
+        )
+        if origins:
+            response.headers["Content-Security-Policy"] = SIGN_IN_CSP.format(
+                origins=" ".join(origins)
+            )
+    return response
+
+
 def _choices() -> dict:
     return {
         "providers": PROVIDERS,
+        "oauth_providers": oauth.configured_providers(current_app),
         "since_choices": accounts.SINCE_CHOICES,
         "security_choices": accounts.SECURITY_CHOICES,
     }
@@ -446,3 +487,77 @@ def remove(account_id: int):
     account = access.account_for(current_user, account_id)
     accounts.remove_account(current_user, account, keep_mail=request.form.get("keep_mail") != "0")
     return redirect(url_for("accounts.index"), code=303)
+
+
+# --------------------------------------------------------------------------- OAuth2 sign-in
+
+OAUTH_FLOW = "oauth_flow"  # session key: what the callback must check
+
+
+def _send_to_provider(key: str, account_id: int | None):
+    authorization = oauth.start_authorization(current_app, key, redirect_uri=oauth_redirect_uri())
+    session[OAUTH_FLOW] = {
+        "provider": key,
+        "state": authorization.state,
+        "verifier": authorization.code_verifier,
+        "account_id": account_id,
+    }
+    return redirect(authorization.url, code=303)
+
+
+@bp.post("/oauth/<provider>")
+def oauth_start(provider: str):
+    try:
+        return _send_to_provider(provider, None)
+    except ValidationError as exc:
+        return _step_one({"provider": "other"}, exc.errors)
+
+
+@bp.post("/<id:account_id>/oauth")
+def oauth_again(account_id: int):
+    account = access.account_for(current_user, account_id)
+    key = oauth_provider_for_preset(account.provider)
+    try:
+        if key is None:
+            raise ValidationError({"__all__": "This mailbox does not sign in with OAuth2."})
+        return _send_to_provider(key, account.id)
+    except ValidationError as exc:
+        return render_invalid("accounts/reauth.html", account=account, form={}, errors=exc.errors)
+
+
+@bp.get("/oauth/callback")
+def oauth_callback():
+    flow = session.pop(OAUTH_FLOW, None)
+    if not flow:  # used up or never started here (the back button, a bookmark)
+        flash("That sign-in has expired or was not started here. Start it again.", "error")
+        return redirect(url_for("accounts.new"), code=303)
+    account = None
+    if flow.get("account_id"):
+        account = access.account_for(current_user, flow["account_id"])
+    try:
+        tokens = oauth.finish_callback(
+            current_app,
+            flow,
+            redirect_uri=oauth_redirect_uri(),
+            state=request.args.get("state", ""),
+            code=request.args.get("code", ""),
+            error=request.args.get("error", ""),
+        )
+        if account is not None:
+            accounts.reauthorize_oauth_account(
+                current_user, account, app=current_app, tokens=tokens
+            )
+        else:
+            account = accounts.create_oauth_account(
+                current_user, app=current_app, oauth_key=flow["provider"], tokens=tokens
+            )
+    except (ValidationError, RateLimited) as exc:
+        errors = getattr(exc, "errors", {"__all__": str(exc)})
+        status = 429 if isinstance(exc, RateLimited) else 422
+        if account is not None:
+            return render_invalid(
+                "accounts/reauth.html", status, account=account, form={}, errors=errors
+            )
+        return _step_one({"provider": "other"}, errors, status)
+    accounts.request_sync(account.id)
+    return redirect(url_for("accounts.show", account_id=account.id), code=303)

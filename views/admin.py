@@ -1,13 +1,14 @@
-"""Admin: the team's users (add, make admin, deactivate)."""
+"""Admin: the team's users (add, make admin, deactivate) and mail sign-in (OAuth2 clients)."""
 
-from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
 from flask_login import current_user
 
 from extensions import db
+from mailsync.providers import OAUTH_PROVIDERS
 from models import User
-from services import users
+from services import oauth, users
 from services.errors import ValidationError
-from views.helpers import form_value, render_invalid
+from views.helpers import form_value, oauth_redirect_uri, render_invalid
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -68,3 +69,33 @@ def users_active(user_id: int):
             "admin/users.html", users=users.list_users(), errors=exc.errors, form={}
         )
     return redirect(url_for("admin.users_index"), code=303)
+
+
+def _sign_in_page(errors: dict, status: int = 200):
+    return render_invalid(
+        "admin/sign_in.html",
+        status,
+        providers=list(OAUTH_PROVIDERS.values()),
+        registrations=oauth.client_registrations(),
+        redirect_uri=oauth_redirect_uri(),
+        errors=errors,
+    )
+
+
+@bp.get("/mail-sign-in")
+def sign_in_index():
+    return _sign_in_page({})
+
+
+@bp.post("/mail-sign-in/<provider>")
+def sign_in_update(provider: str):
+    try:
+        oauth.save_client(
+            current_app,
+            provider,
+            client_id=form_value(f"{provider}_client_id"),
+            client_secret=request.form.get(f"{provider}_client_secret", ""),
+        )
+    except ValidationError as exc:
+        return _sign_in_page(exc.errors, 422)
+    return redirect(url_for("admin.sign_in_index"), code=303)

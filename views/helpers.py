@@ -107,3 +107,13 @@ def file_json(attachment: StoredFile, *, url: str, delete_url: str) -> dict:
         "url": url,
         "delete_url": delete_url,
     }
+
+
+def oauth_redirect_uri() -> str:
+    """Return the OAuth2 redirect URL to register with providers: PUBLIC_URL's when set
+    (behind a proxy the request's own address may not be the one browsers use), else the
+    request's. The provider accepts only a registered URL, so a forged Host gains nothing."""
+    public = (current_app.config.get("PUBLIC_URL") or "").rstrip("/")
+    if public:
+        return public + url_for("accounts.oauth_callback")
+    return url_for("accounts.oauth_callback", _external=True)

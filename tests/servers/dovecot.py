@@ -163,7 +163,7 @@ ssl_min_protocol = TLSv1.2
 default_login_user = dovenull
 default_internal_user = dovecot
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{oauth_mechanisms}
 auth_failure_delay = 0
 login_trusted_networks =
 first_valid_uid = {uid}
@@ -173,7 +173,7 @@ mail_gid = {gid}
 mail_location = maildir:~/Maildir
 mail_max_userip_connections = 50
 imap_capability = {capability}
-passdb {{
+{oauth_passdb}passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {root}/users.d/%u
 }}
@@ -294,7 +294,13 @@ class DovecotServer:
     """A running Dovecot; use `add_user`, `deliver` and the doveadm helpers."""
 
     @with_shared_umask
-    def __init__(self, profile: ServerProfile = STANDARD) -> None:
+    def __init__(
+        self, profile: ServerProfile = STANDARD, *, oauth2_introspection_url: str | None = None
+    ) -> None:
+        """`oauth2_introspection_url` adds Dovecot's oauth2 passdb for SASL XOAUTH2 and
+        OAUTHBEARER: tokens are checked at that RFC 7662 endpoint (POST, HTTP Basic from the
+        URL's user:password), and the answer's "username" names the mail user. Passwords
+        keep working beside it."""
         self.profile = profile
         self.root = Path(tempfile.mkdtemp(prefix="threadline-dovecot-"))
         os.chmod(self.root, 0o755)  # login processes (dovenull) must traverse it
@@ -309,6 +315,22 @@ class DovecotServer:
         self.users_dir = self.root / "users.d"
         self.users_dir.mkdir()
         self.users: dict[str, MailUser] = {}
+        oauth_mechanisms = oauth_passdb = ""
+        if oauth2_introspection_url:
+            oauth_conf = self.root / "dovecot-oauth2.conf.ext"
+            oauth_conf.write_text(
+                f"introspection_mode = post\n"
+                f"introspection_url = {oauth2_introspection_url}\n"
+                "username_attribute = username\n"
+                "active_attribute = active\n"
+                "active_value = true\n"
+                "force_introspection = yes\n"
+            )
+            oauth_mechanisms = " xoauth2 oauthbearer"
+            oauth_passdb = (
+                "passdb {\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+                f"  args = {oauth_conf}\n}}\n"
+            )
         self.config.write_text(
             CONFIG_TEMPLATE.format(
                 root=self.root,
@@ -320,6 +342,8 @@ class DovecotServer:
                 ssl_port=self.ssl_port,
                 capability=profile.capability(),
                 namespace=profile.namespace(),
+                oauth_mechanisms=oauth_mechanisms,
+                oauth_passdb=oauth_passdb,
             )
         )
 

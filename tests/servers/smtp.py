@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword
 
 from tests.servers.dovecot import free_port
 
@@ -64,6 +66,40 @@ class RecordingHandler:
         return "250 Message accepted for delivery"
 
 
+class OAuthRecordingHandler(RecordingHandler):
+    """Also accepts AUTH XOAUTH2, checking the bearer token with `introspect(token)` (an
+    RFC 7662 answer: {"active": bool, "username": ...}), as a provider's server would."""
+
+    def __init__(self, introspect: Callable[[str], dict]) -> None:
+        super().__init__()
+        self.introspect = introspect
+        self.oauth_logins: list[str] = []
+
+    async def auth_XOAUTH2(self, server, args):
+        if len(args) > 1:
+            blob = args[1]
+        else:
+            blob = await server.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False, handled=False)
+        try:
+            fields = dict(
+                part.split("=", 1)
+                for part in base64.b64decode(blob).decode().split("\x01")
+                if "=" in part
+            )
+        except (ValueError, UnicodeDecodeError):
+            return AuthResult(success=False, handled=False)
+        user, _, token = fields.get("user", ""), *fields.get("auth", "").partition("Bearer ")[1:]
+        answer = self.introspect(token.strip())
+        if answer.get("active") and answer.get("username") == user:
+            self.oauth_logins.append(user)
+            return AuthResult(success=True, auth_data=user)
+        # RFC 7628 style: an error challenge, the client's empty answer, then 535.
+        await server.challenge_auth(json.dumps({"status": "401", "schemes": "bearer"}))
+        return AuthResult(success=False, handled=False)
+
+
 class SMTPServer:
     """aiosmtpd on a free loopback port; STARTTLS and AUTH when credentials are given."""
 
@@ -77,8 +113,11 @@ class SMTPServer:
         implicit_tls: bool = False,
         smtputf8: bool = True,
         data_size_limit: int | None = None,
+        oauth_introspect: Callable[[str], dict] | None = None,
     ) -> None:
-        self.handler = RecordingHandler()
+        self.handler = (
+            OAuthRecordingHandler(oauth_introspect) if oauth_introspect else RecordingHandler()
+        )
         self.host = "127.0.0.1"
         self.port = free_port()
         self.username, self.password = username, password
