@@ -1,16 +1,16 @@
 """OAuth2 sign-in for mail accounts: the admin's client registrations and each account's
 auth type, refresh token (encrypted) and access-token expiry.
 
-Revision ID: 0010_oauth
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-06
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010_oauth"
-down_revision = "0009"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
