@@ -91,13 +91,20 @@ def account_fingerprint(account: MailAccount) -> str:
     """Return a digest of what a connection to the account is made from (server, login).
 
     A watcher made from other values (the user changed the password or server) is replaced.
+    An OAuth2 account's stored access token changes at every renewal, which changes nothing
+    for a connection already signed in: its sign-in method counts, not the token.
     """
+    secret = (
+        account.auth_type
+        if account.auth_type == "xoauth2"
+        else (account.password_encrypted or b"").hex()
+    )
     parts = (
         account.imap_host,
         str(account.imap_port),
         account.imap_security,
         account.username,
-        (account.password_encrypted or b"").hex(),
+        secret,
         account.ca_cert_pem or "",
     )
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()

@@ -397,3 +397,20 @@ def test_mailbox_changed_ignores_keepalives():
     assert idle.mailbox_changed([(2, b"EXPUNGE")])
     assert idle.mailbox_changed([(1, b"FETCH", (b"FLAGS", (b"\\Seen",)))])
     assert idle.said_bye([(b"BYE", b"Server shutting down")])
+
+
+def test_a_renewed_oauth2_token_keeps_the_watcher_a_new_password_replaces_it():
+    def account(auth_type: str, secret: bytes) -> MailAccount:
+        return MailAccount(
+            imap_host="imap.example.com",
+            imap_port=993,
+            imap_security="ssl",
+            username="ann@example.com",
+            auth_type=auth_type,
+            password_encrypted=secret,
+        )
+
+    renewed = idle.account_fingerprint(account("xoauth2", b"token-2"))
+    assert idle.account_fingerprint(account("xoauth2", b"token-1")) == renewed
+    changed = idle.account_fingerprint(account("password", b"password-2"))
+    assert idle.account_fingerprint(account("password", b"password-1")) != changed
