@@ -58,9 +58,10 @@ def thread_places(rows: Iterable[Sequence]) -> dict[int, set[str]]:
     return places
 
 
-def unread_rows(thread_ids: Sequence[int] | None = None):
+def unread_rows(thread_ids: Sequence[int] | None = None, *, labels: bool = True):
     """Select the rows `thread_places` takes: the unread live messages of live, unblocked
-    conversations (of `thread_ids`, or all), one row per message location."""
+    conversations (of `thread_ids`, or all), one row per message location and (unless
+    `labels` is False: migrations before message_label existed) per Gmail label."""
     live = (
         Thread.deleted_at.is_(None),
         Thread.blocked.is_(False),
@@ -77,7 +78,7 @@ def unread_rows(thread_ids: Sequence[int] | None = None):
         .where(*live)
     )
     # A Gmail label counts like a folder holding the message (models.MessageLabel).
-    labels = (
+    labelled = (
         select(*columns, MessageLabel.folder_id, false(), MailFolder.role)
         .join(Message, Message.thread_id == Thread.id)
         .join(MessageLabel, MessageLabel.message_id == Message.id)
@@ -86,13 +87,14 @@ def unread_rows(thread_ids: Sequence[int] | None = None):
     )
     if thread_ids is not None:
         stmt = stmt.where(Thread.id.in_(list(thread_ids)))
-        labels = labels.where(Thread.id.in_(list(thread_ids)))
-    return union_all(stmt, labels)
+        labelled = labelled.where(Thread.id.in_(list(thread_ids)))
+    return union_all(stmt, labelled) if labels else stmt
 
 
-def refresh_unread(connection: Connection) -> int:
+def refresh_unread(connection: Connection, *, labels: bool = True) -> int:
     """Recompute the `thread_unread` rows of the conversations noted as stale; return how
-    many conversations were recomputed. Runs inside the caller's transaction."""
+    many conversations were recomputed. Runs inside the caller's transaction. (`labels`:
+    see unread_rows.)"""
     stale = sorted(
         {
             row[0]
@@ -110,7 +112,7 @@ def refresh_unread(connection: Connection) -> int:
             # updated (locking the thread rows could: a deadlock with a sync beside a
             # request). SQLite has one writer at a time already.
             connection.execute(_LOCK_THREADS, {"space": _LOCK_SPACE, "ids": chunk})
-        places = thread_places(connection.execute(unread_rows(chunk)))
+        places = thread_places(connection.execute(unread_rows(chunk, labels=labels)))
         accounts: dict[int, int] = {}
         if places:
             found = select(Thread.id, Thread.account_id).where(Thread.id.in_(list(places)))
@@ -338,7 +340,7 @@ def drop_triggers(connection: Connection, triggers: Sequence[tuple] = TRIGGERS) 
             connection.execute(text(f"DROP TRIGGER IF EXISTS {name}"))
 
 
-def rebuild(connection: Connection) -> int:
+def rebuild(connection: Connection, *, labels: bool = True) -> int:
     """Note every conversation with an unread live message and recompute them all."""
     connection.execute(text("DELETE FROM thread_unread"))
     connection.execute(
@@ -347,4 +349,4 @@ def rebuild(connection: Connection) -> int:
             "FROM message m WHERE m.thread_id IS NOT NULL AND " + _UNREAD_LIVE.format(m="m")
         )
     )
-    return refresh_unread(connection)
+    return refresh_unread(connection, labels=labels)
