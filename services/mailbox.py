@@ -842,7 +842,10 @@ def apply_action(
 # account's write-backs run one at a time in the order the user made them.
 WRITEBACK_SEEN = "mailbox.seen"
 WRITEBACK_MOVE = "mailbox.move"
-WRITEBACK_KINDS = (WRITEBACK_SEEN, WRITEBACK_MOVE)
+# Gmail: add or remove labels (X-GM-LABELS STORE) on All Mail locations, e.g. archiving.
+WRITEBACK_LABELS = "mailbox.labels"
+WRITEBACK_KINDS = (WRITEBACK_SEEN, WRITEBACK_MOVE, WRITEBACK_LABELS)
+GMAIL_INBOX = "\\Inbox"
 # How long a write-back that kept failing is still shown to its owner.
 FAILURE_SHOWN_SECONDS = 24 * 3600
 
@@ -912,6 +915,14 @@ def archive_threads(user: User, threads: Sequence[Thread]) -> ActionOutcome:
             _live_messages(threads), lambda location: location.folder.role == "inbox"
         )
         _queue_writebacks(WRITEBACK_MOVE, groups, role="archive")
+        # Gmail's inbox is a label: archiving there removes \\Inbox from the All Mail copy
+        # (a MOVE out of All Mail would not archive it).
+        labelled = _server_locations(
+            _live_messages(threads),
+            lambda location: location.folder.role == "all"
+            and GMAIL_INBOX in (location.gm_labels or []),
+        )
+        _queue_writebacks(WRITEBACK_LABELS, labelled, remove=[GMAIL_INBOX])
     db.session.commit()
     return ActionOutcome(f"Archived {_count(threads)}.")
 

@@ -155,3 +155,33 @@ def test_label_changes_made_elsewhere_show_after_the_next_pass(
     assert run_sync(app, account).ok
     labels = [e.label for e in mailbox.list_folders(db.session.merge(me))]
     assert "Clients/Acme" not in labels
+
+
+def test_archiving_on_gmail_removes_the_inbox_label(app, gmail, me, make_account, mail_user, login):
+    from models import Job, Thread
+    from services.preferences import update_preferences
+    from tests.queue_helpers import run_pending_jobs
+
+    account = make_account(me, mail_user, imap_port=gmail.port)
+    assert run_sync(app, account).ok
+    update_preferences(db.session.merge(me), {"archive_in_mailbox": "True"})
+    client = login(me)
+    lunch = db.session.scalar(select(Message).where(Message.subject == "Lunch?"))
+    response = client.post(
+        "/mail/threads/actions", data={"action": "archive", "thread_id": [lunch.thread_id]}
+    )
+    assert response.status_code in (200, 303)
+    assert db.session.get(Thread, lunch.thread_id).archived
+    assert run_pending_jobs(app) == 1
+    assert all(job.state == "done" for job in db.session.scalars(select(Job)))
+    # On the server: the \Inbox label is gone, the message stays in All Mail (not moved).
+    all_mail = {m.uid: m for m in gmail.state.folders[ALL_MAIL][1]}
+    assert all_mail[4].gm_labels == ()
+    assert "\\Inbox" in all_mail[1].gm_labels  # others untouched
+    assert subjects(client, "/mail/") == ["Acme order", "Old inbox mail"]
+    # The next pass agrees, and the conversation stays archived.
+    assert run_sync(app, account).ok
+    assert db.session.get(Thread, lunch.thread_id).archived
+    (location,) = db.session.get(Message, lunch.id).locations
+    assert location.folder.name == ALL_MAIL and location.gm_labels == []
+    assert subjects(client, "/mail/?folder=archive") == ["Lunch?"]

@@ -142,7 +142,8 @@ class _Handler(socketserver.StreamRequestHandler):
                 out.append(f"* OK [UIDVALIDITY {state.uidvalidity}] ok\r\n")
                 if not quirks.omit_uidnext:
                     out.append(f"* OK [UIDNEXT {(max(uids) if uids else 0) + 1}] ok\r\n")
-                out.append(f"{tag} OK [READ-ONLY] done\r\n")
+                access = "READ-WRITE" if command == "SELECT" else "READ-ONLY"
+                out.append(f"{tag} OK [{access}] done\r\n")
                 self._write("".join(out))
             elif command == "UID SEARCH":
                 match = re.search(r"UID (\S+)", args)
