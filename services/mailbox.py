@@ -915,16 +915,20 @@ def archive_threads(user: User, threads: Sequence[Thread]) -> ActionOutcome:
             _live_messages(threads), lambda location: location.folder.role == "inbox"
         )
         _queue_writebacks(WRITEBACK_MOVE, groups, role="archive")
-        # Gmail's inbox is a label: archiving there removes \\Inbox from the All Mail copy
-        # (a MOVE out of All Mail would not archive it).
-        labelled = _server_locations(
-            _live_messages(threads),
-            lambda location: location.folder.role == "all"
-            and GMAIL_INBOX in (location.gm_labels or []),
-        )
-        _queue_writebacks(WRITEBACK_LABELS, labelled, remove=[GMAIL_INBOX])
+        _queue_inbox_label_removal(threads)
     db.session.commit()
     return ActionOutcome(f"Archived {_count(threads)}.")
+
+
+def _queue_inbox_label_removal(threads: Sequence[Thread]) -> None:
+    """Gmail's inbox is a label: taking mail out of it removes \\Inbox from the All Mail
+    copy (UID STORE -X-GM-LABELS); All Mail itself cannot be moved out of."""
+    labelled = _server_locations(
+        _live_messages(threads),
+        lambda location: location.folder.role == "all"
+        and GMAIL_INBOX in (location.gm_labels or []),
+    )
+    _queue_writebacks(WRITEBACK_LABELS, labelled, remove=[GMAIL_INBOX])
 
 
 def set_reply_later(threads: Sequence[Thread], *, later: bool) -> ActionOutcome:
@@ -971,6 +975,10 @@ def move_threads(user: User, threads: Sequence[Thread], destination: MailFolder)
         and location.folder.role not in UNMOVED_ROLES,
     )
     _queue_writebacks(WRITEBACK_MOVE, groups, destination_id=destination.id)
+    if destination.role == "all":
+        # Moved to Gmail's All Mail (out of the inbox): the MOVE above skips the All Mail
+        # copy, so the \Inbox label is what changes.
+        _queue_inbox_label_removal(threads)
     for thread in threads:  # moving decides Threadline's Inbox too
         thread.in_inbox = destination.role == "inbox"
         if thread.in_inbox:

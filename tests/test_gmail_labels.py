@@ -185,3 +185,29 @@ def test_archiving_on_gmail_removes_the_inbox_label(app, gmail, me, make_account
     (location,) = db.session.get(Message, lunch.id).locations
     assert location.folder.name == ALL_MAIL and location.gm_labels == []
     assert subjects(client, "/mail/?folder=archive") == ["Lunch?"]
+
+
+def test_moving_to_all_mail_on_gmail_removes_the_inbox_label(
+    app, gmail, me, make_account, mail_user, login
+):
+    from models import Thread
+    from tests.queue_helpers import run_pending_jobs
+
+    account = make_account(me, mail_user, imap_port=gmail.port)
+    assert run_sync(app, account).ok
+    client = login(me)
+    order = db.session.scalar(select(Message).where(Message.subject == "Acme order"))
+    all_mail_id = folder_id(account.id, ALL_MAIL)
+    client.post(
+        "/mail/threads/actions",
+        data={"action": "move", "thread_id": [order.thread_id], "destination": all_mail_id},
+    )
+    assert not db.session.get(Thread, order.thread_id).in_inbox
+    assert run_pending_jobs(app) == 1
+    first = next(m for m in gmail.state.folders[ALL_MAIL][1] if m.uid == 1)
+    assert first.gm_labels == ("Clients/Acme",)  # still in All Mail, still labelled
+    assert gmail.state.folders[ALL_MAIL][1][0] is first
+    assert run_sync(app, account).ok
+    assert subjects(client, "/mail/") == ["Lunch?", "Old inbox mail"]
+    acme = folder_id(account.id, "Clients/Acme")
+    assert subjects(client, f"/mail/?folder=f{acme}") == ["Acme invoice", "Acme order"]
