@@ -884,6 +884,27 @@ def refresh_labels(message_ids: Iterable[int]) -> None:
             )
 
 
+def refresh_account_labels(account_id: int, *, inbox: bool = False) -> None:
+    """Run refresh_labels over every message of an account, a chunk at a time; with `inbox`
+    (the \\Inbox label's folder is new) also put \\Inbox-labelled threads in the Inbox."""
+    last = 0
+    while True:
+        ids = list(
+            db.session.scalars(
+                select(message_t.c.id)
+                .where(message_t.c.account_id == account_id, message_t.c.id > last)
+                .order_by(message_t.c.id)
+                .limit(CHUNK)
+            )
+        )
+        if not ids:
+            return
+        refresh_labels(ids)
+        if inbox:
+            mark_inbox_threads(ids)
+        last = ids[-1]
+
+
 def _label_folders(account_id: int) -> dict[str, int]:
     """Return {label name or system role: folder id} of an account's Gmail label folders."""
     found: dict[str, int] = {}

@@ -550,6 +550,7 @@ class AccountSync:
         chosen = set(account.chosen_folders or [])
         existing = {folder.name: folder for folder in account.folders}
         seen: set[str] = set()
+        new_labels: set[str | None] = set()  # roles of folders that just became labels
         for flags, name, delimiter in listing:
             seen.add(name)
             role = roles[name]
@@ -568,6 +569,8 @@ class AccountSync:
             folder.role = role
             folder.sync_enabled = enabled
             if gmail and not enabled:
+                if folder.state != GMAIL_LABEL:
+                    new_labels.add(role)
                 folder.state = GMAIL_LABEL  # shown as a folder; All Mail holds its mail
             elif folder.state == GMAIL_LABEL:
                 folder.state = "initial"
@@ -589,6 +592,11 @@ class AccountSync:
                 folder.initial_sync_complete = False
                 folder.backfill_total = folder.backfill_done = 0
         db.session.commit()
+        if new_labels:
+            # Mail stored before its label's folder was known (a label created elsewhere, or
+            # an account synced by a release without label folders) joins the label now.
+            store.refresh_account_labels(self.account_id, inbox="inbox" in new_labels)
+            db.session.commit()
         order = {"inbox": 0, "sent": 1, "all": 0}
         folders = [f for f in account.folders if f.sync_enabled and f.state != "error"]
         folders = [f for f in folders if self._due(f)]

@@ -211,3 +211,27 @@ def test_moving_to_all_mail_on_gmail_removes_the_inbox_label(
     assert subjects(client, "/mail/") == ["Lunch?", "Old inbox mail"]
     acme = folder_id(account.id, "Clients/Acme")
     assert subjects(client, f"/mail/?folder=f{acme}") == ["Acme invoice", "Acme order"]
+
+
+def test_an_account_synced_before_label_folders_gets_its_labels_and_inbox(
+    app, gmail, me, make_account, mail_user, login
+):
+    from sqlalchemy import delete, update
+
+    from models import MessageLabel, Thread
+
+    account = make_account(me, mail_user, imap_port=gmail.port)
+    assert run_sync(app, account).ok
+    # As the previous release left it: no label rows, label folders merely disabled, and
+    # Threadline's Inbox empty (it knew no inbox folder on Gmail).
+    db.session.execute(delete(MessageLabel))
+    db.session.execute(
+        update(MailFolder).where(MailFolder.sync_enabled.is_(False)).values(state="initial")
+    )
+    db.session.execute(update(Thread).values(in_inbox=False))
+    db.session.commit()
+    assert run_sync(app, account).ok
+    client = login(me)
+    assert subjects(client, "/mail/") == ["Acme order", "Lunch?", "Old inbox mail"]
+    acme = folder_id(account.id, "Clients/Acme")
+    assert subjects(client, f"/mail/?folder=f{acme}") == ["Acme invoice", "Acme order"]
