@@ -235,3 +235,17 @@ def test_an_account_synced_before_label_folders_gets_its_labels_and_inbox(
     assert subjects(client, "/mail/") == ["Acme order", "Lunch?", "Old inbox mail"]
     acme = folder_id(account.id, "Clients/Acme")
     assert subjects(client, f"/mail/?folder=f{acme}") == ["Acme invoice", "Acme order"]
+
+
+def test_labels_with_accents_match_their_folders(app, gmail, me, make_account, mail_user):
+    # IMAP sends both the folder name and the label in modified UTF-7 (RFC 3501 5.1.3).
+    gmail.state.folders["Kunden/M&APw-ller"] = ("\\HasNoChildren", [])
+    gmail.state.folders[ALL_MAIL][1][1].gm_labels = ("Kunden/M&APw-ller",)
+    account = make_account(me, mail_user, imap_port=gmail.port)
+    assert run_sync(app, account).ok
+    entries = {e.label: e for e in mailbox.list_folders(db.session.merge(me))}
+    mueller = folder_id(account.id, "Kunden/Müller")
+    assert entries["Kunden/Müller"].folder_id == mueller
+    query = mailbox.parse_query({"folder": f"f{mueller}"})
+    rows = mailbox.list_threads(db.session.merge(me), query).rows
+    assert [row.subject for row in rows] == ["Acme invoice"]
