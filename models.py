@@ -441,6 +441,7 @@ class MailFolder(db.Model):
     attributes: Mapped[list[str]] = mapped_column(JSON, default=list)
     role: Mapped[str | None] = mapped_column(String(20), index=True)
     sync_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # initial | poll | error | gone, or GMAIL_LABEL for a Gmail label (never synced itself)
     state: Mapped[str] = mapped_column(String(20), default="initial")
     last_error: Mapped[str | None] = mapped_column(Text)
     uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
@@ -468,6 +469,11 @@ class MailFolder(db.Model):
 
     def __repr__(self) -> str:
         return f"<MailFolder {self.id} {self.name}>"
+
+
+# MailFolder.state of a Gmail label: listed by the server, shown in the Mail tab, never
+# synced itself (All Mail holds its mail; MessageLabel says which).
+GMAIL_LABEL = "label"
 
 
 # See Thread.__table_args__; SQLite ignores it (its CREATE INDEX has no NULLS clause).
@@ -723,6 +729,28 @@ class MessageLocation(db.Model):
 
     def __repr__(self) -> str:
         return f"<MessageLocation folder={self.folder_id} uid={self.uid}>"
+
+
+class MessageLabel(db.Model):
+    """A Gmail label on a message: the label's folder (a listed, never selected MailFolder
+    with state GMAIL_LABEL) holds the message.
+
+    Derived from the locations' X-GM-LABELS by mailsync.store.refresh_labels, so a label lists
+    its conversations through an index (labels are not folders: SYNC.md §4.5).
+    """
+
+    __tablename__ = "message_label"
+
+    # (folder_id, message_id) lists a label; the message_id index serves the refresh.
+    folder_id: Mapped[int] = mapped_column(
+        ForeignKey("mail_folder.id", ondelete="CASCADE"), primary_key=True
+    )
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("message.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+    def __repr__(self) -> str:
+        return f"<MessageLabel folder={self.folder_id} message={self.message_id}>"
 
 
 class MessageIdIndex(db.Model):

@@ -56,6 +56,11 @@ def _run_move(app: Flask, account_id: int, payload: dict) -> bool:
     return True
 
 
+def _run_labels(app: Flask, account_id: int, payload: dict) -> bool:
+    writeback.change_labels(app, account_id, payload)
+    return True
+
+
 def _run_fetch_body(app: Flask, account_id: int, payload: dict) -> bool:
     actions.fetch_full_message(app, int(payload["message_id"]))
     return True
@@ -71,6 +76,7 @@ HANDLERS: dict[str, Callable[[Flask, int, dict], bool]] = {
     accounts.SYNC_JOB: _run_sync,
     mailbox.WRITEBACK_SEEN: _run_seen,
     mailbox.WRITEBACK_MOVE: _run_move,
+    mailbox.WRITEBACK_LABELS: _run_labels,
     conversations.FETCH_BODY_JOB: _run_fetch_body,
     accounts.FOLDER_CHECK_JOB: _run_folder_check,
 }

@@ -59,6 +59,22 @@ def set_seen(app, account_id: int, locations: Sequence[Location], seen: bool) ->
         imap.safe_logout(client)
 
 
+def remove_labels(app, account_id: int, locations: Sequence[Location], labels: list[str]) -> None:
+    """Remove Gmail labels from each location (UID STORE -X-GM-LABELS.SILENT)."""
+    if not locations or not labels:
+        return
+    settings, allowed_ports, _folders = account_settings(app, account_id)
+    client = connect(settings, allowed_ports)
+    try:
+        for folder, uids in _by_folder(locations).items():
+            client.select_folder(folder)
+            client.remove_gmail_labels(uids, labels, silent=True)
+    except (OSError, imaplib.IMAP4.error, IMAPClientError) as exc:
+        raise MailActionError(describe_failure(exc)) from exc
+    finally:
+        imap.safe_logout(client)
+
+
 def move_locations(
     app,
     account_id: int,

@@ -22,11 +22,13 @@ from extensions import db
 from mailsync import threading as jwz
 from mailsync.prepare import for_search
 from models import (
+    GMAIL_LABEL,
     FailedUid,
     MailAccount,
     MailFolder,
     Message,
     MessageIdIndex,
+    MessageLabel,
     MessageLocation,
     MessagePerson,
     SyncRunEntry,
@@ -44,6 +46,17 @@ SYSTEM_FLAGS = {b"\\seen", b"\\flagged", b"\\answered", b"\\draft", b"\\deleted"
 
 message_t = Message.__table__
 location_t = MessageLocation.__table__
+label_t = MessageLabel.__table__
+folder_t = MailFolder.__table__
+# X-GM-LABELS names Gmail's system labels so; their folders are found by role (the names are
+# localized, e.g. "[Google Mail]/Gesendet"). User labels are named as their folders.
+SYSTEM_LABEL_ROLES = {
+    "\\Inbox": "inbox",
+    "\\Sent": "sent",
+    "\\Starred": "flagged",
+    "\\Important": "important",
+    "\\Draft": "drafts",
+}
 index_t = MessageIdIndex.__table__
 thread_t = Thread.__table__
 person_link_t = MessagePerson.__table__
@@ -612,7 +625,7 @@ def remove_folder_locations(folder_id: int, *, log: RunLog | None = None) -> int
 
 def apply_flag_changes(
     folder_id: int,
-    changes: dict[int, tuple[Sequence[bytes], list[str]]],
+    changes: dict[int, tuple[Sequence[bytes], list[str] | None]],
     *,
     log: RunLog | None = None,
 ) -> int:
@@ -640,7 +653,8 @@ def apply_flag_changes(
         for row in rows:
             flags, labels = changes[row["uid"]]
             wanted = flag_columns(flags)
-            wanted["gm_labels"] = labels if labels else row["gm_labels"]
+            # None: the response had no X-GM-LABELS (kept); [] : every label was removed.
+            wanted["gm_labels"] = labels if labels is not None else row["gm_labels"]
             changed_at = row["seen_changed_at"]
             if row["seen_pending"] or (changed_at is not None and changed_at > guard_since):
                 # The user's change wins while it is not on the server yet, or so recent
@@ -827,6 +841,7 @@ def refresh_messages(message_ids: Iterable[int]) -> None:
     the user deleted it in Threadline (`user_deleted_at`).
     """
     ids = sorted(set(message_ids))
+    refresh_labels(ids)
     thread_ids: set[int] = set()
     for chunk in _chunks(ids):
         db.session.execute(_REFRESH_MESSAGES, {"ids": list(chunk), "now": _now()})
@@ -840,14 +855,101 @@ def refresh_messages(message_ids: Iterable[int]) -> None:
     refresh_threads(thread_ids)
 
 
+def refresh_labels(message_ids: Iterable[int]) -> None:
+    """Make the messages' MessageLabel rows those of their live locations' Gmail labels.
+
+    Only rows that differ are written, so the unread triggers note real changes only. For
+    mail without labels (every server but Gmail) this is two index reads per chunk.
+    """
+    folders: dict[int, dict[str, int]] = {}
+    for chunk in _chunks(sorted(set(message_ids))):
+        rows = db.session.execute(
+            select(location_t.c.message_id, folder_t.c.account_id, location_t.c.gm_labels)
+            .join(folder_t, folder_t.c.id == location_t.c.folder_id)
+            .where(location_t.c.message_id.in_(chunk), location_t.c.deleted.is_(False))
+        ).all()
+        wanted: set[tuple[int, int]] = set()
+        for message_id, account_id, labels in rows:
+            if not labels:
+                continue
+            if account_id not in folders:
+                folders[account_id] = _label_folders(account_id)
+            for label in labels:
+                key = SYSTEM_LABEL_ROLES.get(label, label)
+                folder_id = folders[account_id].get(key)
+                if folder_id is not None:
+                    wanted.add((folder_id, message_id))
+        have = {
+            (folder_id, message_id)
+            for folder_id, message_id in db.session.execute(
+                select(label_t.c.folder_id, label_t.c.message_id).where(
+                    label_t.c.message_id.in_(chunk)
+                )
+            )
+        }
+        for folder_id, message_id in have - wanted:
+            db.session.execute(
+                delete(label_t).where(
+                    label_t.c.folder_id == folder_id, label_t.c.message_id == message_id
+                )
+            )
+        if wanted - have:
+            db.session.execute(
+                insert(label_t),
+                [{"folder_id": f, "message_id": m} for f, m in sorted(wanted - have)],
+            )
+
+
+def refresh_account_labels(account_id: int, *, inbox: bool = False) -> None:
+    """Run refresh_labels over every message of an account, a chunk at a time; with `inbox`
+    (the \\Inbox label's folder is new) also put \\Inbox-labelled threads in the Inbox."""
+    last = 0
+    while True:
+        ids = list(
+            db.session.scalars(
+                select(message_t.c.id)
+                .where(message_t.c.account_id == account_id, message_t.c.id > last)
+                .order_by(message_t.c.id)
+                .limit(CHUNK)
+            )
+        )
+        if not ids:
+            return
+        refresh_labels(ids)
+        if inbox:
+            mark_inbox_threads(ids)
+        last = ids[-1]
+
+
+def _label_folders(account_id: int) -> dict[str, int]:
+    """Return {label name or system role: folder id} of an account's Gmail label folders."""
+    found: dict[str, int] = {}
+    for folder_id, name, role in db.session.execute(
+        select(folder_t.c.id, folder_t.c.name, folder_t.c.role).where(
+            folder_t.c.account_id == account_id, folder_t.c.state == GMAIL_LABEL
+        )
+    ):
+        found[name] = folder_id
+        if role:
+            found.setdefault(role, folder_id)
+    return found
+
+
+# A message is in the inbox when a location is in an inbox folder, or (Gmail) it carries the
+# \Inbox label.
+_IN_INBOX = """(EXISTS (SELECT 1 FROM message_location l JOIN mail_folder f ON f.id = l.folder_id
+                 WHERE l.message_id = m.id AND f.role = 'inbox')
+         OR EXISTS (SELECT 1 FROM message_label g JOIN mail_folder f ON f.id = g.folder_id
+                    WHERE g.message_id = m.id AND f.role = 'inbox'))"""
+
 _MARK_INBOX = text(
     """
     UPDATE thread SET in_inbox = TRUE
     WHERE in_inbox = FALSE AND id IN (
       SELECT m.thread_id FROM message m
-      JOIN message_location l ON l.message_id = m.id
-      JOIN mail_folder f ON f.id = l.folder_id
-      WHERE f.role = 'inbox' AND m.id IN :ids)
+      WHERE m.id IN :ids AND """
+    + _IN_INBOX
+    + """)
     """
 ).bindparams(bindparam("ids", expanding=True))
 
@@ -863,9 +965,9 @@ _REVIVE = text(
     UPDATE thread SET archived = FALSE, deleted_at = NULL
     WHERE (archived = TRUE OR deleted_at IS NOT NULL) AND id IN (
       SELECT m.thread_id FROM message m
-      JOIN message_location l ON l.message_id = m.id
-      JOIN mail_folder f ON f.id = l.folder_id
-      WHERE f.role = 'inbox' AND m.id IN :ids
+      WHERE m.id IN :ids AND """
+    + _IN_INBOX
+    + """
         AND (coalesce(m.internaldate, m.date) >= thread.deleted_at
              OR (thread.deleted_at IS NULL
                  AND coalesce(m.internaldate, m.date) > thread.last_date)))
@@ -1299,6 +1401,8 @@ def store_batch(
     ]
     displaced = _upsert_locations(location_rows, takeover=takeover)
     if fresh:
+        if any(item.gm_labels for item in items):
+            refresh_labels(existing[key] for key in fresh)  # the \Inbox label revives too
         revive_threads(existing[key] for key in fresh)
     refresh_messages({existing[item.dedup_key] for item in items} | displaced)
     mark_inbox_threads({existing[item.dedup_key] for item in items})

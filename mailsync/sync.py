@@ -30,9 +30,9 @@ from multiprocessing import get_context
 from typing import Any
 
 from flask import Flask
-from imapclient import IMAPClient
+from imapclient import IMAPClient, imap_utf7
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from extensions import db
 from mailsync import actions, imap, reparse, store
@@ -42,7 +42,15 @@ from mailsync.folders import SPECIAL_USE_ROLES as ATTRIBUTE_ROLES
 from mailsync.parse import header_dedup_key, parse_headers_only, placeholder_dedup_key
 from mailsync.prepare import Prepared, prepare_batch
 from mailsync.storage_errors import storage_problem
-from models import FailedUid, MailAccount, MailFolder, Message, MessageLocation
+from models import (
+    GMAIL_LABEL,
+    FailedUid,
+    MailAccount,
+    MailFolder,
+    Message,
+    MessageLabel,
+    MessageLocation,
+)
 from services import search
 from services.credentials import CredentialError
 
@@ -204,6 +212,18 @@ def _chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 def _decode(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _labels(data: dict) -> list[str] | None:
+    """Return the X-GM-LABELS of a FETCH item, decoded from modified UTF-7 (RFC 3501 5.1.3) as
+    folder names are, or None when the response has none (Gmail can omit them, SYNC.md §4.3);
+    an empty list means the message has no label (archived)."""
+    if b"X-GM-LABELS" not in data:
+        return None
+    return [
+        imap_utf7.decode(label) if isinstance(label, bytes) else label
+        for label in data[b"X-GM-LABELS"]
+    ]
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -552,6 +572,7 @@ class AccountSync:
         chosen = set(account.chosen_folders or [])
         existing = {folder.name: folder for folder in account.folders}
         seen: set[str] = set()
+        new_labels: set[str | None] = set()  # roles of folders that just became labels
         for flags, name, delimiter in listing:
             seen.add(name)
             role = roles[name]
@@ -569,7 +590,16 @@ class AccountSync:
             folder.attributes = sorted(_decode(f) for f in flags)
             folder.role = role
             folder.sync_enabled = enabled
+            if gmail and not enabled:
+                if folder.state != GMAIL_LABEL:
+                    new_labels.add(role)
+                folder.state = GMAIL_LABEL  # shown as a folder; All Mail holds its mail
+            elif folder.state == GMAIL_LABEL:
+                folder.state = "initial"
         for name, folder in existing.items():
+            if name not in seen and folder.state == GMAIL_LABEL:
+                folder.state = "gone"  # a deleted label: its MessageLabel rows go with it
+                db.session.execute(delete(MessageLabel).where(MessageLabel.folder_id == folder.id))
             if name not in seen and folder.sync_enabled:
                 # Renamed or deleted on the server: its messages survive only elsewhere.
                 folder.sync_enabled = False
@@ -584,6 +614,11 @@ class AccountSync:
                 folder.initial_sync_complete = False
                 folder.backfill_total = folder.backfill_done = 0
         db.session.commit()
+        if new_labels:
+            # Mail stored before its label's folder was known (a label created elsewhere, or
+            # an account synced by a release without label folders) joins the label now.
+            store.refresh_account_labels(self.account_id, inbox="inbox" in new_labels)
+            db.session.commit()
         order = {"inbox": 0, "sent": 1, "all": 0}
         folders = [f for f in account.folders if f.sync_enabled and f.state != "error"]
         folders = [f for f in folders if self._due(f)]
@@ -921,6 +956,10 @@ class AccountSync:
             local = self._refresh_stored(folder_id, local, high)
             folder = db.session.get(MailFolder, folder_id)
         work = sorted(set(remote) - local - skip, reverse=True)
+        # Batches never mix the parts: a batch is stored newest first (ingest).
+        parts = [work]
+        if work and self.gmail and folder.role == "all":
+            parts = self._inbox_first(work, high)
         folder.backfill_total = len(remote)
         folder.backfill_done = len(remote) - len(work)
         db.session.commit()
@@ -934,13 +973,7 @@ class AccountSync:
             )
         )
         db.session.commit()
-        first = True
-        position = 0
-        while position < len(work):
-            size = FIRST_META_BATCH if first else META_BATCH
-            chunk = work[position : position + size]
-            position += size
-            first = False
+        for chunk in self._batches(parts):
             self.check_budget()
             meta = self.fetch_meta(uid_ranges(chunk), set(chunk), headers=dedup_possible)
             self.ingest(folder_id, meta, newest_first=True)
@@ -965,6 +998,30 @@ class AccountSync:
         folder.state = "poll"
         folder.last_full_flag_scan_at = datetime.now(UTC)
         db.session.commit()
+
+    @staticmethod
+    def _batches(parts: list[list[int]]) -> Iterator[list[int]]:
+        """Yield the metadata batches of the work set's parts, in order: the first one small
+        (FIRST_META_BATCH) so the newest mail shows within seconds, then META_BATCH each."""
+        size = FIRST_META_BATCH
+        for part in parts:
+            position = 0
+            while position < len(part):
+                yield part[position : position + size]
+                position += size
+                size = META_BATCH
+
+    def _inbox_first(self, work: list[int], high: int | None) -> list[list[int]]:
+        """Order All Mail's work set with the \\Inbox-labelled UIDs first (each part newest
+        first), so a first Gmail sync fills the inbox before the rest (SYNC.md §4.5).
+
+        The search is bounded by the account's horizon (it can time out on a million-message
+        mailbox) and by the work set's UID range.
+        """
+        extra: list[Any] = ["SINCE", self.since] if self.since else []
+        criteria = ["X-GM-LABELS", "\\Inbox", "UID", f"{min(work)}:{high or '*'}", *extra]
+        inbox = set(self.connect().search(criteria)) & set(work)
+        return [[uid for uid in work if uid in inbox], [uid for uid in work if uid not in inbox]]
 
     def _refresh_stored(self, folder_id: int, local: set[int], high: int) -> set[int]:
         """Drop stored UIDs the server no longer has and re-read the flags of the rest;
@@ -997,7 +1054,7 @@ class AccountSync:
             if b"RFC822.SIZE" not in data:
                 continue
             header = _header_bytes(data)
-            labels = [_decode(label) for label in data.get(b"X-GM-LABELS", ())]
+            labels = _labels(data) or []
             metas[uid] = Meta(
                 uid=uid,
                 flags=tuple(data.get(b"FLAGS", ())),
@@ -1453,7 +1510,7 @@ class AccountSync:
         changes = {
             uid: (
                 tuple(data.get(b"FLAGS", ())),
-                [_decode(label) for label in data.get(b"X-GM-LABELS", ())],
+                _labels(data),
             )
             for uid, data in response.items()
             if uid <= last_seen and b"FLAGS" in data

@@ -12,7 +12,7 @@ from flask import Flask
 from sqlalchemy import select, update
 
 from extensions import db
-from mailsync import actions
+from mailsync import actions, store
 from models import MailFolder, MessageLocation
 
 location_t = MessageLocation.__table__
@@ -122,3 +122,33 @@ def record_moves(
             db.session.delete(location)
         else:
             location.folder_id, location.uid = destination_id, new_uid
+
+
+def change_labels(app: Flask, account_id: int, payload: dict) -> None:
+    """Remove payload's `remove` Gmail labels from the locations (X-GM-LABELS STORE), then
+    from the stored labels, so the label folders follow before the next sync reads them."""
+    remove = [str(label) for label in payload.get("remove", [])]
+    with app.app_context():
+        rows = db.session.execute(
+            select(location_t.c.id, MailFolder.name, location_t.c.uid)
+            .join(MailFolder, MailFolder.id == location_t.c.folder_id)
+            .where(
+                location_t.c.id.in_(payload.get("location_ids", [])),
+                location_t.c.deleted.is_(False),
+            )
+        ).all()
+        db.session.remove()
+    actions.remove_labels(app, account_id, [(folder, uid) for _id, folder, uid in rows], remove)
+    with app.app_context():
+        for location in db.session.scalars(
+            select(MessageLocation).where(MessageLocation.id.in_([row[0] for row in rows]))
+        ):
+            location.gm_labels = [label for label in location.gm_labels if label not in remove]
+        db.session.flush()
+        store.refresh_labels(
+            db.session.scalars(
+                select(location_t.c.message_id).where(location_t.c.id.in_([r[0] for r in rows]))
+            ).all()
+        )
+        db.session.commit()
+        db.session.remove()

@@ -30,11 +30,13 @@ from sqlalchemy import (
 from dialect import json_text, likely
 from extensions import db
 from models import (
+    GMAIL_LABEL,
     Deal,
     Lead,
     MailAccount,
     MailFolder,
     Message,
+    MessageLabel,
     MessageLocation,
     MessagePerson,
     Person,
@@ -167,7 +169,7 @@ def list_folders(user: User, *, counts: bool = True) -> list[FolderEntry]:
     """
     folders = db.session.scalars(
         access.owned_folders(user)
-        .where(MailFolder.sync_enabled.is_(True))
+        .where(or_(MailFolder.sync_enabled.is_(True), MailFolder.state == GMAIL_LABEL))
         .order_by(MailFolder.account_id, MailFolder.name)
     ).all()
     per_folder, list_unread = _unread_counts(user) if counts else ({}, {})
@@ -188,7 +190,7 @@ def list_folders(user: User, *, counts: bool = True) -> list[FolderEntry]:
         if folder.role in ROLE_KEYS and folder.role != "archive":
             continue
         # The server's Archive folder is not Threadline's Archive list: name it apart.
-        label = "Archive (mailbox)" if folder.role == "archive" else folder.name
+        label = "Archive (mailbox)" if folder.role == "archive" else folder_label(folder)
         if several_accounts:
             label = f"{folder.account.email_address}: {label}"
         entries.append(
@@ -197,6 +199,13 @@ def list_folders(user: User, *, counts: bool = True) -> list[FolderEntry]:
             )
         )
     return entries
+
+
+def folder_label(folder: MailFolder) -> str:
+    """Return a folder's name as shown: a Gmail system label without its "[Gmail]/" part."""
+    if folder.state == GMAIL_LABEL and folder.name.startswith("[") and "]/" in folder.name:
+        return folder.name.split("]/", 1)[1]
+    return folder.name
 
 
 def has_mailbox(user: User) -> bool:
@@ -210,7 +219,7 @@ def folder_title(user: User, key: str) -> str:
     folder_id = _folder_id(key)
     if folder_id is None:
         return dict(ROLE_FOLDERS).get(key, "Inbox")
-    return access.folder_for_owner(user, folder_id).name
+    return folder_label(access.folder_for_owner(user, folder_id))
 
 
 def move_destinations(user: User) -> list[FolderEntry]:
@@ -447,9 +456,40 @@ def _folder_condition(user: User, key: str) -> ColumnElement[bool]:
         return and_(Thread.in_inbox.is_(True), Thread.archived.is_(False), live)
     folder_id = _folder_id(key)
     if folder_id is not None:
-        folder_ids: Select | list[int] = [access.folder_for_owner(user, folder_id).id]
+        folder = access.folder_for_owner(user, folder_id)
+        if folder.state == GMAIL_LABEL:
+            return _label_condition([folder.id])
+        folder_ids: Select | list[int] = [folder.id]
     else:
-        folder_ids = _role_folder_ids(user, key)
+        folder_ids = _role_folder_ids(user, key).where(MailFolder.state != GMAIL_LABEL)
+        labels = list(
+            db.session.scalars(_role_folder_ids(user, key).where(MailFolder.state == GMAIL_LABEL))
+        )
+        if labels:
+            # Gmail's Sent is a label: its mail is found through the label's rows.
+            return or_(_mail_condition(folder_ids), _label_condition(labels))
+    return _mail_condition(folder_ids)
+
+
+def _label_condition(folder_ids: list[int]) -> ColumnElement[bool]:
+    """Threads with a live message carrying one of these Gmail labels (models.MessageLabel)."""
+    labelled = MessageLabel.folder_id.in_(folder_ids)
+    if _few_rows(select(literal(1)).select_from(MessageLabel).where(labelled), SMALL_FOLDER):
+        return Thread.id.in_(
+            select(Message.thread_id)
+            .join(MessageLabel, MessageLabel.message_id == Message.id)
+            .where(labelled, _live_message())
+        )
+    return exists().where(
+        Message.thread_id == Thread.id,
+        _live_message(),
+        MessageLabel.message_id == Message.id,
+        labelled,
+    )
+
+
+def _mail_condition(folder_ids: Select | list[int]) -> ColumnElement[bool]:
+    """Threads with a live message in one of these server folders."""
     in_folder = and_(MessageLocation.folder_id.in_(folder_ids), MessageLocation.deleted.is_(False))
     if _few_locations(in_folder, SMALL_FOLDER):
         # A small folder (often an empty Trash or Spam): take its few threads from its
@@ -476,7 +516,12 @@ def _folder_condition(user: User, key: str) -> ColumnElement[bool]:
 
 def _few_locations(in_folder: ColumnElement[bool], limit: int) -> bool:
     """Tell whether the folder holds at most `limit` messages (reads at most limit + 1)."""
-    found = select(literal(1)).select_from(MessageLocation).where(in_folder).limit(limit + 1)
+    return _few_rows(select(literal(1)).select_from(MessageLocation).where(in_folder), limit)
+
+
+def _few_rows(rows: Select, limit: int) -> bool:
+    """Tell whether `rows` has at most `limit` rows (reads at most limit + 1)."""
+    found = rows.limit(limit + 1)
     return (db.session.scalar(select(func.count()).select_from(found.subquery())) or 0) <= limit
 
 
@@ -803,7 +848,10 @@ def apply_action(
 # account's write-backs run one at a time in the order the user made them.
 WRITEBACK_SEEN = "mailbox.seen"
 WRITEBACK_MOVE = "mailbox.move"
-WRITEBACK_KINDS = (WRITEBACK_SEEN, WRITEBACK_MOVE)
+# Gmail: add or remove labels (X-GM-LABELS STORE) on All Mail locations, e.g. archiving.
+WRITEBACK_LABELS = "mailbox.labels"
+WRITEBACK_KINDS = (WRITEBACK_SEEN, WRITEBACK_MOVE, WRITEBACK_LABELS)
+GMAIL_INBOX = "\\Inbox"
 # How long a write-back that kept failing is still shown to its owner.
 FAILURE_SHOWN_SECONDS = 24 * 3600
 
@@ -873,8 +921,20 @@ def archive_threads(user: User, threads: Sequence[Thread]) -> ActionOutcome:
             _live_messages(threads), lambda location: location.folder.role == "inbox"
         )
         _queue_writebacks(WRITEBACK_MOVE, groups, role="archive")
+        _queue_inbox_label_removal(threads)
     db.session.commit()
     return ActionOutcome(f"Archived {_count(threads)}.")
+
+
+def _queue_inbox_label_removal(threads: Sequence[Thread]) -> None:
+    """Gmail's inbox is a label: taking mail out of it removes \\Inbox from the All Mail
+    copy (UID STORE -X-GM-LABELS); All Mail itself cannot be moved out of."""
+    labelled = _server_locations(
+        _live_messages(threads),
+        lambda location: location.folder.role == "all"
+        and GMAIL_INBOX in (location.gm_labels or []),
+    )
+    _queue_writebacks(WRITEBACK_LABELS, labelled, remove=[GMAIL_INBOX])
 
 
 def set_reply_later(threads: Sequence[Thread], *, later: bool) -> ActionOutcome:
@@ -921,6 +981,10 @@ def move_threads(user: User, threads: Sequence[Thread], destination: MailFolder)
         and location.folder.role not in UNMOVED_ROLES,
     )
     _queue_writebacks(WRITEBACK_MOVE, groups, destination_id=destination.id)
+    if destination.role == "all":
+        # Moved to Gmail's All Mail (out of the inbox): the MOVE above skips the All Mail
+        # copy, so the \Inbox label is what changes.
+        _queue_inbox_label_removal(threads)
     for thread in threads:  # moving decides Threadline's Inbox too
         thread.in_inbox = destination.role == "inbox"
         if thread.in_inbox:

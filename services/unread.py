@@ -19,11 +19,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import Connection, bindparam, event, func, select, text
+from sqlalchemy import Connection, bindparam, event, false, func, select, text, union_all
 from sqlalchemy.orm import Session
 
 from extensions import db
-from models import MailFolder, Message, MessageLocation, Thread, ThreadUnread
+from models import MailFolder, Message, MessageLabel, MessageLocation, Thread, ThreadUnread
 
 LISTS = ("inbox", "later", "archive")
 _CHUNK = 500
@@ -58,38 +58,43 @@ def thread_places(rows: Iterable[Sequence]) -> dict[int, set[str]]:
     return places
 
 
-def unread_rows(thread_ids: Sequence[int] | None = None):
+def unread_rows(thread_ids: Sequence[int] | None = None, *, labels: bool = True):
     """Select the rows `thread_places` takes: the unread live messages of live, unblocked
-    conversations (of `thread_ids`, or all), one row per message location."""
+    conversations (of `thread_ids`, or all), one row per message location and (unless
+    `labels` is False: migrations before message_label existed) per Gmail label."""
+    live = (
+        Thread.deleted_at.is_(None),
+        Thread.blocked.is_(False),
+        Message.is_read.is_(False),
+        Message.deleted_at.is_(None),
+        Message.blocked.is_(False),
+    )
+    columns = (Thread.id, Thread.archived, Thread.in_inbox, Thread.reply_later)
     stmt = (
-        select(
-            Thread.id,
-            Thread.archived,
-            Thread.in_inbox,
-            Thread.reply_later,
-            MessageLocation.folder_id,
-            MessageLocation.deleted,
-            MailFolder.role,
-        )
+        select(*columns, MessageLocation.folder_id, MessageLocation.deleted, MailFolder.role)
         .join(Message, Message.thread_id == Thread.id)
         .outerjoin(MessageLocation, MessageLocation.message_id == Message.id)
         .outerjoin(MailFolder, MailFolder.id == MessageLocation.folder_id)
-        .where(
-            Thread.deleted_at.is_(None),
-            Thread.blocked.is_(False),
-            Message.is_read.is_(False),
-            Message.deleted_at.is_(None),
-            Message.blocked.is_(False),
-        )
+        .where(*live)
+    )
+    # A Gmail label counts like a folder holding the message (models.MessageLabel).
+    labelled = (
+        select(*columns, MessageLabel.folder_id, false(), MailFolder.role)
+        .join(Message, Message.thread_id == Thread.id)
+        .join(MessageLabel, MessageLabel.message_id == Message.id)
+        .join(MailFolder, MailFolder.id == MessageLabel.folder_id)
+        .where(*live)
     )
     if thread_ids is not None:
         stmt = stmt.where(Thread.id.in_(list(thread_ids)))
-    return stmt
+        labelled = labelled.where(Thread.id.in_(list(thread_ids)))
+    return union_all(stmt, labelled) if labels else stmt
 
 
-def refresh_unread(connection: Connection) -> int:
+def refresh_unread(connection: Connection, *, labels: bool = True) -> int:
     """Recompute the `thread_unread` rows of the conversations noted as stale; return how
-    many conversations were recomputed. Runs inside the caller's transaction."""
+    many conversations were recomputed. Runs inside the caller's transaction. (`labels`:
+    see unread_rows.)"""
     stale = sorted(
         {
             row[0]
@@ -107,7 +112,7 @@ def refresh_unread(connection: Connection) -> int:
             # updated (locking the thread rows could: a deadlock with a sync beside a
             # request). SQLite has one writer at a time already.
             connection.execute(_LOCK_THREADS, {"space": _LOCK_SPACE, "ids": chunk})
-        places = thread_places(connection.execute(unread_rows(chunk)))
+        places = thread_places(connection.execute(unread_rows(chunk, labels=labels)))
         accounts: dict[int, int] = {}
         if places:
             found = select(Thread.id, Thread.account_id).where(Thread.id.in_(list(places)))
@@ -262,10 +267,40 @@ TRIGGERS = (
 )
 
 
-def create_triggers(connection: Connection) -> None:
+# Gmail labels (models.MessageLabel, migration 0013): created after that table exists.
+_THREAD_OF_LABELLED = (
+    "m.thread_id FROM message_label g JOIN message m ON m.id = g.message_id "
+    "WHERE g.folder_id = new.id AND m.thread_id IS NOT NULL AND " + _UNREAD_LIVE.format(m="m")
+)
+LABEL_TRIGGERS = (
+    (
+        "thread_unread_label_insert",
+        "INSERT",
+        "message_label",
+        "true",
+        [_THREAD_OF_MESSAGE.format(r="new")],
+    ),
+    (
+        "thread_unread_label_delete",
+        "DELETE",
+        "message_label",
+        "true",
+        [_THREAD_OF_MESSAGE.format(r="old")],
+    ),
+    (
+        "thread_unread_label_folder_role",
+        "UPDATE OF role",
+        "mail_folder",
+        _CHANGED.format(o="old", n="new", c="role"),
+        [_THREAD_OF_LABELLED],
+    ),
+)
+
+
+def create_triggers(connection: Connection, triggers: Sequence[tuple] = TRIGGERS) -> None:
     """Create the triggers that note stale conversations (idempotent), on either database."""
     postgres = connection.dialect.name == "postgresql"
-    for name, when_event, table, condition, notes in TRIGGERS:
+    for name, when_event, table, condition, notes in triggers:
         if postgres:
             body = " ".join(
                 f"INSERT INTO thread_unread_stale (thread_id) SELECT {note};" for note in notes
@@ -294,10 +329,10 @@ def create_triggers(connection: Connection) -> None:
             )
 
 
-def drop_triggers(connection: Connection) -> None:
+def drop_triggers(connection: Connection, triggers: Sequence[tuple] = TRIGGERS) -> None:
     """Drop the triggers `create_triggers` made."""
     postgres = connection.dialect.name == "postgresql"
-    for name, _event, table, _condition, _notes in TRIGGERS:
+    for name, _event, table, _condition, _notes in triggers:
         if postgres:
             connection.execute(text(f"DROP TRIGGER IF EXISTS {name} ON {table}"))
             connection.execute(text(f"DROP FUNCTION IF EXISTS {name}()"))
@@ -305,7 +340,7 @@ def drop_triggers(connection: Connection) -> None:
             connection.execute(text(f"DROP TRIGGER IF EXISTS {name}"))
 
 
-def rebuild(connection: Connection) -> int:
+def rebuild(connection: Connection, *, labels: bool = True) -> int:
     """Note every conversation with an unread live message and recompute them all."""
     connection.execute(text("DELETE FROM thread_unread"))
     connection.execute(
@@ -314,4 +349,4 @@ def rebuild(connection: Connection) -> int:
             "FROM message m WHERE m.thread_id IS NOT NULL AND " + _UNREAD_LIVE.format(m="m")
         )
     )
-    return refresh_unread(connection)
+    return refresh_unread(connection, labels=labels)

@@ -2,7 +2,10 @@
 
 It serves one mailbox (INBOX) from a list of messages and can imitate NetEase (SELECT says
 "Unsafe Login" until ID was sent), servers that omit UIDNEXT on SELECT, and servers whose
-STATUS answer is an empty list. Only what the sync engine sends is implemented.
+STATUS answer is an empty list. With X-GM-EXT-1 in its capabilities it answers Gmail's
+extensions as far as Threadline uses them: X-GM-MSGID/X-GM-THRID/X-GM-LABELS in FETCH,
+UID SEARCH X-GM-LABELS <label> (or X-GM-RAW "in:inbox"), UID STORE +/-X-GM-LABELS.
+Only what the sync engine sends is implemented.
 """
 
 from __future__ import annotations
@@ -64,6 +67,26 @@ def _uid_set(spec: str, uids: list[int]) -> set[int]:
     return wanted & set(uids)
 
 
+def _searched_label(args: str) -> str | None:
+    """Return the label a Gmail SEARCH asks for: X-GM-LABELS <label> or X-GM-RAW "in:inbox"."""
+    match = re.search(r'X-GM-LABELS\s+("([^"]*)"|(\S+))', args, re.IGNORECASE)
+    if match:
+        return (match.group(2) if match.group(2) is not None else match.group(3)).replace(
+            "\\\\", "\\"
+        )
+    if re.search(r'X-GM-RAW\s+"?in:inbox"?', args, re.IGNORECASE):
+        return "\\Inbox"
+    return None
+
+
+def _label_list(text: str) -> list[str]:
+    """Parse a parenthesized list of labels, quoted or atoms: (\\Inbox "My label")."""
+    return [
+        (quoted.replace("\\\\", "\\") if quoted else atom)
+        for quoted, atom in re.findall(r'"((?:[^"\\]|\\.)*)"|([^\s()"]+)', text)
+    ]
+
+
 class _Handler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         state: FakeState = self.server.state  # type: ignore[attr-defined]
@@ -119,15 +142,33 @@ class _Handler(socketserver.StreamRequestHandler):
                 out.append(f"* OK [UIDVALIDITY {state.uidvalidity}] ok\r\n")
                 if not quirks.omit_uidnext:
                     out.append(f"* OK [UIDNEXT {(max(uids) if uids else 0) + 1}] ok\r\n")
-                out.append(f"{tag} OK [READ-ONLY] done\r\n")
+                access = "READ-WRITE" if command == "SELECT" else "READ-ONLY"
+                out.append(f"{tag} OK [{access}] done\r\n")
                 self._write("".join(out))
             elif command == "UID SEARCH":
                 match = re.search(r"UID (\S+)", args)
                 found = _uid_set(match.group(1), uids) if match else set(uids)
+                label = _searched_label(args)
+                if label is not None:
+                    found = {m.uid for m in state.mailbox(selected) if label in m.gm_labels} & found
                 self._write(f"* SEARCH {' '.join(map(str, sorted(found)))}\r\n{tag} OK done\r\n")
             elif command == "UID FETCH":
                 spec, _, items = args.partition(" ")
                 self._fetch(state.mailbox(selected), _uid_set(spec, uids), items.upper(), quirks)
+                self._write(f"{tag} OK done\r\n")
+            elif command == "UID STORE" and "X-GM-LABELS" in args.upper():
+                # Gmail: +X-GM-LABELS / -X-GM-LABELS (labels) changes a message's labels.
+                spec, _, rest = args.partition(" ")
+                operation, _, labels = rest.partition(" ")
+                names = _label_list(labels)
+                for message in state.mailbox(selected):
+                    if message.uid not in _uid_set(spec, uids):
+                        continue
+                    if operation.upper().startswith("+"):
+                        added = [n for n in names if n not in message.gm_labels]
+                        message.gm_labels = (*message.gm_labels, *added)
+                    else:
+                        message.gm_labels = tuple(n for n in message.gm_labels if n not in names)
                 self._write(f"{tag} OK done\r\n")
             elif command == "LOGOUT":
                 self._write(f"* BYE bye\r\n{tag} OK done\r\n")
