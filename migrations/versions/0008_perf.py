@@ -41,7 +41,7 @@ def upgrade():
         )
     connection = op.get_bind()
     unread.create_triggers(connection)
-    unread.rebuild(connection, labels=False)  # message_label comes with 0013
+    unread.rebuild(connection, labels=False)  # message_label comes with 0012
 
 
 def downgrade():

@@ -4,8 +4,8 @@ the locations' X-GM-LABELS, and the triggers that keep the labels' unread counts
 Gmail accounts synced before this get their labels as their messages' flags are read again
 (mailsync.store.refresh_labels runs whenever a location's labels change).
 
-Revision ID: 0013_gmail_labels
-Revises: 0009
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-06
 """
 
@@ -14,8 +14,8 @@ from alembic import op
 
 from services import unread
 
-revision = "0013_gmail_labels"
-down_revision = "0009"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
