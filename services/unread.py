@@ -267,7 +267,7 @@ TRIGGERS = (
 )
 
 
-# Gmail labels (models.MessageLabel, migration 0013): created after that table exists.
+# Gmail labels (models.MessageLabel, migration 0012): created after that table exists.
 _THREAD_OF_LABELLED = (
     "m.thread_id FROM message_label g JOIN message m ON m.id = g.message_id "
     "WHERE g.folder_id = new.id AND m.thread_id IS NOT NULL AND " + _UNREAD_LIVE.format(m="m")
