@@ -475,10 +475,14 @@ def _label_condition(folder_ids: list[int]) -> ColumnElement[bool]:
     """Threads with a live message carrying one of these Gmail labels (models.MessageLabel)."""
     labelled = MessageLabel.folder_id.in_(folder_ids)
     if _few_rows(select(literal(1)).select_from(MessageLabel).where(labelled), SMALL_FOLDER):
+        # Bound as a list, as for a small folder (_mail_condition says why).
         return Thread.id.in_(
-            select(Message.thread_id)
-            .join(MessageLabel, MessageLabel.message_id == Message.id)
-            .where(labelled, _live_message())
+            db.session.scalars(
+                select(Message.thread_id)
+                .join(MessageLabel, MessageLabel.message_id == Message.id)
+                .where(labelled, _live_message())
+                .distinct()
+            ).all()
         )
     return exists().where(
         Message.thread_id == Thread.id,
