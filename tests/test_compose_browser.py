@@ -249,6 +249,25 @@ def test_c_opens_compose_from_any_page(page, live_server, me):
     expect(page.locator("#compose-to-input")).to_be_focused()
 
 
+def test_a_suggestion_chosen_with_the_arrow_stays_chosen_when_results_refresh(
+    page, live_server, me
+):
+    open_compose(page, live_server, me)
+    suggestions = page.locator("#compose-to-suggestions li")
+    page.keyboard.type("car")
+    expect(suggestions).to_have_count(1)
+    page.keyboard.press("ArrowDown")
+    shown = suggestions.first.element_handle()
+    with page.expect_response(lambda response: "recipients?q=carl" in response.url):
+        page.keyboard.type("l")
+    page.wait_for_function("option => !option.isConnected", arg=shown)  # results redrawn
+    expect(suggestions.first).to_have_attribute("aria-selected", "true")
+    page.keyboard.press("Enter")
+    expect(page.locator("[data-chips=to] .addr-chip")).to_have_text(
+        ["Carla Díaz <carla@customer.test>×"]
+    )
+
+
 def test_keyboard_only_compose_and_send(page, live_server, me):
     update_preferences(me, {"undo_send_seconds": "30"})
     open_compose(page, live_server, me)

@@ -211,6 +211,9 @@
   };
   ChipField.prototype.showMenu = function (found) {
     var self = this;
+    // Results for what was typed since can arrive after the user arrowed onto a suggestion:
+    // that suggestion stays chosen while it is still offered (else Enter took the raw text).
+    var kept = this.active >= 0 ? this.suggestions[this.active].address : null;
     this.menu.textContent = "";
     this.suggestions = found;
     this.active = -1;
@@ -228,6 +231,9 @@
     });
     this.menu.hidden = found.length === 0;
     this.entry.setAttribute("aria-expanded", found.length ? "true" : "false");
+    for (var i = 0; i < found.length; i += 1) {
+      if (found[i].address === kept) { this.highlight(i); break; }
+    }
   };
   ChipField.prototype.highlight = function (index) {
     var options = this.menu.children;
