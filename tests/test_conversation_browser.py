@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -223,11 +224,19 @@ def test_cid_image_attachment_and_rtl(
 ):
     owner, account = mailbox
     make_person(owner, name="Carla Diaz", emails=("carla@customer.test",))
+    # Dates given: the fixtures' default minute wraps at 60, and the later mail must be the
+    # last (the one shown open) for its attachment to be visible.
     first = make_raw_message(
-        account, build_message(subject="Renewal terms for 2027", to="olivia@team.test")
+        account,
+        build_message(
+            subject="Renewal terms for 2027",
+            to="olivia@team.test",
+            date=datetime(2026, 11, 2, 9, 0, tzinfo=UTC),
+        ),
     )
     raw = build_message(
         subject="Renewal terms for 2027",
+        date=datetime(2026, 11, 2, 10, 0, tzinfo=UTC),
         to="Olivia Owner <olivia@team.test>",
         cc="Bruno <bruno@customer.test>",
         text="Hello Olivia,\n\nthe terms are attached.\n\n> earlier quoted text\n> more",
