@@ -26,7 +26,7 @@ from tests.servers.proxy import CuttingProxy
 from tests.sync_helpers import raw_message
 from tests.test_jobs import environment, flask_process, stop, subjects, wait_for
 
-pytestmark = pytest.mark.imap
+pytestmark = [pytest.mark.imap, pytest.mark.timing]  # push within 5 s: wall-clock bounds, run alone
 
 PUSH_SECONDS = 5  # the product's promise: changes made elsewhere show within 5 s
 
