@@ -10,7 +10,7 @@ from __future__ import annotations
 import imaplib
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
@@ -42,6 +42,35 @@ class MailActionError(Exception):
 
 def set_seen(app, account_id: int, locations: Sequence[Location], seen: bool) -> None:
     """Add or remove \\Seen on each location (+FLAGS.SILENT / -FLAGS.SILENT, never FLAGS)."""
+
+    def store(client: IMAPClient, uids: list[int]) -> None:
+        if seen:
+            client.add_flags(uids, [SEEN], silent=True)
+        else:
+            client.remove_flags(uids, [SEEN], silent=True)
+
+    _store_each_folder(app, account_id, locations, store)
+
+
+def remove_labels(app, account_id: int, locations: Sequence[Location], labels: list[str]) -> None:
+    """Remove Gmail labels from each location (UID STORE -X-GM-LABELS.SILENT)."""
+    if not labels:
+        return
+    _store_each_folder(
+        app,
+        account_id,
+        locations,
+        lambda client, uids: client.remove_gmail_labels(uids, labels, silent=True),
+    )
+
+
+def _store_each_folder(
+    app,
+    account_id: int,
+    locations: Sequence[Location],
+    store: Callable[[IMAPClient, list[int]], None],
+) -> None:
+    """SELECT each folder of the locations and `store` on its UIDs, on one connection."""
     if not locations:
         return
     settings, allowed_ports, _folders = account_settings(app, account_id)
@@ -49,26 +78,7 @@ def set_seen(app, account_id: int, locations: Sequence[Location], seen: bool) ->
     try:
         for folder, uids in _by_folder(locations).items():
             client.select_folder(folder)
-            if seen:
-                client.add_flags(uids, [SEEN], silent=True)
-            else:
-                client.remove_flags(uids, [SEEN], silent=True)
-    except (OSError, imaplib.IMAP4.error, IMAPClientError) as exc:
-        raise MailActionError(describe_failure(exc)) from exc
-    finally:
-        imap.safe_logout(client)
-
-
-def remove_labels(app, account_id: int, locations: Sequence[Location], labels: list[str]) -> None:
-    """Remove Gmail labels from each location (UID STORE -X-GM-LABELS.SILENT)."""
-    if not locations or not labels:
-        return
-    settings, allowed_ports, _folders = account_settings(app, account_id)
-    client = connect(settings, allowed_ports)
-    try:
-        for folder, uids in _by_folder(locations).items():
-            client.select_folder(folder)
-            client.remove_gmail_labels(uids, labels, silent=True)
+            store(client, uids)
     except (OSError, imaplib.IMAP4.error, IMAPClientError) as exc:
         raise MailActionError(describe_failure(exc)) from exc
     finally:

@@ -39,6 +39,7 @@ from sqlalchemy import select, update
 from extensions import db
 from mailsync import imap
 from models import SYNC_RUNNING, MailAccount
+from services import job_queue
 
 log = logging.getLogger("threadline.idle")
 
@@ -196,7 +197,7 @@ def start_idle(client: IMAPClient) -> None:
 
 def backoff_seconds(failures: int) -> float:
     """Return the wait before reconnecting after `failures` failures in a row (with jitter)."""
-    base = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, failures - 1))
+    base = job_queue.backoff_seconds(failures, BACKOFF_BASE_SECONDS, cap=BACKOFF_CAP_SECONDS)
     return base * random.uniform(0.8, 1.2)
 
 

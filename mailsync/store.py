@@ -15,7 +15,19 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import JSON, bindparam, case, delete, func, insert, or_, select, text, update
+from sqlalchemy import (
+    JSON,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 
 import dialect
 from extensions import db
@@ -887,12 +899,9 @@ def refresh_labels(message_ids: Iterable[int]) -> None:
                 )
             )
         }
-        for folder_id, message_id in have - wanted:
-            db.session.execute(
-                delete(label_t).where(
-                    label_t.c.folder_id == folder_id, label_t.c.message_id == message_id
-                )
-            )
+        if have - wanted:
+            pairs = tuple_(label_t.c.folder_id, label_t.c.message_id)
+            db.session.execute(delete(label_t).where(pairs.in_(sorted(have - wanted))))
         if wanted - have:
             db.session.execute(
                 insert(label_t),

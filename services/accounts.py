@@ -293,6 +293,17 @@ def test_connection(
         imap.safe_logout(client)
 
 
+def _stored_server(account: MailAccount) -> dict:
+    """The IMAP server settings of a stored account, as _tested_folders takes them."""
+    return {
+        "imap_host": account.imap_host,
+        "imap_port": account.imap_port,
+        "imap_security": account.imap_security,
+        "username": account.username,
+        "ca_cert_pem": account.ca_cert_pem,
+    }
+
+
 def _tested_folders(
     app: Flask, user: User, server: dict, password: str, *, auth: str = "password"
 ) -> list[ServerFolder]:
@@ -558,14 +569,7 @@ def reauthorize_oauth_account(
                 f"{account.email_address}. Sign in again with {account.email_address}."
             }
         )
-    server = {
-        "imap_host": account.imap_host,
-        "imap_port": account.imap_port,
-        "imap_security": account.imap_security,
-        "username": account.username,
-        "ca_cert_pem": account.ca_cert_pem,
-    }
-    _tested_folders(app, user, server, tokens.access_token, auth=AUTH_XOAUTH2)
+    _tested_folders(app, user, _stored_server(account), tokens.access_token, auth=AUTH_XOAUTH2)
     oauth.store_tokens(app, account, tokens)
     _mark_running(account)
     db.session.commit()
@@ -760,14 +764,7 @@ def server_folders(user: User, account: MailAccount, *, app: Flask) -> list[Serv
         raise ValidationError({"password": str(exc)}) from None
     except MailConnectionError as exc:
         raise ValidationError({"__all__": exc.message}) from None
-    server = {
-        "imap_host": account.imap_host,
-        "imap_port": account.imap_port,
-        "imap_security": account.imap_security,
-        "username": account.username,
-        "ca_cert_pem": account.ca_cert_pem,
-    }
-    return _tested_folders(app, user, server, password, auth=account.auth_type)
+    return _tested_folders(app, user, _stored_server(account), password, auth=account.auth_type)
 
 
 def update_sync_settings(

@@ -213,9 +213,11 @@ def complete(job_id: int, owner: str) -> bool:
     return bool(finished)
 
 
-def backoff_seconds(attempts: int, base: float = DEFAULT_BACKOFF_SECONDS) -> float:
+def backoff_seconds(
+    attempts: int, base: float = DEFAULT_BACKOFF_SECONDS, *, cap: float = BACKOFF_CAP_SECONDS
+) -> float:
     """Return the wait before attempt `attempts + 1`: base, 2x base, 4x base... capped."""
-    return min(BACKOFF_CAP_SECONDS, base * 2 ** max(0, attempts - 1))
+    return min(cap, base * 2 ** max(0, attempts - 1))
 
 
 def fail(

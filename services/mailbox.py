@@ -473,54 +473,37 @@ def _folder_condition(user: User, key: str) -> ColumnElement[bool]:
 
 def _label_condition(folder_ids: list[int]) -> ColumnElement[bool]:
     """Threads with a live message carrying one of these Gmail labels (models.MessageLabel)."""
-    labelled = MessageLabel.folder_id.in_(folder_ids)
-    if _few_rows(select(literal(1)).select_from(MessageLabel).where(labelled), SMALL_FOLDER):
-        # Bound as a list, as for a small folder (_mail_condition says why).
-        return Thread.id.in_(
-            db.session.scalars(
-                select(Message.thread_id)
-                .join(MessageLabel, MessageLabel.message_id == Message.id)
-                .where(labelled, _live_message())
-                .distinct()
-            ).all()
-        )
-    return exists().where(
-        Message.thread_id == Thread.id,
-        _live_message(),
-        MessageLabel.message_id == Message.id,
-        labelled,
-    )
+    return _threads_with(MessageLabel.message_id, MessageLabel.folder_id.in_(folder_ids))
 
 
 def _mail_condition(folder_ids: Select | list[int]) -> ColumnElement[bool]:
     """Threads with a live message in one of these server folders."""
     in_folder = and_(MessageLocation.folder_id.in_(folder_ids), MessageLocation.deleted.is_(False))
-    if _few_locations(in_folder, SMALL_FOLDER):
+    return _threads_with(MessageLocation.message_id, in_folder)
+
+
+def _threads_with(message_id, member: ColumnElement[bool]) -> ColumnElement[bool]:
+    """Threads with a live message that has a row matching `member` in the table of the
+    column `message_id` (a folder's locations, a label's rows)."""
+    rows = select(literal(1)).select_from(message_id.class_).where(member)
+    if _few_rows(rows, SMALL_FOLDER):
         # A small folder (often an empty Trash or Spam): take its few threads from its
-        # locations; walking the account's threads newest first would pass all of them.
+        # rows; walking the account's threads newest first would pass all of them.
         # The ids are read first and bound as a list: given the subquery instead,
         # PostgreSQL still walks the account's list index expecting an early stop, and in
         # an empty folder it walks all of it (263 ms at 100,000 messages).
         return Thread.id.in_(
             db.session.scalars(
                 select(Message.thread_id)
-                .join(MessageLocation, MessageLocation.message_id == Message.id)
-                .where(in_folder, _live_message())
+                .join(message_id.class_, message_id == Message.id)
+                .where(member, _live_message())
                 .distinct()
             ).all()
         )
     # A big folder: walk threads newest first (index order) and stop at the page.
     return exists().where(
-        Message.thread_id == Thread.id,
-        _live_message(),
-        MessageLocation.message_id == Message.id,
-        in_folder,
+        Message.thread_id == Thread.id, _live_message(), message_id == Message.id, member
     )
-
-
-def _few_locations(in_folder: ColumnElement[bool], limit: int) -> bool:
-    """Tell whether the folder holds at most `limit` messages (reads at most limit + 1)."""
-    return _few_rows(select(literal(1)).select_from(MessageLocation).where(in_folder), limit)
 
 
 def _few_rows(rows: Select, limit: int) -> bool:
