@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 
 def add_database_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,3 +32,24 @@ def run_on_database(args: argparse.Namespace, run: Callable[[argparse.Namespace]
         run(args)
     finally:
         server.stop()
+
+
+def bench_app(workdir: Path, database_url: str | None, **config):
+    """Return the benchmark's app on `database_url` (default: SQLite in `workdir`), its schema
+    upgraded as `flask init-db` does (a reused database may be older); `config` adds settings."""
+    import schema
+    from app import create_app
+
+    app = create_app(
+        {
+            "INSTANCE_PATH": str(workdir / "instance"),
+            "SQLALCHEMY_DATABASE_URI": database_url or f"sqlite:///{workdir / 'threadline.db'}",
+            "SECRET_KEY": "bench",
+            "SCHEDULER_ENABLED": False,
+            "MAIL_ALLOWED_PORTS": None,
+            **config,
+        }
+    )
+    with app.app_context():
+        schema.upgrade_database()
+    return app

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.databases import add_database_arguments, run_on_database  # noqa: E402
+from bench.databases import add_database_arguments, bench_app, run_on_database  # noqa: E402
 from bench.sync_bench import add_dovecot_account  # noqa: E402
 from tests.servers.dovecot import DovecotServer  # noqa: E402
 
@@ -141,23 +141,12 @@ def run(args) -> None:
         email = "push@mail.test"
         mail_user = server.add_user(email, "bench-password")
 
-        import schema
-        from app import create_app
         from services import users
 
         database_url = args.database_url or f"sqlite:///{workdir / 'threadline.db'}"
-        app = create_app(
-            {
-                "INSTANCE_PATH": str(workdir / "instance"),
-                "SQLALCHEMY_DATABASE_URI": database_url,
-                "SECRET_KEY": "bench",
-                "SCHEDULER_ENABLED": False,
-                "MAIL_ALLOWED_PORTS": None,
-                "WTF_CSRF_ENABLED": False,  # the bench signs in with a plain POST
-            }
-        )
+        # WTF_CSRF_ENABLED off: the bench signs in with a plain POST
+        app = bench_app(workdir, database_url, WTF_CSRF_ENABLED=False)
         with app.app_context():
-            schema.upgrade_database()
             owner = users.create_user(
                 email="owner@team.test", name="Owner", password="owner password 1", is_admin=True
             )

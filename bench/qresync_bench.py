@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.databases import add_database_arguments, run_on_database  # noqa: E402
+from bench.databases import add_database_arguments, bench_app, run_on_database  # noqa: E402
 from bench.sync_bench import add_dovecot_account  # noqa: E402
 from tests.servers.dovecot import DovecotServer  # noqa: E402
 
@@ -114,25 +114,13 @@ def run(args) -> None:
         server.doveadm("index", "-u", email, "INBOX")
         print(f"mailbox: {args.messages} messages, seeded in {time.perf_counter() - t0:.1f} s")
 
-        import schema
-        from app import create_app
         from extensions import db
         from mailsync import sync as sync_module
         from models import MailFolder, MessageLocation
         from services import users
 
-        app = create_app(
-            {
-                "INSTANCE_PATH": str(workdir / "instance"),
-                "SQLALCHEMY_DATABASE_URI": args.database_url
-                or f"sqlite:///{workdir / 'threadline.db'}",
-                "SECRET_KEY": "bench",
-                "SCHEDULER_ENABLED": False,
-                "MAIL_ALLOWED_PORTS": None,
-            }
-        )
+        app = bench_app(workdir, args.database_url)
         with app.app_context():
-            schema.upgrade_database()
             owner = users.create_user(
                 email="owner@team.test", name="Owner", password="owner password 1", is_admin=True
             )

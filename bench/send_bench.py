@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.databases import add_database_arguments, run_on_database  # noqa: E402
+from bench.databases import add_database_arguments, bench_app, run_on_database  # noqa: E402
 from bench.sync_bench import add_dovecot_account  # noqa: E402
 from tests.servers.dovecot import DovecotServer  # noqa: E402
 from tests.servers.smtp import SMTPServer  # noqa: E402
@@ -100,26 +100,14 @@ def run(args) -> None:
         smtp.messages.clear()
 
         import jobs
-        import schema
-        from app import create_app
         from extensions import db
         from models import OUTGOING_SENT, Message, OutgoingMail
         from services import outbox, users
 
-        app = create_app(
-            {
-                "INSTANCE_PATH": str(workdir / "instance"),
-                "SQLALCHEMY_DATABASE_URI": args.database_url
-                or f"sqlite:///{workdir / 'threadline.db'}",
-                "SECRET_KEY": "bench",
-                "SCHEDULER_ENABLED": False,
-                "MAIL_ALLOWED_PORTS": None,
-                "DAILY_SEND_LIMIT": args.mails + 1,
-                "WTF_CSRF_ENABLED": False,
-            }
+        app = bench_app(
+            workdir, args.database_url, DAILY_SEND_LIMIT=args.mails + 1, WTF_CSRF_ENABLED=False
         )
         with app.app_context():
-            schema.upgrade_database()
             owner = users.create_user(
                 email="owner@team.test", name="Owner Name", password="owner password 1"
             )

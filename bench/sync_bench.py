@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.databases import add_database_arguments, run_on_database  # noqa: E402
+from bench.databases import add_database_arguments, bench_app, run_on_database  # noqa: E402
 from tests.servers.dovecot import DovecotServer  # noqa: E402
 
 TEXTS = {
@@ -218,26 +218,17 @@ def run(args) -> None:
             f"client CPU {bare_cpu:.2f} s"
         )
 
-        import schema
-        from app import create_app
         from extensions import db
         from mailsync import sync as sync_module
         from models import Message
         from services import users
 
-        app = create_app(
-            {
-                "INSTANCE_PATH": str(workdir / "instance"),
-                "SQLALCHEMY_DATABASE_URI": args.database_url
-                or f"sqlite:///{workdir / 'threadline.db'}",
-                "SECRET_KEY": "bench",
-                "SCHEDULER_ENABLED": False,
-                "MAIL_ALLOWED_PORTS": None,
-                "SYNC_FETCH_THREAD": os.environ.get("SYNC_FETCH_THREAD", "1") == "1",
-            }
+        app = bench_app(
+            workdir,
+            args.database_url,
+            SYNC_FETCH_THREAD=os.environ.get("SYNC_FETCH_THREAD", "1") == "1",
         )
         with app.app_context():
-            schema.upgrade_database()  # what `flask init-db` does
             owner = users.create_user(
                 email="owner@team.test", name="Owner", password="owner password 1", is_admin=True
             )

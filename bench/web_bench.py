@@ -34,7 +34,7 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench.databases import add_database_arguments, run_on_database  # noqa: E402
+from bench.databases import add_database_arguments, bench_app, run_on_database  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 OWNER = "owner@team.test"
@@ -492,8 +492,6 @@ def main() -> None:
 
 
 def run(args) -> None:
-    import schema
-    from app import create_app
     from cli import keep_startup_objects_out_of_gc
 
     workdir = Path(args.keep or tempfile.mkdtemp(prefix="threadline-webbench-"))
@@ -502,19 +500,7 @@ def run(args) -> None:
         shutil.copyfile(workdir / "seeded.db", workdir / "threadline.db")
         for suffix in ("-wal", "-shm"):
             (workdir / f"threadline.db{suffix}").unlink(missing_ok=True)
-    app = create_app(
-        {
-            "INSTANCE_PATH": str(workdir / "instance"),
-            "SQLALCHEMY_DATABASE_URI": args.database_url
-            or f"sqlite:///{workdir / 'threadline.db'}",
-            "SECRET_KEY": "bench",
-            "SCHEDULER_ENABLED": False,
-            "MAIL_ALLOWED_PORTS": None,
-            "WTF_CSRF_ENABLED": False,
-        }
-    )
-    with app.app_context():
-        schema.upgrade_database()  # what `flask init-db` does (a reused database may be older)
+    app = bench_app(workdir, args.database_url, WTF_CSRF_ENABLED=False)
     print(f"database: {app.config['SQLALCHEMY_DATABASE_URI'].split(':')[0]}")
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     began = time.perf_counter()
