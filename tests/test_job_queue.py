@@ -172,6 +172,9 @@ def test_two_claimers_in_two_threads_never_get_the_same_job(app):
             start.wait()
             while (got := job_queue.claim(name, lease_seconds=60)) is not None:
                 claimed[name].append(got.id)
+                # A worker runs its job before it claims the next. Claiming back to back, one
+                # thread could win SQLite's write lock for all 60 and the other never compete.
+                time.sleep(0.005)
             db.session.remove()
 
     threads = [threading.Thread(target=claimer, args=(name,)) for name in claimed]
