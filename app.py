@@ -25,6 +25,7 @@ from mailsync.storage_errors import DISK_FULL, storage_problem
 from services import preferences
 from services.records import format_money
 from services.time_display import current_zone_name, local_time
+from views.helpers import content_security_policy
 
 # Endpoints anyone may reach without signing in; every other endpoint requires a user.
 PUBLIC_ENDPOINTS = {
@@ -37,11 +38,7 @@ PUBLIC_ENDPOINTS = {
 }
 PUBLIC_BLUEPRINTS = {"tracking"}
 
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; font-src 'self'; connect-src 'self'; media-src 'none'; "
-    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
+CONTENT_SECURITY_POLICY = content_security_policy()
 
 
 def make_instance_private(instance: Path) -> None:

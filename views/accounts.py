@@ -48,6 +48,7 @@ from services import access, accounts, linking, oauth, signatures
 from services.accounts import RateLimited
 from services.errors import ValidationError
 from views.helpers import (
+    content_security_policy,
     form_value,
     oauth_redirect_uri,
     parse_float,
@@ -69,18 +70,11 @@ def attention_banner() -> dict:
     return {"reauth_accounts": accounts.accounts_needing_attention(current_user)}
 
 
-# The app CSP (app.CONTENT_SECURITY_POLICY) with form-action widened to the sign-in
-# providers' authorization pages: browsers apply form-action to a form's redirects too, and
-# "Sign in with ..." is a form (POST, CSRF) answered with a redirect to the provider.
-SIGN_IN_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; font-src 'self'; connect-src 'self'; media-src 'none'; "
-    "object-src 'none'; base-uri 'none'; form-action 'self' {origins}; frame-ancestors 'none'"
-)
-
-
 @bp.after_request
 def allow_sign_in_redirects(response):
+    """Widen the app CSP's form-action to the sign-in providers' authorization pages: browsers
+    apply form-action to a form's redirects too, and "Sign in with ..." is a form (POST, CSRF)
+    answered with a redirect to the provider."""
     if response.mimetype == "text/html" and current_user.is_authenticated:
         origins = sorted(
             {
@@ -89,8 +83,8 @@ def allow_sign_in_redirects(response):
             }
         )
         if origins:
-            response.headers["Content-Security-Policy"] = SIGN_IN_CSP.format(
-                origins=" ".join(origins)
+            response.headers["Content-Security-Policy"] = content_security_policy(
+                form_action=" ".join(origins)
             )
     return response
 

@@ -54,7 +54,7 @@ from services.inputs import parse_id, search_text
 from services.mail_display import display_text, message_date, sender_label, subject_label
 from services.mail_render import attachment_headers, raw_source_headers
 from services.preferences import get_preference
-from views.helpers import form_value, is_fragment_request
+from views.helpers import content_security_policy, form_value, is_fragment_request
 
 log = logging.getLogger("threadline.mail")
 bp = Blueprint("conversations", __name__, url_prefix="/mail")
@@ -63,13 +63,9 @@ PAGE = "conversations/page.html"
 SIDEBAR = "conversations/partials/sidebar.html"
 SIDEBAR_TARGET = "conversation-sidebar"
 PART_ID = re.compile(r"^[0-9]{1,4}(\.[0-9]{1,4}){0,30}$")
-# The app CSP (app.CONTENT_SECURITY_POLICY) with img-src relaxed, sent only on a response where
+# The app CSP with img-src relaxed, sent only on a response where
 # the user chose to show remote images; the srcdoc frame inherits it (SECURITY.md R6).
-IMAGES_ALLOWED_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data: https: http:; font-src 'self'; connect-src 'self'; media-src 'none'; "
-    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
+IMAGES_ALLOWED_CSP = content_security_policy(img_src="https: http:")
 
 
 @bp.app_template_global()
