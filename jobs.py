@@ -347,7 +347,7 @@ def release_lease(account_id: int, owner: str) -> None:
 
 def backoff_seconds(failures: int) -> float:
     """Return the wait after `failures` consecutive transient failures (exp. + jitter)."""
-    base = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, failures - 1))
+    base = job_queue.backoff_seconds(failures, BACKOFF_BASE_SECONDS, cap=BACKOFF_CAP_SECONDS)
     return base + random.uniform(1, 10)
 
 
