@@ -30,7 +30,7 @@ from extensions import db
 from mailsync import gc, imap, send, store
 from mailsync.blobstore import app_blob_store
 from mailsync.storage_errors import storage_problem
-from mailsync.sync import Progress, SyncResult, sync_account
+from mailsync.sync import Progress, SyncResult, YieldTo, sync_account
 from models import (
     SYNC_ERROR,
     SYNC_IMAP_DISABLED,
@@ -361,11 +361,13 @@ def run_account_sync(
     budget_seconds: float | None = None,
     progress: Progress | None = None,
     all_folders: bool = True,
+    yield_to: YieldTo | None = None,
 ) -> SyncResult | None:
     """Sync one account under its lease, record a SyncRun and update the account state.
 
-    all_folders=False is the scheduled pass (see mailsync.sync.sync_account). Returns None
-    when another worker holds the lease (nothing ran).
+    all_folders=False is the scheduled pass and `yield_to` stops it early for more urgent
+    work (see mailsync.sync.sync_account). Returns None when another worker holds the lease
+    (nothing ran).
     """
     budget = budget_seconds or float(app.config.get("SYNC_BUDGET_SECONDS", 90))
     owner = f"{worker_name()}:{uuid.uuid4().hex[:8]}"
@@ -412,6 +414,7 @@ def run_account_sync(
                     progress=progress,
                     all_folders=all_folders,
                     heartbeat=keeper,
+                    yield_to=yield_to,
                 )
         except Exception as exc:  # sync_account reports errors itself; this is a last resort
             log.exception("account %s: sync crashed", account_id)

@@ -37,10 +37,19 @@ log = logging.getLogger("threadline.worker")
 BUSY_RETRY_SECONDS = 15
 
 
-def _run_sync(app: Flask, account_id: int, payload: dict) -> bool:
-    result = jobs.run_account_sync(
-        app, account_id, all_folders=bool(payload.get("all_folders", True))
-    )
+def _run_sync(
+    app: Flask, account_id: int, payload: dict, *, yield_to: Callable[[], bool] | None = None
+) -> bool:
+    all_folders = bool(payload.get("all_folders", True))
+    result = jobs.run_account_sync(app, account_id, all_folders=all_folders, yield_to=yield_to)
+    if result is not None and result.out_of_time:
+        # A first sync longer than one budget (or a pass that made way for pushed mail) goes
+        # on at once, after whatever is queued now, instead of at the next scheduled tick.
+        with app.app_context():
+            try:
+                accounts.request_sync(account_id, all_folders=all_folders)
+            finally:
+                db.session.remove()
     # A pass's own errors are recorded on the account (its state and backoff), not retried
     # here; None means another pass holds the account, so this one waits its turn.
     return result is not None
@@ -91,6 +100,35 @@ class Stopping(BaseException):
     """
 
 
+class Pushes:
+    """Accounts whose IDLE watcher saw a change and whose pushed pass has not started yet.
+
+    The job loop claims their sync jobs before any other job, and a running pass of another
+    account stops at its next batch boundary (it is queued again at once), so pushed mail
+    shows within seconds even while a long first sync runs.
+    """
+
+    def __init__(self) -> None:
+        self._accounts: set[int] = set()
+        self._lock = threading.Lock()
+
+    def add(self, account_id: int) -> None:
+        with self._lock:
+            self._accounts.add(account_id)
+
+    def waiting(self) -> list[int]:
+        with self._lock:
+            return sorted(self._accounts)
+
+    def waiting_besides(self, account_id: int | None) -> bool:
+        with self._lock:
+            return bool(self._accounts - {account_id})
+
+    def forget(self, account_ids) -> None:
+        with self._lock:
+            self._accounts.difference_update(account_ids)
+
+
 class LeaseRenewal:
     """A thread that renews a running job's lease every third of the lease."""
 
@@ -118,14 +156,28 @@ class LeaseRenewal:
                 log.exception("job %s: renewing the lease failed", self.job.id)
 
 
-def run_one_job(app: Flask, owner: str) -> bool:
-    """Claim and run one job; return False when none was waiting."""
+def run_one_job(app: Flask, owner: str, pushes: Pushes | None = None) -> bool:
+    """Claim and run one job, pushed passes first; return False when none was waiting."""
     lease = float(app.config.get("JOB_LEASE_SECONDS", job_queue.DEFAULT_LEASE_SECONDS))
+    pushed = pushes.waiting() if pushes is not None else []
     with app.app_context():
-        job = job_queue.claim(owner, lease_seconds=lease)
+        job = None
+        if pushed:
+            keys = [accounts.sync_job_key(account_id) for account_id in pushed]
+            job = job_queue.claim(owner, lease_seconds=lease, kinds=[accounts.SYNC_JOB], keys=keys)
+            # Claimed, or not claimable now (its account's earlier job runs elsewhere): either
+            # way it no longer holds up other work; its queued job runs in its turn.
+            pushes.forget([job.account_id] if job is not None else pushed)
+        if job is None:
+            job = job_queue.claim(owner, lease_seconds=lease)
         db.session.remove()
     if job is None:
         return False
+    # Only a pass that was not itself pushed makes way for pushed ones.
+    yield_to = None
+    if pushes is not None and job.account_id not in pushed:
+        account_id = job.account_id
+        yield_to = lambda: pushes.waiting_besides(account_id)  # noqa: E731
     handler = HANDLERS.get(job.kind)
     error = None
     done = False
@@ -133,6 +185,8 @@ def run_one_job(app: Flask, owner: str) -> bool:
         with LeaseRenewal(app, job, lease):
             if handler is None:
                 error = f"unknown job kind {job.kind!r}"
+            elif job.kind == accounts.SYNC_JOB:
+                done = _run_sync(app, job.account_id, job.payload, yield_to=yield_to)
             else:
                 done = handler(app, job.account_id, job.payload)
     except actions.MailActionError as exc:
@@ -203,13 +257,14 @@ def run_worker(app: Flask, *, stopped: threading.Event | None = None) -> None:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     scheduler = start_scheduler(app)
-    watchers = start_idle_watchers(app, wake)
+    pushes = Pushes()
+    watchers = start_idle_watchers(app, wake, pushes)
     try:
         while not stopped.is_set():
             in_job.set()
             try:
                 wake.clear()
-                ran = run_one_job(app, owner)
+                ran = run_one_job(app, owner, pushes)
             finally:
                 in_job.clear()
             if not ran:
@@ -223,11 +278,14 @@ def run_worker(app: Flask, *, stopped: threading.Event | None = None) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def start_idle_watchers(app: Flask, wake: threading.Event) -> idle.IdleWatchers | None:
+def start_idle_watchers(
+    app: Flask, wake: threading.Event, pushes: Pushes
+) -> idle.IdleWatchers | None:
     """Start the IMAP IDLE watchers (mailsync/idle.py) unless IDLE_ENABLED is off.
 
     A change a watcher sees queues the account's scheduled kind of pass (INBOX and Sent),
-    folded into one already queued (services.accounts.request_sync), and wakes the job loop.
+    folded into one already queued (services.accounts.request_sync), marks it pushed (run
+    first; see Pushes) and wakes the job loop.
     """
     if not idle.IdleSettings.from_config(app.config).enabled:
         return None
@@ -238,6 +296,7 @@ def start_idle_watchers(app: Flask, wake: threading.Event) -> idle.IdleWatchers 
                 accounts.request_sync(account_id, all_folders=False)
             finally:
                 db.session.remove()
+        pushes.add(account_id)  # after the commit: the loop finds the queued job
         wake.set()
 
     return idle.IdleWatchers(app, on_change).start()

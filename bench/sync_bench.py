@@ -215,7 +215,7 @@ def run(args) -> None:
         print(
             f"(1) bare IMAPClient download: {bare_count} msgs in {bare_seconds:.2f} s "
             f"= {bare_rate:.0f} msg/s (batches of {args.bare_batch}); "
-            f"client CPU {bare_cpu:.2f} s"
+            f"client CPU {bare_cpu:.2f} s = {bare_cpu / bare_count * 1000:.3f} ms/msg"
         )
 
         from extensions import db
@@ -227,6 +227,11 @@ def run(args) -> None:
             workdir,
             args.database_url,
             SYNC_FETCH_THREAD=os.environ.get("SYNC_FETCH_THREAD", "1") == "1",
+            **(
+                {"SYNC_PARSE_WORKERS": int(os.environ["SYNC_PARSE_WORKERS"])}
+                if "SYNC_PARSE_WORKERS" in os.environ
+                else {}
+            ),
         )
         with app.app_context():
             owner = users.create_user(
@@ -263,7 +268,8 @@ def run(args) -> None:
         print(
             f"(2) Threadline first sync: {stored} msgs in {sync_seconds:.2f} s "
             f"= {sync_rate:.0f} msg/s; ratio (2)/(1) = {sync_rate / bare_rate:.2f} (target >= 0.6); "
-            f"client CPU {sync_cpu:.2f} s incl. parse workers"
+            f"client CPU {sync_cpu:.2f} s incl. parse workers = {sync_cpu / stored * 1000:.3f} "
+            f"ms/msg ({sync_cpu / stored / (bare_cpu / bare_count):.1f}x the bare download's)"
         )
         print(
             f"(4) newest 50 in the database after {first50.get('t', float('nan')):.2f} s "

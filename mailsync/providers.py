@@ -454,6 +454,7 @@ class OAuthProvider:
     # Extra authorize parameters: Google issues a refresh token only with offline access
     # and consent; Microsoft issues one for the offline_access scope.
     authorize_params: tuple[tuple[str, str], ...] = ()
+    mailboxes: str = ""  # which mailboxes it signs in, in words, for the Add account page
 
 
 OAUTH_PROVIDERS: dict[str, OAuthProvider] = {
@@ -466,6 +467,7 @@ OAUTH_PROVIDERS: dict[str, OAuthProvider] = {
         "openid email https://mail.google.com/",
         ("gmail",),
         (("access_type", "offline"), ("prompt", "consent")),
+        mailboxes="Gmail and Google Workspace",
     ),
     "microsoft": OAuthProvider(
         "microsoft",
@@ -478,6 +480,7 @@ OAUTH_PROVIDERS: dict[str, OAuthProvider] = {
         "https://outlook.office.com/SMTP.Send offline_access",
         ("office365", "outlook"),
         (("prompt", "select_account"),),
+        mailboxes="Microsoft 365 and Outlook.com",
     ),
 }
 

@@ -111,10 +111,13 @@ Progress = Callable[[str, int, int], None]
 # Tells whether the pass still holds its account's sync lease (False once another worker
 # took it); the caller renews the lease in the background (jobs.LeaseKeeper).
 Heartbeat = Callable[[], bool]
+# Tells whether more urgent work waits for the worker (a pass IDLE pushed for another
+# account): the pass then stops at its next batch boundary, as when its time is up.
+YieldTo = Callable[[], bool]
 
 
 class BudgetExceeded(Exception):
-    """The run's time budget is spent; the next tick resumes where this one stopped."""
+    """The run's time is up (its budget, or more urgent work waits): the next pass resumes."""
 
 
 class LeaseLost(Exception):
@@ -134,7 +137,8 @@ class SyncResult:
     error: str | None = None
     error_kind: str | None = None
     needs_user_action: bool = False
-    complete: bool = True  # False when the budget ran out before every folder was done
+    complete: bool = True  # False when the pass stopped before every folder was done
+    out_of_time: bool = False  # stopped for its budget or for urgent work: resume it soon
     folder_errors: dict[str, str] = field(default_factory=dict)
     log: store.RunLog = field(default_factory=store.RunLog)  # message by message
 
@@ -343,11 +347,13 @@ class AccountSync:
         *,
         all_folders: bool = True,
         heartbeat: Heartbeat | None = None,
+        yield_to: YieldTo | None = None,
     ):
         self.app = app
         self.account_id = account_id
         self.all_folders = all_folders
         self.heartbeat = heartbeat
+        self.yield_to = yield_to
         self.other_folders_interval = timedelta(
             seconds=float(
                 app.config.get("OTHER_FOLDERS_INTERVAL_SECONDS", OTHER_FOLDERS_INTERVAL_SECONDS)
@@ -433,9 +439,15 @@ class AccountSync:
 
     def check_budget(self) -> None:
         """Stop the pass when its time is up or its lease is lost (called between transactions)."""
-        if time.monotonic() > self.deadline:
+        if self.out_of_time():
             raise BudgetExceeded()
         self.keep_lease()
+
+    def out_of_time(self) -> bool:
+        """True once the budget is spent or more urgent work waits (see YieldTo)."""
+        if time.monotonic() > self.deadline:
+            return True
+        return self.yield_to is not None and self.yield_to()
 
     def keep_lease(self) -> None:
         """Stop the pass when another worker took the account's lease (SYNC.md §1)."""
@@ -504,6 +516,7 @@ class AccountSync:
         except BudgetExceeded:
             db.session.rollback()
             self.result.complete = False
+            self.result.out_of_time = True
         except LeaseLost:
             db.session.rollback()
             log.warning("account %s: another worker took over the sync lease", self.account_id)
@@ -1212,7 +1225,7 @@ class AccountSync:
                 batch = next(queued, None)
                 if batch is None:
                     return
-                if time.monotonic() > self.deadline:
+                if self.out_of_time():
                     out_of_time = True
                     return
                 fetching.append((batch, self._start_fetch(conn, batch)))
@@ -1625,13 +1638,14 @@ def sync_account(
     progress: Progress | None = None,
     all_folders: bool = True,
     heartbeat: Heartbeat | None = None,
+    yield_to: YieldTo | None = None,
 ) -> SyncResult:
     """Run one sync pass of an account within a time budget; errors land in the result.
 
     all_folders=False is a scheduled pass: folders other than INBOX and Sent are skipped when
     synced less than OTHER_FOLDERS_INTERVAL_SECONDS ago. `heartbeat` tells, between
-    batches, whether the caller still holds its lease. Does not touch account state (see
-    jobs.run_account_sync).
+    batches, whether the caller still holds its lease; `yield_to`, whether to stop early for
+    more urgent work. Does not touch account state (see jobs.run_account_sync).
     """
     with app.app_context():
         try:
@@ -1642,6 +1656,7 @@ def sync_account(
                 progress,
                 all_folders=all_folders,
                 heartbeat=heartbeat,
+                yield_to=yield_to,
             )
         except Exception as exc:  # e.g. undecryptable password
             db.session.rollback()

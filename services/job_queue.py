@@ -144,9 +144,11 @@ def _claimable(now: datetime):
 
 
 def claim(
-    owner: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS, kinds=None
+    owner: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS, kinds=None, keys=None
 ) -> ClaimedJob | None:
     """Take the next runnable job for `owner` under a lease, or return None; commits.
+
+    `kinds` and `keys` narrow the choice (the worker takes pushed passes first this way).
 
     Each claim counts an attempt, a reclaimed job's too: a job that kills its worker every
     time ends as failed instead of looping forever.
@@ -156,6 +158,8 @@ def claim(
         query = select(Job.id).where(_claimable(now)).order_by(Job.run_after, Job.id).limit(1)
         if kinds is not None:
             query = query.where(Job.kind.in_(list(kinds)))
+        if keys is not None:
+            query = query.where(Job.key.in_(list(keys)))
         candidate = db.session.scalar(query.with_for_update(skip_locked=True))
         if candidate is None:
             db.session.commit()

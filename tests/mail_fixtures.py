@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
 
 _ids = itertools.count(1)
+# Mails built without a date get ever later ones, one second apart (never wrapping), so two
+# built in a row are always in that order, as a test reading "the later mail" expects.
+_DEFAULT_DATES_FROM = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 
 # 1x1 transparent PNG
 PNG_1X1 = bytes.fromhex(
@@ -41,9 +44,7 @@ def build_message(
     if cc:
         message["Cc"] = cc
     message["Subject"] = subject
-    message["Date"] = format_datetime(
-        date or datetime(2026, 11, 2, 10, next(_ids) % 60, tzinfo=UTC)
-    )
+    message["Date"] = format_datetime(date or _DEFAULT_DATES_FROM + timedelta(seconds=next(_ids)))
     message["Message-ID"] = message_id or make_msgid(domain="customer.test")
     if in_reply_to:
         message["In-Reply-To"] = in_reply_to

@@ -24,7 +24,7 @@ from tests.servers.dovecot import DovecotServer, ServerProfile, make_certificate
 from tests.servers.fake_imap import FakeIMAPServer, FakeState, Quirks
 from tests.servers.proxy import CuttingProxy
 from tests.sync_helpers import raw_message
-from tests.test_jobs import environment, flask_process, stop, subjects, wait_for
+from tests.test_jobs import environment, flask_process, runs, stop, subjects, wait_for
 
 pytestmark = [pytest.mark.imap, pytest.mark.timing]  # push within 5 s: wall-clock bounds, run alone
 
@@ -149,6 +149,72 @@ def test_worker_pushes_new_mail_expunges_and_flag_changes_within_five_seconds(
         assert not pushing(account.id)
         page = client.get(f"/settings/accounts/{account.id}").get_data(as_text=True)
         assert "0 live IMAP IDLE connections" in page
+    finally:
+        stop(worker)
+
+
+def stored_count(account_id: int) -> int:
+    db.session.rollback()
+    return len(subjects(account_id))
+
+
+@pytest.fixture
+def slow_big_mailbox(app, make_user, make_account, dovecot):
+    """An account whose first sync takes a while: 120 messages, one per FETCH, each answer
+    held back 0.1 s by a slow link (so >= 12 s however fast the machine is)."""
+    mail_user = dovecot.add_user("big-and-slow@mail.test")
+    dovecot.fill_inbox(
+        mail_user.email, [raw_message(1000 + n, to=mail_user.email) for n in range(120)]
+    )
+    proxy = CuttingProxy(dovecot.host, dovecot.ssl_port, cut_after=10**12, cuts=0, delay_down=0.1)
+    yield make_account(make_user(), mail_user, imap_port=proxy.port)
+    proxy.close()
+
+
+@pytest.mark.slow(seconds=40)
+def test_pushed_mail_does_not_wait_for_another_accounts_long_first_sync(
+    app, account, dovecot, mail_user, slow_big_mailbox
+):
+    """The worker has one job loop: a push for one account stops another account's long
+    pass at its next batch (that pass is queued again and goes on afterwards)."""
+    env = environment(
+        app,
+        SYNC_START_DELAY_SECONDS=0,
+        SYNC_INTERVAL_SECONDS=3600,
+        IDLE_REFRESH_SECONDS=0.5,
+        SYNC_BATCH_MESSAGES=1,
+        SYNC_PARSE_WORKERS=0,
+    )
+    worker = flask_process(env, "worker")
+    try:
+        # Both first passes are queued at start, this account's (lower id) first.
+        wait_for(lambda: pushing(account.id), seconds=60)
+        wait_for(lambda: stored_count(slow_big_mailbox.id) > 0, seconds=60)
+        dovecot.deliver(mail_user.email, raw_message(1, to=mail_user.email))
+        assert seconds_until(lambda: message(account.id, "Message 1")) < PUSH_SECONDS
+        assert stored_count(slow_big_mailbox.id) < 120  # the long pass was still going
+        # The pass that made way goes on at once, not at the next (hourly) scheduled tick.
+        wait_for(lambda: stored_count(slow_big_mailbox.id) == 120, seconds=90)
+    finally:
+        stop(worker)
+
+
+@pytest.mark.slow(seconds=30)
+def test_a_first_sync_longer_than_one_pass_goes_on_without_waiting_for_the_schedule(
+    app, slow_big_mailbox
+):
+    env = environment(
+        app,
+        SYNC_START_DELAY_SECONDS=0,
+        SYNC_INTERVAL_SECONDS=3600,
+        SYNC_BUDGET_SECONDS=3,
+        SYNC_BATCH_MESSAGES=1,
+        SYNC_PARSE_WORKERS=0,
+    )
+    worker = flask_process(env, "worker")
+    try:
+        wait_for(lambda: stored_count(slow_big_mailbox.id) == 120, seconds=90)
+        assert len(runs(slow_big_mailbox.id)) >= 4  # several 3-second passes, back to back
     finally:
         stop(worker)
 

@@ -112,6 +112,17 @@ def test_jobs_of_one_key_run_one_at_a_time_in_order(app):
     assert job_queue.claim("w3").id == second
 
 
+def test_a_claim_can_take_the_jobs_of_some_keys_first_but_never_out_of_a_keys_order(app):
+    older = job_queue.enqueue("sync", key="account:1")
+    pushed_first = job_queue.enqueue("sync", key="account:2")
+    pushed_second = job_queue.enqueue("sync", key="account:2")
+    assert job_queue.claim("w", keys=["account:2", "account:3"]).id == pushed_first
+    assert job_queue.claim("w", keys=["account:2"]) is None  # its earlier job still runs
+    assert job_queue.claim("w").id == older
+    job_queue.complete(pushed_first, "w")
+    assert job_queue.claim("w", keys=["account:2"]).id == pushed_second
+
+
 def test_a_finally_failed_job_no_longer_holds_its_key_back(app):
     first = job_queue.enqueue("a", key="k", max_attempts=1)
     second = job_queue.enqueue("a", key="k")

@@ -174,6 +174,12 @@ def test_sign_in_buttons_show_only_for_providers_an_admin_set_up(app, make_user,
     oauth.save_client(app, "google", client_id="cid", client_secret="secret")
     page = client.get("/settings/accounts/new")
     assert b"Sign in with Google" in page.data and b"Sign in with Microsoft" not in page.data
+    # The hint names the mailboxes the offered sign-in serves, not the ones it does not.
+    assert b"Gmail and Google Workspace: sign in at the provider" in page.data
+    assert b"Microsoft 365 and Outlook.com" not in page.data
+    oauth.save_client(app, "microsoft", client_id="mid", client_secret="secret")
+    both = client.get("/settings/accounts/new").data
+    assert b"Gmail and Google Workspace; Microsoft 365 and Outlook.com: sign in" in both
     # The form's redirect to Google's page is allowed, and nothing else is widened.
     policy = page.headers["Content-Security-Policy"]
     assert "form-action 'self' https://accounts.google.com;" in policy

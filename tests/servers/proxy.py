@@ -1,5 +1,5 @@
 """A loopback TCP proxy that can cut a connection after N bytes (mid-FETCH faults) and then
-refuse connections for a while, as a restarting mail server does."""
+refuse connections for a while, as a restarting mail server does, or answer slowly."""
 
 from __future__ import annotations
 
@@ -12,13 +12,22 @@ class CuttingProxy:
     """Forward to (host, port); the first `cuts` connections die after `cut_after` bytes down.
 
     With `refuse_for`, each cut is a server restart: the proxy stops listening (connections
-    are refused) for that many seconds, then listens again on the same port.
+    are refused) for that many seconds, then listens again on the same port. With
+    `delay_down`, every chunk the server sends waits that long first (a slow server or link).
     """
 
     def __init__(
-        self, host: str, port: int, *, cut_after: int, cuts: int = 1, refuse_for: float = 0.0
+        self,
+        host: str,
+        port: int,
+        *,
+        cut_after: int,
+        cuts: int = 1,
+        refuse_for: float = 0.0,
+        delay_down: float = 0.0,
     ):
         self.target = (host, port)
+        self.delay_down = delay_down
         self.cut_after = cut_after
         self.cuts_left = cuts
         self.refuse_for = refuse_for
@@ -50,10 +59,14 @@ class CuttingProxy:
             upstream = socket.create_connection(self.target)
             with self.lock:
                 self.open_sockets += [client, upstream]
-            threading.Thread(target=self._pipe, args=(client, upstream, None), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, limit), daemon=True).start()
+            up = (client, upstream, None, 0.0)
+            down = (upstream, client, limit, self.delay_down)
+            threading.Thread(target=self._pipe, args=up, daemon=True).start()
+            threading.Thread(target=self._pipe, args=down, daemon=True).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket, limit: int | None) -> None:
+    def _pipe(
+        self, source: socket.socket, sink: socket.socket, limit: int | None, delay: float
+    ) -> None:
         sent = 0
         cut = False
         try:
@@ -61,6 +74,8 @@ class CuttingProxy:
                 data = source.recv(65536)
                 if not data:
                     break
+                if delay:
+                    time.sleep(delay)
                 if limit is not None and sent + len(data) >= limit:
                     sink.sendall(data[: max(0, limit - sent)])
                     with self.lock:
