@@ -491,15 +491,16 @@ def _threads_with(message_id, member: ColumnElement[bool]) -> ColumnElement[bool
         # rows; walking the account's threads newest first would pass all of them.
         # The ids are read first and bound as a list: given the subquery instead,
         # PostgreSQL still walks the account's list index expecting an early stop, and in
-        # an empty folder it walks all of it (263 ms at 100,000 messages).
-        return Thread.id.in_(
-            db.session.scalars(
-                select(Message.thread_id)
-                .join(message_id.class_, message_id == Message.id)
-                .where(member, _live_message())
-                .distinct()
-            ).all()
+        # an empty folder it walks all of it (263 ms at 100,000 messages). No DISTINCT in
+        # SQL: for it SQLite walks every message in thread order (100 ms for an empty
+        # Trash at 100,000) instead of the folder's few rows (0.05 ms).
+        thread_ids = db.session.scalars(
+            select(Message.thread_id)
+            .select_from(message_id.class_)
+            .join(Message, message_id == Message.id)
+            .where(member, _live_message())
         )
+        return Thread.id.in_(sorted(set(thread_ids)))
     # A big folder: walk threads newest first (index order) and stop at the page.
     return exists().where(
         Message.thread_id == Thread.id, _live_message(), message_id == Message.id, member
