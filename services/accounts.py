@@ -805,14 +805,17 @@ def resume_account(user: User, account: MailAccount) -> None:
         db.session.commit()
 
 
-def remove_account(user: User, account: MailAccount, *, keep_mail: bool) -> None:
-    """Disconnect the account; commits.
+def remove_account(user: User, account: MailAccount, *, keep_mail: bool, app: Flask) -> str | None:
+    """Disconnect the account; commits. Return a warning for the user, or None.
 
     keep_mail=True: forget the password, stop syncing, keep the synced mail visible.
     keep_mail=False: delete the account and its synced mail (the stored raw mail files go
     with the next blob sweep, jobs.sweep_blobs, within the hour).
+    An OAuth2 account's grant is revoked at the provider first: a removed mailbox leaves
+    Threadline no way back in.
     """
     _require_owner(user, account)
+    warning = oauth.revoke_grant(app, account)
     if keep_mail:
         account.removed_at = utcnow()
         account.sync_state = SYNC_PAUSED
@@ -822,6 +825,7 @@ def remove_account(user: User, account: MailAccount, *, keep_mail: bool) -> None
         db.session.delete(account)
     db.session.commit()
     log.info("mail account %s removed by user %s (keep_mail=%s)", account.id, user.id, keep_mail)
+    return warning
 
 
 SYNC_JOB = "account.sync"  # the worker runs it with jobs.run_account_sync

@@ -46,6 +46,7 @@ log = logging.getLogger("threadline.oauth")
 # just before the expiry does not sign in with a token that dies half-way.
 REFRESH_MARGIN = timedelta(minutes=5)
 HTTP_TIMEOUT_SECONDS = 20
+REVOKE_TIMEOUT_SECONDS = 5  # a user waits on it while removing the account
 CLIENT_ID_MAX = 500
 CLIENT_SECRET_MAX = 1000
 
@@ -263,6 +264,49 @@ def store_tokens(app: Flask, account: MailAccount, tokens: Tokens) -> None:
     if tokens.refresh_token:
         account.refresh_token_encrypted = box.encrypt(tokens.refresh_token)
     account.token_expires_at = tokens.expires_at
+
+
+def revoke_grant(app: Flask, account: MailAccount) -> str | None:
+    """Give up the account's grant at its provider (RFC 7009), as its removal asks; return
+    None when done (or when there is none), else what the user can do instead.
+
+    Best effort: the removal goes ahead whatever the provider says. Microsoft has no
+    revocation endpoint; the user removes the app's access in their account there.
+    """
+    key = oauth_provider_for_preset(account.provider)
+    if account.auth_type != AUTH_XOAUTH2 or key is None:
+        return None
+    chosen = provider(app, key)
+    if chosen.revoke_url is None:
+        return (
+            f"{chosen.label} lets apps keep their access until you remove it: see the apps "
+            f"with access to your {chosen.label} account."
+        )
+    try:
+        refresh_token = secret_box(app).decrypt(account.refresh_token_encrypted or b"")
+        session, chosen = _session(app, key)
+    except (CredentialError, ValidationError):
+        return None  # nothing usable is stored, or sign-in is no longer set up
+    account_id = account.id
+    db.session.commit()  # no transaction open while the provider answers
+    try:
+        response = session.revoke_token(
+            chosen.revoke_url,
+            token=refresh_token,
+            token_type_hint="refresh_token",
+            timeout=REVOKE_TIMEOUT_SECONDS,
+        )
+        revoked = response.status_code == 200
+    except RequestException as exc:
+        log.info("account %s: revoking the grant failed: %s", account_id, exc)
+        revoked = False
+    if revoked:
+        log.info("account %s: OAuth2 grant revoked at %s", account_id, chosen.label)
+        return None
+    return (
+        f"{chosen.label} could not be reached to end Threadline's access; remove it among the "
+        f"apps with access to your {chosen.label} account."
+    )
 
 
 # --------------------------------------------------------------------------- renewal

@@ -434,7 +434,7 @@ def test_watchers_follow_the_accounts_state_credentials_and_the_limit(
         account = fresh(first.id)
         account.sync_state = "needs_reauth"
         db.session.commit()
-        account_service.remove_account(user, fresh(second.id), keep_mail=True)
+        account_service.remove_account(user, fresh(second.id), keep_mail=True, app=app)
         watchers.refresh()
         assert watchers.watchers == {}
     finally:

@@ -395,6 +395,64 @@ def test_renewal_that_cannot_reach_the_provider_is_a_retry_not_a_reauth(
     assert failure.value.transient
 
 
+@pytest.mark.parametrize("keep_mail", ["1", "0"])
+def test_removing_the_mailbox_revokes_the_grant_at_the_provider(
+    app, google, oauth_server, mailbox, make_user, login, keep_mail
+):
+    user = make_user()
+    client = login(user)
+    sign_in(client)
+    account = account_of(user)
+    refresh = secret_box(app).decrypt(account.refresh_token_encrypted)
+    assert not oauth_server.grants[refresh].revoked
+    removed = client.post(f"/settings/accounts/{account.id}/remove", data={"keep_mail": keep_mail})
+    assert removed.status_code == 303
+    assert oauth_server.grants[refresh].revoked  # Threadline has no way back in
+    page = client.get("/settings/accounts/").get_data(as_text=True)
+    assert "could not be reached" not in page
+
+
+def test_removal_goes_ahead_when_the_provider_cannot_be_reached_and_says_what_to_do(
+    app, google, oauth_server, mailbox, make_user, login
+):
+    user = make_user()
+    client = login(user)
+    sign_in(client)
+    account = account_of(user)
+    refresh = secret_box(app).decrypt(account.refresh_token_encrypted)
+    app.config["OAUTH_ENDPOINTS"] = {
+        "google": {**oauth_server.endpoints(), "revoke_url": "http://127.0.0.1:9/revoke"}
+    }
+    removed = client.post(f"/settings/accounts/{account.id}/remove", data={"keep_mail": "0"})
+    assert removed.status_code == 303
+    assert account_of(user) is None
+    assert not oauth_server.grants[refresh].revoked
+    page = client.get("/settings/accounts/").get_data(as_text=True)
+    assert "Google could not be reached to end Threadline&#39;s access" in page
+
+
+def test_a_microsoft_mailbox_removal_says_where_to_end_the_access(app, make_user, login):
+    user = make_user()
+    client = login(user)
+    account = MailAccount(
+        user_id=user.id,
+        email_address="ana@contoso.test",
+        username="ana@contoso.test",
+        provider="office365",
+        auth_type="xoauth2",
+        password_encrypted=secret_box(app).encrypt("access"),
+        refresh_token_encrypted=secret_box(app).encrypt("refresh"),
+        imap_host="outlook.office365.com",
+        imap_port=993,
+        imap_security="ssl",
+    )
+    db.session.add(account)
+    db.session.commit()
+    client.post(f"/settings/accounts/{account.id}/remove", data={"keep_mail": "0"})
+    page = client.get("/settings/accounts/").get_data(as_text=True)
+    assert "Microsoft lets apps keep their access until you remove it" in page
+
+
 # --------------------------------------------------------------------------- in the browser
 
 

@@ -193,13 +193,13 @@ def test_a_sync_pass_rewrites_conversations_at_most_every_interval_and_at_the_en
 
 
 def test_removing_a_mailbox_with_its_mail_empties_its_search_rows(
-    me, account, inbox, make_mailbox_message
+    app, me, account, inbox, make_mailbox_message
 ):
     from services import accounts
 
     message = make_mailbox_message(inbox, subject="Kiwi order", body="walnut")
     message_id, thread_id = message.id, message.thread_id
-    accounts.remove_account(me, account, keep_mail=False)
+    accounts.remove_account(me, account, keep_mail=False, app=app)
     assert _index_rows(thread_id) == 0
     leftover = db.session.execute(
         text("SELECT count(*) FROM message_text WHERE message_id = :id"), {"id": message_id}

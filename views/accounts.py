@@ -479,7 +479,11 @@ def remove_form(account_id: int):
 @bp.post("/<id:account_id>/remove")
 def remove(account_id: int):
     account = access.account_for(current_user, account_id)
-    accounts.remove_account(current_user, account, keep_mail=request.form.get("keep_mail") != "0")
+    warning = accounts.remove_account(
+        current_user, account, keep_mail=request.form.get("keep_mail") != "0", app=current_app
+    )
+    if warning:
+        flash(warning, "warn")
     return redirect(url_for("accounts.index"), code=303)
 
 
