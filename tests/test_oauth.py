@@ -100,6 +100,20 @@ def google(app, oauth_server, oauth_dovecot, smtp_oauth):
     return app
 
 
+@pytest.fixture
+def microsoft(app, google, oauth_server):
+    """As `google`, for "Sign in with Microsoft" (the same local servers stand in)."""
+    app.config["OAUTH_ENDPOINTS"]["microsoft"] = oauth_server.endpoints()
+    app.config["OAUTH_MAIL_SERVERS"]["microsoft"] = app.config["OAUTH_MAIL_SERVERS"]["google"]
+    oauth.save_client(
+        app,
+        "microsoft",
+        client_id=oauth_server.client.client_id,
+        client_secret=oauth_server.client.client_secret,
+    )
+    return app
+
+
 def sign_in(client, path: str = "/settings/accounts/oauth/google"):
     """Press a sign-in button, let the provider approve, and follow it back to Threadline."""
     started = client.post(path)
@@ -217,6 +231,52 @@ def test_sign_in_with_google_connects_the_mailbox_and_sync_uses_the_token(
     assert jobs.run_account_sync(app, account.id).ok
     assert message_count(account.id) == 1
     assert f"user=<{mailbox.email}>, method=XOAUTH2" in oauth_dovecot.log()
+
+
+def test_sign_in_with_microsoft_connects_a_microsoft_365_mailbox_and_syncs_and_sends(
+    app, microsoft, oauth_server, oauth_dovecot, smtp_oauth, mailbox, make_user, login
+):
+    oauth_dovecot.deliver(mailbox.email, raw_message(1, to=mailbox.email))
+    user = make_user()
+    client = login(user)
+    started = client.post("/settings/accounts/oauth/microsoft")
+    query = parse_qs(urlsplit(started.headers["Location"]).query)
+    assert "offline_access" in query["scope"][0].split()  # Microsoft's refresh token
+    assert query["prompt"] == ["select_account"]
+    response = sign_in(client, "/settings/accounts/oauth/microsoft")
+    assert response.status_code == 303, response.data
+    account = account_of(user)
+    # An address of no known consumer domain is a Microsoft 365 (work or school) mailbox.
+    assert account.provider == "office365" and account.auth_type == "xoauth2"
+    assert account.email_address == mailbox.email
+    assert jobs.run_account_sync(app, account.id).ok
+    assert message_count(account.id) == 1
+    assert f"user=<{mailbox.email}>, method=XOAUTH2" in oauth_dovecot.log()
+    client = smtp.connect(send.smtp_settings(app, account_of(user)))
+    try:
+        smtp.deliver(client, mailbox.email, ["carla@customer.test"], b"Subject: hi\r\n\r\nhi\r\n",
+                     smtputf8=False)  # fmt: skip
+    finally:
+        smtp.close(client)
+    assert smtp_oauth.handler.oauth_logins == [mailbox.email]
+
+
+def test_a_rotated_refresh_token_replaces_the_old_one(
+    app, microsoft, oauth_server, mailbox, make_user, login
+):
+    oauth_server.rotate_refresh_tokens = True  # as Microsoft does
+    user = make_user()
+    sign_in(login(user), "/settings/accounts/oauth/microsoft")
+    first = secret_box(app).decrypt(account_of(user).refresh_token_encrypted)
+    for _renewal in range(2):
+        account = account_of(user)
+        account.token_expires_at = utcnow()
+        db.session.commit()
+        oauth.fresh_access_token(app, account)
+    latest = secret_box(app).decrypt(account_of(user).refresh_token_encrypted)
+    assert latest != first and oauth_server.refreshes == 2
+    assert oauth_server.grants[first].revoked and not oauth_server.grants[latest].revoked
+    assert jobs.run_account_sync(app, account_of(user).id).ok
 
 
 def test_a_forged_or_replayed_callback_is_refused(app, google, mailbox, make_user, login):

@@ -149,6 +149,8 @@ class OAuthServer:
         self.resource = Client(resource_id, resource_secret)
         self.email = email  # the user /authorize approves
         self.token_lifetime = token_lifetime
+        # As Microsoft does: each refresh answers with a new refresh token and ends the old.
+        self.rotate_refresh_tokens = False
         self.codes: dict[str, Code] = {}
         self.grants: dict[str, Grant] = {}  # by refresh token
         self.tokens: dict[str, AccessToken] = {}  # by access token
@@ -224,16 +226,16 @@ class OAuthServer:
         def save_token(token, oauth_request):
             with outer._lock:
                 grant = getattr(oauth_request, "refresh_token", None)
-                if grant is None:  # authorization_code: a new grant
+                if grant is not None:
+                    outer.refreshes += 1
+                if grant is None or "refresh_token" in token:  # a new grant, or rotated
                     grant = Grant(
                         oauth_request.client.client_id,
                         oauth_request.user["email"],
-                        token.get("scope", ""),
+                        token.get("scope") or (grant.scope if grant else ""),
                         token["refresh_token"],
                     )
                     outer.grants[grant.refresh_token] = grant
-                else:
-                    outer.refreshes += 1
                 outer.tokens[token["access_token"]] = AccessToken(
                     grant, token["access_token"], time.time(), int(token["expires_in"])
                 )
@@ -288,8 +290,14 @@ class OAuthServer:
             def authenticate_user(self, credential):
                 return {"email": credential.email}
 
+            @property
+            def INCLUDE_NEW_REFRESH_TOKEN(self):  # noqa: N802 (Authlib's name)
+                return outer.rotate_refresh_tokens
+
             def revoke_old_credential(self, refresh_token):
-                pass  # the refresh token stays valid, as Google's does
+                # Google's refresh token stays valid; a rotated one is used up.
+                if outer.rotate_refresh_tokens:
+                    refresh_token.revoked = True
 
         class Revocation(RevocationEndpoint):
             CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
