@@ -217,7 +217,13 @@ def test_sign_in_with_google_connects_the_mailbox_and_sync_uses_the_token(
     response = sign_in(client)
     assert response.status_code == 303, response.data
     account = account_of(user)
-    assert response.headers["Location"].endswith(f"/settings/accounts/{account.id}")
+    # Step 2, as after a password sign-in: folders and history, while the newest mail arrives.
+    assert response.headers["Location"].endswith(
+        f"/settings/accounts/{account.id}/folders?connected=1"
+    )
+    step_two = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "is connected and its newest mail is coming in" in step_two
+    assert 'aria-current="step">Choose folders' in step_two and "INBOX" in step_two
     assert account.email_address == mailbox.email  # from the id_token
     assert account.auth_type == "xoauth2" and account.provider == "gmail"
     assert account.sync_state == SYNC_RUNNING
@@ -531,12 +537,17 @@ def test_sign_in_with_google_in_the_browser(
     page.goto(live_server.url + "/settings/accounts/new")
     page.get_by_role("button", name="Sign in with Google").click()
 
-    # The local provider approves at once and sends the browser back to the account's page.
+    # The local provider approves at once and sends the browser back to step 2: folders.
+    page.wait_for_url(re.compile(r".*/settings/accounts/\d+/folders\?connected=1$"))
+    expect(page.get_by_role("status")).to_contain_text(f"{mailbox.email} is connected")
+    page.get_by_label("How far back").select_option("all")
+    page.get_by_role("button", name="Save").click()
     page.wait_for_url(re.compile(r".*/settings/accounts/\d+$"))
     expect(page.get_by_role("heading", name=mailbox.email)).to_be_visible()
     expect(page.locator("h2 .badge")).to_have_text(re.compile(r"^(Syncing|Up to date)$"))
     account = account_of(user)
     assert account.auth_type == "xoauth2" and account.email_address == mailbox.email
+    assert account.since == "all"  # the choice made in step 2
     assert secret_box(live_server.app).decrypt(account.password_encrypted) not in page.content()
 
 

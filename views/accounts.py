@@ -447,7 +447,15 @@ def folders_form(account_id: int):
     except (ValidationError, RateLimited) as exc:
         folders, errors = [], getattr(exc, "errors", {"__all__": str(exc)})
     context = _folder_context(folders, account.folder_mode, account.chosen_folders, account.since)
-    return render_template("accounts/folders.html", account=account, errors=errors, **context)
+    return render_template(
+        "accounts/folders.html",
+        account=account,
+        errors=errors,
+        # Step 2 of adding a mailbox with "Sign in with ..." (the password flow's step 2 is
+        # accounts/choose.html, before the account exists).
+        just_connected=request.args.get("connected") == "1",
+        **context,
+    )
 
 
 @bp.post("/<id:account_id>/folders")
@@ -558,4 +566,8 @@ def oauth_callback():
             )
         return _step_one({"provider": "other"}, errors, status)
     accounts.request_sync(account.id)
-    return redirect(url_for("accounts.show", account_id=account.id), code=303)
+    if flow.get("account_id"):  # signed in again: back to its page
+        return redirect(url_for("accounts.show", account_id=account.id), code=303)
+    # A new mailbox: its newest mail is already coming in; the user chooses folders and
+    # history next, as after a password sign-in.
+    return redirect(url_for("accounts.folders_form", account_id=account.id, connected=1), code=303)
