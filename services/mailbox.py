@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from flask import g, has_request_context
 from sqlalchemy import (
     ColumnElement,
     Integer,
@@ -210,8 +211,7 @@ def folder_label(folder: MailFolder) -> str:
 
 def has_mailbox(user: User) -> bool:
     """Tell whether the user has connected a mailbox of their own."""
-    found = db.session.scalar(select(MailAccount.id).where(MailAccount.user_id == user.id))
-    return found is not None
+    return bool(_account_ids(user))
 
 
 def folder_title(user: User, key: str) -> str:
@@ -405,7 +405,13 @@ def _row_value(thread: Thread):
 
 
 def _account_ids(user: User) -> list[int]:
-    return list(db.session.scalars(select(MailAccount.id).where(MailAccount.user_id == user.id)))
+    """Return the ids of the user's mailboxes; read once per web request (the Mail tab's
+    list, folders, saving state and empty-state check each need them)."""
+    cache = g.setdefault("own_account_ids", {}) if has_request_context() else {}
+    if user.id not in cache:
+        query = select(MailAccount.id).where(MailAccount.user_id == user.id)
+        cache[user.id] = list(db.session.scalars(query))
+    return list(cache[user.id])
 
 
 def _page_order(thread: Thread) -> tuple[bool, datetime | None, int]:

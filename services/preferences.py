@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from flask import g, has_request_context
 from sqlalchemy import select
 
 from extensions import db
@@ -129,20 +130,25 @@ def register(spec: PreferenceSpec) -> None:
 
 def get_preference(user: User, key: str) -> Any:
     """Return the user's value for `key`, or its default."""
-    spec = PREFERENCES[key]
-    row = db.session.scalar(
-        select(Preference).where(Preference.user_id == user.id, Preference.key == key)
-    )
-    return spec.default if row is None else row.value
+    return _stored(user).get(key, PREFERENCES[key].default)
 
 
 def all_preferences(user: User) -> dict[str, Any]:
     """Return every preference of `user`, defaults filled in."""
-    stored = {
-        row.key: row.value
-        for row in db.session.scalars(select(Preference).where(Preference.user_id == user.id))
-    }
+    stored = _stored(user)
     return {key: stored.get(key, spec.default) for key, spec in PREFERENCES.items()}
+
+
+def _stored(user: User) -> dict[str, Any]:
+    """Return the user's stored values: one query, kept for the rest of a web request (a page
+    asks for several, and on PostgreSQL each query is a round trip)."""
+    cache = g.setdefault("stored_preferences", {}) if has_request_context() else {}
+    if user.id not in cache:
+        rows = db.session.execute(
+            select(Preference.key, Preference.value).where(Preference.user_id == user.id)
+        )
+        cache[user.id] = {row.key: row.value for row in rows}
+    return cache[user.id]
 
 
 def update_preferences(user: User, values: dict[str, str]) -> None:
@@ -169,3 +175,5 @@ def update_preferences(user: User, values: dict[str, str]) -> None:
         else:
             row.value = value
     db.session.commit()
+    if has_request_context():
+        g.get("stored_preferences", {}).pop(user.id, None)
