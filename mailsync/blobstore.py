@@ -11,9 +11,9 @@ written uncompressed by older code still read, because compression is detected b
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +24,7 @@ import zstandard
 ZSTD_LEVEL = 3
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_temp_ids = itertools.count()  # next() on it is atomic under the GIL
 
 
 def blob_root(app) -> Path:
@@ -44,6 +45,9 @@ class BlobStore:
         self.fsync = fsync
         # zstd (de)compressor objects are reusable but not thread-safe: one pair per thread.
         self._local = threading.local()
+        # "ab/cd" directories known to exist: a first sync would otherwise mkdir per blob
+        # (nothing removes them; a vanished one is made again, see put).
+        self._made_dirs: set[str] = set()
 
     def path_for(self, sha: str) -> Path:
         """Return the file path of a blob; ValueError if sha is not a sha256 hex digest."""
@@ -58,16 +62,18 @@ class BlobStore:
         a blob put this recently, since the row that will reference it may not be committed yet.
         """
         sha = hashlib.sha256(raw).hexdigest()
-        path = self.path_for(sha)
-        if path.exists():
-            try:
-                os.utime(path)
-                return sha
-            except FileNotFoundError:
-                pass  # discard() just took it away: write it anew
-        path.parent.mkdir(parents=True, exist_ok=True)
+        folder = f"{self.root}/{sha[0:2]}/{sha[2:4]}"  # path_for's, without re-checking our sha
+        path = f"{folder}/{sha}"
+        try:
+            os.utime(path)  # already stored
+            return sha
+        except FileNotFoundError:
+            pass  # not stored, or discard() just took it away: write it anew
         data = self._compressor().compress(raw)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+        if sha[0:4] not in self._made_dirs:
+            os.makedirs(folder, exist_ok=True)
+            self._made_dirs.add(sha[0:4])
+        fd, tmp_name = self._temp_file(folder)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -82,6 +88,24 @@ class BlobStore:
                 pass
             raise
         return sha
+
+    def _temp_file(self, folder: str) -> tuple[int, str]:
+        """Create a private temp file in `folder` for put(); return (fd, path).
+
+        Named by process, thread and a counter (what tempfile.mkstemp's random names and
+        checks cost was a tenth of a first sync's time per blob); O_EXCL still refuses a
+        leftover of a killed process that had the same pid, and the next name is tried.
+        """
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        for _attempt in range(100):
+            name = f"{folder}/.tmp-{os.getpid()}-{threading.get_ident()}-{next(_temp_ids)}.part"
+            try:
+                return os.open(name, flags, 0o600), name
+            except FileExistsError:
+                continue
+            except FileNotFoundError:  # the folder was removed behind our back: make it again
+                os.makedirs(folder, exist_ok=True)
+        raise FileExistsError(f"no free temp file name in {folder}")
 
     def get(self, sha: str) -> bytes:
         """Return the raw bytes of a blob; FileNotFoundError if it is not stored."""

@@ -1129,7 +1129,15 @@ def dedup_key(raw: bytes) -> str:
     Message-ID) stay two. The fields are read from the headers alone, without the body's
     charset hint parse_message uses for raw 8-bit headers, as header_key() reads them.
     """
-    return _hash(["v2", *_header_fields(parse_headers_only(raw)), body_digest(raw)])
+    return identity_keys(raw)[0]
+
+
+def identity_keys(raw: bytes) -> tuple[str, str | None]:
+    """Return (dedup_key(raw), header_key(raw)) from one parse of the header block (a first
+    sync computes both for every message)."""
+    fields = _header_fields(parse_headers_only(raw))
+    dedup = _hash(["v2", *fields, body_digest(raw)])
+    return dedup, (_hash(fields) if fields[0] else None)
 
 
 def placeholder_dedup_key(parsed: ParsedMessage, size: int) -> str:

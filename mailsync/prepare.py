@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mailsync.blobstore import BlobStore
-from mailsync.parse import ParsedMessage, dedup_key, header_key, parse_message
+from mailsync.parse import ParsedMessage, identity_keys, parse_message
 
 _stores: dict[str, BlobStore] = {}
 SEARCH_BODY_CHARS = 20_000  # the text kept for the search index (services/search.py)
@@ -48,6 +48,6 @@ def prepare_batch(blob_root: str, items: list[tuple[int, bytes]]) -> list[Prepar
     for uid, raw in items:
         sha = store.put(raw)  # blob before row: a crash leaves at most an orphan blob
         parsed = parse_message(raw)
-        key = dedup_key(raw)
-        prepared.append(Prepared(uid, sha, for_search(parsed), key, len(raw), header_key(raw)))
+        key, candidate = identity_keys(raw)
+        prepared.append(Prepared(uid, sha, for_search(parsed), key, len(raw), candidate))
     return prepared

@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from extensions import db
 from mailsync import store
 from mailsync.blobstore import app_blob_store
-from mailsync.parse import ParsedMessage, dedup_key, header_key, parse_message
+from mailsync.parse import ParsedMessage, identity_keys, parse_message
 from mailsync.prepare import for_search
 from models import PARSE_VERSION, MailAccount, Message
 
@@ -73,8 +73,7 @@ def reparse_account(app: Flask, account_id: int) -> int:
                 continue
             parsed = parse_message(raw)
             values = store.parsed_columns(parsed)
-            values["header_key"] = header_key(raw)
-            key = dedup_key(raw)
+            key, values["header_key"] = identity_keys(raw)
             if key == old_key or key not in taken:
                 taken.discard(old_key)
                 taken.add(key)

@@ -36,7 +36,7 @@ from sqlalchemy import select
 from extensions import db
 from mailsync import imap, smtp, store
 from mailsync.blobstore import app_blob_store
-from mailsync.parse import dedup_key, header_key, html_to_text, parse_message
+from mailsync.parse import html_to_text, identity_keys, parse_message
 from mailsync.prepare import for_search
 from models import MailAccount, MailFolder, OutgoingMail, Thread, User
 from services import outbox, smart_fields
@@ -565,12 +565,13 @@ def store_sent(
     sha = app_blob_store(app).put(raw)  # blob before row
     parsed = parse_message(raw)
     account = db.session.get(MailAccount, account_id)
+    key, candidate = identity_keys(raw)
     item = store.Fetched(
         folder_id=folder_id,
         uid=uid,
         flags=[rb"\Seen"],
-        dedup_key=dedup_key(raw),
-        header_key=header_key(raw),
+        dedup_key=key,
+        header_key=candidate,
         parsed=for_search(parsed),
         raw_sha256=sha,
         size=len(raw),

@@ -51,6 +51,32 @@ def test_fsync_option(tmp_path, monkeypatch):
     assert len(synced) == 1
 
 
+def test_a_blob_directory_removed_behind_the_stores_back_is_made_again(store):
+    first = store.put(b"first mail")
+    directory = store.path_for(first).parent
+    store.delete(first)
+    directory.rmdir()  # e.g. a restore from a backup that had no such directory
+    assert store.put(b"first mail") == first and store.get(first) == b"first mail"
+
+
+def test_a_leftover_temp_file_of_the_same_name_is_neither_reused_nor_clobbered(
+    store, monkeypatch
+):
+    """A killed process that had our pid left a temp file with the name put() would pick."""
+    import itertools
+    import threading
+
+    from mailsync import blobstore
+
+    monkeypatch.setattr(blobstore, "_temp_ids", itertools.count(7))
+    folder = store.path_for(hashlib.sha256(RAW).hexdigest()).parent
+    folder.mkdir(parents=True)
+    leftover = folder / f".tmp-{os.getpid()}-{threading.get_ident()}-7.part"
+    leftover.write_bytes(b"someone else's partial write")
+    assert store.get(store.put(RAW)) == RAW
+    assert leftover.read_bytes() == b"someone else's partial write"
+
+
 def test_empty_blob(store):
     assert store.get(store.put(b"")) == b""
 

@@ -26,6 +26,7 @@ from mailsync.parse import (
     find_content_id,
     header_dedup_key,
     header_key,
+    identity_keys,
     parse_headers_only,
     parse_message,
 )
@@ -600,6 +601,22 @@ def test_header_dedup_key_matches_header_key():
     assert header_dedup_key(header_fields(raw)) == header_key(raw) is not None
 
 
+def test_identity_keys_are_those_already_stored():
+    """Stored rows carry these keys: a changed formula would split every stored message
+    from its next copy (mailsync/IDENTITY.md). The values were computed by the release
+    that first stored them (two separate header parses, before identity_keys)."""
+    raw = (
+        b"From: Ann <ann@example.com>\r\nTo: bob@example.org\r\n"
+        b"Subject: =?utf-8?Q?Gr=C3=BC=C3=9Fe?=\r\nDate: Tue, 07 Apr 2026 10:00:01 +0200\r\n"
+        b"Message-ID: <pin.1@example.com>\r\n\r\nHello Bob,\r\nsee you.\r\n"
+    )
+    assert identity_keys(raw) == (
+        "251f2fdceb7c2ba42b482739b124a951c784925085db6c63465e19f0b2b1783d",
+        "c4d6526cccc511edd6edc53841f657908ebbaf5f735396e1fd2c31771036abdf",
+    )
+    assert identity_keys(raw) == (dedup_key(raw), header_key(raw))
+
+
 # --- corpus ------------------------------------------------------------------------------
 
 CORPUS = corpus_files()
@@ -620,6 +637,7 @@ def test_corpus_message(path):
     assert parsed.date is None or parsed.date.tzinfo is UTC
     if parsed.message_id:
         assert header_dedup_key(header_fields(raw)) == header_key(raw)
+    assert identity_keys(raw)[1] == header_key(raw)
     for attachment in parsed.attachments[:5]:
         data, content_type, _ = extract_part(raw, attachment.part_id)
         assert isinstance(data, bytes) and content_type == attachment.content_type
