@@ -224,20 +224,18 @@ def folder_title(user: User, key: str) -> str:
 
 def move_destinations(user: User) -> list[FolderEntry]:
     """Return the folders a conversation can be moved to (not Sent or Drafts)."""
+    # A NULL role would fail NOT IN: folders without a role are asked for apart, and listed
+    # after the ones with a role.
     folders = db.session.scalars(
         access.owned_folders(user)
-        .where(MailFolder.sync_enabled.is_(True), MailFolder.role.not_in(UNMOVED_ROLES))
-        .order_by(MailFolder.account_id, MailFolder.name)
-    )
-    # A NULL role would fail NOT IN, so folders without a role are added separately.
-    others = db.session.scalars(
-        access.owned_folders(user)
-        .where(MailFolder.sync_enabled.is_(True), MailFolder.role.is_(None))
-        .order_by(MailFolder.account_id, MailFolder.name)
+        .where(
+            MailFolder.sync_enabled.is_(True),
+            or_(MailFolder.role.not_in(UNMOVED_ROLES), MailFolder.role.is_(None)),
+        )
+        .order_by(MailFolder.role.is_(None), MailFolder.account_id, MailFolder.name)
     )
     return [
-        FolderEntry(f"f{folder.id}", folder.name, 0, folder.role, folder.id)
-        for folder in [*folders, *others]
+        FolderEntry(f"f{folder.id}", folder.name, 0, folder.role, folder.id) for folder in folders
     ]
 
 

@@ -141,6 +141,19 @@ def test_rows_name_the_people_in_each_conversation(client_me, folders, make_mail
     assert inbox[chat.thread_id].participants == "Carla, Dan"
 
 
+def test_a_conversation_moves_to_any_synced_folder_but_sent_and_drafts(
+    account, folders, make_stored_folder
+):
+    make_stored_folder(account, "Drafts", role="drafts")
+    make_stored_folder(account, "Agency", role=None)
+    unsynced = make_stored_folder(account, "Old stuff", role=None)
+    unsynced.sync_enabled = False
+    db.session.commit()
+    names = [entry.label for entry in mailbox.move_destinations(me_of(folders))]
+    # Folders with a role first, then the user's own, each by name.
+    assert names == ["Archive", "INBOX", "Junk", "Trash", "Agency", "Clients"]
+
+
 def me_of(folders):
     return db.session.merge(folders["inbox"].account.user)
 
