@@ -59,9 +59,7 @@ def test_a_blob_directory_removed_behind_the_stores_back_is_made_again(store):
     assert store.put(b"first mail") == first and store.get(first) == b"first mail"
 
 
-def test_a_leftover_temp_file_of_the_same_name_is_neither_reused_nor_clobbered(
-    store, monkeypatch
-):
+def test_a_leftover_temp_file_of_the_same_name_is_neither_reused_nor_clobbered(store, monkeypatch):
     """A killed process that had our pid left a temp file with the name put() would pick."""
     import itertools
     import threading
