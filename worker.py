@@ -29,6 +29,7 @@ from flask import Flask
 import jobs
 from extensions import db
 from mailsync import actions, audit, idle, writeback
+from mailsync.sync import SyncResult
 from services import accounts, conversations, job_queue, mailbox
 
 log = logging.getLogger("threadline.worker")
@@ -42,9 +43,7 @@ def _run_sync(
 ) -> bool:
     all_folders = bool(payload.get("all_folders", True))
     result = jobs.run_account_sync(app, account_id, all_folders=all_folders, yield_to=yield_to)
-    if result is not None and result.out_of_time:
-        # A first sync longer than one budget (or a pass that made way for pushed mail) goes
-        # on at once, after whatever is queued now, instead of at the next scheduled tick.
+    if result is not None and goes_on_at_once(result):
         with app.app_context():
             try:
                 accounts.request_sync(account_id, all_folders=all_folders)
@@ -98,6 +97,17 @@ class Stopping(BaseException):
     jobs.SyncInterrupted, which run_account_sync understands: it marks the run interrupted
     and releases the account's lease).
     """
+
+
+def goes_on_at_once(result: SyncResult) -> bool:
+    """Tell whether a pass that stopped early is queued again at once, behind what is queued
+    now, rather than at the next scheduled tick: one that made way for pushed mail, or a
+    first sync longer than one budget that is getting somewhere. One that spent its whole
+    budget without storing anything (a server too slow to answer) waits for the tick, or
+    it would be retried back to back."""
+    if not result.out_of_time or result.error is not None:
+        return False
+    return result.made_way or bool(result.new or result.changed or result.deleted)
 
 
 class Pushes:

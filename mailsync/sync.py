@@ -138,7 +138,8 @@ class SyncResult:
     error_kind: str | None = None
     needs_user_action: bool = False
     complete: bool = True  # False when the pass stopped before every folder was done
-    out_of_time: bool = False  # stopped for its budget or for urgent work: resume it soon
+    out_of_time: bool = False  # stopped for its budget, or to make way (below)
+    made_way: bool = False  # stopped early because more urgent work waited (YieldTo)
     folder_errors: dict[str, str] = field(default_factory=dict)
     log: store.RunLog = field(default_factory=store.RunLog)  # message by message
 
@@ -447,7 +448,10 @@ class AccountSync:
         """True once the budget is spent or more urgent work waits (see YieldTo)."""
         if time.monotonic() > self.deadline:
             return True
-        return self.yield_to is not None and self.yield_to()
+        if self.yield_to is not None and self.yield_to():
+            self.result.made_way = True
+            return True
+        return False
 
     def keep_lease(self) -> None:
         """Stop the pass when another worker took the account's lease (SYNC.md §1)."""

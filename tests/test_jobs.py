@@ -297,3 +297,22 @@ def test_a_signal_between_recording_the_run_and_starting_the_pass_still_cleans_u
     (run,) = runs(account_id)
     assert run.finished_at is not None and "interrupted" in run.error
     assert db.session.scalar(select(SyncLease).where(SyncLease.account_id == account_id)) is None
+
+
+@pytest.mark.parametrize(
+    ("stopped", "made_way", "new", "error", "again"),
+    [
+        (False, False, 5, None, False),  # finished: the schedule brings the next pass
+        (True, False, 300, None, True),  # a long first sync getting somewhere
+        (True, True, 0, None, True),  # made way for pushed mail before storing anything
+        (True, False, 0, None, False),  # a whole budget without a message: wait for the tick
+        (True, False, 10, "The server hung up", False),  # errors keep their backoff
+    ],
+)
+def test_which_stopped_passes_go_on_at_once(stopped, made_way, new, error, again):
+    from mailsync.sync import SyncResult
+    from worker import goes_on_at_once
+
+    result = SyncResult(account_id=1, new=new, error=error, out_of_time=stopped)
+    result.made_way = made_way
+    assert goes_on_at_once(result) is again
