@@ -91,12 +91,7 @@ def google(app, oauth_server, oauth_dovecot, smtp_oauth):
     }
     app.config["MAIL_ALLOWED_PORTS"] = None
     app.config["SMTP_ALLOWED_PORTS"] = None
-    oauth.save_client(
-        app,
-        "google",
-        client_id=oauth_server.client.client_id,
-        client_secret=oauth_server.client.client_secret,
-    )
+    register_client(app, oauth_server, "google")
     return app
 
 
@@ -105,13 +100,14 @@ def microsoft(app, google, oauth_server):
     """As `google`, for "Sign in with Microsoft" (the same local servers stand in)."""
     app.config["OAUTH_ENDPOINTS"]["microsoft"] = oauth_server.endpoints()
     app.config["OAUTH_MAIL_SERVERS"]["microsoft"] = app.config["OAUTH_MAIL_SERVERS"]["google"]
-    oauth.save_client(
-        app,
-        "microsoft",
-        client_id=oauth_server.client.client_id,
-        client_secret=oauth_server.client.client_secret,
-    )
+    register_client(app, oauth_server, "microsoft")
     return app
+
+
+def register_client(app, oauth_server, key: str) -> None:
+    """What the admin does on Admin > Mail sign-in, with the local server's client."""
+    client = oauth_server.client
+    oauth.save_client(app, key, client_id=client.client_id, client_secret=client.client_secret)
 
 
 def sign_in(client, path: str = "/settings/accounts/oauth/google"):
