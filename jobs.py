@@ -389,8 +389,11 @@ def run_account_sync(
                 )
                 run = SyncRun(account_id=account_id, started_at=datetime.now(UTC))
                 db.session.add(run)
-                db.session.commit()
+                db.session.flush()
+                # Known before the commit: reading run.id after it reloads the row, and a
+                # SIGTERM landing in that reload left the run unfinished (seen in a full run).
                 run_id = run.id
+                db.session.commit()
                 keeper = LeaseKeeper(account_id, owner, lease)
             except Exception as exc:
                 # A database that cannot be written (disk full, read-only) cannot record the
