@@ -53,7 +53,11 @@ class BlobStore:
         """Return the file path of a blob; ValueError if sha is not a sha256 hex digest."""
         if not _SHA256.fullmatch(sha):
             raise ValueError(f"not a sha256 hex digest: {sha!r}")
-        return self.root / sha[0:2] / sha[2:4] / sha
+        return Path(self._folder(sha), sha)
+
+    def _folder(self, sha: str) -> str:
+        """The layout, in one place: <root>/ab/cd (a string: put() runs once per message)."""
+        return f"{self.root}/{sha[0:2]}/{sha[2:4]}"
 
     def put(self, raw: bytes) -> str:
         """Store raw bytes (idempotent) and return their sha256 hex digest.
@@ -62,7 +66,7 @@ class BlobStore:
         a blob put this recently, since the row that will reference it may not be committed yet.
         """
         sha = hashlib.sha256(raw).hexdigest()
-        folder = f"{self.root}/{sha[0:2]}/{sha[2:4]}"  # path_for's, without re-checking our sha
+        folder = self._folder(sha)  # path_for's, without re-checking our own digest
         path = f"{folder}/{sha}"
         try:
             os.utime(path)  # already stored

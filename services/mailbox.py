@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from flask import g, has_request_context
 from sqlalchemy import (
     ColumnElement,
     Integer,
@@ -58,6 +57,7 @@ from services.mail_display import (
     subject_label,
 )
 from services.preferences import get_preference
+from services.request_memo import remembered
 from services.search import (
     account_rows,
     match_expression,
@@ -405,11 +405,8 @@ def _row_value(thread: Thread):
 def _account_ids(user: User) -> list[int]:
     """Return the ids of the user's mailboxes; read once per web request (the Mail tab's
     list, folders, saving state and empty-state check each need them)."""
-    cache = g.setdefault("own_account_ids", {}) if has_request_context() else {}
-    if user.id not in cache:
-        query = select(MailAccount.id).where(MailAccount.user_id == user.id)
-        cache[user.id] = list(db.session.scalars(query))
-    return list(cache[user.id])
+    query = select(MailAccount.id).where(MailAccount.user_id == user.id)
+    return list(remembered("account_ids", user.id, lambda: list(db.session.scalars(query))))
 
 
 def _page_order(thread: Thread) -> tuple[bool, datetime | None, int]:

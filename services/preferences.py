@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from flask import g, has_request_context
 from sqlalchemy import select
 
 from extensions import db
 from models import Preference, User
 from services.errors import ValidationError
+from services.request_memo import forget, remembered
 
 
 @dataclass(frozen=True)
@@ -142,13 +142,14 @@ def all_preferences(user: User) -> dict[str, Any]:
 def _stored(user: User) -> dict[str, Any]:
     """Return the user's stored values: one query, kept for the rest of a web request (a page
     asks for several, and on PostgreSQL each query is a round trip)."""
-    cache = g.setdefault("stored_preferences", {}) if has_request_context() else {}
-    if user.id not in cache:
+
+    def read() -> dict[str, Any]:
         rows = db.session.execute(
             select(Preference.key, Preference.value).where(Preference.user_id == user.id)
         )
-        cache[user.id] = {row.key: row.value for row in rows}
-    return cache[user.id]
+        return {row.key: row.value for row in rows}
+
+    return remembered("preferences", user.id, read)
 
 
 def update_preferences(user: User, values: dict[str, str]) -> None:
@@ -175,5 +176,4 @@ def update_preferences(user: User, values: dict[str, str]) -> None:
         else:
             row.value = value
     db.session.commit()
-    if has_request_context():
-        g.get("stored_preferences", {}).pop(user.id, None)
+    forget("preferences", user.id)
