@@ -1,7 +1,8 @@
 """Web benchmark: server time of the Mail tab, conversation, search and deal pages at scale.
 
 Run from the repository root:  python bench/web_bench.py [--messages 100000] [--keep DIR]
-(--keep DIR seeds once into DIR and later runs start from a copy of that seeded database.)
+(--keep DIR seeds once into DIR and later runs start from a copy of that seeded database;
+ with --database-url the copy is a template database on that server, `<name>_seeded`.)
 Seeds a temp instance through the real ingest path (generated MIME -> BlobStore + parse in a
 process pool -> mailsync.store.store_batch), refreshes planner statistics as a sync does,
 then times each endpoint with the Flask test client, idle and while a real Dovecot sync of a
@@ -495,11 +496,9 @@ def run(args) -> None:
     from cli import keep_startup_objects_out_of_gc
 
     workdir = Path(args.keep or tempfile.mkdtemp(prefix="threadline-webbench-"))
-    reuse = not args.database_url and (workdir / "seeded.db").exists()
+    reuse = (workdir / "seeded.db").exists() or (workdir / "seeded.postgres").exists()
     if reuse:  # start from the seeded state: the previous run synced a second account
-        shutil.copyfile(workdir / "seeded.db", workdir / "threadline.db")
-        for suffix in ("-wal", "-shm"):
-            (workdir / f"threadline.db{suffix}").unlink(missing_ok=True)
+        db_restore(workdir, args.database_url)
     app = bench_app(workdir, args.database_url, WTF_CSRF_ENABLED=False)
     print(f"database: {app.config['SQLALCHEMY_DATABASE_URI'].split(':')[0]}")
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
@@ -512,9 +511,9 @@ def run(args) -> None:
             f"seeded {stored} messages through store_batch in {time.perf_counter() - began:.0f} s"
             f" ({stored / (time.perf_counter() - began):.0f} msg/s)"
         )
-        if args.keep and not args.database_url:
+        if args.keep:
             with app.app_context():
-                db_keep(app, workdir)
+                db_keep(app, workdir, args.database_url)
     with app.app_context():
         from sqlalchemy import func, select
 
@@ -559,13 +558,42 @@ def run(args) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def db_keep(app, workdir: Path) -> None:
-    """Save the seeded database as seeded.db for later runs with --keep."""
+def db_keep(app, workdir: Path, database_url: str | None) -> None:
+    """Save the seeded database for later runs with --keep: SQLite as seeded.db, PostgreSQL as
+    a template database `<name>_seeded` beside it (the server must outlive this run)."""
     from extensions import db
 
     db.session.remove()
+    if database_url:
+        db.engine.dispose()  # CREATE DATABASE ... TEMPLATE needs no one connected to it
+        name = _postgres_admin(database_url, 'CREATE DATABASE "{name}_seeded" TEMPLATE "{name}"')
+        (workdir / "seeded.postgres").write_text(name)
+        return
     with db.engine.connect() as connection:
         connection.exec_driver_sql(f"VACUUM INTO '{workdir / 'seeded.db'}'")
+
+
+def db_restore(workdir: Path, database_url: str | None) -> None:
+    """Start from the database db_keep saved (the previous run synced a second account)."""
+    if database_url:
+        _postgres_admin(database_url, 'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _postgres_admin(database_url, 'CREATE DATABASE "{name}" TEMPLATE "{name}_seeded"')
+        return
+    shutil.copyfile(workdir / "seeded.db", workdir / "threadline.db")
+    for suffix in ("-wal", "-shm"):
+        (workdir / f"threadline.db{suffix}").unlink(missing_ok=True)
+
+
+def _postgres_admin(database_url: str, statement: str) -> str:
+    """Run `statement` ({name} = the benchmark's database) from the server's postgres database."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    admin = url.set(drivername="postgresql", database="postgres")
+    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute(statement.format(name=url.database))
+    return url.database
 
 
 def report(samples: Samples, idle: Samples | None = None) -> None:
