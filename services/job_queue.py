@@ -296,23 +296,31 @@ def unfinished_jobs(*, kinds, account_ids) -> list[Job]:
     )
 
 
-def last_finished(*, kinds, key: str, since: datetime) -> tuple[Job | None, Job | None]:
-    """Return the newest failed and the newest done job of these kinds and key finished
-    since `since` (either may be None)."""
-    newest = {}
-    for state in (JOB_FAILED, JOB_DONE):
-        newest[state] = db.session.scalar(
+def failures_not_followed(*, kinds, keys: list[str], since: datetime) -> list[Job]:
+    """Return the failed jobs of these kinds and keys finished since `since` after which no
+    job of the same key has been done, newest first (one query for every key)."""
+    if not keys:
+        return []
+    later = aliased(Job)
+    landed_later = exists().where(
+        later.kind.in_(list(kinds)),
+        later.key == Job.key,
+        later.state == JOB_DONE,
+        later.id > Job.id,
+    )
+    return list(
+        db.session.scalars(
             select(Job)
             .where(
                 Job.kind.in_(list(kinds)),
-                Job.key == key,
-                Job.state == state,
+                Job.key.in_(keys),
+                Job.state == JOB_FAILED,
                 Job.finished_at >= since,
+                ~landed_later,
             )
             .order_by(Job.id.desc())
-            .limit(1)
         )
-    return newest[JOB_FAILED], newest[JOB_DONE]
+    )
 
 
 def delete_finished(*, before: datetime) -> int:

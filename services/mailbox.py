@@ -1017,12 +1017,13 @@ def writeback_status(user: User, *, thread_id: int | None = None) -> WritebackSt
             status.pending = True
             break
     since = datetime.now(UTC) - timedelta(seconds=FAILURE_SHOWN_SECONDS)
-    for account_id in account_ids:
-        failed, landed = job_queue.last_finished(
-            kinds=WRITEBACK_KINDS, key=writeback_key(account_id), since=since
-        )
-        if failed is None or (landed is not None and landed.id > failed.id):
-            continue
+    failures = job_queue.failures_not_followed(
+        kinds=WRITEBACK_KINDS, keys=[writeback_key(a) for a in account_ids], since=since
+    )
+    newest_per_account = {}
+    for job in failures:  # newest first
+        newest_per_account.setdefault(job.key, job)
+    for failed in newest_per_account.values():
         if thread_id is not None and thread_id not in failed.payload.get("thread_ids", []):
             continue
         status.failure = (

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import event, func, select, update
+from sqlalchemy import delete, event, func, select, update
 
 from extensions import db
 from models import JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING, Job
@@ -286,3 +287,38 @@ def test_jobs_of_one_key_run_in_the_order_their_requests_committed(app):
         ran.append(got.payload["by"])
         job_queue.complete(got.id, "worker")
     assert ran == committed, (ran, committed)
+
+
+def test_failures_not_followed_agrees_with_the_newest_failed_and_done_per_key(app):
+    """Against a small model of the rule the Mail tab shows ("a write-back kept failing"):
+    per key, the newest failure since `since` counts unless a job of that key was done
+    after it. Random histories over two keys and two kinds."""
+    rng = random.Random(7)
+    now = datetime.now(UTC)
+    since = now - timedelta(hours=24)
+    kinds, keys = ("test.a", "test.b"), ["account:1", "account:2"]
+    for _case in range(25):
+        db.session.execute(delete(Job))
+        history = []
+        for _ in range(rng.randint(0, 8)):
+            row = Job(
+                kind=rng.choice((*kinds, "test.other")),
+                key=rng.choice(keys),
+                state=rng.choice((JOB_FAILED, JOB_DONE)),
+                finished_at=now - timedelta(hours=rng.choice((1, 5, 30))),
+            )
+            db.session.add(row)
+            db.session.flush()
+            history.append(row)
+        db.session.commit()
+        expected = {}
+        for key in keys:
+            mine = [j for j in history if j.key == key and j.kind in kinds]
+            failed = [j for j in mine if j.state == JOB_FAILED and j.finished_at >= since]
+            if failed and not [j for j in mine if j.state == JOB_DONE and j.id > failed[-1].id]:
+                expected[key] = failed[-1].id
+        found = job_queue.failures_not_followed(kinds=kinds, keys=keys, since=since)
+        newest = {}
+        for failure in found:
+            newest.setdefault(failure.key, failure.id)
+        assert newest == expected, [(j.id, j.kind, j.key, j.state) for j in history]
