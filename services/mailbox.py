@@ -26,6 +26,7 @@ from sqlalchemy import (
     tuple_,
     union_all,
 )
+from sqlalchemy.orm import contains_eager
 
 from dialect import is_sqlite, json_text, likely
 from extensions import db
@@ -168,11 +169,11 @@ def list_folders(user: User, *, counts: bool = True) -> list[FolderEntry]:
 
     Unread counts are filled in unless `counts` is False (the page then loads them lazily).
     """
-    folders = db.session.scalars(
-        access.owned_folders(user)
-        .where(or_(MailFolder.sync_enabled.is_(True), MailFolder.state == GMAIL_LABEL))
-        .order_by(MailFolder.account_id, MailFolder.name)
-    ).all()
+    folders = [
+        folder
+        for folder in _owned_folders(user)
+        if folder.sync_enabled or folder.state == GMAIL_LABEL
+    ]
     per_folder, list_unread = _unread_counts(user) if counts else ({}, {})
     role_unread: dict[str, int] = defaultdict(int, list_unread)
     for folder in folders:
@@ -224,19 +225,26 @@ def folder_title(user: User, key: str) -> str:
 
 def move_destinations(user: User) -> list[FolderEntry]:
     """Return the folders a conversation can be moved to (not Sent or Drafts)."""
-    # A NULL role would fail NOT IN: folders without a role are asked for apart, and listed
-    # after the ones with a role.
-    folders = db.session.scalars(
-        access.owned_folders(user)
-        .where(
-            MailFolder.sync_enabled.is_(True),
-            or_(MailFolder.role.not_in(UNMOVED_ROLES), MailFolder.role.is_(None)),
-        )
-        .order_by(MailFolder.role.is_(None), MailFolder.account_id, MailFolder.name)
-    )
+    folders = [
+        folder
+        for folder in _owned_folders(user)
+        if folder.sync_enabled and folder.role not in UNMOVED_ROLES
+    ]
+    folders.sort(key=lambda folder: folder.role is None)  # those with a role first (stable)
     return [
         FolderEntry(f"f{folder.id}", folder.name, 0, folder.role, folder.id) for folder in folders
     ]
+
+
+def _owned_folders(user: User) -> list[MailFolder]:
+    """Return the folders of the user's mailboxes, with their accounts, by account and name;
+    read once per web request (the sidebar and the Move menu both list them)."""
+    query = (
+        access.owned_folders(user)
+        .options(contains_eager(MailFolder.account))
+        .order_by(MailFolder.account_id, MailFolder.name)
+    )
+    return remembered("owned_folders", user.id, lambda: list(db.session.scalars(query)))
 
 
 def _unread_counts(user: User) -> tuple[dict[int, int], dict[str, int]]:
