@@ -133,6 +133,8 @@ def sign_in(page, base: str, email: str) -> None:
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url(lambda url: "/login" not in url)
+    # The first page saves the browser's time zone and reloads itself: let that finish.
+    page.wait_for_load_state("networkidle")
 
 
 @pytest.mark.slow(seconds=15)
@@ -168,6 +170,7 @@ def test_navigation_and_sign_out_through_the_menu_on_a_phone(live_server, phone,
     expect(people).to_be_in_viewport()
     people.click()
     expect(phone).to_have_url(live_server.url + "/persons/")
+    phone.wait_for_load_state()  # the Menu button opens once the page's script has run
     phone.get_by_role("button", name="Menu").click()
     sign_out = phone.get_by_role("button", name="Sign out")
     expect(sign_out).to_be_in_viewport()
