@@ -18,6 +18,7 @@ from sqlalchemy import (
     Select,
     and_,
     exists,
+    false,
     func,
     literal,
     or_,
@@ -264,12 +265,6 @@ def _unread_live() -> ColumnElement[bool]:
     )
 
 
-def _role_folder_ids(user: User, role: str) -> Select:
-    return (
-        access.owned_folders(user).where(MailFolder.role == role).with_only_columns(MailFolder.id)
-    )
-
-
 # --------------------------------------------------------------------------- list
 
 
@@ -429,7 +424,7 @@ def threads_select(
     matching its filters (`search`: the query's search plan when the caller has it)."""
     stmt = access.owned_threads(user).where(Thread.account_id == account_id)
     stmt = stmt.where(_not(Thread.blocked))
-    stmt = stmt.where(_folder_condition(user, query.folder))
+    stmt = stmt.where(_folder_condition(user, query.folder, account_id))
     if query.unread:
         stmt = stmt.where(_has_unread())
     if query.attachments:
@@ -452,7 +447,7 @@ def threads_select(
     return stmt
 
 
-def _folder_condition(user: User, key: str) -> ColumnElement[bool]:
+def _folder_condition(user: User, key: str, account_id: int) -> ColumnElement[bool]:
     if key == "later":
         return Thread.reply_later.is_(True)  # spelled as ix_thread_reply_later's WHERE
     if key == "archive":
@@ -466,18 +461,25 @@ def _folder_condition(user: User, key: str) -> ColumnElement[bool]:
     folder_id = _folder_id(key)
     if folder_id is not None:
         folder = access.folder_for_owner(user, folder_id)
+        if folder.account_id != account_id:
+            return false()  # a folder holds only its own mailbox's mail
         if folder.state == GMAIL_LABEL:
             return _label_condition([folder.id])
-        folder_ids: Select | list[int] = [folder.id]
-    else:
-        folder_ids = _role_folder_ids(user, key).where(MailFolder.state != GMAIL_LABEL)
-        labels = list(
-            db.session.scalars(_role_folder_ids(user, key).where(MailFolder.state == GMAIL_LABEL))
-        )
-        if labels:
-            # Gmail's Sent is a label: its mail is found through the label's rows.
-            return or_(_mail_condition(folder_ids), _label_condition(labels))
-    return _mail_condition(folder_ids)
+        return _mail_condition([folder.id])
+    # A server role (Sent, Trash, Spam): this mailbox's folders of that role, bound as ids.
+    # Given them as a subquery, PostgreSQL estimated an average folder's share of all
+    # locations and scanned every location to find an empty Trash empty (21 ms at 100,000).
+    role_folders = [
+        folder
+        for folder in _owned_folders(user)
+        if folder.role == key and folder.account_id == account_id
+    ]
+    folder_ids = [folder.id for folder in role_folders if folder.state != GMAIL_LABEL]
+    labels = [folder.id for folder in role_folders if folder.state == GMAIL_LABEL]
+    found = [_mail_condition(folder_ids)] if folder_ids else []
+    if labels:  # Gmail's Sent is a label: its mail is found through the label's rows
+        found.append(_label_condition(labels))
+    return or_(*found) if found else false()
 
 
 def _label_condition(folder_ids: list[int]) -> ColumnElement[bool]:
@@ -485,7 +487,7 @@ def _label_condition(folder_ids: list[int]) -> ColumnElement[bool]:
     return _threads_with(MessageLabel.message_id, MessageLabel.folder_id.in_(folder_ids))
 
 
-def _mail_condition(folder_ids: Select | list[int]) -> ColumnElement[bool]:
+def _mail_condition(folder_ids: list[int]) -> ColumnElement[bool]:
     """Threads with a live message in one of these server folders."""
     in_folder = and_(MessageLocation.folder_id.in_(folder_ids), MessageLocation.deleted.is_(False))
     return _threads_with(MessageLocation.message_id, in_folder)

@@ -286,6 +286,37 @@ def test_folder_views(client_me, folders, make_mailbox_message, monkeypatch, sma
 
 
 @pytest.mark.parametrize("small_folder", [2000, 0], ids=["from-locations plan", "walk plan"])
+def test_folder_views_with_two_mailboxes(
+    client_me,
+    me,
+    folders,
+    make_stored_account,
+    make_stored_folder,
+    make_mailbox_message,
+    monkeypatch,
+    small_folder,
+):
+    """A role list gathers that role's folder of every mailbox; a mailbox without one (no
+    Trash here) adds nothing; a server folder shows only its own mailbox's mail."""
+    monkeypatch.setattr(mailbox, "SMALL_FOLDER", small_folder)
+    second = make_stored_account(me, email_address="me@second.test")
+    second_sent = make_stored_folder(second, "Sent Items", role="sent")
+    second_clients = make_stored_folder(second, "Clients", role=None)
+    sent = make_mailbox_message(folders["sent"], subject="Sent from the first", date=ago(hours=2))
+    also_sent = make_mailbox_message(second_sent, subject="Sent from the second", date=ago(hours=1))
+    trashed = make_mailbox_message(folders["trash"], subject="Trashed in the first")
+    client = make_mailbox_message(second_clients, subject="Client mail of the second")
+    first_client = make_mailbox_message(folders["clients"], subject="Client mail of the first")
+    db.session.commit()
+    assert row_ids(client_me.get("/mail/?folder=sent")) == [also_sent.thread_id, sent.thread_id]
+    assert row_ids(client_me.get("/mail/?folder=trash")) == [trashed.thread_id]
+    assert row_ids(client_me.get(f"/mail/?folder=f{second_clients.id}")) == [client.thread_id]
+    assert row_ids(client_me.get(f"/mail/?folder=f{folders['clients'].id}")) == [
+        first_client.thread_id
+    ]
+
+
+@pytest.mark.parametrize("small_folder", [2000, 0], ids=["from-locations plan", "walk plan"])
 def test_folder_pages_in_date_order(
     client_me, folders, make_mailbox_message, monkeypatch, small_folder
 ):
