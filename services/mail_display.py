@@ -23,6 +23,10 @@ def display_text(value: str | None) -> str:
     """Return header text for display: bidi controls removed, whitespace collapsed."""
     if not value:
         return ""
+    if value.isprintable() and "  " not in value and value[0] != " " and value[-1] != " ":
+        # Nothing to change (most values, and a list page shows hundreds): bidi controls,
+        # tabs, newlines and other whitespace but the plain space are not printable.
+        return value
     return _WHITESPACE.sub(" ", _BIDI_CONTROLS.sub("", value)).strip()
 
 

@@ -747,11 +747,12 @@ def _fill_from_messages(user: User, rows: dict[int, ThreadRow]) -> None:
     ).all()
     senders: dict[int, list[str]] = defaultdict(list)
     recipients: dict[int, list[str]] = defaultdict(list)
+    snippets: dict[int, list[str]] = defaultdict(list)  # oldest first
     for thread_id, from_name, from_address, to, is_read, has_attachments, snippet in messages:
         row = rows[thread_id]
         row.unread = row.unread or not is_read
         row.has_attachments = row.has_attachments or has_attachments
-        row.snippet = display_text(snippet) or row.snippet
+        snippets[thread_id].append(snippet)
         is_mine = bool(from_address) and from_address.lower() in own
         name = "me" if is_mine else sender_label(from_name, from_address)
         if name not in senders[thread_id]:
@@ -759,6 +760,8 @@ def _fill_from_messages(user: User, rows: dict[int, ThreadRow]) -> None:
         if is_mine:
             recipients[thread_id] = _recipient_labels(to)
     for thread_id, row in rows.items():
+        # The newest message's snippet, or the newest one with any text.
+        row.snippet = next(filter(None, map(display_text, reversed(snippets[thread_id]))), "")
         names = senders[thread_id]
         if names == ["me"] and recipients[thread_id]:
             names = ["To: " + ", ".join(recipients[thread_id][:3])]

@@ -74,6 +74,24 @@ def test_labels_fall_back_and_drop_bidi_controls():
     assert short_name("Carla Diaz") == "Carla"
 
 
+def test_display_text_agrees_with_its_plain_rule_on_random_text():
+    """The shortcut for text that needs no change gives what the plain rule gives."""
+    import re
+
+    def reference(value):
+        value = re.sub("[\u202a-\u202e\u2066-\u2069]", "", value or "")
+        return re.sub(r"\s+", " ", value).strip()
+
+    alphabet = (
+        "ab \t\n\r\x0b\x0c\u00a0\u2003\u3000\u202a\u202e\u2066\u2069\u200b\u00e9\u05d0\x00\x1c"
+    )
+    rng = random.Random(FUZZ_SEED)
+    for _ in range(5000):
+        value = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
+        assert display_text(value) == reference(value), repr(value)
+    assert display_text(None) == ""
+
+
 def test_missing_date_shows_the_arrival_time(me, login, account, make_raw_message):
     raw = b"From: Ann <ann@x.test>\r\nSubject: Undated\r\n\r\nbody\r\n"
     message = store_in_inbox(make_raw_message, account, raw)

@@ -141,6 +141,25 @@ def test_rows_name_the_people_in_each_conversation(client_me, folders, make_mail
     assert inbox[chat.thread_id].participants == "Carla, Dan"
 
 
+def test_a_row_shows_the_newest_snippet_with_text(folders, make_mailbox_message):
+    first = make_mailbox_message(folders["inbox"], subject="Plan", date=ago(hours=3))
+    reply = make_mailbox_message(
+        folders["inbox"], subject="Re: Plan", thread=first.thread, date=ago(hours=2)
+    )
+    other = make_mailbox_message(folders["inbox"], subject="Quiet", date=ago(hours=3))
+    answer = make_mailbox_message(
+        folders["inbox"], subject="Re: Quiet", thread=other.thread, date=ago(hours=2)
+    )
+    first.snippet, reply.snippet = "First  draft\tattached", "Looks  good"
+    other.snippet, answer.snippet = "Said\nsomething", " \u202e "  # nothing to show
+    db.session.commit()
+    rows = {
+        row.id: row for row in mailbox.list_threads(me_of(folders), mailbox.MailboxQuery()).rows
+    }
+    assert rows[first.thread_id].snippet == "Looks good"
+    assert rows[other.thread_id].snippet == "Said something"  # the one before it
+
+
 def test_a_conversation_moves_to_any_synced_folder_but_sent_and_drafts(
     account, folders, make_stored_folder
 ):
