@@ -6,7 +6,8 @@ BIGINT). Search has its own two implementations (services/search.py).
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import ColumnElement, Connection, Integer, Table, any_, bindparam
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import Text
@@ -22,6 +23,18 @@ def name_of(connection: Connection) -> str:
 
 def is_sqlite(connection: Connection) -> bool:
     return connection.dialect.name == SQLITE
+
+
+def id_in(column, ids: list[int], dialect_name: str) -> ColumnElement[bool]:
+    """`column IN (ids)`, for lists of up to a few thousand ids.
+
+    On PostgreSQL one array parameter (`= ANY(:ids)`): a parameter per id costs the client
+    about 10 microseconds each to bind and send (7 ms for 750 ids), and every list length
+    is a new statement text. SQLite binds each id, in C.
+    """
+    if dialect_name == POSTGRESQL:
+        return column == any_(bindparam(None, ids, type_=ARRAY(Integer)))
+    return column.in_(ids)
 
 
 def upsert_insert(table: Table, dialect_name: str):

@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import contains_eager
 
-from dialect import is_sqlite, json_text, likely
+from dialect import id_in, is_sqlite, json_text, likely
 from extensions import db
 from models import (
     GMAIL_LABEL,
@@ -511,7 +511,7 @@ def _threads_with(message_id, member: ColumnElement[bool]) -> ColumnElement[bool
             .join(Message, message_id == Message.id)
             .where(member, _live_message())
         )
-        return Thread.id.in_(sorted(set(thread_ids)))
+        return id_in(Thread.id, sorted(set(thread_ids)), db.engine.dialect.name)
     # A big folder: walk threads newest first (index order) and stop at the page.
     return exists().where(
         Message.thread_id == Thread.id, _live_message(), message_id == Message.id, member
@@ -545,7 +545,7 @@ def _search_plan(raw_query: str, account_id: int) -> SearchPlan:
     if len(first) <= min(_few_ids(connection), FEW_MATCHES):
         # A handful of matches (a person's address, a rare word) are used as they are: a
         # second MATCH would cost the first again (a long prefix merges its whole doclist).
-        return SearchPlan(Thread.id.in_(first))
+        return SearchPlan(id_in(Thread.id, first, connection.dialect.name))
     matching = (
         text(sql)
         .bindparams(match=expression, **account_rows(account_id))
