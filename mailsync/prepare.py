@@ -1,17 +1,28 @@
 """The CPU-bound half of the body pass: blob write, parse, dedup key (runs in worker processes).
 
 Importing this module pulls in only the pure parse/blobstore code, so spawned workers start
-fast. The same function runs inline when the batch set is too small to be worth a pool.
+fast and small: a worker imports the module of every function it is handed (the work and the
+pool's initializer), and one from mailsync.sync would load the whole app into each worker
+(about 45 MB more each). The same function runs inline when the batch set is too small to be
+worth a pool.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mailsync.blobstore import BlobStore
 from mailsync.parse import ParsedMessage, identity_keys, parse_message
 
+PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal a process gets when its parent dies
+ORPHAN_CHECK_SECONDS = 1.0  # how often a parse worker checks that its sync process lives
 _stores: dict[str, BlobStore] = {}
 SEARCH_BODY_CHARS = 20_000  # the text kept for the search index (services/search.py)
 
@@ -51,3 +62,32 @@ def prepare_batch(blob_root: str, items: list[tuple[int, bytes]]) -> list[Prepar
         key, candidate = identity_keys(raw)
         prepared.append(Prepared(uid, sha, for_search(parsed), key, len(raw), candidate))
     return prepared
+
+
+def follow_parent_out(parent_pid: int) -> None:
+    """Initialize a parse worker: make it exit as soon as the sync process that started it dies.
+
+    A sync killed with SIGKILL cannot shut its pool down, and an idle worker waits for work
+    forever (with it, multiprocessing's resource tracker, which exits once no process holds
+    its pipe). On Linux the kernel delivers SIGKILL when the parent dies (prctl
+    PR_SET_PDEATHSIG); elsewhere, and for a parent that died before this ran, a watchdog
+    thread notices that the worker was re-parented.
+    """
+    # Ctrl-C reaches the whole process group; the sync process stops its pool itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform == "linux":
+        # The kernel ties this to the *thread* that started the worker; the pass's own
+        # thread starts the pool and shuts it down before it ends, so that is the pass.
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(
+        target=_exit_when_orphaned, args=(parent_pid,), name="parent-watch", daemon=True
+    ).start()
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(ORPHAN_CHECK_SECONDS)
+    os._exit(1)

@@ -10,16 +10,12 @@ any point loses and duplicates nothing.
 
 from __future__ import annotations
 
-import ctypes
 import imaplib
 import logging
 import os
 import random
-import signal
 import socket
 import ssl
-import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,7 +36,7 @@ from mailsync.blobstore import blob_root
 from mailsync.folders import NAME_ROLES
 from mailsync.folders import SPECIAL_USE_ROLES as ATTRIBUTE_ROLES
 from mailsync.parse import header_dedup_key, parse_headers_only, placeholder_dedup_key
-from mailsync.prepare import Prepared, prepare_batch
+from mailsync.prepare import Prepared, follow_parent_out, prepare_batch
 from mailsync.storage_errors import storage_problem
 from models import (
     GMAIL_LABEL,
@@ -85,8 +81,6 @@ CONNECTION_RETRIES = 3  # reconnects per pass: after 1, 2 and 4 s (a server rest
 RETRY_PAUSE_SECONDS = 1.0  # the first reconnect waits this long (doubling, plus jitter)
 SEARCH_INDEX_EVERY_SECONDS = 10.0  # how far conversation search may lag a long backfill
 PARSE_WORKERS = 2  # processes that parse and write blobs while the next batch downloads
-PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal a process gets when its parent dies
-ORPHAN_CHECK_SECONDS = 1.0  # how often a parse worker checks that its sync process lives
 POOL_THRESHOLD = 100  # fewer messages than this are parsed inline (no pool start-up cost)
 
 HEADER_FIELDS = "MESSAGE-ID DATE FROM TO SUBJECT X-MICROSOFT-ORIGINAL-MESSAGE-ID"
@@ -284,35 +278,6 @@ def _stored_copy(candidates: Iterable[tuple[int, int, bool]], size: int) -> int 
         if stored_size == size and not in_this_folder:
             return message_id
     return None
-
-
-def _follow_parent_out(parent_pid: int) -> None:
-    """Initialize a parse worker: make it exit as soon as the sync process that started it dies.
-
-    A sync killed with SIGKILL cannot shut its pool down, and an idle worker waits for work
-    forever (with it, multiprocessing's resource tracker, which exits once no process holds
-    its pipe). On Linux the kernel delivers SIGKILL when the parent dies (prctl
-    PR_SET_PDEATHSIG); elsewhere, and for a parent that died before this ran, a watchdog
-    thread notices that the worker was re-parented.
-    """
-    # Ctrl-C reaches the whole process group; the sync process stops its pool itself.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform == "linux":
-        # The kernel ties this to the *thread* that started the worker; the pass's own
-        # thread starts the pool and shuts it down before it ends, so that is the pass.
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:
-        os._exit(1)
-    threading.Thread(
-        target=_exit_when_orphaned, args=(parent_pid,), name="parent-watch", daemon=True
-    ).start()
-
-
-def _exit_when_orphaned(parent_pid: int) -> None:
-    while os.getppid() == parent_pid:
-        time.sleep(ORPHAN_CHECK_SECONDS)
-    os._exit(1)
 
 
 def assign_roles(listing: list[tuple[tuple[bytes, ...], str]]) -> dict[str, str | None]:
@@ -1175,7 +1140,7 @@ class AccountSync:
             self.pool = ProcessPoolExecutor(
                 max_workers=workers,
                 mp_context=get_context("spawn"),
-                initializer=_follow_parent_out,
+                initializer=follow_parent_out,
                 initargs=(os.getpid(),),
             )
         return self.pool
