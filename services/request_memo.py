@@ -14,7 +14,7 @@ from flask import g, has_request_context
 T = TypeVar("T")
 
 
-def remembered(name: str, key: int, read: Callable[[], T]) -> T:
+def remembered(name: str, key: int | str, read: Callable[[], T]) -> T:
     """Return read() for (name, key), read at most once in this request."""
     if not has_request_context():
         return read()
@@ -24,7 +24,7 @@ def remembered(name: str, key: int, read: Callable[[], T]) -> T:
     return values[key]
 
 
-def forget(name: str, key: int) -> None:
+def forget(name: str, key: int | str) -> None:
     """Drop (name, key) after a write in this request, so the next read sees the change."""
     if has_request_context():
         g.get(f"memo_{name}", {}).pop(key, None)

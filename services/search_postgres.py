@@ -138,7 +138,7 @@ class PostgresIndex:
             ],
         )
 
-    def match_expression(self, terms: list[str]) -> str | None:
+    def match_expression(self, terms: list[str], connection: Connection) -> str | None:
         """A tsquery literal: every term required, a term of several words a phrase."""
         parts = []
         for term in terms:

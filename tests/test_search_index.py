@@ -75,3 +75,42 @@ def test_reindex_replaces_and_remove_drops(store):
     remove_from_index(db.session.connection(), [message.id])
     db.session.commit()
     assert search(store, "new") == []
+
+
+@pytest.mark.sqlite_only("compares with FTS5's own prefix match")
+@pytest.mark.parametrize("most_words", [64, 2], ids=["spelled out", "too many: a prefix"])
+def test_longer_prefixes_find_what_a_plain_prefix_match_finds(store, monkeypatch, most_words):
+    """On SQLite a term longer than the prefix indexes is spelled out into the indexed words
+    it starts (an OR of exact words, cheap within a rowid range); it must find exactly what
+    FTS5's own prefix match finds, also for words it does not spell out (not plain ASCII)
+    and when too many words start with it."""
+    from services import search
+
+    monkeypatch.setattr(search, "MAX_EXPANDED_WORDS", most_words)
+    texts = [
+        "proposal", "proposals attached", "Proposál signed", "propose", "PROPOSALZ9",
+        "proposal-draft", "unrelated words", "prop", "proposa", "Zürich proposals",
+    ]  # fmt: skip
+    threads = [store(f"Mail {n}", "ann@x.test", body).thread_id for n, body in enumerate(texts)]
+    queries = [
+        "propos", "proposa", "proposal", "proposals", "proposalz", "PROPOSAL", "proposál",
+        "zurich", "zürich", "proposal draft", "missingword", "prop", "pro",
+        "ann@x.test", "x.tes", "proposal-drafts", "proposal-dra", "unrelated-wor",
+        "proposals-attac", "unrelated-attac", "mail-1", "signed.propos",
+    ]  # fmt: skip
+    for query in queries:
+        words = query.split()  # each a term; FTS5 splits a term's own words (a phrase)
+        plain = " ".join(f'"{w}"*' if len(w) >= search.MIN_PREFIX else f'"{w}"' for w in words)
+        expected = sorted(
+            row[0]
+            for row in db.session.execute(
+                text(matching_threads_sql(db.session.connection())),
+                {"match": plain, **account_rows(store.account.id)},
+            )
+        )
+        assert search_threads(store, query) == expected, query
+    assert search_threads(store, "proposal") != [] and len(threads) == len(texts)
+
+
+def search_threads(store, query):
+    return search(store, query)

@@ -253,5 +253,5 @@ def test_on_postgresql_a_rare_terms_matches_are_bound_not_matched_again(
         assert found(me, "walnut") == wanted
     finally:
         event.remove(db.engine, "before_cursor_execute", remember)
-    probes = [sql for sql in statements if "thread_search" in sql]
+    probes = [sql for sql in statements if "FROM thread_search " in sql]
     assert len(probes) == (2 if db.engine.dialect.name == "sqlite" else 1), probes
