@@ -221,7 +221,7 @@ def folder_title(user: User, key: str) -> str:
     folder_id = _folder_id(key)
     if folder_id is None:
         return dict(ROLE_FOLDERS).get(key, "Inbox")
-    return folder_label(access.folder_for_owner(user, folder_id))
+    return folder_label(_own_folder(user, folder_id))
 
 
 def move_destinations(user: User) -> list[FolderEntry]:
@@ -246,6 +246,15 @@ def _owned_folders(user: User) -> list[MailFolder]:
         .order_by(MailFolder.account_id, MailFolder.name)
     )
     return remembered("owned_folders", user.id, lambda: list(db.session.scalars(query)))
+
+
+def _own_folder(user: User, folder_id: int) -> MailFolder:
+    """Return one of the user's folders from the request's folder read (a folder page asks
+    for its title and for each mailbox's list); any other id gets access's 404."""
+    for folder in _owned_folders(user):
+        if folder.id == folder_id:
+            return folder
+    return access.folder_for_owner(user, folder_id)  # not the user's: it aborts
 
 
 def _unread_counts(user: User) -> tuple[dict[int, int], dict[str, int]]:
@@ -460,7 +469,7 @@ def _folder_condition(user: User, key: str, account_id: int) -> ColumnElement[bo
         return and_(Thread.in_inbox.is_(True), Thread.archived.is_(False), live)
     folder_id = _folder_id(key)
     if folder_id is not None:
-        folder = access.folder_for_owner(user, folder_id)
+        folder = _own_folder(user, folder_id)
         if folder.account_id != account_id:
             return false()  # a folder holds only its own mailbox's mail
         if folder.state == GMAIL_LABEL:

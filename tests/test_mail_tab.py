@@ -7,11 +7,12 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import select, text
 
 from extensions import db
 from models import Message, Thread
 from services import access, linking, mailbox
+from tests.statements import recorded_statements
 
 HTMX_LIST = {"HX-Request": "true", "HX-Target": "mail-results"}
 
@@ -183,16 +184,8 @@ def test_unread_counts_read_only_the_kept_counts(me, folders, make_mailbox_messa
     per account), never the messages: its cost does not grow with the mailbox."""
     make_mailbox_message(folders["inbox"], subject="Unread")
     db.session.commit()
-    statements = []
-
-    def remember(conn, cursor, statement, parameters, context, executemany):
-        statements.append((statement, parameters))
-
-    event.listen(db.engine, "before_cursor_execute", remember)
-    try:
+    with recorded_statements() as statements:
         mailbox.list_folders(me)
-    finally:
-        event.remove(db.engine, "before_cursor_execute", remember)
     connection = db.session.connection()
     assert not [sql for sql, _params in statements if re.search(r"\bmessage\b", sql)]
     plans = [
@@ -213,16 +206,8 @@ def test_a_small_folder_is_read_from_its_own_rows_not_the_whole_mailbox(
         make_mailbox_message(folders["inbox"], subject=f"Mail {n}")
     db.session.commit()
     db.session.execute(text("ANALYZE"))  # plans as on a real database, which has statistics
-    statements = []
-
-    def remember(conn, cursor, statement, parameters, context, executemany):
-        statements.append((statement, parameters))
-
-    event.listen(db.engine, "before_cursor_execute", remember)
-    try:
+    with recorded_statements() as statements:
         listing = mailbox.list_threads(me, mailbox.MailboxQuery(folder="trash"))
-    finally:
-        event.remove(db.engine, "before_cursor_execute", remember)
     assert listing.rows == []
     connection = db.session.connection()
     reads = [

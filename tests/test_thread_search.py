@@ -4,12 +4,13 @@ the mail it covers: new messages, deletions, blocks, threads merged, mail gone f
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from extensions import db
 from models import Message
 from services import linking, mailbox, search
 from services.search import ensure_search_index
+from tests.statements import recorded_statements
 
 
 @pytest.fixture
@@ -243,15 +244,7 @@ def test_on_postgresql_a_rare_terms_matches_are_bound_not_matched_again(
     wanted = {make_mailbox_message(inbox, subject=f"Walnut order {n}").thread_id for n in range(3)}
     make_mailbox_message(inbox, subject="Kiwi order")
     db.session.commit()
-    statements = []
-
-    def remember(conn, cursor, statement, parameters, context, executemany):
-        statements.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", remember)
-    try:
+    with recorded_statements() as statements:
         assert found(me, "walnut") == wanted
-    finally:
-        event.remove(db.engine, "before_cursor_execute", remember)
-    probes = [sql for sql in statements if "FROM thread_search " in sql]
+    probes = [sql for sql, _params in statements if "FROM thread_search " in sql]
     assert len(probes) == (2 if db.engine.dialect.name == "sqlite" else 1), probes
