@@ -62,6 +62,7 @@ from services.preferences import get_preference
 from services.request_memo import remembered
 from services.search import (
     account_rows,
+    first_matching_ids,
     match_expression,
     matching_threads_sql,
     remove_from_index,
@@ -549,17 +550,14 @@ def _search_plan(raw_query: str, account_id: int) -> SearchPlan:
     expression = match_expression(connection, raw_query)
     if expression is None:
         return SearchPlan(Thread.id.is_(None))  # nothing searchable: no results, not everything
-    sql = matching_threads_sql(connection)
-    first = _matching_ids(sql, expression, account_rows(account_id), limit=FEW_MATCHES + 1)
+    rows = account_rows(account_id)
+    first = first_matching_ids(connection, expression, rows, limit=FEW_MATCHES + 1)
     if len(first) <= min(_few_ids(connection), FEW_MATCHES):
         # A handful of matches (a person's address, a rare word) are used as they are: a
         # second MATCH would cost the first again (a long prefix merges its whole doclist).
         return SearchPlan(id_in(Thread.id, first, connection.dialect.name))
-    matching = (
-        text(sql)
-        .bindparams(match=expression, **account_rows(account_id))
-        .columns(thread_id=Integer)
-    )
+    sql = matching_threads_sql(connection)
+    matching = text(sql).bindparams(match=expression, **rows).columns(thread_id=Integer)
     if len(first) <= FEW_MATCHES:
         # A rare term: fetch just the few matching threads, then sort them (as many bound
         # ids cost more than the second MATCH).
@@ -580,13 +578,6 @@ def _few_ids(connection) -> int:
     its statistics did not know the account yet (a new mailbox's first sync: 1.3 s a page).
     """
     return FEW_IDS if is_sqlite(connection) else FEW_MATCHES
-
-
-def _matching_ids(sql: str, match: str, rows: Mapping[str, int], *, limit: int) -> list[int]:
-    """Return up to `limit` ids of the conversations matching `match` within the search row
-    id range `rows` (:first, :last)."""
-    found = text(f"{sql} LIMIT :limit").bindparams(match=match, limit=limit, **rows)
-    return list(db.session.scalars(found))
 
 
 WALK_FIRST_CHUNK = 4 * (PAGE_SIZE + 1)  # conversations looked at first; doubled each round

@@ -33,7 +33,7 @@ import itertools
 import logging
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -214,9 +214,18 @@ class Fts5Index:
 
     def matching_threads_sql(self) -> str:
         return (
-            f"SELECT rowid & {_THREAD_ID_MASK} FROM thread_search "
+            f"SELECT rowid & {_THREAD_ID_MASK} AS thread_id FROM thread_search "
             "WHERE thread_search MATCH :match AND rowid BETWEEN :first AND :last"
         )
+
+    def first_matching_ids(self, connection: Connection, bound: dict) -> list[int]:
+        listed = connection.execute(
+            text(
+                f"SELECT group_concat(thread_id) FROM ({self.matching_threads_sql()} LIMIT :limit)"
+            ),
+            bound,
+        ).scalar()
+        return [int(thread_id) for thread_id in listed.split(",")] if listed else []
 
 
 def search_index(connection: Connection) -> Fts5Index:
@@ -436,6 +445,19 @@ def matching_threads_sql(connection: Connection) -> str:
     Bind :match to a match_expression result and :first, :last to `account_rows(account_id)`.
     """
     return search_index(connection).matching_threads_sql()
+
+
+def first_matching_ids(
+    connection: Connection, match: str, rows: Mapping[str, int], *, limit: int
+) -> list[int]:
+    """Return the ids of up to `limit` conversations matching `match` (a match_expression
+    result) within the search row id range `rows` (account_rows).
+
+    The ids come back as one value (a list in SQL): read row by row through SQLAlchemy's
+    result they cost about 0.7 microseconds each, 1.5 ms for the 2,000 a common word gives.
+    """
+    bound = {"match": match, "limit": limit, **rows}
+    return search_index(connection).first_matching_ids(connection, bound)
 
 
 def account_rows(account_id: int) -> dict[str, int]:

@@ -153,7 +153,17 @@ class PostgresIndex:
 
     def matching_threads_sql(self) -> str:
         return (
-            f"SELECT search_rowid & {_THREAD_ID_MASK} FROM thread_search "
+            f"SELECT search_rowid & {_THREAD_ID_MASK} AS thread_id FROM thread_search "
             "WHERE document @@ CAST(:match AS tsquery) "
             "AND search_rowid BETWEEN :first AND :last"
         )
+
+    def first_matching_ids(self, connection: Connection, bound: dict) -> list[int]:
+        listed = connection.execute(
+            text(
+                f"SELECT array_agg(thread_id) FROM ({self.matching_threads_sql()} LIMIT :limit)"
+                " AS matches"
+            ),
+            bound,
+        ).scalar()
+        return listed or []

@@ -7,6 +7,7 @@ from extensions import db
 from services.search import (
     SearchDocument,
     account_rows,
+    first_matching_ids,
     index_messages,
     match_expression,
     matching_threads_sql,
@@ -40,6 +41,31 @@ def search(store, query):
         {"match": expression, **account_rows(store.account.id)},
     )
     return sorted(row[0] for row in rows)
+
+
+def test_the_first_matching_ids_are_the_matches_read_row_by_row(store):
+    """first_matching_ids reads the ids as one value (a list in SQL): the same ids as the
+    rows of the plain query, at most `limit` of them, none when nothing matches."""
+    threads = {store(f"Walnut order {n}", "", "crate").thread_id for n in range(7)}
+    store("Kiwi order", "", "crate")
+    connection = db.session.connection()
+    rows = account_rows(store.account.id)
+    walnut = match_expression(connection, "walnut")
+    assert sorted(first_matching_ids(connection, walnut, rows, limit=100)) == sorted(threads)
+    assert sorted(first_matching_ids(connection, walnut, rows, limit=100)) == search(
+        store, "walnut"
+    )
+    some = first_matching_ids(connection, walnut, rows, limit=3)
+    assert len(some) == 3 and set(some) <= threads
+    assert (
+        len(first_matching_ids(connection, match_expression(connection, "crate"), rows, limit=100))
+        == 8
+    )
+    assert (
+        first_matching_ids(connection, match_expression(connection, "zebra"), rows, limit=5) == []
+    )
+    other = account_rows(store.account.id + 1)  # another mailbox's range: none of these
+    assert first_matching_ids(connection, walnut, other, limit=100) == []
 
 
 def test_prefix_search_over_subject_participants_and_body(store):
