@@ -37,6 +37,9 @@ DEFAULT_BACKOFF_SECONDS = 10.0
 BACKOFF_CAP_SECONDS = 15 * 60
 DEFAULT_LEASE_SECONDS = 60.0
 UNFINISHED = (JOB_QUEUED, JOB_RUNNING)
+# Another job of the same key, for the conditions that compare a job with its neighbours.
+# Made once: aliasing copies every column of the table (1 ms a call, on every Mail tab page).
+OTHER_JOB = aliased(Job, name="other_job")
 
 # Merges a queued job's payload with a newer one for the same key (see enqueue).
 Merge = Callable[[dict, dict], dict]
@@ -129,7 +132,7 @@ def _lock_key(key: str) -> None:
 
 def _claimable(now: datetime):
     """The condition under which a job may be claimed now (one place, used twice)."""
-    earlier = aliased(Job)
+    earlier = OTHER_JOB
     blocked_by_earlier = exists().where(
         earlier.key == Job.key, earlier.id < Job.id, earlier.state.in_(UNFINISHED)
     )
@@ -301,7 +304,7 @@ def failures_not_followed(*, kinds, keys: list[str], since: datetime) -> list[Jo
     job of the same key has been done, newest first (one query for every key)."""
     if not keys:
         return []
-    later = aliased(Job)
+    later = OTHER_JOB
     landed_later = exists().where(
         later.kind.in_(list(kinds)),
         later.key == Job.key,

@@ -610,6 +610,28 @@ def test_add_address_to_existing_person_and_link_past(world, login, make_raw_mes
     assert missing.status_code == 422
 
 
+def test_each_unknown_address_offers_the_persons_the_user_can_see(
+    world, login, make_raw_message, make_person
+):
+    """Every unknown participant gets its own "add to an existing person" picker, each
+    listing the same persons: those the user can see, not a teammate's private one."""
+    make_person(world["teammate"], name="Tessa Private", visibility="owner")
+    message = make_raw_message(
+        world["account"],
+        build_message(
+            sender="Nora New <nora@prospect.test>",
+            to="olivia@team.test, Otto Other <otto@prospect.test>",
+        ),
+    )
+    page = login(world["owner"]).get(f"/mail/threads/{message.thread_id}").get_data(as_text=True)
+    pickers = re.findall(r'<form[^>]*/person-emails"[^>]*>(.*?)</form>', page, re.S)
+    addresses = [re.search(r'name="address" value="([^"]*)"', form)[1] for form in pickers]
+    assert sorted(addresses) == ["nora@prospect.test", "otto@prospect.test"]
+    for form in pickers:
+        options = re.findall(r'<option value="(\d+)">([^<]*)</option>', form)
+        assert options == [(str(world["carla"].id), "Carla Diaz")]
+
+
 def test_block_sender_hides_the_thread(world, login):
     client = login(world["owner"])
     thread = world["thread"]
