@@ -981,6 +981,12 @@ def _error_text(errors: list[str]) -> str | None:
 
 def _parse(raw: bytes) -> ParsedMessage:
     """Parse a whole message; may raise on bugs, which parse_message() turns into a result."""
+    return _parse_with_envelope(raw)[0]
+
+
+def _parse_with_envelope(raw: bytes) -> tuple[ParsedMessage, ParsedMessage]:
+    """_parse(raw), and the envelope read from the headers alone as parse_headers_only
+    reads it (without the body's charset hint), for the identity keys."""
     errors: list[str] = []
     header_block, body = _split_entity(_strip_mbox_line(raw), errors)
     headers = _parse_header_block(header_block, errors)
@@ -1043,7 +1049,9 @@ def _parse(raw: bytes) -> ParsedMessage:
         text_body = _leaf_text(inline_text).replace("\r\n", "\n")[:MAX_TEXT_CHARS]
     snippet = _snippet(text_body)
     envelope = _envelope(headers, errors, body_charset)
-    return replace(
+    # The hint only changes header values in raw 8-bit bytes, which few mails have.
+    alone = envelope if body_charset is None or header_block.isascii() else None
+    parsed = replace(
         envelope,
         text_body=text_body,
         html_body=html_body,
@@ -1054,6 +1062,7 @@ def _parse(raw: bytes) -> ParsedMessage:
         size=len(raw),
         parse_error=_error_text(errors),
     )
+    return parsed, alone if alone is not None else _envelope(headers, [])
 
 
 def parse_message(raw: bytes) -> ParsedMessage:
@@ -1135,9 +1144,23 @@ def dedup_key(raw: bytes) -> str:
 def identity_keys(raw: bytes) -> tuple[str, str | None]:
     """Return (dedup_key(raw), header_key(raw)) from one parse of the header block (a first
     sync computes both for every message)."""
-    fields = _header_fields(parse_headers_only(raw))
+    return _identity(parse_headers_only(raw), raw)
+
+
+def _identity(envelope: ParsedMessage, raw: bytes) -> tuple[str, str | None]:
+    fields = _header_fields(envelope)
     dedup = _hash(["v2", *fields, body_digest(raw)])
     return dedup, (_hash(fields) if fields[0] else None)
+
+
+def parse_with_identity(raw: bytes) -> tuple[ParsedMessage, str, str | None]:
+    """Return (parse_message(raw), *identity_keys(raw)), reading the header block once: a
+    first sync needs all three for every message. Never raises."""
+    try:
+        parsed, envelope = _parse_with_envelope(raw)
+    except Exception:
+        return (parse_message(raw), *identity_keys(raw))
+    return (parsed, *_identity(envelope, raw))
 
 
 def placeholder_dedup_key(parsed: ParsedMessage, size: int) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mailsync.blobstore import BlobStore
-from mailsync.parse import ParsedMessage, identity_keys, parse_message
+from mailsync.parse import ParsedMessage, parse_with_identity
 
 PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal a process gets when its parent dies
 ORPHAN_CHECK_SECONDS = 1.0  # how often a parse worker checks that its sync process lives
@@ -58,8 +58,7 @@ def prepare_batch(blob_root: str, items: list[tuple[int, bytes]]) -> list[Prepar
     prepared = []
     for uid, raw in items:
         sha = store.put(raw)  # blob before row: a crash leaves at most an orphan blob
-        parsed = parse_message(raw)
-        key, candidate = identity_keys(raw)
+        parsed, key, candidate = parse_with_identity(raw)
         prepared.append(Prepared(uid, sha, for_search(parsed), key, len(raw), candidate))
     return prepared
 

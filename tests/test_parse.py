@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import imaplib
 import os
+import random
 import re
 import shutil
 import tempfile
@@ -29,6 +30,7 @@ from mailsync.parse import (
     identity_keys,
     parse_headers_only,
     parse_message,
+    parse_with_identity,
 )
 from tests.corpus import corpus_dir, corpus_files, read_message, skip_reason
 
@@ -615,6 +617,66 @@ def test_identity_keys_are_those_already_stored():
         "c4d6526cccc511edd6edc53841f657908ebbaf5f735396e1fd2c31771036abdf",
     )
     assert identity_keys(raw) == (dedup_key(raw), header_key(raw))
+
+
+def _mail_with_raw_headers(rng: random.Random) -> bytes:
+    """A message whose headers may hold raw 8-bit text in another charset than the body's,
+    sometimes multipart, sometimes broken: where reading the headers alone and reading them
+    with the body's charset differ."""
+    texts = ["Grüße aus Köln", "报价单 第二版", "見積書のご案内", "Ofertă", "plain words"]
+    codecs = ["utf-8", "gb2312", "shift_jis", "iso-8859-2", "cp1252"]
+
+    def raw_text() -> bytes:
+        text, codec = rng.choice(texts), rng.choice(codecs)
+        return text.encode(codec, "replace") if rng.random() < 0.8 else os.urandom(6)
+
+    name = raw_text().replace(b"\r", b"").replace(b"\n", b"").replace(b"<", b"")
+    head = (
+        b"From: " + name + b" <anna@example.com>\r\n"
+        b"To: " + raw_text() + b" <bob@example.org>\r\n"
+        b"Subject: " + raw_text() + b"\r\n"
+        b"Date: Tue, 07 Apr 2026 10:00:01 +0200\r\n"
+    )
+    if rng.random() < 0.7:
+        head += b"Message-ID: <m." + str(rng.randrange(10**6)).encode() + b"@example.com>\r\n"
+    charset = rng.choice(["gb2312", "shift_jis", "iso-8859-2", "utf-8", "x-bogus", None])
+    declared = b"; charset=" + charset.encode() if charset else b""
+    body = raw_text() + b"\r\n"
+    shape = rng.choice(["single", "multipart", "broken"])
+    if shape == "single":
+        return head + b"Content-Type: text/plain" + declared + b"\r\n\r\n" + body
+    boundary = b"b1" if shape == "multipart" else b"missing"
+    return (
+        head
+        + b'Content-Type: multipart/alternative; boundary="b1"\r\n\r\n--'
+        + boundary
+        + b"\r\nContent-Type: text/plain"
+        + declared
+        + b"\r\n\r\n"
+        + body
+        + b"--b1--\r\n"
+    )
+
+
+def test_parse_with_identity_equals_the_parse_and_keys_apart():
+    """A first sync reads the header block once for the parse and the identity keys; the
+    result is the two functions' own, also where the body's charset changes how raw 8-bit
+    headers read (the identity keys read them without it)."""
+    rng = random.Random(1414)
+    hinted = 0
+    for _ in range(400):
+        raw = _mail_with_raw_headers(rng)
+        parsed, key, candidate = parse_with_identity(raw)
+        assert (parsed, key, candidate) == (parse_message(raw), *identity_keys(raw)), raw
+        hinted += parsed.subject != parse_headers_only(raw).subject
+    assert hinted > 20  # the case where the two readings differ was exercised
+
+
+@pytest.mark.skipif(not corpus_files(), reason=skip_reason())
+def test_parse_with_identity_equals_the_parse_and_keys_apart_on_the_corpus():
+    for path in corpus_files():
+        raw = read_message(path)
+        assert parse_with_identity(raw) == (parse_message(raw), *identity_keys(raw)), path.name
 
 
 # --- corpus ------------------------------------------------------------------------------
