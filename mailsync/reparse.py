@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from extensions import db
 from mailsync import store
 from mailsync.blobstore import app_blob_store
-from mailsync.parse import ParsedMessage, identity_keys, parse_message
+from mailsync.parse import ParsedMessage, parse_with_identity
 from mailsync.prepare import for_search
 from models import PARSE_VERSION, MailAccount, Message
 
@@ -71,9 +71,9 @@ def reparse_account(app: Flask, account_id: int) -> int:
             raw = _raw(blobs, sha)
             if raw is None:
                 continue
-            parsed = parse_message(raw)
+            parsed, key, header_key = parse_with_identity(raw)
             values = store.parsed_columns(parsed)
-            key, values["header_key"] = identity_keys(raw)
+            values["header_key"] = header_key
             if key == old_key or key not in taken:
                 taken.discard(old_key)
                 taken.add(key)
