@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -166,15 +167,21 @@ def _listed_attachments(parsed: ParsedMessage) -> list[AttachmentInfo]:
 
 def sender_images_allowed(user: User, sender: str) -> bool:
     """Tell whether `user` chose to always show remote images from `sender`."""
-    if not sender:
-        return False
-    return (
-        db.session.scalar(
-            select(ImageAllowance.id).where(
-                ImageAllowance.user_id == user.id, ImageAllowance.sender == sender.lower()
+    return bool(senders_with_images_allowed(user, [sender]))
+
+
+def senders_with_images_allowed(user: User, senders: Iterable[str]) -> set[str]:
+    """Return those of `senders` (lowercased) whose remote images `user` always shows; one
+    query for a whole conversation."""
+    wanted = {sender.lower() for sender in senders if sender}
+    if not wanted:
+        return set()
+    return set(
+        db.session.scalars(
+            select(ImageAllowance.sender).where(
+                ImageAllowance.user_id == user.id, ImageAllowance.sender.in_(sorted(wanted))
             )
         )
-        is not None
     )
 
 
@@ -205,10 +212,11 @@ def request_full_message(message: Message) -> int:
     )
 
 
-def render_message(
-    user: User, message: Message, *, allow_remote_images: bool = False
-) -> RenderedMessage:
-    """Render one message body for the sandboxed iframe; never raises on bad mail (R16)."""
+def render_message(message: Message, *, allow_remote_images: bool = False) -> RenderedMessage:
+    """Render one message body for the sandboxed iframe; never raises on bad mail (R16).
+
+    `allow_remote_images`: the viewer asked to see them, for this message or its sender.
+    """
     view = RenderedMessage(message=message)
     raw = load_raw(message)
     view.has_raw = raw is not None
@@ -231,7 +239,7 @@ def render_message(
         else:
             view.notice = "This message has no text."
         return view
-    allowed = allow_remote_images or sender_images_allowed(user, message.from_address)
+    allowed = allow_remote_images
     if parsed.html_body is not None:
         sanitized = sanitize_reply_html(
             parsed.html_body,
@@ -283,8 +291,13 @@ def load_conversation(
     hidden_by_block = not messages
     if hidden_by_block and is_owner:
         messages = thread_messages(thread, include_blocked=True)
+    always = senders_with_images_allowed(user, [message.from_address for message in messages])
     rendered = [
-        render_message(user, message, allow_remote_images=message.id == show_images_for)
+        render_message(
+            message,
+            allow_remote_images=message.id == show_images_for
+            or (message.from_address or "").lower() in always,
+        )
         for message in messages
     ]
     return ConversationView(

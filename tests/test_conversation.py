@@ -18,6 +18,7 @@ from tests.mail_fixtures import (
     PNG_1X1,
     build_message,
 )
+from tests.statements import recorded_statements
 
 SANDBOX = "allow-same-origin allow-popups allow-popups-to-escape-sandbox"
 
@@ -406,6 +407,26 @@ def test_always_show_images_from_sender(world, login, make_raw_message):
     assert client.post(f"/mail/messages/{message.id}/image-allowance").status_code == 303
     rows = db.session.scalars(select(ImageAllowance)).all()
     assert [(r.user_id, r.sender) for r in rows] == [(world["owner"].id, "news@letters.test")]
+
+
+def test_images_are_shown_for_the_allowed_senders_messages_within_one_conversation(
+    world, login, make_raw_message
+):
+    """In a conversation with several senders, remote images show in the messages of the
+    sender the user always allows, and stay hidden in the others'; the allowances are read
+    once for the whole conversation, however many messages it has."""
+    first = make_raw_message(world["account"], _remote_mail())
+    thread = first.thread
+    make_raw_message(world["account"], _remote_mail("Spam <spam@elsewhere.test>"), thread=thread)
+    make_raw_message(world["account"], _remote_mail("Nina <NEWS@letters.test>"), thread=thread)
+    client = login(world["owner"])
+    assert client.post(f"/mail/messages/{first.id}/image-allowance").status_code == 303
+    with recorded_statements() as statements:
+        page = client.get(f"/mail/threads/{thread.id}").get_data(as_text=True)
+    frames = [frame["srcdoc"] for frame in parse_page(page).iframes]
+    assert ["img.letters.test" in frame for frame in frames] == [True, False, True]
+    reads = [sql for sql, _params in statements if "FROM image_allowance" in sql]
+    assert len(reads) == 1, reads
 
 
 # --------------------------------------------------------------------------- linking
