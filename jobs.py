@@ -41,7 +41,7 @@ from models import (
     SyncLease,
     SyncRun,
 )
-from services import job_queue
+from services import job_queue, search
 
 log = logging.getLogger("threadline.jobs")
 
@@ -488,9 +488,12 @@ def _finish_interrupted(app: Flask, account_id: int, run_id: int | None, owner: 
 
 
 def _refresh_statistics(result: SyncResult) -> None:
-    """Keep the query planner's statistics current after a run (a failure is only logged)."""
+    """Keep the query planner's statistics and the search index current after a run (a
+    failure is only logged)."""
     try:
         store.refresh_statistics(result.new)
+        if result.new:
+            search.merge_pending_entries(db.session.connection())
         db.session.commit()
     except Exception:
         db.session.rollback()

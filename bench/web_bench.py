@@ -276,6 +276,7 @@ def seed_mail(app, target: int, team: dict, workers: int = 2) -> int:
     from extensions import db
     from mailsync import store
     from models import MailAccount
+    from services.search import merge_pending_entries
 
     with app.app_context():
         ctx = store.context_for(db.session.get(MailAccount, team["account_id"]))
@@ -313,7 +314,9 @@ def seed_mail(app, target: int, team: dict, workers: int = 2) -> int:
                 db.session.commit()
                 if stored >= target:
                     break
-            store.refresh_statistics(stored)  # what a sync run does after a large backfill
+            # What the worker does after a sync run that stored mail.
+            store.refresh_statistics(stored)
+            merge_pending_entries(db.session.connection())
             db.session.commit()
     finally:
         pool.shutdown(cancel_futures=True)

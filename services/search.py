@@ -212,6 +212,9 @@ class Fts5Index:
         lead = "".join(word + " " for word in words[:-1])
         return "(" + " OR ".join(f'"{lead}{ending}"' for ending in endings) + ")"
 
+    def merge_pending(self, connection: Connection) -> None:
+        pass  # FTS5 merges its segments as it writes (automerge)
+
     def matching_threads_sql(self) -> str:
         return (
             f"SELECT rowid & {_THREAD_ID_MASK} AS thread_id FROM thread_search "
@@ -458,6 +461,12 @@ def first_matching_ids(
     """
     bound = {"match": match, "limit": limit, **rows}
     return search_index(connection).first_matching_ids(connection, bound)
+
+
+def merge_pending_entries(connection: Connection) -> None:
+    """Fold index entries written since the last merge into the search index proper, where
+    searches find them fastest (the worker does it after a sync run that stored mail)."""
+    search_index(connection).merge_pending(connection)
 
 
 def account_rows(account_id: int) -> dict[str, int]:

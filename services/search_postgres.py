@@ -92,6 +92,12 @@ def tsvector_literal(columns: list[str]) -> str:
     )
 
 
+DOCUMENT_INDEX = "ix_thread_search_document"
+# The most a search reads of GIN's pending list between merges (kB; PostgreSQL's default is
+# 4,096): a long first sync adds entries faster than a run's end merges them.
+PENDING_LIST_KB = 256
+
+
 class PostgresIndex:
     def create(self, connection: Connection) -> bool:
         new = not connection.execute(text("SELECT to_regclass('thread_search')")).scalar()
@@ -103,13 +109,18 @@ class PostgresIndex:
         )
         connection.execute(
             text(
-                "CREATE INDEX IF NOT EXISTS ix_thread_search_document "
-                "ON thread_search USING GIN (document)"
+                f"CREATE INDEX IF NOT EXISTS {DOCUMENT_INDEX} ON thread_search USING GIN (document)"
             )
         )
         for statement in _SCHEMA:
             connection.execute(text(statement))
         return new
+
+    def merge_pending(self, connection: Connection) -> None:
+        # GIN queues new entries in a pending list that every search reads through: at
+        # 300 pages (what a sync of 1,500 conversations left) a search word cost 25 ms
+        # instead of 2. The sync's worker merges them into the index after a run.
+        connection.execute(text(f"SELECT gin_clean_pending_list('{DOCUMENT_INDEX}'::regclass)"))
 
     def delete_rows(self, connection: Connection, rowids: list[int]) -> None:
         connection.execute(
