@@ -637,7 +637,8 @@ def _walk_search(
 
 
 def _threads_in_order(ids: list[int]) -> list[Thread]:
-    found = {t.id: t for t in db.session.scalars(select(Thread).where(Thread.id.in_(ids)))}
+    page = select(Thread).where(id_in(Thread.id, ids, db.engine.dialect.name))
+    found = {t.id: t for t in db.session.scalars(page)}
     return [found[thread_id] for thread_id in ids]
 
 
@@ -742,7 +743,7 @@ def _fill_from_messages(user: User, rows: dict[int, ThreadRow]) -> None:
             Message.has_attachments,
             Message.snippet,
         )
-        .where(Message.thread_id.in_(rows), _live_message())
+        .where(id_in(Message.thread_id, list(rows), db.engine.dialect.name), _live_message())
         .order_by(Message.thread_id, Message.date, Message.id)
     ).all()
     senders: dict[int, list[str]] = defaultdict(list)
@@ -796,7 +797,9 @@ def _chips(user: User, threads: Sequence[Thread]) -> list[tuple[int, Chip]]:
         select(Message.thread_id, Person.id, Person.name)
         .join(MessagePerson, MessagePerson.message_id == Message.id)
         .join(Person, Person.id == MessagePerson.person_id)
-        .where(Message.thread_id.in_(ids), _live_message(), visible_person)
+        .where(
+            id_in(Message.thread_id, ids, db.engine.dialect.name), _live_message(), visible_person
+        )
         .distinct()
         .order_by(Message.thread_id, Person.name)
     ).all()
