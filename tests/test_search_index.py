@@ -13,6 +13,7 @@ from services.search import (
     matching_threads_sql,
     remove_from_index,
 )
+from tests.conftest import ON_POSTGRESQL
 
 
 @pytest.fixture
@@ -140,3 +141,57 @@ def test_longer_prefixes_find_what_a_plain_prefix_match_finds(store, monkeypatch
 
 def search_threads(store, query):
     return search(store, query)
+
+
+@pytest.mark.skipif(not ON_POSTGRESQL, reason="compares with PostgreSQL's own prefix match")
+@pytest.mark.parametrize("most_words", [16, 2], ids=["spelled out", "too many: a prefix"])
+def test_on_postgresql_longer_prefixes_find_what_a_plain_prefix_match_finds(
+    store, monkeypatch, most_words
+):
+    """On PostgreSQL a term whose last word is longer than LONGEST_PREFIX_INDEX is spelled
+    out into the indexed words it starts (thread_search_vocabulary); it must find exactly
+    what the tsquery prefix (:*) finds, for accented and other text too, and when too many
+    words start with it."""
+    from services import search_postgres
+    from services.search_postgres import _quote, words
+
+    monkeypatch.setattr(search_postgres, "MAX_EXPANDED_WORDS", most_words)
+    texts = [
+        "proposal", "proposals attached", "Proposál signed", "propose", "PROPOSALZ9",
+        "proposal-draft", "unrelated words", "prop", "proposa", "Zürich proposals",
+        "Zürichsee Angebot", "zurichtal", "naïve-résumé",
+    ]  # fmt: skip
+    threads = [store(f"Mail {n}", "ann@x.test", body).thread_id for n, body in enumerate(texts)]
+    queries = [
+        "propos", "proposa", "proposal", "proposals", "proposalz", "PROPOSAL", "proposál",
+        "zurich", "zürich", "zürichs", "proposal draft", "missingword", "prop", "pro",
+        "ann@x.test", "x.tes", "proposal-drafts", "proposal-dra", "unrelated-wor",
+        "proposals-attac", "unrelated-attac", "mail-1", "signed.propos", "naive-resum",
+    ]  # fmt: skip
+    connection = db.session.connection()
+    for query in queries:
+        plain = []
+        for term in query.split():
+            quoted = [_quote(word) for word in words(term)]
+            if len(term) >= search_postgres.MIN_PREFIX:
+                quoted[-1] += ":*"
+            plain.append("(" + " <-> ".join(quoted) + ")")
+        expected = sorted(
+            row[0]
+            for row in db.session.execute(
+                text(matching_threads_sql(connection)),
+                {"match": " & ".join(plain), **account_rows(store.account.id)},
+            )
+        )
+        assert search(store, query) == expected, query
+    spelled = search_postgres.PostgresIndex().match_expression(["proposal"], connection)
+    assert (":*" in spelled) == (most_words == 2), spelled
+    assert search(store, "proposal") != [] and len(threads) == len(texts)
+
+
+@pytest.mark.skipif(not ON_POSTGRESQL, reason="PostgreSQL's word list")
+def test_on_postgresql_the_word_list_holds_every_longer_indexed_word(store):
+    store("Quarterly proposal", "carla@customer.test Carla Diaz", "Pricing attached, Zürich")
+    listed = set(db.session.scalars(text("SELECT word FROM thread_search_vocabulary")))
+    assert {"quarterly", "proposal", "carla", "customer", "pricing", "zurich"} <= listed
+    assert not {"diaz", "test"} & listed  # four letters or fewer: the prefix match stays
