@@ -1,5 +1,7 @@
 """The FTS5 conversation index: safe queries, prefix matching, replace and remove."""
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import text
 
@@ -195,3 +197,30 @@ def test_on_postgresql_the_word_list_holds_every_longer_indexed_word(store):
     listed = set(db.session.scalars(text("SELECT word FROM thread_search_vocabulary")))
     assert {"quarterly", "proposal", "carla", "customer", "pricing", "zurich"} <= listed
     assert not {"diaz", "test"} & listed  # four letters or fewer: the prefix match stays
+
+
+@pytest.mark.skipif(not ON_POSTGRESQL, reason="PostgreSQL's word list")
+def test_on_postgresql_migration_0013_lists_the_words_of_conversations_indexed_before(store):
+    """A database indexed before the word list existed gets it filled by migration 0013, so
+    its longer prefixes are spelled out and still find every conversation (twice: idempotent)."""
+    import importlib.util
+
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    first = store("Quarterly proposal", "carla@customer.test", "Pricing attached")
+    second = store("Proposals, revised", "bo@team.test", "Zürich office")
+    db.session.execute(text("DELETE FROM thread_search_vocabulary"))
+    db.session.commit()
+    path = Path(__file__).parents[1] / "migrations" / "versions" / "0013_postgres_search.py"
+    spec = importlib.util.spec_from_file_location("migration_0013", path)
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    for _ in range(2):
+        with Operations.context(MigrationContext.configure(db.session.connection())):
+            migration.upgrade()
+        db.session.commit()
+    listed = set(db.session.scalars(text("SELECT word FROM thread_search_vocabulary")))
+    assert {"quarterly", "proposal", "proposals", "revised", "zurich", "office"} <= listed
+    assert search(store, "proposa") == sorted([first.thread_id, second.thread_id])
+    assert search(store, "zuric") == [second.thread_id]
