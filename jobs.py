@@ -492,12 +492,19 @@ def _refresh_statistics(result: SyncResult) -> None:
     failure is only logged)."""
     try:
         store.refresh_statistics(result.new)
-        if result.new:
-            search.merge_pending_entries(db.session.connection())
         db.session.commit()
     except Exception:
         db.session.rollback()
         log.exception("account %s: refreshing planner statistics failed", result.account_id)
+    if not result.new:
+        return
+    try:
+        # Apart from the statistics: on PostgreSQL only the index's owner may merge.
+        search.merge_pending_entries(db.session.connection())
+        db.session.commit()
+    except Exception as exc:
+        db.session.rollback()
+        log.warning("account %s: merging new search entries failed: %s", result.account_id, exc)
 
 
 def _record(account_id: int, run_id: int, result: SyncResult) -> None:

@@ -10,6 +10,7 @@ from sqlalchemy import text
 import jobs
 from extensions import db
 from mailsync import store
+from mailsync.sync import SyncResult
 from services.search_postgres import DOCUMENT_INDEX, PENDING_LIST_KB
 from tests.conftest import ON_POSTGRESQL
 from tests.sync_helpers import raw_message, run_sync
@@ -71,3 +72,25 @@ def test_the_search_index_keeps_a_short_pending_list(app):
         text("SELECT reloptions FROM pg_class WHERE relname = :name"), {"name": DOCUMENT_INDEX}
     )
     assert f"gin_pending_list_limit={PENDING_LIST_KB}" in options
+
+
+def test_a_failed_search_merge_keeps_the_fresh_statistics(
+    app, make_user, make_stored_account, monkeypatch, caplog
+):
+    """Merging new search entries may fail (on PostgreSQL only the index's owner may merge):
+    it is logged, and the statistics the run refreshed stay."""
+
+    def refuse(connection):
+        raise RuntimeError("must be owner of index ix_thread_search_document")
+
+    account = make_stored_account(make_user())
+    monkeypatch.setattr(jobs.search, "merge_pending_entries", refuse)
+    jobs._refresh_statistics(SyncResult(account_id=account.id, new=store.ANALYZE_AFTER_NEW))
+    assert "merging new search entries failed: must be owner" in caplog.text
+    if db.engine.dialect.name == "sqlite":
+        assert db.session.scalar(text("SELECT count(*) FROM sqlite_stat1")) > 0
+    else:
+        last = db.session.scalar(
+            text("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'mail_account'")
+        )
+        assert last is not None
