@@ -180,7 +180,7 @@ class Fts5Index:
         if not lowered.isascii():
             return None  # the tokenizer's folding of other text is not redone here
         words = _ASCII_WORD_RE.findall(lowered)  # as unicode61 splits ASCII text
-        if not words or len(words[-1]) <= LONGEST_PREFIX_INDEX:
+        if not words or not may_spell_out(words[-1]):
             return None
         if not connection.info.get("thread_search_words"):
             connection.execute(
@@ -192,7 +192,7 @@ class Fts5Index:
             connection.info["thread_search_words"] = True
         last = words[-1]
         found: list[str] = []
-        at = last
+        at, after = last, text_after_prefix(last)
         while len(found) <= MAX_EXPANDED_WORDS:
             # One word at a time, each a seek: "term > x" would read every instance of x.
             word = connection.execute(
@@ -200,15 +200,15 @@ class Fts5Index:
                     "SELECT term FROM temp.thread_search_words "
                     "WHERE term >= :at AND term < :after LIMIT 1"
                 ),
-                {"at": at, "after": last + "\U0010ffff"},
+                {"at": at, "after": after},
             ).scalar()
             if word is None:
                 break
             found.append(word)
             at = word + "\x00"  # the least text after `word`: the next word, if any
-        endings = found or [last]  # none: the exact word, which matches nothing
-        if len(endings) > MAX_EXPANDED_WORDS:
-            return None  # an OR of many words costs more than one merged doclist
+        endings = spelled_out(last, found)
+        if endings is None:
+            return None
         lead = "".join(word + " " for word in words[:-1])
         return "(" + " OR ".join(f'"{lead}{ending}"' for ending in endings) + ")"
 
@@ -229,6 +229,32 @@ class Fts5Index:
             bound,
         ).scalar()
         return [int(thread_id) for thread_id in listed.split(",")] if listed else []
+
+
+def may_spell_out(word: str) -> bool:
+    """Tell whether a term's last word is long enough to be spelled out into the indexed
+    words it starts (shorter ones start too many; FTS5 has prefix indexes for them)."""
+    return len(word) > LONGEST_PREFIX_INDEX
+
+
+def text_after_prefix(word: str) -> str:
+    """The least text after every text that starts with `word`, in code point order (which
+    both databases' word lists sort by: UTF-8 bytes): the end of the range to list."""
+    last = ord(word[-1])
+    if last == 0x10FFFF:
+        return word + chr(0x10FFFF)  # no code point follows; no word has one (not a letter)
+    following = 0xE000 if 0xD7FF <= last < 0xE000 else last + 1  # surrogates are no text
+    return word[:-1] + chr(following)
+
+
+def spelled_out(last: str, found: list[str]) -> list[str] | None:
+    """The words `last` is spelled out into, given the indexed words it starts (`found`,
+    listed up to MAX_EXPANDED_WORDS + 1): None when there are too many (an OR of many
+    words costs more than the prefix match); the word itself when none (it matches
+    nothing, as the prefix would)."""
+    if len(found) > MAX_EXPANDED_WORDS:
+        return None
+    return found or [last]
 
 
 def search_index(connection: Connection) -> Fts5Index:

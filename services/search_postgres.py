@@ -20,12 +20,14 @@ import unicodedata
 from sqlalchemy import Connection, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
 
+from services import search
 from services.search import (
     _THREAD_ID_MASK,
-    LONGEST_PREFIX_INDEX,
-    MAX_EXPANDED_WORDS,
     MIN_PREFIX,
     SEARCH_ROWID_SQL,
+    may_spell_out,
+    spelled_out,
+    text_after_prefix,
 )
 
 _WORD_RE = re.compile(r"[^\W_]+")
@@ -108,7 +110,7 @@ def _positions(columns: list[str]) -> dict[str, list[int]]:
 
 
 DOCUMENT_INDEX = "ix_thread_search_document"
-# Every indexed word longer than the prefix length spelled out (LONGEST_PREFIX_INDEX), for
+# Every indexed word a prefix may be spelled out into (search.may_spell_out), for
 # match_expression. Words are never removed: one no document has any more matches nothing.
 VOCABULARY_TABLE = (
     'CREATE TABLE IF NOT EXISTS thread_search_vocabulary (word TEXT COLLATE "C" PRIMARY KEY)'
@@ -156,7 +158,7 @@ class PostgresIndex:
             positions = _positions(
                 [document["subject"], document["participants"], document["body"]]
             )
-            long_words.update(word for word in positions if len(word) > LONGEST_PREFIX_INDEX)
+            long_words.update(word for word in positions if may_spell_out(word))
             rows.append({"rowid": document["rowid"], "document": _literal(positions)})
         # An upsert: another transaction may have rewritten the same conversation meanwhile.
         connection.execute(
@@ -197,34 +199,32 @@ class PostgresIndex:
                 if endings is None:
                     quoted[-1] += ":*"
                 else:
-                    quoted[-1] = "(" + " | ".join(map(_quote, endings or [found[-1]])) + ")"
+                    quoted[-1] = "(" + " | ".join(map(_quote, endings)) + ")"
             parts.append("(" + " <-> ".join(quoted) + ")")
         return " & ".join(parts) if parts else None
 
     @staticmethod
     def _words_starting(connection: Connection, word: str) -> list[str] | None:
-        """The indexed words `word` starts, or None to keep the prefix match: `word` is
-        short enough that many words start so, or more than MAX_EXPANDED_WORDS do."""
-        if len(word) <= LONGEST_PREFIX_INDEX or word[-1] == chr(0x10FFFF):
+        """The words `word` is spelled out into (search.spelled_out), or None to keep the
+        prefix match."""
+        if not may_spell_out(word):
             return None
-        # The words from `word` up to the next string after all it starts (code point order,
-        # which is the "C" collation's byte order of UTF-8): one range of the primary key.
-        following = ord(word[-1]) + 1
-        if 0xD800 <= following <= 0xDFFF:
-            following = 0xE000  # surrogates are no text: the next code point that is
-        after = word[:-1] + chr(following)
         found = (
             connection.execute(
                 text(
                     "SELECT word FROM thread_search_vocabulary "
                     "WHERE word >= :word AND word < :after ORDER BY word LIMIT :limit"
                 ),
-                {"word": word, "after": after, "limit": MAX_EXPANDED_WORDS + 1},
+                {
+                    "word": word,
+                    "after": text_after_prefix(word),
+                    "limit": search.MAX_EXPANDED_WORDS + 1,
+                },
             )
             .scalars()
             .all()
         )
-        return None if len(found) > MAX_EXPANDED_WORDS else list(found)
+        return spelled_out(word, list(found))
 
     def matching_threads_sql(self) -> str:
         return (

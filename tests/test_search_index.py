@@ -154,10 +154,11 @@ def test_on_postgresql_longer_prefixes_find_what_a_plain_prefix_match_finds(
     out into the indexed words it starts (thread_search_vocabulary); it must find exactly
     what the tsquery prefix (:*) finds, for accented and other text too, and when too many
     words start with it."""
+    from services import search as search_rules
     from services import search_postgres
     from services.search_postgres import _quote, words
 
-    monkeypatch.setattr(search_postgres, "MAX_EXPANDED_WORDS", most_words)
+    monkeypatch.setattr(search_rules, "MAX_EXPANDED_WORDS", most_words)
     texts = [
         "proposal", "proposals attached", "Proposál signed", "propose", "PROPOSALZ9",
         "proposal-draft", "unrelated words", "prop", "proposa", "Zürich proposals",
