@@ -29,6 +29,7 @@ from models import (
     User,
 )
 from services.inputs import is_database_id
+from services.request_memo import forget, remembered
 
 T = TypeVar("T")
 
@@ -225,7 +226,7 @@ def can_view_thread(user: User, thread: Thread) -> bool:
     """Tell whether `user` may read `thread` (owner, or teammate through a shared link)."""
     if thread.deleted_at is not None:
         return False
-    if thread.account.user_id == user.id:
+    if owns_thread(user, thread):
         return True
     return thread.shared and not thread.blocked and _linked_records_accessible(user, thread)
 
@@ -235,7 +236,7 @@ def thread_for_viewer(user: User, thread_id: int) -> tuple[Thread, bool]:
     thread = db.session.get(Thread, thread_id) if is_database_id(thread_id) else None
     if thread is None or not can_view_thread(user, thread):
         abort(404)
-    return thread, thread.account.user_id == user.id
+    return thread, owns_thread(user, thread)
 
 
 def message_for_viewer(user: User, message_id: int) -> tuple[Message, bool]:
@@ -245,7 +246,7 @@ def message_for_viewer(user: User, message_id: int) -> tuple[Message, bool]:
         abort(404)
     if not can_view_thread(user, message.thread):
         abort(404)
-    return message, message.thread.account.user_id == user.id
+    return message, owns_thread(user, message.thread)
 
 
 def account_for(user: User, account_id: int) -> MailAccount:
@@ -259,6 +260,25 @@ def account_for(user: User, account_id: int) -> MailAccount:
 def visible_accounts(user: User) -> Select[tuple[MailAccount]]:
     """Return a select of the mail accounts `user` owns, removed ones included."""
     return select(MailAccount).where(MailAccount.user_id == user.id).order_by(MailAccount.id)
+
+
+def own_accounts(user_id: int) -> list[MailAccount]:
+    """Return the mail accounts the user owns, removed ones included, by id; read once per
+    web request (a Mail tab page needs them for its list, the own addresses, the re-auth
+    banner and the saving state, a conversation for its owner check: one round trip, not
+    four). Code that adds or deletes an account calls forget_own_accounts."""
+    query = select(MailAccount).where(MailAccount.user_id == user_id).order_by(MailAccount.id)
+    return remembered("own_accounts", user_id, lambda: list(db.session.scalars(query)))
+
+
+def forget_own_accounts(user_id: int) -> None:
+    """Make the next own_accounts read afresh (after an account was added or deleted)."""
+    forget("own_accounts", user_id)
+
+
+def owns_thread(user: User, thread: Thread) -> bool:
+    """Tell whether the conversation is in one of the user's own mailboxes."""
+    return any(account.id == thread.account_id for account in own_accounts(user.id))
 
 
 def owned_folders(user: User) -> Select[tuple[MailFolder]]:

@@ -48,7 +48,7 @@ from models import (
     utcnow,
 )
 from services import job_queue, oauth
-from services.access import visible_accounts
+from services.access import forget_own_accounts, own_accounts
 from services.credentials import CredentialError, secret_box
 from services.errors import ValidationError
 
@@ -452,6 +452,7 @@ def create_account(
     account.removed_at = None
     db.session.add(account)
     db.session.commit()
+    forget_own_accounts(user.id)
     log.info("mail account %s added for user %s", account.id, user.id)
     return account
 
@@ -548,6 +549,7 @@ def create_oauth_account(
     account.removed_at = None
     db.session.add(account)
     db.session.commit()
+    forget_own_accounts(user.id)
     log.info("mail account %s added with OAuth2 (%s) for user %s", account.id, oauth_key, user.id)
     return account
 
@@ -824,6 +826,7 @@ def remove_account(user: User, account: MailAccount, *, keep_mail: bool, app: Fl
     else:
         db.session.delete(account)
     db.session.commit()
+    forget_own_accounts(user.id)
     log.info("mail account %s removed by user %s (keep_mail=%s)", account.id, user.id, keep_mail)
     return warning
 
@@ -964,20 +967,16 @@ def fetch_again(user: User, account: MailAccount, folder_id: int) -> int:
 
 def list_accounts(user: User) -> list[MailAccount]:
     """Return the user's own mail accounts, removed ones included."""
-    return list(db.session.scalars(visible_accounts(user)))
+    return list(own_accounts(user.id))
 
 
 def accounts_needing_attention(user: User) -> list[MailAccount]:
     """Return the user's accounts whose sync stopped until the user fixes the credentials."""
-    return list(
-        db.session.scalars(
-            select(MailAccount).where(
-                MailAccount.user_id == user.id,
-                MailAccount.sync_state.in_(AUTH_BLOCKED_STATES),
-                MailAccount.removed_at.is_(None),
-            )
-        )
-    )
+    return [
+        account
+        for account in own_accounts(user.id)
+        if account.sync_state in AUTH_BLOCKED_STATES and account.removed_at is None
+    ]
 
 
 def backfill_progress(accounts: Iterable[MailAccount]) -> Progress:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy import Select, and_, delete, exists, func, or_, select, union_all, update
 from sqlalchemy.orm import aliased
 
 from extensions import db
@@ -286,17 +286,7 @@ def unfinished_jobs(*, kinds, account_ids) -> list[Job]:
     """Return the queued and running jobs of these kinds for these accounts, oldest first."""
     if not account_ids:
         return []
-    return list(
-        db.session.scalars(
-            select(Job)
-            .where(
-                Job.kind.in_(list(kinds)),
-                Job.account_id.in_(list(account_ids)),
-                Job.state.in_(UNFINISHED),
-            )
-            .order_by(Job.id)
-        )
-    )
+    return list(db.session.scalars(_unfinished(kinds, account_ids).order_by(Job.id)))
 
 
 def failures_not_followed(*, kinds, keys: list[str], since: datetime) -> list[Job]:
@@ -304,6 +294,37 @@ def failures_not_followed(*, kinds, keys: list[str], since: datetime) -> list[Jo
     job of the same key has been done, newest first (one query for every key)."""
     if not keys:
         return []
+    failures = _failures_not_followed(kinds, keys, since).order_by(Job.id.desc())
+    return list(db.session.scalars(failures))
+
+
+def unfinished_and_failures(
+    *, kinds, account_ids, keys: list[str], since: datetime
+) -> tuple[list[Job], list[Job]]:
+    """Return unfinished_jobs(...) and failures_not_followed(...) read in one round trip
+    (every Mail tab page shows both in its saving state)."""
+    if not account_ids or not keys:
+        return (
+            unfinished_jobs(kinds=kinds, account_ids=account_ids),
+            failures_not_followed(kinds=kinds, keys=keys, since=since),
+        )
+    both = union_all(_unfinished(kinds, account_ids), _failures_not_followed(kinds, keys, since))
+    jobs = sorted(db.session.scalars(select(Job).from_statement(both)), key=lambda job: job.id)
+    # The halves differ in state (queued or running, and failed), so it tells them apart.
+    unfinished = [job for job in jobs if job.state in UNFINISHED]
+    failures = [job for job in reversed(jobs) if job.state == JOB_FAILED]
+    return unfinished, failures
+
+
+def _unfinished(kinds, account_ids) -> Select[tuple[Job]]:
+    return select(Job).where(
+        Job.kind.in_(list(kinds)),
+        Job.account_id.in_(list(account_ids)),
+        Job.state.in_(UNFINISHED),
+    )
+
+
+def _failures_not_followed(kinds, keys: list[str], since: datetime) -> Select[tuple[Job]]:
     later = OTHER_JOB
     landed_later = exists().where(
         later.kind.in_(list(kinds)),
@@ -311,18 +332,12 @@ def failures_not_followed(*, kinds, keys: list[str], since: datetime) -> list[Jo
         later.state == JOB_DONE,
         later.id > Job.id,
     )
-    return list(
-        db.session.scalars(
-            select(Job)
-            .where(
-                Job.kind.in_(list(kinds)),
-                Job.key.in_(keys),
-                Job.state == JOB_FAILED,
-                Job.finished_at >= since,
-                ~landed_later,
-            )
-            .order_by(Job.id.desc())
-        )
+    return select(Job).where(
+        Job.kind.in_(list(kinds)),
+        Job.key.in_(keys),
+        Job.state == JOB_FAILED,
+        Job.finished_at >= since,
+        ~landed_later,
     )
 
 

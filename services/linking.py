@@ -28,7 +28,7 @@ from models import (
     Thread,
     User,
 )
-from services.access import accessible_to
+from services.access import accessible_to, own_accounts
 from services.addresses import is_valid_address
 from services.errors import ValidationError
 from services.linking_rules import (
@@ -59,21 +59,16 @@ def own_addresses(user: User) -> set[str]:
 
 
 def own_addresses_of(user_id: int, sign_in_address: str) -> set[str]:
-    accounts = db.session.execute(
-        select(MailAccount.email_address, MailAccount.username).where(
-            MailAccount.user_id == user_id
-        )
-    ).all()
     aliases = db.session.scalars(
         select(OwnAddress.address).where(
             OwnAddress.user_id == user_id, OwnAddress.source != "ignored"
         )
     )
     found = {sign_in_address.lower(), *aliases}
-    for address, username in accounts:
-        found.add(address.lower())
-        if "@" in (username or ""):
-            found.add(username.strip().lower())
+    for account in own_accounts(user_id):
+        found.add(account.email_address.lower())
+        if "@" in (account.username or ""):
+            found.add(account.username.strip().lower())
     return found
 
 

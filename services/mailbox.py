@@ -35,7 +35,6 @@ from models import (
     GMAIL_LABEL,
     Deal,
     Lead,
-    MailAccount,
     MailFolder,
     Message,
     MessageLabel,
@@ -418,8 +417,7 @@ def _row_value(thread: Thread):
 def _account_ids(user: User) -> list[int]:
     """Return the ids of the user's mailboxes; read once per web request (the Mail tab's
     list, folders, saving state and empty-state check each need them)."""
-    query = select(MailAccount.id).where(MailAccount.user_id == user.id)
-    return list(remembered("account_ids", user.id, lambda: list(db.session.scalars(query))))
+    return [account.id for account in access.own_accounts(user.id)]
 
 
 def _page_order(thread: Thread) -> tuple[bool, datetime | None, int]:
@@ -1028,14 +1026,16 @@ def writeback_status(user: User, *, thread_id: int | None = None) -> WritebackSt
     if not account_ids:
         return WritebackStatus()
     status = WritebackStatus()
-    for job in job_queue.unfinished_jobs(kinds=WRITEBACK_KINDS, account_ids=account_ids):
+    unfinished, failures = job_queue.unfinished_and_failures(
+        kinds=WRITEBACK_KINDS,
+        account_ids=account_ids,
+        keys=[writeback_key(a) for a in account_ids],
+        since=datetime.now(UTC) - timedelta(seconds=FAILURE_SHOWN_SECONDS),
+    )
+    for job in unfinished:
         if thread_id is None or thread_id in job.payload.get("thread_ids", []):
             status.pending = True
             break
-    since = datetime.now(UTC) - timedelta(seconds=FAILURE_SHOWN_SECONDS)
-    failures = job_queue.failures_not_followed(
-        kinds=WRITEBACK_KINDS, keys=[writeback_key(a) for a in account_ids], since=since
-    )
     newest_per_account = {}
     for job in failures:  # newest first
         newest_per_account.setdefault(job.key, job)

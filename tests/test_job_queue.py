@@ -322,3 +322,56 @@ def test_failures_not_followed_agrees_with_the_newest_failed_and_done_per_key(ap
         for failure in found:
             newest.setdefault(failure.key, failure.id)
         assert newest == expected, [(j.id, j.kind, j.key, j.state) for j in history]
+
+
+def test_unfinished_and_failures_in_one_read_agree_with_the_two_reads(
+    app, make_user, make_stored_account
+):
+    """The Mail tab's saving state reads both lists in one round trip: random histories of
+    every state over two accounts (one not asked about) and two kinds give the same lists, in
+    the same order, as the two reads apart, and the unfinished list matches a small model."""
+    user = make_user()
+    asked, other = (make_stored_account(user, email_address=f"{n}@team.test") for n in "ab")
+    rng = random.Random(11)
+    now = datetime.now(UTC)
+    since = now - timedelta(hours=24)
+    kinds = ("test.a", "test.b")
+    keys = [f"account:{asked.id}"]
+    for _case in range(30):
+        db.session.execute(delete(Job))
+        history = []
+        for _ in range(rng.randint(0, 10)):
+            account = rng.choice((asked, other))
+            # failures often, so that several wait unfollowed and their order shows
+            state = rng.choice((JOB_QUEUED, JOB_RUNNING, JOB_FAILED, JOB_FAILED, JOB_DONE))
+            row = Job(
+                kind=rng.choice((*kinds, "test.other")),
+                key=f"account:{account.id}",
+                account_id=account.id,
+                state=state,
+                finished_at=now - timedelta(hours=rng.choice((1, 30)))
+                if state in (JOB_FAILED, JOB_DONE)
+                else None,
+            )
+            db.session.add(row)
+            db.session.flush()
+            history.append(row)
+        db.session.commit()
+        ids = [asked.id]
+        unfinished, failures = job_queue.unfinished_and_failures(
+            kinds=kinds, account_ids=ids, keys=keys, since=since
+        )
+        apart = (
+            job_queue.unfinished_jobs(kinds=kinds, account_ids=ids),
+            job_queue.failures_not_followed(kinds=kinds, keys=keys, since=since),
+        )
+        assert ([j.id for j in unfinished], [j.id for j in failures]) == (
+            [j.id for j in apart[0]],
+            [j.id for j in apart[1]],
+        )
+        model = [
+            j.id
+            for j in history
+            if j.kind in kinds and j.account_id == asked.id and j.state in (JOB_QUEUED, JOB_RUNNING)
+        ]
+        assert [j.id for j in unfinished] == model

@@ -874,3 +874,36 @@ def test_search_walk_gives_the_pages_of_the_whole_set_of_matches(
         monkeypatch.setattr(mailbox, "_walk_search", lambda *args: None)
         assert walked == pages(query), query
     assert walks
+
+
+def test_pages_read_the_mail_accounts_and_the_write_back_queue_once(
+    me, client_me, folders, make_stored_account, make_mailbox_message
+):
+    """The user's mail accounts feed the list (which mailboxes), the own addresses (mail
+    sent from a second mailbox shows "To: ..."), the re-auth banner and the owner check of a
+    conversation; the write-back queue feeds "Saving to mailbox…" and a failure. A page reads
+    the accounts in one statement and the queue in one, whatever shows."""
+    blocked = make_stored_account(me, email_address="me@other-provider.test")
+    blocked.sync_state = "needs_reauth"
+    db.session.commit()
+    sent = make_mailbox_message(
+        folders["inbox"],
+        subject="Offer",
+        sender=("Me", "me@other-provider.test"),
+        to=(("Carla Diaz", "carla@customer.test"),),
+    )
+    assert client_me.post(
+        "/mail/threads/actions", data={"action": "unread", "thread_id": sent.thread_id}
+    ).status_code in (200, 303)
+    for url in ("/mail/", f"/mail/threads/{sent.thread_id}"):
+        with recorded_statements() as statements:
+            page = client_me.get(url).get_data(as_text=True)
+        assert "me@other-provider.test</strong> stopped syncing" in page, url
+        assert "Saving to mailbox" in page, url
+        account_reads = [
+            sql for sql, _ in statements if re.search(r"FROM mail_account\s+WHERE", sql)
+        ]
+        queue_reads = [sql for sql, _ in statements if re.search(r"\bFROM job\b", sql)]
+        assert len(account_reads) == 1, (url, account_reads)
+        assert len(queue_reads) == 1, (url, queue_reads)
+    assert "To: Carla Diaz" in client_me.get("/mail/").get_data(as_text=True)
