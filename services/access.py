@@ -257,11 +257,6 @@ def account_for(user: User, account_id: int) -> MailAccount:
     return account
 
 
-def visible_accounts(user: User) -> Select[tuple[MailAccount]]:
-    """Return a select of the mail accounts `user` owns, removed ones included."""
-    return select(MailAccount).where(MailAccount.user_id == user.id).order_by(MailAccount.id)
-
-
 def own_accounts(user_id: int) -> list[MailAccount]:
     """Return the mail accounts the user owns, removed ones included, by id; read once per
     web request (a Mail tab page needs them for its list, the own addresses, the re-auth
