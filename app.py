@@ -216,7 +216,7 @@ def _unauthorized():
 
 
 def _register_hooks(app: Flask) -> None:
-    from services.access import can_manage_record
+    from services.access import can_manage_record, linked_record_for
     from services.users import needs_setup, session_too_old
 
     def reject_untrusted_host():
@@ -296,7 +296,12 @@ def _register_hooks(app: Flask) -> None:
     @app.context_processor
     def record_permissions():
         # Templates hide the controls a user cannot use; services.records refuses them anyway.
-        return {"can_manage_record": can_manage_record}
+        # A linked record (a deal's person, a lead's deal) is named only to those who can
+        # open it: templates ask services.access through visible_link, never decide.
+        return {
+            "can_manage_record": can_manage_record,
+            "visible_link": lambda record: linked_record_for(current_user, record),
+        }
 
     @app.after_request
     def security_headers(response):

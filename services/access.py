@@ -80,6 +80,19 @@ def record_for(user: User, model: type[T], record_id: int, *, manage: str | None
     return record
 
 
+def linked_record_for(user: User, record: T | None) -> T | None:
+    """Return a record linked from another one (a deal's person or organization, a lead's
+    deal) when `user` can access it, else None.
+
+    A record everyone can open may link to someone's owner-only record; its page and list
+    rows name the linked record only to those who could open it (PRODUCT.md "Sharing and
+    visibility"), as the pickers and related lists already do.
+    """
+    if record is None or not can_access_record(user, record):
+        return None
+    return record
+
+
 def record_or_none(user: User, model: type[T], record_id: int | None) -> T | None:
     """Return the record when it exists and `user` can access it, else None (for pickers)."""
     if record_id is None or not is_database_id(record_id):

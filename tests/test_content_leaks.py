@@ -1,0 +1,79 @@
+"""Leaks inside pages a teammate may open, found by playing a hostile teammate.
+
+The route-level matrices (test_authorization_matrix, test_records_access) prove that B gets a
+404 for A's private ids. These tests look at what B's *allowed* pages and files contain: A's
+owner-only record named on a public record's page, a message A's blocks hide inside a
+conversation A shared, a shared conversation reached only through such a hidden message.
+Each test checks both sides: what B must not see, and what B (or A) still sees.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from extensions import db
+
+SECRET = "Zvelkorn"  # in every name and text A keeps from B
+
+
+@pytest.fixture
+def alice(make_user):
+    return make_user(name="Alice Owner")
+
+
+@pytest.fixture
+def bob(make_user):
+    return make_user(name="Bob Teammate")
+
+
+# --------------------------------------------------------------------------- record pages
+
+
+@pytest.fixture
+def linked_records(alice, make_person, make_organization, make_deal, make_lead, make_project):
+    """Public records of A's that link to A's owner-only person, organization and deal."""
+    person = make_person(alice, name=f"{SECRET} Person", visibility="owner")
+    organization = make_organization(alice, name=f"{SECRET} Org", visibility="owner")
+    deal = make_deal(alice, title=f"{SECRET} Deal", visibility="owner")
+    links = {"person_id": person.id, "organization_id": organization.id}
+    return {
+        "deal": make_deal(alice, title="Open deal", **links),
+        "lead": make_lead(alice, title="Open lead", deal_id=deal.id, **links),
+        "project": make_project(alice, title="Open project", **links),
+        "person": make_person(alice, name="Open person", organization_id=organization.id),
+    }
+
+
+def _record_urls(records) -> list[str]:
+    urls = ["/deals/", "/deals/board", "/leads/", "/projects/", "/persons/"]
+    for kind, record in records.items():
+        urls += [f"/{kind}s/{record.id}", f"/{kind}s/{record.id}/summary"]
+    return urls
+
+
+def test_public_records_name_linked_private_records_only_to_who_can_open_them(
+    linked_records, alice, bob, login
+):
+    as_bob, as_alice = login(bob), login(alice)
+    for url in _record_urls(linked_records):
+        response = as_bob.get(url)
+        assert response.status_code == 200, url
+        text = response.get_data(as_text=True)
+        assert SECRET not in text, url
+        assert "Open" in text, url  # the public record itself still shows
+    # The owner still sees every link, on the page and in the lists.
+    deal_page = as_alice.get(f"/deals/{linked_records['deal'].id}").get_data(as_text=True)
+    assert f"{SECRET} Person" in deal_page and f"{SECRET} Org" in deal_page
+    lead_page = as_alice.get(f"/leads/{linked_records['lead'].id}").get_data(as_text=True)
+    assert f"{SECRET} Deal" in lead_page
+    board = as_alice.get("/deals/board").get_data(as_text=True)
+    assert f"{SECRET} Org · {SECRET} Person" in board
+
+
+def test_a_linked_record_made_public_shows_to_teammates(linked_records, alice, bob, login):
+    person = linked_records["deal"].person
+    person.visibility = "everyone"
+    db.session.commit()
+    page = login(bob).get(f"/deals/{linked_records['deal'].id}").get_data(as_text=True)
+    assert f"{SECRET} Person" in page
+    assert f"{SECRET} Org" not in page
