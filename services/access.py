@@ -259,7 +259,12 @@ def message_for_viewer(user: User, message_id: int) -> tuple[Message, bool]:
         abort(404)
     if not can_view_thread(user, message.thread):
         abort(404)
-    return message, owns_thread(user, message.thread)
+    is_owner = owns_thread(user, message.thread)
+    # A message the owner's blocks hide is left out of a shared conversation for teammates
+    # (PRODUCT.md "Blocked addresses"), so its source, files and quote are hidden as well.
+    if message.blocked and not is_owner:
+        abort(404)
+    return message, is_owner
 
 
 def account_for(user: User, account_id: int) -> MailAccount:

@@ -12,6 +12,10 @@ from __future__ import annotations
 import pytest
 
 from extensions import db
+from mailsync.parse import parse_message
+from services import linking
+from services.conversations import cid_token, load_raw
+from tests.mail_fixtures import PNG_1X1, build_message
 
 SECRET = "Zvelkorn"  # in every name and text A keeps from B
 
@@ -77,3 +81,81 @@ def test_a_linked_record_made_public_shows_to_teammates(linked_records, alice, b
     page = login(bob).get(f"/deals/{linked_records['deal'].id}").get_data(as_text=True)
     assert f"{SECRET} Person" in page
     assert f"{SECRET} Org" not in page
+
+
+# --------------------------------------------------------------------------- blocked messages
+
+
+@pytest.fixture
+def shared_with_blocked(alice, make_stored_account, make_raw_message, make_deal):
+    """A's shared conversation on a public deal: one visible message, one A's blocks hide."""
+    account = make_stored_account(alice)
+    visible = make_raw_message(
+        account,
+        build_message(
+            subject="Terms",
+            sender="Carla <carla@customer.test>",
+            to=account.email_address,
+            text="Visible terms.",
+            attachments=(("terms.pdf", "application/pdf", b"%PDF visible"),),
+        ),
+        shared=True,
+    )
+    visible.thread.deal_id = make_deal(alice, title="Open deal").id
+    hidden = make_raw_message(
+        account,
+        build_message(
+            subject=f"{SECRET} offer",
+            sender="Spam <spam@junk.test>",
+            to=account.email_address,
+            text=f"{SECRET} body.",
+            html=f"<p>{SECRET}</p><img src='cid:logo'>",
+            inline_images=(("logo", PNG_1X1),),
+            attachments=((f"{SECRET}.pdf", "application/pdf", f"%PDF {SECRET}".encode()),),
+        ),
+        thread=visible.thread,
+    )
+    db.session.commit()
+    linking.block(alice, "spam@junk.test")
+    db.session.refresh(hidden)
+    assert hidden.blocked and not hidden.thread.blocked
+    return visible, hidden
+
+
+def _message_urls(message) -> list[str]:
+    parts = parse_message(load_raw(message)).attachments
+    urls = [f"/mail/messages/{message.id}/raw"]
+    urls += [f"/mail/messages/{message.id}/attachments/{part.part_id}" for part in parts]
+    urls += [f"/mail/compose?reply={message.id}&kind={kind}" for kind in ("reply", "forward")]
+    return urls
+
+
+def test_teammate_cannot_open_a_blocked_message_of_a_shared_conversation(
+    shared_with_blocked, alice, bob, login
+):
+    visible, hidden = shared_with_blocked
+    as_bob, as_alice = login(bob), login(alice)
+    conversation = as_bob.get(f"/mail/threads/{visible.thread_id}")
+    assert conversation.status_code == 200
+    assert "Visible terms." in conversation.get_data(as_text=True)
+    assert SECRET not in conversation.get_data(as_text=True)
+    blocked_urls = _message_urls(hidden) + [
+        f"/mail/messages/{hidden.id}/inline/{cid_token('logo')}"
+    ]
+    for url in blocked_urls:
+        response = as_bob.get(url)
+        assert response.status_code == 404, url
+        assert SECRET.encode() not in response.data, url
+    # A forward started from the hidden message does not copy its attachment either.
+    created = as_bob.post(
+        "/mail/drafts",
+        data={"source_message_id": str(hidden.id), "reply_kind": "forward", "subject": "Fwd"},
+    )
+    assert created.status_code == 404
+    # The visible message stays open to B; the hidden one stays open to its owner.
+    for url in _message_urls(visible):
+        assert as_bob.get(url).status_code == 200, url
+    for url in blocked_urls:
+        response = as_alice.get(url)
+        assert response.status_code == 200, url
+    assert SECRET.encode() in as_alice.get(f"/mail/messages/{hidden.id}/raw").data
