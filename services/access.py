@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 from flask import abort
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Select, and_, or_, select
 
 from extensions import db
 from models import (
@@ -151,11 +151,18 @@ def message_for_owner(user: User, message_id: int) -> Message:
     return message
 
 
+def _shown_message():
+    """The SQL condition "this message shows in its conversation": not deleted, and not hidden
+    by its owner's blocks. Only such a message links its conversation to a person: a hidden
+    one must not open a shared conversation to teammates (PRODUCT.md "Blocked addresses")."""
+    return and_(Message.deleted_at.is_(None), Message.blocked.is_(False))
+
+
 def _person_thread_ids(person_ids) -> Select:
     return (
         select(Message.thread_id)
         .join(MessagePerson, MessagePerson.message_id == Message.id)
-        .where(MessagePerson.person_id.in_(person_ids), Message.deleted_at.is_(None))
+        .where(MessagePerson.person_id.in_(person_ids), _shown_message())
     )
 
 
@@ -223,7 +230,7 @@ def _linked_records_accessible(user: User, thread: Thread) -> bool:
     person_ids = db.session.scalars(
         select(MessagePerson.person_id)
         .join(Message, Message.id == MessagePerson.message_id)
-        .where(Message.thread_id == thread.id, Message.deleted_at.is_(None))
+        .where(Message.thread_id == thread.id, _shown_message())
         .distinct()
     ).all()
     if person_ids:

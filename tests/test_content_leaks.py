@@ -159,3 +159,54 @@ def test_teammate_cannot_open_a_blocked_message_of_a_shared_conversation(
         response = as_alice.get(url)
         assert response.status_code == 200, url
     assert SECRET.encode() in as_alice.get(f"/mail/messages/{hidden.id}/raw").data
+
+
+# --------------------------------------------------------------------------- links through hidden mail
+
+
+@pytest.fixture
+def linked_by_hidden_mail(alice, make_stored_account, make_raw_message, make_person):
+    """A's shared conversation whose only public person is on a message A's blocks hide; the
+    message that shows is from A's owner-only contact."""
+    account = make_stored_account(alice)
+    vendor = make_person(alice, name="Noisy Vendor", emails=("spam@junk.test",))
+    make_person(alice, name=f"{SECRET} Contact", visibility="owner", emails=("quiet@cust.test",))
+    first = make_raw_message(
+        account,
+        build_message(subject="Hello", sender="Spam <spam@junk.test>", to=account.email_address),
+        shared=True,
+    )
+    make_raw_message(
+        account,
+        build_message(
+            subject="Re: Hello",
+            sender="Quiet <quiet@cust.test>",
+            to=account.email_address,
+            text=f"{SECRET} plans.",
+        ),
+        thread=first.thread,
+    )
+    db.session.commit()
+    return vendor, first.thread
+
+
+def test_a_hidden_message_does_not_open_a_shared_conversation_to_teammates(
+    linked_by_hidden_mail, alice, bob, login
+):
+    vendor, thread = linked_by_hidden_mail
+    as_bob = login(bob)
+    panel_url = f"/mail/records/person/{vendor.id}/conversations"
+    # Before the block, the vendor's message links the shared conversation to a person B
+    # can open: B reads it there, as sharing means.
+    assert "Hello" in as_bob.get(panel_url).get_data(as_text=True)
+    assert as_bob.get(f"/mail/threads/{thread.id}").status_code == 200
+
+    linking.block(alice, "spam@junk.test")
+    panel = as_bob.get(panel_url)
+    assert panel.status_code == 200
+    assert "Hello" not in panel.get_data(as_text=True)
+    conversation = as_bob.get(f"/mail/threads/{thread.id}")
+    assert conversation.status_code == 404
+    assert SECRET not in conversation.get_data(as_text=True)
+    # The owner still opens their conversation.
+    assert SECRET in login(alice).get(f"/mail/threads/{thread.id}").get_data(as_text=True)
