@@ -225,9 +225,19 @@ class _Fields:
             self.errors[name] = "Enter a date like 2026-12-31."
             return None
 
-    def linked(self, name: str, model: type[T], value: Any, *, label: str) -> T | None:
-        """Return the linked record, or record a field error when `actor` cannot access it."""
+    def linked(
+        self, name: str, model: type[T], value: Any, *, label: str, current: T | None = None
+    ) -> T | None:
+        """Return the linked record, or record a field error when `actor` cannot access it.
+
+        `current` is the record linked now. When `actor` cannot access it, their form had no
+        choice for it, so a blank field (or its id sent back) keeps it: a teammate's edit of
+        a public deal must not drop the owner's private person without anyone knowing.
+        """
         text = str(value if value is not None else "").strip()
+        if current is not None and not can_access_record(self.actor, current):
+            if not text or parse_id(text) == current.id:
+                return current
         if not text:
             return None
         record = record_or_none(self.actor, model, parse_id(text))
@@ -342,7 +352,11 @@ def _person_fields(actor: User, values: dict[str, Any], record: Person | None) -
         "name": fields.text("name", values.get("name"), label="Name", required=True),
         "phone": fields.text("phone", values.get("phone"), label="Phone", max_length=50),
         "organization": fields.linked(
-            "organization_id", Organization, values.get("organization_id"), label="an organization"
+            "organization_id",
+            Organization,
+            values.get("organization_id"),
+            label="an organization",
+            current=record.organization if record else None,
         ),
         **fields.owner_and_visibility(values, record),
     }
@@ -455,9 +469,19 @@ def _deal_fields(actor: User, values: dict[str, Any], record: Deal | None) -> di
         "expected_close_date": fields.date(
             "expected_close_date", values.get("expected_close_date")
         ),
-        "person": fields.linked("person_id", Person, values.get("person_id"), label="a person"),
+        "person": fields.linked(
+            "person_id",
+            Person,
+            values.get("person_id"),
+            label="a person",
+            current=record.person if record else None,
+        ),
         "organization": fields.linked(
-            "organization_id", Organization, values.get("organization_id"), label="an organization"
+            "organization_id",
+            Organization,
+            values.get("organization_id"),
+            label="an organization",
+            current=record.organization if record else None,
         ),
         **fields.owner_and_visibility(values, record),
     }
@@ -500,9 +524,19 @@ def _lead_fields(actor: User, values: dict[str, Any], record: Lead | None) -> di
         "value": fields.money("value", values.get("value"), required=False),
         "currency": fields.choice("currency", values.get("currency"), CURRENCIES, "USD"),
         "status": fields.choice("status", values.get("status"), LEAD_STATUSES, "open"),
-        "person": fields.linked("person_id", Person, values.get("person_id"), label="a person"),
+        "person": fields.linked(
+            "person_id",
+            Person,
+            values.get("person_id"),
+            label="a person",
+            current=record.person if record else None,
+        ),
         "organization": fields.linked(
-            "organization_id", Organization, values.get("organization_id"), label="an organization"
+            "organization_id",
+            Organization,
+            values.get("organization_id"),
+            label="an organization",
+            current=record.organization if record else None,
         ),
         **fields.owner_and_visibility(values, record),
     }
@@ -569,9 +603,19 @@ def _project_fields(actor: User, values: dict[str, Any], record: Project | None)
     cleaned = {
         "title": fields.text("title", values.get("title"), label="Title", required=True),
         "status": fields.choice("status", values.get("status"), PROJECT_STATUSES, "open"),
-        "person": fields.linked("person_id", Person, values.get("person_id"), label="a person"),
+        "person": fields.linked(
+            "person_id",
+            Person,
+            values.get("person_id"),
+            label="a person",
+            current=record.person if record else None,
+        ),
         "organization": fields.linked(
-            "organization_id", Organization, values.get("organization_id"), label="an organization"
+            "organization_id",
+            Organization,
+            values.get("organization_id"),
+            label="an organization",
+            current=record.organization if record else None,
         ),
         **fields.owner_and_visibility(values, record),
     }

@@ -210,3 +210,25 @@ def test_a_hidden_message_does_not_open_a_shared_conversation_to_teammates(
     assert SECRET not in conversation.get_data(as_text=True)
     # The owner still opens their conversation.
     assert SECRET in login(alice).get(f"/mail/threads/{thread.id}").get_data(as_text=True)
+
+
+# --------------------------------------------------------------------------- editing around hidden links
+
+
+def test_a_teammates_edit_keeps_the_links_they_cannot_see(linked_records, alice, bob, login):
+    deal, person = linked_records["deal"], linked_records["person"]
+    hidden_person, hidden_org = deal.person, deal.organization
+    # What B's edit forms send: their pickers have no choice for A's private records.
+    deal_form = {"title": "Renamed by Bob", "value": "5", "stage": deal.stage}
+    blank_links = {"person_id": "", "organization_id": ""}
+    as_bob = login(bob)
+    assert as_bob.post(f"/deals/{deal.id}", data=deal_form | blank_links).status_code == 303
+    assert as_bob.post(f"/persons/{person.id}", data={"name": "Renamed"}).status_code == 303
+    db.session.expire_all()
+    assert deal.title == "Renamed by Bob"
+    assert (deal.person, deal.organization) == (hidden_person, hidden_org)
+    assert person.name == "Renamed" and person.organization == hidden_org
+    # The owner, who sees the links, still removes them with the same blank fields.
+    assert login(alice).post(f"/deals/{deal.id}", data=deal_form | blank_links).status_code == 303
+    db.session.expire_all()
+    assert (deal.person, deal.organization) == (None, None)
