@@ -232,8 +232,9 @@ def world(
         "private": private,
         "through_blocked": through_blocked,
         "ids": {
-            "account_id": [account.id],
-            "folder_id": [inbox.id, clients.id],
+            # B's own account and folder too: B's account with A's run, folder or signature.
+            "account_id": [account.id, b_account.id],
+            "folder_id": [inbox.id, clients.id, b_inbox.id],
             "run_id": [run.id],
             "signature_id": [signature.id],
             "thread_id": [m.thread_id for m in (private, shared, on_hidden_deal, through_blocked)],
