@@ -74,6 +74,40 @@ def load_raw(message: Message) -> bytes | None:
         return None
 
 
+# Header fields naming who the sender copied in secret: the conversation page never shows
+# them, and "Show original" leaves them out for anyone but the mailbox's owner (a Sent copy
+# from another mail program keeps its Bcc line).
+_SECRET_COPY_FIELDS = (b"bcc", b"resent-bcc")
+
+
+def original_for(message: Message, *, is_owner: bool) -> bytes | None:
+    """Return the stored original for its viewer: whole for the owner, without the Bcc fields
+    of its header for a teammate; None when it is missing."""
+    raw = load_raw(message)
+    if raw is None or is_owner:
+        return raw
+    return without_secret_copies(raw)
+
+
+def without_secret_copies(raw: bytes) -> bytes:
+    """Return `raw` with the Bcc and Resent-Bcc fields (and their folded lines) taken out of
+    its top-level header; the body is left byte for byte."""
+    lines = raw.splitlines(keepends=True)
+    kept: list[bytes] = []
+    dropping = False
+    for index, line in enumerate(lines):
+        if line in (b"\r\n", b"\n", b"\r"):  # the blank line: the body follows untouched
+            return b"".join(kept) + b"".join(lines[index:])
+        if line[:1] in (b" ", b"\t"):  # a folded line belongs to the field above
+            if not dropping:
+                kept.append(line)
+            continue
+        dropping = line.split(b":", 1)[0].strip().lower() in _SECRET_COPY_FIELDS
+        if not dropping:
+            kept.append(line)
+    return b"".join(kept)
+
+
 # --------------------------------------------------------------------------- rendering
 
 

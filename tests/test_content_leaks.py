@@ -232,3 +232,32 @@ def test_a_teammates_edit_keeps_the_links_they_cannot_see(linked_records, alice,
     assert login(alice).post(f"/deals/{deal.id}", data=deal_form | blank_links).status_code == 303
     db.session.expire_all()
     assert (deal.person, deal.organization) == (None, None)
+
+
+# --------------------------------------------------------------------------- the original's Bcc
+
+
+def test_show_original_leaves_the_owners_bcc_out_for_teammates(
+    alice, bob, login, make_stored_account, make_raw_message, make_deal
+):
+    account = make_stored_account(alice)
+    # A Sent copy from another mail program keeps its Bcc line (here folded over two lines).
+    raw = build_message(
+        subject="Proposal",
+        sender=f"Alice <{account.email_address}>",
+        to="Carla <carla@customer.test>",
+        text="Our proposal.",
+    )
+    head, body = raw.split(b"\r\n\r\n", 1)
+    bcc = f"Bcc: {SECRET} Boss <boss@team.test>,\r\n rival@{SECRET}.test".encode()
+    raw = head + b"\r\n" + bcc + b"\r\n\r\n" + body
+    sent = make_raw_message(account, raw, shared=True)
+    sent.thread.deal_id = make_deal(alice, title="Open deal").id
+    db.session.commit()
+    url = f"/mail/messages/{sent.id}/raw"
+    original = login(bob).get(url)
+    assert original.status_code == 200
+    assert SECRET.encode() not in original.data
+    # Everything else of the original is there, the body byte for byte.
+    assert original.data == head + b"\r\n\r\n" + body
+    assert login(alice).get(url).data == raw  # the owner gets it whole

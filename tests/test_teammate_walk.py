@@ -137,6 +137,17 @@ def world(
         shared=True,
         thread=shared.thread,
     )
+    # A's reply in it, a Sent copy from another mail program that kept its Bcc line.
+    head, body = build_message(
+        subject=f"Re: {OPEN} terms",
+        sender=f"Alice <{account.email_address}>",
+        to="Carla <carla@customer.test>",
+        text=f"{OPEN} reply",
+    ).split(b"\r\n\r\n", 1)
+    bcc = f"Bcc: {SECRET} Boss <{secret}.boss@team.test>".encode()
+    sent_copy = make_raw_message(
+        account, head + b"\r\n" + bcc + b"\r\n\r\n" + body, thread=shared.thread
+    )
     # Shared, but linked only to A's owner-only deal and person.
     on_hidden_deal = mail(
         f"{SECRET} quiet deal",
@@ -229,6 +240,7 @@ def world(
         "threads": [m.thread for m in (private, shared, on_hidden_deal, through_blocked)],
         "shared": shared,
         "blocked": blocked,
+        "sent_copy": sent_copy,
         "private": private,
         "through_blocked": through_blocked,
         "ids": {
@@ -384,6 +396,7 @@ def test_nothing_a_teammate_can_reach_holds_what_a_keeps_private(app, world, log
     for shown in (
         f"{OPEN} terms",
         f"{OPEN} body",
+        f"{OPEN} reply",
         f"{OPEN} Deal",
         f"{OPEN} template",
         f"{OPEN} template file",  # the shared template's attachment
@@ -401,6 +414,7 @@ def test_nothing_a_teammate_can_reach_holds_what_a_keeps_private(app, world, log
         f"/mail/threads/{world['private'].thread_id}",
         f"/mail/threads/{world['through_blocked'].thread_id}",
         f"/mail/messages/{world['blocked'].id}/raw",
+        f"/mail/messages/{world['sent_copy'].id}/raw",
         f"/mail/compose?reply={world['blocked'].id}&kind=forward",
         f"/persons/?q={SEARCH}",
         f"/deals/?q={SEARCH}",

@@ -326,8 +326,8 @@ def inline_image(message_id: int, token: str):
 
 @bp.get("/messages/<id:message_id>/raw")
 def raw(message_id: int):
-    message, _is_owner = message_for_viewer(current_user, message_id)
-    data = conversations.load_raw(message)
+    message, is_owner = message_for_viewer(current_user, message_id)
+    data = conversations.original_for(message, is_owner=is_owner)
     if data is None:
         abort(404)
     return make_response(data, 200, raw_source_headers())
