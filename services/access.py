@@ -158,6 +158,13 @@ def _shown_message():
     return and_(Message.deleted_at.is_(None), Message.blocked.is_(False))
 
 
+def _shows_a_message():
+    """The SQL condition "this conversation still has a message to show". One whose every
+    message was deleted in the mailbox keeps its row (and deleted_at unset) until garbage
+    collection, so without this it stayed on record pages, subject and all."""
+    return select(Message.id).where(Message.thread_id == Thread.id, _shown_message()).exists()
+
+
 def _person_thread_ids(person_ids) -> Select:
     return (
         select(Message.thread_id)
@@ -211,6 +218,7 @@ def record_threads(user: User, kind: str, record_id: int) -> Select[tuple[Thread
             record_thread_condition(user, kind, record_id),
             Thread.deleted_at.is_(None),
             Thread.blocked.is_(False),
+            _shows_a_message(),
             or_(MailAccount.user_id == user.id, Thread.shared.is_(True)),
         )
     )
@@ -248,7 +256,12 @@ def can_view_thread(user: User, thread: Thread) -> bool:
         return False
     if owns_thread(user, thread):
         return True
-    return thread.shared and not thread.blocked and _linked_records_accessible(user, thread)
+    if not thread.shared or thread.blocked:
+        return False
+    shows_a_message = db.session.scalar(
+        select(Thread.id).where(Thread.id == thread.id, _shows_a_message())
+    )
+    return shows_a_message is not None and _linked_records_accessible(user, thread)
 
 
 def thread_for_viewer(user: User, thread_id: int) -> tuple[Thread, bool]:

@@ -261,3 +261,43 @@ def test_show_original_leaves_the_owners_bcc_out_for_teammates(
     # Everything else of the original is there, the body byte for byte.
     assert original.data == head + b"\r\n\r\n" + body
     assert login(alice).get(url).data == raw  # the owner gets it whole
+
+
+# --------------------------------------------------------------------------- mail gone from the mailbox
+
+
+def _gone_from_the_mailbox(*messages):
+    """What the sync does when messages left every folder of the mailbox (deleted there)."""
+    from datetime import UTC, datetime
+
+    from mailsync import store
+
+    for message in messages:
+        message.deleted_at = message.orphaned_at = datetime.now(UTC)
+    db.session.commit()
+    store.refresh_threads({message.thread_id for message in messages})
+    db.session.commit()
+
+
+def test_a_conversation_deleted_in_the_mailbox_leaves_the_record_pages(
+    shared_with_blocked, alice, bob, login
+):
+    visible, hidden = shared_with_blocked
+    deal_id, thread_id = visible.thread.deal_id, visible.thread_id
+    panel_url = f"/mail/records/deal/{deal_id}/conversations"
+    as_bob, as_alice = login(bob), login(alice)
+    assert "Terms" in as_bob.get(panel_url).get_data(as_text=True)
+
+    # Only the message A's blocks hide is left: the thread row is not marked blocked again.
+    _gone_from_the_mailbox(visible)
+    assert not hidden.thread.blocked and hidden.thread.deleted_at is None
+    assert "Terms" not in as_bob.get(panel_url).get_data(as_text=True)
+    assert as_bob.get(f"/mail/threads/{thread_id}").status_code == 404
+
+    # Nothing left at all: gone from the owner's record page too, until garbage collection.
+    _gone_from_the_mailbox(hidden)
+    for client in (as_bob, as_alice):
+        panel = client.get(panel_url).get_data(as_text=True)
+        assert "Terms" not in panel and SECRET not in panel
+    conversation = as_bob.get(f"/mail/threads/{thread_id}")
+    assert conversation.status_code == 404 and "Terms" not in conversation.get_data(as_text=True)

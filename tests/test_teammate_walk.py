@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections import deque
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from urllib.parse import urlencode, urljoin, urlsplit
 
@@ -26,6 +27,7 @@ import pytest
 from sqlalchemy import select
 
 from extensions import db
+from mailsync import store
 from mailsync.blobstore import app_blob_store
 from mailsync.parse import parse_message
 from models import (
@@ -173,6 +175,15 @@ def world(
     db.session.commit()
     linking.block(a, "spam@junk.test")
     alias = linking.add_own_address(a, account, f"{secret}.alias@team.test")
+    # Shared on the public deal, then deleted in A's mailbox after the blocks were last
+    # applied (the sync marks its message deleted; the thread row waits for garbage collection).
+    withdrawn = mail(
+        f"{SECRET} withdrawn", sender="Carla <carla@customer.test>", text="Gone", shared=True
+    )
+    withdrawn.thread.deal_id = open_deal.id
+    withdrawn.deleted_at = withdrawn.orphaned_at = datetime.now(UTC)
+    db.session.flush()
+    store.refresh_threads({withdrawn.thread_id})
 
     run = SyncRun(account_id=account.id, new_count=1)
     db.session.add(run)
@@ -237,7 +248,7 @@ def world(
         "b_inbox": b_inbox,
         "messages": messages,
         "records": records,
-        "threads": [m.thread for m in (private, shared, on_hidden_deal, through_blocked)],
+        "withdrawn": withdrawn,
         "shared": shared,
         "blocked": blocked,
         "sent_copy": sent_copy,
@@ -249,7 +260,9 @@ def world(
             "folder_id": [inbox.id, clients.id, b_inbox.id],
             "run_id": [run.id],
             "signature_id": [signature.id],
-            "thread_id": [m.thread_id for m in (private, shared, on_hidden_deal, through_blocked)],
+            "thread_id": [
+                m.thread_id for m in (private, shared, on_hidden_deal, through_blocked, withdrawn)
+            ],
             "step": ["newer", "older"],
             "message_id": [m.id for m in messages],
             "part_id": sorted(
@@ -415,6 +428,7 @@ def test_nothing_a_teammate_can_reach_holds_what_a_keeps_private(app, world, log
         f"/mail/threads/{world['through_blocked'].thread_id}",
         f"/mail/messages/{world['blocked'].id}/raw",
         f"/mail/messages/{world['sent_copy'].id}/raw",
+        f"/mail/threads/{world['withdrawn'].thread_id}",
         f"/mail/compose?reply={world['blocked'].id}&kind=forward",
         f"/persons/?q={SEARCH}",
         f"/deals/?q={SEARCH}",
