@@ -112,7 +112,9 @@ def record_or_none(user: User, model: type[T], record_id: int | None) -> T | Non
 #   project; organizations through their persons and deals) and the teammate can access that
 #   record; only on that record's page, read-only.
 # - Deleted threads are gone everywhere; threads hidden by the owner's blocked addresses are
-#   hidden everywhere too.
+#   hidden everywhere too. So is, for teammates, a message those blocks hide inside a shared
+#   thread (it links the thread to nobody), and a thread with no message left to show (one
+#   deleted in the mailbox waits for garbage collection with deleted_at unset).
 
 
 def owned_threads(user: User) -> Select[tuple[Thread]]:
