@@ -831,6 +831,9 @@ def _estimate_size(leaf: _Leaf) -> int:
     """Estimate the decoded size of a leaf without decoding it."""
     cte = (_first(leaf.headers, "content-transfer-encoding") or "").lower()
     size = len(leaf.body)
+    if "quoted-printable" in cte:
+        # "=XX" is one byte and a soft line break ("=" at a line end) none (RFC 2045 §6.7).
+        return max(0, size - 2 * leaf.body.count(b"=") - leaf.body.count(b"=\r\n"))
     if "base64" in cte:
         newline = leaf.body.find(b"\n")
         if 0 < newline < size - 1:  # scale by the first line's payload/line ratio

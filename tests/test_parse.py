@@ -1008,3 +1008,17 @@ def test_address_token_scan_matches_the_plain_pattern_without_its_backtracking()
         assert _ADDR_TOKEN.findall(text) == reference.findall(text), text
     hostile = "x" * 200_000 + " a@b.test"
     assert _ADDR_TOKEN.findall(hostile) == ["a@b.test"]
+
+
+def test_quoted_printable_attachment_size_is_its_decoded_size():
+    data = bytes(range(256)) * 8  # mostly "=XX" escapes when quoted-printable
+    msg = make_email()
+    msg.set_content("see attached")
+    msg.add_attachment(
+        data, maintype="application", subtype="pdf", cte="quoted-printable", filename="scan.pdf"
+    )
+    raw = msg.as_bytes()
+    assert b"Content-Transfer-Encoding: quoted-printable" in raw
+    (attachment,) = parse_message(raw).attachments
+    assert extract_part(raw, attachment.part_id)[0] == data
+    assert abs(attachment.size - len(data)) <= 4  # shown as 2 KB, not about 5 KB
