@@ -818,11 +818,18 @@ def _transfer_decode(leaf: _Leaf) -> bytes:
 
 
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=\s]")
+_BASE64_LINE = re.compile(rb"\s*[A-Za-z0-9+/=]{20,}\r?(?:\n|$)")
 
 
 def _looks_unencoded(body: bytes) -> bool:
-    """Return True if a "base64" body is mostly not base64 (spaces inside lines, punctuation)."""
+    """Return True if a "base64" body is mostly not base64 (spaces inside lines, punctuation).
+
+    A body that starts with a line of base64 is base64, whatever follows it: a short part
+    with a stray delimiter or a footer after its base64 would otherwise count as mostly junk.
+    """
     sample = body[:4096]
+    if _BASE64_LINE.match(sample):
+        return False
     junk = len(_NOT_BASE64.findall(sample)) + sample.count(b" ")
     return junk > max(8, len(sample) // 50)
 

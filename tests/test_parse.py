@@ -1022,3 +1022,16 @@ def test_quoted_printable_attachment_size_is_its_decoded_size():
     (attachment,) = parse_message(raw).attachments
     assert extract_part(raw, attachment.part_id)[0] == data
     assert abs(attachment.size - len(data)) <= 4  # shown as 2 KB, not about 5 KB
+
+
+def test_base64_text_with_a_stray_line_after_it_is_still_decoded():
+    # A delimiter of an inner multipart left behind in a part (the inner part was cut off).
+    html = "<html><body><p>Se\u00f1or, the offer</p></body></html>"
+    encoded = base64.b64encode(html.encode("cp1252"))
+    stray = b"------=_Part_2f67ea68dcaf3.'()+_,-./:=?--"
+    body = part(
+        b"Content-Type: text/html; charset=windows-1252\r\nContent-Transfer-Encoding: base64",
+        encoded + b"\r\n\r\n" + stray,
+    )
+    parsed = parse_message(message_of(multipart("mixed", "outer", body)))
+    assert html in parsed.html_body
