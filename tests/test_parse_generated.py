@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email
+import functools
 import html
 import random
 import re
@@ -49,7 +50,7 @@ from services.mail_render import INLINE_SAFE_TYPES, safe_filename
 from tests.sync_helpers import run_sync
 
 SEED = 20261207
-CASES = 300
+CASES = 250
 BROKEN_CASES = 150
 E2E_CASES = 20
 
@@ -203,7 +204,7 @@ class Generator:
         if name is None:
             part["Content-Disposition"] = disposition
             return
-        ways = ["rfc2231", "rfc2231-continued", "encoded-word", "name-only", "split-word"]
+        ways = ["rfc2231", "rfc2231-continued", "encoded-word", "name-only", "split-word", "utf-8"]
         if name.isascii():
             ways.append("quoted")
         way = self.rng.choice(ways)
@@ -221,6 +222,10 @@ class Generator:
             params = [f"filename*{n}*={piece}" for n, piece in enumerate(pieces)]
             params[0] = params[0].replace("*=", "*=utf-8''", 1)
             part["Content-Disposition"] = ";\n ".join([disposition, *params])
+        elif way == "utf-8":  # raw UTF-8 in the header (RFC 6532), as some webmails write it
+            raw_name = name.encode("utf-8").decode("ascii", "surrogateescape")
+            quoted = raw_name.replace("\\", "\\\\").replace('"', '\\"')
+            part["Content-Disposition"] = f'{disposition}; filename="{quoted}"'
         elif way == "split-word":
             # Encoded-words cut in the middle of a UTF-8 character, as some mailers cut them.
             data = name.encode("utf-8")
@@ -288,11 +293,14 @@ class Generator:
 
     def text_attachment(self) -> tuple[Message, SentAttachment]:
         """A text file: a named .txt, a .csv or an invitation, or an unnamed attachment."""
-        kind = self.rng.choice(["txt", "csv", "ics", "unnamed"])
+        kind = self.rng.choice(["txt", "csv", "ics", "html", "unnamed"])
         charset = self.rng.choice(["utf-8", "iso-8859-1", "koi8-r", "us-ascii"])
         if kind == "csv":
             rows = [f"{self.words(charset, 1)},{n},{self.words(charset, 2)}" for n in range(4)]
             ctype, name, content = "text/csv", "export.csv", "\n".join(rows) + "\n"
+        elif kind == "html":  # a saved web page or an invoice: a file, not the body
+            ctype, name = "text/html", self.rng.choice(["invoice.html", "Übersicht.htm"])
+            content = f"<html><body><p>{self.words(charset, 5)}</p></body></html>\n"
         elif kind == "ics":
             ctype, name = "text/calendar", "invite.ics"
             content = (
@@ -349,7 +357,8 @@ class Generator:
             # A line that starts with the delimiter but is not one (RFC 2046 §5.1.1): text.
             text += f"--{text_boundary}x\n{self.words(charset, 3)}\n"
         html_charset = rng.choice(["utf-8", "windows-1252", "koi8-r", "shift_jis", "us-ascii"])
-        shape = rng.choice(["text", "html", "alternative", "related", "outlook", "apple", "lone"])
+        shapes = ["text", "html", "alternative", "related", "outlook", "apple", "split", "lone"]
+        shape = rng.choice(shapes)
         images: list[tuple[Message, SentAttachment]] = []
         if shape in ("related", "outlook", "apple"):
             images = [self.image(f"img{n}.{rng.getrandbits(32):08x}@gen") for n in range(3)]
@@ -367,6 +376,13 @@ class Generator:
             body, sent_html = text_part, None
         elif shape == "html":
             body, sent_text = html_part, None
+        elif shape == "split":  # Apple Mail: the text goes on below a picture put into it
+            more = self.text_lines(charset, flowed=False)
+            picture, sent = self.image(f"split.{rng.getrandbits(32):08x}@gen")
+            second = self.text_part("plain", more, charset)
+            body = self.multipart("mixed", [text_part, picture, second], text_boundary)
+            sent_text, sent_html = text + more, None
+            attachments.append(sent)
         elif shape == "lone":  # a scanner's mail: the file is the whole message
             body, sent = self.binary_attachment()
             sent_text = sent_html = None
@@ -387,13 +403,25 @@ class Generator:
             body = self.multipart("related", [alternative, *(part for part, _ in images)])
         extra: list[tuple[Message, list[SentAttachment]]] = []
         for _ in range(rng.choice([0, 0, 1, 2, 3, 5])):
-            kind = rng.choice(["binary", "binary", "text", "message", "nested"])
+            kind = rng.choice(["binary", "binary", "text", "message", "nested", "digest"])
             if kind == "message" and depth < 2:
                 inner = self.message(depth + 1, crlf=False)
                 part = MIMEMessage(email.message_from_bytes(inner.raw))
                 if rng.random() < 0.5:
                     part["Content-Disposition"] = "attachment"
                 extra.append((part, [SentAttachment(None, "message/rfc822", inner=inner)]))
+            elif kind == "digest" and depth < 2:
+                # RFC 2046 §5.1.5: the parts of a digest are messages without saying so.
+                inners = [self.message(depth + 1, crlf=False) for _ in range(rng.randint(1, 2))]
+                parts = []
+                for inner in inners:
+                    part = MIMEMessage(email.message_from_bytes(inner.raw))
+                    del part["Content-Type"], part["MIME-Version"]
+                    part.set_default_type("message/rfc822")
+                    parts.append(part)
+                digest = self.multipart("digest", parts)
+                sents = [SentAttachment(None, "message/rfc822", inner=inner) for inner in inners]
+                extra.append((digest, sents))
             elif kind == "nested":
                 # Attachments a few multiparts down, as forwarding clients nest them.
                 leaves = [self.binary_attachment() for _ in range(rng.randint(1, 3))]
@@ -453,6 +481,7 @@ def can_encode(text: str, codec: str) -> bool:
     return True
 
 
+@functools.cache  # three tests read the same cases
 def generate(seed: int, case: int) -> Sent:
     """Return generated case `case` of `seed` (each case has its own stream of choices)."""
     return Generator(random.Random(f"{seed}:{case}")).message()
@@ -537,6 +566,20 @@ def reference_text(message: EmailMessage, subtype: str) -> str | None:
     return None if body is None else body.get_content()
 
 
+def reference_plain(message: EmailMessage) -> str | None:
+    """Return the text a user reads: get_body()'s text part, or all of the inline text/plain
+    parts when there are several (Apple Mail goes on with the text below a picture put into
+    it): mail clients show them all, get_body() only the first."""
+    parts = [
+        leaf
+        for leaf in reference_leaves(message)
+        if leaf.get_content_type() == "text/plain" and is_reference_body(leaf)
+    ]
+    if len(parts) > 1:
+        return "\n".join(part.get_content() for part in parts)
+    return reference_text(message, "plain")
+
+
 def addresses(message: EmailMessage, name: str) -> list[tuple[str, str]]:
     header = message.get(name)
     if header is None:
@@ -606,7 +649,7 @@ def compare(
         # and a part cut or corrupted in transit decodes to what the estimate cannot know.
         if damage is None and abs(info.size - len(expected)) > 4 + len(expected) // 100:
             problems.append(f"{at}: size {info.size} shown for {len(expected)} bytes")
-    plain = reference_text(reference, "plain")
+    plain = reference_plain(reference)
     if damage is None or comparable_text(reference, "plain", damage):
         if plain is not None and squash(plain) != squash(parsed.text_body):
             problems.append(f"{where}: text {squash(plain)!r} != {squash(parsed.text_body)!r}")
@@ -615,6 +658,8 @@ def compare(
         pass  # see DELIMITER_INSIDE, base64_with_junk(), CUT_CHARACTER
     elif squash(markup) != squash(parsed.html_body):
         problems.append(f"{where}: html {squash(markup)!r} != {squash(parsed.html_body)!r}")
+    if damage == DELIMITER_INSIDE:
+        return problems  # it may have cut a header of an attached message: both read junk
     if display(str(reference.get("subject") or "")) != display(parsed.subject):
         problems.append(f"{where}: subject {reference.get('subject')!r} != {parsed.subject!r}")
     senders = addresses(reference, "from")[:1]
@@ -641,7 +686,7 @@ def intended(sent: Sent, reference: EmailMessage, where: str) -> list[str]:
         data = text_lines(leaf.get_payload(decode=True), attachment.content_type)
         if (leaf.get_filename(), data) != (attachment.filename, attachment.data):
             problems.append(f"{where}: reference reads {attachment.filename!r} differently")
-    if squash(reference_text(reference, "plain")) != squash(sent.text):
+    if squash(reference_plain(reference)) != squash(sent.text):
         problems.append(f"{where}: reference text differs from the text put in")
     if squash(reference_text(reference, "html")) != squash(sent.html):
         problems.append(f"{where}: reference HTML differs from the HTML put in")
