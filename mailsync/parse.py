@@ -630,6 +630,7 @@ class _Leaf:
     params: dict[str, str]
     alt_group: str | None  # part id of the nearest multipart/alternative ancestor
     is_root: bool = False  # the message itself is this single leaf
+    alt_branch: str | None = None  # part id of the child of that alternative holding the leaf
 
 
 def _content_type(headers: Headers, default: str) -> tuple[str, dict[str, str]]:
@@ -691,7 +692,14 @@ class _Walker:
         self.stopped = False
 
     def walk(
-        self, headers: Headers, body: bytes, part_id: str, depth: int, default: str, alt: str | None
+        self,
+        headers: Headers,
+        body: bytes,
+        part_id: str,
+        depth: int,
+        default: str,
+        alt: str | None,
+        branch: str | None = None,
     ) -> Iterator[_Leaf]:
         """Yield the leaves of one entity."""
         self.count += 1
@@ -702,11 +710,11 @@ class _Walker:
         leaf_id = part_id or "1"  # a single-part message is section "1" in IMAP
         is_root = not part_id
         if not ctype.startswith("multipart/"):
-            yield _Leaf(leaf_id, headers, body, ctype, params, alt, is_root)
+            yield _Leaf(leaf_id, headers, body, ctype, params, alt, is_root, branch)
             return
         if depth >= MAX_DEPTH:  # degrade this entity only; its siblings are walked as usual
             self.errors.append(f"MIME nesting deeper than {MAX_DEPTH}, only its text shown")
-            yield from self._flat_text_leaves(body, part_id, alt)
+            yield from self._flat_text_leaves(body, part_id, alt, branch)
             return
         chunks = self._split(body, params)
         if not chunks:  # no delimiter line at all: show its text, without a MIME header block
@@ -714,10 +722,11 @@ class _Walker:
             if inner_block:
                 headers = _parse_header_block(inner_block, self.errors)
             _ctype, text_params = _content_type(headers, "text/plain")
-            yield _Leaf(leaf_id, headers, text, "text/plain", text_params, alt, is_root)
+            yield _Leaf(leaf_id, headers, text, "text/plain", text_params, alt, is_root, branch)
             return
         child_default = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
-        child_alt = part_id if ctype == "multipart/alternative" else alt
+        is_alternative = ctype == "multipart/alternative"
+        child_alt = part_id if is_alternative else alt
         prefix = "" if part_id == "" else part_id + "."
         for index, chunk in enumerate(chunks, 1):
             if self.stopped:
@@ -733,6 +742,7 @@ class _Walker:
                 depth + 1,
                 child_default,
                 child_alt,
+                f"{prefix}{index}" if is_alternative else branch,
             )
 
     def _split(self, body: bytes, params: dict[str, str]) -> list[bytes]:
@@ -747,7 +757,9 @@ class _Walker:
         self.errors.append("multipart boundary missing or wrong, parts recovered")
         return _split_multipart(body, found.group(1).decode("ascii"))
 
-    def _flat_text_leaves(self, body: bytes, part_id: str, alt: str | None) -> Iterator[_Leaf]:
+    def _flat_text_leaves(
+        self, body: bytes, part_id: str, alt: str | None, branch: str | None
+    ) -> Iterator[_Leaf]:
         """Yield the text parts of a too-deep entity, cutting at every delimiter-like line.
 
         Structure is not followed (that is what the depth limit bounds), so the innermost
@@ -767,7 +779,7 @@ class _Walker:
                 self.count += 1
                 index += 1
                 text = text[:-2] if text.endswith(b"\r\n") else text.removesuffix(b"\n")
-                yield _Leaf(f"{part_id}.{index}", headers, text, ctype, params, alt)
+                yield _Leaf(f"{part_id}.{index}", headers, text, ctype, params, alt, False, branch)
 
     def _stop(self, message: str) -> None:
         """Record why the walk stopped early (once) and stop it."""
@@ -864,6 +876,16 @@ def _leaf_meta(leaf: _Leaf) -> tuple[str, str | None, str | None]:
         filename = _clean_display(decode_rfc2047(filename)) or None
     content_id = normalize_content_id(_first(leaf.headers, "content-id"))
     return disposition, filename, content_id
+
+
+def _are_alternatives(first: _Leaf, other: _Leaf) -> bool:
+    """Tell whether two leaves render the same content: they sit in different parts of one
+    multipart/alternative (RFC 2046 §5.1.4)."""
+    return (
+        first.alt_group is not None
+        and first.alt_group == other.alt_group
+        and first.alt_branch != other.alt_branch
+    )
 
 
 def _offered_as_attachment(disposition: str, filename: str | None) -> bool:
@@ -1005,6 +1027,7 @@ def _parse_with_envelope(raw: bytes) -> tuple[ParsedMessage, ParsedMessage]:
     html_body: str | None = None
     attachments: list[AttachmentInfo] = []
     inline_text: _Leaf | None = None
+    html_leaf: _Leaf | None = None
     text_groups: set[str | None] = set()
     text_chars = 0
     for leaf in _leaves_of(headers, body, errors):
@@ -1018,8 +1041,12 @@ def _parse_with_envelope(raw: bytes) -> tuple[ParsedMessage, ParsedMessage]:
         # Inline text parts without a filename are body (SYNC.md §9); so is a lone root part.
         if is_body_type and (not offered or leaf.is_root and disposition != "attachment"):
             if ctype == "text/html":
-                if html_body is None:
-                    html_body = _leaf_text(leaf)
+                if html_leaf is None:
+                    html_leaf, html_body = leaf, _leaf_text(leaf)
+                elif not _are_alternatives(html_leaf, leaf):
+                    # Apple Mail: the HTML goes on after a file put into it, in a second
+                    # part; mail clients show every inline HTML part, one after the other.
+                    html_body = f"{html_body}\n{_leaf_text(leaf)}"
             elif leaf.alt_group is None or leaf.alt_group not in text_groups:
                 text_groups.add(leaf.alt_group)  # one plain rendering per alternative
                 if text_chars < MAX_TEXT_CHARS:

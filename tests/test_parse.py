@@ -1035,3 +1035,35 @@ def test_base64_text_with_a_stray_line_after_it_is_still_decoded():
     )
     parsed = parse_message(message_of(multipart("mixed", "outer", body)))
     assert html in parsed.html_body
+
+
+# Apple Mail, rich text with a file put into it: the HTML goes on in a second part after it.
+APPLE_RICH_SPLIT = multipart(
+    "alternative",
+    "alt",
+    part(b"Content-Type: text/plain", b"Here is the contract.\r\n\r\nCall me about it."),
+    multipart(
+        "mixed",
+        "mix",
+        part(b"Content-Type: text/html", b"<div>Here is the contract.</div>"),
+        part(
+            b'Content-Type: application/pdf; name="contract.pdf"\r\n'
+            b'Content-Disposition: inline; filename="contract.pdf"',
+            b"%PDF",
+        ),
+        part(b"Content-Type: text/html", b"<div>Call me about it.</div>"),
+    ),
+)
+
+
+def test_html_split_around_a_file_is_shown_whole_but_alternatives_once():
+    parsed = parse_message(message_of(APPLE_RICH_SPLIT))
+    assert parsed.html_body == "<div>Here is the contract.</div>\n<div>Call me about it.</div>"
+    assert [a.filename for a in parsed.attachments] == ["contract.pdf"]
+    two_renderings = multipart(
+        "alternative",
+        "alt",
+        part(b"Content-Type: text/html", b"<p>first rendering</p>"),
+        part(b"Content-Type: text/html", b"<p>second rendering</p>"),
+    )
+    assert parse_message(message_of(two_renderings)).html_body == "<p>first rendering</p>"
