@@ -359,6 +359,7 @@ class Generator:
             text += f"--{text_boundary}x\n{self.words(charset, 3)}\n"
         html_charset = rng.choice(["utf-8", "windows-1252", "koi8-r", "shift_jis", "us-ascii"])
         shapes = ["text", "html", "alternative", "related", "outlook", "apple", "split", "lone"]
+        shapes.append("rich split")
         shape = rng.choice(shapes)
         images: list[tuple[Message, SentAttachment]] = []
         if shape in ("related", "outlook", "apple"):
@@ -383,6 +384,16 @@ class Generator:
             second = self.text_part("plain", more, charset)
             body = self.multipart("mixed", [text_part, picture, second], text_boundary)
             sent_text, sent_html = text + more, None
+            attachments.append(sent)
+        elif shape == "rich split":  # Apple Mail: rich text goes on below a file put into it
+            more_text = self.words("us-ascii", rng.randint(3, 12))  # fits both charsets
+            more = f"<html><body><p>{html.escape(more_text, quote=False)}</p></body></html>\n"
+            file_part, sent = self.binary_attachment()
+            halves = [html_part, file_part, self.text_part("html", more, html_charset)]
+            text_part = self.text_part("plain", text + more_text + "\n", charset, flowed=flowed)
+            mixed = self.multipart("mixed", halves)
+            body = self.multipart("alternative", [text_part, mixed], text_boundary)
+            sent_text, sent_html = text + more_text + "\n", markup + more
             attachments.append(sent)
         elif shape == "lone":  # a scanner's mail: the file is the whole message
             body, sent = self.binary_attachment()
@@ -567,18 +578,19 @@ def reference_text(message: EmailMessage, subtype: str) -> str | None:
     return None if body is None else body.get_content()
 
 
-def reference_plain(message: EmailMessage) -> str | None:
-    """Return the text a user reads: get_body()'s text part, or all of the inline text/plain
-    parts when there are several (Apple Mail goes on with the text below a picture put into
-    it): mail clients show them all, get_body() only the first."""
+def reference_shown(message: EmailMessage, subtype: str) -> str | None:
+    """Return the text or HTML a user reads: get_body()'s part, or all of the inline parts of
+    that type when there are several (Apple Mail goes on with the text below a picture or
+    file put into it): mail clients show them all, get_body() only the first. (No generated
+    message has two renderings of one type in a multipart/alternative.)"""
     parts = [
         leaf
         for leaf in reference_leaves(message)
-        if leaf.get_content_type() == "text/plain" and is_reference_body(leaf)
+        if leaf.get_content_type() == f"text/{subtype}" and is_reference_body(leaf)
     ]
     if len(parts) > 1:
         return "\n".join(part.get_content() for part in parts)
-    return reference_text(message, "plain")
+    return reference_text(message, subtype)
 
 
 def addresses(message: EmailMessage, name: str) -> list[tuple[str, str]]:
@@ -650,11 +662,11 @@ def compare(
         # and a part cut or corrupted in transit decodes to what the estimate cannot know.
         if damage is None and abs(info.size - len(expected)) > 4 + len(expected) // 100:
             problems.append(f"{at}: size {info.size} shown for {len(expected)} bytes")
-    plain = reference_plain(reference)
+    plain = reference_shown(reference, "plain")
     if damage is None or comparable_text(reference, "plain", damage):
         if plain is not None and squash(plain) != squash(parsed.text_body):
             problems.append(f"{where}: text {squash(plain)!r} != {squash(parsed.text_body)!r}")
-    markup = reference_text(reference, "html")
+    markup = reference_shown(reference, "html")
     if damage is not None and not comparable_text(reference, "html", damage):
         pass  # see DELIMITER_INSIDE, base64_with_junk(), CUT_CHARACTER
     elif squash(markup) != squash(parsed.html_body):
@@ -687,9 +699,9 @@ def intended(sent: Sent, reference: EmailMessage, where: str) -> list[str]:
         data = text_lines(leaf.get_payload(decode=True), attachment.content_type)
         if (leaf.get_filename(), data) != (attachment.filename, attachment.data):
             problems.append(f"{where}: reference reads {attachment.filename!r} differently")
-    if squash(reference_plain(reference)) != squash(sent.text):
+    if squash(reference_shown(reference, "plain")) != squash(sent.text):
         problems.append(f"{where}: reference text differs from the text put in")
-    if squash(reference_text(reference, "html")) != squash(sent.html):
+    if squash(reference_shown(reference, "html")) != squash(sent.html):
         problems.append(f"{where}: reference HTML differs from the HTML put in")
     return problems
 
@@ -927,6 +939,8 @@ def test_generated_messages_synced_from_dovecot_show_their_text_and_download_who
                     failures.append(f"{at}: {len(download.data)} bytes differ from those sent")
             if downloaded_name(download) != safe_filename(expected_name):
                 failures.append(f"{at}: saved as {downloaded_name(download)!r}")
+            if expected_name and expected_name not in html.unescape(page):
+                failures.append(f"{at}: {expected_name!r} not listed on the page")
     assert not failures, report(failures)
 
 
