@@ -830,7 +830,11 @@ def _transfer_decode(leaf: _Leaf) -> bytes:
 
 
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=\s]")
-_BASE64_LINE = re.compile(rb"\s*[A-Za-z0-9+/=]{20,}\r?(?:\n|$)")
+# A line of base64: 20 characters or more, whole groups of 4 (8 or more), or padded.
+_BASE64_LINE = re.compile(
+    rb"\s*(?:[A-Za-z0-9+/]{20,}=*|(?:[A-Za-z0-9+/]{4}){2,}"
+    rb"|(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=))\r?(?:\n|$)"
+)
 
 
 def _looks_unencoded(body: bytes) -> bool:

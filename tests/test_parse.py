@@ -1035,6 +1035,11 @@ def test_base64_text_with_a_stray_line_after_it_is_still_decoded():
     )
     parsed = parse_message(message_of(multipart("mixed", "outer", body)))
     assert html in parsed.html_body
+    for short in (b"cXVhcnRlcmx5Cg==", b"cmVwb3J0CtPeo9QK"):  # padded; whole groups of 4
+        text = part(b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64", short)
+        stray_after = multipart("mixed", "outer", text + b"\r\n" + stray)
+        shown = parse_message(message_of(stray_after)).text_body
+        assert shown.startswith(base64.b64decode(short)[:6].decode())
 
 
 # Apple Mail, rich text with a file put into it: the HTML goes on in a second part after it.
