@@ -6,7 +6,7 @@ BIGINT). Search has its own two implementations (services/search.py).
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, Connection, Integer, Table, any_, bindparam
+from sqlalchemy import ColumnElement, Connection, Integer, Table, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
@@ -35,6 +35,26 @@ def id_in(column, ids: list[int], dialect_name: str) -> ColumnElement[bool]:
     if dialect_name == POSTGRESQL:
         return column == any_(bindparam(None, ids, type_=ARRAY(Integer)))
     return column.in_(ids)
+
+
+def lock_rows_in_order(connection: Connection, table: Table, ids) -> None:
+    """Lock the rows of `table` with these ids, lowest id first (PostgreSQL).
+
+    Two transactions that update some of the same rows must take them in one order, else
+    each can hold a row the other waits for (a deadlock: PostgreSQL aborts one of them). An
+    UPDATE ... WHERE id IN (...) takes its rows in the order it happens to scan them, and
+    the ORM flushes in id order: so writers of shared rows (a request marking mail read, the
+    worker's write-back, a sync pass) lock them here first. SQLite has one writer at a time.
+    """
+    ids = sorted(set(ids))
+    if not ids or connection.dialect.name != POSTGRESQL:
+        return
+    connection.execute(
+        select(table.c.id)
+        .where(id_in(table.c.id, ids, POSTGRESQL))
+        .order_by(table.c.id)
+        .with_for_update()
+    ).all()
 
 
 def upsert_insert(table: Table, dialect_name: str):

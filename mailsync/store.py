@@ -693,6 +693,8 @@ def apply_flag_changes(
         for row in changed_rows:
             row["b_seen"] = row.pop("seen")
             row["b_guard_since"] = guard_since
+        # In id order, as every writer of these rows takes them (dialect.lock_rows_in_order).
+        changed_rows.sort(key=lambda row: row["b_id"])
         db.session.execute(
             update(location_t).where(location_t.c.id == bindparam("b_id")).values(values),
             changed_rows,
@@ -769,9 +771,11 @@ def seen_written(location_ids: Iterable[int], seen: bool) -> None:
     Only where the wanted value is still the one written: a newer opposite change made while
     the write was on its way stays pending for its own write-back job.
     """
+    location_ids = sorted(location_ids)
+    dialect.lock_rows_in_order(db.session.connection(), location_t, location_ids)
     db.session.execute(
         update(location_t)
-        .where(location_t.c.id.in_(list(location_ids)), location_t.c.seen.is_(seen))
+        .where(location_t.c.id.in_(location_ids), location_t.c.seen.is_(seen))
         .values(seen_pending=False, seen_changed_at=_now())
     )
 
@@ -856,6 +860,7 @@ def refresh_messages(message_ids: Iterable[int]) -> None:
     refresh_labels(ids)
     thread_ids: set[int] = set()
     for chunk in _chunks(ids):
+        dialect.lock_rows_in_order(db.session.connection(), message_t, chunk)
         db.session.execute(_REFRESH_MESSAGES, {"ids": list(chunk), "now": _now()})
         thread_ids.update(
             tid

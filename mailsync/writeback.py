@@ -11,6 +11,7 @@ from __future__ import annotations
 from flask import Flask
 from sqlalchemy import select, update
 
+from dialect import lock_rows_in_order
 from extensions import db
 from mailsync import actions, store
 from models import MailFolder, MessageLocation
@@ -40,10 +41,12 @@ def write_seen(app: Flask, account_id: int, payload: dict) -> None:
         with app.app_context():
             # Only where the wanted value is still the one written: a newer opposite change
             # stays pending for its own job.
+            written = [location_id for location_id, _f, _u in items]
+            lock_rows_in_order(db.session.connection(), location_t, written)
             db.session.execute(
                 update(location_t)
                 .where(
-                    location_t.c.id.in_([location_id for location_id, _f, _u in items]),
+                    location_t.c.id.in_(written),
                     location_t.c.seen.is_(seen),
                 )
                 .values(seen_pending=False)

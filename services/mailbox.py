@@ -26,10 +26,11 @@ from sqlalchemy import (
     text,
     tuple_,
     union_all,
+    update,
 )
 from sqlalchemy.orm import contains_eager
 
-from dialect import id_in, is_sqlite, json_text, likely
+from dialect import id_in, is_sqlite, json_text, likely, lock_rows_in_order
 from extensions import db
 from models import (
     GMAIL_LABEL,
@@ -905,20 +906,42 @@ def _queue_writebacks(kind: str, groups: dict[int, list[MessageLocation]], **pay
         )
 
 
+location_t = MessageLocation.__table__
+message_t = Message.__table__
+# Ids per statement: well under SQLite's limit of bound parameters.
+_CHUNK = 500
+
+
+def _chunks(ids: list[int]) -> list[list[int]]:
+    return [ids[start : start + _CHUNK] for start in range(0, len(ids), _CHUNK)]
+
+
 def mark_read(user: User, threads: Sequence[Thread], *, read: bool) -> ActionOutcome:
     """Mark every live message of `threads` read or unread and queue the \\Seen write-back;
     commits."""
     messages = _live_messages(threads)
-    for message in messages:
-        message.is_read = read
     groups = _server_locations(messages, lambda location: True)
+    location_ids = [location.id for locations in groups.values() for location in locations]
+    # Written by statements, every column every time, not by setting attributes: the ORM
+    # leaves out a column whose loaded value equals the new one, and the worker may have
+    # changed the row since it was loaded (a write-back clearing seen_pending): the change
+    # would then never be written to the mailbox. Locations before messages, each in id
+    # order, as the worker and a sync pass take them (no deadlock).
     now = datetime.now(UTC)
-    for _account_id, locations in groups.items():
-        for location in locations:
-            location.seen = read
-            location.seen_changed_at = now  # a concurrent sync keeps this value for a while
-            location.seen_pending = True  # until the server has it (the job, or a sync pass)
-    db.session.flush()
+    for chunk in _chunks(sorted(location_ids)):
+        lock_rows_in_order(db.session.connection(), location_t, chunk)
+        db.session.execute(
+            update(MessageLocation)
+            .where(MessageLocation.id.in_(chunk))
+            .values(
+                seen=read,
+                seen_changed_at=now,  # a concurrent sync keeps this value for a while
+                seen_pending=True,  # until the server has it (the job, or a sync pass)
+            )
+        )
+    for chunk in _chunks(sorted(message.id for message in messages)):
+        lock_rows_in_order(db.session.connection(), message_t, chunk)
+        db.session.execute(update(Message).where(Message.id.in_(chunk)).values(is_read=read))
     _queue_writebacks(WRITEBACK_SEEN, groups)
     db.session.commit()
     word = "read" if read else "unread"

@@ -280,3 +280,42 @@ def test_a_change_made_while_a_sync_retries_a_write_back_is_not_lost(
     (location,) = locations(message.id)
     assert not location.seen and not location.seen_pending
     assert "\\Seen" not in dovecot.flags(mail_user.email, "INBOX", uid)
+
+
+def test_marking_read_just_as_the_unread_write_back_lands_reaches_the_mailbox(
+    app, client_me, me, dovecot, mail_user, deliver
+):
+    """Read, unread, read: the unread's write-back lands (its job clears `seen_pending`)
+    after the request marking the mail read again loaded the location and before it wrote
+    it. The read must still be written to the mailbox. The ORM used to leave `seen_pending`
+    out of its UPDATE (loaded as True, set to True), so the read stayed in Threadline only
+    (found by test_multi_process on PostgreSQL)."""
+    from services import mailbox
+    from worker import run_one_job
+
+    (message,) = deliver(1)
+    uid = dovecot.uids(mail_user.email)[0]
+    client_me.post(ACTIONS_URL, data={"action": "read", "thread_id": [message.thread_id]})
+    client_me.post(ACTIONS_URL, data={"action": "unread", "thread_id": [message.thread_id]})
+    assert run_pending_jobs(app) == 1  # read and unread folded into one job
+    client_me.post(ACTIONS_URL, data={"action": "read", "thread_id": [message.thread_id]})
+    client_me.post(ACTIONS_URL, data={"action": "unread", "thread_id": [message.thread_id]})
+    assert "\\Seen" not in dovecot.flags(mail_user.email, "INBOX", uid)
+
+    # The request's view of the mail: loaded while the unread is still pending.
+    db.session.expire_all()
+    thread = db.session.get(Thread, message.thread_id)
+    (location,) = db.session.get(Message, message.id).locations
+    assert (location.seen, location.seen_pending) == (False, True)
+    # Meanwhile the worker writes the unread and clears seen_pending (its own session).
+    assert run_one_job(app, "test-worker")
+    mailbox.mark_read(db.session.get(type(me), me.id), [thread], read=True)
+
+    db.session.expire_all()
+    (location,) = locations(message.id)
+    assert (location.seen, location.seen_pending) == (True, True)  # still to be written
+    run_pending_jobs(app)
+    assert "\\Seen" in dovecot.flags(mail_user.email, "INBOX", uid)
+    (location,) = locations(message.id)
+    assert location.seen and not location.seen_pending
+    assert db.session.get(Message, message.id).is_read

@@ -8,6 +8,7 @@ retried by each sync until it lands, and the conversation says so meanwhile.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -16,6 +17,7 @@ from sqlalchemy import select, update
 from extensions import db
 from mailsync import actions, store
 from models import Job, Message, MessageLocation
+from tests.conftest import ON_POSTGRESQL
 from tests.queue_helpers import run_pending_jobs
 from tests.sync_helpers import raw_message, run_sync
 
@@ -104,3 +106,55 @@ def test_a_failed_write_back_is_retried_by_sync_and_shown_meanwhile(
     assert not db.session.scalar(select(MessageLocation.seen_pending))
     page = client.get(f"/mail/threads/{thread_id}").get_data(as_text=True)
     assert "not yet saved to the mailbox" not in page
+
+
+@pytest.mark.skipif(not ON_POSTGRESQL, reason="SQLite has one writer at a time: no lock order")
+def test_writers_of_shared_rows_take_them_lowest_id_first(app, make_user):
+    """A request marking mail read, the worker's write-back and a sync pass update some of
+    the same rows; each takes them lowest id first (dialect.lock_rows_in_order), so none
+    holds a row another waits for while waiting for one the other holds (PostgreSQL aborted
+    a write-back as a deadlock in CI). Shown with two connections: while the first holds
+    the higher row, the second, locking both, already holds the lower one as it waits."""
+    import threading
+
+    from psycopg.errors import LockNotAvailable
+    from sqlalchemy.exc import OperationalError
+
+    from dialect import lock_rows_in_order
+    from models import User
+
+    low, high = sorted([make_user().id, make_user().id])
+    table = User.__table__
+    holder, locker = db.engine.connect(), db.engine.connect()
+    try:
+        holder.begin()
+        holder.execute(select(table.c.id).where(table.c.id == high).with_for_update()).all()
+
+        def lock_both() -> None:
+            with locker.begin():
+                lock_rows_in_order(locker, table, [high, low])
+
+        waiting = threading.Thread(target=lock_both)
+        waiting.start()
+        low_taken = False
+        deadline = time.monotonic() + 10
+        while not low_taken and time.monotonic() < deadline:
+            savepoint = holder.begin_nested()
+            try:
+                holder.execute(
+                    select(table.c.id).where(table.c.id == low).with_for_update(nowait=True)
+                ).all()
+                savepoint.rollback()
+                time.sleep(0.05)
+            except OperationalError as exc:
+                assert isinstance(exc.orig, LockNotAvailable)
+                savepoint.rollback()
+                low_taken = True
+        assert waiting.is_alive()  # it waits for the higher row
+        holder.rollback()
+        waiting.join(timeout=10)
+        assert not waiting.is_alive()
+        assert low_taken
+    finally:
+        holder.close()
+        locker.close()
