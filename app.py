@@ -25,6 +25,7 @@ from mailsync.storage_errors import DISK_FULL, storage_problem
 from services import preferences
 from services.records import format_money
 from services.time_display import current_zone_name, local_time
+from views.form_input import ThreadlineRequest
 from views.helpers import content_security_policy
 
 # Endpoints anyone may reach without signing in; every other endpoint requires a user.
@@ -140,6 +141,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     migrate.init_app(app, db)
     csrf.init_app(app)
     htmx.init_app(app)
+    app.request_class = ThreadlineRequest  # htmx-flask's, with fields without NULs
     login_manager.init_app(app)
     login_manager.session_protection = "strong"
     login_manager.login_view = "auth.login"
