@@ -225,6 +225,24 @@ class _Fields:
             self.errors[name] = "Enter a date like 2026-12-31."
             return None
 
+    def person(self, values: dict[str, Any], record: Any) -> Person | None:
+        """The person a record links to (`record`: the one edited, None for a new one)."""
+        current = record.person if record else None
+        return self.linked(
+            "person_id", Person, values.get("person_id"), label="a person", current=current
+        )
+
+    def organization(self, values: dict[str, Any], record: Any) -> Organization | None:
+        """The organization a record links to (`record`: the one edited, None for a new one)."""
+        current = record.organization if record else None
+        return self.linked(
+            "organization_id",
+            Organization,
+            values.get("organization_id"),
+            label="an organization",
+            current=current,
+        )
+
     def linked(
         self, name: str, model: type[T], value: Any, *, label: str, current: T | None = None
     ) -> T | None:
@@ -351,13 +369,7 @@ def _person_fields(actor: User, values: dict[str, Any], record: Person | None) -
     cleaned = {
         "name": fields.text("name", values.get("name"), label="Name", required=True),
         "phone": fields.text("phone", values.get("phone"), label="Phone", max_length=50),
-        "organization": fields.linked(
-            "organization_id",
-            Organization,
-            values.get("organization_id"),
-            label="an organization",
-            current=record.organization if record else None,
-        ),
+        "organization": fields.organization(values, record),
         **fields.owner_and_visibility(values, record),
     }
     emails = _clean_emails(fields, list(values.get("emails") or []), values.get("primary_email"))
@@ -469,20 +481,8 @@ def _deal_fields(actor: User, values: dict[str, Any], record: Deal | None) -> di
         "expected_close_date": fields.date(
             "expected_close_date", values.get("expected_close_date")
         ),
-        "person": fields.linked(
-            "person_id",
-            Person,
-            values.get("person_id"),
-            label="a person",
-            current=record.person if record else None,
-        ),
-        "organization": fields.linked(
-            "organization_id",
-            Organization,
-            values.get("organization_id"),
-            label="an organization",
-            current=record.organization if record else None,
-        ),
+        "person": fields.person(values, record),
+        "organization": fields.organization(values, record),
         **fields.owner_and_visibility(values, record),
     }
     fields.raise_if_invalid()
@@ -524,20 +524,8 @@ def _lead_fields(actor: User, values: dict[str, Any], record: Lead | None) -> di
         "value": fields.money("value", values.get("value"), required=False),
         "currency": fields.choice("currency", values.get("currency"), CURRENCIES, "USD"),
         "status": fields.choice("status", values.get("status"), LEAD_STATUSES, "open"),
-        "person": fields.linked(
-            "person_id",
-            Person,
-            values.get("person_id"),
-            label="a person",
-            current=record.person if record else None,
-        ),
-        "organization": fields.linked(
-            "organization_id",
-            Organization,
-            values.get("organization_id"),
-            label="an organization",
-            current=record.organization if record else None,
-        ),
+        "person": fields.person(values, record),
+        "organization": fields.organization(values, record),
         **fields.owner_and_visibility(values, record),
     }
     already_converted = record is not None and record.status == "converted"
@@ -603,20 +591,8 @@ def _project_fields(actor: User, values: dict[str, Any], record: Project | None)
     cleaned = {
         "title": fields.text("title", values.get("title"), label="Title", required=True),
         "status": fields.choice("status", values.get("status"), PROJECT_STATUSES, "open"),
-        "person": fields.linked(
-            "person_id",
-            Person,
-            values.get("person_id"),
-            label="a person",
-            current=record.person if record else None,
-        ),
-        "organization": fields.linked(
-            "organization_id",
-            Organization,
-            values.get("organization_id"),
-            label="an organization",
-            current=record.organization if record else None,
-        ),
+        "person": fields.person(values, record),
+        "organization": fields.organization(values, record),
         **fields.owner_and_visibility(values, record),
     }
     fields.raise_if_invalid()
