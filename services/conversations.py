@@ -11,6 +11,7 @@ import base64
 import binascii
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import NamedTuple
 
 from flask import current_app
@@ -305,6 +306,49 @@ def thread_messages(thread: Thread, *, include_blocked: bool) -> list[Message]:
     )
 
 
+def shown_headings(thread_ids: list[int]) -> dict[int, tuple[str, datetime | None]]:
+    """Return {thread id: (subject, last date)} as the shown messages tell them, for the
+    threads holding a message its owner's blocks hide.
+
+    A thread keeps the subject of the message that started it and the date of its newest
+    message, blocked ones included; a hidden message must not name or date the conversation
+    on the pages showing it (a teammate would learn of mail they cannot open). Threads
+    without a blocked message are left out: their stored values are the shown ones.
+    """
+    blocked = set()
+    for start in range(0, len(thread_ids), 500):
+        blocked.update(
+            db.session.scalars(
+                select(Message.thread_id)
+                .where(
+                    Message.thread_id.in_(thread_ids[start : start + 500]),
+                    Message.blocked.is_(True),
+                    Message.deleted_at.is_(None),
+                )
+                .distinct()
+            )
+        )
+    headings: dict[int, tuple[str, datetime | None]] = {}
+    if not blocked:
+        return headings
+    when = func.coalesce(Message.date, Message.internaldate)
+    rows = db.session.execute(
+        select(Message.thread_id, Message.subject, when)
+        .where(
+            Message.thread_id.in_(sorted(blocked)),
+            Message.blocked.is_(False),
+            Message.deleted_at.is_(None),
+        )
+        .order_by(Message.thread_id, Message.date.is_(None).desc(), Message.date, Message.id)
+    )
+    for thread_id, subject, date in rows:
+        first_subject, last_date = headings.get(thread_id, (subject or "", None))
+        if date is not None and (last_date is None or date > last_date):
+            last_date = date
+        headings[thread_id] = (first_subject, last_date)
+    return headings
+
+
 @dataclass
 class ConversationView:
     """A whole conversation for one viewer."""
@@ -314,6 +358,7 @@ class ConversationView:
     owner: User
     messages: list[RenderedMessage]
     hidden_by_block: bool
+    subject: str  # the thread's, or its first shown message's (shown_headings)
     read_state_unsaved: bool = False  # a read/unread change not yet written to the mailbox
 
 
@@ -334,12 +379,16 @@ def load_conversation(
         )
         for message in messages
     ]
+    subject = thread.subject
+    if not hidden_by_block:  # else the owner sees every message: the thread's own subject
+        subject, _last_date = shown_headings([thread.id]).get(thread.id, (subject, None))
     return ConversationView(
         thread=thread,
         is_owner=is_owner,
         owner=thread.account.user,
         messages=rendered,
         hidden_by_block=hidden_by_block,
+        subject=subject,
         read_state_unsaved=is_owner and _read_state_unsaved([m.id for m in messages]),
     )
 
@@ -616,6 +665,8 @@ class ThreadSummary:
     thread: Thread
     owner: User
     names: list[str]
+    subject: str  # of the shown messages, and so is last_date (shown_headings)
+    last_date: datetime | None
 
 
 RECORD_PAGE_SIZE = 25  # conversations per page of a record's panel ("More" loads the next)
@@ -648,8 +699,15 @@ def record_conversations(
             .where(MailAccount.id.in_({thread.account_id for thread in threads}))
         ).all()
     )
+    headings = shown_headings([thread.id for thread in threads])
     summaries = [
-        ThreadSummary(thread=thread, owner=owners[thread.account_id], names=names[thread.id][:4])
+        ThreadSummary(
+            thread=thread,
+            owner=owners[thread.account_id],
+            names=names[thread.id][:4],
+            subject=headings.get(thread.id, (thread.subject, None))[0],
+            last_date=headings[thread.id][1] if thread.id in headings else thread.last_date,
+        )
         for thread in threads
     ]
     return RecordConversations(summaries, next_cursor)

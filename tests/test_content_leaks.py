@@ -9,6 +9,8 @@ Each test checks both sides: what B must not see, and what B (or A) still sees.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from extensions import db
@@ -159,6 +161,62 @@ def test_teammate_cannot_open_a_blocked_message_of_a_shared_conversation(
         response = as_alice.get(url)
         assert response.status_code == 200, url
     assert SECRET.encode() in as_alice.get(f"/mail/messages/{hidden.id}/raw").data
+
+
+def test_a_hidden_message_neither_names_nor_dates_a_shared_conversation(
+    alice, bob, login, make_stored_account, make_raw_message, make_deal
+):
+    """A conversation keeps the subject of the message that started it and the date of its
+    newest message. When A's blocks hide those messages, the record panel and the page B
+    opens name and date the conversation from the messages B can read."""
+    account = make_stored_account(alice)
+    hidden = make_raw_message(
+        account,
+        build_message(
+            subject=f"{SECRET} offer",
+            sender="Spam <spam@junk.test>",
+            to=account.email_address,
+            date=datetime(2026, 3, 2, 9, 0, tzinfo=UTC),
+        ),
+        shared=True,
+    )
+    deal = make_deal(alice, title="Open deal")
+    hidden.thread.deal_id = deal.id
+    make_raw_message(
+        account,
+        build_message(
+            subject="Terms for spring",
+            sender="Carla <carla@customer.test>",
+            to=account.email_address,
+            date=datetime(2026, 3, 9, 9, 0, tzinfo=UTC),
+        ),
+        thread=hidden.thread,
+    )
+    make_raw_message(
+        account,
+        build_message(
+            subject=f"Re: {SECRET} offer",
+            sender="Spam <spam@junk.test>",
+            to=account.email_address,
+            date=datetime(2026, 3, 27, 9, 0, tzinfo=UTC),
+        ),
+        thread=hidden.thread,
+    )
+    db.session.commit()
+    thread_id = hidden.thread_id
+    panel_url = f"/mail/records/deal/{deal.id}/conversations"
+    as_bob = login(bob)
+    before = as_bob.get(panel_url).get_data(as_text=True)
+    assert SECRET in before and "2026-03-27" in before  # what the block is to hide
+
+    linking.block(alice, "spam@junk.test")
+    for client in (as_bob, login(alice)):
+        panel = client.get(panel_url).get_data(as_text=True)
+        assert "Terms for spring" in panel and "2026-03-09" in panel
+        assert SECRET not in panel and "2026-03-27" not in panel
+        page = client.get(f"/mail/threads/{thread_id}").get_data(as_text=True)
+        assert "Terms for spring" in page
+        assert SECRET not in page
 
 
 # --------------------------------------------------------------------------- links through hidden mail
