@@ -682,6 +682,21 @@ def _split_multipart(body: bytes, boundary: str) -> list[bytes]:
     return parts
 
 
+def _before_closing(body: bytes, params: dict[str, str]) -> bytes:
+    """Return a multipart body without parts up to its closing delimiter line, if it has one.
+
+    The text before it is what such a message says (the standard library keeps it too); the
+    delimiter line itself is not (an empty multipart showed "--boundary--" as its text).
+    """
+    boundary = (params.get("boundary") or "").rstrip()
+    if not boundary:
+        return body
+    needle = b"\n--" + boundary.encode("utf-8", "replace")
+    for line_start, _line_end, _closing in _find_delimiters(body, needle):
+        return body[:line_start]
+    return body
+
+
 class _Walker:
     """Depth-first walk over MIME leaves with part, depth and time limits."""
 
@@ -717,8 +732,8 @@ class _Walker:
             yield from self._flat_text_leaves(body, part_id, alt, branch)
             return
         chunks = self._split(body, params)
-        if not chunks:  # no delimiter line at all: show its text, without a MIME header block
-            inner_block, text = _split_entity(body, self.errors)
+        if not chunks:  # no part: show its text, without a MIME header block
+            inner_block, text = _split_entity(_before_closing(body, params), self.errors)
             if inner_block:
                 headers = _parse_header_block(inner_block, self.errors)
             _ctype, text_params = _content_type(headers, "text/plain")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import email
+import email.policy
 import imaplib
 import os
 import random
@@ -1072,3 +1074,17 @@ def test_html_split_around_a_file_is_shown_whole_but_alternatives_once():
         part(b"Content-Type: text/html", b"<p>second rendering</p>"),
     )
     assert parse_message(message_of(two_renderings)).html_body == "<p>first rendering</p>"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"--b--\n", b"--b--\r\n", b"Hello there\n--b--\n", b"Hello there\n", b"\n--b--  \n"],
+)
+def test_a_multipart_without_parts_shows_its_text_as_the_standard_library_does(body):
+    """No opening delimiter: what comes before the closing one is the message's text, and
+    the closing line is not (an empty multipart showed "--b--" as its body)."""
+    raw = b'Subject: x\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"\n\n' + body
+    reference = email.message_from_bytes(raw, policy=email.policy.compat32).get_payload()
+    parsed = parse_message(raw)
+    assert parsed.text_body.strip() == reference.strip()
+    assert "--b--" not in parsed.text_body + parsed.snippet
