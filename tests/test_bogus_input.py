@@ -342,3 +342,57 @@ def test_fields_and_query_arguments_lose_their_nul_characters(app):
         assert request.form["title"] == "Plan"
         assert request.form["name"] == "x"
         assert request.htmx is not None  # still htmx-flask's request
+
+
+# Every query argument the app reads (grep `args.get(`, `values.get(` and parse_query).
+QUERY_ARGS = sorted(
+    """after attachments bar code connected done email_address error folder images kind
+    link_q linked next page person_id provider q record record_id reply sharing sort
+    start_at start_done state thread to unread""".split()
+)
+# OAuth's callback exchanges the posted code with the provider: test_oauth.py covers it.
+GET_SKIPPED = {"accounts.oauth_callback", "auth.logout"}
+# Rows of a list, swapped into a page: with a search or a cursor matching no row, the
+# answer is no rows (the Mail tab's rows always; a record's panel for "More", after=).
+ROWS_ONLY = {"mail.rows": "", "conversations.record_panel": "after="}
+
+
+def _query_strings(rng: random.Random) -> list[str]:
+    """Return bogus query strings: every argument one bogus value, then one at a time."""
+    queries = []
+    for value in BOGUS_VALUES:
+        queries.append(_encode([(name, value) for name in QUERY_ARGS]).decode())
+    queries.append(_encode([(name, value) for name in QUERY_ARGS for value in ("1", "2")]).decode())
+    for name in QUERY_ARGS:
+        queries.append(_encode([(name, rng.choice(BOGUS_VALUES))]).decode())
+        queries.append(_encode([(name, "x" * 5_000)]).decode())  # a URL stays under 8 kB
+    return queries
+
+
+@pytest.mark.slow(seconds=60)
+def test_bogus_query_strings_are_never_a_server_error(app, world, login):
+    """Every page and fragment, with A's own ids in the path, answers bogus query arguments
+    (NULs, invalid UTF-8, huge and unknown ids, impossible dates, garbage cursors, markup)
+    without a 5xx, an empty page or a traceback, as a page and as an htmx fragment."""
+    ids = {**world["ids"], "a_id": world["a"].id}
+    rng = random.Random(20261207)
+    owner, admin = login(world["a"]), login(world["admin"])
+    problems = []
+    endpoints = sorted(
+        endpoint
+        for endpoint, (_rule, methods) in RULES.items()
+        if "GET" in methods and endpoint not in GET_SKIPPED
+    )
+    assert len(endpoints) > 50  # the walk reaches the whole app
+    for endpoint in endpoints:
+        client = admin if endpoint.startswith("admin.") else owner
+        url = _url(app, endpoint, ids)
+        for query in _query_strings(rng):
+            headers = rng.choice([{}, HTMX])
+            response = client.get(f"{url}?{query}", headers=headers)
+            problem = _problem(response)
+            if problem == "empty page" and ROWS_ONLY.get(endpoint, "-") in query:
+                continue
+            if problem:
+                problems.append((endpoint, query[:60], bool(headers), problem))
+    assert not problems, "\n".join(map(repr, problems))
