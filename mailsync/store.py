@@ -1007,6 +1007,8 @@ def mark_inbox_threads(message_ids: Iterable[int]) -> None:
 def refresh_threads(thread_ids: Iterable[int]) -> None:
     """Recompute message_count and first/last date of threads."""
     for chunk in _chunks(sorted(set(thread_ids))):
+        # In id order, as a request archiving or moving conversations updates them.
+        dialect.lock_rows_in_order(db.session.connection(), thread_t, chunk)
         db.session.execute(_REFRESH_THREADS, {"ids": list(chunk)})
 
 
