@@ -56,7 +56,8 @@ def write_seen(app: Flask, account_id: int, payload: dict) -> None:
 
 
 def move(app: Flask, account_id: int, payload: dict) -> None:
-    """Move the locations to the folder with payload's `role` or `destination_id`."""
+    """Move the locations (those in a folder with payload's `from_role`, if given) to the
+    folder with payload's `role` or `destination_id`."""
     with app.app_context():
         if payload.get("destination_id") is not None:
             destination = db.session.get(MailFolder, payload["destination_id"])
@@ -72,17 +73,19 @@ def move(app: Flask, account_id: int, payload: dict) -> None:
                 f"the account has no {payload.get('role') or 'destination'} folder"
             )
         destination_id, destination_name = destination.id, destination.name
-        refs = [
-            (folder, uid)
-            for folder, uid in db.session.execute(
-                select(MailFolder.name, location_t.c.uid)
-                .join(MailFolder, MailFolder.id == location_t.c.folder_id)
-                .where(
-                    location_t.c.id.in_(payload.get("location_ids", [])),
-                    location_t.c.deleted.is_(False),
-                )
+        query = (
+            select(MailFolder.name, location_t.c.uid)
+            .join(MailFolder, MailFolder.id == location_t.c.folder_id)
+            .where(
+                location_t.c.id.in_(payload.get("location_ids", [])),
+                location_t.c.deleted.is_(False),
             )
-        ]
+        )
+        if payload.get("from_role"):
+            # Archiving takes the inbox copies only, decided where the moves queued before
+            # this one have left them: mail the user moved elsewhere first stays there.
+            query = query.where(MailFolder.role == payload["from_role"])
+        refs = [(folder, uid) for folder, uid in db.session.execute(query)]
         db.session.remove()
     moved = actions.move_locations(app, account_id, refs, destination_name=destination_name)
     with app.app_context():

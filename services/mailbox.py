@@ -954,10 +954,10 @@ def archive_threads(user: User, threads: Sequence[Thread]) -> ActionOutcome:
     for thread in threads:
         thread.archived = True
     if get_preference(user, "archive_in_mailbox"):
-        groups = _server_locations(
+        groups = _locations_to_move(
             _live_messages(threads), lambda location: location.folder.role == "inbox"
         )
-        _queue_writebacks(WRITEBACK_MOVE, groups, role="archive")
+        _queue_writebacks(WRITEBACK_MOVE, groups, role="archive", from_role="inbox")
         _queue_inbox_label_removal(threads)
     db.session.commit()
     return ActionOutcome(f"Archived {_count(threads)}.")
@@ -993,7 +993,7 @@ def delete_threads(user: User, threads: Sequence[Thread]) -> ActionOutcome:
     now = datetime.now(UTC)
     messages = _live_messages(threads)
     if get_preference(user, "delete_in_mailbox"):
-        groups = _server_locations(messages, lambda location: location.folder.role != "trash")
+        groups = _locations_to_move(messages, lambda location: location.folder.role != "trash")
         _queue_writebacks(WRITEBACK_MOVE, groups, role="trash")
     for thread in threads:
         # Whole seconds, like a server's INTERNALDATE: mail received from this second on
@@ -1012,7 +1012,7 @@ def move_threads(user: User, threads: Sequence[Thread], destination: MailFolder)
     Threadline's Inbox follows at once; the mail's folder changes when the worker has moved it.
     """
     threads = [thread for thread in threads if thread.account_id == destination.account_id]
-    groups = _server_locations(
+    groups = _locations_to_move(
         _live_messages(threads),
         lambda location: location.folder_id != destination.id
         and location.folder.role not in UNMOVED_ROLES,
@@ -1094,6 +1094,24 @@ def _server_locations(messages: Sequence[Message], keep) -> dict[int, list[Messa
             if not location.deleted and keep(location):
                 groups[message.account_id].append(location)
     return groups
+
+
+def _locations_to_move(messages: Sequence[Message], keep) -> dict[int, list[MessageLocation]]:
+    """Group the messages' live locations to move by account: those that pass `keep`, and
+    those a queued move takes elsewhere first.
+
+    Where a queued move leaves a location is known only once it has run, so the new job
+    decides then (mailsync/writeback.move); leaving it out by the folder it is in now would
+    lose the user's later move (move away, then back to the inbox, before the worker runs).
+    """
+    moving = {
+        location_id
+        for job in job_queue.unfinished_jobs(
+            kinds=[WRITEBACK_MOVE], account_ids=sorted({m.account_id for m in messages})
+        )
+        for location_id in job.payload.get("location_ids", [])
+    }
+    return _server_locations(messages, lambda location: location.id in moving or keep(location))
 
 
 def _count(threads: Sequence[Thread]) -> str:

@@ -319,3 +319,59 @@ def test_marking_read_just_as_the_unread_write_back_lands_reaches_the_mailbox(
     (location,) = locations(message.id)
     assert location.seen and not location.seen_pending
     assert db.session.get(Message, message.id).is_read
+
+
+def server_folder(dovecot, mail_user, account, name):
+    """Create a folder on the server and its row, as a sync would find it."""
+    dovecot.create_folder(mail_user.email, name)
+    folder = MailFolder(account_id=account.id, name=name)
+    db.session.add(folder)
+    db.session.commit()
+    return folder
+
+
+@pytest.mark.parametrize("first", ["archive", "move"])
+def test_moving_back_to_the_inbox_before_the_worker_runs_lands_in_the_inbox(
+    client_me, me, dovecot, mail_user, server_account, deliver, first
+):
+    """Archive (or move elsewhere), then move back to the inbox, both before the worker
+    runs: the mail must end in the inbox. The move back used to be left out of its job, as
+    the mail was still in the inbox in Threadline when the user asked, so the first move won
+    (found by tests/test_writeback_soak.py)."""
+    update_preferences(me, {"archive_in_mailbox": "True"})
+    projects = server_folder(dovecot, mail_user, server_account, "Projects")
+    inbox = db.session.scalar(select(MailFolder).where(MailFolder.name == "INBOX"))
+    (message,) = deliver(1)
+    away = {"action": "move", "destination": projects.id} if first == "move" else {"action": first}
+    client_me.post(ACTIONS_URL, data={**away, "thread_id": [message.thread_id]})
+    client_me.post(
+        ACTIONS_URL,
+        data={"action": "move", "destination": inbox.id, "thread_id": [message.thread_id]},
+    )
+    run_pending_jobs(client_me.application)
+    (uid,) = dovecot.uids(mail_user.email, "INBOX")
+    assert dovecot.uids(mail_user.email, "Archive") == []
+    assert dovecot.uids(mail_user.email, "Projects") == []
+    (location,) = locations(message.id)
+    assert (location.folder.name, location.uid) == ("INBOX", uid)
+
+
+def test_archiving_after_a_move_out_of_the_inbox_leaves_the_mail_where_it_was_moved(
+    client_me, me, dovecot, mail_user, server_account, deliver
+):
+    """Archive moves the inbox copies only: mail the user moved to another folder just
+    before (the move still queued) stays there. The archive used to move it on from there,
+    as it was still in the inbox when the user archived (found by test_writeback_soak)."""
+    update_preferences(me, {"archive_in_mailbox": "True"})
+    projects = server_folder(dovecot, mail_user, server_account, "Projects")
+    (message,) = deliver(1)
+    client_me.post(
+        ACTIONS_URL,
+        data={"action": "move", "destination": projects.id, "thread_id": [message.thread_id]},
+    )
+    client_me.post(ACTIONS_URL, data={"action": "archive", "thread_id": [message.thread_id]})
+    run_pending_jobs(client_me.application)
+    assert dovecot.uids(mail_user.email, "Archive") == []
+    (uid,) = dovecot.uids(mail_user.email, "Projects")
+    (location,) = locations(message.id)
+    assert (location.folder.name, location.uid) == ("Projects", uid)
