@@ -1364,6 +1364,15 @@ class AccountSync:
         meta = {uid: m for uid, m in meta.items() if uid > last_seen}
         if not meta:
             return set()
+        # A write-back's move records the mail at its new UID before a pass fetches it: that
+        # location takes only the flags, through the guard that keeps a \Seen the user
+        # changed since this FETCH (storing it anew would write the older one over it).
+        moved = store.local_uids(folder_id, low=last_seen + 1) & set(meta)
+        if moved:
+            store.apply_flag_changes(
+                folder_id, {uid: (meta[uid].flags, meta[uid].gm_labels) for uid in moved}
+            )
+            db.session.commit()
         pending = set(meta)
         state = {"watermark": last_seen}
 
@@ -1383,7 +1392,10 @@ class AccountSync:
                     folder.server_message_count += passed
                 db.session.commit()
 
-        self.ingest(folder_id, meta, newest_first=False, on_committed=committed)
+        if moved:
+            committed(moved)
+        fetched = {uid: m for uid, m in meta.items() if uid not in moved}
+        self.ingest(folder_id, fetched, newest_first=False, on_committed=committed)
         return set(meta)
 
     def retry_failed(self, folder_id: int) -> None:

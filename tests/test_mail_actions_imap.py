@@ -375,3 +375,40 @@ def test_archiving_after_a_move_out_of_the_inbox_leaves_the_mail_where_it_was_mo
     (uid,) = dovecot.uids(mail_user.email, "Projects")
     (location,) = locations(message.id)
     assert (location.folder.name, location.uid) == ("Projects", uid)
+
+
+def test_marking_read_while_a_pass_stores_a_moved_mail_reaches_the_mailbox(
+    app, client_me, me, dovecot, mail_user, server_account, monkeypatch
+):
+    """The user marks mail read that a write-back just moved, while a sync pass, having
+    fetched its flags at the new UID (unread), is about to store them. The pass must not
+    write that older \\Seen over the user's change: the pass used to store it with the new
+    location (an upsert without the guard flag updates have), and the job then wrote
+    "unread" to the mailbox (found by tests/test_writeback_soak.py)."""
+    from mailsync.sync import AccountSync
+    from tests.sync_helpers import run_sync
+
+    update_preferences(me, {"archive_in_mailbox": "True"})
+    dovecot.deliver(mail_user.email, build_message(subject="Moved"))
+    run_sync(app, server_account.id)
+    message = db.session.scalar(select(Message))
+    client_me.post(ACTIONS_URL, data={"action": "archive", "thread_id": [message.thread_id]})
+    run_pending_jobs(app)
+    (archived,) = dovecot.uids(mail_user.email, "Archive")
+    original = AccountSync.fetch_meta
+
+    def fetch_then_user_marks_read(self, uid_set, wanted, **kwargs):
+        metas = original(self, uid_set, wanted, **kwargs)
+        if archived in metas:
+            monkeypatch.setattr(AccountSync, "fetch_meta", original)
+            client_me.post(ACTIONS_URL, data={"action": "read", "thread_id": [message.thread_id]})
+        return metas
+
+    monkeypatch.setattr(AccountSync, "fetch_meta", fetch_then_user_marks_read)
+    run_sync(app, server_account.id)
+    assert AccountSync.fetch_meta is original  # the pass did fetch the moved mail
+    run_pending_jobs(app)
+    assert "\\Seen" in dovecot.flags(mail_user.email, "Archive", archived)
+    (location,) = locations(message.id)
+    assert (location.folder.name, location.uid) == ("Archive", archived)
+    assert location.seen and not location.seen_pending
