@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -30,10 +31,12 @@ import pytest
 from sqlalchemy import func, select
 
 from extensions import db
+from mailsync.sync import sync_account
 from models import JOB_DONE, Job, MailFolder, Message, MessageLocation, Thread
 from services.preferences import update_preferences
 from tests.queue_helpers import run_pending_jobs, run_sync_now
 from tests.sync_helpers import raw_message, run_sync
+from worker import run_one_job
 
 pytestmark = pytest.mark.imap
 
@@ -292,7 +295,53 @@ def assert_jobs_wrote_everything(soak: Soak) -> None:
     assert not pending, soak.where(f"locations still pending after the jobs ran: {pending}")
 
 
+class Worker(threading.Thread):
+    """The worker beside the web side: every queued job, a pass, then the jobs queued since."""
+
+    def __init__(self, soak: Soak):
+        super().__init__(name="soak-worker", daemon=True)
+        self.soak = soak
+        self.error: BaseException | None = None
+        self.report = ""
+
+    def run(self) -> None:
+        try:
+            before = self.run_jobs()
+            result = sync_account(self.soak.account_id, app=self.soak.app)
+            after = self.run_jobs()
+            self.report = f"{before} jobs, pass ok={result.ok}, {after} jobs"
+            if not result.ok:
+                raise AssertionError(f"the pass failed: {result.error}")
+        except BaseException as exc:  # surfaced by the test, not lost in the thread
+            self.error = exc
+
+    def run_jobs(self) -> int:
+        ran = 0
+        while run_one_job(self.soak.app, "soak-worker"):
+            ran += 1
+        return ran
+
+
+def actions_while_the_worker_runs(soak: Soak) -> None:
+    """The user acts while the worker runs jobs and a pass: a change may land between the
+    pass reading the flags and storing them, or while its write-back is on its way."""
+    sync_pass(soak)  # Threadline has every mail: what the user acts on is what the model says
+    pauses = [soak.rng.uniform(0.0, 0.2) for _ in range(soak.rng.randint(1, 3))]
+    soak.log.append("user acts while the worker runs")
+    worker = Worker(soak)
+    worker.start()
+    for pause in pauses:
+        time.sleep(pause)
+        user_action(soak)
+    worker.join(timeout=120)
+    assert not worker.is_alive(), soak.where("the worker did not finish")
+    assert worker.error is None, soak.where(f"the worker failed: {worker.error!r}")
+    soak.log.append(f"worker: {worker.report}")
+
+
 def steps_for_round(soak: Soak) -> list:
+    if soak.rng.random() < 0.25:
+        return [actions_while_the_worker_runs]
     steps = [user_action] * soak.rng.randint(1, 4)
     steps += [new_mail] * soak.rng.choice((0, 1, 1, 2))
     steps += [other_client] * soak.rng.choice((0, 0, 1, 2))
