@@ -5,7 +5,7 @@ Against the real Dovecot, each round the user does a few things through the real
 conversation or several), new mail arrives (new conversations and replies to the user's),
 another mail program changes mail the user never touches (flags, moves, expunges), and the
 worker's jobs and sync passes run in a seeded order: jobs before a pass, after it, not at all
-this round, or through "Sync now". A small model says, for every mail (by its Message-ID),
+this round, through "Sync now", or in a thread while the user acts. A small model says, for every mail (by its Message-ID),
 which folder it belongs in and whether it is \\Seen. Whenever the worker has run every
 queued job the server must match the model already (the jobs alone wrote it, not a pass
 retrying pending \\Seen). At the end jobs and clean passes run until nothing changes, and
