@@ -40,8 +40,9 @@ class MailActionError(Exception):
         self.message = message
 
 
-def set_seen(app, account_id: int, locations: Sequence[Location], seen: bool) -> None:
-    """Add or remove \\Seen on each location (+FLAGS.SILENT / -FLAGS.SILENT, never FLAGS)."""
+def set_seen(app, account_id: int, locations: Sequence[Location], seen: bool) -> list[Location]:
+    """Add or remove \\Seen on each location (+FLAGS.SILENT / -FLAGS.SILENT, never FLAGS);
+    return those written (see _store_each_folder)."""
 
     def store(client: IMAPClient, uids: list[int]) -> None:
         if seen:
@@ -49,7 +50,7 @@ def set_seen(app, account_id: int, locations: Sequence[Location], seen: bool) ->
         else:
             client.remove_flags(uids, [SEEN], silent=True)
 
-    _store_each_folder(app, account_id, locations, store)
+    return _store_each_folder(app, account_id, locations, store)
 
 
 def remove_labels(app, account_id: int, locations: Sequence[Location], labels: list[str]) -> None:
@@ -69,20 +70,36 @@ def _store_each_folder(
     account_id: int,
     locations: Sequence[Location],
     store: Callable[[IMAPClient, list[int]], None],
-) -> None:
-    """SELECT each folder of the locations and `store` on its UIDs, on one connection."""
+) -> list[Location]:
+    """SELECT each folder of the locations and `store` on its UIDs, on one connection;
+    return the locations stored on (a folder whose UIDs now name other mail is skipped)."""
     if not locations:
-        return
+        return []
     settings, allowed_ports, _folders = account_settings(app, account_id)
+    uidvalidity = stored_uidvalidity(app, account_id)
     client = connect(settings, allowed_ports)
+    done: list[Location] = []
     try:
         for folder, uids in _by_folder(locations).items():
-            client.select_folder(folder)
+            if not _select_as_stored(client, folder, uidvalidity.get(folder)):
+                continue
             store(client, uids)
+            done += [(folder, uid) for uid in uids]
     except (OSError, imaplib.IMAP4.error, IMAPClientError) as exc:
         raise MailActionError(describe_failure(exc)) from exc
     finally:
         imap.safe_logout(client)
+    return done
+
+
+def _select_as_stored(client: IMAPClient, folder: str, uidvalidity: int | None) -> bool:
+    """SELECT the folder; tell whether its UIDs still name the mail Threadline stored there.
+
+    After a UIDVALIDITY change (RFC 3501 §2.3.1.1) a stored UID may name other mail: the
+    change waits for the next sync pass to read the folder again rather than land on it.
+    """
+    selected = client.select_folder(folder)
+    return uidvalidity is None or selected.get(b"UIDVALIDITY") in (None, uidvalidity)
 
 
 def move_locations(
@@ -104,13 +121,15 @@ def move_locations(
     destination = destination_name or folders.get(destination_role or "")
     if destination is None:
         raise MailActionError(f"the account has no {destination_role or 'destination'} folder")
+    uidvalidity = stored_uidvalidity(app, account_id)
     client = connect(settings, allowed_ports)
     moved: dict[Location, int | None] = {}
     try:
         for folder, uids in _by_folder(locations).items():
-            if folder == destination:
+            if folder == destination or not _select_as_stored(
+                client, folder, uidvalidity.get(folder)
+            ):
                 continue
-            client.select_folder(folder)
             new_uids = _move_uids(client, uids, destination)
             for uid in uids:
                 moved[(folder, uid)] = new_uids.get(uid)
@@ -194,6 +213,18 @@ def account_settings(app, account_id: int):
             )
         }
     return settings, imap.allowed_ports(app.config), folders
+
+
+def stored_uidvalidity(app, account_id: int) -> dict[str, int | None]:
+    """Return {folder name: the UIDVALIDITY its stored UIDs belong to} of an account."""
+    with app.app_context():
+        return dict(
+            db.session.execute(
+                select(MailFolder.name, MailFolder.uidvalidity).where(
+                    MailFolder.account_id == account_id
+                )
+            ).all()
+        )
 
 
 def connect(settings: imap.ConnectionSettings, allowed_ports) -> IMAPClient:

@@ -463,6 +463,23 @@ def _upsert_locations(rows: list[dict[str, Any]], *, takeover: bool) -> set[int]
                     )
                 )
             )
+    if takeover:
+        # The user's \Seen change on a stale row was meant for the mail that was there: the
+        # other mail now at its UID must not get it (nor its guard).
+        db.session.execute(
+            update(location_t)
+            .where(
+                location_t.c.folder_id == bindparam("b_folder"),
+                location_t.c.uid == bindparam("b_uid"),
+                location_t.c.stale.is_(True),
+                location_t.c.message_id != bindparam("b_message"),
+            )
+            .values(seen_pending=False, seen_changed_at=None),
+            [
+                {"b_folder": row["folder_id"], "b_uid": row["uid"], "b_message": row["message_id"]}
+                for row in rows
+            ],
+        )
     _bulk_insert(
         location_t,
         rows,

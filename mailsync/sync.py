@@ -1473,13 +1473,18 @@ class AccountSync:
         db.session.commit()
         for seen, rows in pending.items():
             try:
-                actions.set_seen(
-                    self.app, self.account_id, [(folder, uid) for _id, folder, uid in rows], seen
+                done = set(
+                    actions.set_seen(
+                        self.app,
+                        self.account_id,
+                        [(folder, uid) for _id, folder, uid in rows],
+                        seen,
+                    )
                 )
             except actions.MailActionError as exc:
                 log.warning("account %s: \\Seen write-back failed again: %s", self.account_id, exc)
                 continue
-            store.seen_written([location_id for location_id, _folder, _uid in rows], seen)
+            store.seen_written([location_id for location_id, f, u in rows if (f, u) in done], seen)
             db.session.commit()
 
     def _recheck_after_guard(self, folder_id: int, items: list[str], last_seen: int) -> None:

@@ -37,11 +37,13 @@ def write_seen(app: Flask, account_id: int, payload: dict) -> None:
     for location_id, folder, uid, seen in rows:
         by_value.setdefault(bool(seen), []).append((location_id, folder, uid))
     for seen, items in by_value.items():
-        actions.set_seen(app, account_id, [(folder, uid) for _id, folder, uid in items], seen)
+        done = set(
+            actions.set_seen(app, account_id, [(folder, uid) for _id, folder, uid in items], seen)
+        )
         with app.app_context():
             # Only where the wanted value is still the one written: a newer opposite change
-            # stays pending for its own job.
-            written = [location_id for location_id, _f, _u in items]
+            # stays pending for its own job. One not written stays pending for the sync.
+            written = [location_id for location_id, f, u in items if (f, u) in done]
             lock_rows_in_order(db.session.connection(), location_t, written)
             db.session.execute(
                 update(location_t)

@@ -268,9 +268,10 @@ def test_a_change_made_while_a_sync_retries_a_write_back_is_not_lost(
     original = actions.set_seen
 
     def write_then_user_marks_unread(*args, **kwargs):
-        original(*args, **kwargs)
+        written = original(*args, **kwargs)
         monkeypatch.setattr(actions, "set_seen", original)
         client_me.post(ACTIONS_URL, data={"action": "unread", "thread_id": [message.thread_id]})
+        return written
 
     monkeypatch.setattr(actions, "set_seen", write_then_user_marks_unread)
     AccountSync(app, server_account.id, 60, None).push_pending_seen()
@@ -411,4 +412,42 @@ def test_marking_read_while_a_pass_stores_a_moved_mail_reaches_the_mailbox(
     assert "\\Seen" in dovecot.flags(mail_user.email, "Archive", archived)
     (location,) = locations(message.id)
     assert (location.folder.name, location.uid) == ("Archive", archived)
+    assert location.seen and not location.seen_pending
+
+
+@pytest.mark.parametrize("action", ["read", "move"])
+def test_a_write_back_never_lands_on_other_mail_after_a_uidvalidity_change(
+    app, client_me, me, dovecot, mail_user, server_account, action
+):
+    """The folder is rebuilt on the server (a new UIDVALIDITY) between the user's action
+    and its write-back, with other mail at the same UID: the write-back must not mark or
+    move that mail. It used to, as it trusted the stored UID without looking at the folder's
+    UIDVALIDITY, and a location taken over by the other mail kept the pending \\Seen."""
+    from tests.sync_helpers import raw_message, run_sync
+
+    dovecot.create_folder(mail_user.email, "Projects")
+    dovecot.deliver(mail_user.email, raw_message(1, msgid="first@soak.test"), "Projects")
+    run_sync(app, server_account.id)
+    message = db.session.scalar(select(Message))
+    archive = db.session.scalar(select(MailFolder).where(MailFolder.name == "Archive"))
+    data = {"action": action, "thread_id": [message.thread_id]}
+    client_me.post(
+        ACTIONS_URL, data=data if action == "read" else {**data, "destination": archive.id}
+    )
+    dovecot.delete_folder(mail_user.email, "Projects")
+    dovecot.create_folder(mail_user.email, "Projects")
+    dovecot.set_uidvalidity(mail_user.email, "Projects", 4242)
+    dovecot.deliver(mail_user.email, raw_message(2, msgid="other@soak.test"), "Projects")
+
+    run_pending_jobs(app)
+    run_sync(app, server_account.id)  # reads the rebuilt folder
+    dovecot.add_flags(mail_user.email, "Projects", 1, "\\Seen")  # another client reads it
+    run_pending_jobs(app)
+    run_sync(app, server_account.id)
+    assert dovecot.uids(mail_user.email, "Projects") == [1]
+    assert dovecot.flags(mail_user.email, "Projects", 1) == {"\\Seen"}
+    assert dovecot.uids(mail_user.email, "Archive") == []
+    db.session.expire_all()
+    (location,) = db.session.scalars(select(MessageLocation)).all()
+    assert location.message.message_id_header == "other@soak.test"
     assert location.seen and not location.seen_pending
