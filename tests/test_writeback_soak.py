@@ -487,7 +487,7 @@ def me(make_user):
     return make_user(email="me@soak.test", name="Me")
 
 
-@pytest.mark.slow(seconds=20)
+@pytest.mark.slow(seconds=10)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_write_backs_survive_interleaved_actions_and_changes(
     app, dovecot, mail_user, me, make_account, login, seed
