@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import threading
 
 import pytest
 
@@ -46,9 +47,17 @@ def _profile_servers(_session_dovecot):
     """Dovecots imitating other servers, started on first use and kept for the session."""
     servers = {"standard": _session_dovecot}
     yield servers
-    for name, server in servers.items():
-        if name != "standard":
-            server.stop()
+    # At once: a Dovecot takes 3 s or more to stop, and a worker of the suite has up to
+    # three of these (its session's teardown waited for each in turn).
+    stopping = [
+        threading.Thread(target=server.stop)
+        for name, server in servers.items()
+        if name != "standard"
+    ]
+    for thread in stopping:
+        thread.start()
+    for thread in stopping:
+        thread.join()
 
 
 @pytest.fixture(params=sorted(PROFILES))
