@@ -306,18 +306,17 @@ def thread_messages(thread: Thread, *, include_blocked: bool) -> list[Message]:
     )
 
 
-def shown_headings(thread_ids: list[int]) -> dict[int, tuple[str, datetime | None]]:
-    """Return {thread id: (subject, last date)} as the shown messages tell them, for the
-    threads holding a message its owner's blocks hide.
+def threads_with_hidden_mail(thread_ids: list[int]) -> set[int]:
+    """Return the threads holding a live message its owner's blocks hide.
 
     A thread keeps the subject of the message that started it and the date of its newest
-    message, blocked ones included; a hidden message must not name or date the conversation
-    on the pages showing it (a teammate would learn of mail they cannot open). Threads
-    without a blocked message are left out: their stored values are the shown ones.
+    message, blocked ones included; in these threads a hidden message must not name or date
+    the conversation (a teammate would learn of mail they cannot open): the pages take both
+    from the shown messages instead (_shown_heading).
     """
-    blocked = set()
+    found: set[int] = set()
     for start in range(0, len(thread_ids), 500):
-        blocked.update(
+        found.update(
             db.session.scalars(
                 select(Message.thread_id)
                 .where(
@@ -328,25 +327,13 @@ def shown_headings(thread_ids: list[int]) -> dict[int, tuple[str, datetime | Non
                 .distinct()
             )
         )
-    headings: dict[int, tuple[str, datetime | None]] = {}
-    if not blocked:
-        return headings
-    when = func.coalesce(Message.date, Message.internaldate)
-    rows = db.session.execute(
-        select(Message.thread_id, Message.subject, when)
-        .where(
-            Message.thread_id.in_(sorted(blocked)),
-            Message.blocked.is_(False),
-            Message.deleted_at.is_(None),
-        )
-        .order_by(Message.thread_id, Message.date.is_(None).desc(), Message.date, Message.id)
-    )
-    for thread_id, subject, date in rows:
-        first_subject, last_date = headings.get(thread_id, (subject or "", None))
-        if date is not None and (last_date is None or date > last_date):
-            last_date = date
-        headings[thread_id] = (first_subject, last_date)
-    return headings
+    return found
+
+
+def _shown_heading(shown: list[tuple[str | None, datetime | None]]) -> tuple[str, datetime | None]:
+    """(subject of the first, newest date) of a thread's shown messages, oldest first."""
+    dates = [date for _subject, date in shown if date is not None]
+    return (shown[0][0] or "") if shown else "", max(dates, default=None)
 
 
 @dataclass
@@ -358,7 +345,7 @@ class ConversationView:
     owner: User
     messages: list[RenderedMessage]
     hidden_by_block: bool
-    subject: str  # the thread's, or its first shown message's (shown_headings)
+    subject: str  # the thread's, or its first shown message's (threads_with_hidden_mail)
     read_state_unsaved: bool = False  # a read/unread change not yet written to the mailbox
 
 
@@ -380,8 +367,11 @@ def load_conversation(
         for message in messages
     ]
     subject = thread.subject
-    if not hidden_by_block:  # else the owner sees every message: the thread's own subject
-        subject, _last_date = shown_headings([thread.id]).get(thread.id, (subject, None))
+    # hidden_by_block: the owner sees every message, so the thread's own subject.
+    if not hidden_by_block and threads_with_hidden_mail([thread.id]):
+        subject, _last_date = _shown_heading(
+            [(m.subject, m.date or m.internaldate) for m in messages]
+        )
     return ConversationView(
         thread=thread,
         is_owner=is_owner,
@@ -665,7 +655,7 @@ class ThreadSummary:
     thread: Thread
     owner: User
     names: list[str]
-    subject: str  # of the shown messages, and so is last_date (shown_headings)
+    subject: str  # of the shown messages, and so is last_date (threads_with_hidden_mail)
     last_date: datetime | None
 
 
@@ -691,7 +681,8 @@ def record_conversations(
     threads, next_cursor = mailbox.keyset_page(
         record_threads(user, kind, record_id), (after or "")[:40], RECORD_PAGE_SIZE
     )
-    names = _sender_names([thread.id for thread in threads])
+    names, shown = _sender_names([thread.id for thread in threads])
+    hidden = threads_with_hidden_mail([thread.id for thread in threads])
     owners = dict(
         db.session.execute(
             select(MailAccount.id, User)
@@ -699,26 +690,37 @@ def record_conversations(
             .where(MailAccount.id.in_({thread.account_id for thread in threads}))
         ).all()
     )
-    headings = shown_headings([thread.id for thread in threads])
     summaries = [
         ThreadSummary(
             thread=thread,
             owner=owners[thread.account_id],
             names=names[thread.id][:4],
-            subject=headings.get(thread.id, (thread.subject, None))[0],
-            last_date=headings[thread.id][1] if thread.id in headings else thread.last_date,
+            subject=heading[0],
+            last_date=heading[1],
         )
         for thread in threads
+        for heading in [
+            _shown_heading(shown[thread.id])
+            if thread.id in hidden
+            else (thread.subject, thread.last_date)
+        ]
     ]
     return RecordConversations(summaries, next_cursor)
 
 
-def _sender_names(thread_ids: list[int]) -> dict[int, list[str]]:
-    """Return each thread's distinct sender names in message order (as thread_messages)."""
+def _sender_names(
+    thread_ids: list[int],
+) -> tuple[dict[int, list[str]], dict[int, list[tuple[str | None, datetime | None]]]]:
+    """Return each thread's distinct sender names in message order (as thread_messages), and
+    (subject, date) of its shown messages in that order, from one read."""
     names: dict[int, list[str]] = {thread_id: [] for thread_id in thread_ids}
+    shown: dict[int, list[tuple[str | None, datetime | None]]] = {t: [] for t in thread_ids}
+    when = func.coalesce(Message.date, Message.internaldate)
     for start in range(0, len(thread_ids), 500):
         rows = db.session.execute(
-            select(Message.thread_id, Message.from_name, Message.from_address)
+            select(
+                Message.thread_id, Message.from_name, Message.from_address, Message.subject, when
+            )
             .where(
                 Message.thread_id.in_(thread_ids[start : start + 500]),
                 Message.deleted_at.is_(None),
@@ -726,8 +728,9 @@ def _sender_names(thread_ids: list[int]) -> dict[int, list[str]]:
             )
             .order_by(Message.thread_id, Message.date.is_(None).desc(), Message.date, Message.id)
         )
-        for thread_id, from_name, from_address in rows:
+        for thread_id, from_name, from_address, subject, date in rows:
+            shown[thread_id].append((subject, date))
             name = sender_label(from_name, from_address)
             if name not in names[thread_id]:
                 names[thread_id].append(name)
-    return names
+    return names, shown

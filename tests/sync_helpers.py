@@ -187,3 +187,16 @@ def split_backfills(batches: int):
 
         patch.setattr(sync_module.AccountSync, "backfill", backfill)
         yield
+
+
+def location_flags(location) -> frozenset[str]:
+    """The IMAP flags a stored location says the server has, as `doveadm fetch flags` lists
+    them."""
+    columns = (
+        ("\\Seen", location.seen),
+        ("\\Flagged", location.flagged),
+        ("\\Answered", location.answered),
+        ("\\Draft", location.draft),
+        ("\\Deleted", location.deleted),
+    )
+    return frozenset({flag for flag, on in columns if on} | set(location.keywords or ()))

@@ -218,24 +218,27 @@ def _file_requests(rng: random.Random) -> list[tuple[str, dict, dict]]:
     return requests
 
 
+# A's rows that no bogus request may lose or garble: name -> (model, key of its id).
+KEY_ROWS = {
+    "user": (User, "a_id"),
+    "account": (MailAccount, "account_id"),
+    "thread": (Thread, "thread_id"),
+    "message": (Message, "message_id"),
+    "deal": (Deal, "deal_id"),
+    "person": (Person, "person_id"),
+    "organization": (Organization, "organization_id"),
+    "lead": (Lead, "lead_id"),
+    "project": (Project, "project_id"),
+    "draft": (OutgoingMail, "draft_id"),
+    "signature": (Signature, "signature_id"),
+    "template": (MailTemplate, "template_id"),
+    "group_send": (GroupSend, "group_send_id"),
+}
+
+
 def _key_rows(ids: dict) -> dict:
-    """Return the rows of A's that no bogus request may lose or garble."""
-    rows = {
-        "user": db.session.get(User, ids["a_id"]),
-        "account": db.session.get(MailAccount, ids["account_id"]),
-        "thread": db.session.get(Thread, ids["thread_id"]),
-        "message": db.session.get(Message, ids["message_id"]),
-        "deal": db.session.get(Deal, ids["deal_id"]),
-        "person": db.session.get(Person, ids["person_id"]),
-        "organization": db.session.get(Organization, ids["organization_id"]),
-        "lead": db.session.get(Lead, ids["lead_id"]),
-        "project": db.session.get(Project, ids["project_id"]),
-        "draft": db.session.get(OutgoingMail, ids["draft_id"]),
-        "signature": db.session.get(Signature, ids["signature_id"]),
-        "template": db.session.get(MailTemplate, ids["template_id"]),
-        "group_send": db.session.get(GroupSend, ids["group_send_id"]),
-    }
-    return rows
+    """Return A's KEY_ROWS as they are now (None where one is gone)."""
+    return {name: db.session.get(model, ids[key]) for name, (model, key) in KEY_ROWS.items()}
 
 
 def _read_back(ids: dict) -> dict:

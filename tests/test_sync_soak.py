@@ -35,7 +35,7 @@ from mailsync import imap
 from mailsync import sync as sync_module
 from models import MailFolder, Message, MessageLocation, SyncLease
 from tests.servers.proxy import CuttingProxy
-from tests.sync_helpers import imap_client, raw_message, run_sync, split_backfills
+from tests.sync_helpers import imap_client, location_flags, raw_message, run_sync, split_backfills
 from tests.test_sync_interrupt import alive, start_cli_sync, wait_for
 
 pytestmark = pytest.mark.imap
@@ -371,17 +371,7 @@ def local_state(account_id: int) -> dict[str, dict[int, tuple[frozenset[str], in
     )
     for name, location, message_id, size in rows:
         assert not location.stale, f"a stale location is left: {name} {location.uid}"
-        flags = {
-            flag
-            for flag, on in (
-                ("\\Seen", location.seen),
-                ("\\Flagged", location.flagged),
-                ("\\Answered", location.answered),
-                ("\\Draft", location.draft),
-                ("\\Deleted", location.deleted),
-            )
-            if on
-        } | set(location.keywords or ())
+        flags = location_flags(location)
         folder = state.setdefault(name, {})
         assert location.uid not in folder, f"two locations at {name} {location.uid}"
         folder[location.uid] = (frozenset(flags), message_id, size)

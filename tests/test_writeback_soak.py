@@ -35,7 +35,7 @@ from mailsync.sync import sync_account
 from models import JOB_DONE, Job, MailFolder, Message, MessageLocation, Thread
 from services.preferences import update_preferences
 from tests.queue_helpers import run_pending_jobs, run_sync_now
-from tests.sync_helpers import raw_message, run_sync
+from tests.sync_helpers import location_flags, raw_message, run_sync
 from worker import run_one_job
 
 pytestmark = pytest.mark.imap
@@ -408,17 +408,7 @@ def local_locations(soak: Soak) -> dict[tuple[str, int], tuple[frozenset[str], s
     )
     local = {}
     for folder, location, msgid in rows:
-        flags = {
-            flag
-            for flag, on in (
-                ("\\Seen", location.seen),
-                ("\\Flagged", location.flagged),
-                ("\\Answered", location.answered),
-                ("\\Draft", location.draft),
-                ("\\Deleted", location.deleted),
-            )
-            if on
-        } | set(location.keywords or ())
+        flags = location_flags(location)
         place = (folder, location.uid)
         assert place not in local, soak.where(f"two locations at {place}")
         local[place] = (frozenset(flags), msgid, location)
