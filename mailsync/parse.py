@@ -367,8 +367,24 @@ def _first(headers: Headers, name: str, charset_hint: str | None = None) -> str 
     return _header_str(values[0], charset_hint) if values else None
 
 
+# One run of base64 up to and including its padding: some encoders pad every chunk they
+# write, and the standard library stops at the first padding, dropping the rest of the file.
+_PADDED_CHUNK = re.compile(rb"[^=]*=+|[^=]+")
+
+
 def _b64decode(data: bytes) -> bytes:
-    """Decode lenient base64: junk characters ignored, bad padding repaired."""
+    """Decode lenient base64: junk characters ignored, bad padding repaired, and base64 that
+    goes on after padding (chunks encoded one by one) decoded to its end."""
+    padding = data.find(b"=")
+    rest = data[padding:] if padding != -1 else b""
+    # Only more base64 after the padding; anything else there (a stray delimiter, a footer)
+    # is not part of the file.
+    if rest.strip(b"= \t\r\n") and not _NOT_BASE64.search(rest):
+        return b"".join(_b64decode_chunk(chunk) for chunk in _PADDED_CHUNK.findall(data))
+    return _b64decode_chunk(data)
+
+
+def _b64decode_chunk(data: bytes) -> bytes:
     try:
         return binascii.a2b_base64(data)
     except (binascii.Error, ValueError):
@@ -873,11 +889,11 @@ def _estimate_size(leaf: _Leaf) -> int:
         # "=XX" is one byte and a soft line break ("=" at a line end) none (RFC 2045 §6.7).
         return max(0, size - 2 * leaf.body.count(b"=") - leaf.body.count(b"=\r\n"))
     if "base64" in cte:
-        newline = leaf.body.find(b"\n")
-        if 0 < newline < size - 1:  # scale by the first line's payload/line ratio
-            payload = newline - (leaf.body[newline - 1] == 13)
-            size = size * payload // (newline + 1)
-        return max(0, size * 3 // 4 - leaf.body.rstrip()[-2:].count(b"="))
+        # Every 4 characters are 3 bytes, less one per "=" of padding (also of chunks padded
+        # one by one); counting is cheap, decoding is not.
+        body = leaf.body
+        spaces = body.count(b"\n") + body.count(b"\r") + body.count(b" ") + body.count(b"\t")
+        return max(0, (size - spaces) * 3 // 4 - body.count(b"="))
     return size
 
 

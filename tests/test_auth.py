@@ -238,6 +238,25 @@ def test_session_ends_after_the_idle_lifetime(app, make_user, login, monkeypatch
     assert response.status_code == 302 and "/login" in response.headers["Location"]
 
 
+def test_a_request_sent_before_sign_in_and_answered_after_it_keeps_the_sign_in(client, make_user):
+    """A browser fetches the login page's icon while the form is being sent: the icon's
+    answer (a redirect to sign in) comes after the sign-in's and must not overwrite the new
+    session cookie with the old one (the user was sent back to the sign-in page)."""
+    make_user(email="race@team.test")
+    assert client.get("/login").status_code == 200
+    before = client.get_cookie("session").value  # the sign-in form's session (CSRF token)
+    assert (
+        client.post("/login", data={"email": "race@team.test", "password": PASSWORD}).status_code
+        == 302
+    )
+    late = client.application.test_client()  # the icon request, with the old cookie
+    late.set_cookie("session", before)
+    response = late.get("/favicon.ico")
+    assert response.status_code == 302 and "/login" in response.headers["Location"]
+    assert not [c for c in response.headers.getlist("Set-Cookie") if c.startswith("session=")]
+    assert client.get("/settings/").status_code == 200
+
+
 def test_session_cookie_moved_to_another_browser_is_refused(app, make_user, login):
     """Flask-Login's "strong" protection: a cookie used from another address or user agent
     ends the session (Flask-Login alone only marks permanent sessions non-fresh)."""

@@ -6,6 +6,7 @@ import base64
 import email
 import email.policy
 import imaplib
+import itertools
 import os
 import random
 import re
@@ -1088,3 +1089,41 @@ def test_a_multipart_without_parts_shows_its_text_as_the_standard_library_does(b
     parsed = parse_message(raw)
     assert parsed.text_body.strip() == reference.strip()
     assert "--b--" not in parsed.text_body + parsed.snippet
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_base64_encoded_in_padded_chunks_decodes_to_the_end(seed):
+    # Some encoders pad every chunk they write; the standard library stops at the first
+    # padding, which silently cut the attachment (and its text) short.
+    rng = random.Random(seed)
+    data = rng.randbytes(rng.randint(1, 6000))
+    cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(1, 6))))
+    bounds = [0, *cuts, len(data)]
+    chunks = [data[start:end] for start, end in itertools.pairwise(bounds)]
+    encoded = b"".join(base64.encodebytes(chunk).replace(b"\n", b"\r\n") for chunk in chunks)
+    raw = message_of(
+        multipart(
+            "mixed",
+            "outer",
+            part(b"Content-Type: text/plain", b"see the file"),
+            part(
+                b'Content-Type: application/octet-stream; name="scan.bin"\r\n'
+                b"Content-Transfer-Encoding: base64",
+                encoded,
+            ),
+        )
+    )
+    (attachment,) = parse_message(raw).attachments
+    assert extract_part(raw, attachment.part_id)[0] == data
+    assert abs(attachment.size - len(data)) <= max(8, len(data) // 50)
+
+
+def test_text_after_padding_that_is_not_base64_is_left_out():
+    encoded = base64.b64encode(b"Quarterly numbers attached")
+    assert encoded.endswith(b"=")
+    body = part(
+        b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64",
+        encoded + b"\r\n-- \r\nSent from my phone, see you = soon",
+    )
+    shown = parse_message(message_of(multipart("mixed", "outer", body))).text_body
+    assert shown.strip() == "Quarterly numbers attached"
