@@ -3,6 +3,8 @@ are repaired at upgrade, re-parsed from the stored raw mail")."""
 
 from __future__ import annotations
 
+import base64
+
 from sqlalchemy import update
 
 from extensions import db
@@ -55,3 +57,27 @@ def test_init_db_parses_older_mail_again(
     assert [row.id for row in page.rows] == [fixed.thread_id]
     # Once is enough: a second init-db parses nothing.
     assert "parsed again" not in runner.invoke(args=["init-db"]).output
+
+
+def test_text_cut_short_by_padded_base64_is_read_whole_at_upgrade(
+    app, runner, make_user, make_stored_account, make_raw_message
+):
+    # Release 3 stopped decoding at the first padding: the second chunk was never searchable.
+    chunks = base64.b64encode(b"Hello Carla,\r\n") + b"\r\n" + base64.b64encode(b"marmalade")
+    raw = (
+        b"From: Carla <carla@customer.test>\r\nTo: me@team.test\r\nSubject: Chunks\r\n"
+        b"Message-ID: <chunks@customer.test>\r\nDate: Mon, 2 Nov 2026 10:00:00 +0000\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: text/plain\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + chunks + b"\r\n"
+    )
+    user = make_user()
+    message = make_raw_message(make_stored_account(user), raw)
+    message.thread.in_inbox = True
+    db.session.execute(update(MailAccount).values(parse_version=3))
+    db.session.commit()
+
+    result = runner.invoke(args=["init-db"])
+    assert result.exit_code == 0, result.output
+    assert "1 stored messages parsed again" in result.output
+    page = mailbox.list_threads(user, mailbox.MailboxQuery(q="marmalade"))
+    assert [row.id for row in page.rows] == [message.thread_id]
