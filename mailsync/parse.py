@@ -857,7 +857,48 @@ def _transfer_decode(leaf: _Leaf) -> bytes:
         return _b64decode(leaf.body)
     if "quoted-printable" in cte:
         return binascii.a2b_qp(leaf.body)
+    if cte.strip() in _UUENCODE:
+        return _uudecode(leaf.body)
     return leaf.body
+
+
+# Content-Transfer-Encoding names older mail programs give uuencoded parts (not in RFC 2045,
+# but common enough that the standard library decodes them too).
+_UUENCODE = ("x-uuencode", "uuencode", "x-uue", "uue")
+_UU_BEGIN = re.compile(rb"^begin [0-7]+ ", re.MULTILINE)
+
+
+def _uu_lines(body: bytes) -> list[bytes]:
+    """Return the encoded lines between "begin <mode> <name>" and "end" (all after "begin"
+    when "end" is missing), or [] without a "begin" line."""
+    begin = _UU_BEGIN.search(body)
+    if begin is None:
+        return []
+    lines = []
+    for line in body[begin.end() :].splitlines()[1:]:
+        if line.strip() == b"end":
+            break
+        if line.strip():  # a blank line is a broken encoder's, not data
+            lines.append(line.rstrip(b"\r\n"))
+    return lines
+
+
+def _uudecode(body: bytes) -> bytes:
+    """Decode a uuencoded body leniently; without a "begin" line it is left as it came."""
+    if _UU_BEGIN.search(body) is None:
+        return body
+    decoded = []
+    for line in _uu_lines(body):
+        try:
+            decoded.append(binascii.a2b_uu(line))
+        except binascii.Error:
+            # Encoders that pad lines past their length byte (the standard library's fix).
+            length = (((line[0] - 32) & 63) * 4 + 5) // 3
+            try:
+                decoded.append(binascii.a2b_uu(line[:length]))
+            except binascii.Error:
+                continue
+    return b"".join(decoded)
 
 
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=\s]")
@@ -894,6 +935,8 @@ def _estimate_size(leaf: _Leaf) -> int:
         body = leaf.body
         spaces = body.count(b"\n") + body.count(b"\r") + body.count(b" ") + body.count(b"\t")
         return max(0, (size - spaces) * 3 // 4 - body.count(b"="))
+    if cte.strip() in _UUENCODE and _UU_BEGIN.search(leaf.body):
+        return sum((line[0] - 32) & 63 for line in _uu_lines(leaf.body))  # each line's length
     return size
 
 

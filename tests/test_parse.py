@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import email
 import email.policy
 import imaplib
@@ -1127,3 +1128,45 @@ def test_text_after_padding_that_is_not_base64_is_left_out():
     )
     shown = parse_message(message_of(multipart("mixed", "outer", body))).text_body
     assert shown.strip() == "Quarterly numbers attached"
+
+
+@pytest.mark.parametrize("encoding", ["x-uuencode", "uuencode", "x-uue", "UUE"])
+def test_uuencoded_attachments_decode_as_the_standard_library_does(encoding):
+    data = random.Random(encoding).randbytes(3000)
+    lines = [binascii.b2a_uu(data[at : at + 45]).rstrip(b"\n") for at in range(0, len(data), 45)]
+    encoded = b"begin 644 scan.png\r\n" + b"\r\n".join(lines) + b"\r\n`\r\nend\r\n"
+    raw = message_of(
+        multipart(
+            "mixed",
+            "outer",
+            part(b"Content-Type: text/plain", b"the scan"),
+            part(
+                b'Content-Type: image/png; name="scan.png"\r\n'
+                b"Content-Transfer-Encoding: " + encoding.encode(),
+                encoded,
+            ),
+        )
+    )
+    (attachment,) = parse_message(raw).attachments
+    reference = email.message_from_bytes(raw).get_payload(1).get_payload(decode=True)
+    assert reference == data  # the standard library reads the fixture as meant
+    assert extract_part(raw, attachment.part_id)[0] == data
+    assert attachment.size == len(data)
+
+
+def test_uuencoded_part_without_begin_line_is_kept_as_it_came():
+    body = b"M9&]E<R!N;W0@<W1A<G0@=VET:\r\n"
+    raw = message_of(
+        multipart(
+            "mixed",
+            "outer",
+            part(b"Content-Type: text/plain", b"see the file"),
+            part(
+                b'Content-Type: application/octet-stream; name="a.bin"\r\n'
+                b"Content-Transfer-Encoding: x-uuencode",
+                body,
+            ),
+        )
+    )
+    (attachment,) = parse_message(raw).attachments
+    assert extract_part(raw, attachment.part_id)[0].strip() == body.strip()
