@@ -83,6 +83,8 @@ class ParsedMessage:
     size: int = 0
     parse_error: str | None = None
     headers_only: bool = False
+    # The plain text went on past MAX_TEXT_CHARS: text_body holds its start only.
+    text_cut: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1108,6 +1110,7 @@ def _parse_with_envelope(raw: bytes) -> tuple[ParsedMessage, ParsedMessage]:
     html_leaf: _Leaf | None = None
     text_groups: set[str | None] = set()
     text_chars = 0
+    text_skipped = False
     for leaf in _leaves_of(headers, body, errors):
         ctype = leaf.content_type
         charset = leaf.params.get("charset")
@@ -1131,6 +1134,8 @@ def _parse_with_envelope(raw: bytes) -> tuple[ParsedMessage, ParsedMessage]:
                     text = _leaf_text(leaf).replace("\r\n", "\n")
                     texts.append(text)
                     text_chars += len(text)
+                else:
+                    text_skipped = True
             if not offered:
                 continue  # a named lone root part is shown and offered as a download too
         elif leaf.alt_group is not None and ctype.startswith("text/") and not offered:
@@ -1157,11 +1162,13 @@ def _parse_with_envelope(raw: bytes) -> tuple[ParsedMessage, ParsedMessage]:
             replace(a, is_inline=f"cid:{a.content_id}" in html_lower) if a.content_id else a
             for a in attachments
         ]
-    text_body = "\n".join(texts)[:MAX_TEXT_CHARS]
+    text_body = "\n".join(texts)
     if not text_body.strip() and html_body:
-        text_body = html_to_text(html_body)[:MAX_TEXT_CHARS]
+        text_body = html_to_text(html_body)
     elif not text_body.strip() and inline_text is not None:  # only an inline .txt "attachment"
-        text_body = _leaf_text(inline_text).replace("\r\n", "\n")[:MAX_TEXT_CHARS]
+        text_body = _leaf_text(inline_text).replace("\r\n", "\n")
+    text_cut = text_skipped or len(text_body) > MAX_TEXT_CHARS
+    text_body = text_body[:MAX_TEXT_CHARS]
     snippet = _snippet(text_body)
     envelope = _envelope(headers, errors, body_charset)
     # The hint only changes header values in raw 8-bit bytes, which few mails have.
@@ -1176,6 +1183,7 @@ def _parse_with_envelope(raw: bytes) -> tuple[ParsedMessage, ParsedMessage]:
         is_rtl_hint=envelope.is_rtl_hint or bool(_RTL.search(snippet)),
         size=len(raw),
         parse_error=_error_text(errors),
+        text_cut=text_cut,
     )
     return parsed, alone if alone is not None else _envelope(headers, [])
 

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from extensions import db
 from mailsync.blobstore import BlobStore, app_blob_store
 from mailsync.parse import (
+    MAX_TEXT_CHARS,
     AttachmentInfo,
     ParsedMessage,
     extract_part,
@@ -293,6 +294,11 @@ def render_message(message: Message, *, allow_remote_images: bool = False) -> Re
     )
     if parsed.parse_error:
         view.notice = "Parts of this message could not be read. Download the original to check."
+    elif parsed.text_cut and parsed.html_body is None:
+        view.notice = (
+            f"This message is longer than Threadline shows (its first {MAX_TEXT_CHARS:,} "
+            "characters). Download the original to read all of it."
+        )
     return view
 
 

@@ -11,7 +11,9 @@ import pytest
 from sqlalchemy import select
 
 from extensions import db
+from mailsync import parse
 from models import ImageAllowance, MessagePerson, PersonEmail
+from services import conversations
 from tests.mail_fixtures import (
     HOSTILE_DISPLAY_NAME,
     HOSTILE_SUBJECT,
@@ -802,6 +804,21 @@ def test_placeholder_missing_and_unparseable_messages_show_notices(world, login,
     assert client.get(f"/mail/messages/{gone.id}/raw").status_code == 404
     junk = make_raw_message(account, b"\x00\xff garbage without headers \r\n\r\n\x00")
     assert client.get(f"/mail/threads/{junk.thread_id}").status_code == 200
+
+
+def test_plain_text_longer_than_shown_says_so(world, login, make_raw_message, monkeypatch):
+    monkeypatch.setattr(conversations, "MAX_TEXT_CHARS", 1000)
+    monkeypatch.setattr(parse, "MAX_TEXT_CHARS", 1000)
+    lines = "".join(f"log line {n:05d}\n" for n in range(200))  # 3,000 characters
+    client = login(world["owner"])
+    long = make_raw_message(world["account"], build_message(subject="Logs", text=lines))
+    html = client.get(f"/mail/threads/{long.thread_id}").get_data(as_text=True)
+    assert "longer than Threadline shows (its first 1,000 characters)" in html
+    assert "Download the original" in html
+    assert "log line 00010" in parse_page(html).iframes[0]["srcdoc"]
+    short = make_raw_message(world["account"], build_message(subject="Short", text="Hi there"))
+    html = client.get(f"/mail/threads/{short.thread_id}").get_data(as_text=True)
+    assert "longer than Threadline shows" not in html
 
 
 def test_plain_text_mail_is_escaped_and_rtl_detected(world, login, make_raw_message):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from mailsync import parse
 from mailsync.parse import (
     MAX_ADDRESSES,
     MAX_DEPTH,
@@ -1170,3 +1171,16 @@ def test_uuencoded_part_without_begin_line_is_kept_as_it_came():
     )
     (attachment,) = parse_message(raw).attachments
     assert extract_part(raw, attachment.part_id)[0].strip() == body.strip()
+
+
+def test_text_past_the_limit_is_marked_cut(monkeypatch):
+    monkeypatch.setattr(parse, "MAX_TEXT_CHARS", 100)
+    first = part(b"Content-Type: text/plain", b"a" * 60)
+    second = part(b"Content-Type: text/plain", b"b" * 60)
+    third = part(b"Content-Type: text/plain", b"c" * 10)
+    two = parse_message(message_of(multipart("mixed", "outer", first, second)))
+    assert two.text_cut and len(two.text_body) == 100
+    three = parse_message(message_of(multipart("mixed", "outer", first, second, third)))
+    assert three.text_cut and "c" not in three.text_body
+    one = parse_message(message_of(multipart("mixed", "outer", first)))
+    assert not one.text_cut and one.text_body.strip() == "a" * 60
