@@ -60,7 +60,16 @@ def _run_seen(app: Flask, account_id: int, payload: dict) -> bool:
 
 
 def _run_move(app: Flask, account_id: int, payload: dict) -> bool:
-    writeback.move(app, account_id, payload)
+    try:
+        writeback.move(app, account_id, payload)
+    except actions.FolderChangedError:
+        # The move is retried (with backoff) once a pass has read the folder again.
+        with app.app_context():
+            try:
+                accounts.request_sync(account_id)
+            finally:
+                db.session.remove()
+        raise
     return True
 
 

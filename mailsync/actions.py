@@ -11,6 +11,7 @@ import imaplib
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
@@ -38,6 +39,28 @@ class MailActionError(Exception):
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
+
+
+class FolderChangedError(MailActionError):
+    """A change waits for a sync pass: the folders' UIDs may name other mail now (a new
+    UIDVALIDITY), so Threadline must read them again before it can find the user's mail."""
+
+    def __init__(self, folders: Iterable[str]):
+        self.folders = sorted(set(folders))
+        names = ", ".join(f'"{name}"' for name in self.folders)
+        super().__init__(
+            f"The folder {names} changed on the mail server; the change waits until "
+            "Threadline has read it again."
+        )
+
+
+@dataclass
+class MoveResult:
+    """Each moved location's new UID (None when the server did not say), and the folders
+    left alone because their UIDVALIDITY is not the stored one."""
+
+    moved: dict[Location, int | None] = field(default_factory=dict)
+    changed_folders: list[str] = field(default_factory=list)
 
 
 def set_seen(app, account_id: int, locations: Sequence[Location], seen: bool) -> list[Location]:
@@ -109,35 +132,36 @@ def move_locations(
     destination_role: str | None = None,
     *,
     destination_name: str | None = None,
-) -> dict[Location, int | None]:
+) -> MoveResult:
     """Move locations to the folder with `destination_role` (or named `destination_name`).
 
-    Uses MOVE when the server advertises it, else COPY + \\Deleted + UID EXPUNGE. Returns each
-    moved location's new UID when the server reported it (COPYUID, RFC 4315), else None.
+    Uses MOVE when the server advertises it, else COPY + \\Deleted + UID EXPUNGE. The result
+    holds each moved location's new UID when the server reported it (COPYUID, RFC 4315).
     """
     if not locations:
-        return {}
+        return MoveResult()
     settings, allowed_ports, folders = account_settings(app, account_id)
     destination = destination_name or folders.get(destination_role or "")
     if destination is None:
         raise MailActionError(f"the account has no {destination_role or 'destination'} folder")
     uidvalidity = stored_uidvalidity(app, account_id)
     client = connect(settings, allowed_ports)
-    moved: dict[Location, int | None] = {}
+    result = MoveResult()
     try:
         for folder, uids in _by_folder(locations).items():
-            if folder == destination or not _select_as_stored(
-                client, folder, uidvalidity.get(folder)
-            ):
+            if folder == destination:
+                continue
+            if not _select_as_stored(client, folder, uidvalidity.get(folder)):
+                result.changed_folders.append(folder)
                 continue
             new_uids = _move_uids(client, uids, destination)
             for uid in uids:
-                moved[(folder, uid)] = new_uids.get(uid)
+                result.moved[(folder, uid)] = new_uids.get(uid)
     except (OSError, imaplib.IMAP4.error, IMAPClientError) as exc:
         raise MailActionError(describe_failure(exc)) from exc
     finally:
         imap.safe_logout(client)
-    return moved
+    return result
 
 
 def _move_uids(client: IMAPClient, uids: list[int], destination: str) -> dict[int, int]:

@@ -75,25 +75,71 @@ def move(app: Flask, account_id: int, payload: dict) -> None:
                 f"the account has no {payload.get('role') or 'destination'} folder"
             )
         destination_id, destination_name = destination.id, destination.name
-        query = (
-            select(MailFolder.name, location_t.c.uid)
-            .join(MailFolder, MailFolder.id == location_t.c.folder_id)
-            .where(
-                location_t.c.id.in_(payload.get("location_ids", [])),
-                location_t.c.deleted.is_(False),
-            )
-        )
-        if payload.get("from_role"):
-            # Archiving takes the inbox copies only, decided where the moves queued before
-            # this one have left them: mail the user moved elsewhere first stays there.
-            query = query.where(MailFolder.role == payload["from_role"])
-        refs = [(folder, uid) for folder, uid in db.session.execute(query)]
+        rows = _rows_to_move(payload)
+        # Archiving takes the inbox copies only, decided where the moves queued before this
+        # one have left them: mail the user moved elsewhere first stays there.
+        from_role = payload.get("from_role")
+        rows = [row for row in rows if not from_role or row.role == from_role]
+        rebuilding = {row.name for row in rows if row.stale}
+        refs = [(row.name, row.uid) for row in rows if not row.stale]
         db.session.remove()
-    moved = actions.move_locations(app, account_id, refs, destination_name=destination_name)
+    result = actions.move_locations(app, account_id, refs, destination_name=destination_name)
     with app.app_context():
-        record_moves(account_id, moved, destination_id)
+        record_moves(account_id, result.moved, destination_id)
         db.session.commit()
         db.session.remove()
+    if rebuilding or result.changed_folders:
+        # Retried (the worker asks for a pass): the user's mail is found again once the
+        # pass has read the folder, not guessed at from UIDs that may name other mail now.
+        raise actions.FolderChangedError([*rebuilding, *result.changed_folders])
+
+
+def _rows_to_move(payload: dict) -> list:
+    """Return the live locations of the user's mail the move job names, each with its folder's
+    name and role and whether it is stale (its folder is being rebuilt).
+
+    A job names (location, message, folder) triples: after a UIDVALIDITY rebuild another
+    mail may have taken over a location row, which is then left alone, and the user's mail
+    is looked for in the folder it was in. Jobs queued by an older release name locations
+    only.
+    """
+    sources = payload.get("sources") or [[id_, None, None] for id_ in payload["location_ids"]]
+    columns = (
+        location_t.c.id,
+        location_t.c.message_id,
+        location_t.c.uid,
+        location_t.c.stale,
+        MailFolder.name,
+        MailFolder.role,
+    )
+    live = (
+        select(*columns)
+        .join(MailFolder, MailFolder.id == location_t.c.folder_id)
+        .where(location_t.c.deleted.is_(False))
+    )
+    by_id = {
+        row.id: row
+        for row in db.session.execute(
+            live.where(location_t.c.id.in_([source[0] for source in sources]))
+        )
+    }
+    rows, taken = [], set()
+    for location_id, message_id, folder_id in sources:
+        row = by_id.get(location_id)
+        if row is not None and message_id is not None and row.message_id != message_id:
+            row = None  # another mail's now
+        if row is None and message_id is not None:
+            row = db.session.execute(
+                live.where(
+                    location_t.c.message_id == message_id, location_t.c.folder_id == folder_id
+                )
+                .order_by(location_t.c.stale, location_t.c.id)
+                .limit(1)
+            ).first()
+        if row is not None and row.id not in taken:
+            taken.add(row.id)
+            rows.append(row)
+    return rows
 
 
 def record_moves(

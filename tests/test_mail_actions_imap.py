@@ -12,8 +12,9 @@ from sqlalchemy import select
 
 from extensions import db
 from mailsync import actions
-from models import Job, MailAccount, MailFolder, Message, MessageLocation, Thread
+from models import JOB_DONE, Job, MailAccount, MailFolder, Message, MessageLocation, Thread
 from services.credentials import secret_box
+from services.mailbox import WRITEBACK_MOVE
 from services.preferences import update_preferences
 from tests.mail_fixtures import build_message
 from tests.queue_helpers import run_pending_jobs
@@ -154,7 +155,7 @@ def test_move_without_move_capability_copies_and_expunges(
     )
     (message,) = deliver(1)
     uid = dovecot.uids(mail_user.email)[0]
-    moved = actions.move_locations(app, server_account.id, [("INBOX", uid)], "trash")
+    moved = actions.move_locations(app, server_account.id, [("INBOX", uid)], "trash").moved
     assert dovecot.uids(mail_user.email, "INBOX") == []
     assert len(dovecot.uids(mail_user.email, "Trash")) == 1
     # COPY reports no new UID through imaplib; the next sync records it.
@@ -451,3 +452,69 @@ def test_a_write_back_never_lands_on_other_mail_after_a_uidvalidity_change(
     (location,) = db.session.scalars(select(MessageLocation)).all()
     assert location.message.message_id_header == "other@soak.test"
     assert location.seen and not location.seen_pending
+
+
+def test_a_move_made_just_before_a_harmless_uidvalidity_change_still_lands(
+    app, client_me, dovecot, mail_user, server_account
+):
+    """The server gives a folder a new UIDVALIDITY but keeps its UIDs (a restore, a server
+    move) between the user's move and its write-back. The write-back must not land on a
+    folder whose UIDs it cannot trust, but it must not be dropped either: it used to end as
+    done, and the mail stayed in the folder the user had moved it out of."""
+    from tests.sync_helpers import raw_message, run_sync
+
+    app.config.update(JOB_BACKOFF_SECONDS=0)
+    dovecot.create_folder(mail_user.email, "Projects")
+    dovecot.deliver(mail_user.email, raw_message(1, msgid="first@soak.test"), "Projects")
+    run_sync(app, server_account.id)
+    message = db.session.scalar(select(Message))
+    archive = db.session.scalar(select(MailFolder).where(MailFolder.name == "Archive"))
+    client_me.post(
+        ACTIONS_URL,
+        data={"action": "move", "thread_id": [message.thread_id], "destination": archive.id},
+    )
+    dovecot.set_uidvalidity(mail_user.email, "Projects", 4242)
+
+    run_pending_jobs(app)  # the move waits, asks for a pass, and lands after it
+    assert dovecot.uids(mail_user.email, "Projects") == []
+    assert len(dovecot.uids(mail_user.email, "Archive")) == 1
+    job = db.session.scalar(select(Job).where(Job.kind == WRITEBACK_MOVE))
+    assert job.state == JOB_DONE
+    (location,) = locations(message.id)
+    assert location.folder.name == "Archive"
+
+
+def test_a_move_finds_the_users_mail_again_in_a_rebuilt_folder(
+    app, client_me, dovecot, mail_user, server_account
+):
+    """The folder is rebuilt on the server between the move and its write-back: other mail
+    now has the user's mail's old UID, and the user's mail another one. The write-back moves
+    the user's mail, found again once a pass has read the folder, and leaves the other."""
+    from tests.sync_helpers import raw_message, run_sync
+
+    app.config.update(JOB_BACKOFF_SECONDS=0)
+    dovecot.create_folder(mail_user.email, "Projects")
+    dovecot.deliver(mail_user.email, raw_message(1, msgid="first@soak.test"), "Projects")
+    run_sync(app, server_account.id)
+    message = db.session.scalar(select(Message))
+    archive = db.session.scalar(select(MailFolder).where(MailFolder.name == "Archive"))
+    client_me.post(
+        ACTIONS_URL,
+        data={"action": "move", "thread_id": [message.thread_id], "destination": archive.id},
+    )
+    dovecot.delete_folder(mail_user.email, "Projects")
+    dovecot.create_folder(mail_user.email, "Projects")
+    dovecot.set_uidvalidity(mail_user.email, "Projects", 4242)
+    dovecot.deliver(mail_user.email, raw_message(2, msgid="other@soak.test"), "Projects")
+    dovecot.deliver(mail_user.email, raw_message(1, msgid="first@soak.test"), "Projects")
+
+    run_pending_jobs(app)
+    run_sync(app, server_account.id)
+    assert dovecot.uids(mail_user.email, "Projects") == [1]
+    assert len(dovecot.uids(mail_user.email, "Archive")) == 1
+    db.session.expire_all()
+    where = {
+        location.message.message_id_header: location.folder.name
+        for location in db.session.scalars(select(MessageLocation))
+    }
+    assert where == {"first@soak.test": "Archive", "other@soak.test": "Projects"}
