@@ -13,6 +13,7 @@ running job where it is (it is queued again), closes the IDLE connections and st
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -55,22 +56,30 @@ def _run_sync(
 
 
 def _run_seen(app: Flask, account_id: int, payload: dict) -> bool:
-    writeback.write_seen(app, account_id, payload)
+    with _pass_asked_for_changed_folders(app, account_id):
+        writeback.write_seen(app, account_id, payload)
     return True
 
 
 def _run_move(app: Flask, account_id: int, payload: dict) -> bool:
-    try:
+    with _pass_asked_for_changed_folders(app, account_id):
         writeback.move(app, account_id, payload)
+    return True
+
+
+@contextlib.contextmanager
+def _pass_asked_for_changed_folders(app: Flask, account_id: int):
+    """A write-back that waits for a folder with a new UIDVALIDITY fails this attempt (it is
+    retried with backoff); a pass is queued so the folder is read again soon."""
+    try:
+        yield
     except actions.FolderChangedError:
-        # The move is retried (with backoff) once a pass has read the folder again.
         with app.app_context():
             try:
                 accounts.request_sync(account_id)
             finally:
                 db.session.remove()
         raise
-    return True
 
 
 def _run_labels(app: Flask, account_id: int, payload: dict) -> bool:

@@ -36,10 +36,12 @@ def write_seen(app: Flask, account_id: int, payload: dict) -> None:
     by_value: dict[bool, list[tuple[int, str, int]]] = {}
     for location_id, folder, uid, seen in rows:
         by_value.setdefault(bool(seen), []).append((location_id, folder, uid))
+    changed_folders: set[str] = set()
     for seen, items in by_value.items():
         done = set(
             actions.set_seen(app, account_id, [(folder, uid) for _id, folder, uid in items], seen)
         )
+        changed_folders.update(f for _id, f, u in items if (f, u) not in done)
         with app.app_context():
             # Only where the wanted value is still the one written: a newer opposite change
             # stays pending for its own job. One not written stays pending for the sync.
@@ -55,6 +57,9 @@ def write_seen(app: Flask, account_id: int, payload: dict) -> None:
             )
             db.session.commit()
             db.session.remove()
+    if changed_folders:
+        # Retried once a pass has read the folder again (see move).
+        raise actions.FolderChangedError(changed_folders)
 
 
 def move(app: Flask, account_id: int, payload: dict) -> None:

@@ -237,7 +237,13 @@ def new_mail(soak: Soak) -> None:
 
 
 def other_client(soak: Soak) -> None:
-    """Another mail program changes mail of its own: a flag, a move or an expunge."""
+    """Another mail program changes mail of its own: a flag, a move or an expunge; or the
+    server gives a folder a new UIDVALIDITY and keeps its UIDs (a restore, a migration)."""
+    if soak.rng.random() < 0.25:
+        folder = soak.rng.choice(OTHER_CLIENT_FOLDERS)
+        soak.dovecot.set_uidvalidity(soak.user.email, folder, soak.rng.randint(10**6, 2**31))
+        soak.log.append(f"server renumbers {folder} (new UIDVALIDITY, same UIDs)")
+        return
     theirs = [m for m in soak.mails.values() if m.topic is None and m.folder is not None]
     if not theirs:
         return
@@ -483,6 +489,8 @@ def test_write_backs_survive_interleaved_actions_and_changes(
     app, dovecot, mail_user, me, make_account, login, seed
 ):
     dovecot.create_folder(mail_user.email, "Projects")
+    # A write-back waiting for a pass after a new UIDVALIDITY is retried at once, behind it.
+    app.config.update(JOB_BACKOFF_SECONDS=0)
     account = make_account(me, mail_user)
     update_preferences(me, {"archive_in_mailbox": "True", "delete_in_mailbox": "True"})
     soak = Soak(
