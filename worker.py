@@ -83,7 +83,8 @@ def _pass_asked_for_changed_folders(app: Flask, account_id: int):
 
 
 def _run_labels(app: Flask, account_id: int, payload: dict) -> bool:
-    writeback.change_labels(app, account_id, payload)
+    with _pass_asked_for_changed_folders(app, account_id):
+        writeback.change_labels(app, account_id, payload)
     return True
 
 

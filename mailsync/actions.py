@@ -76,11 +76,14 @@ def set_seen(app, account_id: int, locations: Sequence[Location], seen: bool) ->
     return _store_each_folder(app, account_id, locations, store)
 
 
-def remove_labels(app, account_id: int, locations: Sequence[Location], labels: list[str]) -> None:
-    """Remove Gmail labels from each location (UID STORE -X-GM-LABELS.SILENT)."""
+def remove_labels(
+    app, account_id: int, locations: Sequence[Location], labels: list[str]
+) -> list[Location]:
+    """Remove Gmail labels from each location (UID STORE -X-GM-LABELS.SILENT); return those
+    written (see _store_each_folder)."""
     if not labels:
-        return
-    _store_each_folder(
+        return []
+    return _store_each_folder(
         app,
         account_id,
         locations,

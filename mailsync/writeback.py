@@ -80,7 +80,7 @@ def move(app: Flask, account_id: int, payload: dict) -> None:
                 f"the account has no {payload.get('role') or 'destination'} folder"
             )
         destination_id, destination_name = destination.id, destination.name
-        rows = _rows_to_move(payload)
+        rows = _named_rows(payload)
         # Archiving takes the inbox copies only, decided where the moves queued before this
         # one have left them: mail the user moved elsewhere first stays there.
         from_role = payload.get("from_role")
@@ -99,9 +99,9 @@ def move(app: Flask, account_id: int, payload: dict) -> None:
         raise actions.FolderChangedError([*rebuilding, *result.changed_folders])
 
 
-def _rows_to_move(payload: dict) -> list:
-    """Return the live locations of the user's mail the move job names, each with its folder's
-    name and role and whether it is stale (its folder is being rebuilt).
+def _named_rows(payload: dict) -> list:
+    """Return the live locations of the user's mail a move or label job names, each with its
+    folder's name and role and whether it is stale (its folder is being rebuilt).
 
     A job names (location, message, folder) triples: after a UIDVALIDITY rebuild another
     mail may have taken over a location row, which is then left alone, and the user's mail
@@ -187,27 +187,30 @@ def change_labels(app: Flask, account_id: int, payload: dict) -> None:
     """Remove payload's `remove` Gmail labels from the locations (X-GM-LABELS STORE), then
     from the stored labels, so the label folders follow before the next sync reads them."""
     remove = [str(label) for label in payload.get("remove", [])]
+    if not remove:
+        return
     with app.app_context():
-        rows = db.session.execute(
-            select(location_t.c.id, MailFolder.name, location_t.c.uid)
-            .join(MailFolder, MailFolder.id == location_t.c.folder_id)
-            .where(
-                location_t.c.id.in_(payload.get("location_ids", [])),
-                location_t.c.deleted.is_(False),
-            )
-        ).all()
+        rows = _named_rows(payload)
+        rebuilding = {row.name for row in rows if row.stale}
+        rows = [row for row in rows if not row.stale]
         db.session.remove()
-    actions.remove_labels(app, account_id, [(folder, uid) for _id, folder, uid in rows], remove)
+    written = set(
+        actions.remove_labels(app, account_id, [(row.name, row.uid) for row in rows], remove)
+    )
+    done = [row.id for row in rows if (row.name, row.uid) in written]
     with app.app_context():
         for location in db.session.scalars(
-            select(MessageLocation).where(MessageLocation.id.in_([row[0] for row in rows]))
+            select(MessageLocation).where(MessageLocation.id.in_(done))
         ):
             location.gm_labels = [label for label in location.gm_labels if label not in remove]
         db.session.flush()
         store.refresh_labels(
             db.session.scalars(
-                select(location_t.c.message_id).where(location_t.c.id.in_([r[0] for r in rows]))
+                select(location_t.c.message_id).where(location_t.c.id.in_(done))
             ).all()
         )
         db.session.commit()
         db.session.remove()
+    changed = {row.name for row in rows if (row.name, row.uid) not in written}
+    if rebuilding or changed:
+        raise actions.FolderChangedError([*rebuilding, *changed])

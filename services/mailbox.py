@@ -893,9 +893,9 @@ def _queue_writebacks(kind: str, groups: dict[int, list[MessageLocation]], **pay
     for account_id, locations in groups.items():
         if not locations:
             continue
-        if kind == WRITEBACK_MOVE:
-            # Which mail each location held, and where: the job must not move other mail
-            # that takes a location over in a rebuilt folder (mailsync/writeback.py).
+        if kind in (WRITEBACK_MOVE, WRITEBACK_LABELS):
+            # Which mail each location held, and where: the job must not move or relabel
+            # other mail that takes a location over in a rebuilt folder (mailsync/writeback.py).
             payload["sources"] = sorted(
                 {(location.id, location.message_id, location.folder_id) for location in locations}
             )

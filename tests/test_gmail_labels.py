@@ -5,6 +5,7 @@ against the scripted IMAP server answering Gmail's extensions, and the Mail tab.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import select
@@ -249,3 +250,34 @@ def test_labels_with_accents_match_their_folders(app, gmail, me, make_account, m
     query = mailbox.parse_query({"folder": f"f{mueller}"})
     rows = mailbox.list_threads(db.session.merge(me), query).rows
     assert [row.subject for row in rows] == ["Acme invoice"]
+
+
+def test_the_inbox_label_comes_off_the_users_mail_after_all_mail_is_rebuilt(
+    app, gmail, me, make_account, mail_user, login
+):
+    """All Mail is rebuilt (a new UIDVALIDITY, new UIDs) between archiving and the label
+    write-back: the job must not take \\Inbox off the mail that now has the archived mail's
+    old UID; it waits for a pass, then finds the archived mail again."""
+    from services.preferences import update_preferences
+    from tests.queue_helpers import run_pending_jobs
+
+    app.config.update(JOB_BACKOFF_SECONDS=0)
+    account = make_account(me, mail_user, imap_port=gmail.port)
+    assert run_sync(app, account).ok
+    update_preferences(db.session.merge(me), {"archive_in_mailbox": "True"})
+    client = login(me)
+    lunch = db.session.scalar(select(Message).where(Message.subject == "Lunch?"))
+    client.post("/mail/threads/actions", data={"action": "archive", "thread_id": [lunch.thread_id]})
+    # The server renumbers All Mail: "Old inbox mail" now has UID 4, "Lunch?" UID 6.
+    old = {m.uid: m for m in gmail.state.folders[ALL_MAIL][1]}
+    renumbered = [replace(old[uid], uid=new) for uid, new in ((1, 1), (2, 2), (3, 3), (6, 4))]
+    renumbered += [replace(old[5], uid=5), replace(old[4], uid=6)]
+    gmail.state.folders[ALL_MAIL] = (gmail.state.folders[ALL_MAIL][0], renumbered)
+    gmail.state.uidvalidity = 78
+
+    run_pending_jobs(app)
+    all_mail = {m.raw: m for m in gmail.state.folders[ALL_MAIL][1]}
+    assert "\\Inbox" not in all_mail[old[4].raw].gm_labels  # Lunch?: archived
+    assert "\\Inbox" in all_mail[old[6].raw].gm_labels  # Old inbox mail: untouched
+    assert run_sync(app, account).ok
+    assert subjects(client, "/mail/") == ["Acme order", "Old inbox mail"]
