@@ -89,7 +89,8 @@ def _run_labels(app: Flask, account_id: int, payload: dict) -> bool:
 
 
 def _run_fetch_body(app: Flask, account_id: int, payload: dict) -> bool:
-    actions.fetch_full_message(app, int(payload["message_id"]))
+    with _pass_asked_for_changed_folders(app, account_id):
+        actions.fetch_full_message(app, int(payload["message_id"]))
     return True
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from extensions import db
 from mailsync import imap, store
 from mailsync.blobstore import app_blob_store
-from mailsync.parse import parse_message
+from mailsync.parse import header_key, parse_message
 from models import MailAccount, MailFolder, Message
 from services.credentials import CredentialError
 
@@ -118,13 +118,15 @@ def _store_each_folder(
     return done
 
 
-def _select_as_stored(client: IMAPClient, folder: str, uidvalidity: int | None) -> bool:
+def _select_as_stored(
+    client: IMAPClient, folder: str, uidvalidity: int | None, *, readonly: bool = False
+) -> bool:
     """SELECT the folder; tell whether its UIDs still name the mail Threadline stored there.
 
     After a UIDVALIDITY change (RFC 3501 §2.3.1.1) a stored UID may name other mail: the
     change waits for the next sync pass to read the folder again rather than land on it.
     """
-    selected = client.select_folder(folder)
+    selected = client.select_folder(folder, readonly=readonly)
     return uidvalidity is None or selected.get(b"UIDVALIDITY") in (None, uidvalidity)
 
 
@@ -280,20 +282,29 @@ def fetch_full_message(app, message_id: int) -> None:
         if message is None:
             raise MailActionError("the message no longer exists")
         account_id = message.account_id
+        expected_header_key = message.header_key
         locations = [(loc.folder.name, loc.uid) for loc in message.locations if not loc.stale]
     settings, allowed_ports, _folders = account_settings(app, account_id)
+    uidvalidity = stored_uidvalidity(app, account_id)
     client = connect(settings, allowed_ports)
     raw = None
+    changed_folders = []
     try:
         for folder, uid in locations:
-            client.select_folder(folder, readonly=True)
+            if not _select_as_stored(client, folder, uidvalidity.get(folder), readonly=True):
+                changed_folders.append(folder)
+                continue
             raw = client.fetch([uid], ["BODY.PEEK[]"]).get(uid, {}).get(b"BODY[]")
+            if raw and expected_header_key and header_key(raw) != expected_header_key:
+                raw = None  # other mail at this UID: never stored as this message's body
             if raw:
                 break
     except (OSError, imaplib.IMAP4.error, IMAPClientError) as exc:
         raise MailActionError(describe_failure(exc)) from exc
     finally:
         imap.safe_logout(client)
+    if not raw and changed_folders:
+        raise FolderChangedError(changed_folders)
     if not raw:
         raise MailActionError("the mail server no longer has this message")
     with app.app_context():

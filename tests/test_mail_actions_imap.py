@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from extensions import db
 from mailsync import actions
+from mailsync.blobstore import BlobStore
 from models import JOB_DONE, Job, MailAccount, MailFolder, Message, MessageLocation, Thread
 from services.credentials import secret_box
 from services.mailbox import WRITEBACK_MOVE
@@ -518,3 +519,35 @@ def test_a_move_finds_the_users_mail_again_in_a_rebuilt_folder(
         for location in db.session.scalars(select(MessageLocation))
     }
     assert where == {"first@soak.test": "Archive", "other@soak.test": "Projects"}
+
+
+def test_a_large_mails_body_is_never_taken_from_other_mail_at_its_old_uid(
+    app, client_me, dovecot, mail_user, server_account
+):
+    """The folder of a mail stored as headers only is rebuilt before the user asks for its
+    body: the download must not store the mail now at its old UID as its body (the page
+    would show another mail's text); it waits for a pass, then fetches the right one."""
+    from services.conversations import request_full_message
+    from tests.sync_helpers import raw_message, run_sync
+
+    app.config.update(MAX_FULL_SIZE=2000, JOB_BACKOFF_SECONDS=0)
+    big = raw_message(1, subject="Big one", msgid="big@soak.test", body="tangerine " * 600)
+    other = raw_message(2, subject="Other", msgid="other@soak.test", body="pomelo " * 600)
+    dovecot.create_folder(mail_user.email, "Projects")
+    dovecot.deliver(mail_user.email, big, "Projects")
+    run_sync(app, server_account.id)
+    (message,) = db.session.scalars(select(Message)).all()
+    assert message.is_placeholder
+    dovecot.delete_folder(mail_user.email, "Projects")
+    dovecot.create_folder(mail_user.email, "Projects")
+    dovecot.set_uidvalidity(mail_user.email, "Projects", 4242)
+    dovecot.deliver(mail_user.email, other, "Projects")  # now UID 1
+    dovecot.deliver(mail_user.email, big, "Projects")  # now UID 2
+
+    request_full_message(message)
+    run_pending_jobs(app)  # waits, a pass reads the folder again, then the body comes
+    db.session.expire_all()
+    message = db.session.get(Message, message.id)
+    assert not message.is_placeholder
+    raw = BlobStore(f"{app.instance_path}/blobs").get(message.raw_sha256)
+    assert b"tangerine" in raw and b"pomelo" not in raw
