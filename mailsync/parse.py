@@ -13,6 +13,7 @@ import codecs
 import hashlib
 import html
 import itertools
+import mimetypes
 import re
 import time
 from collections.abc import Iterator
@@ -903,6 +904,79 @@ def _uudecode(body: bytes) -> bytes:
     return b"".join(decoded)
 
 
+# Files old mail programs (Outlook Express, Unix mail) uuencoded into the text itself:
+# "begin 644 name" ... "end". Mail programs list them as attachments, not as text.
+_UU_TEXT_BEGIN = re.compile(r"^begin [0-7]{3,4} ([^\n]*\S)[ \t]*\n", re.MULTILINE)
+_UU_TEXT_END = re.compile(r"^end[ \t]*(?:\n|$)", re.MULTILINE)
+_UU_PART = re.compile(r"^(.+)\.uu([0-9]{1,3})$")
+MAX_UU_FILES = 100
+
+
+def _uu_files_in_text(text: str) -> list[tuple[int, int, str, bytes]]:
+    """Return (start, end, file name, bytes) of each file uuencoded inside `text`, whose
+    every line decodes; "\n" line ends."""
+    found: list[tuple[int, int, str, bytes]] = []
+    position = 0
+    while len(found) < MAX_UU_FILES:
+        begin = _UU_TEXT_BEGIN.search(text, position)
+        if begin is None:
+            break
+        end = _UU_TEXT_END.search(text, begin.end())
+        if end is None:
+            break  # no "end" after this "begin": none after a later one either
+        data = _uu_text_bytes(text[begin.end() : end.start()])
+        if data is None:
+            position = begin.end()  # plain text that happens to start with "begin 644 x"
+            continue
+        found.append((begin.start(), end.end(), begin.group(1), data))
+        position = end.end()
+    return found
+
+
+def _uu_text_bytes(lines: str) -> bytes | None:
+    """Decode the lines of one uuencoded file, or None when a line is not uuencoding."""
+    decoded = []
+    for line in lines.split("\n"):
+        if not line.strip():
+            continue
+        try:
+            encoded = line.rstrip("\r").encode("ascii")
+        except UnicodeEncodeError:
+            return None
+        try:
+            decoded.append(binascii.a2b_uu(encoded))
+        except binascii.Error:
+            length = (((encoded[0] - 32) & 63) * 4 + 5) // 3
+            try:
+                decoded.append(binascii.a2b_uu(encoded[:length]))
+            except binascii.Error:
+                return None
+    return b"".join(decoded)
+
+
+def _without_uu_files(text: str, files: list[tuple[int, int, str, bytes]]) -> str:
+    kept, position = [], 0
+    for start, end, _name, _data in files:
+        kept.append(text[position:start])
+        position = end
+    kept.append(text[position:])
+    return "".join(kept)
+
+
+def _uu_attachments(part_id: str, files: list[tuple[int, int, str, bytes]]) -> list:
+    return [
+        AttachmentInfo(
+            part_id=f"{part_id}.uu{number}",
+            filename=_clean_display(name)[:200] or "file",
+            content_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
+            size=len(data),
+            content_id=None,
+            is_inline=False,
+        )
+        for number, (_start, _end, name, data) in enumerate(files, start=1)
+    ]
+
+
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=\s]")
 # A line of base64: 20 characters or more, whole groups of 4 (8 or more), or padded.
 _BASE64_LINE = re.compile(
@@ -1132,6 +1206,9 @@ def _parse_with_envelope(raw: bytes) -> tuple[ParsedMessage, ParsedMessage]:
                 text_groups.add(leaf.alt_group)  # one plain rendering per alternative
                 if text_chars < MAX_TEXT_CHARS:
                     text = _leaf_text(leaf).replace("\r\n", "\n")
+                    if ctype == "text/plain" and (files := _uu_files_in_text(text)):
+                        text = _without_uu_files(text, files)
+                        attachments += _uu_attachments(leaf.part_id, files)
                     texts.append(text)
                     text_chars += len(text)
                 else:
@@ -1316,7 +1393,19 @@ def header_dedup_key(header_bytes: bytes) -> str | None:
 
 
 def extract_part(raw: bytes, part_id: str) -> tuple[bytes, str, str | None]:
-    """Return (decoded bytes, content type, filename) of one MIME leaf; KeyError if absent."""
+    """Return (decoded bytes, content type, filename) of one MIME leaf, or of a file
+    uuencoded inside a text leaf ("<leaf>.uu<n>"); KeyError if absent."""
+    uu = _UU_PART.match(part_id)
+    if uu is not None:
+        for leaf in _iter_leaves(raw, []):
+            if leaf.part_id == uu.group(1):
+                text = _leaf_text(leaf).replace("\r\n", "\n")
+                files = _uu_files_in_text(text)
+                number = int(uu.group(2))
+                if 1 <= number <= len(files):
+                    (info,) = _uu_attachments(part_id, [files[number - 1]])
+                    return files[number - 1][3], info.content_type, info.filename
+        raise KeyError(part_id)
     for leaf in _iter_leaves(raw, []):
         if leaf.part_id == part_id:
             _, filename, _ = _leaf_meta(leaf)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import html
 import re
 from html.parser import HTMLParser
@@ -303,6 +304,22 @@ def test_attachment_download_headers(world, login, make_raw_message):
     bad = client.get(f"/mail/messages/{message.id}/attachments/99")
     assert bad.status_code == 404
     assert client.get(f"/mail/messages/{message.id}/attachments/..%2F1").status_code == 404
+
+
+def test_a_file_uuencoded_in_the_text_is_listed_and_downloads(world, login, make_raw_message):
+    lines = [binascii.b2a_uu(PNG_1X1[at : at + 45]).rstrip(b"\n") for at in range(0, 90, 45)]
+    uuencoded = b"begin 644 dot.png\r\n" + b"\r\n".join(lines) + b"\r\n`\r\nend\r\n"
+    raw = build_message(subject="Old school").replace(
+        b"\r\n\r\n", b"\r\n\r\nThe file:\r\n" + uuencoded + b"Bye\r\n", 1
+    )
+    message = make_raw_message(world["account"], raw)
+    client = login(world["owner"])
+    html = client.get(f"/mail/threads/{message.thread_id}").get_data(as_text=True)
+    assert "dot.png" in html and "begin 644" not in html
+    response = client.get(f"/mail/messages/{message.id}/attachments/1.uu1")
+    assert response.status_code == 200 and response.data == PNG_1X1
+    assert client.get(f"/mail/messages/{message.id}/attachments/1.uu2").status_code == 404
+    assert client.get(f"/mail/messages/{message.id}/attachments/1.uux").status_code == 404
 
 
 def test_raw_route_headers(world, login):

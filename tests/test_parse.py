@@ -1184,3 +1184,40 @@ def test_text_past_the_limit_is_marked_cut(monkeypatch):
     assert three.text_cut and "c" not in three.text_body
     one = parse_message(message_of(multipart("mixed", "outer", first)))
     assert not one.text_cut and one.text_body.strip() == "a" * 60
+
+
+def uuencoded_file(name: str, data: bytes) -> bytes:
+    lines = [binascii.b2a_uu(data[at : at + 45]).rstrip(b"\n") for at in range(0, len(data), 45)]
+    return b"begin 644 " + name.encode() + b"\r\n" + b"\r\n".join(lines) + b"\r\n`\r\nend\r\n"
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_files_uuencoded_inside_the_text_are_attachments(seed):
+    # Outlook Express and Unix mail put files into the text itself; mail programs list them
+    # as attachments and show the text around them.
+    rng = random.Random(seed)
+    files = [
+        (f"scan{n}.png", rng.randbytes(rng.randint(1, 3000))) for n in range(rng.randint(1, 3))
+    ]
+    body = b"Hello Carla,\r\n\r\n" + b"".join(
+        uuencoded_file(name, data) + b"\r\nand then\r\n" for name, data in files
+    )
+    raw = message_of(part(b"Content-Type: text/plain; charset=us-ascii", body))
+    parsed = parse_message(raw)
+    assert [(a.filename, a.content_type, a.size) for a in parsed.attachments] == [
+        (name, "image/png", len(data)) for name, data in files
+    ]
+    assert parsed.has_attachments
+    for attachment, (name, data) in zip(parsed.attachments, files, strict=True):
+        assert extract_part(raw, attachment.part_id) == (data, "image/png", name)
+    assert "begin 644" not in parsed.text_body
+    assert parsed.text_body.startswith("Hello Carla,") and "and then" in parsed.text_body
+
+
+def test_text_that_only_looks_like_uuencoding_stays_text():
+    body = b"Steps:\r\nbegin 644 the install, then\r\nrun the tool as usual\r\nend\r\n"
+    parsed = parse_message(message_of(part(b"Content-Type: text/plain", body)))
+    assert parsed.attachments == []
+    assert "run the tool as usual" in parsed.text_body
+    with pytest.raises(KeyError):
+        extract_part(message_of(part(b"Content-Type: text/plain", body)), "1.uu1")
