@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from email.utils import getaddresses, parsedate_to_datetime
 from functools import lru_cache
 
+import tnefparse
+
 from mailsync.threading import MAX_CHAIN, normalize_msgid, parse_id_list
 
 MAX_PARTS = 500
@@ -908,7 +910,7 @@ def _uudecode(body: bytes) -> bytes:
 # "begin 644 name" ... "end". Mail programs list them as attachments, not as text.
 _UU_TEXT_BEGIN = re.compile(r"^begin [0-7]{3,4} ([^\n]*\S)[ \t]*\n", re.MULTILINE)
 _UU_TEXT_END = re.compile(r"^end[ \t]*(?:\n|$)", re.MULTILINE)
-_UU_PART = re.compile(r"^(.+)\.uu([0-9]{1,3})$")
+_PACKED_PART = re.compile(r"^(.+)\.(uu|tnef)([0-9]{1,3})$")
 MAX_UU_FILES = 100
 
 
@@ -964,17 +966,52 @@ def _without_uu_files(text: str, files: list[tuple[int, int, str, bytes]]) -> st
 
 
 def _uu_attachments(part_id: str, files: list[tuple[int, int, str, bytes]]) -> list:
+    return _packed_attachments(part_id, [(name, data) for _start, _end, name, data in files], "uu")
+
+
+def _packed_attachments(part_id: str, files: list[tuple[str, bytes]], kind: str = "tnef") -> list:
+    """List files packed inside a part (uuencoded in a text, or in an Outlook winmail.dat)
+    as attachments "<part>.<kind><n>" that extract_part finds again."""
     return [
         AttachmentInfo(
-            part_id=f"{part_id}.uu{number}",
+            part_id=f"{part_id}.{kind}{number}",
             filename=_clean_display(name)[:200] or "file",
             content_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
             size=len(data),
             content_id=None,
             is_inline=False,
         )
-        for number, (_start, _end, name, data) in enumerate(files, start=1)
+        for number, (name, data) in enumerate(files, start=1)
     ]
+
+
+def _is_tnef(content_type: str, filename: str | None) -> bool:
+    return content_type in ("application/ms-tnef", "application/vnd.ms-tnef") or (
+        (filename or "").lower() == "winmail.dat"
+    )
+
+
+def _tnef_files(data: bytes) -> list[tuple[str, bytes]]:
+    """Return (name, bytes) of the files in an Outlook winmail.dat (TNEF); [] when it holds
+    none or cannot be read. winmail.dat itself stays listed: what it also holds (an embedded
+    message, rich text) is not taken out."""
+    try:
+        package = tnefparse.TNEF(data)
+        return [
+            (attachment.long_filename() or attachment.name or "file", bytes(attachment.data))
+            for attachment in package.attachments
+            if attachment.data and _tnef_attach_method(attachment) in (None, 1)
+        ][:MAX_UU_FILES]
+    except Exception:  # a damaged package: winmail.dat is still there to download
+        return []
+
+
+def _tnef_attach_method(attachment) -> int | None:
+    """Return PR_ATTACH_METHOD (1: a file by value; 5: an embedded message)."""
+    for attribute in attachment.mapi_attrs:
+        if attribute.name == 0x3705:
+            return attribute.data
+    return None
 
 
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=\s]")
@@ -1232,6 +1269,8 @@ def _parse_with_envelope(raw: bytes) -> tuple[ParsedMessage, ParsedMessage]:
                 is_inline=False,
             )
         )
+        if _is_tnef(ctype, filename):
+            attachments += _packed_attachments(leaf.part_id, _tnef_files(_transfer_decode(leaf)))
     if html_body and any(a.content_id for a in attachments):
         # "inline" means: shown inside the HTML through a cid: reference (RFC 2392)
         html_lower = html_body.lower()
@@ -1395,16 +1434,19 @@ def header_dedup_key(header_bytes: bytes) -> str | None:
 def extract_part(raw: bytes, part_id: str) -> tuple[bytes, str, str | None]:
     """Return (decoded bytes, content type, filename) of one MIME leaf, or of a file
     uuencoded inside a text leaf ("<leaf>.uu<n>"); KeyError if absent."""
-    uu = _UU_PART.match(part_id)
-    if uu is not None:
+    packed = _PACKED_PART.match(part_id)
+    if packed is not None:
+        container, kind, number = packed.group(1), packed.group(2), int(packed.group(3))
         for leaf in _iter_leaves(raw, []):
-            if leaf.part_id == uu.group(1):
-                text = _leaf_text(leaf).replace("\r\n", "\n")
-                files = _uu_files_in_text(text)
-                number = int(uu.group(2))
+            if leaf.part_id == container:
+                if kind == "uu":
+                    text = _leaf_text(leaf).replace("\r\n", "\n")
+                    files = [(name, data) for _s, _e, name, data in _uu_files_in_text(text)]
+                else:
+                    files = _tnef_files(_transfer_decode(leaf))
                 if 1 <= number <= len(files):
-                    (info,) = _uu_attachments(part_id, [files[number - 1]])
-                    return files[number - 1][3], info.content_type, info.filename
+                    (info,) = _packed_attachments(container, [files[number - 1]], kind)
+                    return files[number - 1][1], info.content_type, info.filename
         raise KeyError(part_id)
     for leaf in _iter_leaves(raw, []):
         if leaf.part_id == part_id:

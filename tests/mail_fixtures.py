@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import struct
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -100,3 +101,18 @@ HOSTILE_HTML = {
 # htmx attribute injection through header-derived text (subject, display name).
 HOSTILE_SUBJECT = '<div hx-get="/admin/users" hx-trigger="load">x</div><img src=x onerror=alert(1)>'
 HOSTILE_DISPLAY_NAME = '"<svg onload=alert(1)> hx-post=/logout" <evil@customer.test>'
+
+
+def tnef_package(files: list[tuple[str, bytes]]) -> bytes:
+    """A minimal Outlook winmail.dat (TNEF) holding `files`."""
+
+    def attribute(level: int, attribute_id: int, data: bytes) -> bytes:
+        header = struct.pack("<BII", level, attribute_id, len(data))
+        return header + data + struct.pack("<H", sum(data) & 0xFFFF)
+
+    package = struct.pack("<IH", 0x223E9F78, 0x0101)
+    for name, data in files:
+        package += attribute(2, 0x00069002, b"\x01\x00" + b"\x00" * 12)  # a new attachment
+        package += attribute(2, 0x00018010, name.encode() + b"\x00")  # its title
+        package += attribute(2, 0x0006800F, data)  # its bytes
+    return package

@@ -20,6 +20,7 @@ from tests.mail_fixtures import (
     HOSTILE_SUBJECT,
     PNG_1X1,
     build_message,
+    tnef_package,
 )
 from tests.statements import recorded_statements
 
@@ -320,6 +321,23 @@ def test_a_file_uuencoded_in_the_text_is_listed_and_downloads(world, login, make
     assert response.status_code == 200 and response.data == PNG_1X1
     assert client.get(f"/mail/messages/{message.id}/attachments/1.uu2").status_code == 404
     assert client.get(f"/mail/messages/{message.id}/attachments/1.uux").status_code == 404
+
+
+def test_a_file_inside_a_winmail_dat_downloads(world, login, make_raw_message):
+    raw = rich_mail(
+        "From Outlook",
+        attachments=(
+            ("winmail.dat", "application/ms-tnef", tnef_package([("Quote.pdf", b"%PDF-1.4 q")])),
+        ),
+    )
+    message = make_raw_message(world["account"], raw)
+    client = login(world["owner"])
+    html = client.get(f"/mail/threads/{message.thread_id}").get_data(as_text=True)
+    assert "Quote.pdf" in html and "winmail.dat" in html
+    part_id = part_id_of(message, "Quote.pdf")
+    assert part_id.endswith(".tnef1")
+    response = client.get(f"/mail/messages/{message.id}/attachments/{part_id}")
+    assert response.status_code == 200 and response.data == b"%PDF-1.4 q"
 
 
 def test_raw_route_headers(world, login):

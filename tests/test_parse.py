@@ -38,6 +38,7 @@ from mailsync.parse import (
     parse_with_identity,
 )
 from tests.corpus import corpus_dir, corpus_files, read_message, skip_reason
+from tests.mail_fixtures import tnef_package
 
 HEAD = (
     b"From: Alice Example <Alice@Example.COM>\r\n"
@@ -1221,3 +1222,40 @@ def test_text_that_only_looks_like_uuencoding_stays_text():
     assert "run the tool as usual" in parsed.text_body
     with pytest.raises(KeyError):
         extract_part(message_of(part(b"Content-Type: text/plain", body)), "1.uu1")
+
+
+def winmail_message(package: bytes) -> bytes:
+    return message_of(
+        multipart(
+            "mixed",
+            "outer",
+            part(b"Content-Type: text/plain", b"Please see the quote."),
+            part(
+                b'Content-Type: application/ms-tnef; name="winmail.dat"\r\n'
+                b"Content-Transfer-Encoding: base64",
+                base64.encodebytes(package),
+            ),
+        )
+    )
+
+
+def test_files_inside_an_outlook_winmail_dat_are_listed_beside_it():
+    files = [("Quote 2027.pdf", b"%PDF-1.4 " + bytes(range(256)) * 4), ("notes.txt", b"hello")]
+    raw = winmail_message(tnef_package(files))
+    listed = parse_message(raw).attachments
+    assert [(a.filename, a.content_type, a.size) for a in listed[1:]] == [
+        ("Quote 2027.pdf", "application/pdf", len(files[0][1])),
+        ("notes.txt", "text/plain", 5),
+    ]
+    assert listed[0].filename == "winmail.dat"  # still there: what else it holds stays in it
+    for attachment, (_name, data) in zip(listed[1:], files, strict=True):
+        assert extract_part(raw, attachment.part_id)[0] == data
+    with pytest.raises(KeyError):
+        extract_part(raw, "2.tnef3")
+
+
+def test_a_damaged_winmail_dat_is_listed_alone():
+    raw = winmail_message(b"\x78\x9f\x3e\x22" + os.urandom(300))
+    (attachment,) = parse_message(raw).attachments
+    assert attachment.filename == "winmail.dat"
+    assert extract_part(raw, attachment.part_id)[0].startswith(b"\x78\x9f\x3e\x22")

@@ -62,7 +62,7 @@ bp = Blueprint("conversations", __name__, url_prefix="/mail")
 PAGE = "conversations/page.html"
 SIDEBAR = "conversations/partials/sidebar.html"
 SIDEBAR_TARGET = "conversation-sidebar"
-PART_ID = re.compile(r"^[0-9]{1,4}(\.[0-9]{1,4}){0,30}(\.uu[0-9]{1,3})?$")
+PART_ID = re.compile(r"^[0-9]{1,4}(\.[0-9]{1,4}){0,30}(\.(uu|tnef)[0-9]{1,3})?$")
 # The app CSP with img-src relaxed, sent only on a response where
 # the user chose to show remote images; the srcdoc frame inherits it (SECURITY.md R6).
 IMAGES_ALLOWED_CSP = content_security_policy(img_src="https: http:")
