@@ -918,6 +918,8 @@ def _uu_files_in_text(text: str) -> list[tuple[int, int, str, bytes]]:
     """Return (start, end, file name, bytes) of each file uuencoded inside `text`, whose
     every line decodes; "\n" line ends."""
     found: list[tuple[int, int, str, bytes]] = []
+    if "begin " not in text:
+        return found  # nearly every text: a substring search is cheaper than the pattern
     position = 0
     while len(found) < MAX_UU_FILES:
         begin = _UU_TEXT_BEGIN.search(text, position)
