@@ -64,7 +64,10 @@ def write_seen(app: Flask, account_id: int, payload: dict) -> None:
 
 def move(app: Flask, account_id: int, payload: dict) -> None:
     """Move the locations (those in a folder with payload's `from_role`, if given) to the
-    folder with payload's `role` or `destination_id`."""
+    folder with payload's `role` or `destination_id`.
+
+    Raises FolderChangedError, after moving the rest, while a folder's UIDs cannot be trusted.
+    """
     with app.app_context():
         if payload.get("destination_id") is not None:
             destination = db.session.get(MailFolder, payload["destination_id"])
