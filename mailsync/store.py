@@ -858,8 +858,13 @@ _REFRESH_THREADS = text(
                        WHERE m.thread_id = thread.id AND m.deleted_at IS NULL),
       first_date = (SELECT min(coalesce(m.date, m.internaldate)) FROM message m
                     WHERE m.thread_id = thread.id AND m.deleted_at IS NULL),
-      last_date = (SELECT max(coalesce(m.date, m.internaldate)) FROM message m
-                   WHERE m.thread_id = thread.id AND m.deleted_at IS NULL)
+      -- The newest mail the owner's blocks do not hide (services/linking.py keeps it so
+      -- when blocks change): hidden mail must not move a conversation up for anyone.
+      last_date = COALESCE(
+        (SELECT max(coalesce(m.date, m.internaldate)) FROM message m
+         WHERE m.thread_id = thread.id AND m.deleted_at IS NULL AND NOT m.blocked),
+        (SELECT max(coalesce(m.date, m.internaldate)) FROM message m
+         WHERE m.thread_id = thread.id AND m.deleted_at IS NULL))
     WHERE id IN :ids
     """
 ).bindparams(bindparam("ids", expanding=True))

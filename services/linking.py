@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Select, delete, func, select, true, update
+from sqlalchemy import Select, and_, delete, func, select, true, update
 
 from dialect import json_text
 from extensions import db
@@ -489,17 +489,17 @@ def refresh_blocked_flags(user: User) -> None:
 
 def refresh_thread_blocked(which) -> None:
     """Mark the threads selected by the SQL condition `which` blocked exactly when all their
-    live messages are blocked (no commit)."""
-    visible = (
-        select(Message.thread_id)
-        .where(Message.blocked.is_(False), Message.deleted_at.is_(None))
-        .where(Message.thread_id == Thread.id)
-        .exists()
-    )
+    live messages are blocked, and date them by their newest shown message (as
+    mailsync.store.refresh_threads does); no commit."""
+    live = and_(Message.thread_id == Thread.id, Message.deleted_at.is_(None))
+    visible = select(Message.thread_id).where(live, Message.blocked.is_(False)).exists()
+    when = func.max(func.coalesce(Message.date, Message.internaldate))
+    newest_shown = select(when).where(live, Message.blocked.is_(False)).scalar_subquery()
+    newest = select(when).where(live).scalar_subquery()
     db.session.execute(
         update(Thread)
         .where(which)
-        .values(blocked=~visible)
+        .values(blocked=~visible, last_date=func.coalesce(newest_shown, newest, Thread.last_date))
         .execution_options(synchronize_session=False)
     )
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import select
 
 from extensions import db
 from mailsync.parse import parse_message
+from models import BlockedAddress
 from services import linking
 from services.conversations import cid_token, load_raw
 from tests.mail_fixtures import PNG_1X1, build_message
@@ -217,6 +219,46 @@ def test_a_hidden_message_neither_names_nor_dates_a_shared_conversation(
         page = client.get(f"/mail/threads/{thread_id}").get_data(as_text=True)
         assert "Terms for spring" in page
         assert SECRET not in page
+
+
+def test_a_hidden_message_does_not_order_the_record_panel(
+    alice, bob, login, make_stored_account, make_raw_message, make_deal
+):
+    """Conversations come newest first by the date of the mail one can read: a reply A's
+    blocks hide must not move its conversation up the panel (B would learn that hidden mail
+    came in, and when)."""
+    account = make_stored_account(alice)
+    deal = make_deal(alice, title="Open deal")
+
+    def mail(subject: str, sender: str, day: int, thread=None):
+        message = make_raw_message(
+            account,
+            build_message(
+                subject=subject,
+                sender=sender,
+                to=account.email_address,
+                date=datetime(2026, 3, day, 9, 0, tzinfo=UTC),
+            ),
+            shared=True,
+            thread=thread,
+        )
+        message.thread.deal_id = deal.id
+        message.thread.in_inbox = True
+        return message
+
+    older = mail("Terms for spring", "Carla <carla@customer.test>", 9)
+    mail("Re: Terms for spring", "Spam <spam@junk.test>", 27, thread=older.thread)
+    mail("Delivery dates", "Carla <carla@customer.test>", 20)
+    db.session.commit()
+    linking.block(alice, "spam@junk.test")
+    for client in (login(bob), login(alice)):
+        panel = client.get(f"/mail/records/deal/{deal.id}/conversations").get_data(as_text=True)
+        assert panel.index("Delivery dates") < panel.index("Terms for spring")
+    inbox = login(alice).get("/mail/").get_data(as_text=True)  # the owner's list agrees
+    assert inbox.index("Delivery dates") < inbox.index("Terms for spring")
+    linking.unblock(alice, db.session.scalar(select(BlockedAddress.id)))
+    panel = login(bob).get(f"/mail/records/deal/{deal.id}/conversations").get_data(as_text=True)
+    assert panel.index("Terms for spring") < panel.index("Delivery dates")  # shown again
 
 
 # --------------------------------------------------------------------------- links through hidden mail
