@@ -1,5 +1,7 @@
 """What sync does for the CRM: search index, blocked addresses, auto-linking, sharing default."""
 
+from datetime import UTC, datetime
+
 import pytest
 from sqlalchemy import select
 
@@ -69,6 +71,37 @@ def test_blocked_sender_is_hidden_at_sync_but_cc_keeps_it(app, dovecot, mail_use
     linking.unblock(owner, entry.id)
     db.session.refresh(hidden)
     assert not hidden.blocked  # kept all along, back after unblocking
+
+
+def test_a_blocked_reply_does_not_date_its_conversation(app, dovecot, mail_user, owner, account):
+    linking.block(owner, "@spam.test")
+    first = build_message(
+        subject="Terms",
+        sender="carla@customer.test",
+        to=mail_user.email,
+        date=datetime(2026, 3, 9, 9, 0, tzinfo=UTC),
+        message_id="<terms@customer.test>",
+    )
+    reply = build_message(
+        subject="Re: Terms",
+        sender="x@spam.test",
+        to=mail_user.email,
+        date=datetime(2026, 3, 27, 9, 0, tzinfo=UTC),
+        in_reply_to="<terms@customer.test>",
+        references="<terms@customer.test>",
+    )
+    for raw in (first, reply):
+        dovecot.deliver(mail_user.email, raw)
+        assert run_sync(app, account).ok  # the reply comes in a later pass
+    thread = db.session.scalar(select(Thread).where(Thread.subject == "Terms"))
+    assert thread.message_count == 2 and not thread.blocked
+    assert thread.last_date.replace(tzinfo=UTC) == datetime(2026, 3, 9, 9, 0, tzinfo=UTC)
+    # Another mail program reads both: the pass refreshes the conversation, same date.
+    for uid in dovecot.uids(mail_user.email):
+        dovecot.add_flags(mail_user.email, "INBOX", uid, "\\Seen")
+    assert run_sync(app, account).ok
+    db.session.refresh(thread)
+    assert thread.last_date.replace(tzinfo=UTC) == datetime(2026, 3, 9, 9, 0, tzinfo=UTC)
 
 
 def test_auto_link_to_the_persons_only_open_deal(
