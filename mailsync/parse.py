@@ -892,18 +892,21 @@ def _uudecode(body: bytes) -> bytes:
     """Decode a uuencoded body leniently; without a "begin" line it is left as it came."""
     if _UU_BEGIN.search(body) is None:
         return body
-    decoded = []
-    for line in _uu_lines(body):
+    decoded = (_uu_line(line) for line in _uu_lines(body))
+    return b"".join(line for line in decoded if line is not None)
+
+
+def _uu_line(line: bytes) -> bytes | None:
+    """Decode one uuencoded line, or None when it is not one."""
+    try:
+        return binascii.a2b_uu(line)
+    except binascii.Error:
+        # Encoders that pad lines past their length byte (the standard library's fix).
+        length = (((line[0] - 32) & 63) * 4 + 5) // 3
         try:
-            decoded.append(binascii.a2b_uu(line))
+            return binascii.a2b_uu(line[:length])
         except binascii.Error:
-            # Encoders that pad lines past their length byte (the standard library's fix).
-            length = (((line[0] - 32) & 63) * 4 + 5) // 3
-            try:
-                decoded.append(binascii.a2b_uu(line[:length]))
-            except binascii.Error:
-                continue
-    return b"".join(decoded)
+            return None
 
 
 # Files old mail programs (Outlook Express, Unix mail) uuencoded into the text itself:
@@ -944,17 +947,12 @@ def _uu_text_bytes(lines: str) -> bytes | None:
         if not line.strip():
             continue
         try:
-            encoded = line.rstrip("\r").encode("ascii")
+            data = _uu_line(line.rstrip("\r").encode("ascii"))
         except UnicodeEncodeError:
             return None
-        try:
-            decoded.append(binascii.a2b_uu(encoded))
-        except binascii.Error:
-            length = (((encoded[0] - 32) & 63) * 4 + 5) // 3
-            try:
-                decoded.append(binascii.a2b_uu(encoded[:length]))
-            except binascii.Error:
-                return None
+        if data is None:
+            return None
+        decoded.append(data)
     return b"".join(decoded)
 
 

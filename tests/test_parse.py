@@ -796,6 +796,13 @@ def message_of(entity: bytes, *, headers: bytes = HEAD) -> bytes:
     return headers + entity
 
 
+def message_with_file(headers: bytes, body: bytes, *, text: bytes = b"see the file") -> bytes:
+    """A mail with a short text and one file part (`headers`, `body`)."""
+    return message_of(
+        multipart("mixed", "outer", part(b"Content-Type: text/plain", text), part(headers, body))
+    )
+
+
 # Apple Mail: text/* attachments inside the related part of an alternative.
 APPLE_ALTERNATIVE = multipart(
     "alternative",
@@ -1104,17 +1111,10 @@ def test_base64_encoded_in_padded_chunks_decodes_to_the_end(seed):
     bounds = [0, *cuts, len(data)]
     chunks = [data[start:end] for start, end in itertools.pairwise(bounds)]
     encoded = b"".join(base64.encodebytes(chunk).replace(b"\n", b"\r\n") for chunk in chunks)
-    raw = message_of(
-        multipart(
-            "mixed",
-            "outer",
-            part(b"Content-Type: text/plain", b"see the file"),
-            part(
-                b'Content-Type: application/octet-stream; name="scan.bin"\r\n'
-                b"Content-Transfer-Encoding: base64",
-                encoded,
-            ),
-        )
+    raw = message_with_file(
+        b'Content-Type: application/octet-stream; name="scan.bin"\r\n'
+        b"Content-Transfer-Encoding: base64",
+        encoded,
     )
     (attachment,) = parse_message(raw).attachments
     assert extract_part(raw, attachment.part_id)[0] == data
@@ -1137,17 +1137,11 @@ def test_uuencoded_attachments_decode_as_the_standard_library_does(encoding):
     data = random.Random(encoding).randbytes(3000)
     lines = [binascii.b2a_uu(data[at : at + 45]).rstrip(b"\n") for at in range(0, len(data), 45)]
     encoded = b"begin 644 scan.png\r\n" + b"\r\n".join(lines) + b"\r\n`\r\nend\r\n"
-    raw = message_of(
-        multipart(
-            "mixed",
-            "outer",
-            part(b"Content-Type: text/plain", b"the scan"),
-            part(
-                b'Content-Type: image/png; name="scan.png"\r\n'
-                b"Content-Transfer-Encoding: " + encoding.encode(),
-                encoded,
-            ),
-        )
+    raw = message_with_file(
+        b'Content-Type: image/png; name="scan.png"\r\n'
+        b"Content-Transfer-Encoding: " + encoding.encode(),
+        encoded,
+        text=b"the scan",
     )
     (attachment,) = parse_message(raw).attachments
     reference = email.message_from_bytes(raw).get_payload(1).get_payload(decode=True)
@@ -1158,17 +1152,10 @@ def test_uuencoded_attachments_decode_as_the_standard_library_does(encoding):
 
 def test_uuencoded_part_without_begin_line_is_kept_as_it_came():
     body = b"M9&]E<R!N;W0@<W1A<G0@=VET:\r\n"
-    raw = message_of(
-        multipart(
-            "mixed",
-            "outer",
-            part(b"Content-Type: text/plain", b"see the file"),
-            part(
-                b'Content-Type: application/octet-stream; name="a.bin"\r\n'
-                b"Content-Transfer-Encoding: x-uuencode",
-                body,
-            ),
-        )
+    raw = message_with_file(
+        b'Content-Type: application/octet-stream; name="a.bin"\r\n'
+        b"Content-Transfer-Encoding: x-uuencode",
+        body,
     )
     (attachment,) = parse_message(raw).attachments
     assert extract_part(raw, attachment.part_id)[0].strip() == body.strip()
@@ -1225,17 +1212,11 @@ def test_text_that_only_looks_like_uuencoding_stays_text():
 
 
 def winmail_message(package: bytes) -> bytes:
-    return message_of(
-        multipart(
-            "mixed",
-            "outer",
-            part(b"Content-Type: text/plain", b"Please see the quote."),
-            part(
-                b'Content-Type: application/ms-tnef; name="winmail.dat"\r\n'
-                b"Content-Transfer-Encoding: base64",
-                base64.encodebytes(package),
-            ),
-        )
+    return message_with_file(
+        b'Content-Type: application/ms-tnef; name="winmail.dat"\r\n'
+        b"Content-Transfer-Encoding: base64",
+        base64.encodebytes(package),
+        text=b"Please see the quote.",
     )
 
 
