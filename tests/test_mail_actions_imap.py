@@ -455,13 +455,9 @@ def test_a_write_back_never_lands_on_other_mail_after_a_uidvalidity_change(
     assert location.seen and not location.seen_pending
 
 
-def test_a_move_made_just_before_a_harmless_uidvalidity_change_still_lands(
-    app, client_me, dovecot, mail_user, server_account
-):
-    """The server gives a folder a new UIDVALIDITY but keeps its UIDs (a restore, a server
-    move) between the user's move and its write-back. The write-back must not land on a
-    folder whose UIDs it cannot trust, but it must not be dropped either: it used to end as
-    done, and the mail stayed in the folder the user had moved it out of."""
+def moved_out_of_projects(app, client_me, dovecot, mail_user, server_account) -> Message:
+    """A mail synced in Projects that the user has just moved to Archive (the job queued,
+    retried at once when it fails)."""
     from tests.sync_helpers import raw_message, run_sync
 
     app.config.update(JOB_BACKOFF_SECONDS=0)
@@ -474,6 +470,17 @@ def test_a_move_made_just_before_a_harmless_uidvalidity_change_still_lands(
         ACTIONS_URL,
         data={"action": "move", "thread_id": [message.thread_id], "destination": archive.id},
     )
+    return message
+
+
+def test_a_move_made_just_before_a_harmless_uidvalidity_change_still_lands(
+    app, client_me, dovecot, mail_user, server_account
+):
+    """The server gives a folder a new UIDVALIDITY but keeps its UIDs (a restore, a server
+    move) between the user's move and its write-back. The write-back must not land on a
+    folder whose UIDs it cannot trust, but it must not be dropped either: it used to end as
+    done, and the mail stayed in the folder the user had moved it out of."""
+    message = moved_out_of_projects(app, client_me, dovecot, mail_user, server_account)
     dovecot.set_uidvalidity(mail_user.email, "Projects", 4242)
 
     run_pending_jobs(app)  # the move waits, asks for a pass, and lands after it
@@ -493,16 +500,7 @@ def test_a_move_finds_the_users_mail_again_in_a_rebuilt_folder(
     the user's mail, found again once a pass has read the folder, and leaves the other."""
     from tests.sync_helpers import raw_message, run_sync
 
-    app.config.update(JOB_BACKOFF_SECONDS=0)
-    dovecot.create_folder(mail_user.email, "Projects")
-    dovecot.deliver(mail_user.email, raw_message(1, msgid="first@soak.test"), "Projects")
-    run_sync(app, server_account.id)
-    message = db.session.scalar(select(Message))
-    archive = db.session.scalar(select(MailFolder).where(MailFolder.name == "Archive"))
-    client_me.post(
-        ACTIONS_URL,
-        data={"action": "move", "thread_id": [message.thread_id], "destination": archive.id},
-    )
+    moved_out_of_projects(app, client_me, dovecot, mail_user, server_account)
     dovecot.delete_folder(mail_user.email, "Projects")
     dovecot.create_folder(mail_user.email, "Projects")
     dovecot.set_uidvalidity(mail_user.email, "Projects", 4242)
