@@ -107,7 +107,7 @@ def _store_each_folder(
     done: list[Location] = []
     try:
         for folder, uids in _by_folder(locations).items():
-            if not _select_as_stored(client, folder, uidvalidity.get(folder)):
+            if not select_as_stored(client, folder, uidvalidity.get(folder)):
                 continue
             store(client, uids)
             done += [(folder, uid) for uid in uids]
@@ -118,7 +118,7 @@ def _store_each_folder(
     return done
 
 
-def _select_as_stored(
+def select_as_stored(
     client: IMAPClient, folder: str, uidvalidity: int | None, *, readonly: bool = False
 ) -> bool:
     """SELECT the folder; tell whether its UIDs still name the mail Threadline stored there.
@@ -156,7 +156,7 @@ def move_locations(
         for folder, uids in _by_folder(locations).items():
             if folder == destination:
                 continue
-            if not _select_as_stored(client, folder, uidvalidity.get(folder)):
+            if not select_as_stored(client, folder, uidvalidity.get(folder)):
                 result.changed_folders.append(folder)
                 continue
             new_uids = _move_uids(client, uids, destination)
@@ -291,7 +291,7 @@ def fetch_full_message(app, message_id: int) -> None:
     changed_folders = []
     try:
         for folder, uid in locations:
-            if not _select_as_stored(client, folder, uidvalidity.get(folder), readonly=True):
+            if not select_as_stored(client, folder, uidvalidity.get(folder), readonly=True):
                 changed_folders.append(folder)
                 continue
             raw = client.fetch([uid], ["BODY.PEEK[]"]).get(uid, {}).get(b"BODY[]")

@@ -32,13 +32,14 @@ def compare_folder(app, folder_id: int) -> None:
         if folder is None:
             return
         account_id, name = folder.account_id, folder.name
+        uidvalidity = folder.uidvalidity
         last_seen = folder.last_seen_uid
         since = horizon_date(folder.account.since)
         stored_before = store.local_uids(folder_id)
         db.session.rollback()  # no transaction held across the network
     try:
         server_all, in_range, subjects = _server_uids(
-            app, account_id, name, since, last_seen, stored_before
+            app, account_id, name, uidvalidity, since, last_seen, stored_before
         )
     except actions.MailActionError as exc:
         with app.app_context():
@@ -63,13 +64,20 @@ def compare_folder(app, folder_id: int) -> None:
         )
 
 
-def _server_uids(app, account_id: int, name: str, since, last_seen: int, stored: set[int]):
+def _server_uids(
+    app, account_id: int, name: str, uidvalidity, since, last_seen: int, stored: set[int]
+):
     """Return (all UIDs, UIDs the sync should have stored, {uid: subject} of those not in
-    `stored`)."""
+    `stored`); a MailActionError when the folder's UIDs are not those Threadline stored."""
     settings, allowed_ports, _roles = actions.account_settings(app, account_id)
     client = actions.connect(settings, allowed_ports)
     try:
-        client.select_folder(name, readonly=True)
+        if not actions.select_as_stored(client, name, uidvalidity, readonly=True):
+            # Comparing UIDs of two numberings would list everything as missing.
+            raise actions.MailActionError(
+                "the mail server has renumbered this folder (a new UIDVALIDITY); "
+                "compare again once the next sync has read it"
+            )
         server_all = set(client.search(["ALL"]))
         # What sync stores: undeleted mail in the horizon, up to the last UID it reached
         # (newer mail is simply not synced yet).

@@ -178,3 +178,31 @@ def test_a_comparison_that_cannot_reach_the_server_says_so(
     failure = re.search(r"The comparison failed:[^<]*", page).group(0)
     assert "rejected the username or password" in failure and not failure.endswith("..")
     assert "Compare again" in page
+
+
+@pytest.mark.imap
+def test_a_comparison_with_a_renumbered_folder_says_so_instead_of_listing_everything(
+    app, dovecot, mail_user, make_user, make_account, login
+):
+    for n in (1, 2):
+        dovecot.deliver(mail_user.email, raw_message(n, to=mail_user.email))
+    user = make_user()
+    account_id = make_account(user, mail_user).id
+    assert jobs.run_account_sync(app, account_id).ok
+    folder_id = db.session.scalar(
+        select(MailFolder.id).where(MailFolder.account_id == account_id, MailFolder.name == "INBOX")
+    )
+    dovecot.set_uidvalidity(mail_user.email, "INBOX", 4242)
+
+    client = login(user)
+    check_url = f"/settings/accounts/{account_id}/folders/{folder_id}/check"
+    client.post(check_url)
+    run_pending_jobs(app)
+    page = client.get(check_url).get_data(as_text=True)
+    assert "renumbered this folder" in page and "Compare again" in page
+    assert "missing in Threadline" not in page
+    assert jobs.run_account_sync(app, account_id).ok  # the pass takes the new numbering
+    client.post(check_url)
+    run_pending_jobs(app)
+    page = client.get(check_url).get_data(as_text=True)
+    assert "On the server: 2 in range; in Threadline: 2 of them." in page
