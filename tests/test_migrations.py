@@ -182,6 +182,29 @@ def test_init_db_adopts_a_previous_release_database_keeping_every_row(tmp_path):
     _dispose(app)
 
 
+def test_upgrade_dates_conversations_by_the_mail_their_owner_can_see(tmp_path):
+    """Migration 0014: a conversation whose newest mail the owner's blocks hide was dated by
+    that mail; after the upgrade it is dated by its newest shown message."""
+    instance = tmp_path / "instance"
+    database = _load_previous_release(instance)
+    (first, second) = _sql(database, "SELECT id FROM message WHERE thread_id = 1 ORDER BY id")
+    connection = sqlite3.connect(database)
+    connection.executescript(
+        f"""
+        UPDATE message SET date = '2026-12-01 08:00:00.000000', blocked = 1
+          WHERE id = {second[0]};
+        UPDATE thread SET last_date = '2026-12-01 08:00:00.000000' WHERE id = 1;
+        """
+    )
+    connection.close()
+
+    app = _app(instance)
+    assert _invoke(app, "init-db").exit_code == 0
+    _dispose(app)
+    shown = _sql(database, f"SELECT date FROM message WHERE id = {first[0]}")
+    assert _sql(database, "SELECT last_date FROM thread WHERE id = 1") == shown
+
+
 def test_init_db_brings_an_older_schema_to_the_baseline(tmp_path):
     """Missing columns (with their defaults for existing rows) and indexes are added; indexes
     that better ones replaced are dropped, as start-up did before migrations."""
