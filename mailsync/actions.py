@@ -20,7 +20,7 @@ from sqlalchemy import select
 from extensions import db
 from mailsync import imap, store
 from mailsync.blobstore import app_blob_store
-from mailsync.parse import header_key, parse_message
+from mailsync.parse import IDENTITY_HEADER_FIELDS, header_dedup_key, header_key, parse_message
 from models import MailAccount, MailFolder, Message
 from services.credentials import CredentialError
 
@@ -170,20 +170,66 @@ def move_locations(
 
 
 def _move_uids(client: IMAPClient, uids: list[int], destination: str) -> dict[int, int]:
+    """Move the selected folder's `uids` to `destination`; return {old UID: new UID} for
+    those whose new UID is known."""
+    reports_uids = client.has_capability("MOVE") and client.has_capability("UIDPLUS")
+    # Without COPYUID the new UIDs are found by the mail's header fields and size (as sync
+    # finds copies): a later queued move or \Seen of this mail then finds it at once.
+    identities = {} if reports_uids else _identities(client, uids)
+    first_new = {} if reports_uids else client.folder_status(destination, [b"UIDNEXT"])
     if client.has_capability("MOVE"):
         client._imap.untagged_responses.pop("COPYUID", None)
         response = client.move(uids, destination)
         # RFC 6851: MOVE reports COPYUID in an untagged OK, which imaplib files by code.
         untagged = client._imap.untagged_responses.pop("COPYUID", [])
-        return _parse_copyuid([*(b"COPYUID " + item for item in untagged), _as_bytes(response)])
-    client.copy(uids, destination)
-    client.add_flags(uids, [DELETED], silent=True)
-    if client.has_capability("UIDPLUS"):
-        client.uid_expunge(uids)
-    # Without UIDPLUS a plain EXPUNGE would also remove mail the user flagged \Deleted
-    # elsewhere, so the originals stay flagged for the user's own client to expunge.
-    # imaplib drops the COPYUID of COPY's tagged answer: the next sync finds the new UIDs.
-    return {}
+        moved = _parse_copyuid([*(b"COPYUID " + item for item in untagged), _as_bytes(response)])
+    else:
+        moved = _parse_copyuid([_as_bytes(client.copy(uids, destination))])
+        client.add_flags(uids, [DELETED], silent=True)
+        if client.has_capability("UIDPLUS"):
+            client.uid_expunge(uids)
+        # Without UIDPLUS a plain EXPUNGE would also remove mail the user flagged \Deleted
+        # elsewhere, so the originals stay flagged for the user's own client to expunge.
+    missing = {uid: key for uid, key in identities.items() if uid not in moved}
+    if missing and first_new.get(b"UIDNEXT"):
+        moved.update(_copies_by_identity(client, destination, first_new[b"UIDNEXT"], missing))
+    return moved
+
+
+_IDENTITY_ITEMS = [f"BODY.PEEK[HEADER.FIELDS ({IDENTITY_HEADER_FIELDS})]", "RFC822.SIZE"]
+
+
+def _identities(client: IMAPClient, uids: list[int]) -> dict[int, tuple[str, int]]:
+    """Return {uid: (header key, size)} of the selected folder's mail that has a Message-ID."""
+    found = {}
+    for uid, data in client.fetch(uids, _IDENTITY_ITEMS).items():
+        header = next((v for k, v in data.items() if k.startswith(b"BODY[HEADER")), None)
+        key = header_dedup_key(header or b"")
+        if key is not None and data.get(b"RFC822.SIZE") is not None:
+            found[uid] = (key, int(data[b"RFC822.SIZE"]))
+    return found
+
+
+def _copies_by_identity(
+    client: IMAPClient, destination: str, first_new: int, wanted: dict[int, tuple[str, int]]
+) -> dict[int, int]:
+    """Return {old UID: new UID} for the copies that arrived in `destination` from UID
+    `first_new` on, matched by header key and size; a match that is not one to one is left
+    for the next sync."""
+    client.select_folder(destination, readonly=True)
+    arrived = _identities(client, [f"{first_new}:*"])
+    new_by_key: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for uid, key in arrived.items():
+        if uid >= first_new:  # "N:*" names the last mail even when nothing is newer
+            new_by_key[key].append(uid)
+    old_by_key: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for uid, key in wanted.items():
+        old_by_key[key].append(uid)
+    return {
+        old[0]: new_by_key[key][0]
+        for key, old in old_by_key.items()
+        if len(old) == 1 and len(new_by_key.get(key, [])) == 1
+    }
 
 
 def _parse_copyuid(responses: Iterable[bytes]) -> dict[int, int]:

@@ -1422,6 +1422,11 @@ def _header_key(envelope: ParsedMessage) -> str | None:
     return _hash(_header_fields(envelope)) if envelope.message_id else None
 
 
+# The header fields header_dedup_key reads: what a sync or a move FETCHes to know a mail
+# without downloading it.
+IDENTITY_HEADER_FIELDS = "MESSAGE-ID DATE FROM TO SUBJECT X-MICROSOFT-ORIGINAL-MESSAGE-ID"
+
+
 def header_dedup_key(header_bytes: bytes) -> str | None:
     """Return header_key() from BODY.PEEK[HEADER.FIELDS (...)] bytes; None without a Message-ID.
 

@@ -35,7 +35,12 @@ from mailsync import actions, imap, reparse, store
 from mailsync.blobstore import blob_root
 from mailsync.folders import NAME_ROLES
 from mailsync.folders import SPECIAL_USE_ROLES as ATTRIBUTE_ROLES
-from mailsync.parse import header_dedup_key, parse_headers_only, placeholder_dedup_key
+from mailsync.parse import (
+    IDENTITY_HEADER_FIELDS,
+    header_dedup_key,
+    parse_headers_only,
+    placeholder_dedup_key,
+)
 from mailsync.prepare import Prepared, follow_parent_out, prepare_batch
 from mailsync.storage_errors import storage_problem
 from models import (
@@ -83,8 +88,7 @@ SEARCH_INDEX_EVERY_SECONDS = 10.0  # how far conversation search may lag a long 
 PARSE_WORKERS = 2  # processes that parse and write blobs while the next batch downloads
 POOL_THRESHOLD = 100  # fewer messages than this are parsed inline (no pool start-up cost)
 
-HEADER_FIELDS = "MESSAGE-ID DATE FROM TO SUBJECT X-MICROSOFT-ORIGINAL-MESSAGE-ID"
-HEADER_ITEM = f"BODY.PEEK[HEADER.FIELDS ({HEADER_FIELDS})]"
+HEADER_ITEM = f"BODY.PEEK[HEADER.FIELDS ({IDENTITY_HEADER_FIELDS})]"
 META_ITEMS = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", HEADER_ITEM]
 GMAIL_ITEMS = ["X-GM-MSGID", "X-GM-THRID", "X-GM-LABELS"]
 

@@ -145,22 +145,29 @@ def test_settings_off_leave_the_server_untouched(client_me, dovecot, mail_user, 
     assert [loc.folder.name for loc in locations(archived.id)] == ["INBOX"]
 
 
-def test_move_without_move_capability_copies_and_expunges(
-    app, monkeypatch, dovecot, mail_user, server_account, deliver
+@pytest.mark.parametrize("missing", [("MOVE",), ("MOVE", "UIDPLUS")])
+def test_move_without_move_capability_copies_and_learns_the_new_uid(
+    app, monkeypatch, dovecot, mail_user, server_account, deliver, missing
 ):
+    """COPY + \\Deleted (+ UID EXPUNGE with UIDPLUS). The new UID is known at once, from
+    COPYUID or else by the mail's header fields and size, so a move or read/unread queued
+    right after this one finds the mail where it went (it used to wait for the next sync,
+    and such a change was lost)."""
     original = IMAPClient.has_capability
     monkeypatch.setattr(
         IMAPClient,
         "has_capability",
-        lambda self, name: False if name == "MOVE" else original(self, name),
+        lambda self, name: False if name in missing else original(self, name),
     )
     (message,) = deliver(1)
     uid = dovecot.uids(mail_user.email)[0]
     moved = actions.move_locations(app, server_account.id, [("INBOX", uid)], "trash").moved
-    assert dovecot.uids(mail_user.email, "INBOX") == []
-    assert len(dovecot.uids(mail_user.email, "Trash")) == 1
-    # COPY reports no new UID through imaplib; the next sync records it.
-    assert moved == {("INBOX", uid): None}
+    (new_uid,) = dovecot.uids(mail_user.email, "Trash")
+    assert moved == {("INBOX", uid): new_uid}
+    if "UIDPLUS" in missing:  # the original waits, flagged, for the user's own client
+        assert "\\Deleted" in dovecot.flags(mail_user.email, "INBOX", uid)
+    else:
+        assert dovecot.uids(mail_user.email, "INBOX") == []
 
 
 def test_read_unread_read_is_one_write_back_of_read(client_me, dovecot, mail_user, deliver):
