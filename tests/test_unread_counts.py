@@ -22,7 +22,7 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import delete, select, text
 
 from extensions import db
 from mailsync import store, writeback
@@ -286,3 +286,29 @@ def test_rebuild_gives_the_kept_rows(app, make_user, make_stored_account):
     unread.rebuild(db.session.connection())
     db.session.commit()
     assert db.session.execute(query).all() == kept
+
+
+def test_a_copy_flagged_deleted_decides_read_only_when_it_is_the_last(
+    app, make_user, make_stored_account, make_stored_folder, make_mailbox_message
+):
+    """A server without MOVE leaves a moved original in its folder, flagged \\Deleted, with
+    the \\Seen it had: while the live copy exists, the live copy's flags are the mail's."""
+    from mailsync import store
+    from models import MessageLocation
+
+    account = make_stored_account(make_user())
+    inbox = make_stored_folder(account, "INBOX", role="inbox")
+    archive = make_stored_folder(account, "Archive", role="archive")
+    message = make_mailbox_message(archive, is_read=False)  # the live copy, marked unread
+    original = MessageLocation(
+        folder_id=inbox.id, uid=7, message_id=message.id, seen=True, flagged=True, deleted=True
+    )
+    db.session.add(original)
+    db.session.flush()
+    store.refresh_messages([message.id])
+    db.session.refresh(message)
+    assert not message.is_read and not message.is_flagged
+    db.session.execute(delete(MessageLocation).where(MessageLocation.folder_id == archive.id))
+    store.refresh_messages([message.id])  # only the flagged original left: it counts
+    db.session.refresh(message)
+    assert message.is_read and message.is_flagged and message.deleted_at is None
