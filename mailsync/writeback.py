@@ -200,18 +200,14 @@ def change_labels(app: Flask, account_id: int, payload: dict) -> None:
     written = set(
         actions.remove_labels(app, account_id, [(row.name, row.uid) for row in rows], remove)
     )
-    done = [row.id for row in rows if (row.name, row.uid) in written]
+    done = [row for row in rows if (row.name, row.uid) in written]
     with app.app_context():
         for location in db.session.scalars(
-            select(MessageLocation).where(MessageLocation.id.in_(done))
+            select(MessageLocation).where(MessageLocation.id.in_([row.id for row in done]))
         ):
             location.gm_labels = [label for label in location.gm_labels if label not in remove]
         db.session.flush()
-        store.refresh_labels(
-            db.session.scalars(
-                select(location_t.c.message_id).where(location_t.c.id.in_(done))
-            ).all()
-        )
+        store.refresh_labels({row.message_id for row in done})  # the rows name their mail
         db.session.commit()
         db.session.remove()
     changed = {row.name for row in rows if (row.name, row.uid) not in written}
