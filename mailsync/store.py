@@ -828,21 +828,21 @@ def clear_failed_uids(folder_id: int, uids: Iterable[int]) -> None:
 # --------------------------------------------------------------------------- derived state
 
 
+# A copy flagged as deleted (a moved original on a server without MOVE) counts only when
+# there is no other: the user's later read/unread goes to the live copy.
+_COUNTING_COPY = """(NOT l.deleted OR NOT EXISTS (
+    SELECT 1 FROM message_location k WHERE k.message_id = message.id
+    AND NOT k.deleted AND NOT k.stale))"""
+
 _REFRESH_MESSAGES = text(
-    """
+    f"""
     UPDATE message SET
-      -- A copy flagged as deleted (a moved original on a server without MOVE) counts only
-      -- when there is no other: the user's later read/unread goes to the live copy.
       is_read = EXISTS (SELECT 1 FROM message_location l
                         WHERE l.message_id = message.id AND l.seen AND NOT l.stale
-                          AND (NOT l.deleted OR NOT EXISTS (
-                            SELECT 1 FROM message_location k WHERE k.message_id = message.id
-                            AND NOT k.deleted AND NOT k.stale))),
+                          AND {_COUNTING_COPY}),
       is_flagged = EXISTS (SELECT 1 FROM message_location l
                            WHERE l.message_id = message.id AND l.flagged AND NOT l.stale
-                             AND (NOT l.deleted OR NOT EXISTS (
-                               SELECT 1 FROM message_location k WHERE k.message_id = message.id
-                               AND NOT k.deleted AND NOT k.stale))),
+                             AND {_COUNTING_COPY}),
       is_draft = EXISTS (SELECT 1 FROM message_location l
                          WHERE l.message_id = message.id AND l.draft AND NOT l.stale),
       is_sent = EXISTS (SELECT 1 FROM message_location l JOIN mail_folder f ON f.id = l.folder_id

@@ -315,10 +315,11 @@ def thread_messages(thread: Thread, *, include_blocked: bool) -> list[Message]:
 def threads_with_hidden_mail(thread_ids: list[int]) -> set[int]:
     """Return the threads holding a live message its owner's blocks hide.
 
-    A thread keeps the subject of the message that started it and the date of its newest
-    message, blocked ones included; in these threads a hidden message must not name or date
-    the conversation (a teammate would learn of mail they cannot open): the pages take both
-    from the shown messages instead (_shown_heading).
+    A thread keeps the subject of the message that started it, blocked or not; in these
+    threads a hidden message must not name the conversation (a teammate would learn of mail
+    they cannot open): the pages take the subject from the shown messages instead
+    (_shown_heading). The thread's date is already its newest shown message's
+    (store.refresh_threads), unless every message is hidden: the heading's date covers that.
     """
     found: set[int] = set()
     for start in range(0, len(thread_ids), 500):
