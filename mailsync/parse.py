@@ -23,6 +23,7 @@ from email.utils import getaddresses, parsedate_to_datetime
 from functools import lru_cache
 
 import tnefparse
+from asn1crypto import cms
 
 from mailsync.threading import MAX_CHAIN, normalize_msgid, parse_id_list
 
@@ -88,6 +89,8 @@ class ParsedMessage:
     headers_only: bool = False
     # The plain text went on past MAX_TEXT_CHARS: text_body holds its start only.
     text_cut: bool = False
+    # An encrypted part (S/MIME enveloped-data, PGP/MIME) that only the recipient's key opens.
+    encrypted: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -746,7 +749,28 @@ class _Walker:
         leaf_id = part_id or "1"  # a single-part message is section "1" in IMAP
         is_root = not part_id
         if not ctype.startswith("multipart/"):
-            yield _Leaf(leaf_id, headers, body, ctype, params, alt, is_root, branch)
+            leaf = _Leaf(leaf_id, headers, body, ctype, params, alt, is_root, branch)
+            yield leaf
+            if _may_be_signed(leaf) and depth < MAX_DEPTH:
+                # An opaque S/MIME signature wraps the mail itself: its parts are walked
+                # as the signature part's, under "<part>.0" (IMAP numbers from 1).
+                signed = _signed_content(_transfer_decode(leaf))
+                errors: list[str] = []
+                inner_block, inner_body = _split_entity(signed or b"", errors)
+                inner_headers = _parse_header_block(inner_block, errors)
+                # A signed file (an Italian "document.pdf.p7m") is no MIME entity: it stays
+                # a file to download, not a text to show.
+                if "content-type" in inner_headers:
+                    self.errors += errors
+                    yield from self.walk(
+                        inner_headers,
+                        inner_body,
+                        f"{leaf_id}.0",
+                        depth + 1,
+                        "text/plain",
+                        alt,
+                        branch,
+                    )
             return
         if depth >= MAX_DEPTH:  # degrade this entity only; its siblings are walked as usual
             self.errors.append(f"MIME nesting deeper than {MAX_DEPTH}, only its text shown")
@@ -1022,6 +1046,41 @@ _BASE64_LINE = re.compile(
 )
 
 
+_SMIME_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime")
+_ENCRYPTED_SMIME = ("enveloped-data", "authenveloped-data")
+
+
+def _may_be_signed(leaf: _Leaf) -> bool:
+    """Tell whether a leaf may be an opaque S/MIME signature (smime-type signed-data, or
+    none given: old clients leave it out)."""
+    return leaf.content_type in _SMIME_TYPES and leaf.params.get("smime-type", "").lower() in (
+        "signed-data",
+        "",
+    )
+
+
+def _is_encrypted(leaf: _Leaf) -> bool:
+    """Tell whether a leaf is mail encrypted for its recipient (S/MIME or PGP/MIME)."""
+    if leaf.content_type == "application/pgp-encrypted":
+        return True
+    smime_type = leaf.params.get("smime-type", "").lower()
+    return leaf.content_type in _SMIME_TYPES and smime_type in _ENCRYPTED_SMIME
+
+
+def _signed_content(data: bytes) -> bytes | None:
+    """Return the MIME entity an opaque S/MIME signature wraps (CMS SignedData, RFC 8551
+    3.5.2), or None when `data` is not one. The signature is not checked: the mail's text is
+    shown as it arrived, and the original stays downloadable for a mail program to verify."""
+    try:
+        info = cms.ContentInfo.load(data)
+        if info["content_type"].native != "signed_data":
+            return None
+        content = info["content"]["encap_content_info"]["content"].native
+    except Exception:  # asn1crypto raises ValueError, TypeError, ... on malformed DER/BER
+        return None
+    return content if isinstance(content, bytes) and content else None
+
+
 def _looks_unencoded(body: bytes) -> bool:
     """Return True if a "base64" body is mostly not base64 (spaces inside lines, punctuation).
 
@@ -1222,8 +1281,10 @@ def _parse_with_envelope(raw: bytes) -> tuple[ParsedMessage, ParsedMessage]:
     text_groups: set[str | None] = set()
     text_chars = 0
     text_skipped = False
+    encrypted = False
     for leaf in _leaves_of(headers, body, errors):
         ctype = leaf.content_type
+        encrypted = encrypted or _is_encrypted(leaf)
         charset = leaf.params.get("charset")
         if body_charset is None and ctype.startswith("text/") and _codec_for(charset):
             body_charset = charset
@@ -1300,6 +1361,7 @@ def _parse_with_envelope(raw: bytes) -> tuple[ParsedMessage, ParsedMessage]:
         size=len(raw),
         parse_error=_error_text(errors),
         text_cut=text_cut,
+        encrypted=encrypted,
     )
     return parsed, alone if alone is not None else _envelope(headers, [])
 

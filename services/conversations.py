@@ -270,7 +270,12 @@ def render_message(message: Message, *, allow_remote_images: bool = False) -> Re
     view.attachments = _listed_attachments(parsed)
     view.to_total, view.cc_total = parsed.to_total, parsed.cc_total
     if parsed.html_body is None and not parsed.text_body:
-        if parsed.parse_error or parsed.headers_only:
+        if parsed.encrypted:
+            view.notice = (
+                "This message is encrypted for its recipient, so Threadline cannot show it. "
+                "Download the original to open it in a mail program that holds the key."
+            )
+        elif parsed.parse_error or parsed.headers_only:
             view.notice = "This message could not be displayed. Download the original to read it."
         else:
             view.notice = "This message has no text."

@@ -23,6 +23,7 @@ from tests.mail_fixtures import (
     tnef_package,
 )
 from tests.statements import recorded_statements
+from tests.test_parse import SMIME
 
 SANDBOX = "allow-same-origin allow-popups allow-popups-to-escape-sandbox"
 
@@ -338,6 +339,35 @@ def test_a_file_inside_a_winmail_dat_downloads(world, login, make_raw_message):
     assert part_id.endswith(".tnef1")
     response = client.get(f"/mail/messages/{message.id}/attachments/{part_id}")
     assert response.status_code == 200 and response.data == b"%PDF-1.4 q"
+
+
+def test_an_opaque_smime_signed_mail_shows_its_text_and_its_file_downloads(
+    world, login, make_raw_message
+):
+    raw = (SMIME / "signed-opaque.eml").read_bytes()
+    message = make_raw_message(world["account"], raw)
+    client = login(world["owner"])
+    page = client.get(f"/mail/threads/{message.thread_id}").get_data(as_text=True)
+    assert "The signed contract text, Zanzibarite 42." in html.unescape(page)
+    assert "contract.pdf" in page and "smime.p7m" in page  # the signed original stays
+    assert "encrypted" not in page
+    response = client.get(
+        f"/mail/messages/{message.id}/attachments/{part_id_of(message, 'contract.pdf')}"
+    )
+    assert response.status_code == 200 and response.data == b"%PDF-1.4\n%\xc7\xec\x8f\xa2\n"
+
+
+def test_an_encrypted_mail_says_so_and_offers_the_original(world, login, make_raw_message):
+    raw = (SMIME / "encrypted.eml").read_bytes()
+    message = make_raw_message(world["account"], raw)
+    client = login(world["owner"])
+    page = client.get(f"/mail/threads/{message.thread_id}").get_data(as_text=True)
+    assert "This message is encrypted for its recipient" in page
+    assert "This message has no text" not in page
+    response = client.get(
+        f"/mail/messages/{message.id}/attachments/{part_id_of(message, 'smime.p7m')}"
+    )
+    assert response.status_code == 200 and response.data.startswith(b"\x30")
 
 
 def test_raw_route_headers(world, login):

@@ -1240,3 +1240,101 @@ def test_a_damaged_winmail_dat_is_listed_alone():
     (attachment,) = parse_message(raw).attachments
     assert attachment.filename == "winmail.dat"
     assert extract_part(raw, attachment.part_id)[0].startswith(b"\x78\x9f\x3e\x22")
+
+
+# --------------------------------------------------------------------------- S/MIME, PGP/MIME
+
+SMIME = Path(__file__).parent / "fixtures" / "smime"
+
+
+@pytest.mark.parametrize(
+    ("fixture", "text", "html", "files"),
+    [
+        (
+            "signed-opaque.eml",
+            "The signed contract text, Zanzibarite 42.",
+            None,
+            [("contract.pdf", "application/pdf", b"%PDF-1.4\n%\xc7\xec\x8f\xa2\n")],
+        ),
+        (
+            "signed-opaque-streamed.eml",  # BER with indefinite lengths, as clients stream it
+            "Streamed signed text, Quixotal 7.",
+            "<p>Streamed signed <b>text</b>, Quixotal 7.</p>",
+            [],
+        ),
+    ],
+)
+def test_an_opaque_smime_signed_mail_shows_the_text_and_files_inside(fixture, text, html, files):
+    raw = (SMIME / fixture).read_bytes()
+    parsed = parse_message(raw)
+    assert parsed.text_body.strip() == text
+    assert (parsed.html_body or "").strip() == (html or "")
+    assert parsed.parse_error is None and not parsed.encrypted
+    signature, *inside = parsed.attachments
+    assert (signature.filename, signature.content_type) == ("smime.p7m", "application/x-pkcs7-mime")
+    assert [(a.filename, a.content_type) for a in inside] == [(n, t) for n, t, _ in files]
+    for attachment, (_name, _type, data) in zip(inside, files, strict=True):
+        assert attachment.size == len(data)
+        assert extract_part(raw, attachment.part_id) == (data, attachment.content_type, _name)
+    assert extract_part(raw, signature.part_id)[0].startswith(b"\x30")  # the original CMS
+
+
+def test_a_signed_file_is_offered_as_a_file_not_shown_as_text():
+    """A .p7m that wraps a PDF (Italian certified mail) is no mail: its bytes stay a download."""
+    signed = (SMIME / "document.pdf.p7m").read_bytes()
+    raw = message_with_file(
+        b'Content-Type: application/pkcs7-mime; name="document.pdf.p7m"\r\n'
+        b"Content-Transfer-Encoding: base64",
+        base64.encodebytes(signed),
+        text=b"The signed document is attached.",
+    )
+    parsed = parse_message(raw)
+    assert parsed.text_body.strip() == "The signed document is attached."
+    assert "PDF" not in parsed.text_body
+    (attachment,) = parsed.attachments
+    assert attachment.filename == "document.pdf.p7m"
+    assert extract_part(raw, attachment.part_id)[0] == signed
+
+
+PGP_ENCRYPTED = (
+    b"From: ann@example.com\r\nSubject: Secret\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="e"\r\n'
+    b"\r\n--e\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n"
+    b'--e\r\nContent-Type: application/octet-stream; name="encrypted.asc"\r\n\r\n'
+    b"-----BEGIN PGP MESSAGE-----\r\nhQEMA0xyz\r\n-----END PGP MESSAGE-----\r\n--e--\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "encrypted"),
+    [
+        ((SMIME / "encrypted.eml").read_bytes(), True),
+        (PGP_ENCRYPTED, True),
+        ((SMIME / "signed-opaque.eml").read_bytes(), False),
+        (b"Subject: plain\r\n\r\nHello\r\n", False),
+    ],
+    ids=["smime-enveloped", "pgp-mime", "smime-signed", "plain"],
+)
+def test_encrypted_mail_is_told_apart(raw, encrypted):
+    parsed = parse_message(raw)
+    assert parsed.encrypted is encrypted
+    assert parsed.attachments or not encrypted  # the encrypted original stays a download
+
+
+def test_a_damaged_smime_signature_never_raises_and_stays_a_download():
+    """Random damage to a signed mail's CMS bytes: the parse never raises and the .p7m stays
+    listed, first, with exactly its bytes."""
+    raw = (SMIME / "signed-opaque.eml").read_bytes()
+    head, _, body = raw.partition(b"\n\n")
+    der = base64.b64decode(body)
+    rng = random.Random(8551)
+    for _ in range(300):
+        damaged = bytearray(der)
+        if rng.random() < 0.5:
+            del damaged[rng.randrange(len(damaged)) :]
+        for _ in range(rng.randint(1, 8)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        mail = head + b"\n\n" + base64.encodebytes(bytes(damaged))
+        parsed = parse_message(mail)
+        assert parsed.attachments[0].filename == "smime.p7m"
+        assert extract_part(mail, parsed.attachments[0].part_id)[0] == bytes(damaged)

@@ -16,7 +16,7 @@ from extensions import db
 from mailsync.parse import MAX_DEPTH
 from models import Message
 from tests.sync_helpers import run_sync
-from tests.test_parse import APPLE_ALTERNATIVE, HEAD, nested
+from tests.test_parse import APPLE_ALTERNATIVE, HEAD, SMIME, nested
 
 pytestmark = pytest.mark.imap
 
@@ -104,3 +104,25 @@ def test_messy_mail_is_listed_and_shown_whole(app, dovecot, mail_user, account, 
 def _deep(n: int) -> bytes:
     """A message nested deeper than the parser's limit, with its text at the bottom."""
     return head(n) + nested(MAX_DEPTH + 10)[len(HEAD) :]
+
+
+def test_signed_and_encrypted_mail_from_the_server_is_shown_and_found(
+    app, dovecot, mail_user, account, login
+):
+    """Opaque S/MIME: the text inside the signature is shown and searchable, its file
+    downloads; encrypted mail says so (tests/test_parse.py covers the shapes)."""
+    for name in ("signed-opaque.eml", "signed-opaque-streamed.eml", "encrypted.eml"):
+        dovecot.deliver(mail_user.email, (SMIME / name).read_bytes())
+    assert run_sync(app, account).ok
+    client = login(account.user)
+    found = client.get("/mail/?q=zanzibarite").get_data(as_text=True)
+    assert "Signed contract" in found and "Secret" not in found
+    assert "Signed, streamed" in client.get("/mail/?q=quixotal").get_data(as_text=True)
+    signed = db.session.scalar(select(Message).where(Message.subject == "Signed contract"))
+    page = client.get(f"/mail/threads/{signed.thread_id}").get_data(as_text=True)
+    assert "Zanzibarite 42." in page and "contract.pdf" in page
+    download = client.get(f"/mail/messages/{signed.id}/attachments/1.0.2")
+    assert download.status_code == 200 and download.data.startswith(b"%PDF-1.4")
+    secret = db.session.scalar(select(Message).where(Message.subject == "Secret"))
+    page = client.get(f"/mail/threads/{secret.thread_id}").get_data(as_text=True)
+    assert "This message is encrypted for its recipient" in page
