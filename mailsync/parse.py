@@ -39,6 +39,7 @@ MAX_TEXT_CHARS = 1_000_000
 MAX_HTML_FOR_TEXT = 2_000_000
 SNIPPET_CHARS = 200
 PARSE_TIME_BUDGET = 1.5  # seconds; stop walking parts beyond this (R16 "time per message")
+MAX_ATTACHED_SHOWN = 5  # attached messages whose text is shown below the mail's own
 
 Address = tuple[str, str]
 
@@ -91,6 +92,9 @@ class ParsedMessage:
     text_cut: bool = False
     # An encrypted part (S/MIME enveloped-data, PGP/MIME) that only the recipient's key opens.
     encrypted: bool = False
+    # The text of each attached message (forwarded as attachment) with its From, Date,
+    # Subject and To: shown below the mail's own text and searched with it.
+    attached_texts: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -724,10 +728,10 @@ def _before_closing(body: bytes, params: dict[str, str]) -> bytes:
 class _Walker:
     """Depth-first walk over MIME leaves with part, depth and time limits."""
 
-    def __init__(self, errors: list[str]) -> None:
+    def __init__(self, errors: list[str], deadline: float | None = None) -> None:
         self.errors = errors
         self.count = 0
-        self.deadline = time.monotonic() + PARSE_TIME_BUDGET
+        self.deadline = deadline or time.monotonic() + PARSE_TIME_BUDGET
         self.stopped = False
 
     def walk(
@@ -854,9 +858,11 @@ def _iter_leaves(raw: bytes, errors: list[str]) -> Iterator[_Leaf]:
     return _leaves_of(_parse_header_block(header_block, errors), body, errors)
 
 
-def _leaves_of(headers: Headers, body: bytes, errors: list[str]) -> Iterator[_Leaf]:
+def _leaves_of(
+    headers: Headers, body: bytes, errors: list[str], deadline: float | None = None
+) -> Iterator[_Leaf]:
     """Yield the leaves of a message given its parsed top-level headers and body."""
-    return _Walker(errors).walk(headers, body, "", 0, "text/plain", None)
+    return _Walker(errors, deadline).walk(headers, body, "", 0, "text/plain", None)
 
 
 def _strip_mbox_line(raw: bytes) -> bytes:
@@ -1266,9 +1272,15 @@ def _parse(raw: bytes) -> ParsedMessage:
     return _parse_with_envelope(raw)[0]
 
 
-def _parse_with_envelope(raw: bytes) -> tuple[ParsedMessage, ParsedMessage]:
+def _parse_with_envelope(
+    raw: bytes, *, deadline: float | None = None, attached: bool = True
+) -> tuple[ParsedMessage, ParsedMessage]:
     """_parse(raw), and the envelope read from the headers alone as parse_headers_only
-    reads it (without the body's charset hint), for the identity keys."""
+    reads it (without the body's charset hint), for the identity keys.
+
+    `attached`: read the text of attached messages (one level: not for those inside them).
+    """
+    deadline = deadline or time.monotonic() + PARSE_TIME_BUDGET
     errors: list[str] = []
     header_block, body = _split_entity(_strip_mbox_line(raw), errors)
     headers = _parse_header_block(header_block, errors)
@@ -1282,7 +1294,8 @@ def _parse_with_envelope(raw: bytes) -> tuple[ParsedMessage, ParsedMessage]:
     text_chars = 0
     text_skipped = False
     encrypted = False
-    for leaf in _leaves_of(headers, body, errors):
+    attached_leaves: list[_Leaf] = []
+    for leaf in _leaves_of(headers, body, errors, deadline):
         ctype = leaf.content_type
         encrypted = encrypted or _is_encrypted(leaf)
         charset = leaf.params.get("charset")
@@ -1318,8 +1331,9 @@ def _parse_with_envelope(raw: bytes) -> tuple[ParsedMessage, ParsedMessage]:
                 continue  # text/enriched, text/watch-html, ...: other renderings of the body
         if ctype == "text/plain" and disposition != "attachment" and inline_text is None:
             inline_text = leaf
-        if ctype == "message/rfc822" and not filename:
-            filename = _forwarded_filename(leaf)
+        if ctype == "message/rfc822":
+            filename = filename or _forwarded_filename(leaf)
+            attached_leaves.append(leaf)
         attachments.append(
             AttachmentInfo(
                 part_id=leaf.part_id,
@@ -1346,7 +1360,16 @@ def _parse_with_envelope(raw: bytes) -> tuple[ParsedMessage, ParsedMessage]:
         text_body = _leaf_text(inline_text).replace("\r\n", "\n")
     text_cut = text_skipped or len(text_body) > MAX_TEXT_CHARS
     text_body = text_body[:MAX_TEXT_CHARS]
-    snippet = _snippet(text_body)
+    attached_texts: list[str] = []
+    snippet_text = text_body
+    for leaf in attached_leaves[:MAX_ATTACHED_SHOWN] if attached else []:
+        if time.monotonic() > deadline:
+            break
+        inner = _parse_with_envelope(_transfer_decode(leaf), deadline=deadline, attached=False)[0]
+        attached_texts.append(_attached_text(inner))
+        if not snippet_text.strip():
+            snippet_text = inner.text_body
+    snippet = _snippet(snippet_text)
     envelope = _envelope(headers, errors, body_charset)
     # The hint only changes header values in raw 8-bit bytes, which few mails have.
     alone = envelope if body_charset is None or header_block.isascii() else None
@@ -1362,8 +1385,29 @@ def _parse_with_envelope(raw: bytes) -> tuple[ParsedMessage, ParsedMessage]:
         parse_error=_error_text(errors),
         text_cut=text_cut,
         encrypted=encrypted,
+        attached_texts=attached_texts,
     )
     return parsed, alone if alone is not None else _envelope(headers, [])
+
+
+def _attached_text(inner: ParsedMessage) -> str:
+    """An attached message as a mail program shows it inline: a few header lines, its text."""
+
+    def named(name: str, address: str) -> str:
+        # Not email.utils.formataddr: it refuses a non-ASCII address (and the parse with it).
+        return f"{name} <{address}>" if name and address else name or address
+
+    lines = ["---------- Attached message ----------"]
+    if inner.from_address or inner.from_name:
+        lines.append(f"From: {named(inner.from_name, inner.from_address)}")
+    if inner.date is not None:
+        lines.append(f"Date: {inner.date.strftime('%a, %d %b %Y %H:%M %z')}")
+    if inner.subject:
+        lines.append(f"Subject: {inner.subject}")
+    if inner.to:
+        lines.append("To: " + ", ".join(named(*pair) for pair in inner.to[:10]))
+    body = inner.text_body.strip() or "(no text)"
+    return "\n".join(lines) + "\n\n" + body[: MAX_TEXT_CHARS // MAX_ATTACHED_SHOWN]
 
 
 def parse_message(raw: bytes) -> ParsedMessage:

@@ -40,13 +40,19 @@ class Prepared:
 def for_search(parsed: ParsedMessage) -> ParsedMessage:
     """Return `parsed` slimmed to what storing and indexing need (cheap to pass between processes).
 
-    The search text is the start of the body plus the attachment file names, so a search for
-    "invoice" finds the mail that carries invoice-4471.pdf.
+    The search text is the start of the body, of each attached message (a mail forwarded as
+    an attachment) and the attachment file names, so a search for "invoice" finds the mail
+    that carries invoice-4471.pdf.
     """
     names = " ".join(a.filename for a in parsed.attachments if a.filename)
-    body = parsed.text_body[:SEARCH_BODY_CHARS]
+    texts = [parsed.text_body, *parsed.attached_texts]
+    body = "\n".join(text[:SEARCH_BODY_CHARS] for text in texts if text)
     return replace(
-        parsed, text_body=f"{body}\n{names}" if names else body, html_body=None, attachments=[]
+        parsed,
+        text_body=f"{body}\n{names}" if names else body,
+        html_body=None,
+        attachments=[],
+        attached_texts=[],
     )
 
 

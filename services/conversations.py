@@ -138,6 +138,7 @@ def frame_height(parsed: ParsedMessage) -> int:
         extra = 110 * min(html.count("<img"), 8) + 30 * min(html.count("<tr"), 40)
     else:
         text, extra = parsed.text_body, 0
+    text = "\n".join([text, *parsed.attached_texts])
     lines = sum(len(line) // 90 + 1 for line in text.splitlines()[:400])
     return max(100, min(1400, 48 + lines * 24 + extra))
 
@@ -269,7 +270,8 @@ def render_message(message: Message, *, allow_remote_images: bool = False) -> Re
     parsed = parse_message(raw)
     view.attachments = _listed_attachments(parsed)
     view.to_total, view.cc_total = parsed.to_total, parsed.cc_total
-    if parsed.html_body is None and not parsed.text_body:
+    attached = "\n\n".join(parsed.attached_texts)  # forwarded as attachments, shown below
+    if parsed.html_body is None and not parsed.text_body and not attached:
         if parsed.encrypted:
             view.notice = (
                 "This message is encrypted for its recipient, so Threadline cannot show it. "
@@ -287,11 +289,11 @@ def render_message(message: Message, *, allow_remote_images: bool = False) -> Re
             cid_url=lambda content_id: _cid_url(raw, parsed, content_id),
             allow_remote_images=allowed,
         )
-        body = sanitized.html
+        body = sanitized.html + (plain_text_to_html(attached) if attached else "")
         view.blocked_remote_images = sanitized.blocked_remote_images
         view.images_allowed = allowed and sanitized.has_remote_content
     else:
-        body = plain_text_to_html(parsed.text_body)
+        body = plain_text_to_html("\n\n".join(t for t in (parsed.text_body, attached) if t))
     view.height = frame_height(parsed)
     view.rtl = is_rtl_text(parsed.text_body or parsed.snippet or message.subject)
     view.document = email_document(

@@ -23,7 +23,7 @@ from tests.mail_fixtures import (
     tnef_package,
 )
 from tests.statements import recorded_statements
-from tests.test_parse import SMIME
+from tests.test_parse import SMIME, customer_mail, forwarded
 
 SANDBOX = "allow-same-origin allow-popups allow-popups-to-escape-sandbox"
 
@@ -368,6 +368,22 @@ def test_an_encrypted_mail_says_so_and_offers_the_original(world, login, make_ra
         f"/mail/messages/{message.id}/attachments/{part_id_of(message, 'smime.p7m')}"
     )
     assert response.status_code == 200 and response.data.startswith(b"\x30")
+
+
+def test_a_mail_forwarded_as_an_attachment_shows_the_attached_mail(world, login, make_raw_message):
+    plain = make_raw_message(world["account"], forwarded(customer_mail(1)))
+    styled = make_raw_message(
+        world["account"], forwarded(customer_mail(2), html=b"<p>Please <b>answer</b> this</p>")
+    )
+    client = login(world["owner"])
+    for message, own in ((plain, None), (styled, "Please <b>answer</b> this")):
+        page = html.unescape(client.get(f"/mail/threads/{message.thread_id}").get_data(True))
+        assert "---------- Attached message ----------" in page
+        assert "From: Carla &lt;carla@customer.test&gt;" in page  # inside the srcdoc frame
+        assert "What does the gold plan cost?" in page
+        assert "This message has no text" not in page
+        assert own is None or own in page
+        assert ".eml" in page  # and the attached message still downloads whole
 
 
 def test_raw_route_headers(world, login):

@@ -23,6 +23,7 @@ import pytest
 from mailsync import parse
 from mailsync.parse import (
     MAX_ADDRESSES,
+    MAX_ATTACHED_SHOWN,
     MAX_DEPTH,
     MAX_PARTS,
     AttachmentInfo,
@@ -1338,3 +1339,85 @@ def test_a_damaged_smime_signature_never_raises_and_stays_a_download():
         parsed = parse_message(mail)
         assert parsed.attachments[0].filename == "smime.p7m"
         assert extract_part(mail, parsed.attachments[0].part_id)[0] == bytes(damaged)
+
+
+# --------------------------------------------------------------------------- attached messages
+
+
+def customer_mail(n: int, body: bytes = b"What does the gold plan cost?") -> bytes:
+    return (
+        b"From: Carla <carla@customer.test>\r\nTo: Bob <bob@agency.test>\r\n"
+        b"Subject: Price question %d\r\nDate: Tue, 07 Apr 2026 10:%02d:00 +0000\r\n"
+        % (n, n)
+        + b"Content-Type: text/plain; charset=utf-8\r\n\r\n"
+        + body
+        + b"\r\n"
+    )
+
+
+def forwarded(
+    *inners: bytes, text: bytes | None = None, html: bytes | None = None, boundary: str = "fw"
+) -> bytes:
+    """A mail forwarding `inners` as attachments (Outlook's "Forward as attachment")."""
+    own = []
+    if text is not None:
+        own.append(part(b"Content-Type: text/plain", text))
+    if html is not None:
+        own.append(part(b"Content-Type: text/html", html))
+    attached = [part(b"Content-Type: message/rfc822", inner) for inner in inners]
+    return message_of(multipart("mixed", boundary, *own, *attached))
+
+
+def test_a_mail_forwarded_as_an_attachment_shows_the_attached_text():
+    parsed = parse_message(forwarded(customer_mail(1)))
+    assert parsed.text_body == "" and parsed.html_body is None  # the mail's own: none
+    assert parsed.attached_texts == [
+        "---------- Attached message ----------\n"
+        "From: Carla <carla@customer.test>\n"
+        "Date: Tue, 07 Apr 2026 10:01 +0000\n"
+        "Subject: Price question 1\n"
+        "To: Bob <bob@agency.test>\n\n"
+        "What does the gold plan cost?"
+    ]
+    assert parsed.snippet == "What does the gold plan cost?"  # the list shows what it is
+    (attachment,) = parsed.attachments  # the attached message still downloads whole
+    assert attachment.filename == "Price question 1.eml"
+
+
+def test_attached_messages_are_shown_below_the_mails_own_text_and_html():
+    html_only = (
+        b"From: dan@customer.test\r\nSubject: Styled\r\nContent-Type: text/html\r\n\r\n"
+        b"<p>Styled <b>question</b></p>\r\n"
+    )
+    parsed = parse_message(
+        forwarded(customer_mail(2), html_only, text=b"FYI, see below", html=b"<p>FYI</p>")
+    )
+    assert parsed.text_body.strip() == "FYI, see below"
+    assert parsed.html_body.strip() == "<p>FYI</p>"
+    first, second = parsed.attached_texts
+    assert first.endswith("What does the gold plan cost?") and "Subject: Styled" in second
+    assert second.endswith("Styled question")  # an HTML-only message is shown as its text
+    assert "Date:" not in second and "To:" not in second  # lines it has no value for
+
+
+def test_attached_messages_are_read_one_level_deep_and_a_few_at_a_time():
+    nested = forwarded(forwarded(customer_mail(3), boundary="inner"), text=b"outer")
+    (shown,) = parse_message(nested).attached_texts
+    assert "Attached message" in shown and "gold plan" not in shown  # not the one inside it
+    many = parse_message(forwarded(*[customer_mail(n) for n in range(1, 9)]))
+    assert len(many.attached_texts) == MAX_ATTACHED_SHOWN
+    assert len(many.attachments) == 8  # every one still listed and downloadable
+
+
+def test_a_broken_attached_message_never_raises():
+    rng = random.Random(2046)
+    for _ in range(200):
+        inner = bytearray(customer_mail(4))
+        for _ in range(rng.randint(1, 12)):
+            inner[rng.randrange(len(inner))] = rng.choice(b"\r\n:;<>=\x00\xff ")
+        raw = forwarded(bytes(inner), text=b"own")
+        parsed = parse_message(raw)
+        assert parsed.text_body.strip() == "own"
+        (shown,) = parsed.attached_texts
+        assert shown.startswith("---------- Attached message ----------\n")
+        assert extract_part(raw, parsed.attachments[0].part_id)[0] == bytes(inner)

@@ -16,7 +16,14 @@ from extensions import db
 from mailsync.parse import MAX_DEPTH
 from models import Message
 from tests.sync_helpers import run_sync
-from tests.test_parse import APPLE_ALTERNATIVE, HEAD, SMIME, nested
+from tests.test_parse import (
+    APPLE_ALTERNATIVE,
+    HEAD,
+    SMIME,
+    customer_mail,
+    forwarded,
+    nested,
+)
 
 pytestmark = pytest.mark.imap
 
@@ -126,3 +133,18 @@ def test_signed_and_encrypted_mail_from_the_server_is_shown_and_found(
     secret = db.session.scalar(select(Message).where(Message.subject == "Secret"))
     page = client.get(f"/mail/threads/{secret.thread_id}").get_data(as_text=True)
     assert "This message is encrypted for its recipient" in page
+
+
+def test_a_mail_forwarded_as_an_attachment_is_found_by_the_attached_text(
+    app, dovecot, mail_user, account, login
+):
+    dovecot.deliver(
+        mail_user.email,
+        b"Subject: FW: Price question\r\n" + forwarded(customer_mail(1), text=b"FYI"),
+    )
+    dovecot.deliver(mail_user.email, head(9) + b"Content-Type: text/plain\r\n\r\nno price here\r\n")
+    assert run_sync(app, account).ok
+    client = login(account.user)
+    rows = client.get("/mail/?q=gold+plan").get_data(as_text=True)
+    assert "FW: Price question" in rows and "Case 9" not in rows
+    assert "FW: Price question" not in client.get("/mail/?q=platinum").get_data(as_text=True)
