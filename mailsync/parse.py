@@ -1331,7 +1331,7 @@ def _parse_with_envelope(
                 continue  # text/enriched, text/watch-html, ...: other renderings of the body
         if ctype == "text/plain" and disposition != "attachment" and inline_text is None:
             inline_text = leaf
-        if ctype == "message/rfc822":
+        if ctype in ("message/rfc822", "message/global"):  # global: UTF-8 headers (RFC 6532)
             filename = filename or _forwarded_filename(leaf)
             attached_leaves.append(leaf)
         attachments.append(

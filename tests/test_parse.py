@@ -1400,6 +1400,18 @@ def test_attached_messages_are_shown_below_the_mails_own_text_and_html():
     assert "Date:" not in second and "To:" not in second  # lines it has no value for
 
 
+def test_an_attached_message_with_utf8_headers_is_shown_too():
+    inner = (
+        "From: Zoë <zoe@kunde.test>\r\nSubject: Preisfrage für Größe M\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\nWas kostet Größe M?\r\n"
+    ).encode()
+    raw = message_of(multipart("mixed", "g", part(b"Content-Type: message/global", inner)))
+    parsed = parse_message(raw)
+    (shown,) = parsed.attached_texts
+    assert "From: Zoë <zoe@kunde.test>" in shown and shown.endswith("Was kostet Größe M?")
+    assert parsed.attachments[0].filename == "Preisfrage für Größe M.eml"
+
+
 def test_attached_messages_are_read_one_level_deep_and_a_few_at_a_time():
     nested = forwarded(forwarded(customer_mail(3), boundary="inner"), text=b"outer")
     (shown,) = parse_message(nested).attached_texts
