@@ -755,7 +755,7 @@ class _Walker:
         if not ctype.startswith("multipart/"):
             leaf = _Leaf(leaf_id, headers, body, ctype, params, alt, is_root, branch)
             yield leaf
-            if _may_be_signed(leaf) and depth < MAX_DEPTH:
+            if _may_be_signed(leaf) and depth < MAX_DEPTH and time.monotonic() < self.deadline:
                 # An opaque S/MIME signature wraps the mail itself: its parts are walked
                 # as the signature part's, under "<part>.0" (IMAP numbers from 1).
                 signed = _signed_content(_transfer_decode(leaf))

@@ -19,6 +19,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from asn1crypto import cms
 
 from mailsync import parse
 from mailsync.parse import (
@@ -39,7 +40,7 @@ from mailsync.parse import (
     parse_with_identity,
 )
 from tests.corpus import corpus_dir, corpus_files, read_message, skip_reason
-from tests.mail_fixtures import tnef_package
+from tests.mail_fixtures import PNG_1X1, tnef_package
 
 HEAD = (
     b"From: Alice Example <Alice@Example.COM>\r\n"
@@ -1433,3 +1434,71 @@ def test_a_broken_attached_message_never_raises():
         (shown,) = parsed.attached_texts
         assert shown.startswith("---------- Attached message ----------\n")
         assert extract_part(raw, parsed.attachments[0].part_id)[0] == bytes(inner)
+
+
+def signed_entity(inner: bytes, *, binary: bool = False) -> bytes:
+    """`inner` wrapped in an opaque S/MIME signature (CMS SignedData without signers: the
+    parser reads the content and never checks a signature), in base64 or binary."""
+    der = cms.ContentInfo(
+        {
+            "content_type": "signed_data",
+            "content": cms.SignedData(
+                {
+                    "version": "v1",
+                    "digest_algorithms": [],
+                    "encap_content_info": {"content_type": "data", "content": inner},
+                    "signer_infos": [],
+                }
+            ),
+        }
+    ).dump()
+    return part(
+        b"Content-Type: application/pkcs7-mime; smime-type=signed-data; name=smime.p7m\r\n"
+        b"Content-Transfer-Encoding: " + (b"binary" if binary else b"base64"),
+        der if binary else base64.encodebytes(der),
+    )
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [
+        part(b"Content-Type: text/plain; charset=utf-8", "Grüße, the plan".encode()),
+        APPLE_ALTERNATIVE,
+        APPLE_RICH_SPLIT,
+        multipart(
+            "mixed",
+            "m",
+            part(b"Content-Type: text/html", b"<p>see <img src=cid:logo></p>"),
+            part(b"Content-Type: image/png\r\nContent-ID: <logo>", PNG_1X1),
+            part(b'Content-Type: application/pdf; name="a.pdf"', b"%PDF-1.4 a"),
+        ),
+    ],
+    ids=["plain", "apple-alternative", "apple-rich-split", "html-inline-image"],
+)
+def test_a_signed_mail_reads_as_the_mail_it_wraps(inner):
+    """Differential: the same entity, signed or not, shows the same text, HTML and files."""
+    plain = message_of(inner)
+    signed = message_of(signed_entity(inner))
+    theirs, ours = parse_message(plain), parse_message(signed)
+    assert (ours.text_body, ours.html_body) == (theirs.text_body, theirs.html_body)
+    assert ours.attachments[0].filename == "smime.p7m"
+    assert len(ours.attachments) == len(theirs.attachments) + 1
+    for mine, reference in zip(ours.attachments[1:], theirs.attachments, strict=True):
+        assert (mine.filename, mine.content_type, mine.content_id, mine.is_inline) == (
+            reference.filename,
+            reference.content_type,
+            reference.content_id,
+            reference.is_inline,
+        )
+        assert extract_part(signed, mine.part_id)[0] == extract_part(plain, reference.part_id)[0]
+
+
+def test_signatures_inside_signatures_stop_at_the_depth_limit():
+    entity = part(b"Content-Type: text/plain", b"innermost words")
+    for _ in range(MAX_DEPTH + 10):
+        entity = signed_entity(entity, binary=True)  # base64 would grow it 4/3 a layer
+    started = time.monotonic()
+    parsed = parse_message(message_of(entity))
+    assert time.monotonic() - started < HANG_GUARD_SECONDS
+    assert "innermost words" not in parsed.text_body  # beyond the limit: not walked
+    assert len(parsed.attachments) == MAX_DEPTH + 1  # each signature still listed
