@@ -92,6 +92,10 @@ class ParsedMessage:
     text_cut: bool = False
     # An encrypted part (S/MIME enveloped-data, PGP/MIME) that only the recipient's key opens.
     encrypted: bool = False
+    # text_body is format=flowed (RFC 3676; delsp: its soft breaks hold an added space):
+    # shown with its soft line breaks joined. Search and snippets need no joining.
+    flowed: bool = False
+    delsp: bool = False
     # The text of each attached message (forwarded as attachment) with its From, Date,
     # Subject and To: shown below the mail's own text and searched with it.
     attached_texts: list[str] = field(default_factory=list)
@@ -1052,6 +1056,12 @@ _BASE64_LINE = re.compile(
 )
 
 
+def _text_format(leaf: _Leaf) -> tuple[bool, bool]:
+    """(format=flowed, delsp=yes) of a text/plain leaf (RFC 3676)."""
+    flowed = leaf.params.get("format", "").lower() == "flowed"
+    return flowed, flowed and leaf.params.get("delsp", "").lower() == "yes"
+
+
 _SMIME_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime")
 _ENCRYPTED_SMIME = ("enveloped-data", "authenveloped-data")
 
@@ -1294,6 +1304,7 @@ def _parse_with_envelope(
     text_chars = 0
     text_skipped = False
     encrypted = False
+    text_formats: set[tuple[bool, bool]] = set()  # (flowed, delsp) of the texts shown
     attached_leaves: list[_Leaf] = []
     for leaf in _leaves_of(headers, body, errors, deadline):
         ctype = leaf.content_type
@@ -1321,6 +1332,7 @@ def _parse_with_envelope(
                         text = _without_uu_files(text, files)
                         attachments += _uu_attachments(leaf.part_id, files)
                     texts.append(text)
+                    text_formats.add(_text_format(leaf))
                     text_chars += len(text)
                 else:
                     text_skipped = True
@@ -1356,8 +1368,12 @@ def _parse_with_envelope(
     text_body = "\n".join(texts)
     if not text_body.strip() and html_body:
         text_body = html_to_text(html_body)
+        text_formats = set()
     elif not text_body.strip() and inline_text is not None:  # only an inline .txt "attachment"
         text_body = _leaf_text(inline_text).replace("\r\n", "\n")
+        text_formats = {_text_format(inline_text)}
+    # Joined only when every text shown says so (one format for text_body as a whole).
+    flowed, delsp = text_formats.pop() if len(text_formats) == 1 else (False, False)
     text_cut = text_skipped or len(text_body) > MAX_TEXT_CHARS
     text_body = text_body[:MAX_TEXT_CHARS]
     attached_texts: list[str] = []
@@ -1385,6 +1401,8 @@ def _parse_with_envelope(
         parse_error=_error_text(errors),
         text_cut=text_cut,
         encrypted=encrypted,
+        flowed=flowed,
+        delsp=delsp,
         attached_texts=attached_texts,
     )
     return parsed, alone if alone is not None else _envelope(headers, [])

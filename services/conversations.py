@@ -293,7 +293,9 @@ def render_message(message: Message, *, allow_remote_images: bool = False) -> Re
         view.blocked_remote_images = sanitized.blocked_remote_images
         view.images_allowed = allowed and sanitized.has_remote_content
     else:
-        body = plain_text_to_html("\n\n".join(t for t in (parsed.text_body, attached) if t))
+        body = plain_text_to_html(parsed.text_body, flowed=parsed.flowed, delsp=parsed.delsp)
+        if attached:
+            body += plain_text_to_html(attached)
     view.height = frame_height(parsed)
     view.rtl = is_rtl_text(parsed.text_body or parsed.snippet or message.subject)
     view.document = email_document(

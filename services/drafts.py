@@ -101,7 +101,7 @@ def quoted_body(user: User, message: Message, kind: str) -> str:
             allow_remote_images=False,
         ).html
     elif parsed is not None and parsed.text_body:
-        body = plain_text_to_html(parsed.text_body)
+        body = plain_text_to_html(parsed.text_body, flowed=parsed.flowed, delsp=parsed.delsp)
     else:
         body = f"<div>{html.escape(message.snippet or '')}</div>"
     return compose.quote_html(

@@ -386,6 +386,28 @@ def test_a_mail_forwarded_as_an_attachment_shows_the_attached_mail(world, login,
         assert ".eml" in page  # and the attached message still downloads whole
 
 
+def test_flowed_text_is_shown_as_paragraphs_and_hard_breaks_stay(world, login, make_raw_message):
+    def mail(content_type: bytes, subject: bytes) -> bytes:
+        return (
+            b"From: Carla <carla@customer.test>\r\nSubject: " + subject + b"\r\n"
+            b"Content-Type: " + content_type + b"\r\n\r\n"
+            b"Thunderbird wraps this long line \r\nat 72 characters.\r\n\r\n-- \r\nCarla\r\n"
+        )
+
+    flowed = make_raw_message(world["account"], mail(b"text/plain; format=flowed", b"Flowed"))
+    fixed = make_raw_message(world["account"], mail(b"text/plain", b"Fixed"))
+    client = login(world["owner"])
+
+    def shown(message) -> str:
+        page = client.get(f"/mail/threads/{message.thread_id}").get_data(as_text=True)
+        return parse_page(page).iframes[0]["srcdoc"]
+
+    frame = shown(flowed)
+    assert "Thunderbird wraps this long line at 72 characters." in frame
+    assert "-- <br>Carla" in frame  # the signature line is no soft break
+    assert "Thunderbird wraps this long line <br>at 72 characters." in shown(fixed)
+
+
 def test_raw_route_headers(world, login):
     client = login(world["owner"])
     response = client.get(f"/mail/messages/{world['message'].id}/raw")

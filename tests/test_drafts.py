@@ -3,6 +3,7 @@ and that only a draft's owner ever reaches it."""
 
 from __future__ import annotations
 
+import html
 import io
 from datetime import UTC, datetime, timedelta
 
@@ -111,6 +112,17 @@ def test_forward_copies_the_original_attachments(world, login):
     assert mail.in_reply_to is None
     pdf = next(a for a in draft["attachments"] if a["filename"] == "terms.pdf")
     assert client.get(pdf["url"]).data == b"%PDF-1.4 terms"
+
+
+def test_a_reply_quotes_flowed_text_as_paragraphs(world, login, make_raw_message):
+    raw = (
+        b"From: Carla <carla@customer.test>\r\nSubject: Flowed\r\n"
+        b"Content-Type: text/plain; format=flowed\r\n\r\n"
+        b"Thunderbird wraps this long line \r\nat 72 characters.\r\n"
+    )
+    message = make_raw_message(world["account"], raw)
+    page = login(world["owner"]).get(f"/mail/compose?reply={message.id}").get_data(as_text=True)
+    assert "Thunderbird wraps this long line at 72 characters." in html.unescape(page)
 
 
 def test_reply_to_a_message_one_cannot_see_is_404(world, login):

@@ -1502,3 +1502,38 @@ def test_signatures_inside_signatures_stop_at_the_depth_limit():
     assert time.monotonic() - started < HANG_GUARD_SECONDS
     assert "innermost words" not in parsed.text_body  # beyond the limit: not walked
     assert len(parsed.attachments) == MAX_DEPTH + 1  # each signature still listed
+
+
+@pytest.mark.parametrize(
+    ("entity", "flowed", "delsp"),
+    [
+        (part(b"Content-Type: text/plain; format=flowed", b"soft \r\nbreak"), True, False),
+        (part(b"Content-Type: text/plain; Format=Flowed; DelSp=Yes", b"a \r\nb"), True, True),
+        (part(b"Content-Type: text/plain", b"hard \r\nbreak"), False, False),
+        (part(b"Content-Type: text/plain; delsp=yes", b"not flowed \r\nat all"), False, False),
+        (
+            multipart(
+                "mixed",
+                "two",
+                part(b"Content-Type: text/plain; format=flowed", b"one \r\n"),
+                part(b"Content-Type: text/plain", b"two \r\n"),
+            ),
+            False,  # one text_body for both: joined only when every text is flowed
+            False,
+        ),
+        (
+            multipart(
+                "alternative",
+                "alt",
+                part(b"Content-Type: text/plain; format=flowed", b""),
+                part(b"Content-Type: text/html", b"<p>the HTML's text</p>"),
+            ),
+            False,  # the text shown comes from the HTML
+            False,
+        ),
+    ],
+    ids=["flowed", "delsp", "plain", "delsp-alone", "mixed", "from-html"],
+)
+def test_format_flowed_is_told_for_the_text_shown(entity, flowed, delsp):
+    parsed = parse_message(message_of(entity))
+    assert (parsed.flowed, parsed.delsp) == (flowed, delsp)
