@@ -1064,6 +1064,12 @@ def _text_format(leaf: _Leaf) -> tuple[bool, bool]:
 
 _SMIME_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime")
 _ENCRYPTED_SMIME = ("enveloped-data", "authenveloped-data")
+_ENCRYPTED_CMS = (
+    "enveloped_data",
+    "authenticated_enveloped_data",
+    "signed_and_enveloped_data",
+    "encrypted_data",
+)
 
 
 def _may_be_signed(leaf: _Leaf) -> bool:
@@ -1079,8 +1085,21 @@ def _is_encrypted(leaf: _Leaf) -> bool:
     """Tell whether a leaf is mail encrypted for its recipient (S/MIME or PGP/MIME)."""
     if leaf.content_type == "application/pgp-encrypted":
         return True
+    if leaf.content_type not in _SMIME_TYPES:
+        return False
     smime_type = leaf.params.get("smime-type", "").lower()
-    return leaf.content_type in _SMIME_TYPES and smime_type in _ENCRYPTED_SMIME
+    if smime_type:
+        return smime_type in _ENCRYPTED_SMIME
+    # Old clients name no smime-type: the CMS structure tells.
+    return _cms_content_type(_transfer_decode(leaf)) in _ENCRYPTED_CMS
+
+
+def _cms_content_type(data: bytes) -> str | None:
+    """The content type of a CMS structure ("signed_data", "enveloped_data", ...), or None."""
+    try:
+        return cms.ContentInfo.load(data)["content_type"].native
+    except Exception:  # asn1crypto raises ValueError, TypeError, ... on malformed DER/BER
+        return None
 
 
 def _signed_content(data: bytes) -> bytes | None:

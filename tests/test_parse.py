@@ -1311,11 +1311,12 @@ PGP_ENCRYPTED = (
     ("raw", "encrypted"),
     [
         ((SMIME / "encrypted.eml").read_bytes(), True),
+        ((SMIME / "encrypted.eml").read_bytes().replace(b" smime-type=enveloped-data;", b""), True),
         (PGP_ENCRYPTED, True),
         ((SMIME / "signed-opaque.eml").read_bytes(), False),
         (b"Subject: plain\r\n\r\nHello\r\n", False),
     ],
-    ids=["smime-enveloped", "pgp-mime", "smime-signed", "plain"],
+    ids=["smime-enveloped", "smime-type-unnamed", "pgp-mime", "smime-signed", "plain"],
 )
 def test_encrypted_mail_is_told_apart(raw, encrypted):
     parsed = parse_message(raw)
