@@ -1377,6 +1377,7 @@ def _parse_with_envelope(
         )
         if _is_tnef(ctype, filename):
             attachments += _packed_attachments(leaf.part_id, _tnef_files(_transfer_decode(leaf)))
+    attachments = _without_resource_forks(attachments)
     if html_body and any(a.content_id for a in attachments):
         # "inline" means: shown inside the HTML through a cid: reference (RFC 2392)
         html_lower = html_body.lower()
@@ -1425,6 +1426,27 @@ def _parse_with_envelope(
         attached_texts=attached_texts,
     )
     return parsed, alone if alone is not None else _envelope(headers, [])
+
+
+def _without_resource_forks(attachments: list[AttachmentInfo]) -> list[AttachmentInfo]:
+    """Drop the Mac resource fork of an AppleDouble file (RFC 1740): the first part of a
+    multipart/appledouble, application/applefile, is Finder metadata listed under the file's
+    own name, and downloading it gave a broken "report.pdf". The file itself is the part
+    after it. A lone application/applefile (AppleSingle) holds the file and stays."""
+    kept = []
+    for index, attachment in enumerate(attachments):
+        following = attachments[index + 1] if index + 1 < len(attachments) else None
+        parent, _, number = attachment.part_id.rpartition(".")
+        if (
+            attachment.content_type == "application/applefile"
+            and following is not None
+            and number == "1"
+            and following.part_id == f"{parent}.2"
+            and attachment.filename in (None, following.filename)
+        ):
+            continue
+        kept.append(attachment)
+    return kept
 
 
 def _attached_text(inner: ParsedMessage) -> str:

@@ -1538,3 +1538,32 @@ def test_signatures_inside_signatures_stop_at_the_depth_limit():
 def test_format_flowed_is_told_for_the_text_shown(entity, flowed, delsp):
     parsed = parse_message(message_of(entity))
     assert (parsed.flowed, parsed.delsp) == (flowed, delsp)
+
+
+def test_a_mac_resource_fork_is_not_offered_as_the_file():
+    fork = part(
+        b'Content-Type: application/applefile; name="report.pdf"\r\n'
+        b"Content-Transfer-Encoding: base64",
+        b"AAUWBwACAAAAAAAAAAAAAAAAAAAAAAAA",
+    )
+    data = part(b'Content-Type: application/pdf; name="report.pdf"', b"%PDF-1.4 report")
+    raw = message_of(
+        multipart(
+            "mixed",
+            "m",
+            part(b"Content-Type: text/plain", b"see the report"),
+            multipart("appledouble", "ad", fork, data),
+        )
+    )
+    (attachment,) = parse_message(raw).attachments
+    assert (attachment.filename, attachment.content_type) == ("report.pdf", "application/pdf")
+    assert extract_part(raw, attachment.part_id)[0] == b"%PDF-1.4 report"
+    # AppleSingle (a lone application/applefile) holds the file itself: still offered, also
+    # when another file follows it.
+    other = part(b'Content-Type: application/pdf; name="other.pdf"', b"%PDF-1.4 other")
+    for single in (
+        message_of(multipart("mixed", "m", part(b"Content-Type: text/plain", b"x"), fork)),
+        message_of(multipart("mixed", "m", multipart("mixed", "n", fork, other))),
+    ):
+        listed = [a.content_type for a in parse_message(single).attachments]
+        assert listed[0] == "application/applefile"
