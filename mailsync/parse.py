@@ -1094,6 +1094,25 @@ def _is_encrypted(leaf: _Leaf) -> bool:
     return _cms_content_type(_transfer_decode(leaf)) in _ENCRYPTED_CMS
 
 
+_SIGNATURE_TYPES = (
+    "application/pkcs7-signature",
+    "application/x-pkcs7-signature",
+    "application/pgp-signature",
+)
+
+
+def _is_signature(attachment: AttachmentInfo, leaf_ids: set[str]) -> bool:
+    """Tell whether an attachment is a signature rather than a file the sender attached: a
+    detached one (smime.p7s, signature.asc) or an opaque S/MIME signature whose mail was
+    read from it (parts "<its part>.0..."). Such mail is signed, it has no attachment."""
+    if attachment.content_type in _SIGNATURE_TYPES:
+        return True
+    inside = f"{attachment.part_id}.0"
+    return attachment.content_type in _SMIME_TYPES and any(
+        part_id == inside or part_id.startswith(inside + ".") for part_id in leaf_ids
+    )
+
+
 def _cms_content_type(data: bytes) -> str | None:
     """The content type of a CMS structure ("signed_data", "enveloped_data", ...), or None."""
     try:
@@ -1323,10 +1342,12 @@ def _parse_with_envelope(
     text_chars = 0
     text_skipped = False
     encrypted = False
+    leaf_ids: set[str] = set()
     text_formats: set[tuple[bool, bool]] = set()  # (flowed, delsp) of the texts shown
     attached_leaves: list[_Leaf] = []
     for leaf in _leaves_of(headers, body, errors, deadline):
         ctype = leaf.content_type
+        leaf_ids.add(leaf.part_id)
         encrypted = encrypted or _is_encrypted(leaf)
         charset = leaf.params.get("charset")
         if body_charset is None and ctype.startswith("text/") and _codec_for(charset):
@@ -1415,7 +1436,9 @@ def _parse_with_envelope(
         html_body=html_body,
         snippet=snippet,
         attachments=attachments,
-        has_attachments=any(not a.is_inline for a in attachments),
+        has_attachments=any(
+            not a.is_inline and not _is_signature(a, leaf_ids) for a in attachments
+        ),
         is_rtl_hint=envelope.is_rtl_hint or bool(_RTL.search(snippet)),
         size=len(raw),
         parse_error=_error_text(errors),

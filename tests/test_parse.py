@@ -1567,3 +1567,48 @@ def test_a_mac_resource_fork_is_not_offered_as_the_file():
     ):
         listed = [a.content_type for a in parse_message(single).attachments]
         assert listed[0] == "application/applefile"
+
+
+CLEAR_SIGNED = multipart(
+    "signed",
+    "sig",
+    part(b"Content-Type: text/plain", b"signed words"),
+    part(b'Content-Type: application/pkcs7-signature; name="smime.p7s"', b"MIIB"),
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "has_attachments"),
+    [
+        (message_of(CLEAR_SIGNED), False),
+        (message_of(CLEAR_SIGNED.replace(b"pkcs7-signature", b"pgp-signature")), False),
+        ((SMIME / "signed-opaque-streamed.eml").read_bytes(), False),  # text and HTML only
+        ((SMIME / "signed-opaque.eml").read_bytes(), True),  # contract.pdf inside
+        (
+            message_of(
+                signed_entity(
+                    multipart(
+                        "mixed",
+                        "in",
+                        CLEAR_SIGNED,
+                        part(b'Content-Type: application/pdf; name="a.pdf"', b"%PDF"),
+                    )
+                )
+            ),
+            True,
+        ),
+        (
+            message_with_file(
+                b'Content-Type: application/pkcs7-mime; name="document.pdf.p7m"\r\n'
+                b"Content-Transfer-Encoding: base64",
+                base64.encodebytes((SMIME / "document.pdf.p7m").read_bytes()),
+            ),
+            True,  # a signed file is a file
+        ),
+    ],
+    ids=["clear-smime", "clear-pgp", "opaque-text", "opaque-file", "nested-file", "signed-file"],
+)
+def test_a_signature_is_no_attachment_but_stays_a_download(raw, has_attachments):
+    parsed = parse_message(raw)
+    assert parsed.has_attachments is has_attachments
+    assert any(a.content_type.endswith(("signature", "pkcs7-mime")) for a in parsed.attachments)
