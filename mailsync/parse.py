@@ -1040,6 +1040,24 @@ def _tnef_files(data: bytes) -> list[tuple[str, bytes]]:
         return []
 
 
+def _tnef_body(data: bytes) -> tuple[str | None, str | None]:
+    """(HTML, plain text) of the message body an Outlook winmail.dat carries, when it carries
+    one that way; a body in rich text (RTF) only is not read."""
+    try:
+        package = tnefparse.TNEF(data)
+    except Exception:  # a damaged package: winmail.dat is still there to download
+        return None, None
+
+    def text(value) -> str | None:
+        if not value:
+            return None
+        # attBody is in the sender's Windows code page; decode_text reads UTF-8, else cp1252.
+        decoded = value if isinstance(value, str) else decode_text(bytes(value), None)
+        return decoded.replace("\x00", "").strip() or None
+
+    return text(package.htmlbody), text(package.body)
+
+
 def _tnef_attach_method(attachment) -> int | None:
     """Return PR_ATTACH_METHOD (1: a file by value; 5: an embedded message)."""
     for attribute in attachment.mapi_attrs:
@@ -1343,6 +1361,7 @@ def _parse_with_envelope(
     text_skipped = False
     encrypted = False
     leaf_ids: set[str] = set()
+    tnef_leaf: _Leaf | None = None
     text_formats: set[tuple[bool, bool]] = set()  # (flowed, delsp) of the texts shown
     attached_leaves: list[_Leaf] = []
     for leaf in _leaves_of(headers, body, errors, deadline):
@@ -1397,6 +1416,7 @@ def _parse_with_envelope(
             )
         )
         if _is_tnef(ctype, filename):
+            tnef_leaf = tnef_leaf or leaf
             attachments += _packed_attachments(leaf.part_id, _tnef_files(_transfer_decode(leaf)))
     attachments = _without_resource_forks(attachments)
     if html_body and any(a.content_id for a in attachments):
@@ -1407,6 +1427,13 @@ def _parse_with_envelope(
             for a in attachments
         ]
     text_body = "\n".join(texts)
+    if not text_body.strip() and html_body is None and tnef_leaf is not None:
+        # Outlook sent the body only inside winmail.dat (Exchange's rich text mode).
+        tnef_html, tnef_text = _tnef_body(_transfer_decode(tnef_leaf))
+        if tnef_html is not None:
+            html_body = tnef_html  # its text is read from it below
+        elif tnef_text is not None:
+            text_body, text_formats = tnef_text, set()
     if not text_body.strip() and html_body:
         text_body = html_to_text(html_body)
         text_formats = set()

@@ -103,14 +103,23 @@ HOSTILE_SUBJECT = '<div hx-get="/admin/users" hx-trigger="load">x</div><img src=
 HOSTILE_DISPLAY_NAME = '"<svg onload=alert(1)> hx-post=/logout" <evil@customer.test>'
 
 
-def tnef_package(files: list[tuple[str, bytes]]) -> bytes:
-    """A minimal Outlook winmail.dat (TNEF) holding `files`."""
+def tnef_package(
+    files: list[tuple[str, bytes]], *, body: bytes | None = None, html: bytes | None = None
+) -> bytes:
+    """A minimal Outlook winmail.dat (TNEF) holding `files`, and a plain `body` (attBody, in
+    the sender's Windows code page) or an `html` body (the MAPI property PR_HTML) when given."""
 
     def attribute(level: int, attribute_id: int, data: bytes) -> bytes:
         header = struct.pack("<BII", level, attribute_id, len(data))
         return header + data + struct.pack("<H", sum(data) & 0xFFFF)
 
     package = struct.pack("<IH", 0x223E9F78, 0x0101)
+    if body is not None:
+        package += attribute(1, 0x0002800C, body + b"\x00")  # attBody
+    if html is not None:  # attMAPIProps: one PT_BINARY value of PR_HTML, padded to 4 bytes
+        value = struct.pack("<II", 1, len(html)) + html + b"\x00" * (-len(html) % 4)
+        mapi = struct.pack("<IHH", 1, 0x0102, 0x1013) + value
+        package += attribute(1, 0x00069003, mapi)
     for name, data in files:
         package += attribute(2, 0x00069002, b"\x01\x00" + b"\x00" * 12)  # a new attachment
         package += attribute(2, 0x00018010, name.encode() + b"\x00")  # its title

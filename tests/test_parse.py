@@ -1237,6 +1237,39 @@ def test_files_inside_an_outlook_winmail_dat_are_listed_beside_it():
         extract_part(raw, "2.tnef3")
 
 
+def test_a_body_sent_only_inside_a_winmail_dat_is_shown():
+    """Exchange's rich text mode: no text part, the body travels in winmail.dat."""
+    package = tnef_package([("q.pdf", b"%PDF-1.4 q")], body="Price list for Zoë.".encode("cp1252"))
+    raw = message_of(
+        multipart(
+            "mixed",
+            "t",
+            part(
+                b'Content-Type: application/ms-tnef; name="winmail.dat"\r\n'
+                b"Content-Transfer-Encoding: base64",
+                base64.encodebytes(package),
+            ),
+        )
+    )
+    parsed = parse_message(raw)
+    assert parsed.text_body == "Price list for Zoë." and parsed.html_body is None
+    assert [a.filename for a in parsed.attachments] == ["winmail.dat", "q.pdf"]
+    # A mail with its own text keeps it: the package's copy of the body is not added.
+    assert parse_message(winmail_message(package)).text_body.strip() == "Please see the quote."
+    # An HTML body in the package is shown as HTML (sanitized like any), its text searched.
+    styled = tnef_package([], html=b"<p>Price <b>list</b></p>")
+    raw = message_of(
+        part(
+            b'Content-Type: application/ms-tnef; name="winmail.dat"\r\n'
+            b"Content-Transfer-Encoding: base64",
+            base64.encodebytes(styled),
+        )
+    )
+    parsed = parse_message(raw)
+    assert parsed.html_body == "<p>Price <b>list</b></p>"
+    assert parsed.text_body.strip() == "Price list"
+
+
 def test_a_damaged_winmail_dat_is_listed_alone():
     raw = winmail_message(b"\x78\x9f\x3e\x22" + os.urandom(300))
     (attachment,) = parse_message(raw).attachments
