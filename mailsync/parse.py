@@ -24,6 +24,7 @@ from functools import lru_cache
 
 import tnefparse
 from asn1crypto import cms
+from striprtf.striprtf import rtf_to_text
 
 from mailsync.threading import MAX_CHAIN, normalize_msgid, parse_id_list
 
@@ -37,6 +38,7 @@ MAX_RAW_SUBJECT = 16_384  # decoded subjects are cut to 255 anyway
 MAX_SUBJECT = 255
 MAX_TEXT_CHARS = 1_000_000
 MAX_HTML_FOR_TEXT = 2_000_000
+MAX_RTF_CHARS = 1_000_000  # of a winmail.dat's rich text read for its text (~0.3 s at most)
 SNIPPET_CHARS = 200
 PARSE_TIME_BUDGET = 1.5  # seconds; stop walking parts beyond this (R16 "time per message")
 MAX_ATTACHED_SHOWN = 5  # attached messages whose text is shown below the mail's own
@@ -1041,8 +1043,8 @@ def _tnef_files(data: bytes) -> list[tuple[str, bytes]]:
 
 
 def _tnef_body(data: bytes) -> tuple[str | None, str | None]:
-    """(HTML, plain text) of the message body an Outlook winmail.dat carries, when it carries
-    one that way; a body in rich text (RTF) only is not read."""
+    """(HTML, plain text) of the message body an Outlook winmail.dat carries: its HTML, else
+    its plain text, else the text of its rich text (RTF, compressed: compressed_rtf)."""
     try:
         package = tnefparse.TNEF(data)
     except Exception:  # a damaged package: winmail.dat is still there to download
@@ -1055,7 +1057,24 @@ def _tnef_body(data: bytes) -> tuple[str | None, str | None]:
         decoded = value if isinstance(value, str) else decode_text(bytes(value), None)
         return decoded.replace("\x00", "").strip() or None
 
-    return text(package.htmlbody), text(package.body)
+    html_body, plain = text(package.htmlbody), text(package.body)
+    if html_body is None and plain is None:
+        plain = _rtf_text(package)
+    return html_body, plain
+
+
+def _rtf_text(package) -> str | None:
+    """The text of a TNEF package's rich text body (formatting, and the HTML tags Outlook
+    keeps in it, dropped), or None."""
+    try:
+        rtf = package.rtfbody  # decompressed by tnefparse with compressed_rtf
+        if not rtf or not bytes(rtf).startswith(b"{\\rtf"):
+            return None
+        # \'xx escapes are read in the code page \ansicpg names (striprtf follows it).
+        text = rtf_to_text(bytes(rtf)[:MAX_RTF_CHARS].decode("latin-1"), errors="replace")
+    except Exception:  # damaged rich text: the original still downloads
+        return None
+    return text.replace("\x00", "").strip() or None
 
 
 def _tnef_attach_method(attachment) -> int | None:

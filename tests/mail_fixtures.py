@@ -9,6 +9,8 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
 
+import compressed_rtf
+
 _ids = itertools.count(1)
 # Mails built without a date get ever later ones, one second apart (never wrapping), so two
 # built in a row are always in that order, as a test reading "the later mail" expects.
@@ -104,10 +106,15 @@ HOSTILE_DISPLAY_NAME = '"<svg onload=alert(1)> hx-post=/logout" <evil@customer.t
 
 
 def tnef_package(
-    files: list[tuple[str, bytes]], *, body: bytes | None = None, html: bytes | None = None
+    files: list[tuple[str, bytes]],
+    *,
+    body: bytes | None = None,
+    html: bytes | None = None,
+    rtf: bytes | None = None,
 ) -> bytes:
     """A minimal Outlook winmail.dat (TNEF) holding `files`, and a plain `body` (attBody, in
-    the sender's Windows code page) or an `html` body (the MAPI property PR_HTML) when given."""
+    the sender's Windows code page), an `html` body (the MAPI property PR_HTML) or an `rtf`
+    body (PR_RTF_COMPRESSED, compressed here) when given."""
 
     def attribute(level: int, attribute_id: int, data: bytes) -> bytes:
         header = struct.pack("<BII", level, attribute_id, len(data))
@@ -116,10 +123,11 @@ def tnef_package(
     package = struct.pack("<IH", 0x223E9F78, 0x0101)
     if body is not None:
         package += attribute(1, 0x0002800C, body + b"\x00")  # attBody
-    if html is not None:  # attMAPIProps: one PT_BINARY value of PR_HTML, padded to 4 bytes
-        value = struct.pack("<II", 1, len(html)) + html + b"\x00" * (-len(html) % 4)
-        mapi = struct.pack("<IHH", 1, 0x0102, 0x1013) + value
-        package += attribute(1, 0x00069003, mapi)
+    for prop_id, data in ((0x1013, html), (0x1009, rtf and compressed_rtf.compress(rtf))):
+        if data is not None:  # attMAPIProps: one PT_BINARY value, padded to 4 bytes
+            value = struct.pack("<II", 1, len(data)) + data + b"\x00" * (-len(data) % 4)
+            mapi = struct.pack("<IHH", 1, 0x0102, prop_id) + value
+            package += attribute(1, 0x00069003, mapi)
     for name, data in files:
         package += attribute(2, 0x00069002, b"\x01\x00" + b"\x00" * 12)  # a new attachment
         package += attribute(2, 0x00018010, name.encode() + b"\x00")  # its title

@@ -1270,6 +1270,44 @@ def test_a_body_sent_only_inside_a_winmail_dat_is_shown():
     assert parsed.text_body.strip() == "Price list"
 
 
+@pytest.mark.parametrize(
+    ("rtf", "text"),
+    [
+        (
+            rb"{\rtf1\ansi\ansicpg1252\deff0{\fonttbl{\f0 Calibri;}}\f0 Price list for Zo\'eb."
+            rb"\par Second \b line\b0.}",
+            "Price list for Zo\u00eb.\nSecond line.",
+        ),
+        (  # Cyrillic: the \'xx escapes are in the code page \ansicpg names
+            rb"{\rtf1\ansi\ansicpg1251 \'cf\'f0\'e8\'e2\'e5\'f2}",
+            "\u041f\u0440\u0438\u0432\u0435\u0442",
+        ),
+        (  # Outlook's HTML kept in rich text: the tags are dropped, the words stay
+            rb"{\rtf1\ansi\ansicpg1252\fromhtml1 {\*\htmltag19 <html>}{\*\htmltag64 <p>}"
+            rb"Hello {\*\htmltag84 <b>}World{\*\htmltag92 </b>}{\*\htmltag72 </p>}}",
+            "Hello World",
+        ),
+    ],
+    ids=["cp1252", "cp1251", "encapsulated-html"],
+)
+def test_a_rich_text_body_inside_a_winmail_dat_is_shown_as_text(rtf, text):
+    raw = message_of(
+        part(
+            b'Content-Type: application/ms-tnef; name="winmail.dat"\r\n'
+            b"Content-Transfer-Encoding: base64",
+            base64.encodebytes(tnef_package([], rtf=rtf)),
+        )
+    )
+    parsed = parse_message(raw)
+    assert parsed.text_body.strip() == text and parsed.html_body is None
+    for cut in (7, 20, len(rtf) // 2):  # cut inside the rich text: never an error
+        damaged = tnef_package([], rtf=rtf)[:-cut]
+        broken = message_of(part(b'Content-Type: application/ms-tnef; name="winmail.dat"', damaged))
+        parsed = parse_message(broken)
+        assert parsed.parse_error is None
+        assert [a.filename for a in parsed.attachments] == ["winmail.dat"]
+
+
 def test_a_damaged_winmail_dat_is_listed_alone():
     raw = winmail_message(b"\x78\x9f\x3e\x22" + os.urandom(300))
     (attachment,) = parse_message(raw).attachments
