@@ -7,6 +7,7 @@ conversation page, and the attachment downloads.
 
 from __future__ import annotations
 
+import base64
 import re
 
 import pytest
@@ -15,6 +16,7 @@ from sqlalchemy import select
 from extensions import db
 from mailsync.parse import MAX_DEPTH
 from models import Message
+from tests.mail_fixtures import tnef_package
 from tests.sync_helpers import run_sync
 from tests.test_parse import (
     APPLE_ALTERNATIVE,
@@ -133,6 +135,26 @@ def test_signed_and_encrypted_mail_from_the_server_is_shown_and_found(
     secret = db.session.scalar(select(Message).where(Message.subject == "Secret"))
     page = client.get(f"/mail/threads/{secret.thread_id}").get_data(as_text=True)
     assert "This message is encrypted for its recipient" in page
+
+
+def test_a_body_sent_only_inside_winmail_dat_is_shown_and_found(
+    app, dovecot, mail_user, account, login
+):
+    rtf = rb"{\rtf1\ansi\ansicpg1252 The Quillwort order is confirmed.\par Regards}"
+    package = tnef_package([("order.pdf", b"%PDF-1.4 order")], rtf=rtf)
+    dovecot.deliver(
+        mail_user.email,
+        head(10)
+        + b'Content-Type: application/ms-tnef; name="winmail.dat"\r\n'
+        + b"Content-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes(package),
+    )
+    assert run_sync(app, account).ok
+    client = login(account.user)
+    assert "Case 10" in client.get("/mail/?q=quillwort").get_data(as_text=True)
+    message = db.session.scalar(select(Message).where(Message.subject == "Case 10"))
+    page = client.get(f"/mail/threads/{message.thread_id}").get_data(as_text=True)
+    assert "The Quillwort order is confirmed." in page and "order.pdf" in page
 
 
 def test_a_mail_forwarded_as_an_attachment_is_found_by_the_attached_text(
