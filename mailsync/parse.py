@@ -787,6 +787,12 @@ class _Walker:
             yield from self._flat_text_leaves(body, part_id, alt, branch)
             return
         chunks = self._split(body, params)
+        if not chunks and "base64" in (_first(headers, "content-transfer-encoding") or "").lower():
+            # A multipart may not be encoded (RFC 2045 6.4), but some mailers base64-encode
+            # the whole of it: its parts are inside the encoding.
+            decoded = _b64decode(body)
+            chunks = self._split(decoded, params)
+            body = decoded if chunks else body
         if not chunks:  # no part: show its text, without a MIME header block
             inner_block, text = _split_entity(_before_closing(body, params), self.errors)
             if inner_block:

@@ -1683,3 +1683,25 @@ def test_a_signature_is_no_attachment_but_stays_a_download(raw, has_attachments)
     parsed = parse_message(raw)
     assert parsed.has_attachments is has_attachments
     assert any(a.content_type.endswith(("signature", "pkcs7-mime")) for a in parsed.attachments)
+
+
+def test_a_base64_encoded_multipart_shows_its_parts():
+    """RFC 2045 forbids encoding a multipart; some mailers base64-encode it all anyway."""
+    inner = multipart(
+        "mixed",
+        "m",
+        part(b"Content-Type: text/plain", b"hello there"),
+        part(b'Content-Type: application/pdf; name="a.pdf"', b"%PDF-1.4 a"),
+    )
+    headers, _, body = inner.partition(b"\r\n\r\n")
+    raw = message_of(
+        headers + b"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(body)
+    )
+    parsed = parse_message(raw)
+    assert parsed.text_body.strip() == "hello there"
+    (attachment,) = parsed.attachments
+    assert attachment.filename == "a.pdf"
+    assert extract_part(raw, attachment.part_id)[0] == b"%PDF-1.4 a"
+    # A multipart that only says base64 (its parts in plain sight) is read as it is.
+    mislabelled = message_of(headers + b"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + body)
+    assert parse_message(mislabelled).text_body.strip() == "hello there"
