@@ -1478,6 +1478,12 @@ def _parse_with_envelope(
         attached_texts.append(_attached_text(inner))
         if not snippet_text.strip():
             snippet_text = inner.text_body
+    if attached_texts and len(attached_leaves) > len(attached_texts):
+        more = len(attached_leaves) - len(attached_texts)
+        attached_texts.append(
+            f"({more} more attached message{'s' if more > 1 else ''}: "
+            "open them from the attachments.)"
+        )
     snippet = _snippet(snippet_text)
     envelope = _envelope(headers, errors, body_charset)
     # The hint only changes header values in raw 8-bit bytes, which few mails have.

@@ -1490,7 +1490,9 @@ def test_attached_messages_are_read_one_level_deep_and_a_few_at_a_time():
     (shown,) = parse_message(nested).attached_texts
     assert "Attached message" in shown and "gold plan" not in shown  # not the one inside it
     many = parse_message(forwarded(*[customer_mail(n) for n in range(1, 9)]))
-    assert len(many.attached_texts) == MAX_ATTACHED_SHOWN
+    *shown, more = many.attached_texts
+    assert len(shown) == MAX_ATTACHED_SHOWN
+    assert more == "(3 more attached messages: open them from the attachments.)"
     assert len(many.attachments) == 8  # every one still listed and downloadable
 
 
