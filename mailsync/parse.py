@@ -53,7 +53,9 @@ Address = tuple[str, str]
 class AttachmentInfo:
     """Metadata of one non-body MIME leaf; fetch its bytes later with extract_part()."""
 
-    part_id: str  # IMAP-style section path: "1", "2.1", ...
+    # IMAP-style section path ("1", "2.1", ...); "<p>.0..." are the parts of the mail inside
+    # an opaque S/MIME signature at part <p>, "<p>.uu<n>"/"<p>.tnef<n>" files packed in <p>.
+    part_id: str
     filename: str | None
     content_type: str
     size: int  # decoded size, estimated from the encoded length for base64
