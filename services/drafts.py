@@ -94,14 +94,20 @@ def quoted_body(user: User, message: Message, kind: str) -> str:
     """
     raw = load_raw(message)
     parsed = parse_message(raw) if raw is not None else None
+    # Mail forwarded as attachments is quoted as the conversation page shows it: below.
+    attached = plain_text_to_html("\n\n".join(parsed.attached_texts)) if parsed else ""
     if parsed is not None and parsed.html_body is not None:
-        body = sanitize_email_html(
-            parsed.html_body,
-            cid_url=lambda content_id: inline_data_url(raw, parsed, content_id),
-            allow_remote_images=False,
-        ).html
-    elif parsed is not None and parsed.text_body:
-        body = plain_text_to_html(parsed.text_body, flowed=parsed.flowed, delsp=parsed.delsp)
+        body = (
+            sanitize_email_html(
+                parsed.html_body,
+                cid_url=lambda content_id: inline_data_url(raw, parsed, content_id),
+                allow_remote_images=False,
+            ).html
+            + attached
+        )
+    elif parsed is not None and (parsed.text_body or attached):
+        text = plain_text_to_html(parsed.text_body, flowed=parsed.flowed, delsp=parsed.delsp)
+        body = text + attached
     else:
         body = f"<div>{html.escape(message.snippet or '')}</div>"
     return compose.quote_html(

@@ -14,6 +14,7 @@ from models import OUTGOING_DRAFT, OUTGOING_QUEUED, OutgoingMail
 from services import outbox
 from services.preferences import update_preferences
 from tests.mail_fixtures import PNG_1X1, build_message
+from tests.test_parse import customer_mail, forwarded
 
 JSON = {"HX-Request": "true", "Accept": "application/json"}
 
@@ -123,6 +124,17 @@ def test_a_reply_quotes_flowed_text_as_paragraphs(world, login, make_raw_message
     message = make_raw_message(world["account"], raw)
     page = login(world["owner"]).get(f"/mail/compose?reply={message.id}").get_data(as_text=True)
     assert "Thunderbird wraps this long line at 72 characters." in html.unescape(page)
+
+
+def test_a_reply_quotes_a_mail_forwarded_as_an_attachment_as_shown(world, login, make_raw_message):
+    plain = make_raw_message(world["account"], forwarded(customer_mail(1)))
+    styled = make_raw_message(world["account"], forwarded(customer_mail(2), html=b"<p>FYI</p>"))
+    client = login(world["owner"])
+    for message in (plain, styled):
+        page = html.unescape(client.get(f"/mail/compose?reply={message.id}").get_data(True))
+        assert "What does the gold plan cost?" in page
+        assert "---------- Attached message ----------" in page
+    assert "FYI" in html.unescape(client.get(f"/mail/compose?reply={styled.id}").get_data(True))
 
 
 def test_reply_to_a_message_one_cannot_see_is_404(world, login):
