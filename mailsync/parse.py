@@ -1035,27 +1035,35 @@ def _is_tnef(content_type: str, filename: str | None) -> bool:
     )
 
 
-def _tnef_files(data: bytes) -> list[tuple[str, bytes]]:
-    """Return (name, bytes) of the files in an Outlook winmail.dat (TNEF); [] when it holds
-    none or cannot be read. winmail.dat itself stays listed: what it also holds (an embedded
-    message, rich text) is not taken out."""
+def _tnef_package(data: bytes) -> tnefparse.TNEF | None:
+    """Read an Outlook winmail.dat (TNEF); None when it cannot be read (a damaged package:
+    winmail.dat is still there to download)."""
     try:
-        package = tnefparse.TNEF(data)
+        return tnefparse.TNEF(data)
+    except Exception:  # tnefparse raises several kinds on damaged packages
+        return None
+
+
+def _tnef_files(package: tnefparse.TNEF | None) -> list[tuple[str, bytes]]:
+    """Return (name, bytes) of the files in a winmail.dat; [] when it holds none or cannot
+    be read. winmail.dat itself stays listed: what it also holds (an embedded message) is
+    not taken out."""
+    if package is None:
+        return []
+    try:
         return [
             (attachment.long_filename() or attachment.name or "file", bytes(attachment.data))
             for attachment in package.attachments
             if attachment.data and _tnef_attach_method(attachment) in (None, 1)
         ][:MAX_UU_FILES]
-    except Exception:  # a damaged package: winmail.dat is still there to download
+    except Exception:  # a damaged attachment record: winmail.dat is still there
         return []
 
 
-def _tnef_body(data: bytes) -> tuple[str | None, str | None]:
-    """(HTML, plain text) of the message body an Outlook winmail.dat carries: its HTML, else
-    its plain text, else the text of its rich text (RTF, compressed: compressed_rtf)."""
-    try:
-        package = tnefparse.TNEF(data)
-    except Exception:  # a damaged package: winmail.dat is still there to download
+def _tnef_body(package: tnefparse.TNEF | None) -> tuple[str | None, str | None]:
+    """(HTML, plain text) of the message body a winmail.dat carries: its HTML, else its
+    plain text, else the text of its rich text (RTF, compressed: compressed_rtf)."""
+    if package is None:
         return None, None
 
     def text(value) -> str | None:
@@ -1388,7 +1396,7 @@ def _parse_with_envelope(
     text_skipped = False
     encrypted = False
     leaf_ids: set[str] = set()
-    tnef_leaf: _Leaf | None = None
+    tnef: tnefparse.TNEF | None = None  # the first winmail.dat, read once
     text_formats: set[tuple[bool, bool]] = set()  # (flowed, delsp) of the texts shown
     attached_leaves: list[_Leaf] = []
     for leaf in _leaves_of(headers, body, errors, deadline):
@@ -1443,8 +1451,9 @@ def _parse_with_envelope(
             )
         )
         if _is_tnef(ctype, filename):
-            tnef_leaf = tnef_leaf or leaf
-            attachments += _packed_attachments(leaf.part_id, _tnef_files(_transfer_decode(leaf)))
+            package = _tnef_package(_transfer_decode(leaf))
+            tnef = tnef or package
+            attachments += _packed_attachments(leaf.part_id, _tnef_files(package))
     attachments = _without_resource_forks(attachments)
     if html_body and any(a.content_id for a in attachments):
         # "inline" means: shown inside the HTML through a cid: reference (RFC 2392)
@@ -1454,9 +1463,9 @@ def _parse_with_envelope(
             for a in attachments
         ]
     text_body = "\n".join(texts)
-    if not text_body.strip() and html_body is None and tnef_leaf is not None:
+    if not text_body.strip() and html_body is None and tnef is not None:
         # Outlook sent the body only inside winmail.dat (Exchange's rich text mode).
-        tnef_html, tnef_text = _tnef_body(_transfer_decode(tnef_leaf))
+        tnef_html, tnef_text = _tnef_body(tnef)
         if tnef_html is not None:
             html_body = tnef_html  # its text is read from it below
         elif tnef_text is not None:
@@ -1696,7 +1705,7 @@ def extract_part(raw: bytes, part_id: str) -> tuple[bytes, str, str | None]:
                     text = _leaf_text(leaf).replace("\r\n", "\n")
                     files = [(name, data) for _s, _e, name, data in _uu_files_in_text(text)]
                 else:
-                    files = _tnef_files(_transfer_decode(leaf))
+                    files = _tnef_files(_tnef_package(_transfer_decode(leaf)))
                 if 1 <= number <= len(files):
                     (info,) = _packed_attachments(container, [files[number - 1]], kind)
                     return files[number - 1][1], info.content_type, info.filename
