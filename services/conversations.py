@@ -270,8 +270,7 @@ def render_message(message: Message, *, allow_remote_images: bool = False) -> Re
     parsed = parse_message(raw)
     view.attachments = _listed_attachments(parsed)
     view.to_total, view.cc_total = parsed.to_total, parsed.cc_total
-    attached = "\n\n".join(parsed.attached_texts)  # forwarded as attachments, shown below
-    if parsed.html_body is None and not parsed.text_body and not attached:
+    if parsed.html_body is None and not parsed.text_body and not parsed.attached_texts:
         if parsed.encrypted:
             view.notice = (
                 "This message is encrypted for its recipient, so Threadline cannot show it. "
@@ -289,13 +288,11 @@ def render_message(message: Message, *, allow_remote_images: bool = False) -> Re
             cid_url=lambda content_id: _cid_url(raw, parsed, content_id),
             allow_remote_images=allowed,
         )
-        body = sanitized.html + (plain_text_to_html(attached) if attached else "")
+        body = sanitized.html + attached_html(parsed)
         view.blocked_remote_images = sanitized.blocked_remote_images
         view.images_allowed = allowed and sanitized.has_remote_content
     else:
-        body = plain_text_to_html(parsed.text_body, flowed=parsed.flowed, delsp=parsed.delsp)
-        if attached:
-            body += plain_text_to_html(attached)
+        body = text_html(parsed) + attached_html(parsed)
     view.height = frame_height(parsed)
     view.rtl = is_rtl_text(parsed.text_body or parsed.snippet or message.subject)
     view.document = email_document(
@@ -309,6 +306,17 @@ def render_message(message: Message, *, allow_remote_images: bool = False) -> Re
             "characters). Download the original to read all of it."
         )
     return view
+
+
+def text_html(parsed: ParsedMessage) -> str:
+    """A mail's plain text as sanitized HTML (format=flowed soft breaks joined)."""
+    return plain_text_to_html(parsed.text_body, flowed=parsed.flowed, delsp=parsed.delsp)
+
+
+def attached_html(parsed: ParsedMessage) -> str:
+    """The mails forwarded as attachments, as sanitized HTML to put below the mail's own
+    body ("" when there are none): the conversation page and the reply quote show them."""
+    return plain_text_to_html("\n\n".join(parsed.attached_texts))
 
 
 def thread_messages(thread: Thread, *, include_blocked: bool) -> list[Message]:

@@ -40,10 +40,16 @@ from services.access import (
     record_or_none,
     visible_records,
 )
-from services.conversations import blob_store, inline_data_url, load_raw
+from services.conversations import (
+    attached_html,
+    blob_store,
+    inline_data_url,
+    load_raw,
+    text_html,
+)
 from services.errors import ValidationError
 from services.inputs import parse_id
-from services.mail_render import plain_text_to_html, safe_filename, sanitize_email_html
+from services.mail_render import safe_filename, sanitize_email_html
 from services.preferences import get_preference
 from services.time_display import full_label, zone_for
 
@@ -95,19 +101,14 @@ def quoted_body(user: User, message: Message, kind: str) -> str:
     raw = load_raw(message)
     parsed = parse_message(raw) if raw is not None else None
     # Mail forwarded as attachments is quoted as the conversation page shows it: below.
-    attached = plain_text_to_html("\n\n".join(parsed.attached_texts)) if parsed else ""
     if parsed is not None and parsed.html_body is not None:
-        body = (
-            sanitize_email_html(
-                parsed.html_body,
-                cid_url=lambda content_id: inline_data_url(raw, parsed, content_id),
-                allow_remote_images=False,
-            ).html
-            + attached
-        )
-    elif parsed is not None and (parsed.text_body or attached):
-        text = plain_text_to_html(parsed.text_body, flowed=parsed.flowed, delsp=parsed.delsp)
-        body = text + attached
+        body = sanitize_email_html(
+            parsed.html_body,
+            cid_url=lambda content_id: inline_data_url(raw, parsed, content_id),
+            allow_remote_images=False,
+        ).html + attached_html(parsed)
+    elif parsed is not None and (parsed.text_body or parsed.attached_texts):
+        body = text_html(parsed) + attached_html(parsed)
     else:
         body = f"<div>{html.escape(message.snippet or '')}</div>"
     return compose.quote_html(
