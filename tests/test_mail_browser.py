@@ -218,6 +218,8 @@ def test_reply_later_from_the_list_and_the_conversation(live_server, page, me, m
 
     # The Reply later list holds both, newest first; there l means done.
     page.click(".mail-folder:has-text('Reply later')")
+    # Keys pressed before the new page's scripts run are lost: wait_for_url waits for its load.
+    page.wait_for_url(re.compile(r"/mail/\?folder=later$"))
     expect(rows).to_have_count(2)
     assert [rows.nth(i).get_attribute("data-thread-id") for i in range(2)] == [first_id, second_id]
     page.screenshot(path=f"{SHOTS}/reply-later.png")
@@ -229,8 +231,7 @@ def test_reply_later_from_the_list_and_the_conversation(live_server, page, me, m
     # Esc in a conversation goes back to the list it was opened from.
     rows.nth(0).locator(".mail-row-link").click()
     expect(page.locator("#conversation-actions")).to_be_visible()
-    # The conversation is open once its address is (htmx pushes it after the swap).
-    expect(page).to_have_url(re.compile(r"/mail/threads/\d+\?folder=later$"))
+    page.wait_for_url(re.compile(r"/mail/threads/\d+\?folder=later$"))  # and its scripts ran
     page.keyboard.press("Escape")
     expect(page).to_have_url(live_server.url + "/mail/?folder=later")
 
