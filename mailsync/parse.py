@@ -26,6 +26,7 @@ import tnefparse
 from asn1crypto import cms
 from striprtf.striprtf import rtf_to_text
 
+from mailsync.rtf import encapsulated_html, is_encapsulated_html
 from mailsync.threading import MAX_CHAIN, normalize_msgid, parse_id_list
 
 MAX_PARTS = 500
@@ -1061,8 +1062,9 @@ def _tnef_files(package: tnefparse.TNEF | None) -> list[tuple[str, bytes]]:
 
 
 def _tnef_body(package: tnefparse.TNEF | None) -> tuple[str | None, str | None]:
-    """(HTML, plain text) of the message body a winmail.dat carries: its HTML, else its
-    plain text, else the text of its rich text (RTF, compressed: compressed_rtf)."""
+    """(HTML, plain text) of the message body a winmail.dat carries: its HTML (PR_HTML, else
+    the HTML Outlook kept inside its rich text), else its plain text, else the text of its rich
+    text (RTF, compressed: compressed_rtf)."""
     if package is None:
         return None, None
 
@@ -1073,21 +1075,36 @@ def _tnef_body(package: tnefparse.TNEF | None) -> tuple[str | None, str | None]:
         decoded = value if isinstance(value, str) else decode_text(bytes(value), None)
         return decoded.replace("\x00", "").strip() or None
 
-    html_body, plain = text(package.htmlbody), text(package.body)
-    if html_body is None and plain is None:
-        plain = _rtf_text(package)
-    return html_body, plain
+    html_body = text(package.htmlbody)
+    if html_body is not None:
+        return html_body, text(package.body)
+    rtf = _rtf_body(package)
+    if rtf is not None and is_encapsulated_html(rtf):
+        html_body = encapsulated_html(rtf)
+        if html_body is not None:
+            return html_body, text(package.body)
+    plain = text(package.body)
+    if plain is None and rtf is not None:
+        plain = _rtf_text(rtf)
+    return None, plain
 
 
-def _rtf_text(package) -> str | None:
-    """The text of a TNEF package's rich text body (formatting, and the HTML tags Outlook
-    keeps in it, dropped), or None."""
+def _rtf_body(package) -> bytes | None:
+    """A TNEF package's rich text body, decompressed and cut at MAX_RTF_CHARS, or None."""
     try:
         rtf = package.rtfbody  # decompressed by tnefparse with compressed_rtf
-        if not rtf or not bytes(rtf).startswith(b"{\\rtf"):
-            return None
+    except Exception:  # damaged rich text: the original still downloads
+        return None
+    if not rtf or not bytes(rtf).startswith(b"{\\rtf"):
+        return None
+    return bytes(rtf)[:MAX_RTF_CHARS]
+
+
+def _rtf_text(rtf: bytes) -> str | None:
+    """The text of rich text (its formatting dropped), or None."""
+    try:
         # \'xx escapes are read in the code page \ansicpg names (striprtf follows it).
-        text = rtf_to_text(bytes(rtf)[:MAX_RTF_CHARS].decode("latin-1"), errors="replace")
+        text = rtf_to_text(rtf.decode("latin-1"), errors="replace")
     except Exception:  # damaged rich text: the original still downloads
         return None
     return text.replace("\x00", "").strip() or None

@@ -133,3 +133,43 @@ def tnef_package(
         package += attribute(2, 0x00018010, name.encode() + b"\x00")  # its title
         package += attribute(2, 0x0006800F, data)  # its bytes
     return package
+
+
+# The rich text Outlook 2016 writes for a short HTML mail, the HTML kept inside ([MS-OXRTFEX]),
+# shortened: fewer fonts and styles. tests/test_rtf.py says what it reads back as.
+OUTLOOK_RTF = rb"""{\rtf1\ansi\ansicpg1252\fromhtml1 \fbidis \deff0{\fonttbl
+{\f0\fswiss\fcharset0 Arial;}
+{\f1\fmodern Courier New;}
+{\f2\fnil\fcharset2 Symbol;}
+{\f3\fmodern\fcharset0 Courier New;}
+{\f4\fswiss\fcharset204 Calibri;}}
+{\colortbl\red0\green0\blue0;\red5\green99\blue193;}
+\uc1\pard\plain\deftab360 \f0\fs24
+{\*\htmltag19 <html>}
+{\*\htmltag34 <head>}
+{\*\htmltag1 \par }
+{\*\htmltag241 <style>}
+{\*\htmltag241 p.MsoNormal \{margin:0cm;font-family:"Calibri",sans-serif;\}}
+{\*\htmltag249 </style>}
+{\*\htmltag41 </head>}
+{\*\htmltag2 \par }
+{\*\htmltag50 <body lang="EN-US" link="#0563C1">}\htmlrtf \lang1033 \ltrch\htmlrtf0
+{\*\htmltag96 <div class="WordSection1">}\htmlrtf {\htmlrtf0
+{\*\htmltag64 <p class="MsoNormal">}\htmlrtf {\htmlrtf0 Dear Zo\'eb,
+{\*\htmltag244 <o:p>}
+{\*\htmltag252 </o:p>}\htmlrtf \par
+}\htmlrtf0
+{\*\htmltag72 </p>}
+{\*\htmltag64 <p class="MsoNormal">}\htmlrtf {\htmlrtf0 The price is \u8364?120{\*\htmltag148 &nbsp;}\htmlrtf \'a0\htmlrtf0 see
+{\*\htmltag84 <a href="https://quillwort.test/prices?a=1&amp;b=2">}\htmlrtf {\field{\*\fldinst{HYPERLINK "https://quillwort.test/prices?a=1&b=2"}}{\fldrslt\cf1\ul \htmlrtf0 our prices\htmlrtf }\htmlrtf0 \htmlrtf }\htmlrtf0
+{\*\htmltag92 </a>}.
+{\*\htmltag244 <o:p>}
+{\*\htmltag252 </o:p>}\htmlrtf \par
+}\htmlrtf0
+{\*\htmltag72 </p>}
+{\*\htmltag64 <p class="MsoNormal">}\htmlrtf {\htmlrtf0 {\f4 \'cf\'f0\'e8\'e2\'e5\'f2}\htmlrtf \par
+}\htmlrtf0
+{\*\htmltag72 </p>}
+{\*\htmltag104 </div>}\htmlrtf }\htmlrtf0
+{\*\htmltag58 </body>}
+{\*\htmltag27 </html>}}"""

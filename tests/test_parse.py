@@ -40,7 +40,7 @@ from mailsync.parse import (
     parse_with_identity,
 )
 from tests.corpus import corpus_dir, corpus_files, read_message, skip_reason
-from tests.mail_fixtures import PNG_1X1, tnef_package
+from tests.mail_fixtures import OUTLOOK_RTF, PNG_1X1, tnef_package
 
 HEAD = (
     b"From: Alice Example <Alice@Example.COM>\r\n"
@@ -1282,13 +1282,12 @@ def test_a_body_sent_only_inside_a_winmail_dat_is_shown():
             rb"{\rtf1\ansi\ansicpg1251 \'cf\'f0\'e8\'e2\'e5\'f2}",
             "\u041f\u0440\u0438\u0432\u0435\u0442",
         ),
-        (  # Outlook's HTML kept in rich text: the tags are dropped, the words stay
-            rb"{\rtf1\ansi\ansicpg1252\fromhtml1 {\*\htmltag19 <html>}{\*\htmltag64 <p>}"
-            rb"Hello {\*\htmltag84 <b>}World{\*\htmltag92 </b>}{\*\htmltag72 </p>}}",
-            "Hello World",
+        (  # encapsulated plain text: read as rich text
+            rb"{\rtf1\ansi\ansicpg1252\fromtext \htmlrtf {\b\htmlrtf0 Plain words}}",
+            "Plain words",
         ),
     ],
-    ids=["cp1252", "cp1251", "encapsulated-html"],
+    ids=["cp1252", "cp1251", "encapsulated-text"],
 )
 def test_a_rich_text_body_inside_a_winmail_dat_is_shown_as_text(rtf, text):
     raw = message_of(
@@ -1306,6 +1305,25 @@ def test_a_rich_text_body_inside_a_winmail_dat_is_shown_as_text(rtf, text):
         parsed = parse_message(broken)
         assert parsed.parse_error is None
         assert [a.filename for a in parsed.attachments] == ["winmail.dat"]
+
+
+def test_html_outlook_kept_in_the_rich_text_of_a_winmail_dat_is_the_html_body():
+    raw = message_of(
+        part(
+            b'Content-Type: application/ms-tnef; name="winmail.dat"\r\n'
+            b"Content-Transfer-Encoding: base64",
+            base64.encodebytes(tnef_package([("prices.pdf", b"%PDF-1.4")], rtf=OUTLOOK_RTF)),
+        )
+    )
+    parsed = parse_message(raw)
+    assert '<a href="https://quillwort.test/prices?a=1&amp;b=2">our prices</a>' in parsed.html_body
+    assert (
+        "Dear Zo\u00eb," in parsed.text_body
+        and "\u041f\u0440\u0438\u0432\u0435\u0442" in parsed.text_body
+    )
+    assert "<o:p>" not in parsed.text_body and "MsoNormal" not in parsed.text_body
+    assert parsed.snippet.startswith("Dear Zo\u00eb, The price is \u20ac120")
+    assert [a.filename for a in parsed.attachments] == ["winmail.dat", "prices.pdf"]
 
 
 def test_a_damaged_winmail_dat_is_listed_alone():

@@ -8,6 +8,7 @@ conversation page, and the attachment downloads.
 from __future__ import annotations
 
 import base64
+import html
 import re
 
 import pytest
@@ -16,7 +17,7 @@ from sqlalchemy import select
 from extensions import db
 from mailsync.parse import MAX_DEPTH
 from models import Message
-from tests.mail_fixtures import tnef_package
+from tests.mail_fixtures import OUTLOOK_RTF, tnef_package
 from tests.sync_helpers import run_sync
 from tests.test_parse import (
     APPLE_ALTERNATIVE,
@@ -155,6 +156,29 @@ def test_a_body_sent_only_inside_winmail_dat_is_shown_and_found(
     message = db.session.scalar(select(Message).where(Message.subject == "Case 10"))
     page = client.get(f"/mail/threads/{message.thread_id}").get_data(as_text=True)
     assert "The Quillwort order is confirmed." in page and "order.pdf" in page
+
+
+def test_html_kept_in_the_rich_text_of_a_winmail_dat_is_shown_as_html(
+    app, dovecot, mail_user, account, login
+):
+    package = tnef_package([], rtf=OUTLOOK_RTF)
+    dovecot.deliver(
+        mail_user.email,
+        head(11)
+        + b'Content-Type: application/ms-tnef; name="winmail.dat"\r\n'
+        + b"Content-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes(package),
+    )
+    assert run_sync(app, account).ok
+    client = login(account.user)
+    assert "Case 11" in client.get("/mail/?q=prices").get_data(as_text=True)
+    message = db.session.scalar(select(Message).where(Message.subject == "Case 11"))
+    page = client.get(f"/mail/threads/{message.thread_id}").get_data(as_text=True)
+    shown = html.unescape(page)  # the mail's HTML is in the sandboxed frame's srcdoc
+    assert (
+        'href="https://quillwort.test/prices?a=1&amp;b=2"' in shown and ">our prices</a>" in shown
+    )
+    assert "htmltag" not in shown and "<o:p>" not in shown
 
 
 def test_a_mail_forwarded_as_an_attachment_is_found_by_the_attached_text(
