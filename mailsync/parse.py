@@ -960,6 +960,7 @@ _UU_TEXT_BEGIN = re.compile(r"^begin [0-7]{3,4} ([^\n]*\S)[ \t]*\n", re.MULTILIN
 _UU_TEXT_END = re.compile(r"^end[ \t]*(?:\n|$)", re.MULTILINE)
 _PACKED_PART = re.compile(r"^(.+)\.(uu|tnef)([0-9]{1,3})$")
 MAX_UU_FILES = 100
+MAX_TNEF_DEPTH = 3  # messages inside messages inside a winmail.dat whose files are listed
 
 
 def _uu_files_in_text(text: str) -> list[tuple[int, int, str, bytes]]:
@@ -1039,26 +1040,183 @@ def _is_tnef(content_type: str, filename: str | None) -> bool:
 def _tnef_package(data: bytes) -> tnefparse.TNEF | None:
     """Read an Outlook winmail.dat (TNEF); None when it cannot be read (a damaged package:
     winmail.dat is still there to download)."""
+    if not _tnef_counts_fit(data):
+        return None
     try:
         return tnefparse.TNEF(data)
     except Exception:  # tnefparse raises several kinds on damaged packages
         return None
 
 
-def _tnef_files(package: tnefparse.TNEF | None) -> list[tuple[str, bytes]]:
-    """Return (name, bytes) of the files in a winmail.dat; [] when it holds none or cannot
-    be read. winmail.dat itself stays listed: what it also holds (an embedded message) is
-    not taken out."""
+# MAPI property types by the bytes one value takes (tnefparse.mapi.parse_property); the
+# variable-length types (strings, binary, objects) start with a 4-byte length.
+_MAPI_FIXED_SIZES = {
+    0x0002: 2, 0x000B: 2, 0x0003: 4, 0x0004: 4, 0x000A: 4, 0x0005: 8, 0x0006: 8, 0x0007: 8,
+    0x0014: 8, 0x0040: 8, 0x0048: 16,
+}  # fmt: skip
+_MAPI_VARIABLE = (0x0000, 0x000D, 0x001E, 0x001F, 0x0102)
+_MAPI_BLOCKS = (0x9003, 0x9005)  # attMAPIProps, attAttachment: one MAPI property block each
+_RECIPIENT_TABLE = 0x9004  # rows of MAPI property blocks
+_IID_IMESSAGE = b"\x07\x03\x02\x00\x00\x00\x00\x00\xc0\x00\x00\x00\x00\x00\x00\x46"
+_MAX_TNEF_NESTING = 10  # messages inside messages a package may hold before it is refused
+
+
+def _tnef_counts_fit(data: bytes, depth: int = 0) -> bool:
+    """Whether every count in this TNEF stream fits in the bytes it counts.
+
+    tnefparse loops as many times as a MAPI block's property, value or row count says, without
+    looking at the bytes left: a damaged or hostile count (4 billion) kept a sync busy for
+    hours, logging a line each time, or filled memory. Packages that could not hold what they
+    count are refused (winmail.dat stays listed), here before tnefparse reads them; messages
+    held inside are checked too, as tnefparse reads them at once.
+    """
+    if depth > _MAX_TNEF_NESTING or len(data) < 6:
+        return depth <= _MAX_TNEF_NESTING
+    offset = 6  # signature and key
+    while offset + 12 < len(data):  # tnefparse's loop
+        name = int.from_bytes(data[offset + 1 : offset + 3], "little")
+        declared = int.from_bytes(data[offset + 5 : offset + 9], "little")
+        length = min(len(data) - offset, declared + 11)
+        block = data[offset + 9 : offset + length - 2]
+        if name in _MAPI_BLOCKS and _mapi_block_end(block, 0, depth) is None:
+            return False
+        if name == _RECIPIENT_TABLE:
+            rows = int.from_bytes(block[:4], "little")
+            if rows * 4 > len(block):
+                return False
+            position: int | None = 4
+            for _ in range(rows):
+                position = _mapi_block_end(block, position, depth)
+                if position is None:
+                    return False
+        offset += length
+    return True
+
+
+def _mapi_block_end(block: bytes, offset: int, depth: int) -> int | None:
+    """Where a MAPI property block read from `offset` ends (where tnefparse stops reading
+    it), or None when a count in it exceeds the bytes left."""
+
+    def number(at: int) -> int:
+        return int.from_bytes(block[at : at + 4], "little")
+
+    if offset + 4 > len(block):
+        return len(block)  # tnefparse fails on it, quickly
+    count = number(offset)
+    offset += 4
+    if count * 4 > len(block) - offset:
+        return None
+    for _ in range(count):
+        if offset + 4 > len(block):
+            return offset  # the rest is skipped, one quick step per property
+        kind = int.from_bytes(block[offset : offset + 2], "little")
+        prop_id = int.from_bytes(block[offset + 2 : offset + 4], "little")
+        offset += 4
+        if prop_id >= 0x8000:  # a named property: GUID, then an id or a name
+            named_kind = number(offset + 16)
+            offset += 24 if named_kind == 0 else 24 + (number(offset + 20) + 3) // 4 * 4
+        multi, values = bool(kind & 0x1000), 1
+        if multi:
+            kind ^= 0x1000
+            values = number(offset)
+            offset += 4
+        if kind in _MAPI_FIXED_SIZES:
+            size = _MAPI_FIXED_SIZES[kind]
+            if multi and values * size > len(block) - offset:
+                return None
+            offset += values * size + (2 if size == 2 and values % 2 else 0)
+            continue
+        if kind not in _MAPI_VARIABLE:
+            return offset  # tnefparse stops at a type it does not know
+        if multi and values * 4 > len(block) - offset:
+            return None
+        for _ in range(values):
+            items = 1  # a multi-valued property: one length and value each
+            if not multi:  # a single value: a count of items, then each
+                items = number(offset)
+                offset += 4
+                if items * 4 > len(block) - offset:
+                    return None
+            for _ in range(items):
+                size = number(offset)
+                value = block[offset + 4 : offset + 4 + size]
+                offset += 4 + (size + 3) // 4 * 4
+                if value.startswith(_IID_IMESSAGE) and not _tnef_counts_fit(
+                    value[len(_IID_IMESSAGE) :], depth + 1
+                ):
+                    return None
+    return offset
+
+
+def _tnef_files(package: tnefparse.TNEF | None, depth: int = 0) -> list[tuple[str, bytes]]:
+    """Return (name, bytes) of the files in a winmail.dat, then those of the messages it
+    holds (an Outlook item attached in rich text mode), in that order (their part ids count
+    on from the package's own); [] when it holds none or cannot be read. winmail.dat itself
+    stays listed."""
     if package is None:
         return []
     try:
-        return [
+        files = [
             (attachment.long_filename() or attachment.name or "file", bytes(attachment.data))
             for attachment in package.attachments
             if attachment.data and _tnef_attach_method(attachment) in (None, 1)
-        ][:MAX_UU_FILES]
+        ]
     except Exception:  # a damaged attachment record: winmail.dat is still there
         return []
+    if depth < MAX_TNEF_DEPTH:
+        for message in _tnef_messages(package):
+            files += _tnef_files(message, depth + 1)
+    return files[:MAX_UU_FILES]
+
+
+def _tnef_messages(package: tnefparse.TNEF | None) -> list[tnefparse.TNEF]:
+    """The messages a winmail.dat holds as attachments (PR_ATTACH_METHOD 5), read."""
+    if package is None:
+        return []
+    return [
+        attachment.embed
+        for attachment in package.attachments
+        if getattr(attachment, "embed", None) is not None
+    ]
+
+
+def _tnef_attached_message(package: tnefparse.TNEF) -> ParsedMessage:
+    """A message held in a winmail.dat as _attached_text shows it: its sender, date, subject
+    (MAPI properties) and text."""
+    props = {prop.name: prop for prop in package.mapiprops}
+
+    def text_of(*prop_ids: int) -> str:
+        for prop_id in prop_ids:
+            try:
+                value = props[prop_id].data if prop_id in props else None
+            except Exception:  # a damaged property
+                continue
+            if isinstance(value, str) and value.strip():
+                return value.replace("\x00", "").strip()
+        return ""
+
+    sent = None
+    for prop_id in (0x0039, 0x0E06):  # PR_CLIENT_SUBMIT_TIME, PR_MESSAGE_DELIVERY_TIME
+        try:
+            value = props[prop_id].data if prop_id in props else None
+        except Exception:
+            continue
+        if isinstance(value, datetime):
+            sent = value.replace(tzinfo=UTC)
+            break
+    # PR_SENDER_EMAIL_ADDRESS is an Exchange DN for internal senders: only taken if an address.
+    address = text_of(0x5D01, 0x5D02) or next(
+        (found for found in (text_of(0x0C1F), text_of(0x0065)) if "@" in found), ""
+    )
+    html_body, plain = _tnef_body(package)
+    text = plain or (html_to_text(html_body) if html_body else "")
+    return ParsedMessage(
+        subject=text_of(0x0037)[:MAX_SUBJECT],
+        from_name=text_of(0x0C1A, 0x0042),
+        from_address=address,
+        date=sent,
+        text_body=text[:MAX_TEXT_CHARS],
+    )
 
 
 def _tnef_body(package: tnefparse.TNEF | None) -> tuple[str | None, str | None]:
@@ -1414,6 +1572,7 @@ def _parse_with_envelope(
     encrypted = False
     leaf_ids: set[str] = set()
     tnef: tnefparse.TNEF | None = None  # the first winmail.dat, read once
+    tnef_messages: list[tnefparse.TNEF] = []  # messages attached inside winmail.dat files
     text_formats: set[tuple[bool, bool]] = set()  # (flowed, delsp) of the texts shown
     attached_leaves: list[_Leaf] = []
     for leaf in _leaves_of(headers, body, errors, deadline):
@@ -1471,6 +1630,7 @@ def _parse_with_envelope(
             package = _tnef_package(_transfer_decode(leaf))
             tnef = tnef or package
             attachments += _packed_attachments(leaf.part_id, _tnef_files(package))
+            tnef_messages += _tnef_messages(package)
     attachments = _without_resource_forks(attachments)
     if html_body and any(a.content_id for a in attachments):
         # "inline" means: shown inside the HTML through a cid: reference (RFC 2392)
@@ -1499,15 +1659,20 @@ def _parse_with_envelope(
     text_body = text_body[:MAX_TEXT_CHARS]
     attached_texts: list[str] = []
     snippet_text = text_body
-    for leaf in attached_leaves[:MAX_ATTACHED_SHOWN] if attached else []:
+    attached_messages = [*attached_leaves, *tnef_messages]
+    for item in attached_messages[:MAX_ATTACHED_SHOWN] if attached else []:
         if time.monotonic() > deadline:
             break
-        inner = _parse_with_envelope(_transfer_decode(leaf), deadline=deadline, attached=False)[0]
+        if isinstance(item, _Leaf):
+            raw_inner = _transfer_decode(item)
+            inner = _parse_with_envelope(raw_inner, deadline=deadline, attached=False)[0]
+        else:
+            inner = _tnef_attached_message(item)
         attached_texts.append(_attached_text(inner))
         if not snippet_text.strip():
             snippet_text = inner.text_body
-    if attached_texts and len(attached_leaves) > len(attached_texts):
-        more = len(attached_leaves) - len(attached_texts)
+    if attached_texts and len(attached_messages) > len(attached_texts):
+        more = len(attached_messages) - len(attached_texts)
         attached_texts.append(
             f"({more} more attached message{'s' if more > 1 else ''}: "
             "open them from the attachments.)"

@@ -111,27 +111,65 @@ def tnef_package(
     body: bytes | None = None,
     html: bytes | None = None,
     rtf: bytes | None = None,
+    subject: str | None = None,
+    sender: tuple[str, str] | None = None,
+    sent: datetime | None = None,
+    embedded: list[bytes] = (),
 ) -> bytes:
     """A minimal Outlook winmail.dat (TNEF) holding `files`, and a plain `body` (attBody, in
     the sender's Windows code page), an `html` body (the MAPI property PR_HTML) or an `rtf`
-    body (PR_RTF_COMPRESSED, compressed here) when given."""
+    body (PR_RTF_COMPRESSED, compressed here) when given; `subject`, `sender` (name, address)
+    and `sent` as MAPI properties; `embedded` messages (each a tnef_package) attached as
+    Outlook attaches an item (PR_ATTACH_METHOD 5, the message in PR_ATTACH_DATA_OBJ)."""
 
     def attribute(level: int, attribute_id: int, data: bytes) -> bytes:
         header = struct.pack("<BII", level, attribute_id, len(data))
         return header + data + struct.pack("<H", sum(data) & 0xFFFF)
+
+    def counted(data: bytes) -> bytes:  # one value of a variable-length MAPI type
+        return struct.pack("<II", 1, len(data)) + data + b"\x00" * (-len(data) % 4)
+
+    def mapi(*props: tuple[int, int, bytes]) -> bytes:  # (type, id, encoded value)
+        encoded = b"".join(
+            struct.pack("<HH", kind, prop_id) + value for kind, prop_id, value in props
+        )
+        return struct.pack("<I", len(props)) + encoded
+
+    def unicode(text: str) -> bytes:  # PT_UNICODE
+        return counted((text + "\x00").encode("utf-16-le"))
 
     package = struct.pack("<IH", 0x223E9F78, 0x0101)
     if body is not None:
         package += attribute(1, 0x0002800C, body + b"\x00")  # attBody
     for prop_id, data in ((0x1013, html), (0x1009, rtf and compressed_rtf.compress(rtf))):
         if data is not None:  # attMAPIProps: one PT_BINARY value, padded to 4 bytes
-            value = struct.pack("<II", 1, len(data)) + data + b"\x00" * (-len(data) % 4)
-            mapi = struct.pack("<IHH", 1, 0x0102, prop_id) + value
-            package += attribute(1, 0x00069003, mapi)
+            package += attribute(1, 0x00069003, mapi((0x0102, prop_id, counted(data))))
+    props = []
+    if subject is not None:
+        props.append((0x001F, 0x0037, unicode(subject)))  # PR_SUBJECT
+    if sender is not None:
+        props.append((0x001F, 0x0C1A, unicode(sender[0])))  # PR_SENDER_NAME
+        props.append((0x001F, 0x5D01, unicode(sender[1])))  # PR_SENDER_SMTP_ADDRESS
+    if sent is not None:  # PR_CLIENT_SUBMIT_TIME, a FILETIME
+        ticks = int((sent - datetime(1601, 1, 1, tzinfo=UTC)).total_seconds()) * 10_000_000
+        props.append((0x0040, 0x0039, struct.pack("<Q", ticks)))
+    if props:
+        package += attribute(1, 0x00069003, mapi(*props))
     for name, data in files:
         package += attribute(2, 0x00069002, b"\x01\x00" + b"\x00" * 12)  # a new attachment
         package += attribute(2, 0x00018010, name.encode() + b"\x00")  # its title
         package += attribute(2, 0x0006800F, data)  # its bytes
+    for message in embedded:
+        package += attribute(2, 0x00069002, b"\x01\x00" + b"\x00" * 12)
+        iid_imessage = b"\x07\x03\x02\x00\x00\x00\x00\x00\xc0\x00\x00\x00\x00\x00\x00\x46"
+        package += attribute(
+            2,
+            0x00069005,  # attAttachment: the attachment's MAPI properties
+            mapi(
+                (0x0003, 0x3705, struct.pack("<I", 5)),  # PR_ATTACH_METHOD: embedded message
+                (0x000D, 0x3701, counted(iid_imessage + message)),  # PR_ATTACH_DATA_OBJ
+            ),
+        )
     return package
 
 

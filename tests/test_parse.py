@@ -12,6 +12,7 @@ import os
 import random
 import re
 import shutil
+import struct
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from mailsync.parse import (
     MAX_ATTACHED_SHOWN,
     MAX_DEPTH,
     MAX_PARTS,
+    MAX_TNEF_DEPTH,
     AttachmentInfo,
     ParsedMessage,
     dedup_key,
@@ -1235,6 +1237,109 @@ def test_files_inside_an_outlook_winmail_dat_are_listed_beside_it():
         assert extract_part(raw, attachment.part_id)[0] == data
     with pytest.raises(KeyError):
         extract_part(raw, "2.tnef3")
+
+
+def test_an_outlook_item_attached_inside_a_winmail_dat_is_shown_with_its_files():
+    """Outlook in rich text mode attaches a mail (an "item") inside winmail.dat."""
+    quote = tnef_package(
+        [("Quote 2027.pdf", b"%PDF-1.4 quote")],
+        body="The quote you asked for, Zoë.".encode("cp1252"),
+        subject="Quote 2027",
+        sender=("Bo Berg", "bo@vendor.test"),
+        sent=datetime(2026, 12, 1, 9, 30, tzinfo=UTC),
+    )
+    styled = tnef_package([], rtf=OUTLOOK_RTF, subject="Prices")
+    deeper = tnef_package([("deep.txt", b"deep")], subject="Deeper")
+    wrapper = tnef_package([], subject="Wrapper", embedded=[deeper])
+    package = tnef_package([("order.pdf", b"%PDF-1.4 order")], embedded=[quote, styled, wrapper])
+    raw = winmail_message(package)
+    parsed = parse_message(raw)
+    assert parsed.parse_error is None
+    assert parsed.text_body.strip() == "Please see the quote."
+    first, second, third = parsed.attached_texts
+    assert first == (
+        "---------- Attached message ----------\n"
+        "From: Bo Berg <bo@vendor.test>\n"
+        "Date: Tue, 01 Dec 2026 09:30 +0000\n"
+        "Subject: Quote 2027\n\n"
+        "The quote you asked for, Zoë."
+    )
+    assert "Subject: Prices" in second and "our prices" in second and "MsoNormal" not in second
+    assert third.endswith("Subject: Wrapper\n\n(no text)")  # the message inside it: not shown
+    # Every file is listed, its own first, and downloads: also those of the attached items.
+    listed = [(a.filename, extract_part(raw, a.part_id)[0]) for a in parsed.attachments[1:]]
+    assert listed == [
+        ("order.pdf", b"%PDF-1.4 order"),
+        ("Quote 2027.pdf", b"%PDF-1.4 quote"),
+        ("deep.txt", b"deep"),
+    ]
+
+
+def test_items_nested_deep_inside_a_winmail_dat_are_bounded():
+    package = tnef_package([("bottom.txt", b"bottom")], subject="Bottom")
+    for level in range(8):
+        package = tnef_package([(f"level{level}.txt", b"x")], embedded=[package])
+    parsed = parse_message(winmail_message(package))
+    names = [a.filename for a in parsed.attachments]
+    assert names[:2] == ["winmail.dat", "level7.txt"]  # the package's own file first
+    assert len(names) == 2 + MAX_TNEF_DEPTH and "bottom.txt" not in names
+    assert len(parsed.attached_texts) == 1  # one level, as for attached mail
+    for _ in range(30):  # no Outlook nests this deep: read as a damaged package
+        package = tnef_package([], embedded=[package])
+    parsed = parse_message(winmail_message(package))
+    assert [a.filename for a in parsed.attachments] == ["winmail.dat"]
+
+
+def test_a_damaged_item_inside_a_winmail_dat_never_fails_the_mail():
+    rng = random.Random(4711)
+    item = tnef_package([("q.pdf", b"%PDF-1.4 q")], body=b"item text", subject="Item")
+    package = tnef_package([("order.pdf", b"%PDF-1.4 order")], embedded=[item])
+    for _ in range(200):
+        damaged = bytearray(package)
+        for _ in range(rng.randint(1, 6)):
+            damaged[rng.randrange(len(package) - len(item), len(damaged))] = rng.randrange(256)
+        parsed = parse_message(winmail_message(bytes(damaged)))
+        assert parsed.text_body.strip() == "Please see the quote."
+        assert parsed.attachments[0].filename == "winmail.dat"
+
+
+def tnef_with(level: int, attribute_id: int, data: bytes, *, inside: bool = False) -> bytes:
+    """A winmail.dat holding one attribute (`inside`: held in a message attached in it)."""
+    stream = struct.pack("<IH", 0x223E9F78, 0x0101)
+    stream += struct.pack("<BII", level, attribute_id, len(data)) + data
+    stream += struct.pack("<H", sum(data) & 0xFFFF)
+    return tnef_package([("own.txt", b"own")], embedded=[stream]) if inside else stream
+
+
+HOSTILE_COUNTS = {  # each count far beyond the bytes that follow it
+    "properties": (1, 0x00069003, struct.pack("<I", 0xFFFFFFFF) + b"\x02\x00\x01\x00" * 2),
+    "multi-values": (1, 0x00069003, struct.pack("<IHHI", 1, 0x1002, 0x6001, 0x7FFFFFFF)),
+    "items": (1, 0x00069003, struct.pack("<IHHI", 1, 0x0102, 0x6002, 0xFFFFFFFF)),
+    "recipients": (1, 0x00069004, struct.pack("<I", 0xFFFFFFFF) + b"\x00" * 8),
+    "attachment": (2, 0x00069005, struct.pack("<IHHI", 1, 0x101F, 0x3707, 0x3FFFFFFF)),
+}
+
+
+# A hang guard: before the counts were checked, a count of properties or of fixed-size values
+# kept tnefparse busy for hours (logging a line each time) or filled memory.
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("inside", [False, True], ids=["package", "attached-item"])
+@pytest.mark.parametrize("hostile", HOSTILE_COUNTS.values(), ids=HOSTILE_COUNTS.keys())
+def test_a_winmail_dat_counting_more_than_it_holds_is_refused_at_once(hostile, inside):
+    level, attribute_id, data = hostile
+    parsed = parse_message(winmail_message(tnef_with(level, attribute_id, data, inside=inside)))
+    assert parsed.text_body.strip() == "Please see the quote."
+    # Read as a damaged package: listed alone, to download as it came.
+    assert [a.filename for a in parsed.attachments] == ["winmail.dat"]
+
+
+def test_counts_that_fit_are_read_as_before():
+    props = struct.pack("<IHHI", 1, 0x1002, 0x6001, 3) + struct.pack("<3h", 1, 2, 3) + b"\x00\x00"
+    package = tnef_with(1, 0x00069003, props) + tnef_package([("a.txt", b"ab")])[6:]
+    assert [a.filename for a in parse_message(winmail_message(package)).attachments] == [
+        "winmail.dat",
+        "a.txt",
+    ]
 
 
 def test_a_body_sent_only_inside_a_winmail_dat_is_shown():

@@ -138,18 +138,22 @@ def test_signed_and_encrypted_mail_from_the_server_is_shown_and_found(
     assert "This message is encrypted for its recipient" in page
 
 
+def winmail_mail(n: int, package: bytes) -> bytes:
+    """Case n, whose only part is an Outlook winmail.dat (Exchange's rich text mode)."""
+    return (
+        head(n)
+        + b'Content-Type: application/ms-tnef; name="winmail.dat"\r\n'
+        + b"Content-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes(package)
+    )
+
+
 def test_a_body_sent_only_inside_winmail_dat_is_shown_and_found(
     app, dovecot, mail_user, account, login
 ):
     rtf = rb"{\rtf1\ansi\ansicpg1252 The Quillwort order is confirmed.\par Regards}"
     package = tnef_package([("order.pdf", b"%PDF-1.4 order")], rtf=rtf)
-    dovecot.deliver(
-        mail_user.email,
-        head(10)
-        + b'Content-Type: application/ms-tnef; name="winmail.dat"\r\n'
-        + b"Content-Transfer-Encoding: base64\r\n\r\n"
-        + base64.encodebytes(package),
-    )
+    dovecot.deliver(mail_user.email, winmail_mail(10, package))
     assert run_sync(app, account).ok
     client = login(account.user)
     assert "Case 10" in client.get("/mail/?q=quillwort").get_data(as_text=True)
@@ -162,13 +166,7 @@ def test_html_kept_in_the_rich_text_of_a_winmail_dat_is_shown_as_html(
     app, dovecot, mail_user, account, login
 ):
     package = tnef_package([], rtf=OUTLOOK_RTF)
-    dovecot.deliver(
-        mail_user.email,
-        head(11)
-        + b'Content-Type: application/ms-tnef; name="winmail.dat"\r\n'
-        + b"Content-Transfer-Encoding: base64\r\n\r\n"
-        + base64.encodebytes(package),
-    )
+    dovecot.deliver(mail_user.email, winmail_mail(11, package))
     assert run_sync(app, account).ok
     client = login(account.user)
     assert "Case 11" in client.get("/mail/?q=prices").get_data(as_text=True)
@@ -179,6 +177,29 @@ def test_html_kept_in_the_rich_text_of_a_winmail_dat_is_shown_as_html(
         'href="https://quillwort.test/prices?a=1&amp;b=2"' in shown and ">our prices</a>" in shown
     )
     assert "htmltag" not in shown and "<o:p>" not in shown
+
+
+def test_an_outlook_item_inside_a_winmail_dat_is_shown_found_and_its_file_downloads(
+    app, dovecot, mail_user, account, login
+):
+    item = tnef_package(
+        [("Marigold offer.pdf", b"%PDF-1.4 marigold")],
+        body=b"The marigold offer stands until Friday.",
+        subject="Marigold offer",
+        sender=("Bo Berg", "bo@vendor.test"),
+    )
+    package = tnef_package([], body=b"Forwarding the offer.", embedded=[item])
+    dovecot.deliver(mail_user.email, winmail_mail(12, package))
+    assert run_sync(app, account).ok
+    client = login(account.user)
+    assert "Case 12" in client.get("/mail/?q=marigold").get_data(as_text=True)
+    message = db.session.scalar(select(Message).where(Message.subject == "Case 12"))
+    page = html.unescape(client.get(f"/mail/threads/{message.thread_id}").get_data(as_text=True))
+    assert "Forwarding the offer." in page
+    assert "From: Bo Berg" in page and "Subject: Marigold offer" in page
+    assert "The marigold offer stands until Friday." in page and "Marigold offer.pdf" in page
+    download = client.get(f"/mail/messages/{message.id}/attachments/1.tnef1")
+    assert download.status_code == 200 and download.data == b"%PDF-1.4 marigold"
 
 
 def test_a_mail_forwarded_as_an_attachment_is_found_by_the_attached_text(
