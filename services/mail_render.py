@@ -17,8 +17,10 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import nh3
 
+from services.html_depth import limit_nesting
+
 # Bump whenever the policy below changes; stored sanitized HTML is regenerated on mismatch (R1).
-SANITIZER_VERSION = 1
+SANITIZER_VERSION = 2
 
 AttributeFilter = Callable[[str, str, str], str | None]
 
@@ -275,7 +277,8 @@ def _clean(
             return None
 
     return nh3.clean(
-        html,
+        # The final pass reads the first pass's own, well-formed serialization.
+        html if final else limit_nesting(html),
         tags=_TAGS,
         clean_content_tags=_CLEAN_CONTENT_TAGS,
         attributes=attributes,
