@@ -515,7 +515,10 @@ def _quote_prefix(depth: int) -> str:
     return ">" * depth + " " if depth else ""
 
 
-def _render_lines(lines: list[str], *, collapse: bool) -> str:
+MAX_QUOTE_DEPTH = 32  # deeper ">" levels are shown as the text they are (a ">>>>" rule line...)
+
+
+def _render_lines(lines: list[str], *, collapse: bool, depth: int = 0) -> str:
     """Render lines as paragraphs, with quoted blocks as (collapsed) blockquotes."""
     parts: list[str] = []
     paragraph: list[str] = []
@@ -530,13 +533,13 @@ def _render_lines(lines: list[str], *, collapse: bool) -> str:
         line = lines[i]
         # "On <date>, <name> wrote:" followed (maybe after a blank line) by a quote.
         attribution = None
-        if _ATTRIBUTION.match(line):
+        if depth < MAX_QUOTE_DEPTH and _ATTRIBUTION.match(line):
             j = i + 1
             while j < len(lines) and not lines[j].strip():
                 j += 1
             if j < len(lines) and lines[j].startswith(">"):
                 attribution, i = line, j
-        if lines[i].startswith(">"):
+        if lines[i].startswith(">") and depth < MAX_QUOTE_DEPTH:
             quoted = []
             while i < len(lines) and lines[i].startswith(">"):
                 inner = lines[i][1:]
@@ -546,7 +549,8 @@ def _render_lines(lines: list[str], *, collapse: bool) -> str:
             body = ""
             if attribution is not None:
                 body += '<p dir="auto">' + _linkify(attribution) + "</p>"
-            body += "<blockquote>" + _render_lines(quoted, collapse=False) + "</blockquote>"
+            inner = _render_lines(quoted, collapse=False, depth=depth + 1)
+            body += "<blockquote>" + inner + "</blockquote>"
             if collapse:
                 body = "<details><summary>Show quoted text</summary>" + body + "</details>"
             parts.append(body)

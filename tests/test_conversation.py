@@ -408,6 +408,21 @@ def test_flowed_text_is_shown_as_paragraphs_and_hard_breaks_stay(world, login, m
     assert "Thunderbird wraps this long line <br>at 72 characters." in shown(fixed)
 
 
+def test_a_text_mail_with_a_line_of_thousands_of_quote_marks_is_shown(
+    world, login, make_raw_message
+):
+    """It failed the page (RecursionError): every ">" started one more quote level."""
+    raw = (
+        b"From: Carla <carla@customer.test>\r\nSubject: Rule line\r\n"
+        b"Content-Type: text/plain\r\n\r\nAbove the rule\r\n" + b">" * 5000 + b"\r\nBelow\r\n"
+    )
+    message = make_raw_message(world["account"], raw)
+    response = login(world["owner"]).get(f"/mail/threads/{message.thread_id}")
+    assert response.status_code == 200
+    frame = parse_page(response.get_data(as_text=True)).iframes[0]["srcdoc"]
+    assert "Above the rule" in frame and "Below" in frame
+
+
 def test_raw_route_headers(world, login):
     client = login(world["owner"])
     response = client.get(f"/mail/messages/{world['message'].id}/raw")

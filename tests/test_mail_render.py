@@ -10,6 +10,7 @@ from werkzeug.datastructures import Headers
 from werkzeug.wrappers import Response
 
 from services.mail_render import (
+    MAX_QUOTE_DEPTH,
     attachment_headers,
     email_csp,
     email_document,
@@ -183,6 +184,23 @@ def test_plain_text_collapses_quoted_history() -> None:
         '<p dir="auto">Thanks</p></blockquote></details>'
         '<p dir="auto">After</p>'
     )
+
+
+def test_quotes_nested_past_the_limit_are_shown_as_text() -> None:
+    """A rule line of ">" characters (or a thousand-deep quote) failed the page
+    (RecursionError); past MAX_QUOTE_DEPTH levels the rest of the ">" are text."""
+    rule = ">" * 5000
+    out = plain_text_to_html(f"Above\n{rule}\nOn Monday, Bo wrote:\n{'>' * 40} deep words\nBelow")
+    assert out.count("<blockquote>") == 2 * MAX_QUOTE_DEPTH  # two quotes, each cut at the limit
+    assert "&gt;" * (5000 - MAX_QUOTE_DEPTH) in out  # the rest of the rule line, as text
+    assert "On Monday, Bo wrote:" in out and "deep words" in out and "Below" in out
+    assert out.endswith('<p dir="auto">Below</p>')
+    deep = ">" * MAX_QUOTE_DEPTH
+    out = plain_text_to_html(f"{deep}On Monday, Bo wrote:\n{deep}> the answer")
+    assert "On Monday, Bo wrote:" in out and "the answer" in out
+    quoted = "\n".join(">" * depth + f" level {depth}" for depth in range(1, 40))
+    out = plain_text_to_html(quoted)
+    assert all(f"level {depth}" in out for depth in range(1, 40))
 
 
 def test_plain_text_attribution_without_quote_is_plain_text() -> None:
