@@ -26,6 +26,7 @@ import tnefparse
 from asn1crypto import cms
 from striprtf.striprtf import rtf_to_text
 
+from mailsync.invitation import invitation_text
 from mailsync.rtf import encapsulated_html, is_encapsulated_html
 from mailsync.threading import MAX_CHAIN, normalize_msgid, parse_id_list
 
@@ -104,6 +105,13 @@ class ParsedMessage:
     # The text of each attached message (forwarded as attachment) with its From, Date,
     # Subject and To: shown below the mail's own text and searched with it.
     attached_texts: list[str] = field(default_factory=list)
+    # The summary of a calendar invitation the mail carries (mailsync/invitation.py).
+    invitation: str = ""
+
+    @property
+    def texts_below(self) -> list[str]:
+        """What is shown below the mail's own text, and searched with it."""
+        return [self.invitation, *self.attached_texts] if self.invitation else self.attached_texts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1573,6 +1581,7 @@ def _parse_with_envelope(
     leaf_ids: set[str] = set()
     tnef: tnefparse.TNEF | None = None  # the first winmail.dat, read once
     tnef_messages: list[tnefparse.TNEF] = []  # messages attached inside winmail.dat files
+    calendar_leaf: _Leaf | None = None  # the first calendar part (an invitation)
     text_formats: set[tuple[bool, bool]] = set()  # (flowed, delsp) of the texts shown
     attached_leaves: list[_Leaf] = []
     for leaf in _leaves_of(headers, body, errors, deadline):
@@ -1613,6 +1622,13 @@ def _parse_with_envelope(
                 continue  # text/enriched, text/watch-html, ...: other renderings of the body
         if ctype == "text/plain" and disposition != "attachment" and inline_text is None:
             inline_text = leaf
+        if ctype == "text/calendar" and not filename:
+            filename = "invite.ics"  # as mail programs offer a meeting request to save
+        if calendar_leaf is None and (
+            ctype in ("text/calendar", "application/ics")
+            or (filename or "").lower().endswith(".ics")
+        ):
+            calendar_leaf = leaf
         if ctype in ("message/rfc822", "message/global"):  # global: UTF-8 headers (RFC 6532)
             filename = filename or _forwarded_filename(leaf)
             attached_leaves.append(leaf)
@@ -1677,7 +1693,8 @@ def _parse_with_envelope(
             f"({more} more attached message{'s' if more > 1 else ''}: "
             "open them from the attachments.)"
         )
-    snippet = _snippet(snippet_text)
+    invitation = invitation_text(_leaf_text(calendar_leaf)) if calendar_leaf is not None else ""
+    snippet = _snippet(snippet_text if snippet_text.strip() else invitation)
     envelope = _envelope(headers, errors, body_charset)
     # The hint only changes header values in raw 8-bit bytes, which few mails have.
     alone = envelope if body_charset is None or header_block.isascii() else None
@@ -1698,6 +1715,7 @@ def _parse_with_envelope(
         flowed=flowed,
         delsp=delsp,
         attached_texts=attached_texts,
+        invitation=invitation,
     )
     return parsed, alone if alone is not None else _envelope(headers, [])
 

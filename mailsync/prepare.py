@@ -40,12 +40,13 @@ class Prepared:
 def for_search(parsed: ParsedMessage) -> ParsedMessage:
     """Return `parsed` slimmed to what storing and indexing need (cheap to pass between processes).
 
-    The search text is the start of the body, of each attached message (a mail forwarded as
-    an attachment) and the attachment file names, so a search for "invoice" finds the mail
+    The search text is the start of the body, of a calendar invitation's summary, of each
+    attached message (a mail forwarded as an attachment) and the attachment file names, so a
+    search for "invoice" finds the mail
     that carries invoice-4471.pdf.
     """
     names = " ".join(a.filename for a in parsed.attachments if a.filename)
-    texts = [parsed.text_body, *parsed.attached_texts]
+    texts = [parsed.text_body, *parsed.texts_below]
     body = "\n".join(text[:SEARCH_BODY_CHARS] for text in texts if text)
     return replace(
         parsed,
@@ -53,6 +54,7 @@ def for_search(parsed: ParsedMessage) -> ParsedMessage:
         html_body=None,
         attachments=[],
         attached_texts=[],
+        invitation="",
     )
 
 

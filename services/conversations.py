@@ -138,7 +138,7 @@ def frame_height(parsed: ParsedMessage) -> int:
         extra = 110 * min(html.count("<img"), 8) + 30 * min(html.count("<tr"), 40)
     else:
         text, extra = parsed.text_body, 0
-    text = "\n".join([text, *parsed.attached_texts])
+    text = "\n".join([text, *parsed.texts_below])
     lines = sum(len(line) // 90 + 1 for line in text.splitlines()[:400])
     return max(100, min(1400, 48 + lines * 24 + extra))
 
@@ -270,7 +270,7 @@ def render_message(message: Message, *, allow_remote_images: bool = False) -> Re
     parsed = parse_message(raw)
     view.attachments = _listed_attachments(parsed)
     view.to_total, view.cc_total = parsed.to_total, parsed.cc_total
-    if parsed.html_body is None and not parsed.text_body and not parsed.attached_texts:
+    if parsed.html_body is None and not parsed.text_body and not parsed.texts_below:
         if parsed.encrypted:
             view.notice = (
                 "This message is encrypted for its recipient, so Threadline cannot show it. "
@@ -314,9 +314,10 @@ def text_html(parsed: ParsedMessage) -> str:
 
 
 def attached_html(parsed: ParsedMessage) -> str:
-    """The mails forwarded as attachments, as sanitized HTML to put below the mail's own
-    body ("" when there are none): the conversation page and the reply quote show them."""
-    return plain_text_to_html("\n\n".join(parsed.attached_texts))
+    """A calendar invitation's summary and the mails forwarded as attachments, as sanitized
+    HTML to put below the mail's own body ("" when there are none): the conversation page
+    and the reply quote show them."""
+    return plain_text_to_html("\n\n".join(parsed.texts_below))
 
 
 def thread_messages(thread: Thread, *, include_blocked: bool) -> list[Message]:

@@ -107,7 +107,7 @@ def quoted_body(user: User, message: Message, kind: str) -> str:
             cid_url=lambda content_id: inline_data_url(raw, parsed, content_id),
             allow_remote_images=False,
         ).html + attached_html(parsed)
-    elif parsed is not None and (parsed.text_body or parsed.attached_texts):
+    elif parsed is not None and (parsed.text_body or parsed.texts_below):
         body = text_html(parsed) + attached_html(parsed)
     else:
         body = f"<div>{html.escape(message.snippet or '')}</div>"

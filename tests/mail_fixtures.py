@@ -198,7 +198,7 @@ OUTLOOK_RTF = rb"""{\rtf1\ansi\ansicpg1252\fromhtml1 \fbidis \deff0{\fonttbl
 {\*\htmltag252 </o:p>}\htmlrtf \par
 }\htmlrtf0
 {\*\htmltag72 </p>}
-{\*\htmltag64 <p class="MsoNormal">}\htmlrtf {\htmlrtf0 The price is \u8364?120{\*\htmltag148 &nbsp;}\htmlrtf \'a0\htmlrtf0 see
+{\*\htmltag64 <p class="MsoNormal">}\htmlrtf {\htmlrtf0 The price is \u8364?120{\*\htmltag148 &nbsp;}\htmlrtf \'a0\htmlrtf0 see 
 {\*\htmltag84 <a href="https://quillwort.test/prices?a=1&amp;b=2">}\htmlrtf {\field{\*\fldinst{HYPERLINK "https://quillwort.test/prices?a=1&b=2"}}{\fldrslt\cf1\ul \htmlrtf0 our prices\htmlrtf }\htmlrtf0 \htmlrtf }\htmlrtf0
 {\*\htmltag92 </a>}.
 {\*\htmltag244 <o:p>}

@@ -22,7 +22,7 @@ def test_outlook_rich_text_gives_back_its_html():
         'p.MsoNormal {margin:0cm;font-family:"Calibri",sans-serif;}</style></head>\r\n'
         '<body lang="EN-US" link="#0563C1"><div class="WordSection1">'
         '<p class="MsoNormal">Dear Zo\u00eb,<o:p></o:p></p>'
-        '<p class="MsoNormal">The price is \u20ac120&nbsp;see'
+        '<p class="MsoNormal">The price is \u20ac120&nbsp;see '
         '<a href="https://quillwort.test/prices?a=1&amp;b=2">our prices</a>.<o:p></o:p></p>'
         '<p class="MsoNormal">\u041f\u0440\u0438\u0432\u0435\u0442</p>'
         "</div></body></html>"

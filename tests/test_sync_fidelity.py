@@ -202,6 +202,28 @@ def test_an_outlook_item_inside_a_winmail_dat_is_shown_found_and_its_file_downlo
     assert download.status_code == 200 and download.data == b"%PDF-1.4 marigold"
 
 
+def test_a_meeting_reply_that_is_only_a_calendar_is_shown_and_found(
+    app, dovecot, mail_user, account, login
+):
+    accepted = (
+        "BEGIN:VCALENDAR\r\nMETHOD:REPLY\r\nBEGIN:VEVENT\r\n"
+        "ATTENDEE;PARTSTAT=ACCEPTED;CN=Carla:mailto:carla@customer.test\r\n"
+        "SUMMARY:Zeppelin kick-off\r\nDTSTART:20261208T090000Z\r\n"
+        "END:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+    dovecot.deliver(
+        mail_user.email,
+        head(13) + b"Content-Type: text/calendar; method=REPLY\r\n\r\n" + accepted.encode(),
+    )
+    assert run_sync(app, account).ok
+    client = login(account.user)
+    assert "Case 13" in client.get("/mail/?q=zeppelin").get_data(as_text=True)
+    message = db.session.scalar(select(Message).where(Message.subject == "Case 13"))
+    page = html.unescape(client.get(f"/mail/threads/{message.thread_id}").get_data(as_text=True))
+    assert "Accepted: Zeppelin kick-off (Carla" in page and "This message has no text" not in page
+    assert "When: 2026-12-08 09:00 (UTC)" in page
+
+
 def test_a_mail_forwarded_as_an_attachment_is_found_by_the_attached_text(
     app, dovecot, mail_user, account, login
 ):
