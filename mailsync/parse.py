@@ -1582,6 +1582,7 @@ def _parse_with_envelope(
     tnef: tnefparse.TNEF | None = None  # the first winmail.dat, read once
     tnef_messages: list[tnefparse.TNEF] = []  # messages attached inside winmail.dat files
     calendar_leaf: _Leaf | None = None  # the first calendar part (an invitation)
+    returned_headers: _Leaf | None = None  # a report's copy of the original's headers
     text_formats: set[tuple[bool, bool]] = set()  # (flowed, delsp) of the texts shown
     attached_leaves: list[_Leaf] = []
     for leaf in _leaves_of(headers, body, errors, deadline):
@@ -1629,6 +1630,8 @@ def _parse_with_envelope(
             or (filename or "").lower().endswith(".ics")
         ):
             calendar_leaf = leaf
+        if ctype in _RETURNED_HEADERS and returned_headers is None:
+            returned_headers = leaf
         if ctype in ("message/rfc822", "message/global"):  # global: UTF-8 headers (RFC 6532)
             filename = filename or _forwarded_filename(leaf)
             attached_leaves.append(leaf)
@@ -1696,6 +1699,11 @@ def _parse_with_envelope(
     invitation = invitation_text(_leaf_text(calendar_leaf)) if calendar_leaf is not None else ""
     snippet = _snippet(snippet_text if snippet_text.strip() else invitation)
     envelope = _envelope(headers, errors, body_charset)
+    if (
+        returned_headers is not None
+        and _content_type(headers, "text/plain")[0] == "multipart/report"
+    ):
+        envelope = _answering_the_returned_mail(envelope, returned_headers)
     # The hint only changes header values in raw 8-bit bytes, which few mails have.
     alone = envelope if body_charset is None or header_block.isascii() else None
     parsed = replace(
@@ -1718,6 +1726,29 @@ def _parse_with_envelope(
         invitation=invitation,
     )
     return parsed, alone if alone is not None else _envelope(headers, [])
+
+
+# The parts of a delivery report (RFC 6522) that return the original mail, or its headers.
+_RETURNED_HEADERS = (
+    "message/rfc822",
+    "message/global",
+    "text/rfc822-headers",
+    "message/global-headers",
+)
+
+
+def _answering_the_returned_mail(envelope: ParsedMessage, returned: _Leaf) -> ParsedMessage:
+    """A bounce or read receipt that names no mail it answers (most mail servers' do not)
+    answers the mail it returns: so it joins that mail's conversation, where the sender
+    looks for it."""
+    if envelope.in_reply_to or envelope.references:
+        return envelope
+    errors: list[str] = []
+    header_block, _body = _split_entity(_transfer_decode(returned), errors)
+    ids = parse_id_list(_first(_parse_header_block(header_block, errors), "message-id"))
+    if not ids:
+        return envelope
+    return replace(envelope, in_reply_to=ids[0], references=[ids[0]])
 
 
 def _without_resource_forks(attachments: list[AttachmentInfo]) -> list[AttachmentInfo]:

@@ -1830,3 +1830,55 @@ def test_a_base64_encoded_multipart_shows_its_parts():
     # A multipart that only says base64 (its parts in plain sight) is read as it is.
     mislabelled = message_of(headers + b"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + body)
     assert parse_message(mislabelled).text_body.strip() == "hello there"
+
+
+def bounce(
+    returned: bytes, *, returned_type: bytes = b"message/rfc822", extra: bytes = b""
+) -> bytes:
+    """A delivery report as Postfix writes it (RFC 3464), returning `returned`."""
+    return message_of(
+        multipart(
+            "report; report-type=delivery-status",
+            "dsn",
+            part(
+                b"Content-Type: text/plain",
+                b"I'm sorry to have to inform you that your message could not be delivered.",
+            ),
+            part(
+                b"Content-Type: message/delivery-status",
+                b"Reporting-MTA: dns; mx.team.test\r\n\r\nFinal-Recipient: rfc822; gone@customer.test\r\nAction: failed\r\nStatus: 5.1.1",
+            ),
+            part(b"Content-Type: " + returned_type, returned),
+        ),
+        headers=b"From: MAILER-DAEMON@mx.team.test (Mail Delivery System)\r\nTo: owner@team.test\r\n"
+        b"Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <bounce1@mx.team.test>\r\n"
+        + extra,
+    )
+
+
+def test_a_bounce_answers_the_mail_it_returns():
+    """Mail servers name no mail their reports answer: the returned copy tells, so the bounce
+    joins the conversation of the mail that failed."""
+    original = b"From: owner@team.test\r\nTo: gone@customer.test\r\nSubject: Offer\r\nMessage-ID: <Offer-42@team.test>\r\n\r\nHello"
+    parsed = parse_message(bounce(original))
+    assert (parsed.in_reply_to, parsed.references) == (
+        "offer-42@team.test",
+        ["offer-42@team.test"],
+    )
+    headers_only = parse_message(
+        bounce(original.split(b"\r\n\r\n")[0], returned_type=b"text/rfc822-headers")
+    )
+    assert headers_only.in_reply_to == "offer-42@team.test"
+    # A report that says what it answers keeps that; a forward is no report.
+    said = parse_message(bounce(original, extra=b"In-Reply-To: <other@team.test>\r\n"))
+    assert said.in_reply_to == "other@team.test"
+    forward = message_of(
+        multipart(
+            "mixed",
+            "fw",
+            part(b"Content-Type: text/plain", b"FYI"),
+            part(b"Content-Type: message/rfc822", original),
+        )
+    )
+    assert parse_message(forward).in_reply_to is None
+    assert parse_message(bounce(b"no headers at all")).in_reply_to is None

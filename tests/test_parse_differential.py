@@ -150,9 +150,12 @@ def disagreements(raw: bytes, parsed: ParsedMessage) -> dict[str, tuple[object, 
     theirs = sorted(
         display(leaf.get_filename())
         for leaf in reference_leaves(message)
-        if leaf.get_content_maintype() != "message" and leaf.get_filename()
+        if leaf.get_content_maintype() != "message"
+        and leaf.get_content_type() != "text/calendar"
+        and leaf.get_filename()
     )
-    # Attached messages are compared by neither: we name them after their subject. Nor are
+    # Attached messages and calendars are compared by neither: we name them after their
+    # subject, and an unnamed calendar "invite.ics". Nor are
     # files packed in a part (uuencoded in a text, in a winmail.dat), which the reference
     # does not take out (test_parse).
     ours = sorted(
@@ -160,6 +163,7 @@ def disagreements(raw: bytes, parsed: ParsedMessage) -> dict[str, tuple[object, 
         for a in parsed.attachments
         if a.filename
         and not a.content_type.startswith("message/")
+        and a.content_type != "text/calendar"
         and not PACKED_PART.search(a.part_id)
     )
     if theirs != ours:

@@ -23,6 +23,7 @@ from tests.test_parse import (
     APPLE_ALTERNATIVE,
     HEAD,
     SMIME,
+    bounce,
     customer_mail,
     forwarded,
     nested,
@@ -222,6 +223,26 @@ def test_a_meeting_reply_that_is_only_a_calendar_is_shown_and_found(
     page = html.unescape(client.get(f"/mail/threads/{message.thread_id}").get_data(as_text=True))
     assert "Accepted: Zeppelin kick-off (Carla" in page and "This message has no text" not in page
     assert "When: 2026-12-08 09:00 (UTC)" in page
+
+
+def test_a_bounce_joins_the_conversation_of_the_mail_that_failed(
+    app, dovecot, mail_user, account, login
+):
+    original = (
+        b"From: box@mail.test\r\nTo: gone@customer.test\r\nSubject: Renewal offer\r\n"
+        b"Date: Tue, 07 Apr 2026 09:00:00 +0000\r\nMessage-ID: <renewal-7@mail.test>\r\n\r\n"
+        b"Here is the offer.\r\n"
+    )
+    dovecot.deliver(mail_user.email, original)
+    dovecot.deliver(mail_user.email, bounce(original))
+    assert run_sync(app, account).ok
+    sent = db.session.scalar(select(Message).where(Message.subject == "Renewal offer"))
+    returned = db.session.scalar(
+        select(Message).where(Message.subject == "Undelivered Mail Returned to Sender")
+    )
+    assert returned.thread_id == sent.thread_id
+    page = login(account.user).get(f"/mail/threads/{sent.thread_id}").get_data(as_text=True)
+    assert "2 messages" in page and "could not be delivered" in html.unescape(page)
 
 
 def test_a_mail_forwarded_as_an_attachment_is_found_by_the_attached_text(
