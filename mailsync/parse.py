@@ -329,6 +329,7 @@ _USED_HEADERS = {
         "content-transfer-encoding",
         "content-disposition",
         "content-id",
+        "original-message-id",  # in a read receipt's report (RFC 8098)
     )
 }
 
@@ -1699,13 +1700,13 @@ def _parse_with_envelope(
     invitation = invitation_text(_leaf_text(calendar_leaf)) if calendar_leaf is not None else ""
     snippet = _snippet(snippet_text if snippet_text.strip() else invitation)
     envelope = _envelope(headers, errors, body_charset)
-    if (
+    # The hint only changes header values in raw 8-bit bytes, which few mails have.
+    alone = envelope if body_charset is None or header_block.isascii() else None
+    if (  # after `alone`: the identity keys read the headers as they are
         returned_headers is not None
         and _content_type(headers, "text/plain")[0] == "multipart/report"
     ):
         envelope = _answering_the_returned_mail(envelope, returned_headers)
-    # The hint only changes header values in raw 8-bit bytes, which few mails have.
-    alone = envelope if body_charset is None or header_block.isascii() else None
     parsed = replace(
         envelope,
         text_body=text_body,
@@ -1734,6 +1735,7 @@ _RETURNED_HEADERS = (
     "message/global",
     "text/rfc822-headers",
     "message/global-headers",
+    "message/disposition-notification",  # a read receipt (RFC 8098): Original-Message-ID
 )
 
 
@@ -1745,7 +1747,8 @@ def _answering_the_returned_mail(envelope: ParsedMessage, returned: _Leaf) -> Pa
         return envelope
     errors: list[str] = []
     header_block, _body = _split_entity(_transfer_decode(returned), errors)
-    ids = parse_id_list(_first(_parse_header_block(header_block, errors), "message-id"))
+    fields = _parse_header_block(header_block, errors)
+    ids = parse_id_list(_first(fields, "message-id") or _first(fields, "original-message-id"))
     if not ids:
         return envelope
     return replace(envelope, in_reply_to=ids[0], references=[ids[0]])

@@ -1882,3 +1882,21 @@ def test_a_bounce_answers_the_mail_it_returns():
     )
     assert parse_message(forward).in_reply_to is None
     assert parse_message(bounce(b"no headers at all")).in_reply_to is None
+
+
+def test_a_read_receipt_answers_the_mail_it_reports_on():
+    receipt = message_of(
+        multipart(
+            "report; report-type=disposition-notification",
+            "mdn",
+            part(b"Content-Type: text/plain", b"Your message was displayed."),
+            part(
+                b"Content-Type: message/disposition-notification",
+                b"Reporting-UA: mail.customer.test\r\nFinal-Recipient: rfc822;carla@customer.test\r\n"
+                b"Original-Message-ID: <Offer-42@team.test>\r\n"
+                b"Disposition: manual-action/MDN-sent-manually; displayed",
+            ),
+        ),
+        headers=b"From: carla@customer.test\r\nTo: owner@team.test\r\nSubject: Read: Offer\r\n",
+    )
+    assert parse_message(receipt).in_reply_to == "offer-42@team.test"
