@@ -1024,19 +1024,20 @@ def _uu_attachments(part_id: str, files: list[tuple[int, int, str, bytes]]) -> l
     return _packed_attachments(part_id, [(name, data) for _start, _end, name, data in files], "uu")
 
 
-def _packed_attachments(part_id: str, files: list[tuple[str, bytes]], kind: str = "tnef") -> list:
+def _packed_attachments(part_id: str, files: list[tuple], kind: str = "tnef") -> list:
     """List files packed inside a part (uuencoded in a text, or in an Outlook winmail.dat)
-    as attachments "<part>.<kind><n>" that extract_part finds again."""
+    as attachments "<part>.<kind><n>" that extract_part finds again; each file is
+    (name, bytes) or (name, bytes, content id)."""
     return [
         AttachmentInfo(
             part_id=f"{part_id}.{kind}{number}",
             filename=_clean_display(name)[:200] or "file",
             content_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
             size=len(data),
-            content_id=None,
+            content_id=content_id[0] if content_id else None,
             is_inline=False,
         )
-        for number, (name, data) in enumerate(files, start=1)
+        for number, (name, data, *content_id) in enumerate(files, start=1)
     ]
 
 
@@ -1157,16 +1158,22 @@ def _mapi_block_end(block: bytes, offset: int, depth: int) -> int | None:
     return offset
 
 
-def _tnef_files(package: tnefparse.TNEF | None, depth: int = 0) -> list[tuple[str, bytes]]:
-    """Return (name, bytes) of the files in a winmail.dat, then those of the messages it
-    holds (an Outlook item attached in rich text mode), in that order (their part ids count
-    on from the package's own); [] when it holds none or cannot be read. winmail.dat itself
-    stays listed."""
+def _tnef_files(
+    package: tnefparse.TNEF | None, depth: int = 0
+) -> list[tuple[str, bytes, str | None]]:
+    """Return (name, bytes, content id) of the files in a winmail.dat, then those of the
+    messages it holds (an Outlook item attached in rich text mode), in that order (their part
+    ids count on from the package's own); [] when it holds none or cannot be read.
+    winmail.dat itself stays listed. The content id is how the body's HTML shows an image."""
     if package is None:
         return []
     try:
         files = [
-            (attachment.long_filename() or attachment.name or "file", bytes(attachment.data))
+            (
+                attachment.long_filename() or attachment.name or "file",
+                bytes(attachment.data),
+                _tnef_content_id(attachment),
+            )
             for attachment in package.attachments
             if attachment.data and _tnef_attach_method(attachment) in (None, 1)
         ]
@@ -1275,6 +1282,14 @@ def _rtf_text(rtf: bytes) -> str | None:
     except Exception:  # damaged rich text: the original still downloads
         return None
     return text.replace("\x00", "").strip() or None
+
+
+def _tnef_content_id(attachment) -> str | None:
+    """PR_ATTACH_CONTENT_ID, normalized as a MIME part's Content-ID is, or None."""
+    for attribute in attachment.mapi_attrs:
+        if attribute.name == 0x3712 and isinstance(attribute.data, str):
+            return normalize_content_id(attribute.data)
+    return None
 
 
 def _tnef_attach_method(attachment) -> int | None:
@@ -1652,13 +1667,6 @@ def _parse_with_envelope(
             attachments += _packed_attachments(leaf.part_id, _tnef_files(package))
             tnef_messages += _tnef_messages(package)
     attachments = _without_resource_forks(attachments)
-    if html_body and any(a.content_id for a in attachments):
-        # "inline" means: shown inside the HTML through a cid: reference (RFC 2392)
-        html_lower = html_body.lower()
-        attachments = [
-            replace(a, is_inline=f"cid:{a.content_id}" in html_lower) if a.content_id else a
-            for a in attachments
-        ]
     text_body = "\n".join(texts)
     if not text_body.strip() and html_body is None and tnef is not None:
         # Outlook sent the body only inside winmail.dat (Exchange's rich text mode).
@@ -1667,6 +1675,13 @@ def _parse_with_envelope(
             html_body = tnef_html  # its text is read from it below
         elif tnef_text is not None:
             text_body, text_formats = tnef_text, set()
+    if html_body and any(a.content_id for a in attachments):
+        # "inline" means: shown inside the HTML through a cid: reference (RFC 2392)
+        html_lower = html_body.lower()
+        attachments = [
+            replace(a, is_inline=f"cid:{a.content_id.lower()}" in html_lower) if a.content_id else a
+            for a in attachments
+        ]
     if not text_body.strip() and html_body:
         text_body = html_to_text(html_body)
         text_formats = set()

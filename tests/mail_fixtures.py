@@ -106,7 +106,7 @@ HOSTILE_DISPLAY_NAME = '"<svg onload=alert(1)> hx-post=/logout" <evil@customer.t
 
 
 def tnef_package(
-    files: list[tuple[str, bytes]],
+    files: list[tuple],
     *,
     body: bytes | None = None,
     html: bytes | None = None,
@@ -116,7 +116,8 @@ def tnef_package(
     sent: datetime | None = None,
     embedded: list[bytes] = (),
 ) -> bytes:
-    """A minimal Outlook winmail.dat (TNEF) holding `files`, and a plain `body` (attBody, in
+    """A minimal Outlook winmail.dat (TNEF) holding `files` ((name, bytes), or with a content
+    id: (name, bytes, content id)), and a plain `body` (attBody, in
     the sender's Windows code page), an `html` body (the MAPI property PR_HTML) or an `rtf`
     body (PR_RTF_COMPRESSED, compressed here) when given; `subject`, `sender` (name, address)
     and `sent` as MAPI properties; `embedded` messages (each a tnef_package) attached as
@@ -155,10 +156,12 @@ def tnef_package(
         props.append((0x0040, 0x0039, struct.pack("<Q", ticks)))
     if props:
         package += attribute(1, 0x00069003, mapi(*props))
-    for name, data in files:
+    for name, data, *content_id in files:
         package += attribute(2, 0x00069002, b"\x01\x00" + b"\x00" * 12)  # a new attachment
         package += attribute(2, 0x00018010, name.encode() + b"\x00")  # its title
         package += attribute(2, 0x0006800F, data)  # its bytes
+        if content_id:  # PR_ATTACH_CONTENT_ID: how the body's HTML shows it
+            package += attribute(2, 0x00069005, mapi((0x001F, 0x3712, unicode(content_id[0]))))
     for message in embedded:
         package += attribute(2, 0x00069002, b"\x01\x00" + b"\x00" * 12)
         iid_imessage = b"\x07\x03\x02\x00\x00\x00\x00\x00\xc0\x00\x00\x00\x00\x00\x00\x46"

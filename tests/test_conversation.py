@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import binascii
 import html
 import re
@@ -339,6 +340,24 @@ def test_a_file_inside_a_winmail_dat_downloads(world, login, make_raw_message):
     assert part_id.endswith(".tnef1")
     response = client.get(f"/mail/messages/{message.id}/attachments/{part_id}")
     assert response.status_code == 200 and response.data == b"%PDF-1.4 q"
+
+
+def test_an_image_in_a_winmail_dat_body_is_shown_in_the_mail(world, login, make_raw_message):
+    rtf = (
+        rb"{\rtf1\ansi\fromhtml1 {\*\htmltag64 <p>}Our logo "
+        rb'{\*\htmltag84 <img src="cid:logo@outlook.test" alt="Logo">}{\*\htmltag72 </p>}}'
+    )
+    package = tnef_package([("logo.png", PNG_1X1, "<logo@outlook.test>")], rtf=rtf)
+    raw = (
+        b"From: Carla <carla@customer.test>\r\nSubject: Rich text\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: application/ms-tnef; name="winmail.dat"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(package)
+    )
+    message = make_raw_message(world["account"], raw)
+    page = login(world["owner"]).get(f"/mail/threads/{message.thread_id}").get_data(as_text=True)
+    frame = parse_page(page).iframes[0]["srcdoc"]
+    assert "Our logo" in frame
+    assert f'src="data:image/png;base64,{base64.b64encode(PNG_1X1).decode()}"' in frame
 
 
 def test_an_opaque_smime_signed_mail_shows_its_text_and_its_file_downloads(

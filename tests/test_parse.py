@@ -1275,6 +1275,26 @@ def test_an_outlook_item_attached_inside_a_winmail_dat_is_shown_with_its_files()
     ]
 
 
+def test_an_image_in_the_html_of_a_winmail_dat_is_inline():
+    """Outlook's rich text keeps the HTML's images as winmail.dat files with a content id."""
+    rtf = (
+        rb"{\rtf1\ansi\ansicpg1252\fromhtml1 {\*\htmltag64 <p>}Logo: "
+        rb'{\*\htmltag84 <img src="cid:image001.png@01D9A3B2.5C4E7F80">}{\*\htmltag72 </p>}}'
+    )
+    files = [("image001.png", PNG_1X1, "<image001.png@01D9A3B2.5C4E7F80>"), ("terms.pdf", b"%PDF")]
+    raw = winmail_message(tnef_package(files, rtf=rtf))
+    raw = raw.replace(b"Please see the quote.", b"")  # the body is the one in winmail.dat
+    parsed = parse_message(raw)
+    assert "cid:image001.png@01D9A3B2.5C4E7F80" in parsed.html_body
+    listed = [(a.filename, a.content_id, a.is_inline) for a in parsed.attachments[1:]]
+    assert listed == [
+        ("image001.png", "image001.png@01d9a3b2.5c4e7f80", True),
+        ("terms.pdf", None, False),
+    ]
+    image = parsed.attachments[1]
+    assert extract_part(raw, image.part_id)[0] == PNG_1X1
+
+
 def test_items_nested_deep_inside_a_winmail_dat_are_bounded():
     package = tnef_package([("bottom.txt", b"bottom")], subject="Bottom")
     for level in range(8):
