@@ -1679,7 +1679,7 @@ def _parse_with_envelope(
         # "inline" means: shown inside the HTML through a cid: reference (RFC 2392)
         html_lower = html_body.lower()
         attachments = [
-            replace(a, is_inline=f"cid:{a.content_id.lower()}" in html_lower) if a.content_id else a
+            replace(a, is_inline=f"cid:{a.content_id}" in html_lower) if a.content_id else a
             for a in attachments
         ]
     if not text_body.strip() and html_body:
