@@ -330,6 +330,7 @@ _USED_HEADERS = {
         "content-disposition",
         "content-id",
         "original-message-id",  # in a read receipt's report (RFC 8098)
+        "content-location",  # how some mailers' HTML names its images (RFC 2557)
     )
 }
 
@@ -1434,6 +1435,34 @@ def _leaf_meta(leaf: _Leaf) -> tuple[str, str | None, str | None]:
     return disposition, filename, content_id
 
 
+def _content_location(leaf: _Leaf) -> str | None:
+    """A leaf's Content-Location (RFC 2557: folded anywhere, its whitespace removed)."""
+    value = "".join((_first(leaf.headers, "content-location") or "").split())
+    return value.strip("<>\"'") or None
+
+
+def _locations_as_content_ids(
+    html_body: str, attachments: list[AttachmentInfo], locations: dict[str, str]
+) -> tuple[str, list[AttachmentInfo]]:
+    """Point the HTML's references to parts by Content-Location (MHTML, RFC 2557: the
+    <img src="image1"> of Word, Lotus Notes and saved web pages) at a content id, so they
+    show as cid: images do, from the mail itself and not from the web."""
+    by_part = {attachment.part_id: index for index, attachment in enumerate(attachments)}
+    attachments = list(attachments)
+    for location, part_id in locations.items():
+        index = by_part.get(part_id)
+        reference = re.compile(
+            r"""(\b(?:src|background)\s*=\s*["']?)""" + re.escape(location) + r"""(?=["'\s>])""",
+            re.IGNORECASE,
+        )
+        if index is None or reference.search(html_body) is None:
+            continue
+        content_id = f"location.{part_id}@threadline.invalid"
+        html_body = reference.sub(lambda m, cid=content_id: m.group(1) + "cid:" + cid, html_body)
+        attachments[index] = replace(attachments[index], content_id=content_id)
+    return html_body, attachments
+
+
 def _are_alternatives(first: _Leaf, other: _Leaf) -> bool:
     """Tell whether two leaves render the same content: they sit in different parts of one
     multipart/alternative (RFC 2046 §5.1.4)."""
@@ -1599,6 +1628,7 @@ def _parse_with_envelope(
     tnef_messages: list[tnefparse.TNEF] = []  # messages attached inside winmail.dat files
     calendar_leaf: _Leaf | None = None  # the first calendar part (an invitation)
     returned_headers: _Leaf | None = None  # a report's copy of the original's headers
+    locations: dict[str, str] = {}  # Content-Location -> part id (of parts with no Content-ID)
     text_formats: set[tuple[bool, bool]] = set()  # (flowed, delsp) of the texts shown
     attached_leaves: list[_Leaf] = []
     for leaf in _leaves_of(headers, body, errors, deadline):
@@ -1651,6 +1681,9 @@ def _parse_with_envelope(
         if ctype in ("message/rfc822", "message/global"):  # global: UTF-8 headers (RFC 6532)
             filename = filename or _forwarded_filename(leaf)
             attached_leaves.append(leaf)
+        location = _content_location(leaf)
+        if location and content_id is None:
+            locations.setdefault(location, leaf.part_id)
         attachments.append(
             AttachmentInfo(
                 part_id=leaf.part_id,
@@ -1675,6 +1708,8 @@ def _parse_with_envelope(
             html_body = tnef_html  # its text is read from it below
         elif tnef_text is not None:
             text_body, text_formats = tnef_text, set()
+    if html_body and locations:
+        html_body, attachments = _locations_as_content_ids(html_body, attachments, locations)
     if html_body and any(a.content_id for a in attachments):
         # "inline" means: shown inside the HTML through a cid: reference (RFC 2392)
         html_lower = html_body.lower()

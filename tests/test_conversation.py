@@ -360,6 +360,22 @@ def test_an_image_in_a_winmail_dat_body_is_shown_in_the_mail(world, login, make_
     assert f'src="data:image/png;base64,{base64.b64encode(PNG_1X1).decode()}"' in frame
 
 
+def test_an_image_named_by_content_location_is_shown_from_the_mail(world, login, make_raw_message):
+    raw = (
+        b"From: Carla <carla@customer.test>\r\nSubject: Saved page\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/related; boundary=r\r\n\r\n--r\r\n"
+        b'Content-Type: text/html\r\n\r\n<p>Chart <img src="http://www.example.test/chart.png"></p>\r\n'
+        b"--r\r\nContent-Type: image/png\r\nContent-Location: http://www.example.test/chart.png\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(PNG_1X1) + b"--r--\r\n"
+    )
+    message = make_raw_message(world["account"], raw)
+    page = login(world["owner"]).get(f"/mail/threads/{message.thread_id}").get_data(as_text=True)
+    frame = parse_page(page).iframes[0]["srcdoc"]
+    # From the mail itself: no request to the web, no "Show images" needed.
+    assert f'src="data:image/png;base64,{base64.b64encode(PNG_1X1).decode()}"' in frame
+    assert "www.example.test" not in frame and "Show images" not in page
+
+
 def test_an_opaque_smime_signed_mail_shows_its_text_and_its_file_downloads(
     world, login, make_raw_message
 ):

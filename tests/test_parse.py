@@ -1295,6 +1295,41 @@ def test_an_image_in_the_html_of_a_winmail_dat_is_inline():
     assert extract_part(raw, image.part_id)[0] == PNG_1X1
 
 
+def test_images_named_by_content_location_are_inline():
+    """MHTML (RFC 2557): Word, Lotus Notes and saved web pages name images by location."""
+    html = (
+        b'<p>Logo <img src="image1"> and <IMG SRC=http://www.example.test/a/chart.png alt=c>'
+        b" <img src='http://www.example.test/a/elsewhere.png'></p>"
+    )
+    related = multipart(
+        "related",
+        "rel",
+        part(b"Content-Type: text/html", html),
+        part(b"Content-Type: image/png\r\nContent-Location: image1", PNG_1X1),
+        part(
+            b"Content-Type: image/png\r\nContent-Location: http://www.example.test/a/\r\n chart.png",
+            PNG_1X1,
+        ),
+        part(
+            b"Content-Type: image/png\r\nContent-ID: <own@x>\r\nContent-Location: own.png", PNG_1X1
+        ),
+        part(
+            b"Content-Type: application/pdf; name=terms.pdf\r\nContent-Location: terms.pdf", b"%PDF"
+        ),
+    )
+    parsed = parse_message(message_of(related))
+    assert 'src="cid:location.2@threadline.invalid"' in parsed.html_body
+    assert "SRC=cid:location.3@threadline.invalid alt=c" in parsed.html_body
+    assert "src='http://www.example.test/a/elsewhere.png'" in parsed.html_body  # no such part
+    listed = [(a.part_id, a.content_id, a.is_inline) for a in parsed.attachments]
+    assert listed == [
+        ("2", "location.2@threadline.invalid", True),
+        ("3", "location.3@threadline.invalid", True),
+        ("4", "own@x", False),  # its own Content-ID stays; the HTML does not show it
+        ("5", None, False),  # a located file the HTML does not show stays a download
+    ]
+
+
 def test_items_nested_deep_inside_a_winmail_dat_are_bounded():
     package = tnef_package([("bottom.txt", b"bottom")], subject="Bottom")
     for level in range(8):
