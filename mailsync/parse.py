@@ -515,6 +515,8 @@ def _parse_addresses(value: str | None, label: str, errors: list[str]) -> list[A
     """Parse an address header into (name, lowercased address) pairs, capped at MAX_ADDRESSES."""
     if not value:
         return []
+    if "=?" in value:
+        value = _quote_encoded_words(value)
     if len(value) <= _FAST_ITEM_CHARS:
         match = _SIMPLE_ADDR.match(value)
         if match:
@@ -566,6 +568,19 @@ def _parse_addresses(value: str | None, label: str, errors: list[str]) -> list[A
 
 
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+# An RFC 2047 encoded word whose text holds a character that separates addresses: mailers
+# write "=?utf-8?q?Berg,_Bo?=" unquoted, where the comma is no separator.
+_ENCODED_WORD_WITH_SPECIALS = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*[,;:<>@\[\]()][^?\s]*\?=")
+
+
+def _quote_encoded_words(value: str) -> str:
+    """Put such encoded words (outside quoted strings) in quotes, where they are one name."""
+    masked = _mask_quoted(value)
+    pieces, position = [], 0
+    for match in _ENCODED_WORD_WITH_SPECIALS.finditer(masked):
+        pieces += [value[position : match.start()], f'"{match.group()}"']
+        position = match.end()
+    return "".join(pieces) + value[position:] if pieces else value
 
 
 def _mask_quoted(value: str) -> str:

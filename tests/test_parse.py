@@ -1955,3 +1955,18 @@ def test_a_read_receipt_answers_the_mail_it_reports_on():
         headers=b"From: carla@customer.test\r\nTo: owner@team.test\r\nSubject: Read: Offer\r\n",
     )
     assert parse_message(receipt).in_reply_to == "offer-42@team.test"
+
+
+def test_an_encoded_name_holding_a_comma_is_one_name():
+    """Some mailers leave the comma of "Berg, Bo" raw inside an encoded word (RFC 2047 wants
+    it encoded); it separated two broken addresses, so the sender was "=?utf-8?q?berg"."""
+    raw = (
+        b"From: =?utf-8?q?Berg,_Bo?= <bo@vendor.test>\r\n"
+        b'To: =?iso-8859-1?q?M=FCller,_J=FCrgen?= <jm@customer.test>, "Doe, Jane" <jd@x.test>\r\n'
+        b'Cc: "Dr. =?utf-8?q?Berg,_Bo?=" <bo2@vendor.test>, =?utf-8?b?QmVyZywgQm8=?= <b3@v.test>\r\n'
+        b"Subject: s\r\n\r\nbody"
+    )
+    parsed = parse_message(raw)
+    assert (parsed.from_name, parsed.from_address) == ("Berg, Bo", "bo@vendor.test")
+    assert parsed.to == [("Müller, Jürgen", "jm@customer.test"), ("Doe, Jane", "jd@x.test")]
+    assert parsed.cc == [("Dr. Berg, Bo", "bo2@vendor.test"), ("Berg, Bo", "b3@v.test")]

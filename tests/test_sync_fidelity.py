@@ -245,6 +245,21 @@ def test_a_bounce_joins_the_conversation_of_the_mail_that_failed(
     assert "2 messages" in page and "could not be delivered" in html.unescape(page)
 
 
+def test_a_sender_whose_encoded_name_holds_a_comma_is_read_right(
+    app, dovecot, mail_user, account, login
+):
+    dovecot.deliver(
+        mail_user.email,
+        head(14, sender=b"=?utf-8?q?Berg,_Bo?= <Bo@Vendor.test>")
+        + b"Content-Type: text/plain\r\n\r\nThe quote.\r\n",
+    )
+    assert run_sync(app, account).ok
+    message = db.session.scalar(select(Message).where(Message.subject == "Case 14"))
+    assert (message.from_name, message.from_address) == ("Berg, Bo", "bo@vendor.test")
+    page = login(account.user).get(f"/mail/threads/{message.thread_id}").get_data(as_text=True)
+    assert "Berg, Bo" in page and "=?utf-8" not in page
+
+
 def test_a_mail_forwarded_as_an_attachment_is_found_by_the_attached_text(
     app, dovecot, mail_user, account, login
 ):
