@@ -496,7 +496,7 @@ def _simple_address_list(value: str) -> list[Address] | None:
         if len(item) > _FAST_ITEM_CHARS:  # bound the regexes' backtracking
             return None
         match = _SIMPLE_ADDR.match(item) or _BARE_ADDR.match(item)
-        if match is None:
+        if match is None or not _ADDR_SPEC.match(match.group(match.lastindex or 1)):
             return None
         if match.re is _BARE_ADDR:
             result.append(("", match.group(1).lower()))
@@ -507,8 +507,23 @@ def _simple_address_list(value: str) -> list[Address] | None:
 
 
 def _is_mangled(address: str) -> bool:
-    """Tell whether getaddresses() mangled an address ("@host", "a@b@c", "user@")."""
-    return address.startswith("@") or address.endswith("@") or address.count("@") > 1
+    """Tell whether getaddresses() mangled an address ("@host", "a@b@c", "user@", "bo berg
+    bo@x.test", "'bo@x.test'"): an "@" in anything but one plain addr-spec."""
+    return "@" in address and _ADDR_SPEC.match(address) is None
+
+
+_ADDR_SPEC = re.compile(r"^[^\s@\"'<>\[\]();:,\\]+@[^\s@\"'<>\[\]();:,\\]+$")
+
+
+def _address_tokens(value: str) -> list[str]:
+    """The addresses written in a header value, as plain addr-specs ([bo@x.test], 'bo@x.test'
+    and mailto:bo@x.test as bo@x.test), lowercased, in order, once each."""
+    found = []
+    for token in _ADDR_TOKEN.findall(value):
+        token = token.strip("[]'").lower().removeprefix("mailto:")
+        if _ADDR_SPEC.match(token):
+            found.append(token)
+    return list(dict.fromkeys(found))
 
 
 def _parse_addresses(value: str | None, label: str, errors: list[str]) -> list[Address]:
@@ -519,11 +534,11 @@ def _parse_addresses(value: str | None, label: str, errors: list[str]) -> list[A
         value = _quote_encoded_words(value)
     if len(value) <= _FAST_ITEM_CHARS:
         match = _SIMPLE_ADDR.match(value)
-        if match:
+        if match and _ADDR_SPEC.match(match.group(2)):
             name = _clean_display(decode_rfc2047(match.group(1) or ""))
             return [(name, match.group(2).lower())]
         match = _BARE_ADDR.match(value)
-        if match:
+        if match and _ADDR_SPEC.match(match.group(1)):
             return [("", match.group(1).lower())]
     if len(value) < 8192 and not any(c in value for c in '"();:\\'):
         fast = _simple_address_list(value)  # no quoting: commas can only separate addresses
@@ -554,13 +569,18 @@ def _parse_addresses(value: str | None, label: str, errors: list[str]) -> list[A
         addr = _CTRL.sub("", addr).strip().lower()
         if name or addr:
             result.append((name, addr))
-    if any(_is_mangled(addr) for _name, addr in result):
-        # "a@x.test b@x.test" (a missing comma) comes back as "@x.test": keep the addresses
-        # that are really there instead.
-        kept = [(name, addr) for name, addr in result if not _is_mangled(addr)]
-        known = {addr for _name, addr in kept}
-        bare = [token.lower() for token in _ADDR_TOKEN.findall(value)]
-        result = [("", addr) for addr in dict.fromkeys(bare) if addr not in known] + kept
+    some_valid = any(_ADDR_SPEC.match(addr) for _name, addr in result)
+    if any(_is_mangled(addr) for _name, addr in result) or (
+        some_valid and any(not addr for _name, addr in result)
+    ):
+        # "a@x.test b@x.test" (a missing comma) comes back as "@x.test", "Bo <<bo@x.test>>"
+        # as a name without address beside the address: keep the addresses that are really
+        # there instead (a local address such as "foo" stays, as the email package keeps it).
+        kept = {addr: name for name, addr in result if addr and not _is_mangled(addr)}
+        names = " ".join(name.lower() for name, _addr in result)
+        written = [token for token in _address_tokens(value) if token in kept or token not in names]
+        result = [(kept.get(addr, ""), addr) for addr in written]
+        result += [(name, addr) for addr, name in kept.items() if addr not in written]
     if truncated or len(result) > MAX_ADDRESSES:
         result = result[:MAX_ADDRESSES]
         errors.append(f"{label}: too many recipients, kept the first {len(result)}")
@@ -1582,7 +1602,9 @@ def _envelope(
     raw_subject = (_first(headers, "subject", charset_hint) or "")[:MAX_RAW_SUBJECT]
     subject = _clean_display(decode_rfc2047(raw_subject))[:MAX_SUBJECT]
     senders = _parse_addresses(_first(headers, "from", charset_hint), "from", errors)
-    from_name, from_address = senders[0] if senders else ("", "")
+    # The sender is the first real address ("Berg; Bo <bo@x.test>" also yields "berg").
+    real = [sender for sender in senders if "@" in sender[1]]
+    from_name, from_address = (real or senders or [("", "")])[0]
     to_value = _first(headers, "to", charset_hint)
     cc_value = _first(headers, "cc", charset_hint)
     to = _parse_addresses(to_value, "to", errors)

@@ -1970,3 +1970,24 @@ def test_an_encoded_name_holding_a_comma_is_one_name():
     assert (parsed.from_name, parsed.from_address) == ("Berg, Bo", "bo@vendor.test")
     assert parsed.to == [("Müller, Jürgen", "jm@customer.test"), ("Doe, Jane", "jd@x.test")]
     assert parsed.cc == [("Dr. Berg, Bo", "bo2@vendor.test"), ("Berg, Bo", "b3@v.test")]
+
+
+@pytest.mark.parametrize(
+    ("written", "sender"),
+    [
+        (b"Bo Berg bo@vendor.test", "bo@vendor.test"),  # no angle brackets
+        (b"<'bo@vendor.test'>", "bo@vendor.test"),  # quotes inside the brackets
+        (b"Bo Berg [bo@vendor.test]", "bo@vendor.test"),
+        (b"Bo Berg <<bo@vendor.test>>", "bo@vendor.test"),
+        (b"Bo Berg <mailto:bo@vendor.test>", "bo@vendor.test"),
+        (b"Berg; Bo <bo@vendor.test>", "bo@vendor.test"),  # "berg" comes first
+        (b"foo", "foo"),  # a local address stays, as the email package keeps it
+    ],
+)
+def test_a_malformed_sender_still_gives_the_address_written(written, sender):
+    """Broken mailers and spam write these; the sender was "bo berg bo@vendor.test", "'bo@
+    vendor.test'", "bo", "" or "berg", so the mail matched no contact."""
+    parsed = parse_message(b"From: " + written + b"\r\nTo: " + written + b"\r\nSubject: s\r\n\r\nb")
+    assert parsed.from_address == sender
+    assert sender in [address for _name, address in parsed.to]
+    assert all(" " not in address and "'" not in address for _name, address in parsed.to)
