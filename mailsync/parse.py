@@ -622,12 +622,21 @@ def _count_addresses(value: str) -> int:
     return len(_ADDR_TOKEN.findall(_mask_quoted(value)))
 
 
+_ISO_DATE = re.compile(r"^\s*\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+_ISO_ZONE_GAP = re.compile(r"\s+([+-]\d{2}:?\d{2})$")  # "... 10:00:00.123 +02:00"
+
+
 def _parse_date(value: str | None) -> datetime | None:
     """Parse a Date header to an aware UTC datetime, or None if missing or garbage."""
     if not value:
         return None
     try:
-        parsed = parsedate_to_datetime(value)
+        if _ISO_DATE.match(value):  # "2026-04-07 10:00:00+02:00" from scripts: not RFC 5322
+            iso = _ISO_ZONE_GAP.sub(r"\1", value.strip().replace("Z", "+00:00"))
+            parsed = datetime.fromisoformat(iso)
+            parsed = parsed.replace(microsecond=0)
+        else:
+            parsed = parsedate_to_datetime(value)
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
         parsed = parsed.astimezone(UTC)

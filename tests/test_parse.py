@@ -1991,3 +1991,17 @@ def test_a_malformed_sender_still_gives_the_address_written(written, sender):
     assert parsed.from_address == sender
     assert sender in [address for _name, address in parsed.to]
     assert all(" " not in address and "'" not in address for _name, address in parsed.to)
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        (b"2026-04-07 10:00:00", datetime(2026, 4, 7, 10, 0, tzinfo=UTC)),  # no zone: UTC
+        (b"2026-04-07T10:00:00Z", datetime(2026, 4, 7, 10, 0, tzinfo=UTC)),
+        (b"2026-04-07 10:00:00.123 +02:00", datetime(2026, 4, 7, 8, 0, tzinfo=UTC)),
+        (b"2026-13-07 10:00", None),  # no such month: the arrival time is used
+    ],
+)
+def test_an_iso_date_header_from_a_script_is_read(written, read):
+    parsed = parse_message(b"From: a@b.test\r\nDate: " + written + b"\r\nSubject: s\r\n\r\nb")
+    assert parsed.date == read
