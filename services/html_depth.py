@@ -31,6 +31,9 @@ _COMMENT_END = re.compile(r"--!?>")
 _RAW_TEXT = frozenset(
     "script style textarea title xmp iframe noembed noframes noscript plaintext".split()
 )
+# Of those, the ones whose content the sanitizer drops (mail_render._CLEAN_CONTENT_TAGS):
+# their content is left out here already (a <title> never closed held a whole 1 MB mail).
+_CONTENT_DROPPED = frozenset("script style textarea title xmp noembed noframes noscript".split())
 # Never on the stack (void), or closed by the next one of their kind or by their container.
 _NOT_COUNTED = frozenset(
     "area base br col embed hr img input keygen link meta param source track wbr image "
@@ -171,7 +174,7 @@ def limit_nesting(html: str) -> str:
                 stack.push(tag_name)
         if tag_name in _RAW_TEXT:
             end = _raw_text_end(html, tag_name, position)
-            if kept:
+            if kept and tag_name not in _CONTENT_DROPPED:
                 out.append(html[position:end].replace("<", "&lt;"))
             position = end
     return "".join(out)

@@ -10,7 +10,12 @@ import pytest
 
 import services.mail_render as mail_render
 from mailsync.parse import parse_message
-from services.html_depth import MAX_HTML_DEPTH, MAX_OPEN_FORMATTING, limit_nesting
+from services.html_depth import (
+    _CONTENT_DROPPED,
+    MAX_HTML_DEPTH,
+    MAX_OPEN_FORMATTING,
+    limit_nesting,
+)
 from services.mail_render import sanitize_email_html
 from tests.corpus import corpus_files
 
@@ -139,3 +144,13 @@ def test_the_rewrite_itself_is_linear(html):
     moves on from where the last stopped."""
     result = limit_nesting(html)
     assert "<script" not in result and len(result) <= 4 * len(html) + 10
+
+
+def test_content_the_sanitizer_drops_is_left_out_before_it():
+    """A <title> never closed made the whole mail its content: escaping its "<" grew 1 MB by
+    220 kB of "&lt;" for the sanitizer to read, only to drop it."""
+    assert _CONTENT_DROPPED <= mail_render._CLEAN_CONTENT_TAGS
+    html = "<title>" + "<b>x" * 1000
+    assert limit_nesting(html) == "<title>"
+    assert limit_nesting("<style>p{}</style><p>a</p>") == "<style></style><p>a</p>"
+    assert limit_nesting("<iframe>a<b</iframe>") == "<iframe>a&lt;b</iframe>"  # kept as text
