@@ -1246,25 +1246,22 @@ def _tnef_attached_message(package: tnefparse.TNEF) -> ParsedMessage:
     (MAPI properties) and text."""
     props = {prop.name: prop for prop in package.mapiprops}
 
+    def value_of(prop_id: int):
+        try:
+            return props[prop_id].data if prop_id in props else None
+        except Exception:  # a damaged property
+            return None
+
     def text_of(*prop_ids: int) -> str:
         for prop_id in prop_ids:
-            try:
-                value = props[prop_id].data if prop_id in props else None
-            except Exception:  # a damaged property
-                continue
+            value = value_of(prop_id)
             if isinstance(value, str) and value.strip():
                 return value.replace("\x00", "").strip()
         return ""
 
-    sent = None
-    for prop_id in (0x0039, 0x0E06):  # PR_CLIENT_SUBMIT_TIME, PR_MESSAGE_DELIVERY_TIME
-        try:
-            value = props[prop_id].data if prop_id in props else None
-        except Exception:
-            continue
-        if isinstance(value, datetime):
-            sent = value.replace(tzinfo=UTC)
-            break
+    # PR_CLIENT_SUBMIT_TIME, else PR_MESSAGE_DELIVERY_TIME
+    times = [value_of(0x0039), value_of(0x0E06)]
+    sent = next((t.replace(tzinfo=UTC) for t in times if isinstance(t, datetime)), None)
     # PR_SENDER_EMAIL_ADDRESS is an Exchange DN for internal senders: only taken if an address.
     address = text_of(0x5D01, 0x5D02) or next(
         (found for found in (text_of(0x0C1F), text_of(0x0065)) if "@" in found), ""
