@@ -286,12 +286,18 @@ def cli_pass(app, account_id: int, kill_after: float | None, *, workers: bool = 
                 process.wait(timeout=kill_after)
             except subprocess.TimeoutExpired:
                 running = instance_processes(Path(app.instance_path))
-                # The orphan check sees the pass's processes while they live (it can fail):
-                # still running after the listing means it was running during it.
-                if process.poll() is None:
-                    assert process.pid in running, running
-                process.send_signal(signal.SIGKILL)
-                outcome = f"killed ({len(running)} processes)"
+                # The orphan check sees the pass's processes while they live (it can fail).
+                # A process that is exiting has already let go of its memory, so its environ
+                # reads empty, before it turns zombie: one missing from the listing must exit
+                # on its own at once.
+                if process.pid not in running:
+                    try:
+                        process.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        raise AssertionError(f"the sync process is not listed: {running}") from None
+                else:
+                    process.send_signal(signal.SIGKILL)
+                    outcome = f"killed ({len(running)} processes)"
             process.communicate(timeout=30)
     finally:
         process.kill()
