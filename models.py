@@ -33,7 +33,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from extensions import db
 
-PARSE_VERSION = 6  # mailsync/reparse.py: raise it when stored mail must be parsed again
+PARSE_VERSION = 7  # mailsync/reparse.py: raise it when stored mail must be parsed again
 
 
 def utcnow() -> datetime:

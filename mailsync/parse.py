@@ -26,6 +26,7 @@ import tnefparse
 from asn1crypto import cms
 from striprtf.striprtf import rtf_to_text
 
+from mailsync.enriched import ENRICHED_TYPES, enriched_to_text
 from mailsync.invitation import invitation_text
 from mailsync.rtf import encapsulated_html, is_encapsulated_html
 from mailsync.threading import MAX_CHAIN, normalize_msgid, parse_id_list
@@ -1098,9 +1099,27 @@ def _tnef_package(data: bytes) -> tnefparse.TNEF | None:
     if not _tnef_counts_fit(data):
         return None
     try:
-        return tnefparse.TNEF(data)
+        return tnefparse.TNEF(_with_last_object_whole(data))
     except Exception:  # tnefparse raises several kinds on damaged packages
         return None
+
+
+def _with_last_object_whole(data: bytes) -> bytes:
+    """`data`, padded so that tnefparse reads its last object when that holds 0 or 1 bytes.
+
+    tnefparse reads objects while more than 12 bytes are left, but an object is 11 bytes plus
+    its data: a 1-byte file (or an empty one) written last was lost. Two bytes after it let
+    the loop read it, and no more (the padding is shorter than any object).
+    """
+    offset = 6  # signature and key
+    while offset + 12 < len(data):  # tnefparse's loop
+        offset += min(
+            len(data) - offset, int.from_bytes(data[offset + 5 : offset + 9], "little") + 11
+        )
+    left = len(data) - offset
+    if left >= 11 and int.from_bytes(data[offset + 5 : offset + 9], "little") + 11 == left:
+        return data + b"\0\0"
+    return data
 
 
 # MAPI property types by the bytes one value takes (tnefparse.mapi.parse_property); the
@@ -1220,7 +1239,9 @@ def _tnef_files(
                 _tnef_content_id(attachment),
             )
             for attachment in package.attachments
-            if attachment.data and _tnef_attach_method(attachment) in (None, 1)
+            # An empty file is still one the sender attached (Outlook lists it too).
+            if (attachment.data or attachment.long_filename() or attachment.name)
+            and _tnef_attach_method(attachment) in (None, 1)
         ]
     except Exception:  # a damaged attachment record: winmail.dat is still there
         return []
@@ -1682,7 +1703,11 @@ def _parse_with_envelope(
         if body_charset is None and ctype.startswith("text/") and _codec_for(charset):
             body_charset = charset
         disposition, filename, content_id = _leaf_meta(leaf)
-        is_body_type = ctype in ("text/plain", "text/html")
+        # text/enriched outside an alternative is a body of its own (inside one, the plain or
+        # HTML rendering beside it is shown).
+        is_body_type = ctype in ("text/plain", "text/html") or (
+            ctype in ENRICHED_TYPES and leaf.alt_group is None
+        )
         offered = _offered_as_attachment(disposition, filename)
         # Inline text parts without a filename are body (SYNC.md §9); so is a lone root part.
         if is_body_type and (not offered or leaf.is_root and disposition != "attachment"):
@@ -1697,6 +1722,8 @@ def _parse_with_envelope(
                 text_groups.add(leaf.alt_group)  # one plain rendering per alternative
                 if text_chars < MAX_TEXT_CHARS:
                     text = _leaf_text(leaf).replace("\r\n", "\n")
+                    if ctype in ENRICHED_TYPES:
+                        text = enriched_to_text(text, ctype)
                     if ctype == "text/plain" and (files := _uu_files_in_text(text)):
                         text = _without_uu_files(text, files)
                         attachments += _uu_attachments(leaf.part_id, files)

@@ -1239,6 +1239,23 @@ def test_files_inside_an_outlook_winmail_dat_are_listed_beside_it():
         extract_part(raw, "2.tnef3")
 
 
+@pytest.mark.parametrize(
+    "files",
+    [
+        [("a.txt", b"x")],  # a 1-byte file written last: tnefparse stopped before it
+        [("empty.txt", b""), ("b.txt", b"hello")],  # an empty file the sender attached
+        [("b.txt", b"hello"), ("empty.txt", b"")],
+        [("b.txt", b"hello"), ("y.txt", b"y")],
+    ],
+)
+def test_small_and_empty_files_inside_a_winmail_dat_are_listed(files):
+    raw = winmail_message(tnef_package(files))
+    listed = parse_message(raw).attachments[1:]
+    assert [(a.filename, a.size) for a in listed] == [(name, len(data)) for name, data in files]
+    for attachment, (_name, data) in zip(listed, files, strict=True):
+        assert extract_part(raw, attachment.part_id)[0] == data
+
+
 def test_an_outlook_item_attached_inside_a_winmail_dat_is_shown_with_its_files():
     """Outlook in rich text mode attaches a mail (an "item") inside winmail.dat."""
     quote = tnef_package(

@@ -273,3 +273,17 @@ def test_a_mail_forwarded_as_an_attachment_is_found_by_the_attached_text(
     rows = client.get("/mail/?q=gold+plan").get_data(as_text=True)
     assert "FW: Price question" in rows and "Case 9" not in rows
     assert "FW: Price question" not in client.get("/mail/?q=platinum").get_data(as_text=True)
+
+
+def test_a_mail_with_only_enriched_text_is_shown_and_found(app, dovecot, mail_user, account, login):
+    body = b"<bold>The Quillwort</bold> order\r\nis <italic>confirmed</italic>.\r\n\r\nRegards"
+    raw = head(15) + b"Content-Type: text/enriched; charset=us-ascii\r\n\r\n" + body
+    dovecot.deliver(mail_user.email, raw)
+    assert run_sync(app, account).ok
+    client = login(account.user)
+    listing = client.get("/mail/?q=quillwort").get_data(as_text=True)
+    assert "Case 15" in listing and "The Quillwort order is confirmed." in listing  # snippet
+    message = db.session.scalar(select(Message).where(Message.subject == "Case 15"))
+    page = client.get(f"/mail/threads/{message.thread_id}").get_data(as_text=True)
+    assert "The Quillwort order is confirmed." in page and "Regards" in page
+    assert "bold&gt;" not in page  # its commands are not shown as text
