@@ -317,7 +317,8 @@ def attached_html(parsed: ParsedMessage) -> str:
     """A calendar invitation's summary and the mails forwarded as attachments, as sanitized
     HTML to put below the mail's own body ("" when there are none): the conversation page
     and the reply quote show them."""
-    return plain_text_to_html("\n\n".join(parsed.texts_below))
+    below = parsed.texts_below
+    return plain_text_to_html("\n\n".join(below)) if below else ""
 
 
 def thread_messages(thread: Thread, *, include_blocked: bool) -> list[Message]:

@@ -19,7 +19,8 @@ import nh3
 
 from services.html_depth import limit_nesting
 
-# Bump whenever the policy below changes; stored sanitized HTML is regenerated on mismatch (R1).
+# Bump whenever the policy below changes (R1). Nothing stores sanitized HTML (each view
+# sanitizes anew), so nothing goes stale today; a cache of it must key on this version.
 SANITIZER_VERSION = 2
 
 AttributeFilter = Callable[[str, str, str], str | None]
