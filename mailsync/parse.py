@@ -624,6 +624,17 @@ def _count_addresses(value: str) -> int:
 
 
 _ISO_DATE = re.compile(r"^\s*\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+# Zone names some mailers and scripts write instead of an offset. RFC 5322 knows only the
+# North American ones (and reads any other as +0000): Central European mail came in an hour
+# or two off. Names shared by several zones (IST, CST for China) are left to the RFC.
+_ZONE_OFFSETS = {
+    "CET": "+0100", "CEST": "+0200", "MET": "+0100", "MEST": "+0200", "WET": "+0000",
+    "WEST": "+0100", "BST": "+0100", "EET": "+0200", "EEST": "+0300", "MSK": "+0300",
+    "JST": "+0900", "KST": "+0900", "HKT": "+0800", "SGT": "+0800", "AWST": "+0800",
+    "ACST": "+0930", "ACDT": "+1030", "AEST": "+1000", "AEDT": "+1100", "NZST": "+1200",
+    "NZDT": "+1300", "HST": "-1000", "AKST": "-0900", "AKDT": "-0800",
+}  # fmt: skip
+_ZONE_NAME = re.compile(r"(?<=\d)\s+([A-Za-z]{3,4})\s*$")
 _ISO_ZONE_GAP = re.compile(r"\s+([+-]\d{2}:?\d{2})$")  # "... 10:00:00.123 +02:00"
 
 
@@ -637,6 +648,9 @@ def _parse_date(value: str | None) -> datetime | None:
             parsed = datetime.fromisoformat(iso)
             parsed = parsed.replace(microsecond=0)
         else:
+            named = _ZONE_NAME.search(value)
+            if named and (offset := _ZONE_OFFSETS.get(named.group(1).upper())):
+                value = f"{value[: named.start()]} {offset}"
             parsed = parsedate_to_datetime(value)
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)

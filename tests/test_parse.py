@@ -2022,3 +2022,22 @@ def test_a_malformed_sender_still_gives_the_address_written(written, sender):
 def test_an_iso_date_header_from_a_script_is_read(written, read):
     parsed = parse_message(b"From: a@b.test\r\nDate: " + written + b"\r\nSubject: s\r\n\r\nb")
     assert parsed.date == read
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        (b"Tue, 8 Dec 2026 10:00:00 CET", datetime(2026, 12, 8, 9, 0, tzinfo=UTC)),
+        (b"Mon, 6 Jul 2026 10:00:00 cest", datetime(2026, 7, 6, 8, 0, tzinfo=UTC)),
+        (b"6 Jul 2026 10:00 BST", datetime(2026, 7, 6, 9, 0, tzinfo=UTC)),
+        (b"Tue, 8 Dec 2026 10:00:00 JST", datetime(2026, 12, 8, 1, 0, tzinfo=UTC)),
+        (b"Tue, 8 Dec 2026 10:00:00 AEDT", datetime(2026, 12, 7, 23, 0, tzinfo=UTC)),
+        # What RFC 5322 itself defines stays as it says; a comment names no zone.
+        (b"Tue, 8 Dec 2026 10:00:00 EST", datetime(2026, 12, 8, 15, 0, tzinfo=UTC)),
+        (b"Tue, 8 Dec 2026 10:00:00 +0100 (CEST)", datetime(2026, 12, 8, 9, 0, tzinfo=UTC)),
+        (b"Tue, 8 Dec 2026 10:00:00 XYZ", datetime(2026, 12, 8, 10, 0, tzinfo=UTC)),
+    ],
+)
+def test_a_date_with_a_zone_name_instead_of_an_offset_is_read_in_that_zone(written, read):
+    parsed = parse_message(b"From: a@b.test\r\nDate: " + written + b"\r\nSubject: s\r\n\r\nb")
+    assert parsed.date == read
