@@ -77,6 +77,9 @@ class Prefill:
     record_kind: str | None = None
     record_id: int | None = None
     account_id: int | None = None
+    # The replied-to or forwarded mail is stored as headers only (too big to download with the
+    # rest, or its copy is missing): the quote has only its first lines, a forward no files.
+    source_incomplete: bool = False
 
 
 def sending_accounts(user: User) -> list[MailAccount]:
@@ -92,13 +95,13 @@ def default_account_id(user: User, *, source: Message | None = None) -> int | No
     return accounts[0].id if accounts else None
 
 
-def quoted_body(user: User, message: Message, kind: str) -> str:
-    """Return the sanitized original, quoted for a reply or forward.
+def quoted_body(user: User, message: Message, kind: str, raw: bytes | None) -> str:
+    """Return the sanitized original (`raw`, its stored mail; None when there is none: its
+    snippet), quoted for a reply or forward.
 
     Remote images are always dropped here (R8: composing loads nothing remote); the
     original's inline (cid:) images become data: URIs, so they still show.
     """
-    raw = load_raw(message)
     parsed = parse_message(raw) if raw is not None else None
     # Mail forwarded as attachments is quoted as the conversation page shows it: below.
     if parsed is not None and parsed.html_body is not None:
@@ -158,7 +161,9 @@ def prefill(
             values.subject = compose.forward_subject(source.subject)
         else:
             values.subject = compose.reply_subject(source.subject)
-        values.body_html = quoted_body(user, source, kind)
+        raw = load_raw(source)
+        values.body_html = quoted_body(user, source, kind, raw)
+        values.source_incomplete = raw is None
     return values
 
 

@@ -115,6 +115,27 @@ def test_forward_copies_the_original_attachments(world, login):
     assert client.get(pdf["url"]).data == b"%PDF-1.4 terms"
 
 
+@pytest.mark.parametrize("kind", ["forward", "reply"])
+def test_replying_to_a_mail_stored_as_headers_only_says_what_is_missing(world, login, kind):
+    message = world["message"]
+    message.is_placeholder, message.raw_sha256, message.size = True, None, 31_000_000
+    message.snippet = "Our terms"
+    db.session.commit()
+    owner = login(world["owner"])
+    page = owner.get(f"/mail/compose?reply={message.id}&kind={kind}").get_data(as_text=True)
+    notice = page.split('class="alert alert-warn compose-incomplete"')[1].split("</div>")[0]
+    assert "only the headers of this mail" in notice and "too big to download" in notice
+    assert ("attachments are <strong>not</strong> in this forward" in notice) == (kind == "forward")
+    # Its owner can have it downloaded in full from here, then start again.
+    assert f'action="/mail/messages/{message.id}/full"' in notice
+    assert "Our terms" in html.unescape(page)  # what is known is still quoted
+
+
+def test_a_mail_stored_whole_gets_no_missing_parts_notice(world, login):
+    page = login(world["owner"]).get(f"/mail/compose?reply={world['message'].id}&kind=forward")
+    assert "compose-incomplete" not in page.get_data(as_text=True)
+
+
 def test_a_reply_quotes_flowed_text_as_paragraphs(world, login, make_raw_message):
     raw = (
         b"From: Carla <carla@customer.test>\r\nSubject: Flowed\r\n"

@@ -29,7 +29,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from models import OUTGOING_DRAFT, OutgoingAttachment, OutgoingMail
+from models import OUTGOING_DRAFT, Message, OutgoingAttachment, OutgoingMail
 from services import compose, drafts, outbox, signatures, smart_fields, templates
 from services.access import (
     message_for_viewer,
@@ -85,11 +85,20 @@ def _errors(exc: ValidationError, status: int = 422):
     return jsonify({"errors": exc.errors}), status
 
 
-def _render(mail: OutgoingMail | None, values: drafts.Prefill, *, body_html: str):
+def _render(
+    mail: OutgoingMail | None,
+    values: drafts.Prefill,
+    *,
+    body_html: str,
+    source: Message | None = None,
+    fetch_full: bool = False,
+):
     return render_template(
         PAGE,
         mail=mail,
         values=values,
+        source=source,
+        fetch_full=fetch_full,
         body_html=body_html,
         accounts=drafts.sending_accounts(current_user),
         attachments=[a for a in mail.attachments if not a.content_id] if mail else [],
@@ -105,10 +114,10 @@ def _render(mail: OutgoingMail | None, values: drafts.Prefill, *, body_html: str
 
 @bp.get("/compose")
 def new():
-    source, kind = None, request.args.get("kind", "reply")
+    source, kind, is_owner = None, request.args.get("kind", "reply"), False
     source_id = parse_id(request.args.get("reply"))
     if source_id is not None:
-        source, _is_owner = message_for_viewer(current_user, source_id)
+        source, is_owner = message_for_viewer(current_user, source_id)
     values = drafts.prefill(
         current_user,
         to_text=request.args.get("to", "")[:5000],
@@ -117,7 +126,9 @@ def new():
         record_kind=request.args.get("record"),
         record_id=parse_id(request.args.get("record_id")),
     )
-    return _render(None, values, body_html=values.body_html)
+    # The mailbox's owner can have a headers-only original downloaded in full first.
+    fetch_full = source is not None and is_owner and source.is_placeholder
+    return _render(None, values, body_html=values.body_html, source=source, fetch_full=fetch_full)
 
 
 @bp.get("/compose/<id:draft_id>")
