@@ -1060,7 +1060,9 @@ class OutgoingMail(db.Model):
     error: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # After sending: the conversation and the stored message it became.
-    thread_id: Mapped[int | None] = mapped_column(ForeignKey("thread.id", ondelete="SET NULL"))
+    thread_id: Mapped[int | None] = mapped_column(
+        ForeignKey("thread.id", ondelete="SET NULL"), index=True
+    )
     message_id: Mapped[int | None] = mapped_column(ForeignKey("message.id", ondelete="SET NULL"))
     # One of a group email's individual mails (GroupSend.id). No foreign key: SQLite cannot
     # add one to an existing table without copying it, and both rows go with their user.

@@ -429,11 +429,7 @@ def send_one(app: Flask, mail_id: int, *, sessions: Sessions | None = None) -> s
             delivery = _deliver(sessions, job)
         except smtp.SMTPFailure as exc:
             return _settle_failure(app, job, exc)
-        refused = None
-        if delivery.refused:
-            refused = "Sent, but the server refused: " + "; ".join(
-                f"{rcpt} ({answer})" for rcpt, (_code, answer) in delivery.refused.items()
-            )
+        refused = _refusal_note(delivery.refused) if delivery.refused else None
         with app.app_context():
             outbox.mark_sent(mail_id, error=refused)
             db.session.remove()
@@ -456,6 +452,19 @@ def send_one(app: Flask, mail_id: int, *, sessions: Sessions | None = None) -> s
     finally:
         if own:
             sessions.close()
+
+
+def _refusal_note(refused: dict[str, tuple[int, str]]) -> str:
+    """What the Outbox and the conversation say of recipients the server refused while it
+    took the mail for the others."""
+    note = (
+        "Not delivered to "
+        + "; ".join(f"{rcpt} ({answer})" for rcpt, (_code, answer) in refused.items())
+        + ". The other recipients got it."
+    )
+    if any(400 <= code < 500 for code, _answer in refused.values()):
+        note += " The server refused only for now: send it to them again later."
+    return note
 
 
 def _state(mail_id: int) -> str | None:
@@ -613,15 +622,26 @@ def _link_to_record(thread: Thread, mail: OutgoingMail) -> None:
 
 
 def send_due(app: Flask, *, limit: int = 20) -> dict[int, str | None]:
-    """Claim due mail (queued -> sending) and send it; return {mail id: new state}."""
-    with app.app_context():
-        claimed = outbox.claim_due(limit=limit)
-        db.session.remove()
+    """Send up to `limit` due mails, claiming each (queued -> sending) just before it is
+    sent; return {mail id: new state}.
+
+    One at a time: a worker stopped mid-tick leaves at most the mail it was sending in
+    "sending" (which recovery may have to call uncertain); the rest stay queued and go out
+    with the next tick. Claimed as a batch, every mail of the batch was "may have been sent".
+    """
     sessions = Sessions()
+    settled: dict[int, str | None] = {}
     try:
-        return {mail_id: send_one(app, mail_id, sessions=sessions) for mail_id in claimed}
+        for _ in range(limit):
+            with app.app_context():
+                claimed = outbox.claim_due(limit=1)
+                db.session.remove()
+            if not claimed:
+                break
+            settled[claimed[0]] = send_one(app, claimed[0], sessions=sessions)
     finally:
         sessions.close()
+    return settled
 
 
 def recover_interrupted(app: Flask, *, before: datetime | None = None) -> dict[int, str]:

@@ -30,10 +30,12 @@ from mailsync.parse import (
     parse_message,
 )
 from models import (
+    OUTGOING_SENT,
     ImageAllowance,
     MailAccount,
     Message,
     MessageLocation,
+    OutgoingMail,
     Person,
     PersonEmail,
     Thread,
@@ -373,6 +375,9 @@ class ConversationView:
     hidden_by_block: bool
     subject: str  # the thread's, or its first shown message's (threads_with_hidden_mail)
     read_state_unsaved: bool = False  # a read/unread change not yet written to the mailbox
+    # Mail sent from Threadline that some recipients did not get: message id -> the server's
+    # words (the owner's view only).
+    undelivered: dict[int, str] = field(default_factory=dict)
 
 
 def load_conversation(
@@ -406,7 +411,23 @@ def load_conversation(
         hidden_by_block=hidden_by_block,
         subject=subject,
         read_state_unsaved=is_owner and _read_state_unsaved([m.id for m in messages]),
+        undelivered=_undelivered(thread) if is_owner else {},
     )
+
+
+def _undelivered(thread: Thread) -> dict[int, str]:
+    """Return {message id: the refusal} for this conversation's mail sent from Threadline to
+    which the mail server refused some recipients while taking the others: sent, but not to
+    everyone, which only this note tells."""
+    rows = db.session.execute(
+        select(OutgoingMail.message_id, OutgoingMail.error).where(
+            OutgoingMail.thread_id == thread.id,
+            OutgoingMail.state == OUTGOING_SENT,
+            OutgoingMail.message_id.is_not(None),
+            OutgoingMail.error.is_not(None),
+        )
+    )
+    return {message_id: error for message_id, error in rows}
 
 
 def _read_state_unsaved(message_ids: list[int]) -> bool:

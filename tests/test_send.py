@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import html
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -418,6 +419,39 @@ def test_recipients_refused_all_or_some(app, sender):
     assert server.messages[-1].rcpt_tos == ["carla@customer.test"]
 
 
+def test_recipients_the_server_refused_are_named_where_the_user_looks(app, sender, login):
+    user, account, server, _mail_user = sender
+    server.handler.rcpt_answers["dave@customer.test"] = "450 4.2.0 Greylisted, try again later"
+    mail = new_mail(
+        user,
+        account,
+        subject="Contract v2",
+        cc=[["Dave", "dave@customer.test"]],
+    )
+    queue(user, mail)
+    assert send.send_due(app) == {mail.id: OUTGOING_SENT}
+    assert server.messages[-1].rcpt_tos == ["carla@customer.test"]
+    sent = state_of(mail.id)
+    assert sent.thread_id is not None
+    client = login(user)
+    note = "Not delivered to dave@customer.test (450 4.2.0 Greylisted, try again later)."
+    outbox_page = html.unescape(client.get("/mail/outbox").get_data(as_text=True))
+    assert note in outbox_page and "send it to them again later" in outbox_page
+    page = html.unescape(client.get(f"/mail/threads/{sent.thread_id}").get_data(as_text=True))
+    assert note in page and "The other recipients got it." in page
+
+
+def test_mail_everyone_got_carries_no_refusal_note(app, sender, login):
+    user, account, _server, _mail_user = sender
+    mail = new_mail(user, account, subject="Contract v3")
+    queue(user, mail)
+    assert send.send_due(app) == {mail.id: OUTGOING_SENT}
+    client = login(user)
+    page = client.get(f"/mail/threads/{state_of(mail.id).thread_id}").get_data(as_text=True)
+    assert "Not delivered to" not in page and "mail-undelivered" not in page
+    assert "Not delivered to" not in client.get("/mail/outbox").get_data(as_text=True)
+
+
 def test_a_wrong_smtp_password_is_said_in_plain_words(app, sender, smtp_servers):
     user, account, _server, mail_user = sender
     server = smtp_servers(mail_user.email, password="another-password")
@@ -503,6 +537,46 @@ def test_a_mail_left_sending_is_never_sent_again(app, sender, dovecot):
     # Uncertain mail goes back to the user, never to SMTP by itself.
     assert jobs.send_due_mail(app, started_at=started) == {}
     assert outbox.cancel_to_draft(user, state_of(lost.id))
+
+
+class WorkerKilled(BaseException):
+    """The worker process dying mid-send (SIGKILL): nothing after it runs."""
+
+
+def test_a_worker_stopped_mid_tick_leaves_only_the_mail_it_was_sending_in_doubt(
+    app, sender, monkeypatch
+):
+    user, account, server, _mail_user = sender
+    mails = [new_mail(user, account, subject=f"Order {n}") for n in range(3)]
+    for mail in mails:
+        queue(user, mail)
+    deliver = send.smtp.deliver
+    handed = []
+
+    def dies_on_the_second(*args, **kwargs):
+        handed.append(args)
+        if len(handed) == 2:
+            raise WorkerKilled
+        return deliver(*args, **kwargs)
+
+    monkeypatch.setattr(send.smtp, "deliver", dies_on_the_second)
+    with pytest.raises(WorkerKilled):
+        send.send_due(app)
+    monkeypatch.setattr(send.smtp, "deliver", deliver)
+    # The next worker: the mail cut off mid-send is the user's to decide; the one never
+    # handed to SMTP goes out by itself.
+    restarted = datetime.now(UTC) + timedelta(seconds=1)
+    assert jobs.send_due_mail(app, started_at=restarted) == {
+        mails[1].id: OUTGOING_UNCERTAIN,
+        mails[2].id: OUTGOING_SENT,
+    }
+    assert [state_of(mail.id).state for mail in mails] == [
+        OUTGOING_SENT,
+        OUTGOING_UNCERTAIN,
+        OUTGOING_SENT,
+    ]
+    subjects = [email.message_from_bytes(m.data)["Subject"] for m in server.messages]
+    assert sorted(subjects) == ["Order 0", "Order 2"]
 
 
 def test_mail_this_worker_is_sending_is_not_taken_for_left_behind(app, sender):
