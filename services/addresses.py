@@ -2,7 +2,9 @@
 
 Deliberately lenient: a local part without spaces, then a domain of one or more non-empty
 labels. A LAN install has mailboxes at single-label domains (`alice@localhost`,
-`bob@intranet`), so a dot in the domain is not required.
+`bob@intranet`), so a dot in the domain is not required. Neither part may hold what
+separates or brackets addresses in a header (`<>()[],;:"` and backslash) or a control
+character: written into To, `ü<eve@evil.test` sent the mail elsewhere than it read.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import re
 
 MAX_ADDRESS_LENGTH = 320
-_DOMAIN_RE = re.compile(r"^[^@\s.]+(\.[^@\s.]+)*$")
-_LOCAL_RE = re.compile(r"^[^@\s]+$")
+_NOT_IN_ADDRESS = r'@\s<>()\[\],;:"\\\x00-\x1f\x7f'
+_DOMAIN_RE = re.compile(rf"^[^{_NOT_IN_ADDRESS}.]+(\.[^{_NOT_IN_ADDRESS}.]+)*$")
+_LOCAL_RE = re.compile(rf"^[^{_NOT_IN_ADDRESS}]+$")
 
 
 def is_valid_domain(domain: str) -> bool:

@@ -68,6 +68,23 @@ def test_parse_keeps_what_is_not_an_address_so_it_can_be_flagged():
     assert compose.invalid_addresses(pairs) == ["not an address"]
 
 
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "ü<eve@evil.test",  # the header read "ü <eve@evil.test>": not what was typed
+        "carla,eve@customer.test",
+        "carla;eve@customer.test",
+        'carla"@customer.test',
+        "carla@customer.test>eve@evil.test",
+        "carla(x)@customer.test",
+        "carla@[customer].test",
+    ],
+)
+def test_what_separates_or_brackets_addresses_is_never_part_of_one(typed):
+    pairs = [["", typed]]  # as the chip input posts a single entry
+    assert compose.invalid_addresses(pairs) == [typed]
+
+
 def test_format_and_parse_round_trip():
     pairs = [
         ["Doe, John", "j@d.test"],
