@@ -233,9 +233,30 @@ def deliver(
 ) -> Delivery:
     """Hand one message to a connected server (MAIL, RCPT each, DATA).
 
-    Raises SMTPFailure; `maybe_sent` when the connection broke once DATA had begun, since
-    the server may have accepted the message by then.
+    A server that takes only so many recipients at once answers the next ones "452 too many
+    recipients" (RFC 5321 4.5.3.1.10): the message then goes to them in further
+    transactions on the same connection, until each recipient was taken or refused.
+
+    Raises SMTPFailure when the first transaction fails (nobody got the mail); `maybe_sent`
+    when the connection broke once DATA had begun, since the server may have accepted the
+    message by then. Once some recipients got it, a later failure is reported as refusals of
+    the recipients it left out.
     """
+    options = _mail_options(client, raw, smtputf8)
+    refused, rest = _transaction(client, mail_from, recipients, raw, options, first=True)
+    while rest:
+        try:
+            more, rest_after = _transaction(client, mail_from, rest, raw, options, first=False)
+        except SMTPFailure as exc:
+            refused.update({recipient: (0, exc.message) for recipient in rest})
+            break
+        refused.update(more)
+        rest = rest_after
+    return Delivery(refused=refused)
+
+
+def _mail_options(client: smtplib.SMTP, raw: bytes, smtputf8: bool) -> list[str]:
+    """The MAIL FROM options; SMTPFailure when the server cannot take the message at all."""
     options: list[str] = []
     if smtputf8:
         if not client.has_extn("smtputf8"):
@@ -257,18 +278,49 @@ def deliver(
         )
     if limit.isdigit():
         options.append(f"SIZE={len(raw)}")
+    return options
+
+
+TOO_MANY_RECIPIENTS = 452
+
+
+def _transaction(
+    client: smtplib.SMTP,
+    mail_from: str,
+    recipients: list[str],
+    raw: bytes,
+    options: list[str],
+    *,
+    first: bool,
+) -> tuple[dict[str, tuple[int, str]], list[str]]:
+    """One MAIL, RCPT, DATA exchange; return (the recipients refused, those left for the next
+    transaction: from the first one answered 452 after another was taken).
+
+    A `first` transaction that delivers to nobody raises SMTPFailure (the mail was not
+    sent); a later one returns its refusals (the mail went to others already).
+    """
     try:
         code, text = client.mail(mail_from, options)
         if code != 250:
             client.rset()
             raise _refusal(code, text, "the sender")
         refused: dict[str, tuple[int, str]] = {}
-        for recipient in recipients:
+        taken = 0
+        for position, recipient in enumerate(recipients):
             code, text = client.rcpt(recipient)
-            if code not in (250, 251):
+            if code in (250, 251):
+                taken += 1
+            elif code == TOO_MANY_RECIPIENTS and taken:
+                rest = recipients[position:]  # the server's limit: these go next time
+                break
+            else:
                 refused[recipient] = (code, _answer(code, text))
-        if len(refused) == len(recipients):
+        else:
+            rest = []
+        if not taken:
             client.rset()
+            if not first:
+                return refused, []
             codes = [code for code, _ in refused.values()]
             words = "; ".join(f"{rcpt}: {answer}" for rcpt, (_c, answer) in refused.items())
             if any(400 <= code < 500 for code in codes):
@@ -295,4 +347,4 @@ def deliver(
         ) from exc
     if code != 250:
         raise _refusal(code, text, "the mail")
-    return Delivery(refused=refused)
+    return refused, rest

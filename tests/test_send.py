@@ -441,6 +441,33 @@ def test_recipients_the_server_refused_are_named_where_the_user_looks(app, sende
     assert note in page and "The other recipients got it." in page
 
 
+def test_a_server_taking_few_recipients_at_once_gets_the_rest_in_further_rounds(app, sender):
+    user, account, server, _mail_user = sender
+    server.handler.max_recipients = 2  # then "452 4.5.3 Too many recipients"
+    server.handler.rcpt_answers["gone@customer.test"] = "550 5.1.1 No such user here"
+    people = [["", f"p{n}@customer.test"] for n in range(4)]
+    mail = new_mail(
+        user,
+        account,
+        to=people[:2],
+        cc=[*people[2:], ["", "gone@customer.test"]],
+        bcc=[["", "boss@team.test"]],
+    )
+    queue(user, mail)
+    assert send.send_due(app) == {mail.id: OUTGOING_SENT}
+    assert [m.rcpt_tos for m in server.messages] == [
+        ["p0@customer.test", "p1@customer.test"],
+        ["p2@customer.test", "p3@customer.test"],
+        ["boss@team.test"],
+    ]
+    assert len({m.data for m in server.messages}) == 1  # one mail, the same bytes each time
+    # Only the address the server refused for good is named.
+    assert state_of(mail.id).error == (
+        "Not delivered to gone@customer.test (550 5.1.1 No such user here). "
+        "The other recipients got it."
+    )
+
+
 def test_mail_everyone_got_carries_no_refusal_note(app, sender, login):
     user, account, _server, _mail_user = sender
     mail = new_mail(user, account, subject="Contract v3")

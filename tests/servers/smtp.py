@@ -29,6 +29,9 @@ class RecordingHandler:
     rcpt_answers: dict[str, str] = field(default_factory=dict)
     data_answers: list[str] = field(default_factory=list)
     transactions: int = 0  # MAIL FROM commands seen
+    # Recipients taken per transaction (None: any number), as servers with a limit answer
+    # the next ones "452 too many recipients" (RFC 5321 4.5.3.1.10).
+    max_recipients: int | None = None
     ehlos: int = 0  # EHLO commands seen (two per connection with STARTTLS)
     # Called with each accepted message's bytes (e.g. to file a Sent copy as Gmail does).
     on_message: Callable[[bytes], None] | None = None
@@ -48,6 +51,8 @@ class RecordingHandler:
         answer = self.rcpt_answers.get(address)
         if answer is not None:
             return answer
+        if self.max_recipients is not None and len(envelope.rcpt_tos) >= self.max_recipients:
+            return "452 4.5.3 Too many recipients"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
