@@ -626,6 +626,13 @@ class Message(db.Model):
             sqlite_where=text("is_read IS 0 AND deleted_at IS NULL AND blocked IS 0"),
             postgresql_where=text("is_read IS false AND deleted_at IS NULL AND blocked IS false"),
         ),
+        # Almost always empty: storing a location asks it, for every batch (store.py).
+        Index(
+            "ix_message_seen_wanted",
+            "id",
+            sqlite_where=text("seen_wanted IS NOT NULL"),
+            postgresql_where=text("seen_wanted IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -660,6 +667,10 @@ class Message(db.Model):
     has_attachments: Mapped[bool] = mapped_column(Boolean, default=False)
     parse_error: Mapped[str | None] = mapped_column(Text)
     is_read: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The user's \Seen change, not yet on the server, of a location that went (the mail was
+    # moved or renumbered elsewhere): the location the mail turns up at next gets it, and
+    # writes it (store._carry_pending_seen). None: nothing waiting.
+    seen_wanted: Mapped[bool | None] = mapped_column(Boolean)
     is_flagged: Mapped[bool] = mapped_column(Boolean, default=False)
     is_draft: Mapped[bool] = mapped_column(Boolean, default=False)
     is_sent: Mapped[bool] = mapped_column(Boolean, default=False)

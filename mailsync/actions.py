@@ -64,14 +64,26 @@ class MoveResult:
 
 
 def set_seen(app, account_id: int, locations: Sequence[Location], seen: bool) -> list[Location]:
-    """Add or remove \\Seen on each location (+FLAGS.SILENT / -FLAGS.SILENT, never FLAGS);
-    return those written (see _store_each_folder)."""
+    """Add or remove \\Seen on each location (+FLAGS / -FLAGS, never FLAGS); return those
+    written (see _store_each_folder).
 
-    def store(client: IMAPClient, uids: list[int]) -> None:
+    Not .SILENT: the server answers with the flags of each mail it changed, which tells the
+    UIDs it no longer has (another mail program moved or deleted the mail meanwhile). STORE
+    on those is an OK that changed nothing; they are not written, so the change stays
+    pending until a sync pass finds where the mail went.
+    """
+
+    def store(client: IMAPClient, uids: list[int]) -> set[int]:
         if seen:
-            client.add_flags(uids, [SEEN], silent=True)
+            answered = client.add_flags(uids, [SEEN])
         else:
-            client.remove_flags(uids, [SEEN], silent=True)
+            answered = client.remove_flags(uids, [SEEN])
+        present = set(answered) & set(uids)
+        if len(present) < len(uids):
+            # A server may leave out mail whose flags did not change: ask which are there.
+            missing = ",".join(map(str, sorted(set(uids) - present)))
+            present |= set(client.search(["UID", missing]))
+        return present
 
     return _store_each_folder(app, account_id, locations, store)
 
@@ -95,10 +107,11 @@ def _store_each_folder(
     app,
     account_id: int,
     locations: Sequence[Location],
-    store: Callable[[IMAPClient, list[int]], None],
+    store: Callable[[IMAPClient, list[int]], set[int] | None],
 ) -> list[Location]:
     """SELECT each folder of the locations and `store` on its UIDs, on one connection;
-    return the locations stored on (a folder whose UIDs now name other mail is skipped)."""
+    return the locations stored on (a folder whose UIDs now name other mail is skipped, and
+    UIDs `store` says the folder no longer has; None: every one)."""
     if not locations:
         return []
     settings, allowed_ports, _folders = account_settings(app, account_id)
@@ -109,8 +122,8 @@ def _store_each_folder(
         for folder, uids in _by_folder(locations).items():
             if not select_as_stored(client, folder, uidvalidity.get(folder)):
                 continue
-            store(client, uids)
-            done += [(folder, uid) for uid in uids]
+            present = store(client, uids)
+            done += [(folder, uid) for uid in uids if present is None or uid in present]
     except (OSError, imaplib.IMAP4.error, IMAPClientError) as exc:
         raise MailActionError(describe_failure(exc)) from exc
     finally:

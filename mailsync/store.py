@@ -17,14 +17,17 @@ from typing import Any, Protocol
 
 from sqlalchemy import (
     JSON,
+    and_,
     bindparam,
     case,
     delete,
     func,
     insert,
+    not_,
     or_,
     select,
     text,
+    true,
     tuple_,
     update,
 )
@@ -465,7 +468,13 @@ def _upsert_locations(rows: list[dict[str, Any]], *, takeover: bool) -> set[int]
             )
     if takeover:
         # The user's \Seen change on a stale row was meant for the mail that was there: the
-        # other mail now at its UID must not get it (nor its guard).
+        # other mail now at its UID must not get it (nor its guard); the user's mail keeps it
+        # for where it is now.
+        for folder_id, uids in by_folder.items():
+            for chunk in _chunks(uids):
+                _keep_pending_seen(
+                    folder_id, and_(location_t.c.stale.is_(True), location_t.c.uid.in_(chunk))
+                )
         db.session.execute(
             update(location_t)
             .where(
@@ -480,6 +489,7 @@ def _upsert_locations(rows: list[dict[str, Any]], *, takeover: bool) -> set[int]
                 for row in rows
             ],
         )
+    carried = _pending_seen_of({row["message_id"] for row in rows})
     _bulk_insert(
         location_t,
         rows,
@@ -496,7 +506,85 @@ def _upsert_locations(rows: list[dict[str, Any]], *, takeover: bool) -> set[int]
             "stale",
         ),
     )
+    if carried:
+        _give_pending_seen([row for row in rows if row["message_id"] in carried], carried)
     return displaced
+
+
+def _pending_seen_of(message_ids: set[int]) -> dict[int, bool]:
+    """Return {message id: the \\Seen the user wants} of these messages whose change was
+    left by a location that went before the change reached the server (Message.seen_wanted;
+    see _keep_pending_seen). One read of an index that is almost always empty."""
+    # The whole (tiny) partial index, not a probe per id: this runs for every stored batch.
+    rows = db.session.execute(
+        select(message_t.c.id, message_t.c.seen_wanted).where(message_t.c.seen_wanted.is_not(None))
+    )
+    return {message_id: bool(seen) for message_id, seen in rows if message_id in message_ids}
+
+
+def _give_pending_seen(rows: list[dict[str, Any]], wanted: dict[int, bool]) -> None:
+    """The new locations of mail whose \\Seen change is still on its way take that change,
+    pending, for the sync's write-back to put on the server (the server's copy has the
+    flags from before it): a mail read in Threadline and moved by another mail program
+    before the write-back stays read."""
+    now = _now()
+    for row in sorted(rows, key=lambda row: (row["folder_id"], row["uid"])):
+        db.session.execute(
+            update(location_t)
+            .where(location_t.c.folder_id == row["folder_id"], location_t.c.uid == row["uid"])
+            .values(seen=wanted[row["message_id"]], seen_pending=True, seen_changed_at=now)
+        )
+    db.session.execute(
+        update(message_t)
+        .where(message_t.c.id.in_(sorted(wanted)), message_t.c.seen_wanted.is_not(None))
+        .values(seen_wanted=None)
+    )
+
+
+def _keep_pending_seen(folder_id: int, condition) -> None:
+    """Before a folder's locations matching `condition` are deleted: a user's \\Seen change
+    on one of them that is not on the server yet follows the mail.
+
+    Another mail program moved the mail (or the folder was renumbered) before the
+    write-back: the location the mail has now, found by this pass or the next, has the
+    flags from before the user's change. The user's change marked every location the mail
+    had then, so one the mail has now that is not pending is such a newer place: it takes
+    the change, pending, for the next write-back. With no other location yet the message
+    keeps it (Message.seen_wanted) for the location it turns up at (_upsert_locations).
+    """
+    pending = db.session.execute(
+        select(location_t.c.message_id, location_t.c.seen).where(
+            location_t.c.folder_id == folder_id,
+            GUARDED,
+            location_t.c.seen_pending.is_(True),
+            condition,
+        )
+    ).all()
+    for message_id, seen in pending:
+        elsewhere = db.session.execute(
+            select(location_t.c.id, location_t.c.seen, location_t.c.seen_pending).where(
+                location_t.c.message_id == message_id,
+                location_t.c.stale.is_(False),
+                not_(and_(location_t.c.folder_id == folder_id, condition)),
+            )
+        ).all()
+        if not elsewhere:
+            db.session.execute(
+                update(message_t).where(message_t.c.id == message_id).values(seen_wanted=seen)
+            )
+            continue
+        newer = sorted(
+            location_id
+            for location_id, other_seen, other_pending in elsewhere
+            if not other_pending and bool(other_seen) != bool(seen)
+        )
+        if newer:
+            dialect.lock_rows_in_order(db.session.connection(), location_t, newer)
+            db.session.execute(
+                update(location_t)
+                .where(location_t.c.id.in_(newer))
+                .values(seen=seen, seen_pending=True, seen_changed_at=_now())
+            )
 
 
 def link_locations(links: Sequence[Link], *, takeover: bool = True) -> set[int]:
@@ -524,6 +612,7 @@ def remove_locations(folder_id: int, uids: Iterable[int], *, log: RunLog | None 
         ).all()
         touched.update(message_id for _uid, message_id in rows)
         _log_removed(log, folder_id, rows)
+        _keep_pending_seen(folder_id, location_t.c.uid.in_(chunk))
         removed += db.session.execute(
             delete(location_t).where(
                 location_t.c.folder_id == folder_id, location_t.c.uid.in_(chunk)
@@ -632,6 +721,7 @@ def remove_stale_locations(folder_id: int, *, log: RunLog | None = None) -> int:
         )
     ).all()
     _log_removed(log, folder_id, rows)
+    _keep_pending_seen(folder_id, location_t.c.stale.is_(True))
     removed = db.session.execute(
         delete(location_t).where(location_t.c.folder_id == folder_id, location_t.c.stale.is_(True))
     ).rowcount
@@ -645,6 +735,7 @@ def remove_folder_locations(folder_id: int, *, log: RunLog | None = None) -> int
         select(location_t.c.uid, location_t.c.message_id).where(location_t.c.folder_id == folder_id)
     ).all()
     _log_removed(log, folder_id, rows)
+    _keep_pending_seen(folder_id, true())
     removed = db.session.execute(
         delete(location_t).where(location_t.c.folder_id == folder_id)
     ).rowcount

@@ -947,7 +947,10 @@ def mark_read(user: User, threads: Sequence[Thread], *, read: bool) -> ActionOut
         )
     for chunk in _chunks(sorted(message.id for message in messages)):
         lock_rows_in_order(db.session.connection(), message_t, chunk)
-        db.session.execute(update(Message).where(Message.id.in_(chunk)).values(is_read=read))
+        # A newer wish than one a gone location left behind (store._keep_pending_seen).
+        db.session.execute(
+            update(Message).where(Message.id.in_(chunk)).values(is_read=read, seen_wanted=None)
+        )
     _queue_writebacks(WRITEBACK_SEEN, groups)
     db.session.commit()
     word = "read" if read else "unread"

@@ -556,3 +556,93 @@ def test_a_large_mails_body_is_never_taken_from_other_mail_at_its_old_uid(
     assert not message.is_placeholder
     raw = BlobStore(f"{app.instance_path}/blobs").get(message.raw_sha256)
     assert b"tangerine" in raw and b"pomelo" not in raw
+
+
+def read_in_projects(app, client_me, dovecot, mail_user, server_account) -> Message:
+    """A mail synced in Projects that the user has just marked read in Threadline (the
+    write-back queued, retried at once when it cannot land)."""
+    from tests.sync_helpers import raw_message, run_sync
+
+    app.config.update(JOB_BACKOFF_SECONDS=0)
+    dovecot.create_folder(mail_user.email, "Projects")
+    dovecot.deliver(mail_user.email, raw_message(1, msgid="first@soak.test"), "Projects")
+    run_sync(app, server_account.id)
+    message = db.session.scalar(select(Message))
+    client_me.post(ACTIONS_URL, data={"action": "read", "thread_id": [message.thread_id]})
+    return message
+
+
+def read_on_the_server(dovecot, mail_user, folder: str, message_id_header: str) -> bool:
+    db.session.expire_all()
+    (location,) = [
+        location
+        for location in db.session.scalars(select(MessageLocation))
+        if location.message.message_id_header == message_id_header
+    ]
+    assert location.folder.name == folder
+    return "\\Seen" in dovecot.flags(mail_user.email, folder, location.uid)
+
+
+def test_a_mail_read_here_and_moved_by_another_mail_program_before_the_write_back_stays_read(
+    app, client_me, dovecot, mail_user, server_account
+):
+    """Another mail program moves the mail between the user's "read" and its write-back.
+    STORE on the UID it no longer has is an OK that changes nothing: the write-back used to
+    count it as written, and the next pass found the mail in its new folder unread."""
+    from tests.sync_helpers import run_sync
+
+    message = read_in_projects(app, client_me, dovecot, mail_user, server_account)
+    dovecot.move(mail_user.email, "Projects", 1, "Archive")
+
+    run_pending_jobs(app)  # the mail is not where the write-back looks: it waits
+    run_sync(app, server_account.id)  # finds it in Archive, with the user's change
+    run_sync(app, server_account.id)  # writes the change
+    assert read_on_the_server(dovecot, mail_user, "Archive", "first@soak.test")
+    db.session.expire_all()
+    assert db.session.get(Message, message.id).is_read
+
+
+def test_a_mail_read_here_stays_read_when_its_folder_is_rebuilt_before_the_write_back(
+    app, client_me, dovecot, mail_user, server_account
+):
+    """The folder is rebuilt on the server (a new UIDVALIDITY, the mail at another UID)
+    between the user's "read" and its write-back: the pass replaces the mail's location, and
+    used to drop the pending change with the old one (the mail turned unread again)."""
+    from tests.sync_helpers import raw_message, run_sync
+
+    read_in_projects(app, client_me, dovecot, mail_user, server_account)
+    dovecot.delete_folder(mail_user.email, "Projects")
+    dovecot.create_folder(mail_user.email, "Projects")
+    dovecot.set_uidvalidity(mail_user.email, "Projects", 4242)
+    dovecot.deliver(mail_user.email, raw_message(2, msgid="other@soak.test"), "Projects")
+    dovecot.deliver(mail_user.email, raw_message(1, msgid="first@soak.test"), "Projects")
+
+    run_pending_jobs(app)
+    run_sync(app, server_account.id)
+    run_pending_jobs(app)
+    run_sync(app, server_account.id)
+    assert read_on_the_server(dovecot, mail_user, "Projects", "first@soak.test")
+    assert not read_on_the_server(dovecot, mail_user, "Projects", "other@soak.test")
+
+
+def test_a_mail_read_here_and_gone_for_a_while_is_read_when_it_comes_back(
+    app, client_me, dovecot, mail_user, server_account
+):
+    """Another mail program takes the mail away (expunged) before the write-back, then puts
+    it back elsewhere (restored from a backup, moved back): the user's change was kept with
+    the mail in between, and reaches the server with it."""
+    from tests.sync_helpers import raw_message, run_sync
+
+    message = read_in_projects(app, client_me, dovecot, mail_user, server_account)
+    dovecot.expunge(mail_user.email, "Projects", 1)
+    run_pending_jobs(app)
+    run_sync(app, server_account.id)
+    db.session.expire_all()
+    assert db.session.get(Message, message.id).deleted_at is not None  # gone for now
+    dovecot.deliver(mail_user.email, raw_message(1, msgid="first@soak.test"), "Archive")
+    run_sync(app, server_account.id)
+    run_sync(app, server_account.id)
+    assert read_on_the_server(dovecot, mail_user, "Archive", "first@soak.test")
+    db.session.expire_all()
+    back = db.session.get(Message, message.id)
+    assert back.is_read and back.deleted_at is None and back.seen_wanted is None
