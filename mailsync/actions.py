@@ -34,11 +34,13 @@ Location = tuple[str, int]
 
 
 class MailActionError(Exception):
-    """The server could not be updated; `message` says why in plain words."""
+    """The server could not be updated; `message` says why in plain words. `moved`: what a
+    move did before it failed (recorded all the same: that mail is in its new place)."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, *, moved: dict[Location, int | None] | None = None):
         super().__init__(message)
         self.message = message
+        self.moved = moved or {}
 
 
 class FolderChangedError(MailActionError):
@@ -169,14 +171,20 @@ def move_locations(
         for folder, uids in _by_folder(locations).items():
             if folder == destination:
                 continue
-            if not select_as_stored(client, folder, uidvalidity.get(folder)):
+            try:
+                trusted = select_as_stored(client, folder, uidvalidity.get(folder))
+            except (imaplib.IMAP4.error, IMAPClientError) as exc:
+                if not _is_missing_folder(exc):
+                    raise
+                trusted = False  # deleted on the server: the next pass lets its mail go
+            if not trusted:
                 result.changed_folders.append(folder)
                 continue
             new_uids = _move_uids(client, uids, destination)
             for uid in uids:
                 result.moved[(folder, uid)] = new_uids.get(uid)
     except (OSError, imaplib.IMAP4.error, IMAPClientError) as exc:
-        raise MailActionError(describe_failure(exc)) from exc
+        raise MailActionError(describe_failure(exc), moved=result.moved) from exc
     finally:
         imap.safe_logout(client)
     return result
@@ -323,10 +331,26 @@ def connect(settings: imap.ConnectionSettings, allowed_ports) -> IMAPClient:
         raise MailActionError(exc.message) from exc
 
 
+def _is_missing_folder(exc: BaseException) -> bool:
+    """Whether the server's error says the folder does not exist (RFC 5530 NONEXISTENT,
+    TRYCREATE, or in words: servers without response codes)."""
+    words = str(exc).lower()
+    return any(
+        sign in words
+        for sign in ("nonexistent", "trycreate", "doesn't exist", "does not exist", "no such")
+    )
+
+
 def describe_failure(exc: BaseException) -> str:
     """Plain words for a network or IMAP error during an action."""
     if isinstance(exc, OSError):
         return "the connection to the mail server was lost"
+    if _is_missing_folder(exc):
+        return (
+            "a folder of this change no longer exists on the mail server (deleted or "
+            "renamed in another mail program); Threadline shows the mail where the server "
+            "has it after its next sync"
+        )
     return f"the mail server refused the change ({str(exc)[:200]})"
 
 

@@ -91,7 +91,14 @@ def move(app: Flask, account_id: int, payload: dict) -> None:
         rebuilding = {row.name for row in rows if row.stale}
         refs = [(row.name, row.uid) for row in rows if not row.stale]
         db.session.remove()
-    result = actions.move_locations(app, account_id, refs, destination_name=destination_name)
+    try:
+        result = actions.move_locations(app, account_id, refs, destination_name=destination_name)
+    except actions.MailActionError as exc:
+        with app.app_context():  # what moved before the failure is in its new folder
+            record_moves(account_id, exc.moved, destination_id)
+            db.session.commit()
+            db.session.remove()
+        raise
     with app.app_context():
         record_moves(account_id, result.moved, destination_id)
         db.session.commit()

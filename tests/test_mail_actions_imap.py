@@ -646,3 +646,61 @@ def test_a_mail_read_here_and_gone_for_a_while_is_read_when_it_comes_back(
     db.session.expire_all()
     back = db.session.get(Message, message.id)
     assert back.is_read and back.deleted_at is None and back.seen_wanted is None
+
+
+def test_a_move_whose_source_folder_was_deleted_on_the_server_moves_the_rest(
+    app, client_me, dovecot, mail_user, server_account
+):
+    """A conversation with mail in Projects and in INBOX is moved to Archive; Projects is
+    deleted in another mail program before the write-back. The whole move used to fail on
+    Projects (nothing recorded, the INBOX mail moved on the server but not in Threadline, and
+    the error in the server's words); now the rest moves and the gone folder waits for the
+    pass that lets its mail go."""
+    from tests.sync_helpers import raw_message, run_sync
+
+    app.config.update(JOB_BACKOFF_SECONDS=0)
+    dovecot.create_folder(mail_user.email, "Projects")
+    dovecot.deliver(mail_user.email, raw_message(1, msgid="first@soak.test"), "Projects")
+    reply = raw_message(2, msgid="reply@soak.test", in_reply_to="<first@soak.test>")
+    dovecot.deliver(mail_user.email, reply, "INBOX")
+    run_sync(app, server_account.id)
+    (thread_id,) = set(db.session.scalars(select(Message.thread_id)))
+    archive = db.session.scalar(select(MailFolder).where(MailFolder.name == "Archive"))
+    client_me.post(
+        ACTIONS_URL, data={"action": "move", "thread_id": [thread_id], "destination": archive.id}
+    )
+    dovecot.delete_folder(mail_user.email, "Projects")
+
+    run_pending_jobs(app)
+    assert dovecot.uids(mail_user.email, "INBOX") == []
+    assert len(dovecot.uids(mail_user.email, "Archive")) == 1
+    assert [
+        (loc.folder.name)
+        for loc in locations(
+            db.session.scalar(
+                select(Message.id).where(Message.message_id_header == "reply@soak.test")
+            )
+        )
+    ] == ["Archive"]
+    run_sync(app, server_account.id)  # Projects is gone, and its mail with it
+    run_pending_jobs(app)
+    job = db.session.scalar(select(Job).where(Job.kind == WRITEBACK_MOVE))
+    assert job.state == JOB_DONE
+    # Threadline and the server agree: the conversation is out of the Inbox on both.
+    assert f'data-thread-id="{thread_id}"' not in client_me.get("/mail/").get_data(as_text=True)
+    assert dovecot.uids(mail_user.email, "INBOX") == []
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "select failed: [NONEXISTENT] Mailbox doesn't exist: Projects",
+        "MOVE failed: [TRYCREATE] Mailbox doesn't exist: Archive",
+        "SELECT failed: No such mailbox",
+    ],
+)
+def test_a_folder_deleted_on_the_server_is_said_in_plain_words(answer):
+    from imapclient.exceptions import IMAPClientError
+
+    words = actions.describe_failure(IMAPClientError(answer))
+    assert "no longer exists on the mail server" in words and "failed" not in words
