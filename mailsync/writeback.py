@@ -188,6 +188,10 @@ def record_moves(
             )
         )
         if taken:
+            if new_uid is None and location.seen_pending:
+                # Where the mail went is learnt by the next pass: its new location takes
+                # the user's \Seen change still on its way (store._pending_seen_of).
+                location.message.seen_wanted = location.seen
             db.session.delete(location)
         else:
             location.folder_id, location.uid = destination_id, new_uid

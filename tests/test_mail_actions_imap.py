@@ -704,3 +704,36 @@ def test_a_folder_deleted_on_the_server_is_said_in_plain_words(answer):
 
     words = actions.describe_failure(IMAPClientError(answer))
     assert "no longer exists on the mail server" in words and "failed" not in words
+
+
+def test_a_read_queued_behind_a_move_whose_new_uid_is_unknown_reaches_the_mail(
+    app, monkeypatch, client_me, dovecot, mail_user, server_account
+):
+    """Without MOVE and UIDPLUS, mail without a Message-ID cannot be found in the folder it
+    was copied to until a pass reads it: a read queued behind the move used to be lost."""
+    from tests.sync_helpers import run_sync
+
+    original = IMAPClient.has_capability
+    monkeypatch.setattr(
+        IMAPClient,
+        "has_capability",
+        lambda self, name: False if name in ("MOVE", "UIDPLUS") else original(self, name),
+    )
+    app.config.update(JOB_BACKOFF_SECONDS=0)
+    dovecot.create_folder(mail_user.email, "Projects")
+    raw = b"From: a@b.test\r\nTo: box@mail.test\r\nSubject: No id\r\n\r\nbody\r\n"
+    dovecot.deliver(mail_user.email, raw, "INBOX")
+    run_sync(app, server_account.id)
+    message = db.session.scalar(select(Message))
+    projects = db.session.scalar(select(MailFolder).where(MailFolder.name == "Projects"))
+    data = {"thread_id": [message.thread_id]}
+    client_me.post(ACTIONS_URL, data={**data, "action": "move", "destination": projects.id})
+    client_me.post(ACTIONS_URL, data={**data, "action": "read"})
+
+    run_pending_jobs(app)
+    run_sync(app, server_account.id)  # finds the mail in Projects, with the user's change
+    run_sync(app, server_account.id)  # writes it
+    (uid,) = dovecot.uids(mail_user.email, "Projects")
+    assert "\\Seen" in dovecot.flags(mail_user.email, "Projects", uid)
+    db.session.expire_all()
+    assert db.session.get(Message, message.id).is_read
