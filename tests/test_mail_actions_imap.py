@@ -499,20 +499,28 @@ def test_a_move_made_just_before_a_harmless_uidvalidity_change_still_lands(
     assert location.folder.name == "Archive"
 
 
+def rebuild_projects(dovecot, mail_user) -> None:
+    """Projects rebuilt on the server (a new UIDVALIDITY): other mail at the user's mail's old
+    UID 1, the user's mail ("first@soak.test") at UID 2."""
+    from tests.sync_helpers import raw_message
+
+    dovecot.delete_folder(mail_user.email, "Projects")
+    dovecot.create_folder(mail_user.email, "Projects")
+    dovecot.set_uidvalidity(mail_user.email, "Projects", 4242)
+    dovecot.deliver(mail_user.email, raw_message(2, msgid="other@soak.test"), "Projects")
+    dovecot.deliver(mail_user.email, raw_message(1, msgid="first@soak.test"), "Projects")
+
+
 def test_a_move_finds_the_users_mail_again_in_a_rebuilt_folder(
     app, client_me, dovecot, mail_user, server_account
 ):
     """The folder is rebuilt on the server between the move and its write-back: other mail
     now has the user's mail's old UID, and the user's mail another one. The write-back moves
     the user's mail, found again once a pass has read the folder, and leaves the other."""
-    from tests.sync_helpers import raw_message, run_sync
+    from tests.sync_helpers import run_sync
 
     moved_out_of_projects(app, client_me, dovecot, mail_user, server_account)
-    dovecot.delete_folder(mail_user.email, "Projects")
-    dovecot.create_folder(mail_user.email, "Projects")
-    dovecot.set_uidvalidity(mail_user.email, "Projects", 4242)
-    dovecot.deliver(mail_user.email, raw_message(2, msgid="other@soak.test"), "Projects")
-    dovecot.deliver(mail_user.email, raw_message(1, msgid="first@soak.test"), "Projects")
+    rebuild_projects(dovecot, mail_user)
 
     run_pending_jobs(app)
     run_sync(app, server_account.id)
@@ -608,14 +616,10 @@ def test_a_mail_read_here_stays_read_when_its_folder_is_rebuilt_before_the_write
     """The folder is rebuilt on the server (a new UIDVALIDITY, the mail at another UID)
     between the user's "read" and its write-back: the pass replaces the mail's location, and
     used to drop the pending change with the old one (the mail turned unread again)."""
-    from tests.sync_helpers import raw_message, run_sync
+    from tests.sync_helpers import run_sync
 
     read_in_projects(app, client_me, dovecot, mail_user, server_account)
-    dovecot.delete_folder(mail_user.email, "Projects")
-    dovecot.create_folder(mail_user.email, "Projects")
-    dovecot.set_uidvalidity(mail_user.email, "Projects", 4242)
-    dovecot.deliver(mail_user.email, raw_message(2, msgid="other@soak.test"), "Projects")
-    dovecot.deliver(mail_user.email, raw_message(1, msgid="first@soak.test"), "Projects")
+    rebuild_projects(dovecot, mail_user)
 
     run_pending_jobs(app)
     run_sync(app, server_account.id)
