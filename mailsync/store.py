@@ -527,13 +527,24 @@ def _give_pending_seen(rows: list[dict[str, Any]], wanted: dict[int, bool]) -> N
     pending, for the sync's write-back to put on the server (the server's copy has the
     flags from before it): a mail read in Threadline and moved by another mail program
     before the write-back stays read."""
-    now = _now()
-    for row in sorted(rows, key=lambda row: (row["folder_id"], row["uid"])):
+    places = tuple_(location_t.c.folder_id, location_t.c.uid)
+    given: dict[bool, list[int]] = {}
+    for location_id, message_id in db.session.execute(
+        select(location_t.c.id, location_t.c.message_id).where(
+            places.in_([(row["folder_id"], row["uid"]) for row in rows])
+        )
+    ):
+        given.setdefault(wanted[message_id], []).append(location_id)
+    # Locations, then messages, each in id order, as a request marking mail read takes them.
+    connection = db.session.connection()
+    dialect.lock_rows_in_order(connection, location_t, [i for ids in given.values() for i in ids])
+    for seen, location_ids in given.items():
         db.session.execute(
             update(location_t)
-            .where(location_t.c.folder_id == row["folder_id"], location_t.c.uid == row["uid"])
-            .values(seen=wanted[row["message_id"]], seen_pending=True, seen_changed_at=now)
+            .where(location_t.c.id.in_(location_ids))
+            .values(seen=seen, seen_pending=True, seen_changed_at=_now())
         )
+    dialect.lock_rows_in_order(connection, message_t, wanted)
     db.session.execute(
         update(message_t)
         .where(message_t.c.id.in_(sorted(wanted)), message_t.c.seen_wanted.is_not(None))
@@ -553,14 +564,18 @@ def _keep_pending_seen(folder_id: int, condition) -> None:
     keeps it (Message.seen_wanted) for the location it turns up at (_upsert_locations).
     """
     pending = db.session.execute(
-        select(location_t.c.message_id, location_t.c.seen).where(
+        select(location_t.c.id, location_t.c.message_id, location_t.c.seen).where(
             location_t.c.folder_id == folder_id,
             GUARDED,
             location_t.c.seen_pending.is_(True),
             condition,
         )
     ).all()
-    for message_id, seen in pending:
+    if not pending:
+        return
+    newer: dict[bool, list[int]] = {}
+    kept: dict[bool, list[int]] = {}
+    for _location_id, message_id, seen in pending:
         elsewhere = db.session.execute(
             select(location_t.c.id, location_t.c.seen, location_t.c.seen_pending).where(
                 location_t.c.message_id == message_id,
@@ -569,22 +584,27 @@ def _keep_pending_seen(folder_id: int, condition) -> None:
             )
         ).all()
         if not elsewhere:
-            db.session.execute(
-                update(message_t).where(message_t.c.id == message_id).values(seen_wanted=seen)
-            )
-            continue
-        newer = sorted(
-            location_id
-            for location_id, other_seen, other_pending in elsewhere
-            if not other_pending and bool(other_seen) != bool(seen)
+            kept.setdefault(bool(seen), []).append(message_id)
+        for location_id, other_seen, other_pending in elsewhere:
+            if not other_pending and bool(other_seen) != bool(seen):
+                newer.setdefault(bool(seen), []).append(location_id)
+    # Locations, then messages, each in id order, as a request marking mail read takes them.
+    connection = db.session.connection()
+    going = [location_id for location_id, _message_id, _seen in pending]
+    dialect.lock_rows_in_order(
+        connection, location_t, [*going, *(i for ids in newer.values() for i in ids)]
+    )
+    for seen, location_ids in newer.items():
+        db.session.execute(
+            update(location_t)
+            .where(location_t.c.id.in_(location_ids))
+            .values(seen=seen, seen_pending=True, seen_changed_at=_now())
         )
-        if newer:
-            dialect.lock_rows_in_order(db.session.connection(), location_t, newer)
-            db.session.execute(
-                update(location_t)
-                .where(location_t.c.id.in_(newer))
-                .values(seen=seen, seen_pending=True, seen_changed_at=_now())
-            )
+    dialect.lock_rows_in_order(connection, message_t, [i for ids in kept.values() for i in ids])
+    for seen, message_ids in kept.items():
+        db.session.execute(
+            update(message_t).where(message_t.c.id.in_(message_ids)).values(seen_wanted=seen)
+        )
 
 
 def link_locations(links: Sequence[Link], *, takeover: bool = True) -> set[int]:
