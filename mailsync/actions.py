@@ -80,11 +80,14 @@ def set_seen(app, account_id: int, locations: Sequence[Location], seen: bool) ->
             answered = client.add_flags(uids, [SEEN])
         else:
             answered = client.remove_flags(uids, [SEEN])
-        present = set(answered) & set(uids)
-        if len(present) < len(uids):
+        # Mail marked \Deleted is on its way out (a move by COPY, \Deleted, EXPUNGE in
+        # another mail program): the change must reach the copy, so it is not written yet.
+        present = {uid for uid, flags in answered.items() if DELETED not in flags} & set(uids)
+        unanswered = sorted(set(uids) - set(answered))
+        if unanswered:
             # A server may leave out mail whose flags did not change: ask which are there.
-            missing = ",".join(map(str, sorted(set(uids) - present)))
-            present |= set(client.search(["UID", missing]))
+            listed = ",".join(map(str, unanswered))
+            present |= set(client.search(["UID", listed, "UNDELETED"]))
         return present
 
     return _store_each_folder(app, account_id, locations, store)

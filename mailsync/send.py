@@ -456,15 +456,25 @@ def send_one(app: Flask, mail_id: int, *, sessions: Sessions | None = None) -> s
 
 def _refusal_note(refused: dict[str, tuple[int, str]]) -> str:
     """What the Outbox and the conversation say of recipients the server refused while it
-    took the mail for the others."""
-    note = (
-        "Not delivered to "
-        + "; ".join(f"{rcpt} ({answer})" for rcpt, (_code, answer) in refused.items())
-        + ". The other recipients got it."
-    )
-    if any(400 <= code < 500 for code, _answer in refused.values()):
-        note += " The server refused only for now: send it to them again later."
-    return note
+    took the mail for the others (or, after a broken connection, may have taken it for)."""
+    maybe = [rcpt for rcpt, (code, _answer) in refused.items() if code == smtp.MAYBE_DELIVERED]
+    refusals = {rcpt: value for rcpt, value in refused.items() if rcpt not in maybe}
+    notes = []
+    if refusals:
+        notes.append(
+            "Not delivered to "
+            + "; ".join(f"{rcpt} ({answer})" for rcpt, (_code, answer) in refusals.items())
+            + "."
+        )
+    if maybe:
+        notes.append(
+            f"The connection broke while the mail was handed over for {', '.join(maybe)}: "
+            "they may or may not have it; ask before sending it to them again."
+        )
+    notes.append("The other recipients got it.")
+    if any(400 <= code < 500 for code, _answer in refusals.values()):
+        notes.append("The server refused only for now: send it to them again later.")
+    return " ".join(notes)
 
 
 def _state(mail_id: int) -> str | None:

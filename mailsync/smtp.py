@@ -248,7 +248,13 @@ def deliver(
         try:
             more, rest_after = _transaction(client, mail_from, rest, raw, options, first=False)
         except SMTPFailure as exc:
-            refused.update({recipient: (0, exc.message) for recipient in rest})
+            # The others have the mail: these recipients are reported, the mail is sent.
+            code = MAYBE_DELIVERED if exc.maybe_sent else 554 if exc.permanent else 451
+            refused.update({recipient: (code, exc.message) for recipient in rest})
+            try:
+                client.rset()  # a refused DATA leaves the transaction open for the next mail
+            except (OSError, smtplib.SMTPException):
+                pass  # a broken connection: the next mail opens a new one
             break
         refused.update(more)
         rest = rest_after
@@ -282,6 +288,9 @@ def _mail_options(client: smtplib.SMTP, raw: bytes, smtputf8: bool) -> list[str]
 
 
 TOO_MANY_RECIPIENTS = 452
+# Delivery.refused's code for recipients of a later transaction whose connection broke while
+# the mail was handed over: they may have it.
+MAYBE_DELIVERED = 0
 
 
 def _transaction(

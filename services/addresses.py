@@ -2,9 +2,11 @@
 
 Deliberately lenient: a local part without spaces, then a domain of one or more non-empty
 labels. A LAN install has mailboxes at single-label domains (`alice@localhost`,
-`bob@intranet`), so a dot in the domain is not required. Neither part may hold what
-separates or brackets addresses in a header (`<>()[],;:"` and backslash) or a control
-character: written into To, `ü<eve@evil.test` sent the mail elsewhere than it read.
+`bob@intranet`), so a dot in the domain is not required; a domain literal (`bob@[10.0.0.5]`)
+and a quoted local part (`"bo berg"@example.com`) are addresses too. Outside quotes neither
+part may hold what separates or brackets addresses in a header (`<>()[],;:"` and backslash)
+or a control character: written into To, `ü<eve@evil.test` sent the mail elsewhere than it
+read.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import re
 
 MAX_ADDRESS_LENGTH = 320
 _NOT_IN_ADDRESS = r'@\s<>()\[\],;:"\\\x00-\x1f\x7f'
-_DOMAIN_RE = re.compile(rf"^[^{_NOT_IN_ADDRESS}.]+(\.[^{_NOT_IN_ADDRESS}.]+)*$")
-_LOCAL_RE = re.compile(rf"^[^{_NOT_IN_ADDRESS}]+$")
+_LABEL = rf"[^{_NOT_IN_ADDRESS}.]+"
+_DOMAIN_RE = re.compile(rf"^(?:{_LABEL}(?:\.{_LABEL})*|\[(?:IPv6:)?[0-9A-Fa-f.:]+\])$")
+_LOCAL_RE = re.compile(rf'^(?:[^{_NOT_IN_ADDRESS}]+|"[^"\\\x00-\x1f\x7f]+")$')
 
 
 def is_valid_domain(domain: str) -> bool:

@@ -85,6 +85,13 @@ def test_what_separates_or_brackets_addresses_is_never_part_of_one(typed):
     assert compose.invalid_addresses(pairs) == [typed]
 
 
+@pytest.mark.parametrize(
+    "address", ['"bo berg"@customer.test', '"a<b"@customer.test', "bob@[10.0.0.5]", "ü@bücher.de"]
+)
+def test_quoted_local_parts_and_domain_literals_are_addresses(address):
+    assert compose.invalid_addresses([["", address]]) == []
+
+
 def test_format_and_parse_round_trip():
     pairs = [
         ["Doe, John", "j@d.test"],

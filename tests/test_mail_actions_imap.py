@@ -741,3 +741,22 @@ def test_a_read_queued_behind_a_move_whose_new_uid_is_unknown_reaches_the_mail(
     assert "\\Seen" in dovecot.flags(mail_user.email, "Projects", uid)
     db.session.expire_all()
     assert db.session.get(Message, message.id).is_read
+
+
+def test_a_read_that_meets_mail_being_moved_by_copy_and_delete_follows_the_copy(
+    app, client_me, dovecot, mail_user, server_account
+):
+    """Another mail program without MOVE copies the mail, marks the original \\Deleted and
+    expunges it a moment later: a write-back landing in between reached the original only."""
+    from tests.sync_helpers import run_sync
+
+    message = read_in_projects(app, client_me, dovecot, mail_user, server_account)
+    dovecot.doveadm("copy", "-u", mail_user.email, "Archive", "mailbox", "Projects", "uid", "1")
+    dovecot.add_flags(mail_user.email, "Projects", 1, "\\Deleted")
+    run_pending_jobs(app)  # meets the original, marked \Deleted: not written
+    dovecot.expunge(mail_user.email, "Projects", 1)
+    run_sync(app, server_account.id)
+    run_sync(app, server_account.id)
+    assert read_on_the_server(dovecot, mail_user, "Archive", "first@soak.test")
+    db.session.expire_all()
+    assert db.session.get(Message, message.id).is_read

@@ -468,6 +468,38 @@ def test_a_server_taking_few_recipients_at_once_gets_the_rest_in_further_rounds(
     )
 
 
+def test_a_later_round_the_server_refuses_is_noted_and_the_next_mail_still_goes(app, sender):
+    user, account, server, _mail_user = sender
+    server.handler.max_recipients = 1
+    # The first round's DATA is taken, the second's refused for now.
+    server.handler.data_answers = ["250 Message accepted", "451 4.7.1 Rate limited, try later"]
+    first = new_mail(user, account, subject="Two rounds", to=[["", "p0@customer.test"]])
+    first.cc = [["", "p1@customer.test"]]
+    second = new_mail(user, account, subject="After it")
+    queue(user, first)
+    queue(user, second)
+    assert send.send_due(app) == {first.id: OUTGOING_SENT, second.id: OUTGOING_SENT}
+    note = state_of(first.id).error
+    assert note.startswith("Not delivered to p1@customer.test (")
+    assert "451 4.7.1 Rate limited" in note and "refused only for now" in note
+    assert "p0@customer.test" not in note
+    assert [m.rcpt_tos for m in server.messages] == [["carla@customer.test"]]  # the second
+
+
+def test_recipients_a_broken_connection_may_have_reached_are_not_called_refused():
+    note = send._refusal_note(
+        {
+            "p1@customer.test": (send.smtp.MAYBE_DELIVERED, "the connection broke"),
+            "p2@customer.test": (550, "550 5.1.1 No such user"),
+        }
+    )
+    assert note == (
+        "Not delivered to p2@customer.test (550 5.1.1 No such user). The connection broke "
+        "while the mail was handed over for p1@customer.test: they may or may not have it; "
+        "ask before sending it to them again. The other recipients got it."
+    )
+
+
 def test_mail_everyone_got_carries_no_refusal_note(app, sender, login):
     user, account, _server, _mail_user = sender
     mail = new_mail(user, account, subject="Contract v3")
