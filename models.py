@@ -669,7 +669,7 @@ class Message(db.Model):
     is_read: Mapped[bool] = mapped_column(Boolean, default=False)
     # The user's \Seen change, not yet on the server, of a location that went (the mail was
     # moved or renumbered elsewhere): the location the mail turns up at next gets it, and
-    # writes it (store._carry_pending_seen). None: nothing waiting.
+    # writes it (store._keep_pending_seen). None: nothing waiting.
     seen_wanted: Mapped[bool | None] = mapped_column(Boolean)
     is_flagged: Mapped[bool] = mapped_column(Boolean, default=False)
     is_draft: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -726,6 +726,9 @@ class MessageLocation(db.Model):
     draft: Mapped[bool] = mapped_column(Boolean, default=False)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     keywords: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # When Threadline first saw the mail here (None: before this was kept). A user's
+    # read/unread that could not reach the server goes to places found after it only.
+    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=utcnow)
     gm_labels: Mapped[list[str]] = mapped_column(JSON, default=list)
     stale: Mapped[bool] = mapped_column(Boolean, default=False)
     # When the user last changed \Seen here from Threadline: for a short while a sync keeps

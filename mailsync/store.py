@@ -17,13 +17,11 @@ from typing import Any, Protocol
 
 from sqlalchemy import (
     JSON,
-    and_,
     bindparam,
     case,
     delete,
     func,
     insert,
-    not_,
     or_,
     select,
     text,
@@ -466,14 +464,37 @@ def _upsert_locations(rows: list[dict[str, Any]], *, takeover: bool) -> set[int]
                     )
                 )
             )
+    kept_in_place: dict[tuple[int, int], bool] = {}
     if takeover:
         # The user's \Seen change on a stale row was meant for the mail that was there: the
         # other mail now at its UID must not get it (nor its guard); the user's mail keeps it
-        # for where it is now.
+        # for where it is now (_keep_pending_seen). The user's mail back at its own UID keeps
+        # its pending change in place (the server's flags must not overwrite it).
+        incoming = {(row["folder_id"], row["uid"]): row["message_id"] for row in rows}
         for folder_id, uids in by_folder.items():
             for chunk in _chunks(uids):
-                _keep_pending_seen(
-                    folder_id, and_(location_t.c.stale.is_(True), location_t.c.uid.in_(chunk))
+                stale = db.session.execute(
+                    select(
+                        location_t.c.id,
+                        location_t.c.uid,
+                        location_t.c.message_id,
+                        location_t.c.seen,
+                        location_t.c.seen_pending,
+                    ).where(
+                        location_t.c.folder_id == folder_id,
+                        location_t.c.uid.in_(chunk),
+                        location_t.c.stale.is_(True),
+                    )
+                ).all()
+                leaving = [r.id for r in stale if r.message_id != incoming[(folder_id, r.uid)]]
+                if leaving:
+                    _keep_pending_seen(folder_id, location_t.c.id.in_(leaving))
+                kept_in_place.update(
+                    {
+                        (folder_id, r.uid): bool(r.seen)
+                        for r in stale
+                        if r.message_id == incoming[(folder_id, r.uid)] and r.seen_pending
+                    }
                 )
         db.session.execute(
             update(location_t)
@@ -506,6 +527,12 @@ def _upsert_locations(rows: list[dict[str, Any]], *, takeover: bool) -> set[int]
             "stale",
         ),
     )
+    for (folder_id, uid), seen in kept_in_place.items():
+        db.session.execute(
+            update(location_t)
+            .where(location_t.c.folder_id == folder_id, location_t.c.uid == uid)
+            .values(seen=seen)
+        )
     if carried:
         _give_pending_seen([row for row in rows if row["message_id"] in carried], carried)
     return displaced
@@ -557,47 +584,77 @@ def _keep_pending_seen(folder_id: int, condition) -> None:
     on one of them that is not on the server yet follows the mail.
 
     Another mail program moved the mail (or the folder was renumbered) before the
-    write-back: the location the mail has now, found by this pass or the next, has the
-    flags from before the user's change. The user's change marked every location the mail
-    had then, so one the mail has now that is not pending is such a newer place: it takes
-    the change, pending, for the next write-back. With no other location yet the message
-    keeps it (Message.seen_wanted) for the location it turns up at (_upsert_locations).
+    write-back: a location the mail got after the user's change (found by this pass) has the
+    flags from before it, and takes the change, pending, for the next write-back. With no
+    other location yet the message keeps it (Message.seen_wanted) for the location it turns
+    up at (_upsert_locations). Locations it had before keep what they have: a change there
+    since is another mail program's, and newer.
     """
-    pending = db.session.execute(
-        select(location_t.c.id, location_t.c.message_id, location_t.c.seen).where(
+    candidates = db.session.execute(
+        select(location_t.c.id, location_t.c.message_id).where(
             location_t.c.folder_id == folder_id,
             GUARDED,
             location_t.c.seen_pending.is_(True),
             condition,
         )
     ).all()
-    if not pending:
+    if not candidates:
         return
+    messages = sorted({message_id for _id, message_id in candidates})
+    # Every location of these messages, then the messages, each in id order (as a request
+    # marking mail read takes them), before their values are read: a change committed
+    # meanwhile is the one carried.
+    connection = db.session.connection()
+    all_rows = location_t.c.message_id.in_(messages)
+    dialect.lock_rows_in_order(
+        connection, location_t, db.session.scalars(select(location_t.c.id).where(all_rows))
+    )
+    going = set(
+        db.session.scalars(
+            select(location_t.c.id).where(
+                location_t.c.folder_id == folder_id,
+                GUARDED,
+                location_t.c.seen_pending.is_(True),
+                condition,
+                all_rows,
+            )
+        )
+    )
+    rows = db.session.execute(
+        select(
+            location_t.c.id,
+            location_t.c.message_id,
+            location_t.c.seen,
+            location_t.c.seen_pending,
+            location_t.c.seen_changed_at,
+            location_t.c.created_at,
+            location_t.c.stale,
+        ).where(all_rows)
+    ).all()
     newer: dict[bool, list[int]] = {}
     kept: dict[bool, list[int]] = {}
-    for _location_id, message_id, seen in pending:
-        elsewhere = db.session.execute(
-            select(location_t.c.id, location_t.c.seen, location_t.c.seen_pending).where(
-                location_t.c.message_id == message_id,
-                location_t.c.stale.is_(False),
-                not_(and_(location_t.c.folder_id == folder_id, condition)),
+    for message_id in messages:
+        mine = [row for row in rows if row.message_id == message_id]
+        wishes = [row for row in mine if row.id in going]
+        if not wishes:
+            continue  # written meanwhile
+        wish = max(wishes, key=lambda row: row.seen_changed_at or datetime.min.replace(tzinfo=UTC))
+        others = [row for row in mine if row.id not in going and not row.stale]
+        if not others:
+            kept.setdefault(bool(wish.seen), []).append(message_id)
+            continue
+        for row in others:
+            found_after = (
+                row.created_at is not None
+                and wish.seen_changed_at is not None
+                and row.created_at > wish.seen_changed_at
             )
-        ).all()
-        if not elsewhere:
-            kept.setdefault(bool(seen), []).append(message_id)
-        for location_id, other_seen, other_pending in elsewhere:
-            if not other_pending and bool(other_seen) != bool(seen):
-                newer.setdefault(bool(seen), []).append(location_id)
-    # Locations, then messages, each in id order, as a request marking mail read takes them.
-    connection = db.session.connection()
-    going = [location_id for location_id, _message_id, _seen in pending]
-    dialect.lock_rows_in_order(
-        connection, location_t, [*going, *(i for ids in newer.values() for i in ids)]
-    )
+            if found_after and not row.seen_pending and bool(row.seen) != bool(wish.seen):
+                newer.setdefault(bool(wish.seen), []).append(row.id)
     for seen, location_ids in newer.items():
         db.session.execute(
             update(location_t)
-            .where(location_t.c.id.in_(location_ids))
+            .where(location_t.c.id.in_(location_ids), location_t.c.seen_pending.is_(False))
             .values(seen=seen, seen_pending=True, seen_changed_at=_now())
         )
     dialect.lock_rows_in_order(connection, message_t, [i for ids in kept.values() for i in ids])

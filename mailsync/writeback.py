@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from dialect import lock_rows_in_order
 from extensions import db
 from mailsync import actions, store
-from models import MailFolder, MessageLocation
+from models import MailFolder, Message, MessageLocation
 
 location_t = MessageLocation.__table__
 
@@ -188,10 +188,18 @@ def record_moves(
             )
         )
         if taken:
-            if new_uid is None and location.seen_pending:
+            if new_uid is None:
                 # Where the mail went is learnt by the next pass: its new location takes
-                # the user's \Seen change still on its way (store._pending_seen_of).
-                location.message.seen_wanted = location.seen
+                # the user's \Seen change still on its way (store._pending_seen_of). The
+                # row first, then the message, as a request marking mail read takes them.
+                lock_rows_in_order(db.session.connection(), location_t, [location.id])
+                db.session.refresh(location)
+                if location.seen_pending:
+                    db.session.execute(
+                        update(Message)
+                        .where(Message.id == location.message_id)
+                        .values(seen_wanted=location.seen)
+                    )
             db.session.delete(location)
         else:
             location.folder_id, location.uid = destination_id, new_uid

@@ -760,3 +760,74 @@ def test_a_read_that_meets_mail_being_moved_by_copy_and_delete_follows_the_copy(
     assert read_on_the_server(dovecot, mail_user, "Archive", "first@soak.test")
     db.session.expire_all()
     assert db.session.get(Message, message.id).is_read
+
+
+def test_a_change_carried_for_a_gone_copy_never_overrides_a_later_one_made_elsewhere(
+    app, monkeypatch, client_me, dovecot, mail_user, server_account
+):
+    """The mail is in INBOX and, copied, in Projects. The user marks it read; the INBOX copy
+    gets it, but the Projects copy is expunged elsewhere first. Then another mail program
+    marks the INBOX copy unread. When the pass lets the Projects copy go, its read must not
+    be carried to the INBOX copy: that one was there before the user's change, and its
+    unread is the newer change."""
+    from mailsync import store
+    from tests.sync_helpers import raw_message, run_sync
+
+    monkeypatch.setattr(store, "LOCAL_CHANGE_GUARD_SECONDS", 0)
+    dovecot.create_folder(mail_user.email, "Projects")
+    raw = raw_message(1, msgid="first@soak.test")
+    dovecot.deliver(mail_user.email, raw, "INBOX")
+    dovecot.deliver(mail_user.email, raw, "Projects")
+    run_sync(app, server_account.id)
+    message = db.session.scalar(select(Message))
+    assert len(locations(message.id)) == 2
+    client_me.post(ACTIONS_URL, data={"action": "read", "thread_id": [message.thread_id]})
+    dovecot.expunge(mail_user.email, "Projects", 1)
+    # The write-back: INBOX written; Projects has no such mail any more (the job asks for a
+    # pass, which runs later).
+    assert run_pending_jobs(app, limit=1) == 1
+    assert "\\Seen" in dovecot.flags(mail_user.email, "INBOX", 1)
+    dovecot.remove_flags(mail_user.email, "INBOX", 1, "\\Seen")  # another mail program
+    run_sync(app, server_account.id, all_folders=False)  # INBOX: Threadline sees it unread
+    assert sorted((loc.folder.name, loc.seen_pending) for loc in locations(message.id)) == [
+        ("INBOX", False),
+        ("Projects", True),
+    ]
+    run_pending_jobs(app)  # the pass: the Projects copy is gone
+    run_sync(app, server_account.id)
+    assert "\\Seen" not in dovecot.flags(mail_user.email, "INBOX", 1)
+    (location,) = locations(message.id)
+    assert not location.seen and not location.seen_pending
+
+
+def test_a_read_waiting_for_a_rebuilt_folder_lands_when_the_mail_keeps_its_uid(
+    app, client_me, dovecot, mail_user, server_account
+):
+    """Projects is rebuilt before the write-back (a new UIDVALIDITY; other mail changed, so
+    the pass reads it all again) and the user's mail is back at its old UID: the pass takes
+    its location over in place and used to overwrite the user's read with the server's flags
+    (then "wrote" that unread back)."""
+    from tests.sync_helpers import raw_message, run_sync
+
+    app.config.update(JOB_BACKOFF_SECONDS=0)
+    dovecot.create_folder(mail_user.email, "Projects")
+    dovecot.deliver(mail_user.email, raw_message(1, msgid="first@soak.test"), "Projects")
+    dovecot.deliver(mail_user.email, raw_message(2, msgid="second@soak.test"), "Projects")
+    run_sync(app, server_account.id)
+    message = db.session.scalar(
+        select(Message).where(Message.message_id_header == "first@soak.test")
+    )
+    client_me.post(ACTIONS_URL, data={"action": "read", "thread_id": [message.thread_id]})
+    dovecot.delete_folder(mail_user.email, "Projects")
+    dovecot.create_folder(mail_user.email, "Projects")
+    dovecot.set_uidvalidity(mail_user.email, "Projects", 4242)
+    dovecot.deliver(mail_user.email, raw_message(1, msgid="first@soak.test"), "Projects")
+    dovecot.deliver(mail_user.email, raw_message(3, msgid="third@soak.test"), "Projects")
+
+    run_pending_jobs(app)  # waits for the pass, which reads the folder again
+    run_sync(app, server_account.id)
+    run_pending_jobs(app)
+    run_sync(app, server_account.id)
+    assert dovecot.uids(mail_user.email, "Projects") == [1, 2]
+    assert read_on_the_server(dovecot, mail_user, "Projects", "first@soak.test")
+    assert not read_on_the_server(dovecot, mail_user, "Projects", "third@soak.test")

@@ -1,6 +1,7 @@
 """A user's read/unread change follows the mail when its location goes before the change
 reached the server (moved by another mail program, or its folder renumbered): message.seen_wanted
-holds it for the location the mail turns up at next.
+holds it for the location the mail turns up at next, and message_location.created_at tells
+the places the mail was found at after the change (those take it).
 
 Revision ID: 0016
 Revises: 0015
@@ -18,6 +19,7 @@ depends_on = None
 
 def upgrade():
     op.add_column("message", sa.Column("seen_wanted", sa.Boolean(), nullable=True))
+    op.add_column("message_location", sa.Column("created_at", sa.DateTime(), nullable=True))
     op.create_index(
         "ix_message_seen_wanted",
         "message",
@@ -31,3 +33,4 @@ def upgrade():
 def downgrade():
     op.drop_index("ix_message_seen_wanted", table_name="message")
     op.drop_column("message", "seen_wanted")
+    op.drop_column("message_location", "created_at")
