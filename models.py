@@ -669,7 +669,7 @@ class Message(db.Model):
     is_read: Mapped[bool] = mapped_column(Boolean, default=False)
     # The user's \Seen change, not yet on the server, of a location that went (the mail was
     # moved or renumbered elsewhere): the location the mail turns up at next gets it, and
-    # writes it (store._keep_pending_seen). None: nothing waiting.
+    # writes it (store.keep_pending_seen). None: nothing waiting.
     seen_wanted: Mapped[bool | None] = mapped_column(Boolean)
     is_flagged: Mapped[bool] = mapped_column(Boolean, default=False)
     is_draft: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import (
     JSON,
+    and_,
     bindparam,
     case,
     delete,
@@ -448,69 +449,27 @@ def _upsert_locations(rows: list[dict[str, Any]], *, takeover: bool) -> set[int]
 
     With `takeover`, returns the message ids that lost a location to the takeover, so they
     get refreshed; without it (no stale rows in the folder) that lookup is skipped.
+
+    Each row is written with its \\Seen state (_seen_state): the user's change still on its
+    way stays with the mail it was meant for.
     """
     if not rows:
         return set()
-    displaced: set[int] = set()
-    by_folder: dict[int, list[int]] = {}
+    there = _rows_at(rows) if takeover else {}
+    # A row another mail takes over: the user's \Seen change on it was meant for the mail
+    # that was there, which keeps it for where it is now.
+    leaving: dict[int, list[int]] = {}
     for row in rows:
-        by_folder.setdefault(row["folder_id"], []).append(row["uid"])
-    for folder_id, uids in by_folder.items() if takeover else ():
-        for chunk in _chunks(uids):
-            displaced.update(
-                db.session.scalars(
-                    select(location_t.c.message_id).where(
-                        location_t.c.folder_id == folder_id, location_t.c.uid.in_(chunk)
-                    )
-                )
-            )
-    kept_in_place: dict[tuple[int, int], bool] = {}
-    if takeover:
-        # The user's \Seen change on a stale row was meant for the mail that was there: the
-        # other mail now at its UID must not get it (nor its guard); the user's mail keeps it
-        # for where it is now (_keep_pending_seen). The user's mail back at its own UID keeps
-        # its pending change in place (the server's flags must not overwrite it).
-        incoming = {(row["folder_id"], row["uid"]): row["message_id"] for row in rows}
-        for folder_id, uids in by_folder.items():
-            for chunk in _chunks(uids):
-                stale = db.session.execute(
-                    select(
-                        location_t.c.id,
-                        location_t.c.uid,
-                        location_t.c.message_id,
-                        location_t.c.seen,
-                        location_t.c.seen_pending,
-                    ).where(
-                        location_t.c.folder_id == folder_id,
-                        location_t.c.uid.in_(chunk),
-                        location_t.c.stale.is_(True),
-                    )
-                ).all()
-                leaving = [r.id for r in stale if r.message_id != incoming[(folder_id, r.uid)]]
-                if leaving:
-                    _keep_pending_seen(folder_id, location_t.c.id.in_(leaving))
-                kept_in_place.update(
-                    {
-                        (folder_id, r.uid): bool(r.seen)
-                        for r in stale
-                        if r.message_id == incoming[(folder_id, r.uid)] and r.seen_pending
-                    }
-                )
-        db.session.execute(
-            update(location_t)
-            .where(
-                location_t.c.folder_id == bindparam("b_folder"),
-                location_t.c.uid == bindparam("b_uid"),
-                location_t.c.stale.is_(True),
-                location_t.c.message_id != bindparam("b_message"),
-            )
-            .values(seen_pending=False, seen_changed_at=None),
-            [
-                {"b_folder": row["folder_id"], "b_uid": row["uid"], "b_message": row["message_id"]}
-                for row in rows
-            ],
-        )
-    carried = _pending_seen_of({row["message_id"] for row in rows})
+        before = there.get((row["folder_id"], row["uid"]))
+        if before is not None and before.message_id != row["message_id"]:
+            leaving.setdefault(row["folder_id"], []).append(before.id)
+    for folder_id, location_ids in leaving.items():
+        keep_pending_seen(folder_id, location_t.c.id.in_(location_ids))
+    wanted = _pending_seen_of({row["message_id"] for row in rows})
+    now = _now()
+    rows = [
+        _seen_state(row, there.get((row["folder_id"], row["uid"])), wanted, now) for row in rows
+    ]
     _bulk_insert(
         location_t,
         rows,
@@ -518,6 +477,8 @@ def _upsert_locations(rows: list[dict[str, Any]], *, takeover: bool) -> set[int]
         (
             "message_id",
             "seen",
+            "seen_pending",
+            "seen_changed_at",
             "flagged",
             "answered",
             "draft",
@@ -527,21 +488,64 @@ def _upsert_locations(rows: list[dict[str, Any]], *, takeover: bool) -> set[int]
             "stale",
         ),
     )
-    for (folder_id, uid), seen in kept_in_place.items():
+    if wanted:  # given to the rows: nothing waits on the messages any more
+        dialect.lock_rows_in_order(db.session.connection(), message_t, wanted)
         db.session.execute(
-            update(location_t)
-            .where(location_t.c.folder_id == folder_id, location_t.c.uid == uid)
-            .values(seen=seen)
+            update(message_t)
+            .where(message_t.c.id.in_(sorted(wanted)), message_t.c.seen_wanted.is_not(None))
+            .values(seen_wanted=None)
         )
-    if carried:
-        _give_pending_seen([row for row in rows if row["message_id"] in carried], carried)
-    return displaced
+    return {before.message_id for before in there.values()}
+
+
+def _rows_at(rows: list[dict[str, Any]]) -> dict[tuple[int, int], Any]:
+    """The locations stored at the rows' (folder, uid) places: stale ones a rebuild leaves."""
+    by_folder: dict[int, list[int]] = {}
+    for row in rows:
+        by_folder.setdefault(row["folder_id"], []).append(row["uid"])
+    found = {}
+    for folder_id, uids in by_folder.items():
+        for chunk in _chunks(uids):
+            for before in db.session.execute(
+                select(
+                    location_t.c.id,
+                    location_t.c.uid,
+                    location_t.c.message_id,
+                    location_t.c.seen,
+                    location_t.c.seen_pending,
+                    location_t.c.seen_changed_at,
+                ).where(location_t.c.folder_id == folder_id, location_t.c.uid.in_(chunk))
+            ):
+                found[(folder_id, before.uid)] = before
+    return found
+
+
+def _seen_state(
+    row: dict[str, Any], before: Any, wanted: dict[int, bool], now: datetime
+) -> dict[str, Any]:
+    """`row` with the \\Seen state it is written with.
+
+    The same mail back at its place keeps its state there (a change still pending stays,
+    not overwritten by the server's flags; a recent one keeps its guard). A mail whose change
+    was left by a location that went (Message.seen_wanted) takes it, pending, for the sync's
+    write-back to put on the server. Otherwise the server's flags, and no change of the
+    user's (another mail now at a stale row's UID must not get that mail's change).
+    """
+    if before is not None and before.message_id == row["message_id"] and before.seen_pending:
+        return {**row, "seen": before.seen, "seen_pending": True,
+                "seen_changed_at": before.seen_changed_at}  # fmt: skip
+    if row["message_id"] in wanted:
+        return {**row, "seen": wanted[row["message_id"]], "seen_pending": True,
+                "seen_changed_at": now}  # fmt: skip
+    if before is not None and before.message_id == row["message_id"]:
+        return {**row, "seen_pending": False, "seen_changed_at": before.seen_changed_at}
+    return {**row, "seen_pending": False, "seen_changed_at": None}
 
 
 def _pending_seen_of(message_ids: set[int]) -> dict[int, bool]:
     """Return {message id: the \\Seen the user wants} of these messages whose change was
     left by a location that went before the change reached the server (Message.seen_wanted;
-    see _keep_pending_seen). One read of an index that is almost always empty."""
+    see keep_pending_seen). One read of an index that is almost always empty."""
     # The whole (tiny) partial index, not a probe per id: this runs for every stored batch.
     rows = db.session.execute(
         select(message_t.c.id, message_t.c.seen_wanted).where(message_t.c.seen_wanted.is_not(None))
@@ -549,37 +553,7 @@ def _pending_seen_of(message_ids: set[int]) -> dict[int, bool]:
     return {message_id: bool(seen) for message_id, seen in rows if message_id in message_ids}
 
 
-def _give_pending_seen(rows: list[dict[str, Any]], wanted: dict[int, bool]) -> None:
-    """The new locations of mail whose \\Seen change is still on its way take that change,
-    pending, for the sync's write-back to put on the server (the server's copy has the
-    flags from before it): a mail read in Threadline and moved by another mail program
-    before the write-back stays read."""
-    places = tuple_(location_t.c.folder_id, location_t.c.uid)
-    given: dict[bool, list[int]] = {}
-    for location_id, message_id in db.session.execute(
-        select(location_t.c.id, location_t.c.message_id).where(
-            places.in_([(row["folder_id"], row["uid"]) for row in rows])
-        )
-    ):
-        given.setdefault(wanted[message_id], []).append(location_id)
-    # Locations, then messages, each in id order, as a request marking mail read takes them.
-    connection = db.session.connection()
-    dialect.lock_rows_in_order(connection, location_t, [i for ids in given.values() for i in ids])
-    for seen, location_ids in given.items():
-        db.session.execute(
-            update(location_t)
-            .where(location_t.c.id.in_(location_ids))
-            .values(seen=seen, seen_pending=True, seen_changed_at=_now())
-        )
-    dialect.lock_rows_in_order(connection, message_t, wanted)
-    db.session.execute(
-        update(message_t)
-        .where(message_t.c.id.in_(sorted(wanted)), message_t.c.seen_wanted.is_not(None))
-        .values(seen_wanted=None)
-    )
-
-
-def _keep_pending_seen(folder_id: int, condition) -> None:
+def keep_pending_seen(folder_id: int, condition) -> None:
     """Before a folder's locations matching `condition` are deleted: a user's \\Seen change
     on one of them that is not on the server yet follows the mail.
 
@@ -590,17 +564,11 @@ def _keep_pending_seen(folder_id: int, condition) -> None:
     up at (_upsert_locations). Locations it had before keep what they have: a change there
     since is another mail program's, and newer.
     """
-    candidates = db.session.execute(
-        select(location_t.c.id, location_t.c.message_id).where(
-            location_t.c.folder_id == folder_id,
-            GUARDED,
-            location_t.c.seen_pending.is_(True),
-            condition,
-        )
-    ).all()
-    if not candidates:
+    leaving = and_(location_t.c.folder_id == folder_id, condition)
+    going_now = and_(leaving, GUARDED, location_t.c.seen_pending.is_(True))
+    messages = sorted(set(db.session.scalars(select(location_t.c.message_id).where(going_now))))
+    if not messages:
         return
-    messages = sorted({message_id for _id, message_id in candidates})
     # Every location of these messages, then the messages, each in id order (as a request
     # marking mail read takes them), before their values are read: a change committed
     # meanwhile is the one carried.
@@ -608,17 +576,6 @@ def _keep_pending_seen(folder_id: int, condition) -> None:
     all_rows = location_t.c.message_id.in_(messages)
     dialect.lock_rows_in_order(
         connection, location_t, db.session.scalars(select(location_t.c.id).where(all_rows))
-    )
-    going = set(
-        db.session.scalars(
-            select(location_t.c.id).where(
-                location_t.c.folder_id == folder_id,
-                GUARDED,
-                location_t.c.seen_pending.is_(True),
-                condition,
-                all_rows,
-            )
-        )
     )
     rows = db.session.execute(
         select(
@@ -629,8 +586,11 @@ def _keep_pending_seen(folder_id: int, condition) -> None:
             location_t.c.seen_changed_at,
             location_t.c.created_at,
             location_t.c.stale,
+            leaving.label("leaving"),
+            going_now.label("going"),
         ).where(all_rows)
     ).all()
+    going = {row.id for row in rows if row.going}
     newer: dict[bool, list[int]] = {}
     kept: dict[bool, list[int]] = {}
     for message_id in messages:
@@ -639,7 +599,7 @@ def _keep_pending_seen(folder_id: int, condition) -> None:
         if not wishes:
             continue  # written meanwhile
         wish = max(wishes, key=lambda row: row.seen_changed_at or datetime.min.replace(tzinfo=UTC))
-        others = [row for row in mine if row.id not in going and not row.stale]
+        others = [row for row in mine if not row.leaving and not row.stale]
         if not others:
             kept.setdefault(bool(wish.seen), []).append(message_id)
             continue
@@ -689,7 +649,7 @@ def remove_locations(folder_id: int, uids: Iterable[int], *, log: RunLog | None 
         ).all()
         touched.update(message_id for _uid, message_id in rows)
         _log_removed(log, folder_id, rows)
-        _keep_pending_seen(folder_id, location_t.c.uid.in_(chunk))
+        keep_pending_seen(folder_id, location_t.c.uid.in_(chunk))
         removed += db.session.execute(
             delete(location_t).where(
                 location_t.c.folder_id == folder_id, location_t.c.uid.in_(chunk)
@@ -798,7 +758,7 @@ def remove_stale_locations(folder_id: int, *, log: RunLog | None = None) -> int:
         )
     ).all()
     _log_removed(log, folder_id, rows)
-    _keep_pending_seen(folder_id, location_t.c.stale.is_(True))
+    keep_pending_seen(folder_id, location_t.c.stale.is_(True))
     removed = db.session.execute(
         delete(location_t).where(location_t.c.folder_id == folder_id, location_t.c.stale.is_(True))
     ).rowcount
@@ -812,7 +772,7 @@ def remove_folder_locations(folder_id: int, *, log: RunLog | None = None) -> int
         select(location_t.c.uid, location_t.c.message_id).where(location_t.c.folder_id == folder_id)
     ).all()
     _log_removed(log, folder_id, rows)
-    _keep_pending_seen(folder_id, true())
+    keep_pending_seen(folder_id, true())
     removed = db.session.execute(
         delete(location_t).where(location_t.c.folder_id == folder_id)
     ).rowcount

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from dialect import lock_rows_in_order
 from extensions import db
 from mailsync import actions, store
-from models import MailFolder, Message, MessageLocation
+from models import MailFolder, MessageLocation
 
 location_t = MessageLocation.__table__
 
@@ -91,18 +91,17 @@ def move(app: Flask, account_id: int, payload: dict) -> None:
         rebuilding = {row.name for row in rows if row.stale}
         refs = [(row.name, row.uid) for row in rows if not row.stale]
         db.session.remove()
+    failure = None
     try:
         result = actions.move_locations(app, account_id, refs, destination_name=destination_name)
-    except actions.MailActionError as exc:
-        with app.app_context():  # what moved before the failure is in its new folder
-            record_moves(account_id, exc.moved, destination_id)
-            db.session.commit()
-            db.session.remove()
-        raise
+    except actions.MailActionError as exc:  # what moved before it is in its new folder
+        result, failure = actions.MoveResult(moved=exc.moved), exc
     with app.app_context():
         record_moves(account_id, result.moved, destination_id)
         db.session.commit()
         db.session.remove()
+    if failure is not None:
+        raise failure
     if rebuilding or result.changed_folders:
         # Retried (the worker asks for a pass): the user's mail is found again once the
         # pass has read the folder, not guessed at from UIDs that may name other mail now.
@@ -188,18 +187,9 @@ def record_moves(
             )
         )
         if taken:
-            if new_uid is None:
-                # Where the mail went is learnt by the next pass: its new location takes
-                # the user's \Seen change still on its way (store._pending_seen_of). The
-                # row first, then the message, as a request marking mail read takes them.
-                lock_rows_in_order(db.session.connection(), location_t, [location.id])
-                db.session.refresh(location)
-                if location.seen_pending:
-                    db.session.execute(
-                        update(Message)
-                        .where(Message.id == location.message_id)
-                        .values(seen_wanted=location.seen)
-                    )
+            # A \Seen change still on its way goes where the mail is (as when a pass lets a
+            # location go): the next pass finds it there when the server gave no new UID.
+            store.keep_pending_seen(location.folder_id, location_t.c.id == location.id)
             db.session.delete(location)
         else:
             location.folder_id, location.uid = destination_id, new_uid

@@ -947,7 +947,7 @@ def mark_read(user: User, threads: Sequence[Thread], *, read: bool) -> ActionOut
         )
     for chunk in _chunks(sorted(message.id for message in messages)):
         lock_rows_in_order(db.session.connection(), message_t, chunk)
-        # A newer wish than one a gone location left behind (store._keep_pending_seen).
+        # A newer wish than one a gone location left behind (store.keep_pending_seen).
         db.session.execute(
             update(Message).where(Message.id.in_(chunk)).values(is_read=read, seen_wanted=None)
         )
