@@ -1110,26 +1110,36 @@ def _is_tnef(content_type: str, filename: str | None) -> bool:
 def _tnef_package(data: bytes) -> tnefparse.TNEF | None:
     """Read an Outlook winmail.dat (TNEF); None when it cannot be read (a damaged package:
     winmail.dat is still there to download)."""
+    data = _with_last_object_whole(data)
     if not _tnef_counts_fit(data):
         return None
     try:
-        return tnefparse.TNEF(_with_last_object_whole(data))
+        return tnefparse.TNEF(data)
     except Exception:  # tnefparse raises several kinds on damaged packages
         return None
+
+
+def _tnef_objects(data: bytes) -> Iterator[tuple[int, bytes, int]]:
+    """(attribute id, data, end offset) of each object of a TNEF stream, as tnefparse reads
+    them: from after the signature and key, while more than 12 bytes are left; an object is
+    11 bytes of framing plus the length it declares (cut at the end of the stream)."""
+    offset = 6
+    while offset + 12 < len(data):
+        name = int.from_bytes(data[offset + 1 : offset + 3], "little")
+        declared = int.from_bytes(data[offset + 5 : offset + 9], "little")
+        end = offset + min(len(data) - offset, declared + 11)
+        yield name, data[offset + 9 : end - 2], end
+        offset = end
 
 
 def _with_last_object_whole(data: bytes) -> bytes:
     """`data`, padded so that tnefparse reads its last object when that holds 0 or 1 bytes.
 
-    tnefparse reads objects while more than 12 bytes are left, but an object is 11 bytes plus
-    its data: a 1-byte file (or an empty one) written last was lost. Two bytes after it let
-    the loop read it, and no more (the padding is shorter than any object).
+    tnefparse stops with 12 bytes left, but an object is 11 bytes plus its data: a 1-byte
+    file (or an empty one) written last was lost. Two bytes after it let the loop read it,
+    and no more (the padding is shorter than any object).
     """
-    offset = 6  # signature and key
-    while offset + 12 < len(data):  # tnefparse's loop
-        offset += min(
-            len(data) - offset, int.from_bytes(data[offset + 5 : offset + 9], "little") + 11
-        )
+    offset = max((end for _name, _block, end in _tnef_objects(data)), default=6)
     left = len(data) - offset
     if left >= 11 and int.from_bytes(data[offset + 5 : offset + 9], "little") + 11 == left:
         return data + b"\0\0"
@@ -1160,12 +1170,7 @@ def _tnef_counts_fit(data: bytes, depth: int = 0) -> bool:
     """
     if depth > _MAX_TNEF_NESTING or len(data) < 6:
         return depth <= _MAX_TNEF_NESTING
-    offset = 6  # signature and key
-    while offset + 12 < len(data):  # tnefparse's loop
-        name = int.from_bytes(data[offset + 1 : offset + 3], "little")
-        declared = int.from_bytes(data[offset + 5 : offset + 9], "little")
-        length = min(len(data) - offset, declared + 11)
-        block = data[offset + 9 : offset + length - 2]
+    for name, block, _end in _tnef_objects(data):
         if name in _MAPI_BLOCKS and _mapi_block_end(block, 0, depth) is None:
             return False
         if name == _RECIPIENT_TABLE:
@@ -1177,7 +1182,6 @@ def _tnef_counts_fit(data: bytes, depth: int = 0) -> bool:
                 position = _mapi_block_end(block, position, depth)
                 if position is None:
                     return False
-        offset += length
     return True
 
 
