@@ -3,6 +3,8 @@ shown, searched and used for the snippet, without the formatting commands."""
 
 import random
 
+import pytest
+
 from mailsync.enriched import enriched_to_text
 from mailsync.parse import parse_message
 from tests.test_parse import message_of, multipart, part
@@ -103,33 +105,36 @@ def test_a_mail_with_only_enriched_text_shows_it():
     assert parsed.attachments == []  # the body, not an unnamed file
 
 
-def test_enriched_text_beside_plain_text_in_a_mixed_mail_is_shown_too():
+@pytest.mark.parametrize(
+    ("second", "text", "files"),
+    [
+        # Beside plain text in a mixed mail, an inline enriched part is shown too.
+        (
+            part(b"Content-Type: text/enriched", b"<bold>Second</bold> part."),
+            "First part.\nSecond part.",
+            ["a.pdf"],
+        ),
+        # An enriched file is still a file.
+        (
+            part(
+                b'Content-Type: text/enriched\r\nContent-Disposition: attachment; filename="n.etf"',
+                b"<bold>notes</bold>",
+            ),
+            "First part.",
+            ["n.etf", "a.pdf"],
+        ),
+    ],
+)
+def test_enriched_text_beside_other_parts_of_a_mixed_mail(second, text, files):
     raw = message_of(
         multipart(
             "mixed",
             "mix",
             part(b"Content-Type: text/plain", b"First part."),
-            part(b"Content-Type: text/enriched", b"<bold>Second</bold> part."),
+            second,
             part(b'Content-Type: application/pdf; name="a.pdf"', b"%PDF"),
         )
     )
     parsed = parse_message(raw)
-    assert parsed.text_body == "First part.\nSecond part."
-    assert [a.filename for a in parsed.attachments] == ["a.pdf"]
-
-
-def test_an_enriched_file_is_still_a_file():
-    raw = message_of(
-        multipart(
-            "mixed",
-            "mix",
-            part(b"Content-Type: text/plain", b"See the notes."),
-            part(
-                b'Content-Type: text/enriched\r\nContent-Disposition: attachment; filename="n.etf"',
-                b"<bold>notes</bold>",
-            ),
-        )
-    )
-    parsed = parse_message(raw)
-    assert parsed.text_body == "See the notes."
-    assert [a.filename for a in parsed.attachments] == ["n.etf"]
+    assert parsed.text_body == text
+    assert [a.filename for a in parsed.attachments] == files

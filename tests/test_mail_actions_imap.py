@@ -462,9 +462,9 @@ def test_a_write_back_never_lands_on_other_mail_after_a_uidvalidity_change(
     assert location.seen and not location.seen_pending
 
 
-def moved_out_of_projects(app, client_me, dovecot, mail_user, server_account) -> Message:
-    """A mail synced in Projects that the user has just moved to Archive (the job queued,
-    retried at once when it fails)."""
+def acted_on_in_projects(app, client_me, dovecot, mail_user, server_account, **action):
+    """A mail synced in Projects on which the user has just taken `action` (the form's
+    fields besides the conversation; the write-back queued, retried at once when it fails)."""
     from tests.sync_helpers import raw_message, run_sync
 
     app.config.update(JOB_BACKOFF_SECONDS=0)
@@ -472,12 +472,16 @@ def moved_out_of_projects(app, client_me, dovecot, mail_user, server_account) ->
     dovecot.deliver(mail_user.email, raw_message(1, msgid="first@soak.test"), "Projects")
     run_sync(app, server_account.id)
     message = db.session.scalar(select(Message))
-    archive = db.session.scalar(select(MailFolder).where(MailFolder.name == "Archive"))
-    client_me.post(
-        ACTIONS_URL,
-        data={"action": "move", "thread_id": [message.thread_id], "destination": archive.id},
-    )
+    client_me.post(ACTIONS_URL, data={"thread_id": [message.thread_id], **action})
     return message
+
+
+def moved_out_of_projects(app, client_me, dovecot, mail_user, server_account) -> Message:
+    """A mail synced in Projects that the user has just moved to Archive."""
+    archive = db.session.scalar(select(MailFolder).where(MailFolder.name == "Archive"))
+    return acted_on_in_projects(
+        app, client_me, dovecot, mail_user, server_account, action="move", destination=archive.id
+    )
 
 
 def test_a_move_made_just_before_a_harmless_uidvalidity_change_still_lands(
@@ -567,17 +571,8 @@ def test_a_large_mails_body_is_never_taken_from_other_mail_at_its_old_uid(
 
 
 def read_in_projects(app, client_me, dovecot, mail_user, server_account) -> Message:
-    """A mail synced in Projects that the user has just marked read in Threadline (the
-    write-back queued, retried at once when it cannot land)."""
-    from tests.sync_helpers import raw_message, run_sync
-
-    app.config.update(JOB_BACKOFF_SECONDS=0)
-    dovecot.create_folder(mail_user.email, "Projects")
-    dovecot.deliver(mail_user.email, raw_message(1, msgid="first@soak.test"), "Projects")
-    run_sync(app, server_account.id)
-    message = db.session.scalar(select(Message))
-    client_me.post(ACTIONS_URL, data={"action": "read", "thread_id": [message.thread_id]})
-    return message
+    """A mail synced in Projects that the user has just marked read in Threadline."""
+    return acted_on_in_projects(app, client_me, dovecot, mail_user, server_account, action="read")
 
 
 def read_on_the_server(dovecot, mail_user, folder: str, message_id_header: str) -> bool:
